@@ -1,0 +1,14 @@
+# Developer shortcuts; each target is one documented command.
+PY ?= python3
+
+.PHONY: build debug test lint bench
+build:            ## build the Cython extension in place
+	$(PY) -m pip install -e '.[test]'
+debug:            ## debug build: assertions, bounds checks, line tracing
+	SHARDWS_DEBUG=1 $(PY) -m pip install -e '.[test]' --no-build-isolation
+test:
+	$(PY) -m pytest
+lint:
+	ruff check shardws tests && mypy shardws
+bench:
+	$(PY) -m pytest benchmarks --benchmark-enable

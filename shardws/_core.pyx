@@ -1,0 +1,733 @@
+# cython: language_level=3
+"""Cython hot path of shardws: command parsing, frame building and fan-out.
+
+``shardws._core_ref`` is an independently written pure-Python twin with the same public
+API; ``tests/test_core.py`` runs one suite against both and differential-tests them.
+
+Guarantees of ``parse_envelope(buf)``:
+
+* UTF-8 is checked first, over the whole buffer, strictly per RFC 3629 section 4
+  (no overlongs, no encoded surrogates, nothing above U+10FFFF, no truncated
+  sequences). Failure raises ``InvalidUTF8``: the server closes with 1007
+  (RFC 6455 section 8.1).
+* Only then is the buffer parsed as exactly one RFC 8259 JSON text (surrounding
+  whitespace allowed), with nesting depth at most ``MAX_DEPTH`` (the top-level object is
+  depth 1). Anything else raises ``BadEnvelope``; the connection stays open.
+* ``BadEnvelope.id`` is the command id only when the buffer is syntactically valid JSON
+  within the depth limit, is an object, has exactly one ``"id"`` member, and that member
+  is a valid id (integer literal 0..2**53). Otherwise it is ``None``.
+* ``Envelope.data`` and ``Envelope.fields`` values are the exact input bytes of the
+  member values, never re-serialized, so a publisher's JSON reaches subscribers
+  byte-for-byte.
+* No Python object is built for the JSON structure: the scanner walks the bytes with an
+  explicit bracket stack (no recursion) and only the result objects are created.
+
+``build_text_frame`` and ``fanout`` implement the server-to-client side of RFC 6455
+section 5.2 (unmasked frames) and a direct-``send()`` fan-out; see their docstrings.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp, memcpy
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t c_send "send"(int fd, const void* buf, size_t n, int flags)
+    enum:
+        MSG_NOSIGNAL
+        MSG_DONTWAIT
+
+
+#: Maximum JSON nesting depth accepted; the top-level object counts as depth 1.
+MAX_DEPTH = 32
+#: Largest accepted command id: 2**53, the largest integer every JSON peer (JavaScript
+#: numbers are IEEE doubles) represents exactly.
+MAX_ID = 9007199254740992
+
+cdef enum:
+    C_MAX_DEPTH = 32
+    # Scanner results below zero are errors.
+    ERR_SYNTAX = -1
+    ERR_DEPTH = -2
+    # Known members, by slot.
+    K_OP = 0
+    K_ID = 1
+    K_CHANNEL = 2
+    K_DATA = 3
+    K_OTHER = 4
+
+cdef uint64_t C_MAX_ID = 9007199254740992ULL
+
+
+class InvalidUTF8(ValueError):
+    """The text frame is not valid UTF-8 (RFC 3629); close with 1007 (RFC 6455 8.1)."""
+
+
+class BadEnvelope(ValueError):
+    """Valid UTF-8 but not an acceptable command; reply with an error, keep the connection.
+
+    ``id`` is the command id when it could be read (see the module docstring), else None.
+    """
+
+    def __init__(self, message, id=None):
+        super().__init__(message)
+        self.id = id
+
+
+cdef class Envelope:
+    """One parsed client command. Attributes are read-only."""
+
+    cdef readonly str op
+    cdef readonly object id
+    cdef readonly str channel
+    cdef readonly bytes data
+    cdef readonly dict fields
+
+    def __init__(self, str op not None, id=None, str channel=None, bytes data=None,
+                 dict fields=None):
+        self.op = op
+        self.id = id
+        self.channel = channel
+        self.data = data
+        self.fields = {} if fields is None else fields
+
+    def __repr__(self):
+        return (
+            f"Envelope(op={self.op!r}, id={self.id!r}, channel={self.channel!r}, "
+            f"data={self.data!r}, fields={self.fields!r})"
+        )
+
+
+# --------------------------------------------------------------------------- UTF-8
+
+cdef Py_ssize_t _utf8_invalid_at(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Offset of the first ill-formed sequence, or -1 if the buffer is valid UTF-8.
+
+    Implements the well-formed byte sequence table of RFC 3629 section 4: the second byte
+    range depends on the lead byte, which is what excludes overlongs (C0, C1, E0 80-9F,
+    F0 80-8F), surrogates (ED A0-BF) and code points above U+10FFFF (F4 90-BF, F5-FF).
+    """
+    cdef Py_ssize_t i = 0
+    cdef uint64_t w
+    cdef unsigned char c, c1, lo, hi
+    while i < n:
+        c = p[i]
+        if c < 0x80:
+            # Commands are almost all ASCII: test 8 bytes per step for any high bit.
+            while i + 8 <= n:
+                memcpy(&w, p + i, 8)
+                if w & <uint64_t>0x8080808080808080ULL:
+                    break
+                i += 8
+            while i < n and p[i] < 0x80:
+                i += 1
+            continue
+        if c < 0xC2:
+            return i  # stray continuation byte, or C0/C1 (always overlong)
+        if c < 0xE0:
+            if i + 1 >= n or (p[i + 1] & 0xC0) != 0x80:
+                return i
+            i += 2
+        elif c < 0xF0:
+            if i + 2 >= n:
+                return i
+            lo = 0xA0 if c == 0xE0 else 0x80
+            hi = 0x9F if c == 0xED else 0xBF
+            c1 = p[i + 1]
+            if c1 < lo or c1 > hi or (p[i + 2] & 0xC0) != 0x80:
+                return i
+            i += 3
+        elif c < 0xF5:
+            if i + 3 >= n:
+                return i
+            lo = 0x90 if c == 0xF0 else 0x80
+            hi = 0x8F if c == 0xF4 else 0xBF
+            c1 = p[i + 1]
+            if (c1 < lo or c1 > hi or (p[i + 2] & 0xC0) != 0x80
+                    or (p[i + 3] & 0xC0) != 0x80):
+                return i
+            i += 4
+        else:
+            return i
+    return -1
+
+
+# ---------------------------------------------------------------------- JSON scanner
+
+# Bytes that end the fast loop inside a string: '"', '\\' and controls < 0x20
+# (RFC 8259 section 7 forbids them raw).
+cdef unsigned char _STR_STOP[256]
+# Hex digit values, 0xFF for anything else.
+cdef unsigned char _HEX[256]
+
+
+cdef void _init_tables() noexcept:
+    cdef int k
+    for k in range(256):
+        _STR_STOP[k] = 1 if (k < 0x20 or k == 0x22 or k == 0x5C) else 0
+        _HEX[k] = 0xFF
+    for k in range(10):
+        _HEX[0x30 + k] = k
+    for k in range(6):
+        _HEX[0x41 + k] = 10 + k
+        _HEX[0x61 + k] = 10 + k
+
+
+_init_tables()
+
+
+cdef inline bint _is_ws(unsigned char c) noexcept nogil:
+    # RFC 8259 section 2: exactly these four; no NBSP, no form feed.
+    return c == 0x20 or c == 0x09 or c == 0x0A or c == 0x0D
+
+
+cdef inline Py_ssize_t _skip_ws(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and _is_ws(p[i]):
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t _scan_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                    bint* escaped) noexcept nogil:
+    """p[i] is the opening quote. Index past the closing quote, or ERR_SYNTAX."""
+    cdef unsigned char c
+    i += 1
+    while i < n:
+        c = p[i]
+        if not _STR_STOP[c]:
+            # Non-ASCII bytes need no check here: the whole buffer is valid UTF-8.
+            i += 1
+            continue
+        if c == 0x22:
+            return i + 1
+        if c != 0x5C:
+            return ERR_SYNTAX  # raw control character
+        escaped[0] = True
+        i += 1
+        if i >= n:
+            return ERR_SYNTAX
+        c = p[i]
+        if c == 0x75:  # \uXXXX
+            if i + 4 >= n:
+                return ERR_SYNTAX
+            if (_HEX[p[i + 1]] | _HEX[p[i + 2]] | _HEX[p[i + 3]] | _HEX[p[i + 4]]) == 0xFF:
+                return ERR_SYNTAX
+            i += 5
+        elif (c == 0x22 or c == 0x5C or c == 0x2F or c == 0x62 or c == 0x66
+              or c == 0x6E or c == 0x72 or c == 0x74):
+            i += 1
+        else:
+            return ERR_SYNTAX
+    return ERR_SYNTAX
+
+
+cdef inline Py_ssize_t _scan_digits(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and 0x30 <= p[i] <= 0x39:
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t _scan_number(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """RFC 8259 section 6: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?"""
+    cdef Py_ssize_t j
+    if p[i] == 0x2D:
+        i += 1
+    if i >= n:
+        return ERR_SYNTAX
+    if p[i] == 0x30:
+        i += 1  # a digit after a leading zero is left for the caller to reject
+    elif 0x31 <= p[i] <= 0x39:
+        i = _scan_digits(p, i + 1, n)
+    else:
+        return ERR_SYNTAX
+    if i < n and p[i] == 0x2E:
+        j = _scan_digits(p, i + 1, n)
+        if j == i + 1:
+            return ERR_SYNTAX
+        i = j
+    if i < n and (p[i] == 0x65 or p[i] == 0x45):
+        i += 1
+        if i < n and (p[i] == 0x2B or p[i] == 0x2D):
+            i += 1
+        j = _scan_digits(p, i, n)
+        if j == i:
+            return ERR_SYNTAX
+        i = j
+    return i
+
+
+cdef inline Py_ssize_t _scan_literal(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                     const char* word, Py_ssize_t k) noexcept nogil:
+    if i + k > n or memcmp(p + i, word, k) != 0:
+        return ERR_SYNTAX
+    return i + k
+
+
+cdef Py_ssize_t _scan_value(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                            int depth) noexcept nogil:
+    """Skip one JSON value starting exactly at p[i]; return the index past it.
+
+    ``depth`` is the depth of the container holding the value. Iterative: ``stack``
+    holds the opening bracket of every open container, so hostile input cannot
+    exhaust the C stack and the depth limit is enforced before any further byte is read.
+    """
+    cdef unsigned char stack[C_MAX_DEPTH + 1]
+    cdef int sp = 0
+    cdef unsigned char c
+    cdef bint esc = False
+    cdef bint have_value
+    while True:
+        # State: expecting a value at p[i].
+        if i >= n:
+            return ERR_SYNTAX
+        c = p[i]
+        have_value = True
+        if c == 0x22:
+            i = _scan_string(p, i, n, &esc)
+        elif c == 0x7B or c == 0x5B:  # { [
+            if depth + sp + 1 > C_MAX_DEPTH:
+                return ERR_DEPTH
+            stack[sp] = c
+            sp += 1
+            i = _skip_ws(p, i + 1, n)
+            if i >= n:
+                return ERR_SYNTAX
+            if p[i] == c + 2:  # '{'+2 == '}', '['+2 == ']': empty container
+                sp -= 1
+                i += 1
+            elif c == 0x7B:
+                # First member: key, colon, then expect its value.
+                if p[i] != 0x22:
+                    return ERR_SYNTAX
+                i = _scan_string(p, i, n, &esc)
+                if i < 0:
+                    return i
+                i = _skip_ws(p, i, n)
+                if i >= n or p[i] != 0x3A:
+                    return ERR_SYNTAX
+                i = _skip_ws(p, i + 1, n)
+                have_value = False
+            else:
+                have_value = False
+        elif c == 0x2D or 0x30 <= c <= 0x39:
+            i = _scan_number(p, i, n)
+        elif c == 0x74:
+            i = _scan_literal(p, i, n, b"true", 4)
+        elif c == 0x66:
+            i = _scan_literal(p, i, n, b"false", 5)
+        elif c == 0x6E:
+            i = _scan_literal(p, i, n, b"null", 4)
+        else:
+            return ERR_SYNTAX  # includes NaN/Infinity and any non-ASCII byte
+        if i < 0:
+            return i
+        if not have_value:
+            continue
+        # State: a value just ended; close containers or move to the next element.
+        while True:
+            if sp == 0:
+                return i
+            i = _skip_ws(p, i, n)
+            if i >= n:
+                return ERR_SYNTAX
+            c = p[i]
+            if c == stack[sp - 1] + 2:
+                sp -= 1
+                i += 1
+                continue
+            if c != 0x2C:
+                return ERR_SYNTAX
+            i = _skip_ws(p, i + 1, n)
+            if stack[sp - 1] == 0x7B:
+                if i >= n or p[i] != 0x22:
+                    return ERR_SYNTAX  # also rejects a trailing comma before '}'
+                i = _scan_string(p, i, n, &esc)
+                if i < 0:
+                    return i
+                i = _skip_ws(p, i, n)
+                if i >= n or p[i] != 0x3A:
+                    return ERR_SYNTAX
+                i = _skip_ws(p, i + 1, n)
+            break  # a trailing comma before ']' fails as "expected a value"
+
+
+# -------------------------------------------------------------------- string decoding
+
+cdef inline Py_ssize_t _put_utf8(char* out, Py_ssize_t k, unsigned int cp) noexcept nogil:
+    # Surrogate code points are written too (3 bytes); decoded with "surrogatepass".
+    if cp < 0x80:
+        out[k] = <char>cp
+        return k + 1
+    if cp < 0x800:
+        out[k] = <char>(0xC0 | (cp >> 6))
+        out[k + 1] = <char>(0x80 | (cp & 0x3F))
+        return k + 2
+    if cp < 0x10000:
+        out[k] = <char>(0xE0 | (cp >> 12))
+        out[k + 1] = <char>(0x80 | ((cp >> 6) & 0x3F))
+        out[k + 2] = <char>(0x80 | (cp & 0x3F))
+        return k + 3
+    out[k] = <char>(0xF0 | (cp >> 18))
+    out[k + 1] = <char>(0x80 | ((cp >> 12) & 0x3F))
+    out[k + 2] = <char>(0x80 | ((cp >> 6) & 0x3F))
+    out[k + 3] = <char>(0x80 | (cp & 0x3F))
+    return k + 4
+
+
+cdef inline unsigned int _hex4(const unsigned char* q) noexcept nogil:
+    return (_HEX[q[0]] << 12) | (_HEX[q[1]] << 8) | (_HEX[q[2]] << 4) | _HEX[q[3]]
+
+
+cdef str _decode_string(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, bint escaped):
+    """Decode the already validated JSON string p[start:end] (quotes included).
+
+    Escapes follow what JSON decoders do (and Python's ``json``): an escaped high
+    surrogate directly followed by an escaped low surrogate is one code point; any other
+    surrogate escape stays a lone surrogate in the result.
+    """
+    cdef Py_ssize_t i = start + 1
+    cdef Py_ssize_t stop = end - 1
+    cdef Py_ssize_t k = 0
+    cdef unsigned int cp, lo
+    cdef unsigned char c
+    cdef char* out
+    if not escaped:
+        return PyUnicode_DecodeUTF8(<const char*>p + i, stop - i, NULL)
+    # Every escape is at least as long as its UTF-8 encoding, so the input length bounds
+    # the output length.
+    out = <char*>PyMem_Malloc(stop - i + 1)
+    if out == NULL:
+        raise MemoryError()
+    try:
+        while i < stop:
+            c = p[i]
+            if c != 0x5C:
+                out[k] = <char>c
+                k += 1
+                i += 1
+                continue
+            c = p[i + 1]
+            if c == 0x75:
+                cp = _hex4(p + i + 2)
+                i += 6
+                if (0xD800 <= cp <= 0xDBFF and i + 6 <= stop and p[i] == 0x5C
+                        and p[i + 1] == 0x75):
+                    lo = _hex4(p + i + 2)
+                    if 0xDC00 <= lo <= 0xDFFF:
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                        i += 6
+                k = _put_utf8(out, k, cp)
+                continue
+            if c == 0x62:
+                out[k] = b"\b"
+            elif c == 0x66:
+                out[k] = b"\f"
+            elif c == 0x6E:
+                out[k] = b"\n"
+            elif c == 0x72:
+                out[k] = b"\r"
+            elif c == 0x74:
+                out[k] = b"\t"
+            else:
+                out[k] = <char>c  # \" \\ \/
+            k += 1
+            i += 2
+        return PyUnicode_DecodeUTF8(out, k, b"surrogatepass")
+    finally:
+        PyMem_Free(out)
+
+
+cdef inline bint _key_is(const unsigned char* p, Py_ssize_t ks, Py_ssize_t ke,
+                         const char* name, Py_ssize_t k) noexcept nogil:
+    # Unescaped key p[ks:ke] (quotes included) equals name?
+    return ke - ks - 2 == k and memcmp(p + ks + 1, name, k) == 0
+
+
+_KNOWN = {"op": K_OP, "id": K_ID, "channel": K_CHANNEL, "data": K_DATA}
+
+
+cdef object _parse_id(const unsigned char* p, Py_ssize_t vs, Py_ssize_t ve):
+    """A valid id as int, or None: digits only, no leading zero, at most 2**53."""
+    cdef Py_ssize_t k
+    cdef uint64_t v = 0
+    if ve - vs > 16 or ve == vs:  # 2**53 has 16 digits
+        return None
+    if p[vs] == 0x30 and ve - vs > 1:
+        return None
+    for k in range(vs, ve):
+        if not 0x30 <= p[k] <= 0x39:
+            return None
+        v = v * 10 + (p[k] - 0x30)
+    if v > C_MAX_ID:
+        return None
+    return v
+
+
+def parse_envelope(bytes buf not None):
+    """Parse one client command (a text frame's payload) into an ``Envelope``.
+
+    Raises ``InvalidUTF8`` (close with 1007) or ``BadEnvelope`` (error reply); see the
+    module docstring for the exact rules.
+    """
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef Py_ssize_t bad = _utf8_invalid_at(p, n)
+    cdef Py_ssize_t i, ks, ke, vs, ve
+    cdef bint esc, vesc
+    cdef int slot
+    cdef bint duplicate = False
+    # Value spans of the known members; -1 = absent.
+    cdef Py_ssize_t spans[8]
+    cdef bint escs[4]
+    cdef dict fields = {}
+    cdef str key
+    if bad >= 0:
+        raise InvalidUTF8(f"invalid UTF-8 at byte {bad}")
+
+    for slot in range(8):
+        spans[slot] = -1
+    i = _skip_ws(p, 0, n)
+    if i >= n or p[i] != 0x7B:
+        raise BadEnvelope("command must be a JSON object")
+    i = _skip_ws(p, i + 1, n)
+    if i < n and p[i] == 0x7D:
+        i += 1
+    else:
+        while True:
+            if i >= n or p[i] != 0x22:
+                raise BadEnvelope("invalid JSON: expected a member name")
+            esc = False
+            ks = i
+            i = _scan_string(p, i, n, &esc)
+            if i < 0:
+                raise BadEnvelope("invalid JSON string")
+            ke = i
+            i = _skip_ws(p, i, n)
+            if i >= n or p[i] != 0x3A:
+                raise BadEnvelope("invalid JSON: expected ':'")
+            vs = _skip_ws(p, i + 1, n)
+            vesc = False
+            if vs < n and p[vs] == 0x22:
+                ve = _scan_string(p, vs, n, &vesc)  # strings are the common value
+            else:
+                ve = _scan_value(p, vs, n, 1)
+            if ve == ERR_DEPTH:
+                raise BadEnvelope(f"JSON nesting deeper than {C_MAX_DEPTH}")
+            if ve < 0:
+                raise BadEnvelope("invalid JSON value")
+
+            # Common case, plain ASCII names: no str is built for known members.
+            key = None
+            if esc:
+                key = _decode_string(p, ks, ke, True)
+                slot = _KNOWN.get(key, K_OTHER)
+            elif _key_is(p, ks, ke, b"op", 2):
+                slot = K_OP
+            elif _key_is(p, ks, ke, b"id", 2):
+                slot = K_ID
+            elif _key_is(p, ks, ke, b"channel", 7):
+                slot = K_CHANNEL
+            elif _key_is(p, ks, ke, b"data", 4):
+                slot = K_DATA
+            else:
+                slot = K_OTHER
+                key = _decode_string(p, ks, ke, False)
+            if slot == K_OTHER:
+                if key in fields:
+                    duplicate = True
+                else:
+                    fields[key] = PyBytes_FromStringAndSize(<const char*>p + vs, ve - vs)
+            elif spans[2 * slot] >= 0:
+                duplicate = True
+                if slot == K_ID:
+                    spans[2 * K_ID] = -2  # ambiguous: no id reported
+            else:
+                spans[2 * slot] = vs
+                spans[2 * slot + 1] = ve
+                escs[slot] = vesc
+
+            i = _skip_ws(p, ve, n)
+            if i < n and p[i] == 0x2C:
+                i = _skip_ws(p, i + 1, n)
+                continue
+            if i < n and p[i] == 0x7D:
+                i += 1
+                break
+            raise BadEnvelope("invalid JSON: expected ',' or '}'")
+    if _skip_ws(p, i, n) != n:
+        raise BadEnvelope("invalid JSON: data after the object")
+
+    # The JSON is well formed: from here on errors carry the id when it is readable.
+    cdef object id_value = None
+    cdef bint id_bad = False
+    if spans[2 * K_ID] >= 0:
+        id_value = _parse_id(p, spans[2 * K_ID], spans[2 * K_ID + 1])
+        id_bad = id_value is None
+    if duplicate:
+        raise BadEnvelope("duplicate member name", id_value)
+    if id_bad:
+        raise BadEnvelope('"id" must be an integer from 0 to 2**53')
+    if spans[2 * K_OP] < 0:
+        raise BadEnvelope('missing "op"', id_value)
+    if p[spans[2 * K_OP]] != 0x22:
+        raise BadEnvelope('"op" must be a string', id_value)
+    if spans[2 * K_CHANNEL] >= 0 and p[spans[2 * K_CHANNEL]] != 0x22:
+        raise BadEnvelope('"channel" must be a string', id_value)
+
+    cdef Envelope env = Envelope.__new__(Envelope)
+    env.op = _decode_string(p, spans[2 * K_OP], spans[2 * K_OP + 1], escs[K_OP])
+    env.id = id_value
+    if spans[2 * K_CHANNEL] >= 0:
+        env.channel = _decode_string(p, spans[2 * K_CHANNEL], spans[2 * K_CHANNEL + 1],
+                                     escs[K_CHANNEL])
+    if spans[2 * K_DATA] >= 0:
+        env.data = PyBytes_FromStringAndSize(<const char*>p + spans[2 * K_DATA],
+                                             spans[2 * K_DATA + 1] - spans[2 * K_DATA])
+    env.fields = fields
+    return env
+
+
+
+# ------------------------------------------------------------------- frames and fan-out
+
+def build_text_frame(bytes payload not None):
+    """One unmasked, final text frame (RFC 6455 section 5.2), header and payload together.
+
+    Servers must not mask (section 5.1). The payload length uses the shortest form the
+    RFC requires: 7 bits below 126, 126 + 16-bit big-endian below 65536, else 127 +
+    64-bit big-endian.
+    """
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t h
+    cdef int k
+    if n < 126:
+        h = 2
+    elif n < 65536:
+        h = 4
+    else:
+        h = 10
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, h + n)
+    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
+    out[0] = 0x81  # FIN + opcode 0x1 (text)
+    if h == 2:
+        out[1] = <unsigned char>n
+    elif h == 4:
+        out[1] = 126
+        out[2] = <unsigned char>(n >> 8)
+        out[3] = <unsigned char>(n & 0xFF)
+    else:
+        out[1] = 127
+        for k in range(8):
+            out[2 + k] = <unsigned char>((<uint64_t>n >> (56 - 8 * k)) & 0xFF)
+    memcpy(out + h, PyBytes_AS_STRING(payload), n)
+    return frame
+
+
+cdef class Sink:
+    """One subscriber's write side, captured once per connection.
+
+    The transport's methods and socket fd are looked up once here, not per message.
+    Contract: the owner calls ``close()`` before queueing a close frame and, at the
+    latest, in ``connection_lost`` (both asyncio and uvloop call it before closing the
+    fd), so ``fanout`` never sends to an fd number the kernel may have reused. As a
+    second guard, a sink whose transport reports ``is_closing()`` is closed by
+    ``fanout`` and skipped.
+    """
+
+    cdef int _fd
+    cdef object _write
+    cdef object _get_write_buffer_size
+    cdef object _is_closing
+    cdef bint _closed
+
+    def __init__(self, transport):
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            raise ValueError("transport has no socket")
+        self._fd = sock.fileno()
+        if self._fd < 0:
+            raise ValueError("transport socket is closed")
+        self._write = transport.write
+        self._get_write_buffer_size = transport.get_write_buffer_size
+        self._is_closing = transport.is_closing
+        self._closed = False
+
+    @property
+    def fd(self):
+        return self._fd
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def close(self):
+        """Stop fan-out to this sink; idempotent."""
+        self._closed = True
+
+    def __repr__(self):
+        return f"Sink(fd={self._fd}, closed={bool(self._closed)})"
+
+
+cdef inline bint _hand_to_transport(Sink sink, bytes frame, Py_ssize_t offset):
+    """transport.write(frame[offset:]); False (and the sink closed) if it raised."""
+    try:
+        if offset == 0:
+            sink._write(frame)
+        else:
+            sink._write(frame[offset:])
+    except Exception:
+        sink._closed = True
+        return False
+    return True
+
+
+def fanout(bytes frame not None, list sinks not None):
+    """Write ``frame`` to every open sink; return how many sinks it was written to.
+
+    Per sink: while the transport's own buffer is empty, one non-blocking ``send()``
+    delivers without touching the event loop, and any unsent tail goes to
+    ``transport.write`` (which then keeps it in order). With data already buffered, the
+    whole frame goes to ``transport.write`` so ordering is kept. Send errors other than
+    "would block" also go through ``transport.write`` so the transport reports them by
+    its own path. A sink whose transport methods raise, or that is closing, is marked
+    closed and not counted. Never raises for a single bad sink.
+    """
+    cdef const char* p = PyBytes_AS_STRING(frame)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+    cdef Py_ssize_t sent
+    cdef Py_ssize_t count = 0
+    cdef Sink sink
+    cdef object item
+    for item in sinks:
+        sink = <Sink?>item
+        if sink._closed:
+            continue
+        try:
+            if sink._is_closing():
+                sink._closed = True
+                continue
+            buffered = sink._get_write_buffer_size()
+        except Exception:
+            sink._closed = True
+            continue
+        if buffered:
+            if _hand_to_transport(sink, frame, 0):
+                count += 1
+            continue
+        if n == 0:
+            count += 1
+            continue
+        # MSG_NOSIGNAL: a dead peer must give EPIPE, not kill the process with SIGPIPE.
+        sent = c_send(sink._fd, p, <size_t>n, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if sent == n:
+            count += 1
+            continue
+        if sent < 0:
+            # EAGAIN/EWOULDBLOCK/EINTR: the transport retries when writable. Any other
+            # error: the transport's own write path hits it and reports it.
+            sent = 0
+        if _hand_to_transport(sink, frame, sent):
+            count += 1
+    return count

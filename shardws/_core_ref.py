@@ -1,0 +1,385 @@
+"""Pure-Python reference implementation of ``shardws._core``, written independently.
+
+Same public API and the same accept/reject decisions, error classes and attributes as the
+Cython module; ``tests/test_core.py`` runs one suite over both and compares them on
+generated input. It is also the fallback when the extension is not built (slow: use it
+for development and tests, not production).
+
+It deliberately shares no parsing code with the Cython scanner: UTF-8 is checked by
+CPython's strict codec (which follows RFC 3629: no overlongs, no encoded surrogates,
+nothing above U+10FFFF), strings by ``json.decoder.scanstring`` and values by the
+stdlib ``json`` scanner, tightened to RFC 8259 (no NaN/Infinity) and to the depth limit.
+Byte spans are recovered from character spans by re-encoding, which is exact because
+UTF-8 decoding is a bijection on valid input.
+
+See ``shardws._core`` for the guarantees of each function.
+"""
+
+from __future__ import annotations
+
+import json
+import json.decoder
+import os
+import re
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_ID",
+    "BadEnvelope",
+    "Envelope",
+    "InvalidUTF8",
+    "Sink",
+    "build_text_frame",
+    "fanout",
+    "parse_envelope",
+]
+
+#: Maximum JSON nesting depth accepted; the top-level object counts as depth 1.
+MAX_DEPTH: Final = 32
+#: Largest accepted command id (2**53: exact in every JSON peer's IEEE double).
+MAX_ID: Final = 2**53
+
+
+class InvalidUTF8(ValueError):
+    """The text frame is not valid UTF-8 (RFC 3629); close with 1007 (RFC 6455 8.1)."""
+
+
+class BadEnvelope(ValueError):
+    """Valid UTF-8 but not an acceptable command; reply with an error, keep the connection.
+
+    ``id`` is the command id when it could be read, else None.
+    """
+
+    def __init__(self, message: str, id: int | None = None) -> None:
+        super().__init__(message)
+        self.id = id
+
+
+class Envelope:
+    """One parsed client command. Attributes are read-only."""
+
+    __slots__ = ("_channel", "_data", "_fields", "_id", "_op")
+
+    def __init__(
+        self,
+        op: str,
+        id: int | None = None,
+        channel: str | None = None,
+        data: bytes | None = None,
+        fields: dict[str, bytes] | None = None,
+    ) -> None:
+        self._op = op
+        self._id = id
+        self._channel = channel
+        self._data = data
+        self._fields = {} if fields is None else fields
+
+    @property
+    def op(self) -> str:
+        return self._op
+
+    @property
+    def id(self) -> int | None:
+        return self._id
+
+    @property
+    def channel(self) -> str | None:
+        return self._channel
+
+    @property
+    def data(self) -> bytes | None:
+        return self._data
+
+    @property
+    def fields(self) -> dict[str, bytes]:
+        return self._fields
+
+    def __repr__(self) -> str:
+        return (
+            f"Envelope(op={self._op!r}, id={self._id!r}, channel={self._channel!r}, "
+            f"data={self._data!r}, fields={self._fields!r})"
+        )
+
+
+# ------------------------------------------------------------------------ parsing
+
+_WS = re.compile(r"[ \t\n\r]*")  # RFC 8259 section 2 whitespace, nothing else
+_ID = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+
+
+class _Number:
+    """Stands in for parsed numbers: only their raw text matters here, and ``int()`` on
+    a long digit string would hit CPython's int/str conversion limit."""
+
+
+_NUMBER = _Number()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 section 6)")
+
+
+def _number(_text: str) -> _Number:
+    return _NUMBER
+
+
+class _Object:
+    """A decoded nested object, keeping the values of duplicate names (a dict would keep
+    only the last one and hide how deep the others nest)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        self.values = [value for _, value in pairs]
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_Object,
+    parse_constant=_reject_constant,
+    parse_int=_number,
+    parse_float=_number,
+    strict=True,
+)
+# Neither is in typeshed; both are the C accelerators in CPython (``_json``).
+_scan_value: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_scan_key: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+def _depth(value: object) -> int:
+    """Container nesting depth of a decoded value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, _Object):
+            children: list[Any] = item.values
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    match = _WS.match(text, pos)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def parse_envelope(buf: bytes) -> Envelope:
+    """Parse one client command; raise ``InvalidUTF8`` or ``BadEnvelope``."""
+    if not isinstance(buf, bytes):
+        raise TypeError(f"expected bytes, got {type(buf).__name__}")
+    try:
+        text = buf.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidUTF8(f"invalid UTF-8 at byte {exc.start}") from None
+
+    members = _split_members(text)
+    ascii_only = len(text) == len(buf)
+
+    def raw(start: int, end: int) -> bytes:
+        # Character offsets equal byte offsets only for ASCII input.
+        if ascii_only:
+            return buf[start:end]
+        return text[start:end].encode("utf-8")
+
+    seen: dict[str, tuple[Any, int, int]] = {}
+    duplicates: set[str] = set()
+    for key, value, start, end in members:
+        if key in seen:
+            duplicates.add(key)
+        else:
+            seen[key] = (value, start, end)
+
+    id_value: int | None = None
+    id_bad = False
+    if "id" in seen and "id" not in duplicates:
+        _, start, end = seen["id"]
+        literal = text[start:end]
+        if _ID.fullmatch(literal) and len(literal) <= 16 and int(literal) <= MAX_ID:
+            id_value = int(literal)
+        else:
+            id_bad = True
+
+    if duplicates:
+        raise BadEnvelope(f"duplicate member name {sorted(duplicates)[0]!r}", id_value)
+    if id_bad:
+        raise BadEnvelope('"id" must be an integer from 0 to 2**53')
+    if "op" not in seen:
+        raise BadEnvelope('missing "op"', id_value)
+    op = seen["op"][0]
+    if not isinstance(op, str):
+        raise BadEnvelope('"op" must be a string', id_value)
+    channel = None
+    if "channel" in seen:
+        channel = seen["channel"][0]
+        if not isinstance(channel, str):
+            raise BadEnvelope('"channel" must be a string', id_value)
+
+    data = raw(*seen["data"][1:]) if "data" in seen else None
+    fields = {
+        key: raw(start, end)
+        for key, (_, start, end) in seen.items()
+        if key not in ("op", "id", "channel", "data")
+    }
+    return Envelope(op, id_value, channel, data, fields)
+
+
+def _split_members(text: str) -> list[tuple[str, Any, int, int]]:
+    """(key, decoded value, start, end) of each top-level member, in input order.
+
+    Raises BadEnvelope (without id) unless ``text`` is exactly one JSON object within the
+    depth limit.
+    """
+    members: list[tuple[str, Any, int, int]] = []
+    pos = _skip_ws(text, 0)
+    if not text.startswith("{", pos):
+        raise BadEnvelope("command must be a JSON object")
+    pos = _skip_ws(text, pos + 1)
+    if text.startswith("}", pos):
+        pos += 1
+    else:
+        while True:
+            if not text.startswith('"', pos):
+                raise BadEnvelope("invalid JSON: expected a member name")
+            try:
+                key, pos = _scan_key(text, pos + 1, True)
+            except ValueError as exc:
+                raise BadEnvelope(f"invalid JSON: {exc}") from None
+            pos = _skip_ws(text, pos)
+            if not text.startswith(":", pos):
+                raise BadEnvelope("invalid JSON: expected ':'")
+            start = _skip_ws(text, pos + 1)
+            try:
+                value, end = _scan_value(text, start)
+            except StopIteration:
+                raise BadEnvelope("invalid JSON: expected a value") from None
+            except RecursionError:
+                # Only reachable far beyond MAX_DEPTH.
+                raise BadEnvelope(f"JSON nesting deeper than {MAX_DEPTH}") from None
+            except ValueError as exc:
+                raise BadEnvelope(f"invalid JSON: {exc}") from None
+            if 1 + _depth(value) > MAX_DEPTH:
+                raise BadEnvelope(f"JSON nesting deeper than {MAX_DEPTH}")
+            members.append((key, value, start, end))
+            pos = _skip_ws(text, end)
+            if text.startswith(",", pos):
+                pos = _skip_ws(text, pos + 1)
+                continue
+            if text.startswith("}", pos):
+                pos += 1
+                break
+            raise BadEnvelope("invalid JSON: expected ',' or '}'")
+    if _skip_ws(text, pos) != len(text):
+        raise BadEnvelope("invalid JSON: data after the object")
+    return members
+
+
+# ------------------------------------------------------------- frames and fan-out
+
+
+def build_text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame (RFC 6455 section 5.2), header and payload together."""
+    if not isinstance(payload, bytes):
+        raise TypeError(f"expected bytes, got {type(payload).__name__}")
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+class Sink:
+    """One subscriber's write side, captured once per connection.
+
+    The owner calls ``close()`` before queueing a close frame and at the latest in
+    ``connection_lost``, so ``fanout`` never writes to a reused fd number; a sink whose
+    transport reports ``is_closing()`` is also closed by ``fanout``.
+    """
+
+    __slots__ = ("_closed", "_fd", "_get_write_buffer_size", "_is_closing", "_write")
+
+    def __init__(self, transport: Any) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            raise ValueError("transport has no socket")
+        fd = sock.fileno()
+        if fd < 0:
+            raise ValueError("transport socket is closed")
+        self._fd: int = fd
+        self._write = transport.write
+        self._get_write_buffer_size = transport.get_write_buffer_size
+        self._is_closing = transport.is_closing
+        self._closed = False
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop fan-out to this sink; idempotent."""
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"Sink(fd={self._fd}, closed={self._closed})"
+
+
+def _hand_to_transport(sink: Sink, chunk: bytes) -> bool:
+    try:
+        sink._write(chunk)
+    except Exception:
+        sink._closed = True
+        return False
+    return True
+
+
+def fanout(frame: bytes, sinks: list[Sink]) -> int:
+    """Write ``frame`` to every open sink; return how many sinks it was written to.
+
+    ``os.write`` stands in for ``send(MSG_DONTWAIT)``: the transport's socket is already
+    non-blocking, and CPython ignores SIGPIPE, so a dead peer gives EPIPE, not a signal.
+    """
+    if not isinstance(frame, bytes):
+        raise TypeError(f"expected bytes, got {type(frame).__name__}")
+    if not isinstance(sinks, list):
+        raise TypeError(f"expected list, got {type(sinks).__name__}")
+    count = 0
+    for sink in sinks:
+        if not isinstance(sink, Sink):
+            raise TypeError(f"expected Sink, got {type(sink).__name__}")
+        if sink._closed:
+            continue
+        try:
+            if sink._is_closing():
+                sink._closed = True
+                continue
+            buffered = sink._get_write_buffer_size()
+        except Exception:
+            sink._closed = True
+            continue
+        if buffered or not frame:
+            if not frame or _hand_to_transport(sink, frame):
+                count += 1
+            continue
+        try:
+            sent = os.write(sink._fd, frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0  # the transport retries when the socket is writable
+        except OSError:
+            sent = 0  # EPIPE, ECONNRESET...: the transport's write path reports it
+        if sent == len(frame) or _hand_to_transport(sink, frame[sent:]):
+            count += 1
+    return count

@@ -1,0 +1,115 @@
+"""The admin process (``shardws: admin``): the admin HTTP port.
+
+Serves ``GET /health`` from the scoreboard in shared memory; it never talks to workers
+directly, so a stuck worker cannot stall it. Runs aiohttp on its own event loop, on the
+listening socket the supervisor created (kept open across restarts of this process).
+
+``/health`` answers 200 with ``"status": "ok"`` when every worker is ready with a fresh
+heartbeat, and 503 with ``"status": "degraded"`` otherwise (a load balancer then stops
+sending new clients here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import uvloop
+from aiohttp import web
+from setproctitle import setproctitle
+
+from shardws.config import Config
+from shardws.log import setup_logging
+from shardws.metrics import Column, ProcessState, Scoreboard
+
+log = logging.getLogger("shardws.admin")
+
+HEARTBEAT_INTERVAL = 0.5
+
+
+def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
+    """The /health document and its HTTP status, computed from the scoreboard."""
+    stale = config.server.heartbeat_timeout
+    now_ns = time.monotonic_ns()
+    workers: list[dict[str, Any]] = []
+    for slot in range(config.server.workers):
+        row = board.row(slot)
+        workers.append(
+            {
+                "worker": slot,
+                "pid": int(row[Column.PID]),
+                "state": ProcessState(int(row[Column.STATE])).name.lower(),
+                "alive": board.is_ready(slot, stale),
+                "heartbeat_age": round(min(board.heartbeat_age(slot, now_ns), 1e9), 3),
+                "connections": int(row[Column.CONNECTIONS]),
+                "restarts": int(row[Column.RESTARTS]),
+            }
+        )
+    alive = sum(1 for w in workers if w["alive"])
+    healthy = alive == len(workers)
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "workers_alive": alive,
+        "workers": len(workers),
+        "connections": sum(w["connections"] for w in workers),
+        "per_worker": workers,
+    }
+    return (200 if healthy else 503), body
+
+
+def make_app(config: Config, board: Scoreboard) -> web.Application:
+    """The admin HTTP application."""
+
+    async def get_health(_request: web.Request) -> web.Response:
+        status, body = health(config, board)
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_get("/health", get_health)
+    return app
+
+
+async def _serve(config: Config, board: Scoreboard, slot: int, sock: socket.socket) -> None:
+    row = board.row(slot)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(make_app(config, board), access_log=None)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    row[Column.STATE] = ProcessState.READY
+    log.info("admin ready on http://%s:%d", *sock.getsockname()[:2])
+    while not stop.is_set():
+        row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+        try:
+            await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
+        except TimeoutError:
+            pass
+    row[Column.STATE] = ProcessState.DRAINING
+    await runner.cleanup()
+
+
+def run_admin(slot: int, config: Config, board: Scoreboard, sock: socket.socket) -> int:
+    """Entry point in the forked child. Returns the process exit code."""
+    setproctitle("shardws: admin")
+    setup_logging(config.log.level, config.log.format, "admin")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    board.disown()
+    row = board.row(slot)
+    row[Column.PID] = os.getpid()
+    row[Column.STATE] = ProcessState.BOOTING
+    row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve(config, board, slot, sock))
+    finally:
+        loop.close()
+    return 0

@@ -1,0 +1,466 @@
+"""Configuration: a TOML file -> frozen, validated dataclasses.
+
+Guarantees:
+
+* This is the only module of shardws that reads TOML or the environment; every other
+  module is handed a :class:`Config` (or one of its sections).
+* A :class:`Config` from :func:`parse_config`, :func:`load_config` or
+  :func:`default_config` is fully validated: every value has its declared type and lies
+  within its declared range, and the cross-field rules hold, so nothing downstream
+  re-checks. (Objects built directly in code, e.g. in tests, are trusted as given.)
+* Units are uniform: durations are seconds (``float``; TOML may give an int), sizes are
+  bytes (``int``).
+* Every user error is a :class:`ConfigError` whose one-line message names the file, the
+  key, the offending value and what would be valid. Unknown sections and keys are errors,
+  because a typo must not silently fall back to a default; a close valid name is
+  suggested. Missing sections and keys take their defaults.
+* :func:`dump_config` emits TOML that :func:`parse_config` turns back into an equal
+  :class:`Config` (``source`` aside).
+
+Adding a section: declare a frozen dataclass whose fields use :func:`option` (the type
+comes from the annotation, constraints are keyword rules) and add it as a field of
+:class:`Config`. Validation and :func:`dump_config` are driven by the fields; there is no
+per-key code. Field types understood: ``bool``, ``int``, ``float``, ``str``,
+``tuple[T, ...]`` (a TOML array), another section dataclass (a sub-table) and
+``Mapping[str, T]`` (a table of named entries, e.g. ``[namespaces.<name>]``; stored
+read-only). Rules that span fields go in a ``cross_check`` method yielding
+``(key, reason)`` for each violation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+__all__ = [
+    "MAX_WORKERS",
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "LogConfig",
+    "ServerConfig",
+    "auto_workers",
+    "default_config",
+    "dump_config",
+    "from_table",
+    "load_config",
+    "option",
+    "parse_config",
+    "run_dir_parent",
+]
+
+T = TypeVar("T")
+
+#: Upper bound of ``[server] workers``; ``"auto"`` is clamped to it too, so a dumped
+#: config still validates on a machine with more CPUs than that.
+MAX_WORKERS = 1024
+
+
+class ConfigError(Exception):
+    """A user-caused configuration error.
+
+    ``str(err)`` is one line naming the file and the key, e.g.
+    ``shardws.toml: [server] port: expected an integer 0..65535, got 'abc'``.
+    Attributes: ``source`` (the file, or ``"<default>"``), ``key`` (dotted, e.g.
+    ``"server.port"``; ``""`` when the error is about the whole file) and ``detail`` (the
+    message without the file name).
+    """
+
+    def __init__(self, source: str, key: str, detail: str) -> None:
+        super().__init__(f"{source}: {detail}")
+        self.source = source
+        self.key = key
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- declaring
+
+_RULES = frozenset({"ge", "gt", "le", "choices", "check", "expect", "keywords", "unit", "toml"})
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    **rules: Any,
+) -> Any:
+    """Declare a config field: its default (or a zero-argument ``factory``) and its rules.
+
+    Rules, all optional; for arrays and tables of scalars they apply to each element:
+
+    * ``ge``, ``gt``, ``le`` -- numeric bounds (>=, >, <=);
+    * ``choices`` -- the allowed values;
+    * ``check``, ``expect`` -- a predicate the value must satisfy, and the phrase
+      describing what it accepts (``expect`` also replaces the generated description);
+    * ``keywords`` -- ``{"word": resolver}``: the TOML value may be that string instead,
+      and the field stores ``resolver()`` (e.g. ``workers = "auto"``);
+    * ``unit`` -- ``"seconds"`` or ``"bytes"``, shown in error messages;
+    * ``toml=False`` -- the field is not a TOML key (e.g. :attr:`Config.source`).
+    """
+    unknown = rules.keys() - _RULES
+    if unknown:
+        raise TypeError(f"unknown option rule(s): {sorted(unknown)}")
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=rules)
+    return dataclasses.field(default=default, metadata=rules)
+
+
+def auto_workers() -> int:
+    """The number of CPUs this process may run on (its affinity mask), 1..MAX_WORKERS.
+
+    The affinity mask, not ``os.cpu_count()``, because containers and ``taskset`` restrict
+    it: one worker per usable core is the whole point of ``workers = "auto"``.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_WORKERS))
+
+
+def run_dir_parent() -> str:
+    """Where the private run directory goes when ``[server] run_dir`` is ``""``:
+    ``$XDG_RUNTIME_DIR`` (per-user, mode 0700, tmpfs) if set to an absolute path, else
+    ``/tmp``. Only this module reads the environment; the server creates the directory.
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    # The XDG spec says a relative value must be ignored.
+    return xdg if os.path.isabs(xdg) else "/tmp"
+
+
+def _is_ws_path(value: str) -> bool:
+    return value.startswith("/")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: the WebSocket listener, the worker processes, per-connection limits."""
+
+    #: Address the WebSocket port binds. Default ``"127.0.0.1"``.
+    host: str = option("127.0.0.1")
+    #: TCP port of the WebSocket listener, 0..65535; 0 = any free port (useful for tests).
+    #: Default 8765.
+    port: int = option(8765, ge=0, le=65535)
+    #: HTTP path of the WebSocket endpoint; must start with "/". Default ``"/ws"``.
+    path: str = option("/ws", check=_is_ws_path, expect='a path starting with "/"')
+    #: Worker processes, 1..1024; TOML also accepts ``"auto"`` = one per CPU in this
+    #: process's affinity mask (stored resolved). Default ``"auto"``.
+    workers: int = option(
+        factory=auto_workers, ge=1, le=MAX_WORKERS, keywords={"auto": auto_workers}
+    )
+    #: Largest accepted client message, bytes, 64..16 MiB; a bigger frame closes the
+    #: connection with 1009. Default 65536.
+    max_message_size: int = option(65536, ge=64, le=16 * 1024 * 1024, unit="bytes")
+    #: Per-connection cap on queued outbound data, bytes, >= 1024; a consumer that falls
+    #: further behind is a slow consumer. Default 1048576 (1 MiB).
+    max_pending_bytes: int = option(1024 * 1024, ge=1024, unit="bytes")
+    #: Seconds > 0 without an inbound frame after which the server sends a WebSocket
+    #: ping. Default 25.
+    ping_interval: float = option(25.0, gt=0, unit="seconds")
+    #: Seconds without any inbound frame (pongs included) after which the connection is
+    #: closed; must exceed ping_interval so a pinged client has time to answer. Default 60.
+    idle_timeout: float = option(60.0, gt=0, unit="seconds")
+    #: Seconds > 0 within which the HTTP upgrade must complete. Default 5.
+    handshake_timeout: float = option(5.0, gt=0, unit="seconds")
+    #: Seconds > 0 of graceful shutdown: on SIGTERM connections get close 1001 and the
+    #: service exits within this. Default 10.
+    drain_timeout: float = option(10.0, gt=0, unit="seconds")
+    #: Seconds > 0 a worker's event loop may go without stamping its heartbeat before the
+    #: supervisor kills and replaces it. Default 10.
+    heartbeat_timeout: float = option(10.0, gt=0, unit="seconds")
+    #: listen() backlog of each worker's socket, 1..65535. Default 4096.
+    backlog: int = option(4096, ge=1, le=65535)
+    #: Directory for the bus's ipc sockets; ``""`` = a private directory created at start
+    #: under :func:`run_dir_parent`. Default ``""``.
+    run_dir: str = option("")
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """Rules spanning fields: ``(key, reason)`` per violation."""
+        # The idle close must come after a ping has gone out, or pings never help.
+        if self.idle_timeout <= self.ping_interval:
+            limit = f"ping_interval ({_show(self.ping_interval)})"
+            yield (
+                "idle_timeout",
+                f"expected a number of seconds > {limit}, got {_show(self.idle_timeout)}",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``[admin]``: the admin HTTP port (``GET /health`` and other operator endpoints)."""
+
+    #: Address the admin port binds. Default ``"127.0.0.1"`` (keep it private).
+    host: str = option("127.0.0.1")
+    #: TCP port of the admin endpoint, 0..65535; 0 = any free port. Default 9765.
+    port: int = option(9765, ge=0, le=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``: logging of all processes."""
+
+    #: Minimum level logged: debug, info, warning or error. Default ``"info"``.
+    level: str = option("info", choices=("debug", "info", "warning", "error"))
+    #: ``"text"`` (human-readable lines) or ``"json"`` (one object per line). Default
+    #: ``"text"``.
+    format: str = option("text", choices=("text", "json"))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; each field but ``source`` is a TOML section."""
+
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    #: The file the config came from, or ``"<default>"``. Not a TOML key.
+    source: str = option("<default>", toml=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_config() -> Config:
+    """The embedded defaults, parsed from ``shardws/default.toml``; source ``"<default>"``.
+
+    Not cached: ``workers = "auto"`` is resolved at each call.
+    """
+    text = resources.files("shardws").joinpath("default.toml").read_text(encoding="utf-8")
+    return parse_config(text, "<default>")
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Parse and validate TOML ``text``; ``source`` names it in errors and in the result."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:  # str(err) carries line and column
+        raise ConfigError(source, "", f"invalid TOML: {err}") from None
+    return dataclasses.replace(from_table(Config, data, source), source=source)
+
+
+def load_config(path: str | None) -> Config:
+    """Read and validate the config file at ``path``; ``None`` -> :func:`default_config`."""
+    if path is None:
+        return default_config()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise ConfigError(path, "", f"cannot read config file: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8 by definition
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, "", f"invalid TOML: not UTF-8 at byte {err.start}") from None
+    return parse_config(text, path)
+
+
+def from_table(cls: type[T], table: Mapping[str, Any], source: str) -> T:
+    """Build and validate section dataclass ``cls`` from a parsed TOML table."""
+    try:
+        return typing.cast(T, _build(cls, table, ()))
+    except _Invalid as err:
+        raise ConfigError(source, ".".join(err.path), err.detail) from None
+
+
+class _Invalid(Exception):
+    """A bad value at ``path``; :func:`from_table` adds the file name."""
+
+    def __init__(self, path: tuple[str, ...], detail: str) -> None:
+        super().__init__(detail)
+        self.path = path
+        self.detail = detail
+
+
+def _where(path: tuple[str, ...]) -> str:
+    """``("server", "port")`` -> ``[server] port``; ``("server",)`` -> ``[server]``."""
+    if len(path) == 1:
+        return f"[{path[0]}]"
+    return f"[{'.'.join(path[:-1])}] {path[-1]}"
+
+
+def _bad(path: tuple[str, ...], reason: str) -> _Invalid:
+    return _Invalid(path, f"{_where(path)}: {reason}")
+
+
+def _show(value: Any) -> str:
+    """A parsed TOML value as the user wrote it, more or less."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)  # numbers as written (8765.0 stays a float), dates
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    # Annotations are strings (``from __future__ import annotations``); resolve them once.
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, value: Any, path: tuple[str, ...]) -> Any:
+    if not isinstance(value, dict):
+        raise _bad(path, f"expected a table, got {_show(value)}")
+    known = {f.name: f for f in fields(cls) if f.metadata.get("toml", True)}
+    for key in value:  # file order, so the first typo is reported
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            kind = "key" if path else "section"
+            raise _Invalid((*path, key), f"unknown {kind} {_where((*path, key))}{hint}")
+    hints = _hints(cls)
+    obj = cls(
+        **{
+            key: _convert(item, hints[key], known[key].metadata, (*path, key))
+            for key, item in value.items()
+        }
+    )
+    for key, reason in getattr(obj, "cross_check", lambda: ())():
+        raise _bad((*path, key), reason)
+    return obj
+
+
+def _convert(value: Any, tp: Any, rules: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    if isinstance(tp, type) and is_dataclass(tp):
+        return _build(tp, value, path)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Mapping:
+        if not isinstance(value, dict):
+            raise _bad(path, f"expected a table, got {_show(value)}")
+        return MappingProxyType(
+            {k: _convert(v, args[1], rules, (*path, k)) for k, v in value.items()}
+        )
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _bad(path, f"expected an array, got {_show(value)}")
+        return tuple(_convert(v, args[0], rules, path) for v in value)
+    return _scalar(value, tp, rules, path)
+
+
+_KINDS: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _scalar(value: Any, tp: type, rules: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    if tp not in _KINDS:
+        raise TypeError(f"config field {'.'.join(path)}: unsupported type {tp!r}")
+    keywords = rules.get("keywords", {})
+    if isinstance(value, str) and value in keywords:
+        return keywords[value]()
+    # bool is an int subclass in Python, but `port = true` is a mistake, never a number.
+    if isinstance(value, bool) != (tp is bool):
+        ok = False
+    elif tp is float and isinstance(value, int):
+        value, ok = float(value), True
+    else:
+        ok = isinstance(value, tp)
+    if ok and tp is float and not math.isfinite(value):
+        raise _bad(path, f"expected a finite number, got {_show(value)}")
+    ok = ok and (
+        ("ge" not in rules or value >= rules["ge"])
+        and ("gt" not in rules or value > rules["gt"])
+        and ("le" not in rules or value <= rules["le"])
+        and ("choices" not in rules or value in rules["choices"])
+        and ("check" not in rules or rules["check"](value))
+    )
+    if not ok:
+        raise _bad(path, f"expected {_expect(tp, rules)}, got {_show(value)}")
+    return value
+
+
+def _expect(tp: type, rules: Mapping[str, Any]) -> str:
+    """What a field accepts, e.g. ``an integer 64..16777216 (bytes)``."""
+    if "expect" in rules:
+        text = rules["expect"]
+    elif "choices" in rules:
+        text = "one of " + ", ".join(_show(c) for c in rules["choices"])
+    else:
+        text = _KINDS[tp]
+        ge, gt, le = rules.get("ge"), rules.get("gt"), rules.get("le")
+        if ge is not None and le is not None:
+            text += f" {ge}..{le}"
+        elif ge is not None or gt is not None:
+            text += f" >= {ge}" if ge is not None else f" > {gt}"
+            text += f", <= {le}" if le is not None else ""
+        elif le is not None:
+            text += f" <= {le}"
+        if "unit" in rules:
+            text += f" ({rules['unit']})"
+    words = [_show(w) for w in rules.get("keywords", ())]
+    return " or ".join([*words, text])
+
+
+# --------------------------------------------------------------------------- dumping
+
+
+def dump_config(cfg: Config) -> str:
+    """The effective config as TOML (``workers`` resolved); parses back to an equal Config."""
+    lines = [f"# shardws effective configuration, from {_toml_str(cfg.source)}"]
+    _dump_table(cfg, (), lines)
+    return "\n".join(lines) + "\n"
+
+
+def _items(obj: Any) -> list[tuple[str, Any]]:
+    if is_dataclass(obj):
+        return [(f.name, getattr(obj, f.name)) for f in fields(obj) if f.metadata.get("toml", True)]
+    return list(obj.items())
+
+
+def _is_table(value: Any) -> bool:
+    return is_dataclass(value) or isinstance(value, Mapping)
+
+
+def _dump_table(obj: Any, path: tuple[str, ...], out: list[str]) -> None:
+    items = _items(obj)
+    plain = [(k, v) for k, v in items if not _is_table(v)]
+    # A section's header is written even when empty so the dump lists every section;
+    # an empty Mapping has nothing to say and is omitted.
+    if path and (plain or is_dataclass(obj)):
+        out += ["", f"[{'.'.join(_toml_key(k) for k in path)}]"]
+    out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain]
+    for key, value in items:
+        if _is_table(value):
+            _dump_table(value, (*path, key), out)
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_str(key)
+
+
+def _toml_str(text: str) -> str:
+    # TOML basic strings forbid raw control characters (tab aside) and DEL; \uXXXX is valid.
+    def escape(m: re.Match[str]) -> str:
+        return "\\" + m[0] if m[0] in '"\\' else f"\\u{ord(m[0]):04x}"
+
+    return '"' + re.sub(r'["\\\x00-\x1f\x7f]', escape, text) + '"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # repr of a finite float is valid TOML, e.g. 25.0 or 1e-05
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if _is_table(value):
+        pairs = (f"{_toml_key(k)} = {_toml_value(v)}" for k, v in _items(value))
+        return "{ " + ", ".join(pairs) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")

@@ -1,0 +1,85 @@
+"""The hub: channel -> this worker's local subscribers.
+
+No I/O. The hub tells its owner when a channel gets its first local subscriber
+(``on_first``: subscribe on the bus, returns a future that resolves once that is live)
+and when it loses its last (``on_last``: unsubscribe on the bus).
+
+Guarantees:
+
+* ``add`` returns an awaitable that completes once publications from every worker reach
+  this subscriber. Subscribers joining while the channel's bus subscription is still
+  pending share that same pending future, so none is told "live" too early.
+* ``sinks`` returns the subscribers' sinks in subscription order; the list is cached and
+  rebuilt only after membership changed, so fan-out pays nothing per publication and a
+  mass disconnect costs O(1) per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from typing import Any
+
+
+class _Channel:
+    __slots__ = ("live", "members", "sinks")
+
+    def __init__(self, live: asyncio.Future[bool]) -> None:
+        self.members: dict[Hashable, Any] = {}
+        self.sinks: list[Any] | None = None
+        self.live = live
+
+
+class Hub:
+    """Local subscriptions of one worker."""
+
+    def __init__(
+        self,
+        on_first: Callable[[str], asyncio.Future[bool]],
+        on_last: Callable[[str], None],
+    ) -> None:
+        self._on_first = on_first
+        self._on_last = on_last
+        self._channels: dict[str, _Channel] = {}
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def __contains__(self, channel: str) -> bool:
+        return channel in self._channels
+
+    def add(self, channel: str, member: Hashable, sink: Any) -> asyncio.Future[bool]:
+        """Add ``member`` (writing through ``sink``) to ``channel``; returns the channel's
+        liveness future (see module docstring). Adding an existing member is a no-op."""
+        state = self._channels.get(channel)
+        if state is None:
+            state = _Channel(self._on_first(channel))
+            self._channels[channel] = state
+        if member not in state.members:
+            state.members[member] = sink
+            state.sinks = None
+        return state.live
+
+    def remove(self, channel: str, member: Hashable) -> bool:
+        """Remove ``member`` from ``channel``; returns whether it was there."""
+        state = self._channels.get(channel)
+        if state is None or state.members.pop(member, None) is None:
+            return False
+        state.sinks = None
+        if not state.members:
+            del self._channels[channel]
+            self._on_last(channel)
+        return True
+
+    def sinks(self, channel: str) -> list[Any]:
+        """The sinks of ``channel``'s local subscribers (empty if none). Do not mutate."""
+        state = self._channels.get(channel)
+        if state is None:
+            return []
+        if state.sinks is None:
+            state.sinks = list(state.members.values())
+        return state.sinks
+
+    def subscriber_count(self, channel: str) -> int:
+        state = self._channels.get(channel)
+        return 0 if state is None else len(state.members)

@@ -1,0 +1,409 @@
+"""The supervisor: binds the sockets, forks and restarts the workers and the admin process.
+
+It never does per-message work and never holds ZeroMQ state (a zmq Context must not
+cross a fork), so nothing a client sends can wedge it.
+
+Guarantees:
+
+* One listening socket per worker, SO_REUSEPORT, created before forking and kept open
+  here: a restarted worker inherits the same socket, so connections queued in the
+  kernel while it was down are served by its replacement, not reset.
+* A process that dies is restarted with exponential backoff (0.1 s doubling to 10 s,
+  reset once it has stayed up 10 s). A process that dies during the *first* boot stops
+  the whole service with a clear error and exit code 1 instead of a restart loop.
+* A process whose heartbeat (stamped from its own event loop into shared memory) is
+  older than ``heartbeat_timeout`` is killed and replaced: a stuck loop cannot hide.
+* Signal handlers only queue the signal; the main loop acts on it. SIGTERM/SIGINT:
+  every process drains (clients get close 1001) and the service exits 0 within
+  ``drain_timeout``. SIGHUP: logged; configuration reload is not implemented yet.
+* systemd: READY=1 once every process booted, STATUS= with live counts, WATCHDOG=1
+  from this loop (so a stuck supervisor is caught), STOPPING=1 on shutdown.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+
+from setproctitle import setproctitle
+
+from shardws import systemd
+from shardws.config import Config, run_dir_parent
+from shardws.log import setup_logging
+from shardws.metrics import Column, ProcessState, Scoreboard
+
+log = logging.getLogger("shardws.supervisor")
+
+BOOT_TIMEOUT = 30.0  # seconds for every process to report READY on first boot
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 10.0  # seconds up after which a process's backoff resets
+STATUS_INTERVAL = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Slot:
+    """One supervised process position (a worker number or the admin)."""
+
+    index: int
+    kind: str  # "worker" | "admin"
+    sock: socket.socket
+    pid: int = 0
+    started: float = 0.0
+    restart_at: float | None = None
+    backoff: float = BACKOFF_MIN
+
+    @property
+    def name(self) -> str:
+        return "admin" if self.kind == "admin" else f"worker {self.index}"
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def listen_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    """A non-blocking listening TCP socket (SO_REUSEPORT when ``reuse_port``)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Supervisor:
+    """Runs the service in the foreground until SIGTERM/SIGINT or a fatal boot error."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.slots: list[Slot] = []
+        self.exit_code = 0
+        self._signals: collections.deque[int] = collections.deque()
+        self._booting = True
+        self._boot_started = 0.0
+        self._stopping = False
+        self._last_status = 0.0
+        self._run_dir = ""
+        self._own_run_dir = False
+        self._board: Scoreboard | None = None
+        self._wake_r = self._wake_w = -1
+        self._pid = os.getpid()
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        server, admin = self.config.server, self.config.admin
+        port = server.port
+        for index in range(server.workers):
+            sock = listen_socket(server.host, port, server.backlog, reuse_port=True)
+            port = sock.getsockname()[1]  # port 0: every worker shares the first's port
+            self.slots.append(Slot(index, "worker", sock))
+        admin_sock = listen_socket(admin.host, admin.port, 128, reuse_port=False)
+        self.slots.append(Slot(server.workers, "admin", admin_sock))
+        self.ws_port = port
+        self.admin_port = admin_sock.getsockname()[1]
+
+    def _make_run_dir(self) -> None:
+        configured = self.config.server.run_dir
+        if configured:
+            os.makedirs(configured, mode=0o700, exist_ok=True)
+            self._run_dir = configured
+        else:
+            self._run_dir = tempfile.mkdtemp(prefix="shardws-", dir=run_dir_parent())
+            self._own_run_dir = True
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, self._queue_signal)
+
+    def _queue_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+
+    # -- main loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything and supervise; returns the process exit code."""
+        setproctitle("shardws: supervisor")
+        nofile = raise_nofile_limit()
+        self._bind()
+        self._make_run_dir()
+        self._board = Scoreboard.create(len(self.slots))
+        self._install_signals()
+        server = self.config.server
+        log.info(
+            "shardws starting: ws://%s:%d%s with %d worker(s), admin http://%s:%d, "
+            "config %s, open files limit %d",
+            server.host, self.ws_port, server.path, server.workers,
+            self.config.admin.host, self.admin_port, self.config.source, nofile,
+        )  # fmt: skip
+        self._boot_started = time.monotonic()
+        for slot in self.slots:
+            self._spawn(slot)
+        try:
+            while not self._stopping:
+                self._wait(0.2)
+                self._dispatch_signals()
+                if self._stopping:
+                    break
+                self._reap()
+                self._check_boot()
+                self._check_heartbeats()
+                self._restart_due()
+                self._report()
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def _wait(self, timeout: float) -> None:
+        try:
+            select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:
+            pass
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _dispatch_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("%s received: draining", signal.Signals(signum).name)
+                self._stopping = True
+            elif signum == signal.SIGHUP:
+                log.warning(
+                    "SIGHUP received: configuration reload is not supported yet; "
+                    "restart the service to apply changes"
+                )
+            # SIGCHLD only wakes the loop; _reap does the work.
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is not None:
+                self._died(slot, os.waitstatus_to_exitcode(status))
+
+    def _died(self, slot: Slot, code: int) -> None:
+        board = self._board
+        assert board is not None
+        pid, slot.pid = slot.pid, 0
+        had_booted = board.table[slot.index, Column.STATE] in (
+            ProcessState.READY,
+            ProcessState.DRAINING,
+        )
+        board.reset_row(slot.index)
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if self._booting and not had_booted:
+            log.error(
+                "%s %s during the first boot; stopping the service "
+                "(see the lines above for its error)",
+                slot.name,
+                how,
+            )
+            self.exit_code = 1
+            self._stopping = True
+            return
+        lived = time.monotonic() - slot.started
+        slot.backoff = BACKOFF_MIN if lived >= STABLE_AFTER else min(slot.backoff * 2, BACKOFF_MAX)
+        slot.restart_at = time.monotonic() + slot.backoff
+        board.table[slot.index, Column.RESTARTS] += 1
+        log.error(
+            "%s (pid %d) %s after %.1fs; restarting in %.1fs",
+            slot.name,
+            pid,
+            how,
+            lived,
+            slot.backoff,
+        )
+
+    def _check_boot(self) -> None:
+        if not self._booting:
+            return
+        board = self._board
+        assert board is not None
+        ready = [s for s in self.slots if board.table[s.index, Column.STATE] == ProcessState.READY]
+        if len(ready) == len(self.slots):
+            self._booting = False
+            log.info("all %d process(es) ready", len(self.slots))
+            systemd.notify("READY=1")
+        elif time.monotonic() - self._boot_started > BOOT_TIMEOUT:
+            log.error("not every process became ready within %.0fs; stopping", BOOT_TIMEOUT)
+            self.exit_code = 1
+            self._stopping = True
+
+    def _check_heartbeats(self) -> None:
+        board = self._board
+        assert board is not None
+        timeout = self.config.server.heartbeat_timeout
+        now = time.monotonic()
+        for slot in self.slots:
+            if not slot.pid or now - slot.started < timeout:
+                continue
+            age = board.heartbeat_age(slot.index)
+            if age > timeout:
+                log.error(
+                    "%s (pid %d) heartbeat is %.1fs old: killing it", slot.name, slot.pid, age
+                )
+                try:
+                    os.kill(slot.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid == 0 and slot.restart_at is not None and now >= slot.restart_at:
+                slot.restart_at = None
+                self._spawn(slot)
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        interval = systemd.watchdog_interval()
+        if interval is not None:
+            systemd.notify("WATCHDOG=1")
+        if now - self._last_status < STATUS_INTERVAL:
+            return
+        self._last_status = now
+        board = self._board
+        assert board is not None
+        workers = [s for s in self.slots if s.kind == "worker"]
+        ready = sum(board.table[s.index, Column.STATE] == ProcessState.READY for s in workers)
+        connections = int(board.table[: len(workers), Column.CONNECTIONS].sum())
+        systemd.notify(f"STATUS={ready}/{len(workers)} workers ready, {connections} connections")
+
+    # -- processes ------------------------------------------------------------------------
+
+    def _spawn(self, slot: Slot) -> None:
+        board = self._board
+        assert board is not None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            slot.pid = pid
+            slot.started = time.monotonic()
+            board.table[slot.index, Column.STARTED_NS] = time.monotonic_ns()
+            log.info("started %s (pid %d)", slot.name, pid)
+            return
+        code = 1
+        try:
+            self._child_init(slot)
+            code = self._child_main(slot)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _child_init(self, slot: Slot) -> None:
+        # If the supervisor dies (even by SIGKILL) its children must not linger holding
+        # the port: ask the kernel to send us SIGTERM then (prctl PR_SET_PDEATHSIG).
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != self._pid:  # the supervisor died before prctl took effect
+            os._exit(1)
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for other in self.slots:
+            if other is not slot:
+                other.sock.close()
+
+    def _child_main(self, slot: Slot) -> int:
+        board = self._board
+        assert board is not None
+        if slot.kind == "worker":
+            from shardws.worker import run_worker
+
+            return run_worker(slot.index, self.config, board, slot.sock, self._run_dir)
+        from shardws.admin import run_admin
+
+        return run_admin(slot.index, self.config, board, slot.sock)
+
+    def _shutdown(self) -> None:
+        systemd.notify("STOPPING=1")
+        deadline = time.monotonic() + self.config.server.drain_timeout
+        for slot in self.slots:
+            if slot.pid:
+                try:
+                    os.kill(slot.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        while any(s.pid for s in self.slots) and time.monotonic() < deadline:
+            self._wait(0.05)
+            self._signals.clear()
+            self._reap_quietly()
+        for slot in self.slots:
+            if slot.pid:
+                log.error(
+                    "%s (pid %d) did not stop within drain_timeout: killing it", slot.name, slot.pid
+                )
+                try:
+                    os.kill(slot.pid, signal.SIGKILL)
+                    os.waitpid(slot.pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+                slot.pid = 0
+        for slot in self.slots:
+            slot.sock.close()
+        if self._board is not None:
+            self._board.close()
+        if self._own_run_dir:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        log.info("stopped")
+
+    def _reap_quietly(self) -> None:
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for slot in self.slots:
+                if slot.pid == pid:
+                    slot.pid = 0
+
+
+def serve(config: Config) -> int:
+    """``shardws serve``: run the supervisor in the foreground; returns the exit code."""
+    setup_logging(config.log.level, config.log.format, "supervisor")
+    return Supervisor(config).run()

@@ -1,0 +1,122 @@
+"""Start a real ``shardws serve`` subprocess on free loopback ports, for integration tests.
+
+Timeouts scale with ``SHARDWS_TEST_TIMEOUT_SCALE`` (default 1) for slow machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+SCALE = float(os.environ.get("SHARDWS_TEST_TIMEOUT_SCALE", "1"))
+
+
+def timeout(seconds: float) -> float:
+    """A test timeout scaled for slow machines."""
+    return seconds * SCALE
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A ``shardws serve -c FILE`` child process with its own config and ports."""
+
+    def __init__(self, tmp_path: Path, workers: int = 2, extra: str = "", server: str = "") -> None:
+        self.ws_port = free_port()
+        self.admin_port = free_port()
+        self.config_path = tmp_path / "shardws.toml"
+        self.log_path = tmp_path / "server.log"
+        self.config_path.write_text(
+            f"""
+[server]
+host = "127.0.0.1"
+port = {self.ws_port}
+workers = {workers}
+drain_timeout = 5
+{server}
+
+[admin]
+host = "127.0.0.1"
+port = {self.admin_port}
+
+[log]
+level = "info"
+{extra}
+"""
+        )
+        self.url = f"ws://127.0.0.1:{self.ws_port}/ws"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shardws", "serve", "-c", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_healthy()
+        return self
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(self.admin_url + "/health", timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def wait_healthy(
+        self, limit: float = 20.0, exclude_pids: set[int] | None = None
+    ) -> dict[str, Any]:
+        """Wait until /health says ok (and, if given, no worker has a pid in exclude_pids)."""
+        deadline = time.monotonic() + timeout(limit)
+        last: Any = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                status, body = self.health()
+                last = body
+                pids = {w["pid"] for w in body["per_worker"]}
+                if status == 200 and not (exclude_pids and pids & exclude_pids):
+                    return body
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server not healthy in time; last health {last}\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait_exit(self, limit: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout(limit))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout(15))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if hasattr(self, "_log"):
+            self._log.close()

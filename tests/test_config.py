@@ -1,0 +1,396 @@
+"""shardws.config: defaults, every kind of user error, dump round-trip, example file drift."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shardws import config as cfgmod
+from shardws.config import (
+    AdminConfig,
+    Config,
+    ConfigError,
+    LogConfig,
+    ServerConfig,
+    default_config,
+    dump_config,
+    from_table,
+    load_config,
+    option,
+    parse_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "shardws.example.toml"
+DEFAULT_TOML = REPO / "shardws" / "default.toml"
+
+
+def error(text: str, source: str = "shardws.toml") -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source)
+    err = info.value
+    assert "\n" not in str(err)
+    assert str(err).startswith(f"{source}: ")
+    return err
+
+
+# ------------------------------------------------------------------ defaults
+
+
+def test_default_config_equals_empty_file_and_dataclass_defaults() -> None:
+    default = default_config()
+    assert default.source == "<default>"
+    assert default == dataclasses.replace(parse_config("", "empty.toml"), source="<default>")
+    assert default == Config()
+    assert default.server == ServerConfig()
+    assert default.server.port == 8765
+    assert default.server.max_pending_bytes == 1048576
+    assert default.admin == AdminConfig(host="127.0.0.1", port=9765)
+    assert default.log == LogConfig(level="info", format="text")
+
+
+def test_default_toml_sets_every_option_to_the_dataclass_default() -> None:
+    raw = tomllib.loads(DEFAULT_TOML.read_text(encoding="utf-8"))
+    assert raw["server"]["workers"] == "auto"
+    assert _keys(raw) == _keys_of(Config)
+    assert parse_config(DEFAULT_TOML.read_text(encoding="utf-8"), "x") == Config(source="x")
+
+
+def test_missing_keys_take_defaults() -> None:
+    cfg = parse_config("[server]\nport = 9000\n", "f.toml")
+    assert cfg.source == "f.toml"
+    assert cfg.server == dataclasses.replace(ServerConfig(), port=9000)
+    assert cfg.admin == AdminConfig()
+    assert cfg.log == LogConfig()
+
+
+def test_workers_auto_is_the_affinity_count() -> None:
+    cfg = parse_config('[server]\nworkers = "auto"\n', "f.toml")
+    assert cfg.server.workers == len(os.sched_getaffinity(0))
+    assert default_config().server.workers == len(os.sched_getaffinity(0))
+
+
+def test_workers_auto_follows_affinity_and_is_clamped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5})
+    assert parse_config('[server]\nworkers = "auto"\n', "f").server.workers == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4096)))
+    assert parse_config('[server]\nworkers = "auto"\n', "f").server.workers == 1024
+
+
+def test_explicit_values() -> None:
+    cfg = parse_config(
+        "[server]\nworkers = 3\nping_interval = 5\nidle_timeout = 7.5\nport = 0\n"
+        '[log]\nformat = "json"\nlevel = "debug"\n',
+        "f",
+    )
+    assert cfg.server.workers == 3
+    assert cfg.server.port == 0
+    # An int is accepted for a duration and stored as float.
+    assert cfg.server.ping_interval == 5.0 and type(cfg.server.ping_interval) is float
+    assert cfg.server.idle_timeout == 7.5
+    assert cfg.log == LogConfig(level="debug", format="json")
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        default_config().server.port = 1  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_syntax_error_names_file_and_position() -> None:
+    err = error("[server]\nport = = 3\n", "bad.toml")
+    assert err.source == "bad.toml"
+    assert err.key == ""
+    assert "invalid TOML" in str(err)
+    assert "line 2" in str(err)
+
+
+def test_unknown_section_suggests_closest() -> None:
+    err = error("[srever]\nport = 1\n")
+    assert str(err) == "shardws.toml: unknown section [srever]; did you mean 'server'?"
+    assert err.key == "srever"
+
+
+def test_unknown_section_without_close_match() -> None:
+    err = error("[zzzzzz]\n")
+    assert str(err) == "shardws.toml: unknown section [zzzzzz]"
+
+
+def test_unknown_key_suggests_closest() -> None:
+    err = error("[server]\nprot = 1\n")
+    assert str(err) == "shardws.toml: unknown key [server] prot; did you mean 'port'?"
+    assert err.key == "server.prot"
+
+
+def test_source_is_not_a_toml_key() -> None:
+    err = error('source = "x"\n')
+    assert "unknown section [source]" in str(err)
+
+
+def test_section_must_be_a_table() -> None:
+    err = error("server = 5\n")
+    assert str(err) == "shardws.toml: [server]: expected a table, got 5"
+
+
+@pytest.mark.parametrize(
+    ("toml", "got"),
+    [
+        ('port = "abc"', "'abc'"),  # string for int
+        ("port = true", "true"),  # bool is not an int
+        ("port = 8765.0", "8765.0"),  # float for int
+        ("port = 70000", "70000"),  # out of range
+        ("port = -1", "-1"),
+    ],
+)
+def test_port_errors(toml: str, got: str) -> None:
+    err = error(f"[server]\n{toml}\n")
+    assert str(err) == f"shardws.toml: [server] port: expected an integer 0..65535, got {got}"
+    assert err.key == "server.port"
+    assert err.detail == str(err).removeprefix("shardws.toml: ")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("workers", "0", "'auto' or an integer 1..1024"),
+        ("workers", "1025", "'auto' or an integer 1..1024"),
+        ("workers", '"many"', "'auto' or an integer 1..1024"),
+        ("max_message_size", "63", "an integer 64..16777216 (bytes)"),
+        ("max_message_size", "16777217", "an integer 64..16777216 (bytes)"),
+        ("max_pending_bytes", "1023", "an integer >= 1024 (bytes)"),
+        ("ping_interval", "0", "a number > 0 (seconds)"),
+        ("ping_interval", "true", "a number > 0 (seconds)"),
+        ("ping_interval", '"25s"', "a number > 0 (seconds)"),
+        ("handshake_timeout", "-1.5", "a number > 0 (seconds)"),
+        ("drain_timeout", "0.0", "a number > 0 (seconds)"),
+        ("heartbeat_timeout", "0", "a number > 0 (seconds)"),
+        ("backlog", "0", "an integer 1..65535"),
+        ("host", "1", "a string"),
+        ("run_dir", "false", "a string"),
+        ("path", '"ws"', 'a path starting with "/"'),
+    ],
+)
+def test_server_value_errors(key: str, value: str, expected: str) -> None:
+    err = error(f"[server]\n{key} = {value}\n")
+    assert err.key == f"server.{key}"
+    assert str(err).startswith(f"shardws.toml: [server] {key}: expected {expected}, got ")
+
+
+def test_non_finite_duration_is_rejected() -> None:
+    err = error("[server]\nping_interval = inf\n")
+    assert str(err) == "shardws.toml: [server] ping_interval: expected a finite number, got inf"
+
+
+def test_idle_timeout_must_exceed_ping_interval() -> None:
+    for text in ("idle_timeout = 25", "idle_timeout = 10", "ping_interval = 60"):
+        err = error(f"[server]\n{text}\n")
+        assert err.key == "server.idle_timeout"
+        assert "[server] idle_timeout: expected a number of seconds > ping_interval" in str(err)
+    assert str(error("[server]\nidle_timeout = 20\n")) == (
+        "shardws.toml: [server] idle_timeout: expected a number of seconds > ping_interval (25.0),"
+        " got 20.0"
+    )
+
+
+def test_bad_log_values() -> None:
+    err = error('[log]\nformat = "xml"\n')
+    assert str(err) == "shardws.toml: [log] format: expected one of 'text', 'json', got 'xml'"
+    err = error('[log]\nlevel = "WARN"\n')
+    assert err.key == "log.level"
+    assert "expected one of 'debug', 'info', 'warning', 'error', got 'WARN'" in str(err)
+
+
+def test_admin_port_range() -> None:
+    err = error("[admin]\nport = 65536\n", "/etc/shardws/shardws.toml")
+    assert str(err) == (
+        "/etc/shardws/shardws.toml: [admin] port: expected an integer 0..65535, got 65536"
+    )
+    assert err.source == "/etc/shardws/shardws.toml"
+
+
+# ------------------------------------------------------------------ loading files
+
+
+def test_load_config_none_is_default() -> None:
+    assert load_config(None) == default_config()
+
+
+def test_load_config_reads_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("[server]\nport = 1234\n", encoding="utf-8")
+    cfg = load_config(str(path))
+    assert cfg.server.port == 1234
+    assert cfg.source == str(path)
+    path.write_text("[server]\nport = 'x'\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"s\.toml: \[server\] port: "):
+        load_config(str(path))
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: cannot read config file: No such file or directory"
+    assert info.value.source == path
+
+
+def test_load_config_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[server]\nhost = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(str(path))
+
+
+# ------------------------------------------------------------------ dump
+
+
+def test_dump_round_trips() -> None:
+    for cfg in (
+        default_config(),
+        parse_config(
+            '[server]\nhost = "::"\nport = 0\nworkers = 7\nping_interval = 0.25\n'
+            'idle_timeout = 1e-0\nrun_dir = "/run/sh\\"ard\\tws\\u007f"\n'
+            '[log]\nformat = "json"\n',
+            "custom.toml",
+        ),
+    ):
+        text = dump_config(cfg)
+        assert parse_config(text, cfg.source) == cfg
+        assert '"auto"' not in text  # the effective (resolved) worker count is shown
+
+
+def test_dump_lists_every_section_and_key() -> None:
+    raw = tomllib.loads(dump_config(default_config()))
+    assert _keys(raw) == _keys_of(Config)
+    assert raw["server"]["workers"] == len(os.sched_getaffinity(0))
+
+
+# ------------------------------------------------------------------ example file
+
+
+def test_example_parses_to_the_defaults() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    cfg = parse_config(text, str(EXAMPLE))
+    assert cfg == Config(source=str(EXAMPLE))
+    assert tomllib.loads(text)["server"]["workers"] == "auto"
+
+
+def test_example_documents_every_option() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert _keys(tomllib.loads(text)) == _keys_of(Config)
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line and not line.startswith("#"):  # a key or a section: a comment precedes it
+            assert lines[i - 1].startswith("#"), f"undocumented line {i + 1}: {line!r}"
+
+
+# ------------------------------------------------------------------ extending
+
+
+@dataclass(frozen=True, slots=True)
+class _Namespace:
+    max_rate: float = option(10.0, gt=0, unit="seconds")
+    origins: tuple[str, ...] = option(("a",), check=lambda s: s != "", expect="a non-empty string")
+    persist: bool = option(False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Extended:
+    namespaces: Mapping[str, _Namespace] = option(factory=dict)
+    lo: int = option(0)
+    hi: int = option(1)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        if self.hi <= self.lo:
+            yield "hi", "must be greater than lo"
+
+
+def test_declarative_extension_types() -> None:
+    ext = from_table(
+        _Extended,
+        tomllib.loads(
+            '[namespaces.chat]\nmax_rate = 2\norigins = ["x", "y"]\npersist = true\n'
+            '[namespaces."a.b"]\n'
+        ),
+        "e.toml",
+    )
+    assert ext.namespaces["chat"] == _Namespace(2.0, ("x", "y"), True)
+    assert ext.namespaces["a.b"] == _Namespace()
+    with pytest.raises(TypeError):
+        ext.namespaces["new"] = _Namespace()  # type: ignore[index]
+    # The dumper handles nested tables, quoted keys and arrays, and round-trips.
+    out: list[str] = []
+    cfgmod._dump_table(ext, (), out)
+    assert from_table(_Extended, tomllib.loads("\n".join(out)), "e") == ext
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            "[namespaces.chat]\nmax_rat = 1\n",
+            "unknown key [namespaces.chat] max_rat; did you mean 'max_rate'?",
+        ),
+        (
+            '[namespaces.chat]\norigins = [""]\n',
+            "[namespaces.chat] origins: expected a non-empty string, got ''",
+        ),
+        (
+            '[namespaces.chat]\norigins = "x"\n',
+            "[namespaces.chat] origins: expected an array, got 'x'",
+        ),
+        (
+            "[namespaces.chat]\npersist = 1\n",
+            "[namespaces.chat] persist: expected a boolean, got 1",
+        ),
+        ("namespaces = 3\n", "[namespaces]: expected a table, got 3"),
+        ("hi = 0\n", "[hi]: must be greater than lo"),
+    ],
+)
+def test_declarative_extension_errors(toml: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_table(_Extended, tomllib.loads(toml), "e.toml")
+    assert str(info.value) == f"e.toml: {message}"
+
+
+def test_option_rejects_unknown_rules() -> None:
+    with pytest.raises(TypeError, match="unknown option rule"):
+        option(1, minimum=0)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _keys(raw: dict[str, Any]) -> set[str]:
+    """Dotted names of every key in a two-level TOML document."""
+    return {f"{section}.{key}" for section, table in raw.items() for key in table}
+
+
+def _keys_of(cls: type) -> set[str]:
+    """Dotted names of every option of a two-level config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(cls)
+        if section.metadata.get("toml", True)
+        for f in dataclasses.fields(hints[section.name])
+    }
+
+
+def test_run_dir_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert cfgmod.run_dir_parent() == "/run/user/1000"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "relative/dir")  # the XDG spec says: ignore it
+    assert cfgmod.run_dir_parent() == "/tmp"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert cfgmod.run_dir_parent() == "/tmp"

@@ -1,0 +1,73 @@
+"""protocol.py: encoders produce exact bytes; channel validation; close-code classes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shardws import protocol
+from shardws.protocol import CloseCode, ErrorCode
+
+
+def test_encode_ok_and_error() -> None:
+    assert protocol.encode_ok(1) == b'{"id":1,"ok":true}'
+    assert protocol.encode_ok(None) == b'{"ok":true}'
+    assert protocol.encode_ok(2, epoch="x") == b'{"id":2,"ok":true,"epoch":"x"}'
+    assert json.loads(protocol.encode_error(3, ErrorCode.UNKNOWN_OP, "unknown op 'x'")) == {
+        "id": 3,
+        "error": {"code": 104, "message": "unknown op 'x'"},
+    }
+    assert json.loads(protocol.encode_error(None, ErrorCode.BAD_REQUEST, "bad")) == {
+        "error": {"code": 107, "message": "bad"}
+    }
+
+
+def test_encode_connected() -> None:
+    assert json.loads(protocol.encode_connected("abc.1", 3)) == {
+        "type": "connected",
+        "client": "abc.1",
+        "worker": 3,
+        "protocol": 1,
+    }
+
+
+def test_encode_pub_keeps_data_bytes() -> None:
+    data = b'{ "a" : [1, 2.50] }'
+    push = protocol.encode_pub("chat:room-1", data)
+    assert push == b'{"type":"pub","channel":"chat:room-1","data":{ "a" : [1, 2.50] }}'
+    assert json.loads(push)["data"] == {"a": [1, 2.5]}
+
+
+@pytest.mark.parametrize("name", ["news", "chat:room-1", "chat:#alice", "a.b/c=d+e!$~@", "x" * 255])
+def test_valid_channels(name: str) -> None:
+    assert protocol.channel_error(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        (None, "required"),
+        ("", "empty"),
+        ("x" * 256, "longer"),
+        ("a b", "may contain"),
+        ('a"b', "may contain"),
+        ("a\\b", "may contain"),
+        ("a\x00b", "may contain"),
+        ("é", "may contain"),
+    ],
+)
+def test_invalid_channels(name: str | None, why: str) -> None:
+    problem = protocol.channel_error(name)
+    assert problem is not None and why in problem
+
+
+def test_close_code_classes() -> None:
+    assert not protocol.reconnect_allowed(CloseCode.UNAUTHORIZED)
+    assert not protocol.reconnect_allowed(CloseCode.BAD_REQUEST)
+    assert not protocol.reconnect_allowed(CloseCode.MESSAGE_TOO_BIG)
+    assert protocol.reconnect_allowed(CloseCode.GOING_AWAY)
+    assert protocol.reconnect_allowed(CloseCode.SLOW_CONSUMER)
+    assert protocol.reconnect_allowed(CloseCode.IDLE_TIMEOUT)
+    for code in CloseCode:
+        assert code < 1012 or 4000 <= code <= 4999

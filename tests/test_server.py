@@ -1,0 +1,267 @@
+"""End to end: a real ``shardws serve`` with 2 workers, real clients on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import picows
+import pytest
+import websockets
+from serverproc import ServerProcess, timeout
+from wsclient import Client, clients_on_workers
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("server"), workers=WORKERS).start()
+    yield proc
+    proc.stop()
+
+
+def run(coro: object) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout(60)))  # type: ignore[arg-type]
+
+
+def test_connected_push_and_health(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        clients = await clients_on_workers(server.url, WORKERS)
+        for client in clients:
+            assert client.hello["protocol"] == 1
+            assert client.client_id
+        assert len({c.client_id for c in clients}) == len(clients)
+        status, body = server.health()
+        assert status == 200 and body["status"] == "ok"
+        assert body["workers_alive"] == WORKERS
+        for client in clients:
+            assert (await client.call("ping")) == {"id": 1, "ok": True}
+            await client.close()
+
+    run(scenario())
+
+
+def test_publish_reaches_every_worker_once_in_order(server: ServerProcess) -> None:
+    count = 300
+
+    async def scenario() -> None:
+        subscribers = await clients_on_workers(server.url, WORKERS, per_worker=3)
+        publishers = await clients_on_workers(server.url, WORKERS)
+        for sub in subscribers:
+            assert await sub.call("subscribe", channel="order") == {"id": 1, "ok": True}
+        # One publisher per worker, interleaved: per-publisher order must hold everywhere.
+        for n in range(count):
+            for pub in publishers:
+                await pub.send(
+                    {"op": "publish", "channel": "order", "data": {"from": pub.worker, "n": n}}
+                )
+        for pub in publishers:
+            assert (await pub.call("ping"))["ok"]
+        for sub in subscribers:
+            seen: dict[int, list[int]] = {p.worker: [] for p in publishers}
+            for _ in range(count * len(publishers)):
+                push = await sub.next_push()
+                assert push["type"] == "pub" and push["channel"] == "order"
+                seen[push["data"]["from"]].append(push["data"]["n"])
+            assert all(ns == list(range(count)) for ns in seen.values()), sub.worker
+            with pytest.raises(asyncio.TimeoutError):  # and nothing more: exactly once
+                await sub.next_push(limit=0.3)
+        for client in subscribers + publishers:
+            await client.close()
+
+    run(scenario())
+
+
+def test_publication_right_after_subscribe_reply_arrives(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        sub, pub = await clients_on_workers(server.url, WORKERS)
+        for round_ in range(30):
+            channel = f"fresh-{round_}"
+            reply = await sub.call("subscribe", channel=channel)
+            assert reply["ok"]
+            # The publisher is on the other worker; the subscribe reply promised liveness.
+            await pub.send({"op": "publish", "channel": channel, "data": round_})
+            push = await sub.next_push()
+            assert push == {"type": "pub", "channel": channel, "data": round_}
+        await sub.close()
+        await pub.close()
+
+    run(scenario())
+
+
+def test_data_is_delivered_byte_for_byte(server: ServerProcess) -> None:
+    raw = '{ "a" : [1, 2.50, "é\\u00e9"] ,"b":null }'
+
+    async def scenario() -> None:
+        sub, pub = await clients_on_workers(server.url, WORKERS)
+        await sub.call("subscribe", channel="raw")
+        await pub.send('{"op":"publish","channel":"raw","data":' + raw + "}")
+        frame = await asyncio.wait_for(sub.ws.recv(), timeout(5))
+        assert frame == '{"type":"pub","channel":"raw","data":' + raw + "}"
+        await sub.close()
+        await pub.close()
+
+    run(scenario())
+
+
+def test_unsubscribe_stops_delivery(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        sub, pub = await clients_on_workers(server.url, WORKERS)
+        await sub.call("subscribe", channel="u")
+        assert (await sub.call("unsubscribe", channel="u"))["ok"]
+        await pub.call("publish", channel="u", data=1)
+        await pub.call("publish", channel="other", data=2)
+        with pytest.raises(asyncio.TimeoutError):
+            await sub.next_push(limit=0.3)
+        await sub.close()
+        await pub.close()
+
+    run(scenario())
+
+
+def test_bad_commands_get_error_replies_and_connection_stays(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        await client.send("{not json")
+        reply = await client.reply(None)
+        assert reply["error"]["code"] == 107 and "id" not in reply
+        await client.send({"id": 7, "op": "fly"})
+        assert (await client.reply(7))["error"]["code"] == 104
+        await client.send({"id": 8, "op": "subscribe", "channel": "bad channel"})
+        assert (await client.reply(8))["error"]["code"] == 107
+        await client.send({"id": 9, "op": "publish", "channel": "x"})
+        assert (await client.reply(9))["error"]["code"] == 107
+        await client.call("subscribe", channel="twice")
+        assert (await client.call("subscribe", channel="twice"))["error"]["code"] == 105
+        await client.send(b"\x00binary")
+        assert (await client.reply(None))["error"]["code"] == 113
+        assert (await client.call("ping"))["ok"]
+        await client.close()
+
+    run(scenario())
+
+
+def test_oversize_frame_closes_1009(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        bystander = await Client.connect(server.url)
+        await client.send({"id": 1, "op": "publish", "channel": "big", "data": "x" * 70000})
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await client.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+        assert (await bystander.call("ping"))["ok"]
+        await bystander.close()
+
+    run(scenario())
+
+
+class _RawListener(picows.WSListener):
+    """picows client that records text frames and the close code it receives."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[bytes] = asyncio.Queue()
+        self.close_code: int | None = None
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        if frame.msg_type == picows.WSMsgType.CLOSE:
+            self.close_code = int(frame.get_close_code())
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif frame.msg_type == picows.WSMsgType.TEXT:
+            self.messages.put_nowait(frame.get_payload_as_bytes())
+
+
+def test_invalid_utf8_closes_1007_picows_client(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        transport, listener = await picows.ws_connect(_RawListener, server.url)
+        hello = json.loads(await asyncio.wait_for(listener.messages.get(), timeout(5)))
+        assert hello["type"] == "connected"
+        # picows does not validate outgoing text, so this is a genuinely invalid frame.
+        transport.send(picows.WSMsgType.TEXT, b'{"id":1,"op":"ping","x":"\xff"}')
+        await asyncio.wait_for(transport.wait_disconnected(), timeout(5))
+        assert listener.close_code == 1007
+
+    run(scenario())
+
+
+def test_picows_client_pubsub(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        transport, listener = await picows.ws_connect(_RawListener, server.url)
+        await asyncio.wait_for(listener.messages.get(), timeout(5))
+        transport.send(picows.WSMsgType.TEXT, b'{"id":1,"op":"subscribe","channel":"p"}')
+        assert json.loads(await asyncio.wait_for(listener.messages.get(), timeout(5))) == {
+            "id": 1,
+            "ok": True,
+        }
+        transport.send(picows.WSMsgType.TEXT, b'{"id":2,"op":"publish","channel":"p","data":[1]}')
+        got = [
+            json.loads(await asyncio.wait_for(listener.messages.get(), timeout(5)))
+            for _ in range(2)
+        ]
+        assert {"type": "pub", "channel": "p", "data": [1]} in got
+        assert {"id": 2, "ok": True} in got
+        transport.disconnect()
+
+    run(scenario())
+
+
+def test_kill_9_worker_is_replaced_and_others_unaffected(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=WORKERS).start()
+    try:
+
+        async def scenario() -> None:
+            victim_side, survivor = await clients_on_workers(proc.url, WORKERS)
+            await survivor.call("subscribe", channel="k")
+            _, body = proc.health()
+            victim_pid = body["per_worker"][victim_side.worker]["pid"]
+            os.kill(victim_pid, signal.SIGKILL)
+            with pytest.raises(websockets.ConnectionClosed):
+                await victim_side.recv(limit=5)
+            await asyncio.to_thread(proc.wait_healthy, 20.0, {victim_pid})
+            # The survivor kept its connection and subscription.
+            assert (await survivor.call("ping"))["ok"]
+            # The replacement accepts connections and its publications reach the survivor.
+            replacement = (await clients_on_workers(proc.url, WORKERS))[victim_side.worker]
+            await replacement.call("publish", channel="k", data="after")
+            assert (await survivor.next_push()) == {"type": "pub", "channel": "k", "data": "after"}
+            _, body = proc.health()
+            assert body["per_worker"][victim_side.worker]["restarts"] == 1
+
+        run(scenario())
+    finally:
+        proc.stop()
+
+
+def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=WORKERS).start()
+    try:
+
+        async def scenario() -> list[int]:
+            clients = await clients_on_workers(proc.url, WORKERS)
+            started = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            codes = []
+            for client in clients:
+                with pytest.raises(websockets.ConnectionClosed) as info:
+                    await client.recv(limit=10)
+                assert info.value.rcvd is not None
+                codes.append(info.value.rcvd.code)
+            assert time.monotonic() - started < timeout(10)
+            return codes
+
+        codes: list[int] = []
+
+        async def collect() -> None:
+            codes.extend(await scenario())
+
+        run(collect())
+        assert codes == [1001] * WORKERS
+        assert proc.wait_exit(10) == 0
+    finally:
+        proc.stop()
