@@ -78,20 +78,26 @@ def _subscriber_process(url: str, count: int, expected: int, conn: Any, limit: f
     conn.send({"received": state["received"], "last": state["last"]})
 
 
-async def _publish(url: str, messages: int) -> float:
-    transport, _ = await picows.ws_connect(picows.WSListener, url)
-    pad = "x" * 40
+async def _publish(url: str, messages: int, limit: float) -> float:
+    state: dict[str, Any] = {"received": 0, "acks": 0, "last": 0.0}
+    transport, _ = await picows.ws_connect(lambda: _Counter(state), url)
+    pad = b"x" * 40
     started = time.time()
     for n in range(messages):
         transport.send(
             picows.WSMsgType.TEXT,
-            b'{"op":"publish","channel":"bench","data":{"t":%.6f,"n":%d,"p":"%s"}}'
-            % (time.time(), n, pad.encode()),
+            b'{"id":%d,"op":"publish","channel":"bench","data":{"t":%.6f,"p":"%s"}}'
+            % (n, time.time(), pad),
         )
         if n % 64 == 63:
             await asyncio.sleep(0)  # let the transport flush; flat out otherwise
-    await asyncio.sleep(0.5)
+    # Every publish is acknowledged: wait for all acks before closing, so nothing is
+    # left in the client's buffers when its loop ends.
+    deadline = time.monotonic() + limit
+    while state["acks"] < messages and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     transport.disconnect()
+    await transport.wait_disconnected()
     return started
 
 
@@ -143,7 +149,7 @@ def run(
                 children.append(proc)
             acked = sum(p.recv() for p in pipes)
             cpu_before = _cpu_seconds(pids)
-            started = asyncio.run(_publish(url, messages))
+            started = asyncio.run(_publish(url, messages, limit))
             results = [p.recv() for p in pipes]
             cpu_after = _cpu_seconds(pids)
             for proc in children:

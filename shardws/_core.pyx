@@ -110,7 +110,7 @@ cdef Py_ssize_t _utf8_invalid_at(const unsigned char* p, Py_ssize_t n) noexcept 
     F0 80-8F), surrogates (ED A0-BF) and code points above U+10FFFF (F4 90-BF, F5-FF).
     """
     cdef Py_ssize_t i = 0
-    cdef uint64_t w
+    cdef uint64_t w = 0
     cdef unsigned char c, c1, lo, hi
     while i < n:
         c = p[i]

@@ -265,3 +265,29 @@ def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
         assert proc.wait_exit(10) == 0
     finally:
         proc.stop()
+
+
+class _SilentListener(_RawListener):
+    """Never answers pings (auto pong disabled below): must be closed as idle."""
+
+
+def test_idle_connections_are_pinged_and_dead_ones_closed_4502(tmp_path: Path) -> None:
+    proc = ServerProcess(
+        tmp_path, workers=1, server="ping_interval = 0.2\nidle_timeout = 0.8"
+    ).start()
+    try:
+
+        async def scenario() -> None:
+            alive = await Client.connect(proc.url)  # websockets answers pings itself
+            transport, silent = await picows.ws_connect(
+                _SilentListener, proc.url, enable_auto_pong=False
+            )
+            await asyncio.wait_for(transport.wait_disconnected(), timeout(10))
+            assert silent.close_code == 4502
+            await asyncio.sleep(1.0)  # longer than idle_timeout: pongs kept it open
+            assert (await alive.call("ping"))["ok"]
+            await alive.close()
+
+        run(scenario())
+    finally:
+        proc.stop()

@@ -1,0 +1,878 @@
+"""One suite for both ``shardws._core`` (Cython) and ``shardws._core_ref`` (pure Python).
+
+Every behavioural test runs against each implementation through the ``core`` fixture;
+the hypothesis tests feed the same input to both and require identical outcomes. The
+compiled module is imported, never skipped: if it is not built, its tests fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+IMPLEMENTATIONS = {"cython": "shardws._core", "python": "shardws._core_ref"}
+
+
+def _load(name: str) -> ModuleType:
+    # A plain import: a missing or broken build raises and the test errors (fails).
+    return importlib.import_module(IMPLEMENTATIONS[name])
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def core(request: pytest.FixtureRequest) -> ModuleType:
+    return _load(request.param)
+
+
+def outcome(mod: ModuleType, buf: bytes) -> tuple[Any, ...]:
+    """Everything observable about parsing ``buf``, comparable across implementations."""
+    try:
+        env = mod.parse_envelope(buf)
+    except mod.InvalidUTF8:
+        return ("InvalidUTF8",)
+    except mod.BadEnvelope as exc:
+        return ("BadEnvelope", exc.id)
+    return ("ok", env.op, env.id, env.channel, env.data, env.fields)
+
+
+def both(buf: bytes) -> tuple[Any, ...]:
+    """The common outcome of both implementations (asserting they agree)."""
+    cy = outcome(_load("cython"), buf)
+    py = outcome(_load("python"), buf)
+    assert cy == py, buf
+    return cy
+
+
+# ------------------------------------------------------------------ valid commands
+
+
+VALID: list[tuple[bytes, dict[str, Any]]] = [
+    (
+        b'{"id":1,"op":"subscribe","channel":"news"}',
+        {"op": "subscribe", "id": 1, "channel": "news", "data": None, "fields": {}},
+    ),
+    (b'{"op":"ping"}', {"op": "ping", "id": None, "channel": None, "data": None}),
+    (b'{"op":"x","id":0}', {"id": 0}),
+    (b'{"op":"x","id":9007199254740992}', {"id": 2**53}),
+    (b'{"op":"publish","channel":"c","data":1}', {"data": b"1"}),
+    (b'{"op":"publish","data":-1.5e-3}', {"data": b"-1.5e-3"}),
+    (b'{"op":"publish","data":0}', {"data": b"0"}),
+    (b'{"op":"publish","data":-0.0E+10}', {"data": b"-0.0E+10"}),
+    (b'{"op":"publish","data":"s"}', {"data": b'"s"'}),
+    (b'{"op":"publish","data":"a\\nb\\u00e9"}', {"data": b'"a\\nb\\u00e9"'}),
+    (b'{"op":"publish","data":true}', {"data": b"true"}),
+    (b'{"op":"publish","data":false}', {"data": b"false"}),
+    (b'{"op":"publish","data":null}', {"data": b"null"}),
+    (b'{"op":"publish","data":[]}', {"data": b"[]"}),
+    (b'{"op":"publish","data":{}}', {"data": b"{}"}),
+    (b'{"op":"publish","data":[ ]}', {"data": b"[ ]"}),
+    (
+        b'{"op":"publish","data":{"a":[1,{"b":null,"b":2}],"c":{"d":[[],{}]}}}',
+        {"data": b'{"a":[1,{"b":null,"b":2}],"c":{"d":[[],{}]}}'},
+    ),
+    # Whitespace inside and around data: data keeps the inside, never the outside.
+    (
+        b' \t\r\n{ "op" : "publish" ,\n "data" :  [ 1 ,\n\t{"a" : "b"} ]  \r\n} \n',
+        {"op": "publish", "data": b'[ 1 ,\n\t{"a" : "b"} ]'},
+    ),
+    # Member order is free.
+    (
+        b'{"data":{"k":"v"},"channel":"c","op":"publish","id":5}',
+        {"op": "publish", "id": 5, "channel": "c", "data": b'{"k":"v"}'},
+    ),
+    # Unicode raw in channel and data.
+    (
+        '{"op":"publish","channel":"caf\u00e9-\u6f22\U0001f600","data":"\u00e9\U0001f600"}'.encode(),
+        {"channel": "caf\u00e9-\u6f22\U0001f600", "data": '"\u00e9\U0001f600"'.encode()},
+    ),
+    # Escapes in channel are resolved.
+    (b'{"op":"s","channel":"ne\\u0077s"}', {"channel": "news"}),
+    (b'{"op":"s","channel":"\\"\\\\\\/\\b\\f\\n\\r\\t"}', {"channel": '"\\/\b\f\n\r\t'}),
+    (b'{"op":"s","channel":"\\ud83d\\ude00!"}', {"channel": "\U0001f600!"}),
+    (b'{"op":"s","channel":"\\uD83D\\uDE00"}', {"channel": "\U0001f600"}),
+    # Lone surrogate escapes are kept, as JSON decoders do.
+    (b'{"op":"s","channel":"\\ud800"}', {"channel": "\ud800"}),
+    (b'{"op":"s","channel":"\\udc00\\ud800"}', {"channel": "\udc00\ud800"}),
+    (b'{"op":"s","channel":"\\ud83d\\u0041"}', {"channel": "\ud83dA"}),
+    (b'{"op":"s","channel":"\\ud83d\\ud83d\\ude00"}', {"channel": "\ud83d\U0001f600"}),
+    (b'{"op":"s","channel":"\\ud83dx\\ude00"}', {"channel": "\ud83dx\ude00"}),
+    (b'{"op":"s","channel":""}', {"channel": ""}),
+    # Escaped names are compared decoded.
+    (b'{"\\u006fp":"x","\\u0069d":3}', {"op": "x", "id": 3}),
+    (b'{"op":"\\u0070ing"}', {"op": "ping"}),
+    # Other members land in fields, raw.
+    (
+        b'{"op":"connect","token":"abc","offset":12,"opts":{"a": [1, 2]},"t\\u00e9":null}',
+        {
+            "op": "connect",
+            "fields": {
+                "token": b'"abc"',
+                "offset": b"12",
+                "opts": b'{"a": [1, 2]}',
+                "t\u00e9": b"null",
+            },
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("buf", "expected"), VALID)
+def test_valid(core: ModuleType, buf: bytes, expected: dict[str, Any]) -> None:
+    env = core.parse_envelope(buf)
+    for name, value in expected.items():
+        assert getattr(env, name) == value, name
+    if "fields" not in expected:
+        assert env.fields == {}
+    if env.data is not None:
+        json.loads(env.data)  # raw, but still one JSON value
+
+
+def test_envelope_is_read_only(core: ModuleType) -> None:
+    env = core.parse_envelope(b'{"op":"x","id":1,"channel":"c","data":1}')
+    for name in ("op", "id", "channel", "data", "fields"):
+        with pytest.raises(AttributeError):
+            setattr(env, name, None)
+
+
+def test_envelope_constructor(core: ModuleType) -> None:
+    env = core.Envelope("ping")
+    assert (env.op, env.id, env.channel, env.data, env.fields) == ("ping", None, None, None, {})
+    env = core.Envelope("p", 3, "c", b"1", {"k": b"2"})
+    assert (env.op, env.id, env.channel, env.data, env.fields) == ("p", 3, "c", b"1", {"k": b"2"})
+    assert "Envelope(op='p'" in repr(env)
+
+
+def test_exception_hierarchy(core: ModuleType) -> None:
+    assert issubclass(core.InvalidUTF8, ValueError)
+    assert issubclass(core.BadEnvelope, ValueError)
+    assert not issubclass(core.InvalidUTF8, core.BadEnvelope)
+    assert core.BadEnvelope("m").id is None
+    assert core.BadEnvelope("m", 4).id == 4
+    assert core.MAX_DEPTH == 32
+    assert core.MAX_ID == 2**53
+
+
+def test_parse_requires_bytes(core: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        core.parse_envelope('{"op":"x"}')
+    with pytest.raises(TypeError):
+        core.parse_envelope(None)
+
+
+# ---------------------------------------------------------------------- rejections
+
+BAD_UTF8 = [
+    b"\xff",  # never valid
+    b"\x80",  # stray continuation
+    b"\xc0\xaf",  # overlong '/'
+    b"\xc1\xbf",  # overlong
+    b"\xe0\x80\xaf",  # overlong 3-byte
+    b"\xf0\x80\x80\xaf",  # overlong 4-byte
+    b"\xed\xa0\x80",  # U+D800 encoded
+    b"\xed\xbf\xbf",  # U+DFFF encoded
+    b"\xed\xa0\xbd\xed\xb8\x80",  # CESU-8 surrogate pair
+    b"\xe2\x82",  # truncated 3-byte
+    b"\xc3",  # truncated 2-byte
+    b"\xf0\x9f\x98",  # truncated 4-byte
+    b"\xe2\x28\xa1",  # bad continuation
+    b"\xf4\x90\x80\x80",  # U+110000
+    b"\xf5\x80\x80\x80",  # lead byte beyond RFC 3629
+    b"\xf8\x88\x80\x80\x80",  # 5-byte form
+]
+
+
+@pytest.mark.parametrize("bad", BAD_UTF8)
+@pytest.mark.parametrize(
+    "template",
+    [
+        b"%s",
+        b'{"op":"%s"}',  # inside a string
+        b'{"op":"x","data":"a%sb"}',
+        b'{"op":"x"}%s',  # outside strings
+        b'%s{"op":"x"}',
+        b'{"op":"x",%s}',
+        b'{"op":"x","data":' + b"[" * 40 + b"%s",  # invalid JSON too: UTF-8 wins
+        b"12345678abcdefg%s",  # after a run of ASCII longer than 8 bytes
+    ],
+)
+def test_invalid_utf8(core: ModuleType, template: bytes, bad: bytes) -> None:
+    with pytest.raises(core.InvalidUTF8):
+        core.parse_envelope(template % bad)
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        b"\xc2\x80",
+        b"\xdf\xbf",
+        b"\xe0\xa0\x80",
+        b"\xed\x9f\xbf",
+        b"\xee\x80\x80",
+        b"\xef\xbf\xbf",
+        b"\xf0\x90\x80\x80",
+        b"\xf4\x8f\xbf\xbf",
+    ],
+)
+def test_utf8_boundaries_accepted(core: ModuleType, good: bytes) -> None:
+    env = core.parse_envelope(b'{"op":"%s"}' % good)
+    assert env.op == good.decode()
+
+
+BAD: list[tuple[bytes, int | None]] = [
+    # Not one JSON object.
+    (b"", None),
+    (b"  \n", None),
+    (b"[]", None),
+    (b'"op"', None),
+    (b"1", None),
+    (b"null", None),
+    (b'[{"op":"x"}]', None),
+    (b'{"op":"x"} {}', None),
+    (b'{"op":"x"}x', None),
+    (b'{"op":"x"},', None),
+    (b'{"op":"x"', None),
+    (b'{"op":"x', None),
+    (b'{"op"', None),
+    (b"{", None),
+    (b"}", None),
+    # Trailing commas, missing parts.
+    (b'{"op":"x",}', None),
+    (b'{,"op":"x"}', None),
+    (b'{"op":"x",,"id":1}', None),
+    (b'{"op":"x","data":[1,]}', None),
+    (b'{"op":"x","data":[,1]}', None),
+    (b'{"op":"x","data":{"a":1,}}', None),
+    (b'{"op":"x","data":{"a"}}', None),
+    (b'{"op":"x","data":{"a":}}', None),
+    (b'{"op":"x","data":{1:2}}', None),
+    (b'{"op":"x","data":}', None),
+    (b'{"op":"x","data"}', None),
+    (b'{"op" "x"}', None),
+    (b'{"op":"x" "id":1}', None),
+    (b'{"op":"x","data":[1 2]}', None),
+    (b'{"op":"x","data":[}', None),
+    (b'{"op":"x","data":[}]}', None),
+    (b'{"op":"x","data":{]}', None),
+    # Not RFC 8259 values.
+    (b'{"op":"x","data":NaN}', None),
+    (b'{"op":"x","data":Infinity}', None),
+    (b'{"op":"x","data":-Infinity}', None),
+    (b'{"op":"x","data":True}', None),
+    (b'{"op":"x","data":nul}', None),
+    (b'{"op":"x","data":truex}', None),
+    (b'{"op":"x","data":undefined}', None),
+    (b"{'op':'x'}", None),
+    (b'{op:"x"}', None),
+    # Numbers.
+    (b'{"op":"x","data":01}', None),
+    (b'{"op":"x","data":-01}', None),
+    (b'{"op":"x","data":00}', None),
+    (b'{"op":"x","data":1.}', None),
+    (b'{"op":"x","data":.5}', None),
+    (b'{"op":"x","data":1e}', None),
+    (b'{"op":"x","data":1e+}', None),
+    (b'{"op":"x","data":+1}', None),
+    (b'{"op":"x","data":-}', None),
+    (b'{"op":"x","data":0x10}', None),
+    (b'{"op":"x","data":1.5.2}', None),
+    # Strings.
+    (b'{"op":"a\nb"}', None),
+    (b'{"op":"a\tb"}', None),
+    (b'{"op":"\x00"}', None),
+    (b'{"op":"x","data":"\x1f"}', None),
+    (b'{"op":"\\x41"}', None),
+    (b'{"op":"\\\'"}', None),
+    (b'{"op":"\\u12"}', None),
+    (b'{"op":"\\u12G4"}', None),
+    (b'{"op":"\\u+123"}', None),
+    (b'{"op":"\\u 123"}', None),
+    (b'{"op":"\\U0041"}', None),
+    (b'{"op":"\\"}', None),
+    (b'{"op":"\\ud83d\\uZZZZ"}', None),
+    (b'{"a\nb":1,"op":"x"}', None),
+    # Whitespace is only space, tab, LF, CR.
+    (b'{\x0c"op":"x"}', None),
+    (b'{\x0b"op":"x"}', None),
+    (b'\x00{"op":"x"}', None),
+    # Valid UTF-8 but non-ASCII outside strings.
+    (b'{"op":"x"}\xc2\xa0', None),  # NBSP
+    (b'\xef\xbb\xbf{"op":"x"}', None),  # BOM
+    (b'{"op":"x","data":\xd9\xa3}', None),  # ARABIC-INDIC DIGIT THREE
+    (b'{"op":"x","data":1\xd9\xa3}', None),
+    (b'{\xc3\xa9:1,"op":"x"}', None),
+    (b'{"op":"x","data":[1,\xe2\x80\x83 2]}', None),  # EM SPACE
+    # Duplicate names, compared decoded.
+    (b'{"op":"x","op":"y"}', None),
+    (b'{"id":3,"op":"x","op":"y"}', 3),
+    (b'{"id":3,"op":"x","\\u006fp":"y"}', 3),
+    (b'{"id":3,"op":"x","data":1,"data":2}', 3),
+    (b'{"id":3,"op":"x","channel":"a","channel":"a"}', 3),
+    (b'{"id":3,"op":"x","tok":1,"t\\u006fk":1}', 3),
+    (b'{"id":1,"id":1,"op":"x"}', None),  # ambiguous id is not reported
+    # op.
+    (b"{}", None),
+    (b'{"id":7}', 7),
+    (b'{"id":7,"data":1}', 7),
+    (b'{"id":7,"op":1}', 7),
+    (b'{"id":7,"op":null}', 7),
+    (b'{"id":7,"op":["x"]}', 7),
+    (b'{"id":7,"op":{"a":"x"}}', 7),
+    (b'{"id":7,"op":true}', 7),
+    # id.
+    (b'{"op":"x","id":-1}', None),
+    (b'{"op":"x","id":-0}', None),
+    (b'{"op":"x","id":1.0}', None),
+    (b'{"op":"x","id":1e2}', None),
+    (b'{"op":"x","id":1E0}', None),
+    (b'{"op":"x","id":"1"}', None),
+    (b'{"op":"x","id":null}', None),
+    (b'{"op":"x","id":true}', None),
+    (b'{"op":"x","id":[1]}', None),
+    (b'{"op":"x","id":9007199254740993}', None),
+    (b'{"op":"x","id":10000000000000000}', None),
+    (b'{"op":"x","id":99999999999999999999999999}', None),
+    (b'{"id":5.5}', None),  # bad id outranks missing op
+    # channel.
+    (b'{"id":2,"op":"x","channel":5}', 2),
+    (b'{"id":2,"op":"x","channel":null}', 2),
+    (b'{"id":2,"op":"x","channel":["a"]}', 2),
+    (b'{"id":2,"op":"x","channel":false}', 2),
+    # A syntax error anywhere hides the id.
+    (b'{"id":2,"op":1,"data":[1,]}', None),
+    (b'{"id":2,"op":"x","data":01}', None),
+]
+
+
+@pytest.mark.parametrize(("buf", "expected_id"), BAD)
+def test_bad_envelope(core: ModuleType, buf: bytes, expected_id: int | None) -> None:
+    with pytest.raises(core.BadEnvelope) as info:
+        core.parse_envelope(buf)
+    assert not isinstance(info.value, core.InvalidUTF8)
+    assert info.value.id == expected_id
+
+
+def _nested(depth: int, kind: str) -> bytes:
+    """A value of exactly ``depth`` nested containers."""
+    if kind == "array":
+        return b"[" * depth + b"]" * depth
+    if kind == "object":
+        return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+    pairs, odd = divmod(depth, 2)
+    if odd:
+        return b'[{"a":' * pairs + b"[]" + b"}]" * pairs
+    return b'[{"a":' * (pairs - 1) + b"[{}]" + b"}]" * (pairs - 1)
+
+
+@pytest.mark.parametrize("kind", ["array", "object", "mixed"])
+@pytest.mark.parametrize("member", ["data", "extra"])
+def test_depth_limit(core: ModuleType, kind: str, member: str) -> None:
+    # The top-level object is depth 1, so a member value may nest 31 deep.
+    for depth in (30, 31):
+        value = _nested(depth, kind)
+        env = core.parse_envelope(b'{"op":"x","id":1,"%s":%s}' % (member.encode(), value))
+        raw = env.data if member == "data" else env.fields[member]
+        assert raw == value
+    for depth in (32, 33, 1000):
+        buf = b'{"op":"x","id":1,"%s":%s}' % (member.encode(), _nested(depth, kind))
+        with pytest.raises(core.BadEnvelope) as info:
+            core.parse_envelope(buf)
+        assert info.value.id is None
+
+
+def test_depth_limit_hidden_by_duplicate_names(core: ModuleType) -> None:
+    # A dict-based parser would keep only the last "a" and miss the depth.
+    deep = _nested(31, "array")
+    with pytest.raises(core.BadEnvelope):
+        core.parse_envelope(b'{"op":"x","data":{"a":%s,"a":1}}' % deep)
+    core.parse_envelope(b'{"op":"x","data":{"a":%s,"a":1}}' % _nested(30, "array"))
+
+
+@pytest.mark.parametrize("depth", [10_000, 200_000])
+def test_hostile_nesting(core: ModuleType, depth: int) -> None:
+    for opener in (b"[", b'{"a":'):
+        with pytest.raises(core.BadEnvelope):
+            core.parse_envelope(b'{"op":"x","data":' + opener * depth)
+    with pytest.raises(core.BadEnvelope):
+        core.parse_envelope(b"[" * depth)
+
+
+def test_large_values(core: ModuleType) -> None:
+    # Longer than CPython's int/str digit limit: valid JSON all the same.
+    digits = b"7" * 20_000
+    env = core.parse_envelope(b'{"op":"x","data":%s,"n":-%s.5e-9}' % (digits, digits))
+    assert env.data == digits
+    assert env.fields["n"] == b"-%s.5e-9" % digits
+    long_text = ("\u00e9a\U0001f600\\n" * 50_000).encode()
+    env = core.parse_envelope(b'{"op":"x","channel":"%s"}' % long_text)
+    assert env.channel == "\u00e9a\U0001f600\n" * 50_000
+
+
+# ------------------------------------------------------------ hypothesis: differential
+
+KNOWN = ("op", "id", "channel", "data")
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+whitespace = st.text(alphabet=" \t\n\r", max_size=3)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@st.composite
+def encoded(draw: st.DrawFn, value: Any) -> bytes:
+    """``value`` as JSON, in one of several valid spellings."""
+    ensure_ascii = draw(st.booleans())
+    style = draw(st.sampled_from(["compact", "default", "indent"]))
+    if style == "compact":
+        text = json.dumps(value, ensure_ascii=ensure_ascii, separators=(",", ":"))
+    elif style == "default":
+        text = json.dumps(value, ensure_ascii=ensure_ascii)
+    else:
+        text = json.dumps(
+            value, ensure_ascii=ensure_ascii, indent=draw(st.sampled_from([0, 1, "\t"]))
+        )
+    return text.encode()
+
+
+@st.composite
+def envelopes(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
+    """A valid envelope and the values it encodes."""
+    values: dict[str, Any] = {"op": draw(st.text(max_size=10))}
+    if draw(st.booleans()):
+        values["id"] = draw(st.integers(0, 2**53))
+    if draw(st.booleans()):
+        values["channel"] = draw(st.text(max_size=10))
+    if draw(st.booleans()):
+        values["data"] = draw(json_values)
+    extra = draw(
+        st.dictionaries(
+            st.text(max_size=6).filter(lambda k: k not in KNOWN), json_values, max_size=3
+        )
+    )
+    values.update(extra)
+    members = [(key, draw(encoded(value))) for key, value in values.items()]
+    members = draw(st.permutations(members))
+    parts = []
+    for key, raw in members:
+        parts.append(
+            draw(whitespace).encode()
+            + draw(encoded(key))
+            + draw(whitespace).encode()
+            + b":"
+            + draw(whitespace).encode()
+            + raw
+            + draw(whitespace).encode()
+        )
+    buf = (
+        draw(whitespace).encode()
+        + b"{"
+        + b",".join(parts)
+        + draw(whitespace).encode()
+        + b"}"
+        + draw(whitespace).encode()
+    )
+    return buf, values
+
+
+# SHARDWS_HYPOTHESIS_EXAMPLES=20000 for a deep run; the default keeps the file fast.
+FAST = settings(
+    max_examples=int(os.environ.get("SHARDWS_HYPOTHESIS_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@FAST
+@given(envelopes())
+def test_generated_envelopes(case: tuple[bytes, dict[str, Any]]) -> None:
+    buf, values = case
+    result = both(buf)
+    if 1 + max((_depth(v) for v in values.values()), default=0) > 32:
+        assert result[0] == "BadEnvelope"
+        return
+    assert result[0] == "ok", result
+    _, op, id_, channel, data, fields = result
+    assert op == values["op"]
+    assert id_ == values.get("id")
+    assert channel == values.get("channel")
+    if "data" in values:
+        assert data is not None
+        assert json.loads(data) == values["data"]
+        assert data in buf  # the exact input bytes
+    else:
+        assert data is None
+    assert set(fields) == set(values) - set(KNOWN)
+    for key, raw in fields.items():
+        assert json.loads(raw) == values[key]
+        assert raw in buf
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    buf = bytearray(draw(envelopes())[0])
+    interesting = st.sampled_from(
+        [*b'{}[]",:\\-+.0123456789eEtfnu \t\n\r\x00\x1f', 0x80, 0xC3, 0xED, 0xF4, 0xFF]
+    )
+    for _ in range(draw(st.integers(1, 4))):
+        action = draw(st.sampled_from(["replace", "insert", "delete"]))
+        pos = draw(st.integers(0, max(len(buf) - 1, 0)))
+        if action == "delete" and buf:
+            del buf[pos]
+        elif action == "insert":
+            buf.insert(pos, draw(interesting | st.integers(0, 255)))
+        elif buf:
+            buf[pos] = draw(interesting | st.integers(0, 255))
+    return bytes(buf)
+
+
+@FAST
+@given(mutated())
+def test_mutated_envelopes_agree(buf: bytes) -> None:
+    both(buf)
+
+
+@FAST
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_agree(buf: bytes) -> None:
+    both(buf)
+
+
+# Text over the JSON alphabet (plus a few troublemakers) reaches deeper than raw bytes.
+json_ish = st.lists(
+    st.sampled_from(
+        [
+            *'{}[]",:\\/-+.0123456789eEtrufalsnbNIy \t\n\r\x00\x0c',
+            *('"op"', '"id"', '"data"', "true", "null", "\\u", "\u00e9", "\ud800"),
+        ]
+    ),
+    max_size=40,
+).map("".join)
+
+
+@FAST
+@given(json_ish)
+def test_json_ish_text_agrees(text: str) -> None:
+    both(text.encode("utf-8", "surrogatepass"))
+
+
+@FAST
+@given(st.text(max_size=20), st.booleans())
+def test_escaped_strings_decode_like_json(text: str, ensure_ascii: bool) -> None:
+    channel = json.dumps(text, ensure_ascii=ensure_ascii).encode()
+    result = both(b'{"op":%s,"channel":%s}' % (channel, channel))
+    assert result[1] == result[3] == text
+
+
+@FAST
+@given(st.lists(st.sampled_from(["\\ud83d", "\\ude00", "\\udbff", "\\udfff", "\\u0041", "x"])))
+def test_surrogate_escapes_decode_like_json(pieces: list[str]) -> None:
+    literal = '"' + "".join(pieces) + '"'
+    result = both(b'{"op":%s}' % literal.encode())
+    assert result[1] == json.loads(literal)
+
+
+# ---------------------------------------------------------------------------- frames
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_build_text_frame(core: ModuleType, length: int) -> None:
+    payload = bytes(i % 251 for i in range(length))
+    frame = core.build_text_frame(payload)
+    assert frame[0] == 0x81  # FIN, opcode text (RFC 6455 5.2)
+    assert frame[1] & 0x80 == 0  # server frames are never masked
+    code = frame[1] & 0x7F
+    if length < 126:
+        assert code == length
+        header = 2
+    elif length < 65536:
+        assert code == 126
+        assert struct.unpack("!H", frame[2:4])[0] == length
+        header = 4
+    else:
+        assert code == 127
+        assert struct.unpack("!Q", frame[2:10])[0] == length
+        header = 10
+    assert frame[header:] == payload
+    assert len(frame) == header + length
+
+
+def test_build_text_frame_requires_bytes(core: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        core.build_text_frame("text")
+
+
+# --------------------------------------------------------------------------- fan-out
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
+        yield runner.run
+
+
+async def connect() -> tuple[asyncio.Transport, socket.socket]:
+    """A real transport on one end of a socketpair; the other end is the 'client'."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.setblocking(False)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
+    return transport, peer  # type: ignore[return-value]
+
+
+async def read_exactly(peer: socket.socket, n: int, timeout: float = 10.0) -> bytes:
+    loop = asyncio.get_running_loop()
+    chunks = bytearray()
+    async with asyncio.timeout(timeout):
+        while len(chunks) < n:
+            chunk = await loop.sock_recv(peer, min(n - len(chunks), 1 << 20))
+            assert chunk, "peer saw EOF"
+            chunks += chunk
+    return bytes(chunks)
+
+
+async def assert_silent(peer: socket.socket) -> None:
+    await asyncio.sleep(0.02)
+    with pytest.raises(BlockingIOError):
+        peer.recv(1)
+
+
+def test_sink_captures_transport(core: ModuleType, run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        transport, peer = await connect()
+        sink = core.Sink(transport)
+        assert sink.fd == transport.get_extra_info("socket").fileno()
+        assert sink.closed is False
+        with pytest.raises(AttributeError):
+            sink.closed = True
+        with pytest.raises(AttributeError):
+            sink.fd = 0
+        sink.close()
+        sink.close()
+        assert sink.closed is True
+        transport.close()
+        peer.close()
+
+    run(main())
+
+
+def test_sink_requires_socket(core: ModuleType) -> None:
+    class NoSocket:
+        def get_extra_info(self, name: str) -> None:
+            return None
+
+    with pytest.raises(ValueError):
+        core.Sink(NoSocket())
+
+
+def test_fanout_delivers_once_to_each(core: ModuleType, run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        pairs = [await connect() for _ in range(4)]
+        sinks = [core.Sink(t) for t, _ in pairs]
+        frames = [core.build_text_frame(b'{"n":%d}' % i) for i in range(3)]
+        for frame in frames:
+            assert core.fanout(frame, sinks) == 4
+        expected = b"".join(frames)
+        for transport, peer in pairs:
+            assert await read_exactly(peer, len(expected)) == expected
+            await assert_silent(peer)
+            transport.close()
+            peer.close()
+
+    run(main())
+
+
+def test_fanout_skips_closed_sink(core: ModuleType, run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        pairs = [await connect() for _ in range(3)]
+        sinks = [core.Sink(t) for t, _ in pairs]
+        sinks[1].close()
+        frame = core.build_text_frame(b"hello")
+        assert core.fanout(frame, sinks) == 2
+        assert core.fanout(frame, []) == 0
+        assert await read_exactly(pairs[0][1], len(frame)) == frame
+        assert await read_exactly(pairs[2][1], len(frame)) == frame
+        await assert_silent(pairs[1][1])
+        for transport, peer in pairs:
+            transport.close()
+            peer.close()
+
+    run(main())
+
+
+def _fill(fd: int) -> bytes:
+    """Write to a non-blocking socket until the kernel buffer is full; return what went."""
+    sent = bytearray()
+    chunk = bytes(range(256)) * 256
+    while True:
+        try:
+            n = os.write(fd, chunk)
+        except BlockingIOError:
+            return bytes(sent)
+        sent += chunk[:n]
+
+
+def test_fanout_to_slow_peer_keeps_order(core: ModuleType, run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        (slow_t, slow_peer), (fast_t, fast_peer) = await connect(), await connect()
+        sinks = [core.Sink(slow_t), core.Sink(fast_t)]
+        backlog = _fill(sinks[0].fd)  # the slow client has not read anything yet
+        frames = [core.build_text_frame(bytes([65 + i]) * 3000) for i in range(5)]
+        for frame in frames:
+            assert core.fanout(frame, sinks) == 2
+        # Nothing fit: the first frame went to the transport, later ones queued behind it.
+        assert slow_t.get_write_buffer_size() == sum(map(len, frames))
+        assert fast_t.get_write_buffer_size() == 0
+        expected = backlog + b"".join(frames)
+        assert await read_exactly(slow_peer, len(expected)) == expected
+        assert await read_exactly(fast_peer, len(expected) - len(backlog)) == b"".join(frames)
+        await assert_silent(slow_peer)
+        for t, p in ((slow_t, slow_peer), (fast_t, fast_peer)):
+            t.close()
+            p.close()
+
+    run(main())
+
+
+def test_fanout_partial_send_remainder_via_transport(
+    core: ModuleType, run: Callable[..., Any]
+) -> None:
+    async def main() -> None:
+        transport, peer = await connect()
+        sink = core.Sink(transport)
+        big = core.build_text_frame(os.urandom(4 << 20))  # larger than any socket buffer
+        small = core.build_text_frame(b"after")
+        assert core.fanout(big, [sink]) == 1
+        buffered = transport.get_write_buffer_size()
+        assert 0 < buffered < len(big)  # part went by send(), the rest is queued
+        assert core.fanout(small, [sink]) == 1  # must queue behind, not jump ahead
+        assert transport.get_write_buffer_size() == buffered + len(small)
+        expected = big + small
+        assert await read_exactly(peer, len(expected)) == expected
+        transport.close()
+        peer.close()
+
+    run(main())
+
+
+def test_fanout_to_dead_peer_does_not_raise(core: ModuleType, run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        (dead_t, dead_peer), (live_t, live_peer) = await connect(), await connect()
+        sinks = [core.Sink(dead_t), core.Sink(live_t)]
+        dead_peer.close()
+        frame = core.build_text_frame(b"x" * 100)
+        for _ in range(5):
+            core.fanout(frame, sinks)  # EPIPE goes to the transport's error path
+            await asyncio.sleep(0.01)
+        assert dead_t.is_closing()
+        assert core.fanout(frame, sinks) == 1
+        assert sinks[0].closed  # the closing transport was noticed
+        assert not sinks[1].closed
+        got = await read_exactly(live_peer, 6 * len(frame))
+        assert got == frame * 6
+        live_t.close()
+        live_peer.close()
+
+    run(main())
+
+
+def test_fanout_skips_closed_transport(core: ModuleType, run: Callable[..., Any]) -> None:
+    """A sink its owner forgot to close must not send() to a possibly reused fd."""
+
+    async def main() -> None:
+        transport, peer = await connect()
+        sink = core.Sink(transport)
+        transport.close()
+        await asyncio.sleep(0.01)  # connection_lost ran; the fd is closed
+        assert core.fanout(core.build_text_frame(b"late"), [sink]) == 0
+        assert sink.closed
+        peer.close()
+
+    run(main())
+
+
+class _Broken:
+    """A transport whose methods fail as a closed uvloop handle's do."""
+
+    def __init__(self, sock: socket.socket, fail: str) -> None:
+        self.sock = sock
+        self.fail = fail
+
+    def get_extra_info(self, name: str) -> socket.socket:
+        return self.sock
+
+    def is_closing(self) -> bool:
+        if self.fail == "is_closing":
+            raise RuntimeError("handle is closed")
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        if self.fail == "size":
+            raise RuntimeError("handle is closed")
+        return 1  # forces the transport.write path
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("handle is closed")
+
+
+@pytest.mark.parametrize("fail", ["is_closing", "size", "write"])
+def test_fanout_survives_raising_transport(core: ModuleType, fail: str) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        sink = core.Sink(_Broken(a, fail))
+        assert core.fanout(b"frame", [sink]) == 0
+        assert sink.closed
+
+
+def test_fanout_argument_types(core: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        core.fanout("frame", [])
+    with pytest.raises(TypeError):
+        core.fanout(b"frame", [object()])
+
+
+# -------------------------------------------------------------------------- selector
+
+
+def test_selector_prefers_extension() -> None:
+    _load("cython")  # must be built
+    code = "import shardws.core as c; print(c.IMPLEMENTATION, c.parse_envelope.__module__)"
+    env = {k: v for k, v in os.environ.items() if k != "SHARDWS_PURE_PYTHON"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["cython", "shardws._core"], out.stderr
+    env["SHARDWS_PURE_PYTHON"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["python", "shardws._core_ref"], out.stderr
