@@ -456,9 +456,8 @@ def encoded(draw: st.DrawFn, value: Any) -> bytes:
     elif style == "default":
         text = json.dumps(value, ensure_ascii=ensure_ascii)
     else:
-        text = json.dumps(
-            value, ensure_ascii=ensure_ascii, indent=draw(st.sampled_from([0, 1, "\t"]))
-        )
+        indent = draw(st.integers(0, 2) | st.just("\t"))
+        text = json.dumps(value, ensure_ascii=ensure_ascii, indent=indent)
     return text.encode()
 
 
@@ -650,7 +649,7 @@ async def connect() -> tuple[asyncio.Transport, socket.socket]:
     peer.setblocking(False)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
-    return transport, peer  # type: ignore[return-value]
+    return transport, peer
 
 
 async def read_exactly(peer: socket.socket, n: int, timeout: float = 10.0) -> bytes:
