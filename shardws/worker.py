@@ -33,7 +33,7 @@ from picows import (
 )
 from setproctitle import setproctitle
 
-from shardws import protocol
+from shardws import core, protocol
 from shardws.bus import Bus, channel_topic, endpoint
 from shardws.config import Config
 from shardws.core import BadEnvelope, InvalidUTF8, Sink, build_text_frame, fanout, parse_envelope
@@ -208,7 +208,9 @@ class Worker:
         )
         loop = asyncio.get_running_loop()
         loop.call_later(self._sweep_interval(), self._sweep)
-        log.info("worker %d ready (pid %d)", self.slot, os.getpid())
+        log.info("worker %d ready (pid %d, %s core)", self.slot, os.getpid(), core.IMPLEMENTATION)
+        if core.IMPLEMENTATION != "cython":
+            log.warning("running on the pure-Python reference core: build the extension")
 
     def _sweep_interval(self) -> float:
         return min(max(self.config.server.ping_interval / 4, 0.05), 5.0)
