@@ -8,15 +8,25 @@ server should log ``IMPLEMENTATION`` at startup, since the reference is far slow
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
-IMPLEMENTATION: Literal["cython", "python"]
 
-try:
-    if os.environ.get("SHARDWS_PURE_PYTHON") == "1":
-        raise ImportError("SHARDWS_PURE_PYTHON=1")
-    from shardws._core import (
+def _load() -> tuple[ModuleType, Literal["cython", "python"]]:
+    if os.environ.get("SHARDWS_PURE_PYTHON") != "1":
+        try:
+            return importlib.import_module("shardws._core"), "cython"
+        except ImportError:
+            pass
+    return importlib.import_module("shardws._core_ref"), "python"
+
+
+_module, IMPLEMENTATION = _load()
+
+if TYPE_CHECKING:  # both modules have the same API; type-check against the reference
+    from shardws._core_ref import (
         MAX_DEPTH,
         MAX_ID,
         BadEnvelope,
@@ -27,23 +37,16 @@ try:
         fanout,
         parse_envelope,
     )
-
-    IMPLEMENTATION = "cython"
-except ImportError:
-    # Same API; mypy checks callers against the extension's stub.
-    from shardws._core_ref import (  # type: ignore[assignment]
-        MAX_DEPTH,
-        MAX_ID,
-        BadEnvelope,
-        Envelope,
-        InvalidUTF8,
-        Sink,
-        build_text_frame,
-        fanout,
-        parse_envelope,
-    )
-
-    IMPLEMENTATION = "python"
+else:
+    MAX_DEPTH = _module.MAX_DEPTH
+    MAX_ID = _module.MAX_ID
+    BadEnvelope = _module.BadEnvelope
+    Envelope = _module.Envelope
+    InvalidUTF8 = _module.InvalidUTF8
+    Sink = _module.Sink
+    build_text_frame = _module.build_text_frame
+    fanout = _module.fanout
+    parse_envelope = _module.parse_envelope
 
 __all__ = [
     "IMPLEMENTATION",

@@ -207,7 +207,8 @@ class Supervisor:
                 )
             # SIGCHLD only wakes the loop; _reap does the work.
 
-    def _reap(self) -> None:
+    def _reap(self, quietly: bool = False) -> None:
+        """Collect every exited child; unless ``quietly`` (shutdown), handle its death."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -216,7 +217,11 @@ class Supervisor:
             if pid == 0:
                 return
             slot = next((s for s in self.slots if s.pid == pid), None)
-            if slot is not None:
+            if slot is None:
+                continue
+            if quietly:
+                slot.pid = 0
+            else:
                 self._died(slot, os.waitstatus_to_exitcode(status))
 
     def _died(self, slot: Slot, code: int) -> None:
@@ -370,7 +375,7 @@ class Supervisor:
         while any(s.pid for s in self.slots) and time.monotonic() < deadline:
             self._wait(0.05)
             self._signals.clear()
-            self._reap_quietly()
+            self._reap(quietly=True)
         for slot in self.slots:
             if slot.pid:
                 log.error(
@@ -389,18 +394,6 @@ class Supervisor:
         if self._own_run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         log.info("stopped")
-
-    def _reap_quietly(self) -> None:
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            for slot in self.slots:
-                if slot.pid == pid:
-                    slot.pid = 0
 
 
 def serve(config: Config) -> int:
