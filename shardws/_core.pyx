@@ -625,6 +625,18 @@ def build_text_frame(bytes payload not None):
     return frame
 
 
+# Coalescing state of this process (one event loop per worker process). A sink written
+# directly in the current generation corks further frames; flush() sends each corked
+# sink's frames in one syscall and starts a new generation. The owner calls flush() once
+# per event-loop iteration in which anything was written.
+cdef uint64_t _generation = 1
+cdef list _dirty = []
+cdef list _overflowed = []
+cdef Py_ssize_t _drops = 0
+
+DEFAULT_MAX_PENDING = 1 << 20
+
+
 cdef class Sink:
     """One subscriber's write side, captured once per connection.
 
@@ -634,6 +646,11 @@ cdef class Sink:
     fd), so ``fanout`` never sends to an fd number the kernel may have reused. As a
     second guard, a sink whose transport reports ``is_closing()`` is closed by
     ``fanout`` and skipped.
+
+    Pending output (the transport's buffer plus corked frames) never exceeds
+    ``max_pending`` bytes: a frame that would cross it is dropped (``drop`` policy,
+    counted in ``drops``) or the sink is closed and reported by ``take_overflowed()``
+    so its owner can disconnect the slow consumer.
     """
 
     cdef int _fd
@@ -641,18 +658,36 @@ cdef class Sink:
     cdef object _get_write_buffer_size
     cdef object _is_closing
     cdef bint _closed
+    cdef uint64_t _gen
+    cdef list _cork
+    cdef Py_ssize_t _cork_bytes
+    cdef Py_ssize_t _cork_base
+    cdef Py_ssize_t _max_pending
+    cdef readonly Py_ssize_t drops
+    cdef readonly bint overflowed
+    cdef public object owner
 
-    def __init__(self, transport):
+    def __init__(self, transport, Py_ssize_t max_pending=DEFAULT_MAX_PENDING, owner=None):
         sock = transport.get_extra_info("socket")
         if sock is None:
             raise ValueError("transport has no socket")
         self._fd = sock.fileno()
         if self._fd < 0:
             raise ValueError("transport socket is closed")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self._write = transport.write
         self._get_write_buffer_size = transport.get_write_buffer_size
         self._is_closing = transport.is_closing
         self._closed = False
+        self._gen = 0
+        self._cork = None
+        self._cork_bytes = 0
+        self._cork_base = 0
+        self._max_pending = max_pending
+        self.drops = 0
+        self.overflowed = False
+        self.owner = owner
 
     @property
     def fd(self):
@@ -662,9 +697,25 @@ cdef class Sink:
     def closed(self):
         return self._closed
 
+    @property
+    def corked_bytes(self):
+        """Bytes corked for the next ``flush()``."""
+        return self._cork_bytes
+
+    def send(self, bytes frame not None):
+        """Write one frame to this sink alone (replies, own pushes), in order with the
+        fan-out; over ``max_pending`` the sink overflows (disconnect policy)."""
+        return _deliver(self, frame, False)
+
+    def flush(self):
+        """Write this sink's corked frames now (e.g. before a close frame)."""
+        _flush_sink(self)
+
     def close(self):
-        """Stop fan-out to this sink; idempotent."""
+        """Stop fan-out to this sink and forget corked frames; idempotent."""
         self._closed = True
+        self._cork = None
+        self._cork_bytes = 0
 
     def __repr__(self):
         return f"Sink(fd={self._fd}, closed={bool(self._closed)})"
@@ -683,51 +734,138 @@ cdef inline bint _hand_to_transport(Sink sink, bytes frame, Py_ssize_t offset):
     return True
 
 
-def fanout(bytes frame not None, list sinks not None):
-    """Write ``frame`` to every open sink; return how many sinks it was written to.
-
-    Per sink: while the transport's own buffer is empty, one non-blocking ``send()``
-    delivers without touching the event loop, and any unsent tail goes to
-    ``transport.write`` (which then keeps it in order). With data already buffered, the
-    whole frame goes to ``transport.write`` so ordering is kept. Send errors other than
-    "would block" also go through ``transport.write`` so the transport reports them by
-    its own path. A sink whose transport methods raise, or that is closing, is marked
-    closed and not counted. Never raises for a single bad sink.
-    """
-    cdef const char* p = PyBytes_AS_STRING(frame)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+cdef bint _write_now(Sink sink, bytes data, Py_ssize_t buffered):
+    """Direct ``send()`` while the transport buffer is empty, the rest to the transport."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t sent
+    if buffered:
+        return _hand_to_transport(sink, data, 0)
+    if n == 0:
+        return True
+    # MSG_NOSIGNAL: a dead peer must give EPIPE, not kill the process with SIGPIPE.
+    sent = c_send(sink._fd, PyBytes_AS_STRING(data), <size_t>n, MSG_NOSIGNAL | MSG_DONTWAIT)
+    if sent == n:
+        return True
+    if sent < 0:
+        # EAGAIN/EWOULDBLOCK/EINTR: the transport retries when writable. Any other
+        # error: the transport's own write path hits it and reports it.
+        sent = 0
+    return _hand_to_transport(sink, data, sent)
+
+
+cdef bint _overflow(Sink sink, bint drop):
+    global _drops
+    if drop:
+        sink.drops += 1
+        _drops += 1
+        return False
+    sink.overflowed = True
+    sink._closed = True
+    sink._cork = None
+    sink._cork_bytes = 0
+    _overflowed.append(sink)
+    return False
+
+
+cdef bint _deliver(Sink sink, bytes frame, bint drop):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+    cdef Py_ssize_t buffered
+    if sink._closed:
+        return False
+    if sink._cork is not None:
+        if sink._cork_base + sink._cork_bytes + n > sink._max_pending:
+            return _overflow(sink, drop)
+        sink._cork.append(frame)
+        sink._cork_bytes += n
+        return True
+    try:
+        if sink._is_closing():
+            sink._closed = True
+            return False
+        buffered = sink._get_write_buffer_size()
+    except Exception:
+        sink._closed = True
+        return False
+    # A caught-up sink takes any single frame; the cap bounds the backlog.
+    if buffered and buffered + n > sink._max_pending:
+        return _overflow(sink, drop)
+    if buffered or sink._gen == _generation:
+        # Written once already in this loop iteration, or the kernel buffer is full:
+        # cork, so everything else this iteration leaves in one syscall at flush().
+        sink._cork = [frame]
+        sink._cork_bytes = n
+        sink._cork_base = buffered
+        _dirty.append(sink)
+        return True
+    # First frame for this sink in this iteration: send at once (no added latency).
+    sink._gen = _generation
+    return _write_now(sink, frame, 0)
+
+
+cdef void _flush_sink(Sink sink):
+    cdef list cork = sink._cork
+    cdef Py_ssize_t buffered
+    if cork is None:
+        return
+    sink._cork = None
+    sink._cork_bytes = 0
+    if sink._closed:
+        return
+    data = <bytes>cork[0] if len(cork) == 1 else b"".join(cork)
+    try:
+        buffered = sink._get_write_buffer_size()
+    except Exception:
+        sink._closed = True
+        return
+    _write_now(sink, data, buffered)
+
+
+def fanout(bytes frame not None, list sinks not None, bint drop=False):
+    """Write ``frame`` to every open sink; return how many sinks took it.
+
+    Per sink, the first frame of an event-loop iteration goes out at once with one
+    non-blocking ``send()`` while the transport's own buffer is empty (any unsent tail
+    goes to ``transport.write``, which keeps order). Further frames for that sink in the
+    same iteration, or any frame while the transport holds data, are corked and leave
+    together at ``flush()`` in one syscall. The caller must call ``flush()`` once per
+    loop iteration in which it called ``fanout`` or ``Sink.send``.
+
+    A frame that would push a sink's pending output over its ``max_pending`` is
+    skipped and counted (``drop=True``) or closes the sink and reports it through
+    ``take_overflowed()``. Never raises for a single bad sink.
+    """
     cdef Py_ssize_t count = 0
-    cdef Sink sink
     cdef object item
     for item in sinks:
-        sink = <Sink?>item
-        if sink._closed:
-            continue
-        try:
-            if sink._is_closing():
-                sink._closed = True
-                continue
-            buffered = sink._get_write_buffer_size()
-        except Exception:
-            sink._closed = True
-            continue
-        if buffered:
-            if _hand_to_transport(sink, frame, 0):
-                count += 1
-            continue
-        if n == 0:
-            count += 1
-            continue
-        # MSG_NOSIGNAL: a dead peer must give EPIPE, not kill the process with SIGPIPE.
-        sent = c_send(sink._fd, p, <size_t>n, MSG_NOSIGNAL | MSG_DONTWAIT)
-        if sent == n:
-            count += 1
-            continue
-        if sent < 0:
-            # EAGAIN/EWOULDBLOCK/EINTR: the transport retries when writable. Any other
-            # error: the transport's own write path hits it and reports it.
-            sent = 0
-        if _hand_to_transport(sink, frame, sent):
+        if _deliver(<Sink?>item, frame, drop):
             count += 1
     return count
+
+
+def flush():
+    """Send every corked sink's frames (one syscall per sink) and start a new loop
+    generation. Returns the number of sinks flushed."""
+    global _generation, _dirty
+    _generation += 1
+    if not _dirty:
+        return 0
+    cdef list dirty = _dirty
+    _dirty = []
+    cdef object sink
+    for sink in dirty:
+        _flush_sink(<Sink>sink)
+    return len(dirty)
+
+
+def take_overflowed():
+    """Sinks closed by the disconnect policy since the last call (their owners should
+    close the connections as slow consumers)."""
+    global _overflowed
+    cdef list result = _overflowed
+    _overflowed = []
+    return result
+
+
+def total_drops():
+    """Frames skipped by the drop policy in this process so far."""
+    return _drops

@@ -298,28 +298,64 @@ def build_text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+# Coalescing state of this process; see _core.pyx for the design.
+_generation = 1
+_dirty: list[Sink] = []
+_overflowed: list[Sink] = []
+_drops = 0
+
+DEFAULT_MAX_PENDING = 1 << 20
+
+
 class Sink:
     """One subscriber's write side, captured once per connection.
 
     The owner calls ``close()`` before queueing a close frame and at the latest in
     ``connection_lost``, so ``fanout`` never writes to a reused fd number; a sink whose
-    transport reports ``is_closing()`` is also closed by ``fanout``.
+    transport reports ``is_closing()`` is also closed by ``fanout``. Pending output
+    never exceeds ``max_pending`` (see ``fanout``).
     """
 
-    __slots__ = ("_closed", "_fd", "_get_write_buffer_size", "_is_closing", "_write")
+    __slots__ = (
+        "_closed",
+        "_cork",
+        "_cork_base",
+        "_cork_bytes",
+        "_fd",
+        "_gen",
+        "_get_write_buffer_size",
+        "_is_closing",
+        "_max_pending",
+        "_write",
+        "drops",
+        "overflowed",
+        "owner",
+    )
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(
+        self, transport: Any, max_pending: int = DEFAULT_MAX_PENDING, owner: Any = None
+    ) -> None:
         sock = transport.get_extra_info("socket")
         if sock is None:
             raise ValueError("transport has no socket")
         fd = sock.fileno()
         if fd < 0:
             raise ValueError("transport socket is closed")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self._fd: int = fd
         self._write = transport.write
         self._get_write_buffer_size = transport.get_write_buffer_size
         self._is_closing = transport.is_closing
         self._closed = False
+        self._gen = 0
+        self._cork: list[bytes] | None = None
+        self._cork_bytes = 0
+        self._cork_base = 0
+        self._max_pending = max_pending
+        self.drops = 0
+        self.overflowed = False
+        self.owner = owner
 
     @property
     def fd(self) -> int:
@@ -329,9 +365,25 @@ class Sink:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def corked_bytes(self) -> int:
+        return self._cork_bytes
+
+    def send(self, frame: bytes) -> bool:
+        """Write one frame to this sink alone, in order with the fan-out."""
+        if not isinstance(frame, bytes):
+            raise TypeError(f"expected bytes, got {type(frame).__name__}")
+        return _deliver(self, frame, False)
+
+    def flush(self) -> None:
+        """Write this sink's corked frames now."""
+        _flush_sink(self)
+
     def close(self) -> None:
-        """Stop fan-out to this sink; idempotent."""
+        """Stop fan-out to this sink and forget corked frames; idempotent."""
         self._closed = True
+        self._cork = None
+        self._cork_bytes = 0
 
     def __repr__(self) -> str:
         return f"Sink(fd={self._fd}, closed={self._closed})"
@@ -346,40 +398,119 @@ def _hand_to_transport(sink: Sink, chunk: bytes) -> bool:
     return True
 
 
-def fanout(frame: bytes, sinks: list[Sink]) -> int:
-    """Write ``frame`` to every open sink; return how many sinks it was written to.
+def _write_now(sink: Sink, data: bytes, buffered: int) -> bool:
+    """``os.write`` stands in for ``send(MSG_DONTWAIT)``: the transport's socket is
+    already non-blocking, and CPython ignores SIGPIPE, so a dead peer gives EPIPE."""
+    if buffered:
+        return _hand_to_transport(sink, data)
+    if not data:
+        return True
+    try:
+        sent = os.write(sink._fd, data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0  # the transport retries when the socket is writable
+    except OSError:
+        sent = 0  # EPIPE, ECONNRESET...: the transport's write path reports it
+    return sent == len(data) or _hand_to_transport(sink, data[sent:])
 
-    ``os.write`` stands in for ``send(MSG_DONTWAIT)``: the transport's socket is already
-    non-blocking, and CPython ignores SIGPIPE, so a dead peer gives EPIPE, not a signal.
-    """
+
+def _overflow(sink: Sink, drop: bool) -> bool:
+    global _drops
+    if drop:
+        sink.drops += 1
+        _drops += 1
+        return False
+    sink.overflowed = True
+    sink._closed = True
+    sink._cork = None
+    sink._cork_bytes = 0
+    _overflowed.append(sink)
+    return False
+
+
+def _deliver(sink: Sink, frame: bytes, drop: bool) -> bool:
+    if not isinstance(sink, Sink):
+        raise TypeError(f"expected Sink, got {type(sink).__name__}")
+    if sink._closed:
+        return False
+    n = len(frame)
+    if sink._cork is not None:
+        if sink._cork_base + sink._cork_bytes + n > sink._max_pending:
+            return _overflow(sink, drop)
+        sink._cork.append(frame)
+        sink._cork_bytes += n
+        return True
+    try:
+        if sink._is_closing():
+            sink._closed = True
+            return False
+        buffered = sink._get_write_buffer_size()
+    except Exception:
+        sink._closed = True
+        return False
+    # A caught-up sink takes any single frame; the cap bounds the backlog.
+    if buffered and buffered + n > sink._max_pending:
+        return _overflow(sink, drop)
+    if buffered or sink._gen == _generation:
+        sink._cork = [frame]
+        sink._cork_bytes = n
+        sink._cork_base = buffered
+        _dirty.append(sink)
+        return True
+    sink._gen = _generation
+    return _write_now(sink, frame, 0)
+
+
+def _flush_sink(sink: Sink) -> None:
+    cork = sink._cork
+    if cork is None:
+        return
+    sink._cork = None
+    sink._cork_bytes = 0
+    if sink._closed:
+        return
+    data = cork[0] if len(cork) == 1 else b"".join(cork)
+    try:
+        buffered = sink._get_write_buffer_size()
+    except Exception:
+        sink._closed = True
+        return
+    _write_now(sink, data, buffered)
+
+
+def fanout(frame: bytes, sinks: list[Sink], drop: bool = False) -> int:
+    """Write ``frame`` to every open sink; return how many sinks took it. Same
+    contract as the Cython version: call ``flush()`` once per loop iteration."""
     if not isinstance(frame, bytes):
         raise TypeError(f"expected bytes, got {type(frame).__name__}")
     if not isinstance(sinks, list):
         raise TypeError(f"expected list, got {type(sinks).__name__}")
     count = 0
     for sink in sinks:
-        if not isinstance(sink, Sink):
-            raise TypeError(f"expected Sink, got {type(sink).__name__}")
-        if sink._closed:
-            continue
-        try:
-            if sink._is_closing():
-                sink._closed = True
-                continue
-            buffered = sink._get_write_buffer_size()
-        except Exception:
-            sink._closed = True
-            continue
-        if buffered or not frame:
-            if not frame or _hand_to_transport(sink, frame):
-                count += 1
-            continue
-        try:
-            sent = os.write(sink._fd, frame)
-        except (BlockingIOError, InterruptedError):
-            sent = 0  # the transport retries when the socket is writable
-        except OSError:
-            sent = 0  # EPIPE, ECONNRESET...: the transport's write path reports it
-        if sent == len(frame) or _hand_to_transport(sink, frame[sent:]):
+        if _deliver(sink, frame, drop):
             count += 1
     return count
+
+
+def flush() -> int:
+    """Send every corked sink's frames and start a new loop generation."""
+    global _generation, _dirty
+    _generation += 1
+    if not _dirty:
+        return 0
+    dirty, _dirty = _dirty, []
+    for sink in dirty:
+        _flush_sink(sink)
+    return len(dirty)
+
+
+def take_overflowed() -> list[Sink]:
+    """Sinks closed by the disconnect policy since the last call."""
+    global _overflowed
+    result, _overflowed = _overflowed, []
+    return result
+
+
+def total_drops() -> int:
+    """Frames skipped by the drop policy in this process so far."""
+    return _drops

@@ -49,6 +49,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "LogConfig",
+    "NamespaceConfig",
     "ServerConfig",
     "auto_workers",
     "default_config",
@@ -221,12 +222,31 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NamespaceConfig:
+    """``[namespaces.<name>]``: options of the channels ``<name>:...``; channels without a
+    colon belong to ``[namespaces.default]``. Until per-namespace rules arrive (auth
+    issue), a channel whose namespace is not configured uses the default namespace's
+    options."""
+
+    #: What happens to a subscriber whose pending output would exceed
+    #: ``[server] max_pending_bytes``: ``"disconnect"`` closes it with code 4501 (slow
+    #: consumer; the client reconnects and may recover), ``"drop"`` skips the messages it
+    #: cannot take and counts them. Default ``"disconnect"``.
+    slow_consumer: str = option("disconnect", choices=("disconnect", "drop"))
+
+
+def _default_namespaces() -> Mapping[str, NamespaceConfig]:
+    return MappingProxyType({"default": NamespaceConfig()})
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; each field but ``source`` is a TOML section."""
 
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    namespaces: Mapping[str, NamespaceConfig] = option(factory=_default_namespaces)
     #: The file the config came from, or ``"<default>"``. Not a TOML key.
     source: str = option("<default>", toml=False)
 

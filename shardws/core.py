@@ -27,6 +27,7 @@ _module, IMPLEMENTATION = _load()
 
 if TYPE_CHECKING:  # both modules have the same API; type-check against the reference
     from shardws._core_ref import (
+        DEFAULT_MAX_PENDING,
         MAX_DEPTH,
         MAX_ID,
         BadEnvelope,
@@ -35,7 +36,10 @@ if TYPE_CHECKING:  # both modules have the same API; type-check against the refe
         Sink,
         build_text_frame,
         fanout,
+        flush,
         parse_envelope,
+        take_overflowed,
+        total_drops,
     )
 else:
     MAX_DEPTH = _module.MAX_DEPTH
@@ -46,9 +50,14 @@ else:
     Sink = _module.Sink
     build_text_frame = _module.build_text_frame
     fanout = _module.fanout
+    flush = _module.flush
+    take_overflowed = _module.take_overflowed
+    total_drops = _module.total_drops
+    DEFAULT_MAX_PENDING = _module.DEFAULT_MAX_PENDING
     parse_envelope = _module.parse_envelope
 
 __all__ = [
+    "DEFAULT_MAX_PENDING",
     "IMPLEMENTATION",
     "MAX_DEPTH",
     "MAX_ID",
@@ -58,5 +67,8 @@ __all__ = [
     "Sink",
     "build_text_frame",
     "fanout",
+    "flush",
     "parse_envelope",
+    "take_overflowed",
+    "total_drops",
 ]

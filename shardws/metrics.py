@@ -45,6 +45,7 @@ class Column(enum.IntEnum):
     PUBLISHES = 14  # publications accepted from clients on this worker
     SYNC_TIMEOUTS = 15  # subscribe barriers that timed out waiting for a peer
     RESTARTS = 16  # times this slot's process was restarted (written by the supervisor)
+    SLOW_CONSUMERS = 17  # connections closed with 4501 (slow consumer)
 
 
 N_COLUMNS = len(Column)

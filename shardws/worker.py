@@ -35,8 +35,18 @@ from setproctitle import setproctitle
 
 from shardws import core, protocol
 from shardws.bus import Bus, channel_topic, endpoint
-from shardws.config import Config
-from shardws.core import BadEnvelope, InvalidUTF8, Sink, build_text_frame, fanout, parse_envelope
+from shardws.config import Config, NamespaceConfig
+from shardws.core import (
+    BadEnvelope,
+    InvalidUTF8,
+    Sink,
+    build_text_frame,
+    fanout,
+    flush,
+    parse_envelope,
+    take_overflowed,
+    total_drops,
+)
 from shardws.hub import Hub
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.metrics import Column, ProcessState, Scoreboard
@@ -82,7 +92,11 @@ class Connection(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        self.sink = Sink(transport.underlying_transport)
+        self.sink = Sink(
+            transport.underlying_transport,
+            max_pending=self.worker.config.server.max_pending_bytes,
+            owner=self,
+        )
         self.worker.connection_opened(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -103,6 +117,10 @@ class Connection(WSListener):
         elif msg_type == WSMsgType.CLOSE:
             # RFC 6455 5.5.1: answer a close with a close, then drop the connection.
             if not transport.is_close_frame_sent:
+                self.closing = True
+                if self.sink is not None:
+                    self.sink.flush()  # what was corked goes before our close frame
+                    self.sink.close()
                 code = frame.get_close_code()
                 transport.send_close(WSCloseCode.OK if code == WSCloseCode.NO_INFO else code)
             transport.disconnect()
@@ -137,21 +155,25 @@ class Connection(WSListener):
         pass
 
     def send(self, payload: bytes) -> None:
-        """Send one text message to this client (replies and own pushes)."""
-        if not self.closing and self.transport is not None:
-            self.transport.send(WSMsgType.TEXT, payload)
-            self.worker.stats[Column.BYTES_OUT] += len(payload)
+        """Send one text message to this client (replies and own pushes), through the
+        sink so it stays in order with publications and counts against the cap."""
+        if not self.closing and self.sink is not None:
+            frame = build_text_frame(payload)
+            self.sink.send(frame)
+            self.worker.wrote(len(frame))
 
     def close(self, code: int, reason: str) -> None:
-        """Send a close frame with ``code`` and drop the connection soon after. Fan-out
-        skips this connection from now on."""
+        """Send what is corked, then a close frame with ``code``; drop the connection
+        when the client answers, or after ``CLOSE_GRACE``. Fan-out skips it from now on."""
         if self.closing or self.transport is None:
             return
         self.closing = True
+        self.sink.flush()
         self.sink.close()
         self.worker.leave_all(self)
         self.transport.send_close(WSCloseCode(code), reason.encode()[:120])
-        asyncio.get_running_loop().call_later(CLOSE_GRACE, self.transport.disconnect)
+        # Not graceful: a client that stopped reading must not keep its buffer alive.
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, self.transport.disconnect, False)
 
 
 class Worker:
@@ -170,6 +192,8 @@ class Worker:
         self._peer_log = RateLimitedLogger("shardws.peer")
         self._picows_log = RateLimitedLogger("shardws.picows", level=logging.DEBUG)
         self._stop = asyncio.Event()
+        self._flush_scheduled = False
+        self._drop_policy: dict[str, bool] = {}
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
@@ -247,6 +271,7 @@ class Worker:
         row = self.row
         stats = self.stats
         stats[Column.CONNECTIONS] = len(self.connections)
+        stats[Column.DROPS] = total_drops()
         if self.bus is not None:
             stats[Column.BUS_LOST] = self.bus.lost
             stats[Column.SYNC_TIMEOUTS] = self.bus.sync_timeouts
@@ -259,6 +284,7 @@ class Worker:
             Column.BYTES_IN,
             Column.BYTES_OUT,
             Column.DROPS,
+            Column.SLOW_CONSUMERS,
             Column.BUS_LOST,
             Column.PROTOCOL_ERRORS,
             Column.PUBLISHES,
@@ -404,14 +430,44 @@ class Worker:
         self.stats[Column.PUBLISHES] += 1
         sinks = self.hub.sinks(channel)
         if sinks:
-            self._deliver(build_text_frame(push), sinks)
+            self._deliver(build_text_frame(push), sinks, self.drops_for(channel))
         if self.bus is not None:
             self.bus.publish(channel_topic(channel), push)
 
-    def _deliver(self, frame: bytes, sinks: list[Any]) -> None:
-        written = fanout(frame, sinks)
+    def _deliver(self, frame: bytes, sinks: list[Any], drop: bool) -> None:
+        written = fanout(frame, sinks, drop)
         self.stats[Column.MESSAGES_OUT] += written
-        self.stats[Column.BYTES_OUT] += written * len(frame)
+        self.wrote(written * len(frame))
+
+    def wrote(self, nbytes: int) -> None:
+        """Account written bytes and make sure corked frames leave this iteration."""
+        self.stats[Column.BYTES_OUT] += nbytes
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        # Runs once per loop iteration with output: every subscriber's corked frames
+        # leave in one syscall, then slow consumers are disconnected.
+        self._flush_scheduled = False
+        flush()
+        for sink in take_overflowed():
+            self.stats[Column.SLOW_CONSUMERS] += 1
+            self._peer_log.info("client %s: slow consumer, disconnecting", sink.owner.client_id)
+            sink.owner.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def drops_for(self, channel: str) -> bool:
+        """Whether ``channel``'s namespace drops messages for slow consumers (else the
+        consumer is disconnected)."""
+        drop = self._drop_policy.get(channel)
+        if drop is None:
+            namespaces = self.config.namespaces
+            name = channel.partition(":")[0] if ":" in channel else "default"
+            options = namespaces.get(name) or namespaces.get("default") or NamespaceConfig()
+            drop = options.slow_consumer == "drop"
+            if len(self._drop_policy) < 65536:  # bounded cache
+                self._drop_policy[channel] = drop
+        return drop
 
     # -- bus ----------------------------------------------------------------------------
 
@@ -424,10 +480,12 @@ class Worker:
             self.bus.unsubscribe(channel_topic(channel))
 
     def _on_bus_channel(self, topic: bytes, payloads: list[bytes]) -> None:
-        sinks = self.hub.sinks(topic[1:-1].decode())
+        channel = topic[1:-1].decode()
+        sinks = self.hub.sinks(channel)
         if sinks:
+            drop = self.drops_for(channel)
             for payload in payloads:
-                self._deliver(build_text_frame(payload), sinks)
+                self._deliver(build_text_frame(payload), sinks, drop)
 
 
 def run_worker(

@@ -372,19 +372,32 @@ def test_option_rejects_unknown_rules() -> None:
 
 
 def _keys(raw: dict[str, Any]) -> set[str]:
-    """Dotted names of every key in a two-level TOML document."""
-    return {f"{section}.{key}" for section, table in raw.items() for key in table}
+    """Dotted names of every key in a TOML document (tables of tables flattened)."""
+    keys = set()
+    for section, table in raw.items():
+        for key, value in table.items():
+            if isinstance(value, dict):  # [namespaces.<name>]
+                keys |= {f"{section}.{key}.{inner}" for inner in value}
+            else:
+                keys.add(f"{section}.{key}")
+    return keys
 
 
 def _keys_of(cls: type) -> set[str]:
-    """Dotted names of every option of a two-level config dataclass."""
+    """Dotted names of every option of the config dataclass; a ``Mapping`` section is
+    expected to hold its ``default`` entry."""
     hints = typing.get_type_hints(cls)
-    return {
-        f"{section.name}.{f.name}"
-        for section in dataclasses.fields(cls)
-        if section.metadata.get("toml", True)
-        for f in dataclasses.fields(hints[section.name])
-    }
+    keys = set()
+    for section in dataclasses.fields(cls):
+        if not section.metadata.get("toml", True):
+            continue
+        tp = hints[section.name]
+        if typing.get_origin(tp) is not None:  # Mapping[str, Entry]
+            entry = typing.get_args(tp)[1]
+            keys |= {f"{section.name}.default.{f.name}" for f in dataclasses.fields(entry)}
+        else:
+            keys |= {f"{section.name}.{f.name}" for f in dataclasses.fields(tp)}
+    return keys
 
 
 def test_run_dir_parent(monkeypatch: pytest.MonkeyPatch) -> None:

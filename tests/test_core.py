@@ -704,6 +704,7 @@ def test_fanout_delivers_once_to_each(core: ModuleType, run: Callable[..., Any])
         frames = [core.build_text_frame(b'{"n":%d}' % i) for i in range(3)]
         for frame in frames:
             assert core.fanout(frame, sinks) == 4
+        assert core.flush() == 4  # frames 2 and 3 were corked per sink
         expected = b"".join(frames)
         for transport, peer in pairs:
             assert await read_exactly(peer, len(expected)) == expected
@@ -752,6 +753,7 @@ def test_fanout_to_slow_peer_keeps_order(core: ModuleType, run: Callable[..., An
         frames = [core.build_text_frame(bytes([65 + i]) * 3000) for i in range(5)]
         for frame in frames:
             assert core.fanout(frame, sinks) == 2
+        core.flush()
         # Nothing fit: the first frame went to the transport, later ones queued behind it.
         assert slow_t.get_write_buffer_size() == sum(map(len, frames))
         assert fast_t.get_write_buffer_size() == 0
@@ -771,13 +773,14 @@ def test_fanout_partial_send_remainder_via_transport(
 ) -> None:
     async def main() -> None:
         transport, peer = await connect()
-        sink = core.Sink(transport)
+        sink = core.Sink(transport, max_pending=16 << 20)
         big = core.build_text_frame(os.urandom(4 << 20))  # larger than any socket buffer
         small = core.build_text_frame(b"after")
         assert core.fanout(big, [sink]) == 1
         buffered = transport.get_write_buffer_size()
         assert 0 < buffered < len(big)  # part went by send(), the rest is queued
         assert core.fanout(small, [sink]) == 1  # must queue behind, not jump ahead
+        core.flush()
         assert transport.get_write_buffer_size() == buffered + len(small)
         expected = big + small
         assert await read_exactly(peer, len(expected)) == expected
@@ -795,9 +798,11 @@ def test_fanout_to_dead_peer_does_not_raise(core: ModuleType, run: Callable[...,
         frame = core.build_text_frame(b"x" * 100)
         for _ in range(5):
             core.fanout(frame, sinks)  # EPIPE goes to the transport's error path
+            core.flush()
             await asyncio.sleep(0.01)
         assert dead_t.is_closing()
         assert core.fanout(frame, sinks) == 1
+        core.flush()
         assert sinks[0].closed  # the closing transport was noticed
         assert not sinks[1].closed
         got = await read_exactly(live_peer, 6 * len(frame))
@@ -852,7 +857,9 @@ def test_fanout_survives_raising_transport(core: ModuleType, fail: str) -> None:
     a, b = socket.socketpair()
     with a, b:
         sink = core.Sink(_Broken(a, fail))
-        assert core.fanout(b"frame", [sink]) == 0
+        # With data buffered the frame is corked (taken) and written at flush().
+        assert core.fanout(b"frame", [sink]) == (1 if fail == "write" else 0)
+        core.flush()
         assert sink.closed
 
 
@@ -861,6 +868,91 @@ def test_fanout_argument_types(core: ModuleType) -> None:
         core.fanout("frame", [])
     with pytest.raises(TypeError):
         core.fanout(b"frame", [object()])
+
+
+def test_coalescing_first_frame_at_once_rest_in_one_write(
+    core: ModuleType, run: Callable[..., Any]
+) -> None:
+    async def main() -> None:
+        core.flush()
+        transport, peer = await connect()
+        sink = core.Sink(transport)
+        frames = [core.build_text_frame(b"m%d" % i) for i in range(10)]
+        for frame in frames:
+            assert core.fanout(frame, [sink]) == 1
+        # An idle sink gets the first frame at once; the rest wait for flush().
+        assert await read_exactly(peer, len(frames[0])) == frames[0]
+        await assert_silent(peer)
+        assert sink.corked_bytes == sum(map(len, frames[1:]))
+        assert core.flush() == 1
+        assert sink.corked_bytes == 0
+        rest = b"".join(frames[1:])
+        assert await read_exactly(peer, len(rest)) == rest
+        # A new loop generation: the next frame leaves at once again.
+        assert core.fanout(frames[0], [sink]) == 1
+        assert await read_exactly(peer, len(frames[0])) == frames[0]
+        core.flush()
+        transport.close()
+        peer.close()
+
+    run(main())
+
+
+def test_sink_send_keeps_order_with_fanout(core: ModuleType, run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        core.flush()
+        transport, peer = await connect()
+        sink = core.Sink(transport)
+        pub, reply = core.build_text_frame(b"pub"), core.build_text_frame(b"reply")
+        assert core.fanout(pub, [sink]) == 1
+        assert core.fanout(pub, [sink]) == 1  # corked
+        assert sink.send(reply) is True  # must not overtake the corked publication
+        sink.flush()  # per-sink flush, e.g. before a close frame
+        expected = pub + pub + reply
+        assert await read_exactly(peer, len(expected)) == expected
+        assert core.flush() == 1  # the sink was on the dirty list; nothing left to send
+        await assert_silent(peer)
+        transport.close()
+        peer.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_slow_consumer_policy_bounds_pending(
+    core: ModuleType, run: Callable[..., Any], drop: bool
+) -> None:
+    async def main() -> None:
+        core.flush()
+        core.take_overflowed()
+        (slow_t, slow_peer), (fast_t, fast_peer) = await connect(), await connect()
+        limit = 64 * 1024
+        slow = core.Sink(slow_t, max_pending=limit, owner="slow")
+        fast = core.Sink(fast_t, max_pending=limit, owner="fast")
+        _fill(slow.fd)  # the slow client stopped reading
+        frame = core.build_text_frame(b"x" * 1000)
+        drops_before = core.total_drops()
+        delivered = 0
+        for _ in range(200):
+            core.fanout(frame, [slow, fast], drop=drop)
+            core.flush()
+            assert slow_t.get_write_buffer_size() + slow.corked_bytes <= limit
+            delivered += 1
+            await read_exactly(fast_peer, len(frame))  # the fast one gets every frame
+        if drop:
+            assert not slow.closed and slow.drops > 100
+            assert core.total_drops() - drops_before == slow.drops
+            assert core.take_overflowed() == []
+        else:
+            assert slow.closed and slow.overflowed and slow.drops == 0
+            assert [s.owner for s in core.take_overflowed()] == ["slow"]
+            assert core.take_overflowed() == []
+        assert not fast.closed and fast.drops == 0 and delivered == 200
+        for t, p in ((slow_t, slow_peer), (fast_t, fast_peer)):
+            t.close()
+            p.close()
+
+    run(main())
 
 
 # -------------------------------------------------------------------------- selector
