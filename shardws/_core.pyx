@@ -647,10 +647,12 @@ cdef class Sink:
     second guard, a sink whose transport reports ``is_closing()`` is closed by
     ``fanout`` and skipped.
 
-    Pending output (the transport's buffer plus corked frames) never exceeds
-    ``max_pending`` bytes: a frame that would cross it is dropped (``drop`` policy,
-    counted in ``drops``) or the sink is closed and reported by ``take_overflowed()``
-    so its owner can disconnect the slow consumer.
+    Backlog cap: once the transport holds unsent bytes (the client is behind), a frame
+    that would take its pending output (transport buffer plus corked frames) over
+    ``max_pending`` bytes is dropped (``drop`` policy, counted in ``drops``) or the sink
+    is closed and reported by ``take_overflowed()`` so its owner can disconnect the
+    slow consumer. A caught-up sink always takes the current iteration's frames, so the
+    bound is ``max_pending`` plus one iteration's batch.
     """
 
     cdef int _fd
@@ -773,7 +775,9 @@ cdef bint _deliver(Sink sink, bytes frame, bint drop):
     if sink._closed:
         return False
     if sink._cork is not None:
-        if sink._cork_base + sink._cork_bytes + n > sink._max_pending:
+        # Only a sink that was already behind when its cork started is capped here; a
+        # caught-up one may take one iteration's batch (bounded by what was read).
+        if sink._cork_base and sink._cork_base + sink._cork_bytes + n > sink._max_pending:
             return _overflow(sink, drop)
         sink._cork.append(frame)
         sink._cork_bytes += n

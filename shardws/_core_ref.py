@@ -435,7 +435,9 @@ def _deliver(sink: Sink, frame: bytes, drop: bool) -> bool:
         return False
     n = len(frame)
     if sink._cork is not None:
-        if sink._cork_base + sink._cork_bytes + n > sink._max_pending:
+        # Only a sink that was already behind when its cork started is capped here; a
+        # caught-up one may take one iteration's batch (bounded by what was read).
+        if sink._cork_base and sink._cork_base + sink._cork_bytes + n > sink._max_pending:
             return _overflow(sink, drop)
         sink._cork.append(frame)
         sink._cork_bytes += n

@@ -48,6 +48,9 @@ def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
                 "heartbeat_age": round(min(board.heartbeat_age(slot, now_ns), 1e9), 3),
                 "connections": int(row[Column.CONNECTIONS]),
                 "restarts": int(row[Column.RESTARTS]),
+                "drops": int(row[Column.DROPS]),
+                "slow_consumers": int(row[Column.SLOW_CONSUMERS]),
+                "bus_lost": int(row[Column.BUS_LOST]),
             }
         )
     alive = sum(1 for w in workers if w["alive"])
