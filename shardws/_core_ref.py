@@ -516,3 +516,10 @@ def take_overflowed() -> list[Sink]:
 def total_drops() -> int:
     """Frames skipped by the drop policy in this process so far."""
     return _drops
+
+
+def release_handshake(transport: Any) -> None:
+    """Reference of ``_core.release_handshake``: picows's attributes are read-only from
+    Python, so the reference keeps them (only memory differs, never behaviour)."""
+    if transport is None:
+        raise TypeError("transport must not be None")

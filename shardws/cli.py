@@ -1,4 +1,4 @@
-"""The ``shardws`` command: ``serve`` and ``check-config``.
+"""The ``shardws`` command: ``serve``, ``check-config`` and ``bench`` (the load generator).
 
 Exit codes: 0 success, 1 runtime failure (e.g. a worker failed its first boot),
 2 bad usage or bad configuration (the message names the file and the key).
@@ -25,11 +25,25 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="validate a config file and print the effective configuration"
     )
     check.add_argument("file", metavar="FILE")
+    # The load generator parses its own options (``shardws bench --help``), so that they
+    # live next to LoadSpec and ``serve`` does not import it.
+    commands.add_parser(
+        "bench",
+        help="load generator: fanout / mixed / idle / roundtrip against a ws:// URL",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from shardws import loadgen
+
+        return loadgen.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         config = load_config(getattr(args, "config", None) or getattr(args, "file", None))
     except ConfigError as exc:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # both modules have the same API; type-check against the refe
         fanout,
         flush,
         parse_envelope,
+        release_handshake,
         take_overflowed,
         total_drops,
     )
@@ -51,6 +52,7 @@ else:
     build_text_frame = _module.build_text_frame
     fanout = _module.fanout
     flush = _module.flush
+    release_handshake = _module.release_handshake
     take_overflowed = _module.take_overflowed
     total_drops = _module.total_drops
     DEFAULT_MAX_PENDING = _module.DEFAULT_MAX_PENDING
@@ -68,6 +70,7 @@ __all__ = [
     "build_text_frame",
     "fanout",
     "flush",
+    "release_handshake",
     "parse_envelope",
     "take_overflowed",
     "total_drops",

@@ -44,6 +44,7 @@ from shardws.core import (
     fanout,
     flush,
     parse_envelope,
+    release_handshake,
     take_overflowed,
     total_drops,
 )
@@ -92,6 +93,7 @@ class Connection(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        release_handshake(transport)
         self.sink = Sink(
             transport.underlying_transport,
             max_pending=self.worker.config.server.max_pending_bytes,

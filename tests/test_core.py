@@ -967,3 +967,50 @@ def test_selector_prefers_extension() -> None:
     env["SHARDWS_PURE_PYTHON"] = "1"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["python", "shardws._core_ref"], out.stderr
+
+
+# ------------------------------------------------------------------ release_handshake
+
+
+def test_release_handshake_keeps_the_connection_working(core: ModuleType) -> None:
+    """After release, picows still sends control and data frames and closes cleanly."""
+    import picows
+
+    class Server(picows.WSListener):
+        def on_ws_connected(self, transport: picows.WSTransport) -> None:
+            core.release_handshake(transport)
+            if core.__name__ == "shardws._core":
+                assert transport.request is None and transport.response is None
+            transport.send(picows.WSMsgType.TEXT, b"x" * 5000)  # grows the small buffer
+            transport.send_ping(b"p")
+            transport.send_close(picows.WSCloseCode(4501), b"bye")
+
+    class Client(picows.WSListener):
+        def __init__(self) -> None:
+            self.got: list[tuple[picows.WSMsgType, bytes]] = []
+
+        def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+            self.got.append((frame.msg_type, frame.get_payload_as_bytes()))
+            if frame.msg_type == picows.WSMsgType.CLOSE:
+                transport.disconnect()
+
+    async def main() -> None:
+        server = await picows.ws_create_server(lambda _r: Server(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await picows.ws_connect(
+            Client, f"ws://127.0.0.1:{port}/", enable_auto_pong=False
+        )
+        await asyncio.wait_for(transport.wait_disconnected(), 5)
+        assert [t for t, _ in client.got] == [
+            picows.WSMsgType.TEXT,
+            picows.WSMsgType.PING,
+            picows.WSMsgType.CLOSE,
+        ]
+        assert client.got[0][1] == b"x" * 5000
+        assert client.got[2][1] == b"\x11\x95bye"  # 4501, big-endian
+        server.close()
+
+    asyncio.run(main())
+
+    with pytest.raises(TypeError):
+        core.release_handshake(None)

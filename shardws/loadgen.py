@@ -1,0 +1,1397 @@
+"""Load generator for shardws and any server speaking its minimal pub/sub subset.
+
+``shardws bench --scenario S --url ws://HOST:PORT/ws [options]``, or from Python
+``run(LoadSpec(...))``, which returns the report the CLI prints with ``--json``.
+
+The server under test only needs: ``{"id":N,"op":"subscribe","channel":C}`` answered by
+``{"id":N,"ok":true}``; ``{"id":N,"op":"publish","channel":C,"data":D}`` answered by
+``{"id":N,"ok":true}`` and pushed to every subscriber as ``{"type":"pub","channel":C,
+"data":D}`` with ``D`` byte-for-byte. A publication is recognised by the prefix
+``{"type":"pub"`` and nothing else; other pushes (``connected``) are ignored.
+
+Scenarios
+---------
+``fanout``
+    N subscribers on one channel, P publishers sending ``--size``-byte payloads at
+    ``--rate`` msg/s (open loop, timer-paced) or flat out (``--rate 0``: at most
+    ``--window`` un-acked publishes per publisher). Measures deliveries/s, latency,
+    losses (expected = publications x subscribers whose subscribe was acknowledged before
+    the first publish).
+``mixed``
+    N clients, each on ``u.<i>`` and ``g.<i//10>``. Publishers send to random personal or
+    group channels at an open-loop rate stepping through ``--steps`` (deliveries/s) for
+    ``--step-duration`` s each, while ``--slow-fraction`` of the clients never read (their
+    reading is paused before the first step) and ``--churn`` clients per second are
+    replaced (close a random healthy client, open a new one with the same channels).
+    Reported per step.
+``idle``
+    N connections each subscribed to one of ``--channels`` channels, held ``--duration``
+    s: server RSS before/after and per connection, connect rate, connections dropped.
+``roundtrip``
+    One connection subscribed to a channel publishes to it, the next message after its own
+    publication came back: round trips/s and latency.
+
+How to read the numbers
+-----------------------
+- ``deliveries_per_s``: publications received by all clients divided by the window from
+  the first publish to the last delivery (the last delivery is seen by a 50 ms ticker, so
+  the window is at most 50 ms long). ``mixed`` bins deliveries by arrival per step.
+- ``latency_ms``: receive wall time minus the publisher's ``time.time_ns()`` carried in
+  ``data`` (``{"t":<ns>,"p":"xx.."}``), sampled every ``--sample-every``-th publication per
+  connection (default: about 10,000 samples per run). Publishers and receivers are
+  separate processes on one clock, so this is one-way latency through the server plus
+  the generator's own scheduling delay. Open-loop publishers take the timestamp when they
+  actually send, so a generator that falls behind shows as ``publish_rate_per_s`` below
+  the offered rate rather than as latency.
+- ``lost``: expected minus received. In ``mixed`` only healthy clients count, and only
+  publications stamped after the client's subscribe replies arrived and before it was
+  chosen for churn (it then stays open ``--churn-grace`` s to receive what is in flight).
+- ``server``: for every ``--server-pid`` its whole process tree; ``cpu_s`` is utime+stime
+  over the measured window, ``rss_mb`` the sum of VmRSS. The generator shares the cores
+  with a local server, so ``deliveries_per_cpu_s`` (deliveries per server CPU-second) is
+  the steadier figure to compare runs and servers; deliveries/s depends on how much CPU
+  the generator took.
+- ``connections.connect_rate_per_s``: WebSocket handshakes completed per second over all
+  processes, from the first attempt to the last handshake (``--connect-concurrency`` in
+  flight per process).
+
+Connections are spread round-robin over ``--processes`` spawned processes (each must stay
+under the per-process open-file limit), over the ``--url`` list and, with ``--source-ips
+K > 1``, over local addresses 127.0.0.1 ... 127.0.0.K (loopback servers only; each source
+address has its own ephemeral port range). Every wait is bounded by ``--timeout``; on
+timeout the report's ``problems`` says what was missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import random
+import resource
+import sys
+import time
+import traceback
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import picows
+
+SCENARIOS = ("fanout", "mixed", "idle", "roundtrip")
+PUB_PREFIX = b'{"type":"pub"'
+REPLY_PREFIX = b'{"id"'
+OK_MARK = b'"ok":true'
+T_KEY = b'{"t":'
+T_DIGITS = 19  # time.time_ns() has 19 digits from 2001 to 2286: fixed-width slicing is safe
+MIN_SIZE = len(b'{"t":,"p":""}') + T_DIGITS
+GROUP_SIZE = 10
+MAX_NS = 2**63 - 1
+TICK = 0.05  # worker ticker: last-delivery time resolution and progress cadence base
+PROGRESS_EVERY = 0.5  # worker -> coordinator progress messages
+STALL_SECONDS = 5.0  # roundtrip: no own publication back for this long = lost
+
+
+@dataclass
+class LoadSpec:
+    """One load run; every field is the CLI option of the same name (``_`` for ``-``)."""
+
+    scenario: str = "fanout"
+    url: list[str] = field(default_factory=lambda: ["ws://127.0.0.1:8765/ws"])
+    connections: int = 1000  # subscribers (fanout), clients (mixed, idle)
+    publishers: int = 1
+    processes: int = 2
+    source_ips: int = 1
+    size: int = 100  # bytes of the published ``data`` JSON
+    rate: float = 0.0  # fanout: publications/s over all publishers; 0 = flat out
+    window: int = 256  # flat out: un-acked publishes in flight per publisher
+    duration: float = 10.0  # seconds; 0 = until --messages
+    messages: int = 0  # publications over all publishers; 0 = until --duration
+    channel: str = "bench"
+    channels: int = 0  # idle: distinct channels; 0 = connections // 10
+    steps: list[float] = field(default_factory=lambda: [5000, 10000, 20000, 40000, 80000])
+    step_duration: float = 10.0
+    group_fraction: float = 0.5  # mixed: share of publications that go to a group channel
+    slow_fraction: float = 0.01
+    churn: float = 30.0  # mixed: connections replaced per second
+    churn_grace: float = 2.0  # mixed: a churned client stays open this long before closing
+    sample_every: int = 0  # latency sample every k-th publication per connection; 0 = auto
+    server_pid: list[int] = field(default_factory=list)
+    timeout: float = 0.0  # whole run; 0 = measured time + 60 s
+    drain: float = 3.0  # after the last publish, stop waiting once nothing arrived this long
+    connect_concurrency: int = 200  # handshakes in flight per process
+    json: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        problems = []
+        if self.scenario not in SCENARIOS:
+            problems.append(f"scenario must be one of {', '.join(SCENARIOS)}")
+        if not self.url:
+            problems.append("at least one --url is needed")
+        for url in self.url:
+            if not url.startswith(("ws://", "wss://")):
+                problems.append(f"--url must be a full ws://host:port/path URL, got {url!r}")
+        if self.connections < 1 and self.scenario != "roundtrip":
+            problems.append("--connections must be >= 1")
+        if self.processes < 1 or self.publishers < 1 or self.source_ips < 1:
+            problems.append("--processes, --publishers and --source-ips must be >= 1")
+        if not 1 <= self.source_ips <= 254:
+            problems.append("--source-ips must be in 1..254")
+        if self.size < MIN_SIZE:
+            problems.append(f"--size must be >= {MIN_SIZE} (timestamp and padding)")
+        if self.duration <= 0 and self.messages <= 0 and self.scenario != "mixed":
+            problems.append("set --duration or --messages (or both)")
+        if self.scenario == "mixed":
+            if not self.steps or min(self.steps) <= 0 or len(self.steps) > 100:
+                problems.append("--steps must be 1 to 100 positive deliveries/s values")
+            if self.connections + math.ceil(self.connections / GROUP_SIZE) >= 2**19:
+                problems.append("mixed supports up to 470,000 --connections")
+        if self.rate < 0 or self.window < 1 or self.connect_concurrency < 1:
+            problems.append("--rate must be >= 0, --window and --connect-concurrency >= 1")
+        if not 0 <= self.slow_fraction < 1 or not 0 <= self.group_fraction <= 1:
+            problems.append("--slow-fraction must be in [0, 1), --group-fraction in [0, 1]")
+        per_process = math.ceil(self.connections / self.processes) + self.publishers + 64
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if limit != resource.RLIM_INFINITY and per_process > limit:
+            problems.append(
+                f"{per_process} sockets per process exceed the open-file limit {limit}: "
+                "use more --processes"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def measured_seconds(self) -> float:
+        if self.scenario == "mixed":
+            return len(self.steps) * self.step_duration
+        return self.duration if self.duration > 0 else 60.0
+
+    def effective_timeout(self) -> float:
+        return self.timeout if self.timeout > 0 else self.measured_seconds() + 60.0
+
+
+# --------------------------------------------------------------------------------------
+# Worker process: picows clients on uvloop, controlled over a multiprocessing pipe.
+# --------------------------------------------------------------------------------------
+
+
+class _Sub(picows.WSListener):
+    """A subscriber connection. The hot path is one bytes copy, one prefix test and one
+    counter increment; every ``k``-th publication the timestamp is sliced out of the
+    payload (no JSON parsing), everything else goes to the worker's slow path."""
+
+    def __init__(self, worker: _Worker, slot: int, channels: list[bytes]) -> None:
+        self.w = worker
+        self.slot = slot
+        self.channels = channels
+        self.transport: picows.WSTransport | None = None
+        self.received = 0
+        self.acked = 0
+        self.next_sample = worker.first_sample()
+        self.start_ns = 0  # wall time the last subscribe reply arrived: counting starts
+        self.end_ns = MAX_NS  # counting stops (chosen for churn, or dropped by the server)
+        self.slow = False
+        self.closing = False  # closed by us: a disconnect is not a loss
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        payload = frame.get_payload_as_bytes()
+        if payload.startswith(PUB_PREFIX):
+            self.received += 1
+            if self.received == self.next_sample:
+                self.next_sample += self.w.k
+                self.w.sample(payload)
+        else:
+            self.w.control(self, frame, payload)
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        self.w.disconnected(self)
+
+
+class _MixedSub(_Sub):
+    """A ``mixed`` client: reads the timestamp of every publication (a slice and an int,
+    still no JSON) to count only publications inside its healthy window, per step."""
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        payload = frame.get_payload_as_bytes()
+        if payload.startswith(PUB_PREFIX):
+            self.received += 1
+            at = payload.find(T_KEY, 13) + 5
+            sent = int(payload[at : at + T_DIGITS])
+            w = self.w
+            step = (sent - w.t0_ns) // w.step_ns
+            if self.start_ns <= sent <= self.end_ns and 0 <= step < w.nsteps:
+                w.in_window[step] += 1
+            if self.received == self.next_sample:
+                self.next_sample += w.k
+                w.latencies.append(time.time_ns() - sent)
+                w.latency_steps.append(step if 0 <= step < w.nsteps else -1)
+        else:
+            self.w.control(self, frame, payload)
+
+
+class _Publisher(picows.WSListener):
+    """A publisher connection. Flat out, each acknowledgement triggers the next publish,
+    so at most ``window`` are un-acked; paced publishing is driven by the worker's timer.
+    In ``roundtrip`` it is also subscribed and publishes the next message when its own
+    publication comes back."""
+
+    def __init__(self, worker: _Worker, index: int) -> None:
+        self.w = worker
+        self.index = index
+        self.transport: picows.WSTransport | None = None
+        self.sent = 0
+        self.acked = 0
+        self.errors = 0
+        self.received = 0
+        self.subscribed = False
+        self.closing = False
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        self.transport = transport
+
+    def publish(self, channel: bytes) -> int:
+        """Send one publication now; returns its timestamp."""
+        assert self.transport is not None
+        self.sent += 1
+        now = time.time_ns()
+        self.transport.send(
+            picows.WSMsgType.TEXT,
+            b'{"id":%d,"op":"publish","channel":"%b","data":{"t":%d,"p":"%b"}}'
+            % (self.sent, channel, now, self.w.pad),
+        )
+        return now
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        payload = frame.get_payload_as_bytes()
+        w = self.w
+        if payload.startswith(PUB_PREFIX):
+            self.received += 1
+            if w.scenario == "roundtrip":
+                at = payload.find(T_KEY, 13) + 5
+                w.latencies.append(time.time_ns() - int(payload[at : at + T_DIGITS]))
+                w.last_rx = time.monotonic()
+                if w.running and w.may_publish():
+                    self.publish(w.channel)
+                else:
+                    w.publishing_done()
+        elif payload.startswith(REPLY_PREFIX) and frame.msg_type == picows.WSMsgType.TEXT:
+            if OK_MARK not in payload:
+                self.errors += 1
+                w.note(f"publisher got {payload[:200]!r}")
+            if not self.subscribed:
+                self.subscribed = True  # roundtrip: the first reply is the subscribe reply
+                w.on_publisher_subscribed()
+                return
+            self.acked += 1
+            if w.flat_out and w.running:
+                if w.may_publish():
+                    self.publish(w.channel)
+                elif self.sent == self.acked:
+                    w.publishing_done()
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        if not self.closing:
+            self.w.note("a publisher connection was closed by the server")
+            self.w.publishing_done()
+
+
+class _Worker:
+    """One generator process: opens its share of the connections, then follows the
+    coordinator's ``start``/``stop`` and reports progress every ``PROGRESS_EVERY`` s."""
+
+    def __init__(self, spec: LoadSpec, plan: dict[str, Any], pipe: Connection) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.pipe = pipe
+        self.scenario = spec.scenario
+        self.k = max(1, int(plan["sample_every"]))
+        self.pad = b"x" * (spec.size - MIN_SIZE)
+        self.channel = spec.channel.encode()
+        self.deadline = plan["deadline"]  # wall clock; the coordinator gives up first
+        self.subs: list[_Sub] = []  # every subscriber incarnation ever opened
+        self.live: dict[int, _Sub] = {}  # slot -> current incarnation (mixed churn)
+        self.pubs: list[_Publisher] = []
+        self.latencies = array("q")
+        self.latency_steps = array("b")
+        self.notes: list[str] = []
+        self.connect_failed = 0
+        self.subscribed = 0
+        self.subscribe_errors = 0
+        self.unexpected_disconnects = 0
+        self.churned = 0
+        self.to_subscribe = 0
+        self.subscribed_event = asyncio.Event()
+        self.start_event = asyncio.Event()
+        self.stop_event = asyncio.Event()
+        self.t0 = 0.0
+        self.t0_ns = 0
+        self.step_ns = max(1, int(spec.step_duration * 1e9))
+        self.nsteps = len(spec.steps) if spec.scenario == "mixed" else 0
+        self.in_window = [0] * max(1, self.nsteps)
+        self.boundary_received: list[int] = []
+        self.pub_t = array("q")
+        self.pub_code = array("l")
+        self.running = False
+        self.flat_out = spec.scenario == "fanout" and spec.rate <= 0
+        self.pub_limit = int(plan["messages"])  # this process's publications, 0 = no limit
+        self.pub_stop = MAX_NS  # monotonic_ns after which no more publishing
+        self.pub_done = not plan["publishers"]
+        self.first_publish = 0.0
+        self.last_rx = time.monotonic()
+        self.last_rx_wall = 0.0
+        self.retired_received = 0
+        self.sem = asyncio.Semaphore(spec.connect_concurrency)
+        self.connect_started = 0.0
+        self.connect_ended = 0.0
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    # -- helpers used by the listeners ---------------------------------------------------
+
+    def first_sample(self) -> int:
+        # A random first sample spreads the samples of a large fan-out over publications
+        # instead of sampling the same message on every subscriber.
+        return random.randint(1, self.k)
+
+    def sample(self, payload: bytes) -> None:
+        at = payload.find(T_KEY, 13) + 5
+        self.latencies.append(time.time_ns() - int(payload[at : at + T_DIGITS]))
+
+    def note(self, text: str) -> None:
+        if len(self.notes) < 10:
+            self.notes.append(text)
+
+    def control(self, sub: _Sub, frame: picows.WSFrame, payload: bytes) -> None:
+        """Everything that is not a publication: replies (subscribe acks) and pushes."""
+        if frame.msg_type != picows.WSMsgType.TEXT or not payload.startswith(REPLY_PREFIX):
+            return  # ``connected`` and any other push, pings, close frames
+        if OK_MARK not in payload:
+            self.subscribe_errors += 1
+            self.note(f"subscribe failed: {payload[:200]!r}")
+            return
+        sub.acked += 1
+        if sub.acked == len(sub.channels):
+            sub.start_ns = time.time_ns()
+            self.subscribed += 1
+            if self.subscribed >= self.to_subscribe:
+                self.subscribed_event.set()
+
+    def disconnected(self, sub: _Sub) -> None:
+        self.retired_received += sub.received
+        sub.received = 0
+        if not sub.closing:
+            self.unexpected_disconnects += 1
+            sub.end_ns = min(sub.end_ns, time.time_ns())
+            if self.live.get(sub.slot) is sub:
+                del self.live[sub.slot]
+
+    def may_publish(self) -> bool:
+        if self.pub_limit and self.published() >= self.pub_limit:
+            return False
+        return time.monotonic_ns() < self.pub_stop
+
+    def publishing_done(self) -> None:
+        self.running = False
+        self.pub_done = True
+
+    def on_publisher_subscribed(self) -> None:
+        self.subscribed += 1
+        if self.subscribed >= self.to_subscribe:
+            self.subscribed_event.set()
+
+    def published(self) -> int:
+        return sum(p.sent for p in self.pubs)
+
+    def received(self) -> int:
+        return (
+            self.retired_received
+            + sum(s.received for s in self.subs)
+            + sum(p.received for p in self.pubs)
+        )
+
+    # -- connecting ----------------------------------------------------------------------
+
+    def _connect_kwargs(self, index: int) -> tuple[str, dict[str, Any]]:
+        urls = self.spec.url
+        kwargs: dict[str, Any] = {
+            "use_aiofastnet": False,  # choose explicitly: memory and accept rate differ
+            "read_buffer_init_size": 4096,  # small frames; keeps 10k clients per process light
+            "websocket_handshake_timeout": 30,
+            "max_frame_size": 16 * 1024 * 1024,
+        }
+        if self.spec.source_ips > 1:
+            kwargs["local_addr"] = (f"127.0.0.{1 + index % self.spec.source_ips}", 0)
+        return urls[index % len(urls)], kwargs
+
+    async def _open(self, factory: Callable[[], picows.WSListener], index: int) -> Any:
+        url, kwargs = self._connect_kwargs(index)
+        async with self.sem:
+            remaining = self.deadline - time.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError("run timeout before connecting")
+                _transport, listener = await asyncio.wait_for(
+                    picows.ws_connect(factory, url, **kwargs), remaining
+                )
+            except Exception as exc:  # any failure to connect is a result to report
+                self.connect_failed += 1
+                self.note(f"connect {url}: {type(exc).__name__}: {exc}")
+                return None
+        self.connect_ended = time.time()
+        return listener
+
+    async def open_sub(self, slot: int) -> _Sub | None:
+        if self.scenario == "mixed":
+            channels = [b"u.%d" % slot, b"g.%d" % (slot // GROUP_SIZE)]
+            cls: type[_Sub] = _MixedSub
+        elif self.scenario == "idle":
+            channels = [b"idle.%d" % (slot % self.plan["channels"])]
+            cls = _Sub
+        else:
+            channels = [self.channel]
+            cls = _Sub
+        sub = await self._open(lambda: cls(self, slot, channels), slot)
+        if sub is None:
+            return None
+        assert isinstance(sub, _Sub) and sub.transport is not None
+        self.subs.append(sub)
+        self.live[slot] = sub
+        for n, channel in enumerate(channels, 1):
+            sub.transport.send(
+                picows.WSMsgType.TEXT,
+                b'{"id":%d,"op":"subscribe","channel":"%b"}' % (n, channel),
+            )
+        return sub
+
+    async def connect_all(self) -> dict[str, Any]:
+        slots: list[int] = self.plan["slots"]
+        total = self.plan["total"]
+        self.to_subscribe = len(slots) + (1 if self.scenario == "roundtrip" else 0)
+        self.connect_started = time.time()
+        jobs = [self.open_sub(slot) for slot in slots]
+        pub_jobs = [self._open_publisher(total + j) for j in self.plan["publisher_ids"]]
+        await asyncio.gather(*jobs, *pub_jobs)
+        opened = len(self.subs) + (1 if self.scenario == "roundtrip" and self.pubs else 0)
+        self.to_subscribe = opened
+        if self.subscribed < opened:
+            remaining = self.deadline - time.time()
+            try:
+                await asyncio.wait_for(self.subscribed_event.wait(), max(0.0, remaining))
+            except TimeoutError:
+                self.note(f"only {self.subscribed} of {opened} subscriptions acknowledged")
+        return {
+            "connections": len(self.subs) + len(self.pubs),
+            "connect_failed": self.connect_failed,
+            "subscribed": self.subscribed,
+            "subscribe_errors": self.subscribe_errors,
+            "connect_started": self.connect_started,
+            "connect_ended": self.connect_ended or self.connect_started,
+            "notes": self.notes,
+        }
+
+    async def _open_publisher(self, index: int) -> None:
+        pub = await self._open(lambda: _Publisher(self, index), index)
+        if pub is None:
+            return
+        assert isinstance(pub, _Publisher) and pub.transport is not None
+        self.pubs.append(pub)
+        if self.scenario == "roundtrip":
+            pub.transport.send(
+                picows.WSMsgType.TEXT,
+                b'{"id":0,"op":"subscribe","channel":"%b"}' % self.channel,
+            )
+        else:
+            pub.subscribed = True  # not subscribed: every reply is a publish ack
+
+    # -- running -------------------------------------------------------------------------
+
+    async def paced(self, rate_at: Callable[[float], float]) -> None:
+        """Open loop: every millisecond send what the schedule says is due by now, however
+        the server answers. ``rate_at(elapsed)`` gives the cumulative count due."""
+        start = time.monotonic()
+        spec = self.spec
+        mixed = self.scenario == "mixed"
+        n_users = self.plan["total"]
+        n_groups = math.ceil(n_users / GROUP_SIZE)
+        pubs = self.pubs
+        turn = 0
+        while self.running:
+            now = time.monotonic()
+            if now * 1e9 >= self.pub_stop:
+                break
+            due = int(rate_at(now - start))
+            if self.pub_limit:
+                due = min(due, self.pub_limit)
+            sent = self.published()
+            for _ in range(due - sent):
+                pub = pubs[turn % len(pubs)]
+                turn += 1
+                if mixed:
+                    if random.random() < spec.group_fraction:
+                        code = n_users + random.randrange(n_groups)
+                        channel = b"g.%d" % (code - n_users)
+                    else:
+                        code = random.randrange(n_users)
+                        channel = b"u.%d" % code
+                    self.pub_t.append(pub.publish(channel))
+                    self.pub_code.append(code)
+                else:
+                    pub.publish(self.channel)
+            if self.pub_limit and self.published() >= self.pub_limit:
+                break
+            await asyncio.sleep(0.001)
+        self.publishing_done()
+
+    async def churn(self, rate: float) -> None:
+        """Replace a random healthy client ``rate`` times per second (this process's share):
+        stop counting for it now, close it after ``churn_grace`` s, open its successor."""
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / rate
+        next_at = time.monotonic() + interval
+        while self.running:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            if not self.running:
+                break
+            healthy = [s for s in self.live.values() if not s.slow and s.start_ns]
+            if not healthy:
+                continue
+            old = random.choice(healthy)
+            old.end_ns = time.time_ns()
+            old.closing = True
+            del self.live[old.slot]
+            self.churned += 1
+            if old.transport is not None:
+                loop.call_later(self.spec.churn_grace, old.transport.disconnect)
+            self.tasks.append(asyncio.ensure_future(self.open_sub(old.slot)))
+
+    async def ticker(self) -> None:
+        """Progress to the coordinator; last-delivery time; mixed step boundaries;
+        roundtrip stall detection. Runs until stop."""
+        last_total = -1
+        last_sent = 0.0
+        boundaries = [self.t0 + (i + 1) * self.spec.step_duration for i in range(self.nsteps)]
+        while not self.stop_event.is_set():
+            now = time.time()
+            total = self.received()
+            if total != last_total:
+                last_total = total
+                self.last_rx_wall = now
+            while boundaries and now >= boundaries[0]:
+                boundaries.pop(0)
+                self.boundary_received.append(total)
+            if (
+                self.scenario == "roundtrip"
+                and self.running
+                and time.monotonic() - self.last_rx > STALL_SECONDS
+            ):
+                self.note(f"own publication not back after {STALL_SECONDS} s: lost")
+                self.publishing_done()
+            if now - last_sent >= PROGRESS_EVERY:
+                last_sent = now
+                self.send("progress", self.progress())
+            if now > self.deadline:
+                self.note("worker deadline passed")
+                self.stop_event.set()
+            await asyncio.sleep(TICK)
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "received": self.received(),
+            "published": self.published(),
+            "acked": sum(p.acked for p in self.pubs),
+            "pub_done": self.pub_done,
+            "live": len(self.subs) - self.unexpected_disconnects - self.churned,
+            "unexpected_disconnects": self.unexpected_disconnects,
+            "last_rx_wall": self.last_rx_wall,
+        }
+
+    def start_publishing(self) -> None:
+        spec = self.spec
+        self.running = True
+        self.first_publish = time.time()
+        stop_after = spec.measured_seconds() if spec.scenario == "mixed" else spec.duration
+        if stop_after > 0:
+            self.pub_stop = time.monotonic_ns() + int(stop_after * 1e9)
+        if not self.pubs:
+            self.publishing_done()
+            return
+        if self.scenario == "roundtrip":
+            self.last_rx = time.monotonic()
+            self.pubs[0].publish(self.channel)
+        elif self.flat_out:
+            for pub in self.pubs:
+                for _ in range(spec.window):
+                    if not self.may_publish():
+                        break
+                    pub.publish(self.channel)
+        elif self.scenario == "fanout":
+            rate = self.plan["rate"]
+            self.tasks.append(asyncio.ensure_future(self.paced(lambda el: rate * el)))
+        else:  # mixed: piecewise-constant publish rate, integrated to a cumulative count
+            rates = self.plan["step_rates"]
+            step = spec.step_duration
+
+            def due(elapsed: float) -> float:
+                whole = min(int(elapsed // step), len(rates))
+                done = sum(rates[:whole]) * step
+                if whole < len(rates):
+                    done += rates[whole] * (elapsed - whole * step)
+                return done
+
+            self.tasks.append(asyncio.ensure_future(self.paced(due)))
+
+    def send(self, kind: str, body: Any) -> None:
+        try:
+            self.pipe.send((kind, body))
+        except (OSError, ValueError):
+            self.stop_event.set()  # coordinator gone: wind down
+
+    def on_pipe(self) -> None:
+        try:
+            kind, body = self.pipe.recv()
+        except (EOFError, OSError):
+            self.stop_event.set()
+            self.start_event.set()
+            return
+        if kind == "start":
+            self.t0 = body
+            self.t0_ns = int(body * 1e9)
+            self.start_event.set()
+        elif kind == "stop":
+            self.stop_event.set()
+            self.start_event.set()
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.pipe.fileno(), self.on_pipe)
+        # uvloop makes a watched fd non-blocking; the pipe's send() of a large final report
+        # then fails half-way. Readiness polling works the same on a blocking fd.
+        os.set_blocking(self.pipe.fileno(), True)
+        self.send("ready", await self.connect_all())
+        if self.scenario == "mixed":
+            # Slow clients stop reading before the first publish, so their (empty) windows
+            # never depend on what was in flight when they stopped.
+            subs = list(self.live.values())
+            for sub in random.sample(subs, round(len(subs) * self.spec.slow_fraction)):
+                sub.slow = True
+                if sub.transport is not None:
+                    sub.transport.underlying_transport.pause_reading()
+        await _wait_event(self.start_event, self.deadline)
+        if not self.stop_event.is_set():
+            await asyncio.sleep(max(0.0, self.t0 - time.time()))
+            self.tasks.append(asyncio.ensure_future(self.ticker()))
+            if self.scenario != "idle":
+                self.start_publishing()
+            if self.scenario == "mixed" and self.plan["churn"] > 0:
+                self.tasks.append(asyncio.ensure_future(self.churn(self.plan["churn"])))
+        await _wait_event(self.stop_event, self.deadline + 5)
+        self.running = False
+        report = self.final()
+        for task in self.tasks:
+            task.cancel()
+        self.send("final", report)
+        conns: list[_Sub | _Publisher] = [*self.subs, *self.pubs]
+        for conn in conns:
+            conn.closing = True
+            if conn.transport is not None and not conn.transport.is_disconnected:
+                conn.transport.send_close()
+                conn.transport.disconnect()
+        await asyncio.sleep(0.2)  # let close frames go out
+
+    def final(self) -> dict[str, Any]:
+        windows = [(s.slot, s.start_ns, s.end_ns) for s in self.subs if s.start_ns and not s.slow]
+        return {
+            **self.progress(),
+            "notes": self.notes,
+            "first_publish": self.first_publish,
+            "publish_errors": sum(p.errors for p in self.pubs),
+            "latencies": np.frombuffer(self.latencies, dtype=np.int64).copy(),
+            "latency_steps": np.frombuffer(self.latency_steps, dtype=np.int8).copy(),
+            "in_window": self.in_window,
+            "boundary_received": self.boundary_received,
+            "pub_t": np.frombuffer(self.pub_t, dtype=np.int64).copy(),
+            "pub_code": np.asarray(self.pub_code, dtype=np.int64),
+            "windows": np.asarray(windows, dtype=np.int64).reshape(-1, 3),
+            "slow": sum(1 for s in self.subs if s.slow),
+            "churned": self.churned,
+            "subscribed": self.subscribed,
+            "connect_failed": self.connect_failed,
+        }
+
+
+async def _wait_event(event: asyncio.Event, deadline: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), max(0.0, deadline - time.time()))
+    except TimeoutError:
+        pass
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _worker_entry(pipe: Connection, spec_fields: dict[str, Any], plan: dict[str, Any]) -> None:
+    """Process entry point (spawned): run one worker, always answer the coordinator."""
+    _raise_nofile()
+    logging.getLogger("picows").setLevel(logging.CRITICAL)  # closes of 10k clients are noisy
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    try:
+        spec = LoadSpec(**spec_fields)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            worker = runner.run(_make_worker(spec, plan, pipe))
+            runner.run(worker.main())
+    except BaseException:
+        try:
+            pipe.send(("crash", traceback.format_exc()))
+        except (OSError, ValueError):
+            pass
+    finally:
+        pipe.close()
+
+
+async def _make_worker(spec: LoadSpec, plan: dict[str, Any], pipe: Connection) -> _Worker:
+    return _Worker(spec, plan, pipe)  # asyncio objects are created inside the running loop
+
+
+# --------------------------------------------------------------------------------------
+# Server process tree statistics from /proc.
+# --------------------------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _process_tree(roots: Sequence[int]) -> list[int]:
+    seen: list[int] = []
+    todo = list(roots)
+    while todo and len(seen) < 10000:
+        pid = todo.pop()
+        if pid in seen or not Path(f"/proc/{pid}").exists():
+            continue
+        seen.append(pid)
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in children.read_text().split())
+            except OSError:
+                pass
+    return seen
+
+
+def _server_sample(roots: Sequence[int]) -> dict[int, tuple[float, int]]:
+    """pid -> (CPU seconds so far, RSS bytes) for every process in the trees."""
+    sample: dict[int, tuple[float, int]] = {}
+    for pid in _process_tree(roots):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            rss = 0
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+            sample[pid] = (cpu, rss)
+        except (OSError, IndexError, ValueError):
+            pass
+    return sample
+
+
+def _cpu_between(
+    before: dict[int, tuple[float, int]], after: dict[int, tuple[float, int]]
+) -> float:
+    # A process born during the window counts whole; one that died is missing (unknowable).
+    return sum(cpu - before.get(pid, (0.0, 0))[0] for pid, (cpu, _rss) in after.items())
+
+
+def _rss_mb(sample: dict[int, tuple[float, int]]) -> float:
+    return round(sum(rss for _cpu, rss in sample.values()) / 2**20, 1)
+
+
+# --------------------------------------------------------------------------------------
+# Coordinator.
+# --------------------------------------------------------------------------------------
+
+
+def _percentiles(ns: np.ndarray[Any, Any]) -> dict[str, Any]:
+    if ns.size == 0:
+        return {"samples": 0, "p50": None, "p99": None, "max": None}
+    p50, p99 = np.percentile(ns, [50, 99]) / 1e6
+    return {
+        "samples": int(ns.size),
+        "p50": round(float(p50), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(ns.max()) / 1e6, 3),
+    }
+
+
+class _Run:
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.problems: list[str] = []
+        self.started = time.monotonic()
+        self.deadline = time.time() + spec.effective_timeout()
+        self.procs: list[Any] = []
+        self.pipes: list[Connection] = []
+        self.ready: dict[int, dict[str, Any]] = {}
+        self.progress: dict[int, dict[str, Any]] = {}
+        self.finals: dict[int, dict[str, Any]] = {}
+        self.tty = sys.stderr.isatty()
+        self.last_line = 0.0
+        self.last_received = (time.time(), 0)
+        self.phase = "connecting"
+
+    # -- plan ----------------------------------------------------------------------------
+
+    def plans(self) -> list[dict[str, Any]]:
+        spec = self.spec
+        n = 0 if spec.scenario == "roundtrip" else spec.connections
+        nproc = 1 if spec.scenario == "roundtrip" else spec.processes
+        pubs = (
+            0
+            if spec.scenario == "idle"
+            else (1 if spec.scenario == "roundtrip" else spec.publishers)
+        )
+        k = spec.sample_every or self.auto_sample_every()
+        publish_rate = spec.rate
+        step_rates: list[float] = []
+        if spec.scenario == "mixed":
+            groups = math.ceil(n / GROUP_SIZE)
+            fanout = spec.group_fraction * n / groups + (1 - spec.group_fraction)
+            step_rates = [s / fanout for s in spec.steps]
+        plans = []
+        for p in range(nproc):
+            mine = [j for j in range(pubs) if j % nproc == p]
+            share = len(mine) / pubs if pubs else 0.0
+            messages = 0
+            if spec.messages and pubs:
+                messages = sum(spec.messages // pubs + (j < spec.messages % pubs) for j in mine)
+            plans.append(
+                {
+                    "slots": list(range(p, n, nproc)),
+                    "total": n,
+                    "publishers": len(mine),
+                    "publisher_ids": mine,
+                    "rate": publish_rate * share,
+                    "step_rates": [r * share for r in step_rates],
+                    "messages": messages,
+                    "sample_every": 1 if spec.scenario == "roundtrip" else k,
+                    "channels": spec.channels or max(1, n // 10),
+                    "churn": spec.churn / nproc,
+                    "deadline": self.deadline + 10,
+                }
+            )
+        return plans
+
+    def auto_sample_every(self) -> int:
+        spec = self.spec
+        if spec.scenario == "mixed":
+            expected = sum(spec.steps) * spec.step_duration
+        else:
+            if spec.messages:
+                msgs = float(spec.messages)
+            elif spec.rate:
+                msgs = spec.rate * spec.duration
+            else:  # flat out: assume ~150k deliveries/s, the order seen on one loopback host
+                msgs = 150_000 / max(1, spec.connections) * spec.duration
+            expected = msgs * spec.connections
+        return max(1, int(expected // 10_000))
+
+    # -- process and pipe handling -------------------------------------------------------
+
+    def spawn(self) -> None:
+        ctx = mp.get_context("spawn")
+        fields = dataclasses.asdict(self.spec)
+        for plan in self.plans():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_entry, args=(child, fields, plan), daemon=True)
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.pipes.append(parent)
+
+    def pump(self, until: float) -> None:
+        """Handle worker messages until wall time ``until`` (at most)."""
+        alive = [p for i, p in enumerate(self.pipes) if i not in self.finals]
+        timeout = max(0.0, min(until, self.deadline) - time.time())
+        for ready in wait(alive, timeout):
+            index = self.pipes.index(ready)  # type: ignore[arg-type]
+            pipe = self.pipes[index]
+            body: Any
+            try:
+                kind, body = pipe.recv()
+            except (EOFError, OSError):
+                if index not in self.finals:
+                    self.problems.append(f"process {index} exited without a report")
+                    self.finals[index] = {}
+                continue
+            if kind == "ready":
+                self.ready[index] = body
+            elif kind == "progress":
+                self.progress[index] = body
+            elif kind == "final":
+                self.finals[index] = body
+                self.progress[index] = body
+            elif kind == "crash":
+                self.problems.append(f"process {index} crashed:\n{body}")
+                self.finals[index] = {}
+                self.ready.setdefault(index, {})
+        self.show()
+
+    def wait_for(self, what: str, done: Callable[[], bool], until: float) -> bool:
+        until = min(until, self.deadline)
+        while not done():
+            if time.time() >= until:
+                if until >= self.deadline:
+                    self.problems.append(f"timeout waiting for {what}")
+                return False
+            self.pump(min(until, time.time() + 0.2))
+        return True
+
+    def broadcast(self, kind: str, body: Any = None) -> None:
+        for i, pipe in enumerate(self.pipes):
+            if i not in self.finals:
+                try:
+                    pipe.send((kind, body))
+                except (OSError, ValueError):
+                    pass
+
+    def total(self, key: str) -> int:
+        return sum(int(p.get(key, 0)) for p in self.progress.values())
+
+    def pubs_done(self) -> bool:
+        return all(self.progress.get(i, {}).get("pub_done", False) for i in range(len(self.pipes)))
+
+    def show(self) -> None:
+        if not self.spec.progress:
+            return
+        now = time.time()
+        if now - self.last_line < 1.0:
+            return
+        self.last_line = now
+        received = self.total("received")
+        then, before = self.last_received
+        self.last_received = (now, received)
+        rate = (received - before) / max(1e-9, now - then)
+        connected = sum(r.get("connections", 0) for r in self.ready.values())
+        line = (
+            f"[{time.monotonic() - self.started:6.1f}s] {self.spec.scenario} {self.phase}: "
+            f"ready {len(self.ready)}/{len(self.pipes)} procs, {connected} conns, "
+            f"published {self.total('published')}, received {received} ({rate:,.0f}/s)"
+        )
+        if self.spec.server_pid:
+            line += f", server RSS {_rss_mb(_server_sample(self.spec.server_pid))} MB"
+        if self.tty:
+            sys.stderr.write("\r" + line[:160].ljust(160))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def shutdown(self) -> None:
+        self.broadcast("stop")
+        self.wait_for(
+            "final reports", lambda: len(self.finals) == len(self.pipes), time.time() + 15
+        )
+        for proc in self.procs:
+            proc.join(max(0.1, min(10.0, self.deadline + 10 - time.time())))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        for pipe in self.pipes:
+            pipe.close()
+        if self.spec.progress and self.tty:
+            sys.stderr.write("\n")
+
+    # -- the run -------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        spec = self.spec
+        baseline = _server_sample(spec.server_pid)
+        self.spawn()
+        try:
+            nproc = len(self.pipes)
+            self.wait_for("connections", lambda: len(self.ready) == nproc, self.deadline)
+            self.phase = "running"
+            after_connect = _server_sample(spec.server_pid)
+            t0 = time.time() + 0.2  # every process starts on the same tick
+            self.broadcast("start", t0)
+            step_samples: list[dict[int, tuple[float, int]]] = [after_connect]
+            if spec.scenario == "idle":
+                self.wait_for("the hold to end", lambda: False, t0 + spec.duration)
+            elif spec.scenario == "mixed":
+                for i in range(len(spec.steps)):
+                    self.phase = f"step {i + 1}/{len(spec.steps)} ({spec.steps[i]:,.0f}/s)"
+                    self.wait_for("step", lambda: False, t0 + (i + 1) * spec.step_duration)
+                    step_samples.append(_server_sample(spec.server_pid))
+                self.phase = "draining"
+                self.wait_for("publishers to finish", self.pubs_done, self.deadline)
+                self.drain(lambda: False)
+            else:
+                self.wait_for("publishers to finish", self.pubs_done, self.deadline)
+                self.phase = "draining"
+                subscribed = sum(r.get("subscribed", 0) for r in self.ready.values())
+                if spec.scenario == "fanout":
+                    self.drain(
+                        lambda: self.total("received") >= self.total("published") * subscribed
+                    )
+            end = _server_sample(spec.server_pid)
+            end_time = time.time()
+        finally:
+            self.shutdown()
+        return self.report(baseline, after_connect, step_samples, end, t0, end_time)
+
+    def drain(self, complete: Callable[[], bool]) -> None:
+        """Wait until ``complete()`` or until nothing arrived for ``--drain`` s."""
+        last = (-1, time.time())
+        while not complete() and time.time() < self.deadline:
+            received = self.total("received")
+            if received != last[0]:
+                last = (received, time.time())
+            elif time.time() - last[1] >= self.spec.drain:
+                return
+            self.pump(time.time() + 0.1)
+
+    # -- report --------------------------------------------------------------------------
+
+    def report(
+        self,
+        baseline: dict[int, tuple[float, int]],
+        after_connect: dict[int, tuple[float, int]],
+        step_samples: list[dict[int, tuple[float, int]]],
+        end: dict[int, tuple[float, int]],
+        t0: float,
+        end_time: float,
+    ) -> dict[str, Any]:
+        spec = self.spec
+        finals = [f for f in self.finals.values() if f]
+        ready = list(self.ready.values())
+        notes = [n for r in ready for n in r.get("notes", [])]
+        notes += [n for f in finals for n in f.get("notes", []) if n not in notes]
+        connected = sum(r.get("connections", 0) for r in ready)
+        starts = [r["connect_started"] for r in ready if "connect_started" in r]
+        ends = [r["connect_ended"] for r in ready if "connect_ended" in r]
+        connect_s = max(ends) - min(starts) if starts and ends else 0.0
+        requested = {"roundtrip": 1, "idle": spec.connections}.get(
+            spec.scenario, spec.connections + spec.publishers
+        )
+        subscribed = sum(r.get("subscribed", 0) for r in ready)
+        report: dict[str, Any] = {
+            "scenario": spec.scenario,
+            "ok": True,
+            "problems": self.problems,
+            "spec": {
+                k: v for k, v in dataclasses.asdict(spec).items() if k not in ("json", "progress")
+            },
+            "connections": {
+                "requested": requested,
+                "connected": connected,
+                "failed": sum(r.get("connect_failed", 0) for r in ready),
+                "subscribed": subscribed,
+                "connect_s": round(connect_s, 3),
+                "connect_rate_per_s": round(connected / connect_s) if connect_s > 0 else None,
+                "unexpected_disconnects": sum(f.get("unexpected_disconnects", 0) for f in finals),
+            },
+            "notes": notes[:10],
+        }
+        if connected < requested:
+            self.problems.append(f"only {connected} of {requested} connections opened")
+        if subscribed < connected - (
+            spec.publishers if spec.scenario in ("fanout", "mixed") else 0
+        ):
+            self.problems.append(f"only {subscribed} subscriptions acknowledged")
+        latencies = (
+            np.concatenate([f["latencies"] for f in finals]) if finals else np.zeros(0, np.int64)
+        )
+        cpu = _cpu_between(after_connect, end)
+        server: dict[str, Any] = {
+            "pids": sorted(end),
+            "cpu_s": round(cpu, 3),
+            "rss_mb_before": _rss_mb(baseline),
+            "rss_mb_after_connect": _rss_mb(after_connect),
+            "rss_mb_end": _rss_mb(end),
+        }
+        report["server"] = server
+        published = sum(f.get("published", 0) for f in finals)
+        received = sum(f.get("received", 0) for f in finals)
+        first = min((f["first_publish"] for f in finals if f.get("first_publish")), default=t0)
+        last = max((f.get("last_rx_wall", 0.0) for f in finals), default=0.0)
+        window = max(1e-9, last - first)
+        measured = max(1e-9, end_time - t0)
+        server["cpu_percent"] = round(100 * cpu / measured, 1)
+        if spec.scenario == "idle":
+            n = max(1, connected)
+            delta = sum(r for _c, r in after_connect.values()) - sum(
+                r for _c, r in baseline.values()
+            )
+            report["idle"] = {
+                "held_s": round(measured, 1),
+                "live_at_end": sum(f.get("live", 0) for f in finals),
+                "rss_kb_per_connection": round(delta / n / 1024, 2) if spec.server_pid else None,
+            }
+        elif spec.scenario == "roundtrip":
+            report["roundtrips"] = received
+            report["published"] = published
+            report["lost"] = published - received
+            report["roundtrips_per_s"] = round(received / window, 1)
+            report["latency_ms"] = _percentiles(latencies)
+            server["roundtrips_per_cpu_s"] = round(received / cpu) if cpu > 0 else None
+        elif spec.scenario == "fanout":
+            expected = published * subscribed
+            report.update(
+                {
+                    "published": published,
+                    "acked": sum(f.get("acked", 0) for f in finals),
+                    "publish_errors": sum(f.get("publish_errors", 0) for f in finals),
+                    "publish_rate_per_s": round(published / max(1e-9, window), 1),
+                    "expected": expected,
+                    "received": received,
+                    "lost": expected - received,
+                    "window_s": round(window, 3),
+                    "deliveries_per_s": round(received / window),
+                    "latency_ms": _percentiles(latencies),
+                }
+            )
+            server["deliveries_per_cpu_s"] = round(received / cpu) if cpu > 0 else None
+            if expected != received:
+                self.problems.append(f"received {received} of {expected} expected deliveries")
+        else:
+            report.update(self.mixed_report(finals, latencies, step_samples, t0))
+            report["published"] = published
+            report["received"] = received
+            report["publish_errors"] = sum(f.get("publish_errors", 0) for f in finals)
+            server["deliveries_per_cpu_s"] = round(received / cpu) if cpu > 0 else None
+        report["ok"] = not self.problems
+        return report
+
+    def mixed_report(
+        self,
+        finals: list[dict[str, Any]],
+        latencies: np.ndarray[Any, Any],
+        samples: list[dict[int, tuple[float, int]]],
+        t0: float,
+    ) -> dict[str, Any]:
+        spec = self.spec
+        n = spec.connections
+        nsteps = len(spec.steps)
+        step_ns = int(spec.step_duration * 1e9)
+        t0_ns = int(t0 * 1e9)
+        pub_t = np.concatenate([f["pub_t"] for f in finals]) if finals else np.zeros(0, np.int64)
+        pub_code = np.concatenate([f["pub_code"] for f in finals]) if finals else pub_t
+        windows = np.concatenate([f["windows"] for f in finals]) if finals else np.zeros((0, 3))
+        lat_steps = np.concatenate([f["latency_steps"] for f in finals]) if finals else pub_t
+        # Expected deliveries: for every healthy window (client incarnation) and each of its
+        # two channels, the publications on that channel stamped inside the window, per
+        # step. Keys combine channel and time so one sorted array answers every query.
+        shift = 2**44  # ns: 4.9 hours of run per channel; channel codes < 2**19
+        pub_step = (pub_t - t0_ns) // step_ns
+        keys = np.sort(pub_code * shift + np.clip(pub_t - t0_ns, 0, shift - 1))
+        expected = np.zeros(nsteps, np.int64)
+        if windows.size:
+            slots, starts, ends = windows[:, 0], windows[:, 1], windows[:, 2]
+            for code in (slots, n + slots // GROUP_SIZE):
+                for s in range(nsteps):
+                    lo = np.maximum(starts, t0_ns + s * step_ns) - t0_ns
+                    hi = np.minimum(ends, t0_ns + (s + 1) * step_ns - 1) - t0_ns
+                    lo_key = code * shift + np.clip(lo, 0, shift - 1)
+                    hi_key = code * shift + np.clip(hi, 0, shift - 1)
+                    count = np.searchsorted(keys, hi_key, "right") - np.searchsorted(
+                        keys, lo_key, "left"
+                    )
+                    expected[s] += int(np.where(hi >= lo, count, 0).sum())
+        in_window = np.sum([f["in_window"] for f in finals], axis=0) if finals else expected * 0
+        group_sizes = np.minimum(GROUP_SIZE, n - GROUP_SIZE * np.arange(math.ceil(n / GROUP_SIZE)))
+        fan = np.where(pub_code < n, 1, group_sizes[np.clip(pub_code - n, 0, None)])
+        steps = []
+        for s in range(nsteps):
+            boundary = [
+                (f["boundary_received"] + [f["received"]] * nsteps)[: nsteps + 0] for f in finals
+            ]
+            at_end = sum(b[s] for b in boundary)
+            at_start = sum(b[s - 1] for b in boundary) if s else 0
+            before, after = samples[s], samples[s + 1] if s + 1 < len(samples) else samples[-1]
+            cpu = _cpu_between(before, after)
+            achieved = (at_end - at_start) / spec.step_duration
+            in_step = pub_step == s
+            steps.append(
+                {
+                    "offered_deliveries_per_s": spec.steps[s],
+                    "sent_deliveries_per_s": round(int(fan[in_step].sum()) / spec.step_duration),
+                    "achieved_deliveries_per_s": round(achieved),
+                    "published": int(in_step.sum()),
+                    "expected_healthy": int(expected[s]),
+                    "received_healthy": int(in_window[s]),
+                    "lost_healthy": int(expected[s] - in_window[s]),
+                    "latency_ms": _percentiles(latencies[lat_steps == s]),
+                    "server_cpu_s": round(cpu, 3),
+                    "server_rss_mb": _rss_mb(after),
+                }
+            )
+            if expected[s] != in_window[s]:
+                self.problems.append(
+                    f"step {s + 1}: healthy clients received {int(in_window[s])} of "
+                    f"{int(expected[s])} expected"
+                )
+        return {
+            "steps": steps,
+            "slow_clients": sum(f.get("slow", 0) for f in finals),
+            "churned": sum(f.get("churned", 0) for f in finals),
+            "latency_ms": _percentiles(latencies),
+        }
+
+
+def run(spec: LoadSpec) -> dict[str, Any]:
+    """Run one load scenario and return its report (the ``--json`` output)."""
+    spec.validate()
+    _raise_nofile()
+    return _Run(spec).execute()
+
+
+# --------------------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = LoadSpec()
+    p = argparse.ArgumentParser(
+        prog="shardws bench",
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--scenario", choices=SCENARIOS, default=d.scenario)
+    p.add_argument(
+        "--url", action="append", help=f"ws://host:port/path, repeatable (default {d.url[0]})"
+    )
+    p.add_argument(
+        "-n",
+        "--connections",
+        type=int,
+        default=d.connections,
+        help="subscribers (fanout) / clients (mixed, idle)",
+    )
+    p.add_argument("--publishers", type=int, default=d.publishers)
+    p.add_argument("--processes", type=int, default=d.processes, help="client processes")
+    p.add_argument(
+        "--source-ips",
+        type=int,
+        default=d.source_ips,
+        help="bind connections to 127.0.0.1..K (loopback servers only)",
+    )
+    p.add_argument("--size", type=int, default=d.size, help="bytes of published data JSON")
+    p.add_argument("--rate", type=float, default=d.rate, help="fanout msgs/s; 0 = flat out")
+    p.add_argument("--window", type=int, default=d.window, help="flat out: un-acked publishes")
+    p.add_argument("--duration", type=float, default=d.duration, help="seconds; 0 = --messages")
+    p.add_argument("--messages", type=int, default=d.messages, help="0 = until --duration")
+    p.add_argument("--channel", default=d.channel)
+    p.add_argument("--channels", type=int, default=d.channels, help="idle; 0 = N/10")
+    p.add_argument(
+        "--steps",
+        default=",".join(f"{s:g}" for s in d.steps),
+        help="mixed: comma-separated deliveries/s",
+    )
+    p.add_argument("--step-duration", type=float, default=d.step_duration)
+    p.add_argument("--group-fraction", type=float, default=d.group_fraction)
+    p.add_argument("--slow-fraction", type=float, default=d.slow_fraction)
+    p.add_argument("--churn", type=float, default=d.churn, help="mixed: reconnects/s")
+    p.add_argument("--churn-grace", type=float, default=d.churn_grace)
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="0 = auto (~10k)")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="server pid (its process tree is measured), repeatable",
+    )
+    p.add_argument("--timeout", type=float, default=d.timeout, help="0 = measured time + 60")
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=d.drain,
+        help="stop waiting for deliveries after this long without any",
+    )
+    p.add_argument("--connect-concurrency", type=int, default=d.connect_concurrency)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _spec_from_args(args: argparse.Namespace) -> LoadSpec:
+    values = vars(args).copy()
+    values["url"] = values["url"] or LoadSpec().url
+    values["steps"] = [float(s) for s in str(values["steps"]).split(",") if s.strip()]
+    values["progress"] = not values.pop("no_progress")
+    names = {f.name for f in dataclasses.fields(LoadSpec)}
+    return LoadSpec(**{k: v for k, v in values.items() if k in names})
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as indented text, one value per line; steps as a table."""
+    lines: list[str] = []
+
+    def emit(indent: str, key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            for sub_key, sub in value.items():
+                emit(indent + "  ", sub_key, sub)
+        else:
+            lines.append(f"{indent}{key}: {value}")
+
+    for key, value in report.items():
+        if key not in ("steps", "problems", "notes"):
+            emit("", key, value)
+    if report.get("steps"):
+        lines.append(
+            "steps: offered  sent  achieved  |  healthy expected  received  lost"
+            "  |  p50  p99  max ms  |  server cpu_s  rss MB"
+        )
+        for i, s in enumerate(report["steps"], 1):
+            lat = s["latency_ms"]
+            lines.append(
+                f"  {i}: {s['offered_deliveries_per_s']:>9,.0f} {s['sent_deliveries_per_s']:>9,}"
+                f" {s['achieved_deliveries_per_s']:>9,} | {s['expected_healthy']:>10,}"
+                f" {s['received_healthy']:>10,} {s['lost_healthy']:>6,} | {lat['p50']} "
+                f"{lat['p99']} {lat['max']} | {s['server_cpu_s']} {s['server_rss_mb']}"
+            )
+    for key in ("notes", "problems"):
+        for item in report.get(key, []):
+            lines.append(f"{key[:-1]}: {item}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``shardws bench``: exit 0 if the run had no problems, 1 if it had, 2 on bad usage."""
+    args = _parser().parse_args(argv)
+    try:
+        spec = _spec_from_args(args)
+        spec.validate()
+    except ValueError as exc:
+        print(f"shardws bench: {exc}", file=sys.stderr)
+        return 2
+    report = run(spec)
+    if spec.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
