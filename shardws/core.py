@@ -70,8 +70,8 @@ __all__ = [
     "build_text_frame",
     "fanout",
     "flush",
-    "release_handshake",
     "parse_envelope",
+    "release_handshake",
     "take_overflowed",
     "total_drops",
 ]

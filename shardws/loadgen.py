@@ -333,6 +333,7 @@ class _Worker:
         self.churned = 0
         self.to_subscribe = 0
         self.subscribed_event = asyncio.Event()
+        self.connect_event = asyncio.Event()
         self.start_event = asyncio.Event()
         self.stop_event = asyncio.Event()
         self.t0 = 0.0
@@ -490,6 +491,9 @@ class _Worker:
                 await asyncio.wait_for(self.subscribed_event.wait(), max(0.0, remaining))
             except TimeoutError:
                 self.note(f"only {self.subscribed} of {opened} subscriptions acknowledged")
+        return self.connect_info()
+
+    def connect_info(self) -> dict[str, Any]:
         return {
             "connections": len(self.subs) + len(self.pubs),
             "connect_failed": self.connect_failed,
@@ -559,10 +563,12 @@ class _Worker:
         loop = asyncio.get_running_loop()
         interval = 1.0 / rate
         next_at = time.monotonic() + interval
-        while self.running:
+        # Time-bound, not tied to publishing: a process may have no publisher at all.
+        until = time.monotonic() + self.spec.measured_seconds()
+        while not self.stop_event.is_set():
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += interval
-            if not self.running:
+            if next_at > until:
                 break
             healthy = [s for s in self.live.values() if not s.slow and s.start_ns]
             if not healthy:
@@ -664,14 +670,18 @@ class _Worker:
         except (EOFError, OSError):
             self.stop_event.set()
             self.start_event.set()
+            self.connect_event.set()
             return
-        if kind == "start":
+        if kind == "connect":
+            self.connect_event.set()
+        elif kind == "start":
             self.t0 = body
             self.t0_ns = int(body * 1e9)
             self.start_event.set()
         elif kind == "stop":
             self.stop_event.set()
             self.start_event.set()
+            self.connect_event.set()
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -679,7 +689,25 @@ class _Worker:
         # uvloop makes a watched fd non-blocking; the pipe's send() of a large final report
         # then fails half-way. Readiness polling works the same on a blocking fd.
         os.set_blocking(self.pipe.fileno(), True)
-        self.send("ready", await self.connect_all())
+        # Processes take a second or so to spawn; connecting only once all are up makes
+        # the connect rate a measure of the server, not of process start-up.
+        self.send("booted", None)
+        await _wait_event(self.connect_event, self.deadline)
+        # A "stop" (the coordinator timed out) must interrupt connecting too.
+        connecting = asyncio.ensure_future(self.connect_all())
+        stopping = asyncio.ensure_future(self.stop_event.wait())
+        await asyncio.wait(
+            {connecting, stopping},
+            timeout=max(0.0, self.deadline - time.time()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        stopping.cancel()
+        if connecting.done():
+            self.send("ready", connecting.result())
+        else:
+            connecting.cancel()
+            self.note(f"stopped while connecting: {len(self.subs) + len(self.pubs)} open")
+            self.send("ready", self.connect_info())
         if self.scenario == "mixed":
             # Slow clients stop reading before the first publish, so their (empty) windows
             # never depend on what was in flight when they stopped.
@@ -706,7 +734,7 @@ class _Worker:
         for conn in conns:
             conn.closing = True
             if conn.transport is not None and not conn.transport.is_disconnected:
-                conn.transport.send_close()
+                conn.transport.send_close(picows.WSCloseCode.OK)
                 conn.transport.disconnect()
         await asyncio.sleep(0.2)  # let close frames go out
 
@@ -848,6 +876,7 @@ class _Run:
         self.deadline = time.time() + spec.effective_timeout()
         self.procs: list[Any] = []
         self.pipes: list[Connection] = []
+        self.booted: set[int] = set()
         self.ready: dict[int, dict[str, Any]] = {}
         self.progress: dict[int, dict[str, Any]] = {}
         self.finals: dict[int, dict[str, Any]] = {}
@@ -855,6 +884,7 @@ class _Run:
         self.last_line = 0.0
         self.last_received = (time.time(), 0)
         self.phase = "connecting"
+        self.timed_out = False
 
     # -- plan ----------------------------------------------------------------------------
 
@@ -928,7 +958,7 @@ class _Run:
     def pump(self, until: float) -> None:
         """Handle worker messages until wall time ``until`` (at most)."""
         alive = [p for i, p in enumerate(self.pipes) if i not in self.finals]
-        timeout = max(0.0, min(until, self.deadline) - time.time())
+        timeout = max(0.0, until - time.time())
         for ready in wait(alive, timeout):
             index = self.pipes.index(ready)  # type: ignore[arg-type]
             pipe = self.pipes[index]
@@ -939,8 +969,12 @@ class _Run:
                 if index not in self.finals:
                     self.problems.append(f"process {index} exited without a report")
                     self.finals[index] = {}
+                    self.booted.add(index)
+                    self.ready.setdefault(index, {})
                 continue
-            if kind == "ready":
+            if kind == "booted":
+                self.booted.add(index)
+            elif kind == "ready":
                 self.ready[index] = body
             elif kind == "progress":
                 self.progress[index] = body
@@ -951,13 +985,21 @@ class _Run:
                 self.problems.append(f"process {index} crashed:\n{body}")
                 self.finals[index] = {}
                 self.ready.setdefault(index, {})
+                self.booted.add(index)
         self.show()
 
-    def wait_for(self, what: str, done: Callable[[], bool], until: float) -> bool:
-        until = min(until, self.deadline)
+    def wait_for(
+        self, what: str, done: Callable[[], bool], until: float, past_deadline: bool = False
+    ) -> bool:
+        """Pump messages until ``done()`` or ``until``, which is capped by the run's
+        deadline unless ``past_deadline``. Only the first timeout is reported: later waits
+        that run out are its consequences."""
+        if not past_deadline:
+            until = min(until, self.deadline)
         while not done():
             if time.time() >= until:
-                if until >= self.deadline:
+                if (until >= self.deadline or past_deadline) and not self.timed_out:
+                    self.timed_out = True
                     self.problems.append(f"timeout waiting for {what}")
                 return False
             self.pump(min(until, time.time() + 0.2))
@@ -1005,10 +1047,13 @@ class _Run:
     def shutdown(self) -> None:
         self.broadcast("stop")
         self.wait_for(
-            "final reports", lambda: len(self.finals) == len(self.pipes), time.time() + 15
+            "final reports",
+            lambda: len(self.finals) == len(self.pipes),
+            time.time() + 10,
+            past_deadline=True,
         )
         for proc in self.procs:
-            proc.join(max(0.1, min(10.0, self.deadline + 10 - time.time())))
+            proc.join(2)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
@@ -1028,6 +1073,8 @@ class _Run:
         self.spawn()
         try:
             nproc = len(self.pipes)
+            self.wait_for("processes to start", lambda: len(self.booted) == nproc, self.deadline)
+            self.broadcast("connect")
             self.wait_for("connections", lambda: len(self.ready) == nproc, self.deadline)
             self.phase = "running"
             after_connect = _server_sample(spec.server_pid)
@@ -1103,10 +1150,15 @@ class _Run:
             "connections": {
                 "requested": requested,
                 "connected": connected,
-                "failed": sum(r.get("connect_failed", 0) for r in ready),
+                "failed": sum(f.get("connect_failed", 0) for f in finals)
+                if len(finals) == len(ready)
+                else sum(r.get("connect_failed", 0) for r in ready),
+                "reconnects": sum(f.get("churned", 0) for f in finals),
                 "subscribed": subscribed,
                 "connect_s": round(connect_s, 3),
-                "connect_rate_per_s": round(connected / connect_s) if connect_s > 0 else None,
+                "connect_rate_per_s": round(connected / connect_s)
+                if connect_s > 0 and connected
+                else None,
                 "unexpected_disconnects": sum(f.get("unexpected_disconnects", 0) for f in finals),
             },
             "notes": notes[:10],
@@ -1153,6 +1205,8 @@ class _Run:
             report["roundtrips_per_s"] = round(received / window, 1)
             report["latency_ms"] = _percentiles(latencies)
             server["roundtrips_per_cpu_s"] = round(received / cpu) if cpu > 0 else None
+            if published != received:
+                self.problems.append(f"{published - received} publication(s) never came back")
         elif spec.scenario == "fanout":
             expected = published * subscribed
             report.update(
@@ -1222,7 +1276,7 @@ class _Run:
         steps = []
         for s in range(nsteps):
             boundary = [
-                (f["boundary_received"] + [f["received"]] * nsteps)[: nsteps + 0] for f in finals
+                (f["boundary_received"] + [f["received"]] * nsteps)[:nsteps] for f in finals
             ]
             at_end = sum(b[s] for b in boundary)
             at_start = sum(b[s - 1] for b in boundary) if s else 0

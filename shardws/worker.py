@@ -224,6 +224,8 @@ class Worker:
         self._server = await ws_create_server(
             self._new_connection,
             sock=listen_sock,
+            # uvloop calls listen() again on this socket (default backlog 100): keep ours.
+            backlog=server.backlog,
             websocket_handshake_timeout=server.handshake_timeout,
             logger_name=self._picows_log,  # type: ignore[arg-type]
             enable_auto_ping=False,  # one sweep per worker instead of a task per connection

@@ -1,0 +1,325 @@
+"""Macro scenarios: shardws and the servers users would pick instead, in one run.
+
+Every scenario starts each server fresh on a free loopback port, drives it with the load
+generator (``shardws.loadgen``), stops it, and reports each figure as a ratio against
+the raw picows broadcast server measured in the same run (the baseline: a Python loop
+over ``transport.send``). Nothing is compared across runs or machines.
+
+    python -m benchmarks.macro                     # all five scenarios, all servers
+    python -m benchmarks.macro --scenario 1 4      # some of them
+    python -m benchmarks.macro --servers shardws raw_picows --quick
+
+Results: one JSON file per run in ``benchmarks/results/`` and a Markdown table on stdout
+(pasted into ``docs/benchmarks.md``).
+
+Scenarios (the generator shares the machine's cores with the server, so per server
+CPU-second figures are the steadier ones):
+
+1. fan-out, 1 worker, 10,000 subscribers, 100-byte messages, one publish at a time;
+2. the same with the publisher flat out (256 publishes in flight), p99 latency;
+3. mixed load, shardws with 2 workers only: 10,000 clients on a personal and a
+   group-of-10 channel, offered rate stepping 5k -> 80k deliveries/s, 1 % slow readers,
+   30 connects/s churn;
+4. idle density: 19,000 idle connections with one subscription each, RSS per connection;
+5. round trip: one connection publishing to a channel it subscribes to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peers.launch import PeerUnavailable, start_peer, stop_peer
+from shardws.loadgen import LoadSpec, run
+
+RESULTS = Path(__file__).parent / "results"
+PEERS = ["raw_picows", "websockets", "aiohttp", "node_ws"]
+BASELINE = "raw_picows"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    pid: int
+
+
+@contextlib.contextmanager
+def serve(name: str, workers: int = 1) -> Iterator[Server]:
+    """Start ``name`` (``shardws`` or a peer) and stop it afterwards."""
+    if name != "shardws":
+        proc = start_peer(name, _free_port())
+        try:
+            yield Server(name, proc.url, proc.pid)
+        finally:
+            stop_peer(proc)
+        return
+    port, admin = _free_port(), _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text(
+            f"[server]\nport = {port}\nworkers = {workers}\n"
+            # Benchmarks measure fan-out, not keepalive: no pings during a run.
+            "ping_interval = 600\nidle_timeout = 1200\n"
+            f'[admin]\nport = {admin}\n[log]\nlevel = "warning"\n'
+        )
+        proc = subprocess.Popen([sys.executable, "-m", "shardws", "serve", "-c", str(config)])
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/health", timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("shardws did not become healthy") from None
+                    time.sleep(0.1)
+            yield Server("shardws", f"ws://127.0.0.1:{port}/ws", proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def _spec(server: Server, **fields: Any) -> LoadSpec:
+    return LoadSpec(url=[server.url], server_pid=[server.pid], progress=False, **fields)
+
+
+def scenario_1(server: Server, quick: bool) -> dict[str, Any]:
+    return run(
+        _spec(
+            server,
+            scenario="fanout",
+            connections=2000 if quick else 10_000,
+            processes=2,
+            source_ips=2,
+            window=1,
+            duration=5 if quick else 10,
+        )
+    )
+
+
+def scenario_2(server: Server, quick: bool) -> dict[str, Any]:
+    return run(
+        _spec(
+            server,
+            scenario="fanout",
+            connections=2000 if quick else 10_000,
+            processes=2,
+            source_ips=2,
+            window=256,
+            duration=5 if quick else 10,
+        )
+    )
+
+
+def scenario_3(server: Server, quick: bool) -> dict[str, Any]:
+    return run(
+        _spec(
+            server,
+            scenario="mixed",
+            connections=2000 if quick else 10_000,
+            processes=2,
+            source_ips=2,
+            steps=[5000, 10000, 20000, 40000, 80000],
+            step_duration=4 if quick else 10,
+            slow_fraction=0.01,
+            churn=30,
+        )
+    )
+
+
+def scenario_4(server: Server, quick: bool) -> dict[str, Any]:
+    return run(
+        _spec(
+            server,
+            scenario="idle",
+            connections=3000 if quick else 19_000,
+            processes=3,
+            source_ips=3,
+            duration=5,
+        )
+    )
+
+
+def scenario_5(server: Server, quick: bool) -> dict[str, Any]:
+    return run(
+        _spec(server, scenario="roundtrip", connections=1, processes=1, duration=5 if quick else 10)
+    )
+
+
+SCENARIOS: dict[int, tuple[Callable[[Server, bool], dict[str, Any]], list[str], int]] = {
+    # number: (runner, servers, shardws workers)
+    1: (scenario_1, ["shardws", *PEERS], 1),
+    2: (scenario_2, ["shardws", *PEERS], 1),
+    3: (scenario_3, ["shardws"], 2),
+    4: (scenario_4, ["shardws", *PEERS], 1),
+    5: (scenario_5, ["shardws", *PEERS], 1),
+}
+
+
+def headline(number: int, report: dict[str, Any]) -> dict[str, Any]:
+    """The figures each scenario is judged by."""
+    server = report.get("server", {})
+    if number in (1, 2):
+        return {
+            "deliveries_per_s": report.get("deliveries_per_s"),
+            "deliveries_per_cpu_s": server.get("deliveries_per_cpu_s"),
+            "p50_ms": report.get("latency_ms", {}).get("p50"),
+            "p99_ms": report.get("latency_ms", {}).get("p99"),
+            "lost": report.get("lost"),
+        }
+    if number == 3:
+        held = [
+            s["offered_deliveries_per_s"]
+            for s in report.get("steps", [])
+            if s["lost_healthy"] == 0 and (s["latency_ms"]["p99"] or 1e9) <= 200
+        ]
+        return {
+            "highest_rate_held": max(held, default=0),
+            "steps": [
+                {
+                    "offered": s["offered_deliveries_per_s"],
+                    "achieved": s["achieved_deliveries_per_s"],
+                    "p99_ms": s["latency_ms"]["p99"],
+                    "lost_healthy": s["lost_healthy"],
+                    "rss_mb": s["server_rss_mb"],
+                }
+                for s in report.get("steps", [])
+            ],
+        }
+    if number == 4:
+        return {
+            "connections": report.get("connections", {}).get("connected"),
+            "rss_kb_per_connection": report.get("idle", {}).get("rss_kb_per_connection"),
+            "connect_rate_per_s": report.get("connections", {}).get("connect_rate_per_s"),
+        }
+    return {
+        "roundtrips_per_s": report.get("roundtrips_per_s"),
+        "roundtrips_per_cpu_s": server.get("roundtrips_per_cpu_s"),
+        "p50_ms": report.get("latency_ms", {}).get("p50"),
+        "p99_ms": report.get("latency_ms", {}).get("p99"),
+    }
+
+
+def run_all(numbers: list[int], servers: list[str] | None, quick: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick}
+    for number in numbers:
+        runner, names, workers = SCENARIOS[number]
+        rows: dict[str, Any] = {}
+        for name in names:
+            if servers and name not in servers:
+                continue
+            print(f"scenario {number}: {name} ...", file=sys.stderr, flush=True)
+            try:
+                with serve(name, workers if name == "shardws" else 1) as server:
+                    report = runner(server, quick)
+            except PeerUnavailable as exc:
+                rows[name] = {"skipped": str(exc)}
+                continue
+            rows[name] = {
+                "headline": headline(number, report),
+                "ok": report["ok"],
+                "problems": report.get("problems", []),
+                "report": report,
+            }
+        results[f"scenario_{number}"] = rows
+    return results
+
+
+def _ratio(value: Any, base: Any) -> str:
+    if not value or not base:
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Tables for docs/benchmarks.md: each figure and its ratio to the raw picows loop."""
+    out = []
+    keys = {1: "deliveries_per_s", 2: "deliveries_per_s", 5: "roundtrips_per_s"}
+    for number in (1, 2, 4, 5):
+        rows = results.get(f"scenario_{number}")
+        if not rows:
+            continue
+        base = rows.get(BASELINE, {}).get("headline", {})
+        out.append(f"\n#### Scenario {number}\n")
+        if number == 4:
+            out.append("| server | connections | RSS per connection | vs raw picows | connects/s |")
+            out.append("|---|---|---|---|---|")
+            for name, row in rows.items():
+                h = row.get("headline")
+                if h is None:
+                    out.append(f"| {name} | skipped: {row.get('skipped')} | | | |")
+                    continue
+                out.append(
+                    f"| {name} | {h['connections']} | {h['rss_kb_per_connection']} KB | "
+                    f"{_ratio(h['rss_kb_per_connection'], base.get('rss_kb_per_connection'))}"
+                    f" | {h['connect_rate_per_s']} |"
+                )
+            continue
+        key = keys[number]
+        cpu_key = "roundtrips_per_cpu_s" if number == 5 else "deliveries_per_cpu_s"
+        out.append(
+            f"| server | {key} | vs raw picows | per server CPU-s | vs raw picows "
+            "| p50 ms | p99 ms |"
+        )
+        out.append("|---|---|---|---|---|---|---|")
+        for name, row in rows.items():
+            h = row.get("headline")
+            if h is None:
+                out.append(f"| {name} | skipped: {row.get('skipped')} | | | | | |")
+                continue
+            out.append(
+                f"| {name} | {h[key]} | {_ratio(h[key], base.get(key))} | {h[cpu_key]} | "
+                f"{_ratio(h[cpu_key], base.get(cpu_key))} | {h['p50_ms']} | {h['p99_ms']} |"
+            )
+    rows = results.get("scenario_3")
+    if rows and "shardws" in rows and "headline" in rows["shardws"]:
+        h = rows["shardws"]["headline"]
+        out.append("\n#### Scenario 3 (shardws, 2 workers)\n")
+        out.append(
+            f"Highest offered rate held at p99 ≤ 200 ms with zero loss for healthy "
+            f"clients: **{h['highest_rate_held']} deliveries/s**.\n"
+        )
+        out.append("| offered/s | achieved/s | p99 ms | lost (healthy) | server RSS MB |")
+        out.append("|---|---|---|---|---|")
+        for s in h["steps"]:
+            out.append(
+                f"| {s['offered']} | {s['achieved']} | {s['p99_ms']} | "
+                f"{s['lost_healthy']} | {s['rss_mb']} |"
+            )
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", type=int, nargs="*", default=sorted(SCENARIOS))
+    parser.add_argument("--servers", nargs="*", help="subset of shardws + peers")
+    parser.add_argument("--quick", action="store_true", help="smaller, shorter runs")
+    args = parser.parse_args()
+    results = run_all(args.scenario, args.servers, args.quick)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"macro-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    print(markdown(results))
+    print(f"\nfull results: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
