@@ -218,7 +218,11 @@ def headline(number: int, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_all(numbers: list[int], servers: list[str] | None, quick: bool) -> dict[str, Any]:
+def run_all(
+    numbers: list[int], servers: list[str] | None, quick: bool, path: Path | None = None
+) -> dict[str, Any]:
+    """Run the scenarios; with ``path``, the results so far are saved after every server
+    (a long run that dies half-way keeps what it measured)."""
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick}
     for number in numbers:
         runner, names, workers = SCENARIOS[number]
@@ -230,15 +234,16 @@ def run_all(numbers: list[int], servers: list[str] | None, quick: bool) -> dict[
             try:
                 with serve(name, workers if name == "shardws" else 1) as server:
                     report = runner(server, quick)
-            except PeerUnavailable as exc:
-                rows[name] = {"skipped": str(exc)}
-                continue
-            rows[name] = {
-                "headline": headline(number, report),
-                "ok": report["ok"],
-                "problems": report.get("problems", []),
-                "report": report,
-            }
+            except PeerUnavailable:
+                rows[name] = {
+                    "headline": headline(number, report),
+                    "ok": report["ok"],
+                    "problems": report.get("problems", []),
+                    "report": report,
+                }
+            results[f"scenario_{number}"] = rows
+            if path is not None:
+                path.write_text(json.dumps(results, indent=1, default=str))
         results[f"scenario_{number}"] = rows
     return results
 
@@ -313,10 +318,9 @@ def main() -> None:
     parser.add_argument("--servers", nargs="*", help="subset of shardws + peers")
     parser.add_argument("--quick", action="store_true", help="smaller, shorter runs")
     args = parser.parse_args()
-    results = run_all(args.scenario, args.servers, args.quick)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"macro-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=1, default=str))
+    results = run_all(args.scenario, args.servers, args.quick, path)
     print(markdown(results))
     print(f"\nfull results: {path}", file=sys.stderr)
 

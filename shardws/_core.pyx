@@ -888,3 +888,40 @@ def release_handshake(WSTransport transport not None):
     transport.request = None
     transport.response = None
     transport._write_buffer = MemoryBuffer(64)
+
+
+cdef class TokenBucket:
+    """Rate limiter: ``rate`` tokens per second refill a bucket of ``burst`` tokens.
+
+    ``take(now)`` spends one token and returns True, or returns False (nothing spent)
+    when the bucket is empty. ``now`` is any monotonic clock in seconds; a clock that
+    goes backwards refills nothing. A full bucket at creation lets a client open with a
+    burst (subscribing to its channels) without being limited.
+    """
+
+    cdef double _rate
+    cdef double _burst
+    cdef double _tokens
+    cdef double _stamp
+
+    def __init__(self, double rate, double burst, double now):
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._stamp = now
+
+    cpdef bint take(self, double now):
+        cdef double elapsed = now - self._stamp
+        if elapsed > 0:
+            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+            self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    @property
+    def tokens(self):
+        return self._tokens

@@ -523,3 +523,32 @@ def release_handshake(transport: Any) -> None:
     Python, so the reference keeps them (only memory differs, never behaviour)."""
     if transport is None:
         raise TypeError("transport must not be None")
+
+
+class TokenBucket:
+    """Rate limiter: ``rate`` tokens per second refill a bucket of ``burst`` tokens;
+    see ``_core.TokenBucket``."""
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self._rate = float(rate)
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = float(now)
+
+    def take(self, now: float) -> bool:
+        elapsed = now - self._stamp
+        if elapsed > 0:
+            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+            self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens

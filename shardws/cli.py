@@ -1,4 +1,4 @@
-"""The ``shardws`` command: ``serve``, ``check-config`` and ``bench`` (the load generator).
+"""The ``shardws`` command: ``serve``, ``check-config``, ``token``, ``bench`` (load generator).
 
 Exit codes: 0 success, 1 runtime failure (e.g. a worker failed its first boot),
 2 bad usage or bad configuration (the message names the file and the key).
@@ -7,10 +7,11 @@ Exit codes: 0 success, 1 runtime failure (e.g. a worker failed its first boot),
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from shardws import __version__
-from shardws.config import ConfigError, dump_config, load_config
+from shardws.config import Config, ConfigError, dump_config, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +26,28 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="validate a config file and print the effective configuration"
     )
     check.add_argument("file", metavar="FILE")
+    token = commands.add_parser(
+        "token",
+        help="print a token signed with the configured HS256 secret",
+        description="Print a JWT signed with [auth] secret (or secret_file) of the config."
+        " With --channel it is a channel token for that channel.",
+    )
+    token.add_argument("--sub", required=True, help="user id (the sub claim)")
+    token.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)"
+    )
+    token.add_argument("--info", metavar="JSON", help="info claim: a JSON object")
+    token.add_argument("--channel", metavar="C", help="make a channel token for channel C")
+    token.add_argument(
+        "--channels",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help='channels the token may subscribe to ("*" matches any characters)',
+    )
+    token.add_argument(
+        "-c", "--config", metavar="FILE", help="TOML config file (default: built-in defaults)"
+    )
     # The load generator parses its own options (``shardws bench --help``), so that they
     # live next to LoadSpec and ``serve`` does not import it.
     commands.add_parser(
@@ -49,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"shardws: config error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "token":
+        return _token(args, config)
     if args.command == "check-config":
         sys.stdout.write(dump_config(config))
         print(f"# {config.source}: OK", file=sys.stderr)
@@ -56,3 +81,42 @@ def main(argv: list[str] | None = None) -> int:
     from shardws.supervisor import serve
 
     return serve(config)
+
+
+def _token(args: argparse.Namespace, config: Config) -> int:
+    """``shardws token``: print a token, or explain on stderr and return 2."""
+    from shardws import auth
+    from shardws.protocol import channel_error
+
+    def fail(message: str) -> int:
+        print(f"shardws token: {message}", file=sys.stderr)
+        return 2
+
+    if config.auth.algorithm != "HS256":
+        return fail(
+            f"{config.source}: [auth] algorithm is {config.auth.algorithm!r}: this server only"
+            " holds the public key; sign tokens with the private key elsewhere"
+        )
+    secret = config.auth.verification_key()
+    if not secret:
+        return fail(f"{config.source}: [auth] secret (or secret_file) is not set")
+    info = None
+    if args.info is not None:
+        try:
+            info = json.loads(args.info)
+        except ValueError as err:
+            return fail(f"--info: not valid JSON: {err}")
+        if not isinstance(info, dict):
+            return fail("--info: expected a JSON object")
+    if args.channel is not None:
+        reason = channel_error(args.channel)
+        if reason:
+            return fail(f"--channel {args.channel!r}: {reason}")
+    try:
+        text = auth.make_token(
+            secret, args.sub, args.ttl, info=info, channels=args.channels, channel=args.channel
+        )
+    except ValueError as err:  # empty sub, ttl <= 0, bad pattern: the message says which
+        return fail(str(err))
+    print(text)
+    return 0

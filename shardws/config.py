@@ -15,7 +15,12 @@ Guarantees:
   because a typo must not silently fall back to a default; a close valid name is
   suggested. Missing sections and keys take their defaults.
 * :func:`dump_config` emits TOML that :func:`parse_config` turns back into an equal
-  :class:`Config` (``source`` aside).
+  :class:`Config` (``source`` aside), except that secrets are written as ``"<redacted>"``.
+* Secrets (options declared ``secret=True``, and key material read from files) never
+  appear in an error message, in :func:`dump_config` output or in ``repr()``.
+* Files named by options (``[auth] secret_file``, ``public_key_file``, ``[tls] cert``,
+  ``key``) are read and checked here, at load; an unreadable or invalid file is a
+  :class:`ConfigError` naming the key and the file.
 
 Adding a section: declare a frozen dataclass whose fields use :func:`option` (the type
 comes from the annotation, constraints are keyword rules) and add it as a field of
@@ -24,7 +29,9 @@ per-key code. Field types understood: ``bool``, ``int``, ``float``, ``str``,
 ``tuple[T, ...]`` (a TOML array), another section dataclass (a sub-table) and
 ``Mapping[str, T]`` (a table of named entries, e.g. ``[namespaces.<name>]``; stored
 read-only). Rules that span fields go in a ``cross_check`` method yielding
-``(key, reason)`` for each violation.
+``(key, reason)`` for each violation. A section whose options name files to read defines
+``load_files()``, returning the section with the file contents stored in ``toml=False``
+fields (or raising :class:`_FileError`); it runs before ``cross_check``.
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import ipaddress
 import math
 import os
 import re
+import ssl
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -45,12 +54,16 @@ from typing import Any, TypeVar
 
 __all__ = [
     "MAX_WORKERS",
+    "MIN_SECRET_BYTES",
     "AdminConfig",
+    "AuthConfig",
     "Config",
     "ConfigError",
+    "LimitsConfig",
     "LogConfig",
     "NamespaceConfig",
     "ServerConfig",
+    "TLSConfig",
     "auto_workers",
     "default_config",
     "dump_config",
@@ -66,6 +79,13 @@ T = TypeVar("T")
 #: Upper bound of ``[server] workers``; ``"auto"`` is clamped to it too, so a dumped
 #: config still validates on a machine with more CPUs than that.
 MAX_WORKERS = 1024
+
+#: Shortest accepted HS256 secret: RFC 7518 3.2 requires a key at least as long as the
+#: hash output (256 bits), and shorter secrets can be brute-forced from one token.
+MIN_SECRET_BYTES = 32
+
+#: How a secret value is shown in errors and in :func:`dump_config` output.
+REDACTED = "<redacted>"
 
 
 class ConfigError(Exception):
@@ -87,7 +107,9 @@ class ConfigError(Exception):
 
 # --------------------------------------------------------------------------- declaring
 
-_RULES = frozenset({"ge", "gt", "le", "choices", "check", "expect", "keywords", "unit", "toml"})
+_RULES = frozenset(
+    {"ge", "gt", "le", "choices", "check", "expect", "keywords", "unit", "toml", "secret"}
+)
 
 
 def option(
@@ -107,14 +129,17 @@ def option(
     * ``keywords`` -- ``{"word": resolver}``: the TOML value may be that string instead,
       and the field stores ``resolver()`` (e.g. ``workers = "auto"``);
     * ``unit`` -- ``"seconds"`` or ``"bytes"``, shown in error messages;
-    * ``toml=False`` -- the field is not a TOML key (e.g. :attr:`Config.source`).
+    * ``toml=False`` -- the field is not a TOML key (e.g. :attr:`Config.source`);
+    * ``secret=True`` -- the value is never shown: errors say ``<redacted>`` instead of
+      the value, :func:`dump_config` writes ``"<redacted>"`` and ``repr()`` omits it.
     """
     unknown = rules.keys() - _RULES
     if unknown:
         raise TypeError(f"unknown option rule(s): {sorted(unknown)}")
+    shown = not rules.get("secret", False)
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=rules)
-    return dataclasses.field(default=default, metadata=rules)
+        return dataclasses.field(default_factory=factory, metadata=rules, repr=shown)
+    return dataclasses.field(default=default, metadata=rules, repr=shown)
 
 
 def auto_workers() -> int:
@@ -221,18 +246,275 @@ class LogConfig:
     format: str = option("text", choices=("text", "json"))
 
 
+class _FileError(Exception):
+    """Raised by a section's ``load_files``: option ``key`` names a bad file."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+def _read_file(key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise _FileError(key, f"cannot read {path!r}: {err.strerror or err}") from None
+
+
+def _read_text(key: str, path: str) -> str:
+    raw = _read_file(key, path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        # The position only: the bytes themselves may be key material.
+        raise _FileError(key, f"{path!r} is not UTF-8 text (byte {err.start})") from None
+
+
+def _check_public_key(key: str, path: str, pem: str, algorithm: str) -> None:
+    """Raise unless ``pem`` is a public key usable with ``algorithm`` (RS256 or ES256)."""
+    # Imported here: only configs using RS256/ES256 pay for loading cryptography.
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        public_key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):  # the library's message may quote the input: not shown
+        raise _FileError(
+            key,
+            f"{path!r} is not a PEM public key (expected '-----BEGIN PUBLIC KEY-----'; "
+            "never give the private key here)",
+        ) from None
+    if algorithm == "RS256":
+        # 2048 bits: the minimum RFC 7518 3.3 allows for RS256.
+        if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size < 2048:
+            raise _FileError(key, f"{path!r}: RS256 needs an RSA public key of >= 2048 bits")
+    elif not (
+        isinstance(public_key, ec.EllipticCurvePublicKey)
+        and isinstance(public_key.curve, ec.SECP256R1)
+    ):
+        # RFC 7518 3.4: ES256 is ECDSA on P-256 only.
+        raise _FileError(key, f"{path!r}: ES256 needs an EC public key on curve P-256")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``[auth]``: who may connect. Connection tokens are JWTs (claims ``sub``, ``exp``,
+    optional ``info`` and ``channels``) verified with exactly one algorithm; see
+    :mod:`shardws.auth`.
+
+    After loading, :meth:`verification_key` is the key to verify tokens with; the
+    secret never appears in ``repr()``, errors or :func:`dump_config` output.
+    """
+
+    #: Whether connections without a token are allowed (as user ``""``). Default true.
+    anonymous: bool = option(True)
+    #: The only JWT algorithm accepted: ``"HS256"`` (shared secret), ``"RS256"`` or
+    #: ``"ES256"`` (public key). Tokens with any other ``alg`` (``"none"`` included) are
+    #: rejected. Default ``"HS256"``.
+    algorithm: str = option("HS256", choices=("HS256", "RS256", "ES256"))
+    #: HS256 shared secret, >= 32 bytes; required with HS256 when anonymous is false.
+    #: Prefer ``secret_file``: a secret in the config file leaks with it. Default ``""``.
+    secret: str = option("", secret=True)
+    #: File holding the HS256 secret instead of ``secret`` (one trailing newline is
+    #: removed); read at load. Default ``""``.
+    secret_file: str = option("")
+    #: PEM file of the public key for RS256 (RSA >= 2048 bits) or ES256 (EC P-256);
+    #: required with those algorithms; read at load. Default ``""``.
+    public_key_file: str = option("")
+    #: Seconds of clock skew allowed when checking ``exp`` and ``nbf``, >= 0. Default 5.
+    leeway: float = option(5.0, ge=0, unit="seconds")
+    #: When non-empty, tokens must carry this ``aud``; when empty, tokens carrying an
+    #: ``aud`` are rejected (RFC 7519 4.1.3). Default ``""``.
+    audience: str = option("")
+    #: When non-empty, tokens must carry this ``iss``. Default ``""``.
+    issuer: str = option("")
+    #: The content of ``secret_file``, read at load. Not a TOML key.
+    secret_from_file: str = option("", toml=False, secret=True)
+    #: The PEM text of ``public_key_file``, read and checked at load. Not a TOML key.
+    public_key: str = option("", toml=False)
+
+    def verification_key(self) -> str:
+        """The key tokens are verified (and, for HS256, signed) with: the secret from
+        ``secret`` or ``secret_file`` for HS256, the PEM public key otherwise. ``""`` when
+        none is configured (then only anonymous connections are possible)."""
+        if self.algorithm == "HS256":
+            return self.secret or self.secret_from_file
+        return self.public_key
+
+    def load_files(self) -> AuthConfig:
+        """Read ``secret_file`` and ``public_key_file`` into the non-TOML fields."""
+        loaded = self
+        if self.secret_file:
+            text = _read_text("secret_file", self.secret_file)
+            # A trailing newline is an artifact of `echo` and editors, not part of a secret.
+            text = text.removesuffix("\n").removesuffix("\r")
+            loaded = dataclasses.replace(loaded, secret_from_file=text)
+        if self.public_key_file:
+            pem = _read_text("public_key_file", self.public_key_file)
+            if self.algorithm != "HS256":  # else cross_check reports the mix-up
+                _check_public_key("public_key_file", self.public_key_file, pem, self.algorithm)
+            loaded = dataclasses.replace(loaded, public_key=pem)
+        return loaded
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
+        if self.secret and self.secret_file:
+            yield "secret_file", "set either secret or secret_file, not both"
+        if self.algorithm == "HS256":
+            if self.public_key_file:
+                yield (
+                    "public_key_file",
+                    "is used only with algorithm 'RS256' or 'ES256', but algorithm is 'HS256'",
+                )
+            secret = self.verification_key()
+            size = len(secret.encode())
+            if secret and size < MIN_SECRET_BYTES:
+                key = "secret" if self.secret else "secret_file"
+                yield key, f"expected a secret of >= {MIN_SECRET_BYTES} bytes, got {size} bytes"
+            if not secret and not self.anonymous:
+                yield (
+                    "secret",
+                    "required (or secret_file) when algorithm is 'HS256' and anonymous is false",
+                )
+        else:
+            if self.secret or self.secret_file:
+                key = "secret" if self.secret else "secret_file"
+                yield (
+                    key,
+                    f"is used only with algorithm 'HS256', but algorithm is {self.algorithm!r}",
+                )
+            if not self.public_key_file:
+                yield "public_key_file", f"required with algorithm {self.algorithm!r}"
+
+
+_ORIGIN_RE = re.compile(
+    r"(?:[a-z][a-z0-9+.-]*://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
+    r"|\*(?:\.[a-z0-9-]+)+)"
+)
+
+
+def _is_origin_pattern(value: str) -> bool:
+    return _ORIGIN_RE.fullmatch(value) is not None
+
+
+def _is_ip_network(value: str) -> bool:
+    try:
+        # strict: "10.0.0.1/8" (host bits set) is rejected as the likely typo it is.
+        ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """``[limits]``: what one client may do. Every limit has a documented reply or close
+    code and is counted."""
+
+    #: Refill rate of each connection's command token bucket, commands per second, > 0.
+    #: Default 100.
+    commands_per_second: float = option(100.0, gt=0)
+    #: Size of that bucket: commands a connection may send at once after being quiet,
+    #: >= 1. Default 200.
+    command_burst: int = option(200, ge=1)
+    #: Consecutive over-limit commands after which the connection is closed with 4008,
+    #: >= 1. Default 50.
+    abuse_close_after: int = option(50, ge=1)
+    #: Most channels one connection may be subscribed to, >= 1. Default 256.
+    subscriptions_per_connection: int = option(256, ge=1)
+    #: Most connections one worker holds; more are refused at the handshake, >= 1.
+    #: Default 20000.
+    connections_per_worker: int = option(20000, ge=1)
+    #: Most connections from one client IP across all workers of this host; 0 =
+    #: unlimited. Default 0.
+    connections_per_ip: int = option(0, ge=0)
+    #: New connections per second allowed from one client IP; 0 = unlimited. Default 0.
+    new_connections_per_ip_per_second: float = option(0.0, ge=0)
+    #: Origins whose browsers may connect (cross-site WebSocket hijacking defence):
+    #: ``"https://example.com"`` (scheme, host and optional port, lowercase, matched
+    #: exactly) or ``"*.example.com"`` (any subdomain, any scheme and port); empty = any
+    #: Origin, and requests without Origin (non-browsers) are always allowed. Default [].
+    allowed_origins: tuple[str, ...] = option(
+        (),
+        check=_is_origin_pattern,
+        expect='an origin like "https://example.com" (lowercase, no path) or "*.example.com"',
+    )
+    #: IP addresses or CIDR networks (e.g. ``"10.0.0.0/8"``) of proxies whose
+    #: ``X-Forwarded-For`` gives the client IP; from anyone else it is ignored. Default [].
+    trusted_proxies: tuple[str, ...] = option(
+        (), check=_is_ip_network, expect='an IP address or CIDR network like "10.0.0.0/8"'
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """``[tls]``: serve ``wss://`` directly. Both files or neither; checked at load (the
+    key must match the certificate; encrypted keys are not supported)."""
+
+    #: PEM certificate chain file (the server certificate first). Default ``""`` (no TLS).
+    cert: str = option("")
+    #: PEM private key file of that certificate, unencrypted. Default ``""`` (no TLS).
+    key: str = option("")
+
+    def load_files(self) -> TLSConfig:
+        """Check that both files are readable and form a usable certificate and key."""
+        if not (self.cert and self.key):
+            return self  # cross_check reports a half-configured section
+        _read_file("cert", self.cert)
+        _read_file("key", self.key)
+
+        def no_password() -> bytes:
+            raise _FileError("key", f"{self.key!r} is encrypted; give an unencrypted key")
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert, self.key, password=no_password)
+        except ssl.SSLError as err:
+            # OpenSSL's reason names what is wrong (e.g. KEY_VALUES_MISMATCH), not the key.
+            raise _FileError(
+                "key",
+                f"{self.cert!r} and {self.key!r} are not a PEM certificate and its key"
+                f" ({err.reason or err})",
+            ) from None
+        return self
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """Rules spanning fields: ``(key, reason)`` per violation."""
+        if self.cert and not self.key:
+            yield "key", "required when cert is set (set both or neither)"
+        if self.key and not self.cert:
+            yield "cert", "required when key is set (set both or neither)"
+
+
 @dataclass(frozen=True, slots=True)
 class NamespaceConfig:
     """``[namespaces.<name>]``: options of the channels ``<name>:...``; channels without a
     colon belong to ``[namespaces.default]``. Until per-namespace rules arrive (auth
     issue), a channel whose namespace is not configured uses the default namespace's
-    options."""
+    options.
+
+    Always on, not an option: a channel whose part after the namespace contains ``#`` is
+    user-only -- ``chat:#alice`` may be subscribed only by user ``alice``,
+    ``chat:room#alice,bob`` only by ``alice`` or ``bob`` (see :func:`shardws.auth.may_subscribe`).
+    """
 
     #: What happens to a subscriber whose pending output would exceed
     #: ``[server] max_pending_bytes``: ``"disconnect"`` closes it with code 4501 (slow
     #: consumer; the client reconnects and may recover), ``"drop"`` skips the messages it
     #: cannot take and counts them. Default ``"disconnect"``.
     slow_consumer: str = option("disconnect", choices=("disconnect", "drop"))
+    #: Whether clients may publish into this namespace's channels (backends always may).
+    #: Default true.
+    publish: bool = option(True)
+    #: Whether subscribing needs a channel token: a JWT, signed like connection tokens,
+    #: with ``sub`` = the connection's user and ``channel`` = the channel. Default false.
+    subscribe_token: bool = option(False)
+    #: Most subscribers of one channel **on one worker** (each worker counts its own
+    #: connections, so the cluster-wide bound is this times the number of workers);
+    #: 0 = unlimited. Default 0.
+    max_subscribers: int = option(0, ge=0)
 
 
 def _default_namespaces() -> Mapping[str, NamespaceConfig]:
@@ -246,6 +528,9 @@ class Config:
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
+    tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)
     namespaces: Mapping[str, NamespaceConfig] = option(factory=_default_namespaces)
     #: The file the config came from, or ``"<default>"``. Not a TOML key.
     source: str = option("<default>", toml=False)
@@ -352,6 +637,12 @@ def _build(cls: type, value: Any, path: tuple[str, ...]) -> Any:
             for key, item in value.items()
         }
     )
+    load_files = getattr(obj, "load_files", None)
+    if load_files is not None:
+        try:
+            obj = load_files()
+        except _FileError as err:
+            raise _bad((*path, err.key), err.reason) from None
     for key, reason in getattr(obj, "cross_check", lambda: ())():
         raise _bad((*path, key), reason)
     return obj
@@ -400,7 +691,8 @@ def _scalar(value: Any, tp: type, rules: Mapping[str, Any], path: tuple[str, ...
         and ("check" not in rules or rules["check"](value))
     )
     if not ok:
-        raise _bad(path, f"expected {_expect(tp, rules)}, got {_show(value)}")
+        got = REDACTED if rules.get("secret") else _show(value)
+        raise _bad(path, f"expected {_expect(tp, rules)}, got {got}")
     return value
 
 
@@ -430,7 +722,9 @@ def _expect(tp: type, rules: Mapping[str, Any]) -> str:
 
 
 def dump_config(cfg: Config) -> str:
-    """The effective config as TOML (``workers`` resolved); parses back to an equal Config."""
+    """The effective config as TOML (``workers`` resolved); parses back to an equal Config
+    unless it holds an inline secret, which is written as ``"<redacted>"`` (never the
+    value). Secrets from files stay out of it: the file name is written."""
     lines = [f"# shardws effective configuration, from {_toml_str(cfg.source)}"]
     _dump_table(cfg, (), lines)
     return "\n".join(lines) + "\n"
@@ -438,8 +732,17 @@ def dump_config(cfg: Config) -> str:
 
 def _items(obj: Any) -> list[tuple[str, Any]]:
     if is_dataclass(obj):
-        return [(f.name, getattr(obj, f.name)) for f in fields(obj) if f.metadata.get("toml", True)]
+        return [
+            (f.name, _redacted(getattr(obj, f.name), f.metadata))
+            for f in fields(obj)
+            if f.metadata.get("toml", True)
+        ]
     return list(obj.items())
+
+
+def _redacted(value: Any, rules: Mapping[str, Any]) -> Any:
+    # An unset secret is shown as unset ("") so the dump still tells whether one is set.
+    return REDACTED if rules.get("secret") and value else value
 
 
 def _is_table(value: Any) -> bool:

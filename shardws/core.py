@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # both modules have the same API; type-check against the refe
         Envelope,
         InvalidUTF8,
         Sink,
+        TokenBucket,
         build_text_frame,
         fanout,
         flush,
@@ -49,6 +50,7 @@ else:
     Envelope = _module.Envelope
     InvalidUTF8 = _module.InvalidUTF8
     Sink = _module.Sink
+    TokenBucket = _module.TokenBucket
     build_text_frame = _module.build_text_frame
     fanout = _module.fanout
     flush = _module.flush
@@ -67,6 +69,7 @@ __all__ = [
     "Envelope",
     "InvalidUTF8",
     "Sink",
+    "TokenBucket",
     "build_text_frame",
     "fanout",
     "flush",

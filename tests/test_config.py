@@ -383,6 +383,10 @@ def _keys(raw: dict[str, Any]) -> set[str]:
     return keys
 
 
+def _toml_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("toml", True)]
+
+
 def _keys_of(cls: type) -> set[str]:
     """Dotted names of every option of the config dataclass; a ``Mapping`` section is
     expected to hold its ``default`` entry."""
@@ -394,9 +398,9 @@ def _keys_of(cls: type) -> set[str]:
         tp = hints[section.name]
         if typing.get_origin(tp) is not None:  # Mapping[str, Entry]
             entry = typing.get_args(tp)[1]
-            keys |= {f"{section.name}.default.{f.name}" for f in dataclasses.fields(entry)}
+            keys |= {f"{section.name}.default.{f.name}" for f in _toml_fields(entry)}
         else:
-            keys |= {f"{section.name}.{f.name}" for f in dataclasses.fields(tp)}
+            keys |= {f"{section.name}.{f.name}" for f in _toml_fields(tp)}
     return keys
 
 

@@ -1014,3 +1014,28 @@ def test_release_handshake_keeps_the_connection_working(core: ModuleType) -> Non
 
     with pytest.raises(TypeError):
         core.release_handshake(None)
+
+
+# ------------------------------------------------------------------------ TokenBucket
+
+
+def test_token_bucket(core: ModuleType) -> None:
+    bucket = core.TokenBucket(10.0, 3, 100.0)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+    assert not bucket.take(100.05)  # half a token refilled
+    assert bucket.take(100.11)  # one whole token (and a bit)
+    assert not bucket.take(99.0)  # a clock going backwards refills nothing
+    assert bucket.take(200.0) and bucket.tokens == pytest.approx(2.0)  # capped at burst
+    with pytest.raises(ValueError):
+        core.TokenBucket(0.0, 3, 0.0)
+    with pytest.raises(ValueError):
+        core.TokenBucket(1.0, 0, 0.0)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e3, allow_nan=False), max_size=50))
+def test_token_bucket_implementations_agree(steps: list[float]) -> None:
+    fast, ref = _load("cython").TokenBucket(7.0, 5, 0.0), _load("python").TokenBucket(7.0, 5, 0.0)
+    now = 0.0
+    for step in steps:
+        now += step / 100
+        assert fast.take(now) == ref.take(now)
