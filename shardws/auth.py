@@ -199,8 +199,8 @@ class Authenticator:
             raise AuthFailure("token lacks a required claim (aud or iss)") from None
         except Exception:
             # Anything else the library raises on hostile input (bad base64, bad JSON,
-            # deeply nested JSON hitting RecursionError, ...) is a malformed token; its
-            # message is not passed on because it may quote the input.
+            # wrong segment count, a header of the wrong type, ...) is a malformed token;
+            # its message is not passed on because it may quote the input.
             raise AuthFailure("malformed token") from None
         if not isinstance(claims, dict):
             raise AuthFailure("malformed token")

@@ -389,9 +389,11 @@ class AuthConfig:
                 yield "public_key_file", f"required with algorithm {self.algorithm!r}"
 
 
+# The forms shardws.handshake.origin_allowed matches: "scheme://host[:port]" exactly, or
+# "scheme://*.domain[:port]" for subdomains. Lowercase, because browsers send it so.
 _ORIGIN_RE = re.compile(
-    r"(?:[a-z][a-z0-9+.-]*://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
-    r"|\*(?:\.[a-z0-9-]+)+)"
+    r"[a-z][a-z0-9+.-]*://"
+    r"(?:(?:\*\.)?[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
 )
 
 
@@ -434,12 +436,13 @@ class LimitsConfig:
     new_connections_per_ip_per_second: float = option(0.0, ge=0)
     #: Origins whose browsers may connect (cross-site WebSocket hijacking defence):
     #: ``"https://example.com"`` (scheme, host and optional port, lowercase, matched
-    #: exactly) or ``"*.example.com"`` (any subdomain, any scheme and port); empty = any
-    #: Origin, and requests without Origin (non-browsers) are always allowed. Default [].
+    #: exactly) or ``"https://*.example.com"`` (its subdomains, not itself, with that
+    #: scheme). Empty = any Origin; when non-empty, requests without an ``Origin``
+    #: header are refused too. Default [].
     allowed_origins: tuple[str, ...] = option(
         (),
         check=_is_origin_pattern,
-        expect='an origin like "https://example.com" (lowercase, no path) or "*.example.com"',
+        expect='a lowercase origin like "https://example.com" or "https://*.example.com"',
     )
     #: IP addresses or CIDR networks (e.g. ``"10.0.0.0/8"``) of proxies whose
     #: ``X-Forwarded-For`` gives the client IP; from anyone else it is ignored. Default [].

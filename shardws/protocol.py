@@ -22,7 +22,7 @@ from typing import Any
 PROTOCOL_VERSION = 1
 
 #: Ops a client may send. Anything else gets ``ErrorCode.UNKNOWN_OP``.
-OPS = frozenset({"subscribe", "unsubscribe", "publish", "ping"})
+OPS = frozenset({"connect", "refresh", "subscribe", "unsubscribe", "publish", "ping"})
 
 # Channel names: printable ASCII without quotes, backslash, spaces or control characters,
 # so a name can be embedded in JSON and in a bus topic (which is NUL-terminated) as is.
@@ -69,12 +69,15 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011
     # 4000-4499: do not reconnect
     BAD_REQUEST = 4000  # protocol violation the server cannot recover from
-    UNAUTHORIZED = 4001
+    UNAUTHORIZED = 4001  # bad token in the connect message
     FORBIDDEN = 4003
+    TOO_MANY_REQUESTS = 4008  # sustained command flood after rate-limit errors
     # 4500-4999: reconnect
     SERVER_RESTART = 4500
     SLOW_CONSUMER = 4501
     IDLE_TIMEOUT = 4502  # no inbound frame (pong included) within idle_timeout
+    TOKEN_EXPIRED = 4503  # the connection's token expired without a refresh
+    CONNECT_TIMEOUT = 4504  # no connect message within handshake_timeout
 
 
 def reconnect_allowed(code: int) -> bool:

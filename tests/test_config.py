@@ -411,3 +411,278 @@ def test_run_dir_parent(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfgmod.run_dir_parent() == "/tmp"
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert cfgmod.run_dir_parent() == "/tmp"
+
+
+# ------------------------------------------------------------------ [auth] [limits] [tls]
+
+SECRET = "config-secret-0123456789-abcdefghijk"  # >= 32 bytes
+
+
+def _public_pem(private: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    data: bytes = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return data.decode()
+
+
+def _private_pem(private: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    data: bytes = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return data.decode()
+
+
+def test_security_defaults() -> None:
+    cfg = default_config()
+    assert cfg.auth == cfgmod.AuthConfig()
+    assert cfg.auth.anonymous and cfg.auth.algorithm == "HS256" and cfg.auth.leeway == 5.0
+    assert cfg.auth.verification_key() == ""
+    assert cfg.limits == cfgmod.LimitsConfig()
+    assert cfg.limits.commands_per_second == 100.0 and cfg.limits.command_burst == 200
+    assert cfg.tls == cfgmod.TLSConfig(cert="", key="")
+    assert cfg.namespaces["default"] == cfgmod.NamespaceConfig(
+        slow_consumer="disconnect", publish=True, subscribe_token=False, max_subscribers=0
+    )
+
+
+def test_inline_secret_is_never_shown() -> None:
+    cfg = parse_config(f'[auth]\nanonymous = false\nsecret = "{SECRET}"\n', "s.toml")
+    assert cfg.auth.verification_key() == SECRET
+    text = dump_config(cfg)
+    assert SECRET not in text and 'secret = "<redacted>"' in text
+    assert SECRET not in repr(cfg) and SECRET not in str(cfg)
+    # Unset secrets are dumped as unset, so the dump shows whether one is configured.
+    assert 'secret = ""' in dump_config(default_config())
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "detail"),
+    [
+        (
+            '[auth]\nsecret = "short-secret"\n',
+            "auth.secret",
+            "[auth] secret: expected a secret of >= 32 bytes, got 12 bytes",
+        ),
+        (
+            "[auth]\nanonymous = false\n",
+            "auth.secret",
+            "[auth] secret: required (or secret_file) when algorithm is 'HS256' and"
+            " anonymous is false",
+        ),
+        (
+            "[auth]\nsecret = 123456789\n",
+            "auth.secret",
+            "[auth] secret: expected a string, got <redacted>",
+        ),
+        ('[auth]\nalgorithm = "none"\n', "auth.algorithm", "[auth] algorithm: expected one of"),
+        (
+            '[auth]\nalgorithm = "RS256"\n',
+            "auth.public_key_file",
+            "required with algorithm 'RS256'",
+        ),
+        (
+            f'[auth]\nalgorithm = "ES256"\nsecret = "{SECRET}"\n',
+            "auth.secret",
+            "[auth] secret: is used only with algorithm 'HS256', but algorithm is 'ES256'",
+        ),
+        ("[auth]\nleeway = -1\n", "auth.leeway", "expected a number >= 0 (seconds)"),
+    ],
+)
+def test_auth_errors(toml: str, key: str, detail: str) -> None:
+    err = error(toml)
+    assert err.key == key
+    assert detail in err.detail
+    assert "short-secret" not in str(err) and SECRET not in str(err) and "123456789" not in str(err)
+
+
+def test_secret_file(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text(SECRET + "\n")
+    text = f'[auth]\nanonymous = false\nsecret_file = "{path}"\n'
+    cfg = parse_config(text, "f.toml")
+    assert cfg.auth.verification_key() == SECRET  # the trailing newline is not part of it
+    assert cfg.auth.secret == ""
+    dumped = dump_config(cfg)
+    assert SECRET not in dumped and str(path) in dumped and SECRET not in repr(cfg)
+    assert parse_config(dumped, "f.toml") == cfg  # round-trips: the file is read again
+
+    path.write_text("too-short\n")
+    err = error(text)
+    assert err.key == "auth.secret_file"
+    assert err.detail == "[auth] secret_file: expected a secret of >= 32 bytes, got 9 bytes"
+
+    both = f'[auth]\nsecret = "{SECRET}"\nsecret_file = "{path}"\n'
+    assert error(both).detail == "[auth] secret_file: set either secret or secret_file, not both"
+
+    missing = tmp_path / "nope"
+    err = error(f'[auth]\nsecret_file = "{missing}"\n')
+    assert err.key == "auth.secret_file"
+    assert (
+        err.detail == f"[auth] secret_file: cannot read {str(missing)!r}: No such file or directory"
+    )
+
+    path.write_bytes(b"\xff" * 40)
+    err = error(text)
+    assert "is not UTF-8 text" in err.detail and "\\xff" not in str(err)
+
+
+def test_public_key_file(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    for algorithm, private in (("RS256", rsa_key), ("ES256", ec_key)):
+        path = tmp_path / f"{algorithm}.pem"
+        path.write_text(_public_pem(private))
+        cfg = parse_config(
+            f'[auth]\nalgorithm = "{algorithm}"\npublic_key_file = "{path}"\n', "k.toml"
+        )
+        assert cfg.auth.verification_key() == _public_pem(private)
+        assert parse_config(dump_config(cfg), "k.toml") == cfg
+
+    def key_error(algorithm: str, pem: str) -> ConfigError:
+        path = tmp_path / "key.pem"
+        path.write_text(pem)
+        err = error(f'[auth]\nalgorithm = "{algorithm}"\npublic_key_file = "{path}"\n')
+        assert err.key == "auth.public_key_file" and str(path) in str(err)
+        return err
+
+    assert "RSA public key of >= 2048 bits" in key_error("RS256", _public_pem(ec_key)).detail
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    assert "RSA public key of >= 2048 bits" in key_error("RS256", _public_pem(small)).detail
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    assert "EC public key on curve P-256" in key_error("ES256", _public_pem(p384)).detail
+    private_pem = _private_pem(ec_key)
+    err = key_error("ES256", private_pem)
+    assert "is not a PEM public key" in err.detail
+    assert private_pem.splitlines()[1] not in str(err)  # key material never echoed
+
+    path = tmp_path / "k.pem"
+    path.write_text(_public_pem(ec_key))
+    err = error(f'[auth]\npublic_key_file = "{path}"\n')  # algorithm HS256
+    assert err.detail == (
+        "[auth] public_key_file: is used only with algorithm 'RS256' or 'ES256',"
+        " but algorithm is 'HS256'"
+    )
+    err = error(f'[auth]\nalgorithm = "RS256"\npublic_key_file = "{tmp_path / "nope.pem"}"\n')
+    assert err.key == "auth.public_key_file" and "nope.pem" in err.detail
+    assert "No such file or directory" in err.detail
+
+
+def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    from cryptography.hazmat.primitives import serialization
+
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_text(_private_pem(key))
+    return cert_path, key_path
+
+
+def test_tls(tmp_path: Path) -> None:
+    cert, key = _certificate(tmp_path, "a")
+    cfg = parse_config(f'[tls]\ncert = "{cert}"\nkey = "{key}"\n', "t.toml")
+    assert cfg.tls == cfgmod.TLSConfig(cert=str(cert), key=str(key))
+    assert parse_config(dump_config(cfg), "t.toml") == cfg
+
+    err = error(f'[tls]\ncert = "{cert}"\n')
+    assert (err.key, err.detail) == (
+        "tls.key",
+        "[tls] key: required when cert is set (set both or neither)",
+    )
+    err = error(f'[tls]\nkey = "{key}"\n')
+    assert err.key == "tls.cert" and "required when key is set" in err.detail
+
+    missing = tmp_path / "missing.crt"
+    err = error(f'[tls]\ncert = "{missing}"\nkey = "{key}"\n')
+    assert err.key == "tls.cert" and str(missing) in err.detail
+    assert "No such file or directory" in err.detail
+
+    _, other_key = _certificate(tmp_path, "b")
+    err = error(f'[tls]\ncert = "{cert}"\nkey = "{other_key}"\n')  # key of another cert
+    assert err.key == "tls.key" and "not a PEM certificate and its key" in err.detail
+    assert other_key.read_text().splitlines()[1] not in str(err)
+
+
+def test_limits() -> None:
+    cfg = parse_config(
+        "[limits]\ncommands_per_second = 5\ncommand_burst = 10\nconnections_per_ip = 3\n"
+        'allowed_origins = ["https://example.com", "http://localhost:8080", "https://*.example.org"]\n'
+        'trusted_proxies = ["10.0.0.0/8", "127.0.0.1", "::1", "fd00::/8"]\n',
+        "l.toml",
+    )
+    assert cfg.limits.commands_per_second == 5.0
+    assert cfg.limits.allowed_origins == (
+        "https://example.com",
+        "http://localhost:8080",
+        "https://*.example.org",
+    )
+    assert cfg.limits.trusted_proxies == ("10.0.0.0/8", "127.0.0.1", "::1", "fd00::/8")
+    assert parse_config(dump_config(cfg), "l.toml") == cfg
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "expected"),
+    [
+        ('trusted_proxies = ["10.0.0.0/33"]', "trusted_proxies", "an IP address or CIDR"),
+        ('trusted_proxies = ["10.0.0.1/8"]', "trusted_proxies", "an IP address or CIDR"),
+        ('trusted_proxies = ["proxy.local"]', "trusted_proxies", "an IP address or CIDR"),
+        ('trusted_proxies = "10.0.0.0/8"', "trusted_proxies", "an array"),
+        ('allowed_origins = ["example.com"]', "allowed_origins", "a lowercase origin"),
+        ('allowed_origins = ["https://example.com/"]', "allowed_origins", "a lowercase origin"),
+        ('allowed_origins = ["https://Example.com"]', "allowed_origins", "a lowercase origin"),
+        ('allowed_origins = ["*"]', "allowed_origins", "a lowercase origin"),
+        ('allowed_origins = ["*.example.com"]', "allowed_origins", "a lowercase origin"),
+        ('allowed_origins = ["https://a.*.example.com"]', "allowed_origins", "a lowercase origin"),
+        ("commands_per_second = 0", "commands_per_second", "a number > 0"),
+        ("command_burst = 0", "command_burst", "an integer >= 1"),
+        ("abuse_close_after = 0", "abuse_close_after", "an integer >= 1"),
+        ("connections_per_ip = -1", "connections_per_ip", "an integer >= 0"),
+        (
+            "new_connections_per_ip_per_second = -1",
+            "new_connections_per_ip_per_second",
+            "a number >= 0",
+        ),
+    ],
+)
+def test_limits_errors(toml: str, key: str, expected: str) -> None:
+    err = error(f"[limits]\n{toml}\n")
+    assert err.key == f"limits.{key}"
+    assert f"[limits] {key}: expected {expected}" in err.detail
+
+
+def test_namespace_options() -> None:
+    cfg = parse_config(
+        "[namespaces.chat]\npublish = false\nsubscribe_token = true\nmax_subscribers = 10\n",
+        "n.toml",
+    )
+    assert cfg.namespaces["chat"] == cfgmod.NamespaceConfig(
+        publish=False, subscribe_token=True, max_subscribers=10
+    )
+    err = error("[namespaces.chat]\nmax_subscribers = -1\n")
+    assert err.key == "namespaces.chat.max_subscribers"
