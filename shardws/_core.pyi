@@ -40,7 +40,9 @@ class Sink:
     drops: int
     overflowed: bool
     owner: Any
-    def __init__(self, transport: Any, max_pending: int = ..., owner: Any = None) -> None: ...
+    def __init__(
+        self, transport: Any, max_pending: int = ..., owner: Any = None, direct: bool = True
+    ) -> None: ...
     @property
     def fd(self) -> int: ...
     @property

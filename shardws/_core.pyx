@@ -669,14 +669,21 @@ cdef class Sink:
     cdef readonly Py_ssize_t drops
     cdef readonly bint overflowed
     cdef public object owner
+    cdef bint _direct
 
-    def __init__(self, transport, Py_ssize_t max_pending=DEFAULT_MAX_PENDING, owner=None):
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            raise ValueError("transport has no socket")
-        self._fd = sock.fileno()
-        if self._fd < 0:
-            raise ValueError("transport socket is closed")
+    def __init__(self, transport, Py_ssize_t max_pending=DEFAULT_MAX_PENDING, owner=None,
+                 bint direct=True):
+        # direct=False (TLS): bytes must pass through the transport's encryption, so
+        # frames are only ever handed to transport.write (still coalesced per iteration).
+        self._direct = direct
+        self._fd = -1
+        if direct:
+            sock = transport.get_extra_info("socket")
+            if sock is None:
+                raise ValueError("transport has no socket")
+            self._fd = sock.fileno()
+            if self._fd < 0:
+                raise ValueError("transport socket is closed")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self._write = transport.write
@@ -741,7 +748,7 @@ cdef bint _write_now(Sink sink, bytes data, Py_ssize_t buffered):
     """Direct ``send()`` while the transport buffer is empty, the rest to the transport."""
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t sent
-    if buffered:
+    if buffered or not sink._direct:
         return _hand_to_transport(sink, data, 0)
     if n == 0:
         return True

@@ -321,6 +321,7 @@ class Sink:
         "_cork",
         "_cork_base",
         "_cork_bytes",
+        "_direct",
         "_fd",
         "_gen",
         "_get_write_buffer_size",
@@ -333,14 +334,22 @@ class Sink:
     )
 
     def __init__(
-        self, transport: Any, max_pending: int = DEFAULT_MAX_PENDING, owner: Any = None
+        self,
+        transport: Any,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        owner: Any = None,
+        direct: bool = True,
     ) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            raise ValueError("transport has no socket")
-        fd = sock.fileno()
-        if fd < 0:
-            raise ValueError("transport socket is closed")
+        # direct=False (TLS): frames only ever go through transport.write.
+        self._direct = direct
+        fd = -1
+        if direct:
+            sock = transport.get_extra_info("socket")
+            if sock is None:
+                raise ValueError("transport has no socket")
+            fd = sock.fileno()
+            if fd < 0:
+                raise ValueError("transport socket is closed")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self._fd: int = fd
@@ -401,7 +410,7 @@ def _hand_to_transport(sink: Sink, chunk: bytes) -> bool:
 def _write_now(sink: Sink, data: bytes, buffered: int) -> bool:
     """``os.write`` stands in for ``send(MSG_DONTWAIT)``: the transport's socket is
     already non-blocking, and CPython ignores SIGPIPE, so a dead peer gives EPIPE."""
-    if buffered:
+    if buffered or not sink._direct:
         return _hand_to_transport(sink, data)
     if not data:
         return True

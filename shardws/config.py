@@ -416,11 +416,12 @@ class LimitsConfig:
     code and is counted."""
 
     #: Refill rate of each connection's command token bucket, commands per second, > 0.
-    #: Default 100.
-    commands_per_second: float = option(100.0, gt=0)
+    #: Default 1000: far above what a browser sends, low enough to stop a flood. A
+    #: backend publishing flat out over WebSocket (or a load test) needs more.
+    commands_per_second: float = option(1000.0, gt=0)
     #: Size of that bucket: commands a connection may send at once after being quiet,
-    #: >= 1. Default 200.
-    command_burst: int = option(200, ge=1)
+    #: >= 1. Default 2000.
+    command_burst: int = option(2000, ge=1)
     #: Consecutive over-limit commands after which the connection is closed with 4008,
     #: >= 1. Default 50.
     abuse_close_after: int = option(50, ge=1)

@@ -46,6 +46,9 @@ class Column(enum.IntEnum):
     SYNC_TIMEOUTS = 15  # subscribe barriers that timed out waiting for a peer
     RESTARTS = 16  # times this slot's process was restarted (written by the supervisor)
     SLOW_CONSUMERS = 17  # connections closed with 4501 (slow consumer)
+    AUTH_FAILURES = 18  # bad tokens: HTTP 401, close 4001, refused channel tokens
+    RATE_LIMITED = 19  # commands refused by the per-connection rate limit
+    REFUSED = 20  # connections refused by a limit (origin, full worker, per-IP)
 
 
 N_COLUMNS = len(Column)

@@ -28,7 +28,7 @@ OPS = frozenset({"connect", "refresh", "subscribe", "unsubscribe", "publish", "p
 # so a name can be embedded in JSON and in a bus topic (which is NUL-terminated) as is.
 # ``namespace:rest`` is the namespace separator; ``#`` marks user-only channels.
 CHANNEL_MAX_LENGTH = 255
-_CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.:@#=/+!$~]{1,255}")
+_CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.:@#=/+!$~,]{1,255}")
 
 
 class ErrorCode(enum.IntEnum):
@@ -72,6 +72,7 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4001  # bad token in the connect message
     FORBIDDEN = 4003
     TOO_MANY_REQUESTS = 4008  # sustained command flood after rate-limit errors
+    TOO_MANY_CONNECTIONS = 4029  # per-IP connection limits ([limits])
     # 4500-4999: reconnect
     SERVER_RESTART = 4500
     SLOW_CONSUMER = 4501
@@ -101,7 +102,7 @@ def channel_error(name: str | None) -> str | None:
     if len(name) > CHANNEL_MAX_LENGTH:
         return f"channel is longer than {CHANNEL_MAX_LENGTH} characters"
     if not is_valid_channel(name):
-        return "channel may contain only A-Z a-z 0-9 and _ - . : @ # = / + ! $ ~"
+        return "channel may contain only A-Z a-z 0-9 and _ - . : @ # = / + ! $ ~ ,"
     return None
 
 

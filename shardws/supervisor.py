@@ -41,6 +41,7 @@ from setproctitle import setproctitle
 
 from shardws import systemd
 from shardws.config import Config, run_dir_parent
+from shardws.iplimits import IPTable
 from shardws.log import setup_logging
 from shardws.metrics import Column, ProcessState, Scoreboard
 
@@ -113,6 +114,7 @@ class Supervisor:
         self._run_dir = ""
         self._own_run_dir = False
         self._board: Scoreboard | None = None
+        self._iptable: IPTable | None = None
         self._wake_r = self._wake_w = -1
         self._pid = os.getpid()
 
@@ -157,6 +159,7 @@ class Supervisor:
         self._bind()
         self._make_run_dir()
         self._board = Scoreboard.create(len(self.slots))
+        self._iptable = IPTable.create(self.config.server.workers)
         self._install_signals()
         server = self.config.server
         log.info(
@@ -233,6 +236,8 @@ class Supervisor:
             ProcessState.DRAINING,
         )
         board.reset_row(slot.index)
+        if slot.kind == "worker" and self._iptable is not None:
+            self._iptable.reset_worker(slot.index)  # its connections are gone with it
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         if self._booting and not had_booted:
             log.error(
@@ -358,7 +363,9 @@ class Supervisor:
         if slot.kind == "worker":
             from shardws.worker import run_worker
 
-            return run_worker(slot.index, self.config, board, slot.sock, self._run_dir)
+            return run_worker(
+                slot.index, self.config, board, slot.sock, self._run_dir, self._iptable
+            )
         from shardws.admin import run_admin
 
         return run_admin(slot.index, self.config, board, slot.sock)
@@ -391,6 +398,8 @@ class Supervisor:
             slot.sock.close()
         if self._board is not None:
             self._board.close()
+        if self._iptable is not None:
+            self._iptable.close()
         if self._own_run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         log.info("stopped")

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import secrets
 import signal
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -29,17 +31,29 @@ from picows import (
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
     ws_create_server,
 )
 from setproctitle import setproctitle
 
 from shardws import core, protocol
+from shardws.auth import (
+    ANONYMOUS,
+    Authenticator,
+    AuthFailure,
+    Identity,
+    TokenExpired,
+    may_subscribe,
+    user_only_members,
+)
 from shardws.bus import Bus, channel_topic, endpoint
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     BadEnvelope,
     InvalidUTF8,
     Sink,
+    TokenBucket,
     build_text_frame,
     fanout,
     flush,
@@ -48,7 +62,9 @@ from shardws.core import (
     take_overflowed,
     total_drops,
 )
+from shardws.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.hub import Hub
+from shardws.iplimits import IPTable
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.metrics import Column, ProcessState, Scoreboard
 from shardws.protocol import CloseCode, ErrorCode
@@ -65,21 +81,34 @@ class Connection(WSListener):
     """One client connection. Holds only per-connection state; policy lives in Worker."""
 
     __slots__ = (
+        "bucket",
         "channels",
         "client_id",
         "closing",
+        "connect_deadline",
         "fragment_size",
         "fragment_type",
         "fragments",
+        "identity",
+        "ip",
         "last_seen",
         "ping_sent",
         "sink",
+        "strikes",
         "transport",
         "worker",
     )
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, identity: Identity | None) -> None:
         self.worker = worker
+        self.identity = identity  # None until a connect message authenticates it
+        self.ip = ""  # counted in the per-IP table once set
+        self.connect_deadline = 0.0
+        self.strikes = 0  # consecutive rate-limited commands
+        limits = worker.config.limits
+        self.bucket = TokenBucket(
+            limits.commands_per_second, limits.command_burst, time.monotonic()
+        )
         self.transport: WSTransport | None = None
         self.sink: Any = None
         self.client_id = ""
@@ -93,11 +122,13 @@ class Connection(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        self.worker.admit(self, transport)  # reads the request: before releasing it
         release_handshake(transport)
         self.sink = Sink(
             transport.underlying_transport,
             max_pending=self.worker.config.server.max_pending_bytes,
             owner=self,
+            direct=not transport.is_secure,  # TLS bytes must go through the transport
         )
         self.worker.connection_opened(self)
 
@@ -181,8 +212,19 @@ class Connection(WSListener):
 class Worker:
     """Policy and wiring of one worker process."""
 
-    def __init__(self, slot: int, config: Config, board: Scoreboard, run_dir: str) -> None:
+    def __init__(
+        self,
+        slot: int,
+        config: Config,
+        board: Scoreboard,
+        run_dir: str,
+        iptable: IPTable | None = None,
+    ) -> None:
         self.slot = slot
+        self.auth = Authenticator(config.auth)
+        self.iptable = iptable
+        self._trusted = parse_networks(config.limits.trusted_proxies)
+        self._ip_rates: dict[str, TokenBucket] = {}
         self.config = config
         self.board = board
         self.row = board.row(slot)
@@ -233,12 +275,23 @@ class Worker:
             max_frame_size=server.max_message_size,
             read_buffer_init_size=2048,
             use_aiofastnet=False,  # measured: +5.3 KB per connection and slower accepts
+            ssl=self._tls_context(),
         )
         loop = asyncio.get_running_loop()
         loop.call_later(self._sweep_interval(), self._sweep)
         log.info("worker %d ready (pid %d, %s core)", self.slot, os.getpid(), core.IMPLEMENTATION)
         if core.IMPLEMENTATION != "cython":
             log.warning("running on the pure-Python reference core: build the extension")
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """``wss://`` directly when [tls] is set (TLS 1.2+; files were checked at load)."""
+        tls = self.config.tls
+        if not tls.cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(tls.cert, tls.key)
+        return context
 
     def _sweep_interval(self) -> float:
         return min(max(self.config.server.ping_interval / 4, 0.05), 5.0)
@@ -303,11 +356,20 @@ class Worker:
         """Ping connections quiet for ping_interval; close those quiet for idle_timeout."""
         server = self.config.server
         now = time.monotonic()
+        wall = time.time()  # token expiry is wall-clock (JWT exp)
+        leeway = self.config.auth.leeway
         for conn in list(self.connections):
             idle = now - conn.last_seen
             if conn.closing or conn.transport is None:
                 continue
-            if idle >= server.idle_timeout:
+            identity = conn.identity
+            if identity is None:
+                if now > conn.connect_deadline:
+                    conn.close(CloseCode.CONNECT_TIMEOUT, "no connect message in time")
+                continue
+            if identity.expires_at is not None and wall > identity.expires_at + leeway:
+                conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
+            elif idle >= server.idle_timeout:
                 conn.close(CloseCode.IDLE_TIMEOUT, "idle timeout")
             elif idle >= server.ping_interval and not conn.ping_sent:
                 conn.ping_sent = True
@@ -317,22 +379,88 @@ class Worker:
 
     # -- connections --------------------------------------------------------------------
 
-    def _new_connection(self, request: WSUpgradeRequest) -> Connection | None:
+    def _new_connection(
+        self, request: WSUpgradeRequest
+    ) -> Connection | WSUpgradeResponseWithListener | None:
+        """The upgrade decision: 404 wrong path, 403 Origin not allowed, 503 worker full,
+        401 bad token (way 1: token in the query or an Authorization header)."""
         path = request.path.split(b"?", 1)[0]
         if path.decode("latin-1") != self.config.server.path or self._stop.is_set():
             return None  # picows answers 404
-        return Connection(self)
+        limits = self.config.limits
+        if not origin_allowed(request.headers.get("origin"), limits.allowed_origins):
+            return self._refuse(403, "origin not allowed", Column.REFUSED)
+        if len(self.connections) >= limits.connections_per_worker:
+            return self._refuse(503, "server full, try again later", Column.REFUSED)
+        token = request_token(request.path, request.headers)
+        if token is None:
+            return Connection(self, ANONYMOUS if self.config.auth.anonymous else None)
+        try:
+            return Connection(self, self.auth.connection(token))
+        except AuthFailure as exc:
+            return self._refuse(401, exc.reason, Column.AUTH_FAILURES)
+
+    def _refuse(self, status: int, reason: str, column: Column) -> WSUpgradeResponseWithListener:
+        self.stats[column] += 1
+        self._peer_log.info("upgrade refused: %d %s", status, reason)
+        response = WSUpgradeResponse.create_error_response(status, reason.encode() + b"\n")
+        return WSUpgradeResponseWithListener(response, None)
+
+    def admit(self, conn: Connection, transport: WSTransport) -> None:
+        """Per-IP limits, checked once the peer address is known (picows hands the
+        upgrade decision only the request): over a limit the connection is closed with
+        4029 right after the upgrade."""
+        peer = transport.underlying_transport.get_extra_info("peername")
+        request = transport.request
+        forwarded = request.headers.get("x-forwarded-for") if request is not None else None
+        ip = client_ip(peer[0] if peer else "", forwarded, self._trusted)
+        limits = self.config.limits
+        refused = ""
+        if limits.new_connections_per_ip_per_second > 0:
+            bucket = self._ip_rates.get(ip)
+            now = time.monotonic()
+            if bucket is None:
+                if len(self._ip_rates) >= 65536:  # bounded: forget the oldest addresses
+                    for old in list(self._ip_rates)[:4096]:
+                        del self._ip_rates[old]
+                rate = limits.new_connections_per_ip_per_second
+                bucket = self._ip_rates[ip] = TokenBucket(rate, max(1.0, rate), now)
+            if not bucket.take(now):
+                refused = "too many new connections from your address"
+        if (
+            not refused
+            and limits.connections_per_ip > 0
+            and self.iptable is not None
+            and self.iptable.count(ip) >= limits.connections_per_ip
+        ):
+            refused = "too many connections from your address"
+        if refused:
+            self.stats[Column.REFUSED] += 1
+            conn.closing = True  # never registered: nothing to count down
+            transport.send_close(WSCloseCode(CloseCode.TOO_MANY_CONNECTIONS), refused.encode())
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.disconnect, False)
+            return
+        if self.iptable is not None:
+            self.iptable.add(self.slot, ip, 1)
+            conn.ip = ip
 
     def connection_opened(self, conn: Connection) -> None:
+        if conn.closing:  # refused by admit()
+            return
         conn.client_id = f"{self._id_prefix}.{next(self._ids):x}"
         self.connections.add(conn)
         self.stats[Column.ACCEPTED] += 1
+        if conn.identity is None:  # way 2: a connect message must come first
+            conn.connect_deadline = time.monotonic() + self.config.server.handshake_timeout
         conn.send(protocol.encode_connected(conn.client_id, self.slot))
 
     def connection_closed(self, conn: Connection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
             self.stats[Column.CLOSED] += 1
+        if conn.ip and self.iptable is not None:
+            self.iptable.add(self.slot, conn.ip, -1)
+            conn.ip = ""
         self.leave_all(conn)
 
     def leave_all(self, conn: Connection) -> None:
@@ -350,6 +478,10 @@ class Worker:
         stats = self.stats
         stats[Column.MESSAGES_IN] += 1
         stats[Column.BYTES_IN] += len(payload)
+        if not conn.bucket.take(time.monotonic()):
+            self._rate_limited(conn)
+            return
+        conn.strikes = 0
         if msg_type == WSMsgType.BINARY:
             self.protocol_error(conn, "binary frame")
             conn.send(
@@ -369,33 +501,139 @@ class Worker:
             conn.send(protocol.encode_error(exc.id, ErrorCode.BAD_REQUEST, str(exc)))
             return
         op = env.op
+        if conn.identity is None and op != "connect":
+            conn.send(protocol.encode_error(env.id, ErrorCode.UNAUTHORIZED, "connect first"))
+            return
         if op == "publish":
             self._publish(conn, env.id, env.channel, env.data)
         elif op == "subscribe":
-            self._subscribe(conn, env.id, env.channel)
+            self._subscribe(conn, env.id, env.channel, env.fields.get("token"))
         elif op == "unsubscribe":
             self._unsubscribe(conn, env.id, env.channel)
         elif op == "ping":
             conn.send(protocol.encode_ok(env.id))
+        elif op == "connect":
+            self._connect(conn, env.id, env.fields.get("token"))
+        elif op == "refresh":
+            self._refresh(conn, env.id, env.fields.get("token"))
         else:
             self.protocol_error(conn, f"unknown op {op!r}")
             conn.send(protocol.encode_error(env.id, ErrorCode.UNKNOWN_OP, f"unknown op {op!r}"))
 
-    def _channel_ok(self, conn: Connection, command_id: int | None, channel: str | None) -> bool:
+    def _rate_limited(self, conn: Connection) -> None:
+        self.stats[Column.RATE_LIMITED] += 1
+        conn.strikes += 1
+        if conn.strikes >= self.config.limits.abuse_close_after:
+            self._peer_log.info("client %s: command flood, closing", conn.client_id)
+            conn.close(CloseCode.TOO_MANY_REQUESTS, "too many requests")
+        else:
+            conn.send(protocol.encode_error(None, ErrorCode.TOO_MANY_REQUESTS, "too many requests"))
+
+    def _token_of(self, raw: bytes | None) -> str | None:
+        if raw is None or not raw.startswith(b'"'):
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+        return value if isinstance(value, str) else None
+
+    def _connect(self, conn: Connection, command_id: int | None, raw: bytes | None) -> None:
+        """Way 2 (browsers): the first message carries the token; a bad one closes the
+        connection with 4001 and no reply, so the client does not retry blindly."""
+        if conn.identity is not None:
+            conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, "already connected"))
+            return
+        try:
+            conn.identity = self.auth.connection(self._token_of(raw))
+        except AuthFailure as exc:
+            self.stats[Column.AUTH_FAILURES] += 1
+            self._peer_log.info("client %s: connect refused: %s", conn.client_id, exc.reason)
+            conn.close(CloseCode.UNAUTHORIZED, exc.reason)
+            return
+        conn.send(self._identity_reply(command_id, conn.identity))
+
+    def _refresh(self, conn: Connection, command_id: int | None, raw: bytes | None) -> None:
+        assert conn.identity is not None
+        try:
+            conn.identity = self.auth.refresh(conn.identity, self._token_of(raw) or "")
+        except AuthFailure as exc:
+            self.stats[Column.AUTH_FAILURES] += 1
+            code = (
+                ErrorCode.TOKEN_EXPIRED if isinstance(exc, TokenExpired) else ErrorCode.UNAUTHORIZED
+            )
+            conn.send(protocol.encode_error(command_id, code, exc.reason))
+            return
+        conn.send(self._identity_reply(command_id, conn.identity))
+
+    @staticmethod
+    def _identity_reply(command_id: int | None, identity: Identity) -> bytes:
+        return protocol.encode_ok(command_id, user=identity.user, expires=identity.expires_at)
+
+    def namespace_of(self, channel: str) -> NamespaceConfig | None:
+        """The channel's namespace options; None if its namespace is not configured."""
+        name = channel.partition(":")[0] if ":" in channel else "default"
+        return self.config.namespaces.get(name)
+
+    def _channel_ok(
+        self, conn: Connection, command_id: int | None, channel: str | None
+    ) -> NamespaceConfig | None:
         problem = protocol.channel_error(channel)
         if problem is not None:
             conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, problem))
-            return False
-        return True
-
-    def _subscribe(self, conn: Connection, command_id: int | None, channel: str | None) -> None:
-        if not self._channel_ok(conn, command_id, channel):
-            return
+            return None
         assert channel is not None
+        options = self.namespace_of(channel)
+        if options is None:
+            conn.send(
+                protocol.encode_error(
+                    command_id, ErrorCode.UNKNOWN_CHANNEL, "namespace is not configured"
+                )
+            )
+        return options
+
+    def _subscribe(
+        self,
+        conn: Connection,
+        command_id: int | None,
+        channel: str | None,
+        raw_token: bytes | None = None,
+    ) -> None:
+        options = self._channel_ok(conn, command_id, channel)
+        if options is None:
+            return
+        assert channel is not None and conn.identity is not None
         if channel in conn.channels:
             conn.send(
                 protocol.encode_error(
                     command_id, ErrorCode.ALREADY_SUBSCRIBED, "already subscribed"
+                )
+            )
+            return
+        if len(conn.channels) >= self.config.limits.subscriptions_per_connection:
+            conn.send(
+                protocol.encode_error(
+                    command_id, ErrorCode.LIMIT_EXCEEDED, "too many subscriptions"
+                )
+            )
+            return
+        if options.subscribe_token:
+            try:
+                self.auth.channel_token(self._token_of(raw_token) or "", conn.identity, channel)
+            except AuthFailure as exc:
+                self.stats[Column.AUTH_FAILURES] += 1
+                conn.send(
+                    protocol.encode_error(command_id, ErrorCode.PERMISSION_DENIED, exc.reason)
+                )
+                return
+        denied = may_subscribe(conn.identity, channel, token_checked=options.subscribe_token)
+        if denied is not None:
+            conn.send(protocol.encode_error(command_id, ErrorCode.PERMISSION_DENIED, denied))
+            return
+        if 0 < options.max_subscribers <= self.hub.subscriber_count(channel):
+            conn.send(
+                protocol.encode_error(
+                    command_id, ErrorCode.LIMIT_EXCEEDED, "channel has too many subscribers"
                 )
             )
             return
@@ -407,7 +645,9 @@ class Worker:
             live.add_done_callback(lambda _f: conn.send(protocol.encode_ok(command_id)))
 
     def _unsubscribe(self, conn: Connection, command_id: int | None, channel: str | None) -> None:
-        if not self._channel_ok(conn, command_id, channel):
+        problem = protocol.channel_error(channel)
+        if problem is not None:
+            conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, problem))
             return
         assert channel is not None
         if channel in conn.channels:
@@ -418,9 +658,18 @@ class Worker:
     def _publish(
         self, conn: Connection, command_id: int | None, channel: str | None, data: bytes | None
     ) -> None:
-        if not self._channel_ok(conn, command_id, channel):
+        options = self._channel_ok(conn, command_id, channel)
+        if options is None:
             return
-        assert channel is not None
+        assert channel is not None and conn.identity is not None
+        members = user_only_members(channel)
+        if not options.publish or (members is not None and conn.identity.user not in members):
+            conn.send(
+                protocol.encode_error(
+                    command_id, ErrorCode.PERMISSION_DENIED, "publishing here is not allowed"
+                )
+            )
+            return
         if data is None:
             conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, "data is required"))
             return
@@ -465,9 +714,7 @@ class Worker:
         consumer is disconnected)."""
         drop = self._drop_policy.get(channel)
         if drop is None:
-            namespaces = self.config.namespaces
-            name = channel.partition(":")[0] if ":" in channel else "default"
-            options = namespaces.get(name) or namespaces.get("default") or NamespaceConfig()
+            options = self.namespace_of(channel) or NamespaceConfig()
             drop = options.slow_consumer == "drop"
             if len(self._drop_policy) < 65536:  # bounded cache
                 self._drop_policy[channel] = drop
@@ -493,19 +740,26 @@ class Worker:
 
 
 def run_worker(
-    slot: int, config: Config, board: Scoreboard, listen_sock: socket.socket, run_dir: str
+    slot: int,
+    config: Config,
+    board: Scoreboard,
+    listen_sock: socket.socket,
+    run_dir: str,
+    iptable: IPTable | None = None,
 ) -> int:
     """Entry point in the forked child. Returns the process exit code."""
     setproctitle(f"shardws: worker {slot}")
     setup_logging(config.log.level, config.log.format, f"worker-{slot}")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload is the supervisor's business
     board.disown()
+    if iptable is not None:
+        iptable.disown()
     row = board.row(slot)
     row[Column.PID] = os.getpid()
     row[Column.STATE] = ProcessState.BOOTING
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = Worker(slot, config, board, run_dir)
+    worker = Worker(slot, config, board, run_dir, iptable)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.request_stop)
     try:

@@ -35,10 +35,16 @@ class ServerProcess:
     """A ``shardws serve -c FILE`` child process with its own config and ports."""
 
     def __init__(self, tmp_path: Path, workers: int = 2, extra: str = "", server: str = "") -> None:
-        self.ws_port = free_port()
-        self.admin_port = free_port()
         self.config_path = tmp_path / "shardws.toml"
         self.log_path = tmp_path / "server.log"
+        self._settings = (workers, extra, server)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._write_config()
+
+    def _write_config(self) -> None:
+        workers, extra, server = self._settings
+        self.ws_port = free_port()
+        self.admin_port = free_port()
         self.config_path.write_text(
             f"""
 [server]
@@ -59,16 +65,26 @@ level = "info"
         )
         self.url = f"ws://127.0.0.1:{self.ws_port}/ws"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardws", "serve", "-c", str(self.config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait_healthy()
+        # A "free" port can be taken by someone's ephemeral port before the server binds
+        # it (other tests, load generators): then retry on fresh ports, a bounded number
+        # of times.
+        for attempt in range(3):
+            self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shardws", "serve", "-c", str(self.config_path)],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                self.wait_healthy()
+                return self
+            except AssertionError:
+                if attempt == 2 or "Address already in use" not in self.logs():
+                    raise
+                self._log.close()
+                self._write_config()
         return self
 
     def health(self) -> tuple[int, dict[str, Any]]:

@@ -444,7 +444,7 @@ def test_security_defaults() -> None:
     assert cfg.auth.anonymous and cfg.auth.algorithm == "HS256" and cfg.auth.leeway == 5.0
     assert cfg.auth.verification_key() == ""
     assert cfg.limits == cfgmod.LimitsConfig()
-    assert cfg.limits.commands_per_second == 100.0 and cfg.limits.command_burst == 200
+    assert cfg.limits.commands_per_second == 1000.0 and cfg.limits.command_burst == 2000
     assert cfg.tls == cfgmod.TLSConfig(cert="", key="")
     assert cfg.namespaces["default"] == cfgmod.NamespaceConfig(
         slow_consumer="disconnect", publish=True, subscribe_token=False, max_subscribers=0

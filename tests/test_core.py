@@ -1039,3 +1039,38 @@ def test_token_bucket_implementations_agree(steps: list[float]) -> None:
     for step in steps:
         now += step / 100
         assert fast.take(now) == ref.take(now)
+
+
+def test_indirect_sink_writes_only_through_the_transport(
+    core: ModuleType, run: Callable[..., Any]
+) -> None:
+    """TLS connections: no direct send(), frames still coalesced and ordered."""
+
+    class Recording:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def get_extra_info(self, name: str) -> None:
+            raise AssertionError("an indirect sink needs no socket")
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+    async def main() -> None:
+        core.flush()
+        transport = Recording()
+        sink = core.Sink(transport, direct=False)
+        assert sink.fd == -1
+        assert core.fanout(b"a", [sink]) == 1
+        assert core.fanout(b"b", [sink]) == 1
+        assert sink.send(b"c")
+        core.flush()
+        assert transport.writes == [b"a", b"bc"]
+
+    run(main())

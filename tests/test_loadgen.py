@@ -16,7 +16,10 @@ from shardws.loadgen import LoadSpec, format_report, run
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("loadgen"), workers=1).start()
+    # Publishers run flat out: lift the per-connection command limit (a real backend
+    # publishing over WebSocket would do the same).
+    limits = "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n"
+    proc = ServerProcess(tmp_path_factory.mktemp("loadgen"), workers=1, extra=limits).start()
     yield proc
     proc.stop()
 

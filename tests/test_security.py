@@ -1,0 +1,328 @@
+"""Who may connect, subscribe and publish: every rule against a real 2-worker server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import signal
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from serverproc import ServerProcess, timeout
+from wsclient import Client, clients_on_workers
+
+from shardws.auth import make_token
+
+SECRET = "s3cret-for-tests-only-0123456789abcdef"
+AUTH = f"""
+[auth]
+anonymous = false
+secret = "{SECRET}"
+leeway = 0
+
+[namespaces.default]
+[namespaces.chat]
+[namespaces.news]
+[namespaces.readonly]
+publish = false
+[namespaces.private]
+subscribe_token = true
+"""
+
+
+def token(sub: str, ttl: float = 3600, **claims: Any) -> str:
+    return make_token(SECRET, sub, ttl, **claims)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout(60)))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("secure"),
+        workers=2,
+        server="handshake_timeout = 1.5",
+        extra=AUTH,
+    ).start()
+    yield proc
+    proc.stop()
+
+
+async def authed(url: str, sub: str, **claims: Any) -> Client:
+    return await Client.connect(f"{url}?token={token(sub, **claims)}")
+
+
+# -- way 1: token before the upgrade ------------------------------------------------------
+
+
+def test_bad_token_gets_401_before_upgrade(server: ServerProcess) -> None:
+    async def main() -> None:
+        expired = make_token(SECRET, "alice", 10, now=time.time() - 60)
+        for bad in ("garbage", expired, make_token("x" * 40, "alice", 60)):
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(f"{server.url}?token={bad}")
+            assert info.value.response.status_code == 401
+        client = await Client.connect(
+            server.url, additional_headers={"Authorization": f"Bearer {token('alice')}"}
+        )
+        assert (await client.call("ping"))["ok"]
+        await client.close()
+
+    run(main())
+
+
+# -- way 2: first message -------------------------------------------------------------------
+
+
+def test_browser_connect_message(server: ServerProcess) -> None:
+    async def main() -> None:
+        client = await Client.connect(server.url)  # no token: must connect first
+        assert (await client.call("subscribe", channel="news:a"))["error"]["code"] == 101
+        reply = await client.call("connect", token=token("alice"))
+        assert reply["ok"] and reply["user"] == "alice" and reply["expires"] > 0
+        assert (await client.call("subscribe", channel="news:a"))["ok"]
+        await client.close()
+
+        bad = await Client.connect(server.url)
+        await bad.send({"id": 1, "op": "connect", "token": "forged"})
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await bad.recv()  # no reply at all: only the close
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4001
+
+        silent = await Client.connect(server.url)
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await silent.recv(limit=10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4504
+
+    run(main())
+
+
+def test_token_expiry_and_refresh(server: ServerProcess) -> None:
+    async def main() -> None:
+        expiring = await authed(server.url, "alice", ttl=1.5)
+        refreshed = await authed(server.url, "alice", ttl=1.5)
+        reply = await refreshed.call("refresh", token=token("alice", ttl=60))
+        assert reply["ok"] and reply["expires"] > 0
+        mallory = await refreshed.call("refresh", token=token("mallory", ttl=60))
+        assert mallory["error"]["code"] == 101  # another user's token is refused
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await expiring.recv(limit=10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4503
+        assert (await refreshed.call("ping"))["ok"]
+        await refreshed.close()
+
+    run(main())
+
+
+# -- namespaces and channel rules -----------------------------------------------------------
+
+
+def test_user_only_channels(server: ServerProcess) -> None:
+    async def main() -> None:
+        alice = await authed(server.url, "alice")
+        bob = await authed(server.url, "bob")
+        assert (await alice.call("subscribe", channel="chat:#alice"))["ok"]
+        assert (await bob.call("subscribe", channel="chat:#alice"))["error"]["code"] == 103
+        assert (await bob.call("publish", channel="chat:#alice", data=1))["error"]["code"] == 103
+        assert (await bob.call("subscribe", channel="chat:room#alice,bob"))["ok"]
+        await alice.close()
+        await bob.close()
+
+    run(main())
+
+
+def test_namespace_rules(server: ServerProcess) -> None:
+    async def main() -> None:
+        alice = await authed(server.url, "alice")
+        assert (await alice.call("subscribe", channel="nowhere:x"))["error"]["code"] == 102
+        assert (await alice.call("subscribe", channel="readonly:x"))["ok"]
+        assert (await alice.call("publish", channel="readonly:x", data=1))["error"]["code"] == 103
+        assert (await alice.call("subscribe", channel="private:x"))["error"]["code"] == 103
+        forged = make_token("y" * 40, "alice", 60, channel="private:x")
+        reply = await alice.call("subscribe", channel="private:x", token=forged)
+        assert reply["error"]["code"] == 103
+        other = token("bob", channel="private:x")  # bob's channel token is not alice's
+        assert (await alice.call("subscribe", channel="private:x", token=other))["error"]
+        good = token("alice", channel="private:x")
+        assert (await alice.call("subscribe", channel="private:x", token=good))["ok"]
+        await alice.close()
+
+    run(main())
+
+
+def test_token_channel_patterns(server: ServerProcess) -> None:
+    async def main() -> None:
+        limited = await authed(server.url, "carol", channels=["news:*"])
+        assert (await limited.call("subscribe", channel="news:sport"))["ok"]
+        assert (await limited.call("subscribe", channel="chat:lobby"))["error"]["code"] == 103
+        await limited.close()
+
+    run(main())
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+
+def test_command_flood_is_limited_and_others_unaffected(tmp_path: Path) -> None:
+    limits = "[limits]\ncommands_per_second = 20\ncommand_burst = 20\nabuse_close_after = 40\n"
+    proc = ServerProcess(tmp_path, workers=2, extra=limits).start()
+    try:
+
+        async def main() -> None:
+            flooder, bystander = await clients_on_workers(proc.url, 2)
+            publisher = await Client.connect(proc.url)
+            await bystander.call("subscribe", channel="calm")
+            for _ in range(200):
+                await flooder.send({"op": "ping"})
+            codes = []
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                while True:
+                    codes.append(await flooder.recv())
+            assert info.value.rcvd is not None and info.value.rcvd.code == 4008
+            assert any(m.get("error", {}).get("code") == 111 for m in codes)
+            for n in range(20):  # every other client still gets every message
+                await publisher.call("publish", channel="calm", data=n)
+            got = [(await bystander.next_push())["data"] for _ in range(20)]
+            assert got == list(range(20))
+
+        run(main())
+        _, body = proc.health()
+        assert body["workers_alive"] == 2 and all(w["restarts"] == 0 for w in body["per_worker"])
+    finally:
+        proc.stop()
+
+
+def test_connections_per_ip_across_workers_and_after_a_kill(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=2, extra="[limits]\nconnections_per_ip = 3\n").start()
+    try:
+
+        async def main() -> None:
+            held = [await Client.connect(proc.url) for _ in range(3)]
+            for _ in range(8):  # whichever worker the kernel picks, the 4th is refused
+                with pytest.raises(websockets.ConnectionClosed) as info:
+                    await Client.connect(proc.url)
+                assert info.value.rcvd is not None and info.value.rcvd.code == 4029
+            # A worker dies: the supervisor zeroes its column, so its share is freed.
+            victim = held[0].worker
+            _, body = proc.health()
+            pid = body["per_worker"][victim]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.to_thread(proc.wait_healthy, 20.0, {pid})
+            lost = sum(1 for c in held if c.worker == victim)
+            again = [await Client.connect(proc.url) for _ in range(lost)]
+            assert len(again) == lost
+            with pytest.raises(websockets.ConnectionClosed):
+                await Client.connect(proc.url)
+
+        run(main())
+    finally:
+        proc.stop()
+
+
+def test_trusted_proxy_forwarded_for(tmp_path: Path) -> None:
+    extra = '[limits]\nconnections_per_ip = 1\ntrusted_proxies = ["127.0.0.1"]\n'
+    proc = ServerProcess(tmp_path, workers=1, extra=extra).start()
+    try:
+
+        async def main() -> None:
+            def via(ip: str) -> dict[str, str]:
+                return {"X-Forwarded-For": f"6.6.6.6, {ip}"}  # left-most is forgeable
+
+            first = await Client.connect(proc.url, additional_headers=via("203.0.113.1"))
+            second = await Client.connect(proc.url, additional_headers=via("203.0.113.2"))
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await Client.connect(proc.url, additional_headers=via("203.0.113.1"))
+            assert info.value.rcvd is not None and info.value.rcvd.code == 4029
+            await first.close()
+            await second.close()
+
+        run(main())
+    finally:
+        proc.stop()
+
+
+def test_origin_allowlist_and_full_worker(tmp_path: Path) -> None:
+    extra = '[limits]\nallowed_origins = ["https://good.example"]\nconnections_per_worker = 2\n'
+    proc = ServerProcess(tmp_path, workers=1, extra=extra).start()
+    try:
+
+        async def main() -> None:
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(proc.url, origin="https://evil.example")  # type: ignore[arg-type]
+            assert info.value.response.status_code == 403
+            good = [await Client.connect(proc.url, origin="https://good.example") for _ in range(2)]
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(proc.url, origin="https://good.example")  # type: ignore[arg-type]
+            assert info.value.response.status_code == 503
+            for client in good:
+                await client.close()
+
+        run(main())
+    finally:
+        proc.stop()
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_wss_round_trip(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    proc = ServerProcess(tmp_path, workers=2, extra=f'[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    proc.start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        url = proc.url.replace("ws://127.0.0.1", "wss://localhost")
+
+        async def main() -> None:
+            sub = await Client.connect(url, ssl=context)
+            pub = await Client.connect(url, ssl=context)
+            await sub.call("subscribe", channel="secure")
+            for n in range(50):
+                await pub.send({"op": "publish", "channel": "secure", "data": n})
+            assert [(await sub.next_push())["data"] for _ in range(50)] == list(range(50))
+            await sub.close()
+            await pub.close()
+
+        run(main())
+    finally:
+        proc.stop()
