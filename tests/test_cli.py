@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serverproc import free_port, timeout
+from serverproc import timeout
 
 
 def shardws(*args: str) -> subprocess.CompletedProcess[str]:
@@ -48,8 +48,9 @@ def test_worker_failing_first_boot_stops_the_service(tmp_path: Path) -> None:
     run_dir = tmp_path / ("d" * 120)
     path = tmp_path / "boot.toml"
     path.write_text(
-        f'[server]\nport = {free_port()}\nworkers = 2\nrun_dir = "{run_dir}"\n'
-        f"[admin]\nport = {free_port()}\n"
+        # port 0: the kernel picks (no race with other tests for a "free" port)
+        f'[server]\nport = 0\nworkers = 2\nrun_dir = "{run_dir}"\n'
+        "[admin]\nport = 0\n"
     )
     result = shardws("serve", "-c", str(path))
     assert result.returncode == 1
