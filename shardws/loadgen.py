@@ -74,6 +74,7 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import ssl
 import sys
 import time
 import traceback
@@ -129,6 +130,8 @@ class LoadSpec:
     timeout: float = 0.0  # whole run; 0 = measured time + 60 s
     drain: float = 3.0  # after the last publish, stop waiting once nothing arrived this long
     connect_concurrency: int = 200  # handshakes in flight per process
+    cafile: str = ""  # wss://: CA bundle (PEM) to verify the server with; "" = system CAs
+    insecure: bool = False  # wss://: do not verify the server's certificate (test setups)
     json: bool = False
     progress: bool = True
 
@@ -354,6 +357,7 @@ class _Worker:
         self.last_rx_wall = 0.0
         self.retired_received = 0
         self.sem = asyncio.Semaphore(spec.connect_concurrency)
+        self._ssl: ssl.SSLContext | None = None
         self.connect_started = 0.0
         self.connect_ended = 0.0
         self.tasks: list[asyncio.Task[Any]] = []
@@ -433,7 +437,19 @@ class _Worker:
         }
         if self.spec.source_ips > 1:
             kwargs["local_addr"] = (f"127.0.0.{1 + index % self.spec.source_ips}", 0)
-        return urls[index % len(urls)], kwargs
+        url = urls[index % len(urls)]
+        if url.startswith("wss://"):
+            kwargs["ssl_context"] = self._ssl_context()
+        return url, kwargs
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            context = ssl.create_default_context(cafile=self.spec.cafile or None)
+            if self.spec.insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._ssl = context
+        return self._ssl
 
     async def _open(self, factory: Callable[[], picows.WSListener], index: int) -> Any:
         url, kwargs = self._connect_kwargs(index)
@@ -1382,6 +1398,10 @@ def _parser() -> argparse.ArgumentParser:
         help="stop waiting for deliveries after this long without any",
     )
     p.add_argument("--connect-concurrency", type=int, default=d.connect_concurrency)
+    p.add_argument("--cafile", default=d.cafile, help="wss://: CA bundle to verify with")
+    p.add_argument(
+        "--insecure", action="store_true", help="wss://: skip certificate verification"
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     return p

@@ -2,7 +2,8 @@
 
 The property: whatever arrives, no worker crashes or restarts, other clients keep
 working, and memory does not grow with the attack. CI runs a bounded number of examples;
-a longer local run: ``SHARDWS_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py``.
+a longer local run: ``SHARDWS_FUZZ_EXAMPLES=5000 SHARDWS_FUZZ_RANDOM=1 pytest tests/test_fuzz.py
+--timeout=0`` (the per-test timeout is sized for CI).
 """
 
 from __future__ import annotations
