@@ -133,9 +133,11 @@ class Connection(WSListener):
         self.worker.connection_opened(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if self.closing and msg_type != WSMsgType.CLOSE:
+            return  # frames already buffered when we decided to close: ignore them
         self.last_seen = time.monotonic()
         self.ping_sent = False
-        msg_type = frame.msg_type
         if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
             if self.fragments is not None:  # RFC 6455 5.4: no new message mid-fragmentation
                 self.close(CloseCode.BAD_REQUEST, "new message before the last fragment")
@@ -195,11 +197,18 @@ class Connection(WSListener):
             self.sink.send(frame)
             self.worker.wrote(len(frame))
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, *, stop_reading: bool = False) -> None:
         """Send what is corked, then a close frame with ``code``; drop the connection
-        when the client answers, or after ``CLOSE_GRACE``. Fan-out skips it from now on."""
+        when the client answers, or after ``CLOSE_GRACE``. Fan-out skips it from now on.
+        ``stop_reading`` (abuse, protocol violations): nothing more is read from the
+        peer, so a flooder cannot keep the worker busy during the grace period."""
         if self.closing or self.transport is None:
             return
+        if stop_reading:
+            try:
+                self.transport.underlying_transport.pause_reading()
+            except RuntimeError:  # already closing
+                pass
         self.closing = True
         self.sink.flush()
         self.sink.close()
@@ -494,7 +503,7 @@ class Worker:
             env = parse_envelope(payload)
         except InvalidUTF8:
             self.protocol_error(conn, "invalid UTF-8")
-            conn.close(CloseCode.INVALID_TEXT, "invalid UTF-8")  # RFC 6455 8.1
+            conn.close(CloseCode.INVALID_TEXT, "invalid UTF-8", stop_reading=True)  # RFC 6455 8.1
             return
         except BadEnvelope as exc:
             self.protocol_error(conn, f"bad command: {exc}")
@@ -525,7 +534,7 @@ class Worker:
         conn.strikes += 1
         if conn.strikes >= self.config.limits.abuse_close_after:
             self._peer_log.info("client %s: command flood, closing", conn.client_id)
-            conn.close(CloseCode.TOO_MANY_REQUESTS, "too many requests")
+            conn.close(CloseCode.TOO_MANY_REQUESTS, "too many requests", stop_reading=True)
         else:
             conn.send(protocol.encode_error(None, ErrorCode.TOO_MANY_REQUESTS, "too many requests"))
 

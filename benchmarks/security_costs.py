@@ -1,0 +1,214 @@
+"""What the security layer costs: TLS in shardws vs plain, and a command flood's effect
+on another client's round trips. Each comparison runs both sides in the same run.
+
+    python -m benchmarks.security_costs            # both; or: tls | flood
+
+1. Fan-out, 2,000 subscribers, publisher flat out, 10 s: ``ws://`` vs ``wss://`` served
+   by shardws itself (``[tls]``, self-signed certificate). With TLS every subscriber's
+   copy is encrypted separately and the fan-out goes through the TLS transport, so this
+   is the price of not terminating TLS at a proxy.
+2. Round trips of one client, alone and while another client on the same worker floods
+   commands (rate limited, closed with 4008 after 50 refusals, reconnecting at once),
+   with the default limits and with a per-IP new-connection rate.
+
+Results: ``benchmarks/results/security-*.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import multiprocessing as mp
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import picows
+
+from shardws.loadgen import LoadSpec, run
+
+RESULTS = Path(__file__).parent / "results"
+UNLIMITED = "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@contextlib.contextmanager
+def shardws(extra: str = "", tls: bool = False) -> Iterator[tuple[int, int]]:
+    """A one-worker shardws server; yields (ws port, supervisor pid)."""
+    port, admin = _free_port(), _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        if tls:
+            cert, key = _self_signed(Path(tmp))
+            extra += f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        config = Path(tmp) / "s.toml"
+        config.write_text(
+            f"[server]\nport = {port}\nworkers = 1\nping_interval = 600\n"
+            f'idle_timeout = 1200\n[admin]\nport = {admin}\n[log]\nlevel = "warning"\n' + extra
+        )
+        proc = subprocess.Popen([sys.executable, "-m", "shardws", "serve", "-c", str(config)])
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/health", timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("shardws did not become healthy") from None
+                    time.sleep(0.1)
+            yield port, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def tls_cost() -> dict[str, Any]:
+    results = {}
+    for scheme in ("ws", "wss"):
+        with shardws(UNLIMITED, tls=scheme == "wss") as (port, pid):
+            report = run(
+                LoadSpec(
+                    scenario="fanout",
+                    url=[f"{scheme}://127.0.0.1:{port}/ws"],
+                    connections=2000,
+                    processes=2,
+                    duration=10,
+                    server_pid=[pid],
+                    insecure=True,
+                    progress=False,
+                )
+            )
+        results[scheme] = {
+            "deliveries_per_s": report.get("deliveries_per_s"),
+            "deliveries_per_cpu_s": report["server"].get("deliveries_per_cpu_s"),
+            "p99_ms": report.get("latency_ms", {}).get("p99"),
+            "lost": report.get("lost"),
+        }
+    return results
+
+
+def _masked_ping_frames(count: int) -> bytes:
+    # RFC 6455 5.3: client frames are masked; an all-zero mask leaves the payload as is.
+    payload = b'{"op":"ping"}'
+    return (bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload) * count
+
+
+def _flood(url: str, seconds: float) -> None:
+    """What an attacker does: one prebuilt buffer of 1,000 commands written again and
+    again (cheap for the client, work for the server), reconnecting whenever closed."""
+
+    async def main() -> None:
+        burst = _masked_ping_frames(1000)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                transport, _ = await picows.ws_connect(picows.WSListener, url)
+            except (OSError, picows.WSError):
+                await asyncio.sleep(0.01)
+                continue
+            raw = transport.underlying_transport
+            while time.monotonic() < end and not transport.is_disconnected:
+                if raw.get_write_buffer_size() < 1 << 20:
+                    raw.write(burst)
+                await asyncio.sleep(0.001)
+            transport.disconnect()
+
+    asyncio.run(main())
+
+
+def flood_latency() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    configs = (
+        ("default limits", ""),
+        (
+            "new_connections_per_ip_per_second = 2",
+            "[limits]\nnew_connections_per_ip_per_second = 2\n",
+        ),
+    )
+    for label, extra in configs:
+        with shardws(extra) as (port, pid):
+            url = f"ws://127.0.0.1:{port}/ws"
+            spec: dict[str, Any] = {
+                "scenario": "roundtrip",
+                "url": [url],
+                "connections": 1,
+                "processes": 1,
+                "duration": 8,
+                "server_pid": [pid],
+                "progress": False,
+            }
+            quiet = run(LoadSpec(**spec))
+            flooder = mp.get_context("spawn").Process(target=_flood, args=(url, 12.0))
+            flooder.start()
+            time.sleep(1)
+            flooded = run(LoadSpec(**spec))
+            flooder.join(30)
+        for when, report in (("alone", quiet), ("during flood", flooded)):
+            results[f"{label}, {when}"] = {
+                "roundtrips_per_s": report.get("roundtrips_per_s"),
+                "p50_ms": report.get("latency_ms", {}).get("p50"),
+                "p99_ms": report.get("latency_ms", {}).get("p99"),
+                "lost": report.get("lost"),
+            }
+    return results
+
+
+def main() -> None:
+    which = sys.argv[1:] or ["tls", "flood"]
+    results: dict[str, Any] = {}
+    if "tls" in which:
+        results["tls"] = tls_cost()
+    if "flood" in which:
+        results["flood"] = flood_latency()
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"security-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
