@@ -1399,9 +1399,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--connect-concurrency", type=int, default=d.connect_concurrency)
     p.add_argument("--cafile", default=d.cafile, help="wss://: CA bundle to verify with")
-    p.add_argument(
-        "--insecure", action="store_true", help="wss://: skip certificate verification"
-    )
+    p.add_argument("--insecure", action="store_true", help="wss://: skip certificate verification")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     return p

@@ -49,8 +49,7 @@ def test_worker_failing_first_boot_stops_the_service(tmp_path: Path) -> None:
     path = tmp_path / "boot.toml"
     path.write_text(
         # port 0: the kernel picks (no race with other tests for a "free" port)
-        f'[server]\nport = 0\nworkers = 2\nrun_dir = "{run_dir}"\n'
-        "[admin]\nport = 0\n"
+        f'[server]\nport = 0\nworkers = 2\nrun_dir = "{run_dir}"\n[admin]\nport = 0\n'
     )
     result = shardws("serve", "-c", str(path))
     assert result.returncode == 1
