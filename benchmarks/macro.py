@@ -46,6 +46,7 @@ from shardws.loadgen import LoadSpec, run
 RESULTS = Path(__file__).parent / "results"
 PEERS = ["raw_picows", "websockets", "aiohttp", "node_ws"]
 BASELINE = "raw_picows"
+UNLIMITED = "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n"
 
 
 def _free_port() -> int:
@@ -62,8 +63,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(name: str, workers: int = 1) -> Iterator[Server]:
-    """Start ``name`` (``shardws`` or a peer) and stop it afterwards."""
+def serve(name: str, workers: int = 1, extra: str = "", unlimited: bool = True) -> Iterator[Server]:
+    """Start ``name`` (``shardws`` or a peer) and stop it afterwards. For shardws,
+    ``extra`` is TOML appended to its config and ``unlimited`` lifts the per-connection
+    command limit (publishers run flat out; the peers have no such limit either)."""
     if name != "shardws":
         proc = start_peer(name, _free_port())
         try:
@@ -79,8 +82,8 @@ def serve(name: str, workers: int = 1) -> Iterator[Server]:
             # Benchmarks measure fan-out, not keepalive: no pings during a run.
             "ping_interval = 600\nidle_timeout = 1200\n"
             f'[admin]\nport = {admin}\n[log]\nlevel = "warning"\n'
-            # Publishers run flat out here; the peers have no command limit either.
-            "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n"
+            + (UNLIMITED if unlimited else "")
+            + extra
         )
         proc = subprocess.Popen([sys.executable, "-m", "shardws", "serve", "-c", str(config)])
         try:

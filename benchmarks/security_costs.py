@@ -18,98 +18,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import multiprocessing as mp
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import picows
 
+from benchmarks.macro import serve
+from benchmarks.tlscert import self_signed
 from shardws.loadgen import LoadSpec, run
 
 RESULTS = Path(__file__).parent / "results"
-UNLIMITED = "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @contextlib.contextmanager
-def shardws(extra: str = "", tls: bool = False) -> Iterator[tuple[int, int]]:
-    """A one-worker shardws server; yields (ws port, supervisor pid)."""
-    port, admin = _free_port(), _free_port()
+def shardws(
+    extra: str = "", tls: bool = False, unlimited: bool = True
+) -> Iterator[tuple[int, int]]:
+    """A one-worker shardws server (``benchmarks.macro.serve``); yields (port, pid)."""
     with tempfile.TemporaryDirectory() as tmp:
         if tls:
-            cert, key = _self_signed(Path(tmp))
+            cert, key = self_signed(Path(tmp))
             extra += f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
-        config = Path(tmp) / "s.toml"
-        config.write_text(
-            f"[server]\nport = {port}\nworkers = 1\nping_interval = 600\n"
-            f'idle_timeout = 1200\n[admin]\nport = {admin}\n[log]\nlevel = "warning"\n' + extra
-        )
-        proc = subprocess.Popen([sys.executable, "-m", "shardws", "serve", "-c", str(config)])
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/health", timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("shardws did not become healthy") from None
-                    time.sleep(0.1)
-            yield port, proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        with serve("shardws", 1, extra, unlimited) as server:
+            yield int(server.url.rsplit(":", 1)[1].split("/")[0]), server.pid
 
 
 def tls_cost() -> dict[str, Any]:
     results = {}
     for scheme in ("ws", "wss"):
-        with shardws(UNLIMITED, tls=scheme == "wss") as (port, pid):
+        with shardws(tls=scheme == "wss") as (port, pid):
             report = run(
                 LoadSpec(
                     scenario="fanout",
@@ -170,7 +113,7 @@ def flood_latency() -> dict[str, Any]:
         ),
     )
     for label, extra in configs:
-        with shardws(extra) as (port, pid):
+        with shardws(extra, unlimited=False) as (port, pid):  # the shipped limits
             url = f"ws://127.0.0.1:{port}/ws"
             spec: dict[str, Any] = {
                 "scenario": "roundtrip",

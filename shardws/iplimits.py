@@ -17,10 +17,11 @@ Guarantees and limits:
 from __future__ import annotations
 
 import hashlib
-from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
+
+from shardws.shm import SharedArray
 
 BUCKETS = 1 << 18
 
@@ -34,24 +35,18 @@ def bucket(ip: str) -> int:
 class IPTable:
     """The shared per-IP connection counts (create before fork; children inherit it)."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, workers: int, owner: bool) -> None:
-        self._shm = shm
-        self._owner = owner
+    def __init__(self, workers: int) -> None:
+        self._shared = SharedArray((BUCKETS, workers), np.int32)
         self.workers = workers
-        self.table: np.ndarray[Any, np.dtype[np.int32]] = np.ndarray(
-            (BUCKETS, workers), dtype=np.int32, buffer=shm.buf
-        )
+        self.table: np.ndarray[Any, np.dtype[np.int32]] = self._shared.array
 
     @classmethod
     def create(cls, workers: int) -> IPTable:
-        shm = shared_memory.SharedMemory(create=True, size=BUCKETS * workers * 4)
-        table = cls(shm, workers, owner=True)
-        table.table[:] = 0
-        return table
+        return cls(workers)
 
     def disown(self) -> None:
         """Called in a forked child: its ``close`` must not remove the block's name."""
-        self._owner = False
+        self._shared.disown()
 
     def count(self, ip: str) -> int:
         """Connections from ``ip`` (and any IP sharing its bucket) on all workers."""
@@ -67,9 +62,4 @@ class IPTable:
 
     def close(self) -> None:
         del self.table
-        self._shm.close()
-        if self._owner:
-            try:
-                self._shm.unlink()
-            except FileNotFoundError:
-                pass
+        self._shared.close()

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import enum
 import time
-from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
+
+from shardws.shm import SharedArray
 
 
 class Column(enum.IntEnum):
@@ -66,25 +67,19 @@ class ProcessState(enum.IntEnum):
 class Scoreboard:
     """A view of the shared stats matrix."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, rows: int, owner: bool) -> None:
-        self._shm = shm
-        self._owner = owner
+    def __init__(self, rows: int) -> None:
+        """Create and zero a new block (supervisor only, before fork)."""
+        self._shared = SharedArray((rows, N_COLUMNS), np.int64)
         self.rows = rows
-        self.table: np.ndarray[Any, np.dtype[np.int64]] = np.ndarray(
-            (rows, N_COLUMNS), dtype=np.int64, buffer=shm.buf
-        )
+        self.table: np.ndarray[Any, np.dtype[np.int64]] = self._shared.array
 
     @classmethod
     def create(cls, rows: int) -> Scoreboard:
-        """Create and zero a new block (supervisor only, before fork)."""
-        shm = shared_memory.SharedMemory(create=True, size=max(8, rows * N_COLUMNS * 8))
-        board = cls(shm, rows, owner=True)
-        board.table[:] = 0
-        return board
+        return cls(rows)
 
     def disown(self) -> None:
         """Called in a forked child: its ``close`` must not remove the block's name."""
-        self._owner = False
+        self._shared.disown()
 
     def row(self, slot: int) -> np.ndarray[Any, np.dtype[np.int64]]:
         """The writable row of ``slot`` (a view into shared memory)."""
@@ -112,11 +107,6 @@ class Scoreboard:
         )
 
     def close(self) -> None:
-        """Drop this process's mapping; the owner also removes the block's name."""
+        """Drop this process's mapping; the creator also removes the block's name."""
         del self.table
-        self._shm.close()
-        if self._owner:
-            try:
-                self._shm.unlink()
-            except FileNotFoundError:
-                pass
+        self._shared.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.tlscert import self_signed
 from shardws import config as cfgmod
 from shardws.config import (
     AdminConfig,
@@ -576,32 +577,7 @@ def test_public_key_file(tmp_path: Path) -> None:
 
 
 def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    from cryptography.hazmat.primitives import serialization
-
-    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_text(_private_pem(key))
-    return cert_path, key_path
+    return self_signed(tmp_path, name)
 
 
 def test_tls(tmp_path: Path) -> None:
