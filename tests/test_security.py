@@ -33,6 +33,11 @@ leeway = 0
 publish = false
 [namespaces.private]
 subscribe_token = true
+[namespaces.tiny]
+max_subscribers = 2
+
+[limits]
+subscriptions_per_connection = 5
 """
 
 
@@ -169,6 +174,27 @@ def test_token_channel_patterns(server: ServerProcess) -> None:
 
 
 # -- limits ---------------------------------------------------------------------------------
+
+
+def test_subscription_limits(server: ServerProcess) -> None:
+    async def main() -> None:
+        alice = await authed(server.url, "alice")
+        for n in range(5):
+            assert (await alice.call("subscribe", channel=f"news:{n}"))["ok"]
+        assert (await alice.call("subscribe", channel="news:5"))["error"]["code"] == 106
+        await alice.call("unsubscribe", channel="news:0")
+        assert (await alice.call("subscribe", channel="news:5"))["ok"]  # a slot freed
+        # max_subscribers counts per channel per worker: three clients on each worker
+        clients = await clients_on_workers(f"{server.url}?token={token('u')}", 2, per_worker=3)
+        for worker in (0, 1):
+            mine = [c for c in clients if c.worker == worker]
+            replies = [await c.call("subscribe", channel="tiny:room") for c in mine]
+            assert [r.get("ok") for r in replies[:2]] == [True, True]
+            assert replies[2]["error"]["code"] == 106
+        for client in [alice, *clients]:
+            await client.close()
+
+    run(main())
 
 
 def test_command_flood_is_limited_and_others_unaffected(tmp_path: Path) -> None:
