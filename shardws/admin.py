@@ -21,11 +21,12 @@ from typing import Any
 
 import uvloop
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from setproctitle import setproctitle
 
 from shardws.config import Config
 from shardws.log import setup_logging
-from shardws.metrics import Column, ProcessState, Scoreboard
+from shardws.metrics import Column, ProcessState, Scoreboard, prometheus_text
 
 log = logging.getLogger("shardws.admin")
 
@@ -65,15 +66,36 @@ def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
     return (200 if healthy else 503), body
 
 
-def make_app(config: Config, board: Scoreboard) -> web.Application:
-    """The admin HTTP application."""
+def make_app(config: Config, board: Scoreboard, draining: asyncio.Event) -> web.Application:
+    """The admin HTTP application.
+
+    * ``GET /health``: the JSON document above (200 ok / 503 degraded).
+    * ``GET /ready``: 200 while every worker is ready and the service is not draining,
+      503 from the moment it starts draining, so a load balancer stops sending clients
+      before they are closed.
+    * ``GET /metrics``: Prometheus text exposition of the scoreboard.
+    """
 
     async def get_health(_request: web.Request) -> web.Response:
         status, body = health(config, board)
         return web.json_response(body, status=status)
 
+    async def get_ready(_request: web.Request) -> web.Response:
+        if draining.is_set():
+            return web.json_response({"ready": False, "reason": "draining"}, status=503)
+        status, body = health(config, board)
+        ready = status == 200
+        reason = "ok" if ready else f"{body['workers_alive']}/{body['workers']} workers alive"
+        return web.json_response({"ready": ready, "reason": reason}, status=status)
+
+    async def get_metrics(_request: web.Request) -> web.Response:
+        text = prometheus_text(board, config.server.workers, config.server.heartbeat_timeout)
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app = web.Application()
     app.router.add_get("/health", get_health)
+    app.router.add_get("/ready", get_ready)
+    app.router.add_get("/metrics", get_metrics)
     return app
 
 
@@ -83,7 +105,7 @@ async def _serve(config: Config, board: Scoreboard, slot: int, sock: socket.sock
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(make_app(config, board), access_log=None)
+    runner = web.AppRunner(make_app(config, board, stop), access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
@@ -96,6 +118,14 @@ async def _serve(config: Config, board: Scoreboard, slot: int, sock: socket.sock
         except TimeoutError:
             pass
     row[Column.STATE] = ProcessState.DRAINING
+    # Keep answering (/ready: 503) while the workers drain, so load balancers see the
+    # drain; the supervisor zeroes each worker's row when it has exited.
+    deadline = time.monotonic() + max(config.server.drain_timeout - 0.5, 0.1)
+    while time.monotonic() < deadline and any(
+        int(board.table[w, Column.STATE]) != ProcessState.DEAD for w in range(config.server.workers)
+    ):
+        row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+        await asyncio.sleep(0.05)
     await runner.cleanup()
 
 

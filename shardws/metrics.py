@@ -18,10 +18,14 @@ Guarantees:
 from __future__ import annotations
 
 import enum
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shardws.shm import SharedArray
 
@@ -110,3 +114,121 @@ class Scoreboard:
         """Drop this process's mapping; the creator also removes the block's name."""
         del self.table
         self._shared.close()
+
+
+class _ScoreboardCollector:
+    """Turns the scoreboard into Prometheus metric families at scrape time."""
+
+    def __init__(self, board: Scoreboard, workers: int, stale_after: float) -> None:
+        self._board = board
+        self._workers = workers
+        self._stale_after = stale_after
+
+    def collect(self) -> Iterator[Metric]:
+        table = self._board.table
+        workers = [str(slot) for slot in range(self._workers)]
+
+        def per_worker(family: GaugeMetricFamily | CounterMetricFamily, column: Column) -> Metric:
+            for slot, label in enumerate(workers):
+                family.add_metric([label], float(table[slot, column]))
+            return family
+
+        up = GaugeMetricFamily(
+            "shardws_worker_up",
+            "1 if the worker is ready and its heartbeat is fresh",
+            labels=["worker"],
+        )
+        for slot, label in enumerate(workers):
+            up.add_metric([label], 1.0 if self._board.is_ready(slot, self._stale_after) else 0.0)
+        yield up
+        yield per_worker(
+            GaugeMetricFamily(
+                "websocket_active_connections", "Open WebSocket connections", labels=["worker"]
+            ),
+            Column.CONNECTIONS,
+        )
+        yield per_worker(
+            CounterMetricFamily(
+                "websocket_connections_accepted", "Connections upgraded", labels=["worker"]
+            ),
+            Column.ACCEPTED,
+        )
+        messages = CounterMetricFamily(
+            "websocket_messages",
+            "WebSocket messages: in = client frames received, out = "
+            "frames delivered (one per subscriber)",
+            labels=["worker", "direction"],
+        )
+        data = CounterMetricFamily(
+            "websocket_bytes", "WebSocket payload bytes", labels=["worker", "direction"]
+        )
+        for slot, label in enumerate(workers):
+            messages.add_metric([label, "in"], float(table[slot, Column.MESSAGES_IN]))
+            messages.add_metric([label, "out"], float(table[slot, Column.MESSAGES_OUT]))
+            data.add_metric([label, "in"], float(table[slot, Column.BYTES_IN]))
+            data.add_metric([label, "out"], float(table[slot, Column.BYTES_OUT]))
+        yield messages
+        yield data
+        drops = CounterMetricFamily(
+            "websocket_dropped_messages",
+            "Messages not delivered, by reason",
+            labels=["worker", "reason"],
+        )
+        for slot, label in enumerate(workers):
+            drops.add_metric([label, "slow_consumer"], float(table[slot, Column.DROPS]))
+            drops.add_metric([label, "bus_lost"], float(table[slot, Column.BUS_LOST]))
+        yield drops
+        for name, doc, column in (
+            ("shardws_publications", "Publications accepted from clients", Column.PUBLISHES),
+            (
+                "shardws_slow_consumer_disconnects",
+                "Connections closed with 4501",
+                Column.SLOW_CONSUMERS,
+            ),
+            (
+                "shardws_rate_limited_commands",
+                "Commands refused by the rate limit",
+                Column.RATE_LIMITED,
+            ),
+            (
+                "shardws_auth_failures",
+                "Bad tokens (401, 4001, channel tokens)",
+                Column.AUTH_FAILURES,
+            ),
+            ("shardws_refused_connections", "Connections refused by a limit", Column.REFUSED),
+            (
+                "shardws_protocol_errors",
+                "Bad JSON, unknown ops, invalid UTF-8, oversize",
+                Column.PROTOCOL_ERRORS,
+            ),
+            (
+                "shardws_bus_sync_timeouts",
+                "Subscribe barriers that timed out",
+                Column.SYNC_TIMEOUTS,
+            ),
+            ("shardws_worker_restarts", "Times the worker was restarted", Column.RESTARTS),
+        ):
+            yield per_worker(CounterMetricFamily(name, doc, labels=["worker"]), column)
+        fds = GaugeMetricFamily(
+            "process_open_fds_by_worker", "Open file descriptors", labels=["worker"]
+        )
+        for slot, label in enumerate(workers):
+            fds.add_metric([label], float(_open_fds(int(table[slot, Column.PID]))))
+        yield fds
+
+
+def _open_fds(pid: int) -> int:
+    if pid <= 0:
+        return 0
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def prometheus_text(board: Scoreboard, workers: int, stale_after: float) -> bytes:
+    """The scoreboard in the Prometheus text exposition format (counters get their
+    ``_total`` suffix from prometheus-client)."""
+    registry = CollectorRegistry()
+    registry.register(_ScoreboardCollector(board, workers, stale_after))
+    return generate_latest(registry)

@@ -136,3 +136,9 @@ def encode_pub(channel: str, data: bytes) -> bytes:
     """Publication push. ``channel`` must be valid (``is_valid_channel``), so it needs
     no JSON escaping; ``data`` is raw, already-validated JSON."""
     return b'{"type":"pub","channel":"' + channel.encode() + b'","data":' + data + b"}"
+
+
+def encode_reconnect(delay: float) -> bytes:
+    """Drain hint: reconnect after ``delay`` seconds (jittered per client by the server,
+    so a drained host's clients do not all come back at once)."""
+    return b'{"type":"reconnect","delay":%.3f}' % delay

@@ -224,6 +224,8 @@ class Supervisor:
                 continue
             if quietly:
                 slot.pid = 0
+                if self._board is not None:  # tells the draining admin this one is gone
+                    self._board.reset_row(slot.index)
             else:
                 self._died(slot, os.waitstatus_to_exitcode(status))
 

@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import secrets
 import signal
 import socket
@@ -73,6 +74,7 @@ EXIT_BOOT_FAILURE = 3
 HEARTBEAT_INTERVAL = 0.5  # seconds; far below any sane heartbeat_timeout
 PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for peers' subscriptions
 CLOSE_GRACE = 1.0  # seconds we wait for the peer's close frame before dropping TCP
+DRAIN_BATCHES = 20  # a drain closes connections in this many waves
 
 log = logging.getLogger("shardws.worker")
 
@@ -313,15 +315,27 @@ class Worker:
         self._stop.set()
 
     async def _drain(self) -> None:
-        """Stop accepting, close every connection with 1001, wait for them (bounded by
-        drain_timeout), then close the bus."""
+        """Stop accepting, then close every connection with a ``reconnect`` push (with a
+        jittered delay hint) and 1001, in batches spread over the first half of
+        ``drain_timeout`` so clients do not reconnect all at once; wait for them
+        (bounded by drain_timeout), then close the bus."""
         self.row[Column.STATE] = ProcessState.DRAINING
-        deadline = time.monotonic() + max(self.config.server.drain_timeout - 0.5, 0.1)
+        drain_timeout = self.config.server.drain_timeout
+        deadline = time.monotonic() + max(drain_timeout - 0.5, 0.1)
         if self._server is not None:
             self._server.close()
-        log.info("draining %d connection(s)", len(self.connections))
-        for conn in list(self.connections):
-            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        connections = list(self.connections)
+        random.shuffle(connections)
+        log.info("draining %d connection(s)", len(connections))
+        spread = min(drain_timeout / 2, max(drain_timeout - 1.0, 0.0))
+        batches = max(1, min(len(connections), DRAIN_BATCHES))
+        size = -(-len(connections) // batches)
+        for start in range(0, len(connections), size):
+            for conn in connections[start : start + size]:
+                conn.send(protocol.encode_reconnect(random.uniform(0.0, spread + 1.0)))
+                conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            if start + size < len(connections):
+                await asyncio.sleep(spread / batches)
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):

@@ -248,6 +248,8 @@ def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
             proc.signal(signal.SIGTERM)
             codes = []
             for client in clients:
+                hint = await client.recv(limit=10)  # a reconnect hint comes first
+                assert hint["type"] == "reconnect" and 0 <= hint["delay"] <= 10
                 with pytest.raises(websockets.ConnectionClosed) as info:
                     await client.recv(limit=10)
                 assert info.value.rcvd is not None

@@ -1,0 +1,101 @@
+"""The admin port: /metrics in Prometheus format, /ready and the drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import websockets
+from prometheus_client.parser import text_string_to_metric_families
+from serverproc import ServerProcess, timeout
+from wsclient import Client
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _samples(text: str) -> dict[str, float]:
+    """Sum of every sample by name and (sorted) labels other than ``worker``."""
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "worker")
+            key = f"{sample.name}{{{labels}}}"
+            sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
+
+
+def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=2).start()
+    try:
+
+        async def main() -> None:
+            subs = [await Client.connect(proc.url) for _ in range(2)]
+            pub = await Client.connect(proc.url)
+            for sub in subs:
+                await sub.call("subscribe", channel="m")
+            for n in range(5):
+                await pub.call("publish", channel="m", data=n)
+            for sub in subs:
+                assert [(await sub.next_push())["data"] for _ in range(5)] == list(range(5))
+            await asyncio.sleep(0.7)  # one heartbeat: counters reach shared memory
+            status, text = _get(proc.admin_url + "/metrics")
+            assert status == 200
+            got = _samples(text)
+            assert got["websocket_active_connections{}"] == 3
+            assert got["websocket_messages_total{direction=in}"] == 7  # 2 subscribes, 5 publishes
+            assert got["websocket_messages_total{direction=out}"] == 10  # 5 x 2 subscribers
+            assert got["shardws_publications_total{}"] == 5
+            assert got["shardws_worker_up{}"] == 2
+            assert got["shardws_worker_restarts_total{}"] == 0
+            assert got["process_open_fds_by_worker{}"] > 0
+            for client in [*subs, pub]:
+                await client.close()
+
+        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+    finally:
+        proc.stop()
+
+
+def test_ready_turns_503_first_and_drain_spreads_closes(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=1, server="").start()
+    try:
+        assert _get(proc.admin_url + "/ready")[0] == 200
+
+        async def main() -> list[float]:
+            clients = [await Client.connect(proc.url) for _ in range(6)]
+
+            async def closed(client: Client) -> float:
+                assert (await client.recv(limit=10))["type"] == "reconnect"
+                try:
+                    await client.recv(limit=10)
+                except websockets.ConnectionClosed as exc:
+                    assert exc.rcvd is not None and exc.rcvd.code == 1001
+                    return time.monotonic()
+                raise AssertionError("expected the 1001 close after the reconnect hint")
+
+            watchers = [asyncio.create_task(closed(client)) for client in clients]
+            proc.signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout(2)
+            status = 200
+            while status == 200 and time.monotonic() < deadline:
+                status = (await asyncio.to_thread(_get, proc.admin_url + "/ready"))[0]
+            assert status == 503  # the load balancer is told before clients are closed
+            return list(await asyncio.gather(*watchers))
+
+        closed_at = asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        assert len(closed_at) == 6
+        # drain_timeout = 5: closes are spread over ~2.5 s, not all at once
+        assert max(closed_at) - min(closed_at) > 1.0
+        assert proc.wait_exit(10) == 0
+    finally:
+        proc.stop()
