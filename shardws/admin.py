@@ -12,6 +12,7 @@ sending new clients here).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from setproctitle import setproctitle
 
+from shardws import protocol
+from shardws.auth import constant_time_equal
+from shardws.bus import Bus, channel_topic, host_endpoints, ready_members
 from shardws.config import Config
 from shardws.log import setup_logging
 from shardws.metrics import Column, ProcessState, Scoreboard, prometheus_text
@@ -66,7 +70,36 @@ def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
     return (200 if healthy else 503), body
 
 
-def make_app(config: Config, board: Scoreboard, draining: asyncio.Event) -> web.Application:
+class PublishError(ValueError):
+    """A bad ``/api/publish`` body; the message says what would be valid."""
+
+
+def parse_publish(body: bytes, config: Config) -> tuple[list[str], bytes]:
+    """``{"channel": C | "channels": [C, ...], "data": <any JSON>}`` -> (channels, data
+    encoded once as compact JSON). Channels must be valid names in configured namespaces."""
+    try:
+        request = json.loads(body)
+    except ValueError as exc:
+        raise PublishError(f"body is not JSON: {exc}") from None
+    if not isinstance(request, dict) or "data" not in request:
+        raise PublishError('body must be an object with "data" and "channel" or "channels"')
+    channels = request.get("channels", [request["channel"]] if "channel" in request else None)
+    if not isinstance(channels, list) or not channels or len(channels) > 1000:
+        raise PublishError('"channel" (a string) or "channels" (1..1000 strings) is required')
+    for channel in channels:
+        problem = protocol.channel_error(channel if isinstance(channel, str) else None)
+        if problem is not None:
+            raise PublishError(f"{channel!r}: {problem}")
+        namespace = channel.partition(":")[0] if ":" in channel else "default"
+        if namespace not in config.namespaces:
+            raise PublishError(f"{channel!r}: namespace {namespace!r} is not configured")
+    data = json.dumps(request["data"], separators=(",", ":"), ensure_ascii=False).encode()
+    return channels, data
+
+
+def make_app(
+    config: Config, board: Scoreboard, draining: asyncio.Event, bus: Bus | None = None
+) -> web.Application:
     """The admin HTTP application.
 
     * ``GET /health``: the JSON document above (200 ok / 503 degraded).
@@ -74,6 +107,9 @@ def make_app(config: Config, board: Scoreboard, draining: asyncio.Event) -> web.
       503 from the moment it starts draining, so a load balancer stops sending clients
       before they are closed.
     * ``GET /metrics``: Prometheus text exposition of the scoreboard.
+    * ``POST /api/publish`` (``X-API-Key`` header): publish to one or many channels on
+      every worker, like a client's publish. 403 when ``[admin] api_key`` is not set,
+      401 for a wrong key, 400 for a bad body (the message says why), 200 otherwise.
     """
 
     async def get_health(_request: web.Request) -> web.Response:
@@ -92,20 +128,55 @@ def make_app(config: Config, board: Scoreboard, draining: asyncio.Event) -> web.
         text = prometheus_text(board, config.server.workers, config.server.heartbeat_timeout)
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    async def post_publish(request: web.Request) -> web.Response:
+        if not config.admin.api_key:
+            return _error(403, "the HTTP API is disabled: set [admin] api_key")
+        if not constant_time_equal(request.headers.get("X-API-Key", ""), config.admin.api_key):
+            return _error(401, "missing or wrong X-API-Key")
+        try:
+            channels, data = parse_publish(await request.read(), config)
+        except PublishError as exc:
+            return _error(400, str(exc))
+        assert bus is not None
+        for channel in channels:
+            bus.publish(channel_topic(channel), protocol.encode_pub(channel, data))
+        return web.json_response({"ok": True, "channels": len(channels)})
+
+    app = web.Application(client_max_size=config.server.max_message_size * 16)
     app.router.add_get("/health", get_health)
+    app.router.add_post("/api/publish", post_publish)
     app.router.add_get("/ready", get_ready)
     app.router.add_get("/metrics", get_metrics)
     return app
 
 
-async def _serve(config: Config, board: Scoreboard, slot: int, sock: socket.socket) -> None:
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _serve(
+    config: Config, board: Scoreboard, slot: int, sock: socket.socket, run_dir: str
+) -> None:
     row = board.row(slot)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(make_app(config, board, stop), access_log=None)
+    # The admin is the last member of the host bus: it only publishes (HTTP API), but it
+    # answers subscribe barriers like a worker, so "subscribed" holds for its messages.
+    members = config.server.workers + 1
+    stale = config.server.heartbeat_timeout
+    bus = Bus(
+        slot,
+        host_endpoints(run_dir, config.server.workers),
+        lambda _topic, _payloads: None,
+        lambda: ready_members(board, members, slot, stale),
+    )
+    bus.start()
+    missing = await bus.wait_for_peers(ready_members(board, members, slot, stale), 3.0)
+    if missing:
+        log.warning("workers %s did not attach to the bus in time", sorted(missing))
+    runner = web.AppRunner(make_app(config, board, stop, bus), access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
@@ -127,9 +198,12 @@ async def _serve(config: Config, board: Scoreboard, slot: int, sock: socket.sock
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         await asyncio.sleep(0.05)
     await runner.cleanup()
+    bus.close()
 
 
-def run_admin(slot: int, config: Config, board: Scoreboard, sock: socket.socket) -> int:
+def run_admin(
+    slot: int, config: Config, board: Scoreboard, sock: socket.socket, run_dir: str
+) -> int:
     """Entry point in the forked child. Returns the process exit code."""
     setproctitle("shardws: admin")
     setup_logging(config.log.level, config.log.format, "admin")
@@ -142,7 +216,7 @@ def run_admin(slot: int, config: Config, board: Scoreboard, sock: socket.socket)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(config, board, slot, sock))
+        loop.run_until_complete(_serve(config, board, slot, sock, run_dir))
     finally:
         loop.close()
     return 0

@@ -42,6 +42,7 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import zmq
 
@@ -57,6 +58,10 @@ _MAX_FRAME_BYTES = 256 * 1024  # beyond this a batch is split: keeps receivers' 
 _RECV_BUDGET = 512  # frames per reader callback, so one busy socket cannot starve the loop
 
 
+class ScoreboardLike(Protocol):
+    def is_ready(self, slot: int, stale_after: float) -> bool: ...
+
+
 def channel_topic(channel: str) -> bytes:
     """Bus topic of a channel's publications."""
     return b"c" + channel.encode() + b"\0"
@@ -70,6 +75,18 @@ def inbox_topic(member: int) -> bytes:
 def endpoint(run_dir: str, member: int) -> str:
     """The ipc endpoint member ``member`` binds."""
     return f"ipc://{os.path.join(run_dir, f'bus-{member}.sock')}"
+
+
+def host_endpoints(run_dir: str, workers: int) -> list[str]:
+    """Every member of this host's bus: workers ``0..workers-1``, then the admin
+    process (member ``workers``), which publishes for the HTTP API."""
+    return [endpoint(run_dir, member) for member in range(workers + 1)]
+
+
+def ready_members(board: ScoreboardLike, members: int, me: int, stale_after: float) -> set[int]:
+    """Members other than ``me`` that are READY with a fresh heartbeat: the peers a
+    subscribe barrier must hear from."""
+    return {m for m in range(members) if m != me and board.is_ready(m, stale_after)}
 
 
 @dataclass(eq=False)

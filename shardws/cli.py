@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument(
         "-c", "--config", metavar="FILE", help="TOML config file (default: built-in defaults)"
     )
+    publish = commands.add_parser(
+        "publish", help="publish to a channel through the admin HTTP API (POST /api/publish)"
+    )
+    publish.add_argument("channel")
+    publish.add_argument("data", help="the publication: a JSON value")
+    publish.add_argument(
+        "-c", "--config", metavar="FILE", help="config with [admin] host, port and api_key"
+    )
     # The load generator parses its own options (``shardws bench --help``), so that they
     # live next to LoadSpec and ``serve`` does not import it.
     commands.add_parser(
@@ -74,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _token(args, config)
+    if args.command == "publish":
+        return _publish(args, config)
     if args.command == "check-config":
         sys.stdout.write(dump_config(config))
         print(f"# {config.source}: OK", file=sys.stderr)
@@ -120,3 +130,32 @@ def _token(args: argparse.Namespace, config: Config) -> int:
         return fail(str(err))
     print(text)
     return 0
+
+
+def _publish(args: argparse.Namespace, config: Config) -> int:
+    """``shardws publish CHANNEL DATA``: one POST to the admin API; prints the reply."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        print(f"shardws publish: DATA is not JSON: {exc}", file=sys.stderr)
+        return 2
+    admin = config.admin
+    request = urllib.request.Request(
+        f"http://{admin.host}:{admin.port}/api/publish",
+        data=json.dumps({"channel": args.channel, "data": data}).encode(),
+        headers={"Content-Type": "application/json", "X-API-Key": admin.api_key},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(response.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"shardws publish: HTTP {exc.code}: {exc.read().decode()}", file=sys.stderr)
+    except OSError as exc:
+        print(f"shardws publish: cannot reach {request.full_url}: {exc}", file=sys.stderr)
+    return 1

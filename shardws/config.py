@@ -233,6 +233,13 @@ class AdminConfig:
     host: str = option("127.0.0.1")
     #: TCP port of the admin endpoint, 0..65535; 0 = any free port. Default 9765.
     port: int = option(9765, ge=0, le=65535)
+    #: Key for the HTTP API (``POST /api/publish``), sent in an ``X-API-Key`` header;
+    #: at least 16 characters. ``""`` (default) disables the API.
+    api_key: str = option("", secret=True)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        if self.api_key and len(self.api_key) < 16:
+            yield "api_key", "must be at least 16 characters (or empty to disable the API)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -370,7 +370,7 @@ class Supervisor:
             )
         from shardws.admin import run_admin
 
-        return run_admin(slot.index, self.config, board, slot.sock)
+        return run_admin(slot.index, self.config, board, slot.sock, self._run_dir)
 
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")

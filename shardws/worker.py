@@ -48,7 +48,7 @@ from shardws.auth import (
     may_subscribe,
     user_only_members,
 )
-from shardws.bus import Bus, channel_topic, endpoint
+from shardws.bus import Bus, channel_topic, host_endpoints, ready_members
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     BadEnvelope,
@@ -256,18 +256,15 @@ class Worker:
     # -- lifecycle ----------------------------------------------------------------------
 
     def ready_peers(self) -> set[int]:
-        """Workers of this host that are READY with a fresh heartbeat (from shared memory)."""
-        stale = self.config.server.heartbeat_timeout
-        return {
-            slot
-            for slot in range(self.config.server.workers)
-            if slot != self.slot and self.board.is_ready(slot, stale)
-        }
+        """Bus members of this host (workers and the admin) that are READY with a fresh
+        heartbeat (from shared memory)."""
+        members = self.config.server.workers + 1
+        return ready_members(self.board, members, self.slot, self.config.server.heartbeat_timeout)
 
     async def boot(self, listen_sock: socket.socket) -> None:
         """Start the bus, wait for peers' subscriptions, then start accepting."""
         server = self.config.server
-        endpoints = [endpoint(self._run_dir, slot) for slot in range(server.workers)]
+        endpoints = host_endpoints(self._run_dir, server.workers)
         self.bus = Bus(self.slot, endpoints, self._on_bus_channel, self.ready_peers)
         self.bus.start()
         self._tick()

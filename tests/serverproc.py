@@ -34,15 +34,17 @@ def free_port() -> int:
 class ServerProcess:
     """A ``shardws serve -c FILE`` child process with its own config and ports."""
 
-    def __init__(self, tmp_path: Path, workers: int = 2, extra: str = "", server: str = "") -> None:
+    def __init__(
+        self, tmp_path: Path, workers: int = 2, extra: str = "", server: str = "", admin: str = ""
+    ) -> None:
         self.config_path = tmp_path / "shardws.toml"
         self.log_path = tmp_path / "server.log"
-        self._settings = (workers, extra, server)
+        self._settings = (workers, extra, server, admin)
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
     def _write_config(self) -> None:
-        workers, extra, server = self._settings
+        workers, extra, server, admin = self._settings
         self.ws_port = free_port()
         self.admin_port = free_port()
         self.config_path.write_text(
@@ -57,6 +59,7 @@ drain_timeout = 5
 [admin]
 host = "127.0.0.1"
 port = {self.admin_port}
+{admin}
 
 [log]
 level = "info"

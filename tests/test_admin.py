@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -12,7 +15,7 @@ from pathlib import Path
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from serverproc import ServerProcess, timeout
-from wsclient import Client
+from wsclient import Client, clients_on_workers
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -97,5 +100,92 @@ def test_ready_turns_503_first_and_drain_spreads_closes(tmp_path: Path) -> None:
         # drain_timeout = 5: closes are spread over ~2.5 s, not all at once
         assert max(closed_at) - min(closed_at) > 1.0
         assert proc.wait_exit(10) == 0
+    finally:
+        proc.stop()
+
+
+API_KEY = "k" * 24
+
+
+def _post(url: str, body: bytes, key: str | None) -> tuple[int, dict[str, object]]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["X-API-Key"] = key
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_http_publish_api(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"')
+    proc.start()
+    try:
+        url = proc.admin_url + "/api/publish"
+
+        async def main() -> None:
+            subs = await clients_on_workers(proc.url, 2)
+            for round_ in range(10):  # right after each subscribe reply: the barrier holds
+                channel = f"api-{round_}"
+                for sub in subs:
+                    assert (await sub.call("subscribe", channel=channel))["ok"]
+                body = json.dumps({"channel": channel, "data": {"n": round_}}).encode()
+                status, reply = await asyncio.to_thread(_post, url, body, API_KEY)
+                assert (status, reply) == (200, {"ok": True, "channels": 1})
+                for sub in subs:
+                    assert await sub.next_push() == {
+                        "type": "pub",
+                        "channel": channel,
+                        "data": {"n": round_},
+                    }
+            body = json.dumps({"channels": ["api-0", "api-1"], "data": "both"}).encode()
+            assert (await asyncio.to_thread(_post, url, body, API_KEY))[0] == 200
+            for sub in subs:
+                got = {(await sub.next_push())["channel"] for _ in range(2)}
+                assert got == {"api-0", "api-1"}
+            for sub in subs:
+                await sub.close()
+
+        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        good = json.dumps({"channel": "x", "data": 1}).encode()
+        assert _post(url, good, None)[0] == 401
+        assert _post(url, good, "wrong-key-wrong-key")[0] == 401
+        for bad, why in (
+            (b"{nope", "not JSON"),
+            (b'{"channel":"x"}', "data"),
+            (b'{"channel":"bad channel","data":1}', "may contain"),
+            (b'{"channel":"ns:x","data":1}', "not configured"),
+            (b'{"channels":[],"data":1}', "channels"),
+        ):
+            status, reply = _post(url, bad, API_KEY)
+            assert status == 400 and why in str(reply["error"]), reply
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shardws",
+                "publish",
+                "x",
+                '{"a":1}',
+                "-c",
+                str(proc.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout(30),
+        )
+        assert cli.returncode == 0 and '"ok": true' in cli.stdout, cli.stderr
+    finally:
+        proc.stop()
+
+
+def test_http_api_disabled_without_key(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=1).start()
+    try:
+        body = json.dumps({"channel": "x", "data": 1}).encode()
+        status, reply = _post(proc.admin_url + "/api/publish", body, "anything-anything")
+        assert status == 403 and "api_key" in str(reply["error"])
     finally:
         proc.stop()
