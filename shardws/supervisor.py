@@ -274,6 +274,7 @@ class Supervisor:
             self._booting = False
             log.info("all %d process(es) ready", len(self.slots))
             systemd.notify("READY=1")
+            self._last_status = 0.0  # report the ready counts now, not at the next tick
         elif time.monotonic() - self._boot_started > BOOT_TIMEOUT:
             log.error("not every process became ready within %.0fs; stopping", BOOT_TIMEOUT)
             self.exit_code = 1

@@ -69,7 +69,7 @@ level = "info"
         self.url = f"ws://127.0.0.1:{self.ws_port}/ws"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self) -> ServerProcess:
+    def start(self, env: dict[str, str] | None = None) -> ServerProcess:
         # A "free" port can be taken by someone's ephemeral port before the server binds
         # it (other tests, load generators): then retry on fresh ports, a bounded number
         # of times.
@@ -79,6 +79,7 @@ level = "info"
                 [sys.executable, "-m", "shardws", "serve", "-c", str(self.config_path)],
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
+                env=None if env is None else {**os.environ, **env},
             )
             try:
                 self.wait_healthy()
