@@ -160,8 +160,15 @@ async def _serve(
     row = board.row(slot)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    handover = asyncio.Event()  # SIGUSR2: replaced by a reload, not a shutdown
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+
+    def hand_over() -> None:
+        handover.set()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGUSR2, hand_over)
     # The admin is the last member of the host bus: it only publishes (HTTP API), but it
     # answers subscribe barriers like a worker, so "subscribed" holds for its messages.
     members = config.server.workers + 1
@@ -192,8 +199,13 @@ async def _serve(
     # Keep answering (/ready: 503) while the workers drain, so load balancers see the
     # drain; the supervisor zeroes each worker's row when it has exited.
     deadline = time.monotonic() + max(config.server.drain_timeout - 0.5, 0.1)
-    while time.monotonic() < deadline and any(
-        int(board.table[w, Column.STATE]) != ProcessState.DEAD for w in range(config.server.workers)
+    while (
+        not handover.is_set()
+        and time.monotonic() < deadline
+        and any(
+            int(board.table[w, Column.STATE]) != ProcessState.DEAD
+            for w in range(config.server.workers)
+        )
     ):
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         await asyncio.sleep(0.05)

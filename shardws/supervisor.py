@@ -15,7 +15,11 @@ Guarantees:
   older than ``heartbeat_timeout`` is killed and replaced: a stuck loop cannot hide.
 * Signal handlers only queue the signal; the main loop acts on it. SIGTERM/SIGINT:
   every process drains (clients get close 1001) and the service exits 0 within
-  ``drain_timeout``. SIGHUP: logged; configuration reload is not implemented yet.
+  ``drain_timeout``. SIGHUP: re-read the config; if valid, replace the processes one
+  at a time (each worker drains its clients with reconnect hints; the listening sockets
+  stay open, so no connection attempt is refused); if invalid, or if it changes an
+  option bound at start (workers, host, port, backlog, run_dir, admin address), keep
+  the running config and log why; if a new process fails to boot, roll back.
 * systemd: READY=1 once every process booted, STATUS= with live counts, WATCHDOG=1
   from this loop (so a stuck supervisor is caught), STOPPING=1 on shutdown.
 """
@@ -40,7 +44,7 @@ from dataclasses import dataclass
 from setproctitle import setproctitle
 
 from shardws import systemd
-from shardws.config import Config, run_dir_parent
+from shardws.config import Config, ConfigError, load_config, run_dir_parent
 from shardws.iplimits import IPTable
 from shardws.log import setup_logging
 from shardws.metrics import Column, ProcessState, Scoreboard
@@ -56,6 +60,31 @@ _PR_SET_PDEATHSIG = 1
 
 
 @dataclass
+class _Roll:
+    """A reload in progress: processes are replaced one at a time."""
+
+    new: Config
+    old: Config
+    pending: list[Slot]
+    rollback: bool = False
+    current: Slot | None = None
+    phase: str = ""  # "stopping" (old process draining) | "booting" (new one starting)
+    since: float = 0.0
+
+
+# Options bound into sockets and the bus layout at start: a reload cannot change them.
+_FIXED_OPTIONS = (
+    ("[server] workers", lambda c: c.server.workers),
+    ("[server] host", lambda c: c.server.host),
+    ("[server] port", lambda c: c.server.port),
+    ("[server] backlog", lambda c: c.server.backlog),
+    ("[server] run_dir", lambda c: c.server.run_dir),
+    ("[admin] host", lambda c: c.admin.host),
+    ("[admin] port", lambda c: c.admin.port),
+)
+
+
+@dataclass
 class Slot:
     """One supervised process position (a worker number or the admin)."""
 
@@ -66,6 +95,8 @@ class Slot:
     started: float = 0.0
     restart_at: float | None = None
     backoff: float = BACKOFF_MIN
+    config: Config | None = None  # what its process runs with (None: the supervisor's)
+    replacing: bool = False  # being replaced by a reload: its exit is expected
 
     @property
     def name(self) -> str:
@@ -116,6 +147,7 @@ class Supervisor:
         self._board: Scoreboard | None = None
         self._iptable: IPTable | None = None
         self._wake_r = self._wake_w = -1
+        self._roll: _Roll | None = None
         self._pid = os.getpid()
 
     # -- setup ----------------------------------------------------------------------------
@@ -181,6 +213,7 @@ class Supervisor:
                 self._check_boot()
                 self._check_heartbeats()
                 self._restart_due()
+                self._step_roll()
                 self._report()
         finally:
             self._shutdown()
@@ -204,10 +237,7 @@ class Supervisor:
                 log.info("%s received: draining", signal.Signals(signum).name)
                 self._stopping = True
             elif signum == signal.SIGHUP:
-                log.warning(
-                    "SIGHUP received: configuration reload is not supported yet; "
-                    "restart the service to apply changes"
-                )
+                self._start_reload()
             # SIGCHLD only wakes the loop; _reap does the work.
 
     def _reap(self, quietly: bool = False) -> None:
@@ -233,6 +263,12 @@ class Supervisor:
         board = self._board
         assert board is not None
         pid, slot.pid = slot.pid, 0
+        if slot.replacing and self._roll is not None and self._roll.phase == "stopping":
+            board.reset_row(slot.index)
+            if slot.kind == "worker" and self._iptable is not None:
+                self._iptable.reset_worker(slot.index)
+            log.info("%s (pid %d) stopped for the reload", slot.name, pid)
+            return
         had_booted = board.table[slot.index, Column.STATE] in (
             ProcessState.READY,
             ProcessState.DRAINING,
@@ -263,6 +299,88 @@ class Supervisor:
             lived,
             slot.backoff,
         )
+
+    # -- reload (SIGHUP) ----------------------------------------------------------------
+
+    def _start_reload(self) -> None:
+        """Re-read the config; if valid, replace the processes one at a time with it."""
+        if self._roll is not None or self._booting:
+            log.warning("SIGHUP ignored: a boot or reload is still in progress")
+            return
+        try:
+            new = load_config(None if self.config.source == "<default>" else self.config.source)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        changed = [name for name, get in _FIXED_OPTIONS if get(new) != get(self.config)]
+        if changed:
+            log.error(
+                "reload refused, keeping the running configuration: %s cannot change "
+                "without a restart",
+                ", ".join(changed),
+            )
+            return
+        systemd.notify("RELOADING=1")
+        log.info("reload: replacing %d process(es) one at a time", len(self.slots))
+        self._roll = _Roll(new, self.config, pending=list(self.slots))
+
+    def _step_roll(self) -> None:
+        roll = self._roll
+        board = self._board
+        if roll is None or board is None:
+            return
+        now = time.monotonic()
+        slot = roll.current
+        if slot is None:
+            if not roll.pending:
+                self.config = roll.new
+                self._roll = None
+                self._last_status = 0.0
+                systemd.notify("READY=1")
+                log.info("reload %s", "rolled back" if roll.rollback else "complete")
+                return
+            slot = roll.current = roll.pending.pop(0)
+            roll.phase, roll.since = "stopping", now
+            slot.replacing = True
+            if slot.pid:
+                # A worker drains its clients first; the admin (SIGUSR2) just hands over.
+                os.kill(slot.pid, signal.SIGTERM if slot.kind == "worker" else signal.SIGUSR2)
+            return
+        if roll.phase == "stopping":
+            if slot.pid == 0:
+                slot.config = roll.new
+                slot.restart_at = None
+                self._spawn(slot)
+                roll.phase, roll.since = "booting", now
+            elif now - roll.since > self.config.server.drain_timeout + 2:
+                os.kill(slot.pid, signal.SIGKILL)
+            return
+        if slot.pid and board.table[slot.index, Column.STATE] == ProcessState.READY:
+            slot.replacing = False
+            roll.current = None
+            return
+        if slot.pid == 0 or now - roll.since > BOOT_TIMEOUT:
+            self._roll_back(roll, slot)
+
+    def _roll_back(self, roll: _Roll, failed: Slot) -> None:
+        """The new configuration did not boot: put every replaced process back on the
+        old one (a rollback that fails too keeps restarting with backoff)."""
+        log.error("reload: %s did not boot with the new configuration; rolling back", failed.name)
+        if roll.rollback:
+            failed.replacing = False
+            failed.config = roll.old
+            failed.restart_at = time.monotonic() + failed.backoff
+            self._roll = None
+            return
+        if failed.pid:
+            os.kill(failed.pid, signal.SIGKILL)
+        replaced = [s for s in self.slots if s.config is roll.new and s is not failed]
+        failed.config = roll.old
+        failed.replacing = False
+        failed.restart_at = None
+        if not failed.pid:
+            self._spawn(failed)
+        self._roll = _Roll(roll.old, roll.old, pending=replaced, rollback=True)
 
     def _check_boot(self) -> None:
         if not self._booting:
@@ -367,11 +485,16 @@ class Supervisor:
             from shardws.worker import run_worker
 
             return run_worker(
-                slot.index, self.config, board, slot.sock, self._run_dir, self._iptable
+                slot.index,
+                slot.config or self.config,
+                board,
+                slot.sock,
+                self._run_dir,
+                self._iptable,
             )
         from shardws.admin import run_admin
 
-        return run_admin(slot.index, self.config, board, slot.sock, self._run_dir)
+        return run_admin(slot.index, slot.config or self.config, board, slot.sock, self._run_dir)
 
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")

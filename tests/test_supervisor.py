@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import os
 import signal
 import socket
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 
 from serverproc import ServerProcess, timeout
+from wsclient import Client, clients_on_workers
 
 
 def test_worker_with_a_stuck_loop_is_killed_and_replaced(tmp_path: Path) -> None:
@@ -50,3 +53,62 @@ def test_sd_notify_ready_status_stopping(tmp_path: Path) -> None:
             assert proc.wait_exit(10) == 0
         finally:
             proc.stop()
+
+
+def test_sighup_reload_rolls_workers_without_refusing_connections(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=2).start()
+    try:
+        deadline = time.monotonic() + timeout(10)
+        while "process(es) ready" not in proc.logs():  # systemd reloads only after READY
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        _, body = proc.health()
+        old_pids = {w["pid"] for w in body["per_worker"]}
+        # Invalid config: refused, nothing replaced.
+        original = proc.config_path.read_text()
+        proc.config_path.write_text(original + "\n[namespaces.extra\n")
+        proc.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert "reload refused" in proc.logs()
+        assert {w["pid"] for w in proc.health()[1]["per_worker"]} == old_pids
+        # A change that needs a restart: refused with the option named.
+        proc.config_path.write_text(original.replace("workers = 2", "workers = 3"))
+        proc.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert "[server] workers cannot change without a restart" in proc.logs()
+        # A valid change: every process replaced one at a time, connections keep landing.
+        proc.config_path.write_text(original + '\n[namespaces.extra]\nslow_consumer = "drop"\n')
+        proc.signal(signal.SIGHUP)
+
+        async def connect_during_roll() -> int:
+            connected = 0
+            deadline = time.monotonic() + timeout(20)
+            while time.monotonic() < deadline:
+                client = await Client.connect(proc.url)  # raises if refused
+                connected += 1
+                await client.close()
+                try:
+                    _, health = await asyncio.to_thread(proc.health)
+                except (OSError, http.client.HTTPException):  # the admin is being replaced
+                    continue
+                pids = {w["pid"] for w in health["per_worker"]}
+                if (
+                    health["status"] == "ok"
+                    and not pids & old_pids
+                    and "reload complete" in proc.logs()
+                ):
+                    return connected
+            raise AssertionError(f"reload did not complete:\n{proc.logs()}")
+
+        assert asyncio.run(connect_during_roll()) > 0
+
+        async def new_namespace_everywhere() -> None:
+            clients = await clients_on_workers(proc.url, 2)
+            for client in clients:
+                assert (await client.call("subscribe", channel="extra:x"))["ok"]
+                await client.close()
+
+        asyncio.run(new_namespace_everywhere())
+        assert all(w["restarts"] == 0 for w in proc.health()[1]["per_worker"])
+    finally:
+        proc.stop()
