@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "-c", "--config", metavar="FILE", help="config with [admin] host, port and api_key"
     )
+    tune = commands.add_parser(
+        "tune", help="kernel and fd limits: current vs recommended, and host capacity"
+    )
+    tune.add_argument("-c", "--config", metavar="FILE", help="config (for the worker count)")
     # The load generator parses its own options (``shardws bench --help``), so that they
     # live next to LoadSpec and ``serve`` does not import it.
     commands.add_parser(
@@ -82,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _token(args, config)
+    if args.command == "tune":
+        from shardws.tune import report
+
+        print(report(config.server.workers))
+        return 0
     if args.command == "publish":
         return _publish(args, config)
     if args.command == "check-config":
