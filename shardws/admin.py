@@ -90,7 +90,7 @@ def parse_publish(body: bytes, config: Config) -> tuple[list[str], bytes]:
         problem = protocol.channel_error(channel if isinstance(channel, str) else None)
         if problem is not None:
             raise PublishError(f"{channel!r}: {problem}")
-        namespace = channel.partition(":")[0] if ":" in channel else "default"
+        namespace = protocol.namespace_of(channel)
         if namespace not in config.namespaces:
             raise PublishError(f"{channel!r}: namespace {namespace!r} is not configured")
     data = json.dumps(request["data"], separators=(",", ":"), ensure_ascii=False).encode()

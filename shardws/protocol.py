@@ -93,6 +93,12 @@ def is_valid_channel(name: str) -> bool:
     return _CHANNEL_RE.fullmatch(name) is not None
 
 
+def namespace_of(channel: str) -> str:
+    """The namespace a channel belongs to: ``chat`` for ``chat:room``, ``default`` for a
+    name without a colon."""
+    return channel.partition(":")[0] if ":" in channel else "default"
+
+
 def channel_error(name: str | None) -> str | None:
     """Why ``name`` is not a valid channel, or None if it is."""
     if name is None:

@@ -498,7 +498,7 @@ class Worker:
         stats = self.stats
         stats[Column.MESSAGES_IN] += 1
         stats[Column.BYTES_IN] += len(payload)
-        if not conn.bucket.take(time.monotonic()):
+        if not conn.bucket.take(conn.last_seen):  # stamped by on_ws_frame just now
             self._rate_limited(conn)
             return
         conn.strikes = 0
@@ -592,8 +592,7 @@ class Worker:
 
     def namespace_of(self, channel: str) -> NamespaceConfig | None:
         """The channel's namespace options; None if its namespace is not configured."""
-        name = channel.partition(":")[0] if ":" in channel else "default"
-        return self.config.namespaces.get(name)
+        return self.config.namespaces.get(protocol.namespace_of(channel))
 
     def _channel_ok(
         self, conn: Connection, command_id: int | None, channel: str | None

@@ -25,6 +25,17 @@ def timeout(seconds: float) -> float:
     return seconds * SCALE
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m shardws ARGS`` to completion (bounded), capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "shardws", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout(60),
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess, run_cli, timeout
 from wsclient import Client, clients_on_workers
 
 
@@ -161,21 +159,7 @@ def test_http_publish_api(tmp_path: Path) -> None:
         ):
             status, reply = _post(url, bad, API_KEY)
             assert status == 400 and why in str(reply["error"]), reply
-        cli = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "shardws",
-                "publish",
-                "x",
-                '{"a":1}',
-                "-c",
-                str(proc.config_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout(30),
-        )
+        cli = run_cli("publish", "x", '{"a":1}', "-c", str(proc.config_path))
         assert cli.returncode == 0 and '"ok": true' in cli.stdout, cli.stderr
     finally:
         proc.stop()

@@ -6,8 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from serverproc import timeout
+from serverproc import run_cli
 
 from shardws.auth import (
     ANONYMOUS,
@@ -484,13 +482,7 @@ def test_structured_garbage_only_raises_auth_failure(parts: list[str]) -> None:
 # ------------------------------------------------------------------ shardws token
 
 
-def shardws(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shardws", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout(60),
-    )
+shardws = run_cli
 
 
 def test_token_cli_round_trips(tmp_path: Path) -> None:

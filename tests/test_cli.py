@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from serverproc import timeout
+from serverproc import run_cli
 
-
-def shardws(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shardws", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout(60),
-    )
+shardws = run_cli
 
 
 def test_check_config_prints_effective_config(tmp_path: Path) -> None:

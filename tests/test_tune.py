@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from serverproc import timeout
+from serverproc import run_cli
 
 from shardws.tune import SYSCTL_FILE, Setting, capacity, recommended, report
 
@@ -36,10 +34,6 @@ def test_capacity_and_report() -> None:
     assert cap["connections"] > 0
     text = report(2)
     assert "net.core.somaxconn" in text and "capacity with 2 worker(s)" in text
-    result = subprocess.run(
-        [sys.executable, "-m", "shardws", "tune"],
-        capture_output=True,
-        text=True,
-        timeout=timeout(30),
-    )
+    result = run_cli("tune")
+
     assert result.returncode == 0 and "recommended" in result.stdout
