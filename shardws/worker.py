@@ -75,6 +75,7 @@ HEARTBEAT_INTERVAL = 0.5  # seconds; far below any sane heartbeat_timeout
 PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for peers' subscriptions
 CLOSE_GRACE = 1.0  # seconds we wait for the peer's close frame before dropping TCP
 DRAIN_BATCHES = 20  # a drain closes connections in this many waves
+HANDSHAKE_GRACE = 0.3  # seconds a drain waits for handshakes already in flight
 
 log = logging.getLogger("shardws.worker")
 
@@ -326,14 +327,16 @@ class Worker:
         log.info("draining %d connection(s)", len(connections))
         spread = min(drain_timeout / 2, max(drain_timeout - 1.0, 0.0))
         batches = max(1, min(len(connections), DRAIN_BATCHES))
-        size = -(-len(connections) // batches)
+        size = max(1, -(-len(connections) // batches))
         for start in range(0, len(connections), size):
             for conn in connections[start : start + size]:
-                conn.send(protocol.encode_reconnect(random.uniform(0.0, spread + 1.0)))
-                conn.close(CloseCode.GOING_AWAY, "server shutting down")
+                self._send_away(conn, spread + 1.0)
             if start + size < len(connections):
                 await asyncio.sleep(spread / batches)
-        while self.connections and time.monotonic() < deadline:
+        # Sockets accepted just before the listener closed finish their handshake within
+        # moments; give them that, so they get a reconnect hint instead of a reset.
+        grace_end = min(time.monotonic() + HANDSHAKE_GRACE, deadline)
+        while (self.connections or time.monotonic() < grace_end) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             if conn.transport is not None:
@@ -405,7 +408,7 @@ class Worker:
         """The upgrade decision: 404 wrong path, 403 Origin not allowed, 503 worker full,
         401 bad token (way 1: token in the query or an Authorization header)."""
         path = request.path.split(b"?", 1)[0]
-        if path.decode("latin-1") != self.config.server.path or self._stop.is_set():
+        if path.decode("latin-1") != self.config.server.path:
             return None  # picows answers 404
         limits = self.config.limits
         if not origin_allowed(request.headers.get("origin"), limits.allowed_origins):
@@ -473,6 +476,12 @@ class Worker:
         if conn.identity is None:  # way 2: a connect message must come first
             conn.connect_deadline = time.monotonic() + self.config.server.handshake_timeout
         conn.send(protocol.encode_connected(conn.client_id, self.slot))
+        if self._stop.is_set():  # accepted before the drain began: send it elsewhere
+            self._send_away(conn, 1.0)
+
+    def _send_away(self, conn: Connection, max_delay: float) -> None:
+        conn.send(protocol.encode_reconnect(random.uniform(0.0, max_delay)))
+        conn.close(CloseCode.GOING_AWAY, "server shutting down")
 
     def connection_closed(self, conn: Connection) -> None:
         if conn in self.connections:

@@ -112,3 +112,13 @@ def test_sighup_reload_rolls_workers_without_refusing_connections(tmp_path: Path
         assert all(w["restarts"] == 0 for w in proc.health()[1]["per_worker"])
     finally:
         proc.stop()
+
+
+def test_sigterm_with_no_clients_drains_cleanly(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=2).start()
+    try:
+        proc.signal(signal.SIGTERM)
+        assert proc.wait_exit(10) == 0
+        assert "Traceback" not in proc.logs() and "worker 0 stopped" in proc.logs()
+    finally:
+        proc.stop()
