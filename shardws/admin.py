@@ -27,7 +27,7 @@ from setproctitle import setproctitle
 
 from shardws import protocol
 from shardws.auth import constant_time_equal
-from shardws.bus import Bus, channel_topic, host_endpoints, ready_members
+from shardws.bus import Bus, channel_topic, endpoint
 from shardws.config import Config
 from shardws.log import setup_logging
 from shardws.metrics import Column, ProcessState, Scoreboard, prometheus_text
@@ -42,7 +42,7 @@ def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
     stale = config.server.heartbeat_timeout
     now_ns = time.monotonic_ns()
     workers: list[dict[str, Any]] = []
-    for slot in range(config.server.workers):
+    for slot in board.workers():
         row = board.row(slot)
         workers.append(
             {
@@ -125,7 +125,7 @@ def make_app(
         return web.json_response({"ready": ready, "reason": reason}, status=status)
 
     async def get_metrics(_request: web.Request) -> web.Response:
-        text = prometheus_text(board, config.server.workers, config.server.heartbeat_timeout)
+        text = prometheus_text(board, config.server.heartbeat_timeout)
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def post_publish(request: web.Request) -> web.Response:
@@ -171,16 +171,14 @@ async def _serve(
     loop.add_signal_handler(signal.SIGUSR2, hand_over)
     # The admin is the last member of the host bus: it only publishes (HTTP API), but it
     # answers subscribe barriers like a worker, so "subscribed" holds for its messages.
-    members = config.server.workers + 1
     stale = config.server.heartbeat_timeout
-    bus = Bus(
-        slot,
-        host_endpoints(run_dir, config.server.workers),
-        lambda _topic, _payloads: None,
-        lambda: ready_members(board, members, slot, stale),
-    )
-    bus.start()
-    missing = await bus.wait_for_peers(ready_members(board, members, slot, stale), 3.0)
+
+    def ready_peers() -> set[int]:
+        return board.ready_slots(stale) - {slot}
+
+    bus = Bus(slot, lambda m: endpoint(run_dir, m), lambda _t, _p, _s: None, ready_peers)
+    bus.start(board.members())
+    missing = await bus.wait_for_peers(ready_peers(), 3.0)
     if missing:
         log.warning("workers %s did not attach to the bus in time", sorted(missing))
     runner = web.AppRunner(make_app(config, board, stop, bus), access_log=None)
@@ -191,6 +189,7 @@ async def _serve(
     log.info("admin ready on http://%s:%d", *sock.getsockname()[:2])
     while not stop.is_set():
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+        bus.attach(board.members())  # a reload may have added workers
         try:
             await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
         except TimeoutError:
@@ -202,10 +201,7 @@ async def _serve(
     while (
         not handover.is_set()
         and time.monotonic() < deadline
-        and any(
-            int(board.table[w, Column.STATE]) != ProcessState.DEAD
-            for w in range(config.server.workers)
-        )
+        and any(int(board.table[w, Column.STATE]) != ProcessState.DEAD for w in board.workers())
     ):
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         await asyncio.sleep(0.05)

@@ -3,6 +3,9 @@
 Topology: every member binds one XPUB at its own ipc endpoint and connects one SUB to
 every other member's endpoint. A member never receives its own messages (it delivers
 locally itself), so each publication reaches every subscribed worker exactly once.
+Membership is not fixed: members call ``attach`` with the slots that exist (from the
+scoreboard) and connect to the new ones, so a reload can add workers; an endpoint
+whose process is gone is simply not there until its slot's next process binds it.
 
 Topics are terminated byte prefixes, so ``news`` never matches ``news2``:
 
@@ -14,7 +17,9 @@ A bus frame is ``topic + header + (u32 length + payload)*``: publications queued
 same topic during one event-loop iteration travel in one frame (batching multiplies
 ZeroMQ's throughput), and payloads are the already-encoded client pushes, so no
 receiver re-serializes. The header carries the origin member, its incarnation (random
-per process start) and the per-topic sequence number of the first payload.
+per process start), the per-topic sequence number of the first payload, and the
+monotonic time (ns, system-wide on Linux) the first payload of the batch was published,
+for the receivers' latency histogram.
 
 Guarantees:
 
@@ -40,9 +45,9 @@ import itertools
 import logging
 import os
 import struct
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import zmq
 
@@ -52,14 +57,10 @@ KIND_CHANNEL = ord("c")
 KIND_INBOX = ord("i")
 KIND_SYNC = ord("s")
 
-_HEADER = struct.Struct("!HIQI")  # origin, incarnation, first sequence number, count
+_HEADER = struct.Struct("!HIQIQ")  # origin, incarnation, first seq, count, stamp (ns)
 _LENGTH = struct.Struct("!I")
 _MAX_FRAME_BYTES = 256 * 1024  # beyond this a batch is split: keeps receivers' latency flat
 _RECV_BUDGET = 512  # frames per reader callback, so one busy socket cannot starve the loop
-
-
-class ScoreboardLike(Protocol):
-    def is_ready(self, slot: int, stale_after: float) -> bool: ...
 
 
 def channel_topic(channel: str) -> bytes:
@@ -75,18 +76,6 @@ def inbox_topic(member: int) -> bytes:
 def endpoint(run_dir: str, member: int) -> str:
     """The ipc endpoint member ``member`` binds."""
     return f"ipc://{os.path.join(run_dir, f'bus-{member}.sock')}"
-
-
-def host_endpoints(run_dir: str, workers: int) -> list[str]:
-    """Every member of this host's bus: workers ``0..workers-1``, then the admin
-    process (member ``workers``), which publishes for the HTTP API."""
-    return [endpoint(run_dir, member) for member in range(workers + 1)]
-
-
-def ready_members(board: ScoreboardLike, members: int, me: int, stale_after: float) -> set[int]:
-    """Members other than ``me`` that are READY with a fresh heartbeat: the peers a
-    subscribe barrier must hear from."""
-    return {m for m in range(members) if m != me and board.is_ready(m, stale_after)}
 
 
 @dataclass(eq=False)
@@ -105,8 +94,8 @@ class Bus:
     def __init__(
         self,
         member: int,
-        endpoints: Sequence[str],
-        on_channel: Callable[[bytes, list[bytes]], None],
+        address: Callable[[int], str],
+        on_channel: Callable[[bytes, list[bytes], int], None],
         ready_peers: Callable[[], set[int]],
         *,
         hwm: int = 100_000,
@@ -116,7 +105,8 @@ class Bus:
         self.incarnation = int.from_bytes(os.urandom(4), "big")
         self.lost = 0  # bus payloads detected missing
         self.sync_timeouts = 0
-        self._endpoints = list(endpoints)
+        self._address = address
+        self._attached: set[int] = set()
         self._on_channel = on_channel
         self._ready_peers = ready_peers
         self._sync_timeout = sync_timeout
@@ -138,6 +128,7 @@ class Bus:
         self._send_seq: dict[bytes, int] = {}
         self._recv_seq: dict[tuple[bytes, int], tuple[int, int]] = {}
         self._pending: dict[bytes, list[bytes]] = {}
+        self._pending_since = 0  # monotonic ns of the first publish of this batch
         self._flush_scheduled = False
         self._barrier_ids = itertools.count()
         self._next_barrier: _Barrier | None = None
@@ -145,18 +136,27 @@ class Bus:
         self._drain_scheduled: set[int] = set()
         self._closed = False
 
-    def start(self) -> None:
-        """Bind, connect and start reading. Returns at once; peers attach asynchronously."""
-        path = self._endpoints[self.member].removeprefix("ipc://")
-        if os.path.exists(path):  # left by this slot's previous (dead) process
+    def start(self, members: Iterable[int] = ()) -> None:
+        """Bind, connect to ``members`` and start reading. Returns at once; peers attach
+        asynchronously."""
+        own = self._address(self.member)
+        path = own.removeprefix("ipc://")
+        if own.startswith("ipc://") and os.path.exists(path):  # left by a dead process
             os.unlink(path)
-        self._xpub.bind(self._endpoints[self.member])
-        for peer, address in enumerate(self._endpoints):
-            if peer != self.member:
-                self._sub.connect(address)
+        self._xpub.bind(own)
         self._sub.setsockopt(zmq.SUBSCRIBE, inbox_topic(self.member))
         self._loop.add_reader(self._xpub.FD, self._drain_xpub)
         self._loop.add_reader(self._sub.FD, self._drain_sub)
+        self.attach(members)
+
+    def attach(self, members: Iterable[int]) -> None:
+        """Connect to every member in ``members`` not connected yet (idempotent; call it
+        whenever the set of slots may have grown). ZeroMQ keeps reconnecting to an
+        endpoint whose process is gone, so a restarted member is picked up by itself."""
+        for peer in members:
+            if peer != self.member and peer not in self._attached:
+                self._attached.add(peer)
+                self._sub.connect(self._address(peer))
         self._kick()
 
     def close(self) -> None:
@@ -185,6 +185,7 @@ class Bus:
             queue.append(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
+            self._pending_since = time.monotonic_ns()
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
@@ -210,7 +211,7 @@ class Bus:
                 size += 4 + len(payload)
                 end += 1
             count = end - start
-            header = _HEADER.pack(self.member, self.incarnation, seq, count)
+            header = _HEADER.pack(self.member, self.incarnation, seq, count, self._pending_since)
             self._send(b"".join((topic, header, *parts)))
             seq += count
             start = end
@@ -315,7 +316,7 @@ class Bus:
         kind = topic[0] if topic else 0
         if kind == KIND_SYNC:
             if subscribe:  # a peer's barrier: answer once everything before it applied
-                self._send(topic + _HEADER.pack(self.member, self.incarnation, 0, 0))
+                self._send(topic + _HEADER.pack(self.member, self.incarnation, 0, 0, 0))
             return
         if kind == KIND_INBOX and subscribe:
             self._peers_seen.add(int(topic[1:-1]))
@@ -341,7 +342,7 @@ class Bus:
     def _on_frame(self, frame: bytes) -> None:
         end = frame.index(b"\0") + 1
         topic = frame[:end]
-        origin, incarnation, first_seq, count = _HEADER.unpack_from(frame, end)
+        origin, incarnation, first_seq, count, stamp = _HEADER.unpack_from(frame, end)
         kind = topic[0]
         if kind == KIND_SYNC:
             barrier = self._barriers.get(topic)
@@ -359,7 +360,7 @@ class Bus:
             payloads.append(frame[offset : offset + length])
             offset += length
         if kind == KIND_CHANNEL:
-            self._on_channel(topic, payloads)
+            self._on_channel(topic, payloads, stamp)
 
     def _check_sequence(
         self, topic: bytes, origin: int, incarnation: int, first_seq: int, count: int

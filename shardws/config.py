@@ -188,6 +188,10 @@ class ServerConfig:
     workers: int = option(
         factory=auto_workers, ge=1, le=MAX_WORKERS, keywords={"auto": auto_workers}
     )
+    #: Most workers a SIGHUP reload may scale ``workers`` up to, 1..1024; fixed at start
+    #: (it sizes the shared-memory tables). The effective bound is never below
+    #: ``workers``. Default 64.
+    max_workers: int = option(64, ge=1, le=MAX_WORKERS)
     #: Largest accepted client message, bytes, 64..16 MiB; a bigger frame closes the
     #: connection with 1009. Default 65536.
     max_message_size: int = option(65536, ge=64, le=16 * 1024 * 1024, unit="bytes")

@@ -1,9 +1,12 @@
 """Connections per client IP across every worker of the host, in shared memory.
 
-A table of ``BUCKETS`` rows (client IPs hashed into buckets) by one column per worker.
-A worker adds to and subtracts from only its own column; the count of an IP is the sum
-of its row. When a worker dies the supervisor zeroes its column (``reset_worker``), so
-a killed worker's connections stop counting at once instead of locking IPs out.
+A table of one row per worker slot (``max_workers`` of them, so a reload can add
+workers) by ``BUCKETS`` columns (client IPs hashed into buckets). A worker adds to and
+subtracts from only its own row; the count of an IP is the sum of its column. When a
+worker dies the supervisor zeroes its row (``reset_worker``), so a killed worker's
+connections stop counting at once instead of locking IPs out. A worker's row is
+contiguous, so slots that never ran cost no memory (the block starts as unallocated
+zero pages).
 
 Guarantees and limits:
 
@@ -36,7 +39,7 @@ class IPTable:
     """The shared per-IP connection counts (create before fork; children inherit it)."""
 
     def __init__(self, workers: int) -> None:
-        self._shared = SharedArray((BUCKETS, workers), np.int32)
+        self._shared = SharedArray((workers, BUCKETS), np.int32)
         self.workers = workers
         self.table: np.ndarray[Any, np.dtype[np.int32]] = self._shared.array
 
@@ -50,15 +53,15 @@ class IPTable:
 
     def count(self, ip: str) -> int:
         """Connections from ``ip`` (and any IP sharing its bucket) on all workers."""
-        return int(self.table[bucket(ip)].sum())
+        return int(self.table[:, bucket(ip)].sum())
 
     def add(self, worker: int, ip: str, delta: int) -> None:
         """Change ``worker``'s count of ``ip`` by ``delta`` (+1 on accept, -1 on close)."""
-        self.table[bucket(ip), worker] += delta
+        self.table[worker, bucket(ip)] += delta
 
     def reset_worker(self, worker: int) -> None:
         """Forget every connection of a dead worker."""
-        self.table[:, worker] = 0
+        self.table[worker] = 0
 
     def close(self) -> None:
         del self.table

@@ -2,7 +2,10 @@
 
 The supervisor creates one block before forking (``Scoreboard.create``); children inherit
 the mapping, so nobody opens it by name. Layout: a numpy ``int64`` matrix, one row per
-process slot (workers ``0..N-1``, then the admin), one column per ``Column``.
+process slot (worker slots ``0..capacity-1``, then the admin in the last row), one column
+per ``Column``. The capacity is ``max(workers, max_workers)`` at start, so a reload can
+add workers; the supervisor marks the slots that exist with ``CONFIGURED``, and every
+reader (bus membership, /health, /metrics) goes by that mark, not by a count.
 
 Guarantees:
 
@@ -12,11 +15,12 @@ Guarantees:
 * ``heartbeat_ns`` is ``time.monotonic_ns()``; CLOCK_MONOTONIC is system-wide on Linux,
   so the supervisor can compare it with its own clock.
 * When a process dies the supervisor calls ``reset_row``, so its counts never leak into
-  totals computed from live rows.
+  totals computed from live rows; when a reload retires a slot, ``retire_row``.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import os
 import time
@@ -25,7 +29,12 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from shardws.shm import SharedArray
 
@@ -54,9 +63,15 @@ class Column(enum.IntEnum):
     AUTH_FAILURES = 18  # bad tokens: HTTP 401, close 4001, refused channel tokens
     RATE_LIMITED = 19  # commands refused by the per-connection rate limit
     REFUSED = 20  # connections refused by a limit (origin, full worker, per-IP)
+    CONFIGURED = 21  # 1 while the slot exists in the supervisor (kept across restarts)
+    LATENCY_SUM_US = 22  # sum of observed delivery latencies, microseconds
+    LATENCY_BUCKET_0 = 23  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 
 
-N_COLUMNS = len(Column)
+#: Upper bounds (seconds) of the delivery latency histogram; one more bucket is +Inf.
+LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+N_COLUMNS = Column.LATENCY_BUCKET_0 + len(LATENCY_BUCKETS) + 1
+_LATENCY_COLUMNS = slice(Column.LATENCY_BUCKET_0, N_COLUMNS)
 
 
 class ProcessState(enum.IntEnum):
@@ -71,15 +86,17 @@ class ProcessState(enum.IntEnum):
 class Scoreboard:
     """A view of the shared stats matrix."""
 
-    def __init__(self, rows: int) -> None:
-        """Create and zero a new block (supervisor only, before fork)."""
-        self._shared = SharedArray((rows, N_COLUMNS), np.int64)
-        self.rows = rows
+    def __init__(self, capacity: int) -> None:
+        """Create and zero a new block with ``capacity`` worker slots and the admin's
+        (supervisor only, before fork)."""
+        self._shared = SharedArray((capacity + 1, N_COLUMNS), np.int64)
+        self.rows = capacity + 1
+        self.admin_slot = capacity
         self.table: np.ndarray[Any, np.dtype[np.int64]] = self._shared.array
 
     @classmethod
-    def create(cls, rows: int) -> Scoreboard:
-        return cls(rows)
+    def create(cls, capacity: int) -> Scoreboard:
+        return cls(capacity)
 
     def disown(self) -> None:
         """Called in a forked child: its ``close`` must not remove the block's name."""
@@ -90,10 +107,29 @@ class Scoreboard:
         return self.table[slot]
 
     def reset_row(self, slot: int) -> None:
-        """Zero a dead process's row, keeping its restart count."""
-        restarts = int(self.table[slot, Column.RESTARTS])
+        """Zero a dead process's row, keeping its restart count and ``CONFIGURED``."""
+        kept = self.table[slot, [Column.RESTARTS, Column.CONFIGURED]].copy()
         self.table[slot] = 0
-        self.table[slot, Column.RESTARTS] = restarts
+        self.table[slot, [Column.RESTARTS, Column.CONFIGURED]] = kept
+
+    def retire_row(self, slot: int) -> None:
+        """Forget a slot a reload removed (its row reads as never used)."""
+        self.table[slot] = 0
+
+    def members(self) -> list[int]:
+        """Slots that exist now (``CONFIGURED``): the host's bus members."""
+        return [int(i) for i in np.flatnonzero(self.table[:, Column.CONFIGURED])]
+
+    def workers(self) -> list[int]:
+        """Worker slots that exist now, in slot order (the admin excluded)."""
+        return [slot for slot in self.members() if slot != self.admin_slot]
+
+    def ready_slots(self, stale_after: float) -> set[int]:
+        """Slots that are READY with a heartbeat younger than ``stale_after``."""
+        table = self.table
+        fresh = table[:, Column.HEARTBEAT_NS] > time.monotonic_ns() - int(stale_after * 1e9)
+        ready = table[:, Column.STATE] == ProcessState.READY
+        return {int(i) for i in np.flatnonzero(fresh & ready)}
 
     def heartbeat_age(self, slot: int, now_ns: int | None = None) -> float:
         """Seconds since ``slot`` last stamped its heartbeat (inf if never)."""
@@ -116,20 +152,41 @@ class Scoreboard:
         self._shared.close()
 
 
+class LatencyHistogram:
+    """A process-local histogram of delivery latencies over ``LATENCY_BUCKETS``,
+    copied into the process's scoreboard row by ``store`` (no shared writes per
+    observation)."""
+
+    __slots__ = ("counts", "sum_us")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum_us = 0
+
+    def observe(self, seconds: float, n: int = 1) -> None:
+        """Record ``n`` deliveries that each took ``seconds``."""
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += n
+        self.sum_us += int(seconds * 1e6) * n
+
+    def store(self, row: np.ndarray[Any, np.dtype[np.int64]]) -> None:
+        row[_LATENCY_COLUMNS] = self.counts
+        row[Column.LATENCY_SUM_US] = self.sum_us
+
+
 class _ScoreboardCollector:
     """Turns the scoreboard into Prometheus metric families at scrape time."""
 
-    def __init__(self, board: Scoreboard, workers: int, stale_after: float) -> None:
+    def __init__(self, board: Scoreboard, stale_after: float) -> None:
         self._board = board
-        self._workers = workers
         self._stale_after = stale_after
 
     def collect(self) -> Iterator[Metric]:
         table = self._board.table
-        workers = [str(slot) for slot in range(self._workers)]
+        slots = self._board.workers()
+        workers = [(slot, str(slot)) for slot in slots]
 
         def per_worker(family: GaugeMetricFamily | CounterMetricFamily, column: Column) -> Metric:
-            for slot, label in enumerate(workers):
+            for slot, label in workers:
                 family.add_metric([label], float(table[slot, column]))
             return family
 
@@ -138,7 +195,7 @@ class _ScoreboardCollector:
             "1 if the worker is ready and its heartbeat is fresh",
             labels=["worker"],
         )
-        for slot, label in enumerate(workers):
+        for slot, label in workers:
             up.add_metric([label], 1.0 if self._board.is_ready(slot, self._stale_after) else 0.0)
         yield up
         yield per_worker(
@@ -162,7 +219,7 @@ class _ScoreboardCollector:
         data = CounterMetricFamily(
             "websocket_bytes", "WebSocket payload bytes", labels=["worker", "direction"]
         )
-        for slot, label in enumerate(workers):
+        for slot, label in workers:
             messages.add_metric([label, "in"], float(table[slot, Column.MESSAGES_IN]))
             messages.add_metric([label, "out"], float(table[slot, Column.MESSAGES_OUT]))
             data.add_metric([label, "in"], float(table[slot, Column.BYTES_IN]))
@@ -174,7 +231,7 @@ class _ScoreboardCollector:
             "Messages not delivered, by reason",
             labels=["worker", "reason"],
         )
-        for slot, label in enumerate(workers):
+        for slot, label in workers:
             drops.add_metric([label, "slow_consumer"], float(table[slot, Column.DROPS]))
             drops.add_metric([label, "bus_lost"], float(table[slot, Column.BUS_LOST]))
         yield drops
@@ -212,9 +269,28 @@ class _ScoreboardCollector:
         fds = GaugeMetricFamily(
             "process_open_fds_by_worker", "Open file descriptors", labels=["worker"]
         )
-        for slot, label in enumerate(workers):
+        for slot, label in workers:
             fds.add_metric([label], float(_open_fds(int(table[slot, Column.PID]))))
         yield fds
+        yield self._latency(workers)
+
+    def _latency(self, workers: list[tuple[int, str]]) -> Metric:
+        family = HistogramMetricFamily(
+            "websocket_message_latency_seconds",
+            "Seconds from a publication entering the server (a client's publish, the HTTP "
+            "API or the ingress) to this worker handing it to its local subscribers' "
+            "sockets; one observation per publication per delivering worker",
+            labels=["worker"],
+        )
+        bounds = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]
+        for slot, label in workers:
+            cumulative = np.cumsum(self._board.table[slot, _LATENCY_COLUMNS])
+            family.add_metric(
+                [label],
+                list(zip(bounds, (float(c) for c in cumulative), strict=True)),
+                float(self._board.table[slot, Column.LATENCY_SUM_US]) / 1e6,
+            )
+        return family
 
 
 def _open_fds(pid: int) -> int:
@@ -226,9 +302,9 @@ def _open_fds(pid: int) -> int:
         return 0
 
 
-def prometheus_text(board: Scoreboard, workers: int, stale_after: float) -> bytes:
-    """The scoreboard in the Prometheus text exposition format (counters get their
-    ``_total`` suffix from prometheus-client)."""
+def prometheus_text(board: Scoreboard, stale_after: float) -> bytes:
+    """The scoreboard in the Prometheus text exposition format, one ``worker`` label per
+    configured worker slot (counters get their ``_total`` suffix from prometheus-client)."""
     registry = CollectorRegistry()
-    registry.register(_ScoreboardCollector(board, workers, stale_after))
+    registry.register(_ScoreboardCollector(board, stale_after))
     return generate_latest(registry)

@@ -20,8 +20,10 @@ class SharedArray:
         size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         self._shm = shared_memory.SharedMemory(create=True, size=size)
         self._owner = True
+        # A new block is a fresh tmpfs file: it reads as zeros already. Not writing the
+        # zeros keeps untouched pages unallocated, so tables sized for ``max_workers``
+        # cost memory only for the workers that exist.
         self.array: np.ndarray[Any, Any] = np.ndarray(shape, dtype=dtype, buffer=self._shm.buf)
-        self.array[...] = 0
 
     def disown(self) -> None:
         """Called in a forked child: its ``close`` must not remove the block's name."""

@@ -13,13 +13,19 @@ Guarantees:
   the whole service with a clear error and exit code 1 instead of a restart loop.
 * A process whose heartbeat (stamped from its own event loop into shared memory) is
   older than ``heartbeat_timeout`` is killed and replaced: a stuck loop cannot hide.
+* New connections go only to listeners whose worker is ready (``steering``): while a
+  worker is down, replaced or retired, the kernel sends its share to the others.
 * Signal handlers only queue the signal; the main loop acts on it. SIGTERM/SIGINT:
   every process drains (clients get close 1001) and the service exits 0 within
-  ``drain_timeout``. SIGHUP: re-read the config; if valid, replace the processes one
-  at a time (each worker drains its clients with reconnect hints; the listening sockets
-  stay open, so no connection attempt is refused); if invalid, or if it changes an
-  option bound at start (workers, host, port, backlog, run_dir, admin address), keep
-  the running config and log why; if a new process fails to boot, roll back.
+  ``drain_timeout``. SIGHUP: re-read the config; if valid, roll it out one process at a
+  time: added workers first (new listeners join the port's group), then retired ones
+  (steered away from, drained, their listeners closed once empty), then each remaining
+  process replaced (each worker drains its clients with reconnect hints). No
+  connection attempt is refused during a roll, also when the worker count shrinks. If
+  the file is invalid, or changes an option bound at start (host, port, backlog,
+  run_dir, max_workers, admin address) or asks for more than ``max_workers`` workers,
+  the running config stays and the log says why; if a new process fails to boot, the
+  roll is reversed to the old config.
 * systemd: READY=1 once every process booted, STATUS= with live counts, WATCHDOG=1
   from this loop (so a stuck supervisor is caught), STOPPING=1 on shutdown.
 """
@@ -43,7 +49,7 @@ from dataclasses import dataclass
 
 from setproctitle import setproctitle
 
-from shardws import systemd
+from shardws import steering, systemd
 from shardws.config import Config, ConfigError, load_config, run_dir_parent
 from shardws.iplimits import IPTable
 from shardws.log import setup_logging
@@ -60,21 +66,35 @@ _PR_SET_PDEATHSIG = 1
 
 
 @dataclass
-class _Roll:
-    """A reload in progress: processes are replaced one at a time."""
+class _Step:
+    """One move of a roll: ``add`` a worker slot, ``retire`` one, or ``replace`` the
+    process of an existing slot with one running the roll's config."""
 
-    new: Config
-    old: Config
-    pending: list[Slot]
+    action: str
+    index: int
+
+
+@dataclass
+class _Roll:
+    """A reload in progress: one step at a time, towards ``target``."""
+
+    target: Config
+    previous: Config  # what a failed roll goes back to
+    steps: list[_Step]
     rollback: bool = False
     current: Slot | None = None
-    phase: str = ""  # "stopping" (old process draining) | "booting" (new one starting)
+    action: str = ""
+    # "steering" (new connections moved away, the old process still serves what is
+    # queued) -> "stopping" (old process draining) -> "booting" (new process starting)
+    phase: str = ""
     since: float = 0.0
 
 
+STEER_SETTLE = 0.25  # seconds for a listener's queue to empty once steered away from
+
 # Options bound into sockets and the bus layout at start: a reload cannot change them.
 _FIXED_OPTIONS = (
-    ("[server] workers", lambda c: c.server.workers),
+    ("[server] max_workers", lambda c: c.server.max_workers),
     ("[server] host", lambda c: c.server.host),
     ("[server] port", lambda c: c.server.port),
     ("[server] backlog", lambda c: c.server.backlog),
@@ -95,8 +115,8 @@ class Slot:
     started: float = 0.0
     restart_at: float | None = None
     backoff: float = BACKOFF_MIN
-    config: Config | None = None  # what its process runs with (None: the supervisor's)
-    replacing: bool = False  # being replaced by a reload: its exit is expected
+    config: Config | None = None  # what its process runs with
+    replacing: bool = False  # being replaced or retired by a reload: its exit is expected
 
     @property
     def name(self) -> str:
@@ -149,20 +169,68 @@ class Supervisor:
         self._wake_r = self._wake_w = -1
         self._roll: _Roll | None = None
         self._pid = os.getpid()
+        self._capacity = max(config.server.workers, config.server.max_workers)
+        self._group: list[Slot] = []  # worker slots in SO_REUSEPORT group order
+        self._steered: list[int] | None = None
 
     # -- setup ----------------------------------------------------------------------------
 
     def _bind(self) -> None:
         server, admin = self.config.server, self.config.admin
-        port = server.port
+        self.ws_port = server.port
         for index in range(server.workers):
-            sock = listen_socket(server.host, port, server.backlog, reuse_port=True)
-            port = sock.getsockname()[1]  # port 0: every worker shares the first's port
-            self.slots.append(Slot(index, "worker", sock))
+            self._add_worker_slot(index, self.config)
         admin_sock = listen_socket(admin.host, admin.port, 128, reuse_port=False)
-        self.slots.append(Slot(server.workers, "admin", admin_sock))
-        self.ws_port = port
+        self.slots.append(Slot(self._capacity, "admin", admin_sock, config=self.config))
         self.admin_port = admin_sock.getsockname()[1]
+
+    def _add_worker_slot(self, index: int, config: Config) -> Slot:
+        """Bind worker ``index``'s listener (it joins the port's SO_REUSEPORT group last)."""
+        server = config.server
+        sock = listen_socket(server.host, self.ws_port, server.backlog, reuse_port=True)
+        self.ws_port = sock.getsockname()[1]  # port 0: every worker shares the first's port
+        slot = Slot(index, "worker", sock, config=config)
+        self.slots.insert(index, slot)  # slots stay in index order, the admin last
+        self._group.append(slot)
+        if self._board is not None:
+            self._board.table[index, Column.CONFIGURED] = 1
+        self._update_steering()  # keep new connections off it until its worker is ready
+        return slot
+
+    def _remove_worker_slot(self, slot: Slot) -> None:
+        """Close a retired worker's listener and forget the slot."""
+        position = self._group.index(slot)
+        # The kernel fills a leaving socket's position with the group's last socket.
+        last = self._group.pop()
+        if last is not slot:
+            self._group[position] = last
+        slot.sock.close()
+        self.slots.remove(slot)
+        self._steered = None
+        if self._board is not None:
+            self._board.retire_row(slot.index)
+        if self._iptable is not None:
+            self._iptable.reset_worker(slot.index)
+
+    def _update_steering(self) -> None:
+        """Send new connections only to listeners whose worker is ready and not being
+        stopped by a reload; with none such, to all (they queue until one is)."""
+        board = self._board
+        if board is None or not self._group:
+            return
+        roll = self._roll
+        leaving = roll.current if roll is not None and roll.phase != "booting" else None
+        allowed = [
+            position
+            for position, slot in enumerate(self._group)
+            if slot.pid
+            and slot is not leaving
+            and board.table[slot.index, Column.STATE] == ProcessState.READY
+        ] or list(range(len(self._group)))
+        if allowed != self._steered:
+            self._steered = allowed
+            if not steering.steer(self._group[0].sock, allowed):
+                log.warning("cannot steer SO_REUSEPORT connections on this kernel")
 
     def _make_run_dir(self) -> None:
         configured = self.config.server.run_dir
@@ -188,10 +256,11 @@ class Supervisor:
         """Start everything and supervise; returns the process exit code."""
         setproctitle("shardws: supervisor")
         nofile = raise_nofile_limit()
+        self._board = Scoreboard.create(self._capacity)
+        self._iptable = IPTable.create(self._capacity)
         self._bind()
+        self._board.table[self._capacity, Column.CONFIGURED] = 1
         self._make_run_dir()
-        self._board = Scoreboard.create(len(self.slots))
-        self._iptable = IPTable.create(self.config.server.workers)
         self._install_signals()
         server = self.config.server
         log.info(
@@ -214,6 +283,7 @@ class Supervisor:
                 self._check_heartbeats()
                 self._restart_due()
                 self._step_roll()
+                self._update_steering()
                 self._report()
         finally:
             self._shutdown()
@@ -267,7 +337,7 @@ class Supervisor:
             board.reset_row(slot.index)
             if slot.kind == "worker" and self._iptable is not None:
                 self._iptable.reset_worker(slot.index)
-            log.info("%s (pid %d) stopped for the reload", slot.name, pid)
+            log.info("%s (pid %d) stopped for the reload (exit %d)", slot.name, pid, code)
             return
         had_booted = board.table[slot.index, Column.STATE] in (
             ProcessState.READY,
@@ -303,7 +373,7 @@ class Supervisor:
     # -- reload (SIGHUP) ----------------------------------------------------------------
 
     def _start_reload(self) -> None:
-        """Re-read the config; if valid, replace the processes one at a time with it."""
+        """Re-read the config; if valid, roll it out one process at a time."""
         if self._roll is not None or self._booting:
             log.warning("SIGHUP ignored: a boot or reload is still in progress")
             return
@@ -320,9 +390,42 @@ class Supervisor:
                 ", ".join(changed),
             )
             return
+        if new.server.workers > self._capacity:
+            log.error(
+                "reload refused, keeping the running configuration: [server] workers = %d "
+                "is more than the %d worker slots sized at start ([server] max_workers); "
+                "raise max_workers and restart",
+                new.server.workers,
+                self._capacity,
+            )
+            return
         systemd.notify("RELOADING=1")
-        log.info("reload: replacing %d process(es) one at a time", len(self.slots))
-        self._roll = _Roll(new, self.config, pending=list(self.slots))
+        steps = self._plan(new)
+        log.info(
+            "reload: %d step(s), %d -> %d worker(s)",
+            len(steps),
+            len(self._group),
+            new.server.workers,
+        )
+        self._roll = _Roll(new, self.config, steps)
+
+    def _plan(self, target: Config) -> list[_Step]:
+        """The steps from the running processes to ``target``: add missing worker slots,
+        retire surplus ones (from the last, so the kernel keeps the group's order), then
+        replace every remaining process not already running ``target``."""
+        count = len(self._group)
+        wanted = target.server.workers
+        steps = [_Step("add", index) for index in range(count, wanted)]
+        steps += [_Step("retire", index) for index in range(count - 1, wanted - 1, -1)]
+        steps += [
+            _Step("replace", slot.index)
+            for slot in self.slots
+            if (slot.kind == "admin" or slot.index < wanted) and slot.config is not target
+        ]
+        return steps
+
+    def _slot(self, index: int) -> Slot | None:
+        return next((s for s in self.slots if s.index == index), None)
 
     def _step_roll(self) -> None:
         roll = self._roll
@@ -332,23 +435,23 @@ class Supervisor:
         now = time.monotonic()
         slot = roll.current
         if slot is None:
-            if not roll.pending:
-                self.config = roll.new
-                self._roll = None
-                self._last_status = 0.0
-                systemd.notify("READY=1")
-                log.info("reload %s", "rolled back" if roll.rollback else "complete")
-                return
-            slot = roll.current = roll.pending.pop(0)
-            roll.phase, roll.since = "stopping", now
-            slot.replacing = True
-            if slot.pid:
-                # A worker drains its clients first; the admin (SIGUSR2) just hands over.
-                os.kill(slot.pid, signal.SIGTERM if slot.kind == "worker" else signal.SIGUSR2)
+            self._next_step(roll, now)
+            return
+        if roll.phase == "steering":
+            if now - roll.since >= STEER_SETTLE:
+                roll.phase, roll.since = "stopping", now
+                if slot.pid:
+                    # A worker drains its clients; the admin (SIGUSR2) just hands over.
+                    os.kill(slot.pid, signal.SIGTERM if slot.kind == "worker" else signal.SIGUSR2)
             return
         if roll.phase == "stopping":
             if slot.pid == 0:
-                slot.config = roll.new
+                if roll.action == "retire":
+                    self._remove_worker_slot(slot)
+                    log.info("reload: retired worker %d", slot.index)
+                    roll.current = None
+                    return
+                slot.config = roll.target
                 slot.restart_at = None
                 self._spawn(slot)
                 roll.phase, roll.since = "booting", now
@@ -362,25 +465,48 @@ class Supervisor:
         if slot.pid == 0 or now - roll.since > BOOT_TIMEOUT:
             self._roll_back(roll, slot)
 
-    def _roll_back(self, roll: _Roll, failed: Slot) -> None:
-        """The new configuration did not boot: put every replaced process back on the
-        old one (a rollback that fails too keeps restarting with backoff)."""
-        log.error("reload: %s did not boot with the new configuration; rolling back", failed.name)
-        if roll.rollback:
-            failed.replacing = False
-            failed.config = roll.old
-            failed.restart_at = time.monotonic() + failed.backoff
+    def _next_step(self, roll: _Roll, now: float) -> None:
+        if not roll.steps:
+            self.config = roll.target
             self._roll = None
+            self._last_status = 0.0
+            systemd.notify("READY=1")
+            log.info("reload %s", "rolled back" if roll.rollback else "complete")
             return
+        step = roll.steps.pop(0)
+        roll.action, roll.since = step.action, now
+        if step.action == "add":
+            slot = roll.current = self._add_worker_slot(step.index, roll.target)
+            slot.replacing = True
+            self._spawn(slot)
+            roll.phase = "booting"
+            return
+        existing = self._slot(step.index)
+        assert existing is not None
+        roll.current = existing
+        existing.replacing = True
+        roll.phase = "steering"  # _update_steering keeps new connections off it now
+
+    def _roll_back(self, roll: _Roll, failed: Slot) -> None:
+        """The roll's config did not boot: go back step by step to the previous one (if
+        going back fails too, the slot keeps restarting on the previous config with
+        backoff and the roll ends)."""
+        log.error("reload: %s did not boot with the new configuration; rolling back", failed.name)
         if failed.pid:
             os.kill(failed.pid, signal.SIGKILL)
-        replaced = [s for s in self.slots if s.config is roll.new and s is not failed]
-        failed.config = roll.old
+            os.waitpid(failed.pid, 0)
+            failed.pid = 0
+        self._roll = None
         failed.replacing = False
-        failed.restart_at = None
-        if not failed.pid:
-            self._spawn(failed)
-        self._roll = _Roll(roll.old, roll.old, pending=replaced, rollback=True)
+        if roll.action == "add":
+            self._remove_worker_slot(failed)
+        else:
+            failed.config = roll.previous
+            failed.restart_at = time.monotonic() + (failed.backoff if roll.rollback else 0)
+        if roll.rollback:
+            log.error("reload: rolling back failed too; restarting with backoff")
+            return
+        self._roll = _Roll(roll.previous, roll.previous, self._plan(roll.previous), rollback=True)
 
     def _check_boot(self) -> None:
         if not self._booting:

@@ -48,7 +48,7 @@ from shardws.auth import (
     may_subscribe,
     user_only_members,
 )
-from shardws.bus import Bus, channel_topic, host_endpoints, ready_members
+from shardws.bus import Bus, channel_topic, endpoint
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     BadEnvelope,
@@ -67,7 +67,7 @@ from shardws.handshake import client_ip, origin_allowed, parse_networks, request
 from shardws.hub import Hub
 from shardws.iplimits import IPTable
 from shardws.log import RateLimitedLogger, setup_logging
-from shardws.metrics import Column, ProcessState, Scoreboard
+from shardws.metrics import Column, LatencyHistogram, ProcessState, Scoreboard
 from shardws.protocol import CloseCode, ErrorCode
 
 EXIT_BOOT_FAILURE = 3
@@ -241,6 +241,7 @@ class Worker:
         self.board = board
         self.row = board.row(slot)
         self.stats = [0] * len(Column)  # local counters, copied to shared memory per tick
+        self.latency = LatencyHistogram()
         self.connections: set[Connection] = set()
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
@@ -257,17 +258,18 @@ class Worker:
     # -- lifecycle ----------------------------------------------------------------------
 
     def ready_peers(self) -> set[int]:
-        """Bus members of this host (workers and the admin) that are READY with a fresh
-        heartbeat (from shared memory)."""
-        members = self.config.server.workers + 1
-        return ready_members(self.board, members, self.slot, self.config.server.heartbeat_timeout)
+        """Bus members of this host (workers and the admin) other than this worker that
+        are READY with a fresh heartbeat (from shared memory)."""
+        return self.board.ready_slots(self.config.server.heartbeat_timeout) - {self.slot}
 
     async def boot(self, listen_sock: socket.socket) -> None:
         """Start the bus, wait for peers' subscriptions, then start accepting."""
         server = self.config.server
-        endpoints = host_endpoints(self._run_dir, server.workers)
-        self.bus = Bus(self.slot, endpoints, self._on_bus_channel, self.ready_peers)
-        self.bus.start()
+        run_dir = self._run_dir
+        self.bus = Bus(
+            self.slot, lambda m: endpoint(run_dir, m), self._on_bus_channel, self.ready_peers
+        )
+        self.bus.start(self.board.members())
         self._tick()
         missing = await self.bus.wait_for_peers(self.ready_peers(), PEER_WAIT_TIMEOUT)
         if missing:
@@ -371,7 +373,10 @@ class Worker:
             Column.SYNC_TIMEOUTS,
         ):
             row[column] = stats[column]
+        self.latency.store(row)
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+        if self.bus is not None and not self._stop.is_set():
+            self.bus.attach(self.board.members())  # a reload may have added workers
         if not self._stop.is_set():
             asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._tick)
 
@@ -711,7 +716,9 @@ class Worker:
         self.stats[Column.PUBLISHES] += 1
         sinks = self.hub.sinks(channel)
         if sinks:
+            start = time.monotonic_ns()
             self._deliver(build_text_frame(push), sinks, self.drops_for(channel))
+            self.latency.observe((time.monotonic_ns() - start) / 1e9)
         if self.bus is not None:
             self.bus.publish(channel_topic(channel), push)
 
@@ -758,13 +765,16 @@ class Worker:
         if self.bus is not None:
             self.bus.unsubscribe(channel_topic(channel))
 
-    def _on_bus_channel(self, topic: bytes, payloads: list[bytes]) -> None:
+    def _on_bus_channel(self, topic: bytes, payloads: list[bytes], stamp_ns: int) -> None:
         channel = topic[1:-1].decode()
         sinks = self.hub.sinks(channel)
         if sinks:
             drop = self.drops_for(channel)
             for payload in payloads:
                 self._deliver(build_text_frame(payload), sinks, drop)
+            # One observation per publication: every payload of a batch entered the
+            # server within the batch's loop iteration, so they share its stamp.
+            self.latency.observe((time.monotonic_ns() - stamp_ns) / 1e9, len(payloads))
 
 
 def run_worker(

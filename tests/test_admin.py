@@ -40,7 +40,7 @@ def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
     try:
 
         async def main() -> None:
-            subs = [await Client.connect(proc.url) for _ in range(2)]
+            subs = await clients_on_workers(proc.url, 2)  # one subscriber per worker
             pub = await Client.connect(proc.url)
             for sub in subs:
                 await sub.call("subscribe", channel="m")
@@ -59,6 +59,18 @@ def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
             assert got["shardws_worker_up{}"] == 2
             assert got["shardws_worker_restarts_total{}"] == 0
             assert got["process_open_fds_by_worker{}"] > 0
+            # One latency observation per publication per worker with subscribers:
+            # 5 delivered locally on the publisher's worker, 5 through the bus.
+            assert got["websocket_message_latency_seconds_count{}"] == 10
+            assert got["websocket_message_latency_seconds_bucket{le=+Inf}"] == 10
+            assert 0 < got["websocket_message_latency_seconds_sum{}"] < 10
+            buckets = sorted(
+                (float(key.split("le=")[1].rstrip("}")), value)
+                for key, value in got.items()
+                if key.startswith("websocket_message_latency_seconds_bucket")
+            )
+            counts = [value for _, value in buckets]
+            assert counts == sorted(counts) and len(counts) > 10  # cumulative
             for client in [*subs, pub]:
                 await client.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,24 @@ from shardws.bus import Bus, channel_topic, endpoint
 
 
 class Member:
-    def __init__(self, member: int, endpoints: list[str], peers: set[int]) -> None:
+    def __init__(self, member: int, run_dir: Path, peers: set[int]) -> None:
         self.received: list[tuple[bytes, bytes]] = []
-        self.bus = Bus(member, endpoints, self._on_channel, lambda: set(peers), sync_timeout=1.0)
+        self.stamps: list[int] = []
+        self.peers = peers
+        self.bus = Bus(
+            member,
+            lambda m: endpoint(str(run_dir), m),
+            self._on_channel,
+            lambda: set(peers),
+            sync_timeout=1.0,
+        )
 
-    def _on_channel(self, topic: bytes, payloads: list[bytes]) -> None:
+    def start(self) -> None:
+        self.bus.start(self.peers)
+
+    def _on_channel(self, topic: bytes, payloads: list[bytes], stamp_ns: int) -> None:
         self.received.extend((topic, p) for p in payloads)
+        self.stamps.append(stamp_ns)
 
 
 async def _wait(predicate, limit: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -28,10 +41,9 @@ async def _wait(predicate, limit: float = 5.0) -> None:  # type: ignore[no-untyp
 
 
 async def _members(tmp_path: Path, n: int) -> list[Member]:
-    endpoints = [endpoint(str(tmp_path), i) for i in range(n)]
-    members = [Member(i, endpoints, set(range(n)) - {i}) for i in range(n)]
+    members = [Member(i, tmp_path, set(range(n)) - {i}) for i in range(n)]
     for m in members:
-        m.bus.start()
+        m.start()
     for m in members:
         missing = await m.bus.wait_for_peers(set(range(n)) - {m.bus.member}, timeout(5))
         assert not missing
@@ -69,9 +81,8 @@ def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path) -> None:
 
 def test_barrier_times_out_for_a_silent_peer(tmp_path: Path) -> None:
     async def scenario() -> None:
-        endpoints = [endpoint(str(tmp_path), i) for i in range(2)]
-        lonely = Member(0, endpoints, {1})  # claims member 1 is ready, but it never starts
-        lonely.bus.start()
+        lonely = Member(0, tmp_path, {1})  # claims member 1 is ready, but it never starts
+        lonely.start()
         assert await asyncio.wait_for(lonely.bus.subscribe(b"cx\0"), timeout(5)) is False
         assert lonely.bus.sync_timeouts == 1
         lonely.bus.close()
@@ -108,6 +119,34 @@ def test_large_batches_split_and_arrive(tmp_path: Path, size: int) -> None:
         await _wait(lambda: len(a.received) == 20)
         assert [p for _, p in a.received] == payloads and a.bus.lost == 0
         for m in (a, b):
+            m.bus.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_member_attached_later_joins_the_mesh(tmp_path: Path) -> None:
+    """A reload adds a worker: the others ``attach`` it and it gets their messages."""
+
+    async def scenario() -> None:
+        a, b = await _members(tmp_path, 2)
+        c = Member(2, tmp_path, {0, 1})
+        c.start()
+        for m in (a, b):
+            m.peers.add(2)
+            m.bus.attach({2})
+            m.bus.attach({2})  # idempotent
+        assert not await c.bus.wait_for_peers({0, 1}, timeout(5))
+        topic = channel_topic("late")
+        assert await asyncio.wait_for(c.bus.subscribe(topic), timeout(5)) is True
+        before = time.monotonic_ns()
+        a.bus.publish(topic, b"from a")
+        b.bus.publish(topic, b"from b")
+        await _wait(lambda: len(c.received) == 2)
+        assert sorted(p for _, p in c.received) == [b"from a", b"from b"]
+        # The batch stamp is when the publisher queued it: after ``before``, not later
+        # than its arrival.
+        assert all(before <= stamp <= time.monotonic_ns() for stamp in c.stamps)
+        for m in (a, b, c):
             m.bus.close()
 
     asyncio.run(scenario())

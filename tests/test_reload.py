@@ -1,0 +1,170 @@
+"""SIGHUP reloads that change the worker count, and a reload whose workers cannot boot.
+
+Real ``shardws serve`` processes; a stream of new connections runs through every roll and
+counts attempts that were refused (connection refused or reset, or an HTTP error instead
+of the upgrade). A connection that is accepted and then sent away with a ``reconnect``
+push by a draining worker is not refused: that is the drain protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+import websockets
+from serverproc import ServerProcess, timeout
+from wsclient import clients_on_workers
+
+from benchmarks.tlscert import self_signed
+
+STREAM_CONNECTORS = 4
+
+
+class ConnectionStream:
+    """Opens connections back to back from a few tasks until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.accepted = 0
+        self.refused: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run()) for _ in range(STREAM_CONNECTORS)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with websockets.connect(self.url, open_timeout=timeout(10)) as ws:
+                    first = json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))
+                    assert first["type"] in ("connected", "reconnect"), first
+                    self.accepted += 1
+            except (OSError, websockets.InvalidStatus, websockets.InvalidHandshake) as exc:
+                self.refused.append(repr(exc))
+            except websockets.ConnectionClosed as exc:
+                # Closed before the first message: only a drain's 1001 is acceptable.
+                if exc.rcvd is None or exc.rcvd.code != 1001:
+                    self.refused.append(repr(exc))
+                else:
+                    self.accepted += 1
+            await asyncio.sleep(0.005)
+
+
+def _wait_for_log(proc: ServerProcess, pattern: str, count: int, limit: float) -> None:
+    deadline = time.monotonic() + timeout(limit)
+    while len(re.findall(pattern, proc.logs())) < count:
+        assert time.monotonic() < deadline, f"no {count}x {pattern!r} in time:\n{proc.logs()}"
+        time.sleep(0.05)
+
+
+async def _roll_under_stream(proc: ServerProcess, workers: int, completed: int) -> int:
+    """Rewrite ``workers``, SIGHUP, and wait for reload number ``completed`` to finish
+    while connections stream in; returns how many connections were accepted meanwhile."""
+    text = proc.config_path.read_text()
+    proc.config_path.write_text(re.sub(r"(?m)^workers = \d+", f"workers = {workers}", text))
+    stream = ConnectionStream(proc.url)
+    stream.start()
+    await asyncio.sleep(0.3)
+    proc.signal(signal.SIGHUP)
+    await asyncio.to_thread(_wait_for_log, proc, "reload complete", completed, 60)
+    await asyncio.sleep(0.3)
+    await stream.stop()
+    assert stream.refused == [], f"{len(stream.refused)} refused: {stream.refused[:5]}"
+    return stream.accepted
+
+
+def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
+    tmp_path: Path,
+) -> None:
+    proc = ServerProcess(tmp_path, workers=2, server="max_workers = 4").start()
+    try:
+        _wait_for_log(proc, r"process\(es\) ready", 1, 10)
+        accepted = asyncio.run(_roll_under_stream(proc, 3, 1))
+        assert accepted > 0
+        body = proc.wait_healthy()
+        assert [w["worker"] for w in body["per_worker"]] == [0, 1, 2]
+
+        async def pubsub_across(workers: int) -> None:
+            clients = await clients_on_workers(proc.url, workers)
+            for client in clients:
+                assert (await client.call("subscribe", channel="roll"))["ok"]
+            for sender in clients:
+                assert (await sender.call("publish", channel="roll", data=sender.worker))["ok"]
+                for receiver in clients:
+                    push = await receiver.next_push()
+                    assert push["data"] == sender.worker, push
+            for client in clients:
+                await client.close()
+
+        asyncio.run(pubsub_across(3))  # the added worker is on the bus both ways
+
+        asyncio.run(_roll_under_stream(proc, 1, 2))
+        body = proc.wait_healthy()
+        assert [w["worker"] for w in body["per_worker"]] == [0]
+        assert "retired worker 2" in proc.logs() and "retired worker 1" in proc.logs()
+        asyncio.run(pubsub_across(1))
+
+        # Beyond max_workers: refused, the key named, nothing changes.
+        text = proc.config_path.read_text()
+        proc.config_path.write_text(re.sub(r"(?m)^workers = \d+", "workers = 5", text))
+        proc.signal(signal.SIGHUP)
+        _wait_for_log(proc, r"\[server\] max_workers", 1, 10)
+        assert "reload refused" in proc.logs()
+        assert len(proc.wait_healthy()["per_worker"]) == 1
+    finally:
+        proc.stop()
+
+
+def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
+    """The new config validates, but its TLS key is broken before the new workers start
+    (an operator's deploy replaced the file): the roll is reversed, the service keeps
+    serving the old config, and nothing restarts in a loop."""
+    cert, key = self_signed(tmp_path)
+    proc = ServerProcess(tmp_path, workers=2).start()
+    try:
+        _wait_for_log(proc, r"process\(es\) ready", 1, 10)
+        old_pids = {w["pid"] for w in proc.wait_healthy()["per_worker"]}
+        original = proc.config_path.read_text()
+        proc.config_path.write_text(
+            original.replace("workers = 2", "workers = 3")
+            + f'\n[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        )
+        proc.signal(signal.SIGHUP)
+        _wait_for_log(proc, r"reload: \d+ step", 1, 10)
+        Path(key).write_text("not a key any more\n")  # before the first new worker boots
+
+        async def stream_through_rollback() -> None:
+            stream = ConnectionStream(proc.url)
+            stream.start()
+            await asyncio.to_thread(_wait_for_log, proc, "reload rolled back", 1, 60)
+            await stream.stop()
+            assert stream.refused == [], stream.refused[:5]
+            assert stream.accepted > 0
+
+        asyncio.run(stream_through_rollback())
+        logs = proc.logs()
+        assert "did not boot with the new configuration; rolling back" in logs
+        body = proc.wait_healthy()
+        assert [w["worker"] for w in body["per_worker"]] == [0, 1]
+
+        # Plain ws:// still works on both workers (the old config, without TLS).
+        async def plain_on_both() -> None:
+            for client in await clients_on_workers(proc.url, 2):
+                await client.close()
+
+        asyncio.run(plain_on_both())
+        # Worker 1 was never replaced (the roll stopped at the first failure).
+        assert [w for w in body["per_worker"] if w["pid"] in old_pids]
+        # No restart storm: a handful of boots, not a loop.
+        assert len(re.findall(r"started worker", proc.logs())) <= 6
+    finally:
+        proc.stop()
