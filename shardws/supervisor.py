@@ -162,6 +162,7 @@ class Supervisor:
         self._boot_started = 0.0
         self._stopping = False
         self._last_status = 0.0
+        self._last_watchdog = 0.0
         self._run_dir = ""
         self._own_run_dir = False
         self._board: Scoreboard | None = None
@@ -470,8 +471,8 @@ class Supervisor:
             self.config = roll.target
             self._roll = None
             self._last_status = 0.0
-            systemd.notify("READY=1")
             log.info("reload %s", "rolled back" if roll.rollback else "complete")
+            systemd.notify("READY=1")
             return
         step = roll.steps.pop(0)
         roll.action, roll.since = step.action, now
@@ -552,7 +553,8 @@ class Supervisor:
     def _report(self) -> None:
         now = time.monotonic()
         interval = systemd.watchdog_interval()
-        if interval is not None:
+        if interval is not None and now - self._last_watchdog >= interval:
+            self._last_watchdog = now
             systemd.notify("WATCHDOG=1")
         if now - self._last_status < STATUS_INTERVAL:
             return

@@ -28,12 +28,15 @@ def test_worker_with_a_stuck_loop_is_killed_and_replaced(tmp_path: Path) -> None
         proc.stop()
 
 
-def test_sd_notify_ready_status_stopping(tmp_path: Path) -> None:
+def test_sd_notify_ready_status_watchdog_reloading_stopping(tmp_path: Path) -> None:
     address = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(address)
         listener.settimeout(0.2)
-        proc = ServerProcess(tmp_path, workers=2).start(env={"NOTIFY_SOCKET": address})
+        # WatchdogSec=1: systemd expects WATCHDOG=1 at least every 0.5 s.
+        proc = ServerProcess(tmp_path, workers=2).start(
+            env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}
+        )
         messages: list[str] = []
 
         def collect_until(predicate: str, limit: float) -> None:
@@ -48,6 +51,27 @@ def test_sd_notify_ready_status_stopping(tmp_path: Path) -> None:
         try:
             collect_until("READY=1", 10)
             collect_until("STATUS=2/2 workers ready", 10)
+            # The watchdog is fed from the supervisor's loop, at half of WatchdogSec.
+            start = len(messages)
+            deadline = time.monotonic() + timeout(3)
+            while messages[start:].count("WATCHDOG=1") < 3:
+                assert time.monotonic() < deadline, messages[start:]
+                try:
+                    messages.append(listener.recv(4096).decode())
+                except TimeoutError:
+                    pass
+            # SIGHUP: RELOADING=1, then READY=1 once the roll completed.
+            proc.signal(signal.SIGHUP)
+            collect_until("RELOADING=1", 10)
+            reloading = messages.index("RELOADING=1")
+            deadline = time.monotonic() + timeout(30)
+            while "READY=1" not in messages[reloading:]:
+                assert time.monotonic() < deadline, messages[reloading:]
+                try:
+                    messages.append(listener.recv(4096).decode())
+                except TimeoutError:
+                    pass
+            assert "reload complete" in proc.logs()
             proc.signal(signal.SIGTERM)
             collect_until("STOPPING=1", 10)
             assert proc.wait_exit(10) == 0
