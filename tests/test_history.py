@@ -1,0 +1,120 @@
+"""history.py: property tests for the ring, offsets, recovery and the rendezvous owner."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardws.history import Ring, owner_of
+
+members = st.sets(st.integers(0, 200), min_size=1, max_size=12)
+channels = st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=60, unique=True)
+
+
+@given(members, channels)
+def test_owner_is_a_member_and_every_process_agrees(group: set[int], names: list[str]) -> None:
+    for name in names:
+        owner = owner_of(name, group)
+        assert owner in group
+        assert owner_of(name, sorted(group, reverse=True)) == owner  # order does not matter
+
+
+@given(members, channels, st.data())
+def test_removing_a_member_moves_only_its_channels(
+    group: set[int], names: list[str], data: st.DataObject
+) -> None:
+    if len(group) < 2:
+        return
+    gone = data.draw(st.sampled_from(sorted(group)))
+    rest = group - {gone}
+    for name in names:
+        before = owner_of(name, group)
+        after = owner_of(name, rest)
+        assert after == before or before == gone
+
+
+def test_channels_spread_over_members() -> None:
+    counts = collections.Counter(owner_of(f"chat:{n}", range(4)) for n in range(4000))
+    assert set(counts) == {0, 1, 2, 3}
+    assert min(counts.values()) > 800  # ~1000 each
+
+
+def test_owner_of_no_members_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        owner_of("news", [])
+
+
+# One step of a random history: publish (with an optional idempotency key, maybe a
+# repeat), let time pass, or try to recover from some position.
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.one_of(st.none(), st.integers(0, 30))),
+        st.tuples(st.just("wait"), st.floats(0, 5)),
+        st.tuples(st.just("recover"), st.integers(-2, 60)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 10), st.sampled_from([0.0, 3.0]), steps)
+def test_ring_matches_a_model(size: int, ttl: float, script: list[tuple[str, object]]) -> None:
+    ring = Ring(size, ttl)
+    now = 100.0
+    model: list[tuple[int, float, str | None]] = []  # every publication ever stored
+    for action, value in script:
+        if action == "wait":
+            now += float(value)  # type: ignore[arg-type]
+            continue
+        if action == "publish":
+            idem = None if value is None else f"k{value}"
+            held = [o for o, t, i in model[-size:] if ttl == 0 or t >= now - ttl]
+            earlier = ring.duplicate(idem, now)
+            expected = next((o for o, _, i in model if i == idem and o in held), None)
+            if idem is not None and expected is not None:
+                assert earlier == expected  # a retry: same offset, nothing stored
+                continue
+            assert earlier is None
+            offset = ring.next_offset
+            assert ring.append(b"p%d" % offset, now, idem) == offset == len(model) + 1
+            model.append((offset, now, idem))
+            continue
+        position = int(value)  # type: ignore[call-overload]
+        held = [o for o, t, _ in model[-size:] if ttl == 0 or t >= now - ttl]
+        got = ring.recover(ring.epoch, position, now)
+        wanted = [o for o in held if o > position]
+        gap = 0 <= position <= len(model) and all(
+            o in held for o in range(position + 1, len(model) + 1)
+        )
+        if gap:
+            assert got is not None and [e.offset for e in got] == wanted
+            assert all(e.push == b"p%d" % e.offset for e in got)
+        else:
+            assert got is None  # never a silent gap
+    assert ring.recover("another-epoch", ring.offset, now) is None
+
+
+def test_offsets_continue_after_a_snapshot_and_epochs_differ_for_new_rings() -> None:
+    ring = Ring(5, 0)
+    for n in range(8):
+        ring.append(b"%d" % n, float(n), idem=f"i{n}")
+    moved = Ring.restore(ring.snapshot())
+    assert (moved.epoch, moved.offset, moved.first_offset) == (ring.epoch, 8, 4)
+    assert moved.duplicate("i7", 8.0) == 8 and moved.duplicate("i1", 8.0) is None  # evicted key
+    assert moved.append(b"next", 9.0) == 9
+    recovered = moved.recover(ring.epoch, 5, 9.0)
+    assert recovered is not None and [e.offset for e in recovered] == [6, 7, 8, 9]
+    assert Ring(5, 0).epoch != ring.epoch
+
+
+def test_pages_forward_and_backward() -> None:
+    ring = Ring(10, 0)
+    for n in range(1, 8):
+        ring.append(b"%d" % n, 0.0)
+    assert [e.offset for e in ring.page(0, 3, 0.0)] == [1, 2, 3]
+    assert [e.offset for e in ring.page(5, 10, 0.0)] == [6, 7]
+    assert [e.offset for e in ring.page(0, 3, 0.0, reverse=True)] == [7, 6, 5]
+    assert [e.offset for e in ring.page(3, 5, 0.0, reverse=True)] == [2, 1]
