@@ -530,6 +530,28 @@ class NamespaceConfig:
     #: connections, so the cluster-wide bound is this times the number of workers);
     #: 0 = unlimited. Default 0.
     max_subscribers: int = option(0, ge=0)
+    #: Publications each channel keeps for recovery and the ``history`` op; 0 = no
+    #: history (at-most-once, no owner hop). With history, every channel has one owner
+    #: worker that orders its publications (offsets, epoch). Default 0.
+    history_size: int = option(0, ge=0, le=1_000_000)
+    #: Seconds a publication stays in the history; 0 = until pushed out by
+    #: ``history_size``. Default 300.
+    history_ttl: float = option(300.0, ge=0, unit="seconds")
+    #: Whether the ``presence`` and ``presence_stats`` ops answer for this namespace's
+    #: channels. Default false.
+    presence: bool = option(False)
+    #: Whether subscribers get ``join``/``leave`` pushes when a connection subscribes to
+    #: or leaves a channel. Default false.
+    join_leave: bool = option(False)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        # A dropped message in a history channel would be a silent gap in its offsets.
+        if self.history_size and self.slow_consumer == "drop":
+            yield (
+                "slow_consumer",
+                'expected "disconnect" when history_size > 0 (a dropped message would be '
+                'a silent gap; a disconnected subscriber recovers), got "drop"',
+            )
 
 
 def _default_namespaces() -> Mapping[str, NamespaceConfig]:
