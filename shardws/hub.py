@@ -50,7 +50,10 @@ class Hub:
 
     def add(self, channel: str, member: Hashable, sink: Any) -> asyncio.Future[bool]:
         """Add ``member`` (writing through ``sink``) to ``channel``; returns the channel's
-        liveness future (see module docstring). Adding an existing member is a no-op."""
+        liveness future (see module docstring). Adding an existing member is a no-op.
+        A ``sink`` of None makes a *pending* member: it counts as a subscriber (the bus
+        subscription is made and kept) but receives nothing until ``activate`` (used
+        while a recovering subscriber's missed publications are fetched)."""
         state = self._channels.get(channel)
         if state is None:
             state = _Channel(self._on_first(channel))
@@ -63,8 +66,9 @@ class Hub:
     def remove(self, channel: str, member: Hashable) -> bool:
         """Remove ``member`` from ``channel``; returns whether it was there."""
         state = self._channels.get(channel)
-        if state is None or state.members.pop(member, None) is None:
+        if state is None or member not in state.members:
             return False
+        del state.members[member]
         state.sinks = None
         if not state.members:
             del self._channels[channel]
@@ -77,8 +81,18 @@ class Hub:
         if state is None:
             return []
         if state.sinks is None:
-            state.sinks = list(state.members.values())
+            state.sinks = [sink for sink in state.members.values() if sink is not None]
         return state.sinks
+
+    def activate(self, channel: str, member: Hashable, sink: Any) -> bool:
+        """Start delivering to a pending ``member`` through ``sink``; False if it is no
+        longer subscribed."""
+        state = self._channels.get(channel)
+        if state is None or member not in state.members:
+            return False
+        state.members[member] = sink
+        state.sinks = None
+        return True
 
     def subscriber_count(self, channel: str) -> int:
         state = self._channels.get(channel)

@@ -22,7 +22,19 @@ from typing import Any
 PROTOCOL_VERSION = 1
 
 #: Ops a client may send. Anything else gets ``ErrorCode.UNKNOWN_OP``.
-OPS = frozenset({"connect", "refresh", "subscribe", "unsubscribe", "publish", "ping"})
+OPS = frozenset(
+    {
+        "connect",
+        "refresh",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "ping",
+        "history",
+        "presence",
+        "presence_stats",
+    }
+)
 
 # Channel names: printable ASCII without quotes, backslash, spaces or control characters,
 # so a name can be embedded in JSON and in a bus topic (which is NUL-terminated) as is.
@@ -79,6 +91,7 @@ class CloseCode(enum.IntEnum):
     IDLE_TIMEOUT = 4502  # no inbound frame (pong included) within idle_timeout
     TOKEN_EXPIRED = 4503  # the connection's token expired without a refresh
     CONNECT_TIMEOUT = 4504  # no connect message within handshake_timeout
+    INSUFFICIENT_STATE = 4505  # a history gap could not be repaired: reconnect, recover
 
 
 def reconnect_allowed(code: int) -> bool:
@@ -142,6 +155,33 @@ def encode_pub(channel: str, data: bytes) -> bytes:
     """Publication push. ``channel`` must be valid (``is_valid_channel``), so it needs
     no JSON escaping; ``data`` is raw, already-validated JSON."""
     return b'{"type":"pub","channel":"' + channel.encode() + b'","data":' + data + b"}"
+
+
+def encode_pub_at(channel: str, offset: int, epoch: str, data: bytes) -> bytes:
+    """Publication push of a channel with history: ``offset`` and ``epoch`` come right
+    after the channel, so ``pub_position`` can read them back without a JSON parse."""
+    return b'{"type":"pub","channel":"%s","offset":%d,"epoch":"%s","data":%s}' % (
+        channel.encode(),
+        offset,
+        epoch.encode(),
+        data,
+    )
+
+
+def pub_position(push: bytes, channel: str) -> tuple[int, str] | None:
+    """The (offset, epoch) of a push made by ``encode_pub_at`` for ``channel``, or None
+    for a push without a position."""
+    start = 36 + len(channel)  # len('{"type":"pub","channel":"' + channel + '","offset":')
+    if push[start - 11 : start] != b'","offset":':
+        return None
+    comma = push.find(b",", start)
+    epoch_end = push.find(b'"', comma + 10)  # after ',"epoch":"'
+    return int(push[start:comma]), push[comma + 10 : epoch_end].decode()
+
+
+def encode_presence_event(kind: str, channel: str, user: str, client: str) -> bytes:
+    """A ``join`` or ``leave`` push."""
+    return _dumps({"type": kind, "channel": channel, "user": user, "client": client})
 
 
 def encode_reconnect(delay: float) -> bytes:
