@@ -72,6 +72,7 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4001  # bad token in the connect message
     FORBIDDEN = 4003
     TOO_MANY_REQUESTS = 4008  # sustained command flood after rate-limit errors
+    DISCONNECTED = 4009  # the backend disconnected the user (POST /api/disconnect)
     TOO_MANY_CONNECTIONS = 4029  # per-IP connection limits ([limits])
     # 4500-4999: reconnect
     SERVER_RESTART = 4500
@@ -142,6 +143,13 @@ def encode_pub(channel: str, data: bytes) -> bytes:
     """Publication push. ``channel`` must be valid (``is_valid_channel``), so it needs
     no JSON escaping; ``data`` is raw, already-validated JSON."""
     return b'{"type":"pub","channel":"' + channel.encode() + b'","data":' + data + b"}"
+
+
+def encode_user_pub(user: str, data: bytes) -> bytes:
+    """User-targeted publication push, delivered to every connection of ``user``:
+    ``{"type":"pub","user":"alice","data":...}`` (``user`` instead of ``channel``).
+    ``data`` is raw, already-validated JSON, embedded verbatim."""
+    return b'{"type":"pub","user":' + _dumps(user) + b',"data":' + data + b"}"
 
 
 def encode_reconnect(delay: float) -> bytes:
