@@ -180,12 +180,7 @@ class Backend:
 
     def on_inbox(self, origin: int, payloads: list[bytes]) -> None:
         """Bus callback: the workers' replies to our requests."""
-        for payload in payloads:
-            try:
-                message = control.decode_inbox(payload)
-            except ValueError as exc:
-                log.warning("bus: bad inbox message from member %d: %s", origin, exc)
-                continue
+        for message in control.inbox_messages(origin, payloads):
             if "reply" in message:
                 self._requests.on_reply(origin, message)
 

@@ -32,10 +32,13 @@ import asyncio
 import heapq
 import itertools
 import json
+import logging
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+log = logging.getLogger("shardws.control")
 
 _CODE = struct.Struct("!H")
 _PUSH = b"p"
@@ -103,6 +106,16 @@ def decode_inbox(payload: bytes) -> dict[str, Any]:
     elif not isinstance(message.get("reply"), dict):
         raise ValueError("inbox message is neither a request nor a reply")
     return message
+
+
+def inbox_messages(origin: int, payloads: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The decoded messages among ``payloads`` that member ``origin`` sent to an inbox;
+    undecodable ones (a bug in the sender) are logged and skipped."""
+    for payload in payloads:
+        try:
+            yield decode_inbox(payload)
+        except ValueError as exc:
+            log.warning("bus: bad inbox message from member %d: %s", origin, exc)
 
 
 @dataclass(eq=False)

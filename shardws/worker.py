@@ -826,12 +826,7 @@ class Worker:
 
     def _on_bus_inbox(self, origin: int, payloads: list[bytes]) -> None:
         """Answer requests from other members (the admin's ``GET /api/channels``)."""
-        for payload in payloads:
-            try:
-                request = control.decode_inbox(payload)
-            except ValueError as exc:
-                log.warning("bus: bad inbox message from member %d: %s", origin, exc)
-                continue
+        for request in control.inbox_messages(origin, payloads):
             if "op" not in request or self.bus is None:
                 continue  # a reply: this worker sends no requests
             if request["op"] == "channels":
