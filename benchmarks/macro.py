@@ -60,13 +60,17 @@ class Server:
     name: str
     url: str
     pid: int
+    admin_url: str = ""  # shardws only
 
 
 @contextlib.contextmanager
-def serve(name: str, workers: int = 1, extra: str = "", unlimited: bool = True) -> Iterator[Server]:
+def serve(
+    name: str, workers: int = 1, extra: str = "", unlimited: bool = True, admin: str = ""
+) -> Iterator[Server]:
     """Start ``name`` (``shardws`` or a peer) and stop it afterwards. For shardws,
-    ``extra`` is TOML appended to its config and ``unlimited`` lifts the per-connection
-    command limit (publishers run flat out; the peers have no such limit either)."""
+    ``extra`` is TOML appended to its config, ``admin`` TOML added to its ``[admin]``
+    section, and ``unlimited`` lifts the per-connection command limit (publishers run
+    flat out; the peers have no such limit either)."""
     if name != "shardws":
         proc = start_peer(name, _free_port())
         try:
@@ -74,29 +78,30 @@ def serve(name: str, workers: int = 1, extra: str = "", unlimited: bool = True) 
         finally:
             stop_peer(proc)
         return
-    port, admin = _free_port(), _free_port()
+    port, admin_port = _free_port(), _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
         config.write_text(
             f"[server]\nport = {port}\nworkers = {workers}\n"
             # Benchmarks measure fan-out, not keepalive: no pings during a run.
             "ping_interval = 600\nidle_timeout = 1200\n"
-            f'[admin]\nport = {admin}\n[log]\nlevel = "warning"\n'
+            f'[admin]\nport = {admin_port}\n{admin}\n[log]\nlevel = "warning"\n'
             + (UNLIMITED if unlimited else "")
             + extra
         )
         proc = subprocess.Popen([sys.executable, "-m", "shardws", "serve", "-c", str(config)])
+        admin_url = f"http://127.0.0.1:{admin_port}"
         try:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/health", timeout=1):
+                    with urllib.request.urlopen(f"{admin_url}/health", timeout=1):
                         break
                 except OSError:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise RuntimeError("shardws did not become healthy") from None
                     time.sleep(0.1)
-            yield Server("shardws", f"ws://127.0.0.1:{port}/ws", proc.pid)
+            yield Server("shardws", f"ws://127.0.0.1:{port}/ws", proc.pid, admin_url)
         finally:
             proc.terminate()
             proc.wait(30)

@@ -1,8 +1,13 @@
-"""The admin process (``shardws: admin``): the admin HTTP port.
+"""The admin process (``shardws: admin``): the admin HTTP port and the backend ingress.
 
-Serves ``GET /health`` from the scoreboard in shared memory; it never talks to workers
-directly, so a stuck worker cannot stall it. Runs aiohttp on its own event loop, on the
-listening socket the supervisor created (kept open across restarts of this process).
+Serves ``GET /health``, ``/ready``, ``/metrics`` and ``GET /api/stats`` from the
+scoreboard in shared memory, so a stuck worker cannot stall them. The rest of the API
+goes through the host bus, of which this process is a member: publications and
+disconnects are published on channel and user topics, ``GET /api/channels`` asks every
+ready worker through its inbox and waits (bounded) for the answers. Runs aiohttp on its
+own event loop, on the listening socket the supervisor created (kept open across
+restarts of this process), and the ZeroMQ ingress (``shardws.ingress``) when
+``[ingress] bind`` is set.
 
 ``/health`` answers 200 with ``"status": "ok"`` when every worker is ready with a fresh
 heartbeat, and 503 with ``"status": "degraded"`` otherwise (a load balancer then stops
@@ -12,7 +17,6 @@ sending new clients here).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -25,16 +29,28 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from setproctitle import setproctitle
 
-from shardws import protocol
+from shardws import control
 from shardws.auth import constant_time_equal
-from shardws.bus import Bus, channel_topic, endpoint
+from shardws.backend import (
+    BadRequest,
+    Publication,
+    max_request_bytes,
+    parse_channels_query,
+    parse_disconnect,
+    parse_ingress,
+    parse_publish,
+)
+from shardws.bus import Bus, endpoint, inbox_topic, user_topic
 from shardws.config import Config
+from shardws.ingress import Ingress
 from shardws.log import setup_logging
 from shardws.metrics import Column, ProcessState, Scoreboard, prometheus_text
 
 log = logging.getLogger("shardws.admin")
 
 HEARTBEAT_INTERVAL = 0.5
+#: Seconds ``GET /api/channels`` waits for the workers' answers.
+CHANNELS_TIMEOUT = 1.0
 
 
 def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
@@ -70,35 +86,129 @@ def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
     return (200 if healthy else 503), body
 
 
-class PublishError(ValueError):
-    """A bad ``/api/publish`` body; the message says what would be valid."""
+#: Scoreboard columns reported by ``GET /api/stats``, by their name there.
+STATS_COLUMNS = {
+    "connections": Column.CONNECTIONS,
+    "accepted": Column.ACCEPTED,
+    "closed": Column.CLOSED,
+    "messages_in": Column.MESSAGES_IN,
+    "messages_out": Column.MESSAGES_OUT,
+    "bytes_in": Column.BYTES_IN,
+    "bytes_out": Column.BYTES_OUT,
+    "publications": Column.PUBLISHES,
+    "drops": Column.DROPS,
+    "slow_consumers": Column.SLOW_CONSUMERS,
+    "bus_lost": Column.BUS_LOST,
+    "rate_limited": Column.RATE_LIMITED,
+    "auth_failures": Column.AUTH_FAILURES,
+    "refused": Column.REFUSED,
+    "protocol_errors": Column.PROTOCOL_ERRORS,
+}
 
 
-def parse_publish(body: bytes, config: Config) -> tuple[list[str], bytes]:
-    """``{"channel": C | "channels": [C, ...], "data": <any JSON>}`` -> (channels, data
-    encoded once as compact JSON). Channels must be valid names in configured namespaces."""
-    try:
-        request = json.loads(body)
-    except ValueError as exc:
-        raise PublishError(f"body is not JSON: {exc}") from None
-    if not isinstance(request, dict) or "data" not in request:
-        raise PublishError('body must be an object with "data" and "channel" or "channels"')
-    channels = request.get("channels", [request["channel"]] if "channel" in request else None)
-    if not isinstance(channels, list) or not channels or len(channels) > 1000:
-        raise PublishError('"channel" (a string) or "channels" (1..1000 strings) is required')
-    for channel in channels:
-        problem = protocol.channel_error(channel if isinstance(channel, str) else None)
-        if problem is not None:
-            raise PublishError(f"{channel!r}: {problem}")
-        namespace = protocol.namespace_of(channel)
-        if namespace not in config.namespaces:
-            raise PublishError(f"{channel!r}: namespace {namespace!r} is not configured")
-    data = json.dumps(request["data"], separators=(",", ":"), ensure_ascii=False).encode()
-    return channels, data
+def worker_stats(config: Config, board: Scoreboard) -> dict[str, Any]:
+    """Per-worker counters from the scoreboard and their totals (``GET /api/stats``).
+    Counters count since the worker process started (a restarted worker starts at 0)."""
+    per_worker: list[dict[str, Any]] = []
+    for slot in board.workers():
+        row = board.row(slot)
+        entry: dict[str, Any] = {
+            "worker": slot,
+            "state": ProcessState(int(row[Column.STATE])).name.lower(),
+        }
+        entry.update((name, int(row[column])) for name, column in STATS_COLUMNS.items())
+        per_worker.append(entry)
+    total = {name: sum(w[name] for w in per_worker) for name in STATS_COLUMNS}
+    return {"total": total, "per_worker": per_worker}
+
+
+class Backend:
+    """What backends can do to this host, shared by the HTTP API and the ingress:
+    publish, disconnect a user's connections, ask the workers for their channels.
+    Counts what it did. Set ``bus`` before use."""
+
+    def __init__(self, config: Config, board: Scoreboard) -> None:
+        self.bus: Bus | None = None
+        self.ingress: Ingress | None = None
+        self.publications = 0  # publish requests accepted (HTTP and ingress)
+        self.disconnects = 0
+        self._config = config
+        self._board = board
+        self._requests = control.Requests(board.admin_slot, self._send_to_inbox)
+
+    def _send_to_inbox(self, member: int, payload: bytes) -> None:
+        assert self.bus is not None
+        self.bus.publish(inbox_topic(member), payload)
+
+    def ready_workers(self) -> set[int]:
+        """Bus members other than the admin that are READY with a fresh heartbeat."""
+        board = self._board
+        return board.ready_slots(self._config.server.heartbeat_timeout) - {board.admin_slot}
+
+    def publish(self, publication: Publication) -> None:
+        """Queue ``publication`` on the bus: it leaves at the end of this loop iteration
+        and reaches every subscribed worker at most once (bus guarantees)."""
+        assert self.bus is not None
+        for topic, payload in publication.bus_messages():
+            self.bus.publish(topic, payload)
+        self.publications += 1
+
+    def publish_frames(self, frames: list[bytes]) -> None:
+        """The ingress's handler: one message (see ``backend.parse_ingress``)."""
+        self.publish(parse_ingress(frames, self._config))
+
+    def disconnect(self, user: str, how: control.Disconnect) -> None:
+        """Close every connection of ``user`` on every worker with ``how``."""
+        assert self.bus is not None
+        self.bus.publish(user_topic(user), control.encode_disconnect(how.code, how.reason))
+        self.disconnects += 1
+
+    def on_inbox(self, origin: int, payloads: list[bytes]) -> None:
+        """Bus callback: the workers' replies to our requests."""
+        for message in control.inbox_messages(origin, payloads):
+            if "reply" in message:
+                self._requests.on_reply(origin, message)
+
+    async def channels(self, prefix: str, limit: int) -> dict[str, Any]:
+        """The ``GET /api/channels`` document: subscriber counts summed over the ready
+        workers that answered within ``CHANNELS_TIMEOUT``; ``complete`` is false (and
+        ``missing`` lists them) when some did not."""
+        answers, missing = await self._requests.ask(
+            self.ready_workers(), "channels", {"prefix": prefix, "limit": limit}, CHANNELS_TIMEOUT
+        )
+        good = {member: a for member, a in answers.items() if "error" not in a}
+        for member, answer in answers.items():
+            if "error" in answer:
+                log.error("worker %d refused the channels request: %s", member, answer["error"])
+        missing |= answers.keys() - good.keys()
+        counts, truncated = control.merge_channels(good.values(), limit)
+        body: dict[str, Any] = {
+            "channels": counts,
+            "workers": len(good),
+            "complete": not missing,
+            "truncated": truncated,
+        }
+        if missing:
+            body["missing"] = sorted(missing)
+        return body
+
+    def stats(self) -> dict[str, Any]:
+        """The admin's own counters (``"admin"`` in ``GET /api/stats``)."""
+        ingress = self.ingress
+        return {
+            "publications": self.publications,
+            "disconnects": self.disconnects,
+            "ingress": None
+            if ingress is None
+            else {"received": ingress.received, "rejected": ingress.rejected},
+        }
 
 
 def make_app(
-    config: Config, board: Scoreboard, draining: asyncio.Event, bus: Bus | None = None
+    config: Config,
+    board: Scoreboard,
+    draining: asyncio.Event,
+    backend: Backend | None = None,
 ) -> web.Application:
     """The admin HTTP application.
 
@@ -107,10 +217,28 @@ def make_app(
       503 from the moment it starts draining, so a load balancer stops sending clients
       before they are closed.
     * ``GET /metrics``: Prometheus text exposition of the scoreboard.
-    * ``POST /api/publish`` (``X-API-Key`` header): publish to one or many channels on
-      every worker, like a client's publish. 403 when ``[admin] api_key`` is not set,
-      401 for a wrong key, 400 for a bad body (the message says why), 200 otherwise.
+
+    The API under ``/api/`` needs the ``X-API-Key`` header: 403 when ``[admin] api_key``
+    is not set, 401 for a missing or wrong key, 400 for a bad request (the message says
+    why); errors are ``{"error": "..."}``. See docs/api.md.
+
+    * ``POST /api/publish``: publish to one or many channels, or to a user's
+      connections, on every worker, like a client's publish.
+    * ``POST /api/disconnect``: close every connection of a user on every worker.
+    * ``GET /api/channels``: active channels and subscriber counts over the workers.
+    * ``GET /api/stats``: counters per worker and in total, from the scoreboard.
     """
+
+    @web.middleware
+    async def require_api_key(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/api/"):
+            if not config.admin.api_key:
+                return _error(403, "the HTTP API is disabled: set [admin] api_key")
+            key = request.headers.get("X-API-Key", "")
+            if not constant_time_equal(key, config.admin.api_key):
+                return _error(401, "missing or wrong X-API-Key")
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def get_health(_request: web.Request) -> web.Response:
         status, body = health(config, board)
@@ -129,24 +257,45 @@ def make_app(
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def post_publish(request: web.Request) -> web.Response:
-        if not config.admin.api_key:
-            return _error(403, "the HTTP API is disabled: set [admin] api_key")
-        if not constant_time_equal(request.headers.get("X-API-Key", ""), config.admin.api_key):
-            return _error(401, "missing or wrong X-API-Key")
+        assert backend is not None
         try:
-            channels, data = parse_publish(await request.read(), config)
-        except PublishError as exc:
+            publication = parse_publish(await request.read(), config)
+        except BadRequest as exc:
             return _error(400, str(exc))
-        assert bus is not None
-        for channel in channels:
-            bus.publish(channel_topic(channel), protocol.encode_pub(channel, data))
-        return web.json_response({"ok": True, "channels": len(channels)})
+        backend.publish(publication)
+        if publication.user is not None:
+            return web.json_response({"ok": True, "user": publication.user})
+        return web.json_response({"ok": True, "channels": len(publication.channels)})
 
-    app = web.Application(client_max_size=config.server.max_message_size * 16)
+    async def post_disconnect(request: web.Request) -> web.Response:
+        assert backend is not None
+        try:
+            user, how = parse_disconnect(await request.read())
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        backend.disconnect(user, how)
+        return web.json_response({"ok": True})
+
+    async def get_channels(request: web.Request) -> web.Response:
+        assert backend is not None
+        try:
+            prefix, limit = parse_channels_query(request.query)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        return web.json_response(await backend.channels(prefix, limit))
+
+    async def get_stats(_request: web.Request) -> web.Response:
+        assert backend is not None
+        return web.json_response({**worker_stats(config, board), "admin": backend.stats()})
+
+    app = web.Application(client_max_size=max_request_bytes(config), middlewares=[require_api_key])
     app.router.add_get("/health", get_health)
-    app.router.add_post("/api/publish", post_publish)
     app.router.add_get("/ready", get_ready)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_post("/api/publish", post_publish)
+    app.router.add_post("/api/disconnect", post_disconnect)
+    app.router.add_get("/api/channels", get_channels)
+    app.router.add_get("/api/stats", get_stats)
     return app
 
 
@@ -169,19 +318,25 @@ async def _serve(
         stop.set()
 
     loop.add_signal_handler(signal.SIGUSR2, hand_over)
-    # The admin is the last member of the host bus: it only publishes (HTTP API), but it
-    # answers subscribe barriers like a worker, so "subscribed" holds for its messages.
-    stale = config.server.heartbeat_timeout
-
-    def ready_peers() -> set[int]:
-        return board.ready_slots(stale) - {slot}
-
-    bus = Bus(slot, lambda m: endpoint(run_dir, m), lambda _t, _p, _s: None, ready_peers)
+    # The admin is a member of the host bus: it publishes (API, ingress) and asks the
+    # workers through their inboxes, and it answers subscribe barriers like a worker, so
+    # "subscribed" holds for its messages too.
+    backend = Backend(config, board)
+    bus = backend.bus = Bus(
+        slot,
+        lambda m: endpoint(run_dir, m),
+        lambda _topic, _payloads, _stamp: None,
+        backend.ready_workers,
+        on_inbox=backend.on_inbox,
+    )
     bus.start(board.members())
-    missing = await bus.wait_for_peers(ready_peers(), 3.0)
+    missing = await bus.wait_for_peers(backend.ready_workers(), 3.0)
     if missing:
         log.warning("workers %s did not attach to the bus in time", sorted(missing))
-    runner = web.AppRunner(make_app(config, board, stop, bus), access_log=None)
+    if config.ingress.bind:
+        backend.ingress = Ingress(config.ingress, backend.publish_frames, max_request_bytes(config))
+        backend.ingress.start()
+    runner = web.AppRunner(make_app(config, board, stop, backend), access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
@@ -195,6 +350,8 @@ async def _serve(
         except TimeoutError:
             pass
     row[Column.STATE] = ProcessState.DRAINING
+    if backend.ingress is not None:  # a reload's new admin binds the same endpoint
+        backend.ingress.close()
     # Keep answering (/ready: 503) while the workers drain, so load balancers see the
     # drain; the supervisor zeroes each worker's row when it has exited.
     deadline = time.monotonic() + max(config.server.drain_timeout - 0.5, 0.1)

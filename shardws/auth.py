@@ -45,6 +45,7 @@ __all__ = [
     "constant_time_equal",
     "make_token",
     "may_subscribe",
+    "user_id_error",
     "user_only_members",
 ]
 
@@ -207,7 +208,7 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise AuthFailure("token has no sub claim")
-        if len(sub) > MAX_USER_LENGTH or _CONTROL_RE.search(sub):
+        if user_id_error(sub) is not None:
             raise AuthFailure("token sub is not a valid user id")
         exp = _numeric_date(claims, "exp")
         if exp is None:
@@ -269,6 +270,24 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
 
 
 # ---------------------------------------------------------------------- permissions
+
+
+def user_id_error(user: object) -> str | None:
+    """Why ``user`` is not an acceptable user id (a token's ``sub``, the target of a
+    user-targeted message), or None if it is: a non-empty string of at most
+    ``MAX_USER_LENGTH`` characters without control characters (user ids travel in
+    NUL-terminated bus topics)."""
+    if not isinstance(user, str) or not user:
+        return "user must be a non-empty string"
+    if len(user) > MAX_USER_LENGTH:
+        return f"user is longer than {MAX_USER_LENGTH} characters"
+    if _CONTROL_RE.search(user):
+        return "user must not contain control characters"
+    try:
+        user.encode()
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from JSON "\\ud800"
+        return "user must be valid Unicode text"
+    return None
 
 
 def user_only_members(channel: str) -> tuple[str, ...] | None:

@@ -10,6 +10,8 @@ whose process is gone is simply not there until its slot's next process binds it
 Topics are terminated byte prefixes, so ``news`` never matches ``news2``:
 
 * ``c<channel>\\0`` — publications of a channel,
+* ``u<user>\\0``    — messages for a user's connections (user-targeted publications,
+  disconnects); a worker subscribes while the user has a connection there,
 * ``i<member>\\0``  — a member's inbox (also how a booting member sees its peers),
 * ``s<member>.<n>\\0`` — subscription barriers (below).
 
@@ -56,6 +58,7 @@ log = logging.getLogger("shardws.bus")
 KIND_CHANNEL = ord("c")
 KIND_INBOX = ord("i")
 KIND_SYNC = ord("s")
+KIND_USER = ord("u")
 
 _HEADER = struct.Struct("!HIQIQ")  # origin, incarnation, first seq, count, stamp (ns)
 _LENGTH = struct.Struct("!I")
@@ -66,6 +69,12 @@ _RECV_BUDGET = 512  # frames per reader callback, so one busy socket cannot star
 def channel_topic(channel: str) -> bytes:
     """Bus topic of a channel's publications."""
     return b"c" + channel.encode() + b"\0"
+
+
+def user_topic(user: str) -> bytes:
+    """Bus topic of the messages for ``user``'s connections (``user`` must pass
+    ``auth.user_id_error``: no NUL, so the topic stays terminated)."""
+    return b"u" + user.encode() + b"\0"
 
 
 def inbox_topic(member: int) -> bytes:
@@ -100,7 +109,13 @@ class Bus:
         *,
         hwm: int = 100_000,
         sync_timeout: float = 2.0,
+        on_user: Callable[[bytes, list[bytes]], None] | None = None,
+        on_inbox: Callable[[int, list[bytes]], None] | None = None,
     ) -> None:
+        """``on_channel(topic, payloads)`` gets channel publications, ``on_user(topic,
+        payloads)`` messages on subscribed user topics, ``on_inbox(origin, payloads)``
+        the messages other members sent to this member's inbox (``origin`` is the
+        sender's member index, from the bus header). Unset callbacks ignore their kind."""
         self.member = member
         self.incarnation = int.from_bytes(os.urandom(4), "big")
         self.lost = 0  # bus payloads detected missing
@@ -135,6 +150,8 @@ class Bus:
         self._barriers: dict[bytes, _Barrier] = {}
         self._drain_scheduled: set[int] = set()
         self._closed = False
+        self._on_user = on_user
+        self._on_inbox = on_inbox
 
     def start(self, members: Iterable[int] = ()) -> None:
         """Bind, connect to ``members`` and start reading. Returns at once; peers attach
@@ -361,6 +378,11 @@ class Bus:
             offset += length
         if kind == KIND_CHANNEL:
             self._on_channel(topic, payloads, stamp)
+        elif kind == KIND_USER:
+            if self._on_user is not None:
+                self._on_user(topic, payloads)
+        elif kind == KIND_INBOX and self._on_inbox is not None:
+            self._on_inbox(origin, payloads)
 
     def _check_sequence(
         self, topic: bytes, origin: int, incarnation: int, first_seq: int, count: int

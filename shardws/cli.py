@@ -1,4 +1,5 @@
-"""The ``shardws`` command: ``serve``, ``check-config``, ``token``, ``bench`` (load generator).
+"""The ``shardws`` command: ``serve``, ``check-config``, ``token``, ``publish``, ``keygen``,
+``tune``, ``bench`` (load generator).
 
 Exit codes: 0 success, 1 runtime failure (e.g. a worker failed its first boot),
 2 bad usage or bad configuration (the message names the file and the key).
@@ -49,13 +50,26 @@ def _parser() -> argparse.ArgumentParser:
         "-c", "--config", metavar="FILE", help="TOML config file (default: built-in defaults)"
     )
     publish = commands.add_parser(
-        "publish", help="publish to a channel through the admin HTTP API (POST /api/publish)"
+        "publish",
+        help="publish to a channel, or to a user's connections, through the admin HTTP API",
+        description="POST /api/publish: shardws publish CHANNEL DATA, or shardws publish"
+        " --user USER DATA (to every connection of USER).",
     )
-    publish.add_argument("channel")
+    publish.add_argument("channel", nargs="?", help="the channel (omit with --user)")
     publish.add_argument("data", help="the publication: a JSON value")
+    publish.add_argument("--user", help="publish to every connection of this user instead")
     publish.add_argument(
         "-c", "--config", metavar="FILE", help="config with [admin] host, port and api_key"
     )
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a CurveZMQ key pair: NAME.key (public) and NAME.key_secret",
+        description="Write a new CurveZMQ key pair as Z85 text: NAME.key (the public key,"
+        " also printed) and NAME.key_secret, both mode 0600; existing files are never"
+        " overwritten. For [ingress] curve_secret_key_file / curve_authorized_keys and"
+        " shardws.Publisher.",
+    )
+    keygen.add_argument("name", metavar="NAME", help="path prefix of the two files")
     tune = commands.add_parser(
         "tune", help="kernel and fd limits: current vs recommended, and host capacity"
     )
@@ -77,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         from shardws import loadgen
 
         return loadgen.main(rest)
+    if args.command == "keygen":
+        return _keygen(args.name)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
@@ -142,29 +158,51 @@ def _token(args: argparse.Namespace, config: Config) -> int:
 
 
 def _publish(args: argparse.Namespace, config: Config) -> int:
-    """``shardws publish CHANNEL DATA``: one POST to the admin API; prints the reply."""
-    import json
-    import urllib.error
-    import urllib.request
+    """``shardws publish [CHANNEL] DATA [--user USER]``: one POST to the admin API;
+    prints the reply."""
+    from shardws.publisher import Publisher, PublisherError
 
+    if (args.channel is None) == (args.user is None):
+        print("shardws publish: give either CHANNEL or --user USER", file=sys.stderr)
+        return 2
     try:
         data = json.loads(args.data)
     except ValueError as exc:
         print(f"shardws publish: DATA is not JSON: {exc}", file=sys.stderr)
         return 2
     admin = config.admin
-    request = urllib.request.Request(
-        f"http://{admin.host}:{admin.port}/api/publish",
-        data=json.dumps({"channel": args.channel, "data": data}).encode(),
-        headers={"Content-Type": "application/json", "X-API-Key": admin.api_key},
-        method="POST",
-    )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            print(response.read().decode())
-            return 0
-    except urllib.error.HTTPError as exc:
-        print(f"shardws publish: HTTP {exc.code}: {exc.read().decode()}", file=sys.stderr)
+        with Publisher(f"http://{admin.host}:{admin.port}", api_key=admin.api_key) as pub:
+            if args.user is not None:
+                reply = pub.publish_user(args.user, data)
+            else:
+                reply = pub.publish(args.channel, data)
+    except PublisherError as exc:
+        print(f"shardws publish: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply))
+    return 0
+
+
+def _keygen(name: str) -> int:
+    """``shardws keygen NAME``: a new Curve key pair in NAME.key and NAME.key_secret."""
+    import os
+
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    written: list[str] = []
+    try:
+        for path, key in ((f"{name}.key_secret", secret), (f"{name}.key", public)):
+            # O_EXCL: never overwrite a key someone may already rely on.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key + b"\n")
+            written.append(path)
     except OSError as exc:
-        print(f"shardws publish: cannot reach {request.full_url}: {exc}", file=sys.stderr)
-    return 1
+        for path in written:  # no half-written pair
+            os.unlink(path)
+        print(f"shardws keygen: {exc}", file=sys.stderr)
+        return 1
+    print(public.decode())
+    return 0

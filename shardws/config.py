@@ -59,6 +59,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "IngressConfig",
     "LimitsConfig",
     "LogConfig",
     "NamespaceConfig",
@@ -503,6 +504,114 @@ class TLSConfig:
             yield "cert", "required when key is set (set both or neither)"
 
 
+# ZeroMQ's Z85 alphabet (RFC 32/Z85): a Curve key is 32 bytes, 40 characters.
+_Z85_KEY_RE = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+_INGRESS_ENDPOINT_RE = re.compile(
+    r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+):(?P<port>[0-9]{1,5})"
+)
+
+
+def _is_z85_key(value: str) -> bool:
+    return _Z85_KEY_RE.fullmatch(value) is not None
+
+
+def _is_ingress_endpoint(value: str) -> bool:
+    if value == "":
+        return True
+    if value.startswith("ipc://"):
+        return value.startswith("ipc:///") and len(value) > len("ipc:///")
+    match = _INGRESS_ENDPOINT_RE.fullmatch(value)
+    return match is not None and 1 <= int(match["port"]) <= 65535
+
+
+def _is_loopback_endpoint(value: str) -> bool:
+    """True for ``tcp://`` endpoints only other processes of this host can reach."""
+    match = _INGRESS_ENDPOINT_RE.fullmatch(value)
+    if match is None:
+        return False
+    host = match["host"].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # an interface name or "*": every address of the host
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class IngressConfig:
+    """``[ingress]``: backends publish over ZeroMQ (PUSH) to a PULL socket of the admin
+    process, without HTTP; see docs/api.md for the wire format and ``shardws.Publisher``.
+
+    Publishers on other hosts must be authenticated: a ``tcp://`` bind that is not a
+    loopback address needs CurveZMQ keys (``curve_secret_key_file`` and
+    ``curve_authorized_keys``) unless ``allow_plaintext`` says otherwise. The secret key
+    never appears in ``repr()``, errors or :func:`dump_config` output.
+    """
+
+    #: ZeroMQ endpoint the ingress binds: ``"tcp://HOST:PORT"`` (e.g.
+    #: ``"tcp://127.0.0.1:9766"``) or ``"ipc:///absolute/path.sock"``; ``""`` = no
+    #: ingress. Default ``""``.
+    bind: str = option(
+        "",
+        check=_is_ingress_endpoint,
+        expect='"" (off), "tcp://HOST:PORT" or "ipc:///absolute/path"',
+    )
+    #: File holding the ingress's CurveZMQ secret key (40 Z85 characters, as written by
+    #: ``shardws keygen``); read at load. Set it and publishers must use Curve with this
+    #: key's public half as their server key. Default ``""`` (no Curve).
+    curve_secret_key_file: str = option("")
+    #: Curve public keys (40 Z85 characters each) of the publishers allowed to connect;
+    #: required with ``curve_secret_key_file``. Default [].
+    curve_authorized_keys: tuple[str, ...] = option(
+        (), check=_is_z85_key, expect="a Curve public key of 40 Z85 characters (shardws keygen)"
+    )
+    #: Accept unauthenticated, unencrypted publishers on a non-loopback ``tcp://`` bind
+    #: (anyone who can reach the port can publish). Default false.
+    allow_plaintext: bool = option(False)
+    #: Messages queued in the ingress before ZeroMQ stops reading from publishers (their
+    #: PUSH sockets then queue, up to their own high-water mark), >= 1. Default 100000.
+    hwm: int = option(100_000, ge=1)
+    #: The content of ``curve_secret_key_file``, read at load. Not a TOML key.
+    curve_secret_key: str = option("", toml=False, secret=True)
+
+    def load_files(self) -> IngressConfig:
+        """Read ``curve_secret_key_file`` into ``curve_secret_key``."""
+        if not self.curve_secret_key_file:
+            return self
+        key = _read_text("curve_secret_key_file", self.curve_secret_key_file).strip()
+        if not _is_z85_key(key):
+            raise _FileError(
+                "curve_secret_key_file",
+                f"{self.curve_secret_key_file!r} does not hold a Curve secret key"
+                " (40 Z85 characters, as written by shardws keygen)",
+            )
+        return dataclasses.replace(self, curve_secret_key=key)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
+        if self.curve_authorized_keys and not self.curve_secret_key_file:
+            yield "curve_secret_key_file", "required when curve_authorized_keys is set"
+        if self.curve_secret_key_file and not self.curve_authorized_keys:
+            yield (
+                "curve_authorized_keys",
+                "required when curve_secret_key_file is set: the public keys of the"
+                " publishers allowed to connect",
+            )
+        if (
+            self.bind.startswith("tcp://")
+            and not self.curve_secret_key_file
+            and not self.allow_plaintext
+            and not _is_loopback_endpoint(self.bind)
+        ):
+            yield (
+                "bind",
+                f"{self.bind!r} is reachable from other hosts: set curve_secret_key_file and"
+                " curve_authorized_keys (shardws keygen), or allow_plaintext = true to let"
+                " anyone who can reach it publish",
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class NamespaceConfig:
     """``[namespaces.<name>]``: options of the channels ``<name>:...``; channels without a
@@ -568,6 +677,7 @@ class Config:
     auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)
+    ingress: IngressConfig = dataclasses.field(default_factory=IngressConfig)
     namespaces: Mapping[str, NamespaceConfig] = option(factory=_default_namespaces)
     #: The file the config came from, or ``"<default>"``. Not a TOML key.
     source: str = option("<default>", toml=False)

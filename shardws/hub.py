@@ -94,6 +94,14 @@ class Hub:
         state.sinks = None
         return True
 
+    def channel_counts(self, prefix: str = "") -> dict[str, int]:
+        """Local subscriber count of every channel whose name starts with ``prefix``."""
+        return {
+            name: len(state.members)
+            for name, state in self._channels.items()
+            if name.startswith(prefix)
+        }
+
     def subscriber_count(self, channel: str) -> int:
         state = self._channels.get(channel)
         return 0 if state is None else len(state.members)

@@ -84,6 +84,7 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4001  # bad token in the connect message
     FORBIDDEN = 4003
     TOO_MANY_REQUESTS = 4008  # sustained command flood after rate-limit errors
+    DISCONNECTED = 4009  # the backend disconnected the user (POST /api/disconnect)
     TOO_MANY_CONNECTIONS = 4029  # per-IP connection limits ([limits])
     # 4500-4999: reconnect
     SERVER_RESTART = 4500
@@ -182,6 +183,13 @@ def pub_position(push: bytes, channel: str) -> tuple[int, str] | None:
 def encode_presence_event(kind: str, channel: str, user: str, client: str) -> bytes:
     """A ``join`` or ``leave`` push."""
     return _dumps({"type": kind, "channel": channel, "user": user, "client": client})
+
+
+def encode_user_pub(user: str, data: bytes) -> bytes:
+    """User-targeted publication push, delivered to every connection of ``user``:
+    ``{"type":"pub","user":"alice","data":...}`` (``user`` instead of ``channel``).
+    ``data`` is raw, already-validated JSON, embedded verbatim."""
+    return b'{"type":"pub","user":' + _dumps(user) + b',"data":' + data + b"}"
 
 
 def encode_reconnect(delay: float) -> bytes:

@@ -129,10 +129,13 @@ class Sequencer:
         now = self._clock()
         for channel, state in states.items():
             current = self._rings.get(channel)
-            if current is None or current.offset == 0 or current.epoch == state.epoch:
-                if current is None or current.offset <= state.offset:
-                    self._rings[channel] = Ring.restore(state)
-                    self._used[channel] = now
+            if (
+                current is None
+                or current.offset == 0
+                or (current.epoch == state.epoch and current.offset <= state.offset)
+            ):
+                self._rings[channel] = Ring.restore(state)
+                self._used[channel] = now
 
     def save(self, path: str) -> int:
         """Write every ring to ``path`` (owner-only file; a planned replacement of this
@@ -153,7 +156,7 @@ class Sequencer:
             with open(path, "rb") as file:
                 # Written by this service's own previous process into its private run
                 # directory (mode 0700, file 0600): trusted input.
-                states: dict[str, RingState] = pickle.load(file)  # noqa: S301
+                states: dict[str, RingState] = pickle.load(file)
         except FileNotFoundError:
             return 0, {}
         os.unlink(path)

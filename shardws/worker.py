@@ -38,7 +38,7 @@ from picows import (
 )
 from setproctitle import setproctitle
 
-from shardws import core, protocol
+from shardws import control, core, protocol
 from shardws.auth import (
     ANONYMOUS,
     Authenticator,
@@ -48,7 +48,7 @@ from shardws.auth import (
     may_subscribe,
     user_only_members,
 )
-from shardws.bus import Bus, channel_topic, endpoint
+from shardws.bus import Bus, channel_topic, endpoint, inbox_topic, user_topic
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     BadEnvelope,
@@ -254,6 +254,8 @@ class Worker:
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
+        # user -> that user's connections here, subscribed to the user's bus topic.
+        self.users = Hub(self._bus_subscribe_user, self._bus_unsubscribe_user)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -267,7 +269,12 @@ class Worker:
         server = self.config.server
         run_dir = self._run_dir
         self.bus = Bus(
-            self.slot, lambda m: endpoint(run_dir, m), self._on_bus_channel, self.ready_peers
+            self.slot,
+            lambda m: endpoint(run_dir, m),
+            self._on_bus_channel,
+            self.ready_peers,
+            on_user=self._on_bus_user,
+            on_inbox=self._on_bus_inbox,
         )
         self.bus.start(self.board.members())
         self._tick()
@@ -480,7 +487,7 @@ class Worker:
         self.stats[Column.ACCEPTED] += 1
         if conn.identity is None:  # way 2: a connect message must come first
             conn.connect_deadline = time.monotonic() + self.config.server.handshake_timeout
-        conn.send(protocol.encode_connected(conn.client_id, self.slot))
+        self._join_user(conn, protocol.encode_connected(conn.client_id, self.slot))
         if self._stop.is_set():  # accepted before the drain began: send it elsewhere
             self._send_away(conn, 1.0)
 
@@ -501,6 +508,7 @@ class Worker:
         for channel in conn.channels:
             self.hub.remove(channel, conn)
         conn.channels.clear()
+        self._leave_user(conn)
 
     def protocol_error(self, conn: Connection, what: str) -> None:
         self.stats[Column.PROTOCOL_ERRORS] += 1
@@ -585,7 +593,7 @@ class Worker:
             self._peer_log.info("client %s: connect refused: %s", conn.client_id, exc.reason)
             conn.close(CloseCode.UNAUTHORIZED, exc.reason)
             return
-        conn.send(self._identity_reply(command_id, conn.identity))
+        self._join_user(conn, self._identity_reply(command_id, conn.identity))
 
     def _refresh(self, conn: Connection, command_id: int | None, raw: bytes | None) -> None:
         assert conn.identity is not None
@@ -775,6 +783,72 @@ class Worker:
             # One observation per publication: every payload of a batch entered the
             # server within the batch's loop iteration, so they share its stamp.
             self.latency.observe((time.monotonic_ns() - stamp_ns) / 1e9, len(payloads))
+
+    # -- users and inbox (the admin API) --------------------------------------------------
+
+    def _join_user(self, conn: Connection, greeting: bytes) -> None:
+        """Register an authenticated ``conn`` for its user's messages, then send
+        ``greeting`` (the ``connected`` push, or the ``connect`` reply) once the user's
+        bus topic is live: from then on user-targeted publications and disconnects sent
+        from any member of the host reach this connection."""
+        user = conn.identity.user if conn.identity is not None else ""
+        if not user:  # anonymous: nothing can target it
+            conn.send(greeting)
+            return
+        live = self.users.add(user, conn, conn.sink)
+        if live.done() or self._stop.is_set():  # draining: it is sent away at once
+            conn.send(greeting)
+        else:
+            live.add_done_callback(lambda _f: conn.send(greeting))
+
+    def _leave_user(self, conn: Connection) -> None:
+        if conn.identity is not None and conn.identity.user:
+            self.users.remove(conn.identity.user, conn)
+
+    def _bus_subscribe_user(self, user: str) -> asyncio.Future[bool]:
+        assert self.bus is not None
+        return self.bus.subscribe(user_topic(user))
+
+    def _bus_unsubscribe_user(self, user: str) -> None:
+        if self.bus is not None:
+            self.bus.unsubscribe(user_topic(user))
+
+    def _on_bus_user(self, topic: bytes, payloads: list[bytes]) -> None:
+        user = topic[1:-1].decode()
+        for payload in payloads:
+            try:
+                message = control.decode_user_message(payload)
+            except ValueError as exc:  # a bug in the sender: say so, keep serving
+                log.warning("bus: bad message for a user topic: %s", exc)
+                continue
+            sinks = self.users.sinks(user)
+            if not sinks:
+                return
+            if isinstance(message, control.Disconnect):
+                for sink in list(sinks):  # close() leaves the hub: iterate over a copy
+                    sink.owner.close(message.code, message.reason)
+            else:
+                # User pushes follow the default namespace's slow-consumer policy.
+                default = self.config.namespaces.get("default") or NamespaceConfig()
+                self._deliver(build_text_frame(message), sinks, default.slow_consumer == "drop")
+
+    def _on_bus_inbox(self, origin: int, payloads: list[bytes]) -> None:
+        """Answer requests from other members (the admin's ``GET /api/channels``)."""
+        for request in control.inbox_messages(origin, payloads):
+            if "op" not in request or self.bus is None:
+                continue  # a reply: this worker sends no requests
+            if request["op"] == "channels":
+                try:
+                    prefix, limit = control.channels_arguments(request)
+                except ValueError as exc:
+                    reply: dict[str, Any] = {"error": str(exc)}
+                else:
+                    reply = control.channels_answer(self.hub.channel_counts(prefix), limit)
+            else:
+                reply = {"error": f"unknown op {request['op']!r}"}
+            self.bus.publish(
+                inbox_topic(request["reply_to"]), control.encode_reply(request["id"], reply)
+            )
 
 
 def run_worker(

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from serverproc import ServerProcess, run_cli, timeout
 from wsclient import Client, clients_on_workers
+
+from shardws.auth import make_token
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -181,7 +185,191 @@ def test_http_api_disabled_without_key(tmp_path: Path) -> None:
     proc = ServerProcess(tmp_path, workers=1).start()
     try:
         body = json.dumps({"channel": "x", "data": 1}).encode()
-        status, reply = _post(proc.admin_url + "/api/publish", body, "anything-anything")
-        assert status == 403 and "api_key" in str(reply["error"])
+        for path in ("/api/publish", "/api/disconnect"):
+            status, reply = _post(proc.admin_url + path, body, "anything-anything")
+            assert status == 403 and "api_key" in str(reply["error"])
+        for path in ("/api/channels", "/api/stats"):
+            status, reply = _get_json(proc.admin_url + path, "anything-anything")
+            assert status == 403 and "api_key" in str(reply["error"])
+    finally:
+        proc.stop()
+
+
+def _get_json(url: str, key: str | None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, headers={} if key is None else {"X-API-Key": key})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+SECRET = "s3cret-for-tests-only-0123456789abcdef"
+AUTH = f'''
+[auth]
+anonymous = false
+secret = "{SECRET}"
+'''
+
+
+def _as(url: str, user: str) -> str:
+    return f"{url}?token={make_token(SECRET, user, 3600)}"
+
+
+async def _closed_with(client: Client) -> tuple[int, str]:
+    """The close code and reason the server closed ``client`` with (pushes skipped)."""
+    try:
+        while True:
+            await client.recv(limit=5)
+    except websockets.ConnectionClosed as exc:
+        assert exc.rcvd is not None, "closed without a close frame"
+        return exc.rcvd.code, exc.rcvd.reason
+
+
+async def _quiet(client: Client) -> None:
+    """Nothing was pushed to ``client`` before the reply to a ping sent now."""
+    reply = await client.call("ping")
+    assert reply["ok"] and not client.pushes, client.pushes
+
+
+def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"', extra=AUTH)
+    proc.start()
+    try:
+        publish, disconnect = proc.admin_url + "/api/publish", proc.admin_url + "/api/disconnect"
+
+        async def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+            status, reply = await asyncio.to_thread(_post, url, json.dumps(body).encode(), API_KEY)
+            assert status == 200, reply
+            return reply
+
+        async def main() -> None:
+            alice = await clients_on_workers(_as(proc.url, "alice"), 2, per_worker=2)
+            late = await Client.connect(proc.url)  # way 2: the token in a connect message
+            assert (await late.call("connect", token=make_token(SECRET, "alice", 60)))["ok"]
+            alice.append(late)
+            bob = await clients_on_workers(_as(proc.url, "bob"), 2)
+            carol = await clients_on_workers(_as(proc.url, "carol"), 2)
+            for client in carol:
+                assert (await client.call("subscribe", channel="after"))["ok"]
+
+            reply = await post(publish, {"user": "alice", "data": {"n": 1}})
+            assert reply == {"ok": True, "user": "alice"}
+            for client in alice:
+                assert await client.next_push() == {
+                    "type": "pub",
+                    "user": "alice",
+                    "data": {"n": 1},
+                }
+            for client in bob + carol:
+                await _quiet(client)
+
+            assert await post(disconnect, {"user": "alice"}) == {"ok": True}
+            for client in alice:
+                assert await _closed_with(client) == (4009, "disconnected by the server")
+            custom = {"user": "bob", "code": 4500, "reason": "maintenance"}
+            assert await post(disconnect, custom) == {"ok": True}
+            for client in bob:
+                assert await _closed_with(client) == (4500, "maintenance")
+
+            # Everyone else is untouched and still served.
+            await post(publish, {"channel": "after", "data": 2})
+            for client in carol:
+                assert (await client.next_push())["data"] == 2
+                await _quiet(client)
+            # The last alice connection left, so the workers dropped her topic; a new one
+            # resubscribes it before its connected push.
+            again = await clients_on_workers(_as(proc.url, "alice"), 2)
+            await post(publish, {"user": "alice", "data": "back"})
+            for client in again:
+                assert (await client.next_push())["data"] == "back"
+            for client in again + carol:
+                await client.close()
+
+        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        assert _post(disconnect, b'{"user":"x"}', None)[0] == 401
+        for bad, why in (
+            (b"{nope", "not JSON"),
+            (b"{}", '"user"'),
+            (b'{"user":""}', "non-empty"),
+            (b'{"user":"a","code":1000}', "4000 to 4999"),
+            (b'{"user":"a","reason":"' + b"x" * 200 + b'"}', "120 bytes"),
+        ):
+            status, reply = _post(disconnect, bad, API_KEY)
+            assert status == 400 and why in str(reply["error"]), reply
+        cli = run_cli("publish", "--user", "alice", '{"a":1}', "-c", str(proc.config_path))
+        assert cli.returncode == 0 and '"user": "alice"' in cli.stdout, cli.stderr
+    finally:
+        proc.stop()
+
+
+def test_channels_and_stats(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"')
+    proc.start()
+    try:
+        channels_url, stats_url = proc.admin_url + "/api/channels", proc.admin_url + "/api/stats"
+
+        async def channels(query: str = "") -> dict[str, Any]:
+            status, body = await asyncio.to_thread(_get_json, channels_url + query, API_KEY)
+            assert status == 200, body
+            return body
+
+        async def main() -> None:
+            w0a, w0b, w1a, w1b = await clients_on_workers(proc.url, 2, per_worker=2)
+            for client, names in ((w0a, "ab"), (w0b, "a"), (w1a, "ac"), (w1b, "")):
+                for name in names:
+                    assert (await client.call("subscribe", channel=f"ch-{name}"))["ok"]
+            assert await channels() == {
+                "channels": {"ch-a": 3, "ch-b": 1, "ch-c": 1},
+                "workers": 2,
+                "complete": True,
+                "truncated": False,
+            }
+            assert (await channels("?prefix=ch-a"))["channels"] == {"ch-a": 3}
+            limited = await channels("?limit=2")
+            assert (limited["channels"], limited["truncated"]) == ({"ch-a": 3, "ch-b": 1}, True)
+            await w0b.close()
+            assert (await channels())["channels"] == {"ch-a": 2, "ch-b": 1, "ch-c": 1}
+            for n in range(3):
+                await w1b.call("publish", channel="ch-c", data=n)
+            for n in range(3):
+                assert (await w1a.next_push())["data"] == n
+            await asyncio.to_thread(
+                _post, proc.admin_url + "/api/publish", b'{"channel":"ch-b","data":0}', API_KEY
+            )
+            assert (await w0a.next_push())["channel"] == "ch-b"
+            await asyncio.sleep(0.7)  # one heartbeat: counters reach shared memory
+            status, stats = await asyncio.to_thread(_get_json, stats_url, API_KEY)
+            assert status == 200, stats
+            total = stats["total"]
+            assert total["connections"] == 3
+            assert [w["connections"] for w in stats["per_worker"]] == [1, 2]
+            assert total["publications"] == 3  # from clients; the API's are the admin's
+            assert total["messages_out"] == 3 + 1
+            assert total["messages_in"] == 5 + 3  # subscribes, publishes
+            assert total["bytes_out"] > 0 and total["closed"] >= 1  # + surplus connections
+            assert stats["admin"]["publications"] == 1
+            assert stats["admin"]["ingress"] is None  # [ingress] bind not set
+
+            # A worker that is READY but does not answer (stopped) is reported, not waited for.
+            pid = proc.health()[1]["per_worker"][1]["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                partial = await channels()
+                assert time.monotonic() - started < timeout(3)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert partial["complete"] is False and partial["missing"] == [1]
+            assert partial["workers"] == 1 and partial["channels"] == {"ch-a": 1, "ch-b": 1}
+            for client in (w0a, w1a, w1b):
+                await client.close()
+
+        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        for query, why in (("?limit=0", "limit"), ("?limit=x", "limit")):
+            status, body = _get_json(channels_url + query, API_KEY)
+            assert status == 400 and why in body["error"], body
+        assert _get_json(channels_url, None)[0] == 401
+        assert _get_json(stats_url, "wrong-key-wrong-key")[0] == 401
     finally:
         proc.stop()

@@ -662,3 +662,65 @@ def test_namespace_options() -> None:
     )
     err = error("[namespaces.chat]\nmax_subscribers = -1\n")
     assert err.key == "namespaces.chat.max_subscribers"
+
+
+# ------------------------------------------------------------------ ingress
+
+_CLIENT_KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+
+
+def test_ingress(tmp_path: Path) -> None:
+    assert default_config().ingress.bind == ""
+    for bind in ("tcp://127.0.0.1:9766", "tcp://[::1]:9766", "tcp://localhost:1", "ipc:///x/y"):
+        assert parse_config(f'[ingress]\nbind = "{bind}"', "f").ingress.bind == bind
+    public = parse_config('[ingress]\nbind = "tcp://0.0.0.0:9766"\nallow_plaintext = true', "f")
+    assert public.ingress.allow_plaintext
+    secret = "JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6"
+    key_file = tmp_path / "server.key_secret"
+    key_file.write_text(secret + "\n")
+    curve = parse_config(
+        f'[ingress]\nbind = "tcp://*:9766"\ncurve_secret_key_file = "{key_file}"\n'
+        f'curve_authorized_keys = ["{_CLIENT_KEY}"]',
+        "f",
+    )
+    assert curve.ingress.curve_secret_key == secret
+    assert secret not in repr(curve) and secret not in dump_config(curve)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "detail"),
+    [
+        ('bind = "tcp://127.0.0.1"', "ingress.bind", '"tcp://HOST:PORT"'),
+        ('bind = "tcp://127.0.0.1:0"', "ingress.bind", '"tcp://HOST:PORT"'),
+        ('bind = "ipc://relative.sock"', "ingress.bind", "ipc:///absolute"),
+        ('bind = "udp://127.0.0.1:1"', "ingress.bind", '"tcp://HOST:PORT"'),
+        ('bind = "tcp://0.0.0.0:9766"', "ingress.bind", "reachable from other hosts"),
+        ('bind = "tcp://eth0:9766"', "ingress.bind", "allow_plaintext = true"),
+        ('bind = "tcp://*:9766"', "ingress.bind", "curve_secret_key_file"),
+        ('curve_authorized_keys = ["short"]', "ingress.curve_authorized_keys", "40 Z85"),
+        (
+            f'curve_authorized_keys = ["{_CLIENT_KEY}"]',
+            "ingress.curve_secret_key_file",
+            "required when curve_authorized_keys",
+        ),
+        ("hwm = 0", "ingress.hwm", ">= 1"),
+    ],
+)
+def test_ingress_errors(toml: str, key: str, detail: str) -> None:
+    err = error(f"[ingress]\n{toml}")
+    assert err.key == key and detail in err.detail, err.detail
+
+
+def test_ingress_key_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.key_secret"
+    bad.write_text("not a key\n")
+    err = error(
+        f'[ingress]\ncurve_secret_key_file = "{bad}"\ncurve_authorized_keys = ["{_CLIENT_KEY}"]'
+    )
+    assert err.key == "ingress.curve_secret_key_file" and "40 Z85" in err.detail
+    err = error(f'[ingress]\ncurve_secret_key_file = "{tmp_path / "none"}"')
+    assert err.key == "ingress.curve_secret_key_file" and "cannot read" in err.detail
+    good = tmp_path / "good.key_secret"
+    good.write_text(_CLIENT_KEY)
+    err = error(f'[ingress]\ncurve_secret_key_file = "{good}"')
+    assert err.key == "ingress.curve_authorized_keys" and "required" in err.detail

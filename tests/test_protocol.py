@@ -62,7 +62,14 @@ def test_invalid_channels(name: str | None, why: str) -> None:
     assert problem is not None and why in problem
 
 
+def test_user_pub_push() -> None:
+    push = protocol.encode_user_pub('al"ice é', b'{"a" : 1}')
+    assert push == '{"type":"pub","user":"al\\"ice é","data":{"a" : 1}}'.encode()
+    assert json.loads(push) == {"type": "pub", "user": 'al"ice é', "data": {"a": 1}}
+
+
 def test_close_code_classes() -> None:
+    assert not protocol.reconnect_allowed(CloseCode.DISCONNECTED)
     assert not protocol.reconnect_allowed(CloseCode.UNAUTHORIZED)
     assert not protocol.reconnect_allowed(CloseCode.BAD_REQUEST)
     assert not protocol.reconnect_allowed(CloseCode.MESSAGE_TOO_BIG)

@@ -1,0 +1,203 @@
+"""What backends ask of the server -- publish, disconnect a user, list channels -- parsed
+and validated (no I/O). The HTTP API and the ZeroMQ ingress share these parsers, so both
+accept exactly the same requests.
+
+Guarantees:
+
+* Every parser returns a fully validated value or raises :class:`BadRequest`, whose
+  message names the member at fault and what would be valid; nothing else escapes, for
+  any input bytes (deep nesting and invalid UTF-8 included).
+* A :class:`Publication` is encoded once into the bytes subscribers receive
+  (:meth:`Publication.bus_messages`): channels must be valid names in configured
+  namespaces; a user must be a valid user id. Client permission rules (``publish =
+  false``, user-only channels) do not apply: the backend is the server's own voice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shardws import control, protocol
+from shardws.auth import user_id_error
+from shardws.bus import channel_topic, user_topic
+from shardws.config import Config
+from shardws.core import BadEnvelope, InvalidUTF8, parse_envelope
+from shardws.protocol import CloseCode
+
+#: Most channels one publish request may name.
+MAX_CHANNELS_PER_REQUEST = 1000
+#: Longest close reason, bytes of UTF-8: RFC 6455 5.5 leaves 123 bytes for it in a close
+#: frame, and the worker truncates at 120.
+MAX_REASON_BYTES = 120
+DEFAULT_DISCONNECT_REASON = "disconnected by the server"
+
+
+class BadRequest(ValueError):
+    """A request a backend got wrong; the message says what would be valid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A validated publication to ``channels``, or to every connection of ``user``;
+    ``data`` is valid JSON, embedded as is in what subscribers receive."""
+
+    channels: tuple[str, ...]
+    user: str | None
+    data: bytes
+
+    def bus_messages(self) -> list[tuple[bytes, bytes]]:
+        """(bus topic, payload) pairs that deliver this publication; each push is
+        encoded once here and never re-serialized downstream."""
+        if self.user is not None:
+            push = protocol.encode_user_pub(self.user, self.data)
+            return [(user_topic(self.user), control.encode_user_push(push))]
+        return [(channel_topic(c), protocol.encode_pub(c, self.data)) for c in self.channels]
+
+
+def max_request_bytes(config: Config) -> int:
+    """Largest request body (HTTP) or message (ingress) accepted."""
+    return config.server.max_message_size * 16
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 section 6)")
+
+
+def _load_object(body: bytes, expected: str) -> dict[str, Any]:
+    try:
+        # parse_constant: Python's parser accepts NaN and Infinity, JSON clients do not.
+        request = json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:  # includes invalid UTF-8
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is not JSON: nested too deeply") from None
+    if not isinstance(request, dict):
+        raise BadRequest(f"body must be an object with {expected}")
+    return request
+
+
+def check_channel(channel: object, config: Config) -> str:
+    """``channel`` if it is a valid channel name in a configured namespace."""
+    problem = protocol.channel_error(channel if isinstance(channel, str) else None)
+    if problem is not None:
+        raise BadRequest(f"{channel!r}: {problem}")
+    assert isinstance(channel, str)
+    namespace = protocol.namespace_of(channel)
+    if namespace not in config.namespaces:
+        raise BadRequest(f"{channel!r}: namespace {namespace!r} is not configured")
+    return channel
+
+
+def check_user(user: object) -> str:
+    """``user`` if it is a valid user id (see :func:`shardws.auth.user_id_error`)."""
+    problem = user_id_error(user)
+    if problem is not None:
+        raise BadRequest(f'"user": {problem}')
+    assert isinstance(user, str)
+    return user
+
+
+def parse_publish(body: bytes, config: Config) -> Publication:
+    """``{"channel": C | "channels": [C, ...] | "user": U, "data": <any JSON>}`` (exactly
+    one target) -> a :class:`Publication` with ``data`` re-encoded once as compact JSON."""
+    request = _load_object(body, '"data" and one of "channel", "channels" or "user"')
+    targets = [key for key in ("channel", "channels", "user") if key in request]
+    if "data" not in request or len(targets) != 1:
+        raise BadRequest(
+            'body must be an object with "data" and exactly one of "channel" (a string),'
+            f' "channels" (1..{MAX_CHANNELS_PER_REQUEST} strings) or "user" (a user id)'
+        )
+    try:
+        data = json.dumps(
+            request["data"], separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except ValueError as exc:
+        raise BadRequest(f'"data": {exc}') from None
+    if targets[0] == "user":
+        return Publication((), check_user(request["user"]), data)
+    channels = request.get("channels", [request.get("channel")])
+    if not isinstance(channels, list) or not 1 <= len(channels) <= MAX_CHANNELS_PER_REQUEST:
+        raise BadRequest(f'"channels" must be a list of 1..{MAX_CHANNELS_PER_REQUEST} channels')
+    return Publication(tuple(check_channel(c, config) for c in channels), None, data)
+
+
+# The two-frame ingress form is checked by the C scanner clients' publishes go through:
+# wrapped as a publish command, the data must come back as the whole of the data member.
+_WRAP_HEAD = b'{"op":"publish","data":'
+_JSON_WHITESPACE = b" \t\r\n"
+
+
+def check_json(raw: bytes) -> bytes:
+    """``raw`` without surrounding whitespace if it is exactly one JSON value (strict
+    UTF-8, RFC 8259, nesting at most ``core.MAX_DEPTH - 1``: the limits of a client's
+    ``data``), validated without building Python objects."""
+    try:
+        env = parse_envelope(_WRAP_HEAD + raw + b"}")
+    except (InvalidUTF8, BadEnvelope) as exc:
+        raise BadRequest(f"data is not one JSON value: {exc}") from None
+    # Anything else in the envelope means raw smuggled in more members, e.g. '1,"x":2'.
+    data = env.data
+    if data is None or env.id is not None or env.fields or env.channel is not None:
+        raise BadRequest("data is not one JSON value")
+    if len(data) != len(raw.strip(_JSON_WHITESPACE)):
+        raise BadRequest("data is not one JSON value")
+    return data
+
+
+def parse_ingress(frames: list[bytes], config: Config) -> Publication:
+    """One ingress message: a single frame holding the JSON body of ``POST /api/publish``,
+    or two frames ``[channel, data]`` (``data`` is raw JSON, passed on byte-for-byte)."""
+    if len(frames) == 1:
+        return parse_publish(frames[0], config)
+    if len(frames) != 2:
+        raise BadRequest(
+            f"expected 1 frame (a JSON publish request) or 2 (channel, data), got {len(frames)}"
+        )
+    try:
+        channel = frames[0].decode("ascii")
+    except UnicodeDecodeError:
+        raise BadRequest("channel frame is not an ASCII channel name") from None
+    return Publication((check_channel(channel, config),), None, check_json(frames[1]))
+
+
+def parse_disconnect(body: bytes) -> tuple[str, control.Disconnect]:
+    """``{"user": U, "code": 4000..4999 (optional), "reason": "..." (optional)}`` ->
+    (user, what to close its connections with). The default code is
+    ``CloseCode.DISCONNECTED`` (4009: do not reconnect)."""
+    request = _load_object(body, '"user"')
+    if "user" not in request:
+        raise BadRequest('body must be an object with "user"')
+    user = check_user(request["user"])
+    code = request.get("code", int(CloseCode.DISCONNECTED))
+    if isinstance(code, bool) or not isinstance(code, int) or not 4000 <= code <= 4999:
+        raise BadRequest(
+            f'"code" must be an integer from 4000 to 4999 (4000-4499: the client should not'
+            f" reconnect, 4500-4999: it should), got {code!r}"
+        )
+    reason = request.get("reason", DEFAULT_DISCONNECT_REASON)
+    if not isinstance(reason, str):
+        raise BadRequest('"reason" must be a string')
+    try:
+        size = len(reason.encode())
+    except UnicodeEncodeError:  # a lone surrogate from JSON "\\ud800"
+        raise BadRequest('"reason" must be valid Unicode text') from None
+    if size > MAX_REASON_BYTES:
+        raise BadRequest(f'"reason" must be at most {MAX_REASON_BYTES} bytes of UTF-8')
+    return user, control.Disconnect(code, reason)
+
+
+def parse_channels_query(query: Mapping[str, str]) -> tuple[str, int]:
+    """``?prefix=P&limit=N`` of ``GET /api/channels`` -> (prefix, limit); limit defaults
+    to and is at most ``control.MAX_CHANNELS``."""
+    prefix = query.get("prefix", "")
+    if len(prefix) > protocol.CHANNEL_MAX_LENGTH:
+        raise BadRequest(f'"prefix" is longer than {protocol.CHANNEL_MAX_LENGTH} characters')
+    raw = query.get("limit", str(control.MAX_CHANNELS))
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not (
+        1 <= int(raw) <= control.MAX_CHANNELS
+    ):
+        raise BadRequest(f'"limit" must be an integer from 1 to {control.MAX_CHANNELS}')
+    return prefix, int(raw)

@@ -1,0 +1,223 @@
+"""``shardws.Publisher``: publish from a backend, over the ZeroMQ ingress or the HTTP API.
+
+::
+
+    from shardws import Publisher
+
+    with Publisher("tcp://127.0.0.1:9766") as pub:                 # [ingress] bind
+        pub.publish("news", {"text": "hello"})
+        pub.publish_many(["news", "chat:lobby"], b'{"raw":"json"}')
+        pub.publish_user("alice", {"note": "for every connection of alice"})
+
+    with Publisher("http://127.0.0.1:9765", api_key="...") as pub:  # [admin] host:port
+        pub.publish("news", {"text": "hello"})
+
+``data`` is any JSON-serializable value, or ``bytes`` holding JSON text, which is sent
+as is and reaches subscribers byte-for-byte (over ZeroMQ ``publish`` does no JSON
+encoding at all then: the server checks it without decoding it).
+
+Guarantees, by transport:
+
+* ``tcp://`` / ``ipc://`` (a PUSH socket to the admin's PULL): **at-most-once,
+  unacknowledged**. ``publish`` returns once the message is queued in this process;
+  ZeroMQ connects, reconnects and sends in the background. While the server is
+  unreachable up to ``hwm`` messages wait here; past that ``publish`` waits up to
+  ``send_timeout`` seconds for room, then raises :class:`PublisherError`. Messages in
+  flight when the admin process restarts are lost, and a message the server refuses
+  (unknown namespace, bad JSON) is only counted and logged there (``GET /api/stats``:
+  ``admin.ingress.rejected``). Order is kept per Publisher. ``close`` gives queued
+  messages up to ``linger`` seconds to leave.
+* ``http://`` / ``https://`` (``POST /api/publish`` on one kept-alive connection):
+  **acknowledged**: ``publish`` returns after the server accepted the request and queued
+  the publication on its bus, or raises :class:`PublisherError` with the server's
+  reason (HTTP 400/401/403) or the connection error. Not retried, so never duplicated.
+
+With CurveZMQ (``[ingress] curve_secret_key_file`` on the server) pass the server's
+public key and this publisher's key pair (``shardws keygen``; the public key must be in
+the server's ``curve_authorized_keys``). Keys are Z85 text (40 characters) or the path
+of a file holding one (see :func:`read_key`). With wrong keys the handshake never
+completes: messages queue here as while disconnected and nothing is delivered.
+
+A Publisher is not thread-safe; use one per thread.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import urllib.parse
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+__all__ = ["Publisher", "PublisherError", "read_key"]
+
+
+class PublisherError(Exception):
+    """A publication was not accepted; ``status`` is the HTTP status (0 otherwise)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_key(key: str | bytes) -> bytes:
+    """A Curve key as Z85 bytes: ``key`` itself if it is 40 characters of Z85, else the
+    content of the file it names (surrounding whitespace removed)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    if len(text) != 40 and os.path.exists(text):
+        with open(text, encoding="ascii") as f:
+            text = f.read().strip()
+    if len(text) != 40:
+        raise ValueError("a Curve key is 40 Z85 characters (or the path of a file with one)")
+    return text.encode("ascii")
+
+
+def _json_bytes(data: Any) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _request(target: dict[str, Any], data: Any) -> bytes:
+    """The JSON body of a publish request, embedding ``data`` bytes verbatim."""
+    head = json.dumps(target, separators=(",", ":"), ensure_ascii=False).encode()
+    return head[:-1] + b',"data":' + _json_bytes(data) + b"}"
+
+
+class Publisher:
+    """A connection to one shardws host for publishing (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str = "",
+        curve_server_key: str | bytes | None = None,
+        curve_public_key: str | bytes | None = None,
+        curve_secret_key: str | bytes | None = None,
+        hwm: int = 100_000,
+        send_timeout: float = 5.0,
+        linger: float = 1.0,
+        timeout: float = 10.0,
+    ) -> None:
+        """``url``: ``tcp://HOST:PORT`` or ``ipc:///path`` (the server's ``[ingress]
+        bind``), or ``http(s)://HOST:PORT`` (the admin port; needs ``api_key``).
+        ``timeout``: seconds for one HTTP request. Connecting over ZeroMQ happens in the
+        background: a server that is not up yet is not an error."""
+        self.url = url
+        self._sock: zmq.Socket[bytes] | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._http: http.client.HTTPConnection | None = None
+        if url.startswith(("tcp://", "ipc://")):
+            self._ctx = zmq.Context(io_threads=1)
+            sock = self._sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
+            sock.setsockopt(zmq.LINGER, int(linger * 1000))
+            if curve_server_key is not None:
+                if curve_secret_key is None:
+                    self.close()
+                    raise ValueError("curve_server_key needs curve_secret_key (shardws keygen)")
+                secret = read_key(curve_secret_key)
+                sock.curve_secretkey = secret
+                sock.curve_publickey = (
+                    read_key(curve_public_key)
+                    if curve_public_key is not None
+                    else zmq.curve_public(secret)
+                )
+                sock.curve_serverkey = read_key(curve_server_key)
+            sock.connect(url)
+        elif url.startswith(("http://", "https://")):
+            parts = urllib.parse.urlsplit(url)
+            connection = (
+                http.client.HTTPSConnection
+                if parts.scheme == "https"
+                else http.client.HTTPConnection
+            )
+            self._http = connection(parts.netloc, timeout=timeout)
+            self._path = parts.path.rstrip("/") + "/api/publish"
+            self._api_key = api_key
+        else:
+            raise ValueError(f"url must start with tcp://, ipc://, http:// or https://: {url!r}")
+
+    def publish(self, channel: str, data: Any) -> dict[str, Any] | None:
+        """Publish ``data`` to ``channel`` (see the module docstring for guarantees).
+        Returns the server's reply over HTTP, None over ZeroMQ (unacknowledged)."""
+        if self._sock is not None:
+            # The two-frame form: the server validates data without decoding it.
+            self._send([channel.encode(), _json_bytes(data)])
+            return None
+        return self._post(_request({"channel": channel}, data))
+
+    def publish_many(self, channels: Sequence[str], data: Any) -> dict[str, Any] | None:
+        """Publish the same ``data`` to each of ``channels`` (1..1000), encoded once."""
+        return self._deliver(_request({"channels": list(channels)}, data))
+
+    def publish_user(self, user: str, data: Any) -> dict[str, Any] | None:
+        """Push ``data`` to every connection of ``user`` on the host, as
+        ``{"type":"pub","user":...,"data":...}``."""
+        return self._deliver(_request({"user": user}, data))
+
+    def _deliver(self, body: bytes) -> dict[str, Any] | None:
+        if self._sock is not None:
+            self._send([body])
+            return None
+        return self._post(body)
+
+    def _send(self, frames: list[bytes]) -> None:
+        if self._sock is None:
+            raise PublisherError("publisher is closed")
+        try:
+            self._sock.send_multipart(frames)
+        except zmq.Again:
+            raise PublisherError(
+                f"{self.url}: not connected, or its queue is full (send_timeout passed)"
+            ) from None
+
+    def _post(self, body: bytes) -> dict[str, Any]:
+        if self._http is None:
+            raise PublisherError("publisher is closed")
+        headers = {"Content-Type": "application/json", "X-API-Key": self._api_key}
+        try:
+            self._http.request("POST", self._path, body, headers)
+            response = self._http.getresponse()
+            reply = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._http.close()  # the next request reconnects
+            raise PublisherError(f"{self.url}: {exc}") from exc
+        if response.status != 200:
+            try:
+                message = json.loads(reply)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = reply.decode(errors="replace")
+            raise PublisherError(f"HTTP {response.status}: {message}", response.status)
+        result: dict[str, Any] = json.loads(reply)
+        return result
+
+    def close(self) -> None:
+        """Close the connection; over ZeroMQ, queued messages get up to ``linger``
+        seconds to leave. Idempotent."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
