@@ -344,6 +344,11 @@ async def _serve(
     log.info("admin ready on http://%s:%d", *sock.getsockname()[:2])
     while not stop.is_set():
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+        # The admin's own row: what backends did (exported by /metrics).
+        row[Column.PUBLISHES] = backend.publications
+        if backend.ingress is not None:
+            row[Column.MESSAGES_IN] = backend.ingress.received
+            row[Column.PROTOCOL_ERRORS] = backend.ingress.rejected
         bus.attach(board.members())  # a reload may have added workers
         try:
             await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)

@@ -273,6 +273,27 @@ class _ScoreboardCollector:
             fds.add_metric([label], float(_open_fds(int(table[slot, Column.PID]))))
         yield fds
         yield self._latency(workers)
+        admin = table[self._board.admin_slot]
+        for name, doc, column in (
+            (
+                "shardws_backend_publications",
+                "Publish requests accepted from backends (HTTP API and ingress)",
+                Column.PUBLISHES,
+            ),
+            (
+                "shardws_ingress_messages",
+                "Messages read from the ZeroMQ ingress",
+                Column.MESSAGES_IN,
+            ),
+            (
+                "shardws_ingress_rejected",
+                "Ingress messages refused (malformed, unknown namespace)",
+                Column.PROTOCOL_ERRORS,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], float(admin[column]))
+            yield family
 
     def _latency(self, workers: list[tuple[int, str]]) -> Metric:
         family = HistogramMetricFamily(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 from serverproc import ServerProcess, free_port, timeout
 from wsclient import Client, clients_on_workers
 
@@ -48,6 +49,17 @@ async def _subscribers(proc: ServerProcess, *channels: str) -> list[Client]:
 async def _silent(client: Client, seconds: float) -> None:
     with pytest.raises(TimeoutError):
         print("unexpected:", await client.next_push(limit=seconds))
+
+
+def _metrics(proc: ServerProcess) -> dict[str, float]:
+    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 def test_publisher_over_tcp_reaches_both_workers_and_junk_is_counted(tmp_path: Path) -> None:
@@ -103,6 +115,11 @@ def test_publisher_over_tcp_reaches_both_workers_and_junk_is_counted(tmp_path: P
             for sub in subs:
                 assert (await sub.next_push())["data"] == {"via": "http"}
                 assert (await sub.next_push())["data"] == 1
+            await asyncio.sleep(0.7)  # one admin heartbeat: its counters reach /metrics
+            metrics = _metrics(proc)
+            assert metrics["shardws_ingress_messages_total"] == 200 + 2 + len(junk) + 1
+            assert metrics["shardws_ingress_rejected_total"] == len(junk)
+            assert metrics["shardws_backend_publications_total"] == 200 + 2 + 1 + 2
             with (
                 Publisher(proc.admin_url, api_key="wrong-wrong-wrong") as wrong,
                 pytest.raises(PublisherError) as info,
