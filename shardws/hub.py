@@ -94,6 +94,11 @@ class Hub:
         state.sinks = None
         return True
 
+    def members(self, channel: str) -> list[Any]:
+        """The members of ``channel`` (pending ones included), in subscription order."""
+        state = self._channels.get(channel)
+        return [] if state is None else list(state.members)
+
     def channel_counts(self, prefix: str = "") -> dict[str, int]:
         """Local subscriber count of every channel whose name starts with ``prefix``."""
         return {

@@ -180,6 +180,30 @@ def pub_position(push: bytes, channel: str) -> tuple[int, str] | None:
     return int(push[start:comma]), push[comma + 10 : epoch_end].decode()
 
 
+def encode_history(command_id: int | None, epoch: str, offset: int, pushes: list[bytes]) -> bytes:
+    """Reply to ``history``: the channel's position and the stored pushes, embedded as
+    they were sent (each a complete ``pub`` push with its offset)."""
+    head = b'{"id":%d,' % command_id if command_id is not None else b"{"
+    return b'%s"ok":true,"epoch":"%s","offset":%d,"publications":[%s]}' % (
+        head,
+        epoch.encode(),
+        offset,
+        b",".join(pushes),
+    )
+
+
+def encode_presence(command_id: int | None, members: list[list[Any]]) -> bytes:
+    """Reply to ``presence``: ``members`` is ``[[user, client, info JSON text or None]]``;
+    each becomes ``{"user":..,"client":..,"info":..}`` with ``info`` embedded as JSON."""
+    head = b'{"id":%d,' % command_id if command_id is not None else b"{"
+    entries = [
+        b'{"user":%s,"client":%s,"info":%s}'
+        % (_dumps(user), _dumps(client), info.encode() if info is not None else b"null")
+        for user, client, info in members
+    ]
+    return b'%s"ok":true,"members":[%s]}' % (head, b",".join(entries))
+
+
 def encode_presence_event(kind: str, channel: str, user: str, client: str) -> bytes:
     """A ``join`` or ``leave`` push."""
     return _dumps({"type": kind, "channel": channel, "user": user, "client": client})

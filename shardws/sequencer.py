@@ -51,6 +51,10 @@ class Sequencer:
     def __contains__(self, channel: str) -> bool:
         return channel in self._rings
 
+    def channels(self) -> list[str]:
+        """The channels this worker holds rings for."""
+        return list(self._rings)
+
     def ring(self, channel: str) -> Ring:
         """The channel's ring; a new one (new epoch) if this worker held none."""
         ring = self._rings.get(channel)

@@ -68,6 +68,7 @@ from shardws.hub import Hub
 from shardws.iplimits import IPTable
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.metrics import Column, LatencyHistogram, ProcessState, Scoreboard
+from shardws.owners import OWNER_OPS, Owners, history_arguments, parse_idem, parse_since
 from shardws.protocol import CloseCode, ErrorCode
 
 EXIT_BOOT_FAILURE = 3
@@ -254,6 +255,7 @@ class Worker:
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
+        self.owners = Owners(self)
         # user -> that user's connections here, subscribed to the user's bus topic.
         self.users = Hub(self._bus_subscribe_user, self._bus_unsubscribe_user)
 
@@ -277,6 +279,7 @@ class Worker:
             on_inbox=self._on_bus_inbox,
         )
         self.bus.start(self.board.members())
+        self.owners.load(self._run_dir)
         self._tick()
         missing = await self.bus.wait_for_peers(self.ready_peers(), PEER_WAIT_TIMEOUT)
         if missing:
@@ -351,6 +354,7 @@ class Worker:
             if conn.transport is not None:
                 conn.transport.disconnect(graceful=False)
         await asyncio.sleep(0)
+        self.owners.save(self._run_dir)  # this slot's next process continues the rings
         if self.bus is not None:
             self.bus.close()
         self._tick()
@@ -382,6 +386,7 @@ class Worker:
             row[column] = stats[column]
         self.latency.store(row)
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+        self.owners.on_view()
         if self.bus is not None and not self._stop.is_set():
             self.bus.attach(self.board.members())  # a reload may have added workers
         if not self._stop.is_set():
@@ -507,6 +512,7 @@ class Worker:
     def leave_all(self, conn: Connection) -> None:
         for channel in conn.channels:
             self.hub.remove(channel, conn)
+            self._announce_leave(channel, conn)
         conn.channels.clear()
         self._leave_user(conn)
 
@@ -547,9 +553,12 @@ class Worker:
             conn.send(protocol.encode_error(env.id, ErrorCode.UNAUTHORIZED, "connect first"))
             return
         if op == "publish":
-            self._publish(conn, env.id, env.channel, env.data)
+            self._publish(conn, env.id, env.channel, env.data, env.fields.get("idem"))
         elif op == "subscribe":
-            self._subscribe(conn, env.id, env.channel, env.fields.get("token"))
+            fields = env.fields
+            self._subscribe(conn, env.id, env.channel, fields.get("token"), fields.get("recover"))
+        elif op in ("history", "presence", "presence_stats"):
+            self._read_op(conn, env.id, op, env.channel, env)
         elif op == "unsubscribe":
             self._unsubscribe(conn, env.id, env.channel)
         elif op == "ping":
@@ -639,11 +648,24 @@ class Worker:
         command_id: int | None,
         channel: str | None,
         raw_token: bytes | None = None,
+        raw_recover: bytes | None = None,
     ) -> None:
         options = self._channel_ok(conn, command_id, channel)
         if options is None:
             return
         assert channel is not None and conn.identity is not None
+        try:
+            since = parse_since(raw_recover)
+        except ValueError as exc:
+            conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        if since is not None and not options.history_size:
+            conn.send(
+                protocol.encode_error(
+                    command_id, ErrorCode.BAD_REQUEST, "recover: this channel keeps no history"
+                )
+            )
+            return
         if channel in conn.channels:
             conn.send(
                 protocol.encode_error(
@@ -658,18 +680,7 @@ class Worker:
                 )
             )
             return
-        if options.subscribe_token:
-            try:
-                self.auth.channel_token(self._token_of(raw_token) or "", conn.identity, channel)
-            except AuthFailure as exc:
-                self.stats[Column.AUTH_FAILURES] += 1
-                conn.send(
-                    protocol.encode_error(command_id, ErrorCode.PERMISSION_DENIED, exc.reason)
-                )
-                return
-        denied = may_subscribe(conn.identity, channel, token_checked=options.subscribe_token)
-        if denied is not None:
-            conn.send(protocol.encode_error(command_id, ErrorCode.PERMISSION_DENIED, denied))
+        if not self._may_read(conn, command_id, channel, options, raw_token):
             return
         if 0 < options.max_subscribers <= self.hub.subscriber_count(channel):
             conn.send(
@@ -679,11 +690,75 @@ class Worker:
             )
             return
         conn.channels.add(channel)
+        if options.join_leave:
+            self.owners.announce(channel, "join", conn)
+        if options.history_size:
+            self.owners.subscribe(conn, command_id, channel, since)
+            return
         live = self.hub.add(channel, conn, conn.sink)
         if live.done():
             conn.send(protocol.encode_ok(command_id))
         else:
             live.add_done_callback(lambda _f: conn.send(protocol.encode_ok(command_id)))
+
+    def _may_read(
+        self,
+        conn: Connection,
+        command_id: int | None,
+        channel: str,
+        options: NamespaceConfig,
+        raw_token: bytes | None,
+    ) -> bool:
+        """Whether ``conn`` may subscribe to (and read the history and presence of)
+        ``channel``; if not, the error reply is sent."""
+        assert conn.identity is not None
+        if options.subscribe_token:
+            try:
+                self.auth.channel_token(self._token_of(raw_token) or "", conn.identity, channel)
+            except AuthFailure as exc:
+                self.stats[Column.AUTH_FAILURES] += 1
+                conn.send(
+                    protocol.encode_error(command_id, ErrorCode.PERMISSION_DENIED, exc.reason)
+                )
+                return False
+        denied = may_subscribe(conn.identity, channel, token_checked=options.subscribe_token)
+        if denied is not None:
+            conn.send(protocol.encode_error(command_id, ErrorCode.PERMISSION_DENIED, denied))
+            return False
+        return True
+
+    def _read_op(
+        self, conn: Connection, command_id: int | None, op: str, channel: str | None, env: Any
+    ) -> None:
+        """``history``, ``presence`` and ``presence_stats``: checked like a subscribe."""
+        options = self._channel_ok(conn, command_id, channel)
+        if options is None:
+            return
+        assert channel is not None
+        if not self._may_read(conn, command_id, channel, options, env.fields.get("token")):
+            return
+        if op == "history":
+            if not options.history_size:
+                conn.send(
+                    protocol.encode_error(
+                        command_id, ErrorCode.NOT_AVAILABLE, "this channel keeps no history"
+                    )
+                )
+                return
+            try:
+                args = history_arguments(env.fields)
+            except ValueError as exc:
+                conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, str(exc)))
+                return
+            self.owners.history(conn, command_id, channel, args)
+        elif not options.presence:
+            conn.send(
+                protocol.encode_error(
+                    command_id, ErrorCode.NOT_AVAILABLE, "presence is off for this namespace"
+                )
+            )
+        else:
+            self.owners.presence(conn, command_id, channel, stats=op == "presence_stats")
 
     def _unsubscribe(self, conn: Connection, command_id: int | None, channel: str | None) -> None:
         problem = protocol.channel_error(channel)
@@ -694,10 +769,21 @@ class Worker:
         if channel in conn.channels:
             conn.channels.discard(channel)
             self.hub.remove(channel, conn)
+            self._announce_leave(channel, conn)
         conn.send(protocol.encode_ok(command_id))
 
+    def _announce_leave(self, channel: str, conn: Connection) -> None:
+        options = self.namespace_of(channel)
+        if options is not None and options.join_leave:
+            self.owners.announce(channel, "leave", conn)
+
     def _publish(
-        self, conn: Connection, command_id: int | None, channel: str | None, data: bytes | None
+        self,
+        conn: Connection,
+        command_id: int | None,
+        channel: str | None,
+        data: bytes | None,
+        raw_idem: bytes | None = None,
     ) -> None:
         options = self._channel_ok(conn, command_id, channel)
         if options is None:
@@ -714,8 +800,19 @@ class Worker:
         if data is None:
             conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, "data is required"))
             return
+        if options.history_size:
+            try:
+                idem = parse_idem(raw_idem)
+            except ValueError as exc:
+                conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, str(exc)))
+                return
+            self.owners.publish(conn, command_id, channel, data, idem)
+            return
         self.publish(channel, data)
         conn.send(protocol.encode_ok(command_id))
+
+    def stats_publication(self) -> None:
+        self.stats[Column.PUBLISHES] += 1
 
     def publish(self, channel: str, data: bytes) -> None:
         """Deliver ``data`` (valid JSON) to the channel's subscribers on every worker:
@@ -725,12 +822,12 @@ class Worker:
         sinks = self.hub.sinks(channel)
         if sinks:
             start = time.monotonic_ns()
-            self._deliver(build_text_frame(push), sinks, self.drops_for(channel))
+            self.deliver_frame(build_text_frame(push), sinks, self.drops_for(channel))
             self.latency.observe((time.monotonic_ns() - start) / 1e9)
         if self.bus is not None:
             self.bus.publish(channel_topic(channel), push)
 
-    def _deliver(self, frame: bytes, sinks: list[Any], drop: bool) -> None:
+    def deliver_frame(self, frame: bytes, sinks: list[Any], drop: bool) -> None:
         written = fanout(frame, sinks, drop)
         self.stats[Column.MESSAGES_OUT] += written
         self.wrote(written * len(frame))
@@ -770,19 +867,24 @@ class Worker:
         return self.bus.subscribe(channel_topic(channel))
 
     def _bus_unsubscribe(self, channel: str) -> None:
+        self.owners.tracker.forget(channel)  # positions restart with the next subscriber
         if self.bus is not None:
             self.bus.unsubscribe(channel_topic(channel))
 
     def _on_bus_channel(self, topic: bytes, payloads: list[bytes], stamp_ns: int) -> None:
         channel = topic[1:-1].decode()
-        sinks = self.hub.sinks(channel)
-        if sinks:
+        if self.owners.has_history(channel):
+            self.owners.deliver(channel, payloads)  # in offset order, gaps repaired
+        else:
+            sinks = self.hub.sinks(channel)
+            if not sinks:
+                return
             drop = self.drops_for(channel)
             for payload in payloads:
-                self._deliver(build_text_frame(payload), sinks, drop)
-            # One observation per publication: every payload of a batch entered the
-            # server within the batch's loop iteration, so they share its stamp.
-            self.latency.observe((time.monotonic_ns() - stamp_ns) / 1e9, len(payloads))
+                self.deliver_frame(build_text_frame(payload), sinks, drop)
+        # One observation per publication: every payload of a batch entered the server
+        # within the batch's loop iteration, so they share its stamp.
+        self.latency.observe((time.monotonic_ns() - stamp_ns) / 1e9, len(payloads))
 
     # -- users and inbox (the admin API) --------------------------------------------------
 
@@ -830,18 +932,29 @@ class Worker:
             else:
                 # User pushes follow the default namespace's slow-consumer policy.
                 default = self.config.namespaces.get("default") or NamespaceConfig()
-                self._deliver(build_text_frame(message), sinks, default.slow_consumer == "drop")
+                self.deliver_frame(
+                    build_text_frame(message), sinks, default.slow_consumer == "drop"
+                )
 
     def _on_bus_inbox(self, origin: int, payloads: list[bytes]) -> None:
-        """Answer requests from other members (the admin's ``GET /api/channels``)."""
+        """Answer requests from other members (channel owners' ops, the admin's
+        ``GET /api/channels``) and take the replies to this worker's own requests."""
         for request in control.inbox_messages(origin, payloads):
-            if "op" not in request or self.bus is None:
-                continue  # a reply: this worker sends no requests
-            if request["op"] == "channels":
+            if self.bus is None:
+                return
+            if "op" not in request:
+                self.owners.requests.on_reply(origin, request)
+                continue
+            reply: dict[str, Any]
+            if request["op"] in OWNER_OPS:
+                reply = self.owners.handle(request["op"], request)
+                if request["id"] == 0:  # a notification (hand-over): nobody waits
+                    continue
+            elif request["op"] == "channels":
                 try:
                     prefix, limit = control.channels_arguments(request)
                 except ValueError as exc:
-                    reply: dict[str, Any] = {"error": str(exc)}
+                    reply = {"error": str(exc)}
                 else:
                     reply = control.channels_answer(self.hub.channel_counts(prefix), limit)
             else:

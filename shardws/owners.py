@@ -1,0 +1,499 @@
+"""A worker's part in channels with history and in presence.
+
+For namespaces with ``history_size > 0`` every channel has one **owner** worker:
+``history.owner_of`` over the configured worker slots of the host (the scoreboard's
+``CONFIGURED`` mark, so every worker computes the same owner, and a worker that crashed
+stays the owner of its channels while the supervisor restarts it). The owner is the
+channel's sequencer (``sequencer.Sequencer``); every other worker asks it through its
+bus inbox (``control`` requests):
+
+* ``hpub`` — sequence and publish ``data`` (optional ``idem`` key): the owner stores the
+  push in the ring, delivers it to its own subscribers and publishes it on the channel's
+  bus topic, then answers ``{offset, epoch}``.
+* ``hpos`` — the channel's position, and with ``since`` = ``[epoch, offset]`` whether
+  that position is recoverable and the missed pushes.
+* ``hhist`` — a page of the history.
+* ``handover`` — rings moving to this worker (a planned replacement or a scale change).
+* ``presence`` — this worker's subscribers of a channel (asked of every worker).
+
+Guarantees (what ``docs/guarantees.md`` states and the tests check):
+
+* One order per channel: only the owner publishes a channel's pushes, and the bus keeps
+  one origin's order; a subscriber worker delivers a channel's pushes in offset order.
+* No silent gap: a worker tracks the last offset it delivered per channel
+  (``sequencer.Tracker``); a later offset after a gap is held back until the missing
+  ones are fetched from the owner. If they cannot be (the ring moved on, the owner is
+  gone), the channel's local subscribers are closed with 4505 and recover themselves.
+* A subscribe reply means live *and positioned*: the reply carries the position; with
+  ``recover``, the missed pushes follow in order, then the live stream, nothing twice.
+  This holds because the owner's reply travels behind its earlier pushes on the same
+  bus pipe (one XPUB to one SUB keeps order across topics).
+* A repeated ``idem`` key within the ring's window gets the first offset, no new push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shardws import control, protocol
+from shardws.bus import channel_topic, inbox_topic
+from shardws.config import NamespaceConfig
+from shardws.core import build_text_frame
+from shardws.history import Entry, RingState, owner_of
+from shardws.protocol import CloseCode, ErrorCode, pub_position
+from shardws.sequencer import MAX_PAGE, Seen, Sequencer, Tracker
+
+if TYPE_CHECKING:
+    from shardws.worker import Connection, Worker
+
+log = logging.getLogger("shardws.owners")
+
+OWNER_TIMEOUT = 2.0  # seconds to wait for a channel owner's answer
+PRESENCE_TIMEOUT = 1.0  # seconds to wait for the other workers' presence answers
+MAX_IDEM_LENGTH = 64
+OWNER_OPS = frozenset({"hpub", "hpos", "hhist", "handover", "presence"})
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A subscriber whose position (and recovery) is being fetched: it receives nothing
+    from the live stream yet; what arrives meanwhile is kept here."""
+
+    conn: Connection
+    buffer: list[bytes] = field(default_factory=list)
+
+
+class Owners:
+    """Channel owners, recovery, gap repair and presence for one worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.sequencer = Sequencer(self._options)
+        self.tracker = Tracker()
+        self.requests = control.Requests(worker.slot, self._send)
+        self.repairs = 0  # gaps repaired from the owner
+        self.unrecoverable = 0  # gaps that could not be repaired (subscribers closed)
+        self._pending: dict[str, list[_Pending]] = {}
+        self._repairing: dict[str, list[bytes]] = {}
+        self._view: tuple[int, ...] = ()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- ownership -----------------------------------------------------------------------
+
+    def _options(self, channel: str) -> NamespaceConfig:
+        return self.worker.namespace_of(channel) or NamespaceConfig()
+
+    def has_history(self, channel: str) -> bool:
+        return self._options(channel).history_size > 0
+
+    def view(self) -> tuple[int, ...]:
+        """The worker slots that own channels now (configured on the scoreboard)."""
+        return tuple(self.worker.board.workers())
+
+    def owner(self, channel: str) -> int:
+        return owner_of(channel, self.view() or (self.worker.slot,))
+
+    def _send(self, member: int, payload: bytes) -> None:
+        bus = self.worker.bus
+        if bus is not None:
+            bus.publish(inbox_topic(member), payload)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)  # keep a reference until done (asyncio holds weak ones)
+        task.add_done_callback(self._tasks.discard)
+
+    async def ask_owner(self, channel: str, op: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """The owner's answer to ``op`` (computed here when this worker is the owner), or
+        None if it did not answer within ``OWNER_TIMEOUT``."""
+        owner = self.owner(channel)
+        if owner == self.worker.slot:
+            return self.handle(op, args)
+        answers, _missing = await self.requests.ask({owner}, op, args, OWNER_TIMEOUT)
+        return answers.get(owner)
+
+    # -- owner side --------------------------------------------------------------------
+
+    def handle(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer an owner request (from the inbox, or from this worker itself)."""
+        channel = request.get("channel")
+        if op == "handover":
+            self.sequencer.adopt(_states_from_json(request.get("rings", {})))
+            return {"ok": True}
+        if not isinstance(channel, str) or protocol.channel_error(channel) is not None:
+            return {"error": "bad channel"}
+        if op == "presence":
+            return self.local_presence(channel)
+        if self.owner(channel) != self.worker.slot or not self.has_history(channel):
+            return {"error": "not the owner of this channel"}
+        if op == "hpub":
+            data, idem = request.get("data"), request.get("idem")
+            if not isinstance(data, str) or not (idem is None or isinstance(idem, str)):
+                return {"error": "bad publication"}
+            offset, epoch, push = self.sequencer.publish(channel, data.encode(), idem)
+            if push is not None:
+                self._emit(channel, push)
+            return {"offset": offset, "epoch": epoch}
+        if op == "hpos":
+            since = _position(request.get("since"))
+            return self.sequencer.position(channel, since)
+        if op == "hhist":
+            since, limit = request.get("since", 0), request.get("limit", 100)
+            if not isinstance(since, int) or not isinstance(limit, int):
+                return {"error": "since and limit must be integers"}
+            return self.sequencer.history(channel, since, limit, bool(request.get("reverse")))
+        return {"error": f"unknown op {op!r}"}
+
+    def _emit(self, channel: str, push: bytes) -> None:
+        """A sequenced push leaves the owner: local subscribers, then the bus."""
+        self.worker.stats_publication()
+        self.deliver(channel, [push])
+        bus = self.worker.bus
+        if bus is not None:
+            bus.publish(channel_topic(channel), push)
+
+    # -- subscriber side ---------------------------------------------------------------
+
+    def deliver(self, channel: str, payloads: list[bytes]) -> None:
+        """Deliver a channel's pushes (from the bus or the owner itself) to the local
+        subscribers in offset order: old ones skipped, a gap held until repaired."""
+        for pending in self._pending.get(channel, ()):
+            pending.buffer.extend(payloads)
+        held = self._repairing.get(channel)
+        if held is not None:
+            held.extend(payloads)
+            return
+        worker = self.worker
+        sinks = worker.hub.sinks(channel)
+        drop = False  # history namespaces never drop (config refuses "drop")
+        for index, push in enumerate(payloads):
+            position = pub_position(push, channel)
+            if position is not None:
+                offset, epoch = position
+                seen = self.tracker.check(channel, epoch, offset)
+                if seen is Seen.OLD:
+                    continue
+                if seen is Seen.GAP:
+                    self._start_repair(channel, epoch, payloads[index:])
+                    return
+            if sinks:
+                worker.deliver_frame(build_text_frame(push), sinks, drop)
+
+    def _start_repair(self, channel: str, epoch: str, held: list[bytes]) -> None:
+        self._repairing[channel] = list(held)
+        base = self.tracker.gap_base(channel, epoch)
+        self._spawn(self._repair(channel, epoch, base))
+
+    async def _repair(self, channel: str, epoch: str, base: int) -> None:
+        answer = await self.ask_owner(channel, "hpos", {"channel": channel, "since": [epoch, base]})
+        held = self._repairing.pop(channel, [])
+        if answer is None or not answer.get("recovered"):
+            self.unrecoverable += 1
+            log.warning("channel %s: publications after %s:%d are lost", channel, epoch, base)
+            self.tracker.forget(channel)
+            for sink in list(self.worker.hub.sinks(channel)):
+                sink.owner.close(CloseCode.INSUFFICIENT_STATE, "missed publications; recover")
+            return
+        self.repairs += 1
+        missed = [text.encode() for text in answer.get("pushes", ())]
+        self.deliver(channel, missed + held)
+
+    def subscribe(
+        self, conn: Connection, command_id: int | None, channel: str, since: tuple[str, int] | None
+    ) -> None:
+        """Subscribe ``conn`` to a channel with history: live on the bus first, then the
+        owner's position (and the missed pushes), then the live stream."""
+        pending = _Pending(conn)
+        self._pending.setdefault(channel, []).append(pending)
+        live = self.worker.hub.add(channel, conn, None)
+        self._spawn(self._complete_subscribe(conn, command_id, channel, since, live, pending))
+
+    async def _complete_subscribe(
+        self,
+        conn: Connection,
+        command_id: int | None,
+        channel: str,
+        since: tuple[str, int] | None,
+        live: asyncio.Future[bool],
+        pending: _Pending,
+    ) -> None:
+        try:
+            await live
+            args = {"channel": channel, "since": None if since is None else list(since)}
+            answer = await self.ask_owner(channel, "hpos", args)
+        finally:
+            waiting = self._pending.get(channel, [])
+            if pending in waiting:
+                waiting.remove(pending)
+            if not waiting:
+                self._pending.pop(channel, None)
+        if conn.closing or channel not in conn.channels:
+            return
+        if answer is None or "error" in answer:
+            conn.channels.discard(channel)
+            self.worker.hub.remove(channel, conn)
+            conn.send(
+                protocol.encode_error(
+                    command_id, ErrorCode.NOT_AVAILABLE, "the channel's owner did not answer; retry"
+                )
+            )
+            return
+        epoch, top = answer["epoch"], answer["offset"]
+        extra: dict[str, Any] = {"epoch": epoch, "offset": top}
+        if since is not None:
+            extra["recovered"] = answer["recovered"]
+        conn.send(protocol.encode_ok(command_id, **extra))
+        for text in answer.get("pushes", ()):
+            conn.send(text.encode())
+        if self.tracker.position(channel) is None:
+            self.tracker.advance(channel, epoch, top)
+        # Pushes that arrived while waiting: those the live stream already delivered to
+        # the other subscribers and the owner's answer did not include. Later ones are
+        # held by a repair and reach this subscriber with everyone else's.
+        delivered = self.tracker.position(channel)
+        for push in pending.buffer:
+            position = pub_position(push, channel)
+            if position is None or (
+                delivered is not None
+                and position[1] == delivered[0]
+                and (position[1] != epoch or position[0] > top)
+                and position[0] <= delivered[1]
+            ):
+                conn.send(push)
+        self.worker.hub.activate(channel, conn, conn.sink)
+
+    # -- commands ----------------------------------------------------------------------
+
+    def publish(
+        self, conn: Connection, command_id: int | None, channel: str, data: bytes, idem: str | None
+    ) -> None:
+        self._spawn(self._publish(conn, command_id, channel, data, idem))
+
+    async def _publish(
+        self, conn: Connection, command_id: int | None, channel: str, data: bytes, idem: str | None
+    ) -> None:
+        args = {"channel": channel, "data": data.decode(), "idem": idem}
+        answer = await self.ask_owner(channel, "hpub", args)
+        if answer is None or "error" in answer:
+            reason = "the channel's owner did not answer; retry with the same idem"
+            conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, reason))
+        else:
+            conn.send(
+                protocol.encode_ok(command_id, offset=answer["offset"], epoch=answer["epoch"])
+            )
+
+    def history(
+        self, conn: Connection, command_id: int | None, channel: str, args: dict[str, Any]
+    ) -> None:
+        self._spawn(self._history(conn, command_id, channel, args))
+
+    async def _history(
+        self, conn: Connection, command_id: int | None, channel: str, args: dict[str, Any]
+    ) -> None:
+        answer = await self.ask_owner(channel, "hhist", {"channel": channel, **args})
+        if answer is None or "error" in answer:
+            reason = "the channel's owner did not answer; retry"
+            conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, reason))
+            return
+        conn.send(
+            protocol.encode_history(
+                command_id,
+                answer["epoch"],
+                answer["offset"],
+                [text.encode() for text in answer["pushes"]],
+            )
+        )
+
+    # -- presence ------------------------------------------------------------------------
+
+    def local_presence(self, channel: str) -> dict[str, Any]:
+        """This worker's subscribers of ``channel``: ``[[user, client, info JSON text]]``."""
+        members = []
+        for conn in self.worker.hub.members(channel):
+            identity = conn.identity
+            if identity is not None:
+                info = identity.info.decode() if identity.info is not None else None
+                members.append([identity.user, conn.client_id, info])
+        return {"members": members}
+
+    def presence(self, conn: Connection, command_id: int | None, channel: str, stats: bool) -> None:
+        self._spawn(self._presence(conn, command_id, channel, stats))
+
+    async def _presence(
+        self, conn: Connection, command_id: int | None, channel: str, stats: bool
+    ) -> None:
+        worker = self.worker
+        others = worker.ready_peers() - {worker.board.admin_slot}
+        answers, _missing = await self.requests.ask(
+            others, "presence", {"channel": channel}, PRESENCE_TIMEOUT
+        )
+        members = list(self.local_presence(channel)["members"])
+        for answer in answers.values():
+            members.extend(answer.get("members", ()))
+        if stats:
+            users = {member[0] for member in members if member[0]}
+            conn.send(protocol.encode_ok(command_id, clients=len(members), users=len(users)))
+        else:
+            conn.send(protocol.encode_presence(command_id, members))
+
+    def announce(self, channel: str, kind: str, conn: Connection) -> None:
+        """A ``join``/``leave`` push to the channel's subscribers on every worker."""
+        identity = conn.identity
+        push = protocol.encode_presence_event(
+            kind, channel, identity.user if identity is not None else "", conn.client_id
+        )
+        sinks = self.worker.hub.sinks(channel)
+        if sinks:
+            self.worker.deliver_frame(build_text_frame(push), sinks, False)
+        bus = self.worker.bus
+        if bus is not None:
+            bus.publish(channel_topic(channel), push)
+
+    # -- hand-over -------------------------------------------------------------------------
+
+    def on_view(self) -> None:
+        """Called on every heartbeat: when the owners' view changed (a reload added or
+        retired workers), hand the rings this worker no longer owns to their new owners
+        once those are ready."""
+        view = self.view()
+        if view == self._view:
+            return
+        ready = self.worker.board.ready_slots(self.worker.config.server.heartbeat_timeout)
+        me = self.worker.slot
+        released = self.sequencer.release(
+            lambda channel: (owner := owner_of(channel, view or (me,))) == me or owner not in ready
+        )
+        self._hand_over(released, view)
+        if all(owner_of(channel, view or (me,)) == me for channel in self.sequencer.channels()):
+            self._view = view  # nothing left to hand over for this view
+
+    def _hand_over(self, rings: dict[str, RingState], view: Iterable[int]) -> None:
+        members = tuple(view)
+        by_owner: dict[int, dict[str, RingState]] = {}
+        for channel, state in rings.items():
+            by_owner.setdefault(owner_of(channel, members), {})[channel] = state
+        for owner, states in by_owner.items():
+            payload = control.encode_request(
+                "handover", 0, self.worker.slot, {"rings": _states_to_json(states)}
+            )
+            self._send(owner, payload)
+            log.info("handed %d ring(s) over to worker %d", len(states), owner)
+
+    def save(self, run_dir: str) -> None:
+        """On a drain: keep every ring for this slot's next process."""
+        if len(self.sequencer):
+            count = self.sequencer.save(self._rings_path(run_dir))
+            log.info("saved %d ring(s) for the next process of this slot", count)
+
+    def load(self, run_dir: str) -> None:
+        """At boot: continue the rings the previous process of this slot saved; rings
+        that belong to other workers now are handed to them."""
+        me = self.worker.slot
+        adopted, others = self.sequencer.load(
+            self._rings_path(run_dir), lambda channel: self.owner(channel) == me
+        )
+        if adopted or others:
+            log.info("continued %d ring(s) saved by this slot's previous process", adopted)
+        if others:
+            self._hand_over(others, self.view())
+
+    def _rings_path(self, run_dir: str) -> str:
+        return os.path.join(run_dir, f"rings-{self.worker.slot}.pickle")
+
+
+def _position(value: Any) -> tuple[str, int] | None:
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    ):
+        return value[0], value[1]
+    return None
+
+
+def _states_to_json(states: dict[str, RingState]) -> dict[str, Any]:
+    return {
+        channel: {
+            "size": state.size,
+            "ttl": state.ttl,
+            "epoch": state.epoch,
+            "offset": state.offset,
+            "entries": [[e.offset, e.stored_at, e.push.decode(), e.idem] for e in state.entries],
+        }
+        for channel, state in states.items()
+    }
+
+
+def _states_from_json(rings: Any) -> dict[str, RingState]:
+    states: dict[str, RingState] = {}
+    if not isinstance(rings, dict):
+        return states
+    for channel, ring in rings.items():
+        entries = tuple(
+            Entry(offset, stored_at, push.encode(), idem)
+            for offset, stored_at, push, idem in ring["entries"]
+        )
+        states[channel] = RingState(
+            ring["size"], ring["ttl"], ring["epoch"], ring["offset"], entries
+        )
+    return states
+
+
+def parse_since(raw: bytes | None) -> tuple[str, int] | None:
+    """The ``recover`` member of a subscribe: ``{"epoch": E, "offset": N}`` -> (E, N);
+    absent -> None; anything else -> ValueError saying what is expected."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("epoch"), str)
+        or not isinstance(value.get("offset"), int)
+        or value["offset"] < 0
+    ):
+        raise ValueError('recover must be {"epoch": "...", "offset": N} with N >= 0')
+    return value["epoch"], value["offset"]
+
+
+def history_arguments(fields: dict[str, bytes]) -> dict[str, Any]:
+    """``since`` (offset, default 0), ``limit`` (1..1000, default 100) and ``reverse``
+    (bool) of a ``history`` command, from its raw members; ValueError when mistyped."""
+    args: dict[str, Any] = {"since": 0, "limit": 100, "reverse": False}
+    for name, kind in (("since", int), ("limit", int), ("reverse", bool)):
+        raw = fields.get(name)
+        if raw is None:
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if type(value) is not kind:
+            raise ValueError(f"{name} must be {'an integer' if kind is int else 'true or false'}")
+        args[name] = value
+    if args["since"] < 0 or not 0 < args["limit"] <= MAX_PAGE:
+        raise ValueError(f"since must be >= 0 and limit 1..{MAX_PAGE}")
+    return args
+
+
+def parse_idem(raw: bytes | None) -> str | None:
+    """The ``idem`` member of a publish: a string of 1..64 characters, or absent;
+    ValueError otherwise."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_IDEM_LENGTH:
+        raise ValueError(f"idem must be a string of 1 to {MAX_IDEM_LENGTH} characters")
+    return value
