@@ -29,7 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from setproctitle import setproctitle
 
-from shardws import control
+from shardws import control, protocol
 from shardws.auth import constant_time_equal
 from shardws.backend import (
     BadRequest,
@@ -42,6 +42,7 @@ from shardws.backend import (
 )
 from shardws.bus import Bus, endpoint, inbox_topic, user_topic
 from shardws.config import Config
+from shardws.history import owner_of
 from shardws.ingress import Ingress
 from shardws.log import setup_logging
 from shardws.metrics import Column, ProcessState, Scoreboard, prometheus_text
@@ -149,9 +150,24 @@ class Backend:
         """Queue ``publication`` on the bus: it leaves at the end of this loop iteration
         and reaches every subscribed worker at most once (bus guarantees)."""
         assert self.bus is not None
-        for topic, payload in publication.bus_messages():
+        sequenced = [c for c in publication.channels if self._has_history(c)]
+        for topic, payload in publication.bus_messages(skip=sequenced):
             self.bus.publish(topic, payload)
+        # Channels with history get their offsets from their owner worker, which then
+        # publishes them (a notification: the API does not wait for the offset).
+        owners = self._board.workers()
+        for channel in sequenced:
+            request = {"channel": channel, "data": publication.data.decode()}
+            owner = owner_of(channel, owners)
+            self.bus.publish(
+                inbox_topic(owner),
+                control.encode_request("hpub", 0, self._board.admin_slot, request),
+            )
         self.publications += 1
+
+    def _has_history(self, channel: str) -> bool:
+        options = self._config.namespaces.get(protocol.namespace_of(channel))
+        return options is not None and options.history_size > 0
 
     def publish_frames(self, frames: list[bytes]) -> None:
         """The ingress's handler: one message (see ``backend.parse_ingress``)."""

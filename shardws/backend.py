@@ -48,13 +48,18 @@ class Publication:
     user: str | None
     data: bytes
 
-    def bus_messages(self) -> list[tuple[bytes, bytes]]:
-        """(bus topic, payload) pairs that deliver this publication; each push is
+    def bus_messages(self, skip: list[str] | None = None) -> list[tuple[bytes, bytes]]:
+        """(bus topic, payload) pairs that deliver this publication, but for the
+        channels in ``skip`` (those with history go through their owner); each push is
         encoded once here and never re-serialized downstream."""
         if self.user is not None:
             push = protocol.encode_user_pub(self.user, self.data)
             return [(user_topic(self.user), control.encode_user_push(push))]
-        return [(channel_topic(c), protocol.encode_pub(c, self.data)) for c in self.channels]
+        return [
+            (channel_topic(c), protocol.encode_pub(c, self.data))
+            for c in self.channels
+            if not skip or c not in skip
+        ]
 
 
 def max_request_bytes(config: Config) -> int:

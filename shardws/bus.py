@@ -250,6 +250,13 @@ class Bus:
         self._kick()
         return self._barrier()
 
+    def sync(self) -> asyncio.Future[bool]:
+        """A barrier round without a new subscription: resolves (True) once every
+        subscription made so far (this member's inbox included) is live on every
+        ready peer, so peers' requests and messages reach us from then on."""
+        self._kick()
+        return self._barrier()
+
     def unsubscribe(self, topic: bytes) -> None:
         """Undo one ``subscribe`` (on the last local subscriber leaving)."""
         self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -47,7 +46,7 @@ from shardws.config import NamespaceConfig
 from shardws.core import build_text_frame
 from shardws.history import Entry, RingState, owner_of
 from shardws.protocol import CloseCode, ErrorCode, pub_position
-from shardws.sequencer import MAX_PAGE, Seen, Sequencer, Tracker
+from shardws.sequencer import MAX_PAGE, Seen, Sequencer, Tracker, rings_path
 
 if TYPE_CHECKING:
     from shardws.worker import Connection, Worker
@@ -82,6 +81,7 @@ class Owners:
         self._pending: dict[str, list[_Pending]] = {}
         self._repairing: dict[str, list[bytes]] = {}
         self._view: tuple[int, ...] = ()
+        self._handing = False  # rings may still need to move to their new owners
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- ownership -----------------------------------------------------------------------
@@ -358,20 +358,38 @@ class Owners:
     # -- hand-over -------------------------------------------------------------------------
 
     def on_view(self) -> None:
-        """Called on every heartbeat: when the owners' view changed (a reload added or
-        retired workers), hand the rings this worker no longer owns to their new owners
-        once those are ready."""
+        """Called on every heartbeat. When the owners' view changed (a reload added or
+        retired workers): take over the saved rings of retired slots that this worker
+        owns now, and hand the rings it no longer owns to their new owners as soon as
+        those are ready."""
         view = self.view()
-        if view == self._view:
+        me = self.worker.slot
+        if view != self._view:
+            gone = set(self._view) - set(view)
+            self._view = view
+            self._handing = True
+            for slot in gone:
+                self._adopt_orphans(slot)
+        if not self._handing:
             return
         ready = self.worker.board.ready_slots(self.worker.config.server.heartbeat_timeout)
-        me = self.worker.slot
+        members = view or (me,)
         released = self.sequencer.release(
-            lambda channel: (owner := owner_of(channel, view or (me,))) == me or owner not in ready
+            lambda channel: (owner := owner_of(channel, members)) == me or owner not in ready
         )
-        self._hand_over(released, view)
-        if all(owner_of(channel, view or (me,)) == me for channel in self.sequencer.channels()):
-            self._view = view  # nothing left to hand over for this view
+        self._hand_over(released, members)
+        self._handing = any(owner_of(c, members) != me for c in self.sequencer.channels())
+
+    def _adopt_orphans(self, slot: int) -> None:
+        """A retired slot saved its rings when it drained: adopt those this worker owns
+        now (each remaining worker takes its own share; the file stays for the others
+        and is replaced if the slot comes back)."""
+        me = self.worker.slot
+        taken = self.sequencer.load(
+            self._rings_path(slot), lambda channel: self.owner(channel) == me, keep=True
+        )
+        if taken[0]:
+            log.info("took over %d ring(s) of retired worker %d", taken[0], slot)
 
     def _hand_over(self, rings: dict[str, RingState], view: Iterable[int]) -> None:
         members = tuple(view)
@@ -385,26 +403,27 @@ class Owners:
             self._send(owner, payload)
             log.info("handed %d ring(s) over to worker %d", len(states), owner)
 
-    def save(self, run_dir: str) -> None:
-        """On a drain: keep every ring for this slot's next process."""
+    def save(self) -> None:
+        """On a drain: keep every ring for this slot's next process (or, when a reload
+        retires this slot, for the workers that own its channels next)."""
         if len(self.sequencer):
-            count = self.sequencer.save(self._rings_path(run_dir))
+            count = self.sequencer.save(self._rings_path(self.worker.slot))
             log.info("saved %d ring(s) for the next process of this slot", count)
 
-    def load(self, run_dir: str) -> None:
+    def load(self) -> None:
         """At boot: continue the rings the previous process of this slot saved; rings
         that belong to other workers now are handed to them."""
         me = self.worker.slot
         adopted, others = self.sequencer.load(
-            self._rings_path(run_dir), lambda channel: self.owner(channel) == me
+            self._rings_path(me), lambda channel: self.owner(channel) == me
         )
         if adopted or others:
             log.info("continued %d ring(s) saved by this slot's previous process", adopted)
         if others:
             self._hand_over(others, self.view())
 
-    def _rings_path(self, run_dir: str) -> str:
-        return os.path.join(run_dir, f"rings-{self.worker.slot}.pickle")
+    def _rings_path(self, slot: int) -> str:
+        return rings_path(self.worker.run_dir, slot)
 
 
 def _position(value: Any) -> tuple[str, int] | None:

@@ -32,6 +32,11 @@ from shardws.protocol import encode_pub_at
 MAX_PAGE = 1000
 
 
+def rings_path(run_dir: str, slot: int) -> str:
+    """Where worker slot ``slot`` saves its rings when it drains."""
+    return os.path.join(run_dir, f"rings-{slot}.pickle")
+
+
 class Sequencer:
     """The rings of the channels this worker owns, created on first use."""
 
@@ -152,10 +157,12 @@ class Sequencer:
         os.replace(temporary, path)
         return len(states)
 
-    def load(self, path: str, mine: Callable[[str], bool]) -> tuple[int, dict[str, RingState]]:
-        """Adopt the rings a previous process of this slot saved at ``path`` (then
-        remove the file). Returns (rings adopted, rings that belong to other owners now,
-        to be handed to them). A missing file adopts nothing."""
+    def load(
+        self, path: str, mine: Callable[[str], bool], keep: bool = False
+    ) -> tuple[int, dict[str, RingState]]:
+        """Adopt the rings saved at ``path`` for which ``mine`` is true, and remove the
+        file unless ``keep``. Returns (rings adopted, the other rings, to be handed to
+        their owners). A missing file adopts nothing."""
         try:
             with open(path, "rb") as file:
                 # Written by this service's own previous process into its private run
@@ -163,7 +170,8 @@ class Sequencer:
                 states: dict[str, RingState] = pickle.load(file)
         except FileNotFoundError:
             return 0, {}
-        os.unlink(path)
+        if not keep:
+            os.unlink(path)
         others = {channel: state for channel, state in states.items() if not mine(channel)}
         own = {channel: state for channel, state in states.items() if mine(channel)}
         self.adopt(own)

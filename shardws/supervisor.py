@@ -33,6 +33,7 @@ Guarantees:
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import logging
 import os
@@ -54,6 +55,7 @@ from shardws.config import Config, ConfigError, load_config, run_dir_parent
 from shardws.iplimits import IPTable
 from shardws.log import setup_logging
 from shardws.metrics import Column, ProcessState, Scoreboard
+from shardws.sequencer import rings_path
 
 log = logging.getLogger("shardws.supervisor")
 
@@ -229,6 +231,7 @@ class Supervisor:
             and board.table[slot.index, Column.STATE] == ProcessState.READY
         ] or list(range(len(self._group)))
         if allowed != self._steered:
+            log.debug("steering new connections to listener positions %s", allowed)
             self._steered = allowed
             if not steering.steer(self._group[0].sock, allowed):
                 log.warning("cannot steer SO_REUSEPORT connections on this kernel")
@@ -242,10 +245,14 @@ class Supervisor:
             self._run_dir = tempfile.mkdtemp(prefix="shardws-", dir=run_dir_parent())
             self._own_run_dir = True
 
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
+
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        # SIGUSR1: a worker became ready (only wakes the loop, so the steering includes
+        # it at once rather than at the next tick).
+        for signum in self._SIGNALS:
             signal.signal(signum, self._queue_signal)
 
     def _queue_signal(self, signum: int, _frame: object) -> None:
@@ -309,7 +316,7 @@ class Supervisor:
                 self._stopping = True
             elif signum == signal.SIGHUP:
                 self._start_reload()
-            # SIGCHLD only wakes the loop; _reap does the work.
+            # SIGCHLD and SIGUSR1 only wake the loop; _reap and the steering do the work.
 
     def _reap(self, quietly: bool = False) -> None:
         """Collect every exited child; unless ``quietly`` (shutdown), handle its death."""
@@ -477,6 +484,10 @@ class Supervisor:
         step = roll.steps.pop(0)
         roll.action, roll.since = step.action, now
         if step.action == "add":
+            # Rings this slot saved when it was retired were taken over since; they
+            # must not come back as history of the new process.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(rings_path(self._run_dir, step.index))
             slot = roll.current = self._add_worker_slot(step.index, roll.target)
             slot.replacing = True
             self._spawn(slot)
@@ -598,7 +609,7 @@ class Supervisor:
         if os.getppid() != self._pid:  # the supervisor died before prctl took effect
             os._exit(1)
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for signum in self._SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         os.close(self._wake_r)
         os.close(self._wake_w)

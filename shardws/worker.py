@@ -246,7 +246,7 @@ class Worker:
         self.connections: set[Connection] = set()
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
-        self._run_dir = run_dir
+        self.run_dir = run_dir
         self._peer_log = RateLimitedLogger("shardws.peer")
         self._picows_log = RateLimitedLogger("shardws.picows", level=logging.DEBUG)
         self._stop = asyncio.Event()
@@ -269,7 +269,7 @@ class Worker:
     async def boot(self, listen_sock: socket.socket) -> None:
         """Start the bus, wait for peers' subscriptions, then start accepting."""
         server = self.config.server
-        run_dir = self._run_dir
+        run_dir = self.run_dir
         self.bus = Bus(
             self.slot,
             lambda m: endpoint(run_dir, m),
@@ -279,11 +279,14 @@ class Worker:
             on_inbox=self._on_bus_inbox,
         )
         self.bus.start(self.board.members())
-        self.owners.load(self._run_dir)
+        self.owners.load()
         self._tick()
         missing = await self.bus.wait_for_peers(self.ready_peers(), PEER_WAIT_TIMEOUT)
         if missing:
             log.warning("peers %s did not attach within %.1fs", sorted(missing), PEER_WAIT_TIMEOUT)
+        # And the other direction: our inbox subscription is live on every peer, so
+        # requests for the channels this worker owns reach it once it is READY.
+        await self.bus.sync()
         self._server = await ws_create_server(
             self._new_connection,
             sock=listen_sock,
@@ -354,7 +357,7 @@ class Worker:
             if conn.transport is not None:
                 conn.transport.disconnect(graceful=False)
         await asyncio.sleep(0)
-        self.owners.save(self._run_dir)  # this slot's next process continues the rings
+        self.owners.save()  # this slot's next process continues the rings
         if self.bus is not None:
             self.bus.close()
         self._tick()
@@ -973,6 +976,7 @@ def run_worker(
     iptable: IPTable | None = None,
 ) -> int:
     """Entry point in the forked child. Returns the process exit code."""
+    supervisor = os.getppid()
     setproctitle(f"shardws: worker {slot}")
     setup_logging(config.log.level, config.log.format, f"worker-{slot}")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload is the supervisor's business
@@ -993,6 +997,8 @@ def run_worker(
         log.exception("worker %d failed to boot", slot)
         return EXIT_BOOT_FAILURE
     row[Column.STATE] = ProcessState.READY
+    if os.getppid() == supervisor:  # (not to whoever adopted us if it died meanwhile)
+        os.kill(supervisor, signal.SIGUSR1)  # it steers new connections here now
     try:
         loop.run_until_complete(worker.serve_until_stopped())
     finally:

@@ -1,0 +1,444 @@
+"""Channels with history on real servers: owners, offsets, recovery across kills and
+reloads, the history op, presence.
+
+A publisher streams numbered messages to one channel while workers are killed or
+replaced; subscribers on every worker reconnect with ``recover`` and must end up with
+every number exactly once, in order, or be told plainly (``recovered: false``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import websockets
+from serverproc import ServerProcess, timeout
+from wsclient import Client, clients_on_workers
+
+from shardws.history import owner_of
+
+NAMESPACE = """
+[namespaces.default]
+
+[namespaces.chat]
+history_size = 10000
+history_ttl = 600
+presence = true
+join_leave = false
+"""
+CHANNEL = "chat:stream"
+
+
+def _server(tmp_path: Path, workers: int) -> ServerProcess:
+    return ServerProcess(tmp_path, workers=workers, extra=NAMESPACE).start()
+
+
+def _pids(proc: ServerProcess) -> dict[int, int]:
+    return {w["worker"]: w["pid"] for w in proc.wait_healthy()["per_worker"]}
+
+
+class Retry(Exception):
+    """The server answered a subscribe with an error (e.g. owner being replaced)."""
+
+
+class Subscriber:
+    """A client that stays subscribed through anything: on every disconnect it
+    reconnects and subscribes with ``recover`` from the last position it saw."""
+
+    def __init__(self, url: str, first: Client) -> None:
+        self.url = url
+        self.client: Client | None = first
+        self.epoch = ""
+        self.offset = 0
+        self.data: list[Any] = []
+        self.recoveries: list[bool] = []  # ``recovered`` of each re-subscribe
+        self.epochs: set[str] = set()
+        self.reconnects = 0
+
+    async def subscribe(self) -> None:
+        assert self.client is not None
+        recover = {"epoch": self.epoch, "offset": self.offset} if self.epoch else None
+        fields: dict[str, Any] = {"channel": CHANNEL}
+        if recover is not None:
+            fields["recover"] = recover
+        reply = await self.client.call("subscribe", **fields)
+        if not reply.get("ok"):
+            raise Retry(reply)
+        if recover is not None:
+            self.recoveries.append(reply["recovered"])
+        if not self.epoch or not reply.get("recovered", True):
+            self.epoch, self.offset = reply["epoch"], reply["offset"]
+        self.epochs.add(reply["epoch"])
+
+    def _take(self, push: dict[str, Any]) -> None:
+        if push.get("type") != "pub":
+            return
+        if push["epoch"] != self.epoch:  # the owner lost its history: a new epoch
+            self.epoch = push["epoch"]
+            self.epochs.add(self.epoch)
+        else:
+            assert push["offset"] == self.offset + 1, (push, self.offset)
+        self.offset = push["offset"]
+        self.data.append(push["data"])
+
+    async def run(self, until: asyncio.Event) -> None:
+        while not until.is_set():
+            try:
+                if self.client is None:
+                    self.client = await Client.connect(self.url)
+                    await self.subscribe()
+                while self.client.pushes:
+                    self._take(self.client.pushes.popleft())
+                self._take(await self.client.recv(0.2))
+            except TimeoutError:
+                continue
+            except (websockets.ConnectionClosed, OSError, Retry):
+                if self.client is not None:
+                    with contextlib.suppress(Exception):
+                        await self.client.close()
+                self.client = None
+                self.reconnects += 1
+                await asyncio.sleep(0.05)
+
+    async def drain(self, count: int, limit: float = 15) -> None:
+        deadline = time.monotonic() + timeout(limit)
+        while len(self.data) < count and time.monotonic() < deadline:
+            stop = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.run(stop), 0.5)
+
+
+async def _publish_all(client: Client, count: int, pace: float) -> int:
+    """Publish 0..count-1 with idempotency keys, retrying each until it is sequenced."""
+    retries = 0
+    for n in range(count):
+        for _ in range(200):
+            reply = await client.call("publish", channel=CHANNEL, data=n, idem=f"n{n}")
+            if reply.get("ok"):
+                break
+            retries += 1
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"publication {n} never accepted: {reply}")
+        await asyncio.sleep(pace)
+    return retries
+
+
+def test_publish_recover_history_presence_basics(tmp_path: Path) -> None:
+    proc = _server(tmp_path, 2)
+    try:
+
+        async def main() -> None:
+            a, b = await clients_on_workers(proc.url, 2)
+            sub_a, sub_b = (
+                (await a.call("subscribe", channel=CHANNEL)),
+                (await b.call("subscribe", channel=CHANNEL)),
+            )
+            assert sub_a["epoch"] == sub_b["epoch"] and sub_a["offset"] == 0
+            epoch = sub_a["epoch"]
+            for n in range(3):
+                reply = await b.call("publish", channel=CHANNEL, data={"n": n}, idem=f"k{n}")
+                assert reply == {"id": reply["id"], "ok": True, "offset": n + 1, "epoch": epoch}
+            again = await a.call("publish", channel=CHANNEL, data="retry", idem="k1")
+            assert again["offset"] == 2  # the retry was recognised: nothing new published
+            for client in (a, b):
+                got = [await client.next_push() for _ in range(3)]
+                assert [(p["offset"], p["data"]) for p in got] == [
+                    (i + 1, {"n": i}) for i in range(3)
+                ]
+            page = await a.call("history", channel=CHANNEL, limit=2, reverse=True)
+            assert [p["offset"] for p in page["publications"]] == [3, 2]
+            late = await Client.connect(proc.url)
+            reply = await late.call(
+                "subscribe", channel=CHANNEL, recover={"epoch": epoch, "offset": 1}
+            )
+            assert reply["recovered"] is True and reply["offset"] == 3
+            assert [(await late.next_push())["offset"] for _ in range(2)] == [2, 3]
+            stale = await Client.connect(proc.url)
+            reply = await stale.call(
+                "subscribe", channel=CHANNEL, recover={"epoch": "not-the-epoch", "offset": 2}
+            )
+            assert reply["recovered"] is False and reply["epoch"] == epoch
+            presence = await a.call("presence", channel=CHANNEL)
+            assert len(presence["members"]) == 4
+            stats = await b.call("presence_stats", channel=CHANNEL)
+            assert stats["clients"] == 4
+            # Bad input: plain errors, the connection stays.
+            bad = await a.call("subscribe", channel="news", recover={"epoch": "x", "offset": 0})
+            assert bad["error"]["code"] == 107
+            bad = await a.call("publish", channel=CHANNEL, data=1, idem=5)
+            assert bad["error"]["code"] == 107
+            bad = await a.call("history", channel="news")
+            assert bad["error"]["code"] == 108
+            bad = await a.call("presence", channel="news")
+            assert bad["error"]["code"] == 108
+            for client in (a, b, late, stale):
+                await client.close()
+
+        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+    finally:
+        proc.stop()
+
+
+def test_killing_non_owner_workers_loses_nothing(tmp_path: Path) -> None:
+    """Ten SIGKILLs of workers other than the channel's owner under a stream: every
+    subscriber holds every message exactly once and in order after recovering."""
+    proc = _server(tmp_path, 3)
+    count = 400
+    try:
+        owner = owner_of(CHANNEL, [0, 1, 2])
+
+        async def main() -> None:
+            placed = await clients_on_workers(proc.url, 3, per_worker=2)
+            publisher = next(c for c in placed if c.worker == owner)
+            subscribers = [Subscriber(proc.url, c) for c in placed if c is not publisher]
+            for sub in subscribers:
+                await sub.subscribe()
+            stop = asyncio.Event()
+            readers = [asyncio.create_task(s.run(stop)) for s in subscribers]
+            publishing = asyncio.create_task(_publish_all(publisher, count, 0.01))
+            victims = [w for w in (0, 1, 2) if w != owner]
+            for kill in range(10):
+                await asyncio.sleep(0.35)
+                pid = (await asyncio.to_thread(_pids, proc))[victims[kill % 2]]
+                proc_kill(pid)
+            await publishing
+            stop.set()
+            await asyncio.gather(*readers)
+            for sub in subscribers:
+                await sub.drain(count)
+                assert sub.data == list(range(count)), (sub.reconnects, sub.data[:20])
+                assert all(sub.recoveries), sub.recoveries
+                assert len(sub.epochs) == 1
+            assert sum(s.reconnects for s in subscribers) >= 5  # kills did hit them
+
+        asyncio.run(asyncio.wait_for(main(), timeout(90)))
+        assert proc.health()[1]["per_worker"][owner]["restarts"] == 0
+    finally:
+        proc.stop()
+
+
+def proc_kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path) -> None:
+    proc = _server(tmp_path, 2)
+    try:
+        owner = owner_of(CHANNEL, [0, 1])
+        other = 1 - owner
+
+        async def main() -> None:
+            placed = await clients_on_workers(proc.url, 2, per_worker=2)
+            on_owner = next(c for c in placed if c.worker == owner)
+            on_other = [c for c in placed if c.worker == other]
+            publisher = on_other[1]
+            reply = await on_owner.call("subscribe", channel=CHANNEL)
+            watcher = on_other[0]
+            assert (await watcher.call("subscribe", channel=CHANNEL))["ok"]
+            old_epoch = reply["epoch"]
+            for n in range(5):
+                assert (await publisher.call("publish", channel=CHANNEL, data=n))["ok"]
+            assert [(await on_owner.next_push())["offset"] for _ in range(5)] == [1, 2, 3, 4, 5]
+            assert [(await watcher.next_push())["data"] for _ in range(5)] == list(range(5))
+            dead = (await asyncio.to_thread(_pids, proc))[owner]
+            proc_kill(dead)
+            await asyncio.to_thread(proc.wait_healthy, 20.0, {dead})
+            # The history died with the owner: a recovering client is told so.
+            back = await Client.connect(proc.url)
+            reply = await back.call(
+                "subscribe", channel=CHANNEL, recover={"epoch": old_epoch, "offset": 5}
+            )
+            assert reply.get("recovered") is False and reply["epoch"] != old_epoch, reply
+            # A subscriber that stayed connected sees the new epoch on the next push.
+            sent = await _publish_all(publisher, 1, 0)
+            push = await watcher.next_push()
+            assert push["epoch"] == reply["epoch"] and push["offset"] == 1, (push, sent)
+            for client in (*placed, back):
+                await client.close()
+
+        asyncio.run(asyncio.wait_for(main(), timeout(40)))
+    finally:
+        proc.stop()
+
+
+def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
+    proc = _server(tmp_path, 2)
+    count = 300
+    try:
+        deadline = time.monotonic() + timeout(10)
+        while "process(es) ready" not in proc.logs():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        async def main() -> None:
+            placed = await clients_on_workers(proc.url, 2, per_worker=2)
+            subscribers = [Subscriber(proc.url, c) for c in placed[1:]]
+            for sub in subscribers:
+                await sub.subscribe()
+            epoch = subscribers[0].epoch
+            stop = asyncio.Event()
+            readers = [asyncio.create_task(s.run(stop)) for s in subscribers]
+            publisher = ReconnectingPublisher(proc.url, placed[0])
+            publishing = asyncio.create_task(publisher.publish_all(count, 0.01))
+            await asyncio.sleep(0.5)
+            proc.signal(signal.SIGHUP)
+            await publishing
+            await asyncio.to_thread(_wait_log, proc, "reload complete")
+            stop.set()
+            await asyncio.gather(*readers)
+            for sub in subscribers:
+                await sub.drain(count)
+                assert sub.data == list(range(count)), (sub.reconnects, sub.data[:20])
+                assert sub.recoveries and all(sub.recoveries), sub.recoveries
+                assert sub.epochs == {epoch}
+            assert "continued 1 ring(s)" in proc.logs()
+
+        asyncio.run(asyncio.wait_for(main(), timeout(90)))
+    finally:
+        proc.stop()
+
+
+class ReconnectingPublisher:
+    """Publishes with idempotency keys through a connection that may be drained."""
+
+    def __init__(self, url: str, client: Client) -> None:
+        self.url = url
+        self.client: Client | None = client
+
+    async def publish_all(self, count: int, pace: float) -> None:
+        for n in range(count):
+            for _ in range(400):
+                try:
+                    if self.client is None:
+                        self.client = await Client.connect(self.url)
+                    reply = await self.client.call("publish", channel=CHANNEL, data=n, idem=f"n{n}")
+                    if reply.get("ok"):
+                        break
+                except (websockets.ConnectionClosed, OSError, TimeoutError, AssertionError):
+                    self.client = None
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"publication {n} never accepted")
+            await asyncio.sleep(pace)
+
+
+def _wait_log(proc: ServerProcess, text: str) -> None:
+    deadline = time.monotonic() + timeout(60)
+    while text not in proc.logs():
+        assert time.monotonic() < deadline, proc.logs()
+        time.sleep(0.05)
+
+
+def test_presence_matches_live_connections_after_a_kill(tmp_path: Path) -> None:
+    proc = _server(tmp_path, 2)
+    try:
+
+        async def main() -> None:
+            placed = await clients_on_workers(proc.url, 2, per_worker=3)
+            for client in placed:
+                assert (await client.call("subscribe", channel="chat:room"))["ok"]
+            survivor = next(c for c in placed if c.worker == 0)
+            proc_kill((await asyncio.to_thread(_pids, proc))[1])
+            members = (await survivor.call("presence", channel="chat:room"))["members"]
+            live = {c.client_id for c in placed if c.worker == 0}
+            assert {m["client"] for m in members} == live  # no zombies, at once
+            stats = await survivor.call("presence_stats", channel="chat:room")
+            assert stats["clients"] == 3
+            for client in placed:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+    finally:
+        proc.stop()
+
+
+def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> None:
+    key = "k" * 24
+    proc = ServerProcess(tmp_path, workers=2, extra=NAMESPACE, admin=f'api_key = "{key}"').start()
+    try:
+
+        async def main() -> None:
+            a, b = await clients_on_workers(proc.url, 2)
+            for client in (a, b):
+                assert (await client.call("subscribe", channel=CHANNEL))["ok"]
+            for n in range(3):
+                request = urllib.request.Request(
+                    proc.admin_url + "/api/publish",
+                    data=json.dumps({"channel": CHANNEL, "data": n}).encode(),
+                    headers={"X-API-Key": key, "Content-Type": "application/json"},
+                )
+                await asyncio.to_thread(urllib.request.urlopen, request, None, 5)
+            for client in (a, b):
+                got = [await client.next_push() for _ in range(3)]
+                assert [(p["offset"], p["data"]) for p in got] == [(1, 0), (2, 1), (3, 2)]
+                await client.close()
+
+        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+    finally:
+        proc.stop()
+
+
+def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
+    """Reloads 3 -> 2 -> 3 workers move a channel from worker 2 to worker 1 and back:
+    its history and epoch move with it, so recovery still works."""
+    channel = "chat:s2"
+    assert owner_of(channel, [0, 1, 2]) == 2 and owner_of(channel, [0, 1]) == 1
+    proc = ServerProcess(tmp_path, workers=3, extra=NAMESPACE, server="max_workers = 3").start()
+    try:
+        _wait_log(proc, "process(es) ready")
+
+        async def publish(client: Client, n: int) -> dict[str, Any]:
+            for _ in range(100):
+                reply = await client.call("publish", channel=channel, data=n, idem=f"s{n}")
+                if reply.get("ok"):
+                    return reply
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"publication {n} never accepted")
+
+        async def roll_to(workers: int, completed: int) -> None:
+            text = proc.config_path.read_text()
+            proc.config_path.write_text(
+                text.replace(f"workers = {5 - workers}", f"workers = {workers}", 1)
+            )
+            proc.signal(signal.SIGHUP)
+            await asyncio.to_thread(_wait_count, proc, "reload complete", completed)
+            await asyncio.sleep(1.0)  # a heartbeat or two: the rings move
+
+        async def main() -> None:
+            client = await Client.connect(proc.url)
+            first = await publish(client, 0)
+            epoch = first["epoch"]
+            await roll_to(2, 1)
+            assert "took over 1 ring(s) of retired worker 2" in proc.logs()
+            client = await Client.connect(proc.url)
+            assert (await publish(client, 1)) == {**first, "id": 1, "offset": 2}
+            await roll_to(3, 2)
+            client = await Client.connect(proc.url)
+            assert (await publish(client, 2))["offset"] == 3
+            late = await Client.connect(proc.url)
+            reply = await late.call(
+                "subscribe", channel=channel, recover={"epoch": epoch, "offset": 0}
+            )
+            assert reply["recovered"] is True and reply["epoch"] == epoch
+            assert [(await late.next_push())["data"] for _ in range(3)] == [0, 1, 2]
+
+        asyncio.run(asyncio.wait_for(main(), timeout(90)))
+    finally:
+        proc.stop()
+
+
+def _wait_count(proc: ServerProcess, text: str, count: int) -> None:
+    deadline = time.monotonic() + timeout(60)
+    while proc.logs().count(text) < count:
+        assert time.monotonic() < deadline, proc.logs()
+        time.sleep(0.05)
