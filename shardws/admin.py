@@ -17,6 +17,7 @@ sending new clients here).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -35,8 +36,10 @@ from shardws.backend import (
     BadRequest,
     Publication,
     max_request_bytes,
+    parse_channel_query,
     parse_channels_query,
     parse_disconnect,
+    parse_history_query,
     parse_ingress,
     parse_publish,
 )
@@ -208,6 +211,46 @@ class Backend:
             body["missing"] = sorted(missing)
         return body
 
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """The ``GET /api/presence`` document: every subscriber of ``channel`` on the
+        ready workers that answered within ``CHANNELS_TIMEOUT`` (``complete`` false and
+        ``missing`` when some did not). A dead worker's subscribers are never listed."""
+        answers, missing = await self._requests.ask(
+            self.ready_workers(), "presence", {"channel": channel}, CHANNELS_TIMEOUT
+        )
+        members = [
+            {"user": user, "client": client, "info": None if info is None else json.loads(info)}
+            for answer in answers.values()
+            for user, client, info in answer.get("members", ())
+        ]
+        body: dict[str, Any] = {
+            "channel": channel,
+            "members": members,
+            "clients": len(members),
+            "users": len({m["user"] for m in members if m["user"]}),
+            "complete": not missing,
+        }
+        if missing:
+            body["missing"] = sorted(missing)
+        return body
+
+    async def history(self, channel: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """The ``GET /api/history`` document from the channel's owner, or None if the
+        owner did not answer within ``CHANNELS_TIMEOUT``."""
+        owner = owner_of(channel, self._board.workers())
+        answers, _missing = await self._requests.ask(
+            {owner}, "hhist", {"channel": channel, **args}, CHANNELS_TIMEOUT
+        )
+        answer = answers.get(owner)
+        if answer is None or "error" in answer:
+            return None
+        return {
+            "channel": channel,
+            "epoch": answer["epoch"],
+            "offset": answer["offset"],
+            "publications": [json.loads(push) for push in answer["pushes"]],
+        }
+
     def stats(self) -> dict[str, Any]:
         """The admin's own counters (``"admin"`` in ``GET /api/stats``)."""
         ingress = self.ingress
@@ -300,6 +343,26 @@ def make_app(
             return _error(400, str(exc))
         return web.json_response(await backend.channels(prefix, limit))
 
+    async def get_presence(request: web.Request) -> web.Response:
+        assert backend is not None
+        try:
+            channel = parse_channel_query(request.query, config, "presence")
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        return web.json_response(await backend.presence(channel))
+
+    async def get_history(request: web.Request) -> web.Response:
+        assert backend is not None
+        try:
+            channel = parse_channel_query(request.query, config, "history_size")
+            args = parse_history_query(request.query)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        body = await backend.history(channel, args)
+        if body is None:
+            return _error(503, "the channel's owner worker did not answer; retry")
+        return web.json_response(body)
+
     async def get_stats(_request: web.Request) -> web.Response:
         assert backend is not None
         return web.json_response({**worker_stats(config, board), "admin": backend.stats()})
@@ -312,6 +375,8 @@ def make_app(
     app.router.add_post("/api/disconnect", post_disconnect)
     app.router.add_get("/api/channels", get_channels)
     app.router.add_get("/api/stats", get_stats)
+    app.router.add_get("/api/presence", get_presence)
+    app.router.add_get("/api/history", get_history)
     return app
 
 

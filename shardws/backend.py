@@ -206,3 +206,41 @@ def parse_channels_query(query: Mapping[str, str]) -> tuple[str, int]:
     ):
         raise BadRequest(f'"limit" must be an integer from 1 to {control.MAX_CHANNELS}')
     return prefix, int(raw)
+
+
+def parse_channel_query(query: Mapping[str, str], config: Config, need: str) -> str:
+    """``?channel=C`` of ``GET /api/presence`` and ``/api/history``: a valid channel in
+    a configured namespace whose option ``need`` (``presence`` or ``history_size``) is
+    on; BadRequest says which part is wrong."""
+    channel = query.get("channel")
+    problem = protocol.channel_error(channel)
+    if problem is not None:
+        raise BadRequest(f'"channel": {problem}')
+    assert channel is not None
+    options = config.namespaces.get(protocol.namespace_of(channel))
+    if options is None:
+        raise BadRequest(f"{channel!r}: namespace is not configured")
+    if not getattr(options, need):
+        what = "presence is off" if need == "presence" else "history_size is 0"
+        raise BadRequest(f"{channel!r}: {what} for its namespace")
+    return channel
+
+
+def parse_history_query(query: Mapping[str, str]) -> dict[str, Any]:
+    """``since`` (offset, default 0), ``limit`` (1..1000, default 100), ``reverse``
+    (true/false) of ``GET /api/history``."""
+    args: dict[str, Any] = {"since": 0, "limit": 100, "reverse": False}
+    for name in ("since", "limit"):
+        raw = query.get(name)
+        if raw is None:
+            continue
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
+            raise BadRequest(f'"{name}" must be a non-negative integer')
+        args[name] = int(raw)
+    if not 1 <= args["limit"] <= 1000:
+        raise BadRequest('"limit" must be an integer from 1 to 1000')
+    reverse = query.get("reverse", "false")
+    if reverse not in ("true", "false"):
+        raise BadRequest('"reverse" must be true or false')
+    args["reverse"] = reverse == "true"
+    return args
