@@ -1,5 +1,5 @@
 """The ``shardws`` command: ``serve``, ``check-config``, ``token``, ``publish``, ``keygen``,
-``tune``, ``bench`` (load generator).
+``tune``, ``install-service``, ``bench`` (load generator).
 
 Exit codes: 0 success, 1 runtime failure (e.g. a worker failed its first boot),
 2 bad usage or bad configuration (the message names the file and the key).
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from shardws import __version__
 from shardws.config import Config, ConfigError, dump_config, load_config
@@ -74,6 +75,32 @@ def _parser() -> argparse.ArgumentParser:
         "tune", help="kernel and fd limits: current vs recommended, and host capacity"
     )
     tune.add_argument("-c", "--config", metavar="FILE", help="config (for the worker count)")
+    install = commands.add_parser(
+        "install-service",
+        help="install the systemd unit, /etc/shardws/shardws.toml and the sysctl file",
+        description="Install systemd/shardws.service (ExecStart = this installation's"
+        " shardws), the example config (never overwriting an existing one) and"
+        " sysctl/99-shardws.conf. Prints each action; running it again changes nothing.",
+    )
+    install.add_argument(
+        "--root",
+        "--prefix",
+        metavar="DIR",
+        type=Path,
+        help="install under DIR instead of / (no root needed; nothing is enabled)",
+    )
+    install.add_argument(
+        "--dry-run", action="store_true", help="print what it would do, write nothing"
+    )
+    install.add_argument(
+        "--no-sysctl", action="store_true", help="do not install /etc/sysctl.d/99-shardws.conf"
+    )
+    install.add_argument(
+        "--enable",
+        action="store_true",
+        help="then run systemctl daemon-reload and enable --now shardws (only when"
+        " systemd is PID 1; otherwise says it was skipped)",
+    )
     # The load generator parses its own options (``shardws bench --help``), so that they
     # live next to LoadSpec and ``serve`` does not import it.
     commands.add_parser(
@@ -95,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         return _keygen(args.name)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "install-service":
+        from shardws import install
+
+        return install.run(
+            args.root, dry_run=args.dry_run, sysctl=not args.no_sysctl, enable_service=args.enable
+        )
     try:
         config = load_config(getattr(args, "config", None) or getattr(args, "file", None))
     except ConfigError as exc:

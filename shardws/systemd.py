@@ -1,6 +1,7 @@
-"""sd_notify(3) over the datagram socket systemd names in ``$NOTIFY_SOCKET``.
+"""sd_notify(3) over the datagram socket systemd names in ``$NOTIFY_SOCKET``, and
+sd_booted(3).
 
-Stdlib only. Every call is a no-op when the service does not run under systemd
+Stdlib only. Every notify call is a no-op when the service does not run under systemd
 (``NOTIFY_SOCKET`` unset), so callers never need to check.
 """
 
@@ -8,6 +9,15 @@ from __future__ import annotations
 
 import os
 import socket
+
+
+def booted() -> bool:
+    """True if systemd is this system's init (PID 1), so ``systemctl`` can manage units.
+
+    The test sd_booted(3) uses: systemd creates ``/run/systemd/system/`` early at boot,
+    and nothing else does; containers without systemd as init do not have it.
+    """
+    return os.path.isdir("/run/systemd/system")
 
 
 def watchdog_interval() -> float | None:
