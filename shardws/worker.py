@@ -455,7 +455,13 @@ class Worker:
         4029 right after the upgrade."""
         peer = transport.underlying_transport.get_extra_info("peername")
         request = transport.request
-        forwarded = request.headers.get("x-forwarded-for") if request is not None else None
+        # Every header line counts (RFC 9110 5.3: repeated fields are one list): a proxy
+        # may append its own line after one the client forged.
+        forwarded = (
+            ", ".join(request.headers.getall("x-forwarded-for", ()))
+            if request is not None
+            else None
+        )
         ip = client_ip(peer[0] if peer else "", forwarded, self._trusted)
         limits = self.config.limits
         refused = ""

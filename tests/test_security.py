@@ -267,6 +267,12 @@ def test_trusted_proxy_forwarded_for(tmp_path: Path) -> None:
             with pytest.raises(websockets.ConnectionClosed) as info:
                 await Client.connect(proc.url, additional_headers=via("203.0.113.1"))
             assert info.value.rcvd is not None and info.value.rcvd.code == 4029
+            # A forged first header line and the proxy's own second line: the proxy's
+            # (right-most) address counts, so this is 203.0.113.2 again, refused.
+            two_lines = [("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-For", "203.0.113.2")]
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await Client.connect(proc.url, additional_headers=two_lines)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 4029
             await first.close()
             await second.close()
 
