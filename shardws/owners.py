@@ -129,7 +129,7 @@ class Owners:
         if not isinstance(channel, str) or protocol.channel_error(channel) is not None:
             return {"error": "bad channel"}
         if op == "presence":
-            return self.local_presence(channel)
+            return self.local_presence(channel, bool(request.get("stats")))
         if self.owner(channel) != self.worker.slot or not self.has_history(channel):
             return {"error": "not the owner of this channel"}
         if op == "hpub":
@@ -312,8 +312,14 @@ class Owners:
 
     # -- presence ------------------------------------------------------------------------
 
-    def local_presence(self, channel: str) -> dict[str, Any]:
-        """This worker's subscribers of ``channel``: ``[[user, client, info JSON text]]``."""
+    def local_presence(self, channel: str, stats: bool = False) -> dict[str, Any]:
+        """This worker's subscribers of ``channel``: ``{"members": [[user, client, info
+        JSON text]]}``, or with ``stats`` only ``{"clients": N, "users": [distinct
+        user ids]}`` (no client ids or infos: small for channels with many members)."""
+        if stats:
+            conns = self.worker.hub.members(channel)
+            users = {c.identity.user for c in conns if c.identity is not None and c.identity.user}
+            return {"clients": len(conns), "users": sorted(users)}
         members = []
         for conn in self.worker.hub.members(channel):
             identity = conn.identity
@@ -331,15 +337,15 @@ class Owners:
         worker = self.worker
         others = worker.ready_peers() - {worker.board.admin_slot}
         answers, _missing = await self.requests.ask(
-            others, "presence", {"channel": channel}, PRESENCE_TIMEOUT
+            others, "presence", {"channel": channel, "stats": stats}, PRESENCE_TIMEOUT
         )
-        members = list(self.local_presence(channel)["members"])
-        for answer in answers.values():
-            members.extend(answer.get("members", ()))
+        everyone = [self.local_presence(channel, stats), *answers.values()]
         if stats:
-            users = {member[0] for member in members if member[0]}
-            conn.send(protocol.encode_ok(command_id, clients=len(members), users=len(users)))
+            clients = sum(int(answer.get("clients", 0)) for answer in everyone)
+            users = {user for answer in everyone for user in answer.get("users", ())}
+            conn.send(protocol.encode_ok(command_id, clients=clients, users=len(users)))
         else:
+            members = [member for answer in everyone for member in answer.get("members", ())]
             conn.send(protocol.encode_presence(command_id, members))
 
     def announce(self, channel: str, kind: str, conn: Connection) -> None:

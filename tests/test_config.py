@@ -724,3 +724,13 @@ def test_ingress_key_file_errors(tmp_path: Path) -> None:
     good.write_text(_CLIENT_KEY)
     err = error(f'[ingress]\ncurve_secret_key_file = "{good}"')
     assert err.key == "ingress.curve_authorized_keys" and "required" in err.detail
+
+
+def test_drop_policy_is_refused_with_history() -> None:
+    """A dropped message in a history namespace would be a silent gap in its offsets."""
+    with pytest.raises(ConfigError) as info:
+        parse_config('[namespaces.chat]\nhistory_size = 10\nslow_consumer = "drop"\n', "x.toml")
+    assert "[namespaces.chat] slow_consumer" in str(info.value)
+    assert "history_size" in str(info.value)
+    ok = parse_config("[namespaces.chat]\nhistory_size = 10\n", "x.toml")
+    assert ok.namespaces["chat"].history_size == 10
