@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -381,6 +382,28 @@ def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> N
             for client in (a, b):
                 got = [await client.next_push() for _ in range(3)]
                 assert [(p["offset"], p["data"]) for p in got] == [(1, 0), (2, 1), (3, 2)]
+
+            def get(path: str) -> tuple[int, Any]:
+                request = urllib.request.Request(proc.admin_url + path, headers={"X-API-Key": key})
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as response:
+                        return response.status, json.loads(response.read())
+                except urllib.error.HTTPError as exc:
+                    return exc.code, json.loads(exc.read())
+
+            status, body = await asyncio.to_thread(get, f"/api/history?channel={CHANNEL}&limit=2")
+            assert status == 200 and [p["data"] for p in body["publications"]] == [0, 1]
+            assert body["offset"] == 3
+            status, body = await asyncio.to_thread(get, f"/api/presence?channel={CHANNEL}")
+            assert status == 200 and body["clients"] == 2 and body["complete"]
+            assert {m["client"] for m in body["members"]} == {a.client_id, b.client_id}
+            status, body = await asyncio.to_thread(get, "/api/history?channel=news")
+            assert status == 400 and "history_size is 0" in body["error"]
+            status, body = await asyncio.to_thread(get, f"/api/history?channel={CHANNEL}&limit=0")
+            assert status == 400 and "limit" in body["error"]
+            status, body = await asyncio.to_thread(get, "/api/presence?channel=bad%20name")
+            assert status == 400
+            for client in (a, b):
                 await client.close()
 
         asyncio.run(asyncio.wait_for(main(), timeout(30)))
