@@ -34,7 +34,6 @@ Guarantees (what ``docs/guarantees.md`` states and the tests check):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from shardws.config import NamespaceConfig
 from shardws.core import build_text_frame
 from shardws.history import Entry, RingState, owner_of
 from shardws.protocol import CloseCode, ErrorCode, pub_position
-from shardws.sequencer import MAX_PAGE, Seen, Sequencer, Tracker, rings_path
+from shardws.sequencer import Seen, Sequencer, Tracker, rings_path
 
 if TYPE_CHECKING:
     from shardws.worker import Connection, Worker
@@ -55,7 +54,6 @@ log = logging.getLogger("shardws.owners")
 
 OWNER_TIMEOUT = 2.0  # seconds to wait for a channel owner's answer
 PRESENCE_TIMEOUT = 1.0  # seconds to wait for the other workers' presence answers
-MAX_IDEM_LENGTH = 64
 OWNER_OPS = frozenset({"hpub", "hpos", "hhist", "handover", "presence"})
 
 
@@ -469,56 +467,3 @@ def _states_from_json(rings: Any) -> dict[str, RingState]:
             ring["size"], ring["ttl"], ring["epoch"], ring["offset"], entries
         )
     return states
-
-
-def parse_since(raw: bytes | None) -> tuple[str, int] | None:
-    """The ``recover`` member of a subscribe: ``{"epoch": E, "offset": N}`` -> (E, N);
-    absent -> None; anything else -> ValueError saying what is expected."""
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = None
-    if (
-        not isinstance(value, dict)
-        or not isinstance(value.get("epoch"), str)
-        or not isinstance(value.get("offset"), int)
-        or value["offset"] < 0
-    ):
-        raise ValueError('recover must be {"epoch": "...", "offset": N} with N >= 0')
-    return value["epoch"], value["offset"]
-
-
-def history_arguments(fields: dict[str, bytes]) -> dict[str, Any]:
-    """``since`` (offset, default 0), ``limit`` (1..1000, default 100) and ``reverse``
-    (bool) of a ``history`` command, from its raw members; ValueError when mistyped."""
-    args: dict[str, Any] = {"since": 0, "limit": 100, "reverse": False}
-    for name, kind in (("since", int), ("limit", int), ("reverse", bool)):
-        raw = fields.get(name)
-        if raw is None:
-            continue
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = None
-        if type(value) is not kind:
-            raise ValueError(f"{name} must be {'an integer' if kind is int else 'true or false'}")
-        args[name] = value
-    if args["since"] < 0 or not 0 < args["limit"] <= MAX_PAGE:
-        raise ValueError(f"since must be >= 0 and limit 1..{MAX_PAGE}")
-    return args
-
-
-def parse_idem(raw: bytes | None) -> str | None:
-    """The ``idem`` member of a publish: a string of 1..64 characters, or absent;
-    ValueError otherwise."""
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = None
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_IDEM_LENGTH:
-        raise ValueError(f"idem must be a string of 1 to {MAX_IDEM_LENGTH} characters")
-    return value

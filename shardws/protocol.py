@@ -220,3 +220,62 @@ def encode_reconnect(delay: float) -> bytes:
     """Drain hint: reconnect after ``delay`` seconds (jittered per client by the server,
     so a drained host's clients do not all come back at once)."""
     return b'{"type":"reconnect","delay":%.3f}' % delay
+
+
+# --------------------------------------------------------------------------- command members
+
+#: Longest ``idem`` key of a publish.
+MAX_IDEM_LENGTH = 64
+#: Most publications one ``history`` command returns.
+MAX_HISTORY_PAGE = 1000
+
+
+def _member(raw: bytes | None) -> Any:
+    """The JSON value of a raw command member (``Envelope.fields``); None if invalid."""
+    try:
+        return None if raw is None else json.loads(raw)
+    except ValueError:
+        return None
+
+
+def parse_recover(raw: bytes | None) -> tuple[str, int] | None:
+    """The ``recover`` member of a subscribe: ``{"epoch": E, "offset": N}`` -> (E, N);
+    absent -> None; anything else -> ValueError saying what is expected."""
+    if raw is None:
+        return None
+    value = _member(raw)
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("epoch"), str)
+        or not isinstance(value.get("offset"), int)
+        or value["offset"] < 0
+    ):
+        raise ValueError('recover must be {"epoch": "...", "offset": N} with N >= 0')
+    return value["epoch"], value["offset"]
+
+
+def parse_idem(raw: bytes | None) -> str | None:
+    """The ``idem`` member of a publish: a string of 1..64 characters, or absent;
+    ValueError otherwise."""
+    if raw is None:
+        return None
+    value = _member(raw)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_IDEM_LENGTH:
+        raise ValueError(f"idem must be a string of 1 to {MAX_IDEM_LENGTH} characters")
+    return value
+
+
+def parse_history(fields: dict[str, bytes]) -> dict[str, Any]:
+    """``since`` (offset, default 0), ``limit`` (1..1000, default 100) and ``reverse``
+    (bool) of a ``history`` command, from its raw members; ValueError when mistyped."""
+    args: dict[str, Any] = {"since": 0, "limit": 100, "reverse": False}
+    for name, kind in (("since", int), ("limit", int), ("reverse", bool)):
+        if name in fields:
+            value = _member(fields[name])
+            if type(value) is not kind:
+                expected = "an integer" if kind is int else "true or false"
+                raise ValueError(f"{name} must be {expected}")
+            args[name] = value
+    if args["since"] < 0 or not 0 < args["limit"] <= MAX_HISTORY_PAGE:
+        raise ValueError(f"since must be >= 0 and limit 1..{MAX_HISTORY_PAGE}")
+    return args

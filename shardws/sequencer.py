@@ -26,10 +26,7 @@ from typing import Any
 
 from shardws.config import NamespaceConfig
 from shardws.history import Ring, RingState
-from shardws.protocol import encode_pub_at
-
-#: Most publications one ``history`` query returns.
-MAX_PAGE = 1000
+from shardws.protocol import MAX_HISTORY_PAGE, encode_pub_at
 
 
 def rings_path(run_dir: str, slot: int) -> str:
@@ -98,7 +95,7 @@ class Sequencer:
     def history(self, channel: str, since: int, limit: int, reverse: bool) -> dict[str, Any]:
         """A page of the ring (see ``Ring.page``): ``epoch``, ``offset`` and ``pushes``."""
         ring = self.ring(channel)
-        entries = ring.page(since, min(max(limit, 0), MAX_PAGE), self._clock(), reverse)
+        entries = ring.page(since, min(max(limit, 0), MAX_HISTORY_PAGE), self._clock(), reverse)
         return {
             "epoch": ring.epoch,
             "offset": ring.offset,

@@ -68,7 +68,7 @@ from shardws.hub import Hub
 from shardws.iplimits import IPTable
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.metrics import Column, LatencyHistogram, ProcessState, Scoreboard
-from shardws.owners import OWNER_OPS, Owners, history_arguments, parse_idem, parse_since
+from shardws.owners import OWNER_OPS, Owners
 from shardws.protocol import CloseCode, ErrorCode
 
 EXIT_BOOT_FAILURE = 3
@@ -664,7 +664,7 @@ class Worker:
             return
         assert channel is not None and conn.identity is not None
         try:
-            since = parse_since(raw_recover)
+            since = protocol.parse_recover(raw_recover)
         except ValueError as exc:
             conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, str(exc)))
             return
@@ -755,7 +755,7 @@ class Worker:
                 )
                 return
             try:
-                args = history_arguments(env.fields)
+                args = protocol.parse_history(env.fields)
             except ValueError as exc:
                 conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, str(exc)))
                 return
@@ -811,7 +811,7 @@ class Worker:
             return
         if options.history_size:
             try:
-                idem = parse_idem(raw_idem)
+                idem = protocol.parse_idem(raw_idem)
             except ValueError as exc:
                 conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, str(exc)))
                 return

@@ -78,3 +78,27 @@ def test_close_code_classes() -> None:
     assert protocol.reconnect_allowed(CloseCode.IDLE_TIMEOUT)
     for code in CloseCode:
         assert code < 1012 or 4000 <= code <= 4999
+
+
+def test_history_members_are_parsed_strictly() -> None:
+    assert protocol.parse_recover(None) is None
+    assert protocol.parse_recover(b'{"epoch":"e","offset":3}') == ("e", 3)
+    for bad in (b"[]", b'{"epoch":1,"offset":3}', b'{"epoch":"e","offset":-1}', b"{"):
+        with pytest.raises(ValueError, match="recover must be"):
+            protocol.parse_recover(bad)
+    assert protocol.parse_idem(b'"k1"') == "k1"
+    for bad in (b"5", b'""', b'"' + b"x" * 65 + b'"'):
+        with pytest.raises(ValueError, match="idem"):
+            protocol.parse_idem(bad)
+    assert protocol.parse_history({}) == {"since": 0, "limit": 100, "reverse": False}
+    assert protocol.parse_history({"limit": b"5", "reverse": b"true"})["limit"] == 5
+    for fields in ({"limit": b"0"}, {"since": b"-1"}, {"reverse": b"1"}, {"limit": b"true"}):
+        with pytest.raises(ValueError):
+            protocol.parse_history(fields)
+
+
+def test_positioned_pushes_read_back() -> None:
+    push = protocol.encode_pub_at("chat:a", 17, "0123456789abcdef", b'{"x":1}')
+    assert json.loads(push)["offset"] == 17
+    assert protocol.pub_position(push, "chat:a") == (17, "0123456789abcdef")
+    assert protocol.pub_position(protocol.encode_pub("chat:a", b"1"), "chat:a") is None
