@@ -409,6 +409,7 @@ async def _serve(
         lambda _topic, _payloads, _stamp: None,
         backend.ready_workers,
         on_inbox=backend.on_inbox,
+        hwm=config.server.bus_hwm,
     )
     bus.start(board.members())
     missing = await bus.wait_for_peers(backend.ready_workers(), 3.0)

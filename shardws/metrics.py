@@ -64,8 +64,10 @@ class Column(enum.IntEnum):
     RATE_LIMITED = 19  # commands refused by the per-connection rate limit
     REFUSED = 20  # connections refused by a limit (origin, full worker, per-IP)
     CONFIGURED = 21  # 1 while the slot exists in the supervisor (kept across restarts)
-    LATENCY_SUM_US = 22  # sum of observed delivery latencies, microseconds
-    LATENCY_BUCKET_0 = 23  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
+    HISTORY_REPAIRS = 22  # history gaps (lost bus messages) repaired from the owner
+    HISTORY_UNRECOVERABLE = 23  # gaps that could not be repaired (subscribers got 4505)
+    LATENCY_SUM_US = 24  # sum of observed delivery latencies, microseconds
+    LATENCY_BUCKET_0 = 25  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 
 
 #: Upper bounds (seconds) of the delivery latency histogram; one more bucket is +Inf.
@@ -264,6 +266,16 @@ class _ScoreboardCollector:
                 Column.SYNC_TIMEOUTS,
             ),
             ("shardws_worker_restarts", "Times the worker was restarted", Column.RESTARTS),
+            (
+                "shardws_history_repairs",
+                "History gaps (lost bus messages) repaired from the channel owner",
+                Column.HISTORY_REPAIRS,
+            ),
+            (
+                "shardws_history_unrecoverable",
+                "History gaps that could not be repaired (subscribers closed with 4505)",
+                Column.HISTORY_UNRECOVERABLE,
+            ),
         ):
             yield per_worker(CounterMetricFamily(name, doc, labels=["worker"]), column)
         fds = GaugeMetricFamily(

@@ -54,7 +54,10 @@ log = logging.getLogger("shardws.owners")
 
 OWNER_TIMEOUT = 2.0  # seconds to wait for a channel owner's answer
 PRESENCE_TIMEOUT = 1.0  # seconds to wait for the other workers' presence answers
-OWNER_OPS = frozenset({"hpub", "hpos", "hhist", "handover", "presence"})
+OWNER_OPS = frozenset({"hpub", "hpos", "hposs", "hhist", "handover", "presence"})
+#: Seconds between checks of the owners' positions (finds a lost *last* publication,
+#: which no later offset would reveal).
+POSITION_CHECK_INTERVAL = 2.0
 
 
 @dataclass(eq=False)
@@ -124,6 +127,13 @@ class Owners:
         if op == "handover":
             self.sequencer.adopt(_states_from_json(request.get("rings", {})))
             return {"ok": True}
+        if op == "hposs":
+            channels = request.get("channels")
+            if not isinstance(channels, list):
+                return {"error": "channels must be a list"}
+            me = self.worker.slot
+            mine = [c for c in channels if isinstance(c, str) and self.owner(c) == me]
+            return {"positions": self.sequencer.positions(mine)}
         if not isinstance(channel, str) or protocol.channel_error(channel) is not None:
             return {"error": "bad channel"}
         if op == "presence":
@@ -201,6 +211,36 @@ class Owners:
         self.repairs += 1
         missed = [text.encode() for text in answer.get("pushes", ())]
         self.deliver(channel, missed + held)
+
+    def check_positions(self) -> None:
+        """Ask each owner (one request per owner) for the position of the channels this
+        worker delivers: a publication lost on the bus with nothing after it would
+        otherwise go unnoticed until the next one. Behind the owner -> repair."""
+        by_owner: dict[int, list[str]] = {}
+        me = self.worker.slot
+        for channel in self.tracker.channels():
+            owner = self.owner(channel)
+            if owner != me and channel not in self._repairing:
+                by_owner.setdefault(owner, []).append(channel)
+        for owner, channels in by_owner.items():
+            self._spawn(self._check_owner(owner, channels))
+
+    async def _check_owner(self, owner: int, channels: list[str]) -> None:
+        answers, _missing = await self.requests.ask(
+            {owner}, "hposs", {"channels": channels}, OWNER_TIMEOUT
+        )
+        positions = (answers.get(owner) or {}).get("positions", {})
+        for channel, (epoch, offset) in positions.items():
+            known = self.tracker.position(channel)
+            # The owner sent everything up to ``offset`` before this answer, on the same
+            # pipe: whatever of it is not delivered here by now was lost.
+            if known is None or channel in self._repairing or offset == 0:
+                continue
+            if known[0] != epoch or offset > known[1]:
+                log.warning(
+                    "channel %s: behind its owner (%s:%d); repairing", channel, epoch, offset
+                )
+                self._start_repair(channel, epoch, [])
 
     def subscribe(
         self, conn: Connection, command_id: int | None, channel: str, since: tuple[str, int] | None

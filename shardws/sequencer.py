@@ -92,6 +92,13 @@ class Sequencer:
             answer["pushes"] = [entry.push.decode() for entry in missed or ()]
         return answer
 
+    def positions(self, channels: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """The (epoch, offset) of those ``channels`` this worker holds a ring for (no
+        ring is created: a channel without one has had nothing to lose)."""
+        return {
+            c: (self._rings[c].epoch, self._rings[c].offset) for c in channels if c in self._rings
+        }
+
     def history(self, channel: str, since: int, limit: int, reverse: bool) -> dict[str, Any]:
         """A page of the ring (see ``Ring.page``): ``epoch``, ``offset`` and ``pushes``."""
         ring = self.ring(channel)
@@ -191,6 +198,10 @@ class Tracker:
 
     def position(self, channel: str) -> tuple[str, int] | None:
         return self._positions.get(channel)
+
+    def channels(self) -> list[str]:
+        """The channels with a known position (those with local subscribers)."""
+        return list(self._positions)
 
     def check(self, channel: str, epoch: str, offset: int) -> Seen:
         """Classify a publication at (epoch, offset). NEXT also records it as delivered.

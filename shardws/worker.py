@@ -68,7 +68,7 @@ from shardws.hub import Hub
 from shardws.iplimits import IPTable
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.metrics import Column, LatencyHistogram, ProcessState, Scoreboard
-from shardws.owners import OWNER_OPS, Owners
+from shardws.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
 from shardws.protocol import CloseCode, ErrorCode
 
 EXIT_BOOT_FAILURE = 3
@@ -256,6 +256,7 @@ class Worker:
         self.bus: Bus | None = None
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
         self.owners = Owners(self)
+        self._next_position_check = 0.0
         # user -> that user's connections here, subscribed to the user's bus topic.
         self.users = Hub(self._bus_subscribe_user, self._bus_unsubscribe_user)
 
@@ -277,6 +278,7 @@ class Worker:
             self.ready_peers,
             on_user=self._on_bus_user,
             on_inbox=self._on_bus_inbox,
+            hwm=server.bus_hwm,
         )
         self.bus.start(self.board.members())
         self.owners.load()
@@ -371,6 +373,8 @@ class Worker:
         if self.bus is not None:
             stats[Column.BUS_LOST] = self.bus.lost
             stats[Column.SYNC_TIMEOUTS] = self.bus.sync_timeouts
+        stats[Column.HISTORY_REPAIRS] = self.owners.repairs
+        stats[Column.HISTORY_UNRECOVERABLE] = self.owners.unrecoverable
         for column in (
             Column.CONNECTIONS,
             Column.ACCEPTED,
@@ -385,11 +389,17 @@ class Worker:
             Column.PROTOCOL_ERRORS,
             Column.PUBLISHES,
             Column.SYNC_TIMEOUTS,
+            Column.HISTORY_REPAIRS,
+            Column.HISTORY_UNRECOVERABLE,
         ):
             row[column] = stats[column]
         self.latency.store(row)
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         self.owners.on_view()
+        now = time.monotonic()
+        if now >= self._next_position_check:
+            self._next_position_check = now + POSITION_CHECK_INTERVAL
+            self.owners.check_positions()
         if self.bus is not None and not self._stop.is_set():
             self.bus.attach(self.board.members())  # a reload may have added workers
         if not self._stop.is_set():
