@@ -644,6 +644,11 @@ class Supervisor:
                     os.kill(slot.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+            # The workers stop accepting at once; without our copy of the listener the
+            # port closes, so a new client is refused now (and tries another host)
+            # instead of waiting in a queue nobody reads until the reset at exit.
+            if slot.kind == "worker":
+                slot.sock.close()
         while any(s.pid for s in self.slots) and time.monotonic() < deadline:
             self._wait(0.05)
             self._signals.clear()

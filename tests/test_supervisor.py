@@ -146,3 +146,30 @@ def test_sigterm_with_no_clients_drains_cleanly(tmp_path: Path) -> None:
         assert "Traceback" not in proc.logs() and "worker 0 stopped" in proc.logs()
     finally:
         proc.stop()
+
+
+def test_new_connections_are_refused_at_once_during_a_drain(tmp_path: Path) -> None:
+    """While the service drains (a client holds it open), a new client is refused
+    quickly instead of being queued on a listener nobody accepts from."""
+    proc = ServerProcess(tmp_path, workers=1).start()  # drain_timeout = 5
+    try:
+
+        async def main() -> None:
+            held = await Client.connect(proc.url)
+            assert (await held.call("subscribe", channel="x"))["ok"]
+            proc.signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout(5)
+            while True:
+                assert time.monotonic() < deadline, "never refused during the drain"
+                try:
+                    with socket.create_connection(("127.0.0.1", proc.ws_port), timeout=1):
+                        pass
+                except ConnectionRefusedError:
+                    break
+                await asyncio.sleep(0.05)
+            assert proc.proc is not None and proc.proc.poll() is None  # still draining
+
+        asyncio.run(main())
+        assert proc.wait_exit(15) == 0
+    finally:
+        proc.stop()
