@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import statistics
 import sys
 import time
@@ -78,10 +79,11 @@ async def _round(url: str, channel: str, messages: int, window: int, subs: int) 
             inflight.release()
 
     reader = asyncio.create_task(replies())
+    run = secrets.token_hex(4)  # idempotency keys must not repeat those of earlier rounds
     for n in range(messages):
         await inflight.acquire()
         await publisher.send(
-            f'{{"id":{n},"op":"publish","channel":"{channel}","data":{payload},"idem":"m{n}"}}'
+            f'{{"id":{n},"op":"publish","channel":"{channel}","data":{payload},"idem":"{run}.{n}"}}'
             if channel.startswith("h:")
             else f'{{"id":{n},"op":"publish","channel":"{channel}","data":{payload}}}'
         )
@@ -104,11 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     with serve("shardws", workers=2, extra=NAMESPACES) as server:
         for _ in range(args.repeat):
             for mode, channel in MODES.items():
-                results[mode].append(
-                    asyncio.run(
-                        _round(server.url, channel, args.messages, args.window, args.subscribers)
-                    )
-                )
+                one = _round(server.url, channel, args.messages, args.window, args.subscribers)
+                results[mode].append(asyncio.run(asyncio.wait_for(one, 300)))
     summary = {
         mode: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
         for mode, runs in results.items()
