@@ -22,7 +22,7 @@ import signal
 import socket
 import ssl
 import time
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 from picows import (
@@ -55,6 +55,7 @@ from shardws.core import (
     InvalidUTF8,
     Sink,
     TokenBucket,
+    build_frame,
     build_text_frame,
     fanout,
     flush,
@@ -62,6 +63,7 @@ from shardws.core import (
     release_handshake,
     take_overflowed,
     total_drops,
+    utf8_valid,
 )
 from shardws.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.hub import Hub
@@ -89,12 +91,14 @@ class Connection(WSListener):
         "client_id",
         "closing",
         "connect_deadline",
+        "echo",
         "fragment_size",
         "fragment_type",
         "fragments",
         "identity",
         "ip",
         "last_seen",
+        "on_message",
         "ping_sent",
         "sink",
         "strikes",
@@ -102,9 +106,13 @@ class Connection(WSListener):
         "worker",
     )
 
-    def __init__(self, worker: Worker, identity: Identity | None) -> None:
+    def __init__(self, worker: Worker, identity: Identity | None, *, echo: bool = False) -> None:
         self.worker = worker
         self.identity = identity  # None until a connect message authenticates it
+        # The diagnostics echo differs from a native connection only in what a complete
+        # message does; frames, fragments, limits and closing are shared.
+        self.echo = echo
+        self.on_message = worker.echo_received if echo else worker.message_received
         self.ip = ""  # counted in the per-IP table once set
         self.connect_deadline = 0.0
         self.strikes = 0  # consecutive rate-limited commands
@@ -137,15 +145,23 @@ class Connection(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if self.closing and msg_type != WSMsgType.CLOSE:
-            return  # frames already buffered when we decided to close: ignore them
+        if (self.closing or transport.is_close_frame_sent) and msg_type != WSMsgType.CLOSE:
+            # Frames already buffered when we decided to close, or the frame picows read
+            # just before failing the connection on the next one: RFC 6455 5.5.1 forbids
+            # sending data after a Close, so nothing of them is acted on.
+            return
         self.last_seen = time.monotonic()
         self.ping_sent = False
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # RFC 6455 5.2: a reserved bit without a negotiated extension defining it
+            # fails the connection (picows does not check them).
+            self.fail("reserved bit set without a negotiated extension")
+            return
         if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
             if self.fragments is not None:  # RFC 6455 5.4: no new message mid-fragmentation
-                self.close(CloseCode.BAD_REQUEST, "new message before the last fragment")
+                self.fail("new message before the last fragment")
             elif frame.fin:
-                self.worker.message_received(self, msg_type, frame.get_payload_as_bytes())
+                self.on_message(self, msg_type, frame.get_payload_as_bytes())
             else:
                 self.fragments = [frame.get_payload_as_bytes()]
                 self.fragment_type = msg_type
@@ -159,14 +175,27 @@ class Connection(WSListener):
                 if self.sink is not None:
                     self.sink.flush()  # what was corked goes before our close frame
                     self.sink.close()
-                code = frame.get_close_code()
-                transport.send_close(WSCloseCode.OK if code == WSCloseCode.NO_INFO else code)
+                transport.send_close(self._close_reply(frame))
             transport.disconnect()
         # PING is answered by picows (auto pong); PONG only needed to refresh last_seen.
 
+    def _close_reply(self, frame: WSFrame) -> WSCloseCode:
+        """The code that answers a client's Close: its own code echoed, 1000 for an empty
+        Close, 1002 for a code no endpoint may send (RFC 6455 7.4.1/7.4.2: below 1000,
+        1004-1006, 1015, unassigned 1016-2999, above 4999). picows lets 0 and 1006
+        through (they are members of its enum), so the server checks."""
+        if frame.payload_size == 0:
+            return WSCloseCode.OK
+        # An int at run time: codes outside picows's enum (3000-4999) arrive as plain ints.
+        code = cast(int, frame.get_close_code())
+        if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+            return cast(WSCloseCode, code)
+        self.worker.protocol_error(self, f"invalid close code {code}")
+        return WSCloseCode.PROTOCOL_ERROR
+
     def _continue_fragments(self, frame: WSFrame) -> None:
         if self.fragments is None:
-            self.close(CloseCode.BAD_REQUEST, "continuation frame without a message")
+            self.fail("continuation frame without a message")
             return
         self.fragment_size += frame.payload_size
         if self.fragment_size > self.worker.config.server.max_message_size:
@@ -177,7 +206,14 @@ class Connection(WSListener):
         if frame.fin:
             payload = b"".join(self.fragments)
             self.fragments = None
-            self.worker.message_received(self, self.fragment_type, payload)
+            self.on_message(self, self.fragment_type, payload)
+
+    def fail(self, what: str) -> None:
+        """RFC 6455 7.1.7, Fail the WebSocket Connection: close with 1002 (protocol error)
+        for a frame sequence no extension allows. The client's Close is still read, so
+        the closing handshake completes."""
+        self.worker.protocol_error(self, what)
+        self.close(CloseCode.PROTOCOL_ERROR, what)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closing = True
@@ -191,6 +227,13 @@ class Connection(WSListener):
 
     def resume_writing(self) -> None:
         pass
+
+    def send_message(self, payload: bytes, binary: bool) -> None:
+        """Send one text or binary message (the diagnostics echo), through the sink."""
+        if not self.closing and self.sink is not None:
+            frame = build_frame(payload, binary)
+            self.sink.send(frame)
+            self.worker.wrote(len(frame))
 
     def send(self, payload: bytes) -> None:
         """Send one text message to this client (replies and own pushes), through the
@@ -412,14 +455,17 @@ class Worker:
     ) -> Connection | WSUpgradeResponseWithListener | None:
         """The upgrade decision: 404 wrong path, 403 Origin not allowed, 503 worker full,
         401 bad token (way 1: token in the query or an Authorization header)."""
-        path = request.path.split(b"?", 1)[0]
-        if path.decode("latin-1") != self.config.server.path:
+        path = request.path.split(b"?", 1)[0].decode("latin-1")
+        echo = path == self.config.diagnostics.echo_path and path != ""
+        if path != self.config.server.path and not echo:
             return None  # picows answers 404
         limits = self.config.limits
         if not origin_allowed(request.headers.get("origin"), limits.allowed_origins):
             return self._refuse(403, "origin not allowed", Column.REFUSED)
         if len(self.connections) >= limits.connections_per_worker:
             return self._refuse(503, "server full, try again later", Column.REFUSED)
+        if echo:
+            return Connection(self, ANONYMOUS, echo=True)
         token = request_token(request.path, request.headers)
         if token is None:
             return Connection(self, ANONYMOUS if self.config.auth.anonymous else None)
@@ -480,7 +526,8 @@ class Worker:
         self.stats[Column.ACCEPTED] += 1
         if conn.identity is None:  # way 2: a connect message must come first
             conn.connect_deadline = time.monotonic() + self.config.server.handshake_timeout
-        conn.send(protocol.encode_connected(conn.client_id, self.slot))
+        if not conn.echo:
+            conn.send(protocol.encode_connected(conn.client_id, self.slot))
         if self._stop.is_set():  # accepted before the drain began: send it elsewhere
             self._send_away(conn, 1.0)
 
@@ -527,8 +574,7 @@ class Worker:
         try:
             env = parse_envelope(payload)
         except InvalidUTF8:
-            self.protocol_error(conn, "invalid UTF-8")
-            conn.close(CloseCode.INVALID_TEXT, "invalid UTF-8", stop_reading=True)  # RFC 6455 8.1
+            self._invalid_utf8(conn)
             return
         except BadEnvelope as exc:
             self.protocol_error(conn, f"bad command: {exc}")
@@ -553,6 +599,26 @@ class Worker:
         else:
             self.protocol_error(conn, f"unknown op {op!r}")
             conn.send(protocol.encode_error(env.id, ErrorCode.UNKNOWN_OP, f"unknown op {op!r}"))
+
+    def _invalid_utf8(self, conn: Connection) -> None:
+        # RFC 6455 8.1: a text message that is not UTF-8 fails the connection with 1007.
+        # Reading goes on until the client's Close, so the closing handshake completes.
+        self.protocol_error(conn, "invalid UTF-8")
+        conn.close(CloseCode.INVALID_TEXT, "invalid UTF-8")
+
+    def echo_received(self, conn: Connection, msg_type: WSMsgType, payload: bytes) -> None:
+        """A complete message on the diagnostics echo: sent back as received. Text is
+        checked like a native command (invalid UTF-8 closes with 1007); there is no
+        command parsing and no rate limit."""
+        stats = self.stats
+        stats[Column.MESSAGES_IN] += 1
+        stats[Column.BYTES_IN] += len(payload)
+        binary = msg_type == WSMsgType.BINARY
+        if not binary and not utf8_valid(payload):
+            self._invalid_utf8(conn)
+            return
+        stats[Column.MESSAGES_OUT] += 1
+        conn.send_message(payload, binary)
 
     def _rate_limited(self, conn: Connection) -> None:
         self.stats[Column.RATE_LIMITED] += 1
