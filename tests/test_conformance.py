@@ -33,8 +33,7 @@ def test_autobahn_cases_pass(server: ServerProcess) -> None:
     print(f"{len(outcome.results)} cases in {outcome.seconds:.1f} s")
     assert len(outcome.results) >= 300, "the case selection shrank"
     problems = "\n".join(
-        f"{r.case_id}: {r.behavior.value}/{r.behavior_close.value}: {r.result} "
-        f"{r.result_close}"
+        f"{r.case_id}: {r.behavior.value}/{r.behavior_close.value}: {r.result} {r.result_close}"
         for r in outcome.failures
     )
     assert not outcome.failures, f"Autobahn cases failed:\n{problems}"
