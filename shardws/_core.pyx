@@ -652,10 +652,10 @@ cdef class Deflated:
 
     Each frame is the message compressed on its own (RFC 7692 7.2.1, final 4 octets
     removed; valid under ``server_no_context_takeover``), in one final frame with RSV1
-    set. When compression would not make the message smaller, ``frame`` returns None and
-    the plain frame is sent instead (RFC 7692 allows uncompressed messages on a
-    compressing connection). ``saved`` counts bytes not written thanks to compression,
-    over the deliveries ``fanout`` made with these frames.
+    set, even where deflate does not shrink it: whether to compress is the caller's
+    choice (``[compression] threshold``). ``saved`` counts the bytes compression kept
+    off the wire (negative when it grew a message) over the deliveries ``fanout`` made
+    with these frames.
     """
 
     cdef bytes _payload
@@ -674,19 +674,19 @@ cdef class Deflated:
         self.saved = 0
 
     def frame(self, int window_bits):
-        """The compressed frame for a ``window_bits`` (9..15) connection, or None."""
+        """The compressed frame for a ``window_bits`` (9..15) connection."""
         if not 9 <= window_bits <= 15:
             raise ValueError(f"window_bits must be 9..15, got {window_bits}")
         return self._frame(window_bits)
 
-    cdef object _frame(self, int window_bits):
+    cdef bytes _frame(self, int window_bits):
         global _zlib
         cdef object built
         if self._frames is None:
-            self._frames = [False] * 16  # False: not built yet; None: not worth it
+            self._frames = [None] * 16
         built = self._frames[window_bits]
-        if built is not False:
-            return built
+        if built is not None:
+            return <bytes>built
         if _zlib is None:
             import zlib
             _zlib = zlib
@@ -696,13 +696,9 @@ cdef class Deflated:
             compressor = _zlib.compressobj(self._level, _zlib.DEFLATED, -window_bits)
             _compressors[key] = compressor
         cdef bytes data = compressor.compress(self._payload) + compressor.flush(_zlib.Z_FULL_FLUSH)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data) - _TAIL_LEN
-        if n >= PyBytes_GET_SIZE(self._payload):
-            built = None
-        else:
-            built = _build_frame(data[:n], self._first)
-        self._frames[window_bits] = built
-        return built
+        cdef bytes frame = _build_frame(data[:PyBytes_GET_SIZE(data) - _TAIL_LEN], self._first)
+        self._frames[window_bits] = frame
+        return frame
 
 
 def utf8_valid(bytes buf not None):
@@ -951,17 +947,15 @@ def fanout(bytes frame not None, list sinks not None, bint drop=False,
     cdef Py_ssize_t count = 0
     cdef object item
     cdef Sink sink
-    cdef object compressed
+    cdef bytes compressed
     for item in sinks:
         sink = <Sink?>item
         if sink._deflate_bits and deflated is not None:
             compressed = deflated._frame(sink._deflate_bits)
-            if compressed is not None:
-                if _deliver(sink, <bytes>compressed, drop):
-                    count += 1
-                    deflated.saved += PyBytes_GET_SIZE(frame) - PyBytes_GET_SIZE(compressed)
-                continue
-        if _deliver(sink, frame, drop):
+            if _deliver(sink, compressed, drop):
+                count += 1
+                deflated.saved += PyBytes_GET_SIZE(frame) - PyBytes_GET_SIZE(compressed)
+        elif _deliver(sink, frame, drop):
             count += 1
     return count
 

@@ -332,15 +332,15 @@ class Deflated:
         self._payload = payload
         self._level = level
         self._binary = binary
-        self._frames: dict[int, bytes | None] = {}
+        self._frames: dict[int, bytes] = {}
         self._saved = 0
 
     @property
     def saved(self) -> int:
         return self._saved
 
-    def frame(self, window_bits: int) -> bytes | None:
-        """The compressed frame for a ``window_bits`` connection; None if not smaller."""
+    def frame(self, window_bits: int) -> bytes:
+        """The compressed frame for a ``window_bits`` connection (even if not smaller)."""
         if not 9 <= window_bits <= 15:
             raise ValueError(f"window_bits must be 9..15, got {window_bits}")
         if window_bits not in self._frames:
@@ -349,11 +349,7 @@ class Deflated:
             data = compressor.compress(self._payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
             assert data.endswith(b"\x00\x00\xff\xff")
             data = data[:-4]
-            self._frames[window_bits] = (
-                build_frame(data, self._binary, compressed=True)
-                if len(data) < len(self._payload)
-                else None
-            )
+            self._frames[window_bits] = build_frame(data, self._binary, compressed=True)
         return self._frames[window_bits]
 
 
@@ -575,13 +571,11 @@ def fanout(
             raise TypeError(f"expected Sink, got {type(sink).__name__}")
         chosen = frame
         if sink._deflate_bits and deflated is not None:
-            chosen = deflated.frame(sink._deflate_bits) or frame
+            chosen = deflated.frame(sink._deflate_bits)
         if _deliver(sink, chosen, drop):
             count += 1
-            deflated_saved = len(frame) - len(chosen)
-            if deflated_saved:
-                assert deflated is not None
-                deflated._saved += deflated_saved
+            if deflated is not None and chosen is not frame:
+                deflated._saved += len(frame) - len(chosen)
     return count
 
 

@@ -52,6 +52,7 @@ from shardws.bus import Bus, channel_topic, endpoint
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     BadEnvelope,
+    Deflated,
     InvalidUTF8,
     Sink,
     TokenBucket,
@@ -65,6 +66,7 @@ from shardws.core import (
     total_drops,
     utf8_valid,
 )
+from shardws.deflate import BadCompressedData, Inflater, MessageTooBig, negotiate
 from shardws.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.hub import Hub
 from shardws.iplimits import IPTable
@@ -91,11 +93,14 @@ class Connection(WSListener):
         "client_id",
         "closing",
         "connect_deadline",
+        "deflate_bits",
         "echo",
+        "fragment_compressed",
         "fragment_size",
         "fragment_type",
         "fragments",
         "identity",
+        "inflater",
         "ip",
         "last_seen",
         "on_message",
@@ -130,6 +135,10 @@ class Connection(WSListener):
         self.fragments: list[bytes] | None = None
         self.fragment_type = WSMsgType.TEXT
         self.fragment_size = 0
+        self.fragment_compressed = False
+        # permessage-deflate, when negotiated in the upgrade (Worker._accept).
+        self.deflate_bits = 0
+        self.inflater: Inflater | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -140,6 +149,7 @@ class Connection(WSListener):
             max_pending=self.worker.config.server.max_pending_bytes,
             owner=self,
             direct=not transport.is_secure,  # TLS bytes must go through the transport
+            deflate_bits=self.deflate_bits,
         )
         self.worker.connection_opened(self)
 
@@ -152,17 +162,31 @@ class Connection(WSListener):
             return
         self.last_seen = time.monotonic()
         self.ping_sent = False
+        compressed = False
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            # RFC 6455 5.2: a reserved bit without a negotiated extension defining it
-            # fails the connection (picows does not check them).
-            self.fail("reserved bit set without a negotiated extension")
-            return
+            # RFC 6455 5.2: a reserved bit no negotiated extension defines fails the
+            # connection (picows does not check them). RFC 7692 6: RSV1 marks the first
+            # frame of a compressed message, only where permessage-deflate was agreed.
+            if (
+                frame.rsv2
+                or frame.rsv3
+                or self.inflater is None
+                or (msg_type != WSMsgType.TEXT and msg_type != WSMsgType.BINARY)
+            ):
+                self.fail("reserved bit set without a negotiated extension")
+                return
+            compressed = True
         if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
             if self.fragments is not None:  # RFC 6455 5.4: no new message mid-fragmentation
                 self.fail("new message before the last fragment")
             elif frame.fin:
-                self.on_message(self, msg_type, frame.get_payload_as_bytes())
+                payload = frame.get_payload_as_bytes()
+                if not compressed:
+                    self.on_message(self, msg_type, payload)
+                else:
+                    self._inflated_message(msg_type, payload)
             else:
+                self.fragment_compressed = compressed
                 self.fragments = [frame.get_payload_as_bytes()]
                 self.fragment_type = msg_type
                 self.fragment_size = frame.payload_size
@@ -177,7 +201,9 @@ class Connection(WSListener):
                     self.sink.close()
                 transport.send_close(self._close_reply(frame))
             transport.disconnect()
-        # PING is answered by picows (auto pong); PONG only needed to refresh last_seen.
+        elif msg_type == WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())  # RFC 6455 5.5.3
+        # A PONG only refreshes last_seen (above).
 
     def _close_reply(self, frame: WSFrame) -> WSCloseCode:
         """The code that answers a client's Close: its own code echoed, 1000 for an empty
@@ -206,7 +232,27 @@ class Connection(WSListener):
         if frame.fin:
             payload = b"".join(self.fragments)
             self.fragments = None
-            self.on_message(self, self.fragment_type, payload)
+            if not self.fragment_compressed:
+                self.on_message(self, self.fragment_type, payload)
+            else:
+                self._inflated_message(self.fragment_type, payload)
+
+    def _inflated_message(self, msg_type: WSMsgType, data: bytes) -> None:
+        """Hand on a compressed message inflated, or close the connection: 1009 past
+        ``max_message_size`` inflated (zip bombs stop there), 1007 for data that is not
+        a deflate stream."""
+        assert self.inflater is not None
+        try:
+            payload = self.inflater.inflate(data)
+        except MessageTooBig:
+            self.worker.protocol_error(self, "inflated message too big")
+            self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        except BadCompressedData:
+            self.worker.protocol_error(self, "invalid compressed data")
+            self.close(CloseCode.INVALID_TEXT, "invalid compressed data")
+            return
+        self.on_message(self, msg_type, payload)
 
     def fail(self, what: str) -> None:
         """RFC 6455 7.1.7, Fail the WebSocket Connection: close with 1002 (protocol error)
@@ -231,15 +277,23 @@ class Connection(WSListener):
     def send_message(self, payload: bytes, binary: bool) -> None:
         """Send one text or binary message (the diagnostics echo), through the sink."""
         if not self.closing and self.sink is not None:
-            frame = build_frame(payload, binary)
+            frame = self._compressed(payload, binary) or build_frame(payload, binary)
             self.sink.send(frame)
             self.worker.wrote(len(frame))
+
+    def _compressed(self, payload: bytes, binary: bool = False) -> bytes | None:
+        """The permessage-deflate frame of a message for this connection alone, or None
+        when it is not to be compressed (not negotiated, or under the threshold)."""
+        if not self.deflate_bits or len(payload) < self.worker.config.compression.threshold:
+            return None
+        deflated = Deflated(payload, self.worker.config.compression.level, binary)
+        return deflated.frame(self.deflate_bits)
 
     def send(self, payload: bytes) -> None:
         """Send one text message to this client (replies and own pushes), through the
         sink so it stays in order with publications and counts against the cap."""
         if not self.closing and self.sink is not None:
-            frame = build_text_frame(payload)
+            frame = (self.deflate_bits and self._compressed(payload)) or build_text_frame(payload)
             self.sink.send(frame)
             self.worker.wrote(len(frame))
 
@@ -294,6 +348,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._flush_scheduled = False
         self._drop_policy: dict[str, bool] = {}
+        self.deflating = 0  # open connections that negotiated permessage-deflate
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
@@ -325,7 +380,9 @@ class Worker:
             websocket_handshake_timeout=server.handshake_timeout,
             logger_name=self._picows_log,  # type: ignore[arg-type]
             enable_auto_ping=False,  # one sweep per worker instead of a task per connection
-            enable_auto_pong=True,
+            # Pings are answered in Connection.on_ws_frame: picows's auto-pong would answer
+            # before the server could check the frame's reserved bits (RFC 6455 5.2).
+            enable_auto_pong=False,
             max_frame_size=server.max_message_size,
             read_buffer_init_size=2048,
             use_aiofastnet=False,  # measured: +5.3 KB per connection and slower accepts
@@ -465,14 +522,33 @@ class Worker:
         if len(self.connections) >= limits.connections_per_worker:
             return self._refuse(503, "server full, try again later", Column.REFUSED)
         if echo:
-            return Connection(self, ANONYMOUS, echo=True)
+            return self._accept(Connection(self, ANONYMOUS, echo=True), request)
         token = request_token(request.path, request.headers)
         if token is None:
-            return Connection(self, ANONYMOUS if self.config.auth.anonymous else None)
+            identity = ANONYMOUS if self.config.auth.anonymous else None
+            return self._accept(Connection(self, identity), request)
         try:
-            return Connection(self, self.auth.connection(token))
+            return self._accept(Connection(self, self.auth.connection(token)), request)
         except AuthFailure as exc:
             return self._refuse(401, exc.reason, Column.AUTH_FAILURES)
+
+    def _accept(
+        self, conn: Connection, request: WSUpgradeRequest
+    ) -> Connection | WSUpgradeResponseWithListener:
+        """The 101 answer for ``conn``, with permessage-deflate when configured and the
+        client offered it acceptably (RFC 7692 5)."""
+        compression = self.config.compression
+        if not compression.enabled:
+            return conn
+        agreement = negotiate(request.headers.getall("sec-websocket-extensions", []), compression)
+        if agreement is None:
+            return conn
+        conn.deflate_bits = agreement.server_window_bits
+        conn.inflater = Inflater(agreement, self.config.server.max_message_size)
+        response = WSUpgradeResponse.create_101_response(
+            {"Sec-WebSocket-Extensions": agreement.response}
+        )
+        return WSUpgradeResponseWithListener(response, conn)
 
     def _refuse(self, status: int, reason: str, column: Column) -> WSUpgradeResponseWithListener:
         self.stats[column] += 1
@@ -524,6 +600,8 @@ class Worker:
         conn.client_id = f"{self._id_prefix}.{next(self._ids):x}"
         self.connections.add(conn)
         self.stats[Column.ACCEPTED] += 1
+        if conn.deflate_bits:
+            self.deflating += 1
         if conn.identity is None:  # way 2: a connect message must come first
             conn.connect_deadline = time.monotonic() + self.config.server.handshake_timeout
         if not conn.echo:
@@ -539,6 +617,8 @@ class Worker:
         if conn in self.connections:
             self.connections.discard(conn)
             self.stats[Column.CLOSED] += 1
+            if conn.deflate_bits:
+                self.deflating -= 1
         if conn.ip and self.iptable is not None:
             self.iptable.add(self.slot, conn.ip, -1)
             conn.ip = ""
@@ -783,15 +863,25 @@ class Worker:
         sinks = self.hub.sinks(channel)
         if sinks:
             start = time.monotonic_ns()
-            self._deliver(build_text_frame(push), sinks, self.drops_for(channel))
+            frame = build_text_frame(push)
+            self._deliver(frame, sinks, self.drops_for(channel), self._deflated(push))
             self.latency.observe((time.monotonic_ns() - start) / 1e9)
         if self.bus is not None:
             self.bus.publish(channel_topic(channel), push)
 
-    def _deliver(self, frame: bytes, sinks: list[Any], drop: bool) -> None:
-        written = fanout(frame, sinks, drop)
+    def _deflated(self, payload: bytes) -> Deflated | None:
+        """Compress-once state for a message, when a local connection may want it."""
+        compression = self.config.compression
+        if self.deflating and len(payload) >= compression.threshold:
+            return Deflated(payload, compression.level)
+        return None
+
+    def _deliver(
+        self, frame: bytes, sinks: list[Any], drop: bool, deflated: Deflated | None = None
+    ) -> None:
+        written = fanout(frame, sinks, drop, deflated)
         self.stats[Column.MESSAGES_OUT] += written
-        self.wrote(written * len(frame))
+        self.wrote(written * len(frame) - (deflated.saved if deflated is not None else 0))
 
     def wrote(self, nbytes: int) -> None:
         """Account written bytes and make sure corked frames leave this iteration."""
@@ -837,7 +927,7 @@ class Worker:
         if sinks:
             drop = self.drops_for(channel)
             for payload in payloads:
-                self._deliver(build_text_frame(payload), sinks, drop)
+                self._deliver(build_text_frame(payload), sinks, drop, self._deflated(payload))
             # One observation per publication: every payload of a batch entered the
             # server within the batch's loop iteration, so they share its stamp.
             self.latency.observe((time.monotonic_ns() - stamp_ns) / 1e9, len(payloads))
