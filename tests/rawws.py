@@ -83,3 +83,15 @@ class FrameReader:
             first, payload = self.next()
             if first & 0x0F == 0x8:
                 return int(struct.unpack("!H", payload[:2])[0])
+
+
+def close_code_after(port: int, frames: list[bytes], offer: str = "") -> tuple[int, bytes]:
+    """Upgrade ``/ws`` (offering ``offer`` as extensions), send ``frames``; the code of
+    the server's Close and the upgrade response head."""
+    sock, head, rest = handshake(port, "/ws", offer)
+    try:
+        assert head.startswith(b"HTTP/1.1 101"), head
+        sock.sendall(b"".join(frames))
+        return FrameReader(sock, rest).close_code(), head
+    finally:
+        sock.close()

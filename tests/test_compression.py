@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import websockets
-from rawws import FrameReader, client_frame, handshake
+from rawws import FrameReader, client_frame, close_code_after, handshake
 from serverproc import ServerProcess, timeout
 from wsclient import Client
 
@@ -146,13 +146,9 @@ def test_fragmented_compressed_message_is_inflated(server: ServerProcess) -> Non
     ],
 )
 def test_compressed_input_violations(server: ServerProcess, frames: list[bytes], code: int) -> None:
-    sock, head, rest = handshake(server.ws_port, "/ws", "permessage-deflate")
-    try:
-        assert b"permessage-deflate" in head
-        sock.sendall(b"".join(frames))
-        assert FrameReader(sock, rest).close_code() == code
-    finally:
-        sock.close()
+    received, head = close_code_after(server.ws_port, frames, "permessage-deflate")
+    assert b"permessage-deflate" in head
+    assert received == code
 
 
 def test_compression_off_by_default(tmp_path: Path) -> None:

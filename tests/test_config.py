@@ -662,3 +662,33 @@ def test_namespace_options() -> None:
     )
     err = error("[namespaces.chat]\nmax_subscribers = -1\n")
     assert err.key == "namespaces.chat.max_subscribers"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "detail"),
+    [
+        ("[compression]\nmax_window_bits = 8\n", "compression.max_window_bits", "9..15"),
+        ("[compression]\nmax_window_bits = 16\n", "compression.max_window_bits", "9..15"),
+        ("[compression]\nlevel = 0\n", "compression.level", "1..9"),
+        ("[compression]\nthreshold = -1\n", "compression.threshold", ">= 0"),
+        ('[diagnostics]\necho_path = "echo"\n', "diagnostics.echo_path", 'starting with "/"'),
+        ('[diagnostics]\necho_path = "/ws"\n', "diagnostics.echo_path", "must differ"),
+    ],
+)
+def test_compression_and_diagnostics_errors(text: str, key: str, detail: str) -> None:
+    err = error(text)
+    assert err.key == key
+    assert detail in err.detail
+
+
+def test_compression_and_diagnostics_values() -> None:
+    cfg = parse_config(
+        "[compression]\nenabled = true\nthreshold = 0\nlevel = 1\nmax_window_bits = 9\n"
+        '[diagnostics]\necho_path = "/autobahn"\n',
+        "f.toml",
+    )
+    assert (cfg.compression.enabled, cfg.compression.threshold) == (True, 0)
+    assert (cfg.compression.level, cfg.compression.max_window_bits) == (1, 9)
+    assert cfg.diagnostics.echo_path == "/autobahn"
+    assert default_config().diagnostics.echo_path == ""
+    assert default_config().compression.enabled is False

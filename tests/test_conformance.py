@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from autobahn_cases import CI_CASES, EXCLUDED, echo_url, run_cases, start_server, summary_table
-from rawws import FrameReader, client_frame, handshake
+from rawws import client_frame, close_code_after, handshake
 from serverproc import ServerProcess
 
 
@@ -61,13 +61,7 @@ def test_autobahn_cases_pass(server: ServerProcess) -> None:
 def test_native_endpoint_frame_rules(
     server: ServerProcess, frames: list[bytes], expected: int
 ) -> None:
-    sock, head, rest = handshake(server.ws_port, "/ws")
-    try:
-        assert head.startswith(b"HTTP/1.1 101"), head
-        sock.sendall(b"".join(frames))
-        assert FrameReader(sock, rest).close_code() == expected
-    finally:
-        sock.close()
+    assert close_code_after(server.ws_port, frames)[0] == expected
 
 
 def test_echo_endpoint_is_off_by_default(tmp_path: Path) -> None:
