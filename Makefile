@@ -1,7 +1,7 @@
 # Developer shortcuts; each target is one documented command.
 PY ?= python3
 
-.PHONY: build debug test lint bench
+.PHONY: build debug test lint bench conformance
 build:            ## build the Cython extension in place
 	$(PY) -m pip install -e '.[test]'
 debug:            ## debug build: assertions, bounds checks, line tracing
@@ -12,3 +12,5 @@ lint:
 	ruff check shardws tests && mypy shardws
 bench:
 	$(PY) -m pytest benchmarks --benchmark-enable
+conformance:      ## every Autobahn section against a real server, reports in reports/autobahn
+	$(PY) tests/autobahn_cases.py --report reports/autobahn

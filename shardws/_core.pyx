@@ -593,13 +593,7 @@ def parse_envelope(bytes buf not None):
 
 # ------------------------------------------------------------------- frames and fan-out
 
-def build_text_frame(bytes payload not None):
-    """One unmasked, final text frame (RFC 6455 section 5.2), header and payload together.
-
-    Servers must not mask (section 5.1). The payload length uses the shortest form the
-    RFC requires: 7 bits below 126, 126 + 16-bit big-endian below 65536, else 127 +
-    64-bit big-endian.
-    """
+cdef bytes _build_frame(bytes payload, unsigned char first_byte):
     cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
     cdef Py_ssize_t h
     cdef int k
@@ -611,7 +605,7 @@ def build_text_frame(bytes payload not None):
         h = 10
     cdef bytes frame = PyBytes_FromStringAndSize(NULL, h + n)
     cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
-    out[0] = 0x81  # FIN + opcode 0x1 (text)
+    out[0] = first_byte
     if h == 2:
         out[1] = <unsigned char>n
     elif h == 4:
@@ -624,6 +618,94 @@ def build_text_frame(bytes payload not None):
             out[2 + k] = <unsigned char>((<uint64_t>n >> (56 - 8 * k)) & 0xFF)
     memcpy(out + h, PyBytes_AS_STRING(payload), n)
     return frame
+
+
+def build_text_frame(bytes payload not None):
+    """One unmasked, final text frame (RFC 6455 section 5.2), header and payload together.
+
+    Servers must not mask (section 5.1). The payload length uses the shortest form the
+    RFC requires: 7 bits below 126, 126 + 16-bit big-endian below 65536, else 127 +
+    64-bit big-endian.
+    """
+    return _build_frame(payload, 0x81)  # FIN + opcode 0x1 (text)
+
+
+def build_frame(bytes payload not None, bint binary=False, bint compressed=False):
+    """Like ``build_text_frame``, for a binary message (opcode 0x2) when ``binary``, and
+    with RSV1 set when ``compressed`` (RFC 7692 section 6: the payload is the message
+    deflated, tail removed; only valid on a connection that negotiated permessage-deflate).
+    """
+    return _build_frame(payload, (0x82 if binary else 0x81) | (0x40 if compressed else 0))
+
+
+# One zlib compressor per (level, window bits) in this process. Every message is
+# compressed on its own (Z_FULL_FLUSH resets the dictionary), as server_no_context_takeover
+# requires, so a compressor is reused without ever being re-initialized.
+cdef dict _compressors = {}
+cdef object _zlib = None
+cdef Py_ssize_t _TAIL_LEN = 4  # RFC 7692 7.2.1: 00 00 ff ff, removed by the sender
+
+
+cdef class Deflated:
+    """The permessage-deflate frames of one message, built lazily: at most one per
+    window size, the first time a sink with that window asks (``fanout``, ``frame``).
+
+    Each frame is the message compressed on its own (RFC 7692 7.2.1, final 4 octets
+    removed; valid under ``server_no_context_takeover``), in one final frame with RSV1
+    set, even where deflate does not shrink it: whether to compress is the caller's
+    choice (``[compression] threshold``). ``saved`` counts the bytes compression kept
+    off the wire (negative when it grew a message) over the deliveries ``fanout`` made
+    with these frames.
+    """
+
+    cdef bytes _payload
+    cdef int _level
+    cdef unsigned char _first
+    cdef list _frames
+    cdef readonly Py_ssize_t saved
+
+    def __init__(self, bytes payload not None, int level=6, bint binary=False):
+        if not 1 <= level <= 9:
+            raise ValueError(f"level must be 1..9, got {level}")
+        self._payload = payload
+        self._level = level
+        self._first = 0xC2 if binary else 0xC1  # FIN + RSV1 + opcode
+        self._frames = None
+        self.saved = 0
+
+    def frame(self, int window_bits):
+        """The compressed frame for a ``window_bits`` (9..15) connection."""
+        if not 9 <= window_bits <= 15:
+            raise ValueError(f"window_bits must be 9..15, got {window_bits}")
+        return self._frame(window_bits)
+
+    cdef bytes _frame(self, int window_bits):
+        global _zlib
+        cdef object built
+        if self._frames is None:
+            self._frames = [None] * 16
+        built = self._frames[window_bits]
+        if built is not None:
+            return <bytes>built
+        if _zlib is None:
+            import zlib
+            _zlib = zlib
+        key = (self._level, window_bits)
+        compressor = _compressors.get(key)
+        if compressor is None:
+            compressor = _zlib.compressobj(self._level, _zlib.DEFLATED, -window_bits)
+            _compressors[key] = compressor
+        cdef bytes data = compressor.compress(self._payload) + compressor.flush(_zlib.Z_FULL_FLUSH)
+        cdef bytes frame = _build_frame(data[:PyBytes_GET_SIZE(data) - _TAIL_LEN], self._first)
+        self._frames[window_bits] = frame
+        return frame
+
+
+def utf8_valid(bytes buf not None):
+    """True if ``buf`` is well-formed UTF-8: the same strict RFC 3629 section 4 check
+    ``parse_envelope`` applies (no overlongs, surrogates or code points above U+10FFFF)."""
+    return _utf8_invalid_at(<const unsigned char*>PyBytes_AS_STRING(buf),
+                            PyBytes_GET_SIZE(buf)) < 0
 
 
 # Coalescing state of this process (one event loop per worker process). A sink written
@@ -670,9 +752,10 @@ cdef class Sink:
     cdef readonly bint overflowed
     cdef public object owner
     cdef bint _direct
+    cdef int _deflate_bits
 
     def __init__(self, transport, Py_ssize_t max_pending=DEFAULT_MAX_PENDING, owner=None,
-                 bint direct=True):
+                 bint direct=True, int deflate_bits=0):
         # direct=False (TLS): bytes must pass through the transport's encryption, so
         # frames are only ever handed to transport.write (still coalesced per iteration).
         self._direct = direct
@@ -695,6 +778,11 @@ cdef class Sink:
         self._cork_bytes = 0
         self._cork_base = 0
         self._max_pending = max_pending
+        if deflate_bits and not 9 <= deflate_bits <= 15:
+            raise ValueError(f"deflate_bits must be 0 or 9..15, got {deflate_bits}")
+        # 0: no permessage-deflate; else the window the connection negotiated, which
+        # picks this sink's frame from fanout's Deflated.
+        self._deflate_bits = deflate_bits
         self.drops = 0
         self.overflowed = False
         self.owner = owner
@@ -706,6 +794,11 @@ cdef class Sink:
     @property
     def closed(self):
         return self._closed
+
+    @property
+    def deflate_bits(self):
+        """The negotiated permessage-deflate window bits, 0 if not compressing."""
+        return self._deflate_bits
 
     @property
     def corked_bytes(self):
@@ -832,8 +925,13 @@ cdef void _flush_sink(Sink sink):
     _write_now(sink, data, buffered)
 
 
-def fanout(bytes frame not None, list sinks not None, bint drop=False):
+def fanout(bytes frame not None, list sinks not None, bint drop=False,
+           Deflated deflated=None):
     """Write ``frame`` to every open sink; return how many sinks took it.
+
+    With ``deflated`` (the same message), a sink that negotiated permessage-deflate gets
+    the compressed frame for its window size instead, built once for all such sinks;
+    without it, every sink gets ``frame``.
 
     Per sink, the first frame of an event-loop iteration goes out at once with one
     non-blocking ``send()`` while the transport's own buffer is empty (any unsent tail
@@ -848,8 +946,16 @@ def fanout(bytes frame not None, list sinks not None, bint drop=False):
     """
     cdef Py_ssize_t count = 0
     cdef object item
+    cdef Sink sink
+    cdef bytes compressed
     for item in sinks:
-        if _deliver(<Sink?>item, frame, drop):
+        sink = <Sink?>item
+        if sink._deflate_bits and deflated is not None:
+            compressed = deflated._frame(sink._deflate_bits)
+            if _deliver(sink, compressed, drop):
+                count += 1
+                deflated.saved += PyBytes_GET_SIZE(frame) - PyBytes_GET_SIZE(compressed)
+        elif _deliver(sink, frame, drop):
             count += 1
     return count
 

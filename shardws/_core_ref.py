@@ -22,6 +22,7 @@ import json.decoder
 import os
 import re
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -29,9 +30,11 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_ID",
     "BadEnvelope",
+    "Deflated",
     "Envelope",
     "InvalidUTF8",
     "Sink",
+    "build_frame",
     "build_text_frame",
     "fanout",
     "parse_envelope",
@@ -286,16 +289,68 @@ def _split_members(text: str) -> list[tuple[str, Any, int, int]]:
 
 def build_text_frame(payload: bytes) -> bytes:
     """One unmasked, final text frame (RFC 6455 section 5.2), header and payload together."""
+    return build_frame(payload)
+
+
+def build_frame(payload: bytes, binary: bool = False, compressed: bool = False) -> bytes:
+    """One unmasked, final text (or ``binary``) frame, RSV1 set when ``compressed``."""
     if not isinstance(payload, bytes):
         raise TypeError(f"expected bytes, got {type(payload).__name__}")
+    first = (0x82 if binary else 0x81) | (0x40 if compressed else 0)
     n = len(payload)
     if n < 126:
-        header = struct.pack("!BB", 0x81, n)
+        header = struct.pack("!BB", first, n)
     elif n < 65536:
-        header = struct.pack("!BBH", 0x81, 126, n)
+        header = struct.pack("!BBH", first, 126, n)
     else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
+        header = struct.pack("!BBQ", first, 127, n)
     return header + payload
+
+
+def utf8_valid(buf: bytes) -> bool:
+    """True if ``buf`` is well-formed UTF-8 (RFC 3629; Python's codec is just as strict)."""
+    if not isinstance(buf, bytes):
+        raise TypeError(f"expected bytes, got {type(buf).__name__}")
+    try:
+        buf.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class Deflated:
+    """The permessage-deflate frames of one message, one per window size, built at the
+    first request (see ``shardws._core.Deflated``)."""
+
+    __slots__ = ("_binary", "_frames", "_level", "_payload", "_saved")
+
+    def __init__(self, payload: bytes, level: int = 6, binary: bool = False) -> None:
+        if not isinstance(payload, bytes):
+            raise TypeError(f"expected bytes, got {type(payload).__name__}")
+        if not 1 <= level <= 9:
+            raise ValueError(f"level must be 1..9, got {level}")
+        self._payload = payload
+        self._level = level
+        self._binary = binary
+        self._frames: dict[int, bytes] = {}
+        self._saved = 0
+
+    @property
+    def saved(self) -> int:
+        return self._saved
+
+    def frame(self, window_bits: int) -> bytes:
+        """The compressed frame for a ``window_bits`` connection (even if not smaller)."""
+        if not 9 <= window_bits <= 15:
+            raise ValueError(f"window_bits must be 9..15, got {window_bits}")
+        if window_bits not in self._frames:
+            # A fresh compressor per message: trivially free of earlier context.
+            compressor = zlib.compressobj(self._level, zlib.DEFLATED, -window_bits)
+            data = compressor.compress(self._payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            assert data.endswith(b"\x00\x00\xff\xff")
+            data = data[:-4]
+            self._frames[window_bits] = build_frame(data, self._binary, compressed=True)
+        return self._frames[window_bits]
 
 
 # Coalescing state of this process; see _core.pyx for the design.
@@ -321,6 +376,7 @@ class Sink:
         "_cork",
         "_cork_base",
         "_cork_bytes",
+        "_deflate_bits",
         "_direct",
         "_fd",
         "_gen",
@@ -339,6 +395,7 @@ class Sink:
         max_pending: int = DEFAULT_MAX_PENDING,
         owner: Any = None,
         direct: bool = True,
+        deflate_bits: int = 0,
     ) -> None:
         # direct=False (TLS): frames only ever go through transport.write.
         self._direct = direct
@@ -362,6 +419,9 @@ class Sink:
         self._cork_bytes = 0
         self._cork_base = 0
         self._max_pending = max_pending
+        if deflate_bits and not 9 <= deflate_bits <= 15:
+            raise ValueError(f"deflate_bits must be 0 or 9..15, got {deflate_bits}")
+        self._deflate_bits = deflate_bits
         self.drops = 0
         self.overflowed = False
         self.owner = owner
@@ -377,6 +437,10 @@ class Sink:
     @property
     def corked_bytes(self) -> int:
         return self._cork_bytes
+
+    @property
+    def deflate_bits(self) -> int:
+        return self._deflate_bits
 
     def send(self, frame: bytes) -> bool:
         """Write one frame to this sink alone, in order with the fan-out."""
@@ -489,17 +553,29 @@ def _flush_sink(sink: Sink) -> None:
     _write_now(sink, data, buffered)
 
 
-def fanout(frame: bytes, sinks: list[Sink], drop: bool = False) -> int:
-    """Write ``frame`` to every open sink; return how many sinks took it. Same
-    contract as the Cython version: call ``flush()`` once per loop iteration."""
+def fanout(
+    frame: bytes, sinks: list[Sink], drop: bool = False, deflated: Deflated | None = None
+) -> int:
+    """Write ``frame`` (or, to compressing sinks, ``deflated``'s frame for their window)
+    to every open sink; return how many sinks took it. Same contract as the Cython
+    version: call ``flush()`` once per loop iteration."""
     if not isinstance(frame, bytes):
         raise TypeError(f"expected bytes, got {type(frame).__name__}")
     if not isinstance(sinks, list):
         raise TypeError(f"expected list, got {type(sinks).__name__}")
+    if deflated is not None and not isinstance(deflated, Deflated):
+        raise TypeError(f"expected Deflated, got {type(deflated).__name__}")
     count = 0
     for sink in sinks:
-        if _deliver(sink, frame, drop):
+        if not isinstance(sink, Sink):
+            raise TypeError(f"expected Sink, got {type(sink).__name__}")
+        chosen = frame
+        if sink._deflate_bits and deflated is not None:
+            chosen = deflated.frame(sink._deflate_bits)
+        if _deliver(sink, chosen, drop):
             count += 1
+            if deflated is not None and chosen is not frame:
+                deflated._saved += len(frame) - len(chosen)
     return count
 
 

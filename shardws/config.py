@@ -53,12 +53,17 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 __all__ = [
+    "MAX_MESSAGE_SIZE",
+    "MAX_WINDOW_BITS",
     "MAX_WORKERS",
     "MIN_SECRET_BYTES",
+    "MIN_WINDOW_BITS",
     "AdminConfig",
     "AuthConfig",
+    "CompressionConfig",
     "Config",
     "ConfigError",
+    "DiagnosticsConfig",
     "IngressConfig",
     "LimitsConfig",
     "LogConfig",
@@ -84,6 +89,14 @@ MAX_WORKERS = 1024
 #: Shortest accepted HS256 secret: RFC 7518 3.2 requires a key at least as long as the
 #: hash output (256 bits), and shorter secrets can be brute-forced from one token.
 MIN_SECRET_BYTES = 32
+
+#: Ceiling of ``[server] max_message_size`` (64 MiB).
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+#: RFC 7692 7.1.2: LZ77 window sizes a permessage-deflate peer may negotiate. zlib cannot
+#: produce raw deflate with an 8-bit window (it silently uses 9), so 8 is never used.
+MIN_WINDOW_BITS = 9
+MAX_WINDOW_BITS = 15
 
 #: How a secret value is shown in errors and in :func:`dump_config` output.
 REDACTED = "<redacted>"
@@ -193,9 +206,12 @@ class ServerConfig:
     #: (it sizes the shared-memory tables). The effective bound is never below
     #: ``workers``. Default 64.
     max_workers: int = option(64, ge=1, le=MAX_WORKERS)
-    #: Largest accepted client message, bytes, 64..16 MiB; a bigger frame closes the
-    #: connection with 1009. Default 65536.
-    max_message_size: int = option(65536, ge=64, le=16 * 1024 * 1024, unit="bytes")
+    #: Largest accepted client message, bytes, 64..64 MiB; a bigger message (one frame,
+    #: the sum of its fragments, or its permessage-deflate inflated size) closes the
+    #: connection with 1009. The 64 MiB ceiling leaves room for the Autobahn suite's
+    #: 16 MiB messages (section 9) on the diagnostics echo while still bounding what one
+    #: connection can make a worker buffer. Default 65536.
+    max_message_size: int = option(65536, ge=64, le=MAX_MESSAGE_SIZE, unit="bytes")
     #: Per-connection cap on queued outbound data, bytes, >= 1024; a consumer that falls
     #: further behind is a slow consumer. Default 1048576 (1 MiB).
     max_pending_bytes: int = option(1024 * 1024, ge=1024, unit="bytes")
@@ -668,6 +684,46 @@ class NamespaceConfig:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    """``[compression]``: permessage-deflate (RFC 7692), negotiated per connection.
+
+    Server messages are always sent with ``server_no_context_takeover``: each is compressed
+    on its own, so one compressed frame per publication (per distinct negotiated window
+    size) serves every compressing subscriber. Client messages are inflated with their
+    size capped at ``[server] max_message_size`` (close 1009 past it).
+    """
+
+    #: Whether the server accepts a client's permessage-deflate offer. Default false.
+    enabled: bool = option(False)
+    #: Messages shorter than this many bytes are sent uncompressed (compressing them
+    #: costs more CPU than the bytes it saves), >= 0. Default 256.
+    threshold: int = option(256, ge=0, unit="bytes")
+    #: zlib compression level, 1 (fastest) .. 9 (smallest). Default 6.
+    level: int = option(6, ge=1, le=9)
+    #: Largest LZ77 window, as a power of two, 9..15, either side may use: the server
+    #: compresses with at most this window, and asks the client to do the same when its
+    #: offer allows (``client_max_window_bits``), which bounds the inflate memory each
+    #: connection can hold (2**bits bytes plus ~7 KB while a client uses context
+    #: takeover). Default 15.
+    max_window_bits: int = option(15, ge=MIN_WINDOW_BITS, le=MAX_WINDOW_BITS)
+
+
+def _is_echo_path(value: str) -> bool:
+    return value == "" or value.startswith("/")
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticsConfig:
+    """``[diagnostics]``: endpoints for testing the server, off by default."""
+
+    #: HTTP path of an echo endpoint for WebSocket conformance suites (Autobahn): every
+    #: message is sent back as received, with the same frame handling, size limits and
+    #: close logic as ``[server] path``, but no commands, no token and no ``connected``
+    #: push. ``""`` (default) turns it off; never expose it publicly.
+    echo_path: str = option("", check=_is_echo_path, expect='"" or a path starting with "/"')
+
+
 def _default_namespaces() -> Mapping[str, NamespaceConfig]:
     return MappingProxyType({"default": NamespaceConfig()})
 
@@ -683,9 +739,17 @@ class Config:
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)
     ingress: IngressConfig = dataclasses.field(default_factory=IngressConfig)
+    compression: CompressionConfig = dataclasses.field(default_factory=CompressionConfig)
+    diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
     namespaces: Mapping[str, NamespaceConfig] = option(factory=_default_namespaces)
     #: The file the config came from, or ``"<default>"``. Not a TOML key.
     source: str = option("<default>", toml=False)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """Rules spanning sections: ``(key, reason)`` per violation."""
+        echo = self.diagnostics.echo_path
+        if echo and echo == self.server.path:
+            yield "diagnostics.echo_path", f"must differ from [server] path ({echo!r})"
 
 
 # --------------------------------------------------------------------------- loading

@@ -31,10 +31,12 @@ if TYPE_CHECKING:  # both modules have the same API; type-check against the refe
         MAX_DEPTH,
         MAX_ID,
         BadEnvelope,
+        Deflated,
         Envelope,
         InvalidUTF8,
         Sink,
         TokenBucket,
+        build_frame,
         build_text_frame,
         fanout,
         flush,
@@ -42,15 +44,18 @@ if TYPE_CHECKING:  # both modules have the same API; type-check against the refe
         release_handshake,
         take_overflowed,
         total_drops,
+        utf8_valid,
     )
 else:
     MAX_DEPTH = _module.MAX_DEPTH
     MAX_ID = _module.MAX_ID
     BadEnvelope = _module.BadEnvelope
+    Deflated = _module.Deflated
     Envelope = _module.Envelope
     InvalidUTF8 = _module.InvalidUTF8
     Sink = _module.Sink
     TokenBucket = _module.TokenBucket
+    build_frame = _module.build_frame
     build_text_frame = _module.build_text_frame
     fanout = _module.fanout
     flush = _module.flush
@@ -59,6 +64,7 @@ else:
     total_drops = _module.total_drops
     DEFAULT_MAX_PENDING = _module.DEFAULT_MAX_PENDING
     parse_envelope = _module.parse_envelope
+    utf8_valid = _module.utf8_valid
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -66,10 +72,12 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_ID",
     "BadEnvelope",
+    "Deflated",
     "Envelope",
     "InvalidUTF8",
     "Sink",
     "TokenBucket",
+    "build_frame",
     "build_text_frame",
     "fanout",
     "flush",
@@ -77,4 +85,5 @@ __all__ = [
     "release_handshake",
     "take_overflowed",
     "total_drops",
+    "utf8_valid",
 ]

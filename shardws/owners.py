@@ -191,7 +191,7 @@ class Owners:
                     self._start_repair(channel, epoch, payloads[index:])
                     return
             if sinks:
-                worker.deliver_frame(build_text_frame(push), sinks, drop)
+                worker.deliver_frame(build_text_frame(push), sinks, drop, worker.deflated_for(push))
 
     def _start_repair(self, channel: str, epoch: str, held: list[bytes]) -> None:
         self._repairing[channel] = list(held)
@@ -394,7 +394,8 @@ class Owners:
         )
         sinks = self.worker.hub.sinks(channel)
         if sinks:
-            self.worker.deliver_frame(build_text_frame(push), sinks, False)
+            worker = self.worker
+            worker.deliver_frame(build_text_frame(push), sinks, False, worker.deflated_for(push))
         bus = self.worker.bus
         if bus is not None:
             bus.publish(channel_topic(channel), push)

@@ -75,12 +75,13 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down or draining; reconnect elsewhere
+    PROTOCOL_ERROR = 1002  # RFC 6455 7.4.1: bad frame sequence, reserved bit, bad opcode
     INVALID_TEXT = 1007  # RFC 6455 8.1: text frame that is not valid UTF-8
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     # 4000-4499: do not reconnect
-    BAD_REQUEST = 4000  # protocol violation the server cannot recover from
+    BAD_REQUEST = 4000  # reserved: a request the server cannot serve as sent
     UNAUTHORIZED = 4001  # bad token in the connect message
     FORBIDDEN = 4003
     TOO_MANY_REQUESTS = 4008  # sustained command flood after rate-limit errors
@@ -99,7 +100,7 @@ def reconnect_allowed(code: int) -> bool:
     """Whether a client should reconnect after the server closed with ``code``."""
     if 4000 <= code <= 4499:
         return False
-    return code not in (CloseCode.MESSAGE_TOO_BIG, CloseCode.INVALID_TEXT)
+    return code not in (CloseCode.PROTOCOL_ERROR, CloseCode.MESSAGE_TOO_BIG, CloseCode.INVALID_TEXT)
 
 
 def is_valid_channel(name: str) -> bool:

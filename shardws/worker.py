@@ -22,7 +22,7 @@ import signal
 import socket
 import ssl
 import time
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 from picows import (
@@ -52,9 +52,11 @@ from shardws.bus import Bus, channel_topic, endpoint, inbox_topic, user_topic
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     BadEnvelope,
+    Deflated,
     InvalidUTF8,
     Sink,
     TokenBucket,
+    build_frame,
     build_text_frame,
     fanout,
     flush,
@@ -62,7 +64,9 @@ from shardws.core import (
     release_handshake,
     take_overflowed,
     total_drops,
+    utf8_valid,
 )
+from shardws.deflate import BadCompressedData, Inflater, MessageTooBig, negotiate
 from shardws.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.hub import Hub
 from shardws.iplimits import IPTable
@@ -90,12 +94,17 @@ class Connection(WSListener):
         "client_id",
         "closing",
         "connect_deadline",
+        "deflate_bits",
+        "echo",
+        "fragment_compressed",
         "fragment_size",
         "fragment_type",
         "fragments",
         "identity",
+        "inflater",
         "ip",
         "last_seen",
+        "on_message",
         "ping_sent",
         "sink",
         "strikes",
@@ -103,9 +112,13 @@ class Connection(WSListener):
         "worker",
     )
 
-    def __init__(self, worker: Worker, identity: Identity | None) -> None:
+    def __init__(self, worker: Worker, identity: Identity | None, *, echo: bool = False) -> None:
         self.worker = worker
         self.identity = identity  # None until a connect message authenticates it
+        # The diagnostics echo differs from a native connection only in what a complete
+        # message does; frames, fragments, limits and closing are shared.
+        self.echo = echo
+        self.on_message = worker.echo_received if echo else worker.message_received
         self.ip = ""  # counted in the per-IP table once set
         self.connect_deadline = 0.0
         self.strikes = 0  # consecutive rate-limited commands
@@ -123,6 +136,10 @@ class Connection(WSListener):
         self.fragments: list[bytes] | None = None
         self.fragment_type = WSMsgType.TEXT
         self.fragment_size = 0
+        self.fragment_compressed = False
+        # permessage-deflate, when negotiated in the upgrade (Worker._accept).
+        self.deflate_bits = 0
+        self.inflater: Inflater | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -133,21 +150,44 @@ class Connection(WSListener):
             max_pending=self.worker.config.server.max_pending_bytes,
             owner=self,
             direct=not transport.is_secure,  # TLS bytes must go through the transport
+            deflate_bits=self.deflate_bits,
         )
         self.worker.connection_opened(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if self.closing and msg_type != WSMsgType.CLOSE:
-            return  # frames already buffered when we decided to close: ignore them
+        if (self.closing or transport.is_close_frame_sent) and msg_type != WSMsgType.CLOSE:
+            # Frames already buffered when we decided to close, or the frame picows read
+            # just before failing the connection on the next one: RFC 6455 5.5.1 forbids
+            # sending data after a Close, so nothing of them is acted on.
+            return
         self.last_seen = time.monotonic()
         self.ping_sent = False
+        compressed = False
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # RFC 6455 5.2: a reserved bit no negotiated extension defines fails the
+            # connection (picows does not check them). RFC 7692 6: RSV1 marks the first
+            # frame of a compressed message, only where permessage-deflate was agreed.
+            if (
+                frame.rsv2
+                or frame.rsv3
+                or self.inflater is None
+                or (msg_type != WSMsgType.TEXT and msg_type != WSMsgType.BINARY)
+            ):
+                self.fail("reserved bit set without a negotiated extension")
+                return
+            compressed = True
         if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
             if self.fragments is not None:  # RFC 6455 5.4: no new message mid-fragmentation
-                self.close(CloseCode.BAD_REQUEST, "new message before the last fragment")
+                self.fail("new message before the last fragment")
             elif frame.fin:
-                self.worker.message_received(self, msg_type, frame.get_payload_as_bytes())
+                payload = frame.get_payload_as_bytes()
+                if not compressed:
+                    self.on_message(self, msg_type, payload)
+                else:
+                    self._inflated_message(msg_type, payload)
             else:
+                self.fragment_compressed = compressed
                 self.fragments = [frame.get_payload_as_bytes()]
                 self.fragment_type = msg_type
                 self.fragment_size = frame.payload_size
@@ -160,14 +200,29 @@ class Connection(WSListener):
                 if self.sink is not None:
                     self.sink.flush()  # what was corked goes before our close frame
                     self.sink.close()
-                code = frame.get_close_code()
-                transport.send_close(WSCloseCode.OK if code == WSCloseCode.NO_INFO else code)
+                transport.send_close(self._close_reply(frame))
             transport.disconnect()
-        # PING is answered by picows (auto pong); PONG only needed to refresh last_seen.
+        elif msg_type == WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())  # RFC 6455 5.5.3
+        # A PONG only refreshes last_seen (above).
+
+    def _close_reply(self, frame: WSFrame) -> WSCloseCode:
+        """The code that answers a client's Close: its own code echoed, 1000 for an empty
+        Close, 1002 for a code no endpoint may send (RFC 6455 7.4.1/7.4.2: below 1000,
+        1004-1006, 1015, unassigned 1016-2999, above 4999). picows lets 0 and 1006
+        through (they are members of its enum), so the server checks."""
+        if frame.payload_size == 0:
+            return WSCloseCode.OK
+        # An int at run time: codes outside picows's enum (3000-4999) arrive as plain ints.
+        code = cast(int, frame.get_close_code())
+        if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+            return cast(WSCloseCode, code)
+        self.worker.protocol_error(self, f"invalid close code {code}")
+        return WSCloseCode.PROTOCOL_ERROR
 
     def _continue_fragments(self, frame: WSFrame) -> None:
         if self.fragments is None:
-            self.close(CloseCode.BAD_REQUEST, "continuation frame without a message")
+            self.fail("continuation frame without a message")
             return
         self.fragment_size += frame.payload_size
         if self.fragment_size > self.worker.config.server.max_message_size:
@@ -178,7 +233,34 @@ class Connection(WSListener):
         if frame.fin:
             payload = b"".join(self.fragments)
             self.fragments = None
-            self.worker.message_received(self, self.fragment_type, payload)
+            if not self.fragment_compressed:
+                self.on_message(self, self.fragment_type, payload)
+            else:
+                self._inflated_message(self.fragment_type, payload)
+
+    def _inflated_message(self, msg_type: WSMsgType, data: bytes) -> None:
+        """Hand on a compressed message inflated, or close the connection: 1009 past
+        ``max_message_size`` inflated (zip bombs stop there), 1007 for data that is not
+        a deflate stream."""
+        assert self.inflater is not None
+        try:
+            payload = self.inflater.inflate(data)
+        except MessageTooBig:
+            self.worker.protocol_error(self, "inflated message too big")
+            self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        except BadCompressedData:
+            self.worker.protocol_error(self, "invalid compressed data")
+            self.close(CloseCode.INVALID_TEXT, "invalid compressed data")
+            return
+        self.on_message(self, msg_type, payload)
+
+    def fail(self, what: str) -> None:
+        """RFC 6455 7.1.7, Fail the WebSocket Connection: close with 1002 (protocol error)
+        for a frame sequence no extension allows. The client's Close is still read, so
+        the closing handshake completes."""
+        self.worker.protocol_error(self, what)
+        self.close(CloseCode.PROTOCOL_ERROR, what)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closing = True
@@ -193,11 +275,26 @@ class Connection(WSListener):
     def resume_writing(self) -> None:
         pass
 
+    def send_message(self, payload: bytes, binary: bool) -> None:
+        """Send one text or binary message (the diagnostics echo), through the sink."""
+        if not self.closing and self.sink is not None:
+            frame = self._compressed(payload, binary) or build_frame(payload, binary)
+            self.sink.send(frame)
+            self.worker.wrote(len(frame))
+
+    def _compressed(self, payload: bytes, binary: bool = False) -> bytes | None:
+        """The permessage-deflate frame of a message for this connection alone, or None
+        when it is not to be compressed (not negotiated, or under the threshold)."""
+        if not self.deflate_bits or len(payload) < self.worker.config.compression.threshold:
+            return None
+        deflated = Deflated(payload, self.worker.config.compression.level, binary)
+        return deflated.frame(self.deflate_bits)
+
     def send(self, payload: bytes) -> None:
         """Send one text message to this client (replies and own pushes), through the
         sink so it stays in order with publications and counts against the cap."""
         if not self.closing and self.sink is not None:
-            frame = build_text_frame(payload)
+            frame = (self.deflate_bits and self._compressed(payload)) or build_text_frame(payload)
             self.sink.send(frame)
             self.worker.wrote(len(frame))
 
@@ -252,6 +349,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._flush_scheduled = False
         self._drop_policy: dict[str, bool] = {}
+        self.deflating = 0  # open connections that negotiated permessage-deflate
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
@@ -297,7 +395,9 @@ class Worker:
             websocket_handshake_timeout=server.handshake_timeout,
             logger_name=self._picows_log,  # type: ignore[arg-type]
             enable_auto_ping=False,  # one sweep per worker instead of a task per connection
-            enable_auto_pong=True,
+            # Pings are answered in Connection.on_ws_frame: picows's auto-pong would answer
+            # before the server could check the frame's reserved bits (RFC 6455 5.2).
+            enable_auto_pong=False,
             max_frame_size=server.max_message_size,
             read_buffer_init_size=2048,
             use_aiofastnet=False,  # measured: +5.3 KB per connection and slower accepts
@@ -437,21 +537,43 @@ class Worker:
     ) -> Connection | WSUpgradeResponseWithListener | None:
         """The upgrade decision: 404 wrong path, 403 Origin not allowed, 503 worker full,
         401 bad token (way 1: token in the query or an Authorization header)."""
-        path = request.path.split(b"?", 1)[0]
-        if path.decode("latin-1") != self.config.server.path:
+        path = request.path.split(b"?", 1)[0].decode("latin-1")
+        echo = path == self.config.diagnostics.echo_path and path != ""
+        if path != self.config.server.path and not echo:
             return None  # picows answers 404
         limits = self.config.limits
         if not origin_allowed(request.headers.get("origin"), limits.allowed_origins):
             return self._refuse(403, "origin not allowed", Column.REFUSED)
         if len(self.connections) >= limits.connections_per_worker:
             return self._refuse(503, "server full, try again later", Column.REFUSED)
+        if echo:
+            return self._accept(Connection(self, ANONYMOUS, echo=True), request)
         token = request_token(request.path, request.headers)
         if token is None:
-            return Connection(self, ANONYMOUS if self.config.auth.anonymous else None)
+            identity = ANONYMOUS if self.config.auth.anonymous else None
+            return self._accept(Connection(self, identity), request)
         try:
-            return Connection(self, self.auth.connection(token))
+            return self._accept(Connection(self, self.auth.connection(token)), request)
         except AuthFailure as exc:
             return self._refuse(401, exc.reason, Column.AUTH_FAILURES)
+
+    def _accept(
+        self, conn: Connection, request: WSUpgradeRequest
+    ) -> Connection | WSUpgradeResponseWithListener:
+        """The 101 answer for ``conn``, with permessage-deflate when configured and the
+        client offered it acceptably (RFC 7692 5)."""
+        compression = self.config.compression
+        if not compression.enabled:
+            return conn
+        agreement = negotiate(request.headers.getall("sec-websocket-extensions", []), compression)
+        if agreement is None:
+            return conn
+        conn.deflate_bits = agreement.server_window_bits
+        conn.inflater = Inflater(agreement, self.config.server.max_message_size)
+        response = WSUpgradeResponse.create_101_response(
+            {"Sec-WebSocket-Extensions": agreement.response}
+        )
+        return WSUpgradeResponseWithListener(response, conn)
 
     def _refuse(self, status: int, reason: str, column: Column) -> WSUpgradeResponseWithListener:
         self.stats[column] += 1
@@ -509,9 +631,12 @@ class Worker:
         conn.client_id = f"{self._id_prefix}.{next(self._ids):x}"
         self.connections.add(conn)
         self.stats[Column.ACCEPTED] += 1
+        if conn.deflate_bits:
+            self.deflating += 1
         if conn.identity is None:  # way 2: a connect message must come first
             conn.connect_deadline = time.monotonic() + self.config.server.handshake_timeout
-        self._join_user(conn, protocol.encode_connected(conn.client_id, self.slot))
+        if not conn.echo:
+            self._join_user(conn, protocol.encode_connected(conn.client_id, self.slot))
         if self._stop.is_set():  # accepted before the drain began: send it elsewhere
             self._send_away(conn, 1.0)
 
@@ -523,6 +648,8 @@ class Worker:
         if conn in self.connections:
             self.connections.discard(conn)
             self.stats[Column.CLOSED] += 1
+            if conn.deflate_bits:
+                self.deflating -= 1
         if conn.ip and self.iptable is not None:
             self.iptable.add(self.slot, conn.ip, -1)
             conn.ip = ""
@@ -560,8 +687,7 @@ class Worker:
         try:
             env = parse_envelope(payload)
         except InvalidUTF8:
-            self.protocol_error(conn, "invalid UTF-8")
-            conn.close(CloseCode.INVALID_TEXT, "invalid UTF-8", stop_reading=True)  # RFC 6455 8.1
+            self._invalid_utf8(conn)
             return
         except BadEnvelope as exc:
             self.protocol_error(conn, f"bad command: {exc}")
@@ -589,6 +715,26 @@ class Worker:
         else:
             self.protocol_error(conn, f"unknown op {op!r}")
             conn.send(protocol.encode_error(env.id, ErrorCode.UNKNOWN_OP, f"unknown op {op!r}"))
+
+    def _invalid_utf8(self, conn: Connection) -> None:
+        # RFC 6455 8.1: a text message that is not UTF-8 fails the connection with 1007.
+        # Reading goes on until the client's Close, so the closing handshake completes.
+        self.protocol_error(conn, "invalid UTF-8")
+        conn.close(CloseCode.INVALID_TEXT, "invalid UTF-8")
+
+    def echo_received(self, conn: Connection, msg_type: WSMsgType, payload: bytes) -> None:
+        """A complete message on the diagnostics echo: sent back as received. Text is
+        checked like a native command (invalid UTF-8 closes with 1007); there is no
+        command parsing and no rate limit."""
+        stats = self.stats
+        stats[Column.MESSAGES_IN] += 1
+        stats[Column.BYTES_IN] += len(payload)
+        binary = msg_type == WSMsgType.BINARY
+        if not binary and not utf8_valid(payload):
+            self._invalid_utf8(conn)
+            return
+        stats[Column.MESSAGES_OUT] += 1
+        conn.send_message(payload, binary)
 
     def _rate_limited(self, conn: Connection) -> None:
         self.stats[Column.RATE_LIMITED] += 1
@@ -841,15 +987,27 @@ class Worker:
         sinks = self.hub.sinks(channel)
         if sinks:
             start = time.monotonic_ns()
-            self.deliver_frame(build_text_frame(push), sinks, self.drops_for(channel))
+            frame = build_text_frame(push)
+            self.deliver_frame(frame, sinks, self.drops_for(channel), self.deflated_for(push))
             self.latency.observe((time.monotonic_ns() - start) / 1e9)
         if self.bus is not None:
             self.bus.publish(channel_topic(channel), push)
 
-    def deliver_frame(self, frame: bytes, sinks: list[Any], drop: bool) -> None:
-        written = fanout(frame, sinks, drop)
+    def deflated_for(self, payload: bytes) -> Deflated | None:
+        """Compress-once state for a message, when a local connection may want it."""
+        compression = self.config.compression
+        if self.deflating and len(payload) >= compression.threshold:
+            return Deflated(payload, compression.level)
+        return None
+
+    def deliver_frame(
+        self, frame: bytes, sinks: list[Any], drop: bool, deflated: Deflated | None = None
+    ) -> None:
+        """Write ``frame`` to ``sinks`` (and ``deflated``'s compressed frame to the
+        compressing ones)."""
+        written = fanout(frame, sinks, drop, deflated)
         self.stats[Column.MESSAGES_OUT] += written
-        self.wrote(written * len(frame))
+        self.wrote(written * len(frame) - (deflated.saved if deflated is not None else 0))
 
     def wrote(self, nbytes: int) -> None:
         """Account written bytes and make sure corked frames leave this iteration."""
@@ -900,7 +1058,8 @@ class Worker:
                 return
             drop = self.drops_for(channel)
             for payload in payloads:
-                self.deliver_frame(build_text_frame(payload), sinks, drop)
+                frame = build_text_frame(payload)
+                self.deliver_frame(frame, sinks, drop, self.deflated_for(payload))
         # One observation per publication: every payload of a batch entered the server
         # within the batch's loop iteration, so they share its stamp.
         self.latency.observe((time.monotonic_ns() - stamp_ns) / 1e9, len(payloads))
@@ -952,7 +1111,10 @@ class Worker:
                 # User pushes follow the default namespace's slow-consumer policy.
                 default = self.config.namespaces.get("default") or NamespaceConfig()
                 self.deliver_frame(
-                    build_text_frame(message), sinks, default.slow_consumer == "drop"
+                    build_text_frame(message),
+                    sinks,
+                    default.slow_consumer == "drop",
+                    self.deflated_for(message),
                 )
 
     def _on_bus_inbox(self, origin: int, payloads: list[bytes]) -> None:

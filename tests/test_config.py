@@ -166,8 +166,8 @@ def test_port_errors(toml: str, got: str) -> None:
         ("workers", "0", "'auto' or an integer 1..1024"),
         ("workers", "1025", "'auto' or an integer 1..1024"),
         ("workers", '"many"', "'auto' or an integer 1..1024"),
-        ("max_message_size", "63", "an integer 64..16777216 (bytes)"),
-        ("max_message_size", "16777217", "an integer 64..16777216 (bytes)"),
+        ("max_message_size", "63", "an integer 64..67108864 (bytes)"),
+        ("max_message_size", "67108865", "an integer 64..67108864 (bytes)"),
         ("max_pending_bytes", "1023", "an integer >= 1024 (bytes)"),
         ("ping_interval", "0", "a number > 0 (seconds)"),
         ("ping_interval", "true", "a number > 0 (seconds)"),
@@ -734,3 +734,33 @@ def test_drop_policy_is_refused_with_history() -> None:
     assert "history_size" in str(info.value)
     ok = parse_config("[namespaces.chat]\nhistory_size = 10\n", "x.toml")
     assert ok.namespaces["chat"].history_size == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "detail"),
+    [
+        ("[compression]\nmax_window_bits = 8\n", "compression.max_window_bits", "9..15"),
+        ("[compression]\nmax_window_bits = 16\n", "compression.max_window_bits", "9..15"),
+        ("[compression]\nlevel = 0\n", "compression.level", "1..9"),
+        ("[compression]\nthreshold = -1\n", "compression.threshold", ">= 0"),
+        ('[diagnostics]\necho_path = "echo"\n', "diagnostics.echo_path", 'starting with "/"'),
+        ('[diagnostics]\necho_path = "/ws"\n', "diagnostics.echo_path", "must differ"),
+    ],
+)
+def test_compression_and_diagnostics_errors(text: str, key: str, detail: str) -> None:
+    err = error(text)
+    assert err.key == key
+    assert detail in err.detail
+
+
+def test_compression_and_diagnostics_values() -> None:
+    cfg = parse_config(
+        "[compression]\nenabled = true\nthreshold = 0\nlevel = 1\nmax_window_bits = 9\n"
+        '[diagnostics]\necho_path = "/autobahn"\n',
+        "f.toml",
+    )
+    assert (cfg.compression.enabled, cfg.compression.threshold) == (True, 0)
+    assert (cfg.compression.level, cfg.compression.max_window_bits) == (1, 9)
+    assert cfg.diagnostics.echo_path == "/autobahn"
+    assert default_config().diagnostics.echo_path == ""
+    assert default_config().compression.enabled is False

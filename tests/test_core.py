@@ -628,6 +628,89 @@ def test_build_text_frame_requires_bytes(core: ModuleType) -> None:
         core.build_text_frame("text")
 
 
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_build_frame_opcode_and_rsv1(core: ModuleType, binary: bool, compressed: bool) -> None:
+    frame = core.build_frame(b"abc", binary, compressed)
+    assert frame[0] == 0x80 | (0x40 if compressed else 0) | (0x2 if binary else 0x1)
+    assert frame[1:] == b"\x03abc"
+    assert core.build_frame(b"abc") == core.build_text_frame(b"abc")
+
+
+@pytest.mark.parametrize(
+    ("buf", "valid"),
+    [
+        (b"", True),
+        ("héllo €𝄞".encode(), True),
+        (b"\xc0\xaf", False),  # overlong
+        (b"\xed\xa0\x80", False),  # surrogate
+        (b"\xf4\x90\x80\x80", False),  # above U+10FFFF
+        (b"ok\xe2\x82", False),  # truncated
+    ],
+)
+def test_utf8_valid(core: ModuleType, buf: bytes, valid: bool) -> None:
+    assert core.utf8_valid(buf) is valid
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300)
+def test_utf8_valid_agrees_with_parse_envelope(buf: bytes) -> None:
+    for name in IMPLEMENTATIONS:
+        mod = _load(name)
+        try:
+            mod.parse_envelope(buf)
+            rejected_as_utf8 = False
+        except mod.InvalidUTF8:
+            rejected_as_utf8 = True
+        except mod.BadEnvelope:
+            rejected_as_utf8 = False
+        assert mod.utf8_valid(buf) is not rejected_as_utf8
+
+
+def inflate_frame(frame: bytes, window_bits: int = 15) -> bytes:
+    """The message of one compressed server frame (RFC 7692 7.2.2)."""
+    import zlib
+
+    assert frame[0] & 0x40, "RSV1 must mark a compressed message"
+    code = frame[1] & 0x7F
+    header = 2 if code < 126 else 4 if code == 126 else 10
+    inflater = zlib.decompressobj(-window_bits)
+    return inflater.decompress(frame[header:] + b"\x00\x00\xff\xff")
+
+
+@pytest.mark.parametrize("bits", [9, 12, 15])
+def test_deflated_frames_inflate_to_the_message(core: ModuleType, bits: int) -> None:
+    message = json.dumps({"text": "hello world " * 300}).encode()
+    deflated = core.Deflated(message, 6)
+    frame = deflated.frame(bits)
+    assert frame[0] == 0xC1  # FIN + RSV1 + text
+    assert len(frame) < len(message) / 5
+    assert inflate_frame(frame, bits) == message
+    # Each message is compressed on its own: a fresh inflater (no context) reads it, even
+    # after other messages went through the same process-wide compressor.
+    core.Deflated(b"x" * 5000).frame(bits)
+    again = core.Deflated(message, 6).frame(bits)
+    assert inflate_frame(again, bits) == message
+    assert core.Deflated(b"\x00\x01", binary=True).frame(bits)[0] == 0xC2
+    assert inflate_frame(core.Deflated(b"").frame(bits)) == b""
+
+
+def test_deflated_rejects_bad_arguments(core: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        core.Deflated(b"x", 0)
+    with pytest.raises(ValueError):
+        core.Deflated(b"x").frame(8)
+    with pytest.raises(TypeError):
+        core.Deflated("x")
+
+
+@given(st.binary(max_size=3000), st.integers(1, 9), st.integers(9, 15))
+@settings(max_examples=60, deadline=None)
+def test_deflated_implementations_agree(payload: bytes, level: int, bits: int) -> None:
+    frames = [_load(n).Deflated(payload, level, True).frame(bits) for n in IMPLEMENTATIONS]
+    assert {inflate_frame(f, bits) for f in frames} == {payload}
+
+
 # --------------------------------------------------------------------------- fan-out
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -1072,5 +1155,51 @@ def test_indirect_sink_writes_only_through_the_transport(
         assert sink.send(b"c")
         core.flush()
         assert transport.writes == [b"a", b"bc"]
+
+    run(main())
+
+
+def test_fanout_compresses_once_per_window_size(core: ModuleType, run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        bits = [0, 9, 15, 9, 0, 15]  # 0: this subscriber did not negotiate compression
+        pairs = [await connect() for _ in bits]
+        sinks = [core.Sink(t, deflate_bits=b) for (t, _), b in zip(pairs, bits, strict=True)]
+        assert [s.deflate_bits for s in sinks] == bits
+        message = b'{"type":"pub","data":"' + b"abc" * 2000 + b'"}'
+        frame = core.build_text_frame(message)
+        deflated = core.Deflated(message)
+        assert core.fanout(frame, sinks, False, deflated) == len(sinks)
+        core.flush()
+        expected = {0: frame, 9: deflated.frame(9), 15: deflated.frame(15)}
+        assert len(expected[9]) < len(frame) and len(expected[15]) < len(frame)
+        saved = sum(len(frame) - len(expected[b]) for b in bits)
+        assert deflated.saved == saved
+        for (transport, peer), b in zip(pairs, bits, strict=True):
+            got = await read_exactly(peer, len(expected[b]))
+            assert got == expected[b]  # the very frame built once for that window size
+            await assert_silent(peer)
+            transport.close()
+            peer.close()
+        # Without a Deflated every sink gets the plain frame.
+        pairs = [await connect() for _ in range(2)]
+        sinks = [core.Sink(t, deflate_bits=15) for t, _ in pairs]
+        assert core.fanout(frame, sinks) == 2
+        core.flush()
+        for transport, peer in pairs:
+            assert await read_exactly(peer, len(frame)) == frame
+            transport.close()
+            peer.close()
+
+    run(main())
+
+
+def test_sink_rejects_bad_deflate_bits(core: ModuleType, run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        transport, peer = await connect()
+        for bad in (8, 16, -1):
+            with pytest.raises(ValueError):
+                core.Sink(transport, deflate_bits=bad)
+        transport.close()
+        peer.close()
 
     run(main())
