@@ -63,8 +63,11 @@ class Publication:
 
 
 def max_request_bytes(config: Config) -> int:
-    """Largest request body (HTTP) or message (ingress) accepted."""
-    return config.server.max_message_size * 16
+    """Largest request body (HTTP) or message (ingress) accepted: room for a message of
+    ``max_message_size`` written loosely (whitespace, escapes) and a long channel list,
+    but never more than ``max_message_size`` + 16 MiB (the size cap is 64 MiB)."""
+    size = config.server.max_message_size
+    return min(size * 16, size + 16 * 1024 * 1024)
 
 
 def _reject_constant(name: str) -> Any:
