@@ -3,8 +3,8 @@
 Runs in the test's event loop. ``cut()`` drops every connection at once (RST) and
 accepts-then-drops new ones until ``restore()``, counting each attempt with its time, so
 a test can measure how clients reconnect. ``stall()`` silently stops forwarding on the
-existing connections (no FIN, no RST: a dead path that only pings can find), while new
-connections work.
+existing connections (no FIN, no RST: a dead path that only pings can find), in both
+directions or only towards the client, while new connections work.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._stalled: set[asyncio.StreamWriter] = set()
+        self._stall_upstream = True
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -70,7 +71,12 @@ class TcpProxy:
             writer.close()
 
     def _is_stalled(self, writer: asyncio.StreamWriter) -> bool:
-        return any(writer in pair for pair in self._pairs if pair[0] in self._stalled)
+        for client_side, server_side in self._pairs:
+            if client_side in self._stalled and (
+                writer is client_side or (writer is server_side and self._stall_upstream)
+            ):
+                return True
+        return False
 
     def cut(self) -> None:
         """Reset every connection now and every new one until ``restore``."""
@@ -82,8 +88,12 @@ class TcpProxy:
     def restore(self) -> None:
         self.refusing = False
 
-    def stall(self) -> None:
-        """Stop forwarding on the connections open now, in both directions, silently."""
+    def stall(self, upstream: bool = True) -> None:
+        """Stop forwarding on the connections open now, silently: towards the client,
+        and towards the server too unless ``upstream`` is False (then commands still
+        arrive but replies and pushes vanish: the case of a publish the server took
+        whose reply was lost)."""
+        self._stall_upstream = upstream
         self._stalled.update(pair[0] for pair in self._pairs)
 
     def connections(self) -> int:

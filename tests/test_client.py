@@ -171,7 +171,7 @@ def test_basics_iterator_callback_presence_history(tmp_path: Path) -> None:
 
 
 def test_killed_workers_lose_and_double_nothing(tmp_path: Path) -> None:
-    """Six SIGKILLs of workers other than the channel's owner under a stream: every
+    """Eight SIGKILLs of workers other than the channel's owner under a stream: every
     subscriber (and the publisher) reconnects and recovers; each subscriber holds every
     number exactly once, in order, with no gap reported."""
     proc = ServerProcess(tmp_path, workers=3, extra=NAMESPACES).start()
@@ -181,20 +181,23 @@ def test_killed_workers_lose_and_double_nothing(tmp_path: Path) -> None:
         victims = [w for w in (0, 1, 2) if w != owner]
 
         async def main() -> None:
-            clients = [await connect(proc.url, backoff=FAST) for _ in range(5)]
+            clients = [await connect(proc.url, backoff=FAST) for _ in range(8)]
             publisher, subscribers = clients[0], [Collector(c) for c in clients[1:]]
             for sub in subscribers:
                 await sub.subscribe()
             stream = asyncio.create_task(publish_numbers(publisher, 0, count, 0.01))
-            for n in range(6):
-                await asyncio.sleep(0.4)
-                kill((await asyncio.to_thread(worker_pids, proc))[victims[n % 2]])
+            for n in range(8):
+                await asyncio.sleep(0.3)
+                # The worker of some client (not the owner's), so every kill hits.
+                on = [c.worker for c in clients if c.connected and c.worker in victims]
+                victim = on[n % len(on)] if on else victims[n % 2]
+                kill((await asyncio.to_thread(worker_pids, proc))[victim])
             await stream
             for sub in subscribers:
                 await sub.wait_for(count)
                 assert sub.data == list(range(count)), (sub.client.connects, sub.data[:20])
                 assert sub.gaps == []
-            assert sum(c.connects - 1 for c in clients) >= 3  # the kills did hit them
+            assert sum(c.connects - 1 for c in clients) >= 4  # the kills did hit them
             assert any(s.client.subscriptions[CHANNEL].recoveries for s in subscribers)
             for client in clients:
                 await client.close()
@@ -278,8 +281,9 @@ def test_drain_and_restart_queue_then_deliver_once(tmp_path: Path) -> None:
 
 def test_network_cut_and_silent_stall(tmp_path: Path) -> None:
     """The path to the server is reset (and refused for a while), then silently stalled
-    (only pings can tell): the subscriber behind the proxy recovers everything; the
-    publisher behind it queues and retries with its idem keys, publishing each once."""
+    towards the clients (only pings can tell; publishes still arrive, replies do not):
+    the subscriber behind the proxy recovers everything; the publisher behind it queues
+    and retries with its idem keys, publishing each once."""
     proc = ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start()
     count = 150
     try:
@@ -297,7 +301,9 @@ def test_network_cut_and_silent_stall(tmp_path: Path) -> None:
             proxy.restore()
             await asyncio.sleep(0.4)
             stalled_at = sub.client.connects
-            proxy.stall()
+            # Publishes still reach the server, their replies vanish: the retries must
+            # carry the same idem key or the subscribers would see numbers twice.
+            proxy.stall(upstream=False)
             await stream
             for collector in (sub, direct):
                 await collector.wait_for(count)
