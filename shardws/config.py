@@ -239,6 +239,11 @@ class ServerConfig:
     #: Directory for the bus's ipc sockets; ``""`` = a private directory created at start
     #: under :func:`run_dir_parent`. Default ``""``.
     run_dir: str = option("")
+    #: Whether plain HTTP GETs of ``/`` get the chat demo page (channel ``chat:<room>``:
+    #: it needs a ``[namespaces.chat]`` with history, presence and join_leave; see
+    #: docs/clients.md). ``/shardws.js`` (the browser client) is served either way.
+    #: Default false.
+    demo: bool = option(False)
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning fields: ``(key, reason)`` per violation."""

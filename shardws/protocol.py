@@ -96,11 +96,16 @@ class CloseCode(enum.IntEnum):
     INSUFFICIENT_STATE = 4505  # a history gap could not be repaired: reconnect, recover
 
 
+#: Standard close codes after which reconnecting cannot help: the client itself is broken
+#: (protocol error, unsupported or invalid data, policy, too big, missing extension).
+FATAL_STANDARD_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
+
+
 def reconnect_allowed(code: int) -> bool:
-    """Whether a client should reconnect after the server closed with ``code``."""
-    if 4000 <= code <= 4499:
-        return False
-    return code not in (CloseCode.PROTOCOL_ERROR, CloseCode.MESSAGE_TOO_BIG, CloseCode.INVALID_TEXT)
+    """Whether a client should reconnect after a close with ``code`` (docs/protocol.md,
+    close codes): 4000-4499 and the codes of a broken client never, anything else yes
+    (1006, no close frame at all, included)."""
+    return not (4000 <= code <= 4499 or code in FATAL_STANDARD_CODES)
 
 
 def is_valid_channel(name: str) -> bool:

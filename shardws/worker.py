@@ -74,6 +74,7 @@ from shardws.log import RateLimitedLogger, setup_logging
 from shardws.metrics import Column, LatencyHistogram, ProcessState, Scoreboard
 from shardws.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
 from shardws.protocol import CloseCode, ErrorCode
+from shardws.static import static_response
 
 EXIT_BOOT_FAILURE = 3
 HEARTBEAT_INTERVAL = 0.5  # seconds; far below any sane heartbeat_timeout
@@ -535,12 +536,16 @@ class Worker:
     def _new_connection(
         self, request: WSUpgradeRequest
     ) -> Connection | WSUpgradeResponseWithListener | None:
-        """The upgrade decision: 404 wrong path, 403 Origin not allowed, 503 worker full,
+        """The upgrade decision: static files (``shardws.static``) or 404 on other paths,
+        403 Origin not allowed, 503 worker full,
         401 bad token (way 1: token in the query or an Authorization header)."""
-        path = request.path.split(b"?", 1)[0].decode("latin-1")
+        raw_path = request.path.split(b"?", 1)[0]
+        path = raw_path.decode("latin-1")
         echo = path == self.config.diagnostics.echo_path and path != ""
         if path != self.config.server.path and not echo:
-            return None  # picows answers 404
+            # /shardws.js and the demo, or None: picows answers 404.
+            server = self.config.server
+            return static_response(raw_path, server.demo, server.path)
         limits = self.config.limits
         if not origin_allowed(request.headers.get("origin"), limits.allowed_origins):
             return self._refuse(403, "origin not allowed", Column.REFUSED)

@@ -1,0 +1,580 @@
+/* shardws.js: the browser client of shardws (no build step, no dependencies).
+ *
+ *   const client = new ShardWS("wss://example.com/ws", {getToken: () => fetchToken()});
+ *   const sub = await client.subscribe("chat:lobby", {onPublication: (p) => show(p.data)});
+ *   await client.publish("chat:lobby", {text: "hello"});
+ *
+ * Behaves like the Python client (shardws.client; docs/clients.md):
+ * - authenticates with the `connect` op (browsers cannot send headers), token from
+ *   `token` or `getToken()` (sync or async), refreshed with `refresh` before it expires;
+ * - reconnects with exponential backoff and full jitter (backoff: {initial, factor, cap},
+ *   seconds); the n-th consecutive attempt waits random() * min(cap, initial * factor^(n-1));
+ *   a server `reconnect` push (drain) replaces that delay with the server's hint;
+ * - never reconnects after a "do not reconnect" close (4000-4499, 1002, 1003, 1007-1010):
+ *   the client is closed, `onClose` is called and waiting promises reject;
+ * - resubscribes after a reconnect with `recover` from the last offset delivered; a gap
+ *   the server cannot fill calls `onGap` (never silent); duplicates by offset are dropped;
+ * - publishes while disconnected wait in a bounded queue (maxQueued; beyond it publish()
+ *   rejects with a QueueFull error at once) and keep one `idem` key across retries;
+ * - error 108 (a channel owner restarting) is retried with backoff, transparently;
+ * - a dead path is found with an application `ping` every pingInterval seconds
+ *   (browsers expose no WebSocket pings) that must be answered within pingTimeout.
+ */
+(function (global) {
+  "use strict";
+
+  const NOT_AVAILABLE = 108;
+  const FATAL_STANDARD = new Set([1002, 1003, 1007, 1008, 1009, 1010]);
+
+  function shouldReconnect(code) {
+    return !((code >= 4000 && code <= 4499) || FATAL_STANDARD.has(code));
+  }
+
+  function tokenExpiry(token) {
+    if (!token) return null;
+    const parts = token.split(".");
+    if (parts.length !== 3) return null;
+    try {
+      const json = atob(parts[1].replace(/-/g, "+").replace(/_/g, "/"));
+      const exp = JSON.parse(json).exp;
+      return typeof exp === "number" ? exp : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  class ShardWSError extends Error {
+    constructor(name, message, code) {
+      super(message);
+      this.name = name;
+      this.code = code;
+    }
+  }
+
+  class LinkLost extends Error {}
+
+  const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+
+  class Subscription {
+    constructor(client, channel, handlers) {
+      this.client = client;
+      this.channel = channel;
+      this.handlers = handlers;
+      this.epoch = null;
+      this.offset = 0;
+      this.gaps = 0;
+      this.recoveries = 0;
+      this.active = true;
+    }
+
+    unsubscribe() {
+      return this.client.unsubscribe(this.channel);
+    }
+
+    _call(name, arg) {
+      const handler = this.handlers[name];
+      if (!handler) return;
+      try {
+        handler(arg);
+      } catch (e) {
+        console.error("shardws: " + name + " handler failed", e);
+      }
+    }
+
+    // False when the offset shows a gap: the caller reconnects, which recovers.
+    _takePub(message) {
+      const offset = message.offset, epoch = message.epoch;
+      if (typeof offset === "number" && typeof epoch === "string") {
+        if (epoch === this.epoch) {
+          if (offset <= this.offset) return true; // already delivered: never twice
+          if (offset !== this.offset + 1) return false;
+        } else if (this.epoch !== null) {
+          this._gap({channel: this.channel, epoch: epoch, offset: offset - 1});
+        }
+        this.epoch = epoch;
+        this.offset = offset;
+      }
+      this._call("onPublication", {channel: this.channel, data: message.data, offset: offset, epoch: epoch});
+      return true;
+    }
+
+    _positioned(reply, recovering) {
+      if (typeof reply.epoch !== "string" || typeof reply.offset !== "number") return;
+      if (recovering && reply.recovered === true) {
+        this.recoveries += 1;
+        return; // the missed publications follow and move the position
+      }
+      if (recovering) this._gap({channel: this.channel, epoch: reply.epoch, offset: reply.offset});
+      this.epoch = reply.epoch;
+      this.offset = reply.offset;
+    }
+
+    _gap(gap) {
+      this.gaps += 1;
+      if (this.handlers.onGap) this._call("onGap", gap);
+      else console.warn("shardws: publications of " + gap.channel + " were lost", gap);
+    }
+  }
+
+  class ShardWS {
+    constructor(url, options) {
+      options = options || {};
+      this.url = url;
+      this.token = options.token || null;
+      this.getToken = options.getToken || null;
+      this.backoff = Object.assign({initial: 0.5, factor: 2, cap: 30}, options.backoff || {});
+      this.maxQueued = options.maxQueued === undefined ? 1000 : options.maxQueued;
+      this.refreshBefore = options.refreshBefore || 30;
+      this.unavailableTimeout = options.unavailableTimeout || 30;
+      this.pingInterval = options.pingInterval || 20;
+      this.pingTimeout = options.pingTimeout || 10;
+      this.onState = options.onState || null; // ("connecting"|"connected"|"disconnected"|"closed", detail)
+      this.onClose = options.onClose || null;
+      this.onUserMessage = options.onUserMessage || null;
+      this.worker = null;
+      this.clientId = "";
+      this.attempts = 0;
+      this.connects = 0;
+      this.hintsFollowed = 0;
+      this.lastClose = null;
+      this.closed = null; // {code, reason} once closed for good
+      this.subscriptions = new Map();
+      this._ws = null;
+      this._ready = false;
+      this._waiters = [];
+      this._pending = new Map();
+      this._ids = 1;
+      this._idemPrefix = Math.random().toString(16).slice(2, 10) + Date.now().toString(16);
+      this._idems = 1;
+      this._queued = 0;
+      this._history = new Map();
+      this._timers = new Set();
+      this._run();
+    }
+
+    get connected() {
+      return this._ready && this.closed === null;
+    }
+
+    // -- connection -----------------------------------------------------------------
+
+    _delay(attempt) {
+      const b = this.backoff;
+      const window = Math.min(b.cap, b.initial * Math.pow(b.factor, Math.min(attempt - 1, 64)));
+      return Math.random() * window;
+    }
+
+    _state(state, detail) {
+      if (this.onState) {
+        try {
+          this.onState(state, detail);
+        } catch (e) {
+          console.error("shardws: onState failed", e);
+        }
+      }
+    }
+
+    async _run() {
+      let failures = 0;
+      let hint = null;
+      let refuseToken = false;
+      while (this.closed === null) {
+        if (hint !== null) {
+          this.hintsFollowed += 1;
+          await sleep(hint);
+          hint = null;
+        } else if (failures) {
+          await sleep(this._delay(failures));
+        }
+        if (this.closed !== null) return;
+        failures += 1;
+        this.attempts += 1;
+        this._state("connecting", {attempt: this.attempts});
+        let link;
+        try {
+          await this._freshToken(refuseToken);
+          link = await this._open();
+        } catch (e) {
+          if (e instanceof ShardWSError && e.name === "ClientClosed") {
+            if (e.code === 4001 && this.getToken && !refuseToken) {
+              refuseToken = true; // the token was refused: one more try with a fresh one
+              continue;
+            }
+            this._fail(e.code, e.message);
+            return;
+          }
+          continue;
+        }
+        refuseToken = false;
+        try {
+          await this._resubscribe(link);
+          failures = 1; // its loss counts as the first failure: a jittered first retry
+          this.connects += 1;
+          this._ready = true;
+          this._wake();
+          this._state("connected", {worker: this.worker});
+          this._scheduleRefresh(link);
+          this._schedulePing(link);
+        } catch (e) {
+          if (!(e instanceof LinkLost)) console.error("shardws: resubscribe failed", e);
+        }
+        await link.closed;
+        this._ready = false;
+        this._ws = null;
+        this.lastClose = {code: link.code, reason: link.reason};
+        if (this.closed !== null) return;
+        if (!shouldReconnect(link.code)) {
+          this._fail(link.code, link.reason);
+          return;
+        }
+        if (link.code === 4503) refuseToken = true;
+        hint = link.hint;
+        this._state("disconnected", {code: link.code, reason: link.reason});
+      }
+    }
+
+    _open() {
+      return new Promise((resolve, reject) => {
+        const ws = new WebSocket(this.url);
+        const link = {ws: ws, code: 1006, reason: "", hint: null, pending: new Map(), finished: false};
+        let settled = false;
+        link.closed = new Promise((done) => { link.markClosed = done; });
+        const fail = (error) => {
+          if (!settled) {
+            settled = true;
+            reject(error);
+          }
+        };
+        const timer = setTimeout(() => { fail(new Error("connect timeout")); ws.close(); }, 10000);
+        ws.onmessage = (event) => {
+          if (link.finished) return;
+          let message;
+          try {
+            message = JSON.parse(event.data);
+          } catch (e) {
+            return;
+          }
+          if (message.type === "connected" && !settled) {
+            this.worker = message.worker;
+            this.clientId = message.client;
+            this._ws = link;
+            if (!this.token) {
+              settled = true;
+              clearTimeout(timer);
+              resolve(link);
+              return;
+            }
+            this._request(link, "connect", {token: this.token}).then(
+              () => { settled = true; clearTimeout(timer); resolve(link); },
+              (e) => { clearTimeout(timer); fail(e); });
+            return;
+          }
+          this._onMessage(link, message);
+        };
+        link.finish = (code, reason) => {
+          if (link.finished) return;
+          link.finished = true;
+          clearTimeout(timer);
+          link.code = code;
+          link.reason = reason;
+          for (const entry of link.pending.values()) entry.reject(new LinkLost());
+          link.pending.clear();
+          if (this._ws === link) this._ready = false;
+          link.markClosed();
+          if (!settled && !shouldReconnect(code)) {
+            fail(new ShardWSError("ClientClosed", reason || "closed by the server", code));
+          }
+          fail(new Error("closed before connected: " + code));
+        };
+        ws.onclose = (event) => link.finish(event.code, event.reason);
+      });
+    }
+
+    async _resubscribe(link) {
+      const subs = Array.from(this.subscriptions.values());
+      const results = await Promise.allSettled(subs.map((sub) => this._subscribeOn(link, sub)));
+      results.forEach((result, i) => {
+        if (result.status === "rejected") {
+          if (result.reason instanceof LinkLost) throw result.reason;
+          this.subscriptions.delete(subs[i].channel);
+          subs[i].active = false;
+          subs[i]._call("onError", result.reason);
+        }
+      });
+    }
+
+    async _subscribeOn(link, sub) {
+      const fields = {channel: sub.channel};
+      const recovering = sub.epoch !== null;
+      if (recovering) fields.recover = {epoch: sub.epoch, offset: sub.offset};
+      const reply = await this._requestRetrying(link, "subscribe", fields);
+      this._learn(sub.channel, reply);
+      sub._positioned(reply, recovering);
+    }
+
+    _fail(code, reason) {
+      if (this.closed !== null) return;
+      this.closed = {code: code, reason: reason};
+      for (const timer of this._timers) clearTimeout(timer);
+      this._timers.clear();
+      this.subscriptions.clear();
+      this._wake();
+      this._state("closed", this.closed);
+      if (this.onClose) this.onClose(this.closed);
+    }
+
+    close() {
+      this._fail(1000, "closed by the client");
+      if (this._ws) this._ws.ws.close(1000);
+    }
+
+    // Close a connection the client gave up on; it counts as lost (1006): reconnect.
+    _drop(link) {
+      link.finish(1006, "dropped by the client");
+      try {
+        link.ws.close();
+      } catch (e) {
+        // already closing
+      }
+    }
+
+    _wake() {
+      const waiters = this._waiters;
+      this._waiters = [];
+      for (const wake of waiters) wake();
+    }
+
+    async _waitReady() {
+      for (;;) {
+        if (this.closed !== null) {
+          throw new ShardWSError("ClientClosed", "closed: " + this.closed.code + " " + this.closed.reason, this.closed.code);
+        }
+        if (this._ready && this._ws) return this._ws;
+        await new Promise((wake) => this._waiters.push(wake));
+      }
+    }
+
+    // -- commands -------------------------------------------------------------------
+
+    _request(link, op, fields) {
+      return new Promise((resolve, reject) => {
+        if (link.ws.readyState !== WebSocket.OPEN) {
+          reject(new LinkLost());
+          return;
+        }
+        const id = this._ids++;
+        link.pending.set(id, {resolve: resolve, reject: reject});
+        link.ws.send(JSON.stringify(Object.assign({id: id, op: op}, fields)));
+      });
+    }
+
+    async _requestRetrying(link, op, fields) {
+      const deadline = Date.now() + this.unavailableTimeout * 1000;
+      for (let attempt = 1; ; attempt++) {
+        const reply = await this._request(link, op, fields);
+        if (!reply.error) return reply;
+        if (reply.error.code !== NOT_AVAILABLE || Date.now() >= deadline) {
+          throw new ShardWSError("ServerError", reply.error.message, reply.error.code);
+        }
+        await sleep(this._delay(attempt));
+      }
+    }
+
+    async _call(op, fields) {
+      for (;;) {
+        const link = await this._waitReady();
+        try {
+          return await this._requestRetrying(link, op, fields);
+        } catch (e) {
+          if (!(e instanceof LinkLost)) throw e;
+        }
+      }
+    }
+
+    _namespace(channel) {
+      const colon = channel.indexOf(":");
+      return colon >= 0 ? channel.slice(0, colon) : "default";
+    }
+
+    _learn(channel, reply) {
+      this._history.set(this._namespace(channel), typeof reply.epoch === "string");
+    }
+
+    /** Resolves once the subscription is live. handlers: onPublication({channel, data,
+     * offset, epoch}), onGap({channel, epoch, offset}), onJoin / onLeave({user, client}),
+     * onError(error) when a resubscribe is refused. */
+    async subscribe(channel, handlers) {
+      if (this.subscriptions.has(channel)) {
+        throw new ShardWSError("ServerError", "already subscribed", 105);
+      }
+      const sub = new Subscription(this, channel, handlers || {});
+      for (;;) {
+        const link = await this._waitReady();
+        this.subscriptions.set(channel, sub);
+        try {
+          await this._subscribeOn(link, sub);
+          return sub;
+        } catch (e) {
+          if (!(e instanceof LinkLost)) {
+            this.subscriptions.delete(channel);
+            throw e;
+          }
+          await this._waitReady(); // the reconnect resubscribes it
+          if (this.subscriptions.get(channel) === sub) return sub;
+          throw new ShardWSError("ServerError", "subscription to " + channel + " ended", 0);
+        }
+      }
+    }
+
+    async unsubscribe(channel) {
+      const sub = this.subscriptions.get(channel);
+      if (!sub) return;
+      this.subscriptions.delete(channel);
+      sub.active = false;
+      if (this._ready && this._ws) {
+        try {
+          await this._request(this._ws, "unsubscribe", {channel: channel});
+        } catch (e) {
+          if (!(e instanceof LinkLost)) throw e;
+        }
+      }
+    }
+
+    async publish(channel, data, options) {
+      if (this.closed !== null) await this._waitReady(); // throws ClientClosed
+      if (!this.connected && this._queued >= this.maxQueued) {
+        throw new ShardWSError("QueueFull", this.maxQueued + " publishes already wait for the connection", 0);
+      }
+      const idem = (options && options.idem) || this._idemPrefix + "-" + this._idems++;
+      const fields = {channel: channel, data: data, idem: idem};
+      for (;;) {
+        let link;
+        if (!this.connected) {
+          this._queued += 1;
+          try {
+            link = await this._waitReady();
+          } finally {
+            this._queued -= 1;
+          }
+        } else {
+          link = this._ws;
+        }
+        try {
+          const reply = await this._requestRetrying(link, "publish", fields);
+          this._learn(channel, reply);
+          return reply;
+        } catch (e) {
+          if (!(e instanceof LinkLost)) throw e;
+          if (this._history.get(this._namespace(channel)) === false) {
+            throw new ShardWSError("DeliveryUnknown", "connection lost before the reply to a publish to " + channel, 0);
+          }
+        }
+      }
+    }
+
+    history(channel, options) {
+      options = options || {};
+      return this._call("history", {
+        channel: channel,
+        since: options.since || 0,
+        limit: options.limit || 100,
+        reverse: !!options.reverse,
+      });
+    }
+
+    async presence(channel) {
+      return (await this._call("presence", {channel: channel})).members;
+    }
+
+    async presenceStats(channel) {
+      const reply = await this._call("presence_stats", {channel: channel});
+      return {clients: reply.clients, users: reply.users};
+    }
+
+    // -- timers ---------------------------------------------------------------------
+
+    _timer(seconds, fn) {
+      const timer = setTimeout(() => { this._timers.delete(timer); fn(); }, seconds * 1000);
+      this._timers.add(timer);
+    }
+
+    _schedulePing(link) {
+      this._timer(this.pingInterval, () => {
+        if (this._ws !== link) return;
+        const answered = this._request(link, "ping", {});
+        const timeout = sleep(this.pingTimeout).then(() => "timeout");
+        Promise.race([answered, timeout]).then((result) => {
+          if (result === "timeout" && this._ws === link) this._drop(link); // a dead path
+          else this._schedulePing(link);
+        }, () => {});
+      });
+    }
+
+    async _newToken() {
+      const token = await this.getToken();
+      if (typeof token !== "string" || !token) throw new Error("getToken returned no token");
+      return token;
+    }
+
+    async _freshToken(force) {
+      if (!this.getToken) return;
+      const expiry = tokenExpiry(this.token);
+      if (force || !this.token || (expiry !== null && expiry - Date.now() / 1000 < 1)) {
+        this.token = await this._newToken();
+      }
+    }
+
+    _scheduleRefresh(link) {
+      const expiry = tokenExpiry(this.token);
+      if (!this.getToken || expiry === null) return;
+      const remaining = expiry - Date.now() / 1000;
+      const wait = Math.max(0, remaining - Math.min(this.refreshBefore, remaining / 2));
+      this._timer(wait, async () => {
+        if (this._ws !== link) return;
+        try {
+          const token = await this._newToken();
+          const reply = await this._request(link, "refresh", {token: token});
+          if (!reply.error) this.token = token;
+        } catch (e) {
+          if (e instanceof LinkLost) return;
+          console.warn("shardws: token refresh failed", e);
+        }
+        this._scheduleRefresh(link);
+      });
+    }
+
+    // -- pushes ---------------------------------------------------------------------
+
+    _onMessage(link, message) {
+      const type = message.type;
+      if (type === undefined) {
+        const entry = link.pending.get(message.id);
+        if (entry) {
+          link.pending.delete(message.id);
+          entry.resolve(message);
+        }
+        return;
+      }
+      if (type === "pub") {
+        if (message.channel === undefined) {
+          if (this.onUserMessage) this.onUserMessage(message.data);
+          return;
+        }
+        const sub = this.subscriptions.get(message.channel);
+        if (sub && !sub._takePub(message)) this._drop(link); // a gap: reconnect and recover
+      } else if (type === "join" || type === "leave") {
+        const sub = this.subscriptions.get(message.channel);
+        if (sub) sub._call(type === "join" ? "onJoin" : "onLeave", {user: message.user, client: message.client});
+      } else if (type === "reconnect") {
+        if (typeof message.delay === "number" && message.delay >= 0 && message.delay <= 3600) {
+          link.hint = message.delay;
+        }
+      }
+    }
+  }
+
+  ShardWS.shouldReconnect = shouldReconnect;
+  ShardWS.tokenExpiry = tokenExpiry;
+  ShardWS.Error = ShardWSError;
+  global.ShardWS = ShardWS;
+})(typeof window !== "undefined" ? window : globalThis);
