@@ -88,7 +88,7 @@ class Owners:
     # -- ownership -----------------------------------------------------------------------
 
     def _options(self, channel: str) -> NamespaceConfig:
-        return self.worker.namespace_of(channel) or NamespaceConfig()
+        return self.worker.options_for(channel)
 
     def has_history(self, channel: str) -> bool:
         return self._options(channel).history_size > 0

@@ -349,7 +349,7 @@ class Worker:
         self._picows_log = RateLimitedLogger("shardws.picows", level=logging.DEBUG)
         self._stop = asyncio.Event()
         self._flush_scheduled = False
-        self._drop_policy: dict[str, bool] = {}
+        self._channel_options: dict[str, NamespaceConfig] = {}
         self.deflating = 0  # open connections that negotiated permessage-deflate
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
@@ -1031,16 +1031,21 @@ class Worker:
             self._peer_log.info("client %s: slow consumer, disconnecting", sink.owner.client_id)
             sink.owner.close(CloseCode.SLOW_CONSUMER, "slow consumer")
 
+    def options_for(self, channel: str) -> NamespaceConfig:
+        """``channel``'s namespace options (the default options for an unconfigured
+        namespace), cached per channel: asked for every bus batch on the fan-out path.
+        The config never changes inside a process (a reload replaces the process)."""
+        options = self._channel_options.get(channel)
+        if options is None:
+            options = self.namespace_of(channel) or NamespaceConfig()
+            if len(self._channel_options) < 65536:  # bounded cache
+                self._channel_options[channel] = options
+        return options
+
     def drops_for(self, channel: str) -> bool:
         """Whether ``channel``'s namespace drops messages for slow consumers (else the
         consumer is disconnected)."""
-        drop = self._drop_policy.get(channel)
-        if drop is None:
-            options = self.namespace_of(channel) or NamespaceConfig()
-            drop = options.slow_consumer == "drop"
-            if len(self._drop_policy) < 65536:  # bounded cache
-                self._drop_policy[channel] = drop
-        return drop
+        return self.options_for(channel).slow_consumer == "drop"
 
     # -- bus ----------------------------------------------------------------------------
 
