@@ -564,6 +564,18 @@ def _is_loopback_endpoint(value: str) -> bool:
         return False
 
 
+def _read_curve_secret(path: str) -> str:
+    """The Curve secret key in ``curve_secret_key_file`` ``path`` (Z85, 40 characters)."""
+    key = _read_text("curve_secret_key_file", path).strip()
+    if not _is_z85_key(key):
+        raise _FileError(
+            "curve_secret_key_file",
+            f"{path!r} does not hold a Curve secret key"
+            " (40 Z85 characters, as written by shardws keygen)",
+        )
+    return key
+
+
 @dataclass(frozen=True, slots=True)
 class IngressConfig:
     """``[ingress]``: backends publish over ZeroMQ (PUSH) to a PULL socket of the admin
@@ -605,13 +617,7 @@ class IngressConfig:
         """Read ``curve_secret_key_file`` into ``curve_secret_key``."""
         if not self.curve_secret_key_file:
             return self
-        key = _read_text("curve_secret_key_file", self.curve_secret_key_file).strip()
-        if not _is_z85_key(key):
-            raise _FileError(
-                "curve_secret_key_file",
-                f"{self.curve_secret_key_file!r} does not hold a Curve secret key"
-                " (40 Z85 characters, as written by shardws keygen)",
-            )
+        key = _read_curve_secret(self.curve_secret_key_file)
         return dataclasses.replace(self, curve_secret_key=key)
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
@@ -635,6 +641,99 @@ class IngressConfig:
                 f"{self.bind!r} is reachable from other hosts: set curve_secret_key_file and"
                 " curve_authorized_keys (shardws keygen), or allow_plaintext = true to let"
                 " anyone who can reach it publish",
+            )
+
+
+_HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_PEER_RE = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]\s]+):(?P<port>[0-9]{1,5})")
+
+
+def _is_host_id(value: str) -> bool:
+    return value == "" or _HOST_ID_RE.fullmatch(value) is not None
+
+
+def _is_peer(value: str) -> bool:
+    match = _PEER_RE.fullmatch(value)
+    return match is not None and 1 <= int(match["port"]) <= 65535
+
+
+def _is_cluster_listen(value: str) -> bool:
+    return value == "" or (value.startswith("tcp://") and _is_peer(value.removeprefix("tcp://")))
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``[cluster]``: hosts that serve one service together (see docs/cluster.md).
+
+    With ``peers`` set, the supervisor runs a bridge process that forwards the host bus
+    to the peers' bridges over TCP (ZeroMQ subscription forwarding: a message crosses
+    the network only to hosts with a subscriber) and exchanges heartbeats, from which
+    every host computes the same membership view. The link is encrypted and
+    authenticated with CurveZMQ: every host holds the same cluster key file
+    (``shardws keygen``); plain TCP only with ``allow_plaintext = true``. The secret key
+    never appears in ``repr()``, errors or :func:`dump_config` output.
+    """
+
+    #: This host's name in the cluster, unique among the hosts: letters, digits, ``.``,
+    #: ``_`` and ``-``, at most 63 characters. ``""`` = the system host name. Default ``""``.
+    host_id: str = option(
+        "", check=_is_host_id, expect="letters, digits, '.', '_', '-' (at most 63)"
+    )
+    #: ZeroMQ endpoint the bridge binds for its peers, ``"tcp://HOST:PORT"`` (e.g.
+    #: ``"tcp://0.0.0.0:9767"``); required with ``peers``. Default ``""``.
+    listen: str = option("", check=_is_cluster_listen, expect='"tcp://HOST:PORT"')
+    #: The hosts' bridge addresses, ``"HOST:PORT"`` with HOST a DNS name or an IP; a name
+    #: may resolve to many addresses (a Kubernetes headless Service), and is resolved
+    #: again every ``resolve_interval``. This host's own address may be listed (it is
+    #: recognised and skipped). ``[]`` = a single host, no bridge. Default [].
+    peers: tuple[str, ...] = option((), check=_is_peer, expect='"HOST:PORT"')
+    #: Seconds between DNS resolutions of ``peers``, > 0. Default 10.
+    resolve_interval: float = option(10.0, gt=0, unit="seconds")
+    #: Seconds between the bridge's heartbeats to its peers, > 0. Default 0.5.
+    heartbeat_interval: float = option(0.5, gt=0, unit="seconds")
+    #: Seconds without a heartbeat after which a peer counts as down (its workers leave
+    #: the membership view), > heartbeat_interval. Default 3.
+    peer_timeout: float = option(3.0, gt=0, unit="seconds")
+    #: File holding the cluster's CurveZMQ secret key (``shardws keygen NAME`` writes
+    #: ``NAME.key_secret``); the same file on every host: a bridge without it cannot
+    #: connect, read or inject. Default ``""`` (requires ``allow_plaintext``).
+    curve_secret_key_file: str = option("")
+    #: Link the bridges over plain TCP (anyone who can reach ``listen`` can read and
+    #: inject traffic). Default false.
+    allow_plaintext: bool = option(False)
+    #: Messages each bridge socket queues per peer before ZeroMQ drops (counted by the
+    #: receivers as lost), >= 1. Default 100000.
+    hwm: int = option(100_000, ge=1)
+    #: The content of ``curve_secret_key_file``, read at load. Not a TOML key.
+    curve_secret_key: str = option("", toml=False, secret=True)
+
+    @property
+    def enabled(self) -> bool:
+        """True when this host is part of a cluster (a bridge runs)."""
+        return bool(self.peers)
+
+    def load_files(self) -> ClusterConfig:
+        """Read ``curve_secret_key_file`` into ``curve_secret_key``."""
+        if not self.curve_secret_key_file:
+            return self
+        key = _read_curve_secret(self.curve_secret_key_file)
+        return dataclasses.replace(self, curve_secret_key=key)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
+        if self.peers and not self.listen:
+            yield "listen", 'required when peers is set, e.g. "tcp://0.0.0.0:9767"'
+        if self.peers and not self.curve_secret_key_file and not self.allow_plaintext:
+            yield (
+                "curve_secret_key_file",
+                "required when peers is set: the cluster key file (shardws keygen), the same"
+                " on every host; or allow_plaintext = true to link the hosts over plain TCP",
+            )
+        if self.peer_timeout <= self.heartbeat_interval:
+            yield (
+                "peer_timeout",
+                f"must exceed heartbeat_interval ({self.heartbeat_interval} s),"
+                f" got {self.peer_timeout}",
             )
 
 
@@ -744,6 +843,7 @@ class Config:
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)
     ingress: IngressConfig = dataclasses.field(default_factory=IngressConfig)
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     compression: CompressionConfig = dataclasses.field(default_factory=CompressionConfig)
     diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
     namespaces: Mapping[str, NamespaceConfig] = option(factory=_default_namespaces)
