@@ -48,6 +48,7 @@ from shardws.config import Config
 from shardws.history import owner_of
 from shardws.ingress import Ingress
 from shardws.log import setup_logging
+from shardws.membership import Members, slot_of
 from shardws.metrics import Column, ProcessState, Scoreboard, prometheus_text
 
 log = logging.getLogger("shardws.admin")
@@ -87,7 +88,33 @@ def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
         "connections": sum(w["connections"] for w in workers),
         "per_worker": workers,
     }
+    if config.cluster.enabled:
+        body["cluster"] = cluster_health(board, stale)
     return (200 if healthy else 503), body
+
+
+def cluster_health(board: Scoreboard, stale_after: float) -> dict[str, Any]:
+    """The ``cluster`` part of /health: the bridge, the membership view and the peers.
+    Peers being down does not make the host unhealthy (it still serves its clients)."""
+    view = board.cluster.read()
+    body: dict[str, Any] = {"bridge_alive": board.is_ready(board.bridge_slot, stale_after)}
+    if view is None:
+        body["view"] = None
+        return body
+    peers = dict(view.peers)
+    own = peers.pop("", {})
+    body.update(
+        host_id=own.get("host_id"),
+        view=f"{view.number:08x}",
+        hosts={host.host_id: list(host.workers) for host in view.hosts},
+        peers=peers,
+        peers_up=sum(1 for peer in peers.values() if peer.get("up")),
+        addresses=own.get("addresses", []),
+        messages_sent=own.get("messages_sent", 0),
+        bytes_sent=own.get("bytes_sent", 0),
+        conflicts=own.get("conflicts", []),
+    )
+    return body
 
 
 #: Scoreboard columns reported by ``GET /api/stats``, by their name there.
@@ -138,16 +165,22 @@ class Backend:
         self.disconnects = 0
         self._config = config
         self._board = board
-        self._requests = control.Requests(board.admin_slot, self._send_to_inbox)
+        self.members = Members(board, config, board.admin_slot)
+        self._requests = control.Requests(self.members.me, self._send_to_inbox)
 
     def _send_to_inbox(self, member: int, payload: bytes) -> None:
         assert self.bus is not None
         self.bus.publish(inbox_topic(member), payload)
 
+    def ready_peers(self) -> set[int]:
+        """This host's bus members other than the admin that are READY with a fresh
+        heartbeat (the workers, and the bridge in a cluster)."""
+        return self.members.ready_local()
+
     def ready_workers(self) -> set[int]:
-        """Bus members other than the admin that are READY with a fresh heartbeat."""
-        board = self._board
-        return board.ready_slots(self._config.server.heartbeat_timeout) - {board.admin_slot}
+        """The workers to ask for cluster-wide answers: this host's ready ones and, in a
+        cluster, those of the other live hosts."""
+        return self.members.ready_workers()
 
     def publish(self, publication: Publication) -> None:
         """Queue ``publication`` on the bus: it leaves at the end of this loop iteration
@@ -158,13 +191,13 @@ class Backend:
             self.bus.publish(topic, payload)
         # Channels with history get their offsets from their owner worker, which then
         # publishes them (a notification: the API does not wait for the offset).
-        owners = self._board.workers()
+        owners = self.members.owners()
         for channel in sequenced:
             request = {"channel": channel, "data": publication.data.decode()}
             owner = owner_of(channel, owners)
             self.bus.publish(
                 inbox_topic(owner),
-                control.encode_request("hpub", 0, self._board.admin_slot, request),
+                control.encode_request("hpub", 0, self.members.me, request),
             )
         self.publications += 1
 
@@ -237,7 +270,7 @@ class Backend:
     async def history(self, channel: str, args: dict[str, Any]) -> dict[str, Any] | None:
         """The ``GET /api/history`` document from the channel's owner, or None if the
         owner did not answer within ``CHANNELS_TIMEOUT``."""
-        owner = owner_of(channel, self._board.workers())
+        owner = owner_of(channel, self.members.owners())
         answers, _missing = await self._requests.ask(
             {owner}, "hhist", {"channel": channel, **args}, CHANNELS_TIMEOUT
         )
@@ -404,15 +437,15 @@ async def _serve(
     # "subscribed" holds for its messages too.
     backend = Backend(config, board)
     bus = backend.bus = Bus(
-        slot,
-        lambda m: endpoint(run_dir, m),
+        backend.members.me,
+        lambda m: endpoint(run_dir, slot_of(m)),
         lambda _topic, _payloads, _stamp: None,
-        backend.ready_workers,
+        backend.ready_peers,
         on_inbox=backend.on_inbox,
         hwm=config.server.bus_hwm,
     )
-    bus.start(board.members())
-    missing = await bus.wait_for_peers(backend.ready_workers(), 3.0)
+    bus.start(backend.members.local())
+    missing = await bus.wait_for_peers(backend.ready_peers(), 3.0)
     if missing:
         log.warning("workers %s did not attach to the bus in time", sorted(missing))
     if config.ingress.bind:
@@ -431,7 +464,7 @@ async def _serve(
         if backend.ingress is not None:
             row[Column.MESSAGES_IN] = backend.ingress.received
             row[Column.PROTOCOL_ERRORS] = backend.ingress.rejected
-        bus.attach(board.members())  # a reload may have added workers
+        bus.attach(backend.members.local())  # a reload may have added workers
         try:
             await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
         except TimeoutError:

@@ -60,7 +60,7 @@ KIND_INBOX = ord("i")
 KIND_SYNC = ord("s")
 KIND_USER = ord("u")
 
-_HEADER = struct.Struct("!HIQIQ")  # origin, incarnation, first seq, count, stamp (ns)
+_HEADER = struct.Struct("!IIQIQ")  # origin member id, incarnation, first seq, count, stamp (ns)
 _LENGTH = struct.Struct("!I")
 _MAX_FRAME_BYTES = 256 * 1024  # beyond this a batch is split: keeps receivers' latency flat
 _RECV_BUDGET = 512  # frames per reader callback, so one busy socket cannot starve the loop

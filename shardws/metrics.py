@@ -36,6 +36,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from shardws.membership import ViewTable
 from shardws.shm import SharedArray
 
 
@@ -89,12 +90,14 @@ class Scoreboard:
     """A view of the shared stats matrix."""
 
     def __init__(self, capacity: int) -> None:
-        """Create and zero a new block with ``capacity`` worker slots and the admin's
-        (supervisor only, before fork)."""
-        self._shared = SharedArray((capacity + 1, N_COLUMNS), np.int64)
-        self.rows = capacity + 1
+        """Create and zero a new block with ``capacity`` worker slots, the admin's and the
+        bridge's (supervisor only, before fork), and the cluster's membership view."""
+        self._shared = SharedArray((capacity + 2, N_COLUMNS), np.int64)
+        self.rows = capacity + 2
         self.admin_slot = capacity
+        self.bridge_slot = capacity + 1
         self.table: np.ndarray[Any, np.dtype[np.int64]] = self._shared.array
+        self.cluster = ViewTable()
 
     @classmethod
     def create(cls, capacity: int) -> Scoreboard:
@@ -103,6 +106,7 @@ class Scoreboard:
     def disown(self) -> None:
         """Called in a forked child: its ``close`` must not remove the block's name."""
         self._shared.disown()
+        self.cluster.disown()
 
     def row(self, slot: int) -> np.ndarray[Any, np.dtype[np.int64]]:
         """The writable row of ``slot`` (a view into shared memory)."""
@@ -123,8 +127,8 @@ class Scoreboard:
         return [int(i) for i in np.flatnonzero(self.table[:, Column.CONFIGURED])]
 
     def workers(self) -> list[int]:
-        """Worker slots that exist now, in slot order (the admin excluded)."""
-        return [slot for slot in self.members() if slot != self.admin_slot]
+        """Worker slots that exist now, in slot order (the admin and bridge excluded)."""
+        return [slot for slot in self.members() if slot < self.admin_slot]
 
     def ready_slots(self, stale_after: float) -> set[int]:
         """Slots that are READY with a heartbeat younger than ``stale_after``."""
@@ -152,6 +156,7 @@ class Scoreboard:
         """Drop this process's mapping; the creator also removes the block's name."""
         del self.table
         self._shared.close()
+        self.cluster.close()
 
 
 class LatencyHistogram:
@@ -305,6 +310,48 @@ class _ScoreboardCollector:
         ):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], float(admin[column]))
+            yield family
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[Metric]:
+        """Peers up/down and traffic per peer, from the bridge's view (cluster only)."""
+        view = self._board.cluster.read()
+        if view is None:
+            return
+        peers = dict(view.peers)
+        own = peers.pop("", {})
+        hosts = GaugeMetricFamily("shardws_cluster_hosts", "Live hosts in the membership view")
+        hosts.add_metric([], float(len(view.hosts)))
+        yield hosts
+        number = GaugeMetricFamily(
+            "shardws_cluster_view", "Membership view number (equal on hosts that agree)"
+        )
+        number.add_metric([], float(view.number))
+        yield number
+        up = GaugeMetricFamily(
+            "shardws_cluster_peer_up", "1 if the peer's heartbeats arrive", labels=["peer"]
+        )
+        received = CounterMetricFamily(
+            "shardws_cluster_peer_messages_received",
+            "Bus frames received from the peer's members",
+            labels=["peer"],
+        )
+        received_bytes = CounterMetricFamily(
+            "shardws_cluster_peer_bytes_received",
+            "Bus bytes received from the peer",
+            labels=["peer"],
+        )
+        for name, peer in sorted(peers.items()):
+            up.add_metric([name], 1.0 if peer.get("up") else 0.0)
+            received.add_metric([name], float(peer.get("messages_received", 0)))
+            received_bytes.add_metric([name], float(peer.get("bytes_received", 0)))
+        yield from (up, received, received_bytes)
+        for name, doc, key in (
+            ("shardws_cluster_messages_sent", "Bus frames sent to the peers", "messages_sent"),
+            ("shardws_cluster_bytes_sent", "Bus bytes sent to the peers", "bytes_sent"),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], float(own.get(key, 0)))
             yield family
 
     def _latency(self, workers: list[tuple[int, str]]) -> Metric:

@@ -44,6 +44,7 @@ from shardws.bus import channel_topic, inbox_topic
 from shardws.config import NamespaceConfig
 from shardws.core import build_text_frame
 from shardws.history import Entry, RingState, owner_of
+from shardws.membership import slot_of
 from shardws.protocol import CloseCode, ErrorCode, pub_position
 from shardws.sequencer import Seen, Sequencer, Tracker, rings_path
 
@@ -76,7 +77,7 @@ class Owners:
         self.worker = worker
         self.sequencer = Sequencer(self._options)
         self.tracker = Tracker()
-        self.requests = control.Requests(worker.slot, self._send)
+        self.requests = control.Requests(worker.member, self._send)
         self.repairs = 0  # gaps repaired from the owner
         self.unrecoverable = 0  # gaps that could not be repaired (subscribers closed)
         self._pending: dict[str, list[_Pending]] = {}
@@ -94,11 +95,12 @@ class Owners:
         return self._options(channel).history_size > 0
 
     def view(self) -> tuple[int, ...]:
-        """The worker slots that own channels now (configured on the scoreboard)."""
-        return tuple(self.worker.board.workers())
+        """The member ids of the workers that own channels now: this host's configured
+        worker slots and, in a cluster, the other live hosts' (``Members.owners``)."""
+        return self.worker.members.owners()
 
     def owner(self, channel: str) -> int:
-        return owner_of(channel, self.view() or (self.worker.slot,))
+        return owner_of(channel, self.view() or (self.worker.member,))
 
     def _send(self, member: int, payload: bytes) -> None:
         bus = self.worker.bus
@@ -114,7 +116,7 @@ class Owners:
         """The owner's answer to ``op`` (computed here when this worker is the owner), or
         None if it did not answer within ``OWNER_TIMEOUT``."""
         owner = self.owner(channel)
-        if owner == self.worker.slot:
+        if owner == self.worker.member:
             return self.handle(op, args)
         answers, _missing = await self.requests.ask({owner}, op, args, OWNER_TIMEOUT)
         return answers.get(owner)
@@ -131,14 +133,14 @@ class Owners:
             channels = request.get("channels")
             if not isinstance(channels, list):
                 return {"error": "channels must be a list"}
-            me = self.worker.slot
+            me = self.worker.member
             mine = [c for c in channels if isinstance(c, str) and self.owner(c) == me]
             return {"positions": self.sequencer.positions(mine)}
         if not isinstance(channel, str) or protocol.channel_error(channel) is not None:
             return {"error": "bad channel"}
         if op == "presence":
             return self.local_presence(channel, bool(request.get("stats")))
-        if self.owner(channel) != self.worker.slot or not self.has_history(channel):
+        if self.owner(channel) != self.worker.member or not self.has_history(channel):
             return {"error": "not the owner of this channel"}
         if op == "hpub":
             data, idem = request.get("data"), request.get("idem")
@@ -217,7 +219,7 @@ class Owners:
         worker delivers: a publication lost on the bus with nothing after it would
         otherwise go unnoticed until the next one. Behind the owner -> repair."""
         by_owner: dict[int, list[str]] = {}
-        me = self.worker.slot
+        me = self.worker.member
         for channel in self.tracker.channels():
             owner = self.owner(channel)
             if owner != me and channel not in self._repairing:
@@ -373,7 +375,7 @@ class Owners:
         self, conn: Connection, command_id: int | None, channel: str, stats: bool
     ) -> None:
         worker = self.worker
-        others = worker.ready_peers() - {worker.board.admin_slot}
+        others = worker.members.ready_workers()
         answers, _missing = await self.requests.ask(
             others, "presence", {"channel": channel, "stats": stats}, PRESENCE_TIMEOUT
         )
@@ -408,16 +410,17 @@ class Owners:
         owns now, and hand the rings it no longer owns to their new owners as soon as
         those are ready."""
         view = self.view()
-        me = self.worker.slot
+        me = self.worker.member
         if view != self._view:
             gone = set(self._view) - set(view)
             self._view = view
             self._handing = True
-            for slot in gone:
-                self._adopt_orphans(slot)
+            for member in gone:  # a retired slot of this host left its rings in a file
+                if self.worker.members.is_local(member):
+                    self._adopt_orphans(slot_of(member))
         if not self._handing:
             return
-        ready = self.worker.board.ready_slots(self.worker.config.server.heartbeat_timeout)
+        ready = self.worker.members.ready_workers() | {self.worker.member}
         members = view or (me,)
         released = self.sequencer.release(
             lambda channel: (owner := owner_of(channel, members)) == me or owner not in ready
@@ -429,7 +432,7 @@ class Owners:
         """A retired slot saved its rings when it drained: adopt those this worker owns
         now (each remaining worker takes its own share; the file stays for the others
         and is replaced if the slot comes back)."""
-        me = self.worker.slot
+        me = self.worker.member
         taken = self.sequencer.load(
             self._rings_path(slot), lambda channel: self.owner(channel) == me, keep=True
         )
@@ -443,7 +446,7 @@ class Owners:
             by_owner.setdefault(owner_of(channel, members), {})[channel] = state
         for owner, states in by_owner.items():
             payload = control.encode_request(
-                "handover", 0, self.worker.slot, {"rings": _states_to_json(states)}
+                "handover", 0, self.worker.member, {"rings": _states_to_json(states)}
             )
             self._send(owner, payload)
             log.info("handed %d ring(s) over to worker %d", len(states), owner)
@@ -458,7 +461,7 @@ class Owners:
     def load(self) -> None:
         """At boot: continue the rings the previous process of this slot saved; rings
         that belong to other workers now are handed to them."""
-        me = self.worker.slot
+        me = self.worker.member
         adopted, others = self.sequencer.load(
             self._rings_path(me), lambda channel: self.owner(channel) == me
         )

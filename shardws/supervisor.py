@@ -1,4 +1,4 @@
-"""The supervisor: binds the sockets, forks and restarts the workers and the admin process.
+"""The supervisor: binds the sockets, forks and restarts the workers, the admin and the bridge.
 
 It never does per-message work and never holds ZeroMQ state (a zmq Context must not
 cross a fork), so nothing a client sends can wedge it.
@@ -103,16 +103,19 @@ _FIXED_OPTIONS = (
     ("[server] run_dir", lambda c: c.server.run_dir),
     ("[admin] host", lambda c: c.admin.host),
     ("[admin] port", lambda c: c.admin.port),
+    ("[cluster] peers (set or empty)", lambda c: c.cluster.enabled),
+    ("[cluster] host_id", lambda c: c.cluster.host_id),
+    ("[cluster] listen", lambda c: c.cluster.listen),
 )
 
 
 @dataclass
 class Slot:
-    """One supervised process position (a worker number or the admin)."""
+    """One supervised process position (a worker number, the admin or the bridge)."""
 
     index: int
-    kind: str  # "worker" | "admin"
-    sock: socket.socket
+    kind: str  # "worker" | "admin" | "bridge"
+    sock: socket.socket | None  # the listener it inherits (the bridge binds its own)
     pid: int = 0
     started: float = 0.0
     restart_at: float | None = None
@@ -122,7 +125,7 @@ class Slot:
 
     @property
     def name(self) -> str:
-        return "admin" if self.kind == "admin" else f"worker {self.index}"
+        return f"worker {self.index}" if self.kind == "worker" else self.kind
 
 
 def raise_nofile_limit() -> int:
@@ -186,6 +189,8 @@ class Supervisor:
         admin_sock = listen_socket(admin.host, admin.port, 128, reuse_port=False)
         self.slots.append(Slot(self._capacity, "admin", admin_sock, config=self.config))
         self.admin_port = admin_sock.getsockname()[1]
+        if self.config.cluster.enabled:
+            self.slots.append(Slot(self._capacity + 1, "bridge", None, config=self.config))
 
     def _add_worker_slot(self, index: int, config: Config) -> Slot:
         """Bind worker ``index``'s listener (it joins the port's SO_REUSEPORT group last)."""
@@ -207,7 +212,8 @@ class Supervisor:
         last = self._group.pop()
         if last is not slot:
             self._group[position] = last
-        slot.sock.close()
+        if slot.sock is not None:
+            slot.sock.close()
         self.slots.remove(slot)
         self._steered = None
         if self._board is not None:
@@ -233,7 +239,8 @@ class Supervisor:
         if allowed != self._steered:
             log.debug("steering new connections to listener positions %s", allowed)
             self._steered = allowed
-            if not steering.steer(self._group[0].sock, allowed):
+            first = self._group[0].sock
+            if first is not None and not steering.steer(first, allowed):
                 log.warning("cannot steer SO_REUSEPORT connections on this kernel")
 
     def _make_run_dir(self) -> None:
@@ -267,7 +274,9 @@ class Supervisor:
         self._board = Scoreboard.create(self._capacity)
         self._iptable = IPTable.create(self._capacity)
         self._bind()
-        self._board.table[self._capacity, Column.CONFIGURED] = 1
+        for slot in self.slots:
+            if slot.kind != "worker":  # the admin's and the bridge's bus slots
+                self._board.table[slot.index, Column.CONFIGURED] = 1
         self._make_run_dir()
         self._install_signals()
         server = self.config.server
@@ -428,7 +437,7 @@ class Supervisor:
         steps += [
             _Step("replace", slot.index)
             for slot in self.slots
-            if (slot.kind == "admin" or slot.index < wanted) and slot.config is not target
+            if (slot.kind != "worker" or slot.index < wanted) and slot.config is not target
         ]
         return steps
 
@@ -614,7 +623,7 @@ class Supervisor:
         os.close(self._wake_r)
         os.close(self._wake_w)
         for other in self.slots:
-            if other is not slot:
+            if other is not slot and other.sock is not None:
                 other.sock.close()
 
     def _child_main(self, slot: Slot) -> int:
@@ -623,6 +632,7 @@ class Supervisor:
         if slot.kind == "worker":
             from shardws.worker import run_worker
 
+            assert slot.sock is not None
             return run_worker(
                 slot.index,
                 slot.config or self.config,
@@ -631,8 +641,13 @@ class Supervisor:
                 self._run_dir,
                 self._iptable,
             )
+        if slot.kind == "bridge":
+            from shardws.bridge import run_bridge
+
+            return run_bridge(slot.index, slot.config or self.config, board, self._run_dir)
         from shardws.admin import run_admin
 
+        assert slot.sock is not None
         return run_admin(slot.index, slot.config or self.config, board, slot.sock, self._run_dir)
 
     def _shutdown(self) -> None:
@@ -647,7 +662,7 @@ class Supervisor:
             # The workers stop accepting at once; without our copy of the listener the
             # port closes, so a new client is refused now (and tries another host)
             # instead of waiting in a queue nobody reads until the reset at exit.
-            if slot.kind == "worker":
+            if slot.kind == "worker" and slot.sock is not None:
                 slot.sock.close()
         while any(s.pid for s in self.slots) and time.monotonic() < deadline:
             self._wait(0.05)
@@ -665,7 +680,8 @@ class Supervisor:
                     pass
                 slot.pid = 0
         for slot in self.slots:
-            slot.sock.close()
+            if slot.sock is not None:
+                slot.sock.close()
         if self._board is not None:
             self._board.close()
         if self._iptable is not None:

@@ -71,6 +71,7 @@ from shardws.handshake import client_ip, origin_allowed, parse_networks, request
 from shardws.hub import Hub
 from shardws.iplimits import IPTable
 from shardws.log import RateLimitedLogger, setup_logging
+from shardws.membership import Members, slot_of
 from shardws.metrics import Column, LatencyHistogram, ProcessState, Scoreboard
 from shardws.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
 from shardws.protocol import CloseCode, ErrorCode
@@ -332,6 +333,8 @@ class Worker:
         iptable: IPTable | None = None,
     ) -> None:
         self.slot = slot
+        self.members = Members(board, config, slot)
+        self.member = self.members.me  # this worker's bus member id (cluster-wide)
         self.auth = Authenticator(config.auth)
         self.iptable = iptable
         self._trusted = parse_networks(config.limits.trusted_proxies)
@@ -362,24 +365,24 @@ class Worker:
     # -- lifecycle ----------------------------------------------------------------------
 
     def ready_peers(self) -> set[int]:
-        """Bus members of this host (workers and the admin) other than this worker that
+        """Bus members of this host (workers, admin, bridge) other than this worker that
         are READY with a fresh heartbeat (from shared memory)."""
-        return self.board.ready_slots(self.config.server.heartbeat_timeout) - {self.slot}
+        return self.members.ready_local()
 
     async def boot(self, listen_sock: socket.socket) -> None:
         """Start the bus, wait for peers' subscriptions, then start accepting."""
         server = self.config.server
         run_dir = self.run_dir
         self.bus = Bus(
-            self.slot,
-            lambda m: endpoint(run_dir, m),
+            self.member,
+            lambda m: endpoint(run_dir, slot_of(m)),
             self._on_bus_channel,
             self.ready_peers,
             on_user=self._on_bus_user,
             on_inbox=self._on_bus_inbox,
             hwm=server.bus_hwm,
         )
-        self.bus.start(self.board.members())
+        self.bus.start(self.members.local())
         self.owners.load()
         self._tick()
         missing = await self.bus.wait_for_peers(self.ready_peers(), PEER_WAIT_TIMEOUT)
@@ -502,7 +505,7 @@ class Worker:
             self._next_position_check = now + POSITION_CHECK_INTERVAL
             self.owners.check_positions()
         if self.bus is not None and not self._stop.is_set():
-            self.bus.attach(self.board.members())  # a reload may have added workers
+            self.bus.attach(self.members.local())  # a reload may have added workers
         if not self._stop.is_set():
             asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._tick)
 

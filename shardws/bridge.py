@@ -1,0 +1,467 @@
+"""The bridge process (``shardws: bridge``): this host's bus to and from the peer hosts.
+
+Runs only when ``[cluster] peers`` is set. It is a member of the host bus (slot
+``board.bridge_slot``) and owns four ZeroMQ sockets:
+
+* ``local_sub`` (SUB, connected to every local member's XPUB) and ``remote_xpub`` (XPUB,
+  bound at ``[cluster] listen``): what this host's members publish goes out to the peers.
+* ``remote_sub`` (SUB, connected to every peer's ``remote_xpub``) and ``local_xpub``
+  (XPUB, this slot's ipc endpoint, which every local member's SUB connects to): what
+  the peers publish is delivered here.
+
+Subscription forwarding is ZeroMQ's own: a subscription that reaches ``local_xpub`` (a
+local member subscribed a channel, user or inbox topic) is made on ``remote_sub``, so it
+reaches the peers' ``remote_xpub``, whose bridges make it on their ``local_sub``, so
+their workers send that topic to them. A message therefore crosses the network only to
+hosts with a subscriber for it.
+
+Guarantees:
+
+* No loops, no duplicates: a message from a peer goes only to ``local_xpub`` (never back
+  out), and a frame whose origin is this host (a peer list that names this host) is
+  dropped. Every host connects to every other host directly (a full mesh), so each
+  message crosses one network hop.
+* Order: frames of one origin are forwarded in the order received, so per-origin order
+  and the bus's sequence numbers (which detect loss) hold across hosts.
+* The link is CurveZMQ with the cluster key unless ``allow_plaintext``: a peer without
+  the key fails the handshake and is never read from or sent to.
+* Membership: every ``heartbeat_interval`` the bridge sends its host id, host number and
+  configured worker slots on the ``m`` topic; a peer silent for ``peer_timeout`` is down.
+  The live hosts form the view written to shared memory (``membership.ViewTable``).
+  A peer that comes back is picked up by ZeroMQ's reconnect; ``peers`` names are
+  resolved again every ``resolve_interval`` (new addresses connected, vanished ones
+  disconnected; a failed resolution keeps the previous addresses).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+import zmq
+from setproctitle import setproctitle
+from zmq.auth.thread import ThreadAuthenticator
+
+from shardws.bus import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, endpoint, inbox_topic
+from shardws.config import ClusterConfig, Config
+from shardws.log import setup_logging
+from shardws.membership import (
+    Host,
+    View,
+    effective_host_id,
+    host_number,
+    host_of,
+    member_id,
+    view_number,
+)
+from shardws.metrics import Column, ProcessState, Scoreboard
+
+log = logging.getLogger("shardws.bridge")
+
+HEARTBEAT_TOPIC = b"m\0"
+_FORWARDED = frozenset({KIND_CHANNEL, KIND_USER, KIND_INBOX})
+_HEADER = struct.Struct("!IIQIQ")  # the bus header (bus._HEADER)
+_ORIGIN = struct.Struct("!I")
+_RECV_BUDGET = 1024  # frames per socket per poll round: one busy direction cannot starve
+_ATTACH_INTERVAL = 1.0  # seconds between checks for new local members (a reload)
+
+
+@dataclass
+class _Peer:
+    host_id: str
+    number: int
+    nonce: str
+    workers: tuple[int, ...] = ()
+    last_seen: float = 0.0
+    received: int = 0  # bus frames received from this peer's members
+    received_bytes: int = 0
+    ups: int = 0  # times it came up (first contact included)
+    up: bool = False
+
+
+class _Resolver:
+    """Resolves ``peers`` in a thread every ``interval`` (DNS may block for seconds)."""
+
+    def __init__(self, peers: tuple[str, ...], interval: float, own_port: int) -> None:
+        self.addresses: frozenset[str] = frozenset()
+        self._peers = peers
+        self._interval = interval
+        self._own_port = own_port
+        self._by_name: dict[str, frozenset[str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="resolver", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for peer in self._peers:
+                host, _, port = peer.rpartition(":")
+                try:
+                    infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+                except OSError as exc:  # keep the last answer: DNS hiccups must not split us
+                    log.warning("cannot resolve peer %s: %s", peer, exc)
+                    continue
+                found = set()
+                for family, _, _, _, address in infos:
+                    ip = str(address[0])
+                    if _is_own_address(family, ip, int(port), self._own_port):
+                        continue
+                    found.add(
+                        f"tcp://[{ip}]:{port}"
+                        if family == socket.AF_INET6
+                        else f"tcp://{ip}:{port}"
+                    )
+                self._by_name[peer] = frozenset(found)
+            self.addresses = frozenset().union(*self._by_name.values())
+            self._stop.wait(self._interval)
+
+
+def _is_own_address(family: int, ip: str, port: int, own_port: int) -> bool:
+    """True if ``ip:port`` is this bridge's own listener (a peer list naming this host):
+    ``ip`` is an address of this host when a socket can be bound to it."""
+    if port != own_port:
+        return False
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((ip, 0))
+        except OSError:
+            return False
+    return True
+
+
+class Bridge:
+    """The bridge's sockets and state; :meth:`run` until :meth:`stop`."""
+
+    def __init__(self, slot: int, config: Config, board: Scoreboard, run_dir: str) -> None:
+        cluster = config.cluster
+        self.config = config
+        self.cluster = cluster
+        self.board = board
+        self.slot = slot
+        self.host_id = effective_host_id(cluster.host_id)
+        self.number = host_number(self.host_id)
+        self.member = member_id(self.number, slot)
+        self.nonce = os.urandom(8).hex()  # tells a peer with our host id from ourselves
+        self.peers: dict[str, _Peer] = {}
+        self.sent = 0  # bus frames sent to the peers
+        self.sent_bytes = 0
+        self.received_own = 0  # frames of this host that came back (peer list names us)
+        self.conflicts: set[str] = set()
+        self._run_dir = run_dir
+        self._stopping = False
+        self._attached: set[int] = set()
+        self._connected: set[str] = set()
+        self._incarnation = int.from_bytes(os.urandom(4), "big")
+        self._view: View | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+        self._auth: ThreadAuthenticator | None = None
+        self.local_xpub = self._socket(zmq.XPUB, config.server.bus_hwm)
+        self.local_sub = self._socket(zmq.SUB, config.server.bus_hwm)
+        self.remote_xpub = self._socket(zmq.XPUB, cluster.hwm)
+        self.remote_sub = self._socket(zmq.SUB, cluster.hwm)
+        for sock in (self.local_sub, self.remote_sub):
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self.remote_sub.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # finds a dead TCP link
+        self.remote_sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        self._setup_curve(cluster)
+        port = int(cluster.listen.rpartition(":")[2])
+        self._resolver = _Resolver(cluster.peers, cluster.resolve_interval, port)
+
+    def _socket(self, kind: int, hwm: int) -> zmq.Socket[bytes]:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        return sock
+
+    def _setup_curve(self, cluster: ClusterConfig) -> None:
+        if not cluster.curve_secret_key:
+            return
+        secret = cluster.curve_secret_key.encode()
+        public = zmq.curve_public(secret)
+        # The ZAP handler must run before the first handshake, so before bind.
+        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("shardws.zap"))
+        self._auth.start()
+        self._auth.configure_curve_callback("*", credentials_provider=_ClusterKey(public))
+        self.remote_xpub.curve_secretkey = secret
+        self.remote_xpub.curve_publickey = public
+        self.remote_xpub.curve_server = True
+        self.remote_sub.curve_secretkey = secret
+        self.remote_sub.curve_publickey = public
+        self.remote_sub.curve_serverkey = public
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind both XPUBs, subscribe to heartbeats, start resolving and connecting."""
+        own = endpoint(self._run_dir, self.slot)
+        path = own.removeprefix("ipc://")
+        if os.path.exists(path):  # left by a dead predecessor
+            os.unlink(path)
+        self.local_xpub.bind(own)
+        try:
+            self.remote_xpub.bind(self.cluster.listen)
+        except zmq.ZMQError as exc:
+            raise zmq.ZMQError(
+                exc.errno, f"[cluster] listen {self.cluster.listen!r}: {exc}"
+            ) from None
+        self.remote_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
+        # Local members wait for our inbox subscription before they count us as attached.
+        self.local_sub.setsockopt(zmq.SUBSCRIBE, inbox_topic(self.member))
+        self._attach()
+        self._resolver.start()
+        log.info(
+            "bridge of host %r (number %d) on %s (%s), peers %s",
+            self.host_id,
+            self.number,
+            self.cluster.listen,
+            "curve" if self._auth is not None else "plaintext",
+            list(self.cluster.peers),
+        )
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        self._resolver.stop()
+        for sock in (self.local_xpub, self.local_sub, self.remote_xpub, self.remote_sub):
+            sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
+
+    def run(self) -> None:
+        """Forward until :meth:`stop`; stamps the scoreboard heartbeat as it goes."""
+        poller = zmq.Poller()
+        handlers = {
+            self.local_xpub: self._on_local_subscription,
+            self.remote_xpub: self._on_remote_subscription,
+            self.local_sub: self._on_local_frame,
+            self.remote_sub: self._on_remote_frame,
+        }
+        for sock in handlers:
+            poller.register(sock, zmq.POLLIN)
+        row = self.board.row(self.slot)
+        interval = self.cluster.heartbeat_interval
+        next_beat = next_attach = 0.0
+        while not self._stopping:
+            for sock, _ in poller.poll(timeout=100):
+                handler = handlers[sock]
+                for _ in range(_RECV_BUDGET):
+                    try:
+                        message = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    handler(message)
+            now = time.monotonic()
+            row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+            if now >= next_beat:
+                next_beat = now + interval
+                self._heartbeat(now)
+            if now >= next_attach:
+                next_attach = now + _ATTACH_INTERVAL
+                self._attach()
+                self._connect_peers()
+
+    # -- local members ------------------------------------------------------------------
+
+    def _attach(self) -> None:
+        """Connect ``local_sub`` to every local member not connected yet (ZeroMQ keeps
+        reconnecting to a member whose process is gone until its next one binds)."""
+        for slot in self.board.members():
+            if slot != self.slot and slot not in self._attached:
+                self._attached.add(slot)
+                self.local_sub.connect(endpoint(self._run_dir, slot))
+
+    def _connect_peers(self) -> None:
+        wanted = self._resolver.addresses
+        for address in wanted - self._connected:
+            log.info("connecting to peer %s", address)
+            self.remote_sub.connect(address)
+        for address in self._connected - wanted:
+            log.info("peer address %s is no longer listed: disconnecting", address)
+            self.remote_sub.disconnect(address)
+        self._connected = set(wanted)
+
+    # -- forwarding ---------------------------------------------------------------------
+
+    def _on_local_subscription(self, message: bytes) -> None:
+        """A local member (un)subscribed: forward channel, user and inbox topics to the
+        peers; answer a subscription barrier like any member (bus.Bus._on_subscription)."""
+        subscribe, topic = message[0] == 1, message[1:]
+        kind = topic[0] if topic else 0
+        if kind == KIND_SYNC:
+            if subscribe:
+                self.local_xpub.send(topic + _HEADER.pack(self.member, self._incarnation, 0, 0, 0))
+        elif kind in _FORWARDED:
+            self.remote_sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+
+    def _on_remote_subscription(self, message: bytes) -> None:
+        """A peer (un)subscribed: make its interest ours on the local members."""
+        subscribe, topic = message[0] == 1, message[1:]
+        if topic and topic[0] in _FORWARDED:
+            self.local_sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+
+    def _on_local_frame(self, frame: bytes) -> None:
+        if frame[0] == KIND_INBOX and frame.startswith(inbox_topic(self.member)):
+            return  # our own inbox: only its subscription matters (peers attach by it)
+        self.sent += 1
+        self.sent_bytes += len(frame)
+        self.remote_xpub.send(frame, 0, copy=len(frame) < 16384)
+
+    def _on_remote_frame(self, frame: bytes) -> None:
+        end = frame.index(b"\0") + 1
+        if frame[:end] == HEARTBEAT_TOPIC:
+            self._on_heartbeat(frame[end:])
+            return
+        (origin,) = _ORIGIN.unpack_from(frame, end)
+        host = host_of(origin)
+        if host == self.number:
+            self.received_own += 1
+            return
+        peer = self._peer_by_number(host)
+        if peer is not None:
+            peer.received += 1
+            peer.received_bytes += len(frame)
+        self.local_xpub.send(frame, 0, copy=len(frame) < 16384)
+
+    def _peer_by_number(self, number: int) -> _Peer | None:
+        for peer in self.peers.values():
+            if peer.number == number:
+                return peer
+        return None
+
+    # -- membership ---------------------------------------------------------------------
+
+    def _heartbeat(self, now: float) -> None:
+        workers = self.board.workers()
+        beat = (
+            f"{self.host_id}\n{self.number}\n{self.nonce}\n{','.join(map(str, workers))}"
+        ).encode()
+        self.remote_xpub.send(HEARTBEAT_TOPIC + beat)
+        timeout = self.cluster.peer_timeout
+        for peer in self.peers.values():
+            alive = now - peer.last_seen < timeout
+            if peer.up and not alive:
+                log.warning("peer %r is down (no heartbeat for %.1f s)", peer.host_id, timeout)
+            peer.up = alive
+        hosts = [Host(self.host_id, self.number, tuple(workers))]
+        hosts += [Host(p.host_id, p.number, p.workers) for p in self.peers.values() if p.up]
+        hosts.sort(key=lambda host: host.host_id)
+        number = view_number(hosts)
+        if self._view is None or number != self._view.number:
+            log.info("membership view %08x: %s", number, [host.host_id for host in hosts])
+        self._view = View(number, tuple(hosts), self._peer_stats(now))
+        self.board.cluster.write(self._view)
+
+    def _peer_stats(self, now: float) -> dict[str, dict[str, object]]:
+        stats: dict[str, dict[str, object]] = {
+            p.host_id: {
+                "up": p.up,
+                "last_seen": round(now - p.last_seen, 3),
+                "ups": p.ups,
+                "workers": list(p.workers),
+                "messages_received": p.received,
+                "bytes_received": p.received_bytes,
+            }
+            for p in self.peers.values()
+        }
+        stats[""] = {  # this bridge itself (key "" cannot be a host id)
+            "host_id": self.host_id,
+            "addresses": sorted(self._connected),
+            "messages_sent": self.sent,
+            "bytes_sent": self.sent_bytes,
+            "own_messages_dropped": self.received_own,
+            "conflicts": sorted(self.conflicts),
+        }
+        return stats
+
+    def _on_heartbeat(self, body: bytes) -> None:
+        try:
+            host_id, number_text, nonce, workers_text = body.decode().split("\n")
+            number = int(number_text)
+            workers = tuple(int(w) for w in workers_text.split(",") if w)
+        except ValueError:
+            log.warning("bad heartbeat from a peer: %r", body[:100])
+            return
+        if nonce == self.nonce:
+            return  # our own, through a peer list that names this host
+        if host_id == self.host_id or (number == self.number) or self._clashes(host_id, number):
+            if host_id not in self.conflicts:
+                self.conflicts.add(host_id)
+                log.error(
+                    "peer %r (host number %d) clashes with %s: set a unique [cluster] host_id;"
+                    " its traffic is ignored",
+                    host_id,
+                    number,
+                    "this host" if number == self.number else "another peer",
+                )
+            return
+        peer = self.peers.get(host_id)
+        now = time.monotonic()
+        if peer is None or peer.nonce != nonce:
+            if peer is not None:
+                log.info("peer %r restarted", host_id)
+            received = (peer.received, peer.received_bytes, peer.ups) if peer else (0, 0, 0)
+            peer = self.peers[host_id] = _Peer(host_id, number, nonce)
+            peer.received, peer.received_bytes, peer.ups = received
+        if not peer.up:
+            peer.ups += 1
+            log.info("peer %r is up (workers %s)", host_id, list(workers))
+        peer.up = True
+        peer.workers = workers
+        peer.last_seen = now
+
+    def _clashes(self, host_id: str, number: int) -> bool:
+        return any(p.number == number and p.host_id != host_id for p in self.peers.values())
+
+
+class _ClusterKey:
+    """ZAP credentials provider: only the cluster key's public half may connect."""
+
+    def __init__(self, public: bytes) -> None:
+        self._public = public
+
+    def callback(self, _domain: str, key: bytes) -> bool:
+        return key == self._public
+
+
+def run_bridge(slot: int, config: Config, board: Scoreboard, run_dir: str) -> int:
+    """Entry point in the forked child. Returns the process exit code."""
+    setproctitle("shardws: bridge")
+    setup_logging(config.log.level, config.log.format, "bridge")
+    board.disown()
+    row = board.row(slot)
+    row[Column.PID] = os.getpid()
+    row[Column.STATE] = ProcessState.BOOTING
+    row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+    bridge = Bridge(slot, config, board, run_dir)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        signal.signal(signum, lambda *_: bridge.stop())
+    try:
+        bridge.start()
+    except zmq.ZMQError:
+        log.exception("bridge failed to start")
+        bridge.close()
+        return 3
+    row[Column.STATE] = ProcessState.READY
+    try:
+        bridge.run()
+    finally:
+        bridge.close()
+        row[Column.STATE] = ProcessState.DEAD
+    log.info("bridge stopped")
+    return 0

@@ -1,0 +1,228 @@
+"""Cluster membership: member ids across hosts, and the view every process of a host reads.
+
+**Member ids.** Every bus member of the cluster has one 32-bit id, ``host_number << 16 |
+slot``: ``slot`` is the process's row on its host's scoreboard (workers, then the admin,
+then the bridge) and ``host_number`` is derived from ``[cluster] host_id``
+(:func:`host_number`). A single host (no cluster) has host number 0, so its member ids
+are its slots. Bus headers carry these ids, so sequence checks, inbox topics and
+request/reply work unchanged across hosts.
+
+**The view.** The bridge hears every peer's heartbeat (its host id, host number and
+configured worker slots) and writes the live hosts into a shared-memory block
+(:class:`ViewTable`); workers and the admin read it. The view number is a digest of the
+live hosts and their workers: two hosts that see the same members have the same view
+number, so convergence after a partition is visible by comparing numbers.
+
+Guarantees: a reader never sees a torn view (a sequence lock: the writer makes the
+sequence odd while writing; a reader retries until it reads the same even sequence
+before and after copying). Only the bridge writes; without a cluster the block stays
+empty and :meth:`ViewTable.read` returns None.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shardws.shm import SharedArray
+
+if TYPE_CHECKING:
+    from shardws.config import Config
+    from shardws.metrics import Scoreboard
+
+SLOT_BITS = 16
+SLOT_MASK = (1 << SLOT_BITS) - 1
+_BLOCK_BYTES = 1 << 20  # the view of ~1000 hosts of 64 workers with their peer stats
+_HEADER_BYTES = 16  # u64 sequence, u64 length
+
+
+def host_number(host_id: str) -> int:
+    """The 16-bit number of ``host_id`` used in member ids (1..65535; 0 is a single
+    host). Two host ids with the same number cannot join one cluster: the bridge refuses
+    the second one and logs both names."""
+    return zlib.crc32(host_id.encode()) % 0xFFFF + 1
+
+
+def effective_host_id(configured: str) -> str:
+    """``[cluster] host_id``, or the system host name when it is empty."""
+    return configured or socket.gethostname()
+
+
+def member_id(host: int, slot: int) -> int:
+    """The cluster-wide member id of ``slot`` on host number ``host``."""
+    return host << SLOT_BITS | slot
+
+
+def slot_of(member: int) -> int:
+    """The scoreboard slot of ``member`` on its own host."""
+    return member & SLOT_MASK
+
+
+def host_of(member: int) -> int:
+    """The host number of ``member``."""
+    return member >> SLOT_BITS
+
+
+@dataclass(frozen=True)
+class Host:
+    """One live host of the view."""
+
+    host_id: str
+    number: int
+    workers: tuple[int, ...]  # configured worker slots
+
+
+@dataclass(frozen=True)
+class View:
+    """The live hosts (this one included) as the bridge sees them, and peer statistics
+    for ``/health`` and ``/metrics``."""
+
+    number: int
+    hosts: tuple[Host, ...]
+    peers: Mapping[str, Mapping[str, Any]]  # host id -> up, address, counters
+
+    def workers(self) -> tuple[int, ...]:
+        """Member ids of every worker of every live host, sorted."""
+        return tuple(
+            sorted(member_id(host.number, slot) for host in self.hosts for slot in host.workers)
+        )
+
+    def remote_workers(self, own_host: int) -> set[int]:
+        """Member ids of the live workers on other hosts."""
+        return {
+            member_id(host.number, slot)
+            for host in self.hosts
+            if host.number != own_host
+            for slot in host.workers
+        }
+
+
+def view_number(hosts: Iterable[Host]) -> int:
+    """The digest of a membership: equal on every host that sees the same members."""
+    canonical = sorted((host.host_id, host.number, list(host.workers)) for host in hosts)
+    return zlib.crc32(json.dumps(canonical).encode())
+
+
+class ViewTable:
+    """The shared-memory block holding the current :class:`View` (created by the
+    supervisor before fork, written by the bridge, read by everyone)."""
+
+    def __init__(self) -> None:
+        self._shared = SharedArray((_BLOCK_BYTES,), np.uint8)
+        self._array = self._shared.array
+        self._header = self._array[:_HEADER_BYTES].view(np.uint64)
+        self._cached: tuple[int, View | None] = (0, None)
+
+    def disown(self) -> None:
+        """Called in a forked child: its ``close`` must not remove the block's name."""
+        self._shared.disown()
+
+    def close(self) -> None:
+        del self._header, self._array
+        self._shared.close()
+
+    def write(self, view: View) -> None:
+        """Publish ``view`` (the bridge only). Raises ValueError if it does not fit."""
+        document = json.dumps(
+            {
+                "number": view.number,
+                "hosts": [[h.host_id, h.number, list(h.workers)] for h in view.hosts],
+                "peers": view.peers,
+            },
+            separators=(",", ":"),
+        ).encode()
+        if len(document) > _BLOCK_BYTES - _HEADER_BYTES:
+            raise ValueError(f"membership view of {len(document)} bytes does not fit")
+        sequence = int(self._header[0])
+        self._header[0] = sequence + 1  # odd: readers retry
+        self._array[_HEADER_BYTES : _HEADER_BYTES + len(document)] = np.frombuffer(
+            document, np.uint8
+        )
+        self._header[1] = len(document)
+        self._header[0] = sequence + 2
+
+    def read(self) -> View | None:
+        """The current view, or None if no bridge wrote one (a single host, or the bridge
+        has not started yet). Cheap when nothing changed (cached by sequence)."""
+        for _ in range(1000):
+            before = int(self._header[0])
+            if before == 0:
+                return None
+            if before == self._cached[0]:
+                return self._cached[1]
+            if before & 1:
+                continue
+            length = int(self._header[1])
+            raw = self._array[_HEADER_BYTES : _HEADER_BYTES + length].tobytes()
+            if int(self._header[0]) != before:
+                continue
+            data = json.loads(raw)
+            view = View(
+                data["number"],
+                tuple(Host(h[0], h[1], tuple(h[2])) for h in data["hosts"]),
+                data["peers"],
+            )
+            self._cached = (before, view)
+            return view
+        return self._cached[1]  # a writer kept us out: the previous view is still valid
+
+
+class Members:
+    """The bus member ids one process works with: this host's processes (from the
+    scoreboard, always fresh) and, in a cluster, the workers of the other live hosts
+    (from the view). Every id a bus header, an inbox topic or an owner choice carries
+    comes from here."""
+
+    def __init__(self, board: Scoreboard, config: Config, slot: int) -> None:
+        cluster = config.cluster
+        self.host = host_number(effective_host_id(cluster.host_id)) if cluster.enabled else 0
+        self.me = member_id(self.host, slot)
+        self._board = board
+        self._stale_after = config.server.heartbeat_timeout
+
+    def id(self, slot: int) -> int:
+        """The member id of this host's ``slot``."""
+        return member_id(self.host, slot)
+
+    def is_local(self, member: int) -> bool:
+        return host_of(member) == self.host
+
+    def local(self) -> list[int]:
+        """This host's bus members (workers, admin, bridge) that exist now."""
+        return [member_id(self.host, slot) for slot in self._board.members()]
+
+    def ready_local(self) -> set[int]:
+        """This host's members that are READY with a fresh heartbeat, self excluded."""
+        ready = self._board.ready_slots(self._stale_after)
+        return {member_id(self.host, slot) for slot in ready} - {self.me}
+
+    def view(self) -> View | None:
+        """The cluster's view, or None on a single host (or before the bridge wrote)."""
+        return self._board.cluster.read() if self.host else None
+
+    def owners(self) -> tuple[int, ...]:
+        """The workers channels are owned by: this host's configured worker slots and the
+        other live hosts' (rendezvous hashing over these gives every host the same owner
+        once their views agree)."""
+        local = [member_id(self.host, slot) for slot in self._board.workers()]
+        view = self.view()
+        if view is None:
+            return tuple(local)
+        return tuple(sorted({*local, *view.remote_workers(self.host)}))
+
+    def ready_workers(self) -> set[int]:
+        """Workers to ask for cluster-wide answers (presence, channels): this host's
+        ready workers and every worker of the other live hosts, self excluded."""
+        board = self._board
+        ready = board.ready_slots(self._stale_after) & set(board.workers())
+        members = {member_id(self.host, slot) for slot in ready}
+        view = self.view()
+        if view is not None:
+            members |= view.remote_workers(self.host)
+        return members - {self.me}
