@@ -371,10 +371,16 @@ class Network:
         return self.call_in(host, lambda: socket.create_connection((address, port), timeout))
 
     def http_get(
-        self, host: str, address: str, port: int, path: str, timeout: float = 5.0
+        self,
+        host: str,
+        address: str,
+        port: int,
+        path: str,
+        timeout: float = 5.0,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """``GET path`` from inside ``host`` to ``address:port``: (status, body), any status."""
-        return self._http(host, address, port, "GET", path, None, {}, timeout)
+        return self._http(host, address, port, "GET", path, None, headers or {}, timeout)
 
     def http_post(
         self,

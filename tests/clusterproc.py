@@ -1,0 +1,208 @@
+"""A multi-host shardws cluster on one machine: each host a full ``shardws serve`` (2
+workers, admin, bridge) in its own network namespace (``tests/netns.py``), linked through
+a switch namespace. Used by ``tests/test_cluster.py`` and ``benchmarks/cluster.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from netns import Network
+from serverproc import timeout
+from wsclient import Client
+
+from shardws.auth import make_token
+
+WS_PORT = 8765
+ADMIN_PORT = 9765
+BRIDGE_PORT = 9767
+API_KEY = "cluster-test-key"
+SECRET = "s3cret-for-tests-only-0123456789abcdef"
+
+
+def keygen(path: Path) -> Path:
+    """A new cluster key pair under ``path`` (prefix); returns the secret key file."""
+    done = subprocess.run(
+        [sys.executable, "-m", "shardws", "keygen", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout(30),
+    )
+    assert done.returncode == 0, done.stderr
+    return Path(f"{path}.key_secret")
+
+
+class Host:
+    """One host of the cluster: its config, process and clients' way in."""
+
+    def __init__(
+        self, net: Network, name: str, directory: Path, peers: list[str], key_file: Path | None
+    ) -> None:
+        self.net = net
+        self.name = name
+        self.address = net.address(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config_path = directory / "shardws.toml"
+        self.log_path = directory / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        security = (
+            f'curve_secret_key_file = "{key_file}"' if key_file else "allow_plaintext = true"
+        )
+        self.config_path.write_text(
+            f"""
+[server]
+host = "0.0.0.0"
+port = {WS_PORT}
+workers = 2
+drain_timeout = 3
+run_dir = "{directory / "run"}"
+
+[admin]
+host = "0.0.0.0"
+port = {ADMIN_PORT}
+api_key = "{API_KEY}"
+
+[auth]
+anonymous = true
+secret = "{SECRET}"
+
+[log]
+level = "info"
+
+[cluster]
+host_id = "{name}"
+listen = "tcp://0.0.0.0:{BRIDGE_PORT}"
+peers = {json.dumps(peers)}
+heartbeat_interval = 0.2
+peer_timeout = 1.5
+resolve_interval = 1.0
+{security}
+
+[namespaces.default]
+
+[namespaces.hist]
+history_size = 1000
+presence = true
+"""
+        )
+
+    def start(self) -> Host:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = self.net.popen(
+            self.name,
+            [sys.executable, "-m", "shardws", "serve", "-c", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() takes every process
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and every process it forked (a host crash)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout(10))
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout(15))
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if hasattr(self, "_log"):
+            self._log.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def health(self) -> dict[str, Any]:
+        """/health (raises OSError or ValueError while the host is not up)."""
+        _status, body = self.net.http_get(self.name, self.address, ADMIN_PORT, "/health", 2)
+        return dict(json.loads(body))
+
+    def view(self) -> tuple[str | None, list[str]]:
+        """(view number, live host ids) from /health; (None, []) if not available."""
+        try:
+            cluster = self.health().get("cluster") or {}
+        except (OSError, ValueError):
+            return None, []
+        return cluster.get("view"), sorted(cluster.get("hosts") or {})
+
+    def api(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        status, raw = self.net.http_post(
+            self.name,
+            self.address,
+            ADMIN_PORT,
+            path,
+            json.dumps(body).encode(),
+            {"X-API-Key": API_KEY, "Content-Type": "application/json"},
+        )
+        reply = dict(json.loads(raw))
+        assert status == 200, reply
+        return reply
+
+    def get(self, path: str) -> dict[str, Any]:
+        status, raw = self.net.http_get(
+            self.name, self.address, ADMIN_PORT, path, 5, headers={"X-API-Key": API_KEY}
+        )
+        assert status == 200, raw
+        return dict(json.loads(raw))
+
+    async def client(self, user: str | None = None) -> Client:
+        """A protocol client connected to this host from inside its namespace."""
+        query = f"?token={make_token(SECRET, user, 3600)}" if user else ""
+        sock = await asyncio.to_thread(self.net.connect, self.name, self.address, WS_PORT)
+        return await Client.connect(f"ws://{self.address}:{WS_PORT}/ws{query}", sock=sock)
+
+
+def wait_converged(hosts: list[Host], expected: list[str], limit: float = 20.0) -> str:
+    """Wait until every host in ``hosts`` sees exactly ``expected`` live hosts with one
+    and the same view number; returns that number."""
+    deadline = time.monotonic() + timeout(limit)
+    views: dict[str, tuple[str | None, list[str]]] = {}
+    while time.monotonic() < deadline:
+        views = {host.name: host.view() for host in hosts}
+        numbers = {number for number, _ in views.values()}
+        if len(numbers) == 1 and all(ids == sorted(expected) for _, ids in views.values()):
+            number = numbers.pop()
+            if number is not None:
+                return number
+        time.sleep(0.1)
+    logs = "\n".join(f"--- {h.name}\n{h.logs()[-3000:]}" for h in hosts)
+    raise AssertionError(f"views did not converge on {expected}: {views}\n{logs}")
+
+
+async def settle(publish: Any, subscribers: list[Client], channel: str, limit: float = 10) -> None:
+    """Wait until ``channel``'s subscriptions are live across the cluster (they travel to
+    the other hosts asynchronously after the subscribe reply): ``publish(data)`` warm-up
+    messages until every subscriber got one, then an end marker, and drain to it."""
+    deadline = time.monotonic() + timeout(limit)
+    warmed: set[int] = set()
+    n = 0
+    while len(warmed) < len(subscribers):
+        assert time.monotonic() < deadline, f"{channel}: not live on all subscribers"
+        await publish({"warm": n})
+        n += 1
+        for i, sub in enumerate(subscribers):
+            try:
+                while i not in warmed:
+                    push = await sub.next_push(limit=0.2)
+                    if push.get("channel") == channel:
+                        warmed.add(i)
+            except TimeoutError:
+                pass
+    await publish({"warm": "end"})
+    for sub in subscribers:
+        while (await sub.next_push())["data"] != {"warm": "end"}:
+            pass
