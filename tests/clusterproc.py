@@ -53,9 +53,7 @@ class Host:
         self.config_path = directory / "shardws.toml"
         self.log_path = directory / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        security = (
-            f'curve_secret_key_file = "{key_file}"' if key_file else "allow_plaintext = true"
-        )
+        security = f'curve_secret_key_file = "{key_file}"' if key_file else "allow_plaintext = true"
         self.config_path.write_text(
             f"""
 [server]
