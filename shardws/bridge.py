@@ -42,7 +42,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 from setproctitle import setproctitle
@@ -70,6 +70,23 @@ _HEADER = struct.Struct("!IIQIQ")  # the bus header (bus._HEADER)
 _ORIGIN = struct.Struct("!I")
 _RECV_BUDGET = 1024  # frames per socket per poll round: one busy direction cannot starve
 _ATTACH_INTERVAL = 1.0  # seconds between checks for new local members (a reload)
+#: Seconds a local member's barrier waits for the peers, and a peer's for our members:
+#: together below the bus's sync timeout (2 s), so a slow peer delays, never fails, it.
+BARRIER_TIMEOUT = 1.2
+LOCAL_BARRIER_TIMEOUT = 0.5
+
+
+@dataclass
+class _Round:
+    """One barrier being relayed: who must answer (host numbers for a local member's
+    barrier, member ids for a peer's) and until when."""
+
+    expected: set[int]
+    deadline: float
+    answered: set[int] = field(default_factory=set)
+
+    def missing(self) -> list[int]:
+        return sorted(self.expected - self.answered)
 
 
 @dataclass
@@ -164,6 +181,9 @@ class Bridge:
         self._connected: set[str] = set()
         self._incarnation = int.from_bytes(os.urandom(4), "big")
         self._view: View | None = None
+        self._outbound: dict[bytes, _Round] = {}  # local members' barriers, by topic
+        self._inbound: dict[bytes, _Round] = {}  # peers' barriers, by topic
+        self.barrier_timeouts = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         self._auth: ThreadAuthenticator | None = None
         self.local_xpub = self._socket(zmq.XPUB, config.server.bus_hwm)
@@ -270,6 +290,8 @@ class Bridge:
             if now >= next_beat:
                 next_beat = now + interval
                 self._heartbeat(now)
+            if self._outbound or self._inbound:
+                self._expire_barriers(now)
             if now >= next_attach:
                 next_attach = now + _ATTACH_INTERVAL
                 self._attach()
@@ -299,23 +321,95 @@ class Bridge:
 
     def _on_local_subscription(self, message: bytes) -> None:
         """A local member (un)subscribed: forward channel, user and inbox topics to the
-        peers; answer a subscription barrier like any member (bus.Bus._on_subscription)."""
+        peers. A subscription barrier is relayed to the peers and answered once they
+        all answered (see :meth:`_barrier_to_peers`)."""
         subscribe, topic = message[0] == 1, message[1:]
         kind = topic[0] if topic else 0
         if kind == KIND_SYNC:
             if subscribe:
-                self.local_xpub.send(topic + _HEADER.pack(self.member, self._incarnation, 0, 0, 0))
+                self._barrier_to_peers(topic)
         elif kind in _FORWARDED:
             self.remote_sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
 
     def _on_remote_subscription(self, message: bytes) -> None:
-        """A peer (un)subscribed: make its interest ours on the local members."""
+        """A peer (un)subscribed: make its interest ours on the local members; a peer's
+        barrier is relayed to the local members (see :meth:`_barrier_from_peer`)."""
         subscribe, topic = message[0] == 1, message[1:]
-        if topic and topic[0] in _FORWARDED:
+        kind = topic[0] if topic else 0
+        if kind == KIND_SYNC:
+            if subscribe:
+                self._barrier_from_peer(topic)
+        elif kind in _FORWARDED:
             self.local_sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
 
+    # -- barriers ---------------------------------------------------------------------------
+    #
+    # A local member's subscribe barrier (bus.Bus.subscribe) must mean "live on every
+    # host". The barrier topic follows the member's subscriptions on each pipe, so: our
+    # local XPUB sees it after the new topic and we made both on remote_sub in that
+    # order; each peer bridge sees both in that order, makes both on its local_sub, and
+    # answers once its local members answered (each answers after applying the topic).
+    # Its answer travels on the same pipe as its later data. We answer the member once
+    # every peer that is up answered, or after BARRIER_TIMEOUT (a peer that is going
+    # down), which stays below the bus's own sync timeout.
+
+    def _answer(self, sock: zmq.Socket[bytes], topic: bytes) -> None:
+        sock.send(topic + _HEADER.pack(self.member, self._incarnation, 0, 0, 0))
+
+    def _barrier_to_peers(self, topic: bytes) -> None:
+        expected = {peer.number for peer in self.peers.values() if peer.up}
+        if not expected:
+            self._answer(self.local_xpub, topic)
+            return
+        self._outbound[topic] = _Round(expected, time.monotonic() + BARRIER_TIMEOUT)
+        self.remote_sub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def _barrier_from_peer(self, topic: bytes) -> None:
+        stale = self.config.server.heartbeat_timeout
+        expected = {
+            member_id(self.number, slot)
+            for slot in self.board.ready_slots(stale)
+            if slot != self.slot
+        }
+        if not expected:
+            self._answer(self.remote_xpub, topic)
+            return
+        self._inbound[topic] = _Round(expected, time.monotonic() + LOCAL_BARRIER_TIMEOUT)
+        self.local_sub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def _barrier_answer(self, rounds: dict[bytes, _Round], topic: bytes, who: int) -> None:
+        round_ = rounds.get(topic)
+        if round_ is not None:
+            round_.answered.add(who)
+            if round_.expected <= round_.answered:
+                self._finish(rounds, topic)
+
+    def _finish(self, rounds: dict[bytes, _Round], topic: bytes) -> None:
+        del rounds[topic]
+        if rounds is self._outbound:
+            self.remote_sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+            self._answer(self.local_xpub, topic)
+        else:
+            self.local_sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+            self._answer(self.remote_xpub, topic)
+
+    def _expire_barriers(self, now: float) -> None:
+        for rounds in (self._outbound, self._inbound):
+            for topic in [t for t, r in rounds.items() if r.deadline <= now]:
+                self.barrier_timeouts += 1
+                log.warning("barrier %r: no answer from %s", topic, rounds[topic].missing())
+                self._finish(rounds, topic)
+
+    # -- frames -----------------------------------------------------------------------------
+
     def _on_local_frame(self, frame: bytes) -> None:
-        if frame[0] == KIND_INBOX and frame.startswith(inbox_topic(self.member)):
+        kind = frame[0]
+        if kind == KIND_SYNC:  # a local member's answer to a peer's barrier
+            end = frame.index(b"\0") + 1
+            (origin,) = _ORIGIN.unpack_from(frame, end)
+            self._barrier_answer(self._inbound, frame[:end], origin)
+            return
+        if kind == KIND_INBOX and frame.startswith(inbox_topic(self.member)):
             return  # our own inbox: only its subscription matters (peers attach by it)
         self.sent += 1
         self.sent_bytes += len(frame)
@@ -330,6 +424,9 @@ class Bridge:
         host = host_of(origin)
         if host == self.number:
             self.received_own += 1
+            return
+        if frame[0] == KIND_SYNC:  # a peer bridge's answer to our barrier
+            self._barrier_answer(self._outbound, frame[:end], host)
             return
         peer = self._peer_by_number(host)
         if peer is not None:
@@ -384,6 +481,7 @@ class Bridge:
             "messages_sent": self.sent,
             "bytes_sent": self.sent_bytes,
             "own_messages_dropped": self.received_own,
+            "barrier_timeouts": self.barrier_timeouts,
             "conflicts": sorted(self.conflicts),
         }
         return stats

@@ -44,7 +44,13 @@ class Host:
     """One host of the cluster: its config, process and clients' way in."""
 
     def __init__(
-        self, net: Network, name: str, directory: Path, peers: list[str], key_file: Path | None
+        self,
+        net: Network,
+        name: str,
+        directory: Path,
+        peers: list[str],
+        key_file: Path | None,
+        extra: str = "",
     ) -> None:
         self.net = net
         self.name = name
@@ -83,6 +89,8 @@ heartbeat_interval = 0.2
 peer_timeout = 1.5
 resolve_interval = 1.0
 {security}
+
+{extra}
 
 [namespaces.default]
 
@@ -179,28 +187,3 @@ def wait_converged(hosts: list[Host], expected: list[str], limit: float = 20.0) 
         time.sleep(0.1)
     logs = "\n".join(f"--- {h.name}\n{h.logs()[-3000:]}" for h in hosts)
     raise AssertionError(f"views did not converge on {expected}: {views}\n{logs}")
-
-
-async def settle(publish: Any, subscribers: list[Client], channel: str, limit: float = 10) -> None:
-    """Wait until ``channel``'s subscriptions are live across the cluster (they travel to
-    the other hosts asynchronously after the subscribe reply): ``publish(data)`` warm-up
-    messages until every subscriber got one, then an end marker, and drain to it."""
-    deadline = time.monotonic() + timeout(limit)
-    warmed: set[int] = set()
-    n = 0
-    while len(warmed) < len(subscribers):
-        assert time.monotonic() < deadline, f"{channel}: not live on all subscribers"
-        await publish({"warm": n})
-        n += 1
-        for i, sub in enumerate(subscribers):
-            try:
-                while i not in warmed:
-                    push = await sub.next_push(limit=0.2)
-                    if push.get("channel") == channel:
-                        warmed.add(i)
-            except TimeoutError:
-                pass
-    await publish({"warm": "end"})
-    for sub in subscribers:
-        while (await sub.next_push())["data"] != {"warm": "end"}:
-            pass
