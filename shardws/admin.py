@@ -113,6 +113,8 @@ def cluster_health(board: Scoreboard, stale_after: float) -> dict[str, Any]:
         messages_sent=own.get("messages_sent", 0),
         bytes_sent=own.get("bytes_sent", 0),
         conflicts=own.get("conflicts", []),
+        handshake_failures=own.get("handshake_failures", 0),
+        barrier_timeouts=own.get("barrier_timeouts", 0),
     )
     return body
 

@@ -47,10 +47,11 @@ from dataclasses import dataclass, field
 import zmq
 from setproctitle import setproctitle
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 from shardws.bus import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, endpoint, inbox_topic
 from shardws.config import ClusterConfig, Config
-from shardws.log import setup_logging
+from shardws.log import RateLimitedLogger, setup_logging
 from shardws.membership import (
     Host,
     View,
@@ -68,6 +69,11 @@ HEARTBEAT_TOPIC = b"m\0"
 _FORWARDED = frozenset({KIND_CHANNEL, KIND_USER, KIND_INBOX})
 _HEADER = struct.Struct("!IIQIQ")  # the bus header (bus._HEADER)
 _ORIGIN = struct.Struct("!I")
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 _RECV_BUDGET = 1024  # frames per socket per poll round: one busy direction cannot starve
 _ATTACH_INTERVAL = 1.0  # seconds between checks for new local members (a reload)
 #: Seconds a local member's barrier waits for the peers, and a peer's for our members:
@@ -196,6 +202,14 @@ class Bridge:
         self.remote_sub.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # finds a dead TCP link
         self.remote_sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         self._setup_curve(cluster)
+        # Handshakes that fail (a bridge without the cluster key, or not a bridge at all)
+        # never show up as peers: count and log them so they are not invisible.
+        self.handshake_failures = 0
+        self._refusal_log = RateLimitedLogger("shardws.bridge", burst=5, level=logging.WARNING)
+        self._monitors = [
+            sock.get_monitor_socket(_HANDSHAKE_FAILED)
+            for sock in (self.remote_xpub, self.remote_sub)
+        ]
         port = int(cluster.listen.rpartition(":")[2])
         self._resolver = _Resolver(cluster.peers, cluster.resolve_interval, port)
 
@@ -256,7 +270,9 @@ class Bridge:
 
     def close(self) -> None:
         self._resolver.stop()
-        for sock in (self.local_xpub, self.local_sub, self.remote_xpub, self.remote_sub):
+        for sock in self._remote_sockets():
+            sock.disable_monitor()
+        for sock in (*self._monitors, self.local_xpub, self.local_sub, *self._remote_sockets()):
             sock.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
@@ -271,13 +287,16 @@ class Bridge:
             self.local_sub: self._on_local_frame,
             self.remote_sub: self._on_remote_frame,
         }
-        for sock in handlers:
+        for sock in (*handlers, *self._monitors):
             poller.register(sock, zmq.POLLIN)
         row = self.board.row(self.slot)
         interval = self.cluster.heartbeat_interval
         next_beat = next_attach = 0.0
         while not self._stopping:
             for sock, _ in poller.poll(timeout=100):
+                if sock in self._monitors:
+                    self._on_monitor(sock)
+                    continue
                 handler = handlers[sock]
                 for _ in range(_RECV_BUDGET):
                     try:
@@ -296,6 +315,23 @@ class Bridge:
                 next_attach = now + _ATTACH_INTERVAL
                 self._attach()
                 self._connect_peers()
+
+    def _on_monitor(self, monitor: zmq.Socket[bytes]) -> None:
+        for _ in range(_RECV_BUDGET):
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] & _HANDSHAKE_FAILED:
+                self.handshake_failures += 1
+                self._refusal_log.warning(
+                    "cluster handshake failed on %s (%s): a peer without the cluster key?",
+                    event["endpoint"].decode(errors="replace"),
+                    zmq.Event(event["event"]).name,
+                )
+
+    def _remote_sockets(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+        return self.remote_xpub, self.remote_sub
 
     # -- local members ------------------------------------------------------------------
 
@@ -482,6 +518,7 @@ class Bridge:
             "bytes_sent": self.sent_bytes,
             "own_messages_dropped": self.received_own,
             "barrier_timeouts": self.barrier_timeouts,
+            "handshake_failures": self.handshake_failures,
             "conflicts": sorted(self.conflicts),
         }
         return stats

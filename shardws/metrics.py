@@ -349,6 +349,16 @@ class _ScoreboardCollector:
         for name, doc, key in (
             ("shardws_cluster_messages_sent", "Bus frames sent to the peers", "messages_sent"),
             ("shardws_cluster_bytes_sent", "Bus bytes sent to the peers", "bytes_sent"),
+            (
+                "shardws_cluster_handshake_failures",
+                "Failed bridge handshakes (a peer without the cluster key, or not a bridge)",
+                "handshake_failures",
+            ),
+            (
+                "shardws_cluster_barrier_timeouts",
+                "Subscribe barriers answered without every peer (a peer going down)",
+                "barrier_timeouts",
+            ),
         ):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], float(own.get(key, 0)))

@@ -232,9 +232,12 @@ def test_a_bridge_without_the_cluster_key_is_refused(cluster: Cluster) -> None:
             await victim.close()
 
         run(scenario())
-        # The intruder's view is itself; the cluster's views never include it.
+        # The intruder's view is itself; the cluster's views never include it, and the
+        # refused handshakes are counted on both sides.
         assert intruder.view()[1] == ["d"]
         wait_converged(cluster.all(), NAMES)
+        assert intruder.health()["cluster"]["handshake_failures"] > 0
+        assert cluster["a"].health()["cluster"]["handshake_failures"] > 0
     finally:
         intruder.stop()
 
