@@ -207,6 +207,7 @@ class Network:
         self._namespaces = {host: f"{prefix}-{host}" for host in hosts}
         self._addresses = {host: f"{SUBNET}.{10 + i}" for i, host in enumerate(hosts)}
         self._created: list[str] = []
+        self._etc_dirs: list[str] = []  # /etc/netns/NS directories made by set_hosts
         self._processes: list[subprocess.Popen[Any]] = []
 
     # --- lifetime ---------------------------------------------------------------------------
@@ -267,10 +268,30 @@ class Network:
             except NetnsError as exc:
                 errors.append(str(exc))
         self._created.clear()
+        for directory in self._etc_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._etc_dirs.clear()
         if errors:
             raise NetnsError("; ".join(errors))
 
     # --- addressing -------------------------------------------------------------------------
+
+    def set_hosts(self, host: str, names: dict[str, list[str]]) -> None:
+        """Make ``host`` resolve each name in ``names`` to its addresses (its own
+        ``/etc/hosts``: ``ip netns exec`` bind-mounts ``/etc/netns/NS/hosts`` over it).
+        Call before starting a process for it to apply; later calls rewrite the same file
+        in place, so running processes see the change at their next lookup."""
+        directory = os.path.join("/etc/netns", self.ns(host))
+        os.makedirs(directory, exist_ok=True)
+        if directory not in self._etc_dirs:
+            self._etc_dirs.append(directory)
+        lines = ["127.0.0.1 localhost"]
+        lines += [f"{address} {name}" for name, addresses in names.items() for address in addresses]
+        path = os.path.join(directory, "hosts")
+        # In place (r+, truncate), not a new file: the bind mount holds the old inode.
+        with open(path, "r+" if os.path.exists(path) else "w") as file:
+            file.write("\n".join(lines) + "\n")
+            file.truncate()
 
     def address(self, host: str) -> str:
         """The IPv4 address of ``host`` on the switch (``10.77.0.10`` for the first host)."""

@@ -272,3 +272,26 @@ def _deliver_everywhere(cluster: Cluster, channel: str) -> None:
             await client.close()
 
     run(scenario())
+
+
+def test_peers_named_by_dns_are_resolved_again(tmp_path: Path) -> None:
+    """``peers = ["NAME:PORT"]`` with NAME listing the hosts (a headless Service): a host
+    added to the name later is connected to without restarting anyone."""
+    with Network(NAMES) as net:
+        addresses = [net.address(name) for name in NAMES]
+        for name in NAMES:  # c is not listed yet
+            net.set_hosts(name, {"shardws-peers": addresses[:2]})
+        key = keygen(tmp_path / "cluster")
+        peers = [f"shardws-peers:{BRIDGE_PORT}"]
+        hosts = [Host(net, name, tmp_path / name, peers, key) for name in NAMES]
+        try:
+            for host in hosts:
+                host.start()
+            # a and b list each other; c reaches them but they do not reach c yet.
+            wait_converged(hosts[:2], ["a", "b"], limit=30)
+            for name in NAMES:
+                net.set_hosts(name, {"shardws-peers": addresses})
+            wait_converged(hosts, NAMES)
+        finally:
+            for host in hosts:
+                host.stop()
