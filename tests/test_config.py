@@ -764,3 +764,38 @@ def test_compression_and_diagnostics_values() -> None:
     assert cfg.diagnostics.echo_path == "/autobahn"
     assert default_config().diagnostics.echo_path == ""
     assert default_config().compression.enabled is False
+
+
+# ------------------------------------------------------------------ cluster
+
+_PEERED = '[cluster]\nlisten = "tcp://0.0.0.0:9767"\npeers = ["shardws-peers:9767"]\n'
+
+
+def test_cluster(tmp_path: Path) -> None:
+    assert not default_config().cluster.enabled
+    plain = parse_config(_PEERED + "allow_plaintext = true", "f").cluster
+    assert plain.enabled and plain.peers == ("shardws-peers:9767",)
+    secret = "Mh%)Mj/gLp6@MLBBBHxLq6#^nWjS]wVx<:8]7FUF"
+    key_file = tmp_path / "cluster.key_secret"
+    key_file.write_text(secret + "\n")
+    curve = parse_config(_PEERED + f'curve_secret_key_file = "{key_file}"', "f")
+    assert curve.cluster.curve_secret_key == secret
+    assert secret not in repr(curve) and secret not in dump_config(curve)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "detail"),
+    [
+        ('[cluster]\npeers = ["a:1"]\nallow_plaintext = true', "cluster.listen", "required"),
+        (_PEERED, "cluster.curve_secret_key_file", "allow_plaintext = true"),
+        ('[cluster]\npeers = ["no-port"]', "cluster.peers", '"HOST:PORT"'),
+        ('[cluster]\npeers = ["a:70000"]', "cluster.peers", '"HOST:PORT"'),
+        ('[cluster]\nlisten = "0.0.0.0:9767"', "cluster.listen", '"tcp://HOST:PORT"'),
+        ('[cluster]\nhost_id = "a b"', "cluster.host_id", "letters, digits"),
+        ("[cluster]\npeer_timeout = 0.5\nheartbeat_interval = 1", "cluster.peer_timeout", "exceed"),
+        ("[cluster]\nresolve_interval = 0", "cluster.resolve_interval", "> 0"),
+    ],
+)
+def test_cluster_errors(toml: str, key: str, detail: str) -> None:
+    err = error(toml)
+    assert err.key == key and detail in err.detail, err.detail
