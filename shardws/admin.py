@@ -97,7 +97,10 @@ def cluster_health(board: Scoreboard, stale_after: float) -> dict[str, Any]:
     """The ``cluster`` part of /health: the bridge, the membership view and the peers.
     Peers being down does not make the host unhealthy (it still serves its clients)."""
     view = board.cluster.read()
-    body: dict[str, Any] = {"bridge_alive": board.is_ready(board.bridge_slot, stale_after)}
+    body: dict[str, Any] = {
+        "bridge_alive": board.is_ready(board.bridge_slot, stale_after),
+        "bridge_pid": int(board.table[board.bridge_slot, Column.PID]),
+    }
     if view is None:
         body["view"] = None
         return body

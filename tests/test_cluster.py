@@ -8,6 +8,9 @@ DNS name listing all hosts would), so that case is exercised too.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,6 +243,22 @@ def test_a_bridge_without_the_cluster_key_is_refused(cluster: Cluster) -> None:
         assert cluster["a"].health()["cluster"]["handshake_failures"] > 0
     finally:
         intruder.stop()
+
+
+def test_killed_bridge_is_restarted_and_the_host_rejoins(cluster: Cluster) -> None:
+    b = cluster["b"]
+    old = b.health()["cluster"]["bridge_pid"]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + timeout(20)
+    while time.monotonic() < deadline:
+        cluster_health = b.health()["cluster"]
+        if cluster_health["bridge_alive"] and cluster_health["bridge_pid"] not in (old, 0):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"bridge not restarted: {b.health()}")
+    wait_converged(cluster.all(), NAMES)
+    _deliver_everywhere(cluster, "after-bridge-restart")
 
 
 def test_killed_host_rejoins_and_a_partition_heals(cluster: Cluster) -> None:
