@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 import websockets
-from serverproc import ServerProcess, free_port, timeout
+from serverproc import ServerProcess, free_port, run_cli, timeout
 from wsclient import Client
 
 from shardws.config import load_config
+from shardws.membership import Host, View, view_number
 from shardws.metrics import Column, Scoreboard, prometheus_text
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -313,23 +314,36 @@ def kubernetes_objects() -> dict[str, dict[str, Any]]:
     objects = {}
     for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
-            objects[document["kind"]] = document
+            objects[f"{document['kind']}/{document['metadata']['name']}"] = document
     return objects
 
 
 def test_kubernetes_manifests_agree_with_the_config(tmp_path: Path) -> None:
     objects = kubernetes_objects()
-    assert set(objects) == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"}
-    config_map, deployment = objects["ConfigMap"], objects["Deployment"]
-    # The shipped shardws.toml loads: every option in it exists, with a valid value.
+    assert set(objects) == {
+        "ConfigMap/shardws",
+        "Deployment/shardws",
+        "Service/shardws",
+        "Service/shardws-peers",
+        "HorizontalPodAutoscaler/shardws",
+    }
+    config_map, deployment = objects["ConfigMap/shardws"], objects["Deployment/shardws"]
+    # The shipped shardws.toml loads: every option in it exists, with a valid value (the
+    # cluster key Secret's file replaced by a real key pair).
+    done = run_cli("keygen", str(tmp_path / "cluster"))
+    assert done.returncode == 0, done.stderr
+    text = config_map["data"]["shardws.toml"]
+    key_path = "/etc/shardws-cluster/cluster.key_secret"
+    assert key_path in text
     toml = tmp_path / "shardws.toml"
-    toml.write_text(config_map["data"]["shardws.toml"])
+    toml.write_text(text.replace(key_path, str(tmp_path / "cluster.key_secret")))
     config = load_config(str(toml))
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert pod["terminationGracePeriodSeconds"] > config.server.drain_timeout
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"ws": config.server.port, "admin": config.admin.port}
+    cluster_port = int(config.cluster.listen.rpartition(":")[2])
+    assert ports == {"ws": config.server.port, "admin": config.admin.port, "cluster": cluster_port}
     assert config.server.host == config.admin.host == "0.0.0.0"
     readiness, liveness = container["readinessProbe"], container["livenessProbe"]
     assert readiness["httpGet"] == {"path": "/ready", "port": "admin"}
@@ -343,12 +357,19 @@ def test_kubernetes_manifests_agree_with_the_config(tmp_path: Path) -> None:
     [volume] = [v for v in pod["volumes"] if v["name"] == "config"]
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     assert Path(config_path).name in config_map["data"]
-    service = objects["Service"]["spec"]
-    assert (
-        service["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    )
-    assert {port["targetPort"] for port in service["ports"]} == set(ports)
-    hpa = objects["HorizontalPodAutoscaler"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"].items()
+    service = objects["Service/shardws"]["spec"]
+    assert service["selector"].items() <= labels
+    assert {port["targetPort"] for port in service["ports"]} == {"ws", "admin"}
+    # The peers' headless Service: its name is what [cluster] peers lists.
+    peers = objects["Service/shardws-peers"]["spec"]
+    assert peers["clusterIP"] == "None" and peers["selector"].items() <= labels
+    assert peers["publishNotReadyAddresses"] is True
+    assert [p["targetPort"] for p in peers["ports"]] == ["cluster"]
+    assert config.cluster.peers == (f"shardws-peers:{peers['ports'][0]['port']}",)
+    [key_mount] = [m for m in container["volumeMounts"] if m["name"] == "cluster-key"]
+    assert Path(key_path).parent == Path(key_mount["mountPath"])
+    hpa = objects["HorizontalPodAutoscaler/shardws"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert [m["resource"]["name"] for m in hpa["metrics"]] == ["cpu"]
 
@@ -359,6 +380,8 @@ def exported_metrics() -> dict[str, set[str]]:
     board = Scoreboard.create(3)
     try:
         board.table[[0, 1], Column.CONFIGURED] = 1
+        hosts = (Host("a", 1, (0, 1)), Host("b", 2, (0, 1)))  # a cluster: its metrics too
+        board.cluster.write(View(view_number(hosts), hosts, {"b": {"up": True}, "": {}}))
         text = prometheus_text(board, 10.0).decode()
     finally:
         board.close()
@@ -385,4 +408,4 @@ def test_grafana_dashboard_uses_exported_metrics_and_shows_them_all() -> None:
     assert set(exported) <= used, f"not on the dashboard: {set(exported) - used}"
     for expr in exprs:  # label names in by (...) and {...} exist on the metrics
         for label in re.findall(r"by \((\w+)", expr) + re.findall(r"[{,](\w+)=~?", expr):
-            assert label in {"worker", "direction", "reason", "le", "instance", "job"}, expr
+            assert label in {"worker", "direction", "reason", "le", "instance", "job", "peer"}, expr
