@@ -158,8 +158,8 @@ class Publisher:
         return self._deliver(_request({"channels": list(channels)}, data))
 
     def publish_user(self, user: str, data: Any) -> dict[str, Any] | None:
-        """Push ``data`` to every connection of ``user`` on the host, as
-        ``{"type":"pub","user":...,"data":...}``."""
+        """Push ``data`` to every connection of ``user`` on the host (in a cluster, on
+        every host), as ``{"type":"pub","user":...,"data":...}``."""
         return self._deliver(_request({"user": user}, data))
 
     def _deliver(self, body: bytes) -> dict[str, Any] | None:

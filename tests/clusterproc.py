@@ -24,6 +24,7 @@ from shardws.auth import make_token
 WS_PORT = 8765
 ADMIN_PORT = 9765
 BRIDGE_PORT = 9767
+INGRESS_PORT = 9766
 API_KEY = "cluster-test-key"
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
@@ -80,6 +81,10 @@ secret = "{SECRET}"
 
 [log]
 level = "info"
+
+[ingress]
+bind = "tcp://0.0.0.0:{INGRESS_PORT}"
+allow_plaintext = true
 
 [cluster]
 host_id = "{name}"

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clusterproc import BRIDGE_PORT, Host, keygen, wait_converged
+from clusterproc import BRIDGE_PORT, INGRESS_PORT, Host, keygen, wait_converged
 from netns import Network, netns_unavailable
 from serverproc import timeout
 from wsclient import Client
+
+from shardws import Publisher
 
 pytestmark = pytest.mark.skipif(bool(netns_unavailable()), reason=netns_unavailable() or "")
 
@@ -169,6 +171,18 @@ def test_user_messages_and_disconnect_reach_every_host(cluster: Cluster) -> None
         await asyncio.to_thread(cluster["c"].api, "/api/publish", {"user": "alice", "data": "x"})
         for client in alice:
             assert await client.next_push() == {"type": "pub", "user": "alice", "data": "x"}
+        # And from a backend's shardws.Publisher (ZeroMQ ingress of host b; its zmq I/O
+        # thread is created inside b's namespace).
+        b = cluster["b"]
+        publisher = cluster.net.call_in(
+            "b", lambda: Publisher(f"tcp://{b.address}:{INGRESS_PORT}", linger=2)
+        )
+        try:
+            publisher.publish_user("alice", "from a backend")
+            for client in alice:
+                assert (await client.next_push())["data"] == "from a backend"
+        finally:
+            publisher.close()
         for client in bob:
             await _quiet(client)
         await asyncio.to_thread(cluster["b"].api, "/api/disconnect", {"user": "alice"})
