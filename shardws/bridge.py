@@ -69,6 +69,8 @@ HEARTBEAT_TOPIC = b"m\0"
 _FORWARDED = frozenset({KIND_CHANNEL, KIND_USER, KIND_INBOX})
 _HEADER = struct.Struct("!IIQIQ")  # the bus header (bus._HEADER)
 _ORIGIN = struct.Struct("!I")
+_LENGTH = struct.Struct("!I")
+_ACCEPTED = _FORWARDED | {KIND_SYNC}
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -163,6 +165,22 @@ def _is_own_address(family: int, ip: str, port: int, own_port: int) -> bool:
     return True
 
 
+def _well_formed(frame: bytes, end: int) -> bool:
+    """True if ``frame`` is a bus frame the workers' ``Bus`` can parse: a terminated
+    topic of a forwarded kind or a barrier, the header, and exactly ``count``
+    length-prefixed payloads (``end`` is the offset after the topic's NUL, 0 if none)."""
+    if end < 2 or frame[0] not in _ACCEPTED or len(frame) < end + _HEADER.size:
+        return False
+    count = _HEADER.unpack_from(frame, end)[3]
+    offset = end + _HEADER.size
+    size = len(frame)
+    for _ in range(count):
+        if offset + 4 > size:
+            return False
+        offset += 4 + _LENGTH.unpack_from(frame, offset)[0]
+    return offset == size
+
+
 class Bridge:
     """The bridge's sockets and state; :meth:`run` until :meth:`stop`."""
 
@@ -180,6 +198,7 @@ class Bridge:
         self.sent = 0  # bus frames sent to the peers
         self.sent_bytes = 0
         self.received_own = 0  # frames of this host that came back (peer list names us)
+        self.malformed = 0  # frames from peers that the workers could not parse
         self.conflicts: set[str] = set()
         self._run_dir = run_dir
         self._stopping = False
@@ -452,9 +471,15 @@ class Bridge:
         self.remote_xpub.send(frame, 0, copy=len(frame) < 16384)
 
     def _on_remote_frame(self, frame: bytes) -> None:
-        end = frame.index(b"\0") + 1
+        end = frame.find(b"\0") + 1
         if frame[:end] == HEARTBEAT_TOPIC:
             self._on_heartbeat(frame[end:])
+            return
+        if not _well_formed(frame, end):
+            # Only a key holder can send, but a bug or another version must not be able
+            # to break the workers' bus readers: such frames stop here, counted.
+            self.malformed += 1
+            self._refusal_log.warning("dropped a malformed bus frame from a peer")
             return
         (origin,) = _ORIGIN.unpack_from(frame, end)
         host = host_of(origin)
@@ -471,7 +496,7 @@ class Bridge:
         self.local_xpub.send(frame, 0, copy=len(frame) < 16384)
 
     def _peer_by_number(self, number: int) -> _Peer | None:
-        for peer in self.peers.values():
+        for peer in self.peers.values():  # a handful of peers: cheaper than an index
             if peer.number == number:
                 return peer
         return None
@@ -519,6 +544,7 @@ class Bridge:
             "own_messages_dropped": self.received_own,
             "barrier_timeouts": self.barrier_timeouts,
             "handshake_failures": self.handshake_failures,
+            "malformed": self.malformed,
             "conflicts": sorted(self.conflicts),
         }
         return stats
