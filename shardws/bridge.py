@@ -42,6 +42,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
@@ -375,27 +376,28 @@ class Bridge:
     # -- forwarding ---------------------------------------------------------------------
 
     def _on_local_subscription(self, message: bytes) -> None:
-        """A local member (un)subscribed: forward channel, user and inbox topics to the
-        peers. A subscription barrier is relayed to the peers and answered once they
-        all answered (see :meth:`_barrier_to_peers`)."""
-        subscribe, topic = message[0] == 1, message[1:]
-        kind = topic[0] if topic else 0
-        if kind == KIND_SYNC:
-            if subscribe:
-                self._barrier_to_peers(topic)
-        elif kind in _FORWARDED:
-            self.remote_sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+        """A local member (un)subscribed: subscribe at the peers (a barrier: see
+        :meth:`_barrier_to_peers`)."""
+        self._forward_subscription(message, self.remote_sub, self._barrier_to_peers)
 
     def _on_remote_subscription(self, message: bytes) -> None:
-        """A peer (un)subscribed: make its interest ours on the local members; a peer's
-        barrier is relayed to the local members (see :meth:`_barrier_from_peer`)."""
+        """A peer (un)subscribed: subscribe at the local members (a barrier: see
+        :meth:`_barrier_from_peer`)."""
+        self._forward_subscription(message, self.local_sub, self._barrier_from_peer)
+
+    @staticmethod
+    def _forward_subscription(
+        message: bytes, onward: zmq.Socket[bytes], barrier: Callable[[bytes], None]
+    ) -> None:
+        """An XPUB's (un)subscription ``message``: channel, user and inbox topics are
+        made on the ``onward`` SUB; a barrier's subscription goes to ``barrier``."""
         subscribe, topic = message[0] == 1, message[1:]
         kind = topic[0] if topic else 0
         if kind == KIND_SYNC:
             if subscribe:
-                self._barrier_from_peer(topic)
+                barrier(topic)
         elif kind in _FORWARDED:
-            self.local_sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+            onward.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
 
     # -- barriers ---------------------------------------------------------------------------
     #

@@ -564,8 +564,15 @@ def _is_loopback_endpoint(value: str) -> bool:
         return False
 
 
-def _read_curve_secret(path: str) -> str:
-    """The Curve secret key in ``curve_secret_key_file`` ``path`` (Z85, 40 characters)."""
+_Keyed = typing.TypeVar("_Keyed", "IngressConfig", "ClusterConfig")
+
+
+def _with_curve_secret(section: _Keyed) -> _Keyed:
+    """``section`` with its ``curve_secret_key_file`` read into ``curve_secret_key``
+    (the file must hold a Curve secret key: Z85, 40 characters)."""
+    path = section.curve_secret_key_file
+    if not path:
+        return section
     key = _read_text("curve_secret_key_file", path).strip()
     if not _is_z85_key(key):
         raise _FileError(
@@ -573,7 +580,7 @@ def _read_curve_secret(path: str) -> str:
             f"{path!r} does not hold a Curve secret key"
             " (40 Z85 characters, as written by shardws keygen)",
         )
-    return key
+    return dataclasses.replace(section, curve_secret_key=key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,10 +622,7 @@ class IngressConfig:
 
     def load_files(self) -> IngressConfig:
         """Read ``curve_secret_key_file`` into ``curve_secret_key``."""
-        if not self.curve_secret_key_file:
-            return self
-        key = _read_curve_secret(self.curve_secret_key_file)
-        return dataclasses.replace(self, curve_secret_key=key)
+        return _with_curve_secret(self)
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
@@ -714,10 +718,7 @@ class ClusterConfig:
 
     def load_files(self) -> ClusterConfig:
         """Read ``curve_secret_key_file`` into ``curve_secret_key``."""
-        if not self.curve_secret_key_file:
-            return self
-        key = _read_curve_secret(self.curve_secret_key_file)
-        return dataclasses.replace(self, curve_secret_key=key)
+        return _with_curve_secret(self)
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
