@@ -18,8 +18,9 @@ peer bridge, peer bus):
   ``--duration`` seconds (flat out, one publisher on host a, ``--subscribers``
   subscribers on host a or on host b, 2 client processes); deliveries per second and
   delivery latency under that load (median over ``--repeat`` rounds, local and remote
-  alternating), remote as a ratio of local. The load generator shares the machine's 2 cores with both hosts, so the
-  absolute numbers are the whole machine's, not one host's capacity.
+  alternating), remote as a ratio of local. The load generator shares the machine's
+  cores with both hosts, so the absolute numbers are the whole machine's, not one
+  host's capacity.
 
 A JSON file goes to ``benchmarks/results/``.
 """
