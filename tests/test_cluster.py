@@ -263,16 +263,41 @@ def test_killed_bridge_is_restarted_and_the_host_rejoins(cluster: Cluster) -> No
     b = cluster["b"]
     old = b.health()["cluster"]["bridge_pid"]
     os.kill(old, signal.SIGKILL)
-    deadline = time.monotonic() + timeout(20)
-    while time.monotonic() < deadline:
-        cluster_health = b.health()["cluster"]
-        if cluster_health["bridge_alive"] and cluster_health["bridge_pid"] not in (old, 0):
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"bridge not restarted: {b.health()}")
+    _wait_for(lambda: _new_bridge(b, old), "the bridge was not restarted")
     wait_converged(cluster.all(), NAMES)
     _deliver_everywhere(cluster, "after-bridge-restart")
+
+
+def _new_bridge(host: Host, old_pid: int) -> bool:
+    """True once ``host`` runs a ready bridge process other than ``old_pid``."""
+    health = host.health()["cluster"]
+    return bool(health["bridge_alive"]) and health["bridge_pid"] not in (old_pid, 0)
+
+
+def _wait_for(predicate: Any, what: str, limit: float = 20) -> None:
+    deadline = time.monotonic() + timeout(limit)
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_reload_replaces_the_bridge_and_refuses_a_new_host_id(cluster: Cluster) -> None:
+    c = cluster["c"]
+    assert c.proc is not None
+    original = c.config_path.read_text()
+    before = c.health()["cluster"]["bridge_pid"]
+    try:
+        c.config_path.write_text(original.replace('host_id = "c"', 'host_id = "c2"'))
+        c.proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: "[cluster] host_id cannot change" in c.logs(), "reload not refused")
+        assert c.health()["cluster"]["bridge_pid"] == before
+        c.config_path.write_text(original.replace("peer_timeout = 1.5", "peer_timeout = 2.0"))
+        c.proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: _new_bridge(c, before), "the bridge was not replaced by the reload")
+        wait_converged(cluster.all(), NAMES)
+        _deliver_everywhere(cluster, "after-reload")
+    finally:
+        c.config_path.write_text(original)
 
 
 def test_killed_host_rejoins_and_a_partition_heals(cluster: Cluster) -> None:
