@@ -18,7 +18,9 @@ Topics are terminated byte prefixes, so ``news`` never matches ``news2``:
 A bus frame is ``topic + header + (u32 length + payload)*``: publications queued for the
 same topic during one event-loop iteration travel in one frame (batching multiplies
 ZeroMQ's throughput), and payloads are the already-encoded client pushes, so no
-receiver re-serializes. The header carries the origin member, its incarnation (random
+receiver re-serializes. The header carries the origin member (its cluster-wide id,
+``membership.member_id``: unique across hosts, so the bridge forwards frames as they
+are), its incarnation (random
 per process start), the per-topic sequence number of the first payload, and the
 monotonic time (ns, system-wide on Linux) the first payload of the batch was published,
 for the receivers' latency histogram.

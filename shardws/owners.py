@@ -3,7 +3,10 @@
 For namespaces with ``history_size > 0`` every channel has one **owner** worker:
 ``history.owner_of`` over the configured worker slots of the host (the scoreboard's
 ``CONFIGURED`` mark, so every worker computes the same owner, and a worker that crashed
-stays the owner of its channels while the supervisor restarts it). The owner is the
+stays the owner of its channels while the supervisor restarts it) and, in a cluster,
+those of the other live hosts in the membership view (``membership.Members.owners``:
+hosts with the same view pick the same owner; a host that leaves the view takes its
+ownerships with it, and the new owners start new epochs). The owner is the
 channel's sequencer (``sequencer.Sequencer``); every other worker asks it through its
 bus inbox (``control`` requests):
 

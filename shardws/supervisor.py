@@ -13,6 +13,8 @@ Guarantees:
   the whole service with a clear error and exit code 1 instead of a restart loop.
 * A process whose heartbeat (stamped from its own event loop into shared memory) is
   older than ``heartbeat_timeout`` is killed and replaced: a stuck loop cannot hide.
+* With ``[cluster] peers`` set, a bridge process (``bridge.py``) links the host bus to
+  the other hosts; it is supervised like the admin (restarted, replaced on reload).
 * New connections go only to listeners whose worker is ready (``steering``): while a
   worker is down, replaced or retired, the kernel sends its share to the others.
 * Signal handlers only queue the signal; the main loop acts on it. SIGTERM/SIGINT:
