@@ -20,10 +20,10 @@ same topic during one event-loop iteration travel in one frame (batching multipl
 ZeroMQ's throughput), and payloads are the already-encoded client pushes, so no
 receiver re-serializes. The header carries the origin member (its cluster-wide id,
 ``membership.member_id``: unique across hosts, so the bridge forwards frames as they
-are), its incarnation (random
-per process start), the per-topic sequence number of the first payload, and the
-monotonic time (ns, system-wide on Linux) the first payload of the batch was published,
-for the receivers' latency histogram.
+are), its incarnation (random per process start), the per-topic sequence number of the
+first payload, and the wall-clock time (ns) the first payload of the batch was
+published, for the receivers' latency histogram (wall clock, not monotonic: it must be
+comparable on another host; with NTP the hosts' offset is a fraction of a millisecond).
 
 Guarantees:
 
@@ -145,7 +145,7 @@ class Bus:
         self._send_seq: dict[bytes, int] = {}
         self._recv_seq: dict[tuple[bytes, int], tuple[int, int]] = {}
         self._pending: dict[bytes, list[bytes]] = {}
-        self._pending_since = 0  # monotonic ns of the first publish of this batch
+        self._pending_since = 0  # wall-clock ns of the first publish of this batch
         self._flush_scheduled = False
         self._barrier_ids = itertools.count()
         self._next_barrier: _Barrier | None = None
@@ -204,7 +204,7 @@ class Bus:
             queue.append(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._pending_since = time.monotonic_ns()
+            self._pending_since = time.time_ns()
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:

@@ -369,7 +369,8 @@ class _ScoreboardCollector:
             "websocket_message_latency_seconds",
             "Seconds from a publication entering the server (a client's publish, the HTTP "
             "API or the ingress) to this worker handing it to its local subscribers' "
-            "sockets; one observation per publication per delivering worker",
+            "sockets; one observation per publication per delivering worker (wall clock: "
+            "from another host of a cluster it includes the hosts' clock offset)",
             labels=["worker"],
         )
         bounds = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]

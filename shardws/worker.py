@@ -1074,8 +1074,9 @@ class Worker:
                 frame = build_text_frame(payload)
                 self.deliver_frame(frame, sinks, drop, self.deflated_for(payload))
         # One observation per publication: every payload of a batch entered the server
-        # within the batch's loop iteration, so they share its stamp.
-        self.latency.observe((time.monotonic_ns() - stamp_ns) / 1e9, len(payloads))
+        # within the batch's loop iteration, so they share its stamp. Wall clock (the
+        # stamp may come from another host); a clock step could make it negative.
+        self.latency.observe(max(time.time_ns() - stamp_ns, 0) / 1e9, len(payloads))
 
     # -- users and inbox (the admin API) --------------------------------------------------
 
