@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from netns import Network
-from serverproc import timeout
+from serverproc import terminate, timeout
 from wsclient import Client
 
 from shardws.auth import make_token
@@ -124,13 +124,8 @@ presence = true
         self._log.close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout(15))
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc, group=True)
         if hasattr(self, "_log"):
             self._log.close()
 

@@ -36,6 +36,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def terminate(proc: subprocess.Popen[bytes], group: bool = False) -> None:
+    """Stop a server: SIGTERM (it drains), and SIGKILL if it is still there after 15 s
+    (scaled), to its whole process group when ``group`` (it was started in its own)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout(15))
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait(5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -142,12 +158,7 @@ level = "info"
         return self.proc.wait(timeout(limit))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout(15))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc)
         if hasattr(self, "_log"):
             self._log.close()
