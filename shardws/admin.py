@@ -118,6 +118,7 @@ def cluster_health(board: Scoreboard, stale_after: float) -> dict[str, Any]:
         conflicts=own.get("conflicts", []),
         handshake_failures=own.get("handshake_failures", 0),
         barrier_timeouts=own.get("barrier_timeouts", 0),
+        malformed=own.get("malformed", 0),
     )
     return body
 
