@@ -104,21 +104,13 @@ def cluster_health(board: Scoreboard, stale_after: float) -> dict[str, Any]:
     if view is None:
         body["view"] = None
         return body
-    peers = dict(view.peers)
-    own = peers.pop("", {})
+    peers = view.peer_stats()
     body.update(
-        host_id=own.get("host_id"),
         view=f"{view.number:08x}",
         hosts={host.host_id: list(host.workers) for host in view.hosts},
         peers=peers,
         peers_up=sum(1 for peer in peers.values() if peer.get("up")),
-        addresses=own.get("addresses", []),
-        messages_sent=own.get("messages_sent", 0),
-        bytes_sent=own.get("bytes_sent", 0),
-        conflicts=own.get("conflicts", []),
-        handshake_failures=own.get("handshake_failures", 0),
-        barrier_timeouts=own.get("barrier_timeouts", 0),
-        malformed=own.get("malformed", 0),
+        **view.own_stats(),  # host_id, addresses, messages and bytes sent, failures
     )
     return body
 

@@ -87,6 +87,15 @@ class View:
     hosts: tuple[Host, ...]
     peers: Mapping[str, Mapping[str, Any]]  # host id -> up, address, counters
 
+    def own_stats(self) -> Mapping[str, Any]:
+        """The writing bridge's own counters (stored under the key ``""``, which no host
+        id can be)."""
+        return self.peers.get("", {})
+
+    def peer_stats(self) -> dict[str, Mapping[str, Any]]:
+        """Each known peer's state and counters, by host id."""
+        return {host_id: stats for host_id, stats in self.peers.items() if host_id}
+
     def workers(self) -> tuple[int, ...]:
         """Member ids of every worker of every live host, sorted."""
         return tuple(

@@ -318,8 +318,7 @@ class _ScoreboardCollector:
         view = self._board.cluster.read()
         if view is None:
             return
-        peers = dict(view.peers)
-        own = peers.pop("", {})
+        peers, own = view.peer_stats(), view.own_stats()
         hosts = GaugeMetricFamily("shardws_cluster_hosts", "Live hosts in the membership view")
         hosts.add_metric([], float(len(view.hosts)))
         yield hosts
