@@ -141,6 +141,7 @@ class Bus:
         self._sub.setsockopt(zmq.RECONNECT_IVL, 20)
         self._sub.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         self._remote_topics: set[bytes] = set()  # topics some peer subscribes to
+        self._awaited: dict[bytes, asyncio.Future[None]] = {}  # see when_subscribed
         self._peers_seen: set[int] = set()  # peers whose inbox subscription reached us
         self._send_seq: dict[bytes, int] = {}
         self._recv_seq: dict[tuple[bytes, int], tuple[int, int]] = {}
@@ -259,6 +260,19 @@ class Bus:
         self._kick()
         return self._barrier()
 
+    def when_subscribed(self, topic: bytes) -> asyncio.Future[None] | None:
+        """None if some peer subscribes to ``topic`` now (a message published on it
+        reaches that peer); otherwise a future that resolves once one does. A message
+        for a topic nobody subscribes to is dropped without a trace (ZeroMQ filters it),
+        so a request to a member that is still booting should wait for this first.
+        Callers awaiting the same future resume in the order they started waiting."""
+        if topic in self._remote_topics:
+            return None
+        future = self._awaited.get(topic)
+        if future is None or future.done():
+            future = self._awaited[topic] = self._loop.create_future()
+        return future
+
     def unsubscribe(self, topic: bytes) -> None:
         """Undo one ``subscribe`` (on the last local subscriber leaving)."""
         self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)
@@ -348,6 +362,9 @@ class Bus:
             self._peers_seen.add(int(topic[1:-1]))
         if subscribe:
             self._remote_topics.add(topic)
+            awaited = self._awaited.pop(topic, None)
+            if awaited is not None and not awaited.done():
+                awaited.set_result(None)
         else:
             self._remote_topics.discard(topic)
             self._send_seq.pop(topic, None)

@@ -121,7 +121,20 @@ class Owners:
         owner = self.owner(channel)
         if owner == self.worker.member:
             return self.handle(op, args)
-        answers, _missing = await self.requests.ask({owner}, op, args, OWNER_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OWNER_TIMEOUT
+        bus = self.worker.bus
+        # An owner still booting has not subscribed its inbox yet: a request sent now
+        # would vanish and time out, and a client's retry would overtake its later
+        # publishes. Wait for the inbox (requests waiting here keep their order).
+        waiting = None if bus is None else bus.when_subscribed(inbox_topic(owner))
+        if waiting is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(waiting), OWNER_TIMEOUT)
+            except TimeoutError:
+                return None
+        remaining = max(deadline - loop.time(), 0.1)
+        answers, _missing = await self.requests.ask({owner}, op, args, remaining)
         return answers.get(owner)
 
     # -- owner side --------------------------------------------------------------------

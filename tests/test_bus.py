@@ -150,3 +150,18 @@ def test_a_member_attached_later_joins_the_mesh(tmp_path: Path) -> None:
             m.bus.close()
 
     asyncio.run(scenario())
+
+
+def test_when_subscribed_resolves_once_a_peer_subscribes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        a, b = await _members(tmp_path, 2)
+        topic = channel_topic("later")
+        first, second = a.bus.when_subscribed(topic), a.bus.when_subscribed(topic)
+        assert first is not None and second is first and not first.done()
+        assert await asyncio.wait_for(b.bus.subscribe(topic), timeout(5)) is True
+        await asyncio.wait_for(first, timeout(5))
+        assert a.bus.when_subscribed(topic) is None  # subscribed now: send at once
+        for m in (a, b):
+            m.bus.close()
+
+    asyncio.run(scenario())
