@@ -28,7 +28,7 @@ from typing import Any
 import websockets
 
 from benchmarks.macro import RESULTS, serve
-from shardws.history import owner_of
+from shardws.pure.history import owner_of
 
 NAMESPACES = """
 [namespaces.default]

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers.launch import PeerUnavailable, start_peer, stop_peer
-from shardws.loadgen import LoadSpec, run
+from shardws.tools.loadgen import LoadSpec, run
 
 RESULTS = Path(__file__).parent / "results"
 PEERS = ["raw_picows", "websockets", "aiohttp", "node_ws"]

@@ -31,7 +31,7 @@ import picows
 
 from benchmarks.macro import serve
 from benchmarks.tlscert import self_signed
-from shardws.loadgen import LoadSpec, run
+from shardws.tools.loadgen import LoadSpec, run
 
 RESULTS = Path(__file__).parent / "results"
 

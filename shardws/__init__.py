@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shardws.publisher import Publisher, PublisherError
+    from shardws.client.publisher import Publisher, PublisherError
 
 __all__ = ["Publisher", "PublisherError", "__version__"]
 
@@ -14,7 +14,7 @@ __all__ = ["Publisher", "PublisherError", "__version__"]
 def __getattr__(name: str) -> object:
     # Lazy: the server's processes import this package, most never need pyzmq's client.
     if name in ("Publisher", "PublisherError"):
-        from shardws import publisher
+        from shardws.client import publisher
 
         return getattr(publisher, name)
     raise AttributeError(f"module 'shardws' has no attribute {name!r}")

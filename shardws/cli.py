@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        from shardws import loadgen
+        from shardws.tools import loadgen
 
         return loadgen.main(rest)
     if args.command == "keygen":
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "install-service":
-        from shardws import install
+        from shardws.tools import install
 
         return install.run(
             args.root, dry_run=args.dry_run, sysctl=not args.no_sysctl, enable_service=args.enable
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "token":
         return _token(args, config)
     if args.command == "tune":
-        from shardws.tune import report
+        from shardws.tools.tune import report
 
         print(report(config.server.workers))
         return 0
@@ -146,15 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(dump_config(config))
         print(f"# {config.source}: OK", file=sys.stderr)
         return 0
-    from shardws.supervisor import serve
+    from shardws.server.supervisor import serve
 
     return serve(config)
 
 
 def _token(args: argparse.Namespace, config: Config) -> int:
     """``shardws token``: print a token, or explain on stderr and return 2."""
-    from shardws import auth
-    from shardws.protocol import channel_error
+    from shardws.pure import auth
+    from shardws.pure.protocol import channel_error
 
     def fail(message: str) -> int:
         print(f"shardws token: {message}", file=sys.stderr)
@@ -193,7 +193,7 @@ def _token(args: argparse.Namespace, config: Config) -> int:
 def _publish(args: argparse.Namespace, config: Config) -> int:
     """``shardws publish [CHANNEL] DATA [--user USER]``: one POST to the admin API;
     prints the reply."""
-    from shardws.publisher import Publisher, PublisherError
+    from shardws.client.publisher import Publisher, PublisherError
 
     if (args.channel is None) == (args.user is None):
         print("shardws publish: give either CHANNEL or --user USER", file=sys.stderr)

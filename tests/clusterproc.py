@@ -19,7 +19,7 @@ from netns import Network
 from serverproc import terminate, timeout
 from wsclient import Client
 
-from shardws.auth import make_token
+from shardws.pure.auth import make_token
 
 WS_PORT = 8765
 ADMIN_PORT = 9765

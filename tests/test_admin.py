@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serverproc import ServerProcess, run_cli, timeout
 from wsclient import Client, clients_on_workers
 
-from shardws.auth import make_token
+from shardws.pure.auth import make_token
 
 
 def _get(url: str) -> tuple[int, str]:

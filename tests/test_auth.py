@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from serverproc import run_cli
 
-from shardws.auth import (
+from shardws.config import AuthConfig, parse_config
+from shardws.pure.auth import (
     ANONYMOUS,
     MAX_TOKEN_LENGTH,
     Authenticator,
@@ -29,7 +30,6 @@ from shardws.auth import (
     may_subscribe,
     user_only_members,
 )
-from shardws.config import AuthConfig, parse_config
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"  # >= 32 bytes
 NOW = 1_700_000_000.0

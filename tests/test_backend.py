@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from shardws import control
-from shardws.backend import (
+from shardws.config import default_config
+from shardws.pure import control
+from shardws.pure.backend import (
     BadRequest,
     Publication,
     check_json,
@@ -16,7 +17,6 @@ from shardws.backend import (
     parse_ingress,
     parse_publish,
 )
-from shardws.config import default_config
 
 CONFIG = default_config()
 

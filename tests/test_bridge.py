@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from shardws.bridge import _is_own_address, _well_formed
+from shardws.server.bridge import _is_own_address, _well_formed
 
 HEADER = struct.Struct("!IIQIQ")  # the bus header: origin, incarnation, seq, count, stamp
 

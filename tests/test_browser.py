@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from serverproc import ServerProcess, timeout
 
-from shardws.history import owner_of
+from shardws.pure.history import owner_of
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"

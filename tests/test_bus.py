@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from serverproc import timeout
 
-from shardws.bus import Bus, channel_topic, endpoint
+from shardws.bus.host import Bus, channel_topic, endpoint
 
 
 class Member:

@@ -23,7 +23,6 @@ import pytest
 from serverproc import ServerProcess, timeout
 from tcpproxy import TcpProxy
 
-from shardws.auth import make_token
 from shardws.client import (
     Backoff,
     Client,
@@ -38,7 +37,8 @@ from shardws.client import (
     should_reconnect,
     token_expiry,
 )
-from shardws.history import owner_of
+from shardws.pure.auth import make_token
+from shardws.pure.history import owner_of
 
 NAMESPACES = """
 [namespaces.default]

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shardws import control
+from shardws.pure import control
 
 
 def test_user_messages_round_trip() -> None:

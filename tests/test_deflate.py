@@ -7,7 +7,7 @@ import zlib
 import pytest
 
 from shardws.config import CompressionConfig
-from shardws.deflate import (
+from shardws.pure.deflate import (
     Agreement,
     BadCompressedData,
     Inflater,

@@ -24,8 +24,8 @@ from serverproc import ServerProcess, free_port, run_cli, timeout
 from wsclient import Client
 
 from shardws.config import load_config
-from shardws.membership import Host, View, view_number
-from shardws.metrics import Column, Scoreboard, prometheus_text
+from shardws.shm.scoreboard import Column, Scoreboard, prometheus_text
+from shardws.shm.view import Host, View, view_number
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 NGINX = "/usr/sbin/nginx"

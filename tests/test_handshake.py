@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardws.handshake import client_ip, origin_allowed, parse_networks, request_token
+from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 
 PROXIES = parse_networks(["10.0.0.0/8", "192.0.2.1"])
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardws.config import NamespaceConfig
-from shardws.history import Ring, owner_of
-from shardws.sequencer import Seen, Sequencer, Tracker
+from shardws.pure.history import Ring, owner_of
+from shardws.pure.sequencer import Seen, Sequencer, Tracker
 
 members = st.sets(st.integers(0, 200), min_size=1, max_size=12)
 channels = st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=60, unique=True)

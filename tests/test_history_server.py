@@ -23,7 +23,7 @@ import websockets
 from serverproc import ServerProcess, timeout
 from wsclient import Client, clients_on_workers
 
-from shardws.history import owner_of
+from shardws.pure.history import owner_of
 
 NAMESPACE = """
 [namespaces.default]

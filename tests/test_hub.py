@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shardws.hub import Hub
+from shardws.pure.hub import Hub
 
 
 def test_first_and_last_subscriber_events() -> None:

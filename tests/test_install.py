@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from serverproc import run_cli, timeout
 
-from shardws import install
-from shardws.install import CONFIG_TARGET, SYSCTL_TARGET, UNIT_TARGET, under
+from shardws.tools import install
+from shardws.tools.install import CONFIG_TARGET, SYSCTL_TARGET, UNIT_TARGET, under
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_UNIT = REPO / "systemd" / "shardws.service"

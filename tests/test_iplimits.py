@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from shardws.iplimits import BUCKETS, IPTable, bucket
+from shardws.shm.iplimits import BUCKETS, IPTable, bucket
 
 
 def test_counts_sum_over_workers_and_reset() -> None:

@@ -11,7 +11,7 @@ import pytest
 from serverproc import ServerProcess
 
 from shardws import cli
-from shardws.loadgen import LoadSpec, format_report, run
+from shardws.tools.loadgen import LoadSpec, format_report, run
 
 
 @pytest.fixture(scope="module")

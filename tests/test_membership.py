@@ -8,8 +8,9 @@ import time
 import pytest
 
 from shardws.config import parse_config
-from shardws.history import owner_of
-from shardws.membership import (
+from shardws.pure.history import owner_of
+from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
+from shardws.shm.view import (
     Host,
     Members,
     View,
@@ -19,7 +20,6 @@ from shardws.membership import (
     slot_of,
     view_number,
 )
-from shardws.metrics import Column, ProcessState, Scoreboard
 
 CLUSTER = """
 [cluster]

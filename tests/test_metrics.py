@@ -6,7 +6,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardws.metrics import (
+from shardws.shm.scoreboard import (
     LATENCY_BUCKETS,
     Column,
     LatencyHistogram,

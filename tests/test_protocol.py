@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from shardws import protocol
-from shardws.protocol import CloseCode, ErrorCode
+from shardws.pure import protocol
+from shardws.pure.protocol import CloseCode, ErrorCode
 
 
 def test_encode_ok_and_error() -> None:

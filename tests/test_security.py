@@ -17,7 +17,7 @@ from serverproc import ServerProcess, timeout
 from wsclient import Client, clients_on_workers
 
 from benchmarks.tlscert import self_signed
-from shardws.auth import make_token
+from shardws.pure.auth import make_token
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 AUTH = f"""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardws.static import static_response
+from shardws.server.static import static_response
 
 
 def test_browser_client_always_demo_only_when_enabled() -> None:

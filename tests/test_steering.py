@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from shardws.steering import program, steer
-from shardws.supervisor import listen_socket
+from shardws.server.steering import program, steer
+from shardws.server.supervisor import listen_socket
 
 
 def _accept_all(sock: socket.socket) -> int:

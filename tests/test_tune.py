@@ -6,7 +6,7 @@ from pathlib import Path
 
 from serverproc import run_cli
 
-from shardws.tune import SYSCTL_FILE, Setting, capacity, recommended, report
+from shardws.tools.tune import SYSCTL_FILE, Setting, capacity, recommended, report
 
 REPO_SYSCTL = Path(__file__).resolve().parent.parent / "sysctl" / "99-shardws.conf"
 

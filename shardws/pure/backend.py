@@ -20,12 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shardws import control, protocol
-from shardws.auth import user_id_error
-from shardws.bus import channel_topic, user_topic
+from shardws.bus.host import channel_topic, user_topic
 from shardws.config import Config
 from shardws.core import BadEnvelope, InvalidUTF8, parse_envelope
-from shardws.protocol import CloseCode
+from shardws.pure import control, protocol
+from shardws.pure.auth import user_id_error
+from shardws.pure.protocol import CloseCode
 
 #: Most channels one publish request may name.
 MAX_CHANNELS_PER_REQUEST = 1000

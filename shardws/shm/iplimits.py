@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from shardws.shm import SharedArray
+from shardws.shm.segment import SharedArray
 
 BUCKETS = 1 << 18
 

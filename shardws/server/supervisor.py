@@ -52,12 +52,12 @@ from dataclasses import dataclass
 
 from setproctitle import setproctitle
 
-from shardws import steering, systemd
 from shardws.config import Config, ConfigError, load_config, run_dir_parent
-from shardws.iplimits import IPTable
 from shardws.log import setup_logging
-from shardws.metrics import Column, ProcessState, Scoreboard
-from shardws.sequencer import rings_path
+from shardws.pure.sequencer import rings_path
+from shardws.server import steering, systemd
+from shardws.shm.iplimits import IPTable
+from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 
 log = logging.getLogger("shardws.supervisor")
 
@@ -632,7 +632,7 @@ class Supervisor:
         board = self._board
         assert board is not None
         if slot.kind == "worker":
-            from shardws.worker import run_worker
+            from shardws.server.worker import run_worker
 
             assert slot.sock is not None
             return run_worker(
@@ -644,10 +644,10 @@ class Supervisor:
                 self._iptable,
             )
         if slot.kind == "bridge":
-            from shardws.bridge import run_bridge
+            from shardws.server.bridge import run_bridge
 
             return run_bridge(slot.index, slot.config or self.config, board, self._run_dir)
-        from shardws.admin import run_admin
+        from shardws.server.admin import run_admin
 
         assert slot.sock is not None
         return run_admin(slot.index, slot.config or self.config, board, slot.sock, self._run_dir)

@@ -30,9 +30,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from setproctitle import setproctitle
 
-from shardws import control, protocol
-from shardws.auth import constant_time_equal
-from shardws.backend import (
+from shardws.bus.host import Bus, endpoint, inbox_topic, user_topic
+from shardws.bus.ingress import Ingress
+from shardws.config import Config
+from shardws.log import setup_logging
+from shardws.pure import control, protocol
+from shardws.pure.auth import constant_time_equal
+from shardws.pure.backend import (
     BadRequest,
     Publication,
     max_request_bytes,
@@ -43,13 +47,9 @@ from shardws.backend import (
     parse_ingress,
     parse_publish,
 )
-from shardws.bus import Bus, endpoint, inbox_topic, user_topic
-from shardws.config import Config
-from shardws.history import owner_of
-from shardws.ingress import Ingress
-from shardws.log import setup_logging
-from shardws.membership import Members, slot_of
-from shardws.metrics import Column, ProcessState, Scoreboard, prometheus_text
+from shardws.pure.history import owner_of
+from shardws.shm.scoreboard import Column, ProcessState, Scoreboard, prometheus_text
+from shardws.shm.view import Members, slot_of
 
 log = logging.getLogger("shardws.admin")
 

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from shardws.config import NamespaceConfig
-from shardws.history import Ring, RingState
-from shardws.protocol import MAX_HISTORY_PAGE, encode_pub_at
+from shardws.pure.history import Ring, RingState
+from shardws.pure.protocol import MAX_HISTORY_PAGE, encode_pub_at
 
 
 def rings_path(run_dir: str, slot: int) -> str:

@@ -75,7 +75,7 @@ from picows import (
     ws_connect,
 )
 
-from shardws import protocol
+from shardws.pure import protocol
 
 __all__ = [
     "Backoff",

@@ -50,10 +50,11 @@ from setproctitle import setproctitle
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from shardws.bus import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, endpoint, inbox_topic
+from shardws.bus.host import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, endpoint, inbox_topic
 from shardws.config import ClusterConfig, Config
 from shardws.log import RateLimitedLogger, setup_logging
-from shardws.membership import (
+from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
+from shardws.shm.view import (
     Host,
     View,
     effective_host_id,
@@ -62,7 +63,6 @@ from shardws.membership import (
     member_id,
     view_number,
 )
-from shardws.metrics import Column, ProcessState, Scoreboard
 
 log = logging.getLogger("shardws.bridge")
 

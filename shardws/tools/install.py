@@ -34,10 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardws import systemd
-from shardws.tune import SYSCTL_FILE
+from shardws.server import systemd
+from shardws.tools.tune import SYSCTL_FILE
 
-PACKAGE_DIR = Path(__file__).parent
+PACKAGE_DIR = Path(__file__).parent.parent  # the data files sit at the package root
 UNIT_FILE = PACKAGE_DIR / "shardws.service"
 EXAMPLE_CONFIG = PACKAGE_DIR / "shardws.example.toml"
 

@@ -42,17 +42,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shardws import control, protocol
-from shardws.bus import channel_topic, inbox_topic
+from shardws.bus.host import channel_topic, inbox_topic
 from shardws.config import NamespaceConfig
 from shardws.core import build_text_frame
-from shardws.history import Entry, RingState, owner_of
-from shardws.membership import slot_of
-from shardws.protocol import CloseCode, ErrorCode, pub_position
-from shardws.sequencer import Seen, Sequencer, Tracker, rings_path
+from shardws.pure import control, protocol
+from shardws.pure.history import Entry, RingState, owner_of
+from shardws.pure.protocol import CloseCode, ErrorCode, pub_position
+from shardws.pure.sequencer import Seen, Sequencer, Tracker, rings_path
+from shardws.shm.view import slot_of
 
 if TYPE_CHECKING:
-    from shardws.worker import Connection, Worker
+    from shardws.server.worker import Connection, Worker
 
 log = logging.getLogger("shardws.owners")
 

@@ -38,17 +38,8 @@ from picows import (
 )
 from setproctitle import setproctitle
 
-from shardws import control, core, protocol
-from shardws.auth import (
-    ANONYMOUS,
-    Authenticator,
-    AuthFailure,
-    Identity,
-    TokenExpired,
-    may_subscribe,
-    user_only_members,
-)
-from shardws.bus import Bus, channel_topic, endpoint, inbox_topic, user_topic
+from shardws import core
+from shardws.bus.host import Bus, channel_topic, endpoint, inbox_topic, user_topic
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     BadEnvelope,
@@ -66,16 +57,26 @@ from shardws.core import (
     total_drops,
     utf8_valid,
 )
-from shardws.deflate import BadCompressedData, Inflater, MessageTooBig, negotiate
-from shardws.handshake import client_ip, origin_allowed, parse_networks, request_token
-from shardws.hub import Hub
-from shardws.iplimits import IPTable
 from shardws.log import RateLimitedLogger, setup_logging
-from shardws.membership import Members, slot_of
-from shardws.metrics import Column, LatencyHistogram, ProcessState, Scoreboard
-from shardws.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
-from shardws.protocol import CloseCode, ErrorCode
-from shardws.static import static_response
+from shardws.pure import control, protocol
+from shardws.pure.auth import (
+    ANONYMOUS,
+    Authenticator,
+    AuthFailure,
+    Identity,
+    TokenExpired,
+    may_subscribe,
+    user_only_members,
+)
+from shardws.pure.deflate import BadCompressedData, Inflater, MessageTooBig, negotiate
+from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
+from shardws.pure.hub import Hub
+from shardws.pure.protocol import CloseCode, ErrorCode
+from shardws.server.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
+from shardws.server.static import static_response
+from shardws.shm.iplimits import IPTable
+from shardws.shm.scoreboard import Column, LatencyHistogram, ProcessState, Scoreboard
+from shardws.shm.view import Members, slot_of
 
 EXIT_BOOT_FAILURE = 3
 HEARTBEAT_INTERVAL = 0.5  # seconds; far below any sane heartbeat_timeout

@@ -36,8 +36,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from shardws.membership import ViewTable
-from shardws.shm import SharedArray
+from shardws.shm.segment import SharedArray
+from shardws.shm.view import ViewTable
 
 
 class Column(enum.IntEnum):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # sysctl/99-shardws.conf, shipped in the package through the shardws/sysctl.conf link.
-SYSCTL_FILE = Path(__file__).parent / "sysctl.conf"
+SYSCTL_FILE = Path(__file__).parent.parent / "sysctl.conf"
 
 # Bytes of server RSS per idle connection measured by benchmarks scenario 4 (5.6-5.8 KB)
 # plus the kernel's share of a socket (about 3.8 KB): what one idle client costs.

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shardws.shm import SharedArray
+from shardws.shm.segment import SharedArray
 
 if TYPE_CHECKING:
     from shardws.config import Config
-    from shardws.metrics import Scoreboard
+    from shardws.shm.scoreboard import Scoreboard
 
 SLOT_BITS = 16
 SLOT_MASK = (1 << SLOT_BITS) - 1
