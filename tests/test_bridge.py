@@ -8,7 +8,8 @@ import struct
 
 import pytest
 
-from shardws.server.bridge import _is_own_address, _well_formed
+from shardws.pure.busframe import well_formed as _well_formed
+from shardws.server.bridge import _is_own_address
 
 HEADER = struct.Struct("!IIQIQ")  # the bus header: origin, incarnation, seq, count, stamp
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from serverproc import timeout
 
-from shardws.bus.host import Bus, channel_topic, endpoint
+from shardws.bus.host import Bus, endpoint
+from shardws.pure.busframe import channel_topic
 
 
 class Member:

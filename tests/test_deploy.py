@@ -24,8 +24,10 @@ from serverproc import ServerProcess, free_port, run_cli, timeout
 from wsclient import Client
 
 from shardws.config import load_config
-from shardws.shm.scoreboard import Column, Scoreboard, prometheus_text
-from shardws.shm.view import Host, View, view_number
+from shardws.pure.cluster import Host, View, view_number
+from shardws.server.metrics import prometheus_text
+from shardws.shm.scoreboard import Column
+from shardws.shm.tables import SharedTables
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 NGINX = "/usr/sbin/nginx"
@@ -377,14 +379,15 @@ def test_kubernetes_manifests_agree_with_the_config(tmp_path: Path) -> None:
 def exported_metrics() -> dict[str, set[str]]:
     """Sample names of /metrics -> their label names, from a real scoreboard (two
     configured workers), histogram samples under the histogram's name."""
-    board = Scoreboard.create(3)
+    tables = SharedTables.create(3)
+    board = tables.board
     try:
         board.table[[0, 1], Column.CONFIGURED] = 1
         hosts = (Host("a", 1, (0, 1)), Host("b", 2, (0, 1)))  # a cluster: its metrics too
-        board.cluster.write(View(view_number(hosts), hosts, {"b": {"up": True}, "": {}}))
-        text = prometheus_text(board, 10.0).decode()
+        tables.view.write(View(view_number(hosts), hosts, {"b": {"up": True}, "": {}}))
+        text = prometheus_text(board, 10.0, tables.view).decode()
     finally:
-        board.close()
+        tables.close()
     names: dict[str, set[str]] = {}
     for line in text.splitlines():
         match = re.match(r"(\w+)(?:\{(.*)\})? ", line)

@@ -8,18 +8,11 @@ import time
 import pytest
 
 from shardws.config import parse_config
+from shardws.pure.cluster import Host, View, host_number, host_of, member_id, slot_of, view_number
 from shardws.pure.history import owner_of
-from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
-from shardws.shm.view import (
-    Host,
-    Members,
-    View,
-    host_number,
-    host_of,
-    member_id,
-    slot_of,
-    view_number,
-)
+from shardws.shm.scoreboard import Column, ProcessState
+from shardws.shm.tables import SharedTables
+from shardws.shm.view import Members
 
 CLUSTER = """
 [cluster]
@@ -58,15 +51,15 @@ def test_view_number_is_a_digest_of_the_membership() -> None:
 
 
 def test_view_table_round_trip_and_cache() -> None:
-    board = Scoreboard.create(4)
+    tables = SharedTables.create(4)
     try:
-        assert board.cluster.read() is None  # no bridge wrote yet
+        assert tables.view.read() is None  # no bridge wrote yet
         hosts = (Host("a", 7, (0, 1)), Host("b", 9, (0,)))
         view = View(view_number(hosts), hosts, {"b": {"up": True, "messages_received": 3}})
-        board.cluster.write(view)
-        first = board.cluster.read()
+        tables.view.write(view)
+        first = tables.view.read()
         assert first == view
-        assert board.cluster.read() is first  # unchanged: served from the cache
+        assert tables.view.read() is first  # unchanged: served from the cache
         assert first is not None and first.workers() == (
             member_id(7, 0),
             member_id(7, 1),
@@ -74,70 +67,74 @@ def test_view_table_round_trip_and_cache() -> None:
         )
         assert first.remote_workers(7) == {member_id(9, 0)}
         with pytest.raises(ValueError, match="does not fit"):
-            board.cluster.write(View(0, (Host("x", 1, tuple(range(400_000))),), {}))
-        assert board.cluster.read() == view  # a refused write changes nothing
+            tables.view.write(View(0, (Host("x", 1, tuple(range(400_000))),), {}))
+        assert tables.view.read() == view  # a refused write changes nothing
     finally:
-        board.close()
+        tables.close()
 
 
-def _writer(board: Scoreboard, rounds: int) -> None:
+def _writer(tables: SharedTables, rounds: int) -> None:
     for n in range(rounds):
         workers = tuple(range(n % 50))  # documents of varying length
-        board.cluster.write(View(n, (Host("a", 1, workers),), {}))
+        tables.view.write(View(n, (Host("a", 1, workers),), {}))
 
 
 def test_readers_never_see_a_torn_view() -> None:
-    board = Scoreboard.create(2)
+    tables = SharedTables.create(2)
     try:
-        board.cluster.write(View(0, (Host("a", 1, ()),), {}))
-        writer = multiprocessing.get_context("fork").Process(target=_writer, args=(board, 20_000))
+        tables.view.write(View(0, (Host("a", 1, ()),), {}))
+        writer = multiprocessing.get_context("fork").Process(target=_writer, args=(tables, 20_000))
         writer.start()
         deadline = time.monotonic() + 20
         reads = 0
         while writer.is_alive() and time.monotonic() < deadline:
-            view = board.cluster.read()  # a torn document would fail to parse or mismatch
+            view = tables.view.read()  # a torn document would fail to parse or mismatch
             assert view is not None and view.hosts[0].workers == tuple(range(view.number % 50))
             reads += 1
         writer.join(10)
         assert writer.exitcode == 0 and reads > 0
     finally:
-        board.close()
+        tables.close()
 
 
 def test_members_single_host_and_cluster() -> None:
     single = parse_config("", "t")
-    board = Scoreboard.create(4)
+    tables = SharedTables.create(4)
+    board = tables.board
     try:
         for slot in (0, 1, board.admin_slot):
             board.table[slot, Column.CONFIGURED] = 1
             board.table[slot, Column.STATE] = ProcessState.READY
             board.table[slot, Column.HEARTBEAT_NS] = time.monotonic_ns()
-        members = Members(board, single, 0)
+        members = Members(board, tables.view, single, 0)
         assert (members.host, members.me) == (0, 0)
         assert members.local() == [0, 1, 4] and members.ready_local() == {1, 4}
         assert members.owners() == (0, 1) and members.ready_workers() == {1}
 
-        clustered = Members(board, parse_config(CLUSTER, "t"), 1)
+        clustered = Members(board, tables.view, parse_config(CLUSTER, "t"), 1)
         a = host_number("a")
         assert clustered.me == member_id(a, 1) and clustered.view() is None
         assert clustered.owners() == (member_id(a, 0), member_id(a, 1))
         b = host_number("b")
         hosts = (Host("a", a, (0, 1)), Host("b", b, (0, 1, 2)))
-        board.cluster.write(View(view_number(hosts), hosts, {}))
+        tables.view.write(View(view_number(hosts), hosts, {}))
         owners = clustered.owners()
         assert len(owners) == 5 and {host_of(m) for m in owners} == {a, b}
         assert clustered.ready_workers() == {member_id(a, 0)} | {member_id(b, s) for s in (0, 1, 2)}
         # Host b, with the same view, computes the same owners.
-        board_b = Scoreboard.create(4)
+        tables_b = SharedTables.create(4)
+        board_b = tables_b.board
         try:
             board_b.table[[0, 1, 2], Column.CONFIGURED] = 1
-            board_b.cluster.write(View(view_number(hosts), hosts, {}))
-            other = Members(board_b, parse_config(CLUSTER.replace('"a"', '"b"'), "t"), 0)
+            tables_b.view.write(View(view_number(hosts), hosts, {}))
+            other = Members(
+                board_b, tables_b.view, parse_config(CLUSTER.replace('"a"', '"b"'), "t"), 0
+            )
             assert other.owners() == owners
             channels = [f"room-{n}" for n in range(50)]
             chosen = {owner_of(c, owners) for c in channels}
             assert {host_of(m) for m in chosen} == {a, b}  # both hosts own channels
         finally:
-            board_b.close()
+            tables_b.close()
     finally:
-        board.close()
+        tables.close()

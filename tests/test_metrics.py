@@ -6,13 +6,13 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from shardws.server.metrics import prometheus_text
 from shardws.shm.scoreboard import (
     LATENCY_BUCKETS,
     Column,
     LatencyHistogram,
     ProcessState,
     Scoreboard,
-    prometheus_text,
 )
 
 

@@ -1,4 +1,4 @@
-"""The host bus: ZeroMQ PUB/SUB over ipc between the host's workers (the only zmq user).
+"""The host bus: ZeroMQ PUB/SUB over ipc between the processes of one host.
 
 Topology: every member binds one XPUB at its own ipc endpoint and connects one SUB to
 every other member's endpoint. A member never receives its own messages (it delivers
@@ -7,23 +7,10 @@ Membership is not fixed: members call ``attach`` with the slots that exist (from
 scoreboard) and connect to the new ones, so a reload can add workers; an endpoint
 whose process is gone is simply not there until its slot's next process binds it.
 
-Topics are terminated byte prefixes, so ``news`` never matches ``news2``:
-
-* ``c<channel>\\0`` — publications of a channel,
-* ``u<user>\\0``    — messages for a user's connections (user-targeted publications,
-  disconnects); a worker subscribes while the user has a connection there,
-* ``i<member>\\0``  — a member's inbox (also how a booting member sees its peers),
-* ``s<member>.<n>\\0`` — subscription barriers (below).
-
-A bus frame is ``topic + header + (u32 length + payload)*``: publications queued for the
-same topic during one event-loop iteration travel in one frame (batching multiplies
-ZeroMQ's throughput), and payloads are the already-encoded client pushes, so no
-receiver re-serializes. The header carries the origin member (its cluster-wide id,
-``membership.member_id``: unique across hosts, so the bridge forwards frames as they
-are), its incarnation (random per process start), the per-topic sequence number of the
-first payload, and the wall-clock time (ns) the first payload of the batch was
-published, for the receivers' latency histogram (wall clock, not monotonic: it must be
-comparable on another host; with NTP the hosts' offset is a fraction of a millisecond).
+The wire format (topics, frame header) is ``shardws.pure.busframe``. Publications queued
+for the same topic during one event-loop iteration travel in one frame (batching
+multiplies ZeroMQ's throughput), and payloads are the already-encoded client pushes, so no
+receiver re-serializes.
 
 Guarantees:
 
@@ -48,40 +35,20 @@ import asyncio
 import itertools
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import zmq
 
+from shardws.pure.busframe import HEADER as _HEADER
+from shardws.pure.busframe import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, inbox_topic
+from shardws.pure.busframe import LENGTH as _LENGTH
+
 log = logging.getLogger("shardws.bus")
 
-KIND_CHANNEL = ord("c")
-KIND_INBOX = ord("i")
-KIND_SYNC = ord("s")
-KIND_USER = ord("u")
-
-_HEADER = struct.Struct("!IIQIQ")  # origin member id, incarnation, first seq, count, stamp (ns)
-_LENGTH = struct.Struct("!I")
 _MAX_FRAME_BYTES = 256 * 1024  # beyond this a batch is split: keeps receivers' latency flat
 _RECV_BUDGET = 512  # frames per reader callback, so one busy socket cannot starve the loop
-
-
-def channel_topic(channel: str) -> bytes:
-    """Bus topic of a channel's publications."""
-    return b"c" + channel.encode() + b"\0"
-
-
-def user_topic(user: str) -> bytes:
-    """Bus topic of the messages for ``user``'s connections (``user`` must pass
-    ``auth.user_id_error``: no NUL, so the topic stays terminated)."""
-    return b"u" + user.encode() + b"\0"
-
-
-def inbox_topic(member: int) -> bytes:
-    """Bus topic of a member's inbox."""
-    return b"i%d\0" % member
 
 
 def endpoint(run_dir: str, member: int) -> str:

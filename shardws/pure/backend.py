@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shardws.bus.host import channel_topic, user_topic
 from shardws.config import Config
 from shardws.core import BadEnvelope, InvalidUTF8, parse_envelope
 from shardws.pure import control, protocol
 from shardws.pure.auth import user_id_error
+from shardws.pure.busframe import channel_topic, user_topic
 from shardws.pure.protocol import CloseCode
 
 #: Most channels one publish request may name.

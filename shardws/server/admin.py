@@ -30,7 +30,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from setproctitle import setproctitle
 
-from shardws.bus.host import Bus, endpoint, inbox_topic, user_topic
+from shardws.bus.host import Bus, endpoint
 from shardws.bus.ingress import Ingress
 from shardws.config import Config
 from shardws.log import setup_logging
@@ -47,9 +47,13 @@ from shardws.pure.backend import (
     parse_ingress,
     parse_publish,
 )
+from shardws.pure.busframe import inbox_topic, user_topic
+from shardws.pure.cluster import slot_of
 from shardws.pure.history import owner_of
-from shardws.shm.scoreboard import Column, ProcessState, Scoreboard, prometheus_text
-from shardws.shm.view import Members, slot_of
+from shardws.server.metrics import prometheus_text
+from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
+from shardws.shm.tables import SharedTables
+from shardws.shm.view import Members, ViewTable
 
 log = logging.getLogger("shardws.admin")
 
@@ -58,8 +62,9 @@ HEARTBEAT_INTERVAL = 0.5
 CHANNELS_TIMEOUT = 1.0
 
 
-def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
+def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
     """The /health document and its HTTP status, computed from the scoreboard."""
+    board = tables.board
     stale = config.server.heartbeat_timeout
     now_ns = time.monotonic_ns()
     workers: list[dict[str, Any]] = []
@@ -89,14 +94,14 @@ def health(config: Config, board: Scoreboard) -> tuple[int, dict[str, Any]]:
         "per_worker": workers,
     }
     if config.cluster.enabled:
-        body["cluster"] = cluster_health(board, stale)
+        body["cluster"] = cluster_health(board, tables.view, stale)
     return (200 if healthy else 503), body
 
 
-def cluster_health(board: Scoreboard, stale_after: float) -> dict[str, Any]:
+def cluster_health(board: Scoreboard, view_table: ViewTable, stale_after: float) -> dict[str, Any]:
     """The ``cluster`` part of /health: the bridge, the membership view and the peers.
     Peers being down does not make the host unhealthy (it still serves its clients)."""
-    view = board.cluster.read()
+    view = view_table.read()
     body: dict[str, Any] = {
         "bridge_alive": board.is_ready(board.bridge_slot, stale_after),
         "bridge_pid": int(board.table[board.bridge_slot, Column.PID]),
@@ -156,14 +161,15 @@ class Backend:
     publish, disconnect a user's connections, ask the workers for their channels.
     Counts what it did. Set ``bus`` before use."""
 
-    def __init__(self, config: Config, board: Scoreboard) -> None:
+    def __init__(self, config: Config, tables: SharedTables) -> None:
+        board = tables.board
         self.bus: Bus | None = None
         self.ingress: Ingress | None = None
         self.publications = 0  # publish requests accepted (HTTP and ingress)
         self.disconnects = 0
         self._config = config
         self._board = board
-        self.members = Members(board, config, board.admin_slot)
+        self.members = Members(board, tables.view, config, board.admin_slot)
         self._requests = control.Requests(self.members.me, self._send_to_inbox)
 
     def _send_to_inbox(self, member: int, payload: bytes) -> None:
@@ -296,7 +302,7 @@ class Backend:
 
 def make_app(
     config: Config,
-    board: Scoreboard,
+    tables: SharedTables,
     draining: asyncio.Event,
     backend: Backend | None = None,
 ) -> web.Application:
@@ -331,19 +337,19 @@ def make_app(
         return response
 
     async def get_health(_request: web.Request) -> web.Response:
-        status, body = health(config, board)
+        status, body = health(config, tables)
         return web.json_response(body, status=status)
 
     async def get_ready(_request: web.Request) -> web.Response:
         if draining.is_set():
             return web.json_response({"ready": False, "reason": "draining"}, status=503)
-        status, body = health(config, board)
+        status, body = health(config, tables)
         ready = status == 200
         reason = "ok" if ready else f"{body['workers_alive']}/{body['workers']} workers alive"
         return web.json_response({"ready": ready, "reason": reason}, status=status)
 
     async def get_metrics(_request: web.Request) -> web.Response:
-        text = prometheus_text(board, config.server.heartbeat_timeout)
+        text = prometheus_text(tables.board, config.server.heartbeat_timeout, tables.view)
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def post_publish(request: web.Request) -> web.Response:
@@ -396,7 +402,7 @@ def make_app(
 
     async def get_stats(_request: web.Request) -> web.Response:
         assert backend is not None
-        return web.json_response({**worker_stats(config, board), "admin": backend.stats()})
+        return web.json_response({**worker_stats(config, tables.board), "admin": backend.stats()})
 
     app = web.Application(client_max_size=max_request_bytes(config), middlewares=[require_api_key])
     app.router.add_get("/health", get_health)
@@ -416,8 +422,9 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def _serve(
-    config: Config, board: Scoreboard, slot: int, sock: socket.socket, run_dir: str
+    config: Config, tables: SharedTables, slot: int, sock: socket.socket, run_dir: str
 ) -> None:
+    board = tables.board
     row = board.row(slot)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -433,7 +440,7 @@ async def _serve(
     # The admin is a member of the host bus: it publishes (API, ingress) and asks the
     # workers through their inboxes, and it answers subscribe barriers like a worker, so
     # "subscribed" holds for its messages too.
-    backend = Backend(config, board)
+    backend = Backend(config, tables)
     bus = backend.bus = Bus(
         backend.members.me,
         lambda m: endpoint(run_dir, slot_of(m)),
@@ -449,7 +456,7 @@ async def _serve(
     if config.ingress.bind:
         backend.ingress = Ingress(config.ingress, backend.publish_frames, max_request_bytes(config))
         backend.ingress.start()
-    runner = web.AppRunner(make_app(config, board, stop, backend), access_log=None)
+    runner = web.AppRunner(make_app(config, tables, stop, backend), access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
@@ -485,21 +492,20 @@ async def _serve(
 
 
 def run_admin(
-    slot: int, config: Config, board: Scoreboard, sock: socket.socket, run_dir: str
+    slot: int, config: Config, tables: SharedTables, sock: socket.socket, run_dir: str
 ) -> int:
     """Entry point in the forked child. Returns the process exit code."""
     setproctitle("shardws: admin")
     setup_logging(config.log.level, config.log.format, "admin")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    board.disown()
-    row = board.row(slot)
+    row = tables.board.row(slot)
     row[Column.PID] = os.getpid()
     row[Column.STATE] = ProcessState.BOOTING
     row[Column.HEARTBEAT_NS] = time.monotonic_ns()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(config, board, slot, sock, run_dir))
+        loop.run_until_complete(_serve(config, tables, slot, sock, run_dir))
     finally:
         loop.close()
     return 0

@@ -39,7 +39,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -50,28 +49,28 @@ from setproctitle import setproctitle
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from shardws.bus.host import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, endpoint, inbox_topic
+from shardws.bus.host import endpoint
 from shardws.config import ClusterConfig, Config
 from shardws.log import RateLimitedLogger, setup_logging
-from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
-from shardws.shm.view import (
-    Host,
-    View,
-    effective_host_id,
-    host_number,
-    host_of,
-    member_id,
-    view_number,
+from shardws.pure.busframe import (
+    HEADER,
+    KIND_CHANNEL,
+    KIND_INBOX,
+    KIND_SYNC,
+    KIND_USER,
+    ORIGIN,
+    inbox_topic,
+    well_formed,
 )
+from shardws.pure.cluster import Host, View, host_number, host_of, member_id, view_number
+from shardws.shm.scoreboard import Column, ProcessState
+from shardws.shm.tables import SharedTables
+from shardws.shm.view import effective_host_id
 
 log = logging.getLogger("shardws.bridge")
 
 HEARTBEAT_TOPIC = b"m\0"
 _FORWARDED = frozenset({KIND_CHANNEL, KIND_USER, KIND_INBOX})
-_HEADER = struct.Struct("!IIQIQ")  # the bus header (bus._HEADER)
-_ORIGIN = struct.Struct("!I")
-_LENGTH = struct.Struct("!I")
-_ACCEPTED = _FORWARDED | {KIND_SYNC}
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -166,30 +165,16 @@ def _is_own_address(family: int, ip: str, port: int, own_port: int) -> bool:
     return True
 
 
-def _well_formed(frame: bytes, end: int) -> bool:
-    """True if ``frame`` is a bus frame the workers' ``Bus`` can parse: a terminated
-    topic of a forwarded kind or a barrier, the header, and exactly ``count``
-    length-prefixed payloads (``end`` is the offset after the topic's NUL, 0 if none)."""
-    if end < 2 or frame[0] not in _ACCEPTED or len(frame) < end + _HEADER.size:
-        return False
-    count = _HEADER.unpack_from(frame, end)[3]
-    offset = end + _HEADER.size
-    size = len(frame)
-    for _ in range(count):
-        if offset + 4 > size:
-            return False
-        offset += 4 + _LENGTH.unpack_from(frame, offset)[0]
-    return offset == size
-
-
 class Bridge:
     """The bridge's sockets and state; :meth:`run` until :meth:`stop`."""
 
-    def __init__(self, slot: int, config: Config, board: Scoreboard, run_dir: str) -> None:
+    def __init__(self, slot: int, config: Config, tables: SharedTables, run_dir: str) -> None:
+        board = tables.board
         cluster = config.cluster
         self.config = config
         self.cluster = cluster
         self.board = board
+        self.view_table = tables.view
         self.slot = slot
         self.host_id = effective_host_id(cluster.host_id)
         self.number = host_number(self.host_id)
@@ -411,7 +396,7 @@ class Bridge:
     # down), which stays below the bus's own sync timeout.
 
     def _answer(self, sock: zmq.Socket[bytes], topic: bytes) -> None:
-        sock.send(topic + _HEADER.pack(self.member, self._incarnation, 0, 0, 0))
+        sock.send(topic + HEADER.pack(self.member, self._incarnation, 0, 0, 0))
 
     def _barrier_to_peers(self, topic: bytes) -> None:
         expected = {peer.number for peer in self.peers.values() if peer.up}
@@ -463,7 +448,7 @@ class Bridge:
         kind = frame[0]
         if kind == KIND_SYNC:  # a local member's answer to a peer's barrier
             end = frame.index(b"\0") + 1
-            (origin,) = _ORIGIN.unpack_from(frame, end)
+            (origin,) = ORIGIN.unpack_from(frame, end)
             self._barrier_answer(self._inbound, frame[:end], origin)
             return
         if kind == KIND_INBOX and frame.startswith(inbox_topic(self.member)):
@@ -477,13 +462,13 @@ class Bridge:
         if frame[:end] == HEARTBEAT_TOPIC:
             self._on_heartbeat(frame[end:])
             return
-        if not _well_formed(frame, end):
+        if not well_formed(frame, end):
             # Only a key holder can send, but a bug or another version must not be able
             # to break the workers' bus readers: such frames stop here, counted.
             self.malformed += 1
             self._refusal_log.warning("dropped a malformed bus frame from a peer")
             return
-        (origin,) = _ORIGIN.unpack_from(frame, end)
+        (origin,) = ORIGIN.unpack_from(frame, end)
         host = host_of(origin)
         if host == self.number:
             self.received_own += 1
@@ -524,7 +509,7 @@ class Bridge:
         if self._view is None or number != self._view.number:
             log.info("membership view %08x: %s", number, [host.host_id for host in hosts])
         self._view = View(number, tuple(hosts), self._peer_stats(now))
-        self.board.cluster.write(self._view)
+        self.view_table.write(self._view)
 
     def _peer_stats(self, now: float) -> dict[str, dict[str, object]]:
         stats: dict[str, dict[str, object]] = {
@@ -601,16 +586,15 @@ class _ClusterKey:
         return key == self._public
 
 
-def run_bridge(slot: int, config: Config, board: Scoreboard, run_dir: str) -> int:
+def run_bridge(slot: int, config: Config, tables: SharedTables, run_dir: str) -> int:
     """Entry point in the forked child. Returns the process exit code."""
     setproctitle("shardws: bridge")
     setup_logging(config.log.level, config.log.format, "bridge")
-    board.disown()
-    row = board.row(slot)
+    row = tables.board.row(slot)
     row[Column.PID] = os.getpid()
     row[Column.STATE] = ProcessState.BOOTING
     row[Column.HEARTBEAT_NS] = time.monotonic_ns()
-    bridge = Bridge(slot, config, board, run_dir)
+    bridge = Bridge(slot, config, tables, run_dir)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
         signal.signal(signum, lambda *_: bridge.stop())

@@ -42,14 +42,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shardws.bus.host import channel_topic, inbox_topic
 from shardws.config import NamespaceConfig
 from shardws.core import build_text_frame
 from shardws.pure import control, protocol
+from shardws.pure.busframe import channel_topic, inbox_topic
+from shardws.pure.cluster import slot_of
 from shardws.pure.history import Entry, RingState, owner_of
 from shardws.pure.protocol import CloseCode, ErrorCode, pub_position
 from shardws.pure.sequencer import Seen, Sequencer, Tracker, rings_path
-from shardws.shm.view import slot_of
 
 if TYPE_CHECKING:
     from shardws.server.worker import Connection, Worker

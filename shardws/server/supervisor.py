@@ -58,6 +58,7 @@ from shardws.pure.sequencer import rings_path
 from shardws.server import steering, systemd
 from shardws.shm.iplimits import IPTable
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
+from shardws.shm.tables import SharedTables
 
 log = logging.getLogger("shardws.supervisor")
 
@@ -174,6 +175,7 @@ class Supervisor:
         self._own_run_dir = False
         self._board: Scoreboard | None = None
         self._iptable: IPTable | None = None
+        self._tables: SharedTables | None = None
         self._wake_r = self._wake_w = -1
         self._roll: _Roll | None = None
         self._pid = os.getpid()
@@ -273,8 +275,9 @@ class Supervisor:
         """Start everything and supervise; returns the process exit code."""
         setproctitle("shardws: supervisor")
         nofile = raise_nofile_limit()
-        self._board = Scoreboard.create(self._capacity)
-        self._iptable = IPTable.create(self._capacity)
+        self._tables = SharedTables.create(self._capacity)
+        self._board = self._tables.board
+        self._iptable = self._tables.ips
         self._bind()
         for slot in self.slots:
             if slot.kind != "worker":  # the admin's and the bridge's bus slots
@@ -629,28 +632,23 @@ class Supervisor:
                 other.sock.close()
 
     def _child_main(self, slot: Slot) -> int:
-        board = self._board
-        assert board is not None
+        tables = self._tables
+        assert tables is not None
         if slot.kind == "worker":
             from shardws.server.worker import run_worker
 
             assert slot.sock is not None
             return run_worker(
-                slot.index,
-                slot.config or self.config,
-                board,
-                slot.sock,
-                self._run_dir,
-                self._iptable,
+                slot.index, slot.config or self.config, tables, slot.sock, self._run_dir
             )
         if slot.kind == "bridge":
             from shardws.server.bridge import run_bridge
 
-            return run_bridge(slot.index, slot.config or self.config, board, self._run_dir)
+            return run_bridge(slot.index, slot.config or self.config, tables, self._run_dir)
         from shardws.server.admin import run_admin
 
         assert slot.sock is not None
-        return run_admin(slot.index, slot.config or self.config, board, slot.sock, self._run_dir)
+        return run_admin(slot.index, slot.config or self.config, tables, slot.sock, self._run_dir)
 
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
@@ -684,10 +682,8 @@ class Supervisor:
         for slot in self.slots:
             if slot.sock is not None:
                 slot.sock.close()
-        if self._board is not None:
-            self._board.close()
-        if self._iptable is not None:
-            self._iptable.close()
+        if self._tables is not None:
+            self._tables.close()
         if self._own_run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         log.info("stopped")

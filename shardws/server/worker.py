@@ -39,7 +39,7 @@ from picows import (
 from setproctitle import setproctitle
 
 from shardws import core
-from shardws.bus.host import Bus, channel_topic, endpoint, inbox_topic, user_topic
+from shardws.bus.host import Bus, endpoint
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     BadEnvelope,
@@ -68,15 +68,17 @@ from shardws.pure.auth import (
     may_subscribe,
     user_only_members,
 )
+from shardws.pure.busframe import channel_topic, inbox_topic, user_topic
+from shardws.pure.cluster import slot_of
 from shardws.pure.deflate import BadCompressedData, Inflater, MessageTooBig, negotiate
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
 from shardws.pure.protocol import CloseCode, ErrorCode
 from shardws.server.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
 from shardws.server.static import static_response
-from shardws.shm.iplimits import IPTable
-from shardws.shm.scoreboard import Column, LatencyHistogram, ProcessState, Scoreboard
-from shardws.shm.view import Members, slot_of
+from shardws.shm.scoreboard import Column, LatencyHistogram, ProcessState
+from shardws.shm.tables import SharedTables
+from shardws.shm.view import Members
 
 EXIT_BOOT_FAILURE = 3
 HEARTBEAT_INTERVAL = 0.5  # seconds; far below any sane heartbeat_timeout
@@ -329,15 +331,15 @@ class Worker:
         self,
         slot: int,
         config: Config,
-        board: Scoreboard,
+        tables: SharedTables,
         run_dir: str,
-        iptable: IPTable | None = None,
     ) -> None:
+        board = tables.board
         self.slot = slot
-        self.members = Members(board, config, slot)
+        self.members = Members(board, tables.view, config, slot)
         self.member = self.members.me  # this worker's bus member id (cluster-wide)
         self.auth = Authenticator(config.auth)
-        self.iptable = iptable
+        self.iptable = tables.ips
         self._trusted = parse_networks(config.limits.trusted_proxies)
         self._ip_rates: dict[str, TokenBucket] = {}
         self.config = config
@@ -1163,25 +1165,21 @@ class Worker:
 def run_worker(
     slot: int,
     config: Config,
-    board: Scoreboard,
+    tables: SharedTables,
     listen_sock: socket.socket,
     run_dir: str,
-    iptable: IPTable | None = None,
 ) -> int:
     """Entry point in the forked child. Returns the process exit code."""
     supervisor = os.getppid()
     setproctitle(f"shardws: worker {slot}")
     setup_logging(config.log.level, config.log.format, f"worker-{slot}")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload is the supervisor's business
-    board.disown()
-    if iptable is not None:
-        iptable.disown()
-    row = board.row(slot)
+    row = tables.board.row(slot)
     row[Column.PID] = os.getpid()
     row[Column.STATE] = ProcessState.BOOTING
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = Worker(slot, config, board, run_dir, iptable)
+    worker = Worker(slot, config, tables, run_dir)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.request_stop)
     try:

@@ -47,10 +47,6 @@ class IPTable:
     def create(cls, workers: int) -> IPTable:
         return cls(workers)
 
-    def disown(self) -> None:
-        """Called in a forked child: its ``close`` must not remove the block's name."""
-        self._shared.disown()
-
     def count(self, ip: str) -> int:
         """Connections from ``ip`` (and any IP sharing its bucket) on all workers."""
         return int(self.table[:, bucket(ip)].sum())

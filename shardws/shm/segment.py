@@ -1,8 +1,10 @@
 """A numpy array in shared memory, created by the supervisor before it forks.
 
 Children inherit the mapping (nobody opens the block by name), so the array is the same
-memory in every process. Only the creating process removes the block's name at close;
-a forked child calls ``disown`` first so its own ``close`` never does.
+memory in every process. The block's name is removed as soon as it is created: the
+mapping lives on in the creator and in every process it forks, and the memory goes back
+to the kernel when the last of them exits, however they exit. So no ``/dev/shm`` entry
+outlives a server, not even one whose supervisor was SIGKILLed.
 """
 
 from __future__ import annotations
@@ -14,27 +16,20 @@ import numpy as np
 
 
 class SharedArray:
-    """A zero-filled array of ``shape`` and ``dtype`` backed by a new shared block."""
+    """A zero-filled array of ``shape`` and ``dtype`` backed by a new, already unnamed,
+    shared block (shared with the processes forked after this call)."""
 
     def __init__(self, shape: tuple[int, ...], dtype: type[np.generic]) -> None:
         size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         self._shm = shared_memory.SharedMemory(create=True, size=size)
-        self._owner = True
+        # Unnamed from here on: a crash of every process cannot leave the block behind.
+        self._shm.unlink()
         # A new block is a fresh tmpfs file: it reads as zeros already. Not writing the
         # zeros keeps untouched pages unallocated, so tables sized for ``max_workers``
         # cost memory only for the workers that exist.
         self.array: np.ndarray[Any, Any] = np.ndarray(shape, dtype=dtype, buffer=self._shm.buf)
 
-    def disown(self) -> None:
-        """Called in a forked child: its ``close`` must not remove the block's name."""
-        self._owner = False
-
     def close(self) -> None:
-        """Drop this process's mapping; the creator also removes the block's name."""
+        """Drop this process's mapping (the memory stays while another process maps it)."""
         del self.array
         self._shm.close()
-        if self._owner:
-            try:
-                self._shm.unlink()
-            except FileNotFoundError:
-                pass

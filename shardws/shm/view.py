@@ -1,17 +1,9 @@
-"""Cluster membership: member ids across hosts, and the view every process of a host reads.
+"""The cluster view in shared memory, and the member ids one process works with.
 
-**Member ids.** Every bus member of the cluster has one 32-bit id, ``host_number << 16 |
-slot``: ``slot`` is the process's row on its host's scoreboard (workers, then the admin,
-then the bridge) and ``host_number`` is derived from ``[cluster] host_id``
-(:func:`host_number`). A single host (no cluster) has host number 0, so its member ids
-are its slots. Bus headers carry these ids, so sequence checks, inbox topics and
-request/reply work unchanged across hosts.
-
-**The view.** The bridge hears every peer's heartbeat (its host id, host number and
-configured worker slots) and writes the live hosts into a shared-memory block
-(:class:`ViewTable`); workers and the admin read it. The view number is a digest of the
-live hosts and their workers: two hosts that see the same members have the same view
-number, so convergence after a partition is visible by comparing numbers.
+The bridge hears every peer's heartbeat and writes the live hosts into a shared-memory
+block (:class:`ViewTable`); workers and the admin read it. :class:`Members` combines the
+host's scoreboard and that view into the ids every bus header, inbox topic and owner
+choice carries (the id scheme itself is ``shardws.pure.cluster``).
 
 Guarantees: a reader never sees a torn view (a sequence lock: the writer makes the
 sequence odd while writing; a reader retries until it reads the same even sequence
@@ -23,99 +15,24 @@ from __future__ import annotations
 
 import json
 import socket
-import zlib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shardws.pure.cluster import Host, View, host_number, host_of, member_id
 from shardws.shm.segment import SharedArray
 
 if TYPE_CHECKING:
     from shardws.config import Config
     from shardws.shm.scoreboard import Scoreboard
 
-SLOT_BITS = 16
-SLOT_MASK = (1 << SLOT_BITS) - 1
 _BLOCK_BYTES = 1 << 20  # the view of ~1000 hosts of 64 workers with their peer stats
 _HEADER_BYTES = 16  # u64 sequence, u64 length
-
-
-def host_number(host_id: str) -> int:
-    """The 16-bit number of ``host_id`` used in member ids (1..65535; 0 is a single
-    host). Two host ids with the same number cannot join one cluster: the bridge refuses
-    the second one and logs both names."""
-    return zlib.crc32(host_id.encode()) % 0xFFFF + 1
 
 
 def effective_host_id(configured: str) -> str:
     """``[cluster] host_id``, or the system host name when it is empty."""
     return configured or socket.gethostname()
-
-
-def member_id(host: int, slot: int) -> int:
-    """The cluster-wide member id of ``slot`` on host number ``host``."""
-    return host << SLOT_BITS | slot
-
-
-def slot_of(member: int) -> int:
-    """The scoreboard slot of ``member`` on its own host."""
-    return member & SLOT_MASK
-
-
-def host_of(member: int) -> int:
-    """The host number of ``member``."""
-    return member >> SLOT_BITS
-
-
-@dataclass(frozen=True)
-class Host:
-    """One live host of the view."""
-
-    host_id: str
-    number: int
-    workers: tuple[int, ...]  # configured worker slots
-
-
-@dataclass(frozen=True)
-class View:
-    """The live hosts (this one included) as the bridge sees them, and peer statistics
-    for ``/health`` and ``/metrics``."""
-
-    number: int
-    hosts: tuple[Host, ...]
-    peers: Mapping[str, Mapping[str, Any]]  # host id -> up, address, counters
-
-    def own_stats(self) -> Mapping[str, Any]:
-        """The writing bridge's own counters (stored under the key ``""``, which no host
-        id can be)."""
-        return self.peers.get("", {})
-
-    def peer_stats(self) -> dict[str, Mapping[str, Any]]:
-        """Each known peer's state and counters, by host id."""
-        return {host_id: stats for host_id, stats in self.peers.items() if host_id}
-
-    def workers(self) -> tuple[int, ...]:
-        """Member ids of every worker of every live host, sorted."""
-        return tuple(
-            sorted(member_id(host.number, slot) for host in self.hosts for slot in host.workers)
-        )
-
-    def remote_workers(self, own_host: int) -> set[int]:
-        """Member ids of the live workers on other hosts."""
-        return {
-            member_id(host.number, slot)
-            for host in self.hosts
-            if host.number != own_host
-            for slot in host.workers
-        }
-
-
-def view_number(hosts: Iterable[Host]) -> int:
-    """The digest of a membership: equal on every host that sees the same members."""
-    canonical = sorted((host.host_id, host.number, list(host.workers)) for host in hosts)
-    return zlib.crc32(json.dumps(canonical).encode())
 
 
 class ViewTable:
@@ -127,10 +44,6 @@ class ViewTable:
         self._array = self._shared.array
         self._header = self._array[:_HEADER_BYTES].view(np.uint64)
         self._cached: tuple[int, View | None] = (0, None)
-
-    def disown(self) -> None:
-        """Called in a forked child: its ``close`` must not remove the block's name."""
-        self._shared.disown()
 
     def close(self) -> None:
         del self._header, self._array
@@ -188,11 +101,12 @@ class Members:
     (from the view). Every id a bus header, an inbox topic or an owner choice carries
     comes from here."""
 
-    def __init__(self, board: Scoreboard, config: Config, slot: int) -> None:
+    def __init__(self, board: Scoreboard, view: ViewTable, config: Config, slot: int) -> None:
         cluster = config.cluster
         self.host = host_number(effective_host_id(cluster.host_id)) if cluster.enabled else 0
         self.me = member_id(self.host, slot)
         self._board = board
+        self._view = view
         self._stale_after = config.server.heartbeat_timeout
 
     def id(self, slot: int) -> int:
@@ -213,7 +127,7 @@ class Members:
 
     def view(self) -> View | None:
         """The cluster's view, or None on a single host (or before the bridge wrote)."""
-        return self._board.cluster.read() if self.host else None
+        return self._view.read() if self.host else None
 
     def owners(self) -> tuple[int, ...]:
         """The workers channels are owned by: this host's configured worker slots and the

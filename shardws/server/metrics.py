@@ -1,0 +1,242 @@
+"""The Prometheus exposition of a host: the scoreboard and the cluster view, read at
+scrape time (``/metrics`` on the admin port). It only reads the shared tables; it never
+creates or writes them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from shardws.shm.scoreboard import LATENCY_BUCKETS, LATENCY_COLUMNS, Column, Scoreboard
+from shardws.shm.view import ViewTable
+
+
+class _ScoreboardCollector:
+    """Turns the scoreboard into Prometheus metric families at scrape time."""
+
+    def __init__(self, board: Scoreboard, view: ViewTable | None, stale_after: float) -> None:
+        self._board = board
+        self._view = view
+        self._stale_after = stale_after
+
+    def collect(self) -> Iterator[Metric]:
+        table = self._board.table
+        slots = self._board.workers()
+        workers = [(slot, str(slot)) for slot in slots]
+
+        def per_worker(family: GaugeMetricFamily | CounterMetricFamily, column: Column) -> Metric:
+            for slot, label in workers:
+                family.add_metric([label], float(table[slot, column]))
+            return family
+
+        up = GaugeMetricFamily(
+            "shardws_worker_up",
+            "1 if the worker is ready and its heartbeat is fresh",
+            labels=["worker"],
+        )
+        for slot, label in workers:
+            up.add_metric([label], 1.0 if self._board.is_ready(slot, self._stale_after) else 0.0)
+        yield up
+        yield per_worker(
+            GaugeMetricFamily(
+                "websocket_active_connections", "Open WebSocket connections", labels=["worker"]
+            ),
+            Column.CONNECTIONS,
+        )
+        yield per_worker(
+            CounterMetricFamily(
+                "websocket_connections_accepted", "Connections upgraded", labels=["worker"]
+            ),
+            Column.ACCEPTED,
+        )
+        messages = CounterMetricFamily(
+            "websocket_messages",
+            "WebSocket messages: in = client frames received, out = "
+            "frames delivered (one per subscriber)",
+            labels=["worker", "direction"],
+        )
+        data = CounterMetricFamily(
+            "websocket_bytes", "WebSocket payload bytes", labels=["worker", "direction"]
+        )
+        for slot, label in workers:
+            messages.add_metric([label, "in"], float(table[slot, Column.MESSAGES_IN]))
+            messages.add_metric([label, "out"], float(table[slot, Column.MESSAGES_OUT]))
+            data.add_metric([label, "in"], float(table[slot, Column.BYTES_IN]))
+            data.add_metric([label, "out"], float(table[slot, Column.BYTES_OUT]))
+        yield messages
+        yield data
+        drops = CounterMetricFamily(
+            "websocket_dropped_messages",
+            "Messages not delivered, by reason",
+            labels=["worker", "reason"],
+        )
+        for slot, label in workers:
+            drops.add_metric([label, "slow_consumer"], float(table[slot, Column.DROPS]))
+            drops.add_metric([label, "bus_lost"], float(table[slot, Column.BUS_LOST]))
+        yield drops
+        for name, doc, column in (
+            ("shardws_publications", "Publications accepted from clients", Column.PUBLISHES),
+            (
+                "shardws_slow_consumer_disconnects",
+                "Connections closed with 4501",
+                Column.SLOW_CONSUMERS,
+            ),
+            (
+                "shardws_rate_limited_commands",
+                "Commands refused by the rate limit",
+                Column.RATE_LIMITED,
+            ),
+            (
+                "shardws_auth_failures",
+                "Bad tokens (401, 4001, channel tokens)",
+                Column.AUTH_FAILURES,
+            ),
+            ("shardws_refused_connections", "Connections refused by a limit", Column.REFUSED),
+            (
+                "shardws_protocol_errors",
+                "Bad JSON, unknown ops, invalid UTF-8, oversize",
+                Column.PROTOCOL_ERRORS,
+            ),
+            (
+                "shardws_bus_sync_timeouts",
+                "Subscribe barriers that timed out",
+                Column.SYNC_TIMEOUTS,
+            ),
+            ("shardws_worker_restarts", "Times the worker was restarted", Column.RESTARTS),
+            (
+                "shardws_history_repairs",
+                "History gaps (lost bus messages) repaired from the channel owner",
+                Column.HISTORY_REPAIRS,
+            ),
+            (
+                "shardws_history_unrecoverable",
+                "History gaps that could not be repaired (subscribers closed with 4505)",
+                Column.HISTORY_UNRECOVERABLE,
+            ),
+        ):
+            yield per_worker(CounterMetricFamily(name, doc, labels=["worker"]), column)
+        fds = GaugeMetricFamily(
+            "process_open_fds_by_worker", "Open file descriptors", labels=["worker"]
+        )
+        for slot, label in workers:
+            fds.add_metric([label], float(_open_fds(int(table[slot, Column.PID]))))
+        yield fds
+        yield self._latency(workers)
+        admin = table[self._board.admin_slot]
+        for name, doc, column in (
+            (
+                "shardws_backend_publications",
+                "Publish requests accepted from backends (HTTP API and ingress)",
+                Column.PUBLISHES,
+            ),
+            (
+                "shardws_ingress_messages",
+                "Messages read from the ZeroMQ ingress",
+                Column.MESSAGES_IN,
+            ),
+            (
+                "shardws_ingress_rejected",
+                "Ingress messages refused (malformed, unknown namespace)",
+                Column.PROTOCOL_ERRORS,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], float(admin[column]))
+            yield family
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[Metric]:
+        """Peers up/down and traffic per peer, from the bridge's view (cluster only)."""
+        view = None if self._view is None else self._view.read()
+        if view is None:
+            return
+        peers, own = view.peer_stats(), view.own_stats()
+        hosts = GaugeMetricFamily("shardws_cluster_hosts", "Live hosts in the membership view")
+        hosts.add_metric([], float(len(view.hosts)))
+        yield hosts
+        number = GaugeMetricFamily(
+            "shardws_cluster_view", "Membership view number (equal on hosts that agree)"
+        )
+        number.add_metric([], float(view.number))
+        yield number
+        up = GaugeMetricFamily(
+            "shardws_cluster_peer_up", "1 if the peer's heartbeats arrive", labels=["peer"]
+        )
+        received = CounterMetricFamily(
+            "shardws_cluster_peer_messages_received",
+            "Bus frames received from the peer's members",
+            labels=["peer"],
+        )
+        received_bytes = CounterMetricFamily(
+            "shardws_cluster_peer_bytes_received",
+            "Bus bytes received from the peer",
+            labels=["peer"],
+        )
+        for name, peer in sorted(peers.items()):
+            up.add_metric([name], 1.0 if peer.get("up") else 0.0)
+            received.add_metric([name], float(peer.get("messages_received", 0)))
+            received_bytes.add_metric([name], float(peer.get("bytes_received", 0)))
+        yield from (up, received, received_bytes)
+        for name, doc, key in (
+            ("shardws_cluster_messages_sent", "Bus frames sent to the peers", "messages_sent"),
+            ("shardws_cluster_bytes_sent", "Bus bytes sent to the peers", "bytes_sent"),
+            (
+                "shardws_cluster_handshake_failures",
+                "Failed bridge handshakes (a peer without the cluster key, or not a bridge)",
+                "handshake_failures",
+            ),
+            (
+                "shardws_cluster_barrier_timeouts",
+                "Subscribe barriers answered without every peer (a peer going down)",
+                "barrier_timeouts",
+            ),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], float(own.get(key, 0)))
+            yield family
+
+    def _latency(self, workers: list[tuple[int, str]]) -> Metric:
+        family = HistogramMetricFamily(
+            "websocket_message_latency_seconds",
+            "Seconds from a publication entering the server (a client's publish, the HTTP "
+            "API or the ingress) to this worker handing it to its local subscribers' "
+            "sockets; one observation per publication per delivering worker (wall clock: "
+            "from another host of a cluster it includes the hosts' clock offset)",
+            labels=["worker"],
+        )
+        bounds = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]
+        for slot, label in workers:
+            cumulative = np.cumsum(self._board.table[slot, LATENCY_COLUMNS])
+            family.add_metric(
+                [label],
+                list(zip(bounds, (float(c) for c in cumulative), strict=True)),
+                float(self._board.table[slot, Column.LATENCY_SUM_US]) / 1e6,
+            )
+        return family
+
+
+def _open_fds(pid: int) -> int:
+    if pid <= 0:
+        return 0
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def prometheus_text(board: Scoreboard, stale_after: float, view: ViewTable | None = None) -> bytes:
+    """The scoreboard in the Prometheus text exposition format, one ``worker`` label per
+    configured worker slot (counters get their ``_total`` suffix from prometheus-client)."""
+    registry = CollectorRegistry()
+    registry.register(_ScoreboardCollector(board, view, stale_after))
+    return generate_latest(registry)
