@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from shardws.bus.requests import Requests
 from shardws.pure import control
 
 
@@ -33,7 +34,7 @@ def test_inbox_messages() -> None:
 def test_requests_collect_answers_until_the_deadline() -> None:
     async def scenario() -> None:
         sent: list[tuple[int, bytes]] = []
-        requests = control.Requests(9, lambda member, payload: sent.append((member, payload)))
+        requests = Requests(9, lambda member, payload: sent.append((member, payload)))
         task = asyncio.create_task(requests.ask({0, 1, 2}, "channels", {}, 0.3))
         await asyncio.sleep(0)
         assert [member for member, _ in sent] == [0, 1, 2]

@@ -11,13 +11,13 @@ Two kinds, both sent by the admin process today and read by the workers:
 
 * **Inboxes** (``bus.inbox_topic(member)``): one JSON object per payload. A request is
   ``{"op": ..., "id": N, "reply_to": M, ...arguments}``; the answer goes to the inbox of
-  member ``M`` as ``{"id": N, "reply": {...}}``. :class:`Requests` sends a request to
-  several members and collects their answers until a deadline.
+  member ``M`` as ``{"id": N, "reply": {...}}``. ``shardws.bus.requests.Requests``
+  sends a request to several members and collects their answers until a deadline.
 
 Guarantees: decoders raise ``ValueError`` (never anything else) on a payload they do
 not understand, so a receiver can count and skip it. Request/reply is at-most-once like
 the bus itself: a member that is busy, dead or not yet attached simply does not answer
-in time, and :meth:`Requests.ask` reports it as missing instead of waiting longer.
+in time, and ``Requests.ask`` reports it as missing instead of waiting longer.
 
 Ops:
 
@@ -28,14 +28,11 @@ Ops:
 
 from __future__ import annotations
 
-import asyncio
 import heapq
-import itertools
 import json
 import logging
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 log = logging.getLogger("shardws.control")
@@ -116,59 +113,6 @@ def inbox_messages(origin: int, payloads: Iterable[bytes]) -> Iterator[dict[str,
             yield decode_inbox(payload)
         except ValueError as exc:
             log.warning("bus: bad inbox message from member %d: %s", origin, exc)
-
-
-@dataclass(eq=False)
-class _Pending:
-    expected: set[int]
-    done: asyncio.Future[None]
-    answers: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-
-class Requests:
-    """One member's outstanding requests, matched with their replies by id.
-
-    ``send(member, payload)`` must queue ``payload`` for ``member``'s inbox (the bus).
-    Feed every reply that reaches this member's inbox to :meth:`on_reply`.
-    """
-
-    def __init__(self, member: int, send: Callable[[int, bytes], None]) -> None:
-        self._member = member
-        self._send = send
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
-
-    async def ask(
-        self, members: Iterable[int], op: str, args: Mapping[str, Any], timeout: float
-    ) -> tuple[dict[int, dict[str, Any]], set[int]]:
-        """Send request ``op`` to every member in ``members`` and wait until all have
-        answered or ``timeout`` seconds passed. Returns (the answers by member, the
-        members that did not answer in time)."""
-        expected = set(members)
-        if not expected:
-            return {}, set()
-        request_id = next(self._ids)
-        pending = _Pending(expected, asyncio.get_running_loop().create_future())
-        self._pending[request_id] = pending
-        payload = encode_request(op, request_id, self._member, args)
-        for member in sorted(expected):
-            self._send(member, payload)
-        try:
-            await asyncio.wait_for(asyncio.shield(pending.done), timeout)
-        except TimeoutError:
-            pass
-        finally:
-            del self._pending[request_id]
-        return pending.answers, expected - pending.answers.keys()
-
-    def on_reply(self, origin: int, message: Mapping[str, Any]) -> None:
-        """A decoded reply from member ``origin``; late and unexpected ones are ignored."""
-        pending = self._pending.get(message["id"])
-        if pending is None or origin not in pending.expected:
-            return
-        pending.answers[origin] = message["reply"]
-        if pending.expected <= pending.answers.keys() and not pending.done.done():
-            pending.done.set_result(None)
 
 
 # --------------------------------------------------------------------------- channels

@@ -16,9 +16,11 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio  # only the type of the bus's liveness future
 
 
 class _Channel:

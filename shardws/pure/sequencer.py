@@ -18,8 +18,6 @@ and are handed to another owner with ``release``/``adopt``.
 from __future__ import annotations
 
 import enum
-import os
-import pickle
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,11 +25,6 @@ from typing import Any
 from shardws.config import NamespaceConfig
 from shardws.pure.history import Ring, RingState
 from shardws.pure.protocol import MAX_HISTORY_PAGE, encode_pub_at
-
-
-def rings_path(run_dir: str, slot: int) -> str:
-    """Where worker slot ``slot`` saves its rings when it drains."""
-    return os.path.join(run_dir, f"rings-{slot}.pickle")
 
 
 class Sequencer:
@@ -150,32 +143,15 @@ class Sequencer:
                 self._rings[channel] = Ring.restore(state)
                 self._used[channel] = now
 
-    def save(self, path: str) -> int:
-        """Write every ring to ``path`` (owner-only file; a planned replacement of this
-        process loads it). Returns how many rings were saved."""
-        states = {channel: ring.snapshot() for channel, ring in self._rings.items()}
-        temporary = f"{path}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            pickle.dump(states, file, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(temporary, path)
-        return len(states)
+    def snapshot(self) -> dict[str, RingState]:
+        """Every ring's state, for this slot's next process (``shardws.server.ringfile``)."""
+        return {channel: ring.snapshot() for channel, ring in self._rings.items()}
 
-    def load(
-        self, path: str, mine: Callable[[str], bool], keep: bool = False
+    def adopt_mine(
+        self, states: dict[str, RingState], mine: Callable[[str], bool]
     ) -> tuple[int, dict[str, RingState]]:
-        """Adopt the rings saved at ``path`` for which ``mine`` is true, and remove the
-        file unless ``keep``. Returns (rings adopted, the other rings, to be handed to
-        their owners). A missing file adopts nothing."""
-        try:
-            with open(path, "rb") as file:
-                # Written by this service's own previous process into its private run
-                # directory (mode 0700, file 0600): trusted input.
-                states: dict[str, RingState] = pickle.load(file)
-        except FileNotFoundError:
-            return 0, {}
-        if not keep:
-            os.unlink(path)
+        """Adopt the rings of ``states`` for which ``mine`` is true. Returns (rings
+        adopted, the other rings, to be handed to their owners)."""
         others = {channel: state for channel, state in states.items() if not mine(channel)}
         own = {channel: state for channel, state in states.items() if mine(channel)}
         self.adopt(own)

@@ -32,6 +32,7 @@ from setproctitle import setproctitle
 
 from shardws.bus.host import Bus, endpoint
 from shardws.bus.ingress import Ingress
+from shardws.bus.requests import Requests
 from shardws.config import Config
 from shardws.log import setup_logging
 from shardws.pure import control, protocol
@@ -170,7 +171,7 @@ class Backend:
         self._config = config
         self._board = board
         self.members = Members(board, tables.view, config, board.admin_slot)
-        self._requests = control.Requests(self.members.me, self._send_to_inbox)
+        self._requests = Requests(self.members.me, self._send_to_inbox)
 
     def _send_to_inbox(self, member: int, payload: bytes) -> None:
         assert self.bus is not None

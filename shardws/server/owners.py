@@ -40,8 +40,9 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from shardws.bus.requests import Requests
 from shardws.config import NamespaceConfig
 from shardws.core import build_text_frame
 from shardws.pure import control, protocol
@@ -49,10 +50,15 @@ from shardws.pure.busframe import channel_topic, inbox_topic
 from shardws.pure.cluster import slot_of
 from shardws.pure.history import Entry, RingState, owner_of
 from shardws.pure.protocol import CloseCode, ErrorCode, pub_position
-from shardws.pure.sequencer import Seen, Sequencer, Tracker, rings_path
+from shardws.pure.sequencer import Seen, Sequencer, Tracker
+from shardws.server.ringfile import load_rings, rings_path, save_rings
 
 if TYPE_CHECKING:
-    from shardws.server.worker import Connection, Worker
+    from shardws.bus.host import Bus
+    from shardws.core import Deflated
+    from shardws.pure.auth import Identity
+    from shardws.pure.hub import Hub
+    from shardws.shm.view import Members
 
 log = logging.getLogger("shardws.owners")
 
@@ -62,6 +68,45 @@ OWNER_OPS = frozenset({"hpub", "hpos", "hposs", "hhist", "handover", "presence"}
 #: Seconds between checks of the owners' positions (finds a lost *last* publication,
 #: which no later offset would reveal).
 POSITION_CHECK_INTERVAL = 2.0
+
+
+class Connection(Protocol):
+    """What the owner logic needs of a client connection (the worker's connections have
+    it): its identity and channels, and a way to send it a text message in order with
+    its publications."""
+
+    identity: Identity | None
+    sink: Any
+    client_id: str
+    channels: set[str]
+    closing: bool
+
+    def send(self, payload: bytes) -> None: ...
+
+    def __hash__(self) -> int: ...
+
+
+class OwnerHost(Protocol):
+    """The narrow interface between the owner logic and its worker: the worker's bus,
+    hub and member ids, and the delivery and accounting the worker does for it. The
+    worker implements it; unit tests implement it without sockets."""
+
+    bus: Bus | None  # None until the worker booted
+    hub: Hub
+    member: int
+    members: Members
+    run_dir: str
+    slot: int
+
+    def options_for(self, channel: str) -> NamespaceConfig: ...
+
+    def deflated_for(self, payload: bytes) -> Deflated | None: ...
+
+    def deliver_frame(
+        self, frame: bytes, sinks: list[Any], drop: bool, deflated: Deflated | None = None
+    ) -> None: ...
+
+    def stats_publication(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -76,11 +121,11 @@ class _Pending:
 class Owners:
     """Channel owners, recovery, gap repair and presence for one worker."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: OwnerHost) -> None:
         self.worker = worker
         self.sequencer = Sequencer(self._options)
         self.tracker = Tracker()
-        self.requests = control.Requests(worker.member, self._send)
+        self.requests = Requests(worker.member, self._send)
         self.repairs = 0  # gaps repaired from the owner
         self.unrecoverable = 0  # gaps that could not be repaired (subscribers closed)
         self._pending: dict[str, list[_Pending]] = {}
@@ -449,8 +494,8 @@ class Owners:
         now (each remaining worker takes its own share; the file stays for the others
         and is replaced if the slot comes back)."""
         me = self.worker.member
-        taken = self.sequencer.load(
-            self._rings_path(slot), lambda channel: self.owner(channel) == me, keep=True
+        taken = self.sequencer.adopt_mine(
+            load_rings(self._rings_path(slot), keep=True), lambda channel: self.owner(channel) == me
         )
         if taken[0]:
             log.info("took over %d ring(s) of retired worker %d", taken[0], slot)
@@ -471,15 +516,16 @@ class Owners:
         """On a drain: keep every ring for this slot's next process (or, when a reload
         retires this slot, for the workers that own its channels next)."""
         if len(self.sequencer):
-            count = self.sequencer.save(self._rings_path(self.worker.slot))
+            count = save_rings(self._rings_path(self.worker.slot), self.sequencer.snapshot())
             log.info("saved %d ring(s) for the next process of this slot", count)
 
     def load(self) -> None:
         """At boot: continue the rings the previous process of this slot saved; rings
         that belong to other workers now are handed to them."""
         me = self.worker.member
-        adopted, others = self.sequencer.load(
-            self._rings_path(me), lambda channel: self.owner(channel) == me
+        adopted, others = self.sequencer.adopt_mine(
+            load_rings(self._rings_path(self.worker.slot)),
+            lambda channel: self.owner(channel) == me,
         )
         if adopted or others:
             log.info("continued %d ring(s) saved by this slot's previous process", adopted)

@@ -54,8 +54,8 @@ from setproctitle import setproctitle
 
 from shardws.config import Config, ConfigError, load_config, run_dir_parent
 from shardws.log import setup_logging
-from shardws.pure.sequencer import rings_path
 from shardws.server import steering, systemd
+from shardws.server.ringfile import rings_path
 from shardws.shm.iplimits import IPTable
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 from shardws.shm.tables import SharedTables
