@@ -5,12 +5,17 @@ Two pages of the demo land on different workers (reloaded until they do), chat, 
 other in presence; the worker of one page is killed (not the room's channel owner, so
 the history survives); that page shows the reconnect and catches up with the messages
 the other page sent meanwhile, each exactly once, with no gap.
+
+The demo's layout at a desktop and a phone window size: a one-line header, the chat
+filling the rest, presence right (and readable) from the first paint; the screenshots go
+to ``$SHARDWS_TEST_ARTIFACTS`` (default ``test-artifacts/`` in the repository root).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import time
@@ -56,6 +61,8 @@ presence = true
 join_leave = true
 """
 CHANNEL = "chat:lobby"
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("SHARDWS_TEST_ARTIFACTS") or REPO / "test-artifacts")
 
 
 @pytest.fixture
@@ -152,6 +159,119 @@ def test_demo_in_two_pages_on_two_workers_survives_a_worker_kill(
             assert shown[-4:] == [f"carol: {t}" for t in sent] + ["dave: back again"], shown
             assert page.query_selector("#messages li.gap") is None  # no gap reported
         assert victim.evaluate("window.demo.client.subscriptions.get('chat:lobby').recoveries") >= 1
+        assert errors == []
+    finally:
+        with contextlib.suppress(Exception):
+            proc.stop()
+
+
+# Installed before the page's own scripts: every value #online holds while #status says
+# "connected". A MutationObserver runs before the next paint, so it sees whatever the
+# page could paint (and possibly more), including the first connected frame.
+WATCH_ONLINE = """
+window.onlineWhileConnected = [];
+new MutationObserver(() => {
+  const status = document.getElementById("status");
+  const online = document.getElementById("online");
+  if (!status || !online || status.textContent !== "connected") return;
+  const seen = window.onlineWhileConnected;
+  if (seen.length === 0 || seen[seen.length - 1] !== online.textContent) {
+    seen.push(online.textContent);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+# Boxes in CSS pixels of the viewport.
+LAYOUT = """() => {
+  const box = (selector) => {
+    const r = document.querySelector(selector).getBoundingClientRect();
+    return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, height: r.height,
+            width: r.width};
+  };
+  const shown = Array.from(document.querySelectorAll("header > *"))
+    .filter((e) => e.getClientRects().length && e.textContent.trim());
+  return {
+    width: innerWidth, height: innerHeight,
+    scrollWidth: document.documentElement.scrollWidth,
+    scrollHeight: document.documentElement.scrollHeight,
+    header: box("header"), main: box("main"), messages: box("#messages"), form: box("#form"),
+    headerItems: shown.map((e) => {
+      const r = e.getBoundingClientRect();
+      return {text: e.textContent.trim(), top: r.top, bottom: r.bottom, right: r.right,
+              middle: (r.top + r.bottom) / 2, clipped: e.scrollWidth > e.clientWidth + 1};
+    }),
+  };
+}"""
+PRESENCE = """() => Array.from(document.querySelectorAll('#presence li'))
+  .map((li) => [li.firstChild.textContent, li.classList.contains('me')])"""
+SIZES = {"desktop": (1200, 800), "phone": (390, 844)}
+
+
+def _presence(page: Any) -> list[tuple[str, bool]]:
+    return sorted((name, me) for name, me in page.evaluate(PRESENCE))
+
+
+def test_demo_layout_and_presence_from_the_first_paint(tmp_path: Path, browser: Any) -> None:
+    proc = ServerProcess(tmp_path, workers=1, extra=CHAT, server="demo = true").start()
+    base = f"http://127.0.0.1:{proc.ws_port}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        errors: list[str] = []
+        friend = browser.new_context().new_page()
+        friend.on("pageerror", lambda e: errors.append(str(e)))
+        friend.goto(base + "/")
+        _until(friend, "() => !!(window.demo && window.demo.ready)")
+        _say(friend, "alice", "hi, anyone here?")
+        _wait_text(friend, "alice: hi, anyone here?")
+        for kind, (width, height) in SIZES.items():
+            phone = kind == "phone"
+            context = browser.new_context(
+                viewport={"width": width, "height": height},
+                device_scale_factor=2 if phone else 1,
+                is_mobile=phone,
+                has_touch=phone,
+            )
+            context.add_init_script(WATCH_ONLINE)
+            page = context.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/")
+            _until(page, "() => !!(window.demo && window.demo.ready)")
+            _until(page, "() => document.querySelector('#status').textContent === 'connected'")
+            # The count's first value while connected already holds both pages.
+            assert page.evaluate("window.onlineWhileConnected")[0] == "2", kind
+            # Readable names: the friend by the name its message carried, this page by a
+            # guest label of its connection, which the friend shows the same way.
+            me = page.get_attribute("#name", "placeholder")
+            assert me is not None and re.fullmatch(r"guest [0-9a-f]{4}", me), me
+            assert _presence(page) == [("alice", False), (me, True)], kind
+            _until(
+                friend,
+                "(me) => Array.from(document.querySelectorAll('#presence li'))"
+                ".some((li) => li.textContent === me)",
+                arg=me,
+            )
+            _say(page, "", f"hello from a {kind}")
+            _wait_text(friend, f"{me}: hello from a {kind}")
+            _say(friend, "alice", f"welcome, {me}!")
+            _wait_text(page, f"alice: welcome, {me}!")
+
+            layout = page.evaluate(LAYOUT)
+            header, main = layout["header"], layout["main"]
+            viewport = layout["width"] * layout["height"]
+            assert (layout["width"], layout["height"]) == (width, height)
+            assert header["top"] == 0 and header["height"] <= min(64, 0.1 * height), layout
+            items = layout["headerItems"]
+            assert {"shardws", "lobby", "connected"} <= {i["text"] for i in items}, items
+            for item in items:  # one line: side by side, inside the header, none cut off
+                assert abs(item["middle"] - items[0]["middle"]) <= 4, items
+                assert header["top"] <= item["top"] and item["bottom"] <= header["bottom"], items
+                assert item["right"] <= width and not item["clipped"], items
+            assert main["width"] * main["height"] >= 0.7 * viewport, layout
+            assert main["bottom"] <= height and layout["form"]["bottom"] <= height, layout
+            assert layout["messages"]["height"] >= main["height"] - layout["form"]["height"] - 1
+            assert layout["scrollWidth"] <= width and layout["scrollHeight"] <= height, layout
+            page.screenshot(path=str(ARTIFACTS / f"demo-{kind}-{width}x{height}.png"))
+            context.close()
+            _until(friend, "() => document.querySelector('#online').textContent === '1'")
         assert errors == []
     finally:
         with contextlib.suppress(Exception):
