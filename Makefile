@@ -8,8 +8,8 @@ debug:            ## debug build: assertions, bounds checks, line tracing
 	SHARDWS_DEBUG=1 $(PY) -m pip install -e '.[test]' --no-build-isolation
 test:
 	$(PY) -m pytest
-lint:
-	ruff check shardws tests && mypy shardws
+lint:            ## the gates .ci/run applies before the tests
+	ruff check shardws tests benchmarks && ruff format --check shardws tests benchmarks && mypy shardws && $(PY) -m mypy.stubtest shardws._core --allowlist .ci/stubtest-allowlist.txt
 bench:
 	$(PY) -m pytest benchmarks --benchmark-enable
 conformance:      ## every Autobahn section against a real server, reports in reports/autobahn

@@ -25,8 +25,8 @@ def _load() -> tuple[ModuleType, Literal["cython", "python"]]:
 
 _module, IMPLEMENTATION = _load()
 
-if TYPE_CHECKING:  # both modules have the same API; type-check against the reference
-    from shardws._core_ref import (
+if TYPE_CHECKING:  # both have the same API; users are checked against the extension's stub
+    from shardws._core import (
         DEFAULT_MAX_PENDING,
         MAX_DEPTH,
         MAX_ID,

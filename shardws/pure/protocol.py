@@ -21,21 +21,6 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 
-#: Ops a client may send. Anything else gets ``ErrorCode.UNKNOWN_OP``.
-OPS = frozenset(
-    {
-        "connect",
-        "refresh",
-        "subscribe",
-        "unsubscribe",
-        "publish",
-        "ping",
-        "history",
-        "presence",
-        "presence_stats",
-    }
-)
-
 # Channel names: printable ASCII without quotes, backslash, spaces or control characters,
 # so a name can be embedded in JSON and in a bus topic (which is NUL-terminated) as is.
 # ``namespace:rest`` is the namespace separator; ``#`` marks user-only channels.
@@ -49,7 +34,6 @@ class ErrorCode(enum.IntEnum):
     The connection stays open after any of these.
     """
 
-    INTERNAL = 100
     UNAUTHORIZED = 101
     UNKNOWN_CHANNEL = 102
     PERMISSION_DENIED = 103
