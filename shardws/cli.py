@@ -17,17 +17,32 @@ from shardws.config import Config, ConfigError, dump_config, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shardws", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="shardws",
+        description="Run and operate shardws, a WebSocket pub/sub server.",
+        epilog="Run shardws COMMAND --help for a command's options. Exit status: 0 success,"
+        " 1 runtime failure, 2 bad usage or bad configuration.",
+    )
     parser.add_argument("--version", action="version", version=f"shardws {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server in the foreground")
+    commands = parser.add_subparsers(
+        title="commands", dest="command", required=True, metavar="COMMAND"
+    )
+    serve = commands.add_parser(
+        "serve",
+        help="run the server in the foreground",
+        description="Run the server in the foreground: a supervisor and its workers, until"
+        " SIGTERM or SIGINT (SIGHUP reloads the config file).",
+    )
     serve.add_argument(
         "-c", "--config", metavar="FILE", help="TOML config file (default: built-in defaults)"
     )
     check = commands.add_parser(
-        "check-config", help="validate a config file and print the effective configuration"
+        "check-config",
+        help="validate a config file and print the effective configuration",
+        description="Validate a config file and print the effective configuration (every"
+        " option, defaults filled in); an error names the file and the key, exit status 2.",
     )
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("file", metavar="FILE", help="the TOML config file to check")
     token = commands.add_parser(
         "token",
         help="print a token signed with the configured HS256 secret",
@@ -72,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("name", metavar="NAME", help="path prefix of the two files")
     tune = commands.add_parser(
-        "tune", help="kernel and fd limits: current vs recommended, and host capacity"
+        "tune",
+        help="kernel and fd limits: current vs recommended, and host capacity",
+        description="Print each kernel setting and file-descriptor limit next to the value"
+        " sysctl/99-shardws.conf recommends, and about how many idle connections this host"
+        " can hold.",
     )
     tune.add_argument("-c", "--config", metavar="FILE", help="config (for the worker count)")
     install = commands.add_parser(

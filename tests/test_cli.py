@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from serverproc import run_cli
+
+from shardws import cli, loadgen
 
 shardws = run_cli
 
@@ -46,3 +49,69 @@ def test_worker_failing_first_boot_stops_the_service(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "during the first boot; stopping the service" in result.stdout
     assert result.stdout.count("started worker 0") == 1  # no restart loop
+
+
+# -- help texts --------------------------------------------------------------------------
+
+# What argparse prints when a help text or a default adds nothing: reStructuredText
+# markup, and the ArgumentDefaultsHelpFormatter's defaults of options without one.
+MEANINGLESS = ("``", "(default: None)", "(default: [])", "(default: )", "(default: False)")
+
+
+def help_problems(parser: argparse.ArgumentParser, name: str) -> list[str]:
+    """What is missing or wrong in the help of ``parser`` and of every subcommand under
+    it: a parser without a description, a subcommand or option (except -h) without help,
+    markup or a meaningless default in the printed help, an option naming its default
+    twice. ``bench`` parses its own options, so its parser is loadgen's."""
+    problems = []
+    if not parser.description:
+        problems.append(f"{name}: no description")
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        label = "/".join(action.option_strings) or action.dest
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for command, subparser in action.choices.items():
+                if not helps.get(command):
+                    problems.append(f"{name} {command}: no help in the command list")
+                if command == "bench":
+                    subparser = loadgen._parser()
+                problems += help_problems(subparser, f"{name} {command}")
+            continue
+        if not action.help or action.help == argparse.SUPPRESS:
+            problems.append(f"{name} {label}: no help")
+            continue
+        if formatter._format_action(action).count("(default") > 1:
+            problems.append(f"{name} {label}: names its default twice")
+    printed = parser.format_help()
+    problems += [f"{name} --help prints {bad!r}" for bad in MEANINGLESS if bad in printed]
+    return problems
+
+
+def test_every_command_and_option_has_plain_help() -> None:
+    assert help_problems(cli._parser(), "shardws") == []
+
+
+def test_help_problems_finds_what_is_missing() -> None:
+    parser = argparse.ArgumentParser(prog="x")
+    commands = parser.add_subparsers()
+    sub = commands.add_parser("run", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub.add_argument("file")
+    sub.add_argument("--url", help="where (default ws://h)")
+    sub.add_argument("--pid", action="append", default=[], help="repeatable")
+    sub.add_argument("--name", default="", help="the ``name``")
+    assert sorted(help_problems(parser, "x")) == sorted(
+        [
+            "x: no description",
+            "x run: no help in the command list",
+            "x run: no description",
+            "x run file: no help",
+            "x run --url: names its default twice",
+            "x run --help prints '``'",
+            "x run --help prints '(default: None)'",
+            "x run --help prints '(default: [])'",
+            "x run --help prints '(default: )'",
+        ]
+    )
