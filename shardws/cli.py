@@ -81,11 +81,17 @@ def _parser() -> argparse.ArgumentParser:
         "keygen",
         help="write a CurveZMQ key pair: NAME.key (public) and NAME.key_secret",
         description="Write a new CurveZMQ key pair as Z85 text: NAME.key (the public key,"
-        " also printed) and NAME.key_secret, both mode 0600; existing files are never"
-        " overwritten. For [ingress] curve_secret_key_file / curve_authorized_keys and"
-        " shardws.Publisher.",
+        " also printed) and NAME.key_secret, both mode 0600; existing files are only"
+        " replaced with --force. For [ingress] curve_secret_key_file / curve_authorized_keys"
+        " and shardws.Publisher.",
     )
     keygen.add_argument("name", metavar="NAME", help="path prefix of the two files")
+    keygen.add_argument(
+        "--force",
+        action="store_true",
+        help="replace NAME.key and NAME.key_secret if they exist (the old pair is gone:"
+        " whoever was configured with its public key needs the new one)",
+    )
     tune = commands.add_parser(
         "tune",
         help="kernel and fd limits: current vs recommended, and host capacity",
@@ -137,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         from shardws import loadgen
 
         return loadgen.main(rest)
-    if args.command == "keygen":
-        return _keygen(args.name)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "keygen":
+        return _keygen(args.name, force=args.force)
     if args.command == "install-service":
         from shardws import install
 
@@ -236,25 +242,43 @@ def _publish(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _keygen(name: str) -> int:
-    """``shardws keygen NAME``: a new Curve key pair in NAME.key and NAME.key_secret."""
+def _keygen(name: str, force: bool = False) -> int:
+    """``shardws keygen NAME [--force]``: a new Curve key pair in NAME.key and
+    NAME.key_secret. Without ``force`` an existing file stops it (exit 1, nothing
+    written); with ``force`` both files are replaced, each by an atomic rename."""
     import os
 
     import zmq
 
     public, secret = zmq.curve_keypair()
+    pair = ((f"{name}.key_secret", secret), (f"{name}.key", public))
     written: list[str] = []
     try:
-        for path, key in ((f"{name}.key_secret", secret), (f"{name}.key", public)):
-            # O_EXCL: never overwrite a key someone may already rely on.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        for path, key in pair:
+            # O_EXCL: never overwrite a key someone may already rely on, unless asked to;
+            # then the new pair is written next to the old one and renamed over it.
+            target = f"{path}.new" if force else path
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            written.append(target)
             with os.fdopen(fd, "wb") as f:
                 f.write(key + b"\n")
-            written.append(path)
+        if force:
+            for path, _key in pair:
+                os.replace(f"{path}.new", path)
     except OSError as exc:
         for path in written:  # no half-written pair
-            os.unlink(path)
-        print(f"shardws keygen: {exc}", file=sys.stderr)
+            if os.path.exists(path):
+                os.unlink(path)
+        if isinstance(exc, FileExistsError) and not force:
+            message = (
+                f"{exc.filename} already exists: pass --force to replace the pair"
+                f" ({name}.key and {name}.key_secret), or choose another NAME"
+            )
+        elif isinstance(exc, FileExistsError):
+            message = f"{exc.filename} exists (left by an interrupted keygen?): remove it"
+        else:
+            message = f"{exc.filename}: {exc.strerror}"
+        print(f"shardws keygen: {message}", file=sys.stderr)
         return 1
     print(public.decode())
     return 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import stat
 from pathlib import Path
 
+import pytest
+import zmq
 from serverproc import run_cli
 
 from shardws import cli, loadgen
@@ -115,3 +118,38 @@ def test_help_problems_finds_what_is_missing() -> None:
             "x run --help prints '(default: )'",
         ]
     )
+
+
+# -- keygen ------------------------------------------------------------------------------
+
+
+def test_keygen_twice_names_the_file_and_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = str(tmp_path / "ingress")
+    assert cli.main(["keygen", name]) == 0
+    public = capsys.readouterr().out.strip()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert before.keys() == {"ingress.key", "ingress.key_secret"}
+    assert cli.main(["keygen", name]) == 1
+    err = capsys.readouterr().err
+    assert f"{name}.key_secret already exists" in err and "--force" in err
+    assert "Errno" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # untouched
+    assert before["ingress.key"].strip().decode() == public
+
+
+def test_keygen_force_replaces_the_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name = str(tmp_path / "ingress")
+    assert cli.main(["keygen", name]) == 0
+    old = capsys.readouterr().out.strip()
+    (tmp_path / "ingress.key").chmod(0o644)
+    assert cli.main(["keygen", name, "--force"]) == 0
+    new = capsys.readouterr().out.strip()
+    assert new != old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ingress.key", "ingress.key_secret"]
+    secret = (tmp_path / "ingress.key_secret").read_bytes().strip()
+    assert (tmp_path / "ingress.key").read_text().strip() == new
+    assert zmq.curve_public(secret).decode() == new  # the files are one pair
+    for path in tmp_path.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
