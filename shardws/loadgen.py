@@ -89,6 +89,41 @@ import numpy as np
 import picows
 
 SCENARIOS = ("fanout", "mixed", "idle", "roundtrip")
+# The LoadSpec fields each scenario reads, besides the URLs, source addresses, server
+# pids, timeout and connect concurrency (and, for wss://, cafile and insecure): the text
+# report shows only these.
+SCENARIO_SETTINGS = {
+    "fanout": (
+        "connections",
+        "publishers",
+        "processes",
+        "size",
+        "rate",
+        "window",
+        "duration",
+        "messages",
+        "channel",
+        "sample_every",
+        "drain",
+    ),
+    "mixed": (
+        "connections",
+        "publishers",
+        "processes",
+        "size",
+        "messages",
+        "steps",
+        "step_duration",
+        "group_fraction",
+        "slow_fraction",
+        "churn",
+        "churn_grace",
+        "sample_every",
+        "drain",
+    ),
+    "idle": ("connections", "processes", "duration", "channels"),
+    "roundtrip": ("size", "duration", "messages", "channel"),
+}
 PUB_PREFIX = b'{"type":"pub"'
 REPLY_PREFIX = b'{"id"'
 OK_MARK = b'"ok":true'
@@ -1414,8 +1449,8 @@ def _parser() -> argparse.ArgumentParser:
         "--messages",
         type=int,
         default=d.messages,
-        help="fanout, roundtrip: publications over all publishers, 0 = until --duration"
-        " (default: %(default)s)",
+        help="stop publishing after this many publications over all publishers, 0 = no"
+        " limit (default: %(default)s)",
     )
     p.add_argument(
         "--channel",
@@ -1519,8 +1554,22 @@ def _spec_from_args(args: argparse.Namespace) -> LoadSpec:
     return LoadSpec(**{k: v for k, v in values.items() if k in names})
 
 
+def scenario_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a report's ``spec`` that its scenario used, in field order (no churn
+    for a fanout run, no --window when publishing is paced, no TLS options for ws://
+    URLs); the scenario itself is left out."""
+    used = {"url", "source_ips", "server_pid", "timeout", "connect_concurrency"}
+    used.update(SCENARIO_SETTINGS.get(spec.get("scenario", ""), ()))
+    if spec.get("rate"):
+        used.discard("window")
+    if any(str(url).startswith("wss://") for url in spec.get("url", ())):
+        used.update(("cafile", "insecure"))
+    return {key: value for key, value in spec.items() if key in used}
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """The report as indented text, one value per line; steps as a table."""
+    """The report as indented text, one value per line; steps as a table. Of the spec,
+    only the settings the scenario used (``--json`` has them all)."""
     lines: list[str] = []
 
     def emit(indent: str, key: str, value: Any) -> None:
@@ -1532,7 +1581,9 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{indent}{key}: {value}")
 
     for key, value in report.items():
-        if key not in ("steps", "problems", "notes"):
+        if key == "spec":
+            emit("", key, scenario_settings(value))
+        elif key not in ("steps", "problems", "notes"):
             emit("", key, value)
     if report.get("steps"):
         lines.append(
