@@ -54,6 +54,12 @@ from shardws.metrics import Column, ProcessState, Scoreboard, prometheus_text
 log = logging.getLogger("shardws.admin")
 
 HEARTBEAT_INTERVAL = 0.5
+#: The 403 body of every ``/api/`` endpoint while ``[admin] api_key`` is not set.
+API_DISABLED = (
+    "the HTTP API is disabled: set [admin] api_key (the two lines [admin] and"
+    ' api_key = "<a secret of 16 or more characters>" in the config file) and start the'
+    " server with shardws serve -c FILE"
+)
 #: Seconds ``GET /api/channels`` waits for the workers' answers.
 CHANNELS_TIMEOUT = 1.0
 
@@ -323,7 +329,7 @@ def make_app(
     async def require_api_key(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/api/"):
             if not config.admin.api_key:
-                return _error(403, "the HTTP API is disabled: set [admin] api_key")
+                return _error(403, API_DISABLED)
             key = request.headers.get("X-API-Key", "")
             if not constant_time_equal(key, config.admin.api_key):
                 return _error(401, "missing or wrong X-API-Key")

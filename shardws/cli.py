@@ -11,9 +11,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shardws import __version__
 from shardws.config import Config, ConfigError, dump_config, load_config
+
+if TYPE_CHECKING:
+    from shardws.publisher import PublisherError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         "publish",
         help="publish to a channel, or to a user's connections, through the admin HTTP API",
         description="POST /api/publish: shardws publish CHANNEL DATA, or shardws publish"
-        " --user USER DATA (to every connection of USER).",
+        " --user USER DATA (to every connection of USER). The server's HTTP API needs an"
+        " [admin] api_key; pass the server's config file with -c to send the same key.",
     )
     publish.add_argument("channel", nargs="?", help="the channel (omit with --user)")
     publish.add_argument("data", help="the publication: a JSON value")
@@ -236,10 +241,33 @@ def _publish(args: argparse.Namespace, config: Config) -> int:
             else:
                 reply = pub.publish(args.channel, data)
     except PublisherError as exc:
-        print(f"shardws publish: {exc}", file=sys.stderr)
+        print(f"shardws publish: {_publish_advice(exc, config)}", file=sys.stderr)
         return 1
     print(json.dumps(reply))
     return 0
+
+
+def _publish_advice(exc: PublisherError, config: Config) -> str:
+    """The publish error, with what to change when the API key is the problem."""
+    file = "shardws.toml" if config.source == "<default>" else config.source
+    if exc.status == 403 and "api_key" in str(exc):
+        return (
+            "HTTP 403: the server's HTTP API is disabled because it has no [admin] api_key."
+            f" Put these two lines in its config file ({file}):\n\n"
+            "    [admin]\n"
+            '    api_key = "<a secret of 16 or more characters>"\n\n'
+            f"then start the server with: shardws serve -c {file}\n"
+            f"and publish with:           shardws publish -c {file} CHANNEL DATA"
+        )
+    if exc.status == 401 and not config.admin.api_key:
+        given = "no -c FILE was given" if config.source == "<default>" else f"{file} has none"
+        return (
+            f"{exc}: shardws publish sends the [admin] api_key of its config, and {given}:"
+            " pass the server's config file with -c FILE"
+        )
+    if exc.status == 401:
+        return f"{exc}: the [admin] api_key in {config.source} is not the server's"
+    return str(exc)
 
 
 def _keygen(name: str, force: bool = False) -> int:

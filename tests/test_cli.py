@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import stat
 from pathlib import Path
 
 import pytest
 import zmq
-from serverproc import run_cli
+from serverproc import ServerProcess, run_cli
 
 from shardws import cli, loadgen
 
@@ -153,3 +154,39 @@ def test_keygen_force_replaces_the_pair(tmp_path: Path, capsys: pytest.CaptureFi
     assert zmq.curve_public(secret).decode() == new  # the files are one pair
     for path in tmp_path.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+# -- publish -----------------------------------------------------------------------------
+
+
+def test_publish_to_a_server_without_api_key_shows_the_two_lines(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=1).start()
+    try:
+        result = shardws("publish", "news", '{"text":"hello"}', "-c", str(proc.config_path))
+    finally:
+        proc.stop()
+    assert result.returncode == 1 and result.stdout == ""
+    err = result.stderr
+    assert "HTTP 403" in err and "has no [admin] api_key" in err, err
+    lines = [line.strip() for line in err.splitlines()]
+    assert lines[lines.index("[admin]") + 1].startswith('api_key = "'), err
+    assert f"shardws serve -c {proc.config_path}" in err, err
+    assert f"shardws publish -c {proc.config_path} CHANNEL DATA" in err, err
+
+
+def test_publish_with_a_missing_or_wrong_key_says_which(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=1, admin='api_key = "0123456789abcdef-key"').start()
+    try:
+        client = tmp_path / "client.toml"
+        client.write_text(f"[admin]\nport = {proc.admin_port}\n")
+        missing = shardws("publish", "news", "1", "-c", str(client))
+        client.write_text(f'[admin]\nport = {proc.admin_port}\napi_key = "{"x" * 16}"\n')
+        wrong = shardws("publish", "news", "1", "-c", str(client))
+        right = shardws("publish", "news", "1", "-c", str(proc.config_path))
+    finally:
+        proc.stop()
+    assert missing.returncode == 1 and "HTTP 401" in missing.stderr
+    assert f"{client} has none: pass the server's config file with -c FILE" in missing.stderr
+    assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr
+    assert f"the [admin] api_key in {client} is not the server's" in wrong.stderr
+    assert right.returncode == 0 and json.loads(right.stdout) == {"ok": True, "channels": 1}
