@@ -1,7 +1,7 @@
 """Macro scenarios: shardws and the servers users would pick instead, in one run.
 
 Every scenario starts each server fresh on a free loopback port, drives it with the load
-generator (``shardws.loadgen``), stops it, and reports each figure as a ratio against
+generator (``shardws.tools.loadgen``), stops it, and reports each figure as a ratio against
 the raw picows broadcast server measured in the same run (the baseline: a Python loop
 over ``transport.send``). Nothing is compared across runs or machines.
 

@@ -11,23 +11,42 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shardws import __version__
 from shardws.config import Config, ConfigError, dump_config, load_config
 
+if TYPE_CHECKING:
+    from shardws.client.publisher import PublisherError
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shardws", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="shardws",
+        description="Run and operate shardws, a WebSocket pub/sub server.",
+        epilog="Run shardws COMMAND --help for a command's options. Exit status: 0 success,"
+        " 1 runtime failure, 2 bad usage or bad configuration.",
+    )
     parser.add_argument("--version", action="version", version=f"shardws {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server in the foreground")
+    commands = parser.add_subparsers(
+        title="commands", dest="command", required=True, metavar="COMMAND"
+    )
+    serve = commands.add_parser(
+        "serve",
+        help="run the server in the foreground",
+        description="Run the server in the foreground: a supervisor and its workers, until"
+        " SIGTERM or SIGINT (SIGHUP reloads the config file).",
+    )
     serve.add_argument(
         "-c", "--config", metavar="FILE", help="TOML config file (default: built-in defaults)"
     )
     check = commands.add_parser(
-        "check-config", help="validate a config file and print the effective configuration"
+        "check-config",
+        help="validate a config file and print the effective configuration",
+        description="Validate a config file and print the effective configuration (every"
+        " option, defaults filled in); an error names the file and the key, exit status 2.",
     )
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("file", metavar="FILE", help="the TOML config file to check")
     token = commands.add_parser(
         "token",
         help="print a token signed with the configured HS256 secret",
@@ -54,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         "publish",
         help="publish to a channel, or to a user's connections, through the admin HTTP API",
         description="POST /api/publish: shardws publish CHANNEL DATA, or shardws publish"
-        " --user USER DATA (to every connection of USER).",
+        " --user USER DATA (to every connection of USER). The server's HTTP API needs an"
+        " [admin] api_key; pass the server's config file with -c to send the same key.",
     )
     publish.add_argument("channel", nargs="?", help="the channel (omit with --user)")
     publish.add_argument("data", help="the publication: a JSON value")
@@ -66,13 +86,23 @@ def _parser() -> argparse.ArgumentParser:
         "keygen",
         help="write a CurveZMQ key pair: NAME.key (public) and NAME.key_secret",
         description="Write a new CurveZMQ key pair as Z85 text: NAME.key (the public key,"
-        " also printed) and NAME.key_secret, both mode 0600; existing files are never"
-        " overwritten. For [ingress] curve_secret_key_file / curve_authorized_keys and"
-        " shardws.Publisher.",
+        " also printed) and NAME.key_secret, both mode 0600; existing files are only"
+        " replaced with --force. For [ingress] curve_secret_key_file / curve_authorized_keys"
+        " and shardws.Publisher.",
     )
     keygen.add_argument("name", metavar="NAME", help="path prefix of the two files")
+    keygen.add_argument(
+        "--force",
+        action="store_true",
+        help="replace NAME.key and NAME.key_secret if they exist (the old pair is gone:"
+        " whoever was configured with its public key needs the new one)",
+    )
     tune = commands.add_parser(
-        "tune", help="kernel and fd limits: current vs recommended, and host capacity"
+        "tune",
+        help="kernel and fd limits: current vs recommended, and host capacity",
+        description="Print each kernel setting and file-descriptor limit next to the value"
+        " sysctl/99-shardws.conf recommends, and about how many idle connections this host"
+        " can hold.",
     )
     tune.add_argument("-c", "--config", metavar="FILE", help="config (for the worker count)")
     install = commands.add_parser(
@@ -118,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         from shardws.tools import loadgen
 
         return loadgen.main(rest)
-    if args.command == "keygen":
-        return _keygen(args.name)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "keygen":
+        return _keygen(args.name, force=args.force)
     if args.command == "install-service":
         from shardws.tools import install
 
@@ -211,31 +241,72 @@ def _publish(args: argparse.Namespace, config: Config) -> int:
             else:
                 reply = pub.publish(args.channel, data)
     except PublisherError as exc:
-        print(f"shardws publish: {exc}", file=sys.stderr)
+        print(f"shardws publish: {_publish_advice(exc, config)}", file=sys.stderr)
         return 1
     print(json.dumps(reply))
     return 0
 
 
-def _keygen(name: str) -> int:
-    """``shardws keygen NAME``: a new Curve key pair in NAME.key and NAME.key_secret."""
+def _publish_advice(exc: PublisherError, config: Config) -> str:
+    """The publish error, with what to change when the API key is the problem."""
+    file = "shardws.toml" if config.source == "<default>" else config.source
+    if exc.status == 403 and "api_key" in str(exc):
+        return (
+            "HTTP 403: the server's HTTP API is disabled because it has no [admin] api_key."
+            f" Put these two lines in its config file ({file}):\n\n"
+            "    [admin]\n"
+            '    api_key = "<a secret of 16 or more characters>"\n\n'
+            f"then start the server with: shardws serve -c {file}\n"
+            f"and publish with:           shardws publish -c {file} CHANNEL DATA"
+        )
+    if exc.status == 401 and not config.admin.api_key:
+        given = "no -c FILE was given" if config.source == "<default>" else f"{file} has none"
+        return (
+            f"{exc}: shardws publish sends the [admin] api_key of its config, and {given}:"
+            " pass the server's config file with -c FILE"
+        )
+    if exc.status == 401:
+        return f"{exc}: the [admin] api_key in {config.source} is not the server's"
+    return str(exc)
+
+
+def _keygen(name: str, force: bool = False) -> int:
+    """``shardws keygen NAME [--force]``: a new Curve key pair in NAME.key and
+    NAME.key_secret. Without ``force`` an existing file stops it (exit 1, nothing
+    written); with ``force`` both files are replaced, each by an atomic rename."""
     import os
 
     import zmq
 
     public, secret = zmq.curve_keypair()
+    pair = ((f"{name}.key_secret", secret), (f"{name}.key", public))
     written: list[str] = []
     try:
-        for path, key in ((f"{name}.key_secret", secret), (f"{name}.key", public)):
-            # O_EXCL: never overwrite a key someone may already rely on.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        for path, key in pair:
+            # O_EXCL: never overwrite a key someone may already rely on, unless asked to;
+            # then the new pair is written next to the old one and renamed over it.
+            target = f"{path}.new" if force else path
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            written.append(target)
             with os.fdopen(fd, "wb") as f:
                 f.write(key + b"\n")
-            written.append(path)
+        if force:
+            for path, _key in pair:
+                os.replace(f"{path}.new", path)
     except OSError as exc:
         for path in written:  # no half-written pair
-            os.unlink(path)
-        print(f"shardws keygen: {exc}", file=sys.stderr)
+            if os.path.exists(path):
+                os.unlink(path)
+        if isinstance(exc, FileExistsError) and not force:
+            message = (
+                f"{exc.filename} already exists: pass --force to replace the pair"
+                f" ({name}.key and {name}.key_secret), or choose another NAME"
+            )
+        elif isinstance(exc, FileExistsError):
+            message = f"{exc.filename} exists (left by an interrupted keygen?): remove it"
+        else:
+            message = f"{exc.filename}: {exc.strerror}"
+        print(f"shardws keygen: {message}", file=sys.stderr)
         return 1
     print(public.decode())
     return 0

@@ -340,7 +340,7 @@ def _check_public_key(key: str, path: str, pem: str, algorithm: str) -> None:
 class AuthConfig:
     """``[auth]``: who may connect. Connection tokens are JWTs (claims ``sub``, ``exp``,
     optional ``info`` and ``channels``) verified with exactly one algorithm; see
-    :mod:`shardws.auth`.
+    :mod:`shardws.pure.auth`.
 
     After loading, :meth:`verification_key` is the key to verify tokens with; the
     secret never appears in ``repr()``, errors or :func:`dump_config` output.
@@ -747,7 +747,8 @@ class NamespaceConfig:
 
     Always on, not an option: a channel whose part after the namespace contains ``#`` is
     user-only -- ``chat:#alice`` may be subscribed only by user ``alice``,
-    ``chat:room#alice,bob`` only by ``alice`` or ``bob`` (see :func:`shardws.auth.may_subscribe`).
+    ``chat:room#alice,bob`` only by ``alice`` or ``bob``
+    (see :func:`shardws.pure.auth.may_subscribe`).
     """
 
     #: What happens to a subscriber whose pending output would exceed

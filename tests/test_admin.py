@@ -195,6 +195,19 @@ def test_http_api_disabled_without_key(tmp_path: Path) -> None:
         proc.stop()
 
 
+def test_http_api_disabled_says_how_to_enable_it(tmp_path: Path) -> None:
+    # A user with curl sees the two config lines and how to start the server with them.
+    proc = ServerProcess(tmp_path, workers=1).start()
+    try:
+        body = json.dumps({"channel": "news", "data": 1}).encode()
+        status, reply = _post(proc.admin_url + "/api/publish", body, None)
+    finally:
+        proc.stop()
+    error = str(reply["error"])
+    assert status == 403, reply
+    assert "[admin]" in error and 'api_key = "' in error and "shardws serve -c" in error, error
+
+
 def _get_json(url: str, key: str | None) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(url, headers={} if key is None else {"X-API-Key": key})
     try:

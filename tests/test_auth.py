@@ -1,4 +1,4 @@
-"""shardws.auth: token verification, refresh, channel tokens, permissions, `shardws token`."""
+"""shardws.pure.auth: token verification, refresh, channel tokens, permissions, `shardws token`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""shardws.backend: parsing what backends send, over HTTP and the ingress (no I/O)."""
+"""shardws.pure.backend: parsing what backends send, over HTTP and the ingress (no I/O)."""
 
 from __future__ import annotations
 

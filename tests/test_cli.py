@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import stat
 from pathlib import Path
 
-from serverproc import run_cli
+import pytest
+import zmq
+from serverproc import ServerProcess, run_cli
+
+from shardws import cli
+from shardws.tools import loadgen
 
 shardws = run_cli
 
@@ -46,3 +54,140 @@ def test_worker_failing_first_boot_stops_the_service(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "during the first boot; stopping the service" in result.stdout
     assert result.stdout.count("started worker 0") == 1  # no restart loop
+
+
+# -- help texts --------------------------------------------------------------------------
+
+# What argparse prints when a help text or a default adds nothing: reStructuredText
+# markup, and the ArgumentDefaultsHelpFormatter's defaults of options without one.
+MEANINGLESS = ("``", "(default: None)", "(default: [])", "(default: )", "(default: False)")
+
+
+def help_problems(parser: argparse.ArgumentParser, name: str) -> list[str]:
+    """What is missing or wrong in the help of ``parser`` and of every subcommand under
+    it: a parser without a description, a subcommand or option (except -h) without help,
+    markup or a meaningless default in the printed help, an option naming its default
+    twice. ``bench`` parses its own options, so its parser is loadgen's."""
+    problems = []
+    if not parser.description:
+        problems.append(f"{name}: no description")
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        label = "/".join(action.option_strings) or action.dest
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for command, subparser in action.choices.items():
+                if not helps.get(command):
+                    problems.append(f"{name} {command}: no help in the command list")
+                if command == "bench":
+                    subparser = loadgen._parser()
+                problems += help_problems(subparser, f"{name} {command}")
+            continue
+        if not action.help or action.help == argparse.SUPPRESS:
+            problems.append(f"{name} {label}: no help")
+            continue
+        if formatter._format_action(action).count("(default") > 1:
+            problems.append(f"{name} {label}: names its default twice")
+    printed = parser.format_help()
+    problems += [f"{name} --help prints {bad!r}" for bad in MEANINGLESS if bad in printed]
+    return problems
+
+
+def test_every_command_and_option_has_plain_help() -> None:
+    assert help_problems(cli._parser(), "shardws") == []
+
+
+def test_help_problems_finds_what_is_missing() -> None:
+    parser = argparse.ArgumentParser(prog="x")
+    commands = parser.add_subparsers()
+    sub = commands.add_parser("run", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub.add_argument("file")
+    sub.add_argument("--url", help="where (default ws://h)")
+    sub.add_argument("--pid", action="append", default=[], help="repeatable")
+    sub.add_argument("--name", default="", help="the ``name``")
+    assert sorted(help_problems(parser, "x")) == sorted(
+        [
+            "x: no description",
+            "x run: no help in the command list",
+            "x run: no description",
+            "x run file: no help",
+            "x run --url: names its default twice",
+            "x run --help prints '``'",
+            "x run --help prints '(default: None)'",
+            "x run --help prints '(default: [])'",
+            "x run --help prints '(default: )'",
+        ]
+    )
+
+
+# -- keygen ------------------------------------------------------------------------------
+
+
+def test_keygen_twice_names_the_file_and_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = str(tmp_path / "ingress")
+    assert cli.main(["keygen", name]) == 0
+    public = capsys.readouterr().out.strip()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert before.keys() == {"ingress.key", "ingress.key_secret"}
+    assert cli.main(["keygen", name]) == 1
+    err = capsys.readouterr().err
+    assert f"{name}.key_secret already exists" in err and "--force" in err
+    assert "Errno" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # untouched
+    assert before["ingress.key"].strip().decode() == public
+
+
+def test_keygen_force_replaces_the_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name = str(tmp_path / "ingress")
+    assert cli.main(["keygen", name]) == 0
+    old = capsys.readouterr().out.strip()
+    (tmp_path / "ingress.key").chmod(0o644)
+    assert cli.main(["keygen", name, "--force"]) == 0
+    new = capsys.readouterr().out.strip()
+    assert new != old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ingress.key", "ingress.key_secret"]
+    secret = (tmp_path / "ingress.key_secret").read_bytes().strip()
+    assert (tmp_path / "ingress.key").read_text().strip() == new
+    assert zmq.curve_public(secret).decode() == new  # the files are one pair
+    for path in tmp_path.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+# -- publish -----------------------------------------------------------------------------
+
+
+def test_publish_to_a_server_without_api_key_shows_the_two_lines(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=1).start()
+    try:
+        result = shardws("publish", "news", '{"text":"hello"}', "-c", str(proc.config_path))
+    finally:
+        proc.stop()
+    assert result.returncode == 1 and result.stdout == ""
+    err = result.stderr
+    assert "HTTP 403" in err and "has no [admin] api_key" in err, err
+    lines = [line.strip() for line in err.splitlines()]
+    assert lines[lines.index("[admin]") + 1].startswith('api_key = "'), err
+    assert f"shardws serve -c {proc.config_path}" in err, err
+    assert f"shardws publish -c {proc.config_path} CHANNEL DATA" in err, err
+
+
+def test_publish_with_a_missing_or_wrong_key_says_which(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=1, admin='api_key = "0123456789abcdef-key"').start()
+    try:
+        client = tmp_path / "client.toml"
+        client.write_text(f"[admin]\nport = {proc.admin_port}\n")
+        missing = shardws("publish", "news", "1", "-c", str(client))
+        client.write_text(f'[admin]\nport = {proc.admin_port}\napi_key = "{"x" * 16}"\n')
+        wrong = shardws("publish", "news", "1", "-c", str(client))
+        right = shardws("publish", "news", "1", "-c", str(proc.config_path))
+    finally:
+        proc.stop()
+    assert missing.returncode == 1 and "HTTP 401" in missing.stderr
+    assert f"{client} has none: pass the server's config file with -c FILE" in missing.stderr
+    assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr
+    assert f"the [admin] api_key in {client} is not the server's" in wrong.stderr
+    assert right.returncode == 0 and json.loads(right.stdout) == {"ok": True, "channels": 1}

@@ -1,4 +1,4 @@
-"""shardws.control: user-topic and inbox messages, request/reply, channel answers."""
+"""shardws.pure.control: user-topic and inbox messages, request/reply, channel answers."""
 
 from __future__ import annotations
 

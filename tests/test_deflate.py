@@ -1,4 +1,4 @@
-"""shardws.deflate: permessage-deflate negotiation (RFC 7692) and capped inflating."""
+"""shardws.pure.deflate: permessage-deflate negotiation (RFC 7692) and capped inflating."""
 
 from __future__ import annotations
 

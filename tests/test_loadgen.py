@@ -3,6 +3,7 @@ scale: the report has its structure, and nothing is lost on a healthy server."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from serverproc import ServerProcess
 
 from shardws import cli
-from shardws.tools.loadgen import LoadSpec, format_report, run
+from shardws.tools.loadgen import SCENARIOS, LoadSpec, format_report, run, scenario_settings
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,60 @@ def test_cli_bench_json_and_bad_usage(
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["roundtrips"] > 0
     assert "roundtrips_per_s: " in format_report(report)
+
+
+def spec_section(text: str) -> dict[str, str]:
+    """The ``spec:`` block of a text report: setting -> value as printed."""
+    lines = text.splitlines()
+    settings = {}
+    for line in lines[lines.index("spec:") + 1 :]:
+        if not line.startswith("  "):
+            break
+        key, _, value = line.strip().partition(": ")
+        settings[key] = value
+    return settings
+
+
+def test_cli_bench_text_report_shows_only_the_scenarios_settings(
+    server: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "--scenario", "fanout", "-n", "5", "--rate", "100", "--messages", "20"]
+    argv += ["--url", server.url, "--no-progress", "--timeout", "20"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    settings = spec_section(out)
+    assert settings["rate"] == "100.0" and settings["messages"] == "20", out
+    assert settings["connections"] == "5" and settings["channel"] == "bench", out
+    assert settings["url"] == str([server.url]), out
+    for other in ("steps", "step_duration", "churn", "churn_grace", "slow_fraction"):
+        assert other not in settings, out  # mixed only
+    assert "channels" not in settings, out  # idle only
+    assert "window" not in settings, out  # flat out only
+    assert "cafile" not in settings and "insecure" not in settings, out  # wss:// only
+    assert "scenario" not in settings and out.startswith("scenario: fanout\n"), out
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario_settings(scenario: str) -> None:
+    fields = dataclasses.asdict(LoadSpec(scenario=scenario))
+    shown = scenario_settings(fields)
+    assert {"url", "timeout", "server_pid", "connect_concurrency"} <= shown.keys()
+    assert ("churn" in shown) == ("steps" in shown) == (scenario == "mixed")
+    assert ("channels" in shown) == (scenario == "idle")
+    assert ("window" in shown) == (scenario == "fanout")  # the default rate 0: flat out
+    assert ("connections" in shown) == (scenario != "roundtrip")
+    assert ("duration" in shown) == (scenario != "mixed")
+    assert "cafile" not in shown and "insecure" not in shown
+    assert list(shown) == [key for key in fields if key in shown]  # the order of LoadSpec
+    paced_tls = scenario_settings({**fields, "rate": 10.0, "url": ["wss://h:1/ws"]})
+    assert "window" not in paced_tls and {"cafile", "insecure"} <= paced_tls.keys()
+
+
+def test_scenario_settings_cover_every_option() -> None:
+    # A LoadSpec field no scenario claims would be missing from every text report.
+    shown: set[str] = set()
+    for scenario in SCENARIOS:
+        fields = dataclasses.asdict(LoadSpec(scenario=scenario, url=["wss://h:1/ws"]))
+        shown |= scenario_settings(fields).keys()
+    options = {f.name for f in dataclasses.fields(LoadSpec)} - {"scenario", "json", "progress"}
+    assert shown == options

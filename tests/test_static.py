@@ -1,4 +1,4 @@
-"""``shardws.static``: which plain GETs the WebSocket port answers, and how."""
+"""``shardws.server.static``: which plain GETs the WebSocket port answers, and how."""
 
 from __future__ import annotations
 

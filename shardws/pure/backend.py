@@ -100,7 +100,7 @@ def check_channel(channel: object, config: Config) -> str:
 
 
 def check_user(user: object) -> str:
-    """``user`` if it is a valid user id (see :func:`shardws.auth.user_id_error`)."""
+    """``user`` if it is a valid user id (see :func:`shardws.pure.auth.user_id_error`)."""
     problem = user_id_error(user)
     if problem is not None:
         raise BadRequest(f'"user": {problem}')

@@ -6,7 +6,7 @@ goes through the host bus, of which this process is a member: publications and
 disconnects are published on channel and user topics, ``GET /api/channels`` asks every
 ready worker through its inbox and waits (bounded) for the answers. Runs aiohttp on its
 own event loop, on the listening socket the supervisor created (kept open across
-restarts of this process), and the ZeroMQ ingress (``shardws.ingress``) when
+restarts of this process), and the ZeroMQ ingress (``shardws.bus.ingress``) when
 ``[ingress] bind`` is set.
 
 ``/health`` answers 200 with ``"status": "ok"`` when every worker is ready with a fresh
@@ -59,6 +59,12 @@ from shardws.shm.view import Members, ViewTable
 log = logging.getLogger("shardws.admin")
 
 HEARTBEAT_INTERVAL = 0.5
+#: The 403 body of every ``/api/`` endpoint while ``[admin] api_key`` is not set.
+API_DISABLED = (
+    "the HTTP API is disabled: set [admin] api_key (the two lines [admin] and"
+    ' api_key = "<a secret of 16 or more characters>" in the config file) and start the'
+    " server with shardws serve -c FILE"
+)
 #: Seconds ``GET /api/channels`` waits for the workers' answers.
 CHANNELS_TIMEOUT = 1.0
 
@@ -330,7 +336,7 @@ def make_app(
     async def require_api_key(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/api/"):
             if not config.admin.api_key:
-                return _error(403, "the HTTP API is disabled: set [admin] api_key")
+                return _error(403, API_DISABLED)
             key = request.headers.get("X-API-Key", "")
             if not constant_time_equal(key, config.admin.api_key):
                 return _error(401, "missing or wrong X-API-Key")

@@ -542,7 +542,7 @@ class Worker:
     def _new_connection(
         self, request: WSUpgradeRequest
     ) -> Connection | WSUpgradeResponseWithListener | None:
-        """The upgrade decision: static files (``shardws.static``) or 404 on other paths,
+        """The upgrade decision: static files (``shardws.server.static``) or 404 on other paths,
         403 Origin not allowed, 503 worker full,
         401 bad token (way 1: token in the query or an Authorization header)."""
         raw_path = request.path.split(b"?", 1)[0]

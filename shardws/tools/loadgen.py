@@ -89,6 +89,41 @@ import numpy as np
 import picows
 
 SCENARIOS = ("fanout", "mixed", "idle", "roundtrip")
+# The LoadSpec fields each scenario reads, besides the URLs, source addresses, server
+# pids, timeout and connect concurrency (and, for wss://, cafile and insecure): the text
+# report shows only these.
+SCENARIO_SETTINGS = {
+    "fanout": (
+        "connections",
+        "publishers",
+        "processes",
+        "size",
+        "rate",
+        "window",
+        "duration",
+        "messages",
+        "channel",
+        "sample_every",
+        "drain",
+    ),
+    "mixed": (
+        "connections",
+        "publishers",
+        "processes",
+        "size",
+        "messages",
+        "steps",
+        "step_duration",
+        "group_fraction",
+        "slow_fraction",
+        "churn",
+        "churn_grace",
+        "sample_every",
+        "drain",
+    ),
+    "idle": ("connections", "processes", "duration", "channels"),
+    "roundtrip": ("size", "duration", "messages", "channel"),
+}
 PUB_PREFIX = b'{"type":"pub"'
 REPLY_PREFIX = b'{"id"'
 OK_MARK = b'"ok":true'
@@ -1344,61 +1379,166 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shardws bench",
         description=(__doc__ or "").splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Each scenario, and how to read the numbers: python -m pydoc shardws.tools.loadgen.",
     )
-    p.add_argument("--scenario", choices=SCENARIOS, default=d.scenario)
     p.add_argument(
-        "--url", action="append", help=f"ws://host:port/path, repeatable (default {d.url[0]})"
+        "--scenario",
+        choices=SCENARIOS,
+        default=d.scenario,
+        help="fanout: many subscribers on one channel; mixed: personal and group channels at"
+        " stepped rates with slow clients and churn; idle: connections held open; roundtrip:"
+        " one client's publications coming back to it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--url",
+        action="append",
+        help=f"ws:// or wss:// URL of the server, repeatable to spread the connections"
+        f" (default: {d.url[0]})",
     )
     p.add_argument(
         "-n",
         "--connections",
         type=int,
         default=d.connections,
-        help="subscribers (fanout) / clients (mixed, idle)",
+        help="subscribers (fanout) or clients (mixed, idle) (default: %(default)s)",
     )
-    p.add_argument("--publishers", type=int, default=d.publishers)
-    p.add_argument("--processes", type=int, default=d.processes, help="client processes")
+    p.add_argument(
+        "--publishers",
+        type=int,
+        default=d.publishers,
+        help="fanout, mixed: publishing connections, besides --connections (default: %(default)s)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=d.processes,
+        help="client processes the connections are spread over (default: %(default)s)",
+    )
     p.add_argument(
         "--source-ips",
         type=int,
         default=d.source_ips,
-        help="bind connections to 127.0.0.1..K (loopback servers only)",
+        help="bind connections to 127.0.0.1..K, loopback servers only (default: %(default)s)",
     )
-    p.add_argument("--size", type=int, default=d.size, help="bytes of published data JSON")
-    p.add_argument("--rate", type=float, default=d.rate, help="fanout msgs/s; 0 = flat out")
-    p.add_argument("--window", type=int, default=d.window, help="flat out: un-acked publishes")
-    p.add_argument("--duration", type=float, default=d.duration, help="seconds; 0 = --messages")
-    p.add_argument("--messages", type=int, default=d.messages, help="0 = until --duration")
-    p.add_argument("--channel", default=d.channel)
-    p.add_argument("--channels", type=int, default=d.channels, help="idle; 0 = N/10")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=d.size,
+        help="bytes of each publication's data JSON (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=d.rate,
+        help="fanout: publications/s over all publishers, 0 = flat out (default: %(default)s)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=d.window,
+        help="fanout flat out: un-acknowledged publishes per publisher (default: %(default)s)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=d.duration,
+        help="seconds to publish (fanout, roundtrip) or to hold the connections (idle),"
+        " 0 = until --messages (default: %(default)s)",
+    )
+    p.add_argument(
+        "--messages",
+        type=int,
+        default=d.messages,
+        help="stop publishing after this many publications over all publishers, 0 = no"
+        " limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--channel",
+        default=d.channel,
+        help="fanout, roundtrip: the channel published to (default: %(default)s)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=d.channels,
+        help="idle: distinct channels the connections subscribe to, 0 = connections / 10"
+        " (default: %(default)s)",
+    )
     p.add_argument(
         "--steps",
         default=",".join(f"{s:g}" for s in d.steps),
-        help="mixed: comma-separated deliveries/s",
+        help="mixed: comma-separated offered deliveries/s, one per step (default: %(default)s)",
     )
-    p.add_argument("--step-duration", type=float, default=d.step_duration)
-    p.add_argument("--group-fraction", type=float, default=d.group_fraction)
-    p.add_argument("--slow-fraction", type=float, default=d.slow_fraction)
-    p.add_argument("--churn", type=float, default=d.churn, help="mixed: reconnects/s")
-    p.add_argument("--churn-grace", type=float, default=d.churn_grace)
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="0 = auto (~10k)")
+    p.add_argument(
+        "--step-duration",
+        type=float,
+        default=d.step_duration,
+        help="mixed: seconds per step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--group-fraction",
+        type=float,
+        default=d.group_fraction,
+        help="mixed: share of publications sent to a group channel rather than a personal"
+        " one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--slow-fraction",
+        type=float,
+        default=d.slow_fraction,
+        help="mixed: share of clients that never read (default: %(default)s)",
+    )
+    p.add_argument(
+        "--churn",
+        type=float,
+        default=d.churn,
+        help="mixed: clients replaced per second (default: %(default)s)",
+    )
+    p.add_argument(
+        "--churn-grace",
+        type=float,
+        default=d.churn_grace,
+        help="mixed: seconds a replaced client stays open to receive what is in flight"
+        " (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sample-every",
+        type=int,
+        default=d.sample_every,
+        help="measure the latency of every k-th publication per connection, 0 = about"
+        " 10,000 samples per run (default: %(default)s)",
+    )
     p.add_argument(
         "--server-pid",
         type=int,
         action="append",
         default=[],
-        help="server pid (its process tree is measured), repeatable",
+        help="server pid whose process tree's CPU and memory are reported, repeatable",
     )
-    p.add_argument("--timeout", type=float, default=d.timeout, help="0 = measured time + 60")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=d.timeout,
+        help="seconds the whole run may take, 0 = the measured time + 60 (default: %(default)s)",
+    )
     p.add_argument(
         "--drain",
         type=float,
         default=d.drain,
-        help="stop waiting for deliveries after this long without any",
+        help="seconds without any delivery after which it stops waiting for more"
+        " (default: %(default)s)",
     )
-    p.add_argument("--connect-concurrency", type=int, default=d.connect_concurrency)
-    p.add_argument("--cafile", default=d.cafile, help="wss://: CA bundle to verify with")
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=d.connect_concurrency,
+        help="WebSocket handshakes in flight per process (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cafile",
+        default=d.cafile,
+        help="wss://: CA bundle (PEM) to verify the server with (default: the system CAs)",
+    )
     p.add_argument("--insecure", action="store_true", help="wss://: skip certificate verification")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
@@ -1414,8 +1554,22 @@ def _spec_from_args(args: argparse.Namespace) -> LoadSpec:
     return LoadSpec(**{k: v for k, v in values.items() if k in names})
 
 
+def scenario_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a report's ``spec`` that its scenario used, in field order (no churn
+    for a fanout run, no --window when publishing is paced, no TLS options for ws://
+    URLs); the scenario itself is left out."""
+    used = {"url", "source_ips", "server_pid", "timeout", "connect_concurrency"}
+    used.update(SCENARIO_SETTINGS.get(spec.get("scenario", ""), ()))
+    if spec.get("rate"):
+        used.discard("window")
+    if any(str(url).startswith("wss://") for url in spec.get("url", ())):
+        used.update(("cafile", "insecure"))
+    return {key: value for key, value in spec.items() if key in used}
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """The report as indented text, one value per line; steps as a table."""
+    """The report as indented text, one value per line; steps as a table. Of the spec,
+    only the settings the scenario used (``--json`` has them all)."""
     lines: list[str] = []
 
     def emit(indent: str, key: str, value: Any) -> None:
@@ -1427,7 +1581,9 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{indent}{key}: {value}")
 
     for key, value in report.items():
-        if key not in ("steps", "problems", "notes"):
+        if key == "spec":
+            emit("", key, scenario_settings(value))
+        elif key not in ("steps", "problems", "notes"):
             emit("", key, value)
     if report.get("steps"):
         lines.append(
