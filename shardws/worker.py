@@ -95,7 +95,7 @@ class Connection(WSListener):
         "channels",
         "client_id",
         "closing",
-        "connect_deadline",
+        "connect_timer",
         "deflate_bits",
         "echo",
         "fragment_compressed",
@@ -122,7 +122,8 @@ class Connection(WSListener):
         self.echo = echo
         self.on_message = worker.echo_received if echo else worker.message_received
         self.ip = ""  # counted in the per-IP table once set
-        self.connect_deadline = 0.0
+        # Way 2 only: closes with 4504 at handshake_timeout unless a connect comes first.
+        self.connect_timer: asyncio.TimerHandle | None = None
         self.strikes = 0  # consecutive rate-limited commands
         limits = worker.config.limits
         self.bucket = TokenBucket(
@@ -520,9 +521,7 @@ class Worker:
             if conn.closing or conn.transport is None:
                 continue
             identity = conn.identity
-            if identity is None:
-                if now > conn.connect_deadline:
-                    conn.close(CloseCode.CONNECT_TIMEOUT, "no connect message in time")
+            if identity is None:  # its own timer closes it at handshake_timeout
                 continue
             if identity.expires_at is not None and wall > identity.expires_at + leeway:
                 conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
@@ -642,17 +641,33 @@ class Worker:
         if conn.deflate_bits:
             self.deflating += 1
         if conn.identity is None:  # way 2: a connect message must come first
-            conn.connect_deadline = time.monotonic() + self.config.server.handshake_timeout
+            # A timer per waiting connection rather than a check in the sweep: the sweep
+            # runs every ping_interval / 4 (up to 5 s), so it would close up to that late.
+            # Only way-2 connections get one, for the few milliseconds to their connect
+            # (an uvloop TimerHandle; cancelled at connect or close); token and anonymous
+            # connections, the bulk, pay nothing.
+            conn.connect_timer = asyncio.get_running_loop().call_later(
+                self.config.server.handshake_timeout, self._connect_timed_out, conn
+            )
         if not conn.echo:
             self._join_user(conn, protocol.encode_connected(conn.client_id, self.slot))
         if self._stop.is_set():  # accepted before the drain began: send it elsewhere
             self._send_away(conn, 1.0)
+
+    @staticmethod
+    def _connect_timed_out(conn: Connection) -> None:
+        conn.connect_timer = None
+        if conn.identity is None:
+            conn.close(CloseCode.CONNECT_TIMEOUT, "no connect message in time")
 
     def _send_away(self, conn: Connection, max_delay: float) -> None:
         conn.send(protocol.encode_reconnect(random.uniform(0.0, max_delay)))
         conn.close(CloseCode.GOING_AWAY, "server shutting down")
 
     def connection_closed(self, conn: Connection) -> None:
+        if conn.connect_timer is not None:
+            conn.connect_timer.cancel()
+            conn.connect_timer = None
         if conn in self.connections:
             self.connections.discard(conn)
             self.stats[Column.CLOSED] += 1
@@ -775,6 +790,9 @@ class Worker:
             self._peer_log.info("client %s: connect refused: %s", conn.client_id, exc.reason)
             conn.close(CloseCode.UNAUTHORIZED, exc.reason)
             return
+        if conn.connect_timer is not None:
+            conn.connect_timer.cancel()
+            conn.connect_timer = None
         self._join_user(conn, self._identity_reply(command_id, conn.identity))
 
     def _refresh(self, conn: Connection, command_id: int | None, raw: bytes | None) -> None:
@@ -792,7 +810,13 @@ class Worker:
 
     @staticmethod
     def _identity_reply(command_id: int | None, identity: Identity) -> bytes:
-        return protocol.encode_ok(command_id, user=identity.user, expires=identity.expires_at)
+        """The ``connect``/``refresh`` reply: ``expires`` is integer unix seconds, as
+        docs/protocol.md promises (a fractional JWT ``exp`` is rounded down, so a client
+        refreshing by it is never late); null for an anonymous connection."""
+        expires = identity.expires_at
+        return protocol.encode_ok(
+            command_id, user=identity.user, expires=None if expires is None else int(expires)
+        )
 
     def namespace_of(self, channel: str) -> NamespaceConfig | None:
         """The channel's namespace options; None if its namespace is not configured."""

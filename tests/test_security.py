@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import websockets
 from serverproc import ServerProcess, timeout
@@ -123,6 +124,50 @@ def test_token_expiry_and_refresh(server: ServerProcess) -> None:
         assert info.value.rcvd is not None and info.value.rcvd.code == 4503
         assert (await refreshed.call("ping"))["ok"]
         await refreshed.close()
+
+    run(main())
+
+
+def test_connect_timeout_closes_at_handshake_timeout_not_at_the_next_sweep(
+    server: ServerProcess,
+) -> None:
+    """The server's handshake_timeout is 1.5 s and its sweep runs every 5 s (ping_interval
+    25 s / 4, capped). Three silent connections opened 1.7 s apart sit at three phases of
+    that sweep, so a close that waited for the sweep would be at least 3.3 s late for one
+    of them; each must close with 4504 within 1.5 s (scaled) of its deadline."""
+    handshake_timeout = 1.5
+
+    async def silent(delay: float) -> float:
+        await asyncio.sleep(delay)
+        client = await Client.connect(server.url)
+        opened = time.monotonic()
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await client.recv(limit=15)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4504
+        return time.monotonic() - opened
+
+    async def main() -> list[float]:
+        return list(await asyncio.gather(*(silent(i * 1.7) for i in range(3))))
+
+    for waited in run(main()):
+        assert handshake_timeout - 0.1 <= waited <= handshake_timeout + timeout(1.5), waited
+
+
+def test_connect_and_refresh_replies_give_expires_as_integer_seconds(
+    server: ServerProcess,
+) -> None:
+    async def main() -> None:
+        exp = int(time.time()) + 3600
+        client = await Client.connect(server.url)
+        reply = await client.call("connect", token=jwt.encode({"sub": "alice", "exp": exp}, SECRET))
+        assert reply == {"id": 1, "ok": True, "user": "alice", "expires": exp}
+        assert type(reply["expires"]) is int
+        # A fractional exp (RFC 7519 allows it) is rounded down: never later than the token.
+        reply = await client.call(
+            "refresh", token=jwt.encode({"sub": "alice", "exp": exp + 0.75}, SECRET)
+        )
+        assert reply["expires"] == exp and type(reply["expires"]) is int
+        await client.close()
 
     run(main())
 
