@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import resource
 import secrets
 import signal
 import socket
@@ -83,8 +84,34 @@ PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for peers' subscriptio
 CLOSE_GRACE = 1.0  # seconds we wait for the peer's close frame before dropping TCP
 DRAIN_BATCHES = 20  # a drain closes connections in this many waves
 HANDSHAKE_GRACE = 0.3  # seconds a drain waits for handshakes already in flight
+# Descriptors a worker keeps free beyond those open when it starts accepting: sockets in
+# their handshake or being refused with 503, closing ones, a log file reopened.
+FD_MARGIN = 64
+# Per worker slot a reload may fill: the bus link to it and from it.
+FDS_PER_BUS_MEMBER = 2
 
 log = logging.getLogger("shardws.worker")
+
+
+def connection_limit(configured: int, open_files: int, in_use: int, max_workers: int) -> int:
+    """The connections a worker can hold: ``configured`` (``[limits]
+    connections_per_worker``), or fewer if its open-files limit (RLIMIT_NOFILE's soft
+    limit, ``open_files``) runs out first. Reserved: the ``in_use`` descriptors it has
+    open when it starts accepting, ``FDS_PER_BUS_MEMBER`` per worker slot (bus links a
+    reload may add) and ``FD_MARGIN``. Past it the upgrade gets 503, instead of accept()
+    failing with EMFILE and the client seeing a reset."""
+    if open_files == resource.RLIM_INFINITY:
+        return configured
+    reserve = in_use + FDS_PER_BUS_MEMBER * max_workers + FD_MARGIN
+    return max(0, min(configured, open_files - reserve))
+
+
+def open_fds() -> int:
+    """Descriptors this process has open (0 where /proc is not mounted)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir opened
+    except OSError:
+        return 0
 
 
 class Connection(WSListener):
@@ -346,6 +373,8 @@ class Worker:
         self.stats = [0] * len(Column)  # local counters, copied to shared memory per tick
         self.latency = LatencyHistogram()
         self.connections: set[Connection] = set()
+        # connections_per_worker, or less if the open-files limit is lower (set at boot).
+        self.max_connections = config.limits.connections_per_worker
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
         self.run_dir = run_dir
@@ -408,11 +437,29 @@ class Worker:
             use_aiofastnet=False,  # measured: +5.3 KB per connection and slower accepts
             ssl=self._tls_context(),
         )
+        self._limit_connections()
         loop = asyncio.get_running_loop()
         loop.call_later(self._sweep_interval(), self._sweep)
         log.info("worker %d ready (pid %d, %s core)", self.slot, os.getpid(), core.IMPLEMENTATION)
         if core.IMPLEMENTATION != "cython":
             log.warning("running on the pure-Python reference core: build the extension")
+
+    def _limit_connections(self) -> None:
+        """Lower ``max_connections`` to what the open-files limit allows (the supervisor
+        has raised the soft limit to the hard one), and say so once, from worker 0:
+        every worker has the same limit and nearly the same descriptors open."""
+        configured = self.config.limits.connections_per_worker
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        max_workers = max(self.config.server.workers, self.config.server.max_workers)
+        self.max_connections = connection_limit(configured, soft, open_fds(), max_workers)
+        if self.max_connections < configured and self.slot == 0:
+            log.warning(
+                "[limits] connections_per_worker = %d is more than the open-files limit"
+                " allows: each worker takes at most %d connections (RLIMIT_NOFILE %d, less"
+                " %d for its own files, bus links and handshakes) and refuses more with"
+                " 503; raise the limit (systemd: LimitNOFILE=, shell: ulimit -n)",
+                configured, self.max_connections, soft, soft - self.max_connections,
+            )  # fmt: skip
 
     def _tls_context(self) -> ssl.SSLContext | None:
         """``wss://`` directly when [tls] is set (TLS 1.2+; files were checked at load)."""
@@ -551,7 +598,7 @@ class Worker:
         limits = self.config.limits
         if not origin_allowed(request.headers.get("origin"), limits.allowed_origins):
             return self._refuse(403, "origin not allowed", Column.REFUSED)
-        if len(self.connections) >= limits.connections_per_worker:
+        if len(self.connections) >= self.max_connections:
             return self._refuse(503, "server full, try again later", Column.REFUSED)
         if echo:
             return self._accept(Connection(self, ANONYMOUS, echo=True), request)

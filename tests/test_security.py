@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import resource
 import signal
 import ssl
 import time
@@ -340,6 +342,60 @@ def test_origin_allowlist_and_full_worker(tmp_path: Path) -> None:
                 await websockets.connect(proc.url, origin="https://good.example")  # type: ignore[arg-type]
             assert info.value.response.status_code == 503
             for client in good:
+                await client.close()
+
+        run(main())
+    finally:
+        proc.stop()
+
+
+def test_a_worker_short_of_open_files_refuses_with_503_instead_of_resetting(
+    tmp_path: Path,
+) -> None:
+    """The workers get an open-files limit of 300 (soft and hard, so the supervisor
+    cannot raise it), far below connections_per_worker (20000): the log says so once
+    with both numbers, and the connection past the effective limit gets the documented
+    503 (never a reset, a timeout or EOF), while the open ones keep working."""
+    nofile = 300
+
+    def low_open_files_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    proc = ServerProcess(tmp_path, workers=1, server="max_workers = 2")
+    proc.start(preexec_fn=low_open_files_limit)
+    try:
+        warnings = [line for line in proc.logs().splitlines() if "connections_per_worker" in line]
+        assert len(warnings) == 1, proc.logs()
+        found = re.search(
+            rf"connections_per_worker = 20000 .* at most (\d+) connections"
+            rf" \(RLIMIT_NOFILE {nofile},",
+            warnings[0],
+        )
+        assert found is not None and "LimitNOFILE" in warnings[0], warnings[0]
+        most = int(found[1])
+        assert nofile // 2 < most < nofile
+
+        async def main() -> None:
+            clients: list[Client] = []
+            refused = None
+            while refused is None:
+                assert len(clients) <= most, "not refused at the limit"
+                try:
+                    clients.append(await Client.connect(proc.url))
+                except websockets.InvalidStatus as exc:
+                    refused = exc.response
+            assert len(clients) == most
+            assert refused.status_code == 503
+            assert refused.body == b"server full, try again later\n"
+            for client in (clients[0], clients[-1]):  # the open ones still work
+                assert (await client.call("ping"))["ok"]
+            with pytest.raises(websockets.InvalidStatus) as info:  # still a 503, not EMFILE
+                await websockets.connect(proc.url)
+            assert info.value.response.status_code == 503
+            await clients.pop().close()
+            await asyncio.sleep(0.2 * timeout(1))  # the server sees the close
+            clients.append(await Client.connect(proc.url))  # room for one again
+            for client in clients:
                 await client.close()
 
         run(main())
