@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,11 @@ level = "info"
         self.url = f"ws://127.0.0.1:{self.ws_port}/ws"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self, env: dict[str, str] | None = None) -> ServerProcess:
+    def start(
+        self, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None
+    ) -> ServerProcess:
+        """Start the server and wait until it is healthy; ``preexec_fn`` runs in the child
+        before ``shardws serve`` (e.g. to lower a resource limit)."""
         # A "free" port can be taken by someone's ephemeral port before the server binds
         # it (other tests, load generators): then retry on fresh ports, a bounded number
         # of times.
@@ -107,6 +112,7 @@ level = "info"
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 env=None if env is None else {**os.environ, **env},
+                preexec_fn=preexec_fn,
             )
             try:
                 self.wait_healthy()

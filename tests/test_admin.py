@@ -14,7 +14,7 @@ from typing import Any
 
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import ServerProcess, run_cli, timeout
+from serverproc import ServerProcess, free_port, run_cli, timeout
 from wsclient import Client, clients_on_workers
 
 from shardws.pure.auth import make_token
@@ -386,3 +386,68 @@ def test_channels_and_stats(tmp_path: Path) -> None:
         assert _get_json(stats_url, "wrong-key-wrong-key")[0] == 401
     finally:
         proc.stop()
+
+
+OPERATIONS_DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+
+
+def documented_series() -> dict[str, tuple[str, frozenset[str]]]:
+    """docs/operations.md's series table: name -> (type, label names)."""
+    text = OPERATIONS_DOC.read_text()
+    table = text.split("<!-- series:begin -->", 1)[1].split("<!-- series:end -->", 1)[0]
+    series = {}
+    for line in table.strip().splitlines()[2:]:  # past the header and its rule
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        name, kind, labels = cells[0].strip("`"), cells[1], cells[2]
+        names = (
+            frozenset() if labels == "—" else frozenset(x.strip(" `") for x in labels.split(","))
+        )
+        assert name not in series, f"{name} listed twice"
+        series[name] = (kind, names)
+    return series
+
+
+def test_every_exported_series_is_documented_with_its_labels(tmp_path: Path) -> None:
+    """Two hosts in a cluster on loopback, so the cluster series exist too: every series
+    of host a's /metrics is in docs/operations.md with the same type and label names,
+    and every series there is exported."""
+    bridge_a, bridge_b = free_port(), free_port()
+
+    def cluster(host_id: str, port: int) -> str:
+        return f"""
+[cluster]
+host_id = "{host_id}"
+listen = "tcp://127.0.0.1:{port}"
+peers = ["127.0.0.1:{bridge_a}", "127.0.0.1:{bridge_b}"]
+allow_plaintext = true
+"""
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = ServerProcess(tmp_path / "a", workers=1, extra=cluster("a", bridge_a))
+    b = ServerProcess(tmp_path / "b", workers=1, extra=cluster("b", bridge_b))
+    try:
+        a.start()
+        b.start()
+        deadline = time.monotonic() + timeout(20)
+        while True:
+            with urllib.request.urlopen(a.admin_url + "/metrics", timeout=5) as response:
+                text = response.read().decode()
+            if 'shardws_cluster_peer_up{peer="b"} 1.0' in text:
+                break
+            assert time.monotonic() < deadline, f"peer b never up:\n{text}"
+            time.sleep(0.1)
+    finally:
+        a.stop()
+        b.stop()
+    exported: dict[str, tuple[str, frozenset[str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = frozenset(sample.labels)
+            previous = exported.setdefault(sample.name, (family.type, labels))
+            assert previous == (family.type, labels), sample.name  # one label set a series
+    documented = documented_series()
+    for name, (kind, labels) in exported.items():
+        assert name in documented, f"{name} is exported but not in docs/operations.md"
+        assert documented[name] == (kind, labels), (name, documented[name], (kind, labels))
+    assert set(documented) == set(exported), set(documented) - set(exported)

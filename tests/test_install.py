@@ -187,3 +187,34 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     broken.parent.mkdir()
     broken.write_text(unit.read_text().replace("KillMode=mixed", "KillMod=mixed"))
     assert any("Unknown key 'KillMod'" in line for line in analyze(broken))
+
+
+def test_sysctl_file_for_this_system_never_lowers_a_live_value() -> None:
+    live = {"net.ipv4.tcp_rmem": "4096 131072 33554432", "net.ipv4.tcp_tw_reuse": "2"}
+    placement = install.placements(["/opt/shardws/bin/shardws"], read=live.get)[-1]
+    assert placement.target == SYSCTL_TARGET
+    text = placement.content.decode()
+    assert "\nnet.ipv4.tcp_rmem = 4096 131072 33554432\n" in text
+    assert "\nnet.ipv4.tcp_tw_reuse = 2\n" in text
+    assert "\nnet.core.somaxconn = 65535\n" in text  # unknown here: the recommendation
+    # Without live values (another root) the shipped file, byte for byte.
+    shipped = install.placements(["/opt/shardws/bin/shardws"])[-1]
+    assert shipped.content == SHIPPED_SYSCTL.read_bytes()
+
+
+def test_install_into_this_system_reads_its_live_values(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    placed: list[install.Placement] = []
+
+    def place(placement: install.Placement, root: Path, dry_run: bool) -> str:
+        placed.append(placement)
+        return f"would place {placement.target}"
+
+    monkeypatch.setattr(install, "place", place)
+    monkeypatch.setattr(install, "read_sysctl", {"net.core.somaxconn": "131072"}.get)
+    assert install.run(None, dry_run=True, command=["/opt/shardws/bin/shardws"]) == 0
+    assert "\nnet.core.somaxconn = 131072\n" in placed[-1].content.decode()
+    placed.clear()
+    assert install.run(Path("/tmp/x"), dry_run=True, command=["/opt/shardws/bin/shardws"]) == 0
+    assert placed[-1].content == SHIPPED_SYSCTL.read_bytes()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import resource
 import signal
 import ssl
 import time
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import websockets
 from serverproc import ServerProcess, timeout
@@ -123,6 +126,50 @@ def test_token_expiry_and_refresh(server: ServerProcess) -> None:
         assert info.value.rcvd is not None and info.value.rcvd.code == 4503
         assert (await refreshed.call("ping"))["ok"]
         await refreshed.close()
+
+    run(main())
+
+
+def test_connect_timeout_closes_at_handshake_timeout_not_at_the_next_sweep(
+    server: ServerProcess,
+) -> None:
+    """The server's handshake_timeout is 1.5 s and its sweep runs every 5 s (ping_interval
+    25 s / 4, capped). Three silent connections opened 1.7 s apart sit at three phases of
+    that sweep, so a close that waited for the sweep would be at least 3.3 s late for one
+    of them; each must close with 4504 within 1.5 s (scaled) of its deadline."""
+    handshake_timeout = 1.5
+
+    async def silent(delay: float) -> float:
+        await asyncio.sleep(delay)
+        client = await Client.connect(server.url)
+        opened = time.monotonic()
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await client.recv(limit=15)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4504
+        return time.monotonic() - opened
+
+    async def main() -> list[float]:
+        return list(await asyncio.gather(*(silent(i * 1.7) for i in range(3))))
+
+    for waited in run(main()):
+        assert handshake_timeout - 0.1 <= waited <= handshake_timeout + timeout(1.5), waited
+
+
+def test_connect_and_refresh_replies_give_expires_as_integer_seconds(
+    server: ServerProcess,
+) -> None:
+    async def main() -> None:
+        exp = int(time.time()) + 3600
+        client = await Client.connect(server.url)
+        reply = await client.call("connect", token=jwt.encode({"sub": "alice", "exp": exp}, SECRET))
+        assert reply == {"id": 1, "ok": True, "user": "alice", "expires": exp}
+        assert type(reply["expires"]) is int
+        # A fractional exp (RFC 7519 allows it) is rounded down: never later than the token.
+        reply = await client.call(
+            "refresh", token=jwt.encode({"sub": "alice", "exp": exp + 0.75}, SECRET)
+        )
+        assert reply["expires"] == exp and type(reply["expires"]) is int
+        await client.close()
 
     run(main())
 
@@ -295,6 +342,60 @@ def test_origin_allowlist_and_full_worker(tmp_path: Path) -> None:
                 await websockets.connect(proc.url, origin="https://good.example")  # type: ignore[arg-type]
             assert info.value.response.status_code == 503
             for client in good:
+                await client.close()
+
+        run(main())
+    finally:
+        proc.stop()
+
+
+def test_a_worker_short_of_open_files_refuses_with_503_instead_of_resetting(
+    tmp_path: Path,
+) -> None:
+    """The workers get an open-files limit of 300 (soft and hard, so the supervisor
+    cannot raise it), far below connections_per_worker (20000): the log says so once
+    with both numbers, and the connection past the effective limit gets the documented
+    503 (never a reset, a timeout or EOF), while the open ones keep working."""
+    nofile = 300
+
+    def low_open_files_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    proc = ServerProcess(tmp_path, workers=1, server="max_workers = 2")
+    proc.start(preexec_fn=low_open_files_limit)
+    try:
+        warnings = [line for line in proc.logs().splitlines() if "connections_per_worker" in line]
+        assert len(warnings) == 1, proc.logs()
+        found = re.search(
+            rf"connections_per_worker = 20000 .* at most (\d+) connections"
+            rf" \(RLIMIT_NOFILE {nofile},",
+            warnings[0],
+        )
+        assert found is not None and "LimitNOFILE" in warnings[0], warnings[0]
+        most = int(found[1])
+        assert nofile // 2 < most < nofile
+
+        async def main() -> None:
+            clients: list[Client] = []
+            refused = None
+            while refused is None:
+                assert len(clients) <= most, "not refused at the limit"
+                try:
+                    clients.append(await Client.connect(proc.url))
+                except websockets.InvalidStatus as exc:
+                    refused = exc.response
+            assert len(clients) == most
+            assert refused.status_code == 503
+            assert refused.body == b"server full, try again later\n"
+            for client in (clients[0], clients[-1]):  # the open ones still work
+                assert (await client.call("ping"))["ok"]
+            with pytest.raises(websockets.InvalidStatus) as info:  # still a 503, not EMFILE
+                await websockets.connect(proc.url)
+            assert info.value.response.status_code == 503
+            await clients.pop().close()
+            await asyncio.sleep(0.2 * timeout(1))  # the server sees the close
+            clients.append(await Client.connect(proc.url))  # room for one again
+            for client in clients:
                 await client.close()
 
         run(main())

@@ -235,8 +235,11 @@ def _open_fds(pid: int) -> int:
 
 
 def prometheus_text(board: Scoreboard, stale_after: float, view: ViewTable | None = None) -> bytes:
-    """The scoreboard in the Prometheus text exposition format, one ``worker`` label per
-    configured worker slot (counters get their ``_total`` suffix from prometheus-client)."""
+    """The scoreboard in the Prometheus text exposition format: the per-worker series
+    with one ``worker`` label per configured worker slot, the admin's (backend, ingress)
+    and the cluster's (from ``view``) host-wide, ``peer`` on the per-peer ones;
+    docs/operations.md lists every series with its labels, checked by a test (counters
+    get their ``_total`` suffix from prometheus-client)."""
     registry = CollectorRegistry()
     registry.register(_ScoreboardCollector(board, view, stale_after))
     return generate_latest(registry)

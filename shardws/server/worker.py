@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import resource
 import secrets
 import signal
 import socket
@@ -86,8 +87,34 @@ PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for peers' subscriptio
 CLOSE_GRACE = 1.0  # seconds we wait for the peer's close frame before dropping TCP
 DRAIN_BATCHES = 20  # a drain closes connections in this many waves
 HANDSHAKE_GRACE = 0.3  # seconds a drain waits for handshakes already in flight
+# Descriptors a worker keeps free beyond those open when it starts accepting: sockets in
+# their handshake or being refused with 503, closing ones, a log file reopened.
+FD_MARGIN = 64
+# Per worker slot a reload may fill: the bus link to it and from it.
+FDS_PER_BUS_MEMBER = 2
 
 log = logging.getLogger("shardws.worker")
+
+
+def connection_limit(configured: int, open_files: int, in_use: int, max_workers: int) -> int:
+    """The connections a worker can hold: ``configured`` (``[limits]
+    connections_per_worker``), or fewer if its open-files limit (RLIMIT_NOFILE's soft
+    limit, ``open_files``) runs out first. Reserved: the ``in_use`` descriptors it has
+    open when it starts accepting, ``FDS_PER_BUS_MEMBER`` per worker slot (bus links a
+    reload may add) and ``FD_MARGIN``. Past it the upgrade gets 503, instead of accept()
+    failing with EMFILE and the client seeing a reset."""
+    if open_files == resource.RLIM_INFINITY:
+        return configured
+    reserve = in_use + FDS_PER_BUS_MEMBER * max_workers + FD_MARGIN
+    return max(0, min(configured, open_files - reserve))
+
+
+def open_fds() -> int:
+    """Descriptors this process has open (0 where /proc is not mounted)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir opened
+    except OSError:
+        return 0
 
 
 class Connection(WSListener):
@@ -98,7 +125,7 @@ class Connection(WSListener):
         "channels",
         "client_id",
         "closing",
-        "connect_deadline",
+        "connect_timer",
         "deflate_bits",
         "echo",
         "fragment_compressed",
@@ -125,7 +152,8 @@ class Connection(WSListener):
         self.echo = echo
         self.on_message = worker.echo_received if echo else worker.message_received
         self.ip = ""  # counted in the per-IP table once set
-        self.connect_deadline = 0.0
+        # Way 2 only: closes with 4504 at handshake_timeout unless a connect comes first.
+        self.connect_timer: asyncio.TimerHandle | None = None
         self.strikes = 0  # consecutive rate-limited commands
         limits = worker.config.limits
         self.bucket = TokenBucket(
@@ -348,6 +376,8 @@ class Worker:
         self.stats = [0] * len(Column)  # local counters, copied to shared memory per tick
         self.latency = LatencyHistogram()
         self.connections: set[Connection] = set()
+        # connections_per_worker, or less if the open-files limit is lower (set at boot).
+        self.max_connections = config.limits.connections_per_worker
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
         self.run_dir = run_dir
@@ -410,11 +440,29 @@ class Worker:
             use_aiofastnet=False,  # measured: +5.3 KB per connection and slower accepts
             ssl=self._tls_context(),
         )
+        self._limit_connections()
         loop = asyncio.get_running_loop()
         loop.call_later(self._sweep_interval(), self._sweep)
         log.info("worker %d ready (pid %d, %s core)", self.slot, os.getpid(), core.IMPLEMENTATION)
         if core.IMPLEMENTATION != "cython":
             log.warning("running on the pure-Python reference core: build the extension")
+
+    def _limit_connections(self) -> None:
+        """Lower ``max_connections`` to what the open-files limit allows (the supervisor
+        has raised the soft limit to the hard one), and say so once, from worker 0:
+        every worker has the same limit and nearly the same descriptors open."""
+        configured = self.config.limits.connections_per_worker
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        max_workers = max(self.config.server.workers, self.config.server.max_workers)
+        self.max_connections = connection_limit(configured, soft, open_fds(), max_workers)
+        if self.max_connections < configured and self.slot == 0:
+            log.warning(
+                "[limits] connections_per_worker = %d is more than the open-files limit"
+                " allows: each worker takes at most %d connections (RLIMIT_NOFILE %d, less"
+                " %d for its own files, bus links and handshakes) and refuses more with"
+                " 503; raise the limit (systemd: LimitNOFILE=, shell: ulimit -n)",
+                configured, self.max_connections, soft, soft - self.max_connections,
+            )  # fmt: skip
 
     def _tls_context(self) -> ssl.SSLContext | None:
         """``wss://`` directly when [tls] is set (TLS 1.2+; files were checked at load)."""
@@ -523,9 +571,7 @@ class Worker:
             if conn.closing or conn.transport is None:
                 continue
             identity = conn.identity
-            if identity is None:
-                if now > conn.connect_deadline:
-                    conn.close(CloseCode.CONNECT_TIMEOUT, "no connect message in time")
+            if identity is None:  # its own timer closes it at handshake_timeout
                 continue
             if identity.expires_at is not None and wall > identity.expires_at + leeway:
                 conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
@@ -555,7 +601,7 @@ class Worker:
         limits = self.config.limits
         if not origin_allowed(request.headers.get("origin"), limits.allowed_origins):
             return self._refuse(403, "origin not allowed", Column.REFUSED)
-        if len(self.connections) >= limits.connections_per_worker:
+        if len(self.connections) >= self.max_connections:
             return self._refuse(503, "server full, try again later", Column.REFUSED)
         if echo:
             return self._accept(Connection(self, ANONYMOUS, echo=True), request)
@@ -645,17 +691,33 @@ class Worker:
         if conn.deflate_bits:
             self.deflating += 1
         if conn.identity is None:  # way 2: a connect message must come first
-            conn.connect_deadline = time.monotonic() + self.config.server.handshake_timeout
+            # A timer per waiting connection rather than a check in the sweep: the sweep
+            # runs every ping_interval / 4 (up to 5 s), so it would close up to that late.
+            # Only way-2 connections get one, for the few milliseconds to their connect
+            # (an uvloop TimerHandle; cancelled at connect or close); token and anonymous
+            # connections, the bulk, pay nothing.
+            conn.connect_timer = asyncio.get_running_loop().call_later(
+                self.config.server.handshake_timeout, self._connect_timed_out, conn
+            )
         if not conn.echo:
             self._join_user(conn, protocol.encode_connected(conn.client_id, self.slot))
         if self._stop.is_set():  # accepted before the drain began: send it elsewhere
             self._send_away(conn, 1.0)
+
+    @staticmethod
+    def _connect_timed_out(conn: Connection) -> None:
+        conn.connect_timer = None
+        if conn.identity is None:
+            conn.close(CloseCode.CONNECT_TIMEOUT, "no connect message in time")
 
     def _send_away(self, conn: Connection, max_delay: float) -> None:
         conn.send(protocol.encode_reconnect(random.uniform(0.0, max_delay)))
         conn.close(CloseCode.GOING_AWAY, "server shutting down")
 
     def connection_closed(self, conn: Connection) -> None:
+        if conn.connect_timer is not None:
+            conn.connect_timer.cancel()
+            conn.connect_timer = None
         if conn in self.connections:
             self.connections.discard(conn)
             self.stats[Column.CLOSED] += 1
@@ -778,6 +840,9 @@ class Worker:
             self._peer_log.info("client %s: connect refused: %s", conn.client_id, exc.reason)
             conn.close(CloseCode.UNAUTHORIZED, exc.reason)
             return
+        if conn.connect_timer is not None:
+            conn.connect_timer.cancel()
+            conn.connect_timer = None
         self._join_user(conn, self._identity_reply(command_id, conn.identity))
 
     def _refresh(self, conn: Connection, command_id: int | None, raw: bytes | None) -> None:
@@ -795,7 +860,13 @@ class Worker:
 
     @staticmethod
     def _identity_reply(command_id: int | None, identity: Identity) -> bytes:
-        return protocol.encode_ok(command_id, user=identity.user, expires=identity.expires_at)
+        """The ``connect``/``refresh`` reply: ``expires`` is integer unix seconds, as
+        docs/protocol.md promises (a fractional JWT ``exp`` is rounded down, so a client
+        refreshing by it is never late); null for an anonymous connection."""
+        expires = identity.expires_at
+        return protocol.encode_ok(
+            command_id, user=identity.user, expires=None if expires is None else int(expires)
+        )
 
     def namespace_of(self, channel: str) -> NamespaceConfig | None:
         """The channel's namespace options; None if its namespace is not configured."""

@@ -10,7 +10,10 @@ What it writes, under ``root`` (``/`` unless ``--root DIR``):
 * ``/etc/shardws/shardws.toml``: ``shardws.example.toml`` (every option at its default),
   only when no file is there. An existing config is never overwritten.
 * ``/etc/sysctl.d/99-shardws.conf``: ``sysctl/99-shardws.conf``, unless ``sysctl=False``.
-  Installed, not applied: ``sysctl --system`` applies it.
+  Into ``/``, every value this host already has beyond the recommendation is kept
+  (``tune.host_sysctl_text``): applying the file raises what is too low and lowers
+  nothing. Under another ``root`` the live values are not the target's, so the shipped
+  file goes in as it is. Installed, not applied: ``sysctl --system`` applies it.
 
 Guarantees: every action is printed, one line each; a second run changes nothing and
 says so; a dry run prints the same actions prefixed with "would" and writes nothing; a
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardws.server import systemd
-from shardws.tools.tune import SYSCTL_FILE
+from shardws.tools.tune import SYSCTL_FILE, host_sysctl_text, read_sysctl
 
 PACKAGE_DIR = Path(__file__).parent.parent  # the data files sit at the package root
 UNIT_FILE = PACKAGE_DIR / "shardws.service"
@@ -122,14 +125,21 @@ class Placement:
     overwrite: bool  # False: an existing file is kept as it is
 
 
-def placements(command: list[str], sysctl: bool = True) -> list[Placement]:
-    """The files ``install-service`` installs, in order."""
+def placements(
+    command: list[str],
+    sysctl: bool = True,
+    read: Callable[[str], str | None] | None = None,
+) -> list[Placement]:
+    """The files ``install-service`` installs, in order. ``read`` gives the live value of
+    a sysctl key on the target system: the sysctl file keeps the values it has beyond
+    the recommendation. None: the target's values are unknown, the shipped file as is."""
     files = [
         Placement(UNIT_TARGET, unit_text(command).encode(), UNIT_FILE, overwrite=True),
         Placement(CONFIG_TARGET, EXAMPLE_CONFIG.read_bytes(), EXAMPLE_CONFIG, overwrite=False),
     ]
     if sysctl:
-        files.append(Placement(SYSCTL_TARGET, SYSCTL_FILE.read_bytes(), SYSCTL_FILE, True))
+        content = SYSCTL_FILE.read_bytes() if read is None else host_sysctl_text(read).encode()
+        files.append(Placement(SYSCTL_TARGET, content, SYSCTL_FILE, True))
     return files
 
 
@@ -233,7 +243,9 @@ def run(
     root = Path("/") if root is None else root.absolute()
     command = shardws_command() if command is None else command
     try:
-        for placement in placements(command, sysctl):
+        # Into this system: its live kernel values are the target's.
+        read = read_sysctl if root == Path("/") else None
+        for placement in placements(command, sysctl, read):
             print(place(placement, root, dry_run), flush=True)
         print(f"ExecStart runs {' '.join(command)}", flush=True)
         warning = hidden_location_warning(command)

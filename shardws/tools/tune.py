@@ -2,14 +2,19 @@
 next to the values ``sysctl/99-shardws.conf`` recommends, and the connection capacity
 the host has as it stands.
 
-Read-only: it never changes a setting (apply the sysctl file as root to do that). The
-recommendations are parsed from the shipped sysctl file itself, so the two cannot drift.
+Read-only: it never changes a setting. The recommendations are parsed from the shipped
+sysctl file itself, so the two cannot drift; ``RULES`` says for each key whether more,
+less, exactly the value or one of a set meets it, and ``host_sysctl_text`` is that file
+with every value the host already has beyond the recommendation kept (what
+``shardws install-service`` writes), so applying it never lowers a setting.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +26,97 @@ SYSCTL_FILE = Path(__file__).parent.parent / "sysctl.conf"
 BYTES_PER_CONNECTION = 10 * 1024
 
 
-# Limits where more than recommended is as good; every other setting should be equal.
-AT_LEAST = frozenset(
-    {
-        "net.core.somaxconn",
-        "net.ipv4.tcp_max_syn_backlog",
-        "fs.file-max",
-        "fs.nr_open",
-        "net.core.netdev_max_backlog",
-    }
-)
+class Kind(enum.Enum):
+    """How a live value is compared with the recommendation."""
+
+    AT_LEAST = "at least"  # more is as good (capacity limits); element-wise for lists
+    AT_MOST = "at most"  # less is as good (timeouts); element-wise for lists
+    EXACTLY = "exactly"  # a switch: the recommended value and no other
+    ONE_OF = "one of"  # an enumeration: any value of ``Rule.accepted``
+    WIDE_RANGE = "as wide"  # "LOW HIGH": at least as many values, wherever they lie
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a live value must be to meet a recommendation, and what to write instead of
+    a value that meets it: the host's own value, so applying never lowers a setting."""
+
+    kind: Kind
+    accepted: tuple[str, ...] = ()  # ONE_OF: the acceptable values
+
+    def ok(self, current: str, recommended: str) -> bool:
+        """Whether ``current`` meets this rule for ``recommended``."""
+        if self.kind is Kind.EXACTLY:
+            return current.split() == recommended.split()
+        if self.kind is Kind.ONE_OF:
+            return " ".join(current.split()) in self.accepted
+        now, wanted = _numbers(current), _numbers(recommended)
+        if now is None or wanted is None or len(now) != len(wanted):
+            return False
+        if self.kind is Kind.WIDE_RANGE:
+            return len(now) == 2 and now[1] - now[0] >= wanted[1] - wanted[0]
+        if self.kind is Kind.AT_LEAST:
+            return all(a >= b for a, b in zip(now, wanted, strict=True))
+        return all(a <= b for a, b in zip(now, wanted, strict=True))
+
+    def kept(self, current: str | None, recommended: str) -> str:
+        """The value to set so that it meets the rule and lowers nothing the host has:
+        ``current`` where it already meets the rule, else ``recommended``; for lists
+        element by element (``tcp_rmem`` ``4096 131072 6291456`` and the recommended
+        ``4096 16384 16777216`` give ``4096 131072 16777216``)."""
+        if current is None:
+            return recommended
+        current = " ".join(current.split())
+        if self.ok(current, recommended):
+            return current
+        now, wanted = _numbers(current), _numbers(recommended)
+        if (
+            self.kind in (Kind.AT_LEAST, Kind.AT_MOST)
+            and now
+            and wanted
+            and len(now) == len(wanted)
+        ):
+            pick = max if self.kind is Kind.AT_LEAST else min
+            return " ".join(str(pick(a, b)) for a, b in zip(now, wanted, strict=True))
+        return recommended
+
+    def describe(self) -> str:
+        """The rule as ``shardws tune`` shows it."""
+        if self.kind is Kind.ONE_OF:
+            return "one of " + ", ".join(self.accepted)
+        return self.kind.value
+
+
+def _numbers(value: str) -> list[int] | None:
+    try:
+        return [int(part) for part in value.split()]
+    except ValueError:
+        return None
+
+
+AT_LEAST = Rule(Kind.AT_LEAST)
+
+#: The rule of every key of the shipped sysctl file (a test checks that both have the
+#: same keys). The file's values are floors, ceilings or switches, never targets to
+#: bring a better value down to.
+RULES: dict[str, Rule] = {
+    "net.core.somaxconn": AT_LEAST,
+    "net.ipv4.tcp_max_syn_backlog": AT_LEAST,
+    "fs.file-max": AT_LEAST,
+    "fs.nr_open": AT_LEAST,
+    "net.ipv4.ip_local_port_range": Rule(Kind.WIDE_RANGE),
+    # min, default, max: each at least the recommendation (larger buffers cost memory
+    # only while data is queued in them).
+    "net.ipv4.tcp_rmem": AT_LEAST,
+    "net.ipv4.tcp_wmem": AT_LEAST,
+    "net.core.netdev_max_backlog": AT_LEAST,
+    # 1: every outgoing connection; 2: loopback only (the kernel's default). A
+    # shardws host's own outgoing connections are its few long-lived bridge links, so 2
+    # serves it; 1 matters where a load generator connects to another host.
+    "net.ipv4.tcp_tw_reuse": Rule(Kind.ONE_OF, ("1", "2")),
+    "net.ipv4.tcp_fin_timeout": Rule(Kind.AT_MOST),
+    "net.ipv4.tcp_migrate_req": Rule(Kind.EXACTLY),
+}
 
 
 @dataclass(frozen=True)
@@ -40,16 +126,14 @@ class Setting:
     recommended: str
 
     @property
+    def rule(self) -> Rule:
+        return RULES[self.key]
+
+    @property
     def ok(self) -> bool:
-        """Equal to the recommendation, or above it for the capacity limits."""
-        if self.current is None:
-            return False
-        if self.key in AT_LEAST:
-            try:
-                return int(self.current) >= int(self.recommended)
-            except ValueError:
-                return False
-        return self.current.split() == self.recommended.split()
+        """The live value meets the key's rule (a larger capacity limit, a shorter
+        timeout, an accepted enumeration value)."""
+        return self.current is not None and self.rule.ok(self.current, self.recommended)
 
 
 def recommended(path: Path = SYSCTL_FILE) -> dict[str, str]:
@@ -93,18 +177,51 @@ def capacity(workers: int) -> dict[str, int]:
     }
 
 
+def host_sysctl_text(
+    read: Callable[[str], str | None] = read_sysctl, path: Path = SYSCTL_FILE
+) -> str:
+    """The shipped sysctl file for this host: each value replaced by ``Rule.kept`` of
+    the live one, so applying it raises what is below a recommendation and lowers
+    nothing (a host with ``tcp_rmem`` ``4096 131072 33554432`` keeps it). A kept value
+    gets a comment naming the shipped one. Applying it and building it again gives the
+    same text."""
+    lines = []
+    for line in path.read_text().splitlines():
+        key, equals, value = line.partition("=")
+        key = key.strip()
+        if equals and not key.startswith("#") and key in RULES:
+            shipped = " ".join(value.split())
+            kept = RULES[key].kept(read(key), shipped)
+            if kept != shipped:
+                lines.append(f"# {key}: this host's {kept} kept (shipped: {shipped})")
+                line = f"{key} = {kept}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def report(workers: int, path: Path = SYSCTL_FILE) -> str:
     """The table ``shardws tune`` prints."""
     rows = settings(path)
     width = max(len(s.key) for s in rows)
-    lines = [f"{'setting'.ljust(width)}  {'current':>24}  {'recommended':>24}  ok"]
+    rule_width = max(len(s.rule.describe()) for s in rows)
+    lines = [
+        f"{'setting'.ljust(width)}  {'current':>24}  {'recommended':>24}"
+        f"  {'rule'.ljust(rule_width)}  ok"
+    ]
     for s in rows:
         current = "(not available)" if s.current is None else s.current
         mark = "yes" if s.ok else "NO"
-        lines.append(f"{s.key.ljust(width)}  {current:>24}  {s.recommended:>24}  {mark}")
+        lines.append(
+            f"{s.key.ljust(width)}  {current:>24}  {s.recommended:>24}"
+            f"  {s.rule.describe().ljust(rule_width)}  {mark}"
+        )
     cap = capacity(workers)
     lines += [
         "",
+        "yes: the live value meets the rule; one beyond the recommendation is as good: never"
+        " lower it.",
+        "`shardws install-service` writes /etc/sysctl.d/99-shardws.conf with such values"
+        " kept; copying sysctl/99-shardws.conf as it is would lower them.",
         f"open files per process: soft {cap['open_files_soft']}, hard {cap['open_files_hard']}"
         " (the supervisor raises soft to hard; systemd: LimitNOFILE)",
         f"capacity with {workers} worker(s): about {cap['connections']:,} idle connections"
