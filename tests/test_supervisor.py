@@ -173,3 +173,32 @@ def test_new_connections_are_refused_at_once_during_a_drain(tmp_path: Path) -> N
         assert proc.wait_exit(15) == 0
     finally:
         proc.stop()
+
+
+def _shared_blocks(pid: int) -> set[str]:
+    """The /dev/shm blocks process ``pid`` maps, as its maps file names them."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split(None, 5)[5].strip() for line in maps if "/dev/shm/" in line}
+
+
+def test_no_shared_memory_name_outlives_a_sigkilled_server(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path, workers=2).start()
+    assert proc.proc is not None
+    try:
+        _, body = proc.health()
+        pids = [proc.proc.pid, *(w["pid"] for w in body["per_worker"])]
+        mapped = set().union(*(_shared_blocks(pid) for pid in pids))
+        # The scoreboard, the cluster view and the per-IP table, each unnamed already.
+        assert len(mapped) >= 3, mapped
+        assert all(name.endswith("(deleted)") for name in mapped), mapped
+        for pid in pids:  # the supervisor first: nothing is left to clean up
+            os.kill(pid, signal.SIGKILL)
+        proc.proc.wait(timeout(10))
+        deadline = time.monotonic() + timeout(10)
+        while any(os.path.exists(f"/proc/{pid}") for pid in pids[1:]):
+            assert time.monotonic() < deadline, "workers did not exit"
+            time.sleep(0.05)
+        paths = {name.removesuffix("(deleted)").strip() for name in mapped}
+        assert not [path for path in paths if os.path.exists(path)]
+    finally:
+        proc.stop()
