@@ -56,7 +56,6 @@ from shardws.core import (
     release_handshake,
     take_overflowed,
     total_drops,
-    utf8_valid,
 )
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.pure import control, protocol
@@ -71,7 +70,8 @@ from shardws.pure.auth import (
 )
 from shardws.pure.busframe import channel_topic, inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
-from shardws.pure.deflate import BadCompressedData, Inflater, MessageTooBig, negotiate
+from shardws.pure.deflate import Inflater, negotiate
+from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_frame
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
 from shardws.pure.protocol import CloseCode, ErrorCode
@@ -128,14 +128,10 @@ class Connection(WSListener):
         "connect_timer",
         "deflate_bits",
         "echo",
-        "fragment_compressed",
-        "fragment_size",
-        "fragment_type",
-        "fragments",
         "identity",
-        "inflater",
         "ip",
         "last_seen",
+        "messages",
         "on_message",
         "ping_sent",
         "sink",
@@ -166,13 +162,10 @@ class Connection(WSListener):
         self.last_seen = time.monotonic()
         self.ping_sent = False
         self.closing = False
-        self.fragments: list[bytes] | None = None
-        self.fragment_type = WSMsgType.TEXT
-        self.fragment_size = 0
-        self.fragment_compressed = False
-        # permessage-deflate, when negotiated in the upgrade (Worker._accept).
-        self.deflate_bits = 0
-        self.inflater: Inflater | None = None
+        # Frames -> messages; its inflater is set when the upgrade agrees permessage-deflate
+        # (Worker._accept). The native parser checks UTF-8 itself, the echo has no parser.
+        self.messages = Messages(worker.config.server.max_message_size, None, check_utf8=echo)
+        self.deflate_bits = 0  # the server's compression window, 0 when not agreed
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -196,37 +189,27 @@ class Connection(WSListener):
             return
         self.last_seen = time.monotonic()
         self.ping_sent = False
-        compressed = False
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            # RFC 6455 5.2: a reserved bit no negotiated extension defines fails the
-            # connection (picows does not check them). RFC 7692 6: RSV1 marks the first
-            # frame of a compressed message, only where permessage-deflate was agreed.
-            if (
-                frame.rsv2
-                or frame.rsv3
-                or self.inflater is None
-                or (msg_type != WSMsgType.TEXT and msg_type != WSMsgType.BINARY)
-            ):
-                self.fail("reserved bit set without a negotiated extension")
-                return
-            compressed = True
-        if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
-            if self.fragments is not None:  # RFC 6455 5.4: no new message mid-fragmentation
-                self.fail("new message before the last fragment")
-            elif frame.fin:
-                payload = frame.get_payload_as_bytes()
-                if not compressed:
-                    self.on_message(self, msg_type, payload)
-                else:
-                    self._inflated_message(msg_type, payload)
-            else:
-                self.fragment_compressed = compressed
-                self.fragments = [frame.get_payload_as_bytes()]
-                self.fragment_type = msg_type
-                self.fragment_size = frame.payload_size
-        elif msg_type == WSMsgType.CONTINUATION:
-            self._continue_fragments(frame)
-        elif msg_type == WSMsgType.CLOSE:
+        # picows's WSMsgType is an IntEnum of the RFC 6455 opcodes: 0-2 are data frames.
+        opcode: int = msg_type  # type: ignore[assignment]
+        if opcode <= BINARY:
+            result = self.messages.feed(
+                opcode,
+                frame.fin,
+                frame.rsv1,
+                frame.rsv2,
+                frame.rsv3,
+                frame.get_payload_as_bytes(),
+            )
+            if type(result) is Message:
+                self.on_message(self, result.binary, result.payload)
+            elif isinstance(result, Fail):
+                self.fail(result)
+            return
+        failure = check_control_frame(frame.rsv1, frame.rsv2, frame.rsv3)
+        if failure is not None:
+            self.fail(failure)
+            return
+        if msg_type == WSMsgType.CLOSE:
             # RFC 6455 5.5.1: answer a close with a close, then drop the connection.
             if not transport.is_close_frame_sent:
                 self.closing = True
@@ -253,47 +236,15 @@ class Connection(WSListener):
         self.worker.protocol_error(self, f"invalid close code {code}")
         return WSCloseCode.PROTOCOL_ERROR
 
-    def _continue_fragments(self, frame: WSFrame) -> None:
-        if self.fragments is None:
-            self.fail("continuation frame without a message")
-            return
-        self.fragment_size += frame.payload_size
-        if self.fragment_size > self.worker.config.server.max_message_size:
+    def fail(self, failure: Fail) -> None:
+        """Close for a message the frames could not make (see ``pure.frames``): counted
+        as a protocol error, logged when it says what. The client's Close is still read,
+        so the closing handshake completes."""
+        if failure.detail is None:
             self.worker.stats[Column.PROTOCOL_ERRORS] += 1
-            self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-            return
-        self.fragments.append(frame.get_payload_as_bytes())
-        if frame.fin:
-            payload = b"".join(self.fragments)
-            self.fragments = None
-            if not self.fragment_compressed:
-                self.on_message(self, self.fragment_type, payload)
-            else:
-                self._inflated_message(self.fragment_type, payload)
-
-    def _inflated_message(self, msg_type: WSMsgType, data: bytes) -> None:
-        """Hand on a compressed message inflated, or close the connection: 1009 past
-        ``max_message_size`` inflated (zip bombs stop there), 1007 for data that is not
-        a deflate stream."""
-        assert self.inflater is not None
-        try:
-            payload = self.inflater.inflate(data)
-        except MessageTooBig:
-            self.worker.protocol_error(self, "inflated message too big")
-            self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-            return
-        except BadCompressedData:
-            self.worker.protocol_error(self, "invalid compressed data")
-            self.close(CloseCode.INVALID_TEXT, "invalid compressed data")
-            return
-        self.on_message(self, msg_type, payload)
-
-    def fail(self, what: str) -> None:
-        """RFC 6455 7.1.7, Fail the WebSocket Connection: close with 1002 (protocol error)
-        for a frame sequence no extension allows. The client's Close is still read, so
-        the closing handshake completes."""
-        self.worker.protocol_error(self, what)
-        self.close(CloseCode.PROTOCOL_ERROR, what)
+        else:
+            self.worker.protocol_error(self, failure.detail)
+        self.close(failure.code, failure.reason)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closing = True
@@ -626,7 +577,7 @@ class Worker:
         if agreement is None:
             return conn
         conn.deflate_bits = agreement.server_window_bits
-        conn.inflater = Inflater(agreement, self.config.server.max_message_size)
+        conn.messages.inflater = Inflater(agreement, self.config.server.max_message_size)
         response = WSUpgradeResponse.create_101_response(
             {"Sec-WebSocket-Extensions": agreement.response}
         )
@@ -741,7 +692,7 @@ class Worker:
 
     # -- commands -----------------------------------------------------------------------
 
-    def message_received(self, conn: Connection, msg_type: WSMsgType, payload: bytes) -> None:
+    def message_received(self, conn: Connection, binary: bool, payload: bytes) -> None:
         stats = self.stats
         stats[Column.MESSAGES_IN] += 1
         stats[Column.BYTES_IN] += len(payload)
@@ -749,7 +700,7 @@ class Worker:
             self._rate_limited(conn)
             return
         conn.strikes = 0
-        if msg_type == WSMsgType.BINARY:
+        if binary:
             self.protocol_error(conn, "binary frame")
             conn.send(
                 protocol.encode_error(
@@ -795,17 +746,13 @@ class Worker:
         self.protocol_error(conn, "invalid UTF-8")
         conn.close(CloseCode.INVALID_TEXT, "invalid UTF-8")
 
-    def echo_received(self, conn: Connection, msg_type: WSMsgType, payload: bytes) -> None:
-        """A complete message on the diagnostics echo: sent back as received. Text is
-        checked like a native command (invalid UTF-8 closes with 1007); there is no
+    def echo_received(self, conn: Connection, binary: bool, payload: bytes) -> None:
+        """A complete message on the diagnostics echo: sent back as received. Its text
+        was checked by ``pure.frames`` (invalid UTF-8 closes with 1007); there is no
         command parsing and no rate limit."""
         stats = self.stats
         stats[Column.MESSAGES_IN] += 1
         stats[Column.BYTES_IN] += len(payload)
-        binary = msg_type == WSMsgType.BINARY
-        if not binary and not utf8_valid(payload):
-            self._invalid_utf8(conn)
-            return
         stats[Column.MESSAGES_OUT] += 1
         conn.send_message(payload, binary)
 
