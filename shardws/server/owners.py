@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from shardws.bus.requests import Requests
 from shardws.config import NamespaceConfig
-from shardws.core import build_text_frame
 from shardws.pure import control, protocol
 from shardws.pure.busframe import channel_topic, inbox_topic
 from shardws.pure.cluster import slot_of
@@ -55,9 +54,9 @@ from shardws.server.ringfile import load_rings, rings_path, save_rings
 
 if TYPE_CHECKING:
     from shardws.bus.host import Bus
-    from shardws.core import Deflated
     from shardws.pure.auth import Identity
     from shardws.pure.hub import Hub
+    from shardws.server.delivery import Delivery
     from shardws.shm.view import Members
 
 log = logging.getLogger("shardws.owners")
@@ -98,13 +97,9 @@ class OwnerHost(Protocol):
     run_dir: str
     slot: int
 
+    delivery: Delivery
+
     def options_for(self, channel: str) -> NamespaceConfig: ...
-
-    def deflated_for(self, payload: bytes) -> Deflated | None: ...
-
-    def deliver_frame(
-        self, frame: bytes, sinks: list[Any], drop: bool, deflated: Deflated | None = None
-    ) -> None: ...
 
     def stats_publication(self) -> None: ...
 
@@ -242,7 +237,8 @@ class Owners:
             return
         worker = self.worker
         sinks = worker.hub.sinks(channel)
-        drop = False  # history namespaces never drop (config refuses "drop")
+        delivery = worker.delivery
+        drop = delivery.drop_for(channel)  # False: history namespaces never drop
         for index, push in enumerate(payloads):
             position = pub_position(push, channel)
             if position is not None:
@@ -254,7 +250,7 @@ class Owners:
                     self._start_repair(channel, epoch, payloads[index:])
                     return
             if sinks:
-                worker.deliver_frame(build_text_frame(push), sinks, drop, worker.deflated_for(push))
+                delivery.push(push, sinks, drop)
 
     def _start_repair(self, channel: str, epoch: str, held: list[bytes]) -> None:
         self._repairing[channel] = list(held)
@@ -456,9 +452,9 @@ class Owners:
             kind, channel, identity.user if identity is not None else "", conn.client_id
         )
         sinks = self.worker.hub.sinks(channel)
-        if sinks:
-            worker = self.worker
-            worker.deliver_frame(build_text_frame(push), sinks, False, worker.deflated_for(push))
+        if sinks:  # the channel's rule, as on the workers that get it from the bus
+            delivery = self.worker.delivery
+            delivery.push(push, sinks, delivery.drop_for(channel))
         bus = self.worker.bus
         if bus is not None:
             bus.publish(channel_topic(channel), push)

@@ -50,11 +50,8 @@ from shardws.core import (
     TokenBucket,
     build_frame,
     build_text_frame,
-    fanout,
-    flush,
     parse_envelope,
     release_handshake,
-    take_overflowed,
     total_drops,
 )
 from shardws.log import RateLimitedLogger, setup_logging
@@ -75,6 +72,7 @@ from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_f
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
 from shardws.pure.protocol import CloseCode, ErrorCode
+from shardws.server.delivery import Delivery
 from shardws.server.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
 from shardws.server.static import static_response
 from shardws.shm.scoreboard import Column, LatencyHistogram, ProcessState
@@ -264,7 +262,7 @@ class Connection(WSListener):
         if not self.closing and self.sink is not None:
             frame = self._compressed(payload, binary) or build_frame(payload, binary)
             self.sink.send(frame)
-            self.worker.wrote(len(frame))
+            self.worker.delivery.wrote(len(frame))
 
     def _compressed(self, payload: bytes, binary: bool = False) -> bytes | None:
         """The permessage-deflate frame of a message for this connection alone, or None
@@ -280,7 +278,7 @@ class Connection(WSListener):
         if not self.closing and self.sink is not None:
             frame = (self.deflate_bits and self._compressed(payload)) or build_text_frame(payload)
             self.sink.send(frame)
-            self.worker.wrote(len(frame))
+            self.worker.delivery.wrote(len(frame))
 
     def close(self, code: int, reason: str, *, stop_reading: bool = False) -> None:
         """Send what is corked, then a close frame with ``code``; drop the connection
@@ -335,9 +333,7 @@ class Worker:
         self._peer_log = RateLimitedLogger("shardws.peer")
         self._picows_log = RateLimitedLogger("shardws.picows", level=logging.DEBUG)
         self._stop = asyncio.Event()
-        self._flush_scheduled = False
-        self._channel_options: dict[str, NamespaceConfig] = {}
-        self.deflating = 0  # open connections that negotiated permessage-deflate
+        self.delivery = Delivery(config, self.stats, self._peer_log)
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
@@ -640,7 +636,7 @@ class Worker:
         self.connections.add(conn)
         self.stats[Column.ACCEPTED] += 1
         if conn.deflate_bits:
-            self.deflating += 1
+            self.delivery.deflating += 1
         if conn.identity is None:  # way 2: a connect message must come first
             # A timer per waiting connection rather than a check in the sweep: the sweep
             # runs every ping_interval / 4 (up to 5 s), so it would close up to that late.
@@ -673,7 +669,7 @@ class Worker:
             self.connections.discard(conn)
             self.stats[Column.CLOSED] += 1
             if conn.deflate_bits:
-                self.deflating -= 1
+                self.delivery.deflating -= 1
         if conn.ip and self.iptable is not None:
             self.iptable.add(self.slot, conn.ip, -1)
             conn.ip = ""
@@ -1016,60 +1012,14 @@ class Worker:
         sinks = self.hub.sinks(channel)
         if sinks:
             start = time.monotonic_ns()
-            frame = build_text_frame(push)
-            self.deliver_frame(frame, sinks, self.drops_for(channel), self.deflated_for(push))
+            self.delivery.push(push, sinks, self.delivery.drop_for(channel))
             self.latency.observe((time.monotonic_ns() - start) / 1e9)
         if self.bus is not None:
             self.bus.publish(channel_topic(channel), push)
 
-    def deflated_for(self, payload: bytes) -> Deflated | None:
-        """Compress-once state for a message, when a local connection may want it."""
-        compression = self.config.compression
-        if self.deflating and len(payload) >= compression.threshold:
-            return Deflated(payload, compression.level)
-        return None
-
-    def deliver_frame(
-        self, frame: bytes, sinks: list[Any], drop: bool, deflated: Deflated | None = None
-    ) -> None:
-        """Write ``frame`` to ``sinks`` (and ``deflated``'s compressed frame to the
-        compressing ones)."""
-        written = fanout(frame, sinks, drop, deflated)
-        self.stats[Column.MESSAGES_OUT] += written
-        self.wrote(written * len(frame) - (deflated.saved if deflated is not None else 0))
-
-    def wrote(self, nbytes: int) -> None:
-        """Account written bytes and make sure corked frames leave this iteration."""
-        self.stats[Column.BYTES_OUT] += nbytes
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        # Runs once per loop iteration with output: every subscriber's corked frames
-        # leave in one syscall, then slow consumers are disconnected.
-        self._flush_scheduled = False
-        flush()
-        for sink in take_overflowed():
-            self.stats[Column.SLOW_CONSUMERS] += 1
-            self._peer_log.info("client %s: slow consumer, disconnecting", sink.owner.client_id)
-            sink.owner.close(CloseCode.SLOW_CONSUMER, "slow consumer")
-
     def options_for(self, channel: str) -> NamespaceConfig:
-        """``channel``'s namespace options (the default options for an unconfigured
-        namespace), cached per channel: asked for every bus batch on the fan-out path.
-        The config never changes inside a process (a reload replaces the process)."""
-        options = self._channel_options.get(channel)
-        if options is None:
-            options = self.namespace_of(channel) or NamespaceConfig()
-            if len(self._channel_options) < 65536:  # bounded cache
-                self._channel_options[channel] = options
-        return options
-
-    def drops_for(self, channel: str) -> bool:
-        """Whether ``channel``'s namespace drops messages for slow consumers (else the
-        consumer is disconnected)."""
-        return self.options_for(channel).slow_consumer == "drop"
+        """``channel``'s namespace options, cached (``Delivery.options_for``)."""
+        return self.delivery.options_for(channel)
 
     # -- bus ----------------------------------------------------------------------------
 
@@ -1090,10 +1040,10 @@ class Worker:
             sinks = self.hub.sinks(channel)
             if not sinks:
                 return
-            drop = self.drops_for(channel)
+            delivery = self.delivery
+            drop = delivery.drop_for(channel)
             for payload in payloads:
-                frame = build_text_frame(payload)
-                self.deliver_frame(frame, sinks, drop, self.deflated_for(payload))
+                delivery.push(payload, sinks, drop)
         # One observation per publication: every payload of a batch entered the server
         # within the batch's loop iteration, so they share its stamp. Wall clock (the
         # stamp may come from another host); a clock step could make it negative.
@@ -1143,14 +1093,8 @@ class Worker:
                 for sink in list(sinks):  # close() leaves the hub: iterate over a copy
                     sink.owner.close(message.code, message.reason)
             else:
-                # User pushes follow the default namespace's slow-consumer policy.
-                default = self.config.namespaces.get("default") or NamespaceConfig()
-                self.deliver_frame(
-                    build_text_frame(message),
-                    sinks,
-                    default.slow_consumer == "drop",
-                    self.deflated_for(message),
-                )
+                # A user's messages follow the rule named USER_PUSHES (delivery.py).
+                self.delivery.push(message, sinks, self.delivery.user_drop)
 
     def _on_bus_inbox(self, origin: int, payloads: list[bytes]) -> None:
         """Answer requests from other members (channel owners' ops, the admin's

@@ -1,0 +1,114 @@
+"""Delivery: the one path from an encoded push to the sockets of a worker's subscribers.
+
+Every publication a worker writes to its clients — published here, received from the
+bus, sequenced by a channel's owner, targeted at a user — goes through
+:meth:`Delivery.push`:
+
+* **Frame once**: the push becomes one RFC 6455 text frame, the same bytes for every
+  subscriber (``core.build_text_frame``).
+* **Compress once per window size**: when a local connection agreed permessage-deflate
+  and the push reaches ``[compression] threshold``, one ``core.Deflated`` compresses it
+  once and frames it once per window size in use.
+* **The slow-consumer rule**: ``drop`` skips the push for a subscriber whose unsent
+  bytes would pass ``max_pending_bytes`` (counted in ``drops``); otherwise that
+  subscriber is closed with 4501 at the flush (counted in ``slow_consumers``). A
+  channel's rule comes from its namespace, looked up once per channel
+  (:meth:`drop_for`); user-targeted pushes follow the rule named :data:`USER_PUSHES`.
+* **Coalesced flush**: writes are corked; one flush per event-loop iteration with
+  output sends every subscriber's frames in one syscall each, then closes the sinks
+  that overflowed.
+
+Replies and a connection's own pushes are not publications: they go to one connection
+(``Connection.send``), are counted here through :meth:`wrote` and leave with the same
+flush, so they stay in order with the publications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shardws.config import Config, NamespaceConfig
+from shardws.core import Deflated, build_text_frame, fanout, flush, take_overflowed
+from shardws.log import RateLimitedLogger
+from shardws.pure.protocol import CloseCode, namespace_of
+from shardws.shm.scoreboard import Column
+
+#: The namespace whose ``slow_consumer`` rule user-targeted pushes follow (a user's
+#: messages belong to no channel; the default namespace is the one every server has).
+USER_PUSHES = "default"
+
+_OPTIONS_CACHE = 65536  # channels whose options are remembered (bounded)
+
+
+class Delivery:
+    """One worker's delivery path (see the module doc). ``stats`` is the worker's local
+    counter list (indexed by ``Column``), copied to the scoreboard by the worker."""
+
+    __slots__ = (
+        "_config",
+        "_flush_scheduled",
+        "_level",
+        "_log",
+        "_options",
+        "_stats",
+        "_threshold",
+        "deflating",
+        "user_drop",
+    )
+
+    def __init__(self, config: Config, stats: list[int], peer_log: RateLimitedLogger) -> None:
+        self._config = config
+        self._stats = stats
+        self._log = peer_log
+        self._level = config.compression.level
+        self._threshold = config.compression.threshold
+        self._options: dict[str, NamespaceConfig] = {}
+        self._flush_scheduled = False
+        self.deflating = 0  # open connections that negotiated permessage-deflate
+        default = config.namespaces.get(USER_PUSHES) or NamespaceConfig()
+        self.user_drop = default.slow_consumer == "drop"
+
+    def options_for(self, channel: str) -> NamespaceConfig:
+        """``channel``'s namespace options (the default options for an unconfigured
+        namespace), cached per channel: asked for every bus batch on the fan-out path.
+        The config never changes inside a process (a reload replaces the process)."""
+        options = self._options.get(channel)
+        if options is None:
+            options = self._config.namespaces.get(namespace_of(channel)) or NamespaceConfig()
+            if len(self._options) < _OPTIONS_CACHE:
+                self._options[channel] = options
+        return options
+
+    def drop_for(self, channel: str) -> bool:
+        """``channel``'s slow-consumer rule: True drops, False disconnects. Always False
+        for a history namespace (the config refuses ``drop`` there)."""
+        return self.options_for(channel).slow_consumer == "drop"
+
+    def push(self, push: bytes, sinks: list[Any], drop: bool) -> None:
+        """Write the encoded ``push`` to ``sinks`` under the rule ``drop`` (see the
+        module doc); returns at once, the bytes leave at this iteration's flush."""
+        frame = build_text_frame(push)
+        deflated = (
+            Deflated(push, self._level) if self.deflating and len(push) >= self._threshold else None
+        )
+        written = fanout(frame, sinks, drop, deflated)
+        self._stats[Column.MESSAGES_OUT] += written
+        self.wrote(written * len(frame) - (deflated.saved if deflated is not None else 0))
+
+    def wrote(self, nbytes: int) -> None:
+        """Count ``nbytes`` written to sinks and make sure they leave this iteration."""
+        self._stats[Column.BYTES_OUT] += nbytes
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        # Once per loop iteration with output: every subscriber's corked frames leave in
+        # one syscall, then slow consumers are disconnected.
+        self._flush_scheduled = False
+        flush()
+        for sink in take_overflowed():
+            self._stats[Column.SLOW_CONSUMERS] += 1
+            self._log.info("client %s: slow consumer, disconnecting", sink.owner.client_id)
+            sink.owner.close(CloseCode.SLOW_CONSUMER, "slow consumer")
