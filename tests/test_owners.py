@@ -195,9 +195,9 @@ class Network:
         self.in_flight -= 1
         name = topic[1:-1].decode()
         if topic[0] == KIND_CHANNEL:
-            for member, host in self.hosts.items():
-                if member != origin and name in host.hub:  # subscribers only, not the origin
-                    host.owners.deliver(name, [payload])
+            for member, subscriber in self.hosts.items():
+                if member != origin and name in subscriber.hub:  # not back to the origin
+                    subscriber.owners.deliver(name, [payload])
             return
         assert topic[0] == KIND_INBOX
         host = self.hosts.get(int(name))
