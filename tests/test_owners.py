@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ import pytest
 from serverproc import timeout
 
 from shardws.config import NamespaceConfig, parse_config
-from shardws.core import Deflated
 from shardws.pure import control, protocol
 from shardws.pure.auth import Identity
 from shardws.pure.busframe import KIND_CHANNEL, KIND_INBOX, channel_topic, inbox_topic
@@ -51,18 +49,6 @@ allow_plaintext = true
 
 
 # --------------------------------------------------------------------------- the edges
-
-
-def unframe(frame: bytes) -> bytes:
-    """The payload of one unmasked, final text frame (RFC 6455 5.2)."""
-    assert frame[0] == 0x81
-    length, start = frame[1], 2
-    if length == 126:
-        (length,), start = struct.unpack_from("!H", frame, 2), 4
-    elif length == 127:
-        (length,), start = struct.unpack_from("!Q", frame, 2), 10
-    assert len(frame) - start == length
-    return frame[start:]
 
 
 @dataclass(eq=False)
@@ -135,6 +121,22 @@ class RecordingBus:
         return [payload for topic, payload in self.published if topic == channel_topic(channel)]
 
 
+class RecordingDelivery:
+    """The ``Delivery`` methods ``Owners`` calls: each push lands, as is, in the
+    ``received`` list of every sink's connection."""
+
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
+
+    def drop_for(self, channel: str) -> bool:
+        return self.host.options_for(channel).slow_consumer == "drop"
+
+    def push(self, push: bytes, sinks: list[Any], drop: bool) -> None:
+        assert not drop  # history namespaces never drop
+        for sink in sinks:
+            sink.owner.received.append(push)
+
+
 class FakeHost:
     """An ``OwnerHost``: what ``Owners`` needs of its worker, without sockets."""
 
@@ -147,6 +149,7 @@ class FakeHost:
         self.bus: Any = self.recording  # OwnerHost.bus is a Bus; this one has its methods
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
         self.publications = 0
+        self.delivery: Any = RecordingDelivery(self)  # the Delivery methods Owners calls
         self.owners = Owners(self)
 
     def _bus_subscribe(self, channel: str) -> asyncio.Future[bool]:
@@ -161,16 +164,6 @@ class FakeHost:
         if channel.startswith("h:"):
             return NamespaceConfig(history_size=HISTORY)
         return NamespaceConfig()
-
-    def deflated_for(self, payload: bytes) -> Deflated | None:
-        return None
-
-    def deliver_frame(
-        self, frame: bytes, sinks: list[Any], drop: bool, deflated: Deflated | None = None
-    ) -> None:
-        assert not drop  # history namespaces never drop
-        for sink in sinks:
-            sink.owner.received.append(unframe(frame))
 
     def stats_publication(self) -> None:
         self.publications += 1
