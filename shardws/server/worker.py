@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import random
@@ -23,6 +22,7 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import uvloop
@@ -43,14 +43,11 @@ from shardws import core
 from shardws.bus.host import Bus, endpoint
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
-    BadEnvelope,
     Deflated,
-    InvalidUTF8,
     Sink,
     TokenBucket,
     build_frame,
     build_text_frame,
-    parse_envelope,
     release_handshake,
     total_drops,
 )
@@ -61,9 +58,6 @@ from shardws.pure.auth import (
     Authenticator,
     AuthFailure,
     Identity,
-    TokenExpired,
-    may_subscribe,
-    user_only_members,
 )
 from shardws.pure.busframe import channel_topic, inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
@@ -71,7 +65,18 @@ from shardws.pure.deflate import Inflater, negotiate
 from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_frame
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
-from shardws.pure.protocol import CloseCode, ErrorCode
+from shardws.pure.protocol import CloseCode
+from shardws.pure.session import (
+    Close,
+    Connected,
+    Count,
+    Publish,
+    Read,
+    Reply,
+    Sessions,
+    Subscribe,
+    Unsubscribe,
+)
 from shardws.server.delivery import Delivery
 from shardws.server.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
 from shardws.server.static import static_response
@@ -149,10 +154,7 @@ class Connection(WSListener):
         # Way 2 only: closes with 4504 at handshake_timeout unless a connect comes first.
         self.connect_timer: asyncio.TimerHandle | None = None
         self.strikes = 0  # consecutive rate-limited commands
-        limits = worker.config.limits
-        self.bucket = TokenBucket(
-            limits.commands_per_second, limits.command_burst, time.monotonic()
-        )
+        self.bucket = worker.sessions.new_bucket(time.monotonic())  # its session's
         self.transport: WSTransport | None = None
         self.sink: Any = None
         self.client_id = ""
@@ -337,6 +339,7 @@ class Worker:
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
+        self.sessions = Sessions(config, self.auth, self.hub.subscriber_count)
         self.owners = Owners(self)
         self._next_position_check = 0.0
         # user -> that user's connections here, subscribed to the user's bus topic.
@@ -689,58 +692,67 @@ class Worker:
     # -- commands -----------------------------------------------------------------------
 
     def message_received(self, conn: Connection, binary: bool, payload: bytes) -> None:
+        """A complete message of a native connection: the session decides (``pure.session``),
+        the worker carries out the one outcome."""
         stats = self.stats
         stats[Column.MESSAGES_IN] += 1
         stats[Column.BYTES_IN] += len(payload)
-        if not conn.bucket.take(conn.last_seen):  # stamped by on_ws_frame just now
-            self._rate_limited(conn)
-            return
-        conn.strikes = 0
-        if binary:
-            self.protocol_error(conn, "binary frame")
-            conn.send(
-                protocol.encode_error(
-                    None, ErrorCode.BINARY_NOT_SUPPORTED, "binary frames are not supported"
-                )
-            )
-            return
-        try:
-            env = parse_envelope(payload)
-        except InvalidUTF8:
-            self._invalid_utf8(conn)
-            return
-        except BadEnvelope as exc:
-            self.protocol_error(conn, f"bad command: {exc}")
-            conn.send(protocol.encode_error(exc.id, ErrorCode.BAD_REQUEST, str(exc)))
-            return
-        op = env.op
-        if conn.identity is None and op != "connect":
-            conn.send(protocol.encode_error(env.id, ErrorCode.UNAUTHORIZED, "connect first"))
-            return
-        if op == "publish":
-            self._publish(conn, env.id, env.channel, env.data, env.fields.get("idem"))
-        elif op == "subscribe":
-            fields = env.fields
-            self._subscribe(conn, env.id, env.channel, fields.get("token"), fields.get("recover"))
-        elif op in ("history", "presence", "presence_stats"):
-            self._read_op(conn, env.id, op, env.channel, env)
-        elif op == "unsubscribe":
-            self._unsubscribe(conn, env.id, env.channel)
-        elif op == "ping":
-            conn.send(protocol.encode_ok(env.id))
-        elif op == "connect":
-            self._connect(conn, env.id, env.fields.get("token"))
-        elif op == "refresh":
-            self._refresh(conn, env.id, env.fields.get("token"))
-        else:
-            self.protocol_error(conn, f"unknown op {op!r}")
-            conn.send(protocol.encode_error(env.id, ErrorCode.UNKNOWN_OP, f"unknown op {op!r}"))
+        # last_seen was stamped by on_ws_frame just now: the session's clock.
+        outcome = self.sessions.command(conn, payload, binary, conn.last_seen)
+        _CARRY_OUT[type(outcome)](self, conn, outcome)
 
-    def _invalid_utf8(self, conn: Connection) -> None:
-        # RFC 6455 8.1: a text message that is not UTF-8 fails the connection with 1007.
-        # Reading goes on until the client's Close, so the closing handshake completes.
-        self.protocol_error(conn, "invalid UTF-8")
-        conn.close(CloseCode.INVALID_TEXT, "invalid UTF-8")
+    def _reply(self, conn: Connection, reply: Reply) -> None:
+        self._account(conn, reply.count, reply.log)
+        conn.send(reply.payload)
+
+    def _close(self, conn: Connection, close: Close) -> None:
+        self._account(conn, close.count, close.log)
+        conn.close(close.code, close.reason, stop_reading=close.stop_reading)
+
+    def _account(self, conn: Connection, count: Count | None, line: str | None) -> None:
+        if count is not None:
+            self.stats[_COUNTED[count]] += 1
+        if line is not None:
+            self._peer_log.info("client %s: %s", conn.client_id, line)
+
+    def _connected(self, conn: Connection, connected: Connected) -> None:
+        if conn.connect_timer is not None:
+            conn.connect_timer.cancel()
+            conn.connect_timer = None
+        self._join_user(conn, connected.reply)
+
+    def _subscribe(self, conn: Connection, subscribe: Subscribe) -> None:
+        command_id, channel, options = subscribe.command_id, subscribe.channel, subscribe.options
+        if options.join_leave:
+            self.owners.announce(channel, "join", conn)
+        if options.history_size:
+            self.owners.subscribe(conn, command_id, channel, subscribe.since)
+            return
+        live = self.hub.add(channel, conn, conn.sink)
+        if live.done():
+            conn.send(protocol.encode_ok(command_id))
+        else:
+            live.add_done_callback(lambda _f: conn.send(protocol.encode_ok(command_id)))
+
+    def _unsubscribe(self, conn: Connection, unsubscribe: Unsubscribe) -> None:
+        self.hub.remove(unsubscribe.channel, conn)
+        self._announce_leave(unsubscribe.channel, conn)
+        conn.send(unsubscribe.reply)
+
+    def _publish(self, conn: Connection, publish: Publish) -> None:
+        if publish.options.history_size:
+            owners = self.owners
+            owners.publish(conn, publish.command_id, publish.channel, publish.data, publish.idem)
+            return
+        self.publish(publish.channel, publish.data)
+        conn.send(protocol.encode_ok(publish.command_id))
+
+    def _read(self, conn: Connection, read: Read) -> None:
+        if read.op == "history":
+            self.owners.history(conn, read.command_id, read.channel, read.args)
+        else:
+            stats = read.op == "presence_stats"
+            self.owners.presence(conn, read.command_id, read.channel, stats=stats)
 
     def echo_received(self, conn: Connection, binary: bool, payload: bytes) -> None:
         """A complete message on the diagnostics echo: sent back as received. Its text
@@ -752,254 +764,10 @@ class Worker:
         stats[Column.MESSAGES_OUT] += 1
         conn.send_message(payload, binary)
 
-    def _rate_limited(self, conn: Connection) -> None:
-        self.stats[Column.RATE_LIMITED] += 1
-        conn.strikes += 1
-        if conn.strikes >= self.config.limits.abuse_close_after:
-            self._peer_log.info("client %s: command flood, closing", conn.client_id)
-            conn.close(CloseCode.TOO_MANY_REQUESTS, "too many requests", stop_reading=True)
-        else:
-            conn.send(protocol.encode_error(None, ErrorCode.TOO_MANY_REQUESTS, "too many requests"))
-
-    def _token_of(self, raw: bytes | None) -> str | None:
-        if raw is None or not raw.startswith(b'"'):
-            return None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return None
-        return value if isinstance(value, str) else None
-
-    def _connect(self, conn: Connection, command_id: int | None, raw: bytes | None) -> None:
-        """Way 2 (browsers): the first message carries the token; a bad one closes the
-        connection with 4001 and no reply, so the client does not retry blindly."""
-        if conn.identity is not None:
-            conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, "already connected"))
-            return
-        try:
-            conn.identity = self.auth.connection(self._token_of(raw))
-        except AuthFailure as exc:
-            self.stats[Column.AUTH_FAILURES] += 1
-            self._peer_log.info("client %s: connect refused: %s", conn.client_id, exc.reason)
-            conn.close(CloseCode.UNAUTHORIZED, exc.reason)
-            return
-        if conn.connect_timer is not None:
-            conn.connect_timer.cancel()
-            conn.connect_timer = None
-        self._join_user(conn, self._identity_reply(command_id, conn.identity))
-
-    def _refresh(self, conn: Connection, command_id: int | None, raw: bytes | None) -> None:
-        assert conn.identity is not None
-        try:
-            conn.identity = self.auth.refresh(conn.identity, self._token_of(raw) or "")
-        except AuthFailure as exc:
-            self.stats[Column.AUTH_FAILURES] += 1
-            code = (
-                ErrorCode.TOKEN_EXPIRED if isinstance(exc, TokenExpired) else ErrorCode.UNAUTHORIZED
-            )
-            conn.send(protocol.encode_error(command_id, code, exc.reason))
-            return
-        conn.send(self._identity_reply(command_id, conn.identity))
-
-    @staticmethod
-    def _identity_reply(command_id: int | None, identity: Identity) -> bytes:
-        """The ``connect``/``refresh`` reply: ``expires`` is integer unix seconds, as
-        docs/protocol.md promises (a fractional JWT ``exp`` is rounded down, so a client
-        refreshing by it is never late); null for an anonymous connection."""
-        expires = identity.expires_at
-        return protocol.encode_ok(
-            command_id, user=identity.user, expires=None if expires is None else int(expires)
-        )
-
-    def namespace_of(self, channel: str) -> NamespaceConfig | None:
-        """The channel's namespace options; None if its namespace is not configured."""
-        return self.config.namespaces.get(protocol.namespace_of(channel))
-
-    def _channel_ok(
-        self, conn: Connection, command_id: int | None, channel: str | None
-    ) -> NamespaceConfig | None:
-        problem = protocol.channel_error(channel)
-        if problem is not None:
-            conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, problem))
-            return None
-        assert channel is not None
-        options = self.namespace_of(channel)
-        if options is None:
-            conn.send(
-                protocol.encode_error(
-                    command_id, ErrorCode.UNKNOWN_CHANNEL, "namespace is not configured"
-                )
-            )
-        return options
-
-    def _subscribe(
-        self,
-        conn: Connection,
-        command_id: int | None,
-        channel: str | None,
-        raw_token: bytes | None = None,
-        raw_recover: bytes | None = None,
-    ) -> None:
-        options = self._channel_ok(conn, command_id, channel)
-        if options is None:
-            return
-        assert channel is not None and conn.identity is not None
-        try:
-            since = protocol.parse_recover(raw_recover)
-        except ValueError as exc:
-            conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, str(exc)))
-            return
-        if since is not None and not options.history_size:
-            conn.send(
-                protocol.encode_error(
-                    command_id, ErrorCode.BAD_REQUEST, "recover: this channel keeps no history"
-                )
-            )
-            return
-        if channel in conn.channels:
-            conn.send(
-                protocol.encode_error(
-                    command_id, ErrorCode.ALREADY_SUBSCRIBED, "already subscribed"
-                )
-            )
-            return
-        if len(conn.channels) >= self.config.limits.subscriptions_per_connection:
-            conn.send(
-                protocol.encode_error(
-                    command_id, ErrorCode.LIMIT_EXCEEDED, "too many subscriptions"
-                )
-            )
-            return
-        if not self._may_read(conn, command_id, channel, options, raw_token):
-            return
-        if 0 < options.max_subscribers <= self.hub.subscriber_count(channel):
-            conn.send(
-                protocol.encode_error(
-                    command_id, ErrorCode.LIMIT_EXCEEDED, "channel has too many subscribers"
-                )
-            )
-            return
-        conn.channels.add(channel)
-        if options.join_leave:
-            self.owners.announce(channel, "join", conn)
-        if options.history_size:
-            self.owners.subscribe(conn, command_id, channel, since)
-            return
-        live = self.hub.add(channel, conn, conn.sink)
-        if live.done():
-            conn.send(protocol.encode_ok(command_id))
-        else:
-            live.add_done_callback(lambda _f: conn.send(protocol.encode_ok(command_id)))
-
-    def _may_read(
-        self,
-        conn: Connection,
-        command_id: int | None,
-        channel: str,
-        options: NamespaceConfig,
-        raw_token: bytes | None,
-    ) -> bool:
-        """Whether ``conn`` may subscribe to (and read the history and presence of)
-        ``channel``; if not, the error reply is sent."""
-        assert conn.identity is not None
-        if options.subscribe_token:
-            try:
-                self.auth.channel_token(self._token_of(raw_token) or "", conn.identity, channel)
-            except AuthFailure as exc:
-                self.stats[Column.AUTH_FAILURES] += 1
-                conn.send(
-                    protocol.encode_error(command_id, ErrorCode.PERMISSION_DENIED, exc.reason)
-                )
-                return False
-        denied = may_subscribe(conn.identity, channel, token_checked=options.subscribe_token)
-        if denied is not None:
-            conn.send(protocol.encode_error(command_id, ErrorCode.PERMISSION_DENIED, denied))
-            return False
-        return True
-
-    def _read_op(
-        self, conn: Connection, command_id: int | None, op: str, channel: str | None, env: Any
-    ) -> None:
-        """``history``, ``presence`` and ``presence_stats``: checked like a subscribe."""
-        options = self._channel_ok(conn, command_id, channel)
-        if options is None:
-            return
-        assert channel is not None
-        if not self._may_read(conn, command_id, channel, options, env.fields.get("token")):
-            return
-        if op == "history":
-            if not options.history_size:
-                conn.send(
-                    protocol.encode_error(
-                        command_id, ErrorCode.NOT_AVAILABLE, "this channel keeps no history"
-                    )
-                )
-                return
-            try:
-                args = protocol.parse_history(env.fields)
-            except ValueError as exc:
-                conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, str(exc)))
-                return
-            self.owners.history(conn, command_id, channel, args)
-        elif not options.presence:
-            conn.send(
-                protocol.encode_error(
-                    command_id, ErrorCode.NOT_AVAILABLE, "presence is off for this namespace"
-                )
-            )
-        else:
-            self.owners.presence(conn, command_id, channel, stats=op == "presence_stats")
-
-    def _unsubscribe(self, conn: Connection, command_id: int | None, channel: str | None) -> None:
-        problem = protocol.channel_error(channel)
-        if problem is not None:
-            conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, problem))
-            return
-        assert channel is not None
-        if channel in conn.channels:
-            conn.channels.discard(channel)
-            self.hub.remove(channel, conn)
-            self._announce_leave(channel, conn)
-        conn.send(protocol.encode_ok(command_id))
-
     def _announce_leave(self, channel: str, conn: Connection) -> None:
-        options = self.namespace_of(channel)
+        options = self.config.namespaces.get(protocol.namespace_of(channel))
         if options is not None and options.join_leave:
             self.owners.announce(channel, "leave", conn)
-
-    def _publish(
-        self,
-        conn: Connection,
-        command_id: int | None,
-        channel: str | None,
-        data: bytes | None,
-        raw_idem: bytes | None = None,
-    ) -> None:
-        options = self._channel_ok(conn, command_id, channel)
-        if options is None:
-            return
-        assert channel is not None and conn.identity is not None
-        members = user_only_members(channel)
-        if not options.publish or (members is not None and conn.identity.user not in members):
-            conn.send(
-                protocol.encode_error(
-                    command_id, ErrorCode.PERMISSION_DENIED, "publishing here is not allowed"
-                )
-            )
-            return
-        if data is None:
-            conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, "data is required"))
-            return
-        if options.history_size:
-            try:
-                idem = protocol.parse_idem(raw_idem)
-            except ValueError as exc:
-                conn.send(protocol.encode_error(command_id, ErrorCode.BAD_REQUEST, str(exc)))
-                return
-            self.owners.publish(conn, command_id, channel, data, idem)
-            return
-        self.publish(channel, data)
-        conn.send(protocol.encode_ok(command_id))
 
     def stats_publication(self) -> None:
         self.stats[Column.PUBLISHES] += 1
@@ -1122,6 +890,25 @@ class Worker:
             self.bus.publish(
                 inbox_topic(request["reply_to"]), control.encode_reply(request["id"], reply)
             )
+
+
+#: How the worker carries out each outcome of a session (``pure.session``).
+_CARRY_OUT: dict[type, Callable[[Worker, Connection, Any], None]] = {
+    Reply: Worker._reply,
+    Close: Worker._close,
+    Connected: Worker._connected,
+    Subscribe: Worker._subscribe,
+    Unsubscribe: Worker._unsubscribe,
+    Publish: Worker._publish,
+    Read: Worker._read,
+}
+
+#: The scoreboard column of each count a session outcome names.
+_COUNTED = {
+    Count.PROTOCOL_ERRORS: Column.PROTOCOL_ERRORS,
+    Count.AUTH_FAILURES: Column.AUTH_FAILURES,
+    Count.RATE_LIMITED: Column.RATE_LIMITED,
+}
 
 
 def run_worker(
