@@ -155,3 +155,19 @@ def test_sequencer_publishes_with_positions_and_hands_over() -> None:
     other = Sequencer(lambda _channel: options, clock=lambda: clock[0])
     other.adopt(owner.release(lambda _channel: False))
     assert len(owner) == 0 and other.publish("chat:a", b"3", None)[:2] == (3, epoch)
+
+
+def test_sequencer_forgets_rings_idle_for_twice_their_ttl() -> None:
+    clock = [0.0]
+    kept = NamespaceConfig(history_size=3, history_ttl=0)  # no age limit: never forgotten
+    timed = NamespaceConfig(history_size=3, history_ttl=10)
+    owner = Sequencer(lambda c: timed if c.startswith("t") else kept, clock=lambda: clock[0])
+    _, epoch, _ = owner.publish("t:a", b"1", None)
+    owner.publish("k:a", b"1", None)
+    clock[0] = 15.0
+    assert owner.sweep() == 0 and len(owner) == 2  # expired, but used 15 s ago (< 20)
+    assert owner.position("t:a", (epoch, 0))["pushes"] == []  # the publication expired
+    clock[0] = 36.0  # 21 s after that query
+    assert owner.sweep() == 1 and owner.channels() == ["k:a"]
+    _, new_epoch, _ = owner.publish("t:a", b"2", None)
+    assert new_epoch != epoch and owner.position("t:a", (epoch, 1))["recovered"] is False

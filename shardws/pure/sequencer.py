@@ -103,15 +103,16 @@ class Sequencer:
         }
 
     def sweep(self) -> int:
-        """Forget rings that are empty and unused for twice their TTL (a later query
-        starts a new epoch; a client whose position is that old gets ``recovered:
-        false``). Returns how many were dropped."""
+        """Expire old publications, then forget rings that are empty and unused for
+        twice their TTL (a later publication starts a new epoch; a client whose position
+        is that old gets ``recovered: false``). Without it an owner would keep a ring for
+        every channel that ever had history. Returns how many rings were dropped."""
         now = self._clock()
-        idle = [
-            channel
-            for channel, ring in self._rings.items()
-            if not len(ring) and ring.ttl > 0 and now - self._used.get(channel, now) > 2 * ring.ttl
-        ]
+        idle = []
+        for channel, ring in self._rings.items():
+            ring.expire(now)
+            if not len(ring) and ring.ttl > 0 and now - self._used.get(channel, now) > 2 * ring.ttl:
+                idle.append(channel)
         for channel in idle:
             del self._rings[channel]
             self._used.pop(channel, None)
@@ -210,7 +211,3 @@ class Tracker:
     def forget(self, channel: str) -> None:
         """The last local subscriber left."""
         self._positions.pop(channel, None)
-
-    def forget_all(self, channels: Iterable[str]) -> None:
-        for channel in channels:
-            self._positions.pop(channel, None)

@@ -511,7 +511,8 @@ class Worker:
             asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._tick)
 
     def _sweep(self) -> None:
-        """Ping connections quiet for ping_interval; close those quiet for idle_timeout."""
+        """Ping connections quiet for ping_interval; close those quiet for idle_timeout;
+        forget the owned history rings idle for twice their TTL."""
         server = self.config.server
         now = time.monotonic()
         wall = time.time()  # token expiry is wall-clock (JWT exp)
@@ -530,6 +531,9 @@ class Worker:
             elif idle >= server.ping_interval and not conn.ping_sent:
                 conn.ping_sent = True
                 conn.transport.send_ping()
+        dropped = self.owners.sequencer.sweep()  # idle rings of the channels it owns
+        if dropped:
+            log.debug("forgot %d idle history ring(s)", dropped)
         if not self._stop.is_set():
             asyncio.get_running_loop().call_later(self._sweep_interval(), self._sweep)
 
