@@ -665,12 +665,6 @@ def test_pushes_arriving_while_a_subscriber_waits_are_delivered_once(single: Wor
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a push lost on the bus between the owner's answer to the first local "
-    "subscriber and that subscriber's activation is skipped silently (the tracker starts "
-    "at whatever push comes first)",
-)
 def test_a_push_lost_while_the_first_subscriber_waits_is_not_skipped_silently(
     single: World, short_timeouts: None
 ) -> None:
@@ -690,6 +684,92 @@ def test_a_push_lost_while_the_first_subscriber_waits_is_not_skipped_silently(
         assert conn.received[0] == protocol.encode_ok(1, epoch="e", offset=4)
         # No silent gap: 5 is repaired before 6, or the subscriber is told to recover.
         assert conn.closed is not None or conn.offsets(channel) in ([], [5, 6])
+
+    asyncio.run(scenario())
+
+
+def test_two_first_subscribers_waiting_through_a_loss_get_every_push_once(
+    single: World,
+) -> None:
+    async def scenario() -> None:
+        single.configure(0)
+        single.configure(1)
+        host = single.worker(1)
+        channel = single.channel_owned_by(0, (0, 1))
+        pushes = {n: encode_pub_at(channel, n, "e", b"%d" % n) for n in range(1, 8)}
+        a, b = FakeConnection("a"), FakeConnection("b")
+        subscribe(host, a, 1, channel)
+        subscribe(host, b, 2, channel)
+        await until(lambda: len(host.recording.requests_to(0)) == 2)
+        ask_a, ask_b = host.recording.requests_to(0)
+        # The owner answers a at 4, publishes 5 (lost on the bus), answers b at 5 and
+        # publishes 6, all read before either subscribe task resumes.
+        reply(host, 0, ask_a, {"epoch": "e", "offset": 4})
+        reply(host, 0, ask_b, {"epoch": "e", "offset": 5})
+        host.owners.deliver(channel, [pushes[6]])
+        await until(lambda: len(host.recording.requests_to(0)) == 3)
+        repair = host.recording.requests_to(0)[-1]
+        assert (repair["op"], repair["since"]) == (POSITION, ["e", 4])
+        answer = {"epoch": "e", "offset": 6, "recovered": True}
+        answer["pushes"] = [pushes[5].decode(), pushes[6].decode()]
+        reply(host, 0, repair, answer)
+        await settle(single)
+        host.owners.deliver(channel, [pushes[7]])
+        assert a.received[0] == protocol.encode_ok(1, epoch="e", offset=4)
+        assert b.received[0] == protocol.encode_ok(2, epoch="e", offset=5)
+        assert a.offsets(channel) == [5, 6, 7]  # from its answer on, once, in order
+        assert b.offsets(channel) == [6, 7]
+        assert a.closed is None and b.closed is None
+        assert host.owners.repairs == 1 and host.owners.unrecoverable == 0
+
+    asyncio.run(scenario())
+
+
+def test_subscribers_answered_ahead_of_a_repair_join_the_stream_at_their_answer(
+    single: World,
+) -> None:
+    async def scenario() -> None:
+        single.configure(0)
+        single.configure(1)
+        host = single.worker(1)
+        channel = single.channel_owned_by(0, (0, 1))
+        pushes = {n: encode_pub_at(channel, n, "e", b"%d" % n) for n in range(1, 8)}
+        early = FakeConnection("early")  # live at offset 2
+        subscribe(host, early, 1, channel)
+        await until(lambda: host.recording.requests_to(0))
+        reply(host, 0, host.recording.requests_to(0)[-1], {"epoch": "e", "offset": 2})
+        await until(lambda: early.received)
+        plain, recovering = FakeConnection("plain"), FakeConnection("recovering")
+        subscribe(host, plain, 2, channel)
+        subscribe(host, recovering, 3, channel, ("e", 1))
+        await until(lambda: len(host.recording.requests_to(0)) == 3)
+        _, ask_plain, ask_recovering = host.recording.requests_to(0)
+        host.owners.deliver(channel, [pushes[3]])
+        # Push 4 is lost; the answers are at 4 and 5, and push 5 reveals the gap.
+        reply(host, 0, ask_plain, {"epoch": "e", "offset": 4})
+        host.owners.deliver(channel, [pushes[5]])
+        answer = {"epoch": "e", "offset": 5, "recovered": True}
+        answer["pushes"] = [pushes[n].decode() for n in (2, 3, 4, 5)]
+        reply(host, 0, ask_recovering, answer)
+        await until(lambda: len(host.recording.requests_to(0)) == 4)
+        repair = host.recording.requests_to(0)[-1]
+        assert (repair["op"], repair["since"]) == (POSITION, ["e", 3])
+        for _ in range(5):  # both subscribe tasks resume; the repair waits
+            await asyncio.sleep(0)
+        assert early.offsets(channel) == [3]  # 5 waits for the repair
+        assert plain.offsets(channel) == []  # answered at 4: joins once 4 is delivered
+        assert recovering.offsets(channel) == [2, 3, 4, 5]  # its recovery, nothing more
+        answer = {"epoch": "e", "offset": 5, "recovered": True}
+        answer["pushes"] = [pushes[4].decode(), pushes[5].decode()]
+        reply(host, 0, repair, answer)
+        await settle(single)
+        host.owners.deliver(channel, [pushes[6], pushes[7]])
+        assert early.offsets(channel) == [3, 4, 5, 6, 7]
+        assert plain.received[0] == protocol.encode_ok(2, epoch="e", offset=4)
+        assert plain.offsets(channel) == [5, 6, 7]
+        assert recovering.received[0] == protocol.encode_ok(3, epoch="e", offset=5, recovered=True)
+        assert recovering.offsets(channel) == [2, 3, 4, 5, 6, 7]
+        assert host.owners.repairs == 1 and host.owners.unrecoverable == 0
 
     asyncio.run(scenario())
 

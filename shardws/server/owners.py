@@ -34,7 +34,11 @@ Guarantees (what ``docs/guarantees.md`` states and the tests check):
 * A subscribe reply means live *and positioned*: the reply carries the position; with
   ``recover``, the missed pushes follow in order, then the live stream, nothing twice.
   This holds because the owner's reply travels behind its earlier pushes on the same
-  bus pipe (one XPUB to one SUB keeps order across topics).
+  bus pipe (one XPUB to one SUB keeps order across topics). While a channel's first
+  subscribers here wait for that reply, its pushes are held untracked; the first reply
+  positions the channel and the held pushes then go through the gap check. A subscriber
+  whose reply is ahead of the deliveries here joins when they reach its position; one
+  behind gets what was delivered meanwhile (or, if that has a hole, is closed with 4505).
 * A repeated ``idem`` key within the ring's window gets the first offset, no new push.
 """
 
@@ -107,6 +111,8 @@ class Connection(Protocol):
 
     def send(self, payload: bytes) -> None: ...
 
+    def close(self, code: int, reason: str) -> None: ...
+
     def __hash__(self) -> int: ...
 
 
@@ -136,7 +142,8 @@ class OwnerHost(Protocol):
 @dataclass(eq=False)
 class _Pending:
     """A subscriber whose position (and recovery) is being fetched: it receives nothing
-    from the live stream yet; what arrives meanwhile is kept here."""
+    from the live stream yet; what the channel's subscribers here are delivered meanwhile
+    is kept here, in delivery order."""
 
     conn: Connection
     buffer: list[bytes] = field(default_factory=list)
@@ -153,6 +160,12 @@ class Owners:
         self.repairs = 0  # gaps repaired from the owner
         self.unrecoverable = 0  # gaps that could not be repaired (subscribers closed)
         self._pending: dict[str, list[_Pending]] = {}
+        # Pushes of channels not positioned here yet, held while their first subscribers
+        # wait for the owner's answer (which says where the channel stands).
+        self._unpositioned: dict[str, list[bytes]] = {}
+        # Subscribers whose answer is ahead of what this worker delivered (a push before
+        # it is still in flight or being repaired), by the position they start after.
+        self._joining: dict[str, dict[Connection, Position]] = {}
         self._repairing: dict[str, list[bytes]] = {}
         self._view: tuple[int, ...] = ()
         self._handing = False  # rings may still need to move to their new owners
@@ -268,16 +281,24 @@ class Owners:
 
     def deliver(self, channel: str, payloads: list[bytes]) -> None:
         """Deliver a channel's pushes (from the bus or the owner itself) to the local
-        subscribers in offset order: old ones skipped, a gap held until repaired."""
-        for pending in self._pending.get(channel, ()):
-            pending.buffer.extend(payloads)
+        subscribers in offset order: old ones skipped, a gap held until repaired.
+
+        While the channel's first subscribers here wait for the owner's answer, nothing
+        tells a missing push from one before their start: the pushes are held untracked
+        until the first answer positions the channel, then go through the gap check."""
+        if self.tracker.position(channel) is None and self._pending.get(channel):
+            self._unpositioned.setdefault(channel, []).extend(payloads)
+            return
+        self._deliver(channel, payloads)
+
+    def _deliver(self, channel: str, payloads: list[bytes]) -> None:
         held = self._repairing.get(channel)
         if held is not None:
             held.extend(payloads)
             return
         worker = self.worker
-        sinks = worker.hub.sinks(channel)
         drop = False  # history namespaces never drop (config refuses "drop")
+        pending = self._pending.get(channel, ())
         for index, push in enumerate(payloads):
             position = pub_position(push, channel)
             if position is not None:
@@ -287,8 +308,28 @@ class Owners:
                 if seen is Seen.GAP:
                     self._start_repair(channel, position.epoch, payloads[index:])
                     return
+                if channel in self._joining:
+                    self._join(channel, position, delivered=False)
+            sinks = worker.hub.sinks(channel)
             if sinks:
                 worker.deliver_frame(build_text_frame(push), sinks, drop, worker.deflated_for(push))
+            for waiting in pending:
+                waiting.buffer.append(push)
+            if position is not None and channel in self._joining:
+                self._join(channel, position, delivered=True)
+
+    def _join(self, channel: str, at: Position, delivered: bool) -> None:
+        """Activate the joining subscribers of ``channel`` that must get the push at
+        ``at`` (called before delivering it), or that start right after it (called once
+        it is ``delivered``)."""
+        joining = self._joining[channel]
+        for conn, start in list(joining.items()):
+            if (start == at) if delivered else _after(at, start):
+                del joining[conn]
+                if not conn.closing and channel in conn.channels:
+                    self.worker.hub.activate(channel, conn, conn.sink)
+        if not joining:
+            del self._joining[channel]
 
     def _start_repair(self, channel: str, epoch: str, held: list[bytes]) -> None:
         self._repairing[channel] = list(held)
@@ -303,10 +344,12 @@ class Owners:
             log.warning("channel %s: publications after %s:%d are lost", channel, *base)
             self.tracker.forget(channel)
             for sink in list(self.worker.hub.sinks(channel)):
-                sink.owner.close(CloseCode.INSUFFICIENT_STATE, "missed publications; recover")
+                sink.owner.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
+            for conn in self._joining.pop(channel, {}):
+                conn.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
             return
         self.repairs += 1
-        self.deliver(channel, [*answer.pushes, *held])
+        self._deliver(channel, [*answer.pushes, *held])
 
     def check_positions(self) -> None:
         """Ask each owner (one request per owner) for the position of the channels this
@@ -365,8 +408,10 @@ class Owners:
             if not waiting:
                 self._pending.pop(channel, None)
         if conn.closing or channel not in conn.channels:
+            self._forget_unpositioned(channel)
             return
         if answer is None:
+            self._forget_unpositioned(channel)
             conn.channels.discard(channel)
             self.worker.hub.remove(channel, conn)
             conn.send(
@@ -382,22 +427,50 @@ class Owners:
         conn.send(protocol.encode_ok(command_id, **extra))
         for push in answer.pushes:
             conn.send(push)
-        if self.tracker.position(channel) is None:
-            self.tracker.advance(channel, top)
-        # Pushes that arrived while waiting: those the live stream already delivered to
-        # the other subscribers and the owner's answer did not include. Later ones are
-        # held by a repair and reach this subscriber with everyone else's.
+        self._place(channel, pending, top)
+
+    def _place(self, channel: str, pending: _Pending, top: Position) -> None:
+        """Start delivering to a subscriber that has everything up to ``top`` (its answer)
+        from where this worker's deliveries on the channel stand: every push after
+        ``top`` exactly once, in order."""
+        conn = pending.conn
         delivered = self.tracker.position(channel)
-        for push in pending.buffer:
-            at = pub_position(push, channel)
-            if at is None or (
-                delivered is not None
-                and at.epoch == delivered.epoch
-                and (at.epoch != top.epoch or at.offset > top.offset)
-                and at.offset <= delivered.offset
-            ):
-                conn.send(push)
+        if delivered is None:
+            # The first positioned subscriber: the channel starts at its answer. The
+            # pushes held meanwhile go through the gap check: older ones are skipped, a
+            # missing one is repaired before any later one is delivered.
+            self.tracker.advance(channel, top)
+            self.worker.hub.activate(channel, conn, conn.sink)
+            held = self._unpositioned.pop(channel, [])
+            for other in self._pending.get(channel, ()):
+                # Still waiting, and may start before ``top``: keep what it may need.
+                other.buffer.extend(p for p in held if _at_or_before(p, channel, top))
+            self._deliver(channel, held)
+            return
+        if top.epoch == delivered.epoch and top.offset > delivered.offset:
+            # The answer overtook pushes still on their way (or being repaired): start
+            # once the deliveries here reach ``top``.
+            self._joining.setdefault(channel, {})[conn] = top
+            return
+        # Behind (or level with) the deliveries here: what it lacks was delivered while
+        # it waited, so its buffer holds it, unless the answer came from an epoch left
+        # since (then all of the new one) or raced a loss the others had no need to
+        # repair: never skip silently, tell it to recover.
+        base = top if top.epoch == delivered.epoch else Position(delivered.epoch, 0)
+        missed = _catch_up(pending.buffer, channel, base, delivered)
+        if missed is None:
+            self.unrecoverable += 1
+            log.warning("channel %s: a subscriber cannot catch up from %s:%d", channel, *top)
+            conn.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
+            return
+        for push in missed:
+            conn.send(push)
         self.worker.hub.activate(channel, conn, conn.sink)
+
+    def _forget_unpositioned(self, channel: str) -> None:
+        """A waiting subscriber gave up: if it was the last, nobody needs the held pushes."""
+        if not self._pending.get(channel):
+            self._unpositioned.pop(channel, None)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -560,6 +633,40 @@ class Owners:
 
     def _rings_path(self, slot: int) -> str:
         return rings_path(self.worker.run_dir, slot)
+
+
+_MISSED = "missed publications; recover"
+
+
+def _after(at: Position, start: Position) -> bool:
+    """Whether a joining subscriber that starts after ``start`` must get the push at
+    ``at`` (a push of a later epoch: all of it)."""
+    return at.epoch != start.epoch or at.offset > start.offset
+
+
+def _at_or_before(push: bytes, channel: str, top: Position) -> bool:
+    at = pub_position(push, channel)
+    return at is not None and at.epoch == top.epoch and at.offset <= top.offset
+
+
+def _catch_up(
+    buffer: list[bytes], channel: str, base: Position, delivered: Position
+) -> list[bytes] | None:
+    """The pushes of ``buffer`` after ``base`` up to ``delivered`` (same epoch), each once
+    and in order, with the unnumbered ones (join, leave) among them; None if one is
+    missing."""
+    chosen: list[bytes] = []
+    expected = base.offset + 1
+    for push in buffer:
+        at = pub_position(push, channel)
+        if at is None:
+            chosen.append(push)
+        elif at.epoch == delivered.epoch and expected <= at.offset <= delivered.offset:
+            if at.offset != expected:
+                return None
+            chosen.append(push)
+            expected += 1
+    return chosen if expected > delivered.offset else None
 
 
 def _replies(replies: dict[int, Any], kind: type[_ReplyT]) -> list[_ReplyT]:
