@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from shardws.bus.requests import Requests
 from shardws.pure import control
+from shardws.pure.history import Entry, Position, RingState
 
 
 def test_user_messages_round_trip() -> None:
@@ -77,3 +79,191 @@ def test_channels_answer_and_merge_stay_exact_when_truncated() -> None:
     )
     with pytest.raises(ValueError):
         control.channels_arguments({"limit": 0})
+
+
+# --------------------------------------------------------------------------- owner operations
+
+RING = RingState(
+    4, 2.5, "0123456789abcdef", 7, (Entry(6, 10.0, b'{"n":6}', None), Entry(7, 11.5, b"7", "k"))
+)
+
+#: One request of each owner operation and a reply to it (non-ASCII text included).
+OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
+    (
+        control.HistoryPublishRequest("h:a", '{"x":"é"}'.encode(), "key-1"),
+        control.HistoryPublishReply(Position("e", 7)),
+    ),
+    (control.HistoryPublishRequest("h:a", b"1"), control.HistoryPublishReply(Position("e", 1))),
+    (control.HistoryPositionRequest("h:a"), control.HistoryPositionReply(Position("e", 3))),
+    (
+        control.HistoryPositionRequest("h:a", Position("e", 1)),
+        control.HistoryPositionReply(Position("e", 3), True, (b'{"n":"\xc3\xa9"}', b"3")),
+    ),
+    (
+        control.HistoryPositionRequest("h:a", Position("old", 1)),
+        control.HistoryPositionReply(Position("e", 3), False),
+    ),
+    (
+        control.HistoryPositionsRequest(("h:a", "h:b")),
+        control.HistoryPositionsReply({"h:a": Position("e", 3), "h:b": Position("f", 0)}),
+    ),
+    (control.HistoryPositionsRequest(()), control.HistoryPositionsReply({})),
+    (
+        control.HistoryPageRequest("h:a", since=5, limit=10, reverse=True),
+        control.HistoryPageReply(Position("e", 9), (b"4", b"3")),
+    ),
+    (control.HistoryHandoverRequest({"h:a": RING}), control.HistoryHandoverReply()),
+    (
+        control.PresenceListRequest("h:a"),
+        control.PresenceListReply(
+            (control.PresenceMember("ann", "c1", '{"é":1}'), control.PresenceMember("", "c2", None))
+        ),
+    ),
+    (control.PresenceStatsRequest("h:a"), control.PresenceStatsReply(3, ("ann", "bob"))),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_", "reply"), OWNER_EXCHANGES, ids=lambda value: type(value).__name__
+)
+def test_owner_operations_round_trip(
+    request_: control.OwnerRequest[Any], reply: control.OwnerReply
+) -> None:
+    payload = control.encode_owner_request(request_, 5, 2)
+    message = control.decode_inbox(payload)
+    assert (message["op"], message["id"], message["reply_to"]) == (request_.op, 5, 2)
+    assert control.decode_owner_request(message["op"], message) == request_
+    assert isinstance(reply, request_.reply_type)
+    answer = control.decode_inbox(control.encode_reply(5, reply.fields()))
+    assert request_.decode_reply(answer["reply"]) == reply
+    refusal = control.OwnerRefusal("not the owner of this channel")
+    answer = control.decode_inbox(control.encode_reply(5, refusal.fields()))
+    assert request_.decode_reply(answer["reply"]) == refusal
+
+
+def test_owner_op_names_are_the_documented_ones() -> None:
+    assert set(control.OWNER_REQUESTS) == {
+        "history.publish",
+        "history.position",
+        "history.positions",
+        "history.page",
+        "history.handover",
+        "presence.list",
+        "presence.stats",
+    }
+    assert {type(request) for request, _ in OWNER_EXCHANGES} == set(control.OWNER_REQUESTS.values())
+
+
+ENTRY = [6, 10.0, "{}", None]
+RING_FIELDS = {"size": 4, "ttl": 0, "epoch": "e", "offset": 7, "entries": [ENTRY]}
+
+BAD_OWNER_REQUESTS: list[tuple[str, dict[str, Any]]] = [
+    ("nope", {"channel": "h:a"}),
+    ("hpub", {"channel": "h:a", "data": "1"}),  # the old name
+    ("history.publish", {"data": "1"}),
+    ("history.publish", {"channel": "bad channel!", "data": "1"}),
+    ("history.publish", {"channel": 5, "data": "1"}),
+    ("history.publish", {"channel": "h:a", "data": 1}),
+    ("history.publish", {"channel": "h:a", "data": "1", "idem": 2}),
+    ("history.position", {"channel": "h:a", "since": ["e"]}),
+    ("history.position", {"channel": "h:a", "since": [1, "e"]}),
+    ("history.position", {"channel": "h:a", "since": ["e", True]}),
+    ("history.position", {"channel": "h:a", "since": {"epoch": "e", "offset": 1}}),
+    ("history.positions", {"channels": "h:a"}),
+    ("history.positions", {"channels": ["h:a", 3]}),
+    ("history.page", {"channel": "h:a", "since": "0"}),
+    ("history.page", {"channel": "h:a", "limit": 1.5}),
+    ("history.page", {"channel": "h:a", "reverse": 1}),
+    ("history.handover", {}),
+    ("history.handover", {"rings": []}),
+    ("history.handover", {"rings": {"h:a": []}}),
+    ("history.handover", {"rings": {"h:a": {**RING_FIELDS, "size": 0}}}),
+    ("history.handover", {"rings": {"h:a": {**RING_FIELDS, "ttl": "0"}}}),
+    ("history.handover", {"rings": {"h:a": {**RING_FIELDS, "epoch": None}}}),
+    ("history.handover", {"rings": {"h:a": {**RING_FIELDS, "offset": "7"}}}),
+    ("history.handover", {"rings": {"h:a": {**RING_FIELDS, "entries": {}}}}),
+    ("history.handover", {"rings": {"h:a": {**RING_FIELDS, "entries": [ENTRY[:3]]}}}),
+    ("history.handover", {"rings": {"h:a": {**RING_FIELDS, "entries": [[6, 1.0, b"", None]]}}}),
+    ("presence.list", {}),
+    ("presence.stats", {"channel": "bad channel!"}),
+]
+
+
+@pytest.mark.parametrize(("op", "fields"), BAD_OWNER_REQUESTS)
+def test_bad_owner_requests_are_value_errors(op: str, fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        control.decode_owner_request(op, fields)
+
+
+def test_owner_request_errors_name_what_is_wrong() -> None:
+    def error(op: str, fields: dict[str, Any]) -> str:
+        with pytest.raises(ValueError) as caught:
+            control.decode_owner_request(op, fields)
+        return str(caught.value)
+
+    assert error("nope", {}) == "unknown op 'nope'"
+    assert error("history.publish", {"channel": "bad channel!", "data": "1"}) == "bad channel"
+    assert error("history.publish", {"channel": "h:a"}) == "bad publication"
+    assert error("history.page", {"channel": "h:a", "limit": "9"}) == (
+        "since and limit must be integers"
+    )
+    assert error("history.positions", {"channels": {}}) == "channels must be a list"
+    assert "size" in error("history.handover", {"rings": {"h:a": {**RING_FIELDS, "size": -1}}})
+
+
+BAD_OWNER_REPLIES: list[tuple[control.OwnerRequest[Any], dict[str, Any]]] = [
+    (control.HistoryPublishRequest("h:a", b"1"), {}),
+    (control.HistoryPublishRequest("h:a", b"1"), {"epoch": "e", "offset": "1"}),
+    (control.HistoryPublishRequest("h:a", b"1"), {"epoch": 1, "offset": 1}),
+    (control.HistoryPublishRequest("h:a", b"1"), {"error": None}),
+    (control.HistoryPositionRequest("h:a"), {"epoch": "e", "offset": 1, "recovered": 1}),
+    (
+        control.HistoryPositionRequest("h:a"),
+        {"epoch": "e", "offset": 1, "recovered": True, "pushes": [b"x"]},
+    ),
+    (
+        control.HistoryPositionRequest("h:a"),
+        {"epoch": "e", "offset": 1, "recovered": True},  # no pushes
+    ),
+    (control.HistoryPositionsRequest(()), {"positions": []}),
+    (control.HistoryPositionsRequest(()), {"positions": {"h:a": ["e"]}}),
+    (control.HistoryPageRequest("h:a"), {"epoch": "e", "offset": 1, "pushes": "x"}),
+    (control.HistoryHandoverRequest({}), {"ok": 1}),
+    (control.PresenceListRequest("h:a"), {"members": [["ann", "c1"]]}),
+    (control.PresenceListRequest("h:a"), {"members": [["ann", "c1", 5]]}),
+    (control.PresenceListRequest("h:a"), {"members": {}}),
+    (control.PresenceStatsRequest("h:a"), {"clients": 1, "users": [1]}),
+    (control.PresenceStatsRequest("h:a"), {"clients": "1", "users": []}),
+]
+
+
+@pytest.mark.parametrize(("request_", "fields"), BAD_OWNER_REPLIES)
+def test_bad_owner_replies_are_value_errors(
+    request_: control.OwnerRequest[Any], fields: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError):
+        request_.decode_reply(fields)
+
+
+def test_requests_call_decodes_answers_and_drops_bad_ones() -> None:
+    async def scenario() -> None:
+        sent: list[tuple[int, bytes]] = []
+        requests = Requests(9, lambda member, payload: sent.append((member, payload)))
+        request = control.PresenceStatsRequest("h:a")
+        task = asyncio.create_task(requests.call({0, 1, 2, 3}, request, 5))
+        await asyncio.sleep(0)
+        message = control.decode_inbox(sent[0][1])
+        assert control.decode_owner_request(message["op"], message) == request
+        requests.on_reply(0, {"id": message["id"], "reply": {"clients": 2, "users": ["a"]}})
+        requests.on_reply(1, {"id": message["id"], "reply": {"error": "busy"}})
+        requests.on_reply(2, {"id": message["id"], "reply": {"clients": "x"}})  # a bug: missing
+        requests.on_reply(3, {"id": message["id"], "reply": {"clients": 0, "users": []}})
+        replies, missing = await task
+        assert replies == {
+            0: control.PresenceStatsReply(2, ("a",)),
+            1: control.OwnerRefusal("busy"),
+            3: control.PresenceStatsReply(0, ()),
+        }
+        assert missing == {2}
+
+    asyncio.run(scenario())

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardws.config import NamespaceConfig
-from shardws.pure.history import Ring, owner_of
+from shardws.pure.history import Position, Ring, owner_of
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
 
 members = st.sets(st.integers(0, 200), min_size=1, max_size=12)
@@ -124,15 +124,17 @@ def test_pages_forward_and_backward() -> None:
 
 def test_tracker_classifies_next_old_gap_and_new_epochs() -> None:
     tracker = Tracker()
-    assert tracker.check("c", "e1", 5) is Seen.NEXT  # first seen: the position starts here
-    assert tracker.check("c", "e1", 6) is Seen.NEXT
-    assert tracker.check("c", "e1", 6) is Seen.OLD  # delivered already (recovery overlap)
-    assert tracker.check("c", "e1", 9) is Seen.GAP  # 7 and 8 missing: repair first
+    # First seen: the position starts here.
+    assert tracker.check("c", Position("e1", 5)) is Seen.NEXT
+    assert tracker.check("c", Position("e1", 6)) is Seen.NEXT
+    assert tracker.check("c", Position("e1", 6)) is Seen.OLD  # delivered already (recovery overlap)
+    assert tracker.check("c", Position("e1", 9)) is Seen.GAP  # 7 and 8 missing: repair first
     assert tracker.gap_base("c", "e1") == 6
-    tracker.advance("c", "e1", 8)  # repaired
-    assert tracker.check("c", "e1", 9) is Seen.NEXT
-    assert tracker.check("c", "e2", 1) is Seen.NEXT  # the owner lost its history: restart
-    assert tracker.check("c", "e3", 4) is Seen.GAP  # a new epoch, but 1..3 missed
+    tracker.advance("c", Position("e1", 8))  # repaired
+    assert tracker.check("c", Position("e1", 9)) is Seen.NEXT
+    # The owner lost its history: restart.
+    assert tracker.check("c", Position("e2", 1)) is Seen.NEXT
+    assert tracker.check("c", Position("e3", 4)) is Seen.GAP  # a new epoch, but 1..3 missed
     assert tracker.gap_base("c", "e3") == 0
     tracker.forget("c")
     assert tracker.position("c") is None
@@ -142,19 +144,19 @@ def test_sequencer_publishes_with_positions_and_hands_over() -> None:
     options = NamespaceConfig(history_size=3, history_ttl=0)
     clock = [0.0]
     owner = Sequencer(lambda _channel: options, clock=lambda: clock[0])
-    offset, epoch, push = owner.publish("chat:a", b'{"x":1}', "k1")
+    (epoch, offset), push = owner.publish("chat:a", b'{"x":1}', "k1")
     assert (offset, push) == (
         1,
         b'{"type":"pub","channel":"chat:a","offset":1,"epoch":"%s","data":{"x":1}}'
         % epoch.encode(),
     )
-    assert owner.publish("chat:a", b"2", "k1") == (1, epoch, None)  # a retry: nothing new
+    assert owner.publish("chat:a", b"2", "k1") == (Position(epoch, 1), None)  # a retry: nothing new
     owner.publish("chat:a", b"2", None)
-    answer = owner.position("chat:a", (epoch, 0))
-    assert answer["recovered"] and len(answer["pushes"]) == 2
+    answer = owner.position("chat:a", Position(epoch, 0))
+    assert answer.recovered and len(answer.pushes) == 2
     other = Sequencer(lambda _channel: options, clock=lambda: clock[0])
     other.adopt(owner.release(lambda _channel: False))
-    assert len(owner) == 0 and other.publish("chat:a", b"3", None)[:2] == (3, epoch)
+    assert len(owner) == 0 and other.publish("chat:a", b"3", None)[0] == Position(epoch, 3)
 
 
 def test_sequencer_forgets_rings_idle_for_twice_their_ttl() -> None:
@@ -162,12 +164,13 @@ def test_sequencer_forgets_rings_idle_for_twice_their_ttl() -> None:
     kept = NamespaceConfig(history_size=3, history_ttl=0)  # no age limit: never forgotten
     timed = NamespaceConfig(history_size=3, history_ttl=10)
     owner = Sequencer(lambda c: timed if c.startswith("t") else kept, clock=lambda: clock[0])
-    _, epoch, _ = owner.publish("t:a", b"1", None)
+    first, _ = owner.publish("t:a", b"1", None)
     owner.publish("k:a", b"1", None)
     clock[0] = 15.0
     assert owner.sweep() == 0 and len(owner) == 2  # expired, but used 15 s ago (< 20)
-    assert owner.position("t:a", (epoch, 0))["pushes"] == []  # the publication expired
+    assert not owner.position("t:a", Position(first.epoch, 0)).pushes  # expired
     clock[0] = 36.0  # 21 s after that query
     assert owner.sweep() == 1 and owner.channels() == ["k:a"]
-    _, new_epoch, _ = owner.publish("t:a", b"2", None)
-    assert new_epoch != epoch and owner.position("t:a", (epoch, 1))["recovered"] is False
+    again, _ = owner.publish("t:a", b"2", None)
+    assert again.epoch != first.epoch
+    assert owner.position("t:a", Position(first.epoch, 1)).recovered is False

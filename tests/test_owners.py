@@ -28,7 +28,7 @@ from shardws.pure import control, protocol
 from shardws.pure.auth import Identity
 from shardws.pure.busframe import KIND_CHANNEL, KIND_INBOX, channel_topic, inbox_topic
 from shardws.pure.cluster import host_number, member_id
-from shardws.pure.history import owner_of
+from shardws.pure.history import Position, owner_of
 from shardws.pure.hub import Hub
 from shardws.pure.protocol import CloseCode, ErrorCode, encode_pub_at, pub_position
 from shardws.server import owners as owners_module
@@ -39,6 +39,13 @@ from shardws.shm.tables import SharedTables
 from shardws.shm.view import Members
 
 HISTORY = 4  # ring size of the "h:" namespace
+# The owner operations' names on the bus.
+PUBLISH = control.HistoryPublishRequest.op
+POSITION = control.HistoryPositionRequest.op
+POSITIONS = control.HistoryPositionsRequest.op
+PAGE = control.HistoryPageRequest.op
+HANDOVER = control.HistoryHandoverRequest.op
+PRESENCE = control.PresenceListRequest.op
 CLUSTER = """
 [cluster]
 host_id = "a"
@@ -86,7 +93,7 @@ class FakeConnection:
     def offsets(self, channel: str) -> list[int]:
         """The offsets of the channel's pushes received, in order."""
         positions = (pub_position(m, channel) for m in self.received)
-        return [p[0] for p in positions if p is not None]
+        return [p.offset for p in positions if p is not None]
 
 
 class RecordingBus:
@@ -306,16 +313,22 @@ def subscribe(
     channel: str,
     since: tuple[str, int] | None = None,
 ) -> None:
+    """``conn`` subscribes, recovering from ``since`` = (epoch, offset) if given."""
     conn.channels.add(channel)  # the worker records the subscription first
-    host.owners.subscribe(conn, command_id, channel, since)
+    position = None if since is None else Position(*since)
+    host.owners.subscribe(conn, command_id, channel, position)
+
+
+def ask(host: FakeHost, request: control.OwnerRequest[Any]) -> dict[str, Any]:
+    """``host``'s reply to ``request`` arriving in its inbox (as the bus carries both)."""
+    return host.owners.handle(request.op, request.fields())
 
 
 def publish_on_owner(owner: FakeHost, channel: str, count: int) -> tuple[str, list[bytes]]:
     """``count`` publications sequenced by the channel's owner (as from its inbox);
     returns the epoch and the pushes."""
     answers = [
-        owner.owners.handle("hpub", {"channel": channel, "data": f'{{"n":{n}}}'})
-        for n in range(count)
+        ask(owner, control.HistoryPublishRequest(channel, b'{"n":%d}' % n)) for n in range(count)
     ]
     epoch = answers[0]["epoch"]
     first = answers[0]["offset"]
@@ -326,7 +339,7 @@ def publish_on_owner(owner: FakeHost, channel: str, count: int) -> tuple[str, li
 
 def _offset(push: bytes, channel: str) -> int | None:
     position = pub_position(push, channel)
-    return None if position is None else position[0]
+    return None if position is None else position.offset
 
 
 def reply(host: FakeHost, origin: int, request: dict[str, Any], answer: dict[str, Any]) -> None:
@@ -367,18 +380,20 @@ def test_handle_refuses_what_it_cannot_answer(single: World) -> None:
     mine = single.channel_owned_by(0, (0, 1))
     theirs = single.channel_owned_by(1, (0, 1))
     handle = owner.owners.handle
-    assert handle("hpub", {"channel": "bad channel!", "data": "1"}) == {"error": "bad channel"}
-    assert handle("hpub", {"channel": theirs, "data": "1"}) == {
+    assert handle(PUBLISH, {"channel": "bad channel!", "data": "1"}) == {"error": "bad channel"}
+    assert handle(PUBLISH, {"channel": theirs, "data": "1"}) == {
         "error": "not the owner of this channel"
     }
     plain = next(c for c in (f"room-{n}" for n in range(100)) if owner.owners.owner(c) == 0)
-    assert handle("hpos", {"channel": plain}) == {"error": "not the owner of this channel"}
-    assert handle("hpub", {"channel": mine, "data": 1}) == {"error": "bad publication"}
-    assert handle("hpub", {"channel": mine, "data": "1", "idem": 2}) == {"error": "bad publication"}
-    assert handle("hhist", {"channel": mine, "since": "0"}) == {
+    assert handle(POSITION, {"channel": plain}) == {"error": "not the owner of this channel"}
+    assert handle(PUBLISH, {"channel": mine, "data": 1}) == {"error": "bad publication"}
+    assert handle(PUBLISH, {"channel": mine, "data": "1", "idem": 2}) == {
+        "error": "bad publication"
+    }
+    assert handle(PAGE, {"channel": mine, "since": "0"}) == {
         "error": "since and limit must be integers"
     }
-    assert handle("hposs", {"channels": mine}) == {"error": "channels must be a list"}
+    assert handle(POSITIONS, {"channels": mine}) == {"error": "channels must be a list"}
     assert handle("nope", {"channel": mine}) == {"error": "unknown op 'nope'"}
     assert len(owner.owners.sequencer) == 0  # nothing was sequenced
     assert owner.recording.published == [] and other.recording.published == []
@@ -448,14 +463,10 @@ def test_a_non_owner_forwards_a_publish_to_the_owners_inbox(world: World) -> Non
         [(topic, payload)] = host.recording.published
         assert topic == inbox_topic(owner)
         request = control.decode_inbox(payload)
-        assert request == {
-            "op": "hpub",
-            "id": request["id"],
-            "reply_to": host.member,
-            "channel": channel,
-            "data": '{"x":"é"}',
-            "idem": "key-1",
-        }
+        assert (request["op"], request["reply_to"]) == (PUBLISH, host.member)
+        assert control.decode_owner_request(PUBLISH, request) == control.HistoryPublishRequest(
+            channel, '{"x":"é"}'.encode(), "key-1"
+        )
         assert conn.received == []  # waits for the owner
         reply(host, owner, request, {"offset": 7, "epoch": "e1"})
         await settle(world)
@@ -521,7 +532,7 @@ def test_requests_wait_for_a_booting_owners_inbox_and_keep_their_order(single: W
         assert other.recording.requests_to(0) == []  # nothing sent into the void
         booted.set_result(None)
         await settle(single)
-        assert [r["data"] for r in other.recording.requests_to(0, "hpub")] == ["0", "1", "2"]
+        assert [r["data"] for r in other.recording.requests_to(0, PUBLISH)] == ["0", "1", "2"]
         assert [r["offset"] for r in publisher.replies()] == [1, 2, 3]
 
     asyncio.run(scenario())
@@ -647,12 +658,6 @@ def test_pushes_arriving_while_a_subscriber_waits_are_delivered_once(single: Wor
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a push lost on the bus between the owner's answer to the first local "
-    "subscriber and that subscriber's activation is skipped silently (the tracker starts "
-    "at whatever push comes first)",
-)
 def test_a_push_lost_while_the_first_subscriber_waits_is_not_skipped_silently(
     single: World, short_timeouts: None
 ) -> None:
@@ -676,6 +681,92 @@ def test_a_push_lost_while_the_first_subscriber_waits_is_not_skipped_silently(
     asyncio.run(scenario())
 
 
+def test_two_first_subscribers_waiting_through_a_loss_get_every_push_once(
+    single: World,
+) -> None:
+    async def scenario() -> None:
+        single.configure(0)
+        single.configure(1)
+        host = single.worker(1)
+        channel = single.channel_owned_by(0, (0, 1))
+        pushes = {n: encode_pub_at(channel, n, "e", b"%d" % n) for n in range(1, 8)}
+        a, b = FakeConnection("a"), FakeConnection("b")
+        subscribe(host, a, 1, channel)
+        subscribe(host, b, 2, channel)
+        await until(lambda: len(host.recording.requests_to(0)) == 2)
+        ask_a, ask_b = host.recording.requests_to(0)
+        # The owner answers a at 4, publishes 5 (lost on the bus), answers b at 5 and
+        # publishes 6, all read before either subscribe task resumes.
+        reply(host, 0, ask_a, {"epoch": "e", "offset": 4})
+        reply(host, 0, ask_b, {"epoch": "e", "offset": 5})
+        host.owners.deliver(channel, [pushes[6]])
+        await until(lambda: len(host.recording.requests_to(0)) == 3)
+        repair = host.recording.requests_to(0)[-1]
+        assert (repair["op"], repair["since"]) == (POSITION, ["e", 4])
+        answer = {"epoch": "e", "offset": 6, "recovered": True}
+        answer["pushes"] = [pushes[5].decode(), pushes[6].decode()]
+        reply(host, 0, repair, answer)
+        await settle(single)
+        host.owners.deliver(channel, [pushes[7]])
+        assert a.received[0] == protocol.encode_ok(1, epoch="e", offset=4)
+        assert b.received[0] == protocol.encode_ok(2, epoch="e", offset=5)
+        assert a.offsets(channel) == [5, 6, 7]  # from its answer on, once, in order
+        assert b.offsets(channel) == [6, 7]
+        assert a.closed is None and b.closed is None
+        assert host.owners.repairs == 1 and host.owners.unrecoverable == 0
+
+    asyncio.run(scenario())
+
+
+def test_subscribers_answered_ahead_of_a_repair_join_the_stream_at_their_answer(
+    single: World,
+) -> None:
+    async def scenario() -> None:
+        single.configure(0)
+        single.configure(1)
+        host = single.worker(1)
+        channel = single.channel_owned_by(0, (0, 1))
+        pushes = {n: encode_pub_at(channel, n, "e", b"%d" % n) for n in range(1, 8)}
+        early = FakeConnection("early")  # live at offset 2
+        subscribe(host, early, 1, channel)
+        await until(lambda: host.recording.requests_to(0))
+        reply(host, 0, host.recording.requests_to(0)[-1], {"epoch": "e", "offset": 2})
+        await until(lambda: early.received)
+        plain, recovering = FakeConnection("plain"), FakeConnection("recovering")
+        subscribe(host, plain, 2, channel)
+        subscribe(host, recovering, 3, channel, ("e", 1))
+        await until(lambda: len(host.recording.requests_to(0)) == 3)
+        _, ask_plain, ask_recovering = host.recording.requests_to(0)
+        host.owners.deliver(channel, [pushes[3]])
+        # Push 4 is lost; the answers are at 4 and 5, and push 5 reveals the gap.
+        reply(host, 0, ask_plain, {"epoch": "e", "offset": 4})
+        host.owners.deliver(channel, [pushes[5]])
+        answer = {"epoch": "e", "offset": 5, "recovered": True}
+        answer["pushes"] = [pushes[n].decode() for n in (2, 3, 4, 5)]
+        reply(host, 0, ask_recovering, answer)
+        await until(lambda: len(host.recording.requests_to(0)) == 4)
+        repair = host.recording.requests_to(0)[-1]
+        assert (repair["op"], repair["since"]) == (POSITION, ["e", 3])
+        for _ in range(5):  # both subscribe tasks resume; the repair waits
+            await asyncio.sleep(0)
+        assert early.offsets(channel) == [3]  # 5 waits for the repair
+        assert plain.offsets(channel) == []  # answered at 4: joins once 4 is delivered
+        assert recovering.offsets(channel) == [2, 3, 4, 5]  # its recovery, nothing more
+        answer = {"epoch": "e", "offset": 5, "recovered": True}
+        answer["pushes"] = [pushes[4].decode(), pushes[5].decode()]
+        reply(host, 0, repair, answer)
+        await settle(single)
+        host.owners.deliver(channel, [pushes[6], pushes[7]])
+        assert early.offsets(channel) == [3, 4, 5, 6, 7]
+        assert plain.received[0] == protocol.encode_ok(2, epoch="e", offset=4)
+        assert plain.offsets(channel) == [5, 6, 7]
+        assert recovering.received[0] == protocol.encode_ok(3, epoch="e", offset=5, recovered=True)
+        assert recovering.offsets(channel) == [2, 3, 4, 5, 6, 7]
+        assert host.owners.repairs == 1 and host.owners.unrecoverable == 0
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------- gaps
 
 
@@ -690,7 +781,7 @@ def test_a_lost_push_is_repaired_from_the_owner_before_later_ones(world: World) 
         epoch, pushes = publish_on_owner(owner, channel, 4)
         await settle(world)
         assert conn.received[1:] == pushes  # in order, none missing, none twice
-        repair = other.recording.requests_to(owner.member, "hpos")[-1]
+        repair = other.recording.requests_to(owner.member, POSITION)[-1]
         assert repair["channel"] == channel and repair["since"] == [epoch, 1]
         assert other.owners.repairs == 1 and other.owners.unrecoverable == 0
         assert other.owners.tracker.position(channel) == (epoch, 4)
@@ -713,7 +804,7 @@ def test_pushes_arriving_during_a_repair_are_held_and_delivered_in_order(single:
         host.owners.deliver(channel, [pushes[1], pushes[3]])  # 2, then 4 after a gap
         await until(lambda: len(host.recording.requests_to(0)) == 2)
         repair = host.recording.requests_to(0)[-1]
-        assert (repair["op"], repair["since"]) == ("hpos", ["e", 2])
+        assert (repair["op"], repair["since"]) == (POSITION, ["e", 2])
         host.owners.deliver(channel, [pushes[4]])  # 5 arrives while repairing
         assert conn.offsets(channel) == [2]
         answer = {"epoch": "e", "offset": 5, "recovered": True}
@@ -761,7 +852,7 @@ def test_a_lost_last_push_is_found_by_the_position_check(world: World) -> None:
         assert conn.offsets(channel) == [1]  # nothing after 2 reveals the loss
         other.owners.check_positions()
         await settle(world)
-        [check] = other.recording.requests_to(owner.member, "hposs")
+        [check] = other.recording.requests_to(owner.member, POSITIONS)
         assert check["channels"] == [channel]
         assert conn.received[1:] == pushes
         assert other.owners.repairs == 1
@@ -806,11 +897,11 @@ def test_presence_gathers_every_workers_subscribers(single: World) -> None:
             {"user": "", "client": "c4", "info": None},
         ]
         assert stats == {"id": 6, "ok": True, "clients": 5, "users": 2}
-        assert hosts[2].owners.local_presence(channel, True) == {
+        assert hosts[2].owners.local_presence_stats(channel).fields() == {
             "clients": 2,
             "users": ["alice"],
         }
-        asked = {m for m in (0, 1, 2) if hosts[0].recording.requests_to(m, "presence")}
+        asked = {m for m in (0, 1, 2) if hosts[0].recording.requests_to(m, PRESENCE)}
         assert asked == {1, 2}  # every other ready worker, not itself
 
     asyncio.run(scenario())
@@ -890,10 +981,10 @@ def test_rings_move_to_a_new_owner_once_it_is_ready(world: World) -> None:
             assert not set(kept) & moving
             assert all(host.owners.owner(c) == host.member for c in kept)
             notes = [r for m in (0, 1, 2) for r in host.recording.requests_to(world.member(m))]
-            assert all(n["op"] == "handover" and n["id"] == 0 for n in notes)
+            assert all(n["op"] == HANDOVER and n["id"] == 0 for n in notes)
         # The new owner continues each history where the old one stopped.
         for channel in moving:
-            answer = new.owners.handle("hpub", {"channel": channel, "data": "1"})
+            answer = ask(new, control.HistoryPublishRequest(channel, b"1"))
             assert answer == {"offset": before[channel][1] + 1, "epoch": before[channel][0]}
         for host in hosts:  # nothing more to hand over
             host.owners.on_view()
@@ -956,11 +1047,10 @@ def test_the_next_process_of_a_slot_continues_its_rings(world: World) -> None:
         assert _rings(second) == saved
         assert not os.path.exists(path)  # consumed
         for channel in channels:
-            answer = second.owners.handle("hpub", {"channel": channel, "data": "1"})
+            answer = ask(second, control.HistoryPublishRequest(channel, b"1"))
             assert answer == {"epoch": saved[channel][0], "offset": saved[channel][1] + 1}
-            hpos = second.owners.handle(
-                "hpos", {"channel": channel, "since": [saved[channel][0], 1]}
-            )
+            since = Position(saved[channel].epoch, 1)
+            hpos = ask(second, control.HistoryPositionRequest(channel, since))
             assert hpos["recovered"] is True and len(hpos["pushes"]) == 3
 
     asyncio.run(scenario())
@@ -986,7 +1076,7 @@ def test_a_loaded_ring_that_belongs_to_another_worker_now_is_handed_to_it(world:
         assert _rings(restarted) == {c: saved[c] for c in mine}
         assert _rings(other) == {c: saved[c] for c in channels if c not in mine}
         [note] = restarted.recording.requests_to(other.member)
-        assert note["op"] == "handover" and note["id"] == 0
+        assert note["op"] == HANDOVER and note["id"] == 0
 
     asyncio.run(scenario())
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from shardws.pure import protocol
+from shardws.pure.history import Position
 from shardws.pure.protocol import CloseCode, ErrorCode
 
 
@@ -100,5 +101,5 @@ def test_history_members_are_parsed_strictly() -> None:
 def test_positioned_pushes_read_back() -> None:
     push = protocol.encode_pub_at("chat:a", 17, "0123456789abcdef", b'{"x":1}')
     assert json.loads(push)["offset"] == 17
-    assert protocol.pub_position(push, "chat:a") == (17, "0123456789abcdef")
+    assert protocol.pub_position(push, "chat:a") == Position(epoch="0123456789abcdef", offset=17)
     assert protocol.pub_position(protocol.encode_pub("chat:a", b"1"), "chat:a") is None

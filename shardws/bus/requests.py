@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from shardws.pure.control import encode_request
+from shardws.pure.control import OwnerRefusal, OwnerReply, OwnerRequest, encode_request
+
+log = logging.getLogger("shardws.requests")
+
+_ReplyT = TypeVar("_ReplyT", bound=OwnerReply)
 
 
 @dataclass(eq=False)
@@ -59,6 +64,22 @@ class Requests:
         finally:
             del self._pending[request_id]
         return pending.answers, expected - pending.answers.keys()
+
+    async def call(
+        self, members: Iterable[int], request: OwnerRequest[_ReplyT], timeout: float
+    ) -> tuple[dict[int, _ReplyT | OwnerRefusal], set[int]]:
+        """:meth:`ask` for an owner operation: the answers decoded into the request's
+        reply type (or a refusal). An answer that does not decode (a bug in the sender)
+        is logged and its member reported as missing."""
+        answers, missing = await self.ask(members, request.op, request.fields(), timeout)
+        replies: dict[int, _ReplyT | OwnerRefusal] = {}
+        for member, fields in answers.items():
+            try:
+                replies[member] = request.decode_reply(fields)
+            except ValueError as exc:
+                log.warning("bad %s answer from member %d: %s", request.op, member, exc)
+                missing.add(member)
+        return replies, missing
 
     def on_reply(self, origin: int, message: Mapping[str, Any]) -> None:
         """A decoded reply from member ``origin``; late and unexpected ones are ignored."""

@@ -24,6 +24,10 @@ Ops:
 * ``channels`` (arguments ``prefix``, ``limit``): the worker's channels whose name
   starts with ``prefix`` and their local subscriber counts, at most ``limit`` of them
   (the first by name); :func:`merge_channels` sums the answers.
+* The owner operations (``history.*``, ``presence.*``): one request type and one reply
+  type each (:data:`OWNER_REQUESTS`; the table is in ``docs/architecture.md``), encoded
+  by :func:`encode_owner_request` and ``fields()``, decoded by
+  :func:`decode_owner_request` and ``OwnerRequest.decode_reply``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ import json
 import logging
 import struct
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar, cast
+
+from shardws.pure.history import Entry, Position, RingState
+from shardws.pure.protocol import channel_error
 
 log = logging.getLogger("shardws.control")
 
@@ -162,3 +170,497 @@ def merge_channels(answers: Iterable[Mapping[str, Any]], limit: int) -> tuple[di
     if len(names) > limit or len(names) < len(totals):
         truncated = True
     return {name: totals[name] for name in names[:limit]}, truncated
+
+
+# --------------------------------------------------------------------------- owner operations
+#
+# Requests a worker (or the admin) sends to a channel's owner, or for presence to every
+# worker; each request type names its ``op`` and its reply type. ``fields()`` gives the
+# JSON members of a request or reply (beside ``op``/``id``/``reply_to``, or inside
+# ``reply``); ``from_fields`` reads them back and raises ValueError, naming the member at
+# fault, for anything else. Every operation may be answered with an ``OwnerRefusal``
+# (``{"error": reason}``) instead of its reply.
+
+_ReplyT = TypeVar("_ReplyT", bound="OwnerReply")
+
+
+class OwnerReply:
+    """An owner operation's answer (the reply types below)."""
+
+    __slots__ = ()
+
+    def fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        raise NotImplementedError
+
+
+class OwnerRequest(Generic[_ReplyT]):
+    """An owner operation's request; ``_ReplyT`` is the type of its answer."""
+
+    __slots__ = ()
+    op: ClassVar[str]
+    reply_type: ClassVar[type[OwnerReply]]
+
+    def fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def decode_reply(self, fields: Mapping[str, Any]) -> _ReplyT | OwnerRefusal:
+        """The answer to this request from the ``reply`` of an inbox message."""
+        if "error" in fields:
+            return OwnerRefusal.from_fields(fields)
+        return cast(_ReplyT, self.reply_type.from_fields(fields))
+
+
+def _str(fields: Mapping[str, Any], name: str) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    return value
+
+
+def _int(fields: Mapping[str, Any], name: str) -> int:
+    value = fields.get(name)
+    if type(value) is not int:
+        raise ValueError(f"{name} must be an integer")
+    return value
+
+
+def _channel(fields: Mapping[str, Any]) -> str:
+    channel = fields.get("channel")
+    if not isinstance(channel, str) or channel_error(channel) is not None:
+        raise ValueError("bad channel")
+    return channel
+
+
+def _position(fields: Mapping[str, Any]) -> Position:
+    return Position(_str(fields, "epoch"), _int(fields, "offset"))
+
+
+def _position_value(value: Any, name: str) -> Position:
+    """A position carried as ``[epoch, offset]``."""
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and type(value[1]) is int
+    ):
+        return Position(value[0], value[1])
+    raise ValueError(f"{name} must be [epoch, offset]")
+
+
+def _pushes(fields: Mapping[str, Any]) -> tuple[bytes, ...]:
+    pushes = fields.get("pushes")
+    if not isinstance(pushes, list) or not all(isinstance(push, str) for push in pushes):
+        raise ValueError("pushes must be a list of strings")
+    return tuple(push.encode() for push in pushes)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRefusal(OwnerReply):
+    """Any operation's answer when it cannot be done (``error`` says why): not the
+    owner of the channel, a malformed request, an unknown op."""
+
+    error: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"error": self.error}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_str(fields, "error"))
+
+
+# -- history.publish
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPublishReply(OwnerReply):
+    """Where the publication is stored (also for a repeated ``idem``: the first one)."""
+
+    position: Position
+
+    def fields(self) -> dict[str, Any]:
+        return {"epoch": self.position.epoch, "offset": self.position.offset}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_position(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPublishRequest(OwnerRequest[HistoryPublishReply]):
+    """Sequence and publish ``data`` (valid JSON, checked by whoever accepted it) with
+    the optional idempotency key ``idem``."""
+
+    op: ClassVar[str] = "history.publish"
+    reply_type: ClassVar[type[OwnerReply]] = HistoryPublishReply
+    channel: str
+    data: bytes
+    idem: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"channel": self.channel, "data": self.data.decode(), "idem": self.idem}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        channel = _channel(fields)
+        data, idem = fields.get("data"), fields.get("idem")
+        if not isinstance(data, str) or not (idem is None or isinstance(idem, str)):
+            raise ValueError("bad publication")
+        return cls(channel, data.encode(), idem)
+
+
+# -- history.position
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPositionReply(OwnerReply):
+    """The channel's current ``position``; for a request with ``since`` also whether
+    that position was ``recovered`` and, if so, the missed ``pushes`` (oldest first)."""
+
+    position: Position
+    recovered: bool | None = None
+    pushes: tuple[bytes, ...] = ()
+
+    def fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"epoch": self.position.epoch, "offset": self.position.offset}
+        if self.recovered is not None:
+            fields["recovered"] = self.recovered
+            fields["pushes"] = [push.decode() for push in self.pushes]
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        position = _position(fields)
+        if "recovered" not in fields:
+            return cls(position)
+        recovered = fields["recovered"]
+        if not isinstance(recovered, bool):
+            raise ValueError("recovered must be true or false")
+        return cls(position, recovered, _pushes(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPositionRequest(OwnerRequest[HistoryPositionReply]):
+    """The channel's position; with ``since`` (a subscriber's recovery, a repair) also
+    the pushes after it, if the ring still holds them all."""
+
+    op: ClassVar[str] = "history.position"
+    reply_type: ClassVar[type[OwnerReply]] = HistoryPositionReply
+    channel: str
+    since: Position | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"channel": self.channel, "since": None if self.since is None else list(self.since)}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        channel = _channel(fields)
+        since = fields.get("since")
+        return cls(channel, None if since is None else _position_value(since, "since"))
+
+
+# -- history.positions
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPositionsReply(OwnerReply):
+    """The positions of the asked channels this owner holds a ring for."""
+
+    positions: Mapping[str, Position]
+
+    def fields(self) -> dict[str, Any]:
+        return {"positions": {channel: list(at) for channel, at in self.positions.items()}}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        positions = fields.get("positions")
+        if not isinstance(positions, dict):
+            raise ValueError("positions must be an object")
+        return cls({channel: _position_value(at, channel) for channel, at in positions.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPositionsRequest(OwnerRequest[HistoryPositionsReply]):
+    """The positions of several channels (a worker's periodic check against an owner)."""
+
+    op: ClassVar[str] = "history.positions"
+    reply_type: ClassVar[type[OwnerReply]] = HistoryPositionsReply
+    channels: tuple[str, ...]
+
+    def fields(self) -> dict[str, Any]:
+        return {"channels": list(self.channels)}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        channels = fields.get("channels")
+        if not isinstance(channels, list):
+            raise ValueError("channels must be a list")
+        if not all(isinstance(channel, str) for channel in channels):
+            raise ValueError("channels must be a list of strings")
+        return cls(tuple(channels))
+
+
+# -- history.page
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPageReply(OwnerReply):
+    """A page of the history and the channel's current ``position``."""
+
+    position: Position
+    pushes: tuple[bytes, ...]
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "epoch": self.position.epoch,
+            "offset": self.position.offset,
+            "pushes": [push.decode() for push in self.pushes],
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_position(fields), _pushes(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPageRequest(OwnerRequest[HistoryPageReply]):
+    """Up to ``limit`` stored pushes after offset ``since`` (oldest first), or with
+    ``reverse`` the newest ones before ``since`` (0: from the newest), newest first."""
+
+    op: ClassVar[str] = "history.page"
+    reply_type: ClassVar[type[OwnerReply]] = HistoryPageReply
+    channel: str
+    since: int = 0
+    limit: int = 100
+    reverse: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "since": self.since,
+            "limit": self.limit,
+            "reverse": self.reverse,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        channel = _channel(fields)
+        since, limit = fields.get("since", 0), fields.get("limit", 100)
+        if type(since) is not int or type(limit) is not int:
+            raise ValueError("since and limit must be integers")
+        reverse = fields.get("reverse", False)
+        if not isinstance(reverse, bool):
+            raise ValueError("reverse must be true or false")
+        return cls(channel, since, limit, reverse)
+
+
+# -- history.handover
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryHandoverReply(OwnerReply):
+    """The rings were taken (sent only if the hand-over was asked with an id)."""
+
+    def fields(self) -> dict[str, Any]:
+        return {"ok": True}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        if fields.get("ok") is not True:
+            raise ValueError("ok must be true")
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryHandoverRequest(OwnerRequest[HistoryHandoverReply]):
+    """Rings moving to the addressee, their new owner (a notification: id 0)."""
+
+    op: ClassVar[str] = "history.handover"
+    reply_type: ClassVar[type[OwnerReply]] = HistoryHandoverReply
+    rings: Mapping[str, RingState]
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "rings": {
+                channel: {
+                    "size": state.size,
+                    "ttl": state.ttl,
+                    "epoch": state.epoch,
+                    "offset": state.offset,
+                    "entries": [
+                        [e.offset, e.stored_at, e.push.decode(), e.idem] for e in state.entries
+                    ],
+                }
+                for channel, state in self.rings.items()
+            }
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        rings = fields.get("rings")
+        if not isinstance(rings, dict):
+            raise ValueError("rings must be an object")
+        return cls({channel: _ring_state(channel, ring) for channel, ring in rings.items()})
+
+
+def _ring_state(channel: str, ring: Any) -> RingState:
+    if not isinstance(ring, dict):
+        raise ValueError(f"ring of {channel!r} must be an object")
+    size, ttl, entries = ring.get("size"), ring.get("ttl"), ring.get("entries")
+    if type(size) is not int or size < 1:
+        raise ValueError(f"ring of {channel!r}: size must be an integer >= 1")
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise ValueError(f"ring of {channel!r}: ttl must be a number")
+    if not isinstance(entries, list):
+        raise ValueError(f"ring of {channel!r}: entries must be a list")
+    return RingState(
+        size,
+        float(ttl),
+        _str(ring, "epoch"),
+        _int(ring, "offset"),
+        tuple(_entry(channel, entry) for entry in entries),
+    )
+
+
+def _entry(channel: str, entry: Any) -> Entry:
+    if (
+        isinstance(entry, list)
+        and len(entry) == 4
+        and type(entry[0]) is int
+        and type(entry[1]) in (int, float)
+        and isinstance(entry[2], str)
+        and (entry[3] is None or isinstance(entry[3], str))
+    ):
+        offset, stored_at, push, idem = entry
+        return Entry(offset, float(stored_at), push.encode(), idem)
+    raise ValueError(f"ring of {channel!r}: an entry must be [offset, stored_at, push, idem]")
+
+
+# -- presence.list, presence.stats
+
+
+class PresenceMember(NamedTuple):
+    """One subscriber: its user id ("" for anonymous), client id and connection info
+    (JSON text, or None)."""
+
+    user: str
+    client: str
+    info: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceListReply(OwnerReply):
+    """The addressee's subscribers of the channel that have an identity."""
+
+    members: tuple[PresenceMember, ...]
+
+    def fields(self) -> dict[str, Any]:
+        return {"members": [list(member) for member in self.members]}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        members = fields.get("members")
+        if not isinstance(members, list):
+            raise ValueError("members must be a list")
+        return cls(tuple(_presence_member(member) for member in members))
+
+
+def _presence_member(value: Any) -> PresenceMember:
+    if (
+        isinstance(value, list)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and isinstance(value[1], str)
+        and (value[2] is None or isinstance(value[2], str))
+    ):
+        return PresenceMember(value[0], value[1], value[2])
+    raise ValueError("a member must be [user, client, info]")
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceListRequest(OwnerRequest[PresenceListReply]):
+    """A worker's subscribers of ``channel`` (asked of every worker)."""
+
+    op: ClassVar[str] = "presence.list"
+    reply_type: ClassVar[type[OwnerReply]] = PresenceListReply
+    channel: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"channel": self.channel}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_channel(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStatsReply(OwnerReply):
+    """How many subscribers of the channel the addressee has and their distinct user
+    ids (no client ids or infos: small for channels with many members)."""
+
+    clients: int
+    users: tuple[str, ...]
+
+    def fields(self) -> dict[str, Any]:
+        return {"clients": self.clients, "users": list(self.users)}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        users = fields.get("users")
+        if not isinstance(users, list) or not all(isinstance(user, str) for user in users):
+            raise ValueError("users must be a list of strings")
+        return cls(_int(fields, "clients"), tuple(users))
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStatsRequest(OwnerRequest[PresenceStatsReply]):
+    """A worker's subscriber count and users of ``channel`` (asked of every worker)."""
+
+    op: ClassVar[str] = "presence.stats"
+    reply_type: ClassVar[type[OwnerReply]] = PresenceStatsReply
+    channel: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"channel": self.channel}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_channel(fields))
+
+
+#: The owner operations by op name.
+OWNER_REQUESTS: dict[str, type[OwnerRequest[Any]]] = {
+    kind.op: kind
+    for kind in (
+        HistoryPublishRequest,
+        HistoryPositionRequest,
+        HistoryPositionsRequest,
+        HistoryPageRequest,
+        HistoryHandoverRequest,
+        PresenceListRequest,
+        PresenceStatsRequest,
+    )
+}
+
+
+def encode_owner_request(request: OwnerRequest[Any], request_id: int, reply_to: int) -> bytes:
+    """Inbox payload asking for ``request`` (``request_id`` 0: a notification, nobody
+    waits for the answer)."""
+    return encode_request(request.op, request_id, reply_to, request.fields())
+
+
+def decode_owner_request(op: str, fields: Mapping[str, Any]) -> OwnerRequest[Any]:
+    """The request ``op`` with the members ``fields`` (a decoded inbox request);
+    ValueError for an op that is not an owner operation or a member at fault."""
+    kind = OWNER_REQUESTS.get(op)
+    if kind is None:
+        raise ValueError(f"unknown op {op!r}")
+    return kind.from_fields(fields)

@@ -19,6 +19,10 @@ Guarantees of a ``Ring``:
   with the first offset and stores nothing.
 * ``snapshot``/``restore`` carry a ring unchanged (epoch, offsets, entries, idempotency
   keys) to another process: the hand-over on planned moves.
+
+A place in a history is a :class:`Position`, always (epoch, offset) in that order: on the
+owner, in the subscriber workers' trackers, in owner requests and replies, and in what a
+client sends to recover.
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ import secrets
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class Position(NamedTuple):
+    """A place in a channel's history: the ``epoch`` of its ring and the last ``offset``
+    up to which it goes (0: before the first publication of that epoch)."""
+
+    epoch: str
+    offset: int
 
 
 def new_epoch() -> str:
@@ -83,6 +96,11 @@ class Ring:
     def first_offset(self) -> int:
         """The oldest offset still held; ``offset + 1`` when the ring is empty."""
         return self._entries[0].offset if self._entries else self.offset + 1
+
+    @property
+    def position(self) -> Position:
+        """Where the history stands: this ring's epoch and its last offset."""
+        return Position(self.epoch, self.offset)
 
     @property
     def next_offset(self) -> int:

@@ -19,6 +19,8 @@ import json
 import re
 from typing import Any
 
+from shardws.pure.history import Position
+
 PROTOCOL_VERSION = 1
 
 # Channel names: printable ASCII without quotes, backslash, spaces or control characters,
@@ -159,15 +161,15 @@ def encode_pub_at(channel: str, offset: int, epoch: str, data: bytes) -> bytes:
     )
 
 
-def pub_position(push: bytes, channel: str) -> tuple[int, str] | None:
-    """The (offset, epoch) of a push made by ``encode_pub_at`` for ``channel``, or None
-    for a push without a position."""
+def pub_position(push: bytes, channel: str) -> Position | None:
+    """The position of a push made by ``encode_pub_at`` for ``channel``, or None for a
+    push without one."""
     start = 36 + len(channel)  # len('{"type":"pub","channel":"' + channel + '","offset":')
     if push[start - 11 : start] != b'","offset":':
         return None
     comma = push.find(b",", start)
     epoch_end = push.find(b'"', comma + 10)  # after ',"epoch":"'
-    return int(push[start:comma]), push[comma + 10 : epoch_end].decode()
+    return Position(push[comma + 10 : epoch_end].decode(), int(push[start:comma]))
 
 
 def encode_history(command_id: int | None, epoch: str, offset: int, pushes: list[bytes]) -> bytes:
@@ -228,9 +230,10 @@ def _member(raw: bytes | None) -> Any:
         return None
 
 
-def parse_recover(raw: bytes | None) -> tuple[str, int] | None:
-    """The ``recover`` member of a subscribe: ``{"epoch": E, "offset": N}`` -> (E, N);
-    absent -> None; anything else -> ValueError saying what is expected."""
+def parse_recover(raw: bytes | None) -> Position | None:
+    """The ``recover`` member of a subscribe: ``{"epoch": E, "offset": N}`` ->
+    ``Position(E, N)``; absent -> None; anything else -> ValueError saying what is
+    expected."""
     if raw is None:
         return None
     value = _member(raw)
@@ -241,7 +244,7 @@ def parse_recover(raw: bytes | None) -> tuple[str, int] | None:
         or value["offset"] < 0
     ):
         raise ValueError('recover must be {"epoch": "...", "offset": N} with N >= 0')
-    return value["epoch"], value["offset"]
+    return Position(value["epoch"], value["offset"])
 
 
 def parse_idem(raw: bytes | None) -> str | None:

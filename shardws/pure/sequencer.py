@@ -6,7 +6,7 @@ No I/O. Two halves, both used by every worker:
   ``history.Ring`` and turns a publication into the push subscribers receive, carrying
   the next offset and the ring's epoch. Answers position, recovery and history queries.
 * ``Tracker`` — the subscriber side. For each channel with local subscribers it keeps
-  the last (epoch, offset) delivered here and classifies each arriving publication as
+  the last position delivered here and classifies each arriving publication as
   the next one, an old one (already delivered: skip), or one after a gap (repair it
   from the owner before delivering; never skip silently).
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from shardws.config import NamespaceConfig
-from shardws.pure.history import Ring, RingState
+from shardws.pure.control import HistoryPageReply, HistoryPositionReply
+from shardws.pure.history import Position, Ring, RingState
 from shardws.pure.protocol import MAX_HISTORY_PAGE, encode_pub_at
 
 
@@ -59,48 +59,42 @@ class Sequencer:
         self._used[channel] = self._clock()
         return ring
 
-    def publish(self, channel: str, data: bytes, idem: str | None) -> tuple[int, str, bytes | None]:
-        """Sequence one publication of ``data`` (valid JSON). Returns (offset, epoch,
-        push); push is None when ``idem`` repeats a publication still in the ring (its
-        offset is returned and nothing new is stored or sent)."""
+    def publish(self, channel: str, data: bytes, idem: str | None) -> tuple[Position, bytes | None]:
+        """Sequence one publication of ``data`` (valid JSON). Returns (its position, the
+        push); the push is None when ``idem`` repeats a publication still in the ring (its
+        position is returned and nothing new is stored or sent)."""
         ring = self.ring(channel)
         now = self._clock()
         earlier = ring.duplicate(idem, now)
         if earlier is not None:
-            return earlier, ring.epoch, None
+            return Position(ring.epoch, earlier), None
         offset = ring.next_offset
         push = encode_pub_at(channel, offset, ring.epoch, data)
         ring.append(push, now, idem)
-        return offset, ring.epoch, push
+        return Position(ring.epoch, offset), push
 
-    def position(self, channel: str, since: tuple[str, int] | None) -> dict[str, Any]:
-        """The answer to a subscribe: the channel's current ``epoch`` and ``offset``, and
-        with ``since`` = the client's (epoch, offset) also ``recovered`` and, when true,
-        the missed ``pushes`` (as text, oldest first)."""
+    def position(self, channel: str, since: Position | None) -> HistoryPositionReply:
+        """The answer to a subscribe: the channel's current position, and with ``since``
+        (the client's position) also whether it is ``recovered`` and, when it is, the
+        missed pushes (oldest first)."""
         ring = self.ring(channel)
-        answer: dict[str, Any] = {"epoch": ring.epoch, "offset": ring.offset}
-        if since is not None:
-            missed = ring.recover(since[0], since[1], self._clock())
-            answer["recovered"] = missed is not None
-            answer["pushes"] = [entry.push.decode() for entry in missed or ()]
-        return answer
+        if since is None:
+            return HistoryPositionReply(ring.position)
+        missed = ring.recover(since.epoch, since.offset, self._clock())
+        if missed is None:
+            return HistoryPositionReply(ring.position, False)
+        return HistoryPositionReply(ring.position, True, tuple(entry.push for entry in missed))
 
-    def positions(self, channels: Iterable[str]) -> dict[str, tuple[str, int]]:
-        """The (epoch, offset) of those ``channels`` this worker holds a ring for (no
-        ring is created: a channel without one has had nothing to lose)."""
-        return {
-            c: (self._rings[c].epoch, self._rings[c].offset) for c in channels if c in self._rings
-        }
+    def positions(self, channels: Iterable[str]) -> dict[str, Position]:
+        """The positions of those ``channels`` this worker holds a ring for (no ring is
+        created: a channel without one has had nothing to lose)."""
+        return {c: self._rings[c].position for c in channels if c in self._rings}
 
-    def history(self, channel: str, since: int, limit: int, reverse: bool) -> dict[str, Any]:
-        """A page of the ring (see ``Ring.page``): ``epoch``, ``offset`` and ``pushes``."""
+    def history(self, channel: str, since: int, limit: int, reverse: bool) -> HistoryPageReply:
+        """A page of the ring (see ``Ring.page``) and the channel's current position."""
         ring = self.ring(channel)
         entries = ring.page(since, min(max(limit, 0), MAX_HISTORY_PAGE), self._clock(), reverse)
-        return {
-            "epoch": ring.epoch,
-            "offset": ring.offset,
-            "pushes": [entry.push.decode() for entry in entries],
-        }
+        return HistoryPageReply(ring.position, tuple(entry.push for entry in entries))
 
     def sweep(self) -> int:
         """Expire old publications, then forget rings that are empty and unused for
@@ -168,45 +162,45 @@ class Seen(enum.Enum):
 
 
 class Tracker:
-    """The last (epoch, offset) delivered on this worker, per channel with history."""
+    """The last position delivered on this worker, per channel with history."""
 
     def __init__(self) -> None:
-        self._positions: dict[str, tuple[str, int]] = {}
+        self._positions: dict[str, Position] = {}
 
-    def position(self, channel: str) -> tuple[str, int] | None:
+    def position(self, channel: str) -> Position | None:
         return self._positions.get(channel)
 
     def channels(self) -> list[str]:
         """The channels with a known position (those with local subscribers)."""
         return list(self._positions)
 
-    def check(self, channel: str, epoch: str, offset: int) -> Seen:
-        """Classify a publication at (epoch, offset). NEXT also records it as delivered.
+    def check(self, channel: str, at: Position) -> Seen:
+        """Classify a publication at position ``at``. NEXT also records it as delivered.
         A new epoch (the owner lost its history) starts over: its offset 1 is NEXT, a
         later offset is a GAP from (epoch, 0)."""
         known = self._positions.get(channel)
-        if known is None or (known[0] != epoch and offset == 1):
-            self._positions[channel] = (epoch, offset)
+        if known is None or (known.epoch != at.epoch and at.offset == 1):
+            self._positions[channel] = at
             return Seen.NEXT
-        if known[0] != epoch:
+        if known.epoch != at.epoch:
             return Seen.GAP
-        if offset <= known[1]:
+        if at.offset <= known.offset:
             return Seen.OLD
-        if offset == known[1] + 1:
-            self._positions[channel] = (epoch, offset)
+        if at.offset == known.offset + 1:
+            self._positions[channel] = at
             return Seen.NEXT
         return Seen.GAP
 
     def gap_base(self, channel: str, epoch: str) -> int:
         """The offset to recover from for a GAP in ``epoch``."""
         known = self._positions.get(channel)
-        return known[1] if known is not None and known[0] == epoch else 0
+        return known.offset if known is not None and known.epoch == epoch else 0
 
-    def advance(self, channel: str, epoch: str, offset: int) -> None:
-        """Record (epoch, offset) as delivered (after a repair or a recovery)."""
+    def advance(self, channel: str, to: Position) -> None:
+        """Record ``to`` as delivered (after a repair or a recovery)."""
         known = self._positions.get(channel)
-        if known is None or known[0] != epoch or offset > known[1]:
-            self._positions[channel] = (epoch, offset)
+        if known is None or known.epoch != to.epoch or to.offset > known.offset:
+            self._positions[channel] = to
 
     def forget(self, channel: str) -> None:
         """The last local subscriber left."""

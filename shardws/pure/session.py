@@ -43,6 +43,7 @@ from shardws.pure.auth import (
     may_subscribe,
     user_only_members,
 )
+from shardws.pure.history import Position
 from shardws.pure.protocol import CloseCode, ErrorCode
 
 
@@ -92,7 +93,7 @@ class Subscribe:
     command_id: int | None
     channel: str
     options: NamespaceConfig
-    since: tuple[str, int] | None
+    since: Position | None
 
 
 @dataclass(frozen=True, slots=True)

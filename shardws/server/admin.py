@@ -204,11 +204,10 @@ class Backend:
         # publishes them (a notification: the API does not wait for the offset).
         owners = self.members.owners()
         for channel in sequenced:
-            request = {"channel": channel, "data": publication.data.decode()}
+            request = control.HistoryPublishRequest(channel, publication.data)
             owner = owner_of(channel, owners)
             self.bus.publish(
-                inbox_topic(owner),
-                control.encode_request("hpub", 0, self.members.me, request),
+                inbox_topic(owner), control.encode_owner_request(request, 0, self.members.me)
             )
         self.publications += 1
 
@@ -259,13 +258,14 @@ class Backend:
         """The ``GET /api/presence`` document: every subscriber of ``channel`` on the
         ready workers that answered within ``CHANNELS_TIMEOUT`` (``complete`` false and
         ``missing`` when some did not). A dead worker's subscribers are never listed."""
-        answers, missing = await self._requests.ask(
-            self.ready_workers(), "presence", {"channel": channel}, CHANNELS_TIMEOUT
+        answers, missing = await self._requests.call(
+            self.ready_workers(), control.PresenceListRequest(channel), CHANNELS_TIMEOUT
         )
         members = [
             {"user": user, "client": client, "info": None if info is None else json.loads(info)}
             for answer in answers.values()
-            for user, client, info in answer.get("members", ())
+            if isinstance(answer, control.PresenceListReply)
+            for user, client, info in answer.members
         ]
         body: dict[str, Any] = {
             "channel": channel,
@@ -282,17 +282,16 @@ class Backend:
         """The ``GET /api/history`` document from the channel's owner, or None if the
         owner did not answer within ``CHANNELS_TIMEOUT``."""
         owner = owner_of(channel, self.members.owners())
-        answers, _missing = await self._requests.ask(
-            {owner}, "hhist", {"channel": channel, **args}, CHANNELS_TIMEOUT
-        )
+        request = control.HistoryPageRequest(channel, args["since"], args["limit"], args["reverse"])
+        answers, _missing = await self._requests.call({owner}, request, CHANNELS_TIMEOUT)
         answer = answers.get(owner)
-        if answer is None or "error" in answer:
+        if not isinstance(answer, control.HistoryPageReply):
             return None
         return {
             "channel": channel,
-            "epoch": answer["epoch"],
-            "offset": answer["offset"],
-            "publications": [json.loads(push) for push in answer["pushes"]],
+            "epoch": answer.position.epoch,
+            "offset": answer.position.offset,
+            "publications": [json.loads(push) for push in answer.pushes],
         }
 
     def stats(self) -> dict[str, Any]:

@@ -8,16 +8,20 @@ those of the other live hosts in the membership view (``membership.Members.owner
 hosts with the same view pick the same owner; a host that leaves the view takes its
 ownerships with it, and the new owners start new epochs). The owner is the
 channel's sequencer (``sequencer.Sequencer``); every other worker asks it through its
-bus inbox (``control`` requests):
+bus inbox (the owner operations of ``control``; their table is in
+``docs/architecture.md``):
 
-* ``hpub`` — sequence and publish ``data`` (optional ``idem`` key): the owner stores the
-  push in the ring, delivers it to its own subscribers and publishes it on the channel's
-  bus topic, then answers ``{offset, epoch}``.
-* ``hpos`` — the channel's position, and with ``since`` = ``[epoch, offset]`` whether
-  that position is recoverable and the missed pushes.
-* ``hhist`` — a page of the history.
-* ``handover`` — rings moving to this worker (a planned replacement or a scale change).
-* ``presence`` — this worker's subscribers of a channel (asked of every worker).
+* ``history.publish`` — sequence and publish ``data`` (optional ``idem`` key): the owner
+  stores the push in the ring, delivers it to its own subscribers and publishes it on
+  the channel's bus topic, then answers with its position.
+* ``history.position`` — the channel's position, and with ``since`` whether that
+  position is recoverable and the missed pushes.
+* ``history.positions`` — the positions of several channels (the periodic check).
+* ``history.page`` — a page of the history.
+* ``history.handover`` — rings moving to this worker (a planned replacement or a scale
+  change).
+* ``presence.list``, ``presence.stats`` — this worker's subscribers of a channel (asked
+  of every worker).
 
 Guarantees (what ``docs/guarantees.md`` states and the tests check):
 
@@ -30,7 +34,11 @@ Guarantees (what ``docs/guarantees.md`` states and the tests check):
 * A subscribe reply means live *and positioned*: the reply carries the position; with
   ``recover``, the missed pushes follow in order, then the live stream, nothing twice.
   This holds because the owner's reply travels behind its earlier pushes on the same
-  bus pipe (one XPUB to one SUB keeps order across topics).
+  bus pipe (one XPUB to one SUB keeps order across topics). While a channel's first
+  subscribers here wait for that reply, its pushes are held untracked; the first reply
+  positions the channel and the held pushes then go through the gap check. A subscriber
+  whose reply is ahead of the deliveries here joins when they reach its position; one
+  behind gets what was delivered meanwhile (or, if that has a hole, is closed with 4505).
 * A repeated ``idem`` key within the ring's window gets the first offset, no new push.
 """
 
@@ -40,14 +48,32 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from shardws.bus.requests import Requests
 from shardws.config import NamespaceConfig
 from shardws.pure import control, protocol
 from shardws.pure.busframe import channel_topic, inbox_topic
 from shardws.pure.cluster import slot_of
-from shardws.pure.history import Entry, RingState, owner_of
+from shardws.pure.control import (
+    HistoryHandoverReply,
+    HistoryHandoverRequest,
+    HistoryPageRequest,
+    HistoryPositionRequest,
+    HistoryPositionsReply,
+    HistoryPositionsRequest,
+    HistoryPublishReply,
+    HistoryPublishRequest,
+    OwnerRefusal,
+    OwnerReply,
+    OwnerRequest,
+    PresenceListReply,
+    PresenceListRequest,
+    PresenceMember,
+    PresenceStatsReply,
+    PresenceStatsRequest,
+)
+from shardws.pure.history import Position, RingState, owner_of
 from shardws.pure.protocol import CloseCode, ErrorCode, pub_position
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
 from shardws.server.ringfile import load_rings, rings_path, save_rings
@@ -61,9 +87,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardws.owners")
 
+_ReplyT = TypeVar("_ReplyT", bound=OwnerReply)
+
 OWNER_TIMEOUT = 2.0  # seconds to wait for a channel owner's answer
 PRESENCE_TIMEOUT = 1.0  # seconds to wait for the other workers' presence answers
-OWNER_OPS = frozenset({"hpub", "hpos", "hposs", "hhist", "handover", "presence"})
+OWNER_OPS = frozenset(control.OWNER_REQUESTS)  # the ops a worker's inbox hands to ``handle``
 #: Seconds between checks of the owners' positions (finds a lost *last* publication,
 #: which no later offset would reveal).
 POSITION_CHECK_INTERVAL = 2.0
@@ -81,6 +109,8 @@ class Connection(Protocol):
     closing: bool
 
     def send(self, payload: bytes) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
 
     def __hash__(self) -> int: ...
 
@@ -107,7 +137,8 @@ class OwnerHost(Protocol):
 @dataclass(eq=False)
 class _Pending:
     """A subscriber whose position (and recovery) is being fetched: it receives nothing
-    from the live stream yet; what arrives meanwhile is kept here."""
+    from the live stream yet; what the channel's subscribers here are delivered meanwhile
+    is kept here, in delivery order."""
 
     conn: Connection
     buffer: list[bytes] = field(default_factory=list)
@@ -124,6 +155,12 @@ class Owners:
         self.repairs = 0  # gaps repaired from the owner
         self.unrecoverable = 0  # gaps that could not be repaired (subscribers closed)
         self._pending: dict[str, list[_Pending]] = {}
+        # Pushes of channels not positioned here yet, held while their first subscribers
+        # wait for the owner's answer (which says where the channel stands).
+        self._unpositioned: dict[str, list[bytes]] = {}
+        # Subscribers whose answer is ahead of what this worker delivered (a push before
+        # it is still in flight or being repaired), by the position they start after.
+        self._joining: dict[str, dict[Connection, Position]] = {}
         self._repairing: dict[str, list[bytes]] = {}
         self._view: tuple[int, ...] = ()
         self._handing = False  # rings may still need to move to their new owners
@@ -155,12 +192,13 @@ class Owners:
         self._tasks.add(task)  # keep a reference until done (asyncio holds weak ones)
         task.add_done_callback(self._tasks.discard)
 
-    async def ask_owner(self, channel: str, op: str, args: dict[str, Any]) -> dict[str, Any] | None:
-        """The owner's answer to ``op`` (computed here when this worker is the owner), or
-        None if it did not answer within ``OWNER_TIMEOUT``."""
+    async def ask_owner(self, channel: str, request: OwnerRequest[_ReplyT]) -> _ReplyT | None:
+        """The owner's answer to ``request`` (computed here when this worker is the
+        owner), or None if it refused or did not answer within ``OWNER_TIMEOUT``."""
         owner = self.owner(channel)
         if owner == self.worker.member:
-            return self.handle(op, args)
+            mine = self.answer(request)
+            return None if isinstance(mine, OwnerRefusal) else mine
         loop = asyncio.get_running_loop()
         deadline = loop.time() + OWNER_TIMEOUT
         bus = self.worker.bus
@@ -174,47 +212,57 @@ class Owners:
             except TimeoutError:
                 return None
         remaining = max(deadline - loop.time(), 0.1)
-        answers, _missing = await self.requests.ask({owner}, op, args, remaining)
-        return answers.get(owner)
+        replies, _missing = await self.requests.call({owner}, request, remaining)
+        reply = replies.get(owner)
+        if isinstance(reply, OwnerRefusal):
+            log.debug("worker %d refused %s on %s: %s", owner, request.op, channel, reply.error)
+            return None
+        return reply
 
     # -- owner side --------------------------------------------------------------------
 
     def handle(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer an owner request from the inbox (``op`` is one of ``OWNER_OPS``, the
+        rest of ``request`` its members): the fields of the reply."""
+        try:
+            decoded = control.decode_owner_request(op, request)
+        except ValueError as exc:
+            return OwnerRefusal(str(exc)).fields()
+        return self.answer(decoded).fields()
+
+    def answer(self, request: OwnerRequest[_ReplyT]) -> _ReplyT | OwnerRefusal:
         """Answer an owner request (from the inbox, or from this worker itself)."""
-        channel = request.get("channel")
-        if op == "handover":
-            self.sequencer.adopt(_states_from_json(request.get("rings", {})))
-            return {"ok": True}
-        if op == "hposs":
-            channels = request.get("channels")
-            if not isinstance(channels, list):
-                return {"error": "channels must be a list"}
-            me = self.worker.member
-            mine = [c for c in channels if isinstance(c, str) and self.owner(c) == me]
-            return {"positions": self.sequencer.positions(mine)}
-        if not isinstance(channel, str) or protocol.channel_error(channel) is not None:
-            return {"error": "bad channel"}
-        if op == "presence":
-            return self.local_presence(channel, bool(request.get("stats")))
-        if self.owner(channel) != self.worker.member or not self.has_history(channel):
-            return {"error": "not the owner of this channel"}
-        if op == "hpub":
-            data, idem = request.get("data"), request.get("idem")
-            if not isinstance(data, str) or not (idem is None or isinstance(idem, str)):
-                return {"error": "bad publication"}
-            offset, epoch, push = self.sequencer.publish(channel, data.encode(), idem)
+        reply = self._answer(request)
+        assert isinstance(reply, request.reply_type | OwnerRefusal)
+        return cast("_ReplyT | OwnerRefusal", reply)
+
+    def _answer(self, request: OwnerRequest[Any]) -> OwnerReply:
+        me = self.worker.member
+        if isinstance(request, HistoryHandoverRequest):
+            self.sequencer.adopt(dict(request.rings))
+            return HistoryHandoverReply()
+        if isinstance(request, HistoryPositionsRequest):
+            mine = [c for c in request.channels if self.owner(c) == me]
+            return HistoryPositionsReply(self.sequencer.positions(mine))
+        if isinstance(request, PresenceListRequest):
+            return self.local_presence(request.channel)
+        if isinstance(request, PresenceStatsRequest):
+            return self.local_presence_stats(request.channel)
+        if not isinstance(
+            request, HistoryPublishRequest | HistoryPositionRequest | HistoryPageRequest
+        ):
+            return OwnerRefusal(f"unknown op {request.op!r}")
+        channel = request.channel
+        if self.owner(channel) != me or not self.has_history(channel):
+            return OwnerRefusal("not the owner of this channel")
+        if isinstance(request, HistoryPublishRequest):
+            position, push = self.sequencer.publish(channel, request.data, request.idem)
             if push is not None:
                 self._emit(channel, push)
-            return {"offset": offset, "epoch": epoch}
-        if op == "hpos":
-            since = _position(request.get("since"))
-            return self.sequencer.position(channel, since)
-        if op == "hhist":
-            since, limit = request.get("since", 0), request.get("limit", 100)
-            if not isinstance(since, int) or not isinstance(limit, int):
-                return {"error": "since and limit must be integers"}
-            return self.sequencer.history(channel, since, limit, bool(request.get("reverse")))
-        return {"error": f"unknown op {op!r}"}
+            return HistoryPublishReply(position)
+        if isinstance(request, HistoryPositionRequest):
+            return self.sequencer.position(channel, request.since)
+        return self.sequencer.history(channel, request.since, request.limit, request.reverse)
 
     def _emit(self, channel: str, push: bytes) -> None:
         """A sequenced push leaves the owner: local subscribers, then the bus."""
@@ -228,48 +276,76 @@ class Owners:
 
     def deliver(self, channel: str, payloads: list[bytes]) -> None:
         """Deliver a channel's pushes (from the bus or the owner itself) to the local
-        subscribers in offset order: old ones skipped, a gap held until repaired."""
-        for pending in self._pending.get(channel, ()):
-            pending.buffer.extend(payloads)
+        subscribers in offset order: old ones skipped, a gap held until repaired.
+
+        While the channel's first subscribers here wait for the owner's answer, nothing
+        tells a missing push from one before their start: the pushes are held untracked
+        until the first answer positions the channel, then go through the gap check."""
+        if self.tracker.position(channel) is None and self._pending.get(channel):
+            self._unpositioned.setdefault(channel, []).extend(payloads)
+            return
+        self._deliver(channel, payloads)
+
+    def _deliver(self, channel: str, payloads: list[bytes]) -> None:
         held = self._repairing.get(channel)
         if held is not None:
             held.extend(payloads)
             return
         worker = self.worker
-        sinks = worker.hub.sinks(channel)
         delivery = worker.delivery
         drop = delivery.drop_for(channel)  # False: history namespaces never drop
+        pending = self._pending.get(channel, ())
         for index, push in enumerate(payloads):
             position = pub_position(push, channel)
             if position is not None:
-                offset, epoch = position
-                seen = self.tracker.check(channel, epoch, offset)
+                seen = self.tracker.check(channel, position)
                 if seen is Seen.OLD:
                     continue
                 if seen is Seen.GAP:
-                    self._start_repair(channel, epoch, payloads[index:])
+                    self._start_repair(channel, position.epoch, payloads[index:])
                     return
+                if channel in self._joining:
+                    self._join(channel, position, delivered=False)
+            sinks = worker.hub.sinks(channel)
             if sinks:
                 delivery.push(push, sinks, drop)
+            for waiting in pending:
+                waiting.buffer.append(push)
+            if position is not None and channel in self._joining:
+                self._join(channel, position, delivered=True)
+
+    def _join(self, channel: str, at: Position, delivered: bool) -> None:
+        """Activate the joining subscribers of ``channel`` that must get the push at
+        ``at`` (called before delivering it), or that start right after it (called once
+        it is ``delivered``)."""
+        joining = self._joining[channel]
+        for conn, start in list(joining.items()):
+            if (start == at) if delivered else _after(at, start):
+                del joining[conn]
+                if not conn.closing and channel in conn.channels:
+                    self.worker.hub.activate(channel, conn, conn.sink)
+        if not joining:
+            del self._joining[channel]
 
     def _start_repair(self, channel: str, epoch: str, held: list[bytes]) -> None:
         self._repairing[channel] = list(held)
-        base = self.tracker.gap_base(channel, epoch)
-        self._spawn(self._repair(channel, epoch, base))
+        base = Position(epoch, self.tracker.gap_base(channel, epoch))
+        self._spawn(self._repair(channel, base))
 
-    async def _repair(self, channel: str, epoch: str, base: int) -> None:
-        answer = await self.ask_owner(channel, "hpos", {"channel": channel, "since": [epoch, base]})
+    async def _repair(self, channel: str, base: Position) -> None:
+        answer = await self.ask_owner(channel, HistoryPositionRequest(channel, base))
         held = self._repairing.pop(channel, [])
-        if answer is None or not answer.get("recovered"):
+        if answer is None or not answer.recovered:
             self.unrecoverable += 1
-            log.warning("channel %s: publications after %s:%d are lost", channel, epoch, base)
+            log.warning("channel %s: publications after %s:%d are lost", channel, *base)
             self.tracker.forget(channel)
             for sink in list(self.worker.hub.sinks(channel)):
-                sink.owner.close(CloseCode.INSUFFICIENT_STATE, "missed publications; recover")
+                sink.owner.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
+            for conn in self._joining.pop(channel, {}):
+                conn.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
             return
         self.repairs += 1
-        missed = [text.encode() for text in answer.get("pushes", ())]
-        self.deliver(channel, missed + held)
+        self._deliver(channel, [*answer.pushes, *held])
 
     def check_positions(self) -> None:
         """Ask each owner (one request per owner) for the position of the channels this
@@ -285,24 +361,22 @@ class Owners:
             self._spawn(self._check_owner(owner, channels))
 
     async def _check_owner(self, owner: int, channels: list[str]) -> None:
-        answers, _missing = await self.requests.ask(
-            {owner}, "hposs", {"channels": channels}, OWNER_TIMEOUT
-        )
-        positions = (answers.get(owner) or {}).get("positions", {})
-        for channel, (epoch, offset) in positions.items():
+        request = HistoryPositionsRequest(tuple(channels))
+        replies, _missing = await self.requests.call({owner}, request, OWNER_TIMEOUT)
+        reply = replies.get(owner)
+        positions = reply.positions if isinstance(reply, HistoryPositionsReply) else {}
+        for channel, at in positions.items():
             known = self.tracker.position(channel)
-            # The owner sent everything up to ``offset`` before this answer, on the same
+            # The owner sent everything up to ``at`` before this answer, on the same
             # pipe: whatever of it is not delivered here by now was lost.
-            if known is None or channel in self._repairing or offset == 0:
+            if known is None or channel in self._repairing or at.offset == 0:
                 continue
-            if known[0] != epoch or offset > known[1]:
-                log.warning(
-                    "channel %s: behind its owner (%s:%d); repairing", channel, epoch, offset
-                )
-                self._start_repair(channel, epoch, [])
+            if known.epoch != at.epoch or at.offset > known.offset:
+                log.warning("channel %s: behind its owner (%s:%d); repairing", channel, *at)
+                self._start_repair(channel, at.epoch, [])
 
     def subscribe(
-        self, conn: Connection, command_id: int | None, channel: str, since: tuple[str, int] | None
+        self, conn: Connection, command_id: int | None, channel: str, since: Position | None
     ) -> None:
         """Subscribe ``conn`` to a channel with history: live on the bus first, then the
         owner's position (and the missed pushes), then the live stream."""
@@ -316,14 +390,13 @@ class Owners:
         conn: Connection,
         command_id: int | None,
         channel: str,
-        since: tuple[str, int] | None,
+        since: Position | None,
         live: asyncio.Future[bool],
         pending: _Pending,
     ) -> None:
         try:
             await live
-            args = {"channel": channel, "since": None if since is None else list(since)}
-            answer = await self.ask_owner(channel, "hpos", args)
+            answer = await self.ask_owner(channel, HistoryPositionRequest(channel, since))
         finally:
             waiting = self._pending.get(channel, [])
             if pending in waiting:
@@ -331,8 +404,10 @@ class Owners:
             if not waiting:
                 self._pending.pop(channel, None)
         if conn.closing or channel not in conn.channels:
+            self._forget_unpositioned(channel)
             return
-        if answer is None or "error" in answer:
+        if answer is None:
+            self._forget_unpositioned(channel)
             conn.channels.discard(channel)
             self.worker.hub.remove(channel, conn)
             conn.send(
@@ -341,29 +416,57 @@ class Owners:
                 )
             )
             return
-        epoch, top = answer["epoch"], answer["offset"]
-        extra: dict[str, Any] = {"epoch": epoch, "offset": top}
+        top = answer.position
+        extra: dict[str, Any] = {"epoch": top.epoch, "offset": top.offset}
         if since is not None:
-            extra["recovered"] = answer["recovered"]
+            extra["recovered"] = answer.recovered
         conn.send(protocol.encode_ok(command_id, **extra))
-        for text in answer.get("pushes", ()):
-            conn.send(text.encode())
-        if self.tracker.position(channel) is None:
-            self.tracker.advance(channel, epoch, top)
-        # Pushes that arrived while waiting: those the live stream already delivered to
-        # the other subscribers and the owner's answer did not include. Later ones are
-        # held by a repair and reach this subscriber with everyone else's.
+        for push in answer.pushes:
+            conn.send(push)
+        self._place(channel, pending, top)
+
+    def _place(self, channel: str, pending: _Pending, top: Position) -> None:
+        """Start delivering to a subscriber that has everything up to ``top`` (its answer)
+        from where this worker's deliveries on the channel stand: every push after
+        ``top`` exactly once, in order."""
+        conn = pending.conn
         delivered = self.tracker.position(channel)
-        for push in pending.buffer:
-            position = pub_position(push, channel)
-            if position is None or (
-                delivered is not None
-                and position[1] == delivered[0]
-                and (position[1] != epoch or position[0] > top)
-                and position[0] <= delivered[1]
-            ):
-                conn.send(push)
+        if delivered is None:
+            # The first positioned subscriber: the channel starts at its answer. The
+            # pushes held meanwhile go through the gap check: older ones are skipped, a
+            # missing one is repaired before any later one is delivered.
+            self.tracker.advance(channel, top)
+            self.worker.hub.activate(channel, conn, conn.sink)
+            held = self._unpositioned.pop(channel, [])
+            for other in self._pending.get(channel, ()):
+                # Still waiting, and may start before ``top``: keep what it may need.
+                other.buffer.extend(p for p in held if _at_or_before(p, channel, top))
+            self._deliver(channel, held)
+            return
+        if top.epoch == delivered.epoch and top.offset > delivered.offset:
+            # The answer overtook pushes still on their way (or being repaired): start
+            # once the deliveries here reach ``top``.
+            self._joining.setdefault(channel, {})[conn] = top
+            return
+        # Behind (or level with) the deliveries here: what it lacks was delivered while
+        # it waited, so its buffer holds it, unless the answer came from an epoch left
+        # since (then all of the new one) or raced a loss the others had no need to
+        # repair: never skip silently, tell it to recover.
+        base = top if top.epoch == delivered.epoch else Position(delivered.epoch, 0)
+        missed = _catch_up(pending.buffer, channel, base, delivered)
+        if missed is None:
+            self.unrecoverable += 1
+            log.warning("channel %s: a subscriber cannot catch up from %s:%d", channel, *top)
+            conn.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
+            return
+        for push in missed:
+            conn.send(push)
         self.worker.hub.activate(channel, conn, conn.sink)
+
+    def _forget_unpositioned(self, channel: str) -> None:
+        """A waiting subscriber gave up: if it was the last, nobody needs the held pushes."""
+        if not self._pending.get(channel):
+            self._unpositioned.pop(channel, None)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -375,55 +478,50 @@ class Owners:
     async def _publish(
         self, conn: Connection, command_id: int | None, channel: str, data: bytes, idem: str | None
     ) -> None:
-        args = {"channel": channel, "data": data.decode(), "idem": idem}
-        answer = await self.ask_owner(channel, "hpub", args)
-        if answer is None or "error" in answer:
+        answer = await self.ask_owner(channel, HistoryPublishRequest(channel, data, idem))
+        if answer is None:
             reason = "the channel's owner did not answer; retry with the same idem"
             conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, reason))
         else:
-            conn.send(
-                protocol.encode_ok(command_id, offset=answer["offset"], epoch=answer["epoch"])
-            )
+            position = answer.position
+            conn.send(protocol.encode_ok(command_id, offset=position.offset, epoch=position.epoch))
 
     def history(
         self, conn: Connection, command_id: int | None, channel: str, args: dict[str, Any]
     ) -> None:
-        self._spawn(self._history(conn, command_id, channel, args))
+        """``args``: ``since``, ``limit``, ``reverse`` (``protocol.parse_history``)."""
+        request = HistoryPageRequest(channel, **args)
+        self._spawn(self._history(conn, command_id, request))
 
     async def _history(
-        self, conn: Connection, command_id: int | None, channel: str, args: dict[str, Any]
+        self, conn: Connection, command_id: int | None, request: HistoryPageRequest
     ) -> None:
-        answer = await self.ask_owner(channel, "hhist", {"channel": channel, **args})
-        if answer is None or "error" in answer:
+        answer = await self.ask_owner(request.channel, request)
+        if answer is None:
             reason = "the channel's owner did not answer; retry"
             conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, reason))
             return
-        conn.send(
-            protocol.encode_history(
-                command_id,
-                answer["epoch"],
-                answer["offset"],
-                [text.encode() for text in answer["pushes"]],
-            )
-        )
+        epoch, offset = answer.position
+        conn.send(protocol.encode_history(command_id, epoch, offset, list(answer.pushes)))
 
     # -- presence ------------------------------------------------------------------------
 
-    def local_presence(self, channel: str, stats: bool = False) -> dict[str, Any]:
-        """This worker's subscribers of ``channel``: ``{"members": [[user, client, info
-        JSON text]]}``, or with ``stats`` only ``{"clients": N, "users": [distinct
-        user ids]}`` (no client ids or infos: small for channels with many members)."""
-        if stats:
-            conns = self.worker.hub.members(channel)
-            users = {c.identity.user for c in conns if c.identity is not None and c.identity.user}
-            return {"clients": len(conns), "users": sorted(users)}
+    def local_presence(self, channel: str) -> PresenceListReply:
+        """This worker's subscribers of ``channel`` that have an identity."""
         members = []
         for conn in self.worker.hub.members(channel):
             identity = conn.identity
             if identity is not None:
                 info = identity.info.decode() if identity.info is not None else None
-                members.append([identity.user, conn.client_id, info])
-        return {"members": members}
+                members.append(PresenceMember(identity.user, conn.client_id, info))
+        return PresenceListReply(tuple(members))
+
+    def local_presence_stats(self, channel: str) -> PresenceStatsReply:
+        """How many subscribers of ``channel`` this worker has and their distinct user
+        ids (no client ids or infos: small for channels with many members)."""
+        conns = self.worker.hub.members(channel)
+        users = {c.identity.user for c in conns if c.identity is not None and c.identity.user}
+        return PresenceStatsReply(len(conns), tuple(sorted(users)))
 
     def presence(self, conn: Connection, command_id: int | None, channel: str, stats: bool) -> None:
         self._spawn(self._presence(conn, command_id, channel, stats))
@@ -431,18 +529,21 @@ class Owners:
     async def _presence(
         self, conn: Connection, command_id: int | None, channel: str, stats: bool
     ) -> None:
-        worker = self.worker
-        others = worker.members.ready_workers()
-        answers, _missing = await self.requests.ask(
-            others, "presence", {"channel": channel, "stats": stats}, PRESENCE_TIMEOUT
-        )
-        everyone = [self.local_presence(channel, stats), *answers.values()]
+        others = self.worker.members.ready_workers()
         if stats:
-            clients = sum(int(answer.get("clients", 0)) for answer in everyone)
-            users = {user for answer in everyone for user in answer.get("users", ())}
+            counted, _ = await self.requests.call(
+                others, PresenceStatsRequest(channel), PRESENCE_TIMEOUT
+            )
+            counts = [self.local_presence_stats(channel), *_replies(counted, PresenceStatsReply)]
+            clients = sum(count.clients for count in counts)
+            users = {user for count in counts for user in count.users}
             conn.send(protocol.encode_ok(command_id, clients=clients, users=len(users)))
         else:
-            members = [member for answer in everyone for member in answer.get("members", ())]
+            listed, _ = await self.requests.call(
+                others, PresenceListRequest(channel), PRESENCE_TIMEOUT
+            )
+            lists = [self.local_presence(channel), *_replies(listed, PresenceListReply)]
+            members = [list(member) for part in lists for member in part.members]
             conn.send(protocol.encode_presence(command_id, members))
 
     def announce(self, channel: str, kind: str, conn: Connection) -> None:
@@ -502,10 +603,8 @@ class Owners:
         for channel, state in rings.items():
             by_owner.setdefault(owner_of(channel, members), {})[channel] = state
         for owner, states in by_owner.items():
-            payload = control.encode_request(
-                "handover", 0, self.worker.member, {"rings": _states_to_json(states)}
-            )
-            self._send(owner, payload)
+            request = HistoryHandoverRequest(states)
+            self._send(owner, control.encode_owner_request(request, 0, self.worker.member))
             log.info("handed %d ring(s) over to worker %d", len(states), owner)
 
     def save(self) -> None:
@@ -532,40 +631,40 @@ class Owners:
         return rings_path(self.worker.run_dir, slot)
 
 
-def _position(value: Any) -> tuple[str, int] | None:
-    if (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], int)
-    ):
-        return value[0], value[1]
-    return None
+_MISSED = "missed publications; recover"
 
 
-def _states_to_json(states: dict[str, RingState]) -> dict[str, Any]:
-    return {
-        channel: {
-            "size": state.size,
-            "ttl": state.ttl,
-            "epoch": state.epoch,
-            "offset": state.offset,
-            "entries": [[e.offset, e.stored_at, e.push.decode(), e.idem] for e in state.entries],
-        }
-        for channel, state in states.items()
-    }
+def _after(at: Position, start: Position) -> bool:
+    """Whether a joining subscriber that starts after ``start`` must get the push at
+    ``at`` (a push of a later epoch: all of it)."""
+    return at.epoch != start.epoch or at.offset > start.offset
 
 
-def _states_from_json(rings: Any) -> dict[str, RingState]:
-    states: dict[str, RingState] = {}
-    if not isinstance(rings, dict):
-        return states
-    for channel, ring in rings.items():
-        entries = tuple(
-            Entry(offset, stored_at, push.encode(), idem)
-            for offset, stored_at, push, idem in ring["entries"]
-        )
-        states[channel] = RingState(
-            ring["size"], ring["ttl"], ring["epoch"], ring["offset"], entries
-        )
-    return states
+def _at_or_before(push: bytes, channel: str, top: Position) -> bool:
+    at = pub_position(push, channel)
+    return at is not None and at.epoch == top.epoch and at.offset <= top.offset
+
+
+def _catch_up(
+    buffer: list[bytes], channel: str, base: Position, delivered: Position
+) -> list[bytes] | None:
+    """The pushes of ``buffer`` after ``base`` up to ``delivered`` (same epoch), each once
+    and in order, with the unnumbered ones (join, leave) among them; None if one is
+    missing."""
+    chosen: list[bytes] = []
+    expected = base.offset + 1
+    for push in buffer:
+        at = pub_position(push, channel)
+        if at is None:
+            chosen.append(push)
+        elif at.epoch == delivered.epoch and expected <= at.offset <= delivered.offset:
+            if at.offset != expected:
+                return None
+            chosen.append(push)
+            expected += 1
+    return chosen if expected > delivered.offset else None
+
+
+def _replies(replies: dict[int, Any], kind: type[_ReplyT]) -> list[_ReplyT]:
+    """The answers of type ``kind`` among ``replies`` (refusals left out)."""
+    return [reply for reply in replies.values() if isinstance(reply, kind)]
