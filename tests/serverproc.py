@@ -1,6 +1,8 @@
 """Start a real ``shardws serve`` subprocess on free loopback ports, for integration tests.
 
-Timeouts scale with ``SHARDWS_TEST_TIMEOUT_SCALE`` (default 1) for slow machines.
+Timeouts scale with ``SHARDWS_TEST_TIMEOUT_SCALE`` (default 1) for slow machines. A
+``ServerProcess`` is a context manager: ``with ServerProcess(tmp_path).start() as proc:``
+stops it on the way out.
 """
 
 from __future__ import annotations
@@ -11,18 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-SCALE = float(os.environ.get("SHARDWS_TEST_TIMEOUT_SCALE", "1"))
+from toolkit import timeout, wait_until
 
-
-def timeout(seconds: float) -> float:
-    """A test timeout scaled for slow machines."""
-    return seconds * SCALE
+__all__ = ["ServerProcess", "free_port", "run_cli", "terminate", "timeout"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -113,6 +112,7 @@ level = "info"
                 return self
             except AssertionError:
                 if attempt == 2 or "Address already in use" not in self.logs():
+                    self.stop()  # no caller's ``with`` or ``finally`` will
                     raise
                 self._log.close()
                 self._write_config()
@@ -129,22 +129,29 @@ level = "info"
         self, limit: float = 20.0, exclude_pids: set[int] | None = None
     ) -> dict[str, Any]:
         """Wait until /health says ok (and, if given, no worker has a pid in exclude_pids)."""
-        deadline = time.monotonic() + timeout(limit)
-        last: Any = None
-        while time.monotonic() < deadline:
+        last: dict[str, Any] = {}
+
+        def healthy() -> dict[str, Any] | None:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
             try:
                 status, body = self.health()
-                last = body
+                last["health"] = body
                 pids = {w["pid"] for w in body["per_worker"]}
-                if status == 200 and not (exclude_pids and pids & exclude_pids):
-                    return body
             except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"server not healthy in time; last health {last}\n{self.logs()}")
+                return None
+            if status == 200 and not (exclude_pids and pids & exclude_pids):
+                return body
+            return None
+
+        return wait_until(
+            healthy,
+            limit,
+            message=lambda: (
+                f"server not healthy in time; last health {last.get('health')}\n" + self.logs()
+            ),
+        )
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -162,3 +169,15 @@ level = "info"
             terminate(self.proc)
         if hasattr(self, "_log"):
             self._log.close()
+
+    def __enter__(self) -> ServerProcess:
+        """The started server (``start()`` it first); ``with`` stops it on the way out."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
