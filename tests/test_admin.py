@@ -40,8 +40,7 @@ def _samples(text: str) -> dict[str, float]:
 
 
 def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2).start()
-    try:
+    with ServerProcess(tmp_path, workers=2).start() as proc:
 
         async def main() -> None:
             subs = await clients_on_workers(proc.url, 2)  # one subscriber per worker
@@ -79,13 +78,10 @@ def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
                 await client.close()
 
         asyncio.run(asyncio.wait_for(main(), timeout(30)))
-    finally:
-        proc.stop()
 
 
 def test_ready_turns_503_first_and_drain_spreads_closes(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1, server="").start()
-    try:
+    with ServerProcess(tmp_path, workers=1, server="").start() as proc:
         assert _get(proc.admin_url + "/ready")[0] == 200
 
         async def main() -> list[float]:
@@ -114,8 +110,6 @@ def test_ready_turns_503_first_and_drain_spreads_closes(tmp_path: Path) -> None:
         # drain_timeout = 5: closes are spread over ~2.5 s, not all at once
         assert max(closed_at) - min(closed_at) > 1.0
         assert proc.wait_exit(10) == 0
-    finally:
-        proc.stop()
 
 
 API_KEY = "k" * 24
@@ -134,9 +128,7 @@ def _post(url: str, body: bytes, key: str | None) -> tuple[int, dict[str, object
 
 
 def test_http_publish_api(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"')
-    proc.start()
-    try:
+    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"') as proc:
         url = proc.admin_url + "/api/publish"
 
         async def main() -> None:
@@ -177,13 +169,10 @@ def test_http_publish_api(tmp_path: Path) -> None:
             assert status == 400 and why in str(reply["error"]), reply
         cli = run_cli("publish", "x", '{"a":1}', "-c", str(proc.config_path))
         assert cli.returncode == 0 and '"ok": true' in cli.stdout, cli.stderr
-    finally:
-        proc.stop()
 
 
 def test_http_api_disabled_without_key(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1).start()
-    try:
+    with ServerProcess(tmp_path, workers=1).start() as proc:
         body = json.dumps({"channel": "x", "data": 1}).encode()
         for path in ("/api/publish", "/api/disconnect"):
             status, reply = _post(proc.admin_url + path, body, "anything-anything")
@@ -191,8 +180,6 @@ def test_http_api_disabled_without_key(tmp_path: Path) -> None:
         for path in ("/api/channels", "/api/stats"):
             status, reply = _get_json(proc.admin_url + path, "anything-anything")
             assert status == 403 and "api_key" in str(reply["error"])
-    finally:
-        proc.stop()
 
 
 def _get_json(url: str, key: str | None) -> tuple[int, dict[str, Any]]:
@@ -233,9 +220,7 @@ async def _quiet(client: Client) -> None:
 
 
 def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"', extra=AUTH)
-    proc.start()
-    try:
+    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"', extra=AUTH) as proc:
         publish, disconnect = proc.admin_url + "/api/publish", proc.admin_url + "/api/disconnect"
 
         async def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -299,14 +284,10 @@ def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
             assert status == 400 and why in str(reply["error"]), reply
         cli = run_cli("publish", "--user", "alice", '{"a":1}', "-c", str(proc.config_path))
         assert cli.returncode == 0 and '"user": "alice"' in cli.stdout, cli.stderr
-    finally:
-        proc.stop()
 
 
 def test_channels_and_stats(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"')
-    proc.start()
-    try:
+    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"') as proc:
         channels_url, stats_url = proc.admin_url + "/api/channels", proc.admin_url + "/api/stats"
 
         async def channels(query: str = "") -> dict[str, Any]:
@@ -371,5 +352,3 @@ def test_channels_and_stats(tmp_path: Path) -> None:
             assert status == 400 and why in body["error"], body
         assert _get_json(channels_url, None)[0] == 401
         assert _get_json(stats_url, "wrong-key-wrong-key")[0] == 401
-    finally:
-        proc.stop()

@@ -152,13 +152,10 @@ def test_compressed_input_violations(server: ServerProcess, frames: list[bytes],
 
 
 def test_compression_off_by_default(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1).start()
-    try:
+    with ServerProcess(tmp_path, workers=1).start() as proc:
 
         async def scenario() -> None:
             async with websockets.connect(proc.url) as ws:
                 assert ws.protocol.extensions == []
 
         run(scenario())
-    finally:
-        proc.stop()

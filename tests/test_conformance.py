@@ -65,10 +65,7 @@ def test_native_endpoint_frame_rules(
 
 
 def test_echo_endpoint_is_off_by_default(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1).start()
-    try:
+    with ServerProcess(tmp_path, workers=1).start() as proc:
         sock, head, _ = handshake(proc.ws_port, "/autobahn")
         sock.close()
         assert head.startswith(b"HTTP/1.1 404"), head
-    finally:
-        proc.stop()

@@ -133,8 +133,7 @@ async def _publish_all(client: Client, count: int, pace: float) -> int:
 
 
 def test_publish_recover_history_presence_basics(tmp_path: Path) -> None:
-    proc = _server(tmp_path, 2)
-    try:
+    with _server(tmp_path, 2) as proc:
 
         async def main() -> None:
             a, b = await clients_on_workers(proc.url, 2)
@@ -184,16 +183,13 @@ def test_publish_recover_history_presence_basics(tmp_path: Path) -> None:
                 await client.close()
 
         asyncio.run(asyncio.wait_for(main(), timeout(30)))
-    finally:
-        proc.stop()
 
 
 def test_killing_non_owner_workers_loses_nothing(tmp_path: Path) -> None:
     """Ten SIGKILLs of workers other than the channel's owner under a stream: every
     subscriber holds every message exactly once and in order after recovering."""
-    proc = _server(tmp_path, 3)
     count = 400
-    try:
+    with _server(tmp_path, 3) as proc:
         owner = owner_of(CHANNEL, [0, 1, 2])
 
         async def main() -> None:
@@ -222,8 +218,6 @@ def test_killing_non_owner_workers_loses_nothing(tmp_path: Path) -> None:
 
         asyncio.run(asyncio.wait_for(main(), timeout(90)))
         assert proc.health()[1]["per_worker"][owner]["restarts"] == 0
-    finally:
-        proc.stop()
 
 
 def proc_kill(pid: int) -> None:
@@ -232,8 +226,7 @@ def proc_kill(pid: int) -> None:
 
 
 def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path) -> None:
-    proc = _server(tmp_path, 2)
-    try:
+    with _server(tmp_path, 2) as proc:
         owner = owner_of(CHANNEL, [0, 1])
         other = 1 - owner
 
@@ -267,14 +260,11 @@ def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path) -> No
                 await client.close()
 
         asyncio.run(asyncio.wait_for(main(), timeout(40)))
-    finally:
-        proc.stop()
 
 
 def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
-    proc = _server(tmp_path, 2)
     count = 300
-    try:
+    with _server(tmp_path, 2) as proc:
         deadline = time.monotonic() + timeout(10)
         while "process(es) ready" not in proc.logs():
             assert time.monotonic() < deadline
@@ -304,8 +294,6 @@ def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
             assert "continued 1 ring(s)" in proc.logs()
 
         asyncio.run(asyncio.wait_for(main(), timeout(90)))
-    finally:
-        proc.stop()
 
 
 class ReconnectingPublisher:
@@ -340,8 +328,7 @@ def _wait_log(proc: ServerProcess, text: str) -> None:
 
 
 def test_presence_matches_live_connections_after_a_kill(tmp_path: Path) -> None:
-    proc = _server(tmp_path, 2)
-    try:
+    with _server(tmp_path, 2) as proc:
 
         async def main() -> None:
             placed = await clients_on_workers(proc.url, 2, per_worker=3)
@@ -359,14 +346,13 @@ def test_presence_matches_live_connections_after_a_kill(tmp_path: Path) -> None:
                     await client.close()
 
         asyncio.run(asyncio.wait_for(main(), timeout(30)))
-    finally:
-        proc.stop()
 
 
 def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> None:
     key = "k" * 24
-    proc = ServerProcess(tmp_path, workers=2, extra=NAMESPACE, admin=f'api_key = "{key}"').start()
-    try:
+    with ServerProcess(
+        tmp_path, workers=2, extra=NAMESPACE, admin=f'api_key = "{key}"'
+    ).start() as proc:
 
         async def main() -> None:
             a, b = await clients_on_workers(proc.url, 2)
@@ -407,8 +393,6 @@ def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> N
                 await client.close()
 
         asyncio.run(asyncio.wait_for(main(), timeout(30)))
-    finally:
-        proc.stop()
 
 
 def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
@@ -416,8 +400,9 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
     its history and epoch move with it, so recovery still works."""
     channel = "chat:s2"
     assert owner_of(channel, [0, 1, 2]) == 2 and owner_of(channel, [0, 1]) == 1
-    proc = ServerProcess(tmp_path, workers=3, extra=NAMESPACE, server="max_workers = 3").start()
-    try:
+    with ServerProcess(
+        tmp_path, workers=3, extra=NAMESPACE, server="max_workers = 3"
+    ).start() as proc:
         _wait_log(proc, "process(es) ready")
 
         async def publish(client: Client, n: int) -> dict[str, Any]:
@@ -456,8 +441,6 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
             assert [(await late.next_push())["data"] for _ in range(3)] == [0, 1, 2]
 
         asyncio.run(asyncio.wait_for(main(), timeout(90)))
-    finally:
-        proc.stop()
 
 
 def _wait_count(proc: ServerProcess, text: str, count: int) -> None:
@@ -474,11 +457,10 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
     against the owner finds the gap and the worker repairs it."""
     channel = "chat:flood"
     limits = "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n"
-    proc = ServerProcess(
-        tmp_path, workers=2, server="bus_hwm = 1", extra=NAMESPACE + limits
-    ).start()
     count = 3000
-    try:
+    with ServerProcess(
+        tmp_path, workers=2, server="bus_hwm = 1", extra=NAMESPACE + limits
+    ).start() as proc:
         owner = owner_of(channel, [0, 1])
 
         async def main() -> None:
@@ -513,5 +495,3 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
                 await client.close()
 
         asyncio.run(asyncio.wait_for(main(), timeout(60)))
-    finally:
-        proc.stop()

@@ -85,8 +85,7 @@ async def _roll_under_stream(proc: ServerProcess, workers: int, completed: int) 
 def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
     tmp_path: Path,
 ) -> None:
-    proc = ServerProcess(tmp_path, workers=2, server="max_workers = 4").start()
-    try:
+    with ServerProcess(tmp_path, workers=2, server="max_workers = 4").start() as proc:
         _wait_for_log(proc, r"process\(es\) ready", 1, 10)
         accepted = asyncio.run(_roll_under_stream(proc, 3, 1))
         assert accepted > 0
@@ -120,8 +119,6 @@ def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
         _wait_for_log(proc, r"\[server\] max_workers", 1, 10)
         assert "reload refused" in proc.logs()
         assert len(proc.wait_healthy()["per_worker"]) == 1
-    finally:
-        proc.stop()
 
 
 def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
@@ -129,8 +126,7 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
     (an operator's deploy replaced the file): the roll is reversed, the service keeps
     serving the old config, and nothing restarts in a loop."""
     cert, key = self_signed(tmp_path)
-    proc = ServerProcess(tmp_path, workers=2).start()
-    try:
+    with ServerProcess(tmp_path, workers=2).start() as proc:
         _wait_for_log(proc, r"process\(es\) ready", 1, 10)
         old_pids = {w["pid"] for w in proc.wait_healthy()["per_worker"]}
         original = proc.config_path.read_text()
@@ -166,5 +162,3 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
         assert [w for w in body["per_worker"] if w["pid"] in old_pids]
         # No restart storm: a handful of boots, not a loop.
         assert len(re.findall(r"started worker", proc.logs())) <= 6
-    finally:
-        proc.stop()

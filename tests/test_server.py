@@ -212,8 +212,7 @@ def test_picows_client_pubsub(server: ServerProcess) -> None:
 
 
 def test_kill_9_worker_is_replaced_and_others_unaffected(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=WORKERS).start()
-    try:
+    with ServerProcess(tmp_path, workers=WORKERS).start() as proc:
 
         async def scenario() -> None:
             victim_side, survivor = await clients_on_workers(proc.url, WORKERS)
@@ -234,13 +233,10 @@ def test_kill_9_worker_is_replaced_and_others_unaffected(tmp_path: Path) -> None
             assert body["per_worker"][victim_side.worker]["restarts"] == 1
 
         run(scenario())
-    finally:
-        proc.stop()
 
 
 def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=WORKERS).start()
-    try:
+    with ServerProcess(tmp_path, workers=WORKERS).start() as proc:
 
         async def scenario() -> list[int]:
             clients = await clients_on_workers(proc.url, WORKERS)
@@ -265,8 +261,6 @@ def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
         run(collect())
         assert codes == [1001] * WORKERS
         assert proc.wait_exit(10) == 0
-    finally:
-        proc.stop()
 
 
 class _SilentListener(_RawListener):
@@ -274,10 +268,9 @@ class _SilentListener(_RawListener):
 
 
 def test_idle_connections_are_pinged_and_dead_ones_closed_4502(tmp_path: Path) -> None:
-    proc = ServerProcess(
+    with ServerProcess(
         tmp_path, workers=1, server="ping_interval = 0.2\nidle_timeout = 0.8"
-    ).start()
-    try:
+    ).start() as proc:
 
         async def scenario() -> None:
             alive = await Client.connect(proc.url)  # websockets answers pings itself
@@ -291,5 +284,3 @@ def test_idle_connections_are_pinged_and_dead_ones_closed_4502(tmp_path: Path) -
             await alive.close()
 
         run(scenario())
-    finally:
-        proc.stop()

@@ -60,8 +60,7 @@ async def _scenario(url: str, channel: str) -> tuple[_Paused, picows.WSTransport
 
 
 def test_slow_consumer_is_disconnected(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1, server="").start()
-    try:
+    with ServerProcess(tmp_path, workers=1, server="").start() as proc:
 
         async def main() -> None:
             slow, transport, got = await _scenario(proc.url, "news")
@@ -76,18 +75,15 @@ def test_slow_consumer_is_disconnected(tmp_path: Path) -> None:
             assert ns == list(range(len(ns))) and len(ns) < MESSAGES
 
         asyncio.run(asyncio.wait_for(main(), timeout(60)))
-    finally:
-        proc.stop()
 
 
 def test_drop_policy_skips_messages_and_keeps_the_connection(tmp_path: Path) -> None:
-    proc = ServerProcess(
+    with ServerProcess(
         tmp_path,
         workers=1,
         server="",
         extra='[namespaces.lossy]\nslow_consumer = "drop"\n',
-    ).start()
-    try:
+    ).start() as proc:
 
         async def main() -> None:
             slow, transport, got = await _scenario(proc.url, "lossy:feed")
@@ -109,5 +105,3 @@ def test_drop_policy_skips_messages_and_keeps_the_connection(tmp_path: Path) -> 
             transport.disconnect()
 
         asyncio.run(asyncio.wait_for(main(), timeout(60)))
-    finally:
-        proc.stop()

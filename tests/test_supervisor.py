@@ -15,8 +15,7 @@ from wsclient import Client, clients_on_workers
 
 
 def test_worker_with_a_stuck_loop_is_killed_and_replaced(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, server="heartbeat_timeout = 1").start()
-    try:
+    with ServerProcess(tmp_path, workers=2, server="heartbeat_timeout = 1").start() as proc:
         _, body = proc.health()
         stuck = body["per_worker"][1]["pid"]
         os.kill(stuck, signal.SIGSTOP)  # its event loop stops stamping the heartbeat
@@ -24,8 +23,6 @@ def test_worker_with_a_stuck_loop_is_killed_and_replaced(tmp_path: Path) -> None
         assert body["per_worker"][1]["restarts"] == 1
         assert body["per_worker"][0]["restarts"] == 0
         assert "heartbeat is" in proc.logs() and "killing it" in proc.logs()
-    finally:
-        proc.stop()
 
 
 def test_sd_notify_ready_status_watchdog_reloading_stopping(tmp_path: Path) -> None:
@@ -80,8 +77,7 @@ def test_sd_notify_ready_status_watchdog_reloading_stopping(tmp_path: Path) -> N
 
 
 def test_sighup_reload_rolls_workers_without_refusing_connections(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2).start()
-    try:
+    with ServerProcess(tmp_path, workers=2).start() as proc:
         deadline = time.monotonic() + timeout(10)
         while "process(es) ready" not in proc.logs():  # systemd reloads only after READY
             assert time.monotonic() < deadline
@@ -134,25 +130,19 @@ def test_sighup_reload_rolls_workers_without_refusing_connections(tmp_path: Path
 
         asyncio.run(new_namespace_everywhere())
         assert all(w["restarts"] == 0 for w in proc.health()[1]["per_worker"])
-    finally:
-        proc.stop()
 
 
 def test_sigterm_with_no_clients_drains_cleanly(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2).start()
-    try:
+    with ServerProcess(tmp_path, workers=2).start() as proc:
         proc.signal(signal.SIGTERM)
         assert proc.wait_exit(10) == 0
         assert "Traceback" not in proc.logs() and "worker 0 stopped" in proc.logs()
-    finally:
-        proc.stop()
 
 
 def test_new_connections_are_refused_at_once_during_a_drain(tmp_path: Path) -> None:
     """While the service drains (a client holds it open), a new client is refused
     quickly instead of being queued on a listener nobody accepts from."""
-    proc = ServerProcess(tmp_path, workers=1).start()  # drain_timeout = 5
-    try:
+    with ServerProcess(tmp_path, workers=1).start() as proc:  # drain_timeout = 5
 
         async def main() -> None:
             held = await Client.connect(proc.url)
@@ -171,5 +161,3 @@ def test_new_connections_are_refused_at_once_during_a_drain(tmp_path: Path) -> N
 
         asyncio.run(main())
         assert proc.wait_exit(15) == 0
-    finally:
-        proc.stop()
