@@ -14,7 +14,8 @@ from typing import Any
 
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import ServerProcess, run_cli, timeout
+from serverproc import ServerProcess, run_cli
+from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
 from shardws.pure.auth import make_token
@@ -77,7 +78,7 @@ def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
             for client in [*subs, pub]:
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        run(main(), 30)
 
 
 def test_ready_turns_503_first_and_drain_spreads_closes(tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_ready_turns_503_first_and_drain_spreads_closes(tmp_path: Path) -> None:
             assert status == 503  # the load balancer is told before clients are closed
             return list(await asyncio.gather(*watchers))
 
-        closed_at = asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        closed_at = run(main(), 30)
         assert len(closed_at) == 6
         # drain_timeout = 5: closes are spread over ~2.5 s, not all at once
         assert max(closed_at) - min(closed_at) > 1.0
@@ -154,7 +155,7 @@ def test_http_publish_api(tmp_path: Path) -> None:
             for sub in subs:
                 await sub.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        run(main(), 30)
         good = json.dumps({"channel": "x", "data": 1}).encode()
         assert _post(url, good, None)[0] == 401
         assert _post(url, good, "wrong-key-wrong-key")[0] == 401
@@ -271,7 +272,7 @@ def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
             for client in again + carol:
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())
         assert _post(disconnect, b'{"user":"x"}', None)[0] == 401
         for bad, why in (
             (b"{nope", "not JSON"),
@@ -346,7 +347,7 @@ def test_channels_and_stats(tmp_path: Path) -> None:
             for client in (w0a, w1a, w1b):
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())
         for query, why in (("?limit=0", "limit"), ("?limit=x", "limit")):
             status, body = _get_json(channels_url + query, API_KEY)
             assert status == 400 and why in body["error"], body

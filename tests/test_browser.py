@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import timeout
 
 from shardws.pure.history import owner_of
 

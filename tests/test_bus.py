@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serverproc import timeout
+from toolkit import timeout
 
 from shardws.bus.host import Bus, endpoint
 from shardws.pure.busframe import channel_topic

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
 from tcpproxy import TcpProxy
+from toolkit import run, timeout
 
 from shardws.client import (
     Backoff,
@@ -51,10 +52,6 @@ join_leave = true
 """
 CHANNEL = "chat:stream"
 FAST = Backoff(initial=0.05, factor=2.0, cap=0.5)
-
-
-def run(coro: Any, limit: float = 60) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout(limit)))
 
 
 class Collector:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from clusterproc import BRIDGE_PORT, INGRESS_PORT, Host, keygen, wait_converged
 from netns import Network, netns_unavailable
-from serverproc import timeout
+from toolkit import run, timeout
 from wsclient import Client
 
 from shardws import Publisher
@@ -55,10 +55,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         finally:
             for host in nodes.all():
                 host.stop()
-
-
-def run(coroutine: Any, limit: float = 60) -> Any:
-    return asyncio.run(asyncio.wait_for(coroutine, timeout(limit)))
 
 
 async def _subscribe(clients: list[Client], channel: str) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 import websockets
-from serverproc import ServerProcess, free_port, run_cli, timeout
+from serverproc import ServerProcess, free_port, run_cli
+from toolkit import run, timeout
 from wsclient import Client
 
 from shardws.config import load_config
@@ -35,10 +36,6 @@ HAPROXY = "/usr/sbin/haproxy"
 # The server pings a client quiet for 1 s; the proxies' tunnel timeout is rendered as
 # 3 s: a quiet client survives through them only because shardws's pings cross them.
 PING_INTERVAL, TUNNEL_TIMEOUT = 1, 3
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout(60)))
 
 
 def replace_once(text: str, old: str, new: str) -> str:
@@ -143,19 +140,14 @@ class Proxy:
         self._log.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # One connection per client address, addresses taken from X-Forwarded-For only
-    # from the proxy (127.0.0.1): every test connects each client under its own
-    # address, and a refusal (4029) shows which address shardws saw.
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("shardws"),
-        workers=2,
-        server=f"ping_interval = {PING_INTERVAL}\nidle_timeout = 5\n",
-        extra='[limits]\nconnections_per_ip = 1\ntrusted_proxies = ["127.0.0.1"]\n',
-    ).start()
-    yield proc
-    proc.stop()
+# One connection per client address, addresses taken from X-Forwarded-For only from
+# the proxy (127.0.0.1): every test connects each client under its own address, and a
+# refusal (4029) shows which address shardws saw.
+SERVER = {
+    "workers": 2,
+    "server": f"ping_interval = {PING_INTERVAL}\nidle_timeout = 5\n",
+    "extra": '[limits]\nconnections_per_ip = 1\ntrusted_proxies = ["127.0.0.1"]\n',
+}
 
 
 def installed(kind: str) -> Any:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
 from shardws.pure.history import owner_of
@@ -182,7 +183,7 @@ def test_publish_recover_history_presence_basics(tmp_path: Path) -> None:
             for client in (a, b, late, stale):
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        run(main(), 30)
 
 
 def test_killing_non_owner_workers_loses_nothing(tmp_path: Path) -> None:
@@ -216,7 +217,7 @@ def test_killing_non_owner_workers_loses_nothing(tmp_path: Path) -> None:
                 assert len(sub.epochs) == 1
             assert sum(s.reconnects for s in subscribers) >= 5  # kills did hit them
 
-        asyncio.run(asyncio.wait_for(main(), timeout(90)))
+        run(main(), 90)
         assert proc.health()[1]["per_worker"][owner]["restarts"] == 0
 
 
@@ -259,7 +260,7 @@ def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path) -> No
             for client in (*placed, back):
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(40)))
+        run(main(), 40)
 
 
 def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
@@ -293,7 +294,7 @@ def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
                 assert sub.epochs == {epoch}
             assert "continued 1 ring(s)" in proc.logs()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(90)))
+        run(main(), 90)
 
 
 class ReconnectingPublisher:
@@ -345,7 +346,7 @@ def test_presence_matches_live_connections_after_a_kill(tmp_path: Path) -> None:
                 with contextlib.suppress(Exception):
                     await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        run(main(), 30)
 
 
 def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> None:
@@ -392,7 +393,7 @@ def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> N
             for client in (a, b):
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        run(main(), 30)
 
 
 def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
@@ -440,7 +441,7 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
             assert reply["recovered"] is True and reply["epoch"] == epoch
             assert [(await late.next_push())["data"] for _ in range(3)] == [0, 1, 2]
 
-        asyncio.run(asyncio.wait_for(main(), timeout(90)))
+        run(main(), 90)
 
 
 def _wait_count(proc: ServerProcess, text: str, count: int) -> None:
@@ -494,4 +495,4 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
             for client in placed:
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())

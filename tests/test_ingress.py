@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import ServerProcess, free_port, timeout
+from serverproc import ServerProcess, free_port
+from toolkit import run
 from wsclient import Client, clients_on_workers
 
 from shardws import Publisher, PublisherError
@@ -129,7 +130,7 @@ def test_publisher_over_tcp_reaches_both_workers_and_junk_is_counted(tmp_path: P
             for sub in subs:
                 await sub.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())
     finally:
         proc.stop()
 
@@ -184,7 +185,7 @@ def test_curve_ingress_only_delivers_from_authorized_keys(tmp_path: Path) -> Non
             for sub in subs:
                 await sub.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())
     finally:
         proc.stop()
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from netns import NETNS_DIR, Network, netns_unavailable
-from serverproc import timeout
+from toolkit import timeout
 
 needs_netns = pytest.mark.skipif(bool(netns_unavailable()), reason=netns_unavailable() or "")
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import websockets
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import timeout
 from wsclient import clients_on_workers
 
 from benchmarks.tlscert import self_signed

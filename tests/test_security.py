@@ -7,13 +7,13 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run
 from wsclient import Client, clients_on_workers
 
 from benchmarks.tlscert import self_signed
@@ -45,20 +45,7 @@ def token(sub: str, ttl: float = 3600, **claims: Any) -> str:
     return make_token(SECRET, sub, ttl, **claims)
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout(60)))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("secure"),
-        workers=2,
-        server="handshake_timeout = 1.5",
-        extra=AUTH,
-    ).start()
-    yield proc
-    proc.stop()
+SERVER = {"workers": 2, "server": "handshake_timeout = 1.5", "extra": AUTH}
 
 
 async def authed(url: str, sub: str, **claims: Any) -> Client:

@@ -7,27 +7,19 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import picows
 import pytest
 import websockets
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
 WORKERS = 2
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("server"), workers=WORKERS).start()
-    yield proc
-    proc.stop()
-
-
-def run(coro: object) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout(60)))  # type: ignore[arg-type]
+SERVER = {"workers": WORKERS}
 
 
 def test_connected_push_and_health(server: ServerProcess) -> None:

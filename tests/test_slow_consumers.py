@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 import picows
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run, timeout
 from wsclient import Client
 
 MESSAGES = 300
@@ -74,7 +75,7 @@ def test_slow_consumer_is_disconnected(tmp_path: Path) -> None:
             ns = [json.loads(t)["data"]["n"] for t in slow.texts if t.startswith(b'{"type":"pub"')]
             assert ns == list(range(len(ns))) and len(ns) < MESSAGES
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())
 
 
 def test_drop_policy_skips_messages_and_keeps_the_connection(tmp_path: Path) -> None:
@@ -104,4 +105,4 @@ def test_drop_policy_skips_messages_and_keeps_the_connection(tmp_path: Path) -> 
             assert body["per_worker"][0]["slow_consumers"] == 0
             transport.disconnect()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())

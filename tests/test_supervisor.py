@@ -10,7 +10,8 @@ import socket
 import time
 from pathlib import Path
 
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import timeout
 from wsclient import Client, clients_on_workers
 
 

@@ -39,7 +39,7 @@ def _say(message: Message) -> str:
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float = 10.0,
     interval: float = 0.05,
     message: Message = "condition not reached in time",
@@ -58,7 +58,7 @@ def wait_until(
 
 
 async def wait_until_async(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float = 10.0,
     interval: float = 0.05,
     message: Message = "condition not reached in time",
