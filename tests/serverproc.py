@@ -172,6 +172,8 @@ level = "info"
 
     def __enter__(self) -> ServerProcess:
         """The started server (``start()`` it first); ``with`` stops it on the way out."""
+        if self.proc is None:
+            raise RuntimeError("start() the ServerProcess before entering 'with'")
         return self
 
     def __exit__(

@@ -129,7 +129,7 @@ def _post(url: str, body: bytes, key: str | None) -> tuple[int, dict[str, object
 
 
 def test_http_publish_api(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"') as proc:
+    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"').start() as proc:
         url = proc.admin_url + "/api/publish"
 
         async def main() -> None:
@@ -221,7 +221,9 @@ async def _quiet(client: Client) -> None:
 
 
 def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"', extra=AUTH) as proc:
+    with ServerProcess(
+        tmp_path, workers=2, admin=f'api_key = "{API_KEY}"', extra=AUTH
+    ).start() as proc:
         publish, disconnect = proc.admin_url + "/api/publish", proc.admin_url + "/api/disconnect"
 
         async def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +290,7 @@ def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
 
 
 def test_channels_and_stats(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"') as proc:
+    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"').start() as proc:
         channels_url, stats_url = proc.admin_url + "/api/channels", proc.admin_url + "/api/stats"
 
         async def channels(query: str = "") -> dict[str, Any]:

@@ -286,7 +286,7 @@ def test_wss_round_trip(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     with ServerProcess(
         tmp_path, workers=2, extra=f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
-    ) as proc:
+    ).start() as proc:
         context = ssl.create_default_context(cafile=str(cert))
         url = proc.url.replace("ws://127.0.0.1", "wss://localhost")
 
