@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -151,6 +153,31 @@ level = "info"
             message=lambda: (
                 f"server not healthy in time; last health {last.get('health')}\n" + self.logs()
             ),
+        )
+
+    def wait_heartbeat(self, limit: float = 5.0) -> None:
+        """Wait until every worker has stamped its heartbeat since this call: each copies
+        its counters into shared memory just before, so /health, /metrics and /api/stats
+        show everything the workers did before the call."""
+        since = time.monotonic()
+
+        def every_worker_beat() -> bool:
+            elapsed = time.monotonic() - since  # before the request: its ages are later
+            try:
+                _, body = self.health()
+            except (OSError, ValueError):
+                return False
+            # heartbeat_age is rounded to the millisecond
+            return all(w["heartbeat_age"] + 0.001 < elapsed for w in body["per_worker"])
+
+        wait_until(every_worker_beat, limit, message="no heartbeat from every worker in time")
+
+    def wait_log(self, pattern: str, count: int = 1, limit: float = 10.0) -> None:
+        """Wait until the log has ``count`` matches of the regular expression ``pattern``."""
+        wait_until(
+            lambda: len(re.findall(pattern, self.logs())) >= count,
+            limit,
+            message=lambda: f"no {count}x {pattern!r} in time:\n{self.logs()}",
         )
 
     def logs(self) -> str:

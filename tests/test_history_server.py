@@ -266,10 +266,7 @@ def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path) -> No
 def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
     count = 300
     with _server(tmp_path, 2) as proc:
-        deadline = time.monotonic() + timeout(10)
-        while "process(es) ready" not in proc.logs():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        proc.wait_log(r"process\(es\) ready")
 
         async def main() -> None:
             placed = await clients_on_workers(proc.url, 2, per_worker=2)
@@ -284,7 +281,7 @@ def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             proc.signal(signal.SIGHUP)
             await publishing
-            await asyncio.to_thread(_wait_log, proc, "reload complete")
+            await asyncio.to_thread(proc.wait_log, "reload complete", 1, 60)
             stop.set()
             await asyncio.gather(*readers)
             for sub in subscribers:
@@ -319,13 +316,6 @@ class ReconnectingPublisher:
             else:
                 raise AssertionError(f"publication {n} never accepted")
             await asyncio.sleep(pace)
-
-
-def _wait_log(proc: ServerProcess, text: str) -> None:
-    deadline = time.monotonic() + timeout(60)
-    while text not in proc.logs():
-        assert time.monotonic() < deadline, proc.logs()
-        time.sleep(0.05)
 
 
 def test_presence_matches_live_connections_after_a_kill(tmp_path: Path) -> None:
@@ -404,7 +394,7 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
     with ServerProcess(
         tmp_path, workers=3, extra=NAMESPACE, server="max_workers = 3"
     ).start() as proc:
-        _wait_log(proc, "process(es) ready")
+        proc.wait_log(r"process\(es\) ready", 1, 60)
 
         async def publish(client: Client, n: int) -> dict[str, Any]:
             for _ in range(100):
@@ -420,7 +410,7 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
                 text.replace(f"workers = {5 - workers}", f"workers = {workers}", 1)
             )
             proc.signal(signal.SIGHUP)
-            await asyncio.to_thread(_wait_count, proc, "reload complete", completed)
+            await asyncio.to_thread(proc.wait_log, "reload complete", completed, 60)
             await asyncio.sleep(1.0)  # a heartbeat or two: the rings move
 
         async def main() -> None:
@@ -442,13 +432,6 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
             assert [(await late.next_push())["data"] for _ in range(3)] == [0, 1, 2]
 
         run(main(), 90)
-
-
-def _wait_count(proc: ServerProcess, text: str, count: int) -> None:
-    deadline = time.monotonic() + timeout(60)
-    while proc.logs().count(text) < count:
-        assert time.monotonic() < deadline, proc.logs()
-        time.sleep(0.05)
 
 
 def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 import signal
-import time
 from pathlib import Path
 
 import websockets
@@ -60,13 +59,6 @@ class ConnectionStream:
             await asyncio.sleep(0.005)
 
 
-def _wait_for_log(proc: ServerProcess, pattern: str, count: int, limit: float) -> None:
-    deadline = time.monotonic() + timeout(limit)
-    while len(re.findall(pattern, proc.logs())) < count:
-        assert time.monotonic() < deadline, f"no {count}x {pattern!r} in time:\n{proc.logs()}"
-        time.sleep(0.05)
-
-
 async def _roll_under_stream(proc: ServerProcess, workers: int, completed: int) -> int:
     """Rewrite ``workers``, SIGHUP, and wait for reload number ``completed`` to finish
     while connections stream in; returns how many connections were accepted meanwhile."""
@@ -76,7 +68,7 @@ async def _roll_under_stream(proc: ServerProcess, workers: int, completed: int) 
     stream.start()
     await asyncio.sleep(0.3)
     proc.signal(signal.SIGHUP)
-    await asyncio.to_thread(_wait_for_log, proc, "reload complete", completed, 60)
+    await asyncio.to_thread(proc.wait_log, "reload complete", completed, 60)
     await asyncio.sleep(0.3)
     await stream.stop()
     assert stream.refused == [], f"{len(stream.refused)} refused: {stream.refused[:5]}"
@@ -87,7 +79,7 @@ def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
     tmp_path: Path,
 ) -> None:
     with ServerProcess(tmp_path, workers=2, server="max_workers = 4").start() as proc:
-        _wait_for_log(proc, r"process\(es\) ready", 1, 10)
+        proc.wait_log(r"process\(es\) ready")
         accepted = asyncio.run(_roll_under_stream(proc, 3, 1))
         assert accepted > 0
         body = proc.wait_healthy()
@@ -117,7 +109,7 @@ def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
         text = proc.config_path.read_text()
         proc.config_path.write_text(re.sub(r"(?m)^workers = \d+", "workers = 5", text))
         proc.signal(signal.SIGHUP)
-        _wait_for_log(proc, r"\[server\] max_workers", 1, 10)
+        proc.wait_log(r"\[server\] max_workers")
         assert "reload refused" in proc.logs()
         assert len(proc.wait_healthy()["per_worker"]) == 1
 
@@ -128,7 +120,7 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
     serving the old config, and nothing restarts in a loop."""
     cert, key = self_signed(tmp_path)
     with ServerProcess(tmp_path, workers=2).start() as proc:
-        _wait_for_log(proc, r"process\(es\) ready", 1, 10)
+        proc.wait_log(r"process\(es\) ready")
         old_pids = {w["pid"] for w in proc.wait_healthy()["per_worker"]}
         original = proc.config_path.read_text()
         proc.config_path.write_text(
@@ -136,13 +128,13 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
             + f'\n[tls]\ncert = "{cert}"\nkey = "{key}"\n'
         )
         proc.signal(signal.SIGHUP)
-        _wait_for_log(proc, r"reload: \d+ step", 1, 10)
+        proc.wait_log(r"reload: \d+ step")
         Path(key).write_text("not a key any more\n")  # before the first new worker boots
 
         async def stream_through_rollback() -> None:
             stream = ConnectionStream(proc.url)
             stream.start()
-            await asyncio.to_thread(_wait_for_log, proc, "reload rolled back", 1, 60)
+            await asyncio.to_thread(proc.wait_log, "reload rolled back", 1, 60)
             await stream.stop()
             assert stream.refused == [], stream.refused[:5]
             assert stream.accepted > 0
