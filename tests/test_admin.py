@@ -52,7 +52,7 @@ def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
                 await pub.call("publish", channel="m", data=n)
             for sub in subs:
                 assert [(await sub.next_push())["data"] for _ in range(5)] == list(range(5))
-            await asyncio.sleep(0.7)  # one heartbeat: counters reach shared memory
+            await asyncio.to_thread(proc.wait_heartbeat)  # counters reach shared memory
             status, text = _get(proc.admin_url + "/metrics")
             assert status == 200
             got = _samples(text)
@@ -322,7 +322,7 @@ def test_channels_and_stats(tmp_path: Path) -> None:
                 _post, proc.admin_url + "/api/publish", b'{"channel":"ch-b","data":0}', API_KEY
             )
             assert (await w0a.next_push())["channel"] == "ch-b"
-            await asyncio.sleep(0.7)  # one heartbeat: counters reach shared memory
+            await asyncio.to_thread(proc.wait_heartbeat)  # counters reach shared memory
             status, stats = await asyncio.to_thread(_get_json, stats_url, API_KEY)
             assert status == 200, stats
             total = stats["total"]

@@ -13,7 +13,7 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 from serverproc import ServerProcess, free_port
-from toolkit import run
+from toolkit import run, wait_until_async
 from wsclient import Client, clients_on_workers
 
 from shardws import Publisher, PublisherError
@@ -116,7 +116,12 @@ def test_publisher_over_tcp_reaches_both_workers_and_junk_is_counted(tmp_path: P
             for sub in subs:
                 assert (await sub.next_push())["data"] == {"via": "http"}
                 assert (await sub.next_push())["data"] == 1
-            await asyncio.sleep(0.7)  # one admin heartbeat: its counters reach /metrics
+            await wait_until_async(  # an admin heartbeat: its counters reach /metrics
+                lambda: (
+                    _metrics(proc).get("shardws_backend_publications_total", 0) >= 200 + 2 + 1 + 2
+                ),
+                message="the admin's counters did not reach /metrics",
+            )
             metrics = _metrics(proc)
             assert metrics["shardws_ingress_messages_total"] == 200 + 2 + len(junk) + 1
             assert metrics["shardws_ingress_rejected_total"] == len(junk)

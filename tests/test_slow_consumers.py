@@ -68,7 +68,7 @@ def test_slow_consumer_is_disconnected(tmp_path: Path) -> None:
             assert got == list(range(MESSAGES))
             transport.underlying_transport.resume_reading()
             await asyncio.wait_for(transport.wait_disconnected(), timeout(10))
-            await asyncio.sleep(0.6)  # one heartbeat: counters reach shared memory
+            await asyncio.to_thread(proc.wait_heartbeat)  # counters reach shared memory
             _, body = proc.health()
             assert body["per_worker"][0]["slow_consumers"] == 1
             # Whatever reached it before the cut arrived in order and whole.
@@ -99,7 +99,7 @@ def test_drop_policy_skips_messages_and_keeps_the_connection(tmp_path: Path) -> 
             assert slow.close_code is None
             ns = [json.loads(t)["data"]["n"] for t in slow.texts if t.startswith(b'{"type":"pub"')]
             assert ns == sorted(ns) and len(ns) < MESSAGES  # some skipped, order kept
-            await asyncio.sleep(0.6)  # one heartbeat: counters reach shared memory
+            await asyncio.to_thread(proc.wait_heartbeat)  # counters reach shared memory
             _, body = proc.health()
             assert body["per_worker"][0]["drops"] == MESSAGES - len(ns)
             assert body["per_worker"][0]["slow_consumers"] == 0
