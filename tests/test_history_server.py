@@ -404,24 +404,25 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
             raise AssertionError(f"publication {n} never accepted")
 
-        async def roll_to(workers: int, completed: int) -> None:
+        async def roll_to(workers: int, completed: int, moved: str) -> None:
+            """Reload to ``workers``; wait until the log line ``moved`` says the ring moved."""
             text = proc.config_path.read_text()
             proc.config_path.write_text(
                 text.replace(f"workers = {5 - workers}", f"workers = {workers}", 1)
             )
             proc.signal(signal.SIGHUP)
             await asyncio.to_thread(proc.wait_log, "reload complete", completed, 60)
-            await asyncio.sleep(1.0)  # a heartbeat or two: the rings move
+            await asyncio.to_thread(proc.wait_log, moved)  # a heartbeat or two
 
         async def main() -> None:
             client = await Client.connect(proc.url)
             first = await publish(client, 0)
             epoch = first["epoch"]
-            await roll_to(2, 1)
+            await roll_to(2, 1, r"took over 1 ring\(s\) of retired worker 2")
             assert "took over 1 ring(s) of retired worker 2" in proc.logs()
             client = await Client.connect(proc.url)
             assert (await publish(client, 1)) == {**first, "id": 1, "offset": 2}
-            await roll_to(3, 2)
+            await roll_to(3, 2, r"handed 1 ring\(s\) over to worker")
             client = await Client.connect(proc.url)
             assert (await publish(client, 2))["offset"] == 3
             late = await Client.connect(proc.url)
