@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 from serverproc import ServerProcess
-from toolkit import timeout
+from toolkit import wait_until
 
 from shardws.pure.history import owner_of
 
@@ -87,10 +86,7 @@ def _until(page: Any, expression: str, seconds: float = 10, arg: Any = None) -> 
     """Poll ``expression`` (a JS function of ``arg``) until it is true. Polled from here
     with ``evaluate``: Playwright's in-page polling evaluates strings, which the demo's
     Content-Security-Policy (no 'unsafe-eval') rightly forbids."""
-    deadline = time.monotonic() + timeout(seconds)
-    while not page.evaluate(expression, arg):
-        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-        time.sleep(0.05)
+    wait_until(lambda: page.evaluate(expression, arg), seconds, message=f"timed out: {expression}")
 
 
 def _messages(page: Any) -> list[str]:

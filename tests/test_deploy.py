@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import websockets
 from serverproc import ServerProcess, free_port, run_cli
-from toolkit import run, timeout
+from toolkit import run, timeout, wait_until
 from wsclient import Client
 
 from shardws.config import load_config
@@ -113,16 +112,18 @@ class Proxy:
         self._wait_listening()
 
     def _wait_listening(self) -> None:
-        deadline = time.monotonic() + timeout(10)
-        while time.monotonic() < deadline:
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.kind} exited {self.proc.returncode}:\n{self.logs()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
+                return True
             except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"{self.kind} not listening in time:\n{self.logs()}")
+                return False
+
+        wait_until(
+            listening, 10, message=lambda: f"{self.kind} not listening in time:\n{self.logs()}"
+        )
 
     def logs(self) -> str:
         text = self.log_path.read_text(errors="replace")
@@ -263,10 +264,11 @@ def test_nginx_access_log_leaves_out_the_token(proxy: Proxy) -> None:
 
     run(main())
     access_log = proxy.directory / "shardws.access.log"
-    deadline = time.monotonic() + timeout(5)
-    while " 401 " not in (access_log.read_text() if access_log.exists() else ""):
-        assert time.monotonic() < deadline, f"no 401 line in {access_log}"
-        time.sleep(0.05)
+    wait_until(
+        lambda: " 401 " in (access_log.read_text() if access_log.exists() else ""),
+        5,
+        message=f"no 401 line in {access_log}",
+    )
     assert '"GET /ws" 401' in access_log.read_text()
     assert "not-a-real-jwt" not in access_log.read_text()
 
