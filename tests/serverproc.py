@@ -23,7 +23,7 @@ from typing import Any
 
 from toolkit import timeout, wait_until
 
-__all__ = ["ServerProcess", "free_port", "run_cli", "terminate", "timeout"]
+__all__ = ["ServerProcess", "free_port", "http_json", "run_cli", "terminate", "timeout"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -51,6 +51,20 @@ def terminate(proc: subprocess.Popen[bytes], group: bool = False) -> None:
         else:
             proc.kill()
         proc.wait(5)
+
+
+def http_json(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, Any]:
+    """GET ``url`` (POST ``body`` as JSON if given) with the admin API key ``key`` if
+    given: the status and the decoded JSON body, for error statuses too."""
+    headers = {} if key is None else {"X-API-Key": key}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout(5)) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def free_port() -> int:
@@ -121,11 +135,7 @@ level = "info"
         return self
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        try:
-            with urllib.request.urlopen(self.admin_url + "/health", timeout=2) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+        return http_json(self.admin_url + "/health")
 
     def wait_healthy(
         self, limit: float = 20.0, exclude_pids: set[int] | None = None

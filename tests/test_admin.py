@@ -14,7 +14,7 @@ from typing import Any
 
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import ServerProcess, run_cli
+from serverproc import ServerProcess, http_json, run_cli
 from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
@@ -116,18 +116,6 @@ def test_ready_turns_503_first_and_drain_spreads_closes(tmp_path: Path) -> None:
 API_KEY = "k" * 24
 
 
-def _post(url: str, body: bytes, key: str | None) -> tuple[int, dict[str, object]]:
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["X-API-Key"] = key
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_http_publish_api(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"').start() as proc:
         url = proc.admin_url + "/api/publish"
@@ -139,7 +127,7 @@ def test_http_publish_api(tmp_path: Path) -> None:
                 for sub in subs:
                     assert (await sub.call("subscribe", channel=channel))["ok"]
                 body = json.dumps({"channel": channel, "data": {"n": round_}}).encode()
-                status, reply = await asyncio.to_thread(_post, url, body, API_KEY)
+                status, reply = await asyncio.to_thread(http_json, url, body, API_KEY)
                 assert (status, reply) == (200, {"ok": True, "channels": 1})
                 for sub in subs:
                     assert await sub.next_push() == {
@@ -148,7 +136,7 @@ def test_http_publish_api(tmp_path: Path) -> None:
                         "data": {"n": round_},
                     }
             body = json.dumps({"channels": ["api-0", "api-1"], "data": "both"}).encode()
-            assert (await asyncio.to_thread(_post, url, body, API_KEY))[0] == 200
+            assert (await asyncio.to_thread(http_json, url, body, API_KEY))[0] == 200
             for sub in subs:
                 got = {(await sub.next_push())["channel"] for _ in range(2)}
                 assert got == {"api-0", "api-1"}
@@ -157,8 +145,8 @@ def test_http_publish_api(tmp_path: Path) -> None:
 
         run(main(), 30)
         good = json.dumps({"channel": "x", "data": 1}).encode()
-        assert _post(url, good, None)[0] == 401
-        assert _post(url, good, "wrong-key-wrong-key")[0] == 401
+        assert http_json(url, good, None)[0] == 401
+        assert http_json(url, good, "wrong-key-wrong-key")[0] == 401
         for bad, why in (
             (b"{nope", "not JSON"),
             (b'{"channel":"x"}', "data"),
@@ -166,7 +154,7 @@ def test_http_publish_api(tmp_path: Path) -> None:
             (b'{"channel":"ns:x","data":1}', "not configured"),
             (b'{"channels":[],"data":1}', "channels"),
         ):
-            status, reply = _post(url, bad, API_KEY)
+            status, reply = http_json(url, bad, API_KEY)
             assert status == 400 and why in str(reply["error"]), reply
         cli = run_cli("publish", "x", '{"a":1}', "-c", str(proc.config_path))
         assert cli.returncode == 0 and '"ok": true' in cli.stdout, cli.stderr
@@ -176,7 +164,7 @@ def test_http_api_disabled_without_key(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, workers=1).start() as proc:
         body = json.dumps({"channel": "x", "data": 1}).encode()
         for path in ("/api/publish", "/api/disconnect"):
-            status, reply = _post(proc.admin_url + path, body, "anything-anything")
+            status, reply = http_json(proc.admin_url + path, body, "anything-anything")
             assert status == 403 and "api_key" in str(reply["error"])
         for path in ("/api/channels", "/api/stats"):
             status, reply = _get_json(proc.admin_url + path, "anything-anything")
@@ -184,12 +172,7 @@ def test_http_api_disabled_without_key(tmp_path: Path) -> None:
 
 
 def _get_json(url: str, key: str | None) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, headers={} if key is None else {"X-API-Key": key})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json(url, key=key)
 
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
@@ -227,7 +210,9 @@ def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
         publish, disconnect = proc.admin_url + "/api/publish", proc.admin_url + "/api/disconnect"
 
         async def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-            status, reply = await asyncio.to_thread(_post, url, json.dumps(body).encode(), API_KEY)
+            status, reply = await asyncio.to_thread(
+                http_json, url, json.dumps(body).encode(), API_KEY
+            )
             assert status == 200, reply
             return reply
 
@@ -275,7 +260,7 @@ def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
                 await client.close()
 
         run(main())
-        assert _post(disconnect, b'{"user":"x"}', None)[0] == 401
+        assert http_json(disconnect, b'{"user":"x"}', None)[0] == 401
         for bad, why in (
             (b"{nope", "not JSON"),
             (b"{}", '"user"'),
@@ -283,7 +268,7 @@ def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
             (b'{"user":"a","code":1000}', "4000 to 4999"),
             (b'{"user":"a","reason":"' + b"x" * 200 + b'"}', "120 bytes"),
         ):
-            status, reply = _post(disconnect, bad, API_KEY)
+            status, reply = http_json(disconnect, bad, API_KEY)
             assert status == 400 and why in str(reply["error"]), reply
         cli = run_cli("publish", "--user", "alice", '{"a":1}', "-c", str(proc.config_path))
         assert cli.returncode == 0 and '"user": "alice"' in cli.stdout, cli.stderr
@@ -319,7 +304,7 @@ def test_channels_and_stats(tmp_path: Path) -> None:
             for n in range(3):
                 assert (await w1a.next_push())["data"] == n
             await asyncio.to_thread(
-                _post, proc.admin_url + "/api/publish", b'{"channel":"ch-b","data":0}', API_KEY
+                http_json, proc.admin_url + "/api/publish", b'{"channel":"ch-b","data":0}', API_KEY
             )
             assert (await w0a.next_push())["channel"] == "ch-b"
             await asyncio.to_thread(proc.wait_heartbeat)  # counters reach shared memory

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-from serverproc import ServerProcess
+from serverproc import ServerProcess, http_json
 from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
@@ -361,12 +361,7 @@ def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> N
                 assert [(p["offset"], p["data"]) for p in got] == [(1, 0), (2, 1), (3, 2)]
 
             def get(path: str) -> tuple[int, Any]:
-                request = urllib.request.Request(proc.admin_url + path, headers={"X-API-Key": key})
-                try:
-                    with urllib.request.urlopen(request, timeout=5) as response:
-                        return response.status, json.loads(response.read())
-                except urllib.error.HTTPError as exc:
-                    return exc.code, json.loads(exc.read())
+                return http_json(proc.admin_url + path, key=key)
 
             status, body = await asyncio.to_thread(get, f"/api/history?channel={CHANNEL}&limit=2")
             assert status == 200 and [p["data"] for p in body["publications"]] == [0, 1]

@@ -15,7 +15,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 SCALE = float(os.environ.get("SHARDWS_TEST_TIMEOUT_SCALE", "1"))
 
@@ -34,8 +34,22 @@ def run(coro: Coroutine[Any, Any, T], limit: float = 60) -> T:
     return asyncio.run(asyncio.wait_for(coro, timeout(limit)))
 
 
-def _say(message: Message) -> str:
-    return message() if callable(message) else message
+class _Poll(Generic[T]):
+    """One check of ``predicate`` per call: its value if true, None if not yet, and
+    AssertionError with ``message`` once ``timeout`` s (scaled) have passed."""
+
+    def __init__(self, predicate: Callable[[], T | None], timeout: float, message: Message):
+        self.predicate = predicate
+        self.message = message
+        self.deadline = time.monotonic() + timeout * SCALE
+
+    def __call__(self) -> T | None:
+        value = self.predicate()
+        if value:
+            return value
+        if time.monotonic() > self.deadline:
+            raise AssertionError(self.message() if callable(self.message) else self.message)
+        return None
 
 
 def wait_until(
@@ -47,14 +61,10 @@ def wait_until(
     """Poll ``predicate`` every ``interval`` s until it returns something true, and return
     that; fail with ``message`` (a string, or a function called only then, for logs) when
     ``timeout`` s (scaled) pass first."""
-    deadline = time.monotonic() + timeout * SCALE
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(_say(message))
+    poll = _Poll(predicate, timeout, message)
+    while (value := poll()) is None:
         time.sleep(interval)
+    return value
 
 
 async def wait_until_async(
@@ -65,11 +75,7 @@ async def wait_until_async(
 ) -> T:
     """``wait_until`` for a coroutine: the event loop runs between polls. ``predicate``
     itself is a plain function (it may read state the loop's tasks update)."""
-    deadline = time.monotonic() + timeout * SCALE
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(_say(message))
+    poll = _Poll(predicate, timeout, message)
+    while (value := poll()) is None:
         await asyncio.sleep(interval)
+    return value
