@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from serverproc import ServerProcess
-from toolkit import wait_until
+from toolkit import timeout, wait_until
 
 from shardws.pure.history import owner_of
 
@@ -114,7 +114,7 @@ def test_demo_in_two_pages_on_two_workers_survives_a_worker_kill(
     proc = ServerProcess(tmp_path, workers=2, extra=CHAT, server="demo = true").start()
     base = f"http://127.0.0.1:{proc.ws_port}"
     try:
-        with urllib.request.urlopen(base + "/shardws.js", timeout=5) as response:
+        with urllib.request.urlopen(base + "/shardws.js", timeout=timeout(5)) as response:
             assert response.headers["Content-Type"].startswith("text/javascript")
         first = browser.new_context().new_page()
         errors: list[str] = []

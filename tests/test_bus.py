@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from toolkit import timeout, wait_until_async
+from toolkit import run, timeout, wait_until_async
 
 from shardws.bus.host import Bus, endpoint
 from shardws.pure.busframe import channel_topic
@@ -70,7 +70,7 @@ def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path) -> None:
         for m in (a, b, c):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_barrier_times_out_for_a_silent_peer(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_barrier_times_out_for_a_silent_peer(tmp_path: Path) -> None:
         assert lonely.bus.sync_timeouts == 1
         lonely.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_sequence_gaps_are_counted(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_sequence_gaps_are_counted(tmp_path: Path) -> None:
         for m in (a, b):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 @pytest.mark.parametrize("size", [10, 300_000])
@@ -115,7 +115,7 @@ def test_large_batches_split_and_arrive(tmp_path: Path, size: int) -> None:
         for m in (a, b):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_member_attached_later_joins_the_mesh(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_a_member_attached_later_joins_the_mesh(tmp_path: Path) -> None:
         for m in (a, b, c):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_when_subscribed_resolves_once_a_peer_subscribes(tmp_path: Path) -> None:
@@ -158,4 +158,4 @@ def test_when_subscribed_resolves_once_a_peer_subscribes(tmp_path: Path) -> None
         for m in (a, b):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())

@@ -463,7 +463,9 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
                 got = [(await sub.next_push(10))["offset"] for _ in range(count)]
                 assert got == list(range(1, count + 1))
             await asyncio.to_thread(proc.wait_heartbeat)  # the counters reach /metrics
-            with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=5) as response:
+            with urllib.request.urlopen(
+                proc.admin_url + "/metrics", timeout=timeout(5)
+            ) as response:
                 text = response.read().decode()
             repairs = sum(
                 float(line.split()[-1])

@@ -13,7 +13,7 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 from serverproc import ServerProcess, free_port
-from toolkit import run, wait_until_async
+from toolkit import run, timeout, wait_until_async
 from wsclient import Client, clients_on_workers
 
 from shardws import Publisher, PublisherError
@@ -23,7 +23,7 @@ API_KEY = "k" * 24
 
 def _stats(proc: ServerProcess) -> dict[str, Any]:
     request = urllib.request.Request(proc.admin_url + "/api/stats", headers={"X-API-Key": API_KEY})
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with urllib.request.urlopen(request, timeout=timeout(5)) as response:
         result: dict[str, Any] = json.loads(response.read())
         return result
 
@@ -53,7 +53,7 @@ async def _silent(client: Client, seconds: float) -> None:
 
 
 def _metrics(proc: ServerProcess) -> dict[str, float]:
-    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=5) as response:
+    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=timeout(5)) as response:
         text = response.read().decode()
     return {
         sample.name: sample.value

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from netns import NETNS_DIR, Network, netns_unavailable
-from toolkit import timeout, wait_until
+from toolkit import run, timeout, wait_until
 
 needs_netns = pytest.mark.skipif(bool(netns_unavailable()), reason=netns_unavailable() or "")
 
@@ -101,7 +101,7 @@ def test_websocket_survives_a_short_partition(net: Network) -> None:
             finally:
                 await ws.close()
 
-    asyncio.run(main())
+    run(main())
 
 
 @needs_netns

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import websockets
 from serverproc import ServerProcess
-from toolkit import timeout
+from toolkit import run, timeout
 from wsclient import clients_on_workers
 
 from benchmarks.tlscert import self_signed
@@ -80,7 +80,7 @@ def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
 ) -> None:
     with ServerProcess(tmp_path, workers=2, server="max_workers = 4").start() as proc:
         proc.wait_log(r"process\(es\) ready")
-        accepted = asyncio.run(_roll_under_stream(proc, 3, 1))
+        accepted = run(_roll_under_stream(proc, 3, 1), 90)
         assert accepted > 0
         body = proc.wait_healthy()
         assert [w["worker"] for w in body["per_worker"]] == [0, 1, 2]
@@ -97,13 +97,13 @@ def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
             for client in clients:
                 await client.close()
 
-        asyncio.run(pubsub_across(3))  # the added worker is on the bus both ways
+        run(pubsub_across(3))  # the added worker is on the bus both ways
 
-        asyncio.run(_roll_under_stream(proc, 1, 2))
+        run(_roll_under_stream(proc, 1, 2), 90)
         body = proc.wait_healthy()
         assert [w["worker"] for w in body["per_worker"]] == [0]
         assert "retired worker 2" in proc.logs() and "retired worker 1" in proc.logs()
-        asyncio.run(pubsub_across(1))
+        run(pubsub_across(1))
 
         # Beyond max_workers: refused, the key named, nothing changes.
         text = proc.config_path.read_text()
@@ -139,7 +139,7 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
             assert stream.refused == [], stream.refused[:5]
             assert stream.accepted > 0
 
-        asyncio.run(stream_through_rollback())
+        run(stream_through_rollback(), 90)
         logs = proc.logs()
         assert "did not boot with the new configuration; rolling back" in logs
         body = proc.wait_healthy()
@@ -150,7 +150,7 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
             for client in await clients_on_workers(proc.url, 2):
                 await client.close()
 
-        asyncio.run(plain_on_both())
+        run(plain_on_both())
         # Worker 1 was never replaced (the roll stopped at the first failure).
         assert [w for w in body["per_worker"] if w["pid"] in old_pids]
         # No restart storm: a handful of boots, not a loop.

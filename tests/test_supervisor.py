@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serverproc import ServerProcess
-from toolkit import timeout, wait_until, wait_until_async
+from toolkit import run, timeout, wait_until, wait_until_async
 from wsclient import Client, clients_on_workers
 
 
@@ -114,7 +114,7 @@ def test_sighup_reload_rolls_workers_without_refusing_connections(tmp_path: Path
                     return connected
             raise AssertionError(f"reload did not complete:\n{proc.logs()}")
 
-        assert asyncio.run(connect_during_roll()) > 0
+        assert run(connect_during_roll()) > 0
 
         async def new_namespace_everywhere() -> None:
             clients = await clients_on_workers(proc.url, 2)
@@ -122,7 +122,7 @@ def test_sighup_reload_rolls_workers_without_refusing_connections(tmp_path: Path
                 assert (await client.call("subscribe", channel="extra:x"))["ok"]
                 await client.close()
 
-        asyncio.run(new_namespace_everywhere())
+        run(new_namespace_everywhere())
         assert all(w["restarts"] == 0 for w in proc.health()[1]["per_worker"])
 
 
@@ -153,5 +153,5 @@ def test_new_connections_are_refused_at_once_during_a_drain(tmp_path: Path) -> N
             await wait_until_async(refused, 5, message="never refused during the drain")
             assert proc.proc is not None and proc.proc.poll() is None  # still draining
 
-        asyncio.run(main())
+        run(main())
         assert proc.wait_exit(15) == 0
