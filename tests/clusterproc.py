@@ -11,12 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from netns import Network
-from serverproc import terminate, timeout
+from serverproc import terminate
+from toolkit import timeout, wait_until
 from wsclient import Client
 
 from shardws.pure.auth import make_token
@@ -175,15 +175,17 @@ presence = true
 def wait_converged(hosts: list[Host], expected: list[str], limit: float = 20.0) -> str:
     """Wait until every host in ``hosts`` sees exactly ``expected`` live hosts with one
     and the same view number; returns that number."""
-    deadline = time.monotonic() + timeout(limit)
     views: dict[str, tuple[str | None, list[str]]] = {}
-    while time.monotonic() < deadline:
-        views = {host.name: host.view() for host in hosts}
+
+    def converged() -> str | None:
+        views.update((host.name, host.view()) for host in hosts)
         numbers = {number for number, _ in views.values()}
         if len(numbers) == 1 and all(ids == sorted(expected) for _, ids in views.values()):
-            number = numbers.pop()
-            if number is not None:
-                return number
-        time.sleep(0.1)
-    logs = "\n".join(f"--- {h.name}\n{h.logs()[-3000:]}" for h in hosts)
-    raise AssertionError(f"views did not converge on {expected}: {views}\n{logs}")
+            return numbers.pop()
+        return None
+
+    def failure() -> str:
+        logs = "\n".join(f"--- {h.name}\n{h.logs()[-3000:]}" for h in hosts)
+        return f"views did not converge on {expected}: {views}\n{logs}"
+
+    return wait_until(converged, limit, 0.1, failure)

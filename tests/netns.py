@@ -40,12 +40,12 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from serverproc import timeout as scaled
+from toolkit import timeout as scaled
+from toolkit import wait_until
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
@@ -341,21 +341,25 @@ class Network:
 
     def _wait_forwarding(self, host: str, within: float = 10.0) -> None:
         """Wait until both ends of ``host``'s veth are operationally up and the port forwards."""
-        deadline = time.monotonic() + scaled(within)
-        while True:
+        states: tuple[str, str, str | None] = ("", "", None)
+
+        def forwarding() -> bool:
+            nonlocal states
             (inner,) = json.loads(_ip("-j", "-n", self.ns(host), "link", "show", "dev", "eth0"))
             (outer,) = json.loads(
                 _ip("-j", "-d", "-n", self.switch, "link", "show", "dev", self._port(host))
             )
             port_state = outer.get("linkinfo", {}).get("info_slave_data", {}).get("state")
-            if (inner["operstate"], outer["operstate"], port_state) == ("UP", "UP", "forwarding"):
-                return
-            if time.monotonic() > deadline:
-                raise NetnsError(
-                    f"link of host {host!r} not up after {scaled(within):.0f} s: eth0 "
-                    f"{inner['operstate']}, switch port {outer['operstate']} {port_state}"
-                )
-            time.sleep(0.01)
+            states = (inner["operstate"], outer["operstate"], port_state)
+            return states == ("UP", "UP", "forwarding")
+
+        try:
+            wait_until(forwarding, within, 0.01)
+        except AssertionError:
+            raise NetnsError(
+                f"link of host {host!r} not up after {scaled(within):.0f} s: eth0 "
+                f"{states[0]}, switch port {states[1]} {states[2]}"
+            ) from None
 
     # --- running things inside a host -------------------------------------------------------
 

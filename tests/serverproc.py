@@ -1,12 +1,15 @@
 """Start a real ``shardws serve`` subprocess on free loopback ports, for integration tests.
 
-Timeouts scale with ``SHARDWS_TEST_TIMEOUT_SCALE`` (default 1) for slow machines.
+Timeouts scale with ``SHARDWS_TEST_TIMEOUT_SCALE`` (default 1) for slow machines. A
+``ServerProcess`` is a context manager: ``with ServerProcess(tmp_path).start() as proc:``
+stops it on the way out.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,14 +19,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-SCALE = float(os.environ.get("SHARDWS_TEST_TIMEOUT_SCALE", "1"))
+from toolkit import timeout, wait_until
 
-
-def timeout(seconds: float) -> float:
-    """A test timeout scaled for slow machines."""
-    return seconds * SCALE
+__all__ = ["ServerProcess", "free_port", "http_json", "run_cli", "terminate", "timeout"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -51,6 +52,20 @@ def terminate(proc: subprocess.Popen[bytes], group: bool = False) -> None:
         else:
             proc.kill()
         proc.wait(5)
+
+
+def http_json(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, Any]:
+    """GET ``url`` (POST ``body`` as JSON if given) with the admin API key ``key`` if
+    given: the status and the decoded JSON body, for error statuses too."""
+    headers = {} if key is None else {"X-API-Key": key}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout(5)) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def free_port() -> int:
@@ -119,38 +134,67 @@ level = "info"
                 return self
             except AssertionError:
                 if attempt == 2 or "Address already in use" not in self.logs():
+                    self.stop()  # no caller's ``with`` or ``finally`` will
                     raise
                 self._log.close()
                 self._write_config()
         return self
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        try:
-            with urllib.request.urlopen(self.admin_url + "/health", timeout=2) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+        return http_json(self.admin_url + "/health")
 
     def wait_healthy(
         self, limit: float = 20.0, exclude_pids: set[int] | None = None
     ) -> dict[str, Any]:
         """Wait until /health says ok (and, if given, no worker has a pid in exclude_pids)."""
-        deadline = time.monotonic() + timeout(limit)
-        last: Any = None
-        while time.monotonic() < deadline:
+        last: dict[str, Any] = {}
+
+        def healthy() -> dict[str, Any] | None:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
             try:
                 status, body = self.health()
-                last = body
+                last["health"] = body
                 pids = {w["pid"] for w in body["per_worker"]}
-                if status == 200 and not (exclude_pids and pids & exclude_pids):
-                    return body
             except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"server not healthy in time; last health {last}\n{self.logs()}")
+                return None
+            if status == 200 and not (exclude_pids and pids & exclude_pids):
+                return body
+            return None
+
+        return wait_until(
+            healthy,
+            limit,
+            message=lambda: (
+                f"server not healthy in time; last health {last.get('health')}\n" + self.logs()
+            ),
+        )
+
+    def wait_heartbeat(self, limit: float = 5.0) -> None:
+        """Wait until every worker has stamped its heartbeat since this call: each copies
+        its counters into shared memory just before, so /health, /metrics and /api/stats
+        show everything the workers did before the call."""
+        since = time.monotonic()
+
+        def every_worker_beat() -> bool:
+            elapsed = time.monotonic() - since  # before the request: its ages are later
+            try:
+                _, body = self.health()
+            except (OSError, ValueError):
+                return False
+            # heartbeat_age is rounded to the millisecond
+            return all(w["heartbeat_age"] + 0.001 < elapsed for w in body["per_worker"])
+
+        wait_until(every_worker_beat, limit, message="no heartbeat from every worker in time")
+
+    def wait_log(self, pattern: str, count: int = 1, limit: float = 10.0) -> None:
+        """Wait until the log has ``count`` matches of the regular expression ``pattern``."""
+        wait_until(
+            lambda: len(re.findall(pattern, self.logs())) >= count,
+            limit,
+            message=lambda: f"no {count}x {pattern!r} in time:\n{self.logs()}",
+        )
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -168,3 +212,17 @@ level = "info"
             terminate(self.proc)
         if hasattr(self, "_log"):
             self._log.close()
+
+    def __enter__(self) -> ServerProcess:
+        """The started server (``start()`` it first); ``with`` stops it on the way out."""
+        if self.proc is None:
+            raise RuntimeError("start() the ServerProcess before entering 'with'")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -14,7 +14,8 @@ from typing import Any
 
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import ServerProcess, free_port, run_cli, timeout
+from serverproc import ServerProcess, free_port, http_json, run_cli
+from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
 from shardws.pure.auth import make_token
@@ -22,7 +23,7 @@ from shardws.pure.auth import make_token
 
 def _get(url: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=timeout(2)) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -40,8 +41,7 @@ def _samples(text: str) -> dict[str, float]:
 
 
 def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2).start()
-    try:
+    with ServerProcess(tmp_path, workers=2).start() as proc:
 
         async def main() -> None:
             subs = await clients_on_workers(proc.url, 2)  # one subscriber per worker
@@ -52,7 +52,7 @@ def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
                 await pub.call("publish", channel="m", data=n)
             for sub in subs:
                 assert [(await sub.next_push())["data"] for _ in range(5)] == list(range(5))
-            await asyncio.sleep(0.7)  # one heartbeat: counters reach shared memory
+            await asyncio.to_thread(proc.wait_heartbeat)  # counters reach shared memory
             status, text = _get(proc.admin_url + "/metrics")
             assert status == 200
             got = _samples(text)
@@ -78,14 +78,11 @@ def test_metrics_count_what_clients_did(tmp_path: Path) -> None:
             for client in [*subs, pub]:
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
-    finally:
-        proc.stop()
+        run(main(), 30)
 
 
 def test_ready_turns_503_first_and_drain_spreads_closes(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1, server="").start()
-    try:
+    with ServerProcess(tmp_path, workers=1, server="").start() as proc:
         assert _get(proc.admin_url + "/ready")[0] == 200
 
         async def main() -> list[float]:
@@ -109,34 +106,18 @@ def test_ready_turns_503_first_and_drain_spreads_closes(tmp_path: Path) -> None:
             assert status == 503  # the load balancer is told before clients are closed
             return list(await asyncio.gather(*watchers))
 
-        closed_at = asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        closed_at = run(main(), 30)
         assert len(closed_at) == 6
         # drain_timeout = 5: closes are spread over ~2.5 s, not all at once
         assert max(closed_at) - min(closed_at) > 1.0
         assert proc.wait_exit(10) == 0
-    finally:
-        proc.stop()
 
 
 API_KEY = "k" * 24
 
 
-def _post(url: str, body: bytes, key: str | None) -> tuple[int, dict[str, object]]:
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["X-API-Key"] = key
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_http_publish_api(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"')
-    proc.start()
-    try:
+    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"').start() as proc:
         url = proc.admin_url + "/api/publish"
 
         async def main() -> None:
@@ -146,7 +127,7 @@ def test_http_publish_api(tmp_path: Path) -> None:
                 for sub in subs:
                     assert (await sub.call("subscribe", channel=channel))["ok"]
                 body = json.dumps({"channel": channel, "data": {"n": round_}}).encode()
-                status, reply = await asyncio.to_thread(_post, url, body, API_KEY)
+                status, reply = await asyncio.to_thread(http_json, url, body, API_KEY)
                 assert (status, reply) == (200, {"ok": True, "channels": 1})
                 for sub in subs:
                     assert await sub.next_push() == {
@@ -155,17 +136,17 @@ def test_http_publish_api(tmp_path: Path) -> None:
                         "data": {"n": round_},
                     }
             body = json.dumps({"channels": ["api-0", "api-1"], "data": "both"}).encode()
-            assert (await asyncio.to_thread(_post, url, body, API_KEY))[0] == 200
+            assert (await asyncio.to_thread(http_json, url, body, API_KEY))[0] == 200
             for sub in subs:
                 got = {(await sub.next_push())["channel"] for _ in range(2)}
                 assert got == {"api-0", "api-1"}
             for sub in subs:
                 await sub.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
+        run(main(), 30)
         good = json.dumps({"channel": "x", "data": 1}).encode()
-        assert _post(url, good, None)[0] == 401
-        assert _post(url, good, "wrong-key-wrong-key")[0] == 401
+        assert http_json(url, good, None)[0] == 401
+        assert http_json(url, good, "wrong-key-wrong-key")[0] == 401
         for bad, why in (
             (b"{nope", "not JSON"),
             (b'{"channel":"x"}', "data"),
@@ -173,48 +154,35 @@ def test_http_publish_api(tmp_path: Path) -> None:
             (b'{"channel":"ns:x","data":1}', "not configured"),
             (b'{"channels":[],"data":1}', "channels"),
         ):
-            status, reply = _post(url, bad, API_KEY)
+            status, reply = http_json(url, bad, API_KEY)
             assert status == 400 and why in str(reply["error"]), reply
         cli = run_cli("publish", "x", '{"a":1}', "-c", str(proc.config_path))
         assert cli.returncode == 0 and '"ok": true' in cli.stdout, cli.stderr
-    finally:
-        proc.stop()
 
 
 def test_http_api_disabled_without_key(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1).start()
-    try:
+    with ServerProcess(tmp_path, workers=1).start() as proc:
         body = json.dumps({"channel": "x", "data": 1}).encode()
         for path in ("/api/publish", "/api/disconnect"):
-            status, reply = _post(proc.admin_url + path, body, "anything-anything")
+            status, reply = http_json(proc.admin_url + path, body, "anything-anything")
             assert status == 403 and "api_key" in str(reply["error"])
         for path in ("/api/channels", "/api/stats"):
             status, reply = _get_json(proc.admin_url + path, "anything-anything")
             assert status == 403 and "api_key" in str(reply["error"])
-    finally:
-        proc.stop()
 
 
 def test_http_api_disabled_says_how_to_enable_it(tmp_path: Path) -> None:
     # A user with curl sees the two config lines and how to start the server with them.
-    proc = ServerProcess(tmp_path, workers=1).start()
-    try:
+    with ServerProcess(tmp_path, workers=1).start() as proc:
         body = json.dumps({"channel": "news", "data": 1}).encode()
-        status, reply = _post(proc.admin_url + "/api/publish", body, None)
-    finally:
-        proc.stop()
+        status, reply = http_json(proc.admin_url + "/api/publish", body)
     error = str(reply["error"])
     assert status == 403, reply
     assert "[admin]" in error and 'api_key = "' in error and "shardws serve -c" in error, error
 
 
 def _get_json(url: str, key: str | None) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, headers={} if key is None else {"X-API-Key": key})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json(url, key=key)
 
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
@@ -246,13 +214,15 @@ async def _quiet(client: Client) -> None:
 
 
 def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"', extra=AUTH)
-    proc.start()
-    try:
+    with ServerProcess(
+        tmp_path, workers=2, admin=f'api_key = "{API_KEY}"', extra=AUTH
+    ).start() as proc:
         publish, disconnect = proc.admin_url + "/api/publish", proc.admin_url + "/api/disconnect"
 
         async def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-            status, reply = await asyncio.to_thread(_post, url, json.dumps(body).encode(), API_KEY)
+            status, reply = await asyncio.to_thread(
+                http_json, url, json.dumps(body).encode(), API_KEY
+            )
             assert status == 200, reply
             return reply
 
@@ -299,8 +269,8 @@ def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
             for client in again + carol:
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
-        assert _post(disconnect, b'{"user":"x"}', None)[0] == 401
+        run(main())
+        assert http_json(disconnect, b'{"user":"x"}', None)[0] == 401
         for bad, why in (
             (b"{nope", "not JSON"),
             (b"{}", '"user"'),
@@ -308,18 +278,14 @@ def test_disconnect_and_publish_by_user(tmp_path: Path) -> None:
             (b'{"user":"a","code":1000}', "4000 to 4999"),
             (b'{"user":"a","reason":"' + b"x" * 200 + b'"}', "120 bytes"),
         ):
-            status, reply = _post(disconnect, bad, API_KEY)
+            status, reply = http_json(disconnect, bad, API_KEY)
             assert status == 400 and why in str(reply["error"]), reply
         cli = run_cli("publish", "--user", "alice", '{"a":1}', "-c", str(proc.config_path))
         assert cli.returncode == 0 and '"user": "alice"' in cli.stdout, cli.stderr
-    finally:
-        proc.stop()
 
 
 def test_channels_and_stats(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"')
-    proc.start()
-    try:
+    with ServerProcess(tmp_path, workers=2, admin=f'api_key = "{API_KEY}"').start() as proc:
         channels_url, stats_url = proc.admin_url + "/api/channels", proc.admin_url + "/api/stats"
 
         async def channels(query: str = "") -> dict[str, Any]:
@@ -348,10 +314,10 @@ def test_channels_and_stats(tmp_path: Path) -> None:
             for n in range(3):
                 assert (await w1a.next_push())["data"] == n
             await asyncio.to_thread(
-                _post, proc.admin_url + "/api/publish", b'{"channel":"ch-b","data":0}', API_KEY
+                http_json, proc.admin_url + "/api/publish", b'{"channel":"ch-b","data":0}', API_KEY
             )
             assert (await w0a.next_push())["channel"] == "ch-b"
-            await asyncio.sleep(0.7)  # one heartbeat: counters reach shared memory
+            await asyncio.to_thread(proc.wait_heartbeat)  # counters reach shared memory
             status, stats = await asyncio.to_thread(_get_json, stats_url, API_KEY)
             assert status == 200, stats
             total = stats["total"]
@@ -378,14 +344,12 @@ def test_channels_and_stats(tmp_path: Path) -> None:
             for client in (w0a, w1a, w1b):
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())
         for query, why in (("?limit=0", "limit"), ("?limit=x", "limit")):
             status, body = _get_json(channels_url + query, API_KEY)
             assert status == 400 and why in body["error"], body
         assert _get_json(channels_url, None)[0] == 401
         assert _get_json(stats_url, "wrong-key-wrong-key")[0] == 401
-    finally:
-        proc.stop()
 
 
 OPERATIONS_DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"

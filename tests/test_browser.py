@@ -18,14 +18,14 @@ import os
 import re
 import shutil
 import signal
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import timeout, wait_until
 
 from shardws.pure.history import owner_of
 
@@ -86,10 +86,7 @@ def _until(page: Any, expression: str, seconds: float = 10, arg: Any = None) -> 
     """Poll ``expression`` (a JS function of ``arg``) until it is true. Polled from here
     with ``evaluate``: Playwright's in-page polling evaluates strings, which the demo's
     Content-Security-Policy (no 'unsafe-eval') rightly forbids."""
-    deadline = time.monotonic() + timeout(seconds)
-    while not page.evaluate(expression, arg):
-        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-        time.sleep(0.05)
+    wait_until(lambda: page.evaluate(expression, arg), seconds, message=f"timed out: {expression}")
 
 
 def _messages(page: Any) -> list[str]:
@@ -117,7 +114,7 @@ def test_demo_in_two_pages_on_two_workers_survives_a_worker_kill(
     proc = ServerProcess(tmp_path, workers=2, extra=CHAT, server="demo = true").start()
     base = f"http://127.0.0.1:{proc.ws_port}"
     try:
-        with urllib.request.urlopen(base + "/shardws.js", timeout=5) as response:
+        with urllib.request.urlopen(base + "/shardws.js", timeout=timeout(5)) as response:
             assert response.headers["Content-Type"].startswith("text/javascript")
         first = browser.new_context().new_page()
         errors: list[str] = []

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serverproc import timeout
+from toolkit import run, timeout, wait_until_async
 
 from shardws.bus.host import Bus, endpoint
 from shardws.pure.busframe import channel_topic
@@ -34,13 +34,6 @@ class Member:
         self.stamps.append(stamp_ns)
 
 
-async def _wait(predicate, limit: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout(limit)
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def _members(tmp_path: Path, n: int) -> list[Member]:
     members = [Member(i, tmp_path, set(range(n)) - {i}) for i in range(n)]
     for m in members:
@@ -61,7 +54,7 @@ def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path) -> None:
             b.bus.publish(topic, b"b%d" % n)
             c.bus.publish(topic, b"c%d" % n)
         b.bus.publish(channel_topic("news2"), b"not for a")
-        await _wait(lambda: len(a.received) >= 2000)
+        await wait_until_async(lambda: len(a.received) >= 2000, 5, 0.01)
         await asyncio.sleep(0.1)
         assert len(a.received) == 2000
         from_b = [p for t, p in a.received if p.startswith(b"b")]
@@ -77,7 +70,7 @@ def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path) -> None:
         for m in (a, b, c):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_barrier_times_out_for_a_silent_peer(tmp_path: Path) -> None:
@@ -88,7 +81,7 @@ def test_barrier_times_out_for_a_silent_peer(tmp_path: Path) -> None:
         assert lonely.bus.sync_timeouts == 1
         lonely.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_sequence_gaps_are_counted(tmp_path: Path) -> None:
@@ -97,15 +90,15 @@ def test_sequence_gaps_are_counted(tmp_path: Path) -> None:
         topic = channel_topic("gap")
         await a.bus.subscribe(topic)
         b.bus.publish(topic, b"1")
-        await _wait(lambda: len(a.received) == 1)
+        await wait_until_async(lambda: len(a.received) == 1, 5, 0.01)
         b.bus._send_seq[topic] += 5  # simulate five payloads dropped at a high-water mark
         b.bus.publish(topic, b"2")
-        await _wait(lambda: len(a.received) == 2)
+        await wait_until_async(lambda: len(a.received) == 2, 5, 0.01)
         assert a.bus.lost == 5
         for m in (a, b):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 @pytest.mark.parametrize("size", [10, 300_000])
@@ -117,12 +110,12 @@ def test_large_batches_split_and_arrive(tmp_path: Path, size: int) -> None:
         payloads = [bytes([65 + n % 26]) * size for n in range(20)]
         for p in payloads:
             b.bus.publish(topic, p)
-        await _wait(lambda: len(a.received) == 20)
+        await wait_until_async(lambda: len(a.received) == 20, 5, 0.01)
         assert [p for _, p in a.received] == payloads and a.bus.lost == 0
         for m in (a, b):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_member_attached_later_joins_the_mesh(tmp_path: Path) -> None:
@@ -142,7 +135,7 @@ def test_a_member_attached_later_joins_the_mesh(tmp_path: Path) -> None:
         before = time.time_ns()
         a.bus.publish(topic, b"from a")
         b.bus.publish(topic, b"from b")
-        await _wait(lambda: len(c.received) == 2)
+        await wait_until_async(lambda: len(c.received) == 2, 5, 0.01)
         assert sorted(p for _, p in c.received) == [b"from a", b"from b"]
         # The batch stamp is when the publisher queued it (wall clock, comparable across
         # hosts): after ``before``, not later than its arrival.
@@ -150,7 +143,7 @@ def test_a_member_attached_later_joins_the_mesh(tmp_path: Path) -> None:
         for m in (a, b, c):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_when_subscribed_resolves_once_a_peer_subscribes(tmp_path: Path) -> None:
@@ -165,4 +158,4 @@ def test_when_subscribed_resolves_once_a_peer_subscribes(tmp_path: Path) -> None
         for m in (a, b):
             m.bus.close()
 
-    asyncio.run(scenario())
+    run(scenario())

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
 from tcpproxy import TcpProxy
+from toolkit import run, timeout
 
 from shardws.client import (
     Backoff,
@@ -51,10 +52,6 @@ join_leave = true
 """
 CHANNEL = "chat:stream"
 FAST = Backoff(initial=0.05, factor=2.0, cap=0.5)
-
-
-def run(coro: Any, limit: float = 60) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout(limit)))
 
 
 class Collector:
@@ -124,8 +121,7 @@ def test_close_code_ranges_and_token_expiry() -> None:
 
 
 def test_basics_iterator_callback_presence_history(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start()
-    try:
+    with ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start() as proc:
 
         async def main() -> None:
             async with connect(proc.url) as a, connect(proc.url) as b:
@@ -166,17 +162,14 @@ def test_basics_iterator_callback_presence_history(tmp_path: Path) -> None:
                 assert a.connects == 1 and b.connects == 1
 
         run(main())
-    finally:
-        proc.stop()
 
 
 def test_killed_workers_lose_and_double_nothing(tmp_path: Path) -> None:
     """Eight SIGKILLs of workers other than the channel's owner under a stream: every
     subscriber (and the publisher) reconnects and recovers; each subscriber holds every
     number exactly once, in order, with no gap reported."""
-    proc = ServerProcess(tmp_path, workers=3, extra=NAMESPACES).start()
     count = 250
-    try:
+    with ServerProcess(tmp_path, workers=3, extra=NAMESPACES).start() as proc:
         owner = owner_of(CHANNEL, [0, 1, 2])
         victims = [w for w in (0, 1, 2) if w != owner]
 
@@ -203,15 +196,12 @@ def test_killed_workers_lose_and_double_nothing(tmp_path: Path) -> None:
                 await client.close()
 
         run(main(), 90)
-    finally:
-        proc.stop()
 
 
 def test_owner_killed_reports_a_gap_and_publishes_are_retried(tmp_path: Path) -> None:
     """The owner's crash loses the history: a subscriber is told (on_gap, new epoch),
     never silently; publishes during its restart (error 108) are retried transparently."""
-    proc = ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start()
-    try:
+    with ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start() as proc:
         owner = owner_of(CHANNEL, [0, 1])
 
         async def main() -> None:
@@ -231,8 +221,6 @@ def test_owner_killed_reports_a_gap_and_publishes_are_retried(tmp_path: Path) ->
                 assert state.epoch == sub.gaps[-1].epoch
 
         run(main())
-    finally:
-        proc.stop()
 
 
 def test_drain_and_restart_queue_then_deliver_once(tmp_path: Path) -> None:
@@ -240,10 +228,9 @@ def test_drain_and_restart_queue_then_deliver_once(tmp_path: Path) -> None:
     queue (QueueFull past max_queued), the restarted server (same run_dir, so the rings
     survive) gets them once, and subscribers recover everything."""
     run_dir = tmp_path / "run"
-    proc = ServerProcess(
+    with ServerProcess(
         tmp_path, workers=2, extra=NAMESPACES, server=f'run_dir = "{run_dir}"'
-    ).start()
-    try:
+    ).start() as proc:
 
         async def main() -> None:
             backoff = Backoff(initial=0.1, factor=2.0, cap=0.5)
@@ -275,8 +262,6 @@ def test_drain_and_restart_queue_then_deliver_once(tmp_path: Path) -> None:
                 await client.close()
 
         run(main(), 90)
-    finally:
-        proc.stop()
 
 
 def test_network_cut_and_silent_stall(tmp_path: Path) -> None:
@@ -284,9 +269,8 @@ def test_network_cut_and_silent_stall(tmp_path: Path) -> None:
     towards the clients (only pings can tell; publishes still arrive, replies do not):
     the subscriber behind the proxy recovers everything; the publisher behind it queues
     and retries with its idem keys, publishing each once."""
-    proc = ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start()
     count = 150
-    try:
+    with ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start() as proc:
 
         async def main() -> None:
             proxy = await TcpProxy(proc.ws_port).start()
@@ -316,18 +300,15 @@ def test_network_cut_and_silent_stall(tmp_path: Path) -> None:
             await proxy.close()
 
         run(main(), 60)
-    finally:
-        proc.stop()
 
 
 def test_many_clients_cut_off_do_not_storm(tmp_path: Path) -> None:
     """60 clients lose the path at once and it refuses them for 4 s: full-jitter
     exponential backoff spreads their attempts (no 100 ms window holds more than half
     of them) and bounds their number; all are back soon after the path is."""
-    proc = ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start()
     clients_count, outage = 60, 4.0
     backoff = Backoff(initial=1.0, factor=2.0, cap=2.0)
-    try:
+    with ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start() as proc:
 
         async def main() -> None:
             proxy = await TcpProxy(proc.ws_port).start()
@@ -357,8 +338,6 @@ def test_many_clients_cut_off_do_not_storm(tmp_path: Path) -> None:
             await proxy.close()
 
         run(main(), 60)
-    finally:
-        proc.stop()
 
 
 def test_do_not_reconnect_close_ends_the_client(tmp_path: Path) -> None:
@@ -367,10 +346,9 @@ def test_do_not_reconnect_close_ends_the_client(tmp_path: Path) -> None:
     key = "k" * 24
     secret = "s3cret-for-tests-only-0123456789abcdef"
     auth = f'[auth]\nanonymous = false\nsecret = "{secret}"\nleeway = 0\n'
-    proc = ServerProcess(
+    with ServerProcess(
         tmp_path, workers=2, extra=NAMESPACES + auth, admin=f'api_key = "{key}"'
-    ).start()
-    try:
+    ).start() as proc:
 
         async def main() -> None:
             token = make_token(secret, "alice", 3600)
@@ -394,8 +372,6 @@ def test_do_not_reconnect_close_ends_the_client(tmp_path: Path) -> None:
             assert err.value.code == 401
 
         run(main())
-    finally:
-        proc.stop()
 
 
 def test_token_refreshed_before_expiry(tmp_path: Path) -> None:
@@ -404,8 +380,7 @@ def test_token_refreshed_before_expiry(tmp_path: Path) -> None:
     before its reply raises DeliveryUnknown instead of being retried."""
     secret = "s3cret-for-tests-only-0123456789abcdef"
     auth = f'[auth]\nanonymous = false\nsecret = "{secret}"\nleeway = 0\n'
-    proc = ServerProcess(tmp_path, workers=2, extra=NAMESPACES + auth).start()
-    try:
+    with ServerProcess(tmp_path, workers=2, extra=NAMESPACES + auth).start() as proc:
 
         async def main() -> None:
             issued: list[str] = []
@@ -430,5 +405,3 @@ def test_token_refreshed_before_expiry(tmp_path: Path) -> None:
                     await sending
 
         run(main())
-    finally:
-        proc.stop()

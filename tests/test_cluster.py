@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 from clusterproc import BRIDGE_PORT, INGRESS_PORT, Host, keygen, wait_converged
 from netns import Network, netns_unavailable
-from serverproc import timeout
+from toolkit import run, wait_until
 from wsclient import Client
 
 from shardws import Publisher
@@ -55,10 +54,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         finally:
             for host in nodes.all():
                 host.stop()
-
-
-def run(coroutine: Any, limit: float = 60) -> Any:
-    return asyncio.run(asyncio.wait_for(coroutine, timeout(limit)))
 
 
 async def _subscribe(clients: list[Client], channel: str) -> None:
@@ -263,7 +258,7 @@ def test_killed_bridge_is_restarted_and_the_host_rejoins(cluster: Cluster) -> No
     b = cluster["b"]
     old = b.health()["cluster"]["bridge_pid"]
     os.kill(old, signal.SIGKILL)
-    _wait_for(lambda: _new_bridge(b, old), "the bridge was not restarted")
+    wait_until(lambda: _new_bridge(b, old), 20, 0.1, "the bridge was not restarted")
     wait_converged(cluster.all(), NAMES)
     _deliver_everywhere(cluster, "after-bridge-restart")
 
@@ -274,13 +269,6 @@ def _new_bridge(host: Host, old_pid: int) -> bool:
     return bool(health["bridge_alive"]) and health["bridge_pid"] not in (old_pid, 0)
 
 
-def _wait_for(predicate: Any, what: str, limit: float = 20) -> None:
-    deadline = time.monotonic() + timeout(limit)
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def test_reload_replaces_the_bridge_and_refuses_a_new_host_id(cluster: Cluster) -> None:
     c = cluster["c"]
     assert c.proc is not None
@@ -289,11 +277,15 @@ def test_reload_replaces_the_bridge_and_refuses_a_new_host_id(cluster: Cluster) 
     try:
         c.config_path.write_text(original.replace('host_id = "c"', 'host_id = "c2"'))
         c.proc.send_signal(signal.SIGHUP)
-        _wait_for(lambda: "[cluster] host_id cannot change" in c.logs(), "reload not refused")
+        wait_until(
+            lambda: "[cluster] host_id cannot change" in c.logs(), 20, 0.1, "reload not refused"
+        )
         assert c.health()["cluster"]["bridge_pid"] == before
         c.config_path.write_text(original.replace("peer_timeout = 1.5", "peer_timeout = 2.0"))
         c.proc.send_signal(signal.SIGHUP)
-        _wait_for(lambda: _new_bridge(c, before), "the bridge was not replaced by the reload")
+        wait_until(
+            lambda: _new_bridge(c, before), 20, 0.1, "the bridge was not replaced by the reload"
+        )
         wait_converged(cluster.all(), NAMES)
         _deliver_everywhere(cluster, "after-reload")
     finally:

@@ -6,33 +6,24 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import websockets
 from rawws import FrameReader, client_frame, close_code_after, handshake
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run
 from wsclient import Client
 
 THRESHOLD = 200
 MAX_MESSAGE = 100_000
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("compression"),
-        workers=2,
-        server=f"max_message_size = {MAX_MESSAGE}",
-        extra=f"[compression]\nenabled = true\nthreshold = {THRESHOLD}\nmax_window_bits = 12\n",
-    ).start()
-    yield proc
-    proc.stop()
-
-
-def run(coro: object) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout(60)))  # type: ignore[arg-type]
+SERVER = {
+    "workers": 2,
+    "server": f"max_message_size = {MAX_MESSAGE}",
+    "extra": f"[compression]\nenabled = true\nthreshold = {THRESHOLD}\nmax_window_bits = 12\n",
+}
 
 
 def _inflate(payload: bytes, bits: int) -> bytes:
@@ -152,13 +143,10 @@ def test_compressed_input_violations(server: ServerProcess, frames: list[bytes],
 
 
 def test_compression_off_by_default(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1).start()
-    try:
+    with ServerProcess(tmp_path, workers=1).start() as proc:
 
         async def scenario() -> None:
             async with websockets.connect(proc.url) as ws:
                 assert ws.protocol.extensions == []
 
         run(scenario())
-    finally:
-        proc.stop()

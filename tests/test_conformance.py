@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from autobahn_cases import CI_CASES, EXCLUDED, echo_url, run_cases, start_server, summary_table
+from autobahn_cases import (
+    CI_CASES,
+    EXCLUDED,
+    EXTRA_SETTINGS,
+    SERVER_SETTINGS,
+    echo_url,
+    run_cases,
+    summary_table,
+)
 from rawws import client_frame, close_code_after, handshake
 from serverproc import ServerProcess
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("autobahn"))
-    yield proc
-    proc.stop()
+SERVER = {"workers": 2, "server": SERVER_SETTINGS, "extra": EXTRA_SETTINGS}
 
 
 @pytest.mark.timeout(900)
@@ -65,10 +67,7 @@ def test_native_endpoint_frame_rules(
 
 
 def test_echo_endpoint_is_off_by_default(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1).start()
-    try:
+    with ServerProcess(tmp_path, workers=1).start() as proc:
         sock, head, _ = handshake(proc.ws_port, "/autobahn")
         sock.close()
         assert head.startswith(b"HTTP/1.1 404"), head
-    finally:
-        proc.stop()

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from toolkit import run
 
 from shardws.bus.requests import Requests
 from shardws.pure import control
@@ -55,7 +56,7 @@ def test_requests_collect_answers_until_the_deadline() -> None:
         assert await asyncio.wait_for(task, 1) == ({0: {}}, set())  # no waiting for the timeout
         assert await requests.ask(set(), "channels", {}, 5) == ({}, set())
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_channels_answer_and_merge_stay_exact_when_truncated() -> None:

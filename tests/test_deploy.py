@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +19,8 @@ from typing import Any
 
 import pytest
 import websockets
-from serverproc import ServerProcess, free_port, run_cli, timeout
+from serverproc import ServerProcess, free_port, run_cli
+from toolkit import run, timeout, wait_until
 from wsclient import Client
 
 from shardws.config import load_config
@@ -35,10 +35,6 @@ HAPROXY = "/usr/sbin/haproxy"
 # The server pings a client quiet for 1 s; the proxies' tunnel timeout is rendered as
 # 3 s: a quiet client survives through them only because shardws's pings cross them.
 PING_INTERVAL, TUNNEL_TIMEOUT = 1, 3
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout(60)))
 
 
 def replace_once(text: str, old: str, new: str) -> str:
@@ -116,16 +112,18 @@ class Proxy:
         self._wait_listening()
 
     def _wait_listening(self) -> None:
-        deadline = time.monotonic() + timeout(10)
-        while time.monotonic() < deadline:
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.kind} exited {self.proc.returncode}:\n{self.logs()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
+                return True
             except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"{self.kind} not listening in time:\n{self.logs()}")
+                return False
+
+        wait_until(
+            listening, 10, message=lambda: f"{self.kind} not listening in time:\n{self.logs()}"
+        )
 
     def logs(self) -> str:
         text = self.log_path.read_text(errors="replace")
@@ -143,19 +141,14 @@ class Proxy:
         self._log.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # One connection per client address, addresses taken from X-Forwarded-For only
-    # from the proxy (127.0.0.1): every test connects each client under its own
-    # address, and a refusal (4029) shows which address shardws saw.
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("shardws"),
-        workers=2,
-        server=f"ping_interval = {PING_INTERVAL}\nidle_timeout = 5\n",
-        extra='[limits]\nconnections_per_ip = 1\ntrusted_proxies = ["127.0.0.1"]\n',
-    ).start()
-    yield proc
-    proc.stop()
+# One connection per client address, addresses taken from X-Forwarded-For only from
+# the proxy (127.0.0.1): every test connects each client under its own address, and a
+# refusal (4029) shows which address shardws saw.
+SERVER = {
+    "workers": 2,
+    "server": f"ping_interval = {PING_INTERVAL}\nidle_timeout = 5\n",
+    "extra": '[limits]\nconnections_per_ip = 1\ntrusted_proxies = ["127.0.0.1"]\n',
+}
 
 
 def installed(kind: str) -> Any:
@@ -271,10 +264,11 @@ def test_nginx_access_log_leaves_out_the_token(proxy: Proxy) -> None:
 
     run(main())
     access_log = proxy.directory / "shardws.access.log"
-    deadline = time.monotonic() + timeout(5)
-    while " 401 " not in (access_log.read_text() if access_log.exists() else ""):
-        assert time.monotonic() < deadline, f"no 401 line in {access_log}"
-        time.sleep(0.05)
+    wait_until(
+        lambda: " 401 " in (access_log.read_text() if access_log.exists() else ""),
+        5,
+        message=f"no 401 line in {access_log}",
+    )
     assert '"GET /ws" 401' in access_log.read_text()
     assert "not-a-real-jwt" not in access_log.read_text()
 

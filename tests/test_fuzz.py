@@ -8,7 +8,6 @@ a longer local run: ``SHARDWS_FUZZ_EXAMPLES=5000 SHARDWS_FUZZ_RANDOM=1 pytest te
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import socket
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run, timeout
 from wsclient import Client
 
 EXAMPLES = int(os.environ.get("SHARDWS_FUZZ_EXAMPLES", "120"))
@@ -31,16 +31,16 @@ FUZZ = settings(
 )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("fuzz"), workers=2, server="handshake_timeout = 1"
-    ).start()
-    yield proc
-    _, body = proc.health()
+SERVER = {"workers": 2, "server": "handshake_timeout = 1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_worker_crashed(server: ServerProcess) -> Iterator[None]:
+    """After the module's tests, before the server stops: both workers ran throughout."""
+    yield
+    _, body = server.health()
     assert body["workers_alive"] == 2
     assert [w["restarts"] for w in body["per_worker"]] == [0, 0], "a worker crashed"
-    proc.stop()
 
 
 def _rss_kb(pid: int) -> int:
@@ -189,6 +189,6 @@ def test_service_unharmed_after_fuzzing(server: ServerProcess) -> None:
         await sub.close()
         await pub.close()
 
-    asyncio.run(asyncio.wait_for(main(), timeout(30)))
+    run(main(), 30)
     after = sum(_rss_kb(pid) for pid in pids)
     assert after - before < 20_000, f"RSS grew {after - before} KB over 300 hostile connections"

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess, http_json
+from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
 from shardws.pure.history import owner_of
@@ -133,8 +134,7 @@ async def _publish_all(client: Client, count: int, pace: float) -> int:
 
 
 def test_publish_recover_history_presence_basics(tmp_path: Path) -> None:
-    proc = _server(tmp_path, 2)
-    try:
+    with _server(tmp_path, 2) as proc:
 
         async def main() -> None:
             a, b = await clients_on_workers(proc.url, 2)
@@ -183,17 +183,14 @@ def test_publish_recover_history_presence_basics(tmp_path: Path) -> None:
             for client in (a, b, late, stale):
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
-    finally:
-        proc.stop()
+        run(main(), 30)
 
 
 def test_killing_non_owner_workers_loses_nothing(tmp_path: Path) -> None:
     """Ten SIGKILLs of workers other than the channel's owner under a stream: every
     subscriber holds every message exactly once and in order after recovering."""
-    proc = _server(tmp_path, 3)
     count = 400
-    try:
+    with _server(tmp_path, 3) as proc:
         owner = owner_of(CHANNEL, [0, 1, 2])
 
         async def main() -> None:
@@ -220,10 +217,8 @@ def test_killing_non_owner_workers_loses_nothing(tmp_path: Path) -> None:
                 assert len(sub.epochs) == 1
             assert sum(s.reconnects for s in subscribers) >= 5  # kills did hit them
 
-        asyncio.run(asyncio.wait_for(main(), timeout(90)))
+        run(main(), 90)
         assert proc.health()[1]["per_worker"][owner]["restarts"] == 0
-    finally:
-        proc.stop()
 
 
 def proc_kill(pid: int) -> None:
@@ -232,8 +227,7 @@ def proc_kill(pid: int) -> None:
 
 
 def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path) -> None:
-    proc = _server(tmp_path, 2)
-    try:
+    with _server(tmp_path, 2) as proc:
         owner = owner_of(CHANNEL, [0, 1])
         other = 1 - owner
 
@@ -266,19 +260,13 @@ def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path) -> No
             for client in (*placed, back):
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(40)))
-    finally:
-        proc.stop()
+        run(main(), 40)
 
 
 def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
-    proc = _server(tmp_path, 2)
     count = 300
-    try:
-        deadline = time.monotonic() + timeout(10)
-        while "process(es) ready" not in proc.logs():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with _server(tmp_path, 2) as proc:
+        proc.wait_log(r"process\(es\) ready")
 
         async def main() -> None:
             placed = await clients_on_workers(proc.url, 2, per_worker=2)
@@ -293,7 +281,7 @@ def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             proc.signal(signal.SIGHUP)
             await publishing
-            await asyncio.to_thread(_wait_log, proc, "reload complete")
+            await asyncio.to_thread(proc.wait_log, "reload complete", 1, 60)
             stop.set()
             await asyncio.gather(*readers)
             for sub in subscribers:
@@ -303,9 +291,7 @@ def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
                 assert sub.epochs == {epoch}
             assert "continued 1 ring(s)" in proc.logs()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(90)))
-    finally:
-        proc.stop()
+        run(main(), 90)
 
 
 class ReconnectingPublisher:
@@ -332,16 +318,8 @@ class ReconnectingPublisher:
             await asyncio.sleep(pace)
 
 
-def _wait_log(proc: ServerProcess, text: str) -> None:
-    deadline = time.monotonic() + timeout(60)
-    while text not in proc.logs():
-        assert time.monotonic() < deadline, proc.logs()
-        time.sleep(0.05)
-
-
 def test_presence_matches_live_connections_after_a_kill(tmp_path: Path) -> None:
-    proc = _server(tmp_path, 2)
-    try:
+    with _server(tmp_path, 2) as proc:
 
         async def main() -> None:
             placed = await clients_on_workers(proc.url, 2, per_worker=3)
@@ -358,15 +336,14 @@ def test_presence_matches_live_connections_after_a_kill(tmp_path: Path) -> None:
                 with contextlib.suppress(Exception):
                     await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
-    finally:
-        proc.stop()
+        run(main(), 30)
 
 
 def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> None:
     key = "k" * 24
-    proc = ServerProcess(tmp_path, workers=2, extra=NAMESPACE, admin=f'api_key = "{key}"').start()
-    try:
+    with ServerProcess(
+        tmp_path, workers=2, extra=NAMESPACE, admin=f'api_key = "{key}"'
+    ).start() as proc:
 
         async def main() -> None:
             a, b = await clients_on_workers(proc.url, 2)
@@ -384,12 +361,7 @@ def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> N
                 assert [(p["offset"], p["data"]) for p in got] == [(1, 0), (2, 1), (3, 2)]
 
             def get(path: str) -> tuple[int, Any]:
-                request = urllib.request.Request(proc.admin_url + path, headers={"X-API-Key": key})
-                try:
-                    with urllib.request.urlopen(request, timeout=5) as response:
-                        return response.status, json.loads(response.read())
-                except urllib.error.HTTPError as exc:
-                    return exc.code, json.loads(exc.read())
+                return http_json(proc.admin_url + path, key=key)
 
             status, body = await asyncio.to_thread(get, f"/api/history?channel={CHANNEL}&limit=2")
             assert status == 200 and [p["data"] for p in body["publications"]] == [0, 1]
@@ -406,9 +378,7 @@ def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> N
             for client in (a, b):
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(30)))
-    finally:
-        proc.stop()
+        run(main(), 30)
 
 
 def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
@@ -416,9 +386,10 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
     its history and epoch move with it, so recovery still works."""
     channel = "chat:s2"
     assert owner_of(channel, [0, 1, 2]) == 2 and owner_of(channel, [0, 1]) == 1
-    proc = ServerProcess(tmp_path, workers=3, extra=NAMESPACE, server="max_workers = 3").start()
-    try:
-        _wait_log(proc, "process(es) ready")
+    with ServerProcess(
+        tmp_path, workers=3, extra=NAMESPACE, server="max_workers = 3"
+    ).start() as proc:
+        proc.wait_log(r"process\(es\) ready", 1, 60)
 
         async def publish(client: Client, n: int) -> dict[str, Any]:
             for _ in range(100):
@@ -428,24 +399,25 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
             raise AssertionError(f"publication {n} never accepted")
 
-        async def roll_to(workers: int, completed: int) -> None:
+        async def roll_to(workers: int, completed: int, moved: str) -> None:
+            """Reload to ``workers``; wait until the log line ``moved`` says the ring moved."""
             text = proc.config_path.read_text()
             proc.config_path.write_text(
                 text.replace(f"workers = {5 - workers}", f"workers = {workers}", 1)
             )
             proc.signal(signal.SIGHUP)
-            await asyncio.to_thread(_wait_count, proc, "reload complete", completed)
-            await asyncio.sleep(1.0)  # a heartbeat or two: the rings move
+            await asyncio.to_thread(proc.wait_log, "reload complete", completed, 60)
+            await asyncio.to_thread(proc.wait_log, moved)  # a heartbeat or two
 
         async def main() -> None:
             client = await Client.connect(proc.url)
             first = await publish(client, 0)
             epoch = first["epoch"]
-            await roll_to(2, 1)
+            await roll_to(2, 1, r"took over 1 ring\(s\) of retired worker 2")
             assert "took over 1 ring(s) of retired worker 2" in proc.logs()
             client = await Client.connect(proc.url)
             assert (await publish(client, 1)) == {**first, "id": 1, "offset": 2}
-            await roll_to(3, 2)
+            await roll_to(3, 2, r"handed 1 ring\(s\) over to worker")
             client = await Client.connect(proc.url)
             assert (await publish(client, 2))["offset"] == 3
             late = await Client.connect(proc.url)
@@ -455,16 +427,7 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
             assert reply["recovered"] is True and reply["epoch"] == epoch
             assert [(await late.next_push())["data"] for _ in range(3)] == [0, 1, 2]
 
-        asyncio.run(asyncio.wait_for(main(), timeout(90)))
-    finally:
-        proc.stop()
-
-
-def _wait_count(proc: ServerProcess, text: str, count: int) -> None:
-    deadline = time.monotonic() + timeout(60)
-    while proc.logs().count(text) < count:
-        assert time.monotonic() < deadline, proc.logs()
-        time.sleep(0.05)
+        run(main(), 90)
 
 
 def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
@@ -474,11 +437,10 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
     against the owner finds the gap and the worker repairs it."""
     channel = "chat:flood"
     limits = "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n"
-    proc = ServerProcess(
-        tmp_path, workers=2, server="bus_hwm = 1", extra=NAMESPACE + limits
-    ).start()
     count = 3000
-    try:
+    with ServerProcess(
+        tmp_path, workers=2, server="bus_hwm = 1", extra=NAMESPACE + limits
+    ).start() as proc:
         owner = owner_of(channel, [0, 1])
 
         async def main() -> None:
@@ -500,8 +462,10 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
             for sub in subscribers:
                 got = [(await sub.next_push(10))["offset"] for _ in range(count)]
                 assert got == list(range(1, count + 1))
-            await asyncio.sleep(0.7)  # a heartbeat: the counters reach /metrics
-            with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=5) as response:
+            await asyncio.to_thread(proc.wait_heartbeat)  # the counters reach /metrics
+            with urllib.request.urlopen(
+                proc.admin_url + "/metrics", timeout=timeout(5)
+            ) as response:
                 text = response.read().decode()
             repairs = sum(
                 float(line.split()[-1])
@@ -512,6 +476,4 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
             for client in placed:
                 await client.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
-    finally:
-        proc.stop()
+        run(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from toolkit import run
+
 from shardws.pure.hub import Hub
 
 
@@ -37,4 +39,4 @@ def test_first_and_last_subscriber_events() -> None:
         hub.add("news", "c", "sink-c")
         assert events[-1] == ("first", "news")
 
-    asyncio.run(scenario())
+    run(scenario())

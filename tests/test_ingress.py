@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import ServerProcess, free_port, timeout
+from serverproc import ServerProcess, free_port
+from toolkit import run, timeout, wait_until_async
 from wsclient import Client, clients_on_workers
 
 from shardws import Publisher, PublisherError
@@ -22,7 +23,7 @@ API_KEY = "k" * 24
 
 def _stats(proc: ServerProcess) -> dict[str, Any]:
     request = urllib.request.Request(proc.admin_url + "/api/stats", headers={"X-API-Key": API_KEY})
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with urllib.request.urlopen(request, timeout=timeout(5)) as response:
         result: dict[str, Any] = json.loads(response.read())
         return result
 
@@ -52,7 +53,7 @@ async def _silent(client: Client, seconds: float) -> None:
 
 
 def _metrics(proc: ServerProcess) -> dict[str, float]:
-    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=5) as response:
+    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=timeout(5)) as response:
         text = response.read().decode()
     return {
         sample.name: sample.value
@@ -115,7 +116,12 @@ def test_publisher_over_tcp_reaches_both_workers_and_junk_is_counted(tmp_path: P
             for sub in subs:
                 assert (await sub.next_push())["data"] == {"via": "http"}
                 assert (await sub.next_push())["data"] == 1
-            await asyncio.sleep(0.7)  # one admin heartbeat: its counters reach /metrics
+            await wait_until_async(  # an admin heartbeat: its counters reach /metrics
+                lambda: (
+                    _metrics(proc).get("shardws_backend_publications_total", 0) >= 200 + 2 + 1 + 2
+                ),
+                message="the admin's counters did not reach /metrics",
+            )
             metrics = _metrics(proc)
             assert metrics["shardws_ingress_messages_total"] == 200 + 2 + len(junk) + 1
             assert metrics["shardws_ingress_rejected_total"] == len(junk)
@@ -129,7 +135,7 @@ def test_publisher_over_tcp_reaches_both_workers_and_junk_is_counted(tmp_path: P
             for sub in subs:
                 await sub.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())
     finally:
         proc.stop()
 
@@ -184,7 +190,7 @@ def test_curve_ingress_only_delivers_from_authorized_keys(tmp_path: Path) -> Non
             for sub in subs:
                 await sub.close()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
+        run(main())
     finally:
         proc.stop()
 

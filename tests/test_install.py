@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from serverproc import run_cli, timeout
+from serverproc import run_cli
+from toolkit import timeout
 
 from shardws.tools import install
 from shardws.tools.install import CONFIG_TARGET, SYSCTL_TARGET, UNIT_TARGET, under

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,15 +13,12 @@ from serverproc import ServerProcess
 from shardws import cli
 from shardws.tools.loadgen import SCENARIOS, LoadSpec, format_report, run, scenario_settings
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # Publishers run flat out: lift the per-connection command limit (a real backend
-    # publishing over WebSocket would do the same).
-    limits = "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n"
-    proc = ServerProcess(tmp_path_factory.mktemp("loadgen"), workers=1, extra=limits).start()
-    yield proc
-    proc.stop()
+# Publishers run flat out: lift the per-connection command limit (a real backend
+# publishing over WebSocket would do the same).
+SERVER = {
+    "workers": 1,
+    "extra": "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n",
+}
 
 
 def spec(server: ServerProcess, **fields: Any) -> LoadSpec:

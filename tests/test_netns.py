@@ -7,12 +7,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 from netns import NETNS_DIR, Network, netns_unavailable
-from serverproc import timeout
+from toolkit import run, timeout, wait_until
 
 needs_netns = pytest.mark.skipif(bool(netns_unavailable()), reason=netns_unavailable() or "")
 
@@ -25,14 +24,13 @@ def _namespaces() -> set[str]:
 
 
 def _wait_http(net: Network, host: str, address: str) -> tuple[int, bytes]:
-    deadline = time.monotonic() + timeout(10)
-    while True:
+    def answered() -> tuple[int, bytes] | None:
         try:
             return net.http_get(host, address, PORT, "/", timeout=1)
         except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            return None
+
+    return wait_until(answered, 10, message=f"no HTTP answer from {address} on {host}")
 
 
 @pytest.fixture
@@ -103,7 +101,7 @@ def test_websocket_survives_a_short_partition(net: Network) -> None:
             finally:
                 await ws.close()
 
-    asyncio.run(main())
+    run(main())
 
 
 @needs_netns

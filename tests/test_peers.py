@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import websockets
+from toolkit import run
 
 # benchmarks/ is not part of the installed package: pytest's pythonpath = ["."] finds it.
 from benchmarks.peers.launch import (
@@ -24,7 +25,7 @@ from benchmarks.peers.launch import (
     stop_peer,
 )
 
-LIMIT = 10  # seconds for any one scenario; a healthy run takes well under one
+LIMIT = 10  # seconds (scaled) for any one scenario; a healthy run takes well under one
 
 
 @pytest.fixture(scope="module", params=PEERS)
@@ -39,10 +40,6 @@ def peer(request: pytest.FixtureRequest) -> Iterator[PeerProcess]:
     yield proc
     code = stop_peer(proc)
     assert code == 0, f"{name} exited with {code} on SIGTERM"
-
-
-def run(coro: Any) -> None:
-    asyncio.run(asyncio.wait_for(coro, LIMIT))
 
 
 async def connect(url: str) -> Any:
@@ -103,7 +100,7 @@ def test_publish_reaches_exactly_the_subscribers(peer: PeerProcess) -> None:
             for ws in (a, b, c):
                 await ws.close()
 
-    run(scenario())
+    run(scenario(), LIMIT)
 
 
 def test_unsubscribe_and_disconnect_leave_the_channel(peer: PeerProcess) -> None:
@@ -136,7 +133,7 @@ def test_unsubscribe_and_disconnect_leave_the_channel(peer: PeerProcess) -> None
             for ws in (a, b, c):
                 await ws.close()
 
-    run(scenario())
+    run(scenario(), LIMIT)
 
 
 def test_malformed_json_gets_an_error_and_the_connection_stays(peer: PeerProcess) -> None:
@@ -152,4 +149,4 @@ def test_malformed_json_gets_an_error_and_the_connection_stays(peer: PeerProcess
         finally:
             await ws.close()
 
-    run(scenario())
+    run(scenario(), LIMIT)

@@ -12,11 +12,11 @@ import asyncio
 import json
 import re
 import signal
-import time
 from pathlib import Path
 
 import websockets
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run, timeout
 from wsclient import clients_on_workers
 
 from benchmarks.tlscert import self_signed
@@ -59,13 +59,6 @@ class ConnectionStream:
             await asyncio.sleep(0.005)
 
 
-def _wait_for_log(proc: ServerProcess, pattern: str, count: int, limit: float) -> None:
-    deadline = time.monotonic() + timeout(limit)
-    while len(re.findall(pattern, proc.logs())) < count:
-        assert time.monotonic() < deadline, f"no {count}x {pattern!r} in time:\n{proc.logs()}"
-        time.sleep(0.05)
-
-
 async def _roll_under_stream(proc: ServerProcess, workers: int, completed: int) -> int:
     """Rewrite ``workers``, SIGHUP, and wait for reload number ``completed`` to finish
     while connections stream in; returns how many connections were accepted meanwhile."""
@@ -75,7 +68,7 @@ async def _roll_under_stream(proc: ServerProcess, workers: int, completed: int) 
     stream.start()
     await asyncio.sleep(0.3)
     proc.signal(signal.SIGHUP)
-    await asyncio.to_thread(_wait_for_log, proc, "reload complete", completed, 60)
+    await asyncio.to_thread(proc.wait_log, "reload complete", completed, 60)
     await asyncio.sleep(0.3)
     await stream.stop()
     assert stream.refused == [], f"{len(stream.refused)} refused: {stream.refused[:5]}"
@@ -85,10 +78,9 @@ async def _roll_under_stream(proc: ServerProcess, workers: int, completed: int) 
 def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
     tmp_path: Path,
 ) -> None:
-    proc = ServerProcess(tmp_path, workers=2, server="max_workers = 4").start()
-    try:
-        _wait_for_log(proc, r"process\(es\) ready", 1, 10)
-        accepted = asyncio.run(_roll_under_stream(proc, 3, 1))
+    with ServerProcess(tmp_path, workers=2, server="max_workers = 4").start() as proc:
+        proc.wait_log(r"process\(es\) ready")
+        accepted = run(_roll_under_stream(proc, 3, 1), 90)
         assert accepted > 0
         body = proc.wait_healthy()
         assert [w["worker"] for w in body["per_worker"]] == [0, 1, 2]
@@ -105,23 +97,21 @@ def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
             for client in clients:
                 await client.close()
 
-        asyncio.run(pubsub_across(3))  # the added worker is on the bus both ways
+        run(pubsub_across(3))  # the added worker is on the bus both ways
 
-        asyncio.run(_roll_under_stream(proc, 1, 2))
+        run(_roll_under_stream(proc, 1, 2), 90)
         body = proc.wait_healthy()
         assert [w["worker"] for w in body["per_worker"]] == [0]
         assert "retired worker 2" in proc.logs() and "retired worker 1" in proc.logs()
-        asyncio.run(pubsub_across(1))
+        run(pubsub_across(1))
 
         # Beyond max_workers: refused, the key named, nothing changes.
         text = proc.config_path.read_text()
         proc.config_path.write_text(re.sub(r"(?m)^workers = \d+", "workers = 5", text))
         proc.signal(signal.SIGHUP)
-        _wait_for_log(proc, r"\[server\] max_workers", 1, 10)
+        proc.wait_log(r"\[server\] max_workers")
         assert "reload refused" in proc.logs()
         assert len(proc.wait_healthy()["per_worker"]) == 1
-    finally:
-        proc.stop()
 
 
 def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
@@ -129,9 +119,8 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
     (an operator's deploy replaced the file): the roll is reversed, the service keeps
     serving the old config, and nothing restarts in a loop."""
     cert, key = self_signed(tmp_path)
-    proc = ServerProcess(tmp_path, workers=2).start()
-    try:
-        _wait_for_log(proc, r"process\(es\) ready", 1, 10)
+    with ServerProcess(tmp_path, workers=2).start() as proc:
+        proc.wait_log(r"process\(es\) ready")
         old_pids = {w["pid"] for w in proc.wait_healthy()["per_worker"]}
         original = proc.config_path.read_text()
         proc.config_path.write_text(
@@ -139,18 +128,18 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
             + f'\n[tls]\ncert = "{cert}"\nkey = "{key}"\n'
         )
         proc.signal(signal.SIGHUP)
-        _wait_for_log(proc, r"reload: \d+ step", 1, 10)
+        proc.wait_log(r"reload: \d+ step")
         Path(key).write_text("not a key any more\n")  # before the first new worker boots
 
         async def stream_through_rollback() -> None:
             stream = ConnectionStream(proc.url)
             stream.start()
-            await asyncio.to_thread(_wait_for_log, proc, "reload rolled back", 1, 60)
+            await asyncio.to_thread(proc.wait_log, "reload rolled back", 1, 60)
             await stream.stop()
             assert stream.refused == [], stream.refused[:5]
             assert stream.accepted > 0
 
-        asyncio.run(stream_through_rollback())
+        run(stream_through_rollback(), 90)
         logs = proc.logs()
         assert "did not boot with the new configuration; rolling back" in logs
         body = proc.wait_healthy()
@@ -161,10 +150,8 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
             for client in await clients_on_workers(proc.url, 2):
                 await client.close()
 
-        asyncio.run(plain_on_both())
+        run(plain_on_both())
         # Worker 1 was never replaced (the roll stopped at the first failure).
         assert [w for w in body["per_worker"] if w["pid"] in old_pids]
         # No restart storm: a handful of boots, not a loop.
         assert len(re.findall(r"started worker", proc.logs())) <= 6
-    finally:
-        proc.stop()

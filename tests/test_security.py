@@ -9,14 +9,14 @@ import resource
 import signal
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 import websockets
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
 from benchmarks.tlscert import self_signed
@@ -48,20 +48,7 @@ def token(sub: str, ttl: float = 3600, **claims: Any) -> str:
     return make_token(SECRET, sub, ttl, **claims)
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout(60)))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("secure"),
-        workers=2,
-        server="handshake_timeout = 1.5",
-        extra=AUTH,
-    ).start()
-    yield proc
-    proc.stop()
+SERVER = {"workers": 2, "server": "handshake_timeout = 1.5", "extra": AUTH}
 
 
 async def authed(url: str, sub: str, **claims: Any) -> Client:
@@ -246,8 +233,7 @@ def test_subscription_limits(server: ServerProcess) -> None:
 
 def test_command_flood_is_limited_and_others_unaffected(tmp_path: Path) -> None:
     limits = "[limits]\ncommands_per_second = 20\ncommand_burst = 20\nabuse_close_after = 40\n"
-    proc = ServerProcess(tmp_path, workers=2, extra=limits).start()
-    try:
+    with ServerProcess(tmp_path, workers=2, extra=limits).start() as proc:
 
         async def main() -> None:
             flooder, bystander = await clients_on_workers(proc.url, 2)
@@ -269,13 +255,12 @@ def test_command_flood_is_limited_and_others_unaffected(tmp_path: Path) -> None:
         run(main())
         _, body = proc.health()
         assert body["workers_alive"] == 2 and all(w["restarts"] == 0 for w in body["per_worker"])
-    finally:
-        proc.stop()
 
 
 def test_connections_per_ip_across_workers_and_after_a_kill(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, extra="[limits]\nconnections_per_ip = 3\n").start()
-    try:
+    with ServerProcess(
+        tmp_path, workers=2, extra="[limits]\nconnections_per_ip = 3\n"
+    ).start() as proc:
 
         async def main() -> None:
             held = [await Client.connect(proc.url) for _ in range(3)]
@@ -296,14 +281,11 @@ def test_connections_per_ip_across_workers_and_after_a_kill(tmp_path: Path) -> N
                 await Client.connect(proc.url)
 
         run(main())
-    finally:
-        proc.stop()
 
 
 def test_trusted_proxy_forwarded_for(tmp_path: Path) -> None:
     extra = '[limits]\nconnections_per_ip = 1\ntrusted_proxies = ["127.0.0.1"]\n'
-    proc = ServerProcess(tmp_path, workers=1, extra=extra).start()
-    try:
+    with ServerProcess(tmp_path, workers=1, extra=extra).start() as proc:
 
         async def main() -> None:
             def via(ip: str) -> dict[str, str]:
@@ -324,14 +306,11 @@ def test_trusted_proxy_forwarded_for(tmp_path: Path) -> None:
             await second.close()
 
         run(main())
-    finally:
-        proc.stop()
 
 
 def test_origin_allowlist_and_full_worker(tmp_path: Path) -> None:
     extra = '[limits]\nallowed_origins = ["https://good.example"]\nconnections_per_worker = 2\n'
-    proc = ServerProcess(tmp_path, workers=1, extra=extra).start()
-    try:
+    with ServerProcess(tmp_path, workers=1, extra=extra).start() as proc:
 
         async def main() -> None:
             with pytest.raises(websockets.InvalidStatus) as info:
@@ -345,8 +324,6 @@ def test_origin_allowlist_and_full_worker(tmp_path: Path) -> None:
                 await client.close()
 
         run(main())
-    finally:
-        proc.stop()
 
 
 def test_a_worker_short_of_open_files_refuses_with_503_instead_of_resetting(
@@ -408,9 +385,9 @@ def test_a_worker_short_of_open_files_refuses_with_503_instead_of_resetting(
 
 def test_wss_round_trip(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
-    proc = ServerProcess(tmp_path, workers=2, extra=f'[tls]\ncert = "{cert}"\nkey = "{key}"\n')
-    proc.start()
-    try:
+    with ServerProcess(
+        tmp_path, workers=2, extra=f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+    ).start() as proc:
         context = ssl.create_default_context(cafile=str(cert))
         url = proc.url.replace("ws://127.0.0.1", "wss://localhost")
 
@@ -425,5 +402,3 @@ def test_wss_round_trip(tmp_path: Path) -> None:
             await pub.close()
 
         run(main())
-    finally:
-        proc.stop()

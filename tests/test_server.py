@@ -7,27 +7,19 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import picows
 import pytest
 import websockets
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
 WORKERS = 2
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("server"), workers=WORKERS).start()
-    yield proc
-    proc.stop()
-
-
-def run(coro: object) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout(60)))  # type: ignore[arg-type]
+SERVER = {"workers": WORKERS}
 
 
 def test_connected_push_and_health(server: ServerProcess) -> None:
@@ -212,8 +204,7 @@ def test_picows_client_pubsub(server: ServerProcess) -> None:
 
 
 def test_kill_9_worker_is_replaced_and_others_unaffected(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=WORKERS).start()
-    try:
+    with ServerProcess(tmp_path, workers=WORKERS).start() as proc:
 
         async def scenario() -> None:
             victim_side, survivor = await clients_on_workers(proc.url, WORKERS)
@@ -234,13 +225,10 @@ def test_kill_9_worker_is_replaced_and_others_unaffected(tmp_path: Path) -> None
             assert body["per_worker"][victim_side.worker]["restarts"] == 1
 
         run(scenario())
-    finally:
-        proc.stop()
 
 
 def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=WORKERS).start()
-    try:
+    with ServerProcess(tmp_path, workers=WORKERS).start() as proc:
 
         async def scenario() -> list[int]:
             clients = await clients_on_workers(proc.url, WORKERS)
@@ -265,8 +253,6 @@ def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
         run(collect())
         assert codes == [1001] * WORKERS
         assert proc.wait_exit(10) == 0
-    finally:
-        proc.stop()
 
 
 class _SilentListener(_RawListener):
@@ -274,10 +260,9 @@ class _SilentListener(_RawListener):
 
 
 def test_idle_connections_are_pinged_and_dead_ones_closed_4502(tmp_path: Path) -> None:
-    proc = ServerProcess(
+    with ServerProcess(
         tmp_path, workers=1, server="ping_interval = 0.2\nidle_timeout = 0.8"
-    ).start()
-    try:
+    ).start() as proc:
 
         async def scenario() -> None:
             alive = await Client.connect(proc.url)  # websockets answers pings itself
@@ -291,5 +276,3 @@ def test_idle_connections_are_pinged_and_dead_ones_closed_4502(tmp_path: Path) -
             await alive.close()
 
         run(scenario())
-    finally:
-        proc.stop()

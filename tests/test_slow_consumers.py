@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 import picows
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run, timeout
 from wsclient import Client
 
 MESSAGES = 300
@@ -60,34 +61,30 @@ async def _scenario(url: str, channel: str) -> tuple[_Paused, picows.WSTransport
 
 
 def test_slow_consumer_is_disconnected(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=1, server="").start()
-    try:
+    with ServerProcess(tmp_path, workers=1, server="").start() as proc:
 
         async def main() -> None:
             slow, transport, got = await _scenario(proc.url, "news")
             assert got == list(range(MESSAGES))
             transport.underlying_transport.resume_reading()
             await asyncio.wait_for(transport.wait_disconnected(), timeout(10))
-            await asyncio.sleep(0.6)  # one heartbeat: counters reach shared memory
+            await asyncio.to_thread(proc.wait_heartbeat)  # counters reach shared memory
             _, body = proc.health()
             assert body["per_worker"][0]["slow_consumers"] == 1
             # Whatever reached it before the cut arrived in order and whole.
             ns = [json.loads(t)["data"]["n"] for t in slow.texts if t.startswith(b'{"type":"pub"')]
             assert ns == list(range(len(ns))) and len(ns) < MESSAGES
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
-    finally:
-        proc.stop()
+        run(main())
 
 
 def test_drop_policy_skips_messages_and_keeps_the_connection(tmp_path: Path) -> None:
-    proc = ServerProcess(
+    with ServerProcess(
         tmp_path,
         workers=1,
         server="",
         extra='[namespaces.lossy]\nslow_consumer = "drop"\n',
-    ).start()
-    try:
+    ).start() as proc:
 
         async def main() -> None:
             slow, transport, got = await _scenario(proc.url, "lossy:feed")
@@ -102,12 +99,10 @@ def test_drop_policy_skips_messages_and_keeps_the_connection(tmp_path: Path) -> 
             assert slow.close_code is None
             ns = [json.loads(t)["data"]["n"] for t in slow.texts if t.startswith(b'{"type":"pub"')]
             assert ns == sorted(ns) and len(ns) < MESSAGES  # some skipped, order kept
-            await asyncio.sleep(0.6)  # one heartbeat: counters reach shared memory
+            await asyncio.to_thread(proc.wait_heartbeat)  # counters reach shared memory
             _, body = proc.health()
             assert body["per_worker"][0]["drops"] == MESSAGES - len(ns)
             assert body["per_worker"][0]["slow_consumers"] == 0
             transport.disconnect()
 
-        asyncio.run(asyncio.wait_for(main(), timeout(60)))
-    finally:
-        proc.stop()
+        run(main())

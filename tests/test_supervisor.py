@@ -8,15 +8,16 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess
+from toolkit import run, timeout, wait_until, wait_until_async
 from wsclient import Client, clients_on_workers
 
 
 def test_worker_with_a_stuck_loop_is_killed_and_replaced(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2, server="heartbeat_timeout = 1").start()
-    try:
+    with ServerProcess(tmp_path, workers=2, server="heartbeat_timeout = 1").start() as proc:
         _, body = proc.health()
         stuck = body["per_worker"][1]["pid"]
         os.kill(stuck, signal.SIGSTOP)  # its event loop stops stamping the heartbeat
@@ -24,8 +25,6 @@ def test_worker_with_a_stuck_loop_is_killed_and_replaced(tmp_path: Path) -> None
         assert body["per_worker"][1]["restarts"] == 1
         assert body["per_worker"][0]["restarts"] == 0
         assert "heartbeat is" in proc.logs() and "killing it" in proc.logs()
-    finally:
-        proc.stop()
 
 
 def test_sd_notify_ready_status_watchdog_reloading_stopping(tmp_path: Path) -> None:
@@ -39,66 +38,57 @@ def test_sd_notify_ready_status_watchdog_reloading_stopping(tmp_path: Path) -> N
         )
         messages: list[str] = []
 
-        def collect_until(predicate: str, limit: float) -> None:
-            deadline = time.monotonic() + timeout(limit)
-            while not any(m.startswith(predicate) for m in messages):
-                assert time.monotonic() < deadline, f"no {predicate!r} in {messages}"
-                try:
-                    messages.append(listener.recv(4096).decode())
-                except TimeoutError:
-                    pass
+        def collect_until(done: Callable[[list[str]], bool], limit: float) -> None:
+            """Receive notifications (0.2 s at most each) until ``done(messages)``."""
+
+            def heard() -> bool:
+                if not done(messages):
+                    try:
+                        messages.append(listener.recv(4096).decode())
+                    except TimeoutError:
+                        pass
+                return done(messages)
+
+            wait_until(heard, limit, interval=0, message=lambda: f"not in time: {messages}")
+
+        def one_starting(prefix: str) -> Callable[[list[str]], bool]:
+            return lambda received: any(m.startswith(prefix) for m in received)
 
         try:
-            collect_until("READY=1", 10)
-            collect_until("STATUS=2/2 workers ready", 10)
+            collect_until(one_starting("READY=1"), 10)
+            collect_until(one_starting("STATUS=2/2 workers ready"), 10)
             # The watchdog is fed from the supervisor's loop, at half of WatchdogSec.
             start = len(messages)
-            deadline = time.monotonic() + timeout(3)
-            while messages[start:].count("WATCHDOG=1") < 3:
-                assert time.monotonic() < deadline, messages[start:]
-                try:
-                    messages.append(listener.recv(4096).decode())
-                except TimeoutError:
-                    pass
+            collect_until(lambda received: received[start:].count("WATCHDOG=1") >= 3, 3)
             # SIGHUP: RELOADING=1, then READY=1 once the roll completed.
             proc.signal(signal.SIGHUP)
-            collect_until("RELOADING=1", 10)
+            collect_until(one_starting("RELOADING=1"), 10)
             reloading = messages.index("RELOADING=1")
-            deadline = time.monotonic() + timeout(30)
-            while "READY=1" not in messages[reloading:]:
-                assert time.monotonic() < deadline, messages[reloading:]
-                try:
-                    messages.append(listener.recv(4096).decode())
-                except TimeoutError:
-                    pass
+            collect_until(lambda received: "READY=1" in received[reloading:], 30)
             assert "reload complete" in proc.logs()
             proc.signal(signal.SIGTERM)
-            collect_until("STOPPING=1", 10)
+            collect_until(one_starting("STOPPING=1"), 10)
             assert proc.wait_exit(10) == 0
         finally:
             proc.stop()
 
 
 def test_sighup_reload_rolls_workers_without_refusing_connections(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2).start()
-    try:
-        deadline = time.monotonic() + timeout(10)
-        while "process(es) ready" not in proc.logs():  # systemd reloads only after READY
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with ServerProcess(tmp_path, workers=2).start() as proc:
+        proc.wait_log(r"process\(es\) ready")  # systemd reloads only after READY
         _, body = proc.health()
         old_pids = {w["pid"] for w in body["per_worker"]}
         # Invalid config: refused, nothing replaced.
         original = proc.config_path.read_text()
         proc.config_path.write_text(original + "\n[namespaces.extra\n")
         proc.signal(signal.SIGHUP)
-        time.sleep(0.5)
+        proc.wait_log("reload refused")
         assert "reload refused" in proc.logs()
         assert {w["pid"] for w in proc.health()[1]["per_worker"]} == old_pids
         # A change that needs a restart: refused with the option named.
         proc.config_path.write_text(original.replace(f"port = {proc.ws_port}", "port = 1"))
         proc.signal(signal.SIGHUP)
-        time.sleep(0.5)
+        proc.wait_log(r"\[server\] port cannot change without a restart")
         assert "[server] port cannot change without a restart" in proc.logs()
         # A valid change: every process replaced one at a time, connections keep landing.
         proc.config_path.write_text(original + '\n[namespaces.extra]\nslow_consumer = "drop"\n')
@@ -124,7 +114,7 @@ def test_sighup_reload_rolls_workers_without_refusing_connections(tmp_path: Path
                     return connected
             raise AssertionError(f"reload did not complete:\n{proc.logs()}")
 
-        assert asyncio.run(connect_during_roll()) > 0
+        assert run(connect_during_roll()) > 0
 
         async def new_namespace_everywhere() -> None:
             clients = await clients_on_workers(proc.url, 2)
@@ -132,47 +122,39 @@ def test_sighup_reload_rolls_workers_without_refusing_connections(tmp_path: Path
                 assert (await client.call("subscribe", channel="extra:x"))["ok"]
                 await client.close()
 
-        asyncio.run(new_namespace_everywhere())
+        run(new_namespace_everywhere())
         assert all(w["restarts"] == 0 for w in proc.health()[1]["per_worker"])
-    finally:
-        proc.stop()
 
 
 def test_sigterm_with_no_clients_drains_cleanly(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2).start()
-    try:
+    with ServerProcess(tmp_path, workers=2).start() as proc:
         proc.signal(signal.SIGTERM)
         assert proc.wait_exit(10) == 0
         assert "Traceback" not in proc.logs() and "worker 0 stopped" in proc.logs()
-    finally:
-        proc.stop()
 
 
 def test_new_connections_are_refused_at_once_during_a_drain(tmp_path: Path) -> None:
     """While the service drains (a client holds it open), a new client is refused
     quickly instead of being queued on a listener nobody accepts from."""
-    proc = ServerProcess(tmp_path, workers=1).start()  # drain_timeout = 5
-    try:
+    with ServerProcess(tmp_path, workers=1).start() as proc:  # drain_timeout = 5
 
         async def main() -> None:
             held = await Client.connect(proc.url)
             assert (await held.call("subscribe", channel="x"))["ok"]
             proc.signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout(5)
-            while True:
-                assert time.monotonic() < deadline, "never refused during the drain"
+
+            def refused() -> bool:
                 try:
                     with socket.create_connection(("127.0.0.1", proc.ws_port), timeout=1):
-                        pass
+                        return False
                 except ConnectionRefusedError:
-                    break
-                await asyncio.sleep(0.05)
+                    return True
+
+            await wait_until_async(refused, 5, message="never refused during the drain")
             assert proc.proc is not None and proc.proc.poll() is None  # still draining
 
-        asyncio.run(main())
+        run(main())
         assert proc.wait_exit(15) == 0
-    finally:
-        proc.stop()
 
 
 def _shared_blocks(pid: int) -> set[str]:
@@ -182,9 +164,8 @@ def _shared_blocks(pid: int) -> set[str]:
 
 
 def test_no_shared_memory_name_outlives_a_sigkilled_server(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path, workers=2).start()
-    assert proc.proc is not None
-    try:
+    with ServerProcess(tmp_path, workers=2).start() as proc:
+        assert proc.proc is not None
         _, body = proc.health()
         pids = [proc.proc.pid, *(w["pid"] for w in body["per_worker"])]
         mapped = set().union(*(_shared_blocks(pid) for pid in pids))
@@ -194,11 +175,10 @@ def test_no_shared_memory_name_outlives_a_sigkilled_server(tmp_path: Path) -> No
         for pid in pids:  # the supervisor first: nothing is left to clean up
             os.kill(pid, signal.SIGKILL)
         proc.proc.wait(timeout(10))
-        deadline = time.monotonic() + timeout(10)
-        while any(os.path.exists(f"/proc/{pid}") for pid in pids[1:]):
-            assert time.monotonic() < deadline, "workers did not exit"
-            time.sleep(0.05)
+        wait_until(
+            lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids[1:]),
+            10,
+            message="workers did not exit",
+        )
         paths = {name.removesuffix("(deleted)").strip() for name in mapped}
         assert not [path for path in paths if os.path.exists(path)]
-    finally:
-        proc.stop()
