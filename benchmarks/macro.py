@@ -65,12 +65,19 @@ class Server:
 
 @contextlib.contextmanager
 def serve(
-    name: str, workers: int = 1, extra: str = "", unlimited: bool = True, admin: str = ""
+    name: str,
+    workers: int = 1,
+    extra: str = "",
+    unlimited: bool = True,
+    admin: str = "",
+    server: str = "",
+    stop_timeout: float = 30,
 ) -> Iterator[Server]:
     """Start ``name`` (``shardws`` or a peer) and stop it afterwards. For shardws,
-    ``extra`` is TOML appended to its config, ``admin`` TOML added to its ``[admin]``
-    section, and ``unlimited`` lifts the per-connection command limit (publishers run
-    flat out; the peers have no such limit either)."""
+    ``extra`` is TOML appended to its config, ``admin`` and ``server`` TOML added to its
+    ``[admin]`` and ``[server]`` sections, and ``unlimited`` lifts the per-connection
+    command limit (publishers run flat out; the peers have no such limit either); it gets
+    ``stop_timeout`` s to drain and exit once told to stop."""
     if name != "shardws":
         proc = start_peer(name, _free_port())
         try:
@@ -84,7 +91,7 @@ def serve(
         config.write_text(
             f"[server]\nport = {port}\nworkers = {workers}\n"
             # Benchmarks measure fan-out, not keepalive: no pings during a run.
-            "ping_interval = 600\nidle_timeout = 1200\n"
+            f"ping_interval = 600\nidle_timeout = 1200\n{server}\n"
             f'[admin]\nport = {admin_port}\n{admin}\n[log]\nlevel = "warning"\n'
             + (UNLIMITED if unlimited else "")
             + extra
@@ -104,7 +111,11 @@ def serve(
             yield Server("shardws", f"ws://127.0.0.1:{port}/ws", proc.pid, admin_url)
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # SIGKILL reaches its workers too (PR_SET_PDEATHSIG)
+                proc.wait(10)
 
 
 def _spec(server: Server, **fields: Any) -> LoadSpec:
