@@ -1,8 +1,11 @@
 """C250K: a quarter million subscribed connections on one box, held, published to and
 rolled, measured with shardws's own load generator.
 
-    python -m benchmarks.c250k                    # the full run (root for the setup below)
-    python -m benchmarks.c250k --connections 16000 --workers 16 --processes 8   # rehearsal
+    python -m benchmarks.macro c250k              # the full run (root for the setup below)
+    python -m benchmarks.macro c250k --connections 8000 --workers 16 --processes 8 \
+        --channels 800                            # a rehearsal
+    python -m benchmarks.c250k ...                # the same, but invisible to the usual
+                                                  # ``pgrep -f benchmarks.macro`` check
 
 What it does, in order (every figure is from ``shardws bench --scenario idle``, whose
 report is saved whole):
@@ -244,7 +247,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.macro c250k", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--connections", type=int, default=250_000, help="clients held")
     parser.add_argument("--workers", type=int, default=32, help="shardws workers")
     parser.add_argument("--processes", type=int, default=16, help="client processes")
