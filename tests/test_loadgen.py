@@ -24,6 +24,7 @@ from shardws.tools.loadgen import (
     LoadSpec,
     _bottleneck,
     _cpu_figures,
+    _process_tree,
     _source_socket,
     connect_ramp,
     format_report,
@@ -318,3 +319,35 @@ def test_connect_timeout_grows_with_the_count() -> None:
 def test_validate_idle_options(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LoadSpec(**fields).validate()
+
+
+def test_reconnecting_clients_come_back_from_a_dead_worker_counted(tmp_path: Path) -> None:
+    # A worker killed outright sends no reconnect hint: its clients come back at once
+    # with --reconnect, and every one of them is counted as an unexpected disconnect.
+    proc = ServerProcess(tmp_path, workers=2).start()
+    try:
+        assert proc.proc is not None
+        workers = [
+            pid
+            for pid in _process_tree([proc.proc.pid])
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"shardws: worker")
+        ]
+        assert len(workers) == 2
+        threading.Timer(2.0, os.kill, (workers[0], signal.SIGKILL)).start()
+        report = run(spec_for(proc, connections=20, processes=2, duration=8, reconnect=True))
+    finally:
+        proc.stop()
+    dropped = report["connections"]["unexpected_disconnects"]
+    assert 0 < dropped < 20  # the kernel spread them over both workers
+    assert report["idle"]["live_at_end"] == 20, format_report(report)
+
+
+def spec_for(proc: ServerProcess, **fields: Any) -> LoadSpec:
+    assert proc.proc is not None
+    base: dict[str, Any] = {
+        "scenario": "idle",
+        "url": [proc.url],
+        "server_pid": [proc.proc.pid],
+        "progress": False,
+    }
+    return LoadSpec(**{**base, **fields})

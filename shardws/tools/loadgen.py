@@ -569,21 +569,27 @@ class _Worker:
         sub.end_ns = min(sub.end_ns, time.time_ns())
         if self.live.get(sub.slot) is sub:
             del self.live[sub.slot]
-        if self.spec.reconnect and sub.away_delay is not None and not self.stop_event.is_set():
+        if sub.reopened and not sub.start_ns:
+            self.resubscribing -= 1  # gone before its subscriptions were acknowledged
+        if sub.away_delay is not None and self.spec.reconnect:
             self.replaced += 1
-            self.away += 1
-            sub.transport = None  # the dead incarnation keeps no buffers
-            loop = asyncio.get_running_loop()
-            loop.call_later(sub.away_delay, self._schedule_reopen, sub.slot)
         else:
             self.unexpected_disconnects += 1
+        if self.spec.reconnect and not self.stop_event.is_set():
+            # A client sent away waits the hinted delay; one dropped without a hint (its
+            # worker died) comes back at once, as real clients do, but stays counted in
+            # unexpected_disconnects.
+            self.away += 1
+            sub.transport = None  # the dead incarnation keeps no buffers
+            delay = sub.away_delay if sub.away_delay is not None else 0.0
+            asyncio.get_running_loop().call_later(delay, self._schedule_reopen, sub.slot)
 
     def _schedule_reopen(self, slot: int) -> None:
         self.tasks.append(asyncio.ensure_future(self.reopen(slot)))
 
     async def reopen(self, slot: int) -> None:
-        """Bring back a client the server sent away: a bounded number of attempts with
-        back-off; every failed attempt counts as refused."""
+        """Bring back a client the server sent away (or dropped): a bounded number of
+        attempts with back-off; every failed attempt counts as refused."""
         try:
             for attempt in range(RECONNECT_ATTEMPTS):
                 if self.stop_event.is_set():
@@ -1494,39 +1500,49 @@ class _Run:
         left and every client it sent away is back and subscribed again."""
         before = _rolled_processes(pid)
         live = self.total("live")
+        dropped_before = self.total("unexpected_disconnects")
         started = time.time()
         os.kill(pid, signal.SIGHUP)
         allowance = ROLL_SECONDS_PER_PROCESS * max(1, len(before))
+        marks: dict[str, float] = {}
 
         def done() -> bool:
+            now = time.time()
             if before & set(_process_tree([pid])):
                 return False
-            returned = self.total("reconnected") + self.total("reconnect_gave_up")
-            return (
-                self.total("away") == 0
-                and self.total("resubscribing") == 0
-                and self.total("replaced") == returned
-            )
+            marks.setdefault("processes_gone", now)
+            if self.total("away") or self.total("resubscribing") or self.total("live") < live:
+                marks.pop("settled", None)
+                return False
+            # Workers report every PROGRESS_EVERY s: a client dropped just before the last
+            # old process went may not be counted yet. Settled = true for two reports.
+            return now - marks.setdefault("settled", now) > 2 * PROGRESS_EVERY + 0.1
 
-        replaced = self.wait_for("the roll", done, started + allowance)
-        ended = time.time()
+        complete = self.wait_for("the roll", done, started + allowance)
         back = max((p.get("back_wall", 0.0) for p in self.progress.values()), default=0.0)
+        finished = max(back, marks.get("processes_gone", 0.0))
         result = {
             "server_processes_replaced": len(before - set(_process_tree([pid]))),
             "server_processes_before": len(before),
-            "seconds": round(ended - started, 1) if replaced else None,
+            "seconds": round(finished - started, 1) if complete else None,
             "last_client_back_s": round(back - started, 1) if back > started else None,
             "clients_sent_away": self.total("replaced"),
+            "dropped_without_hint": self.total("unexpected_disconnects") - dropped_before,
             "reconnected": self.total("reconnected"),
             "refused": self.total("reconnect_refused"),
             "gave_up": self.total("reconnect_gave_up"),
             "live_before": live,
             "live_after": self.total("live"),
         }
-        if not replaced:
+        if not complete:
             self.problems.append(f"the roll did not complete in {allowance:.0f} s: {result}")
         elif result["refused"] or result["gave_up"]:
             self.problems.append(f"{result['refused']} reconnect attempt(s) refused in the roll")
+        if result["dropped_without_hint"]:
+            self.problems.append(
+                f"{result['dropped_without_hint']} client(s) dropped in the roll without a"
+                " reconnect hint (a worker died instead of draining)"
+            )
         return result
 
     def drain(self, complete: Callable[[], bool]) -> None:
