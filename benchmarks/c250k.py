@@ -22,14 +22,20 @@ report is saved whole):
    end (also on failure); not as root, it stops and says what to set. With the defaults
    (250,000 over 20 addresses, 12,500 each) the stock range 32768-60999 is enough and
    nothing is changed.
-3. Starts ``shardws serve`` with ``--workers`` workers. The open-files limit here is
-   20,000 per process and cannot be raised, so 250,000 connections need more workers
-   than this box has cores: this is a workaround for the file limit, not how to run a
-   host (one worker per core, and LimitNOFILE raised; ``docs/operations.md``).
+3. Starts ``shardws serve`` with ``--workers`` workers, its log in the temporary
+   directory (the result counts its warnings, heartbeat kills and refused upgrades).
+   The open-files limit here is 20,000 per process and cannot be raised, so 250,000
+   connections need more workers than this box has cores: this is a workaround for the
+   file limit, not how to run a host (one worker per core, and LimitNOFILE raised;
+   ``docs/operations.md``).
    ``connections_per_worker`` stays below the limit with room for the roll: a roll
    replaces one worker at a time and its clients land on the others, so the first
    worker replaced ends with about 1.7 times an even share
-   (``shardws.tools.tune.roll_peak_per_worker``).
+   (``shardws.tools.tune.roll_peak_per_worker``). With that many workers on two cores
+   a worker's loop can go more than the default 10 s without running while the box is
+   saturated (a roll's reconnect storm), and the supervisor would kill it as stuck, so
+   ``heartbeat_timeout`` is raised to ``--heartbeat-timeout`` (60 s): part of the same
+   workaround.
 4. ``--connections`` clients over ``--processes`` client processes, each subscribed to
    one of ``--channels`` channels and to one channel they all share; the connect ramp is
    reported in tenths. Held ``--hold`` s: ``--broadcasts`` publications to the shared
@@ -60,6 +66,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -75,6 +82,13 @@ WIDE_PORT_RANGE = "1024 65535"
 PORT_HEADROOM = 1.5  # ports per source address: connections x this, for the roll
 CLIENT_KB_PER_CONNECTION = 12  # generator memory per connection, for the preflight
 SERVER_KB_PER_CONNECTION = 8  # server RSS per connection plus kernel socket share
+LOG_MARKERS = {
+    "warnings": " WARNING ",
+    "errors": " ERROR ",
+    "heartbeat_kills": "heartbeat is",
+    "bus_barrier_timeouts": "subscribe barrier timed out",
+    "refused_upgrades": "upgrade refused",
+}
 OTHER_BENCHMARKS = r"benchmarks\.(macro|c250k|cluster|ingress|history|compression)"
 
 
@@ -151,6 +165,18 @@ class MemoryWatchdog(threading.Thread):
                     child.terminate()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.server_pid, 15)
+
+
+def server_log_summary(path: Path) -> dict[str, Any]:
+    """Counts of what the server logged at warning and above (the log itself stays in
+    the temporary directory: tens of thousands of lines on a starved box)."""
+    counts: dict[str, int] = {}
+    with open(path, errors="replace") as log:
+        for line in log:
+            for kind, marker in LOG_MARKERS.items():
+                if marker in line:
+                    counts[kind] = counts.get(kind, 0) + 1
+    return {"path": str(path), **counts}
 
 
 def headline(report: dict[str, Any], n: int) -> dict[str, Any]:
@@ -259,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broadcasts", type=int, default=3, help="timed shared publications")
     parser.add_argument("--probe-rate", type=float, default=20, help="single-channel pubs/s")
     parser.add_argument("--drain-timeout", type=float, default=6, help="server drain_timeout")
+    parser.add_argument(
+        "--heartbeat-timeout", type=float, default=60, help="server heartbeat_timeout"
+    )
     parser.add_argument("--min-free-gib", type=float, default=3, help="memory floor")
     parser.add_argument("--wait", type=float, default=1800, help="s to wait for other runs")
     args = parser.parse_args(argv)
@@ -281,9 +310,13 @@ def main(argv: list[str] | None = None) -> int:
             f" {need_gib:.1f} GiB plus the {args.min_free_gib} GiB floor"
         )
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    log_path = Path(tempfile.gettempdir()) / f"c250k-server-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with port_range(n, args.source_ips) as setup:
         limits = UNLIMITED + f"connections_per_worker = {per_worker}\n"
-        server_toml = f"drain_timeout = {args.drain_timeout}\nmax_workers = {args.workers}"
+        server_toml = (
+            f"drain_timeout = {args.drain_timeout}\nmax_workers = {args.workers}\n"
+            f"heartbeat_timeout = {args.heartbeat_timeout}"
+        )
         with serve(
             "shardws",
             args.workers,
@@ -291,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             unlimited=False,
             server=server_toml,
             stop_timeout=args.drain_timeout + 60,
+            log_path=log_path,
         ) as server:
             watchdog = MemoryWatchdog(args.min_free_gib, server.pid)
             watchdog.start()
@@ -328,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory_watchdog_tripped": watchdog.tripped,
         },
         "setup": {**setup, "connections_per_worker": per_worker, "roll_peak_per_worker": peak},
+        "server_log": server_log_summary(log_path),
         "headline": h,
         "bars": bars(h, n),
         "report": report,

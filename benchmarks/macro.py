@@ -76,12 +76,14 @@ def serve(
     admin: str = "",
     server: str = "",
     stop_timeout: float = 30,
+    log_path: Path | None = None,
 ) -> Iterator[Server]:
     """Start ``name`` (``shardws`` or a peer) and stop it afterwards. For shardws,
     ``extra`` is TOML appended to its config, ``admin`` and ``server`` TOML added to its
     ``[admin]`` and ``[server]`` sections, and ``unlimited`` lifts the per-connection
     command limit (publishers run flat out; the peers have no such limit either); it gets
-    ``stop_timeout`` s to drain and exit once told to stop."""
+    ``stop_timeout`` s to drain and exit once told to stop, and writes its log to
+    ``log_path`` (default: this process's stdout and stderr)."""
     if name != "shardws":
         proc = start_peer(name, _free_port())
         try:
@@ -100,7 +102,12 @@ def serve(
             + (UNLIMITED if unlimited else "")
             + extra
         )
-        proc = subprocess.Popen([sys.executable, "-m", "shardws", "serve", "-c", str(config)])
+        log = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shardws", "serve", "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+        )
         admin_url = f"http://127.0.0.1:{admin_port}"
         try:
             deadline = time.monotonic() + 30
@@ -120,6 +127,8 @@ def serve(
             except subprocess.TimeoutExpired:
                 proc.kill()  # SIGKILL reaches its workers too (PR_SET_PDEATHSIG)
                 proc.wait(10)
+            if log is not None:
+                log.close()
 
 
 def _spec(server: Server, **fields: Any) -> LoadSpec:
