@@ -168,10 +168,12 @@ PROGRESS_EVERY = 0.5  # worker -> coordinator progress messages
 STALL_SECONDS = 5.0  # roundtrip: no own publication back for this long = lost
 RECONNECT_PREFIX = b'{"type":"reconnect"'
 RECONNECT_ATTEMPTS = 5  # a client the server sent away tries this often to come back
+CONNECT_ATTEMPTS = 3  # connect phase: attempts per client before it counts as failed
+RECONNECT_TIMEOUT = 10.0  # seconds one reconnect attempt may take
 MAX_RECONNECT_DELAY = 60.0  # cap on the server's delay hint
 CONNECTS_PER_S_FLOOR = 250  # auto --connect-timeout: one second per this many connections
 MIN_PROBE_SECONDS = 2.0  # idle: probes run to the end of the hold, and at least this long
-ROLL_SECONDS_PER_PROCESS = 30.0  # auto --timeout: allowance per server process rolled
+ROLL_SECONDS_PER_PROCESS = 60.0  # auto --timeout: allowance per server process rolled
 # Linux <netinet/in.h>; Python names it only from 3.12 on some builds.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
@@ -503,6 +505,9 @@ class _Worker:
         self.reconnected = 0
         self.reconnect_refused = 0  # reconnect attempts that failed (refused, 503, timeout)
         self.reconnect_gave_up = 0
+        self.reconnect_timeouts = 0
+        self.connect_retries = 0
+        self.last_failure: Exception | None = None  # of the latest failed connect
         self.resubscribing = 0  # reconnected, subscribe replies not all in yet
         self.back_wall = 0.0  # wall time the last reconnected client was subscribed again
         self.tasks: list[asyncio.Task[Any]] = []
@@ -589,7 +594,10 @@ class _Worker:
 
     async def reopen(self, slot: int) -> None:
         """Bring back a client the server sent away (or dropped): a bounded number of
-        attempts with back-off; every failed attempt counts as refused."""
+        attempts with back-off. An attempt still unanswered after RECONNECT_TIMEOUT s
+        (a SYN dropped at a full accept queue waits out the kernel's retransmit back-off
+        while holding a connect slot) is abandoned and counted as timed out; every other
+        failed attempt (refused, reset, 503) counts as refused."""
         try:
             for attempt in range(RECONNECT_ATTEMPTS):
                 if self.stop_event.is_set():
@@ -598,7 +606,10 @@ class _Worker:
                 if sub is not None:
                     self.reconnected += 1
                     return
-                self.reconnect_refused += 1
+                if isinstance(self.last_failure, TimeoutError):
+                    self.reconnect_timeouts += 1
+                else:
+                    self.reconnect_refused += 1
                 await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
             self.reconnect_gave_up += 1
             self.note(f"client {slot} did not come back after {RECONNECT_ATTEMPTS} attempts")
@@ -660,13 +671,20 @@ class _Worker:
         async with self.sem:
             until = self.connect_deadline if self.connecting else self.deadline
             remaining = until - time.time()
+            if self.spec.reconnect and not self.connecting:
+                remaining = min(remaining, RECONNECT_TIMEOUT)
             try:
                 if remaining <= 0:
                     raise TimeoutError("connect timeout (--connect-timeout) before connecting")
                 _transport, listener = await asyncio.wait_for(
                     picows.ws_connect(factory, url, **kwargs), remaining
                 )
+                if listener is None:
+                    # picows returns normally, with no listener, when the connection is
+                    # lost before the upgrade response (a server shedding handshakes).
+                    raise ConnectionResetError("connection lost during the handshake")
             except Exception as exc:  # any failure to connect is a result to report
+                self.last_failure = exc
                 self.connect_failed += 1
                 self.note(f"connect {url}: {type(exc).__name__}: {exc}")
                 return None
@@ -704,6 +722,17 @@ class _Worker:
             )
         return sub
 
+    async def open_slot(self, slot: int) -> None:
+        """Connect phase: open one client, retrying a failed attempt (as a real client
+        would) up to CONNECT_ATTEMPTS times; ``connect_retries`` counts the retries."""
+        for attempt in range(CONNECT_ATTEMPTS):
+            if await self.open_sub(slot) is not None or time.time() >= self.connect_deadline:
+                return
+            if attempt + 1 < CONNECT_ATTEMPTS:
+                self.connect_retries += 1
+                self.connect_failed -= 1  # only a client that never connected is a failure
+                await asyncio.sleep(0.5 * 2**attempt)
+
     async def connect_all(self) -> dict[str, Any]:
         slots: list[int] = self.plan["slots"]
         total = self.plan["total"]
@@ -716,7 +745,7 @@ class _Worker:
         self.connecting = True
         reporter = asyncio.ensure_future(self._report_connecting())
         try:
-            jobs = [self.open_sub(slot) for slot in slots]
+            jobs = [self.open_slot(slot) for slot in slots]
             pub_jobs = [self._open_publisher(total + j) for j in self.plan["publisher_ids"]]
             await asyncio.gather(*jobs, *pub_jobs)
             opened = len(self.subs) + (len(self.pubs) if subscribing_pubs else 0)
@@ -749,6 +778,7 @@ class _Worker:
             "connect_ended": self.connect_ended or self.connect_started,
             "connect_times": np.frombuffer(self.connect_times, dtype=np.float64).copy(),
             "planned": len(self.plan["slots"]) + len(self.plan["publisher_ids"]),
+            "connect_retries": self.connect_retries,
             "cpu_s": self.cpu_marks["ready"] - self.cpu_marks.get("connect", 0.0),
             "notes": self.notes,
         }
@@ -883,6 +913,7 @@ class _Worker:
             "reconnected": self.reconnected,
             "reconnect_refused": self.reconnect_refused,
             "reconnect_gave_up": self.reconnect_gave_up,
+            "reconnect_timeouts": self.reconnect_timeouts,
             "resubscribing": self.resubscribing,
             "back_wall": self.back_wall,
         }
@@ -1534,6 +1565,7 @@ class _Run:
             "dropped_without_hint": self.total("unexpected_disconnects") - dropped_before,
             "reconnected": self.total("reconnected"),
             "refused": self.total("reconnect_refused"),
+            "timed_out_attempts": self.total("reconnect_timeouts"),
             "gave_up": self.total("reconnect_gave_up"),
             "live_before": live,
             "live_after": self.total("live"),
@@ -1608,6 +1640,7 @@ class _Run:
                 if connect_s > 0 and connected
                 else None,
                 "connect_timeout_s": round(spec.connect_seconds(), 1),
+                "connect_retries": sum(r.get("connect_retries", 0) for r in ready),
                 # planned, opened and failed per client process: a shortfall shows where
                 "per_process": [
                     [r.get("planned", 0), r.get("connections", 0), r.get("connect_failed", 0)]
