@@ -351,3 +351,48 @@ def spec_for(proc: ServerProcess, **fields: Any) -> LoadSpec:
         "progress": False,
     }
     return LoadSpec(**{**base, **fields})
+
+
+def test_connection_lost_in_the_handshake_is_a_counted_failure() -> None:
+    # picows returns normally, with no listener, when the server closes before its
+    # upgrade response: each such client must count as failed (after its retries), never
+    # vanish from the totals.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def close_every_connection() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.recv(4096)  # the upgrade request, then hang up without answering
+            conn.close()
+
+    thread = threading.Thread(target=close_every_connection, daemon=True)
+    thread.start()
+    try:
+        report = run(
+            LoadSpec(
+                scenario="idle",
+                url=[f"ws://127.0.0.1:{port}/ws"],
+                connections=3,
+                processes=1,
+                duration=0.5,
+                timeout=30,
+                progress=False,
+            )
+        )
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    conns = report["connections"]
+    assert conns["connected"] == 0 and conns["failed"] == 3
+    assert conns["connect_retries"] == 3 * 2  # CONNECT_ATTEMPTS = 3
+    assert conns["per_process"] == [[3, 0, 3]]
+    assert "only 0 of 3 connections opened" in report["problems"]

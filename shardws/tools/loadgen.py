@@ -63,8 +63,16 @@ How to read the numbers
   processes, from the first attempt to the last handshake (``--connect-concurrency`` in
   flight per process). ``connections.ramp`` splits the connect phase into ten equal
   time slices (``tenths_per_s``); ``first_tenth_per_s``/``last_tenth_per_s`` are its
-  first and last. Each connection may take ``--connect-timeout`` (default: 30 s plus
-  one second per 250 connections, so the allowance grows with the count).
+  first and last. The connect phase may take ``--connect-timeout`` (default: 30 s plus
+  one second per 250 connections, so the allowance grows with the count); a client whose
+  attempt fails (refused, reset, lost during the handshake) tries up to 3 times
+  (``connect_retries``), and ``failed`` counts the clients that never connected;
+  ``per_process`` gives planned, opened and failed per client process.
+- ``idle.roll``: ``clients_sent_away`` (a ``reconnect`` push or close 1001),
+  ``dropped_without_hint`` (their connection just ended), ``reconnected``, ``refused``
+  (attempts refused, reset or answered 503), ``timed_out_attempts`` (no answer in 10 s:
+  abandoned and retried), ``seconds`` until the last old server process was gone and
+  every client was back and subscribed.
 - ``cpu``: CPU-seconds and percent of one core, for the server tree and for the client
   processes, over the connect phase and over the measured window. ``bottleneck`` lines
   say when the client processes spent more CPU than the server (they share the cores, so
