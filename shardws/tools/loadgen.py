@@ -1554,7 +1554,8 @@ class _Run:
             if before & set(_process_tree([pid])):
                 return False
             marks.setdefault("processes_gone", now)
-            if self.total("away") or self.total("resubscribing") or self.total("live") < live:
+            # A client that gave up is counted (gave_up), not waited for.
+            if self.total("away") or self.total("resubscribing"):
                 marks.pop("settled", None)
                 return False
             # Workers report every PROGRESS_EVERY s: a client dropped just before the last
