@@ -8,6 +8,10 @@ over ``transport.send``). Nothing is compared across runs or machines.
     python -m benchmarks.macro                     # all five scenarios, all servers
     python -m benchmarks.macro --scenario 1 4      # some of them
     python -m benchmarks.macro --servers shardws raw_picows --quick
+    python -m benchmarks.macro c250k [OPTIONS]     # the C250K scenario (benchmarks/c250k.py)
+
+The C250K scenario runs under this module's name too, so the check engineers sharing a
+box make before a heavy run (``pgrep -f benchmarks.macro``) sees it.
 
 Results: one JSON file per run in ``benchmarks/results/`` and a Markdown table on stdout
 (pasted into ``docs/benchmarks.md``).
@@ -65,12 +69,21 @@ class Server:
 
 @contextlib.contextmanager
 def serve(
-    name: str, workers: int = 1, extra: str = "", unlimited: bool = True, admin: str = ""
+    name: str,
+    workers: int = 1,
+    extra: str = "",
+    unlimited: bool = True,
+    admin: str = "",
+    server: str = "",
+    stop_timeout: float = 30,
+    log_path: Path | None = None,
 ) -> Iterator[Server]:
     """Start ``name`` (``shardws`` or a peer) and stop it afterwards. For shardws,
-    ``extra`` is TOML appended to its config, ``admin`` TOML added to its ``[admin]``
-    section, and ``unlimited`` lifts the per-connection command limit (publishers run
-    flat out; the peers have no such limit either)."""
+    ``extra`` is TOML appended to its config, ``admin`` and ``server`` TOML added to its
+    ``[admin]`` and ``[server]`` sections, and ``unlimited`` lifts the per-connection
+    command limit (publishers run flat out; the peers have no such limit either); it gets
+    ``stop_timeout`` s to drain and exit once told to stop, and writes its log to
+    ``log_path`` (default: this process's stdout and stderr)."""
     if name != "shardws":
         proc = start_peer(name, _free_port())
         try:
@@ -84,12 +97,17 @@ def serve(
         config.write_text(
             f"[server]\nport = {port}\nworkers = {workers}\n"
             # Benchmarks measure fan-out, not keepalive: no pings during a run.
-            "ping_interval = 600\nidle_timeout = 1200\n"
+            f"ping_interval = 600\nidle_timeout = 1200\n{server}\n"
             f'[admin]\nport = {admin_port}\n{admin}\n[log]\nlevel = "warning"\n'
             + (UNLIMITED if unlimited else "")
             + extra
         )
-        proc = subprocess.Popen([sys.executable, "-m", "shardws", "serve", "-c", str(config)])
+        log = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shardws", "serve", "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+        )
         admin_url = f"http://127.0.0.1:{admin_port}"
         try:
             deadline = time.monotonic() + 30
@@ -104,7 +122,13 @@ def serve(
             yield Server("shardws", f"ws://127.0.0.1:{port}/ws", proc.pid, admin_url)
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # SIGKILL reaches its workers too (PR_SET_PDEATHSIG)
+                proc.wait(10)
+            if log is not None:
+                log.close()
 
 
 def _spec(server: Server, **fields: Any) -> LoadSpec:
@@ -327,6 +351,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["c250k"]:
+        from benchmarks import c250k
+
+        sys.exit(c250k.main(sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", type=int, nargs="*", default=sorted(SCENARIOS))
     parser.add_argument("--servers", nargs="*", help="subset of shardws + peers")

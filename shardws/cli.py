@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         " can hold.",
     )
     tune.add_argument("-c", "--config", metavar="FILE", help="config (for the worker count)")
+    tune.add_argument(
+        "--connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also say what the host needs to hold N connections (files, memory, ports)",
+    )
     install = commands.add_parser(
         "install-service",
         help="install the systemd unit, /etc/shardws/shardws.toml and the sysctl file",
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tune":
         from shardws.tools.tune import report
 
-        print(report(config.server.workers))
+        print(report(config.server.workers, connections=max(0, args.connections)))
         return 0
     if args.command == "publish":
         return _publish(args, config)

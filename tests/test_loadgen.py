@@ -5,13 +5,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from serverproc import ServerProcess
 
 from shardws import cli
-from shardws.tools.loadgen import SCENARIOS, LoadSpec, format_report, run, scenario_settings
+from shardws.tools.loadgen import (
+    IP_BIND_ADDRESS_NO_PORT,
+    SCENARIOS,
+    LoadSpec,
+    _bottleneck,
+    _cpu_figures,
+    _process_tree,
+    _source_socket,
+    connect_ramp,
+    format_report,
+    run,
+    scenario_settings,
+)
 
 # Publishers run flat out: lift the per-connection command limit (a real backend
 # publishing over WebSocket would do the same).
@@ -172,3 +190,205 @@ def test_scenario_settings_cover_every_option() -> None:
         shown |= scenario_settings(fields).keys()
     options = {f.name for f in dataclasses.fields(LoadSpec)} - {"scenario", "json", "progress"}
     assert shown == options
+
+
+def test_idle_at_scale_options_broadcast_probe_and_roll(tmp_path: Path) -> None:
+    # The C250K scenario in miniature: a shared channel timed to every connection, probes
+    # on a single-subscriber channel, then a SIGHUP roll every client comes back from.
+    proc = ServerProcess(tmp_path, workers=2).start()
+    try:
+        assert proc.proc is not None
+        report = run(
+            LoadSpec(
+                scenario="idle",
+                url=[proc.url],
+                connections=30,
+                processes=2,
+                source_ips=3,
+                shared_channel="all",
+                broadcasts=2,
+                probe_rate=50,
+                reconnect=True,
+                roll_pid=proc.proc.pid,
+                duration=1,
+                drain=1.0,
+                server_pid=[proc.proc.pid],
+                progress=False,
+            )
+        )
+    finally:
+        proc.stop()
+    assert report["ok"], format_report(report)
+    assert report["connections"]["connected"] == 31  # and the publisher
+    assert report["connections"]["subscribed"] == 31
+    idle = report["idle"]
+    assert [b["delivered"] for b in idle["broadcasts"]] == [30, 30]
+    assert all(b["expected"] == 30 and b["time_to_all_ms"] >= 0 for b in idle["broadcasts"])
+    assert idle["probe_latency_ms"]["samples"] >= 50
+    roll = idle["roll"]
+    assert roll["server_processes_before"] == roll["server_processes_replaced"] == 3
+    assert roll["seconds"] > 0 and roll["refused"] == 0 and roll["gave_up"] == 0
+    assert roll["clients_sent_away"] >= 30 and roll["reconnected"] == roll["clients_sent_away"]
+    assert roll["live_after"] == 30 and idle["live_at_end"] == 30
+    assert report["connections"]["unexpected_disconnects"] == 0
+    ramp = report["connections"]["ramp"]
+    assert len(ramp["tenths_per_s"]) == 10 and sum(ramp["tenths_per_s"]) > 0
+    for phase in ("connect", "measured"):
+        cpu = report["cpu"][phase]
+        assert cpu["server_cpu_s"] >= 0 and cpu["client_cpu_s"] > 0
+
+
+def test_idle_without_reconnect_counts_a_roll_as_disconnects(tmp_path: Path) -> None:
+    # Without --reconnect the clients a drain sends away are lost: counted, never hidden.
+    proc = ServerProcess(tmp_path, workers=1).start()
+    try:
+        assert proc.proc is not None
+        spec = LoadSpec(
+            scenario="idle",
+            url=[proc.url],
+            connections=10,
+            processes=1,
+            duration=9,  # the drain spreads its closes over drain_timeout / 2 = 2.5 s
+            progress=False,
+        )
+        threading.Timer(1.5, proc.proc.send_signal, (signal.SIGHUP,)).start()
+        report = run(spec)
+    finally:
+        proc.stop()
+    assert report["connections"]["unexpected_disconnects"] == 10
+    assert report["idle"]["live_at_end"] == 0
+
+
+def test_source_socket_leaves_the_port_to_connect() -> None:
+    sock = _source_socket("127.0.0.2")(None)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT) == 1
+        assert sock.getsockname() == ("127.0.0.2", 0)  # bound, no port chosen yet
+        assert not sock.getblocking()
+    finally:
+        sock.close()
+
+
+def test_connect_ramp_tenths() -> None:
+    # 1000 handshakes over the first second, 100 over the last of ten.
+    times = np.concatenate([np.linspace(100.0, 100.999, 1000), np.linspace(109.0, 110.0, 100)])
+    ramp = connect_ramp(times, 100.0)
+    assert ramp["first_tenth_per_s"] == 1000 and ramp["last_tenth_per_s"] == 100
+    assert ramp["tenths_per_s"][1:9] == [0] * 8
+    assert connect_ramp(np.zeros(0), 5.0)["first_tenth_per_s"] is None
+
+
+def test_cpu_percent_of_an_empty_window_is_no_figure() -> None:
+    # The run that printed cpu_percent 7000000000.0: 0.07 CPU-s over a window that never
+    # began (max(1e-9, negative)).
+    assert _cpu_figures(0.07, 0.0, -3.0)["server_percent"] is None
+    figures = _cpu_figures(1.5, 3.0, 2.0)
+    assert figures["server_percent"] == 75.0 and figures["client_percent"] == 150.0
+
+
+def test_bottleneck_line_names_the_generator() -> None:
+    busy = _cpu_figures(10.0, 30.0, 20.0)
+    assert "load generator" in (_bottleneck("connect", busy, 20.0, 16, True) or "")
+    server_bound = _cpu_figures(30.0, 10.0, 20.0)
+    assert _bottleneck("connect", server_bound, 20.0, 16, True) is None
+    flat_out = _cpu_figures(0.0, 2 * 19.0 * (os.cpu_count() or 1), 20.0)
+    assert "flat out" in (_bottleneck("connect", flat_out, 20.0, 64, False) or "")
+    assert _bottleneck("connect", busy, 0.5, 16, True) is None  # too short to judge
+
+
+def test_connect_timeout_grows_with_the_count() -> None:
+    small, large = LoadSpec(connections=1000), LoadSpec(connections=250_000)
+    assert large.connect_seconds() >= 1000 > small.connect_seconds() >= 30
+    assert large.effective_timeout() > large.connect_seconds() + large.duration
+    assert LoadSpec(connections=250_000, connect_timeout=90).connect_seconds() == 90
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"scenario": "fanout", "shared_channel": "all"}, "idle only"),
+        ({"scenario": "idle", "broadcasts": 1}, "--broadcasts needs --shared-channel"),
+        ({"scenario": "idle", "roll_pid": 1}, "--roll-pid needs --reconnect"),
+        ({"scenario": "idle", "probe_rate": -1}, "must be >= 0"),
+    ],
+)
+def test_validate_idle_options(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LoadSpec(**fields).validate()
+
+
+def test_reconnecting_clients_come_back_from_a_dead_worker_counted(tmp_path: Path) -> None:
+    # A worker killed outright sends no reconnect hint: its clients come back at once
+    # with --reconnect, and every one of them is counted as an unexpected disconnect.
+    proc = ServerProcess(tmp_path, workers=2).start()
+    try:
+        assert proc.proc is not None
+        workers = [
+            pid
+            for pid in _process_tree([proc.proc.pid])
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"shardws: worker")
+        ]
+        assert len(workers) == 2
+        threading.Timer(2.0, os.kill, (workers[0], signal.SIGKILL)).start()
+        report = run(spec_for(proc, connections=20, processes=2, duration=8, reconnect=True))
+    finally:
+        proc.stop()
+    dropped = report["connections"]["unexpected_disconnects"]
+    assert 0 < dropped < 20  # the kernel spread them over both workers
+    assert report["idle"]["live_at_end"] == 20, format_report(report)
+
+
+def spec_for(proc: ServerProcess, **fields: Any) -> LoadSpec:
+    assert proc.proc is not None
+    base: dict[str, Any] = {
+        "scenario": "idle",
+        "url": [proc.url],
+        "server_pid": [proc.proc.pid],
+        "progress": False,
+    }
+    return LoadSpec(**{**base, **fields})
+
+
+def test_connection_lost_in_the_handshake_is_a_counted_failure() -> None:
+    # picows returns normally, with no listener, when the server closes before its
+    # upgrade response: each such client must count as failed (after its retries), never
+    # vanish from the totals.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def close_every_connection() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.recv(4096)  # the upgrade request, then hang up without answering
+            conn.close()
+
+    thread = threading.Thread(target=close_every_connection, daemon=True)
+    thread.start()
+    try:
+        report = run(
+            LoadSpec(
+                scenario="idle",
+                url=[f"ws://127.0.0.1:{port}/ws"],
+                connections=3,
+                processes=1,
+                duration=0.5,
+                timeout=30,
+                progress=False,
+            )
+        )
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    conns = report["connections"]
+    assert conns["connected"] == 0 and conns["failed"] == 3
+    assert conns["connect_retries"] == 3 * 2  # CONNECT_ATTEMPTS = 3
+    assert conns["per_process"] == [[3, 0, 3]]
+    assert "only 0 of 3 connections opened" in report["problems"]

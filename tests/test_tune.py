@@ -7,6 +7,8 @@ from pathlib import Path
 from serverproc import run_cli
 
 from shardws.tools.tune import (
+    BYTES_PER_CONNECTION,
+    FD_RESERVE,
     RULES,
     SYSCTL_FILE,
     Kind,
@@ -14,8 +16,10 @@ from shardws.tools.tune import (
     Setting,
     capacity,
     host_sysctl_text,
+    needs,
     recommended,
     report,
+    roll_peak_per_worker,
 )
 
 REPO_SYSCTL = Path(__file__).resolve().parent.parent / "sysctl" / "99-shardws.conf"
@@ -150,3 +154,25 @@ def test_report_shows_each_rule_and_says_never_lower() -> None:
     text = report(1)
     assert "one of 1, 2" in text and "at most" in text and "as wide" in text
     assert "never lower it" in text
+
+
+def test_roll_peak_per_worker() -> None:
+    # Replaced one at a time into the others: the first replaced gathers ~1.7 shares.
+    assert roll_peak_per_worker(1, 1000) == 1000
+    assert roll_peak_per_worker(2, 1000) == 1000  # worker 1 holds all while 0 restarts
+    peak = roll_peak_per_worker(32, 250_000)
+    assert 1.6 * 250_000 / 32 < peak < 1.8 * 250_000 / 32
+
+
+def test_needs_for_a_connection_count() -> None:
+    n = needs(250_000, 16)
+    assert n["per_worker"] == 15_625
+    assert n["limit_nofile"] == roll_peak_per_worker(16, 250_000) + FD_RESERVE
+    assert n["memory_bytes"] == 250_000 * BYTES_PER_CONNECTION
+    assert n["proxy_ports_per_worker_address"] == 375_000
+    assert n["proxy_source_addresses"] * n["proxy_port_range_now"] >= 375_000
+    assert needs(500_000, 16)["limit_nofile"] > n["limit_nofile"]
+    text = report(16, connections=250_000)
+    assert "for 250,000 connections with 16 worker(s)" in text and "LimitNOFILE" in text
+    result = run_cli("tune", "--connections", "100000")
+    assert result.returncode == 0 and "for 100,000 connections" in result.stdout

@@ -25,8 +25,16 @@ Scenarios
     replaced (close a random healthy client, open a new one with the same channels).
     Reported per step.
 ``idle``
-    N connections each subscribed to one of ``--channels`` channels, held ``--duration``
-    s: server RSS before/after and per connection, connect rate, connections dropped.
+    N connections each subscribed to one of ``--channels`` channels (and, with
+    ``--shared-channel``, to one channel they all share), held ``--duration`` s: server
+    RSS before/after and per connection, connect rate over the ramp, connections dropped.
+    During the hold, optionally: ``--broadcasts`` publications to the shared channel, each
+    timed until every connection had it; ``--probe-rate`` publications/s to a channel
+    with a single subscriber (their latency while all the others are held); and at the
+    end of the hold, with ``--roll-pid``, a SIGHUP to that supervisor, timed until every
+    server process was replaced and every client (``--reconnect``: they follow the
+    server's ``reconnect`` push or close 1001 after the hinted delay) is back and
+    subscribed again.
 ``roundtrip``
     One connection subscribed to a channel publishes to it, the next message after its own
     publication came back: round trips/s and latency.
@@ -53,13 +61,31 @@ How to read the numbers
   the generator took.
 - ``connections.connect_rate_per_s``: WebSocket handshakes completed per second over all
   processes, from the first attempt to the last handshake (``--connect-concurrency`` in
-  flight per process).
+  flight per process). ``connections.ramp`` splits the connect phase into ten equal
+  time slices (``tenths_per_s``); ``first_tenth_per_s``/``last_tenth_per_s`` are its
+  first and last. The connect phase may take ``--connect-timeout`` (default: 30 s plus
+  one second per 250 connections, so the allowance grows with the count); a client whose
+  attempt fails (refused, reset, lost during the handshake) tries up to 3 times
+  (``connect_retries``), and ``failed`` counts the clients that never connected;
+  ``per_process`` gives planned, opened and failed per client process.
+- ``idle.roll``: ``clients_sent_away`` (a ``reconnect`` push or close 1001),
+  ``dropped_without_hint`` (their connection just ended), ``reconnected``, ``refused``
+  (attempts refused, reset or answered 503), ``timed_out_attempts`` (no answer in 10 s:
+  abandoned and retried), ``seconds`` until the last old server process was gone and
+  every client was back and subscribed.
+- ``cpu``: CPU-seconds and percent of one core, for the server tree and for the client
+  processes, over the connect phase and over the measured window. ``bottleneck`` lines
+  say when the client processes spent more CPU than the server (they share the cores, so
+  the generator, not the server, set the pace) or ran a core flat out.
 
 Connections are spread round-robin over ``--processes`` spawned processes (each must stay
 under the per-process open-file limit), over the ``--url`` list and, with ``--source-ips
-K > 1``, over local addresses 127.0.0.1 ... 127.0.0.K (loopback servers only; each source
-address has its own ephemeral port range). Every wait is bounded by ``--timeout``; on
-timeout the report's ``problems`` says what was missing.
+K > 1``, over local addresses 127.0.0.1 ... 127.0.0.K (loopback servers only). Those
+sockets are bound with ``IP_BIND_ADDRESS_NO_PORT``, so the kernel picks the source port
+at ``connect()`` for the whole 4-tuple: each (source, server address) pair has the full
+ephemeral range, and no port search happens at ``bind()`` (at 100,000+ connections that
+search took minutes of kernel time). Every wait is bounded by ``--timeout``; on timeout
+the report's ``problems`` says what was missing.
 """
 
 from __future__ import annotations
@@ -74,6 +100,8 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import signal
+import socket
 import ssl
 import sys
 import time
@@ -121,7 +149,18 @@ SCENARIO_SETTINGS = {
         "sample_every",
         "drain",
     ),
-    "idle": ("connections", "processes", "duration", "channels"),
+    "idle": (
+        "connections",
+        "processes",
+        "duration",
+        "channels",
+        "shared_channel",
+        "broadcasts",
+        "probe_rate",
+        "reconnect",
+        "roll_pid",
+        "drain",
+    ),
     "roundtrip": ("size", "duration", "messages", "channel"),
 }
 PUB_PREFIX = b'{"type":"pub"'
@@ -135,6 +174,16 @@ MAX_NS = 2**63 - 1
 TICK = 0.05  # worker ticker: last-delivery time resolution and progress cadence base
 PROGRESS_EVERY = 0.5  # worker -> coordinator progress messages
 STALL_SECONDS = 5.0  # roundtrip: no own publication back for this long = lost
+RECONNECT_PREFIX = b'{"type":"reconnect"'
+RECONNECT_ATTEMPTS = 5  # a client the server sent away tries this often to come back
+CONNECT_ATTEMPTS = 3  # connect phase: attempts per client before it counts as failed
+RECONNECT_TIMEOUT = 10.0  # seconds one reconnect attempt may take
+MAX_RECONNECT_DELAY = 60.0  # cap on the server's delay hint
+CONNECTS_PER_S_FLOOR = 250  # auto --connect-timeout: one second per this many connections
+MIN_PROBE_SECONDS = 2.0  # idle: probes run to the end of the hold, and at least this long
+ROLL_SECONDS_PER_PROCESS = 60.0  # auto --timeout: allowance per server process rolled
+# Linux <netinet/in.h>; Python names it only from 3.12 on some builds.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 @dataclass
@@ -165,6 +214,12 @@ class LoadSpec:
     timeout: float = 0.0  # whole run; 0 = measured time + 60 s
     drain: float = 3.0  # after the last publish, stop waiting once nothing arrived this long
     connect_concurrency: int = 200  # handshakes in flight per process
+    connect_timeout: float = 0.0  # seconds for the connect phase; 0 = 30 + connections/250
+    shared_channel: str = ""  # idle: every connection also subscribes to this channel
+    broadcasts: int = 0  # idle: publications to --shared-channel, each timed to all
+    probe_rate: float = 0.0  # idle: publications/s to a single-subscriber channel
+    reconnect: bool = False  # idle: come back when the server sends a client away
+    roll_pid: int = 0  # idle: SIGHUP this supervisor at the end of the hold, time the roll
     cafile: str = ""  # wss://: CA bundle (PEM) to verify the server with; "" = system CAs
     insecure: bool = False  # wss://: do not verify the server's certificate (test setups)
     json: bool = False
@@ -196,6 +251,18 @@ class LoadSpec:
                 problems.append("mixed supports up to 470,000 --connections")
         if self.rate < 0 or self.window < 1 or self.connect_concurrency < 1:
             problems.append("--rate must be >= 0, --window and --connect-concurrency >= 1")
+        if self.connect_timeout < 0 or self.probe_rate < 0 or self.broadcasts < 0:
+            problems.append("--connect-timeout, --probe-rate and --broadcasts must be >= 0")
+        if self.scenario != "idle" and (
+            self.shared_channel or self.broadcasts or self.probe_rate or self.roll_pid
+        ):
+            problems.append(
+                "--shared-channel, --broadcasts, --probe-rate and --roll-pid are idle only"
+            )
+        if self.broadcasts and not self.shared_channel:
+            problems.append("--broadcasts needs --shared-channel")
+        if self.roll_pid and not self.reconnect:
+            problems.append("--roll-pid needs --reconnect (clients must come back)")
         if not 0 <= self.slow_fraction < 1 or not 0 <= self.group_fraction <= 1:
             problems.append("--slow-fraction must be in [0, 1), --group-fraction in [0, 1]")
         per_process = math.ceil(self.connections / self.processes) + self.publishers + 64
@@ -213,8 +280,22 @@ class LoadSpec:
             return len(self.steps) * self.step_duration
         return self.duration if self.duration > 0 else 60.0
 
+    def connect_seconds(self) -> float:
+        """How long the connect phase may take: grows with the count, so a large run is
+        not cut off by an allowance sized for a small one."""
+        if self.connect_timeout > 0:
+            return self.connect_timeout
+        return 30.0 + self.connections / CONNECTS_PER_S_FLOOR
+
     def effective_timeout(self) -> float:
-        return self.timeout if self.timeout > 0 else self.measured_seconds() + 60.0
+        if self.timeout > 0:
+            return self.timeout
+        extra = 0.0
+        if self.roll_pid:
+            extra += ROLL_SECONDS_PER_PROCESS * max(1, len(_process_tree([self.roll_pid])))
+        if self.broadcasts:
+            extra += self.broadcasts * (self.drain + 5.0)
+        return self.connect_seconds() + self.measured_seconds() + 60.0 + extra
 
 
 # --------------------------------------------------------------------------------------
@@ -239,6 +320,8 @@ class _Sub(picows.WSListener):
         self.end_ns = MAX_NS  # counting stops (chosen for churn, or dropped by the server)
         self.slow = False
         self.closing = False  # closed by us: a disconnect is not a loss
+        self.away_delay: float | None = None  # the server sent it away: back after this
+        self.reopened = False  # an incarnation that came back after being sent away
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         self.transport = transport
@@ -255,6 +338,20 @@ class _Sub(picows.WSListener):
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         self.w.disconnected(self)
+
+
+class _IdleSub(_Sub):
+    """An ``idle`` client: every publication it gets is a broadcast on the shared channel;
+    its timestamp (a slice and an int) keys the count and the latest arrival."""
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        payload = frame.get_payload_as_bytes()
+        if payload.startswith(PUB_PREFIX):
+            self.received += 1
+            at = payload.find(T_KEY, 13) + 5
+            self.w.broadcast_arrived(int(payload[at : at + T_DIGITS]))
+        else:
+            self.w.control(self, frame, payload)
 
 
 class _MixedSub(_Sub):
@@ -295,6 +392,7 @@ class _Publisher(picows.WSListener):
         self.received = 0
         self.subscribed = False
         self.closing = False
+        self.sent_away = False  # the server asked it to reconnect (a roll): not a failure
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         self.transport = transport
@@ -324,6 +422,11 @@ class _Publisher(picows.WSListener):
                     self.publish(w.channel)
                 else:
                     w.publishing_done()
+            elif w.scenario == "idle":  # a probe on its own single-subscriber channel
+                at = payload.find(T_KEY, 13) + 5
+                w.latencies.append(time.time_ns() - int(payload[at : at + T_DIGITS]))
+        elif payload.startswith(RECONNECT_PREFIX):
+            self.sent_away = True
         elif payload.startswith(REPLY_PREFIX) and frame.msg_type == picows.WSMsgType.TEXT:
             if OK_MARK not in payload:
                 self.errors += 1
@@ -340,8 +443,9 @@ class _Publisher(picows.WSListener):
                     w.publishing_done()
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
-        if not self.closing:
+        if not self.closing and not self.sent_away:
             self.w.note("a publisher connection was closed by the server")
+        if not self.closing:
             self.w.publishing_done()
 
 
@@ -395,6 +499,25 @@ class _Worker:
         self._ssl: ssl.SSLContext | None = None
         self.connect_started = 0.0
         self.connect_ended = 0.0
+        self.connect_deadline = min(self.deadline, time.time() + spec.connect_seconds())
+        self.connecting = False
+        self.connect_times = array("d")  # wall time of every handshake of the connect phase
+        self.cpu_marks: dict[str, float] = {}  # this process's CPU seconds at phase changes
+        self.shared = spec.shared_channel.encode()
+        self.probe_channel = b"probe.%d" % os.getpid()
+        self.probing = False
+        self.broadcasts_sent: list[int] = []  # timestamps (ns) of our shared-channel publishes
+        self.broadcast_rx: dict[int, list[int]] = {}  # timestamp -> [arrivals, latest ns]
+        self.replaced = 0  # incarnations the server sent away (a roll), not losses
+        self.away = 0  # clients waiting to reconnect
+        self.reconnected = 0
+        self.reconnect_refused = 0  # reconnect attempts that failed (refused, 503, timeout)
+        self.reconnect_gave_up = 0
+        self.reconnect_timeouts = 0
+        self.connect_retries = 0
+        self.last_failure: Exception | None = None  # of the latest failed connect
+        self.resubscribing = 0  # reconnected, subscribe replies not all in yet
+        self.back_wall = 0.0  # wall time the last reconnected client was subscribed again
         self.tasks: list[asyncio.Task[Any]] = []
 
     # -- helpers used by the listeners ---------------------------------------------------
@@ -414,6 +537,20 @@ class _Worker:
 
     def control(self, sub: _Sub, frame: picows.WSFrame, payload: bytes) -> None:
         """Everything that is not a publication: replies (subscribe acks) and pushes."""
+        if self.spec.reconnect:
+            if payload.startswith(RECONNECT_PREFIX):
+                # {"type":"reconnect","delay":D}: a drain; the close 1001 follows.
+                delay = float(json.loads(payload).get("delay", 1.0))
+                sub.away_delay = min(max(0.0, delay), MAX_RECONNECT_DELAY)
+                return
+            if frame.msg_type == picows.WSMsgType.CLOSE:
+                # RFC 6455 5.5.1: answer the close, then the server closes the TCP side.
+                if frame.get_close_code() == picows.WSCloseCode.GOING_AWAY:
+                    if sub.away_delay is None:
+                        sub.away_delay = 1.0
+                    if sub.transport is not None:
+                        sub.transport.send_close(picows.WSCloseCode.OK)
+                return
         if frame.msg_type != picows.WSMsgType.TEXT or not payload.startswith(REPLY_PREFIX):
             return  # ``connected`` and any other push, pings, close frames
         if OK_MARK not in payload:
@@ -424,17 +561,68 @@ class _Worker:
         if sub.acked == len(sub.channels):
             sub.start_ns = time.time_ns()
             self.subscribed += 1
+            if sub.reopened:
+                self.resubscribing -= 1
+                self.back_wall = time.time()
             if self.subscribed >= self.to_subscribe:
                 self.subscribed_event.set()
+
+    def broadcast_arrived(self, sent_ns: int) -> None:
+        entry = self.broadcast_rx.get(sent_ns)
+        if entry is None:
+            entry = self.broadcast_rx[sent_ns] = [0, 0]
+        entry[0] += 1
+        entry[1] = time.time_ns()
 
     def disconnected(self, sub: _Sub) -> None:
         self.retired_received += sub.received
         sub.received = 0
-        if not sub.closing:
+        if sub.closing:
+            return
+        sub.end_ns = min(sub.end_ns, time.time_ns())
+        if self.live.get(sub.slot) is sub:
+            del self.live[sub.slot]
+        if sub.reopened and not sub.start_ns:
+            self.resubscribing -= 1  # gone before its subscriptions were acknowledged
+        if sub.away_delay is not None and self.spec.reconnect:
+            self.replaced += 1
+        else:
             self.unexpected_disconnects += 1
-            sub.end_ns = min(sub.end_ns, time.time_ns())
-            if self.live.get(sub.slot) is sub:
-                del self.live[sub.slot]
+        if self.spec.reconnect and not self.stop_event.is_set():
+            # A client sent away waits the hinted delay; one dropped without a hint (its
+            # worker died) comes back at once, as real clients do, but stays counted in
+            # unexpected_disconnects.
+            self.away += 1
+            sub.transport = None  # the dead incarnation keeps no buffers
+            delay = sub.away_delay if sub.away_delay is not None else 0.0
+            asyncio.get_running_loop().call_later(delay, self._schedule_reopen, sub.slot)
+
+    def _schedule_reopen(self, slot: int) -> None:
+        self.tasks.append(asyncio.ensure_future(self.reopen(slot)))
+
+    async def reopen(self, slot: int) -> None:
+        """Bring back a client the server sent away (or dropped): a bounded number of
+        attempts with back-off. An attempt still unanswered after RECONNECT_TIMEOUT s
+        (a SYN dropped at a full accept queue waits out the kernel's retransmit back-off
+        while holding a connect slot) is abandoned and counted as timed out; every other
+        failed attempt (refused, reset, 503) counts as refused."""
+        try:
+            for attempt in range(RECONNECT_ATTEMPTS):
+                if self.stop_event.is_set():
+                    return
+                sub = await self.open_sub(slot, reopened=True)
+                if sub is not None:
+                    self.reconnected += 1
+                    return
+                if isinstance(self.last_failure, TimeoutError):
+                    self.reconnect_timeouts += 1
+                else:
+                    self.reconnect_refused += 1
+                await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+            self.reconnect_gave_up += 1
+            self.note(f"client {slot} did not come back after {RECONNECT_ATTEMPTS} attempts")
+        finally:
+            self.away -= 1
 
     def may_publish(self) -> bool:
         if self.pub_limit and self.published() >= self.pub_limit:
@@ -471,7 +659,7 @@ class _Worker:
             "max_frame_size": 16 * 1024 * 1024,
         }
         if self.spec.source_ips > 1:
-            kwargs["local_addr"] = (f"127.0.0.{1 + index % self.spec.source_ips}", 0)
+            kwargs["socket_factory"] = _source_socket(f"127.0.0.{1 + index % self.spec.source_ips}")
         url = urls[index % len(urls)]
         if url.startswith("wss://"):
             kwargs["ssl_context"] = self._ssl_context()
@@ -489,27 +677,40 @@ class _Worker:
     async def _open(self, factory: Callable[[], picows.WSListener], index: int) -> Any:
         url, kwargs = self._connect_kwargs(index)
         async with self.sem:
-            remaining = self.deadline - time.time()
+            until = self.connect_deadline if self.connecting else self.deadline
+            remaining = until - time.time()
+            if self.spec.reconnect and not self.connecting:
+                remaining = min(remaining, RECONNECT_TIMEOUT)
             try:
                 if remaining <= 0:
-                    raise TimeoutError("run timeout before connecting")
+                    raise TimeoutError("connect timeout (--connect-timeout) before connecting")
                 _transport, listener = await asyncio.wait_for(
                     picows.ws_connect(factory, url, **kwargs), remaining
                 )
+                if listener is None:
+                    # picows returns normally, with no listener, when the connection is
+                    # lost before the upgrade response (a server shedding handshakes).
+                    raise ConnectionResetError("connection lost during the handshake")
             except Exception as exc:  # any failure to connect is a result to report
+                self.last_failure = exc
                 self.connect_failed += 1
                 self.note(f"connect {url}: {type(exc).__name__}: {exc}")
                 return None
-        self.connect_ended = time.time()
+        now = time.time()
+        if self.connecting:
+            self.connect_ended = now
+            self.connect_times.append(now)
         return listener
 
-    async def open_sub(self, slot: int) -> _Sub | None:
+    async def open_sub(self, slot: int, reopened: bool = False) -> _Sub | None:
         if self.scenario == "mixed":
             channels = [b"u.%d" % slot, b"g.%d" % (slot // GROUP_SIZE)]
             cls: type[_Sub] = _MixedSub
         elif self.scenario == "idle":
             channels = [b"idle.%d" % (slot % self.plan["channels"])]
-            cls = _Sub
+            if self.shared:
+                channels.append(self.shared)
+            cls = _IdleSub
         else:
             channels = [self.channel]
             cls = _Sub
@@ -519,6 +720,9 @@ class _Worker:
         assert isinstance(sub, _Sub) and sub.transport is not None
         self.subs.append(sub)
         self.live[slot] = sub
+        if reopened:
+            sub.reopened = True
+            self.resubscribing += 1
         for n, channel in enumerate(channels, 1):
             sub.transport.send(
                 picows.WSMsgType.TEXT,
@@ -526,25 +730,53 @@ class _Worker:
             )
         return sub
 
+    async def open_slot(self, slot: int) -> None:
+        """Connect phase: open one client, retrying a failed attempt (as a real client
+        would) up to CONNECT_ATTEMPTS times; ``connect_retries`` counts the retries."""
+        for attempt in range(CONNECT_ATTEMPTS):
+            if await self.open_sub(slot) is not None or time.time() >= self.connect_deadline:
+                return
+            if attempt + 1 < CONNECT_ATTEMPTS:
+                self.connect_retries += 1
+                self.connect_failed -= 1  # only a client that never connected is a failure
+                await asyncio.sleep(0.5 * 2**attempt)
+
     async def connect_all(self) -> dict[str, Any]:
         slots: list[int] = self.plan["slots"]
         total = self.plan["total"]
-        self.to_subscribe = len(slots) + (1 if self.scenario == "roundtrip" else 0)
+        subscribing_pubs = self.scenario in ("roundtrip", "idle")
+        self.to_subscribe = len(slots) + (
+            len(self.plan["publisher_ids"]) if subscribing_pubs else 0
+        )
         self.connect_started = time.time()
-        jobs = [self.open_sub(slot) for slot in slots]
-        pub_jobs = [self._open_publisher(total + j) for j in self.plan["publisher_ids"]]
-        await asyncio.gather(*jobs, *pub_jobs)
-        opened = len(self.subs) + (1 if self.scenario == "roundtrip" and self.pubs else 0)
-        self.to_subscribe = opened
-        if self.subscribed < opened:
-            remaining = self.deadline - time.time()
-            try:
-                await asyncio.wait_for(self.subscribed_event.wait(), max(0.0, remaining))
-            except TimeoutError:
-                self.note(f"only {self.subscribed} of {opened} subscriptions acknowledged")
+        self.cpu_marks["connect"] = _own_cpu()
+        self.connecting = True
+        reporter = asyncio.ensure_future(self._report_connecting())
+        try:
+            jobs = [self.open_slot(slot) for slot in slots]
+            pub_jobs = [self._open_publisher(total + j) for j in self.plan["publisher_ids"]]
+            await asyncio.gather(*jobs, *pub_jobs)
+            opened = len(self.subs) + (len(self.pubs) if subscribing_pubs else 0)
+            self.to_subscribe = opened
+            if self.subscribed < opened:
+                remaining = self.connect_deadline - time.time()
+                try:
+                    await asyncio.wait_for(self.subscribed_event.wait(), max(0.0, remaining))
+                except TimeoutError:
+                    self.note(f"only {self.subscribed} of {opened} subscriptions acknowledged")
+        finally:
+            self.connecting = False
+            reporter.cancel()
         return self.connect_info()
 
+    async def _report_connecting(self) -> None:
+        """Progress while connecting, so a long ramp is visible as it happens."""
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            self.send("progress", self.progress())
+
     def connect_info(self) -> dict[str, Any]:
+        self.cpu_marks["ready"] = _own_cpu()
         return {
             "connections": len(self.subs) + len(self.pubs),
             "connect_failed": self.connect_failed,
@@ -552,6 +784,10 @@ class _Worker:
             "subscribe_errors": self.subscribe_errors,
             "connect_started": self.connect_started,
             "connect_ended": self.connect_ended or self.connect_started,
+            "connect_times": np.frombuffer(self.connect_times, dtype=np.float64).copy(),
+            "planned": len(self.plan["slots"]) + len(self.plan["publisher_ids"]),
+            "connect_retries": self.connect_retries,
+            "cpu_s": self.cpu_marks["ready"] - self.cpu_marks.get("connect", 0.0),
             "notes": self.notes,
         }
 
@@ -561,10 +797,11 @@ class _Worker:
             return
         assert isinstance(pub, _Publisher) and pub.transport is not None
         self.pubs.append(pub)
-        if self.scenario == "roundtrip":
+        if self.scenario in ("roundtrip", "idle"):
+            channel = self.channel if self.scenario == "roundtrip" else self.probe_channel
             pub.transport.send(
                 picows.WSMsgType.TEXT,
-                b'{"id":0,"op":"subscribe","channel":"%b"}' % self.channel,
+                b'{"id":0,"op":"subscribe","channel":"%b"}' % channel,
             )
         else:
             pub.subscribed = True  # not subscribed: every reply is a publish ack
@@ -639,6 +876,9 @@ class _Worker:
         last_total = -1
         last_sent = 0.0
         boundaries = [self.t0 + (i + 1) * self.spec.step_duration for i in range(self.nsteps)]
+        # idle needs no last-delivery time: sum the counters of its (many) connections
+        # only when reporting, or 16 processes x 15,000 clients cost a core at idle.
+        tick = PROGRESS_EVERY / 2 if self.scenario == "idle" else TICK
         while not self.stop_event.is_set():
             now = time.time()
             total = self.received()
@@ -661,7 +901,7 @@ class _Worker:
             if now > self.deadline:
                 self.note("worker deadline passed")
                 self.stop_event.set()
-            await asyncio.sleep(TICK)
+            await asyncio.sleep(tick)
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -669,10 +909,43 @@ class _Worker:
             "published": self.published(),
             "acked": sum(p.acked for p in self.pubs),
             "pub_done": self.pub_done,
-            "live": len(self.subs) - self.unexpected_disconnects - self.churned,
+            "opened": len(self.subs) + len(self.pubs),
+            "connect_failed": self.connect_failed,
+            "live": len(self.subs) - self.unexpected_disconnects - self.churned - self.replaced,
             "unexpected_disconnects": self.unexpected_disconnects,
             "last_rx_wall": self.last_rx_wall,
+            "broadcasts_sent": list(self.broadcasts_sent),
+            "broadcast_rx": {t: list(v) for t, v in self.broadcast_rx.items()},
+            "replaced": self.replaced,
+            "away": self.away,
+            "reconnected": self.reconnected,
+            "reconnect_refused": self.reconnect_refused,
+            "reconnect_gave_up": self.reconnect_gave_up,
+            "reconnect_timeouts": self.reconnect_timeouts,
+            "resubscribing": self.resubscribing,
+            "back_wall": self.back_wall,
         }
+
+    def publish_broadcast(self) -> None:
+        """Publish one message to the shared channel now (process 0's publisher)."""
+        if self.pubs and self.pubs[0].transport is not None:
+            self.broadcasts_sent.append(self.pubs[0].publish(self.shared))
+        else:
+            self.note("no publisher connection for a broadcast")
+
+    async def probe(self, rate: float) -> None:
+        """Publish to the publisher's own single-subscriber channel ``rate`` times a
+        second until told to stop; its receipts are the latency samples."""
+        self.probing = True
+        interval = 1.0 / rate
+        next_at = time.monotonic()
+        while self.probing and not self.stop_event.is_set() and time.time() < self.deadline:
+            pub = self.pubs[0] if self.pubs else None
+            if pub is None or pub.transport is None or pub.transport.is_disconnected:
+                break
+            pub.publish(self.probe_channel)
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     def start_publishing(self) -> None:
         spec = self.spec
@@ -729,6 +1002,12 @@ class _Worker:
             self.t0 = body
             self.t0_ns = int(body * 1e9)
             self.start_event.set()
+        elif kind == "broadcast":
+            self.publish_broadcast()
+        elif kind == "probe":
+            self.tasks.append(asyncio.ensure_future(self.probe(body)))
+        elif kind == "probe_stop":
+            self.probing = False
         elif kind == "stop":
             self.stop_event.set()
             self.start_event.set()
@@ -770,6 +1049,7 @@ class _Worker:
         await _wait_event(self.start_event, self.deadline)
         if not self.stop_event.is_set():
             await asyncio.sleep(max(0.0, self.t0 - time.time()))
+            self.cpu_marks["start"] = _own_cpu()
             self.tasks.append(asyncio.ensure_future(self.ticker()))
             if self.scenario != "idle":
                 self.start_publishing()
@@ -807,7 +1087,32 @@ class _Worker:
             "churned": self.churned,
             "subscribed": self.subscribed,
             "connect_failed": self.connect_failed,
+            "cpu_s": _own_cpu() - self.cpu_marks["start"] if "start" in self.cpu_marks else 0.0,
         }
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _source_socket(address: str) -> Callable[[Any], socket.socket]:
+    """A picows socket factory: a TCP socket bound to ``address`` with the port left to
+    ``connect()`` (IP_BIND_ADDRESS_NO_PORT), so the kernel chooses it for the whole
+    4-tuple instead of searching for a port no other socket on ``address`` uses."""
+
+    def factory(_url: Any) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((address, 0))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    return factory
 
 
 async def _wait_event(event: asyncio.Event, deadline: float) -> None:
@@ -936,6 +1241,8 @@ class _Run:
         self.last_received = (time.time(), 0)
         self.phase = "connecting"
         self.timed_out = False
+        self.last_opened = (time.time(), 0)
+        self.hold_results: dict[str, Any] = {}
 
     # -- plan ----------------------------------------------------------------------------
 
@@ -944,7 +1251,7 @@ class _Run:
         n = 0 if spec.scenario == "roundtrip" else spec.connections
         nproc = 1 if spec.scenario == "roundtrip" else spec.processes
         pubs = (
-            0
+            int(spec.broadcasts > 0 or spec.probe_rate > 0)  # one, in process 0
             if spec.scenario == "idle"
             else (1 if spec.scenario == "roundtrip" else spec.publishers)
         )
@@ -1064,6 +1371,14 @@ class _Run:
                 except (OSError, ValueError):
                     pass
 
+    def tell(self, index: int, kind: str, body: Any = None) -> None:
+        """Send one message to process ``index``, unless it is gone (its report says why)."""
+        if index not in self.finals:
+            try:
+                self.pipes[index].send((kind, body))
+            except (OSError, ValueError):
+                pass
+
     def total(self, key: str) -> int:
         return sum(int(p.get(key, 0)) for p in self.progress.values())
 
@@ -1081,12 +1396,18 @@ class _Run:
         then, before = self.last_received
         self.last_received = (now, received)
         rate = (received - before) / max(1e-9, now - then)
-        connected = sum(r.get("connections", 0) for r in self.ready.values())
+        opened = self.total("opened")
+        then, before = self.last_opened
+        self.last_opened = (now, opened)
+        connecting = (opened - before) / max(1e-9, now - then)
         line = (
             f"[{time.monotonic() - self.started:6.1f}s] {self.spec.scenario} {self.phase}: "
-            f"ready {len(self.ready)}/{len(self.pipes)} procs, {connected} conns, "
-            f"published {self.total('published')}, received {received} ({rate:,.0f}/s)"
+            f"ready {len(self.ready)}/{len(self.pipes)} procs, {opened:,} conns"
+            f" (+{connecting:,.0f}/s, {self.total('connect_failed')} failed), "
+            f"published {self.total('published')}, received {received:,} ({rate:,.0f}/s)"
         )
+        if self.total("away"):
+            line += f", {self.total('away'):,} away"
         if self.spec.server_pid:
             line += f", server RSS {_rss_mb(_server_sample(self.spec.server_pid))} MB"
         if self.tty:
@@ -1133,7 +1454,7 @@ class _Run:
             self.broadcast("start", t0)
             step_samples: list[dict[int, tuple[float, int]]] = [after_connect]
             if spec.scenario == "idle":
-                self.wait_for("the hold to end", lambda: False, t0 + spec.duration)
+                self.hold(t0)
             elif spec.scenario == "mixed":
                 for i in range(len(spec.steps)):
                     self.phase = f"step {i + 1}/{len(spec.steps)} ({spec.steps[i]:,.0f}/s)"
@@ -1155,6 +1476,119 @@ class _Run:
         finally:
             self.shutdown()
         return self.report(baseline, after_connect, step_samples, end, t0, end_time)
+
+    def hold(self, t0: float) -> None:
+        """idle: hold for ``--duration``; inside it, first the broadcasts, then probes
+        until its end; then the roll, if asked for. Results go to ``self.hold_results``."""
+        spec = self.spec
+        self.wait_for("the hold to start", lambda: False, t0 + 0.5)
+        for n in range(spec.broadcasts):
+            self.phase = f"broadcast {n + 1}/{spec.broadcasts}"
+            self.hold_results.setdefault("broadcasts", []).append(self.one_broadcast(n))
+        end = t0 + spec.duration
+        if spec.probe_rate:
+            self.phase = "probing"
+            self.tell(0, "probe", spec.probe_rate)
+            end = max(end, time.time() + MIN_PROBE_SECONDS)
+        else:
+            self.phase = "holding"
+        self.wait_for("the hold to end", lambda: False, end)
+        if spec.probe_rate:
+            self.tell(0, "probe_stop")
+            self.wait_for("the probes in flight", lambda: False, time.time() + 0.5)
+        if spec.roll_pid:
+            self.phase = "rolling"
+            self.hold_results["roll"] = self.roll(spec.roll_pid)
+
+    def one_broadcast(self, n: int) -> dict[str, Any]:
+        """Publish one message to the shared channel; wait until every live subscriber
+        had it (or nothing arrived for ``--drain`` s); time from publish to the last."""
+        expected = self.total("live")
+        self.tell(0, "broadcast")
+        self.wait_for(
+            "a broadcast to be sent",
+            lambda: len(self.progress.get(0, {}).get("broadcasts_sent", [])) > n,
+            time.time() + 10,
+        )
+        sent = self.progress.get(0, {}).get("broadcasts_sent", [])
+        if len(sent) <= n:
+            return {"expected": expected, "delivered": 0, "time_to_all_ms": None}
+        stamp = sent[n]
+
+        def arrived() -> tuple[int, int]:
+            rx = [p.get("broadcast_rx", {}).get(stamp, [0, 0]) for p in self.progress.values()]
+            return sum(r[0] for r in rx), max((r[1] for r in rx), default=0)
+
+        last = (-1, time.time())
+        while arrived()[0] < expected and time.time() < self.deadline:
+            count = arrived()[0]
+            if count != last[0]:
+                last = (count, time.time())
+            elif time.time() - last[1] >= self.spec.drain:
+                break
+            self.pump(time.time() + 0.1)
+        # The workers report every PROGRESS_EVERY s: one more round has the final counts.
+        self.wait_for("broadcast counts", lambda: False, time.time() + 2 * PROGRESS_EVERY + 0.1)
+        count, latest = arrived()
+        if count < expected:
+            self.problems.append(f"broadcast {n + 1} reached {count} of {expected} connections")
+        return {
+            "expected": expected,
+            "delivered": count,
+            "time_to_all_ms": round((latest - stamp) / 1e6, 1) if count else None,
+        }
+
+    def roll(self, pid: int) -> dict[str, Any]:
+        """SIGHUP the supervisor ``pid``; wait until none of its processes from before is
+        left and every client it sent away is back and subscribed again."""
+        before = _rolled_processes(pid)
+        live = self.total("live")
+        dropped_before = self.total("unexpected_disconnects")
+        started = time.time()
+        os.kill(pid, signal.SIGHUP)
+        allowance = ROLL_SECONDS_PER_PROCESS * max(1, len(before))
+        marks: dict[str, float] = {}
+
+        def done() -> bool:
+            now = time.time()
+            if before & set(_process_tree([pid])):
+                return False
+            marks.setdefault("processes_gone", now)
+            # A client that gave up is counted (gave_up), not waited for.
+            if self.total("away") or self.total("resubscribing"):
+                marks.pop("settled", None)
+                return False
+            # Workers report every PROGRESS_EVERY s: a client dropped just before the last
+            # old process went may not be counted yet. Settled = true for two reports.
+            return now - marks.setdefault("settled", now) > 2 * PROGRESS_EVERY + 0.1
+
+        complete = self.wait_for("the roll", done, started + allowance)
+        back = max((p.get("back_wall", 0.0) for p in self.progress.values()), default=0.0)
+        finished = max(back, marks.get("processes_gone", 0.0))
+        result = {
+            "server_processes_replaced": len(before - set(_process_tree([pid]))),
+            "server_processes_before": len(before),
+            "seconds": round(finished - started, 1) if complete else None,
+            "last_client_back_s": round(back - started, 1) if back > started else None,
+            "clients_sent_away": self.total("replaced"),
+            "dropped_without_hint": self.total("unexpected_disconnects") - dropped_before,
+            "reconnected": self.total("reconnected"),
+            "refused": self.total("reconnect_refused"),
+            "timed_out_attempts": self.total("reconnect_timeouts"),
+            "gave_up": self.total("reconnect_gave_up"),
+            "live_before": live,
+            "live_after": self.total("live"),
+        }
+        if not complete:
+            self.problems.append(f"the roll did not complete in {allowance:.0f} s: {result}")
+        elif result["refused"] or result["gave_up"]:
+            self.problems.append(f"{result['refused']} reconnect attempt(s) refused in the roll")
+        if result["dropped_without_hint"]:
+            self.problems.append(
+                f"{result['dropped_without_hint']} client(s) dropped in the roll without a"
+                " reconnect hint (a worker died instead of draining)"
+            )
+        return result
 
     def drain(self, complete: Callable[[], bool]) -> None:
         """Wait until ``complete()`` or until nothing arrived for ``--drain`` s."""
@@ -1187,6 +1621,10 @@ class _Run:
         starts = [r["connect_started"] for r in ready if "connect_started" in r]
         ends = [r["connect_ended"] for r in ready if "connect_ended" in r]
         connect_s = max(ends) - min(starts) if starts and ends else 0.0
+        times = [r["connect_times"] for r in ready if "connect_times" in r]
+        ramp = connect_ramp(
+            np.concatenate(times) if times else np.zeros(0), min(starts, default=0.0)
+        )
         requested = {"roundtrip": 1, "idle": spec.connections}.get(
             spec.scenario, spec.connections + spec.publishers
         )
@@ -1210,6 +1648,14 @@ class _Run:
                 "connect_rate_per_s": round(connected / connect_s)
                 if connect_s > 0 and connected
                 else None,
+                "connect_timeout_s": round(spec.connect_seconds(), 1),
+                "connect_retries": sum(r.get("connect_retries", 0) for r in ready),
+                # planned, opened and failed per client process: a shortfall shows where
+                "per_process": [
+                    [r.get("planned", 0), r.get("connections", 0), r.get("connect_failed", 0)]
+                    for _i, r in sorted(self.ready.items())
+                ],
+                "ramp": ramp,
                 "unexpected_disconnects": sum(f.get("unexpected_disconnects", 0) for f in finals),
             },
             "notes": notes[:10],
@@ -1237,18 +1683,37 @@ class _Run:
         first = min((f["first_publish"] for f in finals if f.get("first_publish")), default=t0)
         last = max((f.get("last_rx_wall", 0.0) for f in finals), default=0.0)
         window = max(1e-9, last - first)
-        measured = max(1e-9, end_time - t0)
-        server["cpu_percent"] = round(100 * cpu / measured, 1)
+        measured = end_time - t0  # <= 0 when the run ended before the measured window began
+        server_connect_cpu = _cpu_between(baseline, after_connect)
+        client_connect_cpu = sum(r.get("cpu_s", 0.0) for r in ready)
+        client_cpu = sum(f.get("cpu_s", 0.0) for f in finals)
+        report["cpu"] = {
+            "connect": _cpu_figures(server_connect_cpu, client_connect_cpu, connect_s),
+            "measured": _cpu_figures(cpu, client_cpu, measured),
+        }
+        server["cpu_percent"] = report["cpu"]["measured"]["server_percent"]
+        report["bottleneck"] = [
+            line
+            for phase, wall in (("connect", connect_s), ("measured", measured))
+            if (
+                line := _bottleneck(
+                    phase, report["cpu"][phase], wall, len(ready), bool(spec.server_pid)
+                )
+            )
+        ]
         if spec.scenario == "idle":
             n = max(1, connected)
             delta = sum(r for _c, r in after_connect.values()) - sum(
                 r for _c, r in baseline.values()
             )
             report["idle"] = {
-                "held_s": round(measured, 1),
+                "held_s": round(max(0.0, measured), 1),
                 "live_at_end": sum(f.get("live", 0) for f in finals),
                 "rss_kb_per_connection": round(delta / n / 1024, 2) if spec.server_pid else None,
+                **self.hold_results,
             }
+            if spec.probe_rate:
+                report["idle"]["probe_latency_ms"] = _percentiles(latencies)
         elif spec.scenario == "roundtrip":
             report["roundtrips"] = received
             report["published"] = published
@@ -1360,6 +1825,71 @@ class _Run:
             "churned": sum(f.get("churned", 0) for f in finals),
             "latency_ms": _percentiles(latencies),
         }
+
+
+def _rolled_processes(supervisor: int) -> set[int]:
+    """The processes a roll replaces: the supervisor's tree less itself, and less helpers
+    that are not shardws processes (multiprocessing's resource tracker) when the others
+    carry shardws's process titles."""
+    pids = set(_process_tree([supervisor])) - {supervisor}
+    titled = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"shardws: "):
+                titled.add(pid)
+        except OSError:
+            pass
+    return titled or pids
+
+
+def connect_ramp(times: np.ndarray[Any, Any], started: float) -> dict[str, Any]:
+    """Handshakes per second in ten equal time slices of the connect phase, from the
+    first attempt (``started``) to the last handshake (wall times ``times``)."""
+    if times.size == 0 or times.max() <= started:
+        return {"tenths_per_s": [], "first_tenth_per_s": None, "last_tenth_per_s": None}
+    span = float(times.max()) - started
+    counts, _edges = np.histogram(times, bins=10, range=(started, started + span))
+    rates = [round(float(c) / (span / 10)) for c in counts]
+    return {"tenths_per_s": rates, "first_tenth_per_s": rates[0], "last_tenth_per_s": rates[-1]}
+
+
+def _cpu_figures(server_cpu: float, client_cpu: float, wall: float) -> dict[str, Any]:
+    """CPU-seconds and percent of one core over ``wall`` s (no percent for an empty
+    window: a ratio over nothing is not a figure)."""
+
+    def percent(cpu: float) -> float | None:
+        return round(100 * cpu / wall, 1) if wall > 0 else None
+
+    return {
+        "wall_s": round(max(0.0, wall), 3),
+        "server_cpu_s": round(server_cpu, 3),
+        "server_percent": percent(server_cpu),
+        "client_cpu_s": round(client_cpu, 3),
+        "client_percent": percent(client_cpu),
+    }
+
+
+def _bottleneck(
+    phase: str, cpu: dict[str, Any], wall: float, processes: int, measured_server: bool
+) -> str | None:
+    """A report line when the generator, not the server, set the pace of ``phase``: its
+    processes spent more CPU than the server (on shared cores that CPU is what the server
+    did not get), or together ran flat out on every core they could use."""
+    if wall < 1.0 or processes <= 0:  # too short to say anything about rates
+        return None
+    client, server = cpu["client_cpu_s"], cpu["server_cpu_s"]
+    usable = min(processes, os.cpu_count() or 1)
+    if client >= 0.9 * usable * wall:
+        return (
+            f"{phase}: the client processes ran {cpu['client_percent']}% of a core over"
+            f" {usable} core(s), flat out: the load generator was the bottleneck"
+        )
+    if measured_server and client > server and client >= 0.25 * wall:
+        return (
+            f"{phase}: the client processes used {client:.1f} CPU-s, the server {server:.1f}:"
+            " the load generator, not the server, was the bottleneck"
+        )
+    return None
 
 
 def run(spec: LoadSpec) -> dict[str, Any]:
@@ -1535,6 +2065,45 @@ def _parser() -> argparse.ArgumentParser:
         help="WebSocket handshakes in flight per process (default: %(default)s)",
     )
     p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=d.connect_timeout,
+        help="seconds the connect phase may take, 0 = 30 + one per"
+        f" {CONNECTS_PER_S_FLOOR} connections (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shared-channel",
+        default=d.shared_channel,
+        help="idle: a channel every connection also subscribes to (default: none)",
+    )
+    p.add_argument(
+        "--broadcasts",
+        type=int,
+        default=d.broadcasts,
+        help="idle: publications to --shared-channel during the hold, each timed until"
+        " every connection had it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--probe-rate",
+        type=float,
+        default=d.probe_rate,
+        help="idle: publications/s to a channel with one subscriber during the hold, for"
+        " their latency (default: %(default)s)",
+    )
+    p.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="idle: clients the server sends away (reconnect push, close 1001) come back"
+        " after the hinted delay",
+    )
+    p.add_argument(
+        "--roll-pid",
+        type=int,
+        default=d.roll_pid,
+        help="idle: SIGHUP this shardws supervisor after the hold and time the roll until"
+        " every client is back (needs --reconnect) (default: none)",
+    )
+    p.add_argument(
         "--cafile",
         default=d.cafile,
         help="wss://: CA bundle (PEM) to verify the server with (default: the system CAs)",
@@ -1558,7 +2127,7 @@ def scenario_settings(spec: dict[str, Any]) -> dict[str, Any]:
     """The fields of a report's ``spec`` that its scenario used, in field order (no churn
     for a fanout run, no --window when publishing is paced, no TLS options for ws://
     URLs); the scenario itself is left out."""
-    used = {"url", "source_ips", "server_pid", "timeout", "connect_concurrency"}
+    used = {"url", "source_ips", "server_pid", "timeout", "connect_concurrency", "connect_timeout"}
     used.update(SCENARIO_SETTINGS.get(spec.get("scenario", ""), ()))
     if spec.get("rate"):
         used.discard("window")
@@ -1583,7 +2152,7 @@ def format_report(report: dict[str, Any]) -> str:
     for key, value in report.items():
         if key == "spec":
             emit("", key, scenario_settings(value))
-        elif key not in ("steps", "problems", "notes"):
+        elif key not in ("steps", "problems", "notes", "bottleneck"):
             emit("", key, value)
     if report.get("steps"):
         lines.append(
@@ -1598,9 +2167,9 @@ def format_report(report: dict[str, Any]) -> str:
                 f" {s['received_healthy']:>10,} {s['lost_healthy']:>6,} | {lat['p50']} "
                 f"{lat['p99']} {lat['max']} | {s['server_cpu_s']} {s['server_rss_mb']}"
             )
-    for key in ("notes", "problems"):
+    for key in ("bottleneck", "notes", "problems"):
         for item in report.get(key, []):
-            lines.append(f"{key[:-1]}: {item}")
+            lines.append(f"{key.removesuffix('s')}: {item}")
     return "\n".join(lines)
 
 

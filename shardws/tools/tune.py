@@ -1,6 +1,8 @@
 """``shardws tune``: the kernel and process limits that bound a shardws host, read live,
 next to the values ``sysctl/99-shardws.conf`` recommends, and the connection capacity
-the host has as it stands.
+the host has as it stands; with ``--connections N``, what a host needs to hold N
+(``needs``): open files per worker with room for a roll, ``fs.file-max``, memory, kernel
+socket memory and the ephemeral ports of a proxy in front.
 
 Read-only: it never changes a setting. The recommendations are parsed from the shipped
 sysctl file itself, so the two cannot drift; ``RULES`` says for each key whether more,
@@ -12,6 +14,7 @@ with every value the host already has beyond the recommendation kept (what
 from __future__ import annotations
 
 import enum
+import math
 import os
 import resource
 from collections.abc import Callable
@@ -24,6 +27,16 @@ SYSCTL_FILE = Path(__file__).parent.parent / "sysctl.conf"
 # Bytes of server RSS per idle connection measured by benchmarks scenario 4 (5.6-5.8 KB)
 # plus the kernel's share of a socket (about 3.8 KB): what one idle client costs.
 BYTES_PER_CONNECTION = 10 * 1024
+# Descriptors a worker needs besides its connections: what it has open when it starts
+# accepting, bus links for every worker slot and the handshake margin (worker.py's
+# connection_limit reserve), rounded up.
+FD_RESERVE = 400
+# A small frame queued on a socket costs the kernel about a page of skb memory (truesize)
+# until the client reads it: a publication to every connection queues one per socket.
+KERNEL_BYTES_PER_QUEUED_FRAME = 4096
+# Ephemeral ports a proxy needs per connection it holds towards one worker address,
+# with room for the ones in TIME_WAIT after a roll.
+PROXY_PORT_HEADROOM = 1.5
 
 
 class Kind(enum.Enum):
@@ -177,6 +190,80 @@ def capacity(workers: int) -> dict[str, int]:
     }
 
 
+def roll_peak_per_worker(workers: int, connections: int) -> int:
+    """Most connections one worker holds during a SIGHUP roll: workers are replaced one
+    at a time, each drained worker's clients reconnect evenly to the others, and the
+    replaced one starts empty, so the first replaced ends with about 1.7 shares."""
+    if workers <= 1:
+        return connections  # nowhere else to go: its clients wait for the new process
+    load = [connections / workers] * workers
+    for k in range(workers):
+        moved, load[k] = load[k], 0.0
+        for j in range(workers):
+            if j != k:
+                load[j] += moved / (workers - 1)
+    return math.ceil(max(load))
+
+
+def needs(connections: int, workers: int) -> dict[str, int]:
+    """What a host needs to hold ``connections`` idle clients with ``workers`` workers
+    (one per core): open files per worker (LimitNOFILE) with room for a roll, the kernel's
+    file limits, memory, socket memory for one publication to all, and the ephemeral
+    ports of a proxy that holds one upstream connection per client."""
+    peak = roll_peak_per_worker(workers, connections)
+    open_files = peak + FD_RESERVE
+    port_range = (read_sysctl("net.ipv4.ip_local_port_range") or "32768 60999").split()
+    ports = int(port_range[1]) - int(port_range[0]) + 1 if len(port_range) == 2 else 28232
+    proxy_ports = math.ceil(connections * PROXY_PORT_HEADROOM)
+    return {
+        "connections": connections,
+        "workers": workers,
+        "per_worker": math.ceil(connections / workers),
+        "per_worker_in_roll": peak,
+        "limit_nofile": open_files,
+        "fs_nr_open": open_files,
+        "fs_file_max": connections * 2 + 65536,  # a proxy on the same host doubles it
+        "memory_bytes": connections * BYTES_PER_CONNECTION,
+        "tcp_mem_pages": math.ceil(
+            connections * KERNEL_BYTES_PER_QUEUED_FRAME / os.sysconf("SC_PAGE_SIZE")
+        ),
+        "proxy_ports_per_worker_address": proxy_ports,
+        "proxy_port_range_now": ports,
+        "proxy_source_addresses": math.ceil(proxy_ports / ports),
+    }
+
+
+def needs_report(connections: int, workers: int) -> str:
+    """The ``--connections`` section of ``shardws tune``."""
+    n = needs(connections, workers)
+    cap = capacity(workers)
+    tcp_mem = (read_sysctl("net.ipv4.tcp_mem") or "").split()
+    lines = [
+        f"for {connections:,} connections with {workers} worker(s)"
+        f" ({n['per_worker']:,} each, up to {n['per_worker_in_roll']:,} during a roll):",
+        f"  open files per process (LimitNOFILE, ulimit -Hn): at least {n['limit_nofile']:,}"
+        f" (now {cap['open_files_hard']:,})",
+        f"  fs.nr_open: at least {n['fs_nr_open']:,}; fs.file-max: at least"
+        f" {n['fs_file_max']:,} (now {cap['by_file_max']:,})",
+        f"  memory: about {n['memory_bytes'] / 2**30:.1f} GiB"
+        f" ({BYTES_PER_CONNECTION // 1024} KiB per connection, server and kernel)",
+        f"  kernel socket memory (net.ipv4.tcp_mem, pages): a publication to all queues"
+        f" about {n['tcp_mem_pages']:,} pages until read; the third value should be well"
+        f" above (now {tcp_mem[2] if len(tcp_mem) == 3 else 'unknown'})",
+        f"  a proxy in front: {n['proxy_ports_per_worker_address']:,} ephemeral ports per"
+        f" shardws address it connects to; its ip_local_port_range has"
+        f" {n['proxy_port_range_now']:,} here, so {n['proxy_source_addresses']} source"
+        " address(es), or a wider range, or more shardws addresses",
+    ]
+    if n["limit_nofile"] > cap["open_files_hard"]:
+        lines.append(
+            "  the open-files limit is too low: raise LimitNOFILE. More workers than cores"
+            " only work around a limit that cannot be raised; on a real host keep one"
+            " worker per core"
+        )
+    return "\n".join(lines)
+
+
 def host_sysctl_text(
     read: Callable[[str], str | None] = read_sysctl, path: Path = SYSCTL_FILE
 ) -> str:
@@ -199,8 +286,9 @@ def host_sysctl_text(
     return "\n".join(lines) + "\n"
 
 
-def report(workers: int, path: Path = SYSCTL_FILE) -> str:
-    """The table ``shardws tune`` prints."""
+def report(workers: int, path: Path = SYSCTL_FILE, connections: int = 0) -> str:
+    """The table ``shardws tune`` prints; with ``connections``, what holding that many
+    needs."""
     rows = settings(path)
     width = max(len(s.key) for s in rows)
     rule_width = max(len(s.rule.describe()) for s in rows)
@@ -228,4 +316,6 @@ def report(workers: int, path: Path = SYSCTL_FILE) -> str:
         f" (open files allow {cap['by_open_files']:,}, memory {cap['by_memory']:,}"
         f" at {BYTES_PER_CONNECTION // 1024} KiB each, fs.file-max {cap['by_file_max']:,})",
     ]
+    if connections:
+        lines += ["", needs_report(connections, workers)]
     return "\n".join(lines)
