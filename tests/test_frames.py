@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import pytest
 
@@ -20,14 +21,41 @@ from shardws.pure.frames import (
 from shardws.pure.protocol import CloseCode
 
 
-def plain(max_size: int = 100, check_utf8: bool = True) -> Messages:
-    return Messages(max_size, None, check_utf8=check_utf8)
+@dataclass
+class State:
+    """A connection's assembly state, as the worker's connections keep it."""
+
+    inflater: Inflater | None = None
+    fragments: list[bytes] | None = None
+    fragment_binary: bool = False
+    fragment_compressed: bool = False
+    fragment_size: int = 0
 
 
-def deflating(max_size: int = 100) -> Messages:
+class Conn:
+    """A connection's rules and state: what the worker pairs for every frame."""
+
+    def __init__(self, messages: Messages, state: State) -> None:
+        self.messages, self.state = messages, state
+
+    def feed(
+        self, opcode: int, fin: bool, rsv1: bool, rsv2: bool, rsv3: bool, payload: bytes
+    ) -> Message | Fail | None:
+        return self.messages.feed(self.state, opcode, fin, rsv1, rsv2, rsv3, payload)
+
+    @property
+    def in_message(self) -> bool:
+        return self.state.fragments is not None
+
+
+def plain(max_size: int = 100, check_utf8: bool = True) -> Conn:
+    return Conn(Messages(max_size, check_utf8=check_utf8), State())
+
+
+def deflating(max_size: int = 100) -> Conn:
     agreement = negotiate(["permessage-deflate"], CompressionConfig(enabled=True))
     assert agreement is not None
-    return Messages(max_size, Inflater(agreement, max_size), check_utf8=True)
+    return Conn(Messages(max_size, check_utf8=True), State(Inflater(agreement, max_size)))
 
 
 def compress(data: bytes) -> bytes:
@@ -37,7 +65,7 @@ def compress(data: bytes) -> bytes:
 
 
 def feed(
-    messages: Messages, opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False
+    messages: Conn, opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False
 ) -> Message | Fail | None:
     return messages.feed(opcode, fin, rsv1, False, False, payload)
 

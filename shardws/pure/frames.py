@@ -1,8 +1,11 @@
 """RFC 6455 data frames -> complete messages, for one connection (no I/O).
 
-The worker hands every TEXT, BINARY and CONTINUATION frame to :meth:`Messages.feed`
-and gets back a complete :class:`Message`, ``None`` (a fragment: more to come) or a
-:class:`Fail` naming the close code the connection must be closed with. What is
+The worker hands every TEXT, BINARY and CONTINUATION frame, with the connection's
+assembly state (:class:`FrameState`), to :meth:`Messages.feed` and gets back a complete
+:class:`Message`, ``None`` (a fragment: more to come) or a :class:`Fail` naming the
+close code the connection must be closed with. The state lives on the connection (no
+object more per connection: at a quarter million connections every object counts); a
+:class:`Messages` holds only the rules, one per kind of connection of a worker. What is
 checked here, and nowhere else:
 
 * RFC 6455 5.2: a reserved bit that no negotiated extension defines fails with 1002;
@@ -24,7 +27,7 @@ After a :class:`Fail` the connection is closing; nothing more is fed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from shardws.core import utf8_valid
 from shardws.pure.deflate import BadCompressedData, Inflater, MessageTooBig
@@ -66,78 +69,82 @@ def check_control_frame(rsv1: bool, rsv2: bool, rsv3: bool) -> Fail | None:
     return None
 
 
+class FrameState(Protocol):
+    """One connection's message assembly state (the worker's connections have it):
+    ``fragments`` is None between messages; ``inflater`` is set when the upgrade agreed
+    permessage-deflate, else None."""
+
+    fragments: list[bytes] | None
+    fragment_binary: bool
+    fragment_compressed: bool
+    fragment_size: int
+    inflater: Inflater | None
+
+
 class Messages:
-    """Assembles one connection's data frames into messages (see the module doc)."""
+    """Assembles data frames into messages (see the module doc) under a size cap, with
+    or without the UTF-8 check; the state is the connection's own."""
 
-    __slots__ = (
-        "_binary",
-        "_check_utf8",
-        "_compressed",
-        "_fragments",
-        "_max_size",
-        "_size",
-        "inflater",
-    )
+    __slots__ = ("_check_utf8", "_max_size")
 
-    def __init__(self, max_size: int, inflater: Inflater | None, *, check_utf8: bool) -> None:
+    def __init__(self, max_size: int, *, check_utf8: bool) -> None:
         self._max_size = max_size
-        # permessage-deflate, None when it was not agreed (set once, at the upgrade).
-        self.inflater = inflater
         self._check_utf8 = check_utf8
-        self._fragments: list[bytes] | None = None
-        self._binary = False
-        self._compressed = False
-        self._size = 0
 
     def feed(
-        self, opcode: int, fin: bool, rsv1: bool, rsv2: bool, rsv3: bool, payload: bytes
+        self,
+        state: FrameState,
+        opcode: int,
+        fin: bool,
+        rsv1: bool,
+        rsv2: bool,
+        rsv3: bool,
+        payload: bytes,
     ) -> Message | Fail | None:
-        """Take one data frame (``opcode`` 0, 1 or 2); see the module doc."""
+        """Take one data frame (``opcode`` 0, 1 or 2) of the connection whose state is
+        ``state``; see the module doc."""
         compressed = False
         if rsv1 or rsv2 or rsv3:
-            if rsv2 or rsv3 or self.inflater is None or opcode == CONTINUATION:
+            if rsv2 or rsv3 or state.inflater is None or opcode == CONTINUATION:
                 return _protocol_error("reserved bit set without a negotiated extension")
             compressed = True
         if opcode == CONTINUATION:
-            return self._continue(fin, payload)
-        if self._fragments is not None:  # RFC 6455 5.4: no new message mid-fragmentation
+            return self._continue(state, fin, payload)
+        if state.fragments is not None:  # RFC 6455 5.4: no new message mid-fragmentation
             return _protocol_error("new message before the last fragment")
         binary = opcode == BINARY
         if fin:
-            return self._complete(binary, compressed, payload)
-        self._fragments = [payload]
-        self._binary = binary
-        self._compressed = compressed
-        self._size = len(payload)
+            return self._complete(state, binary, compressed, payload)
+        state.fragments = [payload]
+        state.fragment_binary = binary
+        state.fragment_compressed = compressed
+        state.fragment_size = len(payload)
         return None
 
-    @property
-    def in_message(self) -> bool:
-        """Whether a fragmented message is being assembled."""
-        return self._fragments is not None
-
-    def _continue(self, fin: bool, payload: bytes) -> Message | Fail | None:
-        fragments = self._fragments
+    def _continue(self, state: FrameState, fin: bool, payload: bytes) -> Message | Fail | None:
+        fragments = state.fragments
         if fragments is None:
             return _protocol_error("continuation frame without a message")
-        self._size += len(payload)
-        if self._size > self._max_size:
+        state.fragment_size += len(payload)
+        if state.fragment_size > self._max_size:
             return Fail(CloseCode.MESSAGE_TOO_BIG, "message too big", None)
         fragments.append(payload)
         if not fin:
             return None
-        self._fragments = None
-        return self._complete(self._binary, self._compressed, b"".join(fragments))
+        state.fragments = None
+        joined = b"".join(fragments)
+        return self._complete(state, state.fragment_binary, state.fragment_compressed, joined)
 
-    def _complete(self, binary: bool, compressed: bool, payload: bytes) -> Message | Fail:
+    def _complete(
+        self, state: FrameState, binary: bool, compressed: bool, payload: bytes
+    ) -> Message | Fail:
         if compressed:
-            assert self.inflater is not None
+            assert state.inflater is not None
             try:
-                payload = self.inflater.inflate(payload)
+                payload = state.inflater.inflate(payload)
             except MessageTooBig:
-                return Fail(
-                    CloseCode.MESSAGE_TOO_BIG, "message too big", "inflated message too big"
-                )
+                detail = "inflated message too big"
+                return Fail(CloseCode.MESSAGE_TOO_BIG, "message too big", detail)
             except BadCompressedData:
                 reason = "invalid compressed data"
                 return Fail(CloseCode.INVALID_TEXT, reason, reason)

@@ -131,10 +131,14 @@ class Connection(WSListener):
         "connect_timer",
         "deflate_bits",
         "echo",
+        "fragment_binary",
+        "fragment_compressed",
+        "fragment_size",
+        "fragments",
         "identity",
+        "inflater",
         "ip",
         "last_seen",
-        "messages",
         "on_message",
         "ping_sent",
         "sink",
@@ -162,9 +166,13 @@ class Connection(WSListener):
         self.last_seen = time.monotonic()
         self.ping_sent = False
         self.closing = False
-        # Frames -> messages; its inflater is set when the upgrade agrees permessage-deflate
-        # (Worker._accept). The native parser checks UTF-8 itself, the echo has no parser.
-        self.messages = Messages(worker.config.server.max_message_size, None, check_utf8=echo)
+        # Message assembly state (pure.frames.FrameState); the inflater is set when the
+        # upgrade agrees permessage-deflate (Worker._accept).
+        self.fragments: list[bytes] | None = None
+        self.fragment_binary = False
+        self.fragment_compressed = False
+        self.fragment_size = 0
+        self.inflater: Inflater | None = None
         self.deflate_bits = 0  # the server's compression window, 0 when not agreed
 
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -192,7 +200,11 @@ class Connection(WSListener):
         # picows's WSMsgType is an IntEnum of the RFC 6455 opcodes: 0-2 are data frames.
         opcode: int = msg_type  # type: ignore[assignment]
         if opcode <= BINARY:
-            result = self.messages.feed(
+            # The native parser checks UTF-8 itself; the echo has no parser.
+            worker = self.worker
+            messages = worker.echo_messages if self.echo else worker.native_messages
+            result = messages.feed(
+                self,
                 opcode,
                 frame.fin,
                 frame.rsv1,
@@ -340,6 +352,9 @@ class Worker:
         self.bus: Bus | None = None
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
         self.sessions = Sessions(config, self.auth, self.hub.subscriber_count)
+        max_size = config.server.max_message_size
+        self.native_messages = Messages(max_size, check_utf8=False)
+        self.echo_messages = Messages(max_size, check_utf8=True)
         self.owners = Owners(self)
         self._next_position_check = 0.0
         # user -> that user's connections here, subscribed to the user's bus topic.
@@ -580,7 +595,7 @@ class Worker:
         if agreement is None:
             return conn
         conn.deflate_bits = agreement.server_window_bits
-        conn.messages.inflater = Inflater(agreement, self.config.server.max_message_size)
+        conn.inflater = Inflater(agreement, self.config.server.max_message_size)
         response = WSUpgradeResponse.create_101_response(
             {"Sec-WebSocket-Extensions": agreement.response}
         )
