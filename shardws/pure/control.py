@@ -36,6 +36,7 @@ import heapq
 import json
 import logging
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar, cast
@@ -184,32 +185,36 @@ def merge_channels(answers: Iterable[Mapping[str, Any]], limit: int) -> tuple[di
 _ReplyT = TypeVar("_ReplyT", bound="OwnerReply")
 
 
-class OwnerReply:
+class OwnerReply(ABC):
     """An owner operation's answer (the reply types below)."""
 
     __slots__ = ()
 
+    @abstractmethod
     def fields(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The reply's JSON members."""
 
     @classmethod
+    @abstractmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        raise NotImplementedError
+        """The reply from its JSON members; ValueError naming the member at fault."""
 
 
-class OwnerRequest(Generic[_ReplyT]):
+class OwnerRequest(ABC, Generic[_ReplyT]):
     """An owner operation's request; ``_ReplyT`` is the type of its answer."""
 
     __slots__ = ()
     op: ClassVar[str]
     reply_type: ClassVar[type[OwnerReply]]
 
+    @abstractmethod
     def fields(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The request's JSON members (beside ``op``, ``id`` and ``reply_to``)."""
 
     @classmethod
+    @abstractmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        raise NotImplementedError
+        """The request from its JSON members; ValueError naming the member at fault."""
 
     def decode_reply(self, fields: Mapping[str, Any]) -> _ReplyT | OwnerRefusal:
         """The answer to this request from the ``reply`` of an inbox message."""
@@ -586,11 +591,9 @@ def _presence_member(value: Any) -> PresenceMember:
 
 
 @dataclass(frozen=True, slots=True)
-class PresenceListRequest(OwnerRequest[PresenceListReply]):
-    """A worker's subscribers of ``channel`` (asked of every worker)."""
+class _ChannelRequest(OwnerRequest[_ReplyT]):
+    """A request whose only member is ``channel``."""
 
-    op: ClassVar[str] = "presence.list"
-    reply_type: ClassVar[type[OwnerReply]] = PresenceListReply
     channel: str
 
     def fields(self) -> dict[str, Any]:
@@ -599,6 +602,14 @@ class PresenceListRequest(OwnerRequest[PresenceListReply]):
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
         return cls(_channel(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceListRequest(_ChannelRequest[PresenceListReply]):
+    """A worker's subscribers of ``channel`` (asked of every worker)."""
+
+    op: ClassVar[str] = "presence.list"
+    reply_type: ClassVar[type[OwnerReply]] = PresenceListReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,19 +632,11 @@ class PresenceStatsReply(OwnerReply):
 
 
 @dataclass(frozen=True, slots=True)
-class PresenceStatsRequest(OwnerRequest[PresenceStatsReply]):
+class PresenceStatsRequest(_ChannelRequest[PresenceStatsReply]):
     """A worker's subscriber count and users of ``channel`` (asked of every worker)."""
 
     op: ClassVar[str] = "presence.stats"
     reply_type: ClassVar[type[OwnerReply]] = PresenceStatsReply
-    channel: str
-
-    def fields(self) -> dict[str, Any]:
-        return {"channel": self.channel}
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        return cls(_channel(fields))
 
 
 #: The owner operations by op name.
