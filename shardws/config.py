@@ -465,8 +465,8 @@ class LimitsConfig:
     abuse_close_after: int = option(50, ge=1)
     #: Most channels one connection may be subscribed to, >= 1. Default 256.
     subscriptions_per_connection: int = option(256, ge=1)
-    #: Most connections one worker holds; more are refused at the handshake, >= 1.
-    #: Default 20000.
+    #: Most connections one worker holds; more are refused at the handshake (503), >= 1.
+    #: Default 20000. A worker takes fewer if its open-files limit leaves less room.
     connections_per_worker: int = option(20000, ge=1)
     #: Most connections from one client IP across all workers of this host; 0 =
     #: unlimited. Default 0.
