@@ -11,6 +11,7 @@ from toolkit import run
 from shardws.bus.requests import Requests
 from shardws.pure import control
 from shardws.pure.history import Entry, Position, RingState
+from shardws.pure.publication import Publication
 
 
 def test_user_messages_round_trip() -> None:
@@ -84,6 +85,12 @@ def test_channels_answer_and_merge_stay_exact_when_truncated() -> None:
 
 # --------------------------------------------------------------------------- owner operations
 
+
+def at(epoch: str, offset: int, data: bytes) -> Publication:
+    """A stored publication at (epoch, offset)."""
+    return Publication(data, position=Position(epoch, offset))
+
+
 RING = RingState(
     4, 2.5, "0123456789abcdef", 7, (Entry(6, 10.0, b'{"n":6}', None), Entry(7, 11.5, b"7", "k"))
 )
@@ -98,7 +105,11 @@ OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
     (control.HistoryPositionRequest("h:a"), control.HistoryPositionReply(Position("e", 3))),
     (
         control.HistoryPositionRequest("h:a", Position("e", 1)),
-        control.HistoryPositionReply(Position("e", 3), True, (b'{"n":"\xc3\xa9"}', b"3")),
+        control.HistoryPositionReply(
+            Position("e", 3),
+            True,
+            (Publication('{"n":"é"}'.encode(), position=Position("e", 2)), at("e", 3, b"3")),
+        ),
     ),
     (
         control.HistoryPositionRequest("h:a", Position("old", 1)),
@@ -111,7 +122,7 @@ OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
     (control.HistoryPositionsRequest(()), control.HistoryPositionsReply({})),
     (
         control.HistoryPageRequest("h:a", since=5, limit=10, reverse=True),
-        control.HistoryPageReply(Position("e", 9), (b"4", b"3")),
+        control.HistoryPageReply(Position("e", 9), (at("e", 4, b"4"), at("e", 3, b"3"))),
     ),
     (control.HistoryHandoverRequest({"h:a": RING}), control.HistoryHandoverReply()),
     (
@@ -220,15 +231,15 @@ BAD_OWNER_REPLIES: list[tuple[control.OwnerRequest[Any], dict[str, Any]]] = [
     (control.HistoryPositionRequest("h:a"), {"epoch": "e", "offset": 1, "recovered": 1}),
     (
         control.HistoryPositionRequest("h:a"),
-        {"epoch": "e", "offset": 1, "recovered": True, "pushes": [b"x"]},
+        {"epoch": "e", "offset": 1, "recovered": True, "publications": [[1, b"x"]]},
     ),
     (
         control.HistoryPositionRequest("h:a"),
-        {"epoch": "e", "offset": 1, "recovered": True},  # no pushes
+        {"epoch": "e", "offset": 1, "recovered": True},  # no publications
     ),
     (control.HistoryPositionsRequest(()), {"positions": []}),
     (control.HistoryPositionsRequest(()), {"positions": {"h:a": ["e"]}}),
-    (control.HistoryPageRequest("h:a"), {"epoch": "e", "offset": 1, "pushes": "x"}),
+    (control.HistoryPageRequest("h:a"), {"epoch": "e", "offset": 1, "publications": "x"}),
     (control.HistoryHandoverRequest({}), {"ok": 1}),
     (control.PresenceListRequest("h:a"), {"members": [["ann", "c1"]]}),
     (control.PresenceListRequest("h:a"), {"members": [["ann", "c1", 5]]}),

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from shardws.config import NamespaceConfig
 from shardws.pure.history import Position, Ring, owner_of
+from shardws.pure.publication import Publication
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
 
 members = st.sets(st.integers(0, 200), min_size=1, max_size=12)
@@ -93,7 +94,7 @@ def test_ring_matches_a_model(size: int, ttl: float, script: list[tuple[str, obj
         )
         if gap:
             assert got is not None and [e.offset for e in got] == wanted
-            assert all(e.push == b"p%d" % e.offset for e in got)
+            assert all(e.data == b"p%d" % e.offset for e in got)
         else:
             assert got is None  # never a silent gap
     assert ring.recover("another-epoch", ring.offset, now) is None
@@ -144,16 +145,12 @@ def test_sequencer_publishes_with_positions_and_hands_over() -> None:
     options = NamespaceConfig(history_size=3, history_ttl=0)
     clock = [0.0]
     owner = Sequencer(lambda _channel: options, clock=lambda: clock[0])
-    (epoch, offset), push = owner.publish("chat:a", b'{"x":1}', "k1")
-    assert (offset, push) == (
-        1,
-        b'{"type":"pub","channel":"chat:a","offset":1,"epoch":"%s","data":{"x":1}}'
-        % epoch.encode(),
-    )
+    (epoch, offset), publication = owner.publish("chat:a", b'{"x":1}', "k1")
+    assert (offset, publication) == (1, Publication(b'{"x":1}', position=Position(epoch, 1)))
     assert owner.publish("chat:a", b"2", "k1") == (Position(epoch, 1), None)  # a retry: nothing new
     owner.publish("chat:a", b"2", None)
     answer = owner.position("chat:a", Position(epoch, 0))
-    assert answer.recovered and len(answer.pushes) == 2
+    assert answer.recovered and len(answer.publications) == 2
     other = Sequencer(lambda _channel: options, clock=lambda: clock[0])
     other.adopt(owner.release(lambda _channel: False))
     assert len(owner) == 0 and other.publish("chat:a", b"3", None)[0] == Position(epoch, 3)
@@ -168,7 +165,7 @@ def test_sequencer_forgets_rings_idle_for_twice_their_ttl() -> None:
     owner.publish("k:a", b"1", None)
     clock[0] = 15.0
     assert owner.sweep() == 0 and len(owner) == 2  # expired, but used 15 s ago (< 20)
-    assert not owner.position("t:a", Position(first.epoch, 0)).pushes  # expired
+    assert not owner.position("t:a", Position(first.epoch, 0)).publications  # expired
     clock[0] = 36.0  # 21 s after that query
     assert owner.sweep() == 1 and owner.channels() == ["k:a"]
     again, _ = owner.publish("t:a", b"2", None)

@@ -40,3 +40,32 @@ def test_first_and_last_subscriber_events() -> None:
         assert events[-1] == ("first", "news")
 
     run(scenario())
+
+
+def test_sinks_are_grouped_by_their_members_wire_format() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        def live(_channel: str) -> asyncio.Future[bool]:
+            future = loop.create_future()
+            future.set_result(True)
+            return future
+
+        hub = Hub(live, lambda _channel: None, wire_of=lambda member: member[0])
+        hub.add("news", "n1", "sink-n1")
+        hub.add("news", "p1", "sink-p1")
+        hub.add("news", "n2", "sink-n2")
+        hub.add("news", "p2", None)  # pending: no sink yet
+        assert hub.groups("news") == [("n", ["sink-n1", "sink-n2"]), ("p", ["sink-p1"])]
+        assert hub.groups("news") is hub.groups("news")  # cached until membership changes
+        hub.activate("news", "p2", "sink-p2")
+        assert hub.groups("news") == [("n", ["sink-n1", "sink-n2"]), ("p", ["sink-p1", "sink-p2"])]
+        hub.remove("news", "n1")
+        hub.remove("news", "n2")
+        assert hub.groups("news") == [("p", ["sink-p1", "sink-p2"])]
+        assert hub.groups("elsewhere") == []
+        plain = Hub(live, lambda _channel: None)  # no wire formats: one group
+        plain.add("news", "a", "sink-a")
+        assert plain.groups("news") == [(None, ["sink-a"])]
+
+    run(scenario())

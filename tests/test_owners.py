@@ -30,7 +30,16 @@ from shardws.pure.busframe import KIND_CHANNEL, KIND_INBOX, channel_topic, inbox
 from shardws.pure.cluster import host_number, member_id
 from shardws.pure.history import Position, owner_of
 from shardws.pure.hub import Hub
-from shardws.pure.protocol import CloseCode, ErrorCode, encode_pub_at, pub_position
+from shardws.pure.protocol import (
+    CloseCode,
+    ErrorCode,
+    decode_pub_at,
+    encode_pub_at,
+    encode_publication,
+    pub_position,
+)
+from shardws.pure.publication import Kind, Publication
+from shardws.pure.publication import decode as decode_record
 from shardws.server import owners as owners_module
 from shardws.server.owners import Owners
 from shardws.server.ringfile import rings_path
@@ -125,7 +134,12 @@ class RecordingBus:
         return [m for m in messages if "op" in m and (op is None or m["op"] == op)]
 
     def pushes(self, channel: str) -> list[bytes]:
-        return [payload for topic, payload in self.published if topic == channel_topic(channel)]
+        """The channel's publications on the bus, as native pushes."""
+        return [
+            encode_publication(channel, decode_record(payload))
+            for topic, payload in self.published
+            if topic == channel_topic(channel)
+        ]
 
 
 class RecordingDelivery:
@@ -138,10 +152,17 @@ class RecordingDelivery:
     def drop_for(self, channel: str) -> bool:
         return self.host.options_for(channel).slow_consumer == "drop"
 
-    def push(self, push: bytes, sinks: list[Any], drop: bool) -> None:
+    def publish(
+        self,
+        channel: str,
+        publication: Publication,
+        groups: list[tuple[Any, list[Any]]],
+        drop: bool,
+    ) -> None:
         assert not drop  # history namespaces never drop
-        for sink in sinks:
-            sink.owner.received.append(push)
+        for _wire, sinks in groups:
+            for sink in sinks:
+                sink.owner.received.append(encode_publication(channel, publication))
 
 
 class FakeHost:
@@ -197,7 +218,7 @@ class Network:
         if topic[0] == KIND_CHANNEL:
             for member, subscriber in self.hosts.items():
                 if member != origin and name in subscriber.hub:  # not back to the origin
-                    subscriber.owners.deliver(name, [payload])
+                    subscriber.owners.deliver(name, [decode_record(payload)])
             return
         assert topic[0] == KIND_INBOX
         host = self.hosts.get(int(name))
@@ -337,9 +358,26 @@ def publish_on_owner(owner: FakeHost, channel: str, count: int) -> tuple[str, li
     return epoch, pushes
 
 
-def _offset(push: bytes, channel: str) -> int | None:
-    position = pub_position(push, channel)
+def _offset(record: bytes, channel: str) -> int | None:
+    """The offset of a publication record (None: none, or another bus payload)."""
+    try:
+        position = decode_record(record).position
+    except ValueError:  # an inbox message
+        return None
     return None if position is None else position.offset
+
+
+def pubs(channel: str, *pushes: bytes) -> list[Publication]:
+    """The publications of native ``pushes`` (made by ``encode_pub_at``), as the bus
+    hands them to ``Owners.deliver``."""
+    decoded = [decode_pub_at(push, channel) for push in pushes]
+    assert all(decoded)
+    return [p for p in decoded if p is not None]
+
+
+def entries(channel: str, pushes: list[bytes]) -> list[list[Any]]:
+    """Native pushes as an owner's reply lists them: ``[[offset, data], ...]``."""
+    return [[p.position.offset, p.data.decode()] for p in pubs(channel, *pushes) if p.position]
 
 
 def reply(host: FakeHost, origin: int, request: dict[str, Any], answer: dict[str, Any]) -> None:
@@ -644,13 +682,13 @@ def test_pushes_arriving_while_a_subscriber_waits_are_delivered_once(single: Wor
         late = FakeConnection("b")
         subscribe(host, late, 2, channel, (epoch, 1))
         await until(lambda: len(host.recording.requests_to(0)) == 2)
-        host.owners.deliver(channel, [pushes[2]])  # 3: before the answer
-        answer = {"epoch": epoch, "offset": 3, "recovered": True, "pushes": []}
-        answer["pushes"] = [p.decode() for p in pushes[1:3]]
+        host.owners.deliver(channel, pubs(channel, pushes[2]))  # 3: before the answer
+        answer: dict[str, Any] = {"epoch": epoch, "offset": 3, "recovered": True}
+        answer["publications"] = entries(channel, pushes[1:3])
         reply(host, 0, host.recording.requests_to(0)[-1], answer)
-        host.owners.deliver(channel, [pushes[3], pushes[4]])
+        host.owners.deliver(channel, pubs(channel, pushes[3], pushes[4]))
         await settle(single)
-        host.owners.deliver(channel, [pushes[5]])
+        host.owners.deliver(channel, pubs(channel, pushes[5]))
         assert early.offsets(channel) == [3, 4, 5, 6]
         assert late.received[0] == protocol.encode_ok(2, epoch=epoch, offset=3, recovered=True)
         assert late.offsets(channel) == [2, 3, 4, 5, 6]  # recovered, buffered, live; once
@@ -672,7 +710,7 @@ def test_a_push_lost_while_the_first_subscriber_waits_is_not_skipped_silently(
         # The owner answers at offset 4; its push 5 is lost on the bus, push 6 is read in
         # the same batch as the answer (before the subscribe task resumes).
         reply(host, 0, host.recording.requests_to(0)[-1], {"epoch": "e", "offset": 4})
-        host.owners.deliver(channel, [encode_pub_at(channel, 6, "e", b"6")])
+        host.owners.deliver(channel, pubs(channel, encode_pub_at(channel, 6, "e", b"6")))
         await settle(single)
         assert conn.received[0] == protocol.encode_ok(1, epoch="e", offset=4)
         # No silent gap: 5 is repaired before 6, or the subscriber is told to recover.
@@ -699,15 +737,15 @@ def test_two_first_subscribers_waiting_through_a_loss_get_every_push_once(
         # publishes 6, all read before either subscribe task resumes.
         reply(host, 0, ask_a, {"epoch": "e", "offset": 4})
         reply(host, 0, ask_b, {"epoch": "e", "offset": 5})
-        host.owners.deliver(channel, [pushes[6]])
+        host.owners.deliver(channel, pubs(channel, pushes[6]))
         await until(lambda: len(host.recording.requests_to(0)) == 3)
         repair = host.recording.requests_to(0)[-1]
         assert (repair["op"], repair["since"]) == (POSITION, ["e", 4])
         answer = {"epoch": "e", "offset": 6, "recovered": True}
-        answer["pushes"] = [pushes[5].decode(), pushes[6].decode()]
+        answer["publications"] = entries(channel, [pushes[5], pushes[6]])
         reply(host, 0, repair, answer)
         await settle(single)
-        host.owners.deliver(channel, [pushes[7]])
+        host.owners.deliver(channel, pubs(channel, pushes[7]))
         assert a.received[0] == protocol.encode_ok(1, epoch="e", offset=4)
         assert b.received[0] == protocol.encode_ok(2, epoch="e", offset=5)
         assert a.offsets(channel) == [5, 6, 7]  # from its answer on, once, in order
@@ -737,12 +775,12 @@ def test_subscribers_answered_ahead_of_a_repair_join_the_stream_at_their_answer(
         subscribe(host, recovering, 3, channel, ("e", 1))
         await until(lambda: len(host.recording.requests_to(0)) == 3)
         _, ask_plain, ask_recovering = host.recording.requests_to(0)
-        host.owners.deliver(channel, [pushes[3]])
+        host.owners.deliver(channel, pubs(channel, pushes[3]))
         # Push 4 is lost; the answers are at 4 and 5, and push 5 reveals the gap.
         reply(host, 0, ask_plain, {"epoch": "e", "offset": 4})
-        host.owners.deliver(channel, [pushes[5]])
+        host.owners.deliver(channel, pubs(channel, pushes[5]))
         answer = {"epoch": "e", "offset": 5, "recovered": True}
-        answer["pushes"] = [pushes[n].decode() for n in (2, 3, 4, 5)]
+        answer["publications"] = entries(channel, [pushes[n] for n in (2, 3, 4, 5)])
         reply(host, 0, ask_recovering, answer)
         await until(lambda: len(host.recording.requests_to(0)) == 4)
         repair = host.recording.requests_to(0)[-1]
@@ -753,10 +791,10 @@ def test_subscribers_answered_ahead_of_a_repair_join_the_stream_at_their_answer(
         assert plain.offsets(channel) == []  # answered at 4: joins once 4 is delivered
         assert recovering.offsets(channel) == [2, 3, 4, 5]  # its recovery, nothing more
         answer = {"epoch": "e", "offset": 5, "recovered": True}
-        answer["pushes"] = [pushes[4].decode(), pushes[5].decode()]
+        answer["publications"] = entries(channel, [pushes[4], pushes[5]])
         reply(host, 0, repair, answer)
         await settle(single)
-        host.owners.deliver(channel, [pushes[6], pushes[7]])
+        host.owners.deliver(channel, pubs(channel, pushes[6], pushes[7]))
         assert early.offsets(channel) == [3, 4, 5, 6, 7]
         assert plain.received[0] == protocol.encode_ok(2, epoch="e", offset=4)
         assert plain.offsets(channel) == [5, 6, 7]
@@ -801,17 +839,17 @@ def test_pushes_arriving_during_a_repair_are_held_and_delivered_in_order(single:
         await until(lambda: host.recording.requests_to(0))
         reply(host, 0, host.recording.requests_to(0)[-1], {"epoch": "e", "offset": 1})
         await until(lambda: conn.received)
-        host.owners.deliver(channel, [pushes[1], pushes[3]])  # 2, then 4 after a gap
+        host.owners.deliver(channel, pubs(channel, pushes[1], pushes[3]))  # 2, then 4 after a gap
         await until(lambda: len(host.recording.requests_to(0)) == 2)
         repair = host.recording.requests_to(0)[-1]
         assert (repair["op"], repair["since"]) == (POSITION, ["e", 2])
-        host.owners.deliver(channel, [pushes[4]])  # 5 arrives while repairing
+        host.owners.deliver(channel, pubs(channel, pushes[4]))  # 5 arrives while repairing
         assert conn.offsets(channel) == [2]
         answer = {"epoch": "e", "offset": 5, "recovered": True}
-        answer["pushes"] = [p.decode() for p in pushes[2:5]]
+        answer["publications"] = entries(channel, pushes[2:5])
         reply(host, 0, repair, answer)
         await settle(single)
-        host.owners.deliver(channel, [pushes[5]])
+        host.owners.deliver(channel, pubs(channel, pushes[5]))
         assert conn.offsets(channel) == [2, 3, 4, 5, 6]
         assert host.owners.repairs == 1
 
@@ -935,7 +973,7 @@ def test_join_is_delivered_here_and_published_on_the_bus(single: World) -> None:
         subscribe(there, watchers[1], 1, channel)
         await settle(single)
         joining = FakeConnection("c9", _identity("carol"))
-        here.owners.announce(channel, "join", joining)
+        here.owners.announce(channel, Kind.JOIN, joining)
         await settle(single)
         join = protocol.encode_presence_event("join", channel, "carol", "c9")
         assert watchers[0].received[-1] == join and watchers[1].received[-1] == join
@@ -1051,7 +1089,7 @@ def test_the_next_process_of_a_slot_continues_its_rings(world: World) -> None:
             assert answer == {"epoch": saved[channel][0], "offset": saved[channel][1] + 1}
             since = Position(saved[channel].epoch, 1)
             hpos = ask(second, control.HistoryPositionRequest(channel, since))
-            assert hpos["recovered"] is True and len(hpos["pushes"]) == 3
+            assert hpos["recovered"] is True and len(hpos["publications"]) == 3
 
     asyncio.run(scenario())
 

@@ -7,8 +7,9 @@ Guarantees:
 * Every parser returns a fully validated value or raises :class:`BadRequest`, whose
   message names the member at fault and what would be valid; nothing else escapes, for
   any input bytes (deep nesting and invalid UTF-8 included).
-* A :class:`Publication` is encoded once into the bytes subscribers receive
-  (:meth:`Publication.bus_messages`): channels must be valid names in configured
+* A :class:`Publication` is encoded once for the bus (:meth:`Publication.bus_messages`:
+  one publication record for all its channels; a user's push in the native
+  protocol): channels must be valid names in configured
   namespaces; a user must be a valid user id. Client permission rules (``publish =
   false``, user-only channels) do not apply: the backend is the server's own voice.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 from shardws.config import Config
 from shardws.core import BadEnvelope, InvalidUTF8, parse_envelope
-from shardws.pure import control, protocol
+from shardws.pure import control, protocol, publication
 from shardws.pure.auth import user_id_error
 from shardws.pure.busframe import channel_topic, user_topic
 from shardws.pure.protocol import CloseCode
@@ -50,16 +51,13 @@ class Publication:
 
     def bus_messages(self, skip: list[str] | None = None) -> list[tuple[bytes, bytes]]:
         """(bus topic, payload) pairs that deliver this publication, but for the
-        channels in ``skip`` (those with history go through their owner); each push is
-        encoded once here and never re-serialized downstream."""
+        channels in ``skip`` (those with history go through their owner); encoded once
+        here (one record for every channel) and never re-serialized downstream."""
         if self.user is not None:
             push = protocol.encode_user_pub(self.user, self.data)
             return [(user_topic(self.user), control.encode_user_push(push))]
-        return [
-            (channel_topic(c), protocol.encode_pub(c, self.data))
-            for c in self.channels
-            if not skip or c not in skip
-        ]
+        record = publication.encode(publication.Publication(self.data))
+        return [(channel_topic(c), record) for c in self.channels if not skip or c not in skip]
 
 
 def max_request_bytes(config: Config) -> int:

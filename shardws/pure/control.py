@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar, cast
 
 from shardws.pure.history import Entry, Position, RingState
 from shardws.pure.protocol import channel_error
+from shardws.pure.publication import Publication
 
 log = logging.getLogger("shardws.control")
 
@@ -260,11 +261,20 @@ def _position_value(value: Any, name: str) -> Position:
     raise ValueError(f"{name} must be [epoch, offset]")
 
 
-def _pushes(fields: Mapping[str, Any]) -> tuple[bytes, ...]:
-    pushes = fields.get("pushes")
-    if not isinstance(pushes, list) or not all(isinstance(push, str) for push in pushes):
-        raise ValueError("pushes must be a list of strings")
-    return tuple(push.encode() for push in pushes)
+def _entries_of(publications: Iterable[Publication]) -> list[list[Any]]:
+    """Stored publications on the wire: ``[[offset, data], ...]``, all in the reply's
+    epoch (one ring)."""
+    return [[p.position.offset if p.position else 0, p.data.decode()] for p in publications]
+
+
+def _publications(fields: Mapping[str, Any], epoch: str) -> tuple[Publication, ...]:
+    entries = fields.get("publications")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, list) and len(e) == 2 and type(e[0]) is int and isinstance(e[1], str)
+        for e in entries
+    ):
+        raise ValueError("publications must be a list of [offset, data]")
+    return tuple(Publication(data.encode(), position=Position(epoch, at)) for at, data in entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,17 +338,18 @@ class HistoryPublishRequest(OwnerRequest[HistoryPublishReply]):
 @dataclass(frozen=True, slots=True)
 class HistoryPositionReply(OwnerReply):
     """The channel's current ``position``; for a request with ``since`` also whether
-    that position was ``recovered`` and, if so, the missed ``pushes`` (oldest first)."""
+    that position was ``recovered`` and, if so, the missed ``publications`` (oldest
+    first, each with its position)."""
 
     position: Position
     recovered: bool | None = None
-    pushes: tuple[bytes, ...] = ()
+    publications: tuple[Publication, ...] = ()
 
     def fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"epoch": self.position.epoch, "offset": self.position.offset}
         if self.recovered is not None:
             fields["recovered"] = self.recovered
-            fields["pushes"] = [push.decode() for push in self.pushes]
+            fields["publications"] = _entries_of(self.publications)
         return fields
 
     @classmethod
@@ -349,13 +360,13 @@ class HistoryPositionReply(OwnerReply):
         recovered = fields["recovered"]
         if not isinstance(recovered, bool):
             raise ValueError("recovered must be true or false")
-        return cls(position, recovered, _pushes(fields))
+        return cls(position, recovered, _publications(fields, position.epoch))
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryPositionRequest(OwnerRequest[HistoryPositionReply]):
     """The channel's position; with ``since`` (a subscriber's recovery, a repair) also
-    the pushes after it, if the ring still holds them all."""
+    the publications after it, if the ring still holds them all."""
 
     op: ClassVar[str] = "history.position"
     reply_type: ClassVar[type[OwnerReply]] = HistoryPositionReply
@@ -421,23 +432,24 @@ class HistoryPageReply(OwnerReply):
     """A page of the history and the channel's current ``position``."""
 
     position: Position
-    pushes: tuple[bytes, ...]
+    publications: tuple[Publication, ...]
 
     def fields(self) -> dict[str, Any]:
         return {
             "epoch": self.position.epoch,
             "offset": self.position.offset,
-            "pushes": [push.decode() for push in self.pushes],
+            "publications": _entries_of(self.publications),
         }
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        return cls(_position(fields), _pushes(fields))
+        position = _position(fields)
+        return cls(position, _publications(fields, position.epoch))
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryPageRequest(OwnerRequest[HistoryPageReply]):
-    """Up to ``limit`` stored pushes after offset ``since`` (oldest first), or with
+    """Up to ``limit`` stored publications after offset ``since`` (oldest first), or with
     ``reverse`` the newest ones before ``since`` (0: from the newest), newest first."""
 
     op: ClassVar[str] = "history.page"
@@ -501,7 +513,7 @@ class HistoryHandoverRequest(OwnerRequest[HistoryHandoverReply]):
                     "epoch": state.epoch,
                     "offset": state.offset,
                     "entries": [
-                        [e.offset, e.stored_at, e.push.decode(), e.idem] for e in state.entries
+                        [e.offset, e.stored_at, e.data.decode(), e.idem] for e in state.entries
                     ],
                 }
                 for channel, state in self.rings.items()
@@ -544,9 +556,9 @@ def _entry(channel: str, entry: Any) -> Entry:
         and isinstance(entry[2], str)
         and (entry[3] is None or isinstance(entry[3], str))
     ):
-        offset, stored_at, push, idem = entry
-        return Entry(offset, float(stored_at), push.encode(), idem)
-    raise ValueError(f"ring of {channel!r}: an entry must be [offset, stored_at, push, idem]")
+        offset, stored_at, data, idem = entry
+        return Entry(offset, float(stored_at), data.encode(), idem)
+    raise ValueError(f"ring of {channel!r}: an entry must be [offset, stored_at, data, idem]")
 
 
 # -- presence.list, presence.stats

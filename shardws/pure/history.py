@@ -65,12 +65,12 @@ def owner_of(channel: str, members: Iterable[int]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stored publication: its offset, when it was stored (monotonic seconds), the
-    client push bytes subscribers receive, and the publisher's idempotency key."""
+    """One stored publication: its offset, when it was stored (monotonic seconds), its
+    data (the publisher's JSON text) and the publisher's idempotency key."""
 
     offset: int
     stored_at: float
-    push: bytes
+    data: bytes
     idem: str | None = None
 
 
@@ -114,15 +114,15 @@ class Ring:
         self.expire(now)
         return self._idem.get(idem)
 
-    def append(self, push: bytes, now: float, idem: str | None = None) -> int:
-        """Store ``push`` (the encoded client push, carrying ``next_offset``) as the next
-        publication; returns its offset. Check ``duplicate(idem, now)`` first: a key already
-        held is a ValueError here."""
+    def append(self, data: bytes, now: float, idem: str | None = None) -> int:
+        """Store ``data`` as the next publication (at ``next_offset``); returns its
+        offset. Check ``duplicate(idem, now)`` first: a key already held is a ValueError
+        here."""
         if idem is not None and idem in self._idem:
             raise ValueError(f"idempotency key {idem!r} already stored")
         self.expire(now)
         self.offset += 1
-        self._entries.append(Entry(self.offset, now, push, idem))
+        self._entries.append(Entry(self.offset, now, data, idem))
         if idem is not None:
             self._idem[idem] = self.offset
         while len(self._entries) > self.size:

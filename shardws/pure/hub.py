@@ -12,6 +12,9 @@ Guarantees:
 * ``sinks`` returns the subscribers' sinks in subscription order; the list is cached and
   rebuilt only after membership changed, so fan-out pays nothing per publication and a
   mass disconnect costs O(1) per connection.
+* ``groups`` returns the same sinks grouped by their member's wire format
+  (``wire_of(member)``, given to the hub), one group per format in order of first
+  subscription, cached like ``sinks``: delivery encodes a publication once per group.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ if TYPE_CHECKING:
 
 
 class _Channel:
-    __slots__ = ("live", "members", "sinks")
+    __slots__ = ("groups", "live", "members", "sinks")
 
     def __init__(self, live: asyncio.Future[bool]) -> None:
         self.members: dict[Hashable, Any] = {}
         self.sinks: list[Any] | None = None
+        self.groups: list[tuple[Any, list[Any]]] | None = None
         self.live = live
+
+
+def _no_wire(_member: Hashable) -> None:
+    return None
 
 
 class Hub:
@@ -39,8 +47,12 @@ class Hub:
         self,
         on_first: Callable[[str], asyncio.Future[bool]],
         on_last: Callable[[str], None],
+        wire_of: Callable[[Any], Hashable] = _no_wire,
     ) -> None:
+        """``wire_of(member)`` names a member's wire format (any hashable; members
+        without one share the group ``None``)."""
         self._on_first = on_first
+        self._wire_of = wire_of
         self._on_last = on_last
         self._channels: dict[str, _Channel] = {}
 
@@ -62,7 +74,7 @@ class Hub:
             self._channels[channel] = state
         if member not in state.members:
             state.members[member] = sink
-            state.sinks = None
+            state.sinks = state.groups = None
         return state.live
 
     def remove(self, channel: str, member: Hashable) -> bool:
@@ -71,7 +83,7 @@ class Hub:
         if state is None or member not in state.members:
             return False
         del state.members[member]
-        state.sinks = None
+        state.sinks = state.groups = None
         if not state.members:
             del self._channels[channel]
             self._on_last(channel)
@@ -86,6 +98,22 @@ class Hub:
             state.sinks = [sink for sink in state.members.values() if sink is not None]
         return state.sinks
 
+    def groups(self, channel: str) -> list[tuple[Any, list[Any]]]:
+        """``channel``'s sinks grouped by wire format: ``[(wire, sinks)]``, no empty
+        group (empty if no sinks). Do not mutate."""
+        state = self._channels.get(channel)
+        if state is None:
+            return []
+        groups = state.groups
+        if groups is None:
+            by_wire: dict[Hashable, list[Any]] = {}
+            wire_of = self._wire_of
+            for member, sink in state.members.items():
+                if sink is not None:
+                    by_wire.setdefault(wire_of(member), []).append(sink)
+            groups = state.groups = list(by_wire.items())
+        return groups
+
     def activate(self, channel: str, member: Hashable, sink: Any) -> bool:
         """Start delivering to a pending ``member`` through ``sink``; False if it is no
         longer subscribed."""
@@ -93,7 +121,7 @@ class Hub:
         if state is None or member not in state.members:
             return False
         state.members[member] = sink
-        state.sinks = None
+        state.sinks = state.groups = None
         return True
 
     def members(self, channel: str) -> list[Any]:

@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from shardws.pure.history import Position
+from shardws.pure.publication import Kind, Publication
 
 PROTOCOL_VERSION = 1
 
@@ -172,6 +173,18 @@ def pub_position(push: bytes, channel: str) -> Position | None:
     return Position(push[comma + 10 : epoch_end].decode(), int(push[start:comma]))
 
 
+def decode_pub_at(push: bytes, channel: str) -> Publication | None:
+    """The publication of a push made by ``encode_pub_at`` for ``channel`` (None for any
+    other bytes): the inverse of ``encode_publication`` for a positioned publication."""
+    position = pub_position(push, channel)
+    if position is None or not push.endswith(b"}"):
+        return None
+    head = encode_pub_at(channel, position.offset, position.epoch, b"")[:-1]
+    if not push.startswith(head):
+        return None
+    return Publication(push[len(head) : -1], position=position)
+
+
 def encode_history(command_id: int | None, epoch: str, offset: int, pushes: list[bytes]) -> bytes:
     """Reply to ``history``: the channel's position and the stored pushes, embedded as
     they were sent (each a complete ``pub`` push with its offset)."""
@@ -199,6 +212,19 @@ def encode_presence(command_id: int | None, members: list[list[Any]]) -> bytes:
 def encode_presence_event(kind: str, channel: str, user: str, client: str) -> bytes:
     """A ``join`` or ``leave`` push."""
     return _dumps({"type": kind, "channel": channel, "user": user, "client": client})
+
+
+def encode_publication(channel: str, publication: Publication) -> bytes:
+    """The native push of a protocol-neutral ``publication`` on ``channel``: a ``pub``
+    (with ``offset`` and ``epoch`` in a history namespace), a ``join`` or a ``leave``. The
+    native protocol has no event names and echoes publications to their sender, so
+    ``event`` and ``origin`` (but as a join's or leave's ``client``) are not shown."""
+    data, kind, _event, origin, user, position = publication
+    if kind is Kind.PUB:
+        if position is None:
+            return encode_pub(channel, data)
+        return encode_pub_at(channel, position.offset, position.epoch, data)
+    return encode_presence_event("join" if kind is Kind.JOIN else "leave", channel, user, origin)
 
 
 def encode_user_pub(user: str, data: bytes) -> bytes:

@@ -3,8 +3,8 @@
 No I/O. Two halves, both used by every worker:
 
 * ``Sequencer`` — the owner side. For each channel this worker owns it keeps a
-  ``history.Ring`` and turns a publication into the push subscribers receive, carrying
-  the next offset and the ring's epoch. Answers position, recovery and history queries.
+  ``history.Ring`` and gives a publication its position: the next offset and the
+  ring's epoch. Answers position, recovery and history queries.
 * ``Tracker`` — the subscriber side. For each channel with local subscribers it keeps
   the last position delivered here and classifies each arriving publication as
   the next one, an old one (already delivered: skip), or one after a gap (repair it
@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterable
 
 from shardws.config import NamespaceConfig
 from shardws.pure.control import HistoryPageReply, HistoryPositionReply
-from shardws.pure.history import Position, Ring, RingState
-from shardws.pure.protocol import MAX_HISTORY_PAGE, encode_pub_at
+from shardws.pure.history import Entry, Position, Ring, RingState
+from shardws.pure.protocol import MAX_HISTORY_PAGE
+from shardws.pure.publication import Publication
 
 
 class Sequencer:
@@ -59,31 +60,31 @@ class Sequencer:
         self._used[channel] = self._clock()
         return ring
 
-    def publish(self, channel: str, data: bytes, idem: str | None) -> tuple[Position, bytes | None]:
+    def publish(
+        self, channel: str, data: bytes, idem: str | None
+    ) -> tuple[Position, Publication | None]:
         """Sequence one publication of ``data`` (valid JSON). Returns (its position, the
-        push); the push is None when ``idem`` repeats a publication still in the ring (its
-        position is returned and nothing new is stored or sent)."""
+        publication at that position); the publication is None when ``idem`` repeats one
+        still in the ring (its position is returned and nothing new is stored or sent)."""
         ring = self.ring(channel)
         now = self._clock()
         earlier = ring.duplicate(idem, now)
         if earlier is not None:
             return Position(ring.epoch, earlier), None
-        offset = ring.next_offset
-        push = encode_pub_at(channel, offset, ring.epoch, data)
-        ring.append(push, now, idem)
-        return Position(ring.epoch, offset), push
+        position = Position(ring.epoch, ring.append(data, now, idem))
+        return position, Publication(data, position=position)
 
     def position(self, channel: str, since: Position | None) -> HistoryPositionReply:
         """The answer to a subscribe: the channel's current position, and with ``since``
         (the client's position) also whether it is ``recovered`` and, when it is, the
-        missed pushes (oldest first)."""
+        missed publications (oldest first)."""
         ring = self.ring(channel)
         if since is None:
             return HistoryPositionReply(ring.position)
         missed = ring.recover(since.epoch, since.offset, self._clock())
         if missed is None:
             return HistoryPositionReply(ring.position, False)
-        return HistoryPositionReply(ring.position, True, tuple(entry.push for entry in missed))
+        return HistoryPositionReply(ring.position, True, _publications(ring.epoch, missed))
 
     def positions(self, channels: Iterable[str]) -> dict[str, Position]:
         """The positions of those ``channels`` this worker holds a ring for (no ring is
@@ -94,7 +95,7 @@ class Sequencer:
         """A page of the ring (see ``Ring.page``) and the channel's current position."""
         ring = self.ring(channel)
         entries = ring.page(since, min(max(limit, 0), MAX_HISTORY_PAGE), self._clock(), reverse)
-        return HistoryPageReply(ring.position, tuple(entry.push for entry in entries))
+        return HistoryPageReply(ring.position, _publications(ring.epoch, entries))
 
     def sweep(self) -> int:
         """Expire old publications, then forget rings that are empty and unused for
@@ -151,6 +152,10 @@ class Sequencer:
         own = {channel: state for channel, state in states.items() if mine(channel)}
         self.adopt(own)
         return len(own), others
+
+
+def _publications(epoch: str, entries: Iterable[Entry]) -> tuple[Publication, ...]:
+    return tuple(Publication(e.data, position=Position(epoch, e.offset)) for e in entries)
 
 
 class Seen(enum.Enum):

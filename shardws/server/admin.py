@@ -291,7 +291,9 @@ class Backend:
             "channel": channel,
             "epoch": answer.position.epoch,
             "offset": answer.position.offset,
-            "publications": [json.loads(push) for push in answer.pushes],
+            "publications": [
+                json.loads(protocol.encode_publication(channel, p)) for p in answer.publications
+            ],
         }
 
     def stats(self) -> dict[str, Any]:

@@ -1,8 +1,11 @@
-"""Delivery: the one path from an encoded push to the sockets of a worker's subscribers.
+"""Delivery: the one path from a publication to the sockets of a worker's subscribers.
 
 Every publication a worker writes to its clients — published here, received from the
-bus, sequenced by a channel's owner, targeted at a user — goes through
-:meth:`Delivery.push`:
+bus, sequenced by a channel's owner — arrives as a protocol-neutral
+``pure.publication.Publication`` at :meth:`Delivery.publish`, which encodes it **once per
+wire format** that has subscribers on the channel (the hub groups a channel's sinks by
+their connection's :class:`WireFormat`) and hands each encoding to :meth:`Delivery.push`
+(user-targeted messages, already encoded, go to ``push`` directly):
 
 * **Frame once**: the push becomes one RFC 6455 text frame, the same bytes for every
   subscriber (``core.build_text_frame``).
@@ -26,13 +29,28 @@ flush, so they stay in order with the publications.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from shardws.config import Config, NamespaceConfig
 from shardws.core import Deflated, build_text_frame, fanout, flush, take_overflowed
 from shardws.log import RateLimitedLogger
-from shardws.pure.protocol import CloseCode, namespace_of
+from shardws.pure.protocol import CloseCode, encode_publication, namespace_of
+from shardws.pure.publication import Publication
 from shardws.shm.scoreboard import Column
+
+
+class WireFormat(NamedTuple):
+    """A client protocol as delivery sees it: how a publication on a channel becomes the
+    text message its connections receive. A connection names its format in its ``wire``
+    attribute; the hub groups a channel's sinks by it."""
+
+    name: str
+    encode: Callable[[str, Publication], bytes]
+
+
+#: The native protocol (``pure.protocol``).
+NATIVE = WireFormat("native", encode_publication)
 
 #: The namespace whose ``slow_consumer`` rule user-targeted pushes follow (a user's
 #: messages belong to no channel; the default namespace is the one every server has).
@@ -84,6 +102,19 @@ class Delivery:
         """``channel``'s slow-consumer rule: True drops, False disconnects. Always False
         for a history namespace (the config refuses ``drop`` there)."""
         return self.options_for(channel).slow_consumer == "drop"
+
+    def publish(
+        self,
+        channel: str,
+        publication: Publication,
+        groups: list[tuple[WireFormat, list[Any]]],
+        drop: bool,
+    ) -> None:
+        """Write ``publication`` on ``channel`` to the sinks of ``groups`` (``Hub.groups``:
+        ``[(WireFormat, sinks)]``), encoded once per wire format, under the rule
+        ``drop``."""
+        for wire, sinks in groups:
+            self.push(wire.encode(channel, publication), sinks, drop)
 
     def push(self, push: bytes, sinks: list[Any], drop: bool) -> None:
         """Write the encoded ``push`` to ``sinks`` under the rule ``drop`` (see the

@@ -74,7 +74,9 @@ from shardws.pure.control import (
     PresenceStatsRequest,
 )
 from shardws.pure.history import Position, RingState, owner_of
-from shardws.pure.protocol import CloseCode, ErrorCode, pub_position
+from shardws.pure.protocol import CloseCode, ErrorCode, encode_publication
+from shardws.pure.publication import Kind, Publication
+from shardws.pure.publication import encode as publication_record
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
 from shardws.server.ringfile import load_rings, rings_path, save_rings
 
@@ -141,7 +143,7 @@ class _Pending:
     is kept here, in delivery order."""
 
     conn: Connection
-    buffer: list[bytes] = field(default_factory=list)
+    buffer: list[Publication] = field(default_factory=list)
 
 
 class Owners:
@@ -157,11 +159,11 @@ class Owners:
         self._pending: dict[str, list[_Pending]] = {}
         # Pushes of channels not positioned here yet, held while their first subscribers
         # wait for the owner's answer (which says where the channel stands).
-        self._unpositioned: dict[str, list[bytes]] = {}
+        self._unpositioned: dict[str, list[Publication]] = {}
         # Subscribers whose answer is ahead of what this worker delivered (a push before
         # it is still in flight or being repaired), by the position they start after.
         self._joining: dict[str, dict[Connection, Position]] = {}
-        self._repairing: dict[str, list[bytes]] = {}
+        self._repairing: dict[str, list[Publication]] = {}
         self._view: tuple[int, ...] = ()
         self._handing = False  # rings may still need to move to their new owners
         self._tasks: set[asyncio.Task[None]] = set()
@@ -256,61 +258,61 @@ class Owners:
         if self.owner(channel) != me or not self.has_history(channel):
             return OwnerRefusal("not the owner of this channel")
         if isinstance(request, HistoryPublishRequest):
-            position, push = self.sequencer.publish(channel, request.data, request.idem)
-            if push is not None:
-                self._emit(channel, push)
+            position, publication = self.sequencer.publish(channel, request.data, request.idem)
+            if publication is not None:
+                self._emit(channel, publication)
             return HistoryPublishReply(position)
         if isinstance(request, HistoryPositionRequest):
             return self.sequencer.position(channel, request.since)
         return self.sequencer.history(channel, request.since, request.limit, request.reverse)
 
-    def _emit(self, channel: str, push: bytes) -> None:
-        """A sequenced push leaves the owner: local subscribers, then the bus."""
+    def _emit(self, channel: str, publication: Publication) -> None:
+        """A sequenced publication leaves the owner: local subscribers, then the bus."""
         self.worker.stats_publication()
-        self.deliver(channel, [push])
+        self.deliver(channel, [publication])
         bus = self.worker.bus
         if bus is not None:
-            bus.publish(channel_topic(channel), push)
+            bus.publish(channel_topic(channel), publication_record(publication))
 
     # -- subscriber side ---------------------------------------------------------------
 
-    def deliver(self, channel: str, payloads: list[bytes]) -> None:
-        """Deliver a channel's pushes (from the bus or the owner itself) to the local
-        subscribers in offset order: old ones skipped, a gap held until repaired.
+    def deliver(self, channel: str, publications: list[Publication]) -> None:
+        """Deliver a channel's publications (from the bus or the owner itself) to the
+        local subscribers in offset order: old ones skipped, a gap held until repaired.
 
         While the channel's first subscribers here wait for the owner's answer, nothing
-        tells a missing push from one before their start: the pushes are held untracked
+        tells a missing publication from one before their start: they are held untracked
         until the first answer positions the channel, then go through the gap check."""
         if self.tracker.position(channel) is None and self._pending.get(channel):
-            self._unpositioned.setdefault(channel, []).extend(payloads)
+            self._unpositioned.setdefault(channel, []).extend(publications)
             return
-        self._deliver(channel, payloads)
+        self._deliver(channel, publications)
 
-    def _deliver(self, channel: str, payloads: list[bytes]) -> None:
+    def _deliver(self, channel: str, publications: list[Publication]) -> None:
         held = self._repairing.get(channel)
         if held is not None:
-            held.extend(payloads)
+            held.extend(publications)
             return
         worker = self.worker
         delivery = worker.delivery
         drop = delivery.drop_for(channel)  # False: history namespaces never drop
         pending = self._pending.get(channel, ())
-        for index, push in enumerate(payloads):
-            position = pub_position(push, channel)
+        for index, publication in enumerate(publications):
+            position = publication.position
             if position is not None:
                 seen = self.tracker.check(channel, position)
                 if seen is Seen.OLD:
                     continue
                 if seen is Seen.GAP:
-                    self._start_repair(channel, position.epoch, payloads[index:])
+                    self._start_repair(channel, position.epoch, publications[index:])
                     return
                 if channel in self._joining:
                     self._join(channel, position, delivered=False)
-            sinks = worker.hub.sinks(channel)
-            if sinks:
-                delivery.push(push, sinks, drop)
+            groups = worker.hub.groups(channel)
+            if groups:
+                delivery.publish(channel, publication, groups, drop)
             for waiting in pending:
-                waiting.buffer.append(push)
+                waiting.buffer.append(publication)
             if position is not None and channel in self._joining:
                 self._join(channel, position, delivered=True)
 
@@ -327,7 +329,7 @@ class Owners:
         if not joining:
             del self._joining[channel]
 
-    def _start_repair(self, channel: str, epoch: str, held: list[bytes]) -> None:
+    def _start_repair(self, channel: str, epoch: str, held: list[Publication]) -> None:
         self._repairing[channel] = list(held)
         base = Position(epoch, self.tracker.gap_base(channel, epoch))
         self._spawn(self._repair(channel, base))
@@ -345,7 +347,7 @@ class Owners:
                 conn.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
             return
         self.repairs += 1
-        self._deliver(channel, [*answer.pushes, *held])
+        self._deliver(channel, [*answer.publications, *held])
 
     def check_positions(self) -> None:
         """Ask each owner (one request per owner) for the position of the channels this
@@ -421,8 +423,8 @@ class Owners:
         if since is not None:
             extra["recovered"] = answer.recovered
         conn.send(protocol.encode_ok(command_id, **extra))
-        for push in answer.pushes:
-            conn.send(push)
+        for publication in answer.publications:
+            conn.send(encode_publication(channel, publication))
         self._place(channel, pending, top)
 
     def _place(self, channel: str, pending: _Pending, top: Position) -> None:
@@ -440,7 +442,7 @@ class Owners:
             held = self._unpositioned.pop(channel, [])
             for other in self._pending.get(channel, ()):
                 # Still waiting, and may start before ``top``: keep what it may need.
-                other.buffer.extend(p for p in held if _at_or_before(p, channel, top))
+                other.buffer.extend(p for p in held if _at_or_before(p, top))
             self._deliver(channel, held)
             return
         if top.epoch == delivered.epoch and top.offset > delivered.offset:
@@ -453,14 +455,14 @@ class Owners:
         # since (then all of the new one) or raced a loss the others had no need to
         # repair: never skip silently, tell it to recover.
         base = top if top.epoch == delivered.epoch else Position(delivered.epoch, 0)
-        missed = _catch_up(pending.buffer, channel, base, delivered)
+        missed = _catch_up(pending.buffer, base, delivered)
         if missed is None:
             self.unrecoverable += 1
             log.warning("channel %s: a subscriber cannot catch up from %s:%d", channel, *top)
             conn.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
             return
-        for push in missed:
-            conn.send(push)
+        for publication in missed:
+            conn.send(encode_publication(channel, publication))
         self.worker.hub.activate(channel, conn, conn.sink)
 
     def _forget_unpositioned(self, channel: str) -> None:
@@ -502,7 +504,8 @@ class Owners:
             conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, reason))
             return
         epoch, offset = answer.position
-        conn.send(protocol.encode_history(command_id, epoch, offset, list(answer.pushes)))
+        pushes = [encode_publication(request.channel, p) for p in answer.publications]
+        conn.send(protocol.encode_history(command_id, epoch, offset, pushes))
 
     # -- presence ------------------------------------------------------------------------
 
@@ -546,19 +549,19 @@ class Owners:
             members = [list(member) for part in lists for member in part.members]
             conn.send(protocol.encode_presence(command_id, members))
 
-    def announce(self, channel: str, kind: str, conn: Connection) -> None:
-        """A ``join``/``leave`` push to the channel's subscribers on every worker."""
+    def announce(self, channel: str, kind: Kind, conn: Connection) -> None:
+        """A join or leave (``kind``) of ``conn`` to the channel's subscribers on every
+        worker."""
         identity = conn.identity
-        push = protocol.encode_presence_event(
-            kind, channel, identity.user if identity is not None else "", conn.client_id
-        )
-        sinks = self.worker.hub.sinks(channel)
-        if sinks:  # the channel's rule, as on the workers that get it from the bus
+        user = identity.user if identity is not None else ""
+        publication = Publication(b"", kind, origin=conn.client_id, user=user)
+        groups = self.worker.hub.groups(channel)
+        if groups:  # the channel's rule, as on the workers that get it from the bus
             delivery = self.worker.delivery
-            delivery.push(push, sinks, delivery.drop_for(channel))
+            delivery.publish(channel, publication, groups, delivery.drop_for(channel))
         bus = self.worker.bus
         if bus is not None:
-            bus.publish(channel_topic(channel), push)
+            bus.publish(channel_topic(channel), publication_record(publication))
 
     # -- hand-over -------------------------------------------------------------------------
 
@@ -640,27 +643,27 @@ def _after(at: Position, start: Position) -> bool:
     return at.epoch != start.epoch or at.offset > start.offset
 
 
-def _at_or_before(push: bytes, channel: str, top: Position) -> bool:
-    at = pub_position(push, channel)
+def _at_or_before(publication: Publication, top: Position) -> bool:
+    at = publication.position
     return at is not None and at.epoch == top.epoch and at.offset <= top.offset
 
 
 def _catch_up(
-    buffer: list[bytes], channel: str, base: Position, delivered: Position
-) -> list[bytes] | None:
-    """The pushes of ``buffer`` after ``base`` up to ``delivered`` (same epoch), each once
-    and in order, with the unnumbered ones (join, leave) among them; None if one is
-    missing."""
-    chosen: list[bytes] = []
+    buffer: list[Publication], base: Position, delivered: Position
+) -> list[Publication] | None:
+    """The publications of ``buffer`` after ``base`` up to ``delivered`` (same epoch),
+    each once and in order, with the unnumbered ones (join, leave) among them; None if
+    one is missing."""
+    chosen: list[Publication] = []
     expected = base.offset + 1
-    for push in buffer:
-        at = pub_position(push, channel)
+    for publication in buffer:
+        at = publication.position
         if at is None:
-            chosen.append(push)
+            chosen.append(publication)
         elif at.epoch == delivered.epoch and expected <= at.offset <= delivered.offset:
             if at.offset != expected:
                 return None
-            chosen.append(push)
+            chosen.append(publication)
             expected += 1
     return chosen if expected > delivered.offset else None
 

@@ -66,6 +66,9 @@ from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_f
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
 from shardws.pure.protocol import CloseCode
+from shardws.pure.publication import Kind, Publication
+from shardws.pure.publication import decode as decode_publication
+from shardws.pure.publication import encode as publication_record
 from shardws.pure.session import (
     Close,
     Connected,
@@ -77,7 +80,7 @@ from shardws.pure.session import (
     Subscribe,
     Unsubscribe,
 )
-from shardws.server.delivery import Delivery
+from shardws.server.delivery import NATIVE, Delivery, WireFormat
 from shardws.server.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
 from shardws.server.static import static_response
 from shardws.shm.scoreboard import Column, LatencyHistogram, ProcessState
@@ -122,6 +125,10 @@ def open_fds() -> int:
 
 class Connection(WSListener):
     """One client connection. Holds only per-connection state; policy lives in Worker."""
+
+    #: The wire format its publications are encoded in (``Delivery.publish``); a class
+    #: attribute, so it costs a connection nothing.
+    wire = NATIVE
 
     __slots__ = (
         "bucket",
@@ -350,7 +357,7 @@ class Worker:
         self.delivery = Delivery(config, self.stats, self._peer_log)
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
-        self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
+        self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe, _wire_of)
         self.sessions = Sessions(config, self.auth, self.hub.subscriber_count)
         max_size = config.server.max_message_size
         self.native_messages = Messages(max_size, check_utf8=False)
@@ -743,7 +750,7 @@ class Worker:
     def _subscribe(self, conn: Connection, subscribe: Subscribe) -> None:
         command_id, channel, options = subscribe.command_id, subscribe.channel, subscribe.options
         if options.join_leave:
-            self.owners.announce(channel, "join", conn)
+            self.owners.announce(channel, Kind.JOIN, conn)
         if options.history_size:
             self.owners.subscribe(conn, command_id, channel, subscribe.since)
             return
@@ -763,7 +770,7 @@ class Worker:
             owners = self.owners
             owners.publish(conn, publish.command_id, publish.channel, publish.data, publish.idem)
             return
-        self.publish(publish.channel, publish.data)
+        self.publish(publish.channel, publish.data, conn.client_id)
         conn.send(protocol.encode_ok(publish.command_id))
 
     def _read(self, conn: Connection, read: Read) -> None:
@@ -786,23 +793,24 @@ class Worker:
     def _announce_leave(self, channel: str, conn: Connection) -> None:
         options = self.config.namespaces.get(protocol.namespace_of(channel))
         if options is not None and options.join_leave:
-            self.owners.announce(channel, "leave", conn)
+            self.owners.announce(channel, Kind.LEAVE, conn)
 
     def stats_publication(self) -> None:
         self.stats[Column.PUBLISHES] += 1
 
-    def publish(self, channel: str, data: bytes) -> None:
-        """Deliver ``data`` (valid JSON) to the channel's subscribers on every worker:
-        encoded once, framed once, written to local subscribers now, sent on the bus."""
-        push = protocol.encode_pub(channel, data)
+    def publish(self, channel: str, data: bytes, origin: str = "") -> None:
+        """Deliver ``data`` (valid JSON) from connection ``origin`` ("" for none) to the
+        channel's subscribers on every worker: written to local subscribers now (encoded
+        once per wire format, framed once), sent on the bus as one publication record."""
+        publication = Publication(data, origin=origin)
         self.stats[Column.PUBLISHES] += 1
-        sinks = self.hub.sinks(channel)
-        if sinks:
+        groups = self.hub.groups(channel)
+        if groups:
             start = time.monotonic_ns()
-            self.delivery.push(push, sinks, self.delivery.drop_for(channel))
+            self.delivery.publish(channel, publication, groups, self.delivery.drop_for(channel))
             self.latency.observe((time.monotonic_ns() - start) / 1e9)
         if self.bus is not None:
-            self.bus.publish(channel_topic(channel), push)
+            self.bus.publish(channel_topic(channel), publication_record(publication))
 
     def options_for(self, channel: str) -> NamespaceConfig:
         """``channel``'s namespace options, cached (``Delivery.options_for``)."""
@@ -821,16 +829,21 @@ class Worker:
 
     def _on_bus_channel(self, topic: bytes, payloads: list[bytes], stamp_ns: int) -> None:
         channel = topic[1:-1].decode()
+        try:
+            publications = [decode_publication(payload) for payload in payloads]
+        except ValueError as exc:  # a bug in the sender: say so, keep serving
+            log.warning("bus: bad publication record on %r: %s", channel, exc)
+            return
         if self.owners.has_history(channel):
-            self.owners.deliver(channel, payloads)  # in offset order, gaps repaired
+            self.owners.deliver(channel, publications)  # in offset order, gaps repaired
         else:
-            sinks = self.hub.sinks(channel)
-            if not sinks:
+            groups = self.hub.groups(channel)
+            if not groups:
                 return
             delivery = self.delivery
             drop = delivery.drop_for(channel)
-            for payload in payloads:
-                delivery.push(payload, sinks, drop)
+            for publication in publications:
+                delivery.publish(channel, publication, groups, drop)
         # One observation per publication: every payload of a batch entered the server
         # within the batch's loop iteration, so they share its stamp. Wall clock (the
         # stamp may come from another host); a clock step could make it negative.
@@ -909,6 +922,10 @@ class Worker:
             self.bus.publish(
                 inbox_topic(request["reply_to"]), control.encode_reply(request["id"], reply)
             )
+
+
+def _wire_of(conn: Connection) -> WireFormat:
+    return conn.wire
 
 
 #: How the worker carries out each outcome of a session (``pure.session``).
