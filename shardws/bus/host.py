@@ -175,6 +175,11 @@ class Bus:
             self._pending_since = time.time_ns()
             self._loop.call_soon(self._flush)
 
+    def wanted(self, topic: bytes) -> bool:
+        """Whether some peer subscribes to ``topic`` now: a message published on a topic
+        nobody wants is filtered anyway, so a caller may skip encoding it."""
+        return topic in self._remote_topics
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}

@@ -802,15 +802,18 @@ class Worker:
         """Deliver ``data`` (valid JSON) from connection ``origin`` ("" for none) to the
         channel's subscribers on every worker: written to local subscribers now (encoded
         once per wire format, framed once), sent on the bus as one publication record."""
-        publication = Publication(data, origin=origin)
+        publication = Publication(data, Kind.PUB, "", origin, "", None)
         self.stats[Column.PUBLISHES] += 1
         groups = self.hub.groups(channel)
         if groups:
             start = time.monotonic_ns()
             self.delivery.publish(channel, publication, groups, self.delivery.drop_for(channel))
             self.latency.observe((time.monotonic_ns() - start) / 1e9)
-        if self.bus is not None:
-            self.bus.publish(channel_topic(channel), publication_record(publication))
+        bus = self.bus
+        if bus is not None:
+            topic = channel_topic(channel)
+            if bus.wanted(topic):  # else no peer subscribes: skip encoding the record
+                bus.publish(topic, publication_record(publication))
 
     def options_for(self, channel: str) -> NamespaceConfig:
         """``channel``'s namespace options, cached (``Delivery.options_for``)."""
