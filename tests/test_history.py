@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from shardws.config import NamespaceConfig
 from shardws.pure.history import Position, Ring, owner_of
-from shardws.pure.publication import Publication
+from shardws.pure.protocol import encode_publication
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
 
 members = st.sets(st.integers(0, 200), min_size=1, max_size=12)
@@ -146,7 +146,13 @@ def test_sequencer_publishes_with_positions_and_hands_over() -> None:
     clock = [0.0]
     owner = Sequencer(lambda _channel: options, clock=lambda: clock[0])
     (epoch, offset), publication = owner.publish("chat:a", b'{"x":1}', "k1")
-    assert (offset, publication) == (1, Publication(b'{"x":1}', position=Position(epoch, 1)))
+    assert publication is not None
+    push = encode_publication("chat:a", publication)  # what a native subscriber receives
+    assert (offset, push) == (
+        1,
+        b'{"type":"pub","channel":"chat:a","offset":1,"epoch":"%s","data":{"x":1}}'
+        % epoch.encode(),
+    )
     assert owner.publish("chat:a", b"2", "k1") == (Position(epoch, 1), None)  # a retry: nothing new
     owner.publish("chat:a", b"2", None)
     answer = owner.position("chat:a", Position(epoch, 0))
