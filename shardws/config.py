@@ -315,6 +315,13 @@ def _read_text(key: str, path: str) -> str:
         raise _FileError(key, f"{path!r} is not UTF-8 text (byte {err.start})") from None
 
 
+def _read_secret(path: str) -> str:
+    """The secret in the file an option ``secret_file`` names."""
+    text = _read_text("secret_file", path)
+    # A trailing newline is an artifact of `echo` and editors, not part of a secret.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
 def _check_public_key(key: str, path: str, pem: str, algorithm: str) -> None:
     """Raise unless ``pem`` is a public key usable with ``algorithm`` (RS256 or ES256)."""
     # Imported here: only configs using RS256/ES256 pay for loading cryptography.
@@ -390,10 +397,7 @@ class AuthConfig:
         """Read ``secret_file`` and ``public_key_file`` into the non-TOML fields."""
         loaded = self
         if self.secret_file:
-            text = _read_text("secret_file", self.secret_file)
-            # A trailing newline is an artifact of `echo` and editors, not part of a secret.
-            text = text.removesuffix("\n").removesuffix("\r")
-            loaded = dataclasses.replace(loaded, secret_from_file=text)
+            loaded = dataclasses.replace(loaded, secret_from_file=_read_secret(self.secret_file))
         if self.public_key_file:
             pem = _read_text("public_key_file", self.public_key_file)
             if self.algorithm != "HS256":  # else cross_check reports the mix-up
@@ -914,10 +918,7 @@ class PusherAppConfig:
         """Read ``secret_file`` into ``secret_from_file``."""
         if not self.secret_file:
             return self
-        text = _read_text("secret_file", self.secret_file)
-        # A trailing newline is an artifact of `echo` and editors, not part of a secret.
-        text = text.removesuffix("\n").removesuffix("\r")
-        return dataclasses.replace(self, secret_from_file=text)
+        return dataclasses.replace(self, secret_from_file=_read_secret(self.secret_file))
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
