@@ -8,9 +8,12 @@ import hashlib
 import json
 import time
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import pusher
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pusher.errors import PusherBadAuth, PusherBadRequest, PusherBadStatus, PusherForbidden
 from pusher.http import Request, process_response
 
@@ -314,3 +317,26 @@ def test_nothing_passes_without_a_valid_signature() -> None:
     assert isinstance(decision, ApiError) and decision.status == 401
     broken = decide("POST", "/apps/1/events?a&b", body, CONFIG, time.time())
     assert isinstance(broken, ApiError) and broken.status == 400
+
+
+@given(
+    st.sampled_from(["GET", "POST", "PUT", "get"]),
+    st.sampled_from(["/apps/1/events", "/apps/1/channels/x", "/apps/2/batch_events", "/"])
+    | st.text(max_size=60),
+    st.text(max_size=60),
+    st.binary(max_size=100),
+)
+def test_decide_never_raises(method: str, path: str, query: str, body: bytes) -> None:
+    decision = decide(method, path + "?" + query, body, CONFIG, time.time())
+    # Unsigned, nothing gets through.
+    assert isinstance(decision, ApiError) and 400 <= decision.status < 500
+
+
+@given(st.text(max_size=40), st.binary(max_size=200))
+def test_signed_garbage_is_a_400_never_an_exception(name: str, body: bytes) -> None:
+    """Past the signature, any body and channel name is answered, never raised on."""
+    for method, path in (("POST", "/apps/1/events"), ("POST", "/apps/1/batch_events")):
+        decision = decide(method, _signed(method, path, body), body, CONFIG, time.time())
+        assert isinstance(decision, ApiError | Trigger | TriggerBatch)
+    decision = _decide("GET", "/apps/1/channels/" + quote(name, safe=""))
+    assert isinstance(decision, GetChannel | ApiError)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pusher
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shardws.config import PusherAppConfig, parse_config
 from shardws.core import TokenBucket
@@ -331,3 +333,44 @@ def test_a_flood_is_refused_then_closed() -> None:
     close = outcomes[2]
     assert isinstance(close, Close) and close.code == CloseCode.TOO_MANY_REQUESTS
     assert close.stop_reading and close.count is Count.RATE_LIMITED
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+_EVENTS = st.sampled_from(
+    ["pusher:ping", "pusher:pong", "pusher:subscribe", "pusher:unsubscribe", "client-x", "x"]
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.fixed_dictionaries(
+            {"event": _EVENTS},
+            optional={
+                "channel": st.sampled_from(["private-x", "presence-r", "chat"]) | st.text(),
+                "data": _JSON
+                | st.fixed_dictionaries(
+                    {"channel": st.sampled_from(["private-x", "presence-r", "chat", ""])},
+                    optional={"auth": _JSON, "channel_data": _JSON},
+                ),
+            },
+        ).map(lambda m: json.dumps(m).encode()),
+    ),
+    st.booleans(),
+)
+def test_any_message_gets_one_outcome(payload: bytes, binary: bool) -> None:
+    """Hostile input never raises, and only a subscribe adds a channel."""
+    world = World()
+    state = _presence_state(world)
+    before = dict(state.channels)
+    outcome = world.sessions.command(state, payload, binary, world.now + 1)
+    assert isinstance(
+        outcome, Reply | Close | PusherSubscribe | PusherUnsubscribe | ClientEvent | Nothing
+    )
+    if not isinstance(outcome, PusherSubscribe | PusherUnsubscribe):
+        assert state.channels == before
