@@ -9,5 +9,7 @@ One module one job (docs/pusher.md says what is supported):
   native close reason;
 * :mod:`.admission` -- the upgrade request ``/app/{key}?protocol=...`` admitted or refused;
 * :mod:`.session` -- a connection's message in, one outcome out;
+* :mod:`.presence` -- a presence channel's members as its owner keeps them (once per user);
+* :mod:`.cache` -- cache channels' last events, with their TTL;
 * :mod:`.httpapi` -- an HTTP API request in, a typed request or an error out.
 """

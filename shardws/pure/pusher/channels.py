@@ -110,6 +110,14 @@ def socket_id(member: int, incarnation: int, counter: int) -> str:
     return f"{incarnation << 32 | member}.{counter}"
 
 
+def member_of(socket_id: str) -> int | None:
+    """The member id of the process that issued ``socket_id`` (:func:`socket_id`), or
+    None when ``socket_id`` does not have the form of one."""
+    if not is_socket_id(socket_id):
+        return None
+    return int(socket_id.partition(".")[0]) & 0xFFFFFFFF
+
+
 class SocketIds:
     """The socket ids of one process: :func:`socket_id` with a counter that only grows."""
 
