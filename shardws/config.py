@@ -26,12 +26,14 @@ Adding a section: declare a frozen dataclass whose fields use :func:`option` (th
 comes from the annotation, constraints are keyword rules) and add it as a field of
 :class:`Config`. Validation and :func:`dump_config` are driven by the fields; there is no
 per-key code. Field types understood: ``bool``, ``int``, ``float``, ``str``,
-``tuple[T, ...]`` (a TOML array), another section dataclass (a sub-table) and
-``Mapping[str, T]`` (a table of named entries, e.g. ``[namespaces.<name>]``; stored
-read-only). Rules that span fields go in a ``cross_check`` method yielding
-``(key, reason)`` for each violation. A section whose options name files to read defines
-``load_files()``, returning the section with the file contents stored in ``toml=False``
-fields (or raising :class:`_FileError`); it runs before ``cross_check``.
+``tuple[T, ...]`` (a TOML array; with ``T`` a section dataclass, an array of tables such
+as ``[[pusher.apps]]``, whose entries are named ``apps[0]``, ``apps[1]``... in errors),
+another section dataclass (a sub-table) and ``Mapping[str, T]`` (a table of named
+entries, e.g. ``[namespaces.<name>]``; stored read-only). Rules that span fields go in a
+``cross_check`` method yielding ``(key, reason)`` for each violation. A section whose
+options name files to read defines ``load_files()``, returning the section with the file
+contents stored in ``toml=False`` fields (or raising :class:`_FileError`); it runs
+before ``cross_check``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "MAX_WINDOW_BITS",
     "MAX_WORKERS",
+    "MIN_PUSHER_SECRET_BYTES",
     "MIN_SECRET_BYTES",
     "MIN_WINDOW_BITS",
     "AdminConfig",
@@ -68,6 +71,8 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "NamespaceConfig",
+    "PusherAppConfig",
+    "PusherConfig",
     "ServerConfig",
     "TLSConfig",
     "auto_workers",
@@ -310,6 +315,13 @@ def _read_text(key: str, path: str) -> str:
         raise _FileError(key, f"{path!r} is not UTF-8 text (byte {err.start})") from None
 
 
+def _read_secret(path: str) -> str:
+    """The secret in the file an option ``secret_file`` names."""
+    text = _read_text("secret_file", path)
+    # A trailing newline is an artifact of `echo` and editors, not part of a secret.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
 def _check_public_key(key: str, path: str, pem: str, algorithm: str) -> None:
     """Raise unless ``pem`` is a public key usable with ``algorithm`` (RS256 or ES256)."""
     # Imported here: only configs using RS256/ES256 pay for loading cryptography.
@@ -385,10 +397,7 @@ class AuthConfig:
         """Read ``secret_file`` and ``public_key_file`` into the non-TOML fields."""
         loaded = self
         if self.secret_file:
-            text = _read_text("secret_file", self.secret_file)
-            # A trailing newline is an artifact of `echo` and editors, not part of a secret.
-            text = text.removesuffix("\n").removesuffix("\r")
-            loaded = dataclasses.replace(loaded, secret_from_file=text)
+            loaded = dataclasses.replace(loaded, secret_from_file=_read_secret(self.secret_file))
         if self.public_key_file:
             pem = _read_text("public_key_file", self.public_key_file)
             if self.algorithm != "HS256":  # else cross_check reports the mix-up
@@ -830,6 +839,137 @@ class DiagnosticsConfig:
     echo_path: str = option("", check=_is_echo_path, expect='"" or a path starting with "/"')
 
 
+#: Pusher app ids and keys: they appear in URL paths (``/app/{key}``,
+#: ``/apps/{id}/events``) and metric labels, so they need no escaping anywhere.
+_PUSHER_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+#: Shortest accepted Pusher app secret: Pusher's own secrets are 20 characters; shorter
+#: ones make the HMAC-SHA256 signatures of the HTTP API and channel auth guessable.
+MIN_PUSHER_SECRET_BYTES = 16
+
+
+def _is_pusher_name(value: str) -> bool:
+    return _PUSHER_NAME_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PusherAppConfig:
+    """``[[pusher.apps]]``: one Pusher Channels app (see docs/pusher.md).
+
+    Each app is its own channel space: its channels, users and counts are separate from
+    every other app's and from native channels. The secret never appears in ``repr()``,
+    errors or :func:`dump_config` output.
+    """
+
+    #: The app id of the server SDKs (``/apps/{id}/...`` of the HTTP API): 1-64 of
+    #: ``A-Z a-z 0-9 _ . -`` (the official Python SDK accepts digits only). Required.
+    id: str = option("", check=_is_pusher_name, expect="1-64 of A-Z a-z 0-9 _ . -")
+    #: The app key clients connect with (``/app/{key}``) and the HTTP API's
+    #: ``auth_key``: 1-64 of ``A-Z a-z 0-9 _ . -``. Required.
+    key: str = option("", check=_is_pusher_name, expect="1-64 of A-Z a-z 0-9 _ . -")
+    #: The app secret that signs channel auth and HTTP API requests, >= 16 bytes. Prefer
+    #: ``secret_file``: a secret in the config file leaks with it. Default ``""``.
+    secret: str = option("", secret=True)
+    #: File holding the secret instead of ``secret`` (one trailing newline is removed);
+    #: read at load. Default ``""``.
+    secret_file: str = option("")
+    #: Whether the app accepts connections and HTTP API requests; a disabled app's
+    #: clients are refused with Pusher error 4003. Default true.
+    enabled: bool = option(True)
+    #: Whether clients may send client events (``client-*``) on private and presence
+    #: channels. Default false (as on Pusher, where it is a per-app switch).
+    client_events: bool = option(False)
+    #: Largest event ``data``, bytes of UTF-8, 1..1048576; the HTTP API answers 413 past
+    #: it, a client event gets error 4301. Default 10240 (Pusher's 10 KB).
+    max_event_data_bytes: int = option(10240, ge=1, le=1024 * 1024, unit="bytes")
+    #: Most channels one ``POST /apps/{id}/events`` may name, 1..1000. Default 100.
+    max_channels_per_trigger: int = option(100, ge=1, le=1000)
+    #: Most events one ``POST /apps/{id}/batch_events`` may carry, 1..1000. Default 10.
+    max_events_per_batch: int = option(10, ge=1, le=1000)
+    #: Most distinct users of one presence channel, cluster-wide, >= 1. Default 100.
+    max_presence_members: int = option(100, ge=1)
+    #: Largest ``user_info`` of a presence member, bytes of its JSON, >= 1. Default
+    #: 1024 (Pusher's 1 KB).
+    max_presence_info_bytes: int = option(1024, ge=1, unit="bytes")
+    #: Client events one connection may send per second (a token bucket with this
+    #: burst), >= 1; over it the event is refused with error 4301. Default 10.
+    max_client_events_per_second: int = option(10, ge=1)
+    #: Longest channel name, 1..200 characters. Default 200 (the official server SDKs'
+    #: bound; Pusher's hosted service documents 164).
+    max_channel_name_length: int = option(200, ge=1, le=200)
+    #: Longest event name, 1..200 characters. Default 200.
+    max_event_name_length: int = option(200, ge=1, le=200)
+    #: Seconds of silence after which pusher-js sends ``pusher:ping`` (sent to clients in
+    #: ``pusher:connection_established``), 1..3600. Default 120.
+    activity_timeout: int = option(120, ge=1, le=3600, unit="seconds")
+    #: Seconds an HTTP API request's ``auth_timestamp`` may differ from the server's
+    #: clock, > 0. Default 600 (Pusher's).
+    auth_timestamp_window: float = option(600.0, gt=0, unit="seconds")
+    #: Seconds a cache channel keeps its last event, > 0. Default 1800.
+    cache_ttl: float = option(1800.0, gt=0, unit="seconds")
+    #: The content of ``secret_file``, read at load. Not a TOML key.
+    secret_from_file: str = option("", toml=False, secret=True)
+
+    def signing_secret(self) -> str:
+        """The secret, from ``secret`` or ``secret_file``."""
+        return self.secret or self.secret_from_file
+
+    def load_files(self) -> PusherAppConfig:
+        """Read ``secret_file`` into ``secret_from_file``."""
+        if not self.secret_file:
+            return self
+        return dataclasses.replace(self, secret_from_file=_read_secret(self.secret_file))
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
+        if not self.id:
+            yield "id", "required: the app id of the server SDKs"
+        if not self.key:
+            yield "key", "required: the app key clients connect with"
+        if self.secret and self.secret_file:
+            yield "secret_file", "set either secret or secret_file, not both"
+        secret = self.signing_secret()
+        if not secret:
+            yield "secret", "required (or secret_file)"
+        elif len(secret.encode()) < MIN_PUSHER_SECRET_BYTES:
+            key = "secret" if self.secret else "secret_file"
+            size = len(secret.encode())
+            yield key, f"expected a secret of >= {MIN_PUSHER_SECRET_BYTES} bytes, got {size} bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class PusherConfig:
+    """``[pusher]``: the Pusher Channels protocol beside the native one (docs/pusher.md).
+
+    App ids and keys are unique; with no apps (the default) nothing speaks Pusher.
+    """
+
+    #: The apps, each a ``[[pusher.apps]]`` table. Default [] (none).
+    apps: tuple[PusherAppConfig, ...] = option(())
+
+    def app_by_key(self, key: str) -> PusherAppConfig | None:
+        """The app whose key is ``key``, or None. (A linear scan: a service has a
+        handful of apps, and this runs once per connection.)"""
+        return next((app for app in self.apps if app.key == key), None)
+
+    def app_by_id(self, app_id: str) -> PusherAppConfig | None:
+        """The app whose id is ``app_id``, or None."""
+        return next((app for app in self.apps if app.id == app_id), None)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """Ids and keys are unique: ``(key, reason)`` naming the later duplicate."""
+        for field in ("id", "key"):
+            first: dict[str, int] = {}
+            for index, app in enumerate(self.apps):
+                value = getattr(app, field)
+                if value in first:
+                    yield (
+                        f"apps[{index}].{field}",
+                        f"duplicate {field} {value!r} (also apps[{first[value]}].{field})",
+                    )
+                first.setdefault(value, index)
+
+
 def _default_namespaces() -> Mapping[str, NamespaceConfig]:
     return MappingProxyType({"default": NamespaceConfig()})
 
@@ -848,6 +988,7 @@ class Config:
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     compression: CompressionConfig = dataclasses.field(default_factory=CompressionConfig)
     diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
+    pusher: PusherConfig = dataclasses.field(default_factory=PusherConfig)
     namespaces: Mapping[str, NamespaceConfig] = option(factory=_default_namespaces)
     #: The file the config came from, or ``"<default>"``. Not a TOML key.
     source: str = option("<default>", toml=False)
@@ -984,6 +1125,12 @@ def _convert(value: Any, tp: Any, rules: Mapping[str, Any], path: tuple[str, ...
     if origin is tuple:
         if not isinstance(value, list):
             raise _bad(path, f"expected an array, got {_show(value)}")
+        if isinstance(args[0], type) and is_dataclass(args[0]):
+            # An array of tables: each entry is named by its index, so an error says
+            # which one ("pusher.apps[1].key").
+            return tuple(
+                _build(args[0], v, (*path[:-1], f"{path[-1]}[{i}]")) for i, v in enumerate(value)
+            )
         return tuple(_convert(v, args[0], rules, path) for v in value)
     return _scalar(value, tp, rules, path)
 
@@ -1072,17 +1219,29 @@ def _is_table(value: Any) -> bool:
     return is_dataclass(value) or isinstance(value, Mapping)
 
 
-def _dump_table(obj: Any, path: tuple[str, ...], out: list[str]) -> None:
+def _is_table_array(value: Any) -> bool:
+    """A non-empty array of section entries (``[[pusher.apps]]``); an empty one is
+    written as ``[]``."""
+    return isinstance(value, tuple) and bool(value) and all(is_dataclass(v) for v in value)
+
+
+def _dump_table(obj: Any, path: tuple[str, ...], out: list[str], entry: bool = False) -> None:
     items = _items(obj)
-    plain = [(k, v) for k, v in items if not _is_table(v)]
+    plain = [(k, v) for k, v in items if not _is_table(v) and not _is_table_array(v)]
+    dotted = ".".join(_toml_key(k) for k in path)
     # A section's header is written even when empty so the dump lists every section;
     # an empty Mapping has nothing to say and is omitted.
-    if path and (plain or is_dataclass(obj)):
-        out += ["", f"[{'.'.join(_toml_key(k) for k in path)}]"]
+    if entry:
+        out += ["", f"[[{dotted}]]"]
+    elif path and (plain or is_dataclass(obj)):
+        out += ["", f"[{dotted}]"]
     out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain]
     for key, value in items:
         if _is_table(value):
             _dump_table(value, (*path, key), out)
+        elif _is_table_array(value):
+            for item in value:
+                _dump_table(item, (*path, key), out, entry=True)
 
 
 def _toml_key(key: str) -> str:

@@ -799,3 +799,101 @@ def test_cluster(tmp_path: Path) -> None:
 def test_cluster_errors(toml: str, key: str, detail: str) -> None:
     err = error(toml)
     assert err.key == key and detail in err.detail, err.detail
+
+
+# ------------------------------------------------------------------ pusher
+
+PUSHER_SECRET = "pusher-secret-0123456789"  # >= 16 bytes
+_APP = '[[pusher.apps]]\nid = "{id}"\nkey = "{key}"\nsecret = "' + PUSHER_SECRET + '"\n'
+
+
+def _apps(*pairs: tuple[str, str], extra: str = "") -> str:
+    return "".join(_APP.format(id=i, key=k) for i, k in pairs) + extra
+
+
+def test_pusher_apps(tmp_path: Path) -> None:
+    assert default_config().pusher.apps == ()
+    secret_file = tmp_path / "app2.secret"
+    secret_file.write_text("file-secret-0123456789\n")
+    cfg = parse_config(
+        _apps(("1", "key-one"), extra="client_events = true\nmax_event_data_bytes = 20480\n")
+        + f'[[pusher.apps]]\nid = "2"\nkey = "key-two"\nsecret_file = "{secret_file}"\n'
+        "enabled = false\nactivity_timeout = 30\n",
+        "p.toml",
+    )
+    one, two = cfg.pusher.apps
+    assert (one.id, one.key, one.signing_secret()) == ("1", "key-one", PUSHER_SECRET)
+    assert one.client_events and one.max_event_data_bytes == 20480 and one.enabled
+    assert (one.max_channels_per_trigger, one.max_events_per_batch) == (100, 10)
+    assert (one.max_presence_members, one.max_presence_info_bytes) == (100, 1024)
+    assert (one.max_client_events_per_second, one.max_channel_name_length) == (10, 200)
+    assert (one.activity_timeout, one.auth_timestamp_window, one.cache_ttl) == (120, 600.0, 1800.0)
+    assert two.signing_secret() == "file-secret-0123456789" and not two.enabled
+    assert two.activity_timeout == 30 and not two.client_events
+    assert cfg.pusher.app_by_key("key-two") is two and cfg.pusher.app_by_id("1") is one
+    assert cfg.pusher.app_by_key("1") is None and cfg.pusher.app_by_id("key-one") is None
+    # Secrets stay out of repr and dumps; the dump writes [[pusher.apps]] tables and,
+    # for a secret from a file, parses back to the same config.
+    text = dump_config(cfg)
+    for secret in (PUSHER_SECRET, "file-secret-0123456789"):
+        assert secret not in text and secret not in repr(cfg)
+    assert text.count("[[pusher.apps]]") == 2
+    from_file = dataclasses.replace(cfg, pusher=cfgmod.PusherConfig(apps=(two,)))
+    assert parse_config(dump_config(from_file), cfg.source) == from_file
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "detail"),
+    [
+        (_apps(("1", "a"), ("1", "b")), "pusher.apps[1].id", "duplicate id '1' (also apps[0].id)"),
+        (_apps(("1", "a"), ("2", "b"), ("3", "a")), "pusher.apps[2].key", "duplicate key 'a'"),
+        ('[[pusher.apps]]\nid = "1"\nkey = "k"\n', "pusher.apps[0].secret", "required"),
+        ('[[pusher.apps]]\nkey = "k"\nsecret = "' + PUSHER_SECRET + '"', "pusher.apps[0].id", ""),
+        ('[[pusher.apps]]\nid = "1"\nsecret = "' + PUSHER_SECRET + '"', "pusher.apps[0].key", ""),
+        ('[[pusher.apps]]\nid="1"\nkey="k"\nsecret="short"', "pusher.apps[0].secret", "16 bytes"),
+        (_apps(("1", "a"), ("2", "b/c")), "pusher.apps[1].key", "A-Z a-z 0-9 _ . -"),
+        (_apps(("1", "a"), extra="secret_file = '/x'\n"), "pusher.apps[0].secret_file", ""),
+        (_apps(("1", "a"), extra="max_channel_name_length = 201\n"), "", "1..200"),
+        (_apps(("1", "a"), extra="max_event_data_bytes = 0\n"), "", "1..1048576"),
+        (_apps(("1", "a"), extra="client_event = true\n"), "", "did you mean 'client_events'"),
+        ("[pusher]\napps = [1]\n", "pusher.apps[0]", "expected a table"),
+        ('[pusher]\napps = "1"\n', "pusher.apps", "expected an array"),
+    ],
+)
+def test_pusher_errors(toml: str, key: str, detail: str) -> None:
+    err = error(toml)
+    assert not key or err.key == key, err.key
+    assert detail in err.detail, err.detail
+    assert PUSHER_SECRET not in str(err)
+
+
+def test_pusher_secret_file_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    err = error(f'[[pusher.apps]]\nid = "1"\nkey = "k"\nsecret_file = "{missing}"\n')
+    assert err.key == "pusher.apps[0].secret_file" and "cannot read" in err.detail
+    short = tmp_path / "short"
+    short.write_text("tiny\n")
+    err = error(f'[[pusher.apps]]\nid = "1"\nkey = "k"\nsecret_file = "{short}"\n')
+    assert err.key == "pusher.apps[0].secret_file" and "got 4 bytes" in err.detail
+
+
+def test_example_documents_every_pusher_app_option() -> None:
+    """The example's commented-out ``[[pusher.apps]]`` entry names every option of an
+    app, each after its comment, and parses once uncommented."""
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    start = lines.index("# [[pusher.apps]]")
+    block = []
+    for line in lines[start:]:
+        if not line:
+            break
+        block.append(line.removeprefix("#").removeprefix(" "))
+    table = tomllib.loads("\n".join(block))["pusher"]["apps"][0]
+    assert set(table) == {f.name for f in _toml_fields(cfgmod.PusherAppConfig)}
+    for i, line in enumerate(block[1:], 1):
+        if not line.startswith("#"):
+            assert block[i - 1].startswith("#"), f"undocumented: {line!r}"
+    # As written (defaults, a secret file) plus a secret instead of the file, it is valid
+    # and equals the defaults.
+    text = "\n".join(line for line in block if not line.startswith("secret"))
+    app = parse_config(text + f'\nsecret = "{PUSHER_SECRET}"\n', "x").pusher.apps[0]
+    assert app == cfgmod.PusherAppConfig(id="1", key="app-key", secret=PUSHER_SECRET)

@@ -1,0 +1,136 @@
+"""Pusher channel names and kinds, and socket ids (no I/O).
+
+Guarantees:
+
+* :func:`channel_error` accepts exactly Pusher's channel names: 1 to ``max_length``
+  characters of ``A-Z a-z 0-9 _ - = @ , . ;`` (the official server SDKs' set, e.g.
+  pusher-http-python ``util.channel_name_re``; Pusher's "channel naming conventions").
+  Such a name needs no escaping in JSON, a URL path or a NUL-terminated bus topic.
+* :func:`kind_of` gives every valid name exactly one :class:`ChannelKind`, by prefix, the
+  longest prefix first (``private-encrypted-`` before ``private-``), and says whether it
+  is a cache channel.
+* :func:`socket_id` is ``\\d+\\.\\d+`` (what pusher-js and the server SDKs accept) and
+  unique cluster-wide for distinct (member, incarnation, counter) triples.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+#: Pusher's channel name limit in the official server SDKs (pusher-http-python
+#: ``validate_channel``); ``[[pusher.apps]] max_channel_name_length`` may lower it.
+MAX_CHANNEL_NAME_LENGTH = 200
+
+_CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
+SOCKET_ID_RE = re.compile(r"\d+\.\d+")
+
+
+class ChannelKind(enum.Enum):
+    """What a channel requires of a subscriber."""
+
+    PUBLIC = "public"  # no auth
+    PRIVATE = "private"  # ``private-``: channel auth
+    PRESENCE = "presence"  # ``presence-``: channel auth with channel_data, a member list
+    ENCRYPTED = "encrypted"  # ``private-encrypted-``: channel auth; data relayed untouched
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelType:
+    """A channel's kind and whether it keeps its last event (a cache channel)."""
+
+    kind: ChannelKind
+    cache: bool
+
+    @property
+    def needs_auth(self) -> bool:
+        """Whether subscribing needs a channel auth signature."""
+        return self.kind is not ChannelKind.PUBLIC
+
+    @property
+    def allows_client_events(self) -> bool:
+        """Client events are relayed on private and presence channels only (Pusher: "client
+        events can only be triggered on private and presence channels"; pusher-js refuses
+        them on encrypted channels, whose data the server cannot read)."""
+        return self.kind in (ChannelKind.PRIVATE, ChannelKind.PRESENCE)
+
+
+# Longest first: "private-encrypted-cache-" must not be read as "private-".
+_PREFIXES: tuple[tuple[str, ChannelType], ...] = (
+    ("private-encrypted-cache-", ChannelType(ChannelKind.ENCRYPTED, True)),
+    ("private-encrypted-", ChannelType(ChannelKind.ENCRYPTED, False)),
+    ("private-cache-", ChannelType(ChannelKind.PRIVATE, True)),
+    ("private-", ChannelType(ChannelKind.PRIVATE, False)),
+    ("presence-cache-", ChannelType(ChannelKind.PRESENCE, True)),
+    ("presence-", ChannelType(ChannelKind.PRESENCE, False)),
+    ("cache-", ChannelType(ChannelKind.PUBLIC, True)),
+)
+_PUBLIC = ChannelType(ChannelKind.PUBLIC, False)
+
+
+def kind_of(channel: str) -> ChannelType:
+    """The type of ``channel`` (a valid name), decided by its prefix."""
+    for prefix, kind in _PREFIXES:
+        if channel.startswith(prefix):
+            return kind
+    return _PUBLIC
+
+
+def channel_error(name: object, max_length: int = MAX_CHANNEL_NAME_LENGTH) -> str | None:
+    """Why ``name`` is not a valid Pusher channel name of at most ``max_length``
+    characters, or None if it is. The reason is safe to send back (it quotes nothing)."""
+    if not isinstance(name, str) or not name:
+        return "channel must be a non-empty string"
+    if len(name) > max_length:
+        return f"The channel name is longer than the allowed {max_length} characters."
+    if _CHANNEL_RE.fullmatch(name) is None:
+        return "channel may contain only A-Z a-z 0-9 and _ - = @ , . ;"
+    return None
+
+
+def is_socket_id(value: object) -> bool:
+    """Whether ``value`` has the form of a Pusher socket id (``123.456``)."""
+    return isinstance(value, str) and SOCKET_ID_RE.fullmatch(value) is not None
+
+
+def socket_id(member: int, incarnation: int, counter: int) -> str:
+    """The socket id of a process's ``counter``-th connection.
+
+    ``member`` is the process's cluster-wide member id (``pure.cluster.member_id``: unique
+    among live members), ``incarnation`` a number that differs between two processes that
+    held the same member id (e.g. the process's start time in milliseconds), ``counter``
+    the process's connection count. The first part packs member and incarnation without
+    overlap, so distinct triples give distinct ids, across hosts and restarts.
+    """
+    if member < 0 or incarnation < 0 or counter < 0:
+        raise ValueError("member, incarnation and counter must be >= 0")
+    if member >= 1 << 32:
+        raise ValueError(f"member id {member} is wider than 32 bits")
+    return f"{incarnation << 32 | member}.{counter}"
+
+
+def member_of(socket_id: str) -> int | None:
+    """The member id of the process that issued ``socket_id`` (:func:`socket_id`), or
+    None when ``socket_id`` does not have the form of one."""
+    if not is_socket_id(socket_id):
+        return None
+    return int(socket_id.partition(".")[0]) & 0xFFFFFFFF
+
+
+class SocketIds:
+    """The socket ids of one process: :func:`socket_id` with a counter that only grows."""
+
+    __slots__ = ("_counter", "_incarnation", "_member")
+
+    def __init__(self, member: int, incarnation: int) -> None:
+        socket_id(member, incarnation, 0)  # validates the arguments once
+        self._member = member
+        self._incarnation = incarnation
+        self._counter = 0
+
+    def next(self) -> str:
+        """A socket id no earlier call of this process (or any other member or
+        incarnation) returned."""
+        self._counter += 1
+        return socket_id(self._member, self._incarnation, self._counter)
