@@ -51,7 +51,9 @@ from shardws.pure.backend import (
 from shardws.pure.busframe import inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
 from shardws.pure.history import owner_of
+from shardws.pure.pusher.httpapi import max_body_bytes
 from shardws.server.metrics import prometheus_text
+from shardws.server.pusherapi import PusherApi
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import Members, ViewTable
@@ -412,7 +414,19 @@ def make_app(
         assert backend is not None
         return web.json_response({**worker_stats(config, tables.board), "admin": backend.stats()})
 
-    app = web.Application(client_max_size=max_request_bytes(config), middlewares=[require_api_key])
+    async def pusher_api(request: web.Request) -> web.Response:
+        # The Pusher HTTP API (docs/pusher.md): signed per app, not with X-API-Key.
+        assert pusher is not None
+        status, body = await pusher.answer(
+            request.method, request.raw_path, await request.read(), time.time()
+        )
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    pusher = PusherApi(backend, config.pusher) if backend is not None else None
+    max_body = max(
+        [max_request_bytes(config), *(max_body_bytes(app) for app in config.pusher.apps)]
+    )
+    app = web.Application(client_max_size=max_body, middlewares=[require_api_key])
     app.router.add_get("/health", get_health)
     app.router.add_get("/ready", get_ready)
     app.router.add_get("/metrics", get_metrics)
@@ -422,6 +436,8 @@ def make_app(
     app.router.add_get("/api/stats", get_stats)
     app.router.add_get("/api/presence", get_presence)
     app.router.add_get("/api/history", get_history)
+    if config.pusher.apps:
+        app.router.add_route("*", "/apps/{tail:.*}", pusher_api)
     return app
 
 

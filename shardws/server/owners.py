@@ -77,6 +77,7 @@ from shardws.pure.history import Position, RingState, owner_of
 from shardws.pure.protocol import CloseCode, ErrorCode, encode_publication
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
+from shardws.pure.pusher.channels import is_internal
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
 from shardws.server.ringfile import load_rings, rings_path, save_rings
 
@@ -174,7 +175,9 @@ class Owners:
         return self.worker.options_for(channel)
 
     def has_history(self, channel: str) -> bool:
-        return self._options(channel).history_size > 0
+        # Pusher channels (internal names) have no history, whatever the default
+        # namespace says: their names have no namespace.
+        return self._options(channel).history_size > 0 and not is_internal(channel)
 
     def view(self) -> tuple[int, ...]:
         """The member ids of the workers that own channels now: this host's configured

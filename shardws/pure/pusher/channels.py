@@ -134,3 +134,33 @@ class SocketIds:
         incarnation) returned."""
         self._counter += 1
         return socket_id(self._member, self._incarnation, self._counter)
+
+
+# ------------------------------------------------------------------ the hub's names
+
+#: The first character of every hub and bus name of a Pusher channel. It is in neither
+#: the native channel set (``pure.protocol._CHANNEL_RE``) nor Pusher's, nor in app ids
+#: (``A-Z a-z 0-9 _ . -``), so no native channel and no other app's channel can share a
+#: Pusher channel's internal name.
+INTERNAL_MARK = "|"
+
+
+def app_prefix(app_id: str) -> str:
+    """The start of every internal name of app ``app_id``'s channels: ``|{app_id}|``."""
+    return f"{INTERNAL_MARK}{app_id}{INTERNAL_MARK}"
+
+
+def internal_name(app_id: str, channel: str) -> str:
+    """The hub and bus name of Pusher ``channel`` (valid) of app ``app_id``:
+    ``|{app_id}|{channel}``. Injective over (app id, channel); never a native name."""
+    return f"{INTERNAL_MARK}{app_id}{INTERNAL_MARK}{channel}"
+
+
+def is_internal(name: str) -> bool:
+    """Whether hub or bus channel ``name`` is a Pusher channel's internal name."""
+    return name.startswith(INTERNAL_MARK)
+
+
+def pusher_name(internal: str) -> str:
+    """The Pusher channel name of an :func:`internal_name` (what clients see)."""
+    return internal[internal.index(INTERNAL_MARK, 1) + 1 :]

@@ -1,0 +1,240 @@
+"""The Pusher Channels protocol in a worker: its connections, its wire format, and the
+carrying out of its sessions' outcomes (the decisions are ``shardws.pure.pusher``'s).
+
+A Pusher connection is a :class:`~shardws.server.connection.Connection` (frames,
+fragments, limits, the sink and closing are shared) that keeps the state the Pusher
+session needs on itself (``pure.pusher.session.PusherState``): no other object per
+connection. Its channels live in the same hub and on the same bus as native ones, under
+internal names (``pure.pusher.channels.internal_name``: ``|{app id}|{channel}``) that no
+native channel and no other app's channel can have.
+
+Guarantees:
+
+* Every close of a Pusher connection, whoever decides it, is the native close reason
+  mapped by ``closecodes.for_native``: a ``pusher:error`` with the Pusher code, then a
+  close frame with that code. A refused upgrade (``admission.admit``) is upgraded, gets
+  its ``pusher:error`` and is closed with its code.
+* ``pusher_internal:subscription_succeeded`` is sent once the channel's bus
+  subscription is live on every member (the hub's liveness future), never before.
+* A publication with an ``origin`` (a client event, an HTTP trigger with ``socket_id``)
+  never reaches the connection with that socket id (:data:`PUSHER` excludes the origin;
+  ``Delivery.publish`` skips it).
+* A quiet connection gets ``pusher:ping`` after the app's ``activity_timeout`` and is
+  closed with 4201 when nothing arrives within :data:`PONG_WAIT` more.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from shardws.config import PusherAppConfig
+from shardws.core import TokenBucket
+from shardws.pure.auth import ANONYMOUS
+from shardws.pure.protocol import CloseCode
+from shardws.pure.publication import Kind, Publication
+from shardws.pure.pusher import wire
+from shardws.pure.pusher.admission import Admitted, Refused
+from shardws.pure.pusher.channels import ChannelKind, SocketIds, internal_name, pusher_name
+from shardws.pure.pusher.closecodes import for_native
+from shardws.pure.pusher.session import (
+    ClientEvent,
+    Nothing,
+    PresenceMember,
+    PusherSessions,
+    PusherSubscribe,
+    PusherUnsubscribe,
+)
+from shardws.pure.session import Close, Reply
+from shardws.server.connection import Connection
+from shardws.server.delivery import WireFormat
+from shardws.shm.scoreboard import Column
+
+if TYPE_CHECKING:
+    from shardws.server.worker import Worker
+
+log = logging.getLogger("shardws.pusher")
+
+#: Seconds a connection pinged after ``activity_timeout`` of silence has to answer before
+#: it is closed with 4201 (at most its ``activity_timeout``): what pusher-js itself waits
+#: for a pong (its ``pongTimeout``, 30 s).
+PONG_WAIT = 30.0
+
+
+def encode(channel: str, publication: Publication) -> bytes:
+    """A publication on the internal channel ``channel`` as Pusher clients receive it: an
+    event (with the sender's ``user_id`` on a presence channel's client event), or
+    ``member_added`` / ``member_removed`` for a presence join or leave."""
+    name = pusher_name(channel)
+    kind = publication.kind
+    if kind is Kind.PUB:
+        return wire.encode_event(
+            publication.event, name, publication.data, publication.user or None
+        )
+    if kind is Kind.JOIN:
+        return wire.encode_member_added(name, publication.user, publication.data or None)
+    return wire.encode_member_removed(name, publication.user)
+
+
+#: The Pusher wire format: a publication is never sent back to its origin (Pusher does
+#: not echo client events, and an HTTP trigger's ``socket_id`` excludes that connection).
+PUSHER = WireFormat("pusher", encode, excludes_origin=True)
+
+
+class PusherConnection(Connection):
+    """A connection on ``/app/{key}``: the Pusher session's state
+    (``PusherState``) kept on the connection. ``refused`` is set when the upgrade was
+    not admitted: the connection is closed with its code as soon as it opens."""
+
+    wire = PUSHER
+
+    __slots__ = ("app", "client_event_bucket", "refused", "socket_id")
+
+    # The native connection's channel set holds hub names; a Pusher connection's holds
+    # its Pusher channels with their presence member (the session's state).
+    channels: dict[str, PresenceMember | None]  # type: ignore[assignment]
+
+    def __init__(self, worker: Worker, admission: Admitted | Refused) -> None:
+        super().__init__(worker, ANONYMOUS)
+        self.on_message = worker.pusher.message_received
+        self.channels = {}
+        self.socket_id = ""
+        if isinstance(admission, Refused):
+            self.refused: Refused | None = admission
+            # Never used: the connection is closed at once (any app's limits would do).
+            self.app: PusherAppConfig = PusherAppConfig()
+        else:
+            self.refused = None
+            self.app = admission.app
+        self.client_event_bucket: TokenBucket = PusherSessions.new_client_event_bucket(
+            self.app, time.monotonic()
+        )
+
+    def close(self, code: int, reason: str, *, stop_reading: bool = False) -> None:
+        """Close for the native reason ``code`` the Pusher way (``closecodes.for_native``):
+        ``pusher:error`` with the Pusher code, then the close frame with it."""
+        if self.closing or self.transport is None:
+            return
+        pusher_close = for_native(code)
+        if pusher_close.sends_error:
+            self.send(wire.encode_error(pusher_close.code, pusher_close.message))
+        super().close(pusher_close.code, pusher_close.message, stop_reading=stop_reading)
+
+    def refuse(self, code: int, message: str) -> None:
+        """Close with Pusher ``code`` itself (a refused upgrade): ``pusher:error``, then
+        the close frame."""
+        if self.closing or self.transport is None:
+            return
+        self.send(wire.encode_error(code, message))
+        super().close(code, message)
+
+
+class PusherFront:
+    """The Pusher protocol's part of one worker: socket ids, the sessions' rules, the
+    carrying out of their outcomes, the activity check."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.sessions = PusherSessions(worker.config.limits)
+        # The process's start time tells this incarnation's socket ids from those of an
+        # earlier process with the same member id.
+        self.socket_ids = SocketIds(worker.member, int(time.time() * 1000))
+
+    def opened(self, conn: PusherConnection) -> None:
+        """A connection's upgrade completed: refuse it, or give it its socket id and send
+        ``pusher:connection_established``."""
+        if conn.refused is not None:
+            self.worker.stats[Column.REFUSED] += 1
+            conn.refuse(conn.refused.code, conn.refused.message)
+            return
+        conn.socket_id = conn.client_id = self.socket_ids.next()
+        self.worker.delivery.origin_sinks[conn.socket_id] = conn.sink
+        conn.send(wire.encode_connection_established(conn.socket_id, conn.app.activity_timeout))
+
+    def leave_all(self, conn: PusherConnection) -> None:
+        """Leave every channel of ``conn`` (closing or closed)."""
+        hub, app_id = self.worker.hub, conn.app.id
+        for channel in conn.channels:
+            hub.remove(internal_name(app_id, channel), conn)
+        conn.channels.clear()
+        if conn.socket_id:
+            self.worker.delivery.origin_sinks.pop(conn.socket_id, None)
+
+    def check_activity(self, conn: PusherConnection, idle: float) -> None:
+        """The sweep's rule for a Pusher connection quiet for ``idle`` seconds."""
+        timeout = conn.app.activity_timeout
+        if idle >= timeout + min(float(timeout), PONG_WAIT):
+            conn.close(CloseCode.IDLE_TIMEOUT, "no pong")
+        elif idle >= timeout and not conn.ping_sent:
+            conn.ping_sent = True
+            conn.send(wire.encode_ping())
+
+    # -- messages -----------------------------------------------------------------------
+
+    def message_received(self, conn: Connection, binary: bool, payload: bytes) -> None:
+        """A complete message of a Pusher connection: the Pusher session decides
+        (``pure.pusher.session``), this carries out the one outcome."""
+        assert isinstance(conn, PusherConnection)
+        stats = self.worker.stats
+        stats[Column.MESSAGES_IN] += 1
+        stats[Column.BYTES_IN] += len(payload)
+        outcome = self.sessions.command(conn, payload, binary, conn.last_seen)
+        _CARRY_OUT[type(outcome)](self, conn, outcome)
+
+    def _reply(self, conn: PusherConnection, reply: Reply) -> None:
+        self.worker.account(conn, reply.count, reply.log)
+        conn.send(reply.payload)
+
+    def _close(self, conn: PusherConnection, close: Close) -> None:
+        self.worker.account(conn, close.count, close.log)
+        conn.close(close.code, close.reason, stop_reading=close.stop_reading)
+
+    def _nothing(self, conn: PusherConnection, nothing: Nothing) -> None:
+        if nothing.log is not None:
+            self.worker.account(conn, None, nothing.log)
+
+    def _subscribe(self, conn: PusherConnection, subscribe: PusherSubscribe) -> None:
+        channel = subscribe.channel
+        if subscribe.type.kind is ChannelKind.PRESENCE:
+            # Not served yet (docs/pusher.md): refused, and the session forgets it.
+            del conn.channels[channel]
+            conn.send(
+                wire.encode_subscription_error(
+                    channel, "NotServed", "presence channels are not served yet", 501
+                )
+            )
+            return
+        live = self.worker.hub.add(internal_name(conn.app.id, channel), conn, conn.sink)
+        reply = wire.encode_subscription_succeeded(channel)
+        if live.done():
+            conn.send(reply)
+        else:
+            live.add_done_callback(lambda _f: _if_subscribed(conn, channel, reply))
+
+    def _unsubscribe(self, conn: PusherConnection, unsubscribe: PusherUnsubscribe) -> None:
+        self.worker.hub.remove(internal_name(conn.app.id, unsubscribe.channel), conn)
+
+    def _client_event(self, conn: PusherConnection, event: ClientEvent) -> None:
+        publication = Publication(
+            event.data, Kind.PUB, event.event, event.origin, event.user_id or ""
+        )
+        self.worker.publish_publication(internal_name(conn.app.id, event.channel), publication)
+
+
+def _if_subscribed(conn: PusherConnection, channel: str, reply: bytes) -> None:
+    # The subscription may have been dropped (unsubscribe, close) while the bus made it.
+    if channel in conn.channels:
+        conn.send(reply)
+
+
+#: How the front carries out each outcome of a Pusher session.
+_CARRY_OUT: dict[type, Callable[[PusherFront, PusherConnection, Any], None]] = {
+    Reply: PusherFront._reply,
+    Close: PusherFront._close,
+    Nothing: PusherFront._nothing,
+    PusherSubscribe: PusherFront._subscribe,
+    PusherUnsubscribe: PusherFront._unsubscribe,
+    ClientEvent: PusherFront._client_event,
+}

@@ -1,0 +1,184 @@
+"""Real Pusher clients and helpers for the Pusher tests: pusher-js in Node
+(``tests/js/pusher_client.js``), driven over its stdin and stdout, a channel-auth
+endpoint signing with the official ``pusher`` SDK, and the worker a socket id was issued
+by. Node and pusher-js are required: a missing one fails the test (``.ci/run`` installs
+them), it never skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import subprocess
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pusher
+from serverproc import timeout
+
+from shardws.pure.cluster import slot_of
+from shardws.pure.pusher.channels import member_of
+
+JS = Path(__file__).parent / "js"
+SCRIPT = JS / "pusher_client.js"
+
+
+def node() -> str:
+    """The node executable; fails (never skips) when it or pusher-js is missing."""
+    path = shutil.which("node")
+    assert path is not None, "node is not installed: the Pusher tests need it (.ci/run)"
+    assert (JS / "node_modules" / "pusher-js").is_dir(), (
+        "pusher-js is not installed: run (cd tests/js && npm ci)"
+    )
+    return path
+
+
+def worker_of(socket_id: str) -> int:
+    """The worker slot that issued ``socket_id`` (its member id is packed in it)."""
+    member = member_of(socket_id)
+    assert member is not None, socket_id
+    return slot_of(member)
+
+
+class PusherJs:
+    """One pusher-js client in its own Node process. Everything it prints is kept in
+    order; :meth:`expect` waits (bounded) for the next line that matches."""
+
+    def __init__(self, key: str, port: int, auth_endpoint: str = "", **extra: Any) -> None:
+        options = {"key": key, "host": "127.0.0.1", "port": port, **extra}
+        if auth_endpoint:
+            options["authEndpoint"] = auth_endpoint
+        self.proc = subprocess.Popen(
+            [node(), str(SCRIPT), json.dumps(options)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.socket_id = ""
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def command(self, op: str, **fields: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, kind: str, limit: float = 10, **match: Any) -> dict[str, Any]:
+        """The next printed message of type ``kind`` whose fields equal ``match``
+        (others are kept in ``seen``); fails after ``limit`` seconds (scaled)."""
+        deadline = time.monotonic() + timeout(limit)
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {kind} {match} from pusher-js; saw {self.seen[-20:]}"
+            try:
+                message = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            assert message is not None, f"pusher-js exited; saw {self.seen[-20:]}"
+            self.seen.append(message)
+            if message.get("type") == kind and all(message.get(k) == v for k, v in match.items()):
+                return message
+
+    def connected(self) -> str:
+        """Wait for the connection; returns (and keeps) its socket id."""
+        self.socket_id = self.expect("connected")["socket_id"]
+        return self.socket_id
+
+    @property
+    def worker(self) -> int:
+        return worker_of(self.socket_id)
+
+    def subscribe(self, channel: str) -> dict[str, Any]:
+        self.command("subscribe", channel=channel)
+        return self.expect("subscribed", channel=channel)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.command("exit")
+                self.proc.wait(timeout(5))
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextmanager
+def pusher_clients(key: str, port: int, count: int, **options: Any) -> Iterator[list[PusherJs]]:
+    """``count`` connected pusher-js clients, closed on the way out."""
+    clients: list[PusherJs] = []
+    try:
+        for _ in range(count):
+            clients.append(PusherJs(key, port, **options))
+        for client in clients:
+            client.connected()
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+
+
+def on_two_workers(clients: list[PusherJs]) -> tuple[PusherJs, PusherJs]:
+    """Two of ``clients`` connected to different workers (fails if all share one)."""
+    first = clients[0]
+    other = next((c for c in clients[1:] if c.worker != first.worker), None)
+    assert other is not None, f"all {len(clients)} clients landed on worker {first.worker}"
+    return first, other
+
+
+class AuthEndpoint:
+    """The app's channel-auth endpoint, as an app backend runs it: pusher-js POSTs
+    ``socket_id`` and ``channel_name`` (and the client's ``params``), the official SDK's
+    ``authenticate`` signs. ``user`` in the params becomes the presence ``user_id``; a
+    channel whose name contains ``forged`` is signed with a wrong secret."""
+
+    def __init__(self, client: pusher.Pusher, forger: pusher.Pusher) -> None:
+        self.requests = 0
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                channel, socket_id = form["channel_name"], form["socket_id"]
+                signer = forger if "forged" in channel else client
+                custom = None
+                if channel.startswith("presence-"):
+                    user = form.get("user", "anonymous")
+                    custom = {"user_id": user, "user_info": {"name": user.title()}}
+                body = json.dumps(signer.authenticate(channel, socket_id, custom)).encode()
+                endpoint.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/pusher/auth"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> AuthEndpoint:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

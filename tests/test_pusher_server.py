@@ -1,0 +1,369 @@
+"""The Pusher protocol served end to end: a real ``shardws serve``, pusher-js in Node
+(``tests/pusherjs.py``), the official ``pusher`` Python SDK against the HTTP API on the
+admin listener, and raw WebSocket clients for the input pusher-js never sends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pusher
+import pytest
+import websockets
+from pusherjs import AuthEndpoint, PusherJs, on_two_workers, pusher_clients, worker_of
+from serverproc import ServerProcess, timeout
+from toolkit import run
+from wsclient import Client
+
+SECRET = "app-one-secret-0123456789"
+OTHER_SECRET = "app-two-secret-0123456789"
+APPS = f"""
+[[pusher.apps]]
+id = "1"
+key = "app-key"
+secret = "{SECRET}"
+client_events = true
+max_client_events_per_second = 2
+
+[[pusher.apps]]
+id = "2"
+key = "other-key"
+secret = "{OTHER_SECRET}"
+"""
+SERVER = {"workers": 2, "extra": APPS, "admin": 'api_key = "admin-api-key-0123456789"'}
+
+
+def sdk(
+    server: ServerProcess, app_id: str = "1", key: str = "app-key", secret: str = SECRET
+) -> pusher.Pusher:
+    """The official server SDK, pointed at the admin listener (docs/pusher.md)."""
+    return pusher.Pusher(
+        app_id=app_id, key=key, secret=secret, host="127.0.0.1", port=server.admin_port, ssl=False
+    )
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[PusherJs]:
+    js = PusherJs("app-key", server.ws_port)
+    try:
+        js.connected()
+        yield js
+    finally:
+        js.close()
+
+
+# -- connect, public channels, HTTP trigger ----------------------------------------------
+
+
+def test_pusher_js_receives_an_event_triggered_by_the_sdk(
+    server: ServerProcess, client: PusherJs
+) -> None:
+    assert worker_of(client.socket_id) in (0, 1)
+    client.subscribe("news")
+    assert sdk(server).trigger("news", "greeting", {"hello": "world", "n": 1}) == {}
+    event = client.expect("event", channel="news", event="greeting")
+    assert event["data"] == {"hello": "world", "n": 1}
+
+
+def test_a_trigger_reaches_every_worker_and_many_channels(server: ServerProcess) -> None:
+    with pusher_clients("app-key", server.ws_port, 6) as clients:
+        first, second = on_two_workers(clients)
+        first.subscribe("room-a")
+        second.subscribe("room-b")
+        sdk(server).trigger(["room-a", "room-b"], "tick", "plain text")
+        assert first.expect("event", event="tick")["data"] == "plain text"
+        assert second.expect("event", event="tick")["channel"] == "room-b"
+
+
+def test_batch_trigger(server: ServerProcess, client: PusherJs) -> None:
+    client.subscribe("batched")
+    batch = [
+        {"channel": "batched", "name": "one", "data": {"n": 1}},
+        {"channel": "batched", "name": "two", "data": {"n": 2}},
+    ]
+    assert sdk(server).trigger_batch(batch) == {}
+    assert client.expect("event", event="one")["data"] == {"n": 1}
+    assert client.expect("event", event="two")["data"] == {"n": 2}
+
+
+def test_socket_id_excludes_that_connection(server: ServerProcess) -> None:
+    with pusher_clients("app-key", server.ws_port, 2) as (sender, other):
+        sender.subscribe("excluding")
+        other.subscribe("excluding")
+        sdk(server).trigger("excluding", "not-to-sender", {}, socket_id=sender.socket_id)
+        other.expect("event", event="not-to-sender")
+        sdk(server).trigger("excluding", "marker", {})
+        sender.expect("event", event="marker")
+        assert not [m for m in sender.seen if m.get("event") == "not-to-sender"]
+
+
+def test_apps_and_native_channels_are_isolated(server: ServerProcess) -> None:
+    """The same channel name in two apps and in the native protocol: three channels."""
+
+    async def native_client() -> Client:
+        native = await Client.connect(server.url)
+        assert (await native.call("subscribe", channel="shared"))["ok"]
+        return native
+
+    with (
+        pusher_clients("app-key", server.ws_port, 1) as (mine,),
+        pusher_clients("other-key", server.ws_port, 1) as (theirs,),
+    ):
+        mine.subscribe("shared")
+        theirs.subscribe("shared")
+
+        async def scenario() -> list[dict[str, Any]]:
+            native = await native_client()
+            try:
+                sdk(server).trigger("shared", "for-app-1", {})
+                mine.expect("event", event="for-app-1")
+                # The native API reaches native channels only, and the last push
+                # the native client gets is its own marker.
+                status, _ = _native_publish(server, "shared", {"marker": True})
+                assert status == 200
+                return [await native.next_push()]
+            finally:
+                await native.close()
+
+        pushes = run(scenario())
+        assert pushes[0]["data"] == {"marker": True}
+        sdk(server, "2", "other-key", OTHER_SECRET).trigger("shared", "for-app-2", {})
+        theirs.expect("event", event="for-app-2")
+        assert not [m for m in theirs.seen if m.get("event") == "for-app-1"]
+        assert not [m for m in mine.seen if m.get("event") == "for-app-2"]
+
+
+def _native_publish(server: ServerProcess, channel: str, data: Any) -> tuple[int, Any]:
+    from serverproc import http_json
+
+    body = json.dumps({"channel": channel, "data": data}).encode()
+    return http_json(server.admin_url + "/api/publish", body, key="admin-api-key-0123456789")
+
+
+def test_native_channel_listing_shows_no_pusher_channel(
+    server: ServerProcess, client: PusherJs
+) -> None:
+    from serverproc import http_json
+
+    client.subscribe("listed-only-for-pusher")
+    status, body = http_json(server.admin_url + "/api/channels", key="admin-api-key-0123456789")
+    assert status == 200
+    assert not [name for name in body["channels"] if "listed-only-for-pusher" in name]
+
+
+# -- the HTTP API's refusals ---------------------------------------------------------------
+
+
+def test_wrong_signature_is_refused_and_nothing_is_published(
+    server: ServerProcess, client: PusherJs
+) -> None:
+    client.subscribe("guarded")
+    forger = sdk(server, secret="not-the-app-secret-at-all")
+    with pytest.raises(pusher.errors.PusherBadAuth):
+        forger.trigger("guarded", "forged", {})
+    with pytest.raises(pusher.errors.PusherBadStatus, match=r"^413"):
+        sdk(server).trigger("guarded", "too-big", "x" * 10241)  # the SDK allows 30 KB
+    with pytest.raises(pusher.errors.PusherBadRequest, match="presence-"):
+        sdk(server).channels_info("private-", ["user_count"])  # Pusher: presence- only
+    sdk(server).trigger("guarded", "marker", {})
+    client.expect("event", event="marker")
+    assert not [m for m in client.seen if m.get("event") in ("forged", "too-big")]
+
+
+def test_unknown_app_id_is_404(server: ServerProcess) -> None:
+    with pytest.raises(pusher.errors.PusherBadStatus, match=r"^404.*could not be found"):
+        sdk(server, app_id="99").trigger("news", "e", {})
+
+
+# -- the WebSocket endpoint's refusals and pings (raw clients) -------------------------
+
+
+async def _raw(server: ServerProcess, path: str) -> Any:
+    return await websockets.connect(
+        f"ws://127.0.0.1:{server.ws_port}{path}", ping_interval=None, max_size=None
+    )
+
+
+async def _next(ws: Any) -> dict[str, Any]:
+    message = json.loads(await asyncio.wait_for(ws.recv(), timeout(5)))
+    assert isinstance(message, dict)
+    return message
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/app/no-such-key?protocol=7", 4001),
+        ("/app/app-key?protocol=6", 4007),
+        ("/app/app-key?protocol=seven", 4006),
+        ("/app/app-key", 4008),
+        ("/app/", 4005),
+    ],
+)
+def test_refused_upgrades_get_the_pusher_code(server: ServerProcess, path: str, code: int) -> None:
+    async def scenario() -> None:
+        ws = await _raw(server, path)
+        error = await _next(ws)
+        assert error["event"] == "pusher:error" and error["data"]["code"] == code
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), timeout(5))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+
+    run(scenario())
+
+
+def test_established_ping_and_bad_input(server: ServerProcess, client: PusherJs) -> None:
+    client.subscribe("still-served")
+
+    async def scenario() -> None:
+        ws = await _raw(server, "/app/app-key?protocol=7&client=js&version=8.6.0")
+        try:
+            hello = await _next(ws)
+            assert hello["event"] == "pusher:connection_established"
+            data = json.loads(hello["data"])
+            assert data["activity_timeout"] == 120 and worker_of(data["socket_id"]) in (0, 1)
+            await ws.send(json.dumps({"event": "pusher:ping", "data": {}}))
+            assert (await _next(ws))["event"] == "pusher:pong"
+            for bad in ("not json", "[]", '{"event":"pusher:subscribe","data":{}}'):
+                await ws.send(bad)
+                error = await _next(ws)
+                assert error["event"] == "pusher:error" and error["data"]["code"] is None
+            await ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "a" * 201}}))
+            refused = await _next(ws)
+            assert refused["event"] == "pusher:subscription_error"
+            assert refused["data"]["status"] == 4009
+            # Still served: a public subscription succeeds after all that.
+            await ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "ok"}}))
+            succeeded = await _next(ws)
+            assert succeeded == {
+                "event": "pusher_internal:subscription_succeeded",
+                "channel": "ok",
+                "data": "{}",
+            }
+        finally:
+            await ws.close()
+
+    run(scenario())
+    sdk(server).trigger("still-served", "after-bad-input", {})
+    client.expect("event", event="after-bad-input")
+
+
+def test_unsubscribed_channel_gets_nothing_more(server: ServerProcess, client: PusherJs) -> None:
+    client.subscribe("leaving")
+    client.command("unsubscribe", channel="leaving")
+    client.subscribe("staying")
+    sdk(server).trigger("leaving", "gone", {})
+    sdk(server).trigger("staying", "marker", {})
+    client.expect("event", event="marker")
+    assert not [m for m in client.seen if m.get("event") == "gone"]
+
+
+def test_quiet_connection_is_pinged_then_closed_with_4201(tmp_path: Any) -> None:
+    apps = APPS.replace("max_client_events_per_second = 2", "activity_timeout = 1")
+    with ServerProcess(tmp_path, workers=1, extra=apps, server="ping_interval = 1").start() as proc:
+
+        async def scenario() -> None:
+            ws = await _raw(proc, "/app/app-key?protocol=7")
+            hello = await _next(ws)
+            assert hello["event"] == "pusher:connection_established"
+            ping = await asyncio.wait_for(_next(ws), timeout(10))
+            assert ping["event"] == "pusher:ping"
+            error = await asyncio.wait_for(_next(ws), timeout(10))
+            assert error["event"] == "pusher:error" and error["data"]["code"] == 4201
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), timeout(10))
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4201
+
+        run(scenario())
+
+
+# -- private channels and client events ---------------------------------------------------
+
+
+@pytest.fixture
+def auth(server: ServerProcess) -> Iterator[AuthEndpoint]:
+    forger = sdk(server, secret="not-the-app-secret-at-all")
+    with AuthEndpoint(sdk(server), forger) as endpoint:
+        yield endpoint
+
+
+def test_private_channel_through_a_real_auth_endpoint(
+    server: ServerProcess, auth: AuthEndpoint
+) -> None:
+    with pusher_clients("app-key", server.ws_port, 1, auth_endpoint=auth.url) as (js,):
+        js.subscribe("private-orders")
+        assert auth.requests >= 1
+        sdk(server).trigger("private-orders", "placed", {"id": 7})
+        assert js.expect("event", event="placed")["data"] == {"id": 7}
+        js.command("subscribe", channel="private-forged")
+        error = js.expect("subscription_error", channel="private-forged")["error"]
+        assert error["status"] == 401 and error["type"] == "AuthError"
+        sdk(server).trigger("private-forged", "secret", {})
+        sdk(server).trigger("private-orders", "marker", {})
+        js.expect("event", event="marker")
+        assert not [m for m in js.seen if m.get("event") == "secret"]
+
+
+def test_client_events_between_workers_are_not_echoed(
+    server: ServerProcess, auth: AuthEndpoint
+) -> None:
+    with pusher_clients("app-key", server.ws_port, 6, auth_endpoint=auth.url) as clients:
+        sender, receiver = on_two_workers(clients)
+        sender.subscribe("private-chat")
+        receiver.subscribe("private-chat")
+        sender.command("trigger", channel="private-chat", event="client-typing", data={"who": 1})
+        assert sender.expect("triggered")["ok"] is True
+        event = receiver.expect("event", event="client-typing")
+        assert event["data"] == {"who": 1} and event.get("user_id") is None
+        # The sender's own event never comes back: the next thing it gets is a marker.
+        receiver.command("trigger", channel="private-chat", event="client-reply", data={})
+        sender.expect("event", event="client-reply")
+        assert not [m for m in sender.seen if m.get("event") == "client-typing"]
+
+
+def test_client_events_are_rate_limited_and_refused_where_not_allowed(
+    server: ServerProcess, auth: AuthEndpoint
+) -> None:
+    async def scenario() -> None:
+        ws = await _raw(server, "/app/app-key?protocol=7")
+        other = await _raw(server, "/app/other-key?protocol=7")
+        try:
+            socket_id = json.loads((await _next(ws))["data"])["socket_id"]
+            signed = sdk(server).authenticate("private-fast", socket_id)
+            await ws.send(
+                json.dumps(
+                    {"event": "pusher:subscribe", "data": {"channel": "private-fast", **signed}}
+                )
+            )
+            assert (await _next(ws))["event"] == "pusher_internal:subscription_succeeded"
+            await ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "open"}}))
+            assert (await _next(ws))["event"] == "pusher_internal:subscription_succeeded"
+            # A public channel takes no client events (4009).
+            await ws.send(json.dumps({"event": "client-x", "channel": "open", "data": {}}))
+            refused = await _next(ws)
+            assert refused["event"] == "pusher:error" and refused["data"]["code"] == 4009
+            # max_client_events_per_second = 2: the burst passes, then 4301.
+            codes = []
+            for _ in range(6):
+                await ws.send(
+                    json.dumps({"event": "client-x", "channel": "private-fast", "data": {}})
+                )
+            await ws.send(json.dumps({"event": "pusher:ping", "data": {}}))
+            for _ in range(10):
+                message = await _next(ws)
+                if message["event"] == "pusher:pong":
+                    break
+                codes.append(message["data"]["code"])
+            assert codes and set(codes) == {4301}
+            # App 2 has client events switched off (4301 too, Soketi's answer).
+            await _next(other)  # connection_established
+            await other.send(json.dumps({"event": "client-x", "channel": "private-a", "data": {}}))
+            off = await _next(other)
+            assert off["data"]["code"] == 4301 and "client messaging" in off["data"]["message"]
+        finally:
+            await ws.close()
+            await other.close()
+
+    run(scenario())
