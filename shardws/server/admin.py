@@ -298,6 +298,15 @@ class Backend:
             ],
         }
 
+    async def pusher_users(self, channel: str) -> control.PusherUsersReply | None:
+        """The users of the Pusher presence channel ``channel`` (an internal name) from
+        its owner, or None if the owner did not answer within ``CHANNELS_TIMEOUT``."""
+        owner = owner_of(channel, self.members.owners())
+        request = control.PusherUsersRequest(channel)
+        answers, _missing = await self._requests.call({owner}, request, CHANNELS_TIMEOUT)
+        answer = answers.get(owner)
+        return answer if isinstance(answer, control.PusherUsersReply) else None
+
     def stats(self) -> dict[str, Any]:
         """The admin's own counters (``"admin"`` in ``GET /api/stats``)."""
         ingress = self.ingress

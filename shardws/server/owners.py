@@ -22,6 +22,8 @@ bus inbox (the owner operations of ``control``; their table is in
   change).
 * ``presence.list``, ``presence.stats`` — this worker's subscribers of a channel (asked
   of every worker).
+* ``pusher.join``, ``pusher.leave``, ``pusher.users`` — a Pusher presence channel's
+  roster, kept by its owner (``server.pusherpresence``).
 
 Guarantees (what ``docs/guarantees.md`` states and the tests check):
 
@@ -72,6 +74,9 @@ from shardws.pure.control import (
     PresenceMember,
     PresenceStatsReply,
     PresenceStatsRequest,
+    PusherJoinRequest,
+    PusherLeaveRequest,
+    PusherUsersRequest,
 )
 from shardws.pure.history import Position, RingState, owner_of
 from shardws.pure.protocol import CloseCode, ErrorCode, encode_publication
@@ -86,6 +91,7 @@ if TYPE_CHECKING:
     from shardws.pure.auth import Identity
     from shardws.pure.hub import Hub
     from shardws.server.delivery import Delivery
+    from shardws.server.pusherpresence import PresenceOwner
     from shardws.shm.view import Members
 
 log = logging.getLogger("shardws.owners")
@@ -155,6 +161,8 @@ class Owners:
         self.sequencer = Sequencer(self._options)
         self.tracker = Tracker()
         self.requests = Requests(worker.member, self._send)
+        #: The rosters of the Pusher presence channels owned here (set by the worker).
+        self.pusher_presence: PresenceOwner | None = None
         self.repairs = 0  # gaps repaired from the owner
         self.unrecoverable = 0  # gaps that could not be repaired (subscribers closed)
         self._pending: dict[str, list[_Pending]] = {}
@@ -253,6 +261,10 @@ class Owners:
             return self.local_presence(request.channel)
         if isinstance(request, PresenceStatsRequest):
             return self.local_presence_stats(request.channel)
+        if isinstance(request, PusherJoinRequest | PusherLeaveRequest | PusherUsersRequest):
+            if self.pusher_presence is None:
+                return OwnerRefusal("no Pusher presence here")
+            return self.pusher_presence.answer(request)
         if not isinstance(
             request, HistoryPublishRequest | HistoryPositionRequest | HistoryPageRequest
         ):

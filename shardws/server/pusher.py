@@ -25,20 +25,23 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from shardws.config import PusherAppConfig
 from shardws.core import TokenBucket
 from shardws.pure.auth import ANONYMOUS
+from shardws.pure.busframe import inbox_topic
+from shardws.pure.control import PusherJoinRequest, PusherLeaveRequest, encode_owner_request
 from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.pusher import wire
 from shardws.pure.pusher.admission import Admitted, Refused
-from shardws.pure.pusher.channels import ChannelKind, SocketIds, internal_name, pusher_name
-from shardws.pure.pusher.closecodes import for_native
+from shardws.pure.pusher.channels import SocketIds, internal_name, pusher_name
+from shardws.pure.pusher.closecodes import PusherCode, for_native
 from shardws.pure.pusher.session import (
     ClientEvent,
     Nothing,
@@ -50,6 +53,7 @@ from shardws.pure.pusher.session import (
 from shardws.pure.session import Close, Reply
 from shardws.server.connection import Connection
 from shardws.server.delivery import WireFormat
+from shardws.server.pusherpresence import PresenceOwner
 from shardws.shm.scoreboard import Column
 
 if TYPE_CHECKING:
@@ -141,6 +145,8 @@ class PusherFront:
         # The process's start time tells this incarnation's socket ids from those of an
         # earlier process with the same member id.
         self.socket_ids = SocketIds(worker.member, int(time.time() * 1000))
+        self.presence = PresenceOwner(worker)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def opened(self, conn: PusherConnection) -> None:
         """A connection's upgrade completed: refuse it, or give it its socket id and send
@@ -156,8 +162,11 @@ class PusherFront:
     def leave_all(self, conn: PusherConnection) -> None:
         """Leave every channel of ``conn`` (closing or closed)."""
         hub, app_id = self.worker.hub, conn.app.id
-        for channel in conn.channels:
-            hub.remove(internal_name(app_id, channel), conn)
+        for channel, member in conn.channels.items():
+            internal = internal_name(app_id, channel)
+            hub.remove(internal, conn)
+            if member is not None:
+                self._leave_owner(internal, conn.socket_id)
         conn.channels.clear()
         if conn.socket_id:
             self.worker.delivery.origin_sinks.pop(conn.socket_id, None)
@@ -197,24 +206,83 @@ class PusherFront:
 
     def _subscribe(self, conn: PusherConnection, subscribe: PusherSubscribe) -> None:
         channel = subscribe.channel
-        if subscribe.type.kind is ChannelKind.PRESENCE:
-            # Not served yet (docs/pusher.md): refused, and the session forgets it.
-            del conn.channels[channel]
-            conn.send(
-                wire.encode_subscription_error(
-                    channel, "NotServed", "presence channels are not served yet", 501
-                )
-            )
+        internal = internal_name(conn.app.id, channel)
+        if subscribe.member is not None:
+            # A pending member (no sink) until the owner has answered: the members it
+            # sends are those before this join, what the owner publishes after comes
+            # after its answer on the same bus pipe.
+            live = self.worker.hub.add(internal, conn, None)
+            self._spawn(self._join_presence(conn, channel, internal, subscribe.member, live))
             return
-        live = self.worker.hub.add(internal_name(conn.app.id, channel), conn, conn.sink)
+        live = self.worker.hub.add(internal, conn, conn.sink)
         reply = wire.encode_subscription_succeeded(channel)
         if live.done():
             conn.send(reply)
         else:
             live.add_done_callback(lambda _f: _if_subscribed(conn, channel, reply))
 
+    async def _join_presence(
+        self,
+        conn: PusherConnection,
+        channel: str,
+        internal: str,
+        member: PresenceMember,
+        live: asyncio.Future[bool],
+    ) -> None:
+        """Join a presence channel at its owner once the bus subscription is live, then
+        answer ``subscription_succeeded`` with the members and start delivering."""
+        await live
+        if conn.channels.get(channel) is not member or conn.closing:
+            return  # left meanwhile: the owner was never told
+        app = conn.app
+        request = PusherJoinRequest(
+            internal, conn.socket_id, member.user_id, member.user_info, app.max_presence_members
+        )
+        reply = await self.worker.owners.ask_owner(internal, request)
+        if conn.channels.get(channel) is not member or conn.closing:
+            return  # left meanwhile: its leave follows the join to the owner
+        if reply is None or reply.full:
+            del conn.channels[channel]
+            self.worker.hub.remove(internal, conn)
+            if reply is None:
+                error = wire.encode_subscription_error(
+                    channel, "ServerError", "The channel's owner did not answer; retry", 503
+                )
+            else:
+                # Soketi's answer; the owner counted the users cluster-wide.
+                self._leave_owner(internal, conn.socket_id)
+                error = wire.encode_subscription_error(
+                    channel,
+                    "LimitReached",
+                    f"The maximum number of members in this channel is {reply.full}.",
+                    int(PusherCode.OVER_CAPACITY),
+                )
+            conn.send(error)
+            return
+        conn.send(wire.encode_presence_succeeded(channel, reply.members))
+        self.worker.hub.activate(internal, conn, conn.sink)
+
+    def _leave_owner(self, internal: str, socket_id: str) -> None:
+        """Tell the presence channel's owner that ``socket_id`` left (a notification)."""
+        owners = self.worker.owners
+        owner = owners.owner(internal)
+        request = PusherLeaveRequest(internal, socket_id)
+        bus = self.worker.bus
+        if owner == self.worker.member:
+            owners.answer(request)
+        elif bus is not None:  # id 0: a notification, nobody waits for an answer
+            bus.publish(inbox_topic(owner), encode_owner_request(request, 0, self.worker.member))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)  # keep a reference until done (asyncio holds weak ones)
+        task.add_done_callback(self._tasks.discard)
+
     def _unsubscribe(self, conn: PusherConnection, unsubscribe: PusherUnsubscribe) -> None:
-        self.worker.hub.remove(internal_name(conn.app.id, unsubscribe.channel), conn)
+        internal = internal_name(conn.app.id, unsubscribe.channel)
+        self.worker.hub.remove(internal, conn)
+        if unsubscribe.member is not None:
+            self._leave_owner(internal, conn.socket_id)
 
     def _client_event(self, conn: PusherConnection, event: ClientEvent) -> None:
         publication = Publication(

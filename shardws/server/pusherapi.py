@@ -15,6 +15,7 @@ connection (the Pusher wire format excludes a publication's origin).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -23,7 +24,13 @@ from shardws.pure.busframe import channel_topic
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
 from shardws.pure.pusher import httpapi, wire
-from shardws.pure.pusher.channels import app_prefix, internal_name, pusher_name
+from shardws.pure.pusher.channels import (
+    ChannelKind,
+    app_prefix,
+    internal_name,
+    kind_of,
+    pusher_name,
+)
 from shardws.pure.pusher.httpapi import (
     ApiError,
     ChannelCounts,
@@ -69,15 +76,18 @@ class PusherApi:
             counts = await self._counts_for(request.app, sorted(wanted), info)
             return 200, httpapi.encode_batch(request.events, counts)
         if isinstance(request, ListChannels):
-            counts = await self._channel_counts(request.app, request.prefix)
+            counts = await self._channel_counts(request.app, request.prefix, request.info)
             return 200, httpapi.encode_channels(request, counts)
         if isinstance(request, GetChannel):
-            counts = await self._channel_counts(request.app, request.channel)
+            counts = await self._channel_counts(request.app, request.channel, request.info)
             found = counts.get(request.channel, ChannelCounts(0))
             return 200, httpapi.encode_channel(request, found)
         assert isinstance(request, GetUsers)
-        refusal = ApiError(501, "GET /apps/{id}/channels/{name}/users is not served yet")
-        return refusal.status, refusal.body
+        users = await self._backend.pusher_users(internal_name(request.app.id, request.channel))
+        if users is None:
+            refusal = ApiError(503, "The channel's owner did not answer; retry.")
+            return refusal.status, refusal.body
+        return 200, httpapi.encode_users(list(users.users))
 
     def _publish(self, app: PusherAppConfig, events: Iterable[httpapi.Event]) -> None:
         bus = self._backend.bus
@@ -97,20 +107,30 @@ class PusherApi:
         """The counts of ``channels`` when ``info`` asks any (else none: no round trip)."""
         if not info:
             return {}
-        counts: dict[str, ChannelCounts] = {}
-        for channel in channels:
-            found = await self._channel_counts(app, channel)
-            counts[channel] = found.get(channel, ChannelCounts(0))
-        return counts
+        names = list(dict.fromkeys(channels))
+        found = await asyncio.gather(*(self._channel_counts(app, c, info) for c in names))
+        return {c: f.get(c, ChannelCounts(0)) for c, f in zip(names, found, strict=True)}
 
-    async def _channel_counts(self, app: PusherAppConfig, prefix: str) -> dict[str, ChannelCounts]:
-        """Cluster-wide counts of ``app``'s channels whose names start with ``prefix``."""
+    async def _channel_counts(
+        self, app: PusherAppConfig, prefix: str, info: frozenset[str]
+    ) -> dict[str, ChannelCounts]:
+        """Cluster-wide counts of ``app``'s channels whose names start with ``prefix``
+        (``user_count`` of presence channels only when ``info`` asks it)."""
         body = await self._backend.channels(internal_name(app.id, prefix), LIST_LIMIT)
         if not body["complete"]:
             log.warning("pusher: counts without workers %s", body.get("missing"))
         start = app_prefix(app.id)
-        return {
-            pusher_name(name): ChannelCounts(count)
-            for name, count in body["channels"].items()
-            if name.startswith(start)
+        mine = {name: n for name, n in body["channels"].items() if name.startswith(start)}
+        presence = [
+            name
+            for name in mine
+            if "user_count" in info and kind_of(pusher_name(name)).kind is ChannelKind.PRESENCE
+        ]
+        # Distinct users come from each presence channel's owner, asked all at once.
+        rosters = await asyncio.gather(*(self._backend.pusher_users(name) for name in presence))
+        users = {
+            name: len(roster.users)
+            for name, roster in zip(presence, rosters, strict=True)
+            if roster is not None
         }
+        return {pusher_name(name): ChannelCounts(n, users.get(name)) for name, n in mine.items()}

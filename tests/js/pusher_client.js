@@ -1,17 +1,19 @@
 // One pusher-js client (the real library, its Node build) driven by a test.
 //
 // Usage: node pusher_client.js '{"key": "...", "host": "127.0.0.1", "port": 1234,
-//                                "authEndpoint": "http://..."}'
+//                                "authEndpoint": "http://...", "authParams": {...}}'
 // Commands arrive on stdin, one JSON object a line:
 //   {"op": "subscribe", "channel": "x"}            subscribe (auth through authEndpoint)
 //   {"op": "unsubscribe", "channel": "x"}
 //   {"op": "trigger", "channel": "x", "event": "client-e", "data": {...}}
+//   {"op": "bind", "channel": "x", "event": "e"}   a per-event binding (sees user_id)
 //   {"op": "exit"}                                 disconnect and exit
 // Everything the client sees is printed on stdout, one JSON object a line:
 //   {"type": "state", "previous": "...", "current": "..."}
 //   {"type": "connected", "socket_id": "..."}
 //   {"type": "error", "error": {...}}              pusher-js's connection error event
-//   {"type": "event", "channel": "x", "event": "...", "data": ..., "user_id": ...}
+//   {"type": "event", "channel": "x", "event": "...", "data": ...}   (every event)
+//   {"type": "bound", "channel": "x", "event": "...", "data": ..., "user_id": ...}
 //   {"type": "subscribed", "channel": "x", "members": {...}}   (members: presence only)
 //   {"type": "subscription_error", "channel": "x", "error": {...}}
 //   {"type": "member_added" | "member_removed", "channel": "x", "id": "...", "info": ...}
@@ -38,6 +40,7 @@ const pusher = new Pusher(options.key, {
   channelAuthorization: {
     endpoint: options.authEndpoint || "http://127.0.0.1:9/none",
     transport: "ajax",
+    params: options.authParams || {},
   },
 });
 
@@ -70,14 +73,13 @@ function subscribe(name) {
   channel.bind("pusher:member_removed", (member) =>
     print({ type: "member_removed", channel: name, id: member.id, info: member.info }),
   );
-  channel.bind_global((event, data, metadata) => {
+  channel.bind_global((event, data) => {
     if (event.startsWith("pusher:") || event.startsWith("pusher_internal:")) return;
     print({
       type: "event",
       channel: name,
       event: event,
       data: data,
-      user_id: metadata ? metadata.user_id : undefined,
     });
   });
 }
@@ -87,6 +89,14 @@ commands.on("line", (line) => {
   const command = JSON.parse(line);
   if (command.op === "subscribe") subscribe(command.channel);
   else if (command.op === "unsubscribe") pusher.unsubscribe(command.channel);
+  else if (command.op === "bind") {
+    // A per-event binding: pusher-js hands metadata (user_id) to these only.
+    pusher.channel(command.channel).bind(command.event, (data, metadata) => {
+      const user_id = metadata ? metadata.user_id : undefined;
+      print({ type: "bound", channel: command.channel, event: command.event, data, user_id });
+    });
+    print({ type: "bind_done", channel: command.channel, event: command.event });
+  }
   else if (command.op === "trigger") {
     const channel = pusher.channel(command.channel);
     const ok = channel ? channel.trigger(command.event, command.data) : false;

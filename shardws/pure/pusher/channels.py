@@ -118,6 +118,15 @@ def member_of(socket_id: str) -> int | None:
     return int(socket_id.partition(".")[0]) & 0xFFFFFFFF
 
 
+def incarnation_of(socket_id: str) -> int | None:
+    """The incarnation of the process that issued ``socket_id`` (:func:`socket_id`), or
+    None when ``socket_id`` does not have the form of one. A process's incarnations only
+    grow (its start time), so an older one belongs to a process that is gone."""
+    if not is_socket_id(socket_id):
+        return None
+    return int(socket_id.partition(".")[0]) >> 32
+
+
 class SocketIds:
     """The socket ids of one process: :func:`socket_id` with a counter that only grows."""
 

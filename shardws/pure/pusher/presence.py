@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardws.pure.pusher.channels import member_of
+from shardws.pure.pusher.channels import incarnation_of, member_of
 from shardws.pure.pusher.session import PresenceMember
 
 
@@ -85,11 +85,25 @@ class Roster:
         del self._sockets_of[member.user_id]
         return member.user_id
 
-    def leave_member(self, member: int) -> list[str]:
+    def leave_member(self, member: int, keep: int | None = None) -> list[str]:
         """Remove every subscription of the process whose member id is ``member`` (it
-        died or left the cluster): the users that left with it, in no set order."""
-        gone = [socket_id for socket_id in self._by_socket if member_of(socket_id) == member]
+        died or left the cluster) -- but those of incarnation ``keep``, when given (the
+        process that holds the member id now): the users that left with it, in no set
+        order."""
+        gone = [
+            socket_id
+            for socket_id in self._by_socket
+            if member_of(socket_id) == member
+            and (keep is None or incarnation_of(socket_id) != keep)
+        ]
         return [user for user in map(self.leave, gone) if user is not None]
+
+    def processes(self) -> set[tuple[int, int]]:
+        """The ``(member, incarnation)`` of every process with a subscription here."""
+        return {
+            (int(first) & 0xFFFFFFFF, int(first) >> 32)
+            for first, _, _ in (socket_id.partition(".") for socket_id in self._by_socket)
+        }
 
     def members(self) -> list[tuple[str, bytes | None]]:
         """One ``(user_id, user_info)`` per user, for ``subscription_succeeded`` and

@@ -1,0 +1,153 @@
+"""The owner's side of Pusher presence channels: one ``Roster`` per channel it owns.
+
+A presence channel's owner is its internal name's owner (``history.owner_of`` over the
+owners' view, as for history). Every subscriber worker asks it ``pusher.join`` before
+answering ``subscription_succeeded`` and tells it ``pusher.leave``; the owner alone
+decides ``member_added`` (a user's first connection) and ``member_removed`` (its last),
+and publishes them on the channel like any publication, with the connection as
+``origin`` (so the connection that caused it does not get it).
+
+Guarantees:
+
+* ``member_added`` and ``member_removed`` are announced once per user per run of
+  overlapping connections (``Roster``), cluster-wide, whichever workers they are on.
+* No zombies after a worker dies: on every heartbeat the owner drops the subscriptions
+  of processes that are gone (a slot of this host whose process changed or is not
+  alive, a member of another host that left the owners' view) and announces the users
+  that left with them; a join from a newer incarnation of a member drops its older
+  incarnation's subscriptions at once.
+
+Not covered yet (docs/pusher.md): the rosters of an owner that dies are lost with it,
+and they do not move when a reload changes the owners' view.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from shardws.pure.cluster import slot_of
+from shardws.pure.control import (
+    OwnerReply,
+    PusherJoinReply,
+    PusherJoinRequest,
+    PusherLeaveReply,
+    PusherLeaveRequest,
+    PusherUsersReply,
+    PusherUsersRequest,
+)
+from shardws.pure.publication import Kind, Publication
+from shardws.pure.pusher.channels import incarnation_of, member_of
+from shardws.pure.pusher.presence import Full, Roster
+from shardws.pure.pusher.session import PresenceMember
+from shardws.shm.scoreboard import Column
+
+if TYPE_CHECKING:
+    from shardws.server.worker import Worker
+
+log = logging.getLogger("shardws.pusher.presence")
+
+
+class PresenceOwner:
+    """The rosters of the presence channels this worker owns (see the module doc)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.rosters: dict[str, Roster] = {}
+        # member id -> (incarnation, pid) of the process we last saw subscriptions from
+        self._processes: dict[int, tuple[int, int]] = {}
+
+    def answer(
+        self, request: PusherJoinRequest | PusherLeaveRequest | PusherUsersRequest
+    ) -> OwnerReply:
+        """Carry out and answer one ``pusher.*`` owner request."""
+        if isinstance(request, PusherUsersRequest):
+            roster = self.rosters.get(request.channel)
+            if roster is None:
+                return PusherUsersReply((), 0)
+            users = tuple(user for user, _info in roster.members())
+            return PusherUsersReply(users, roster.subscription_count)
+        if isinstance(request, PusherLeaveRequest):
+            self._leave(request.channel, request.socket_id)
+            return PusherLeaveReply()
+        return self._join(request)
+
+    def _join(self, request: PusherJoinRequest) -> PusherJoinReply:
+        channel, socket_id = request.channel, request.socket_id
+        self._saw(socket_id)
+        roster = self.rosters.get(channel)
+        if roster is None:
+            roster = self.rosters[channel] = Roster(request.max_members)
+        joined = roster.join(socket_id, PresenceMember(request.user_id, request.user_info))
+        if isinstance(joined, Full):
+            if not roster.subscription_count:
+                del self.rosters[channel]
+            return PusherJoinReply((), joined.limit)
+        if joined.first:
+            data = request.user_info or b""
+            self._announce(channel, Publication(data, Kind.JOIN, "", socket_id, request.user_id))
+        return PusherJoinReply(tuple(roster.members()))
+
+    def _leave(self, channel: str, socket_id: str) -> None:
+        roster = self.rosters.get(channel)
+        if roster is None:
+            return
+        user = roster.leave(socket_id)
+        if user is not None:
+            self._announce(channel, Publication(b"", Kind.LEAVE, "", socket_id, user))
+        if not roster.subscription_count:
+            del self.rosters[channel]
+
+    def _announce(self, channel: str, publication: Publication) -> None:
+        self.worker.publish_publication(channel, publication)
+
+    # -- gone processes ----------------------------------------------------------------
+
+    def _pid_of(self, member: int) -> int:
+        """The pid in this host's scoreboard row of ``member`` (0 when not local)."""
+        if not self.worker.members.is_local(member):
+            return 0
+        return int(self.worker.board.row(slot_of(member))[Column.PID])
+
+    def _saw(self, socket_id: str) -> None:
+        """A join from ``socket_id``: remember its process; a newer incarnation of a
+        member means the older one is gone."""
+        member, incarnation = member_of(socket_id), incarnation_of(socket_id)
+        assert member is not None and incarnation is not None  # checked by the decoder
+        known = self._processes.get(member)
+        if known is not None and known[0] == incarnation:
+            return
+        if known is not None and known[0] > incarnation:
+            return  # a late join of a process already replaced: the check drops it
+        self._processes[member] = (incarnation, self._pid_of(member))
+        if known is not None:
+            self._drop(member, keep=incarnation)
+
+    def check_processes(self) -> None:
+        """Drop the subscriptions of processes that are gone (called per heartbeat): a
+        slot of this host whose pid is no longer the one that joined (it died, or was
+        replaced: the supervisor zeroes a dead worker's row), a member of another host
+        that is not among the live hosts' ready workers."""
+        if not self.rosters:
+            self._processes.clear()
+            return
+        members = self.worker.members
+        elsewhere: set[int] | None = None
+        for member in {m for roster in self.rosters.values() for m, _ in roster.processes()}:
+            if members.is_local(member):
+                known = self._processes.get(member)
+                gone = known is None or self._pid_of(member) != known[1]
+            else:
+                if elsewhere is None:
+                    elsewhere = members.ready_workers()
+                gone = member not in elsewhere
+            if gone:
+                self._drop(member, keep=None)
+                self._processes.pop(member, None)
+
+    def _drop(self, member: int, keep: int | None) -> None:
+        for channel, roster in list(self.rosters.items()):
+            for user in roster.leave_member(member, keep):
+                self._announce(channel, Publication(b"", Kind.LEAVE, "", "", user))
+            if not roster.subscription_count:
+                del self.rosters[channel]
