@@ -16,7 +16,7 @@ import pytest
 import websockets
 from pusherjs import AuthEndpoint, PusherJs, on_two_workers, pusher_clients, worker_of
 from serverproc import ServerProcess, timeout
-from toolkit import run
+from toolkit import run, wait_until
 from wsclient import Client
 
 from shardws.pure.history import owner_of
@@ -36,6 +36,12 @@ max_client_events_per_second = 2
 id = "2"
 key = "other-key"
 secret = "{OTHER_SECRET}"
+
+[[pusher.apps]]
+id = "3"
+key = "tiny-key"
+secret = "{SECRET}"
+max_presence_members = 1
 """
 SERVER = {"workers": 2, "extra": APPS, "admin": 'api_key = "admin-api-key-0123456789"'}
 
@@ -516,3 +522,39 @@ def test_sdk_reads_cluster_wide_counts_and_users(server: ServerProcess, auth: Au
         # Another app sees none of them.
         other = sdk(server, "2", "other-key", OTHER_SECRET)
         assert public not in other.channels_info()["channels"]
+
+
+def test_a_full_presence_channel_refuses_new_users_only(server: ServerProcess) -> None:
+    tiny = sdk(server, "3", "tiny-key", SECRET)
+
+    async def join(user: str) -> tuple[Any, dict[str, Any]]:
+        ws = await _raw(server, "/app/tiny-key?protocol=7")
+        socket_id = json.loads((await _next(ws))["data"])["socket_id"]
+        signed = tiny.authenticate("presence-tiny", socket_id, {"user_id": user})
+        subscribe = {"event": "pusher:subscribe", "data": {"channel": "presence-tiny", **signed}}
+        await ws.send(json.dumps(subscribe))
+        return ws, await _next(ws)
+
+    async def scenario() -> None:
+        first, answer = await join("ann")
+        again, second_answer = await join("ann")  # the same user: always in
+        other, refused = await join("bob")
+        try:
+            assert answer["event"] == "pusher_internal:subscription_succeeded"
+            assert second_answer["event"] == "pusher_internal:subscription_succeeded"
+            assert refused["event"] == "pusher:subscription_error"
+            assert refused["data"]["type"] == "LimitReached" and refused["data"]["status"] == 4100
+        finally:
+            for ws in (first, again, other):
+                await ws.close()
+
+    run(scenario())
+    # Once ann has gone, bob gets in: the refusal left nothing behind at the owner.
+    wait_until(lambda: tiny.users_info("presence-tiny") == {"users": []})
+
+    async def bob_again() -> None:
+        ws, answer = await join("bob")
+        await ws.close()
+        assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+
+    run(bob_again())

@@ -485,8 +485,8 @@ class HistoryPageRequest(OwnerRequest[HistoryPageReply]):
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryHandoverReply(OwnerReply):
-    """The rings were taken (sent only if the hand-over was asked with an id)."""
+class _Done(OwnerReply):
+    """A reply that says only that the request was carried out: ``{"ok": true}``."""
 
     def fields(self) -> dict[str, Any]:
         return {"ok": True}
@@ -496,6 +496,11 @@ class HistoryHandoverReply(OwnerReply):
         if fields.get("ok") is not True:
             raise ValueError("ok must be true")
         return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryHandoverReply(_Done):
+    """The rings were taken (sent only if the hand-over was asked with an id)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -761,17 +766,8 @@ class PusherJoinRequest(OwnerRequest[PusherJoinReply]):
 
 
 @dataclass(frozen=True, slots=True)
-class PusherLeaveReply(OwnerReply):
+class PusherLeaveReply(_Done):
     """The subscription is out (sent only if the leave was asked with an id)."""
-
-    def fields(self) -> dict[str, Any]:
-        return {"ok": True}
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        if fields.get("ok") is not True:
-            raise ValueError("ok must be true")
-        return cls()
 
 
 @dataclass(frozen=True, slots=True)
