@@ -94,6 +94,16 @@ class PusherJs:
             if message.get("type") == kind and all(message.get(k) == v for k, v in match.items()):
                 return message
 
+    def take_pending(self) -> None:
+        """Move every line printed so far into ``seen``, without waiting."""
+        while True:
+            try:
+                message = self.lines.get_nowait()
+            except queue.Empty:
+                return
+            if message is not None:
+                self.seen.append(message)
+
     def connected(self) -> str:
         """Wait for the connection; returns (and keeps) its socket id."""
         self.socket_id = self.expect("connected")["socket_id"]

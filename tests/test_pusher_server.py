@@ -558,3 +558,54 @@ def test_a_full_presence_channel_refuses_new_users_only(server: ServerProcess) -
         assert answer["event"] == "pusher_internal:subscription_succeeded", answer
 
     run(bob_again())
+
+
+# -- reconnects ----------------------------------------------------------------------------
+
+
+def _resubscribed(client: PusherJs, channel: str, old_socket: str) -> str:
+    """Wait until ``client`` is connected again with a new socket id and subscribed to
+    ``channel`` again (pusher-js resubscribes by itself); returns the new socket id."""
+    while True:
+        socket_id = client.expect("connected", limit=30)["socket_id"]
+        if socket_id != old_socket:
+            break
+    client.expect("subscribed", channel=channel, limit=15)
+    return socket_id
+
+
+def test_pusher_js_reconnects_after_its_worker_is_killed(tmp_path: Any) -> None:
+    with (
+        ServerProcess(tmp_path, workers=2, extra=APPS).start() as proc,
+        pusher_clients("app-key", proc.ws_port, 1) as (client,),
+    ):
+        client.subscribe("survivor")
+        pid = {w["worker"]: w["pid"] for w in proc.wait_healthy()["per_worker"]}[client.worker]
+        os.kill(pid, signal.SIGKILL)
+        _resubscribed(client, "survivor", client.socket_id)
+        sdk(proc).trigger("survivor", "after-kill", {"ok": True})
+        assert client.expect("event", event="after-kill")["data"] == {"ok": True}
+
+
+def test_pusher_js_reconnects_at_once_after_a_drain(tmp_path: Any) -> None:
+    with (
+        ServerProcess(tmp_path, workers=2, extra=APPS).start() as proc,
+        pusher_clients("app-key", proc.ws_port, 1) as (client,),
+    ):
+        client.subscribe("drained")
+        proc.signal(signal.SIGHUP)  # a reload: every worker drains and is replaced
+        error = client.expect("error", limit=30)["error"]
+        assert error["data"]["code"] == 4200  # reconnect at once (closecodes: 1001 -> 4200)
+        _resubscribed(client, "drained", client.socket_id)
+        proc.wait_log("reload complete", 1, 60)
+        # It may have reached an old worker that drained after it: then it reconnected
+        # once more, and must be subscribed since its last connect.
+        client.take_pending()
+        states = [m["current"] for m in client.seen if m.get("type") == "state"]
+        if states[-1] != "connected":
+            client.expect("connected", limit=30)
+        last = max(i for i, m in enumerate(client.seen) if m.get("type") == "connected")
+        if not any(m.get("type") == "subscribed" for m in client.seen[last:]):
+            client.expect("subscribed", channel="drained", limit=15)
+        sdk(proc).trigger("drained", "after-drain", {"ok": True})
+        assert client.expect("event", event="after-drain")["data"] == {"ok": True}
