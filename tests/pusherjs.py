@@ -156,11 +156,30 @@ class AuthEndpoint:
     ``authenticate`` signs. ``user`` in the params becomes the presence ``user_id``; a
     channel whose name contains ``forged`` is signed with a wrong secret."""
 
-    def __init__(self, client: pusher.Pusher, forger: pusher.Pusher) -> None:
+    def __init__(
+        self,
+        client: pusher.Pusher,
+        forger: pusher.Pusher,
+        files: dict[str, tuple[str, bytes]] | None = None,
+    ) -> None:
+        """``files``: what GET serves, by path: ``(content type, body)`` (a test page
+        and pusher-js's browser build, from the same origin as the endpoint)."""
         self.requests = 0
         endpoint = self
+        served = files or {}
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                found = served.get(self.path.partition("?")[0])
+                if found is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", found[0])
+                self.send_header("Content-Length", str(len(found[1])))
+                self.end_headers()
+                self.wfile.write(found[1])
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
@@ -182,7 +201,8 @@ class AuthEndpoint:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/pusher/auth"
+        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = self.origin + "/pusher/auth"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> AuthEndpoint:
