@@ -145,6 +145,15 @@ OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
         control.PusherUsersRequest("|app|presence-a"),
         control.PusherUsersReply(("ann", "bob"), 3),
     ),
+    (
+        control.PusherCachePutRequest("|1|cache-a", '{"event":"é"}'.encode(), 1800.0),
+        control.PusherCachePutReply(),
+    ),
+    (
+        control.PusherCacheGetRequest("|1|cache-a"),
+        control.PusherCacheGetReply('{"event":"é"}'.encode()),
+    ),
+    (control.PusherCacheGetRequest("|1|cache-a"), control.PusherCacheGetReply(None)),
 ]
 
 
@@ -178,6 +187,8 @@ def test_owner_op_names_are_the_documented_ones() -> None:
         "pusher.join",
         "pusher.leave",
         "pusher.users",
+        "pusher.cache_put",
+        "pusher.cache_get",
     }
     assert {type(request) for request, _ in OWNER_EXCHANGES} == set(control.OWNER_REQUESTS.values())
 
@@ -214,6 +225,10 @@ BAD_OWNER_REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ("history.handover", {"rings": {"h:a": {**RING_FIELDS, "entries": [[6, 1.0, b"", None]]}}}),
     ("presence.list", {}),
     ("presence.stats", {"channel": "bad channel!"}),
+    ("pusher.cache_put", {"channel": "|1|cache-a", "event": "{}", "ttl": 0}),
+    ("pusher.cache_put", {"channel": "|1|cache-a", "event": "{}", "ttl": True}),
+    ("pusher.cache_put", {"channel": "|1|cache-a", "event": None, "ttl": 1}),
+    ("pusher.cache_get", {"channel": "cache-a"}),
     # A Pusher op takes internal names only: never a native channel.
     ("pusher.users", {"channel": "presence-a"}),
     ("pusher.users", {"channel": "|1presence-a"}),
@@ -290,6 +305,7 @@ BAD_OWNER_REPLIES: list[tuple[control.OwnerRequest[Any], dict[str, Any]]] = [
     (control.PusherJoinRequest("|1|p", "1.2", "a", None, 1), {"members": [["a", {}]], "full": 0}),
     (control.PusherJoinRequest("|1|p", "1.2", "a", None, 1), {"members": []}),
     (control.PusherUsersRequest("|1|p"), {"users": [1], "subscriptions": 1}),
+    (control.PusherCacheGetRequest("|1|p"), {"event": {}}),
 ]
 
 

@@ -609,3 +609,30 @@ def test_pusher_js_reconnects_at_once_after_a_drain(tmp_path: Any) -> None:
             client.expect("subscribed", channel="drained", limit=15)
         sdk(proc).trigger("drained", "after-drain", {"ok": True})
         assert client.expect("event", event="after-drain")["data"] == {"ok": True}
+
+
+# -- cache channels ------------------------------------------------------------------------
+
+
+def test_cache_channels_replay_the_last_event_or_say_miss(
+    server: ServerProcess, auth: AuthEndpoint
+) -> None:
+    with pusher_clients("app-key", server.ws_port, 6, auth_endpoint=auth.url) as clients:
+        early, late = on_two_workers(clients)
+        early.subscribe("cache-prices")
+        early.expect("cache_miss", channel="cache-prices")
+        sdk(server).trigger("cache-prices", "price", {"v": 1})
+        sdk(server).trigger("cache-prices", "price", {"v": 2})
+        assert early.expect("event", event="price")["data"] == {"v": 1}
+        assert early.expect("event", event="price")["data"] == {"v": 2}
+        # A later subscriber on another worker gets the last one right after subscribing.
+        late.subscribe("cache-prices")
+        assert late.expect("event", channel="cache-prices")["data"] == {"v": 2}
+        assert not [m for m in late.seen if m.get("type") == "cache_miss"]
+        # A private cache channel, through the auth endpoint, and apps stay apart.
+        sdk(server).trigger("private-cache-desk", "note", "kept")
+        late.subscribe("private-cache-desk")
+        assert late.expect("event", channel="private-cache-desk")["data"] == "kept"
+    with pusher_clients("other-key", server.ws_port, 1) as (other,):
+        other.subscribe("cache-prices")
+        other.expect("cache_miss", channel="cache-prices")

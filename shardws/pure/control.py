@@ -807,11 +807,9 @@ class PusherUsersReply(OwnerReply):
 
 
 @dataclass(frozen=True, slots=True)
-class PusherUsersRequest(OwnerRequest[PusherUsersReply]):
-    """The users of the presence ``channel`` (an internal name), from its owner."""
+class _PusherChannelRequest(OwnerRequest[_ReplyT]):
+    """A request whose only member is ``channel``, a Pusher channel's internal name."""
 
-    op: ClassVar[str] = "pusher.users"
-    reply_type: ClassVar[type[OwnerReply]] = PusherUsersReply
     channel: str
 
     def fields(self) -> dict[str, Any]:
@@ -820,6 +818,67 @@ class PusherUsersRequest(OwnerRequest[PusherUsersReply]):
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
         return cls(_pusher_channel(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class PusherUsersRequest(_PusherChannelRequest[PusherUsersReply]):
+    """The users of the presence ``channel`` (an internal name), from its owner."""
+
+    op: ClassVar[str] = "pusher.users"
+    reply_type: ClassVar[type[OwnerReply]] = PusherUsersReply
+
+
+# -- pusher.cache_put, pusher.cache_get (a Pusher cache channel's owner)
+
+
+@dataclass(frozen=True, slots=True)
+class PusherCachePutReply(_Done):
+    """The event was kept (sent only if the put was asked with an id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PusherCachePutRequest(OwnerRequest[PusherCachePutReply]):
+    """Keep ``event`` (the message subscribers got, JSON text) as the cache ``channel``'s
+    (an internal name) last event for ``ttl`` seconds (a notification: id 0)."""
+
+    op: ClassVar[str] = "pusher.cache_put"
+    reply_type: ClassVar[type[OwnerReply]] = PusherCachePutReply
+    channel: str
+    event: bytes
+    ttl: float
+
+    def fields(self) -> dict[str, Any]:
+        return {"channel": self.channel, "event": self.event.decode(), "ttl": self.ttl}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        ttl = fields.get("ttl")
+        if not (type(ttl) is int or type(ttl) is float) or not ttl > 0:
+            raise ValueError("ttl must be a number > 0")
+        return cls(_pusher_channel(fields), _str(fields, "event").encode(), float(ttl))
+
+
+@dataclass(frozen=True, slots=True)
+class PusherCacheGetReply(OwnerReply):
+    """The cache channel's last event (JSON text to send as is), or None: a miss."""
+
+    event: bytes | None
+
+    def fields(self) -> dict[str, Any]:
+        return {"event": None if self.event is None else self.event.decode()}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_optional_json(fields, "event"))
+
+
+@dataclass(frozen=True, slots=True)
+class PusherCacheGetRequest(_PusherChannelRequest[PusherCacheGetReply]):
+    """The last event of the cache ``channel`` (an internal name), if younger than its
+    TTL."""
+
+    op: ClassVar[str] = "pusher.cache_get"
+    reply_type: ClassVar[type[OwnerReply]] = PusherCacheGetReply
 
 
 #: The owner operations by op name.
@@ -836,6 +895,8 @@ OWNER_REQUESTS: dict[str, type[OwnerRequest[Any]]] = {
         PusherJoinRequest,
         PusherLeaveRequest,
         PusherUsersRequest,
+        PusherCachePutRequest,
+        PusherCacheGetRequest,
     )
 }
 

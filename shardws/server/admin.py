@@ -298,6 +298,14 @@ class Backend:
             ],
         }
 
+    def notify_owner(self, channel: str, request: control.OwnerRequest[Any]) -> None:
+        """Send ``request`` to ``channel``'s owner as a notification (nobody waits)."""
+        assert self.bus is not None
+        owner = owner_of(channel, self.members.owners())
+        self.bus.publish(
+            inbox_topic(owner), control.encode_owner_request(request, 0, self.members.me)
+        )
+
     async def pusher_users(self, channel: str) -> control.PusherUsersReply | None:
         """The users of the Pusher presence channel ``channel`` (an internal name) from
         its owner, or None if the owner did not answer within ``CHANNELS_TIMEOUT``."""

@@ -23,7 +23,7 @@ bus inbox (the owner operations of ``control``; their table is in
 * ``presence.list``, ``presence.stats`` — this worker's subscribers of a channel (asked
   of every worker).
 * ``pusher.join``, ``pusher.leave``, ``pusher.users`` — a Pusher presence channel's
-  roster, kept by its owner (``server.pusherpresence``).
+  roster, kept by its owner (``server.pusherowner``).
 
 Guarantees (what ``docs/guarantees.md`` states and the tests check):
 
@@ -74,9 +74,6 @@ from shardws.pure.control import (
     PresenceMember,
     PresenceStatsReply,
     PresenceStatsRequest,
-    PusherJoinRequest,
-    PusherLeaveRequest,
-    PusherUsersRequest,
 )
 from shardws.pure.history import Position, RingState, owner_of
 from shardws.pure.protocol import CloseCode, ErrorCode, encode_publication
@@ -84,6 +81,7 @@ from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
 from shardws.pure.pusher.channels import is_internal
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
+from shardws.server.pusherowner import PusherRequest
 from shardws.server.ringfile import load_rings, rings_path, save_rings
 
 if TYPE_CHECKING:
@@ -91,7 +89,7 @@ if TYPE_CHECKING:
     from shardws.pure.auth import Identity
     from shardws.pure.hub import Hub
     from shardws.server.delivery import Delivery
-    from shardws.server.pusherpresence import PresenceOwner
+    from shardws.server.pusherowner import PusherOwner
     from shardws.shm.view import Members
 
 log = logging.getLogger("shardws.owners")
@@ -162,7 +160,7 @@ class Owners:
         self.tracker = Tracker()
         self.requests = Requests(worker.member, self._send)
         #: The rosters of the Pusher presence channels owned here (set by the worker).
-        self.pusher_presence: PresenceOwner | None = None
+        self.pusher_owner: PusherOwner | None = None
         self.repairs = 0  # gaps repaired from the owner
         self.unrecoverable = 0  # gaps that could not be repaired (subscribers closed)
         self._pending: dict[str, list[_Pending]] = {}
@@ -261,10 +259,10 @@ class Owners:
             return self.local_presence(request.channel)
         if isinstance(request, PresenceStatsRequest):
             return self.local_presence_stats(request.channel)
-        if isinstance(request, PusherJoinRequest | PusherLeaveRequest | PusherUsersRequest):
-            if self.pusher_presence is None:
+        if isinstance(request, PusherRequest):
+            if self.pusher_owner is None:
                 return OwnerRefusal("no Pusher presence here")
-            return self.pusher_presence.answer(request)
+            return self.pusher_owner.answer(request)
         if not isinstance(
             request, HistoryPublishRequest | HistoryPositionRequest | HistoryPageRequest
         ):

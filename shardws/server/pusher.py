@@ -35,12 +35,17 @@ from shardws.config import PusherAppConfig
 from shardws.core import TokenBucket
 from shardws.pure.auth import ANONYMOUS
 from shardws.pure.busframe import inbox_topic
-from shardws.pure.control import PusherJoinRequest, PusherLeaveRequest, encode_owner_request
+from shardws.pure.control import (
+    PusherCacheGetRequest,
+    PusherJoinRequest,
+    PusherLeaveRequest,
+    encode_owner_request,
+)
 from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.pusher import wire
 from shardws.pure.pusher.admission import Admitted, Refused
-from shardws.pure.pusher.channels import SocketIds, internal_name, pusher_name
+from shardws.pure.pusher.channels import SocketIds, internal_name, kind_of, pusher_name
 from shardws.pure.pusher.closecodes import PusherCode, for_native
 from shardws.pure.pusher.session import (
     ClientEvent,
@@ -53,7 +58,7 @@ from shardws.pure.pusher.session import (
 from shardws.pure.session import Close, Reply
 from shardws.server.connection import Connection
 from shardws.server.delivery import WireFormat
-from shardws.server.pusherpresence import PresenceOwner
+from shardws.server.pusherowner import PusherOwner
 from shardws.shm.scoreboard import Column
 
 if TYPE_CHECKING:
@@ -145,7 +150,7 @@ class PusherFront:
         # The process's start time tells this incarnation's socket ids from those of an
         # earlier process with the same member id.
         self.socket_ids = SocketIds(worker.member, int(time.time() * 1000))
-        self.presence = PresenceOwner(worker)
+        self.owner = PusherOwner(worker)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def opened(self, conn: PusherConnection) -> None:
@@ -216,10 +221,31 @@ class PusherFront:
             return
         live = self.worker.hub.add(internal, conn, conn.sink)
         reply = wire.encode_subscription_succeeded(channel)
+        cache = subscribe.type.cache
         if live.done():
             conn.send(reply)
+            if cache:
+                self._spawn(self._replay_cache(conn, channel, internal))
         else:
-            live.add_done_callback(lambda _f: _if_subscribed(conn, channel, reply))
+            live.add_done_callback(lambda _f: self._succeeded(conn, channel, internal, cache))
+
+    def _succeeded(self, conn: PusherConnection, channel: str, internal: str, cache: bool) -> None:
+        # The subscription may have been dropped (unsubscribe, close) while the bus made it.
+        if channel in conn.channels:
+            conn.send(wire.encode_subscription_succeeded(channel))
+            if cache:
+                self._spawn(self._replay_cache(conn, channel, internal))
+
+    async def _replay_cache(self, conn: PusherConnection, channel: str, internal: str) -> None:
+        """After ``subscription_succeeded`` on a cache channel: its last event from the
+        channel's owner, or ``pusher:cache_miss`` (also when the owner did not answer)."""
+        reply = await self.worker.owners.ask_owner(internal, PusherCacheGetRequest(internal))
+        if channel not in conn.channels:
+            return
+        if reply is None or reply.event is None:
+            conn.send(wire.encode_cache_miss(channel))
+        else:
+            conn.send(reply.event)
 
     async def _join_presence(
         self,
@@ -261,6 +287,8 @@ class PusherFront:
             return
         conn.send(wire.encode_presence_succeeded(channel, reply.members))
         self.worker.hub.activate(internal, conn, conn.sink)
+        if kind_of(channel).cache:
+            await self._replay_cache(conn, channel, internal)
 
     def _leave_owner(self, internal: str, socket_id: str) -> None:
         """Tell the presence channel's owner that ``socket_id`` left (a notification)."""
@@ -289,12 +317,6 @@ class PusherFront:
             event.data, Kind.PUB, event.event, event.origin, event.user_id or ""
         )
         self.worker.publish_publication(internal_name(conn.app.id, event.channel), publication)
-
-
-def _if_subscribed(conn: PusherConnection, channel: str, reply: bytes) -> None:
-    # The subscription may have been dropped (unsubscribe, close) while the bus made it.
-    if channel in conn.channels:
-        conn.send(reply)
 
 
 #: How the front carries out each outcome of a Pusher session.

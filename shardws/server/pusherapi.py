@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from shardws.pure.busframe import channel_topic
+from shardws.pure.control import PusherCachePutRequest
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
 from shardws.pure.pusher import httpapi, wire
@@ -98,7 +99,12 @@ class PusherApi:
             )
             record = publication_record(publication)
             for channel in event.channels:
-                bus.publish(channel_topic(internal_name(app.id, channel)), record)
+                internal = internal_name(app.id, channel)
+                bus.publish(channel_topic(internal), record)
+                if kind_of(channel).cache:  # its owner keeps it for later subscribers
+                    encoded = wire.encode_event(event.name, channel, publication.data)
+                    put = PusherCachePutRequest(internal, encoded, app.cache_ttl)
+                    self._backend.notify_owner(internal, put)
             self.events += 1
 
     async def _counts_for(

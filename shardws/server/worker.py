@@ -163,7 +163,7 @@ class Worker:
         # user -> that user's connections here, subscribed to the user's bus topic.
         self.users = Hub(self._bus_subscribe_user, self._bus_unsubscribe_user)
         self.pusher = PusherFront(self)
-        self.owners.pusher_presence = self.pusher.presence
+        self.owners.pusher_owner = self.pusher.owner
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -321,7 +321,8 @@ class Worker:
         self.latency.store(row)
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         self.owners.on_view()
-        self.pusher.presence.check_processes()
+        self.pusher.owner.check_processes()
+        self.pusher.owner.expire()
         now = time.monotonic()
         if now >= self._next_position_check:
             self._next_position_check = now + POSITION_CHECK_INTERVAL

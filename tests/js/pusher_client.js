@@ -18,6 +18,7 @@
 //   {"type": "subscription_error", "channel": "x", "error": {...}}
 //   {"type": "member_added" | "member_removed", "channel": "x", "id": "...", "info": ...}
 //   {"type": "triggered", "channel": "x", "ok": true|false}
+//   {"type": "cache_miss", "channel": "x"}          a cache channel had nothing to replay
 // The process exits by itself after 120 s, so a test that dies cannot leave it behind.
 
 "use strict";
@@ -67,6 +68,7 @@ function subscribe(name) {
   channel.bind("pusher:subscription_error", (error) =>
     print({ type: "subscription_error", channel: name, error: error }),
   );
+  channel.bind("pusher:cache_miss", () => print({ type: "cache_miss", channel: name }));
   channel.bind("pusher:member_added", (member) =>
     print({ type: "member_added", channel: name, id: member.id, info: member.info }),
   );

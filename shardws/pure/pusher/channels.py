@@ -170,6 +170,11 @@ def is_internal(name: str) -> bool:
     return name.startswith(INTERNAL_MARK)
 
 
+def app_of(internal: str) -> str:
+    """The app id of an :func:`internal_name`."""
+    return internal[1 : internal.index(INTERNAL_MARK, 1)]
+
+
 def pusher_name(internal: str) -> str:
     """The Pusher channel name of an :func:`internal_name` (what clients see)."""
     return internal[internal.index(INTERNAL_MARK, 1) + 1 :]

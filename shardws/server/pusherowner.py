@@ -1,4 +1,10 @@
-"""The owner's side of Pusher presence channels: one ``Roster`` per channel it owns.
+"""The owner's side of Pusher presence and cache channels: one ``Roster`` per presence
+channel it owns, the last events of the cache channels it owns (``LastEvents``).
+
+Cache channels: the HTTP API tells the channel's owner each event it publishes to a
+cache channel (``pusher.cache_put``); a subscriber worker asks the owner for it
+(``pusher.cache_get``) after ``subscription_succeeded`` and sends it, or
+``pusher:cache_miss``. Client events are not kept (as Soketi).
 
 A presence channel's owner is its internal name's owner (``history.owner_of`` over the
 owners' view, as for history). Every subscriber worker asks it ``pusher.join`` before
@@ -24,11 +30,16 @@ and they do not move when a reload changes the owners' view.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from shardws.pure.cluster import slot_of
 from shardws.pure.control import (
     OwnerReply,
+    PusherCacheGetReply,
+    PusherCacheGetRequest,
+    PusherCachePutReply,
+    PusherCachePutRequest,
     PusherJoinReply,
     PusherJoinRequest,
     PusherLeaveReply,
@@ -37,7 +48,8 @@ from shardws.pure.control import (
     PusherUsersRequest,
 )
 from shardws.pure.publication import Kind, Publication
-from shardws.pure.pusher.channels import incarnation_of, member_of
+from shardws.pure.pusher.cache import LastEvents
+from shardws.pure.pusher.channels import app_of, incarnation_of, member_of
 from shardws.pure.pusher.presence import Full, Roster
 from shardws.pure.pusher.session import PresenceMember
 from shardws.shm.scoreboard import Column
@@ -45,22 +57,41 @@ from shardws.shm.scoreboard import Column
 if TYPE_CHECKING:
     from shardws.server.worker import Worker
 
-log = logging.getLogger("shardws.pusher.presence")
+log = logging.getLogger("shardws.pusher.owner")
+
+#: The owner operations of Pusher channels.
+PusherRequest = (
+    PusherJoinRequest
+    | PusherLeaveRequest
+    | PusherUsersRequest
+    | PusherCachePutRequest
+    | PusherCacheGetRequest
+)
 
 
-class PresenceOwner:
+class PusherOwner:
     """The rosters of the presence channels this worker owns (see the module doc)."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.rosters: dict[str, Roster] = {}
+        self.caches: dict[str, LastEvents] = {}  # by app id (each app has its TTL)
         # member id -> (incarnation, pid) of the process we last saw subscriptions from
         self._processes: dict[int, tuple[int, int]] = {}
 
-    def answer(
-        self, request: PusherJoinRequest | PusherLeaveRequest | PusherUsersRequest
-    ) -> OwnerReply:
+    def answer(self, request: PusherRequest) -> OwnerReply:
         """Carry out and answer one ``pusher.*`` owner request."""
+        if isinstance(request, PusherCachePutRequest):
+            app_id = app_of(request.channel)
+            cache = self.caches.get(app_id)
+            if cache is None:
+                cache = self.caches[app_id] = LastEvents(request.ttl)
+            cache.store(request.channel, request.event, time.monotonic())
+            return PusherCachePutReply()
+        if isinstance(request, PusherCacheGetRequest):
+            cache = self.caches.get(app_of(request.channel))
+            event = None if cache is None else cache.get(request.channel, time.monotonic())
+            return PusherCacheGetReply(event)
         if isinstance(request, PusherUsersRequest):
             roster = self.rosters.get(request.channel)
             if roster is None:
@@ -122,6 +153,12 @@ class PresenceOwner:
         self._processes[member] = (incarnation, self._pid_of(member))
         if known is not None:
             self._drop(member, keep=incarnation)
+
+    def expire(self) -> None:
+        """Forget cache channels' events older than their TTL (called per heartbeat)."""
+        now = time.monotonic()
+        for cache in self.caches.values():
+            cache.expire(now)
 
     def check_processes(self) -> None:
         """Drop the subscriptions of processes that are gone (called per heartbeat): a
