@@ -8,12 +8,15 @@ import asyncio
 import json
 import os
 import signal
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pusher
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from pusherjs import AuthEndpoint, PusherJs, on_two_workers, pusher_clients, worker_of
 from serverproc import ServerProcess, timeout
 from toolkit import run, wait_until
@@ -636,3 +639,52 @@ def test_cache_channels_replay_the_last_event_or_say_miss(
     with pusher_clients("other-key", server.ws_port, 1) as (other,):
         other.subscribe("cache-prices")
         other.expect("cache_miss", channel="cache-prices")
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+PUSHER_DOC = Path(__file__).resolve().parent.parent / "docs" / "pusher.md"
+
+
+def test_metrics_per_app_are_exported_and_documented(
+    server: ServerProcess, auth: AuthEndpoint
+) -> None:
+    with pusher_clients("app-key", server.ws_port, 6, auth_endpoint=auth.url) as clients:
+        sender, receiver = on_two_workers(clients)
+        sender.subscribe("private-metered")
+        receiver.subscribe("private-metered")
+        sender.command("trigger", channel="private-metered", event="client-m", data={})
+        receiver.expect("event", event="client-m")
+        sdk(server).trigger("private-metered", "api-m", {})
+        receiver.expect("event", event="api-m")
+        with urllib.request.urlopen(server.admin_url + "/metrics", timeout=timeout(5)) as r:
+            text = r.read().decode()
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    exported: dict[str, tuple[str, frozenset[str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("shardws_pusher_"):
+                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+                exported.setdefault(sample.name, (family.type, frozenset(sample.labels)))
+
+    def total(name: str, app: str) -> float:
+        return sum(v for (n, labels), v in samples.items() if n == name and ("app", app) in labels)
+
+    assert total("shardws_pusher_connections", "1") >= 6
+    assert total("shardws_pusher_connections_accepted_total", "1") >= 6
+    assert total("shardws_pusher_client_events_total", "1") >= 1
+    assert total("shardws_pusher_messages_total", "1") >= 3
+    assert total("shardws_pusher_api_events_total", "1") >= 1
+    assert total("shardws_pusher_connections", "2") == 0  # app 2 has nobody now
+    assert samples[("shardws_pusher_metrics_complete", frozenset())] == 1.0
+    table = PUSHER_DOC.read_text().split("<!-- pusher-series:begin -->", 1)[1]
+    documented = {}
+    for line in table.split("<!-- pusher-series:end -->", 1)[0].strip().splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        labels = cells[2]
+        names = (
+            frozenset() if labels == "—" else frozenset(x.strip(" `") for x in labels.split(","))
+        )
+        documented[cells[0].strip("`")] = (cells[1], names)
+    assert documented == exported

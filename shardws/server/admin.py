@@ -52,7 +52,7 @@ from shardws.pure.busframe import inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
 from shardws.pure.history import owner_of
 from shardws.pure.pusher.httpapi import max_body_bytes
-from shardws.server.metrics import prometheus_text
+from shardws.server.metrics import prometheus_text, pusher_text
 from shardws.server.pusherapi import PusherApi
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 from shardws.shm.tables import SharedTables
@@ -69,6 +69,8 @@ API_DISABLED = (
 )
 #: Seconds ``GET /api/channels`` waits for the workers' answers.
 CHANNELS_TIMEOUT = 1.0
+#: Seconds ``/metrics`` waits for the workers' Pusher counters (apps configured only).
+PUSHER_METRICS_TIMEOUT = 0.5
 
 
 def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
@@ -306,6 +308,23 @@ class Backend:
             inbox_topic(owner), control.encode_owner_request(request, 0, self.members.me)
         )
 
+    async def pusher_metrics(self, apps: list[str], api: PusherApi) -> bytes:
+        """The Pusher series per app: this host's ready workers' counters (asked over
+        the bus, waiting at most ``PUSHER_METRICS_TIMEOUT``; ``complete`` 0 when one
+        did not answer) and the HTTP API's events."""
+        slots = set(self._board.workers())  # not the bridge, which has no connections
+        workers = {m for m in self.members.ready_local() if slot_of(m) in slots}
+        answers, missing = await self._requests.ask(
+            workers, "pusher_stats", {}, PUSHER_METRICS_TIMEOUT
+        )
+        per_worker = {
+            slot_of(member): answer["apps"]
+            for member, answer in answers.items()
+            if isinstance(answer.get("apps"), dict)
+        }
+        complete = not missing and len(per_worker) == len(answers)
+        return pusher_text(per_worker, api.events, apps, complete)
+
     async def pusher_users(self, channel: str) -> control.PusherUsersReply | None:
         """The users of the Pusher presence channel ``channel`` (an internal name) from
         its owner, or None if the owner did not answer within ``CHANNELS_TIMEOUT``."""
@@ -377,6 +396,8 @@ def make_app(
 
     async def get_metrics(_request: web.Request) -> web.Response:
         text = prometheus_text(tables.board, config.server.heartbeat_timeout, tables.view)
+        if pusher is not None and backend is not None and config.pusher.apps:
+            text += await backend.pusher_metrics([app.id for app in config.pusher.apps], pusher)
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def post_publish(request: web.Request) -> web.Response:

@@ -91,6 +91,12 @@ def encode(channel: str, publication: Publication) -> bytes:
 #: not echo client events, and an HTTP trigger's ``socket_id`` excludes that connection).
 PUSHER = WireFormat("pusher", encode, excludes_origin=True)
 
+#: A worker's counters per app (``pusher_stats`` inbox op, exported by the admin's
+#: ``/metrics``): open connections (a gauge), and since the worker started: connections
+#: accepted, messages received, client events relayed.
+APP_STATS = ("connections", "accepted", "messages_in", "client_events")
+_CONNECTIONS, _ACCEPTED, _MESSAGES_IN, _CLIENT_EVENTS = range(len(APP_STATS))
+
 
 class PusherConnection(Connection):
     """A connection on ``/app/{key}``: the Pusher session's state
@@ -151,6 +157,7 @@ class PusherFront:
         # earlier process with the same member id.
         self.socket_ids = SocketIds(worker.member, int(time.time() * 1000))
         self.owner = PusherOwner(worker)
+        self.app_stats: dict[str, list[int]] = {}  # app id -> APP_STATS
         self._tasks: set[asyncio.Task[None]] = set()
 
     def opened(self, conn: PusherConnection) -> None:
@@ -160,9 +167,28 @@ class PusherFront:
             self.worker.stats[Column.REFUSED] += 1
             conn.refuse(conn.refused.code, conn.refused.message)
             return
+        self._stats_of(conn.app.id)[_CONNECTIONS] += 1
+        self._stats_of(conn.app.id)[_ACCEPTED] += 1
         conn.socket_id = conn.client_id = self.socket_ids.next()
         self.worker.delivery.origin_sinks[conn.socket_id] = conn.sink
         conn.send(wire.encode_connection_established(conn.socket_id, conn.app.activity_timeout))
+
+    def _stats_of(self, app_id: str) -> list[int]:
+        stats = self.app_stats.get(app_id)
+        if stats is None:
+            stats = self.app_stats[app_id] = [0] * len(APP_STATS)
+        return stats
+
+    def closed(self, conn: PusherConnection) -> None:
+        """``conn`` is gone (called once per opened connection)."""
+        if conn.socket_id:
+            self._stats_of(conn.app.id)[_CONNECTIONS] -= 1
+
+    def stats_answer(self) -> dict[str, dict[str, int]]:
+        """The ``pusher_stats`` answer: ``{app id: {counter: n}}``."""
+        return {
+            app: dict(zip(APP_STATS, stats, strict=True)) for app, stats in self.app_stats.items()
+        }
 
     def leave_all(self, conn: PusherConnection) -> None:
         """Leave every channel of ``conn`` (closing or closed)."""
@@ -194,6 +220,7 @@ class PusherFront:
         stats = self.worker.stats
         stats[Column.MESSAGES_IN] += 1
         stats[Column.BYTES_IN] += len(payload)
+        self._stats_of(conn.app.id)[_MESSAGES_IN] += 1
         outcome = self.sessions.command(conn, payload, binary, conn.last_seen)
         _CARRY_OUT[type(outcome)](self, conn, outcome)
 
@@ -313,6 +340,7 @@ class PusherFront:
             self._leave_owner(internal, conn.socket_id)
 
     def _client_event(self, conn: PusherConnection, event: ClientEvent) -> None:
+        self._stats_of(conn.app.id)[_CLIENT_EVENTS] += 1
         publication = Publication(
             event.data, Kind.PUB, event.event, event.origin, event.user_id or ""
         )

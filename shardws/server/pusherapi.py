@@ -58,7 +58,7 @@ class PusherApi:
     def __init__(self, backend: Backend, pusher: PusherConfig) -> None:
         self._backend = backend
         self._pusher = pusher
-        self.events = 0  # events published (a batch counts each of its events)
+        self.events: dict[str, int] = {}  # app id -> events published (each of a batch)
 
     async def answer(self, method: str, target: str, body: bytes, now: float) -> tuple[int, bytes]:
         """The status and JSON body answering ``method target`` (path and query as
@@ -105,7 +105,7 @@ class PusherApi:
                     encoded = wire.encode_event(event.name, channel, publication.data)
                     put = PusherCachePutRequest(internal, encoded, app.cache_ttl)
                     self._backend.notify_owner(internal, put)
-            self.events += 1
+            self.events[app.id] = self.events.get(app.id, 0) + 1
 
     async def _counts_for(
         self, app: PusherAppConfig, channels: Iterable[str], info: frozenset[str]

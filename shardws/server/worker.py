@@ -509,6 +509,8 @@ class Worker:
         if conn in self.connections:
             self.connections.discard(conn)
             self.stats[Column.CLOSED] += 1
+            if type(conn) is PusherConnection:
+                self.pusher.closed(conn)
             if conn.deflate_bits:
                 self.delivery.deflating -= 1
         if conn.ip and self.iptable is not None:
@@ -733,6 +735,8 @@ class Worker:
                 reply = self.owners.handle(request["op"], request)
                 if request["id"] == 0:  # a notification (hand-over): nobody waits
                     continue
+            elif request["op"] == "pusher_stats":
+                reply = {"apps": self.pusher.stats_answer()}
             elif request["op"] == "channels":
                 try:
                     prefix, limit = control.channels_arguments(request)
