@@ -140,6 +140,10 @@ OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
         control.PusherJoinRequest("|1|presence-a", "5.2", "cy", None, 2),
         control.PusherJoinReply((), full=2),
     ),
+    (
+        control.PusherJoinRequest("|1|presence-a", "5.3", "cy", None, 2, restore=True),
+        control.PusherJoinReply((("cy", None),)),
+    ),
     (control.PusherLeaveRequest("|1|presence-a", "5.1"), control.PusherLeaveReply()),
     (
         control.PusherUsersRequest("|app|presence-a"),
@@ -229,6 +233,10 @@ BAD_OWNER_REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ("pusher.cache_put", {"channel": "|1|cache-a", "event": "{}", "ttl": True}),
     ("pusher.cache_put", {"channel": "|1|cache-a", "event": None, "ttl": 1}),
     ("pusher.cache_get", {"channel": "cache-a"}),
+    (
+        "pusher.join",
+        {"channel": "|1|p", "socket_id": "1.2", "user_id": "a", "max_members": 1, "restore": 1},
+    ),
     # A Pusher op takes internal names only: never a native channel.
     ("pusher.users", {"channel": "presence-a"}),
     ("pusher.users", {"channel": "|1presence-a"}),

@@ -688,3 +688,50 @@ def test_metrics_per_app_are_exported_and_documented(
         )
         documented[cells[0].strip("`")] = (cells[1], names)
     assert documented == exported
+
+
+def test_presence_survives_the_death_of_the_channels_owner(tmp_path: Any) -> None:
+    """The owner (worker 1) is killed with the roster; the members on worker 0 are told
+    to its new process (restored, not announced again), so it lists them again."""
+    room = next(
+        name
+        for name in (f"presence-o{i}" for i in range(100))
+        if owner_of(internal_name("1", name), [0, 1]) == 1
+    )
+    with ServerProcess(tmp_path, workers=2, extra=APPS).start() as proc:
+        api = sdk(proc)
+        endpoint = AuthEndpoint(api, sdk(proc, secret="not-the-app-secret-at-all"))
+
+        def users() -> set[str] | None:
+            try:
+                return {user["id"] for user in api.users_info(room)["users"]}
+            except pusher.errors.PusherError:  # 503 while the owner restarts
+                return None
+
+        with (
+            endpoint,
+            pusher_clients(
+                "app-key", proc.ws_port, 6, auth_endpoint=endpoint.url, authParams={"user": "w"}
+            ) as watchers,
+            pusher_clients(
+                "app-key", proc.ws_port, 6, auth_endpoint=endpoint.url, authParams={"user": "a"}
+            ) as alices,
+        ):
+            watcher = next((c for c in watchers if c.worker == 0), None)
+            alice = next((c for c in alices if c.worker == 0), None)
+            assert watcher is not None and alice is not None, "no client on worker 0"
+            watcher.subscribe(room)
+            alice.subscribe(room)
+            watcher.expect("member_added", channel=room, id="a")
+            assert users() == {"w", "a"}
+            pid = {w["worker"]: w["pid"] for w in proc.wait_healthy()["per_worker"]}[1]
+            os.kill(pid, signal.SIGKILL)
+            proc.wait_healthy(exclude_pids={pid})
+            wait_until(lambda: users() == {"w", "a"}, timeout=20)
+            with pusher_clients(
+                "app-key", proc.ws_port, 1, auth_endpoint=endpoint.url, authParams={"user": "c"}
+            ) as (carol,):
+                members = carol.subscribe(room)["members"]
+                assert members["count"] == 3
+                watcher.expect("member_added", channel=room, id="c")
+            assert _members_added(watcher, room, "a") == 1  # the restore announced nothing

@@ -673,6 +673,13 @@ def _pusher_channel(fields: Mapping[str, Any]) -> str:
     return channel
 
 
+def _bool(fields: Mapping[str, Any], name: str) -> bool:
+    value = fields.get(name, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false")
+    return value
+
+
 def _socket(fields: Mapping[str, Any]) -> str:
     socket = fields.get("socket_id")
     if not is_socket_id(socket):
@@ -728,7 +735,9 @@ class PusherJoinRequest(OwnerRequest[PusherJoinReply]):
     """Connection ``socket_id`` subscribes to the presence ``channel`` (an internal name)
     as ``user_id`` with ``user_info`` (raw JSON or None); the channel holds at most
     ``max_members`` users. The owner announces ``member_added`` when it is the user's
-    first connection."""
+    first connection -- unless ``restore``: a subscription that already exists, told
+    to an owner that does not know it (it restarted, or the channel moved to it), which
+    is put back without announcing and without the member limit (a notification)."""
 
     op: ClassVar[str] = "pusher.join"
     reply_type: ClassVar[type[OwnerReply]] = PusherJoinReply
@@ -737,6 +746,7 @@ class PusherJoinRequest(OwnerRequest[PusherJoinReply]):
     user_id: str
     user_info: bytes | None
     max_members: int
+    restore: bool = False
 
     def fields(self) -> dict[str, Any]:
         info = None if self.user_info is None else self.user_info.decode()
@@ -746,6 +756,7 @@ class PusherJoinRequest(OwnerRequest[PusherJoinReply]):
             "user_id": self.user_id,
             "user_info": info,
             "max_members": self.max_members,
+            "restore": self.restore,
         }
 
     @classmethod
@@ -762,6 +773,7 @@ class PusherJoinRequest(OwnerRequest[PusherJoinReply]):
             user_id,
             _optional_json(fields, "user_info"),
             max_members,
+            _bool(fields, "restore"),
         )
 
 

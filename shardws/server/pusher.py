@@ -36,6 +36,7 @@ from shardws.core import TokenBucket
 from shardws.pure.auth import ANONYMOUS
 from shardws.pure.busframe import inbox_topic
 from shardws.pure.control import (
+    OwnerRequest,
     PusherCacheGetRequest,
     PusherJoinRequest,
     PusherLeaveRequest,
@@ -159,6 +160,9 @@ class PusherFront:
         self.owner = PusherOwner(worker)
         self.app_stats: dict[str, list[int]] = {}  # app id -> APP_STATS
         self._tasks: set[asyncio.Task[None]] = set()
+        # Presence channels with members here -> the (owner, its pid) that knows them.
+        self._owner_seen: dict[str, tuple[int, int]] = {}
+        self._joining: set[tuple[str, str]] = set()  # (socket id, channel) asking to join
 
     def opened(self, conn: PusherConnection) -> None:
         """A connection's upgrade completed: refuse it, or give it its socket id and send
@@ -291,7 +295,12 @@ class PusherFront:
         request = PusherJoinRequest(
             internal, conn.socket_id, member.user_id, member.user_info, app.max_presence_members
         )
-        reply = await self.worker.owners.ask_owner(internal, request)
+        pending = (conn.socket_id, internal)
+        self._joining.add(pending)
+        try:
+            reply = await self.worker.owners.ask_owner(internal, request)
+        finally:
+            self._joining.discard(pending)
         if conn.channels.get(channel) is not member or conn.closing:
             return  # left meanwhile: its leave follows the join to the owner
         if reply is None or reply.full:
@@ -314,19 +323,65 @@ class PusherFront:
             return
         conn.send(wire.encode_presence_succeeded(channel, reply.members))
         self.worker.hub.activate(internal, conn, conn.sink)
+        self._owner_seen.setdefault(internal, self._owner_process(internal))
         if kind_of(channel).cache:
             await self._replay_cache(conn, channel, internal)
 
-    def _leave_owner(self, internal: str, socket_id: str) -> None:
-        """Tell the presence channel's owner that ``socket_id`` left (a notification)."""
+    def _owner_process(self, internal: str) -> tuple[int, int]:
+        """The owner of ``internal`` and its process id (0 for another host's)."""
+        owner = self.worker.owners.owner(internal)
+        return owner, self.owner.pid_of(owner)
+
+    def check_owners(self) -> None:
+        """Called per heartbeat: when a presence channel's owner is a new process (it
+        restarted) or another member (a reload moved the channel), and it is ready, tell
+        it this worker's members of the channel again (``restore``: no announcement), so
+        its roster says who is there."""
+        if not self._owner_seen:
+            return
+        worker = self.worker
+        ready: set[int] | None = None
+        for internal, seen in list(self._owner_seen.items()):
+            members = worker.hub.members(internal)
+            if not members:
+                del self._owner_seen[internal]
+                continue
+            now = self._owner_process(internal)
+            if now == seen:
+                continue
+            if ready is None:
+                ready = worker.members.ready_workers() | {worker.member}
+            if now[0] not in ready:
+                continue  # told once it is ready (it could not take it before)
+            self._owner_seen[internal] = now
+            channel = pusher_name(internal)
+            for conn in members:
+                member = conn.channels.get(channel) if type(conn) is PusherConnection else None
+                if member is None or (conn.socket_id, internal) in self._joining:
+                    continue  # pending members join by themselves
+                restore = PusherJoinRequest(
+                    internal,
+                    conn.socket_id,
+                    member.user_id,
+                    member.user_info,
+                    conn.app.max_presence_members,
+                    restore=True,
+                )
+                self._notify_owner(internal, restore)
+
+    def _notify_owner(self, internal: str, request: OwnerRequest[Any]) -> None:
+        """Send ``request`` to ``internal``'s owner, nobody waiting for the answer."""
         owners = self.worker.owners
         owner = owners.owner(internal)
-        request = PusherLeaveRequest(internal, socket_id)
         bus = self.worker.bus
         if owner == self.worker.member:
             owners.answer(request)
         elif bus is not None:  # id 0: a notification, nobody waits for an answer
             bus.publish(inbox_topic(owner), encode_owner_request(request, 0, self.worker.member))
+
+    def _leave_owner(self, internal: str, socket_id: str) -> None:
+        """Tell the presence channel's owner that ``socket_id`` left (a notification)."""
+        self._notify_owner(internal, PusherLeaveRequest(internal, socket_id))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -23,8 +23,15 @@ Guarantees:
   that left with them; a join from a newer incarnation of a member drops its older
   incarnation's subscriptions at once.
 
-Not covered yet (docs/pusher.md): the rosters of an owner that dies are lost with it,
-and they do not move when a reload changes the owners' view.
+* An owner that restarted (its roster lost) or a channel that moved to another owner (a
+  reload changed the owners' view) gets the existing subscriptions back: each subscriber
+  worker tells the new owner process its members (``pusher.join`` with ``restore``, not
+  announced) once it is ready (``PusherFront.check_owners``); the old owner forgets the
+  channels it no longer owns.
+
+Not covered (docs/pusher.md): joins and leaves while the owner is down (a join is
+refused with a ``pusher:subscription_error``, a leave is not announced); a cache
+channel's last event is lost with its owner.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ class PusherOwner:
         self.worker = worker
         self.rosters: dict[str, Roster] = {}
         self.caches: dict[str, LastEvents] = {}  # by app id (each app has its TTL)
+        self._view: tuple[int, ...] = ()  # the owners' view the rosters were checked in
         # member id -> (incarnation, pid) of the process we last saw subscriptions from
         self._processes: dict[int, tuple[int, int]] = {}
 
@@ -109,7 +117,11 @@ class PusherOwner:
         roster = self.rosters.get(channel)
         if roster is None:
             roster = self.rosters[channel] = Roster(request.max_members)
-        joined = roster.join(socket_id, PresenceMember(request.user_id, request.user_info))
+        member = PresenceMember(request.user_id, request.user_info)
+        if request.restore:
+            roster.restore(socket_id, member)
+            return PusherJoinReply(())  # a notification: nobody reads the members
+        joined = roster.join(socket_id, member)
         if isinstance(joined, Full):
             if not roster.subscription_count:
                 del self.rosters[channel]
@@ -134,7 +146,7 @@ class PusherOwner:
 
     # -- gone processes ----------------------------------------------------------------
 
-    def _pid_of(self, member: int) -> int:
+    def pid_of(self, member: int) -> int:
         """The pid in this host's scoreboard row of ``member`` (0 when not local)."""
         if not self.worker.members.is_local(member):
             return 0
@@ -150,7 +162,7 @@ class PusherOwner:
             return
         if known is not None and known[0] > incarnation:
             return  # a late join of a process already replaced: the check drops it
-        self._processes[member] = (incarnation, self._pid_of(member))
+        self._processes[member] = (incarnation, self.pid_of(member))
         if known is not None:
             self._drop(member, keep=incarnation)
 
@@ -164,7 +176,17 @@ class PusherOwner:
         """Drop the subscriptions of processes that are gone (called per heartbeat): a
         slot of this host whose pid is no longer the one that joined (it died, or was
         replaced: the supervisor zeroes a dead worker's row), a member of another host
-        that is not among the live hosts' ready workers."""
+        that is not among the live hosts' ready workers. And forget the rosters and
+        last events of channels this worker no longer owns (a reload moved them: their
+        subscriber workers restore them at the new owner)."""
+        owners, me = self.worker.owners, self.worker.member
+        view = owners.view()
+        if view != self._view:  # owners change with the view only: check then
+            self._view = view
+            for channel in [c for c in self.rosters if owners.owner(c) != me]:
+                del self.rosters[channel]
+            for cache in self.caches.values():
+                cache.forget(lambda channel: owners.owner(channel) != me)
         if not self.rosters:
             self._processes.clear()
             return
@@ -173,7 +195,7 @@ class PusherOwner:
         for member in {m for roster in self.rosters.values() for m, _ in roster.processes()}:
             if members.is_local(member):
                 known = self._processes.get(member)
-                gone = known is None or self._pid_of(member) != known[1]
+                gone = known is None or self.pid_of(member) != known[1]
             else:
                 if elsewhere is None:
                     elsewhere = members.ready_workers()

@@ -322,6 +322,7 @@ class Worker:
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         self.owners.on_view()
         self.pusher.owner.check_processes()
+        self.pusher.check_owners()
         self.pusher.owner.expire()
         now = time.monotonic()
         if now >= self._next_position_check:

@@ -15,6 +15,8 @@ Guarantees:
   connection of a user already present is always accepted.
 * :meth:`Roster.leave_member` drops every subscription of a process that is gone (its
   member id is part of each socket id: :func:`.channels.member_of`).
+* :meth:`Roster.restore` puts back a subscription an owner lost, beyond the limit if it
+  must (the user is in the channel already): the roster again says who is there.
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ class Roster:
         sockets.add(socket_id)
         self._by_socket[socket_id] = member
         return Joined(first=len(sockets) == 1)
+
+    def restore(self, socket_id: str, member: PresenceMember) -> None:
+        """Put back a subscription that exists already (the roster was lost, or moved
+        here): no limit, nothing to announce -- its user was announced when it joined.
+        A socket known as another user is a caller's error (``ValueError``)."""
+        previous = self._by_socket.get(socket_id)
+        if previous is not None and previous.user_id != member.user_id:
+            raise ValueError(f"socket {socket_id} already joined as another user")
+        self._sockets_of.setdefault(member.user_id, set()).add(socket_id)
+        self._by_socket[socket_id] = member
 
     def leave(self, socket_id: str) -> str | None:
         """Remove the subscription of ``socket_id``: the user id whose last connection
