@@ -8,8 +8,10 @@ them), it never skips it.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -21,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pusher
-from serverproc import timeout
+from serverproc import ServerProcess, timeout
 
 from shardws.pure.cluster import slot_of
-from shardws.pure.pusher.channels import member_of
+from shardws.pure.history import owner_of
+from shardws.pure.pusher.channels import internal_name, member_of
 
 JS = Path(__file__).parent / "js"
 SCRIPT = JS / "pusher_client.js"
@@ -38,6 +41,24 @@ def node() -> str:
         "pusher-js is not installed: run (cd tests/js && npm ci)"
     )
     return path
+
+
+def kill_worker(proc: ServerProcess, slot: int) -> int:
+    """SIGKILL the process of worker ``slot`` of ``proc`` (the supervisor restarts it);
+    returns its pid."""
+    pid = int({w["worker"]: w["pid"] for w in proc.wait_healthy()["per_worker"]}[slot])
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def presence_channel_owned_by(slot: int, stem: str, app_id: str = "1") -> str:
+    """A presence channel name of app ``app_id`` whose owner, on a two-worker host, is
+    worker ``slot``."""
+    return next(
+        name
+        for name in (f"presence-{stem}{i}" for i in range(100))
+        if owner_of(internal_name(app_id, name), [0, 1]) == slot
+    )
 
 
 def worker_of(socket_id: str) -> int:
@@ -142,12 +163,27 @@ def pusher_clients(key: str, port: int, count: int, **options: Any) -> Iterator[
             client.close()
 
 
-def on_two_workers(clients: list[PusherJs]) -> tuple[PusherJs, PusherJs]:
-    """Two of ``clients`` connected to different workers (fails if all share one)."""
-    first = clients[0]
-    other = next((c for c in clients[1:] if c.worker != first.worker), None)
-    assert other is not None, f"all {len(clients)} clients landed on worker {first.worker}"
-    return first, other
+@contextmanager
+def on_workers(
+    key: str, port: int, slots: tuple[int, ...], **options: Any
+) -> Iterator[list[PusherJs]]:
+    """One connected pusher-js client on each worker of ``slots``, in that order: clients
+    are connected one at a time (the kernel's SO_REUSEPORT hash picks the worker) until
+    each slot has one, at most 40; all are closed on the way out."""
+    clients: list[PusherJs] = []
+    chosen: dict[int, PusherJs] = {}
+    try:
+        while len(chosen) < len(set(slots)):
+            assert len(clients) < 40, f"no client on workers {set(slots) - set(chosen)}"
+            client = PusherJs(key, port, **options)
+            clients.append(client)
+            client.connected()
+            if client.worker in slots:
+                chosen.setdefault(client.worker, client)
+        yield [chosen[slot] for slot in slots]
+    finally:
+        for client in clients:
+            client.close()
 
 
 class AuthEndpoint:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pusher
 import pytest
 from playwright import sync_api
-from pusherjs import JS, AuthEndpoint, worker_of
+from pusherjs import JS, AuthEndpoint, kill_worker, worker_of
 from serverproc import ServerProcess
 from toolkit import wait_until
 
@@ -161,8 +160,7 @@ def test_pusher_js_in_chromium(tmp_path: Path, browser: Any) -> None:
             assert not [e for e in _log(alice) if e.get("event") == "client-note"]
 
             # Kill bob's worker: the page reconnects, resubscribes, and is served again.
-            pid = {w["worker"]: w["pid"] for w in proc.wait_healthy()["per_worker"]}[bob_worker]
-            os.kill(pid, signal.SIGKILL)
+            kill_worker(proc, bob_worker)
             wait_until(lambda: len(_socket_ids(bob)) >= 2, 30, message="bob never reconnected")
             wait_until(
                 lambda: (
