@@ -25,7 +25,7 @@ from pusherjs import (
     pusher_clients,
     worker_of,
 )
-from serverproc import ServerProcess, timeout
+from serverproc import ServerProcess, free_port, timeout
 from toolkit import run, wait_until
 from wsclient import Client
 
@@ -726,3 +726,81 @@ def test_presence_survives_the_death_of_the_channels_owner(tmp_path: Any) -> Non
                 assert members["count"] == 3
                 watcher.expect("member_added", channel=room, id="c")
             assert _members_added(watcher, room, "a") == 1  # the restore announced nothing
+
+
+# -- a cluster -----------------------------------------------------------------------------
+
+
+def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path) -> None:
+    """Two hosts on loopback: an event triggered on host b's admin reaches pusher-js on
+    host a; counts and presence users are cluster-wide; one user on both hosts is
+    announced once."""
+    bridge_a, bridge_b = free_port(), free_port()
+
+    def cluster(host_id: str, port: int) -> str:
+        return f"""{APPS}
+[cluster]
+host_id = "{host_id}"
+listen = "tcp://127.0.0.1:{port}"
+peers = ["127.0.0.1:{bridge_a}", "127.0.0.1:{bridge_b}"]
+allow_plaintext = true
+"""
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = ServerProcess(tmp_path / "a", workers=1, extra=cluster("a", bridge_a))
+    b = ServerProcess(tmp_path / "b", workers=1, extra=cluster("b", bridge_b))
+    try:
+        a.start()
+        b.start()
+
+        def converged() -> bool:
+            views = [proc.health()[1].get("cluster", {}).get("hosts") for proc in (a, b)]
+            return all(view is not None and sorted(view) == ["a", "b"] for view in views)
+
+        wait_until(converged, timeout=30, message="the two hosts never saw each other")
+        on_b = sdk(b)
+        with (
+            AuthEndpoint(sdk(a), sdk(a, secret="not-the-app-secret-at-all")) as endpoint,
+            pusher_clients(
+                "app-key", a.ws_port, 1, auth_endpoint=endpoint.url, authParams={"user": "w"}
+            ) as (watcher,),
+            pusher_clients(
+                "app-key", a.ws_port, 1, auth_endpoint=endpoint.url, authParams={"user": "u"}
+            ) as (u_on_a,),
+            pusher_clients(
+                "app-key", b.ws_port, 1, auth_endpoint=endpoint.url, authParams={"user": "u"}
+            ) as (u_on_b,),
+        ):
+            assert worker_of(watcher.socket_id) == 0 and u_on_a.socket_id != u_on_b.socket_id
+            watcher.subscribe("presence-hosts")
+            u_on_a.subscribe("presence-hosts")
+            assert u_on_b.subscribe("presence-hosts")["members"]["count"] == 2
+            on_b.trigger("presence-hosts", "from-b", {"host": "b"})
+            assert watcher.expect("event", event="from-b")["data"] == {"host": "b"}
+            assert _members_added(watcher, "presence-hosts", "u") == 1
+            assert on_b.channel_info("presence-hosts", ["subscription_count", "user_count"]) == {
+                "occupied": True,
+                "subscription_count": 3,
+                "user_count": 2,
+            }
+            assert {u["id"] for u in on_b.users_info("presence-hosts")["users"]} == {"w", "u"}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_reload_adds_an_app(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, workers=1, extra=APPS).start() as proc:
+        new_secret = "new-app-secret-0123456789"
+        text = proc.config_path.read_text()
+        proc.config_path.write_text(
+            text + f'\n[[pusher.apps]]\nid = "42"\nkey = "new-key"\nsecret = "{new_secret}"\n'
+        )
+        proc.wait_log(r"all \d+ process\(es\) ready")  # a SIGHUP during the boot is ignored
+        proc.signal(signal.SIGHUP)
+        proc.wait_log("reload complete", 1, 60)
+        with pusher_clients("new-key", proc.ws_port, 1) as (client,):
+            client.subscribe("fresh")
+            sdk(proc, "42", "new-key", new_secret).trigger("fresh", "hello", "new app")
+            assert client.expect("event", event="hello")["data"] == "new app"
