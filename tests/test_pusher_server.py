@@ -804,3 +804,28 @@ def test_a_reload_adds_an_app(tmp_path: Path) -> None:
             client.subscribe("fresh")
             sdk(proc, "42", "new-key", new_secret).trigger("fresh", "hello", "new app")
             assert client.expect("event", event="hello")["data"] == "new app"
+
+
+def test_trigger_answers_info_with_cluster_wide_counts(server: ServerProcess) -> None:
+    """``info`` on an event (the Node SDK sends it; the Python SDK's Request, used here,
+    signs any parameters): the answer carries each channel's counts."""
+    api = sdk(server)
+    client = api._pusher_client
+    with on_workers("app-key", server.ws_port, (0, 1)) as (first, second):
+        first.subscribe("counted")
+        second.subscribe("counted")
+        params = {
+            "name": "with-info",
+            "channels": ["counted", "empty-one"],
+            "data": "{}",
+            "info": "subscription_count",
+        }
+        request = pusher.http.Request(client, "POST", f"/apps/{client.app_id}/events", params)
+        answer = client.http.send_request(request)
+        assert answer == {
+            "channels": {
+                "counted": {"subscription_count": 2},
+                "empty-one": {"subscription_count": 0},
+            }
+        }
+        first.expect("event", event="with-info")
