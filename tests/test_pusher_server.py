@@ -829,3 +829,31 @@ def test_trigger_answers_info_with_cluster_wide_counts(server: ServerProcess) ->
             }
         }
         first.expect("event", event="with-info")
+
+
+def test_a_presence_subscription_waits_out_its_owners_restart(tmp_path: Path) -> None:
+    room = presence_channel_owned_by(1, "r")
+    with ServerProcess(tmp_path, workers=2, extra=APPS).start() as proc:
+        api = sdk(proc)
+
+        async def scenario() -> None:
+            for _ in range(40):
+                ws = await _raw(proc, "/app/app-key?protocol=7")
+                socket_id = json.loads((await _next(ws))["data"])["socket_id"]
+                if worker_of(socket_id) == 0:
+                    break
+                await ws.close()
+            else:
+                raise AssertionError("no raw connection landed on worker 0")
+            try:
+                kill_worker(proc, 1)  # the owner of the room
+                signed = api.authenticate(room, socket_id, {"user_id": "patient"})
+                subscribe = {"event": "pusher:subscribe", "data": {"channel": room, **signed}}
+                await ws.send(json.dumps(subscribe))
+                answer = await asyncio.wait_for(_next(ws), timeout(15))
+                assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+                assert json.loads(answer["data"])["presence"]["ids"] == ["patient"]
+            finally:
+                await ws.close()
+
+        run(scenario(), limit=60)

@@ -72,6 +72,11 @@ log = logging.getLogger("shardws.pusher")
 #: for a pong (its ``pongTimeout``, 30 s).
 PONG_WAIT = 30.0
 
+#: Times a presence subscription asks its channel's owner (each waiting up to
+#: ``owners.OWNER_TIMEOUT``) before it is refused with 503: long enough for a killed
+#: owner's replacement to boot.
+JOIN_ATTEMPTS = 4
+
 
 def encode(channel: str, publication: Publication) -> bytes:
     """A publication on the internal channel ``channel`` as Pusher clients receive it: an
@@ -298,7 +303,12 @@ class PusherFront:
         pending = (conn.socket_id, internal)
         self._joining.add(pending)
         try:
-            reply = await self.worker.owners.ask_owner(internal, request)
+            for _attempt in range(JOIN_ATTEMPTS):
+                # An owner restarting does not answer: ask its next process. A join that
+                # arrived twice counts once (the roster knows the socket).
+                reply = await self.worker.owners.ask_owner(internal, request)
+                if reply is not None or conn.channels.get(channel) is not member:
+                    break
         finally:
             self._joining.discard(pending)
         if conn.channels.get(channel) is not member or conn.closing:
