@@ -857,3 +857,39 @@ def test_a_presence_subscription_waits_out_its_owners_restart(tmp_path: Path) ->
                 await ws.close()
 
         run(scenario(), limit=60)
+
+
+def test_more_bad_input_and_a_flood(tmp_path: Path) -> None:
+    """Presence without channel_data and a binary frame get a pusher:error; a message
+    flood is warned, then closed with 4301; the other clients are not disturbed."""
+    limits = "[limits]\ncommands_per_second = 5\ncommand_burst = 5\nabuse_close_after = 3\n"
+    with (
+        ServerProcess(tmp_path, workers=1, extra=APPS + limits).start() as proc,
+        pusher_clients("app-key", proc.ws_port, 1) as (bystander,),
+    ):
+        bystander.subscribe("calm")
+
+        async def scenario() -> None:
+            ws = await _raw(proc, "/app/app-key?protocol=7")
+            await _next(ws)  # connection_established
+            bare = {"event": "pusher:subscribe", "data": {"channel": "presence-x", "auth": "k:s"}}
+            await ws.send(json.dumps(bare))
+            error = await _next(ws)
+            assert error["event"] == "pusher:error" and "channel_data" in error["data"]["message"]
+            await ws.send(b"\x00binary")
+            error = await _next(ws)
+            assert error["event"] == "pusher:error" and "Binary" in error["data"]["message"]
+            for _ in range(40):  # far past the burst: warned, then closed
+                await ws.send(json.dumps({"event": "pusher:ping", "data": {}}))
+            codes = []
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                for _ in range(100):
+                    message = await _next(ws)
+                    if message["event"] == "pusher:error":
+                        codes.append(message["data"]["code"])
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4301
+            assert None in codes and codes[-1] == 4301  # "Too many messages", then the close
+
+        run(scenario())
+        sdk(proc).trigger("calm", "still-here", {})
+        bystander.expect("event", event="still-here")
