@@ -22,7 +22,7 @@ import pytest
 from playwright import sync_api
 from pusherjs import JS, AuthEndpoint, kill_worker, worker_of
 from serverproc import ServerProcess
-from toolkit import wait_until
+from toolkit import CHROMIUM_ARGS, wait_until
 
 SECRET = "browser-app-secret-0123456789"
 APP = f"""
@@ -33,15 +33,6 @@ secret = "{SECRET}"
 client_events = true
 """
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>pusher-js on shardws</title>
 <script src="/pusher.min.js"></script></head>

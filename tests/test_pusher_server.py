@@ -25,7 +25,7 @@ from pusherjs import (
     pusher_clients,
     worker_of,
 )
-from serverproc import ServerProcess, free_port, timeout
+from serverproc import ServerProcess, loopback_cluster, timeout
 from toolkit import run, wait_until
 from wsclient import Client
 
@@ -201,6 +201,18 @@ async def _raw(server: ServerProcess, path: str) -> Any:
     return await websockets.connect(
         f"ws://127.0.0.1:{server.ws_port}{path}", ping_interval=None, max_size=None
     )
+
+
+async def _raw_on_worker(server: ServerProcess, slot: int) -> tuple[Any, str]:
+    """A raw Pusher connection of app 1 on worker ``slot`` (connecting until one lands
+    there, at most 40 times) and its socket id."""
+    for _ in range(40):
+        ws = await _raw(server, "/app/app-key?protocol=7")
+        socket_id = json.loads((await _next(ws))["data"])["socket_id"]
+        if worker_of(socket_id) == slot:
+            return ws, socket_id
+        await ws.close()
+    raise AssertionError(f"no raw connection landed on worker {slot}")
 
 
 async def _next(ws: Any) -> dict[str, Any]:
@@ -458,14 +470,7 @@ def test_presence_drops_the_members_of_a_killed_worker(tmp_path: Any) -> None:
             watcher.subscribe(room)
 
             async def scenario() -> None:
-                for _ in range(40):
-                    ws = await _raw(proc, "/app/app-key?protocol=7")
-                    socket_id = json.loads((await _next(ws))["data"])["socket_id"]
-                    if worker_of(socket_id) == 1:
-                        break
-                    await ws.close()
-                else:
-                    raise AssertionError("no raw connection landed on worker 1")
+                ws, socket_id = await _raw_on_worker(proc, 1)
                 signed = signer.authenticate(room, socket_id, {"user_id": "bob"})
                 subscribe = {"event": "pusher:subscribe", "data": {"channel": room, **signed}}
                 await ws.send(json.dumps(subscribe))
@@ -735,21 +740,7 @@ def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path) -> 
     """Two hosts on loopback: an event triggered on host b's admin reaches pusher-js on
     host a; counts and presence users are cluster-wide; one user on both hosts is
     announced once."""
-    bridge_a, bridge_b = free_port(), free_port()
-
-    def cluster(host_id: str, port: int) -> str:
-        return f"""{APPS}
-[cluster]
-host_id = "{host_id}"
-listen = "tcp://127.0.0.1:{port}"
-peers = ["127.0.0.1:{bridge_a}", "127.0.0.1:{bridge_b}"]
-allow_plaintext = true
-"""
-
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = ServerProcess(tmp_path / "a", workers=1, extra=cluster("a", bridge_a))
-    b = ServerProcess(tmp_path / "b", workers=1, extra=cluster("b", bridge_b))
+    a, b = loopback_cluster(tmp_path, extra=APPS)
     try:
         a.start()
         b.start()
@@ -837,14 +828,7 @@ def test_a_presence_subscription_waits_out_its_owners_restart(tmp_path: Path) ->
         api = sdk(proc)
 
         async def scenario() -> None:
-            for _ in range(40):
-                ws = await _raw(proc, "/app/app-key?protocol=7")
-                socket_id = json.loads((await _next(ws))["data"])["socket_id"]
-                if worker_of(socket_id) == 0:
-                    break
-                await ws.close()
-            else:
-                raise AssertionError("no raw connection landed on worker 0")
+            ws, socket_id = await _raw_on_worker(proc, 0)
             try:
                 kill_worker(proc, 1)  # the owner of the room
                 signed = api.authenticate(room, socket_id, {"user_id": "patient"})
