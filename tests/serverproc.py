@@ -24,7 +24,15 @@ from typing import Any
 
 from toolkit import timeout, wait_until
 
-__all__ = ["ServerProcess", "free_port", "http_json", "run_cli", "terminate", "timeout"]
+__all__ = [
+    "ServerProcess",
+    "free_port",
+    "http_json",
+    "loopback_cluster",
+    "run_cli",
+    "terminate",
+    "timeout",
+]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -226,3 +234,22 @@ level = "info"
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def loopback_cluster(tmp_path: Path, extra: str = "") -> tuple[ServerProcess, ServerProcess]:
+    """Two one-worker hosts ``a`` and ``b`` of a cluster on loopback (plaintext bridges),
+    each configured with ``extra`` too, not started (directories under ``tmp_path``)."""
+    bridges = {"a": free_port(), "b": free_port()}
+    peers = ", ".join(f'"127.0.0.1:{port}"' for port in bridges.values())
+    hosts = []
+    for host_id, port in bridges.items():
+        (tmp_path / host_id).mkdir()
+        cluster = f"""{extra}
+[cluster]
+host_id = "{host_id}"
+listen = "tcp://127.0.0.1:{port}"
+peers = [{peers}]
+allow_plaintext = true
+"""
+        hosts.append(ServerProcess(tmp_path / host_id, workers=1, extra=cluster))
+    return hosts[0], hosts[1]

@@ -14,7 +14,7 @@ from typing import Any
 
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import ServerProcess, free_port, http_json, run_cli
+from serverproc import ServerProcess, http_json, loopback_cluster, run_cli
 from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
 
@@ -375,21 +375,7 @@ def test_every_exported_series_is_documented_with_its_labels(tmp_path: Path) -> 
     """Two hosts in a cluster on loopback, so the cluster series exist too: every series
     of host a's /metrics is in docs/operations.md with the same type and label names,
     and every series there is exported."""
-    bridge_a, bridge_b = free_port(), free_port()
-
-    def cluster(host_id: str, port: int) -> str:
-        return f"""
-[cluster]
-host_id = "{host_id}"
-listen = "tcp://127.0.0.1:{port}"
-peers = ["127.0.0.1:{bridge_a}", "127.0.0.1:{bridge_b}"]
-allow_plaintext = true
-"""
-
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = ServerProcess(tmp_path / "a", workers=1, extra=cluster("a", bridge_a))
-    b = ServerProcess(tmp_path / "b", workers=1, extra=cluster("b", bridge_b))
+    a, b = loopback_cluster(tmp_path)
     try:
         a.start()
         b.start()

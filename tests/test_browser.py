@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from serverproc import ServerProcess
-from toolkit import timeout, wait_until
+from toolkit import CHROMIUM_ARGS, timeout, wait_until
 
 from shardws.pure.history import owner_of
 
@@ -39,18 +39,6 @@ if not os.access(CHROMIUM, os.X_OK):
         allow_module_level=True,
     )
 
-# As root in a container Chromium needs --no-sandbox; the rest keeps it off the network
-# (the machine has none) and quick to start. Playwright adds --headless and a fresh
-# temporary profile (--user-data-dir) itself.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CHAT = """
 [namespaces.default]
 

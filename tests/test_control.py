@@ -132,6 +132,32 @@ OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
         ),
     ),
     (control.PresenceStatsRequest("h:a"), control.PresenceStatsReply(3, ("ann", "bob"))),
+    (
+        control.PusherJoinRequest("|1|presence-a", "5.1", "ann", '{"n":"é"}'.encode(), 100),
+        control.PusherJoinReply((("ann", '{"n":"é"}'.encode()), ("bob", None))),
+    ),
+    (
+        control.PusherJoinRequest("|1|presence-a", "5.2", "cy", None, 2),
+        control.PusherJoinReply((), full=2),
+    ),
+    (
+        control.PusherJoinRequest("|1|presence-a", "5.3", "cy", None, 2, restore=True),
+        control.PusherJoinReply((("cy", None),)),
+    ),
+    (control.PusherLeaveRequest("|1|presence-a", "5.1"), control.PusherLeaveReply()),
+    (
+        control.PusherUsersRequest("|app|presence-a"),
+        control.PusherUsersReply(("ann", "bob"), 3),
+    ),
+    (
+        control.PusherCachePutRequest("|1|cache-a", '{"event":"é"}'.encode(), 1800.0),
+        control.PusherCachePutReply(),
+    ),
+    (
+        control.PusherCacheGetRequest("|1|cache-a"),
+        control.PusherCacheGetReply('{"event":"é"}'.encode()),
+    ),
+    (control.PusherCacheGetRequest("|1|cache-a"), control.PusherCacheGetReply(None)),
 ]
 
 
@@ -162,6 +188,11 @@ def test_owner_op_names_are_the_documented_ones() -> None:
         "history.handover",
         "presence.list",
         "presence.stats",
+        "pusher.join",
+        "pusher.leave",
+        "pusher.users",
+        "pusher.cache_put",
+        "pusher.cache_get",
     }
     assert {type(request) for request, _ in OWNER_EXCHANGES} == set(control.OWNER_REQUESTS.values())
 
@@ -198,6 +229,38 @@ BAD_OWNER_REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ("history.handover", {"rings": {"h:a": {**RING_FIELDS, "entries": [[6, 1.0, b"", None]]}}}),
     ("presence.list", {}),
     ("presence.stats", {"channel": "bad channel!"}),
+    ("pusher.cache_put", {"channel": "|1|cache-a", "event": "{}", "ttl": 0}),
+    ("pusher.cache_put", {"channel": "|1|cache-a", "event": "{}", "ttl": True}),
+    ("pusher.cache_put", {"channel": "|1|cache-a", "event": None, "ttl": 1}),
+    ("pusher.cache_get", {"channel": "cache-a"}),
+    (
+        "pusher.join",
+        {"channel": "|1|p", "socket_id": "1.2", "user_id": "a", "max_members": 1, "restore": 1},
+    ),
+    # A Pusher op takes internal names only: never a native channel.
+    ("pusher.users", {"channel": "presence-a"}),
+    ("pusher.users", {"channel": "|1presence-a"}),
+    ("pusher.users", {"channel": "|1|bad channel"}),
+    ("pusher.leave", {"channel": "|1|presence-a", "socket_id": "abc"}),
+    ("pusher.join", {"channel": "|1|presence-a", "socket_id": "1.2", "user_id": "a"}),
+    (
+        "pusher.join",
+        {"channel": "|1|p", "socket_id": "1.2", "user_id": "", "user_info": None, "max_members": 1},
+    ),
+    (
+        "pusher.join",
+        {"channel": "|1|p", "socket_id": "1.2", "user_id": "a", "user_info": {}, "max_members": 1},
+    ),
+    (
+        "pusher.join",
+        {
+            "channel": "|1|p",
+            "socket_id": "1.2",
+            "user_id": "a",
+            "user_info": None,
+            "max_members": 0,
+        },
+    ),
 ]
 
 
@@ -246,6 +309,11 @@ BAD_OWNER_REPLIES: list[tuple[control.OwnerRequest[Any], dict[str, Any]]] = [
     (control.PresenceListRequest("h:a"), {"members": {}}),
     (control.PresenceStatsRequest("h:a"), {"clients": 1, "users": [1]}),
     (control.PresenceStatsRequest("h:a"), {"clients": "1", "users": []}),
+    (control.PusherJoinRequest("|1|p", "1.2", "a", None, 1), {"members": [["a"]], "full": 0}),
+    (control.PusherJoinRequest("|1|p", "1.2", "a", None, 1), {"members": [["a", {}]], "full": 0}),
+    (control.PusherJoinRequest("|1|p", "1.2", "a", None, 1), {"members": []}),
+    (control.PusherUsersRequest("|1|p"), {"users": [1], "subscriptions": 1}),
+    (control.PusherCacheGetRequest("|1|p"), {"event": {}}),
 ]
 
 

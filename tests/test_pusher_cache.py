@@ -39,3 +39,11 @@ def test_never_older_than_the_ttl(writes: list[tuple[str, float]]) -> None:
         for other, at in written.items():
             expected = f"{other}{at}".encode() if now < at + 3 else None
             assert cache.get(other, now) == expected
+
+
+def test_forget_drops_the_channels_it_is_told() -> None:
+    events = LastEvents(ttl=10)
+    events.store("|1|cache-a", b"a", 0.0)
+    events.store("|1|cache-b", b"b", 0.0)
+    assert events.forget(lambda channel: channel.endswith("a")) == 1
+    assert events.get("|1|cache-a", 1.0) is None and events.get("|1|cache-b", 1.0) == b"b"

@@ -9,13 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pusher.util import channel_name_re, socket_id_re, validate_channel
 
+from shardws.pure.protocol import is_valid_channel
 from shardws.pure.pusher.channels import (
     MAX_CHANNEL_NAME_LENGTH,
     ChannelKind,
     SocketIds,
     channel_error,
+    internal_name,
+    is_internal,
     is_socket_id,
     kind_of,
+    pusher_name,
     socket_id,
 )
 
@@ -89,3 +93,24 @@ def test_socket_ids_are_pusher_shaped_and_unique() -> None:
             socket_id(*args)
     for bad in ("1.", ".1", "1", "a.1", "1.2.3", 1.2, None, "1.2\n"):
         assert not is_socket_id(bad)
+
+
+_APP_IDS = st.from_regex(r"[A-Za-z0-9_.\-]{1,64}", fullmatch=True)
+_NAMES = st.from_regex(r"[A-Za-z0-9_\-=@,.;]{1,200}", fullmatch=True)
+
+
+@given(_APP_IDS, _NAMES, _APP_IDS, _NAMES)
+def test_internal_names_are_injective_and_never_native(
+    app: str, name: str, other_app: str, other_name: str
+) -> None:
+    internal = internal_name(app, name)
+    assert is_internal(internal) and pusher_name(internal) == name
+    assert not is_valid_channel(internal)  # no native client or /api/publish can reach it
+    assert (internal == internal_name(other_app, other_name)) == (
+        (app, name) == (other_app, other_name)
+    )
+
+
+@given(st.from_regex(r"[A-Za-z0-9_\-.:@#=/+!$~,]{1,255}", fullmatch=True))
+def test_native_names_are_never_internal(name: str) -> None:
+    assert not is_internal(name)

@@ -90,3 +90,27 @@ def test_arrivals_and_departures_balance(steps: list[tuple[bool, int, str]]) -> 
                 assert owner is None or owner in joined.values()
         assert {u for u, _ in roster.members()} == present
         assert roster.user_count == len(present) <= 2
+
+
+def test_a_restarted_process_keeps_its_new_subscriptions() -> None:
+    """Member 7 restarted: its old incarnation's subscriptions go, its new ones stay."""
+    roster = Roster(max_members=10)
+    old, new = socket_id(7, 100, 1), socket_id(7, 200, 1)
+    roster.join(old, _m("ann"))
+    roster.join(socket_id(7, 100, 2), _m("bob"))
+    roster.join(new, _m("bob"))
+    assert roster.processes() == {(7, 100), (7, 200)}
+    assert roster.leave_member(7, keep=200) == ["ann"]  # bob stays through `new`
+    assert roster.processes() == {(7, 200)}
+    assert roster.members() == [("bob", None)] and roster.subscription_count == 1
+
+
+def test_restored_subscriptions_are_members_again_without_an_announcement() -> None:
+    roster = Roster(max_members=1)
+    assert roster.join("1.1", _m("ann")) == Joined(first=True)
+    roster.restore("2.1", _m("bob"))  # past the limit: bob is in the channel already
+    roster.restore("2.1", _m("bob"))  # twice: still one subscription
+    assert roster.user_count == 2 and roster.subscription_count == 2
+    assert roster.leave("2.1") == "bob"  # and leaves like any member
+    with pytest.raises(ValueError):
+        roster.restore("1.1", _m("cid"))

@@ -24,7 +24,7 @@ Ops:
 * ``channels`` (arguments ``prefix``, ``limit``): the worker's channels whose name
   starts with ``prefix`` and their local subscriber counts, at most ``limit`` of them
   (the first by name); :func:`merge_channels` sums the answers.
-* The owner operations (``history.*``, ``presence.*``): one request type and one reply
+* The owner operations (``history.*``, ``presence.*``, ``pusher.*``): one request type and one reply
   type each (:data:`OWNER_REQUESTS`; the table is in ``docs/architecture.md``), encoded
   by :func:`encode_owner_request` and ``fields()``, decoded by
   :func:`decode_owner_request` and ``OwnerRequest.decode_reply``.
@@ -44,6 +44,8 @@ from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar, cast
 from shardws.pure.history import Entry, Position, RingState
 from shardws.pure.protocol import channel_error
 from shardws.pure.publication import Publication
+from shardws.pure.pusher.channels import INTERNAL_MARK, is_internal, is_socket_id, pusher_name
+from shardws.pure.pusher.channels import channel_error as pusher_channel_error
 
 log = logging.getLogger("shardws.control")
 
@@ -483,8 +485,8 @@ class HistoryPageRequest(OwnerRequest[HistoryPageReply]):
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryHandoverReply(OwnerReply):
-    """The rings were taken (sent only if the hand-over was asked with an id)."""
+class _Done(OwnerReply):
+    """A reply that says only that the request was carried out: ``{"ok": true}``."""
 
     def fields(self) -> dict[str, Any]:
         return {"ok": True}
@@ -494,6 +496,11 @@ class HistoryHandoverReply(OwnerReply):
         if fields.get("ok") is not True:
             raise ValueError("ok must be true")
         return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryHandoverReply(_Done):
+    """The rings were taken (sent only if the hand-over was asked with an id)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -651,6 +658,241 @@ class PresenceStatsRequest(_ChannelRequest[PresenceStatsReply]):
     reply_type: ClassVar[type[OwnerReply]] = PresenceStatsReply
 
 
+# -- pusher.join, pusher.leave, pusher.users (a Pusher presence channel's owner)
+
+
+def _pusher_channel(fields: Mapping[str, Any]) -> str:
+    channel = fields.get("channel")
+    if (
+        not isinstance(channel, str)
+        or not is_internal(channel)
+        or INTERNAL_MARK not in channel[1:]
+        or pusher_channel_error(pusher_name(channel)) is not None
+    ):
+        raise ValueError("bad pusher channel")
+    return channel
+
+
+def _bool(fields: Mapping[str, Any], name: str) -> bool:
+    value = fields.get(name, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false")
+    return value
+
+
+def _socket(fields: Mapping[str, Any]) -> str:
+    socket = fields.get("socket_id")
+    if not is_socket_id(socket):
+        raise ValueError("socket_id must be a Pusher socket id")
+    assert isinstance(socket, str)
+    return socket
+
+
+def _optional_json(fields: Mapping[str, Any], name: str) -> bytes | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be JSON text or null")
+    return value.encode()
+
+
+def _members(value: Any) -> tuple[tuple[str, bytes | None], ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(m, list)
+        and len(m) == 2
+        and isinstance(m[0], str)
+        and (m[1] is None or isinstance(m[1], str))
+        for m in value
+    ):
+        raise ValueError("members must be [[user_id, user_info JSON text or null]]")
+    return tuple((m[0], None if m[1] is None else m[1].encode()) for m in value)
+
+
+def _members_value(members: Iterable[tuple[str, bytes | None]]) -> list[list[Any]]:
+    return [[user, None if info is None else info.decode()] for user, info in members]
+
+
+@dataclass(frozen=True, slots=True)
+class PusherJoinReply(OwnerReply):
+    """The subscription is in: the channel's ``members`` (one ``(user_id, user_info raw
+    JSON or None)`` per user, the joining one included); or, with ``full`` > 0, it was
+    refused: the channel has ``full`` users already."""
+
+    members: tuple[tuple[str, bytes | None], ...]
+    full: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        return {"members": _members_value(self.members), "full": self.full}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_members(fields.get("members")), _int(fields, "full"))
+
+
+@dataclass(frozen=True, slots=True)
+class PusherJoinRequest(OwnerRequest[PusherJoinReply]):
+    """Connection ``socket_id`` subscribes to the presence ``channel`` (an internal name)
+    as ``user_id`` with ``user_info`` (raw JSON or None); the channel holds at most
+    ``max_members`` users. The owner announces ``member_added`` when it is the user's
+    first connection -- unless ``restore``: a subscription that already exists, told
+    to an owner that does not know it (it restarted, or the channel moved to it), which
+    is put back without announcing and without the member limit (a notification)."""
+
+    op: ClassVar[str] = "pusher.join"
+    reply_type: ClassVar[type[OwnerReply]] = PusherJoinReply
+    channel: str
+    socket_id: str
+    user_id: str
+    user_info: bytes | None
+    max_members: int
+    restore: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        info = None if self.user_info is None else self.user_info.decode()
+        return {
+            "channel": self.channel,
+            "socket_id": self.socket_id,
+            "user_id": self.user_id,
+            "user_info": info,
+            "max_members": self.max_members,
+            "restore": self.restore,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        max_members = _int(fields, "max_members")
+        if max_members < 1:
+            raise ValueError("max_members must be >= 1")
+        user_id = _str(fields, "user_id")
+        if not user_id:
+            raise ValueError("user_id must not be empty")
+        return cls(
+            _pusher_channel(fields),
+            _socket(fields),
+            user_id,
+            _optional_json(fields, "user_info"),
+            max_members,
+            _bool(fields, "restore"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PusherLeaveReply(_Done):
+    """The subscription is out (sent only if the leave was asked with an id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PusherLeaveRequest(OwnerRequest[PusherLeaveReply]):
+    """Connection ``socket_id`` left the presence ``channel`` (a notification: id 0);
+    the owner announces ``member_removed`` when it was the user's last connection."""
+
+    op: ClassVar[str] = "pusher.leave"
+    reply_type: ClassVar[type[OwnerReply]] = PusherLeaveReply
+    channel: str
+    socket_id: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"channel": self.channel, "socket_id": self.socket_id}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_pusher_channel(fields), _socket(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class PusherUsersReply(OwnerReply):
+    """A presence channel's distinct ``users`` and its ``subscriptions`` count."""
+
+    users: tuple[str, ...]
+    subscriptions: int
+
+    def fields(self) -> dict[str, Any]:
+        return {"users": list(self.users), "subscriptions": self.subscriptions}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        users = fields.get("users")
+        if not isinstance(users, list) or not all(isinstance(user, str) for user in users):
+            raise ValueError("users must be a list of strings")
+        return cls(tuple(users), _int(fields, "subscriptions"))
+
+
+@dataclass(frozen=True, slots=True)
+class _PusherChannelRequest(OwnerRequest[_ReplyT]):
+    """A request whose only member is ``channel``, a Pusher channel's internal name."""
+
+    channel: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"channel": self.channel}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_pusher_channel(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class PusherUsersRequest(_PusherChannelRequest[PusherUsersReply]):
+    """The users of the presence ``channel`` (an internal name), from its owner."""
+
+    op: ClassVar[str] = "pusher.users"
+    reply_type: ClassVar[type[OwnerReply]] = PusherUsersReply
+
+
+# -- pusher.cache_put, pusher.cache_get (a Pusher cache channel's owner)
+
+
+@dataclass(frozen=True, slots=True)
+class PusherCachePutReply(_Done):
+    """The event was kept (sent only if the put was asked with an id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PusherCachePutRequest(OwnerRequest[PusherCachePutReply]):
+    """Keep ``event`` (the message subscribers got, JSON text) as the cache ``channel``'s
+    (an internal name) last event for ``ttl`` seconds (a notification: id 0)."""
+
+    op: ClassVar[str] = "pusher.cache_put"
+    reply_type: ClassVar[type[OwnerReply]] = PusherCachePutReply
+    channel: str
+    event: bytes
+    ttl: float
+
+    def fields(self) -> dict[str, Any]:
+        return {"channel": self.channel, "event": self.event.decode(), "ttl": self.ttl}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        ttl = fields.get("ttl")
+        if not (type(ttl) is int or type(ttl) is float) or not ttl > 0:
+            raise ValueError("ttl must be a number > 0")
+        return cls(_pusher_channel(fields), _str(fields, "event").encode(), float(ttl))
+
+
+@dataclass(frozen=True, slots=True)
+class PusherCacheGetReply(OwnerReply):
+    """The cache channel's last event (JSON text to send as is), or None: a miss."""
+
+    event: bytes | None
+
+    def fields(self) -> dict[str, Any]:
+        return {"event": None if self.event is None else self.event.decode()}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_optional_json(fields, "event"))
+
+
+@dataclass(frozen=True, slots=True)
+class PusherCacheGetRequest(_PusherChannelRequest[PusherCacheGetReply]):
+    """The last event of the cache ``channel`` (an internal name), if younger than its
+    TTL."""
+
+    op: ClassVar[str] = "pusher.cache_get"
+    reply_type: ClassVar[type[OwnerReply]] = PusherCacheGetReply
+
+
 #: The owner operations by op name.
 OWNER_REQUESTS: dict[str, type[OwnerRequest[Any]]] = {
     kind.op: kind
@@ -662,6 +904,11 @@ OWNER_REQUESTS: dict[str, type[OwnerRequest[Any]]] = {
         HistoryHandoverRequest,
         PresenceListRequest,
         PresenceStatsRequest,
+        PusherJoinRequest,
+        PusherLeaveRequest,
+        PusherUsersRequest,
+        PusherCachePutRequest,
+        PusherCacheGetRequest,
     )
 }
 

@@ -51,7 +51,9 @@ from shardws.pure.backend import (
 from shardws.pure.busframe import inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
 from shardws.pure.history import owner_of
-from shardws.server.metrics import prometheus_text
+from shardws.pure.pusher.httpapi import max_body_bytes
+from shardws.server.metrics import prometheus_text, pusher_text
+from shardws.server.pusherapi import PusherApi
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import Members, ViewTable
@@ -67,6 +69,8 @@ API_DISABLED = (
 )
 #: Seconds ``GET /api/channels`` waits for the workers' answers.
 CHANNELS_TIMEOUT = 1.0
+#: Seconds ``/metrics`` waits for the workers' Pusher counters (apps configured only).
+PUSHER_METRICS_TIMEOUT = 0.5
 
 
 def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
@@ -296,6 +300,40 @@ class Backend:
             ],
         }
 
+    def notify_owner(self, channel: str, request: control.OwnerRequest[Any]) -> None:
+        """Send ``request`` to ``channel``'s owner as a notification (nobody waits)."""
+        assert self.bus is not None
+        owner = owner_of(channel, self.members.owners())
+        self.bus.publish(
+            inbox_topic(owner), control.encode_owner_request(request, 0, self.members.me)
+        )
+
+    async def pusher_metrics(self, apps: list[str], api: PusherApi) -> bytes:
+        """The Pusher series per app: this host's ready workers' counters (asked over
+        the bus, waiting at most ``PUSHER_METRICS_TIMEOUT``; ``complete`` 0 when one
+        did not answer) and the HTTP API's events."""
+        slots = set(self._board.workers())  # not the bridge, which has no connections
+        workers = {m for m in self.members.ready_local() if slot_of(m) in slots}
+        answers, missing = await self._requests.ask(
+            workers, "pusher_stats", {}, PUSHER_METRICS_TIMEOUT
+        )
+        per_worker = {
+            slot_of(member): answer["apps"]
+            for member, answer in answers.items()
+            if isinstance(answer.get("apps"), dict)
+        }
+        complete = not missing and len(per_worker) == len(answers)
+        return pusher_text(per_worker, api.events, apps, complete)
+
+    async def pusher_users(self, channel: str) -> control.PusherUsersReply | None:
+        """The users of the Pusher presence channel ``channel`` (an internal name) from
+        its owner, or None if the owner did not answer within ``CHANNELS_TIMEOUT``."""
+        owner = owner_of(channel, self.members.owners())
+        request = control.PusherUsersRequest(channel)
+        answers, _missing = await self._requests.call({owner}, request, CHANNELS_TIMEOUT)
+        answer = answers.get(owner)
+        return answer if isinstance(answer, control.PusherUsersReply) else None
+
     def stats(self) -> dict[str, Any]:
         """The admin's own counters (``"admin"`` in ``GET /api/stats``)."""
         ingress = self.ingress
@@ -358,6 +396,8 @@ def make_app(
 
     async def get_metrics(_request: web.Request) -> web.Response:
         text = prometheus_text(tables.board, config.server.heartbeat_timeout, tables.view)
+        if pusher is not None and backend is not None and config.pusher.apps:
+            text += await backend.pusher_metrics([app.id for app in config.pusher.apps], pusher)
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def post_publish(request: web.Request) -> web.Response:
@@ -412,7 +452,19 @@ def make_app(
         assert backend is not None
         return web.json_response({**worker_stats(config, tables.board), "admin": backend.stats()})
 
-    app = web.Application(client_max_size=max_request_bytes(config), middlewares=[require_api_key])
+    async def pusher_api(request: web.Request) -> web.Response:
+        # The Pusher HTTP API (docs/pusher.md): signed per app, not with X-API-Key.
+        assert pusher is not None
+        status, body = await pusher.answer(
+            request.method, request.raw_path, await request.read(), time.time()
+        )
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    pusher = PusherApi(backend, config.pusher) if backend is not None else None
+    max_body = max(
+        [max_request_bytes(config), *(max_body_bytes(app) for app in config.pusher.apps)]
+    )
+    app = web.Application(client_max_size=max_body, middlewares=[require_api_key])
     app.router.add_get("/health", get_health)
     app.router.add_get("/ready", get_ready)
     app.router.add_get("/metrics", get_metrics)
@@ -422,6 +474,8 @@ def make_app(
     app.router.add_get("/api/stats", get_stats)
     app.router.add_get("/api/presence", get_presence)
     app.router.add_get("/api/history", get_history)
+    if config.pusher.apps:
+        app.router.add_route("*", "/apps/{tail:.*}", pusher_api)
     return app
 
 

@@ -43,10 +43,13 @@ from shardws.shm.scoreboard import Column
 class WireFormat(NamedTuple):
     """A client protocol as delivery sees it: how a publication on a channel becomes the
     text message its connections receive. A connection names its format in its ``wire``
-    attribute; the hub groups a channel's sinks by it."""
+    attribute; the hub groups a channel's sinks by it. ``excludes_origin``: a
+    publication never goes back to the connection it came from (Pusher's client events
+    and ``socket_id`` exclusion; the native protocol echoes)."""
 
     name: str
     encode: Callable[[str, Publication], bytes]
+    excludes_origin: bool = False
 
 
 #: The native protocol (``pure.protocol``).
@@ -72,6 +75,7 @@ class Delivery:
         "_stats",
         "_threshold",
         "deflating",
+        "origin_sinks",
         "user_drop",
     )
 
@@ -84,6 +88,9 @@ class Delivery:
         self._options: dict[str, NamespaceConfig] = {}
         self._flush_scheduled = False
         self.deflating = 0  # open connections that negotiated permessage-deflate
+        # The sinks of this worker's connections whose wire format excludes the origin,
+        # by their client id (Pusher socket id): kept by the worker.
+        self.origin_sinks: dict[str, Any] = {}
         default = config.namespaces.get(USER_PUSHES) or NamespaceConfig()
         self.user_drop = default.slow_consumer == "drop"
 
@@ -112,8 +119,17 @@ class Delivery:
     ) -> None:
         """Write ``publication`` on ``channel`` to the sinks of ``groups`` (``Hub.groups``:
         ``[(WireFormat, sinks)]``), encoded once per wire format, under the rule
-        ``drop``."""
+        ``drop``; never to the connection ``publication.origin`` in a format that
+        excludes the origin."""
         for wire, sinks in groups:
+            if wire.excludes_origin and publication.origin:
+                # Only the origin's own worker finds it here: one copy of the list there
+                # (the fan-out after it is O(n) anyway), nothing on the other workers.
+                origin = self.origin_sinks.get(publication.origin)
+                if origin is not None:
+                    sinks = [sink for sink in sinks if sink is not origin]
+                    if not sinks:
+                        continue
             self.push(wire.encode(channel, publication), sinks, drop)
 
     def push(self, push: bytes, sinks: list[Any], drop: bool) -> None:

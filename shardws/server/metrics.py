@@ -243,3 +243,66 @@ def prometheus_text(board: Scoreboard, stale_after: float, view: ViewTable | Non
     registry = CollectorRegistry()
     registry.register(_ScoreboardCollector(board, view, stale_after))
     return generate_latest(registry)
+
+
+#: The Pusher series (docs/pusher.md, "Metrics"), each with its help text; the per-worker
+#: ones name a worker's ``pusher_stats`` counter.
+_PUSHER_WORKER_SERIES = (
+    ("shardws_pusher_connections", "connections", "open Pusher connections of the app"),
+    ("shardws_pusher_connections_accepted", "accepted", "Pusher connections accepted"),
+    ("shardws_pusher_messages", "messages_in", "messages received from Pusher clients"),
+    ("shardws_pusher_client_events", "client_events", "client events relayed"),
+)
+
+
+class _PusherCollector:
+    def __init__(
+        self,
+        per_worker: dict[int, dict[str, dict[str, int]]],
+        api_events: dict[str, int],
+        apps: list[str],
+        complete: bool,
+    ) -> None:
+        self._per_worker = per_worker
+        self._api_events = api_events
+        self._apps = apps
+        self._complete = complete
+
+    def collect(self) -> Iterator[Metric]:
+        for name, counter, text in _PUSHER_WORKER_SERIES:
+            family: GaugeMetricFamily | CounterMetricFamily
+            if counter == "connections":
+                family = GaugeMetricFamily(name, text, labels=["worker", "app"])
+            else:
+                family = CounterMetricFamily(name, text, labels=["worker", "app"])
+            for slot, apps in sorted(self._per_worker.items()):
+                for app in self._apps:
+                    value = apps.get(app, {}).get(counter, 0)
+                    family.add_metric([str(slot), app], float(value))
+            yield family
+        events = CounterMetricFamily(
+            "shardws_pusher_api_events", "events published by the HTTP API", labels=["app"]
+        )
+        for app in self._apps:
+            events.add_metric([app], float(self._api_events.get(app, 0)))
+        yield events
+        yield GaugeMetricFamily(
+            "shardws_pusher_metrics_complete",
+            "1 if every ready worker gave its Pusher counters to this scrape",
+            value=1.0 if self._complete else 0.0,
+        )
+
+
+def pusher_text(
+    per_worker: dict[int, dict[str, dict[str, int]]],
+    api_events: dict[str, int],
+    apps: list[str],
+    complete: bool,
+) -> bytes:
+    """The Pusher series per app (``app`` label, every configured app) in the text
+    exposition format: each worker's ``pusher_stats`` answer (``per_worker``: slot ->
+    {app id: {counter: n}}), the admin's HTTP API events per app, and whether every
+    ready worker answered."""
+    registry = CollectorRegistry()
+    registry.register(_PusherCollector(per_worker, api_events, apps, complete))
+    return generate_latest(registry)

@@ -22,6 +22,8 @@ bus inbox (the owner operations of ``control``; their table is in
   change).
 * ``presence.list``, ``presence.stats`` — this worker's subscribers of a channel (asked
   of every worker).
+* ``pusher.join``, ``pusher.leave``, ``pusher.users`` — a Pusher presence channel's
+  roster, kept by its owner (``server.pusherowner``).
 
 Guarantees (what ``docs/guarantees.md`` states and the tests check):
 
@@ -77,7 +79,9 @@ from shardws.pure.history import Position, RingState, owner_of
 from shardws.pure.protocol import CloseCode, ErrorCode, encode_publication
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
+from shardws.pure.pusher.channels import is_internal
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
+from shardws.server.pusherowner import PusherRequest
 from shardws.server.ringfile import load_rings, rings_path, save_rings
 
 if TYPE_CHECKING:
@@ -85,6 +89,7 @@ if TYPE_CHECKING:
     from shardws.pure.auth import Identity
     from shardws.pure.hub import Hub
     from shardws.server.delivery import Delivery
+    from shardws.server.pusherowner import PusherOwner
     from shardws.shm.view import Members
 
 log = logging.getLogger("shardws.owners")
@@ -154,6 +159,8 @@ class Owners:
         self.sequencer = Sequencer(self._options)
         self.tracker = Tracker()
         self.requests = Requests(worker.member, self._send)
+        #: The rosters of the Pusher presence channels owned here (set by the worker).
+        self.pusher_owner: PusherOwner | None = None
         self.repairs = 0  # gaps repaired from the owner
         self.unrecoverable = 0  # gaps that could not be repaired (subscribers closed)
         self._pending: dict[str, list[_Pending]] = {}
@@ -174,7 +181,9 @@ class Owners:
         return self.worker.options_for(channel)
 
     def has_history(self, channel: str) -> bool:
-        return self._options(channel).history_size > 0
+        # Pusher channels (internal names) have no history, whatever the default
+        # namespace says: their names have no namespace.
+        return self._options(channel).history_size > 0 and not is_internal(channel)
 
     def view(self) -> tuple[int, ...]:
         """The member ids of the workers that own channels now: this host's configured
@@ -250,6 +259,10 @@ class Owners:
             return self.local_presence(request.channel)
         if isinstance(request, PresenceStatsRequest):
             return self.local_presence_stats(request.channel)
+        if isinstance(request, PusherRequest):
+            if self.pusher_owner is None:
+                return OwnerRefusal("no Pusher presence here")
+            return self.pusher_owner.answer(request)
         if not isinstance(
             request, HistoryPublishRequest | HistoryPositionRequest | HistoryPageRequest
         ):

@@ -23,14 +23,11 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import uvloop
 from picows import (
     WSCloseCode,
-    WSFrame,
-    WSListener,
-    WSMsgType,
     WSTransport,
     WSUpgradeRequest,
     WSUpgradeResponse,
@@ -43,12 +40,7 @@ from shardws import core
 from shardws.bus.host import Bus, endpoint
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
-    Deflated,
-    Sink,
     TokenBucket,
-    build_frame,
-    build_text_frame,
-    release_handshake,
     total_drops,
 )
 from shardws.log import RateLimitedLogger, setup_logging
@@ -57,18 +49,20 @@ from shardws.pure.auth import (
     ANONYMOUS,
     Authenticator,
     AuthFailure,
-    Identity,
 )
 from shardws.pure.busframe import channel_topic, inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
 from shardws.pure.deflate import Inflater, negotiate
-from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_frame
+from shardws.pure.frames import Messages
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
 from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import decode as decode_publication
 from shardws.pure.publication import encode as publication_record
+from shardws.pure.pusher.admission import PATH_PREFIX as PUSHER_PATH
+from shardws.pure.pusher.admission import admit
+from shardws.pure.pusher.channels import is_internal
 from shardws.pure.session import (
     Close,
     Connected,
@@ -80,8 +74,10 @@ from shardws.pure.session import (
     Subscribe,
     Unsubscribe,
 )
-from shardws.server.delivery import NATIVE, Delivery, WireFormat
+from shardws.server.connection import CLOSE_GRACE, Connection
+from shardws.server.delivery import Delivery, WireFormat
 from shardws.server.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
+from shardws.server.pusher import PusherConnection, PusherFront
 from shardws.server.static import static_response
 from shardws.shm.scoreboard import Column, LatencyHistogram, ProcessState
 from shardws.shm.tables import SharedTables
@@ -90,7 +86,6 @@ from shardws.shm.view import Members
 EXIT_BOOT_FAILURE = 3
 HEARTBEAT_INTERVAL = 0.5  # seconds; far below any sane heartbeat_timeout
 PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for peers' subscriptions
-CLOSE_GRACE = 1.0  # seconds we wait for the peer's close frame before dropping TCP
 DRAIN_BATCHES = 20  # a drain closes connections in this many waves
 HANDSHAKE_GRACE = 0.3  # seconds a drain waits for handshakes already in flight
 # Descriptors a worker keeps free beyond those open when it starts accepting: sockets in
@@ -121,205 +116,6 @@ def open_fds() -> int:
         return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir opened
     except OSError:
         return 0
-
-
-class Connection(WSListener):
-    """One client connection. Holds only per-connection state; policy lives in Worker."""
-
-    #: The wire format its publications are encoded in (``Delivery.publish``); a class
-    #: attribute, so it costs a connection nothing.
-    wire = NATIVE
-
-    __slots__ = (
-        "bucket",
-        "channels",
-        "client_id",
-        "closing",
-        "connect_timer",
-        "deflate_bits",
-        "echo",
-        "fragment_binary",
-        "fragment_compressed",
-        "fragment_size",
-        "fragments",
-        "identity",
-        "inflater",
-        "ip",
-        "last_seen",
-        "on_message",
-        "ping_sent",
-        "sink",
-        "strikes",
-        "transport",
-        "worker",
-    )
-
-    def __init__(self, worker: Worker, identity: Identity | None, *, echo: bool = False) -> None:
-        self.worker = worker
-        self.identity = identity  # None until a connect message authenticates it
-        # The diagnostics echo differs from a native connection only in what a complete
-        # message does; frames, fragments, limits and closing are shared.
-        self.echo = echo
-        self.on_message = worker.echo_received if echo else worker.message_received
-        self.ip = ""  # counted in the per-IP table once set
-        # Way 2 only: closes with 4504 at handshake_timeout unless a connect comes first.
-        self.connect_timer: asyncio.TimerHandle | None = None
-        self.strikes = 0  # consecutive rate-limited commands
-        self.bucket = worker.sessions.new_bucket(time.monotonic())  # its session's
-        self.transport: WSTransport | None = None
-        self.sink: Any = None
-        self.client_id = ""
-        self.channels: set[str] = set()
-        self.last_seen = time.monotonic()
-        self.ping_sent = False
-        self.closing = False
-        # Message assembly state (pure.frames.FrameState); the inflater is set when the
-        # upgrade agrees permessage-deflate (Worker._accept).
-        self.fragments: list[bytes] | None = None
-        self.fragment_binary = False
-        self.fragment_compressed = False
-        self.fragment_size = 0
-        self.inflater: Inflater | None = None
-        self.deflate_bits = 0  # the server's compression window, 0 when not agreed
-
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
-        self.worker.admit(self, transport)  # reads the request: before releasing it
-        release_handshake(transport)
-        self.sink = Sink(
-            transport.underlying_transport,
-            max_pending=self.worker.config.server.max_pending_bytes,
-            owner=self,
-            direct=not transport.is_secure,  # TLS bytes must go through the transport
-            deflate_bits=self.deflate_bits,
-        )
-        self.worker.connection_opened(self)
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        msg_type = frame.msg_type
-        if (self.closing or transport.is_close_frame_sent) and msg_type != WSMsgType.CLOSE:
-            # Frames already buffered when we decided to close, or the frame picows read
-            # just before failing the connection on the next one: RFC 6455 5.5.1 forbids
-            # sending data after a Close, so nothing of them is acted on.
-            return
-        self.last_seen = time.monotonic()
-        self.ping_sent = False
-        # picows's WSMsgType is an IntEnum of the RFC 6455 opcodes: 0-2 are data frames.
-        opcode: int = msg_type  # type: ignore[assignment]
-        if opcode <= BINARY:
-            # The native parser checks UTF-8 itself; the echo has no parser.
-            worker = self.worker
-            messages = worker.echo_messages if self.echo else worker.native_messages
-            result = messages.feed(
-                self,
-                opcode,
-                frame.fin,
-                frame.rsv1,
-                frame.rsv2,
-                frame.rsv3,
-                frame.get_payload_as_bytes(),
-            )
-            if type(result) is Message:
-                self.on_message(self, result.binary, result.payload)
-            elif isinstance(result, Fail):
-                self.fail(result)
-            return
-        failure = check_control_frame(frame.rsv1, frame.rsv2, frame.rsv3)
-        if failure is not None:
-            self.fail(failure)
-            return
-        if msg_type == WSMsgType.CLOSE:
-            # RFC 6455 5.5.1: answer a close with a close, then drop the connection.
-            if not transport.is_close_frame_sent:
-                self.closing = True
-                if self.sink is not None:
-                    self.sink.flush()  # what was corked goes before our close frame
-                    self.sink.close()
-                transport.send_close(self._close_reply(frame))
-            transport.disconnect()
-        elif msg_type == WSMsgType.PING:
-            transport.send_pong(frame.get_payload_as_bytes())  # RFC 6455 5.5.3
-        # A PONG only refreshes last_seen (above).
-
-    def _close_reply(self, frame: WSFrame) -> WSCloseCode:
-        """The code that answers a client's Close: its own code echoed, 1000 for an empty
-        Close, 1002 for a code no endpoint may send (RFC 6455 7.4.1/7.4.2: below 1000,
-        1004-1006, 1015, unassigned 1016-2999, above 4999). picows lets 0 and 1006
-        through (they are members of its enum), so the server checks."""
-        if frame.payload_size == 0:
-            return WSCloseCode.OK
-        # An int at run time: codes outside picows's enum (3000-4999) arrive as plain ints.
-        code = cast(int, frame.get_close_code())
-        if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
-            return cast(WSCloseCode, code)
-        self.worker.protocol_error(self, f"invalid close code {code}")
-        return WSCloseCode.PROTOCOL_ERROR
-
-    def fail(self, failure: Fail) -> None:
-        """Close for a message the frames could not make (see ``pure.frames``): counted
-        as a protocol error, logged when it says what. The client's Close is still read,
-        so the closing handshake completes."""
-        if failure.detail is None:
-            self.worker.stats[Column.PROTOCOL_ERRORS] += 1
-        else:
-            self.worker.protocol_error(self, failure.detail)
-        self.close(failure.code, failure.reason)
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.closing = True
-        if self.sink is not None:
-            self.sink.close()
-            self.worker.connection_closed(self)
-
-    def pause_writing(self) -> None:
-        # Backpressure is handled by the slow-consumer policy, not by pausing.
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-    def send_message(self, payload: bytes, binary: bool) -> None:
-        """Send one text or binary message (the diagnostics echo), through the sink."""
-        if not self.closing and self.sink is not None:
-            frame = self._compressed(payload, binary) or build_frame(payload, binary)
-            self.sink.send(frame)
-            self.worker.delivery.wrote(len(frame))
-
-    def _compressed(self, payload: bytes, binary: bool = False) -> bytes | None:
-        """The permessage-deflate frame of a message for this connection alone, or None
-        when it is not to be compressed (not negotiated, or under the threshold)."""
-        if not self.deflate_bits or len(payload) < self.worker.config.compression.threshold:
-            return None
-        deflated = Deflated(payload, self.worker.config.compression.level, binary)
-        return deflated.frame(self.deflate_bits)
-
-    def send(self, payload: bytes) -> None:
-        """Send one text message to this client (replies and own pushes), through the
-        sink so it stays in order with publications and counts against the cap."""
-        if not self.closing and self.sink is not None:
-            frame = (self.deflate_bits and self._compressed(payload)) or build_text_frame(payload)
-            self.sink.send(frame)
-            self.worker.delivery.wrote(len(frame))
-
-    def close(self, code: int, reason: str, *, stop_reading: bool = False) -> None:
-        """Send what is corked, then a close frame with ``code``; drop the connection
-        when the client answers, or after ``CLOSE_GRACE``. Fan-out skips it from now on.
-        ``stop_reading`` (abuse, protocol violations): nothing more is read from the
-        peer, so a flooder cannot keep the worker busy during the grace period."""
-        if self.closing or self.transport is None:
-            return
-        if stop_reading:
-            try:
-                self.transport.underlying_transport.pause_reading()
-            except RuntimeError:  # already closing
-                pass
-        self.closing = True
-        self.sink.flush()
-        self.sink.close()
-        self.worker.leave_all(self)
-        self.transport.send_close(WSCloseCode(code), reason.encode()[:120])
-        # Not graceful: a client that stopped reading must not keep its buffer alive.
-        asyncio.get_running_loop().call_later(CLOSE_GRACE, self.transport.disconnect, False)
 
 
 class Worker:
@@ -366,6 +162,8 @@ class Worker:
         self._next_position_check = 0.0
         # user -> that user's connections here, subscribed to the user's bus topic.
         self.users = Hub(self._bus_subscribe_user, self._bus_unsubscribe_user)
+        self.pusher = PusherFront(self)
+        self.owners.pusher_owner = self.pusher.owner
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -523,6 +321,9 @@ class Worker:
         self.latency.store(row)
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         self.owners.on_view()
+        self.pusher.owner.check_processes()
+        self.pusher.check_owners()
+        self.pusher.owner.expire()
         now = time.monotonic()
         if now >= self._next_position_check:
             self._next_position_check = now + POSITION_CHECK_INTERVAL
@@ -542,6 +343,9 @@ class Worker:
         for conn in list(self.connections):
             idle = now - conn.last_seen
             if conn.closing or conn.transport is None:
+                continue
+            if type(conn) is PusherConnection:
+                self.pusher.check_activity(conn, idle)
                 continue
             identity = conn.identity
             if identity is None:  # its own timer closes it at handshake_timeout
@@ -570,7 +374,8 @@ class Worker:
         raw_path = request.path.split(b"?", 1)[0]
         path = raw_path.decode("latin-1")
         echo = path == self.config.diagnostics.echo_path and path != ""
-        if path != self.config.server.path and not echo:
+        pusher = self.config.pusher.apps and path.startswith(PUSHER_PATH)
+        if path != self.config.server.path and not echo and not pusher:
             # /shardws.js and the demo, or None: picows answers 404.
             server = self.config.server
             return static_response(raw_path, server.demo, server.path)
@@ -581,6 +386,11 @@ class Worker:
             return self._refuse(503, "server full, try again later", Column.REFUSED)
         if echo:
             return self._accept(Connection(self, ANONYMOUS, echo=True), request)
+        if pusher:
+            # Refused or not, a Pusher client is upgraded: Pusher answers with a
+            # pusher:error and a close code, which pusher-js acts on (admission.py).
+            admission = admit(request.path.decode("latin-1"), self.config.pusher)
+            return self._accept(PusherConnection(self, admission), request)
         token = request_token(request.path, request.headers)
         if token is None:
             identity = ANONYMOUS if self.config.auth.anonymous else None
@@ -666,7 +476,9 @@ class Worker:
         self.stats[Column.ACCEPTED] += 1
         if conn.deflate_bits:
             self.delivery.deflating += 1
-        if conn.identity is None:  # way 2: a connect message must come first
+        if type(conn) is PusherConnection:
+            self.pusher.opened(conn)
+        elif conn.identity is None:  # way 2: a connect message must come first
             # A timer per waiting connection rather than a check in the sweep: the sweep
             # runs every ping_interval / 4 (up to 5 s), so it would close up to that late.
             # Only way-2 connections get one, for the few milliseconds to their connect
@@ -675,7 +487,7 @@ class Worker:
             conn.connect_timer = asyncio.get_running_loop().call_later(
                 self.config.server.handshake_timeout, self._connect_timed_out, conn
             )
-        if not conn.echo:
+        if not conn.echo and type(conn) is not PusherConnection:
             self._join_user(conn, protocol.encode_connected(conn.client_id, self.slot))
         if self._stop.is_set():  # accepted before the drain began: send it elsewhere
             self._send_away(conn, 1.0)
@@ -687,7 +499,8 @@ class Worker:
             conn.close(CloseCode.CONNECT_TIMEOUT, "no connect message in time")
 
     def _send_away(self, conn: Connection, max_delay: float) -> None:
-        conn.send(protocol.encode_reconnect(random.uniform(0.0, max_delay)))
+        if type(conn) is not PusherConnection:  # Pusher has no delay hint: 4200 only
+            conn.send(protocol.encode_reconnect(random.uniform(0.0, max_delay)))
         conn.close(CloseCode.GOING_AWAY, "server shutting down")
 
     def connection_closed(self, conn: Connection) -> None:
@@ -697,6 +510,8 @@ class Worker:
         if conn in self.connections:
             self.connections.discard(conn)
             self.stats[Column.CLOSED] += 1
+            if type(conn) is PusherConnection:
+                self.pusher.closed(conn)
             if conn.deflate_bits:
                 self.delivery.deflating -= 1
         if conn.ip and self.iptable is not None:
@@ -705,6 +520,9 @@ class Worker:
         self.leave_all(conn)
 
     def leave_all(self, conn: Connection) -> None:
+        if type(conn) is PusherConnection:
+            self.pusher.leave_all(conn)
+            return
         for channel in conn.channels:
             self.hub.remove(channel, conn)
             self._announce_leave(channel, conn)
@@ -728,14 +546,15 @@ class Worker:
         _CARRY_OUT[type(outcome)](self, conn, outcome)
 
     def _reply(self, conn: Connection, reply: Reply) -> None:
-        self._account(conn, reply.count, reply.log)
+        self.account(conn, reply.count, reply.log)
         conn.send(reply.payload)
 
     def _close(self, conn: Connection, close: Close) -> None:
-        self._account(conn, close.count, close.log)
+        self.account(conn, close.count, close.log)
         conn.close(close.code, close.reason, stop_reading=close.stop_reading)
 
-    def _account(self, conn: Connection, count: Count | None, line: str | None) -> None:
+    def account(self, conn: Connection, count: Count | None, line: str | None) -> None:
+        """Count ``count`` (a session outcome's) and log ``line`` about ``conn``."""
         if count is not None:
             self.stats[_COUNTED[count]] += 1
         if line is not None:
@@ -802,7 +621,11 @@ class Worker:
         """Deliver ``data`` (valid JSON) from connection ``origin`` ("" for none) to the
         channel's subscribers on every worker: written to local subscribers now (encoded
         once per wire format, framed once), sent on the bus as one publication record."""
-        publication = Publication(data, Kind.PUB, "", origin, "", None)
+        self.publish_publication(channel, Publication(data, Kind.PUB, "", origin, "", None))
+
+    def publish_publication(self, channel: str, publication: Publication) -> None:
+        """Deliver ``publication`` to ``channel``'s subscribers on every worker (see
+        ``publish``)."""
         self.stats[Column.PUBLISHES] += 1
         groups = self.hub.groups(channel)
         if groups:
@@ -913,13 +736,18 @@ class Worker:
                 reply = self.owners.handle(request["op"], request)
                 if request["id"] == 0:  # a notification (hand-over): nobody waits
                     continue
+            elif request["op"] == "pusher_stats":
+                reply = {"apps": self.pusher.stats_answer()}
             elif request["op"] == "channels":
                 try:
                     prefix, limit = control.channels_arguments(request)
                 except ValueError as exc:
                     reply = {"error": str(exc)}
                 else:
-                    reply = control.channels_answer(self.hub.channel_counts(prefix), limit)
+                    counts = self.hub.channel_counts(prefix)
+                    if not is_internal(prefix):  # a native listing: no Pusher channel
+                        counts = {n: c for n, c in counts.items() if not is_internal(n)}
+                    reply = control.channels_answer(counts, limit)
             else:
                 reply = {"error": f"unknown op {request['op']!r}"}
             self.bus.publish(

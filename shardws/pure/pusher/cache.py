@@ -12,6 +12,8 @@ Guarantees: :meth:`LastEvents.get` never returns an event older than the TTL, an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class LastEvents:
     """The last event (encoded, ready to send) of each cache channel of one app."""
@@ -48,6 +50,14 @@ class LastEvents:
             del self._events[channel]
             expired += 1
         return expired
+
+    def forget(self, which: Callable[[str], bool]) -> int:
+        """Forget the events of the channels ``which`` says (their owner changed): how
+        many."""
+        gone = [channel for channel in self._events if which(channel)]
+        for channel in gone:
+            del self._events[channel]
+        return len(gone)
 
     def __len__(self) -> int:
         return len(self._events)

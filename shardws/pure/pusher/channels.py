@@ -118,6 +118,15 @@ def member_of(socket_id: str) -> int | None:
     return int(socket_id.partition(".")[0]) & 0xFFFFFFFF
 
 
+def incarnation_of(socket_id: str) -> int | None:
+    """The incarnation of the process that issued ``socket_id`` (:func:`socket_id`), or
+    None when ``socket_id`` does not have the form of one. A process's incarnations only
+    grow (its start time), so an older one belongs to a process that is gone."""
+    if not is_socket_id(socket_id):
+        return None
+    return int(socket_id.partition(".")[0]) >> 32
+
+
 class SocketIds:
     """The socket ids of one process: :func:`socket_id` with a counter that only grows."""
 
@@ -134,3 +143,38 @@ class SocketIds:
         incarnation) returned."""
         self._counter += 1
         return socket_id(self._member, self._incarnation, self._counter)
+
+
+# ------------------------------------------------------------------ the hub's names
+
+#: The first character of every hub and bus name of a Pusher channel. It is in neither
+#: the native channel set (``pure.protocol._CHANNEL_RE``) nor Pusher's, nor in app ids
+#: (``A-Z a-z 0-9 _ . -``), so no native channel and no other app's channel can share a
+#: Pusher channel's internal name.
+INTERNAL_MARK = "|"
+
+
+def app_prefix(app_id: str) -> str:
+    """The start of every internal name of app ``app_id``'s channels: ``|{app_id}|``."""
+    return f"{INTERNAL_MARK}{app_id}{INTERNAL_MARK}"
+
+
+def internal_name(app_id: str, channel: str) -> str:
+    """The hub and bus name of Pusher ``channel`` (valid) of app ``app_id``:
+    ``|{app_id}|{channel}``. Injective over (app id, channel); never a native name."""
+    return f"{INTERNAL_MARK}{app_id}{INTERNAL_MARK}{channel}"
+
+
+def is_internal(name: str) -> bool:
+    """Whether hub or bus channel ``name`` is a Pusher channel's internal name."""
+    return name.startswith(INTERNAL_MARK)
+
+
+def app_of(internal: str) -> str:
+    """The app id of an :func:`internal_name`."""
+    return internal[1 : internal.index(INTERNAL_MARK, 1)]
+
+
+def pusher_name(internal: str) -> str:
+    """The Pusher channel name of an :func:`internal_name` (what clients see)."""
+    return internal[internal.index(INTERNAL_MARK, 1) + 1 :]

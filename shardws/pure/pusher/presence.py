@@ -15,13 +15,15 @@ Guarantees:
   connection of a user already present is always accepted.
 * :meth:`Roster.leave_member` drops every subscription of a process that is gone (its
   member id is part of each socket id: :func:`.channels.member_of`).
+* :meth:`Roster.restore` puts back a subscription an owner lost, beyond the limit if it
+  must (the user is in the channel already): the roster again says who is there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardws.pure.pusher.channels import member_of
+from shardws.pure.pusher.channels import incarnation_of, member_of
 from shardws.pure.pusher.session import PresenceMember
 
 
@@ -72,6 +74,16 @@ class Roster:
         self._by_socket[socket_id] = member
         return Joined(first=len(sockets) == 1)
 
+    def restore(self, socket_id: str, member: PresenceMember) -> None:
+        """Put back a subscription that exists already (the roster was lost, or moved
+        here): no limit, nothing to announce -- its user was announced when it joined.
+        A socket known as another user is a caller's error (``ValueError``)."""
+        previous = self._by_socket.get(socket_id)
+        if previous is not None and previous.user_id != member.user_id:
+            raise ValueError(f"socket {socket_id} already joined as another user")
+        self._sockets_of.setdefault(member.user_id, set()).add(socket_id)
+        self._by_socket[socket_id] = member
+
     def leave(self, socket_id: str) -> str | None:
         """Remove the subscription of ``socket_id``: the user id whose last connection
         this was (send ``member_removed``), else None (unknown socket included)."""
@@ -85,11 +97,25 @@ class Roster:
         del self._sockets_of[member.user_id]
         return member.user_id
 
-    def leave_member(self, member: int) -> list[str]:
+    def leave_member(self, member: int, keep: int | None = None) -> list[str]:
         """Remove every subscription of the process whose member id is ``member`` (it
-        died or left the cluster): the users that left with it, in no set order."""
-        gone = [socket_id for socket_id in self._by_socket if member_of(socket_id) == member]
+        died or left the cluster) -- but those of incarnation ``keep``, when given (the
+        process that holds the member id now): the users that left with it, in no set
+        order."""
+        gone = [
+            socket_id
+            for socket_id in self._by_socket
+            if member_of(socket_id) == member
+            and (keep is None or incarnation_of(socket_id) != keep)
+        ]
         return [user for user in map(self.leave, gone) if user is not None]
+
+    def processes(self) -> set[tuple[int, int]]:
+        """The ``(member, incarnation)`` of every process with a subscription here."""
+        return {
+            (int(first) & 0xFFFFFFFF, int(first) >> 32)
+            for first, _, _ in (socket_id.partition(".") for socket_id in self._by_socket)
+        }
 
     def members(self) -> list[tuple[str, bytes | None]]:
         """One ``(user_id, user_info)`` per user, for ``subscription_succeeded`` and

@@ -1,0 +1,423 @@
+"""The Pusher Channels protocol in a worker: its connections, its wire format, and the
+carrying out of its sessions' outcomes (the decisions are ``shardws.pure.pusher``'s).
+
+A Pusher connection is a :class:`~shardws.server.connection.Connection` (frames,
+fragments, limits, the sink and closing are shared) that keeps the state the Pusher
+session needs on itself (``pure.pusher.session.PusherState``): no other object per
+connection. Its channels live in the same hub and on the same bus as native ones, under
+internal names (``pure.pusher.channels.internal_name``: ``|{app id}|{channel}``) that no
+native channel and no other app's channel can have.
+
+Guarantees:
+
+* Every close of a Pusher connection, whoever decides it, is the native close reason
+  mapped by ``closecodes.for_native``: a ``pusher:error`` with the Pusher code, then a
+  close frame with that code. A refused upgrade (``admission.admit``) is upgraded, gets
+  its ``pusher:error`` and is closed with its code.
+* ``pusher_internal:subscription_succeeded`` is sent once the channel's bus
+  subscription is live on every member (the hub's liveness future), never before.
+* A publication with an ``origin`` (a client event, an HTTP trigger with ``socket_id``)
+  never reaches the connection with that socket id (:data:`PUSHER` excludes the origin;
+  ``Delivery.publish`` skips it).
+* A quiet connection gets ``pusher:ping`` after the app's ``activity_timeout`` and is
+  closed with 4201 when nothing arrives within :data:`PONG_WAIT` more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from shardws.config import PusherAppConfig
+from shardws.core import TokenBucket
+from shardws.pure.auth import ANONYMOUS
+from shardws.pure.busframe import inbox_topic
+from shardws.pure.control import (
+    OwnerRequest,
+    PusherCacheGetRequest,
+    PusherJoinRequest,
+    PusherLeaveRequest,
+    encode_owner_request,
+)
+from shardws.pure.protocol import CloseCode
+from shardws.pure.publication import Kind, Publication
+from shardws.pure.pusher import wire
+from shardws.pure.pusher.admission import Admitted, Refused
+from shardws.pure.pusher.channels import SocketIds, internal_name, kind_of, pusher_name
+from shardws.pure.pusher.closecodes import PusherCode, for_native
+from shardws.pure.pusher.session import (
+    ClientEvent,
+    Nothing,
+    PresenceMember,
+    PusherSessions,
+    PusherSubscribe,
+    PusherUnsubscribe,
+)
+from shardws.pure.session import Close, Reply
+from shardws.server.connection import Connection
+from shardws.server.delivery import WireFormat
+from shardws.server.pusherowner import PusherOwner
+from shardws.shm.scoreboard import Column
+
+if TYPE_CHECKING:
+    from shardws.server.worker import Worker
+
+log = logging.getLogger("shardws.pusher")
+
+#: Seconds a connection pinged after ``activity_timeout`` of silence has to answer before
+#: it is closed with 4201 (at most its ``activity_timeout``): what pusher-js itself waits
+#: for a pong (its ``pongTimeout``, 30 s).
+PONG_WAIT = 30.0
+
+#: Times a presence subscription asks its channel's owner (each waiting up to
+#: ``owners.OWNER_TIMEOUT``) before it is refused with 503: long enough for a killed
+#: owner's replacement to boot.
+JOIN_ATTEMPTS = 4
+
+
+def encode(channel: str, publication: Publication) -> bytes:
+    """A publication on the internal channel ``channel`` as Pusher clients receive it: an
+    event (with the sender's ``user_id`` on a presence channel's client event), or
+    ``member_added`` / ``member_removed`` for a presence join or leave."""
+    name = pusher_name(channel)
+    kind = publication.kind
+    if kind is Kind.PUB:
+        return wire.encode_event(
+            publication.event, name, publication.data, publication.user or None
+        )
+    if kind is Kind.JOIN:
+        return wire.encode_member_added(name, publication.user, publication.data or None)
+    return wire.encode_member_removed(name, publication.user)
+
+
+#: The Pusher wire format: a publication is never sent back to its origin (Pusher does
+#: not echo client events, and an HTTP trigger's ``socket_id`` excludes that connection).
+PUSHER = WireFormat("pusher", encode, excludes_origin=True)
+
+#: A worker's counters per app (``pusher_stats`` inbox op, exported by the admin's
+#: ``/metrics``): open connections (a gauge), and since the worker started: connections
+#: accepted, messages received, client events relayed.
+APP_STATS = ("connections", "accepted", "messages_in", "client_events")
+_CONNECTIONS, _ACCEPTED, _MESSAGES_IN, _CLIENT_EVENTS = range(len(APP_STATS))
+
+
+class PusherConnection(Connection):
+    """A connection on ``/app/{key}``: the Pusher session's state
+    (``PusherState``) kept on the connection. ``refused`` is set when the upgrade was
+    not admitted: the connection is closed with its code as soon as it opens."""
+
+    wire = PUSHER
+
+    __slots__ = ("app", "client_event_bucket", "refused", "socket_id")
+
+    # The native connection's channel set holds hub names; a Pusher connection's holds
+    # its Pusher channels with their presence member (the session's state).
+    channels: dict[str, PresenceMember | None]  # type: ignore[assignment]
+
+    def __init__(self, worker: Worker, admission: Admitted | Refused) -> None:
+        super().__init__(worker, ANONYMOUS)
+        self.on_message = worker.pusher.message_received
+        self.channels = {}
+        self.socket_id = ""
+        if isinstance(admission, Refused):
+            self.refused: Refused | None = admission
+            # Never used: the connection is closed at once (any app's limits would do).
+            self.app: PusherAppConfig = PusherAppConfig()
+        else:
+            self.refused = None
+            self.app = admission.app
+        self.client_event_bucket: TokenBucket = PusherSessions.new_client_event_bucket(
+            self.app, time.monotonic()
+        )
+
+    def close(self, code: int, reason: str, *, stop_reading: bool = False) -> None:
+        """Close for the native reason ``code`` the Pusher way (``closecodes.for_native``):
+        ``pusher:error`` with the Pusher code, then the close frame with it."""
+        if self.closing or self.transport is None:
+            return
+        pusher_close = for_native(code)
+        if pusher_close.sends_error:
+            self.send(wire.encode_error(pusher_close.code, pusher_close.message))
+        super().close(pusher_close.code, pusher_close.message, stop_reading=stop_reading)
+
+    def refuse(self, code: int, message: str) -> None:
+        """Close with Pusher ``code`` itself (a refused upgrade): ``pusher:error``, then
+        the close frame."""
+        if self.closing or self.transport is None:
+            return
+        self.send(wire.encode_error(code, message))
+        super().close(code, message)
+
+
+class PusherFront:
+    """The Pusher protocol's part of one worker: socket ids, the sessions' rules, the
+    carrying out of their outcomes, the activity check."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.sessions = PusherSessions(worker.config.limits)
+        # The process's start time tells this incarnation's socket ids from those of an
+        # earlier process with the same member id.
+        self.socket_ids = SocketIds(worker.member, int(time.time() * 1000))
+        self.owner = PusherOwner(worker)
+        self.app_stats: dict[str, list[int]] = {}  # app id -> APP_STATS
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Presence channels with members here -> the (owner, its pid) that knows them.
+        self._owner_seen: dict[str, tuple[int, int]] = {}
+        self._joining: set[tuple[str, str]] = set()  # (socket id, channel) asking to join
+
+    def opened(self, conn: PusherConnection) -> None:
+        """A connection's upgrade completed: refuse it, or give it its socket id and send
+        ``pusher:connection_established``."""
+        if conn.refused is not None:
+            self.worker.stats[Column.REFUSED] += 1
+            conn.refuse(conn.refused.code, conn.refused.message)
+            return
+        self._stats_of(conn.app.id)[_CONNECTIONS] += 1
+        self._stats_of(conn.app.id)[_ACCEPTED] += 1
+        conn.socket_id = conn.client_id = self.socket_ids.next()
+        self.worker.delivery.origin_sinks[conn.socket_id] = conn.sink
+        conn.send(wire.encode_connection_established(conn.socket_id, conn.app.activity_timeout))
+
+    def _stats_of(self, app_id: str) -> list[int]:
+        stats = self.app_stats.get(app_id)
+        if stats is None:
+            stats = self.app_stats[app_id] = [0] * len(APP_STATS)
+        return stats
+
+    def closed(self, conn: PusherConnection) -> None:
+        """``conn`` is gone (called once per opened connection)."""
+        if conn.socket_id:
+            self._stats_of(conn.app.id)[_CONNECTIONS] -= 1
+
+    def stats_answer(self) -> dict[str, dict[str, int]]:
+        """The ``pusher_stats`` answer: ``{app id: {counter: n}}``."""
+        return {
+            app: dict(zip(APP_STATS, stats, strict=True)) for app, stats in self.app_stats.items()
+        }
+
+    def leave_all(self, conn: PusherConnection) -> None:
+        """Leave every channel of ``conn`` (closing or closed)."""
+        hub, app_id = self.worker.hub, conn.app.id
+        for channel, member in conn.channels.items():
+            internal = internal_name(app_id, channel)
+            hub.remove(internal, conn)
+            if member is not None:
+                self._leave_owner(internal, conn.socket_id)
+        conn.channels.clear()
+        if conn.socket_id:
+            self.worker.delivery.origin_sinks.pop(conn.socket_id, None)
+
+    def check_activity(self, conn: PusherConnection, idle: float) -> None:
+        """The sweep's rule for a Pusher connection quiet for ``idle`` seconds."""
+        timeout = conn.app.activity_timeout
+        if idle >= timeout + min(float(timeout), PONG_WAIT):
+            conn.close(CloseCode.IDLE_TIMEOUT, "no pong")
+        elif idle >= timeout and not conn.ping_sent:
+            conn.ping_sent = True
+            conn.send(wire.encode_ping())
+
+    # -- messages -----------------------------------------------------------------------
+
+    def message_received(self, conn: Connection, binary: bool, payload: bytes) -> None:
+        """A complete message of a Pusher connection: the Pusher session decides
+        (``pure.pusher.session``), this carries out the one outcome."""
+        assert isinstance(conn, PusherConnection)
+        stats = self.worker.stats
+        stats[Column.MESSAGES_IN] += 1
+        stats[Column.BYTES_IN] += len(payload)
+        self._stats_of(conn.app.id)[_MESSAGES_IN] += 1
+        outcome = self.sessions.command(conn, payload, binary, conn.last_seen)
+        _CARRY_OUT[type(outcome)](self, conn, outcome)
+
+    def _reply(self, conn: PusherConnection, reply: Reply) -> None:
+        self.worker.account(conn, reply.count, reply.log)
+        conn.send(reply.payload)
+
+    def _close(self, conn: PusherConnection, close: Close) -> None:
+        self.worker.account(conn, close.count, close.log)
+        conn.close(close.code, close.reason, stop_reading=close.stop_reading)
+
+    def _nothing(self, conn: PusherConnection, nothing: Nothing) -> None:
+        if nothing.log is not None:
+            self.worker.account(conn, None, nothing.log)
+
+    def _subscribe(self, conn: PusherConnection, subscribe: PusherSubscribe) -> None:
+        channel = subscribe.channel
+        internal = internal_name(conn.app.id, channel)
+        if subscribe.member is not None:
+            # A pending member (no sink) until the owner has answered: the members it
+            # sends are those before this join, what the owner publishes after comes
+            # after its answer on the same bus pipe.
+            live = self.worker.hub.add(internal, conn, None)
+            self._spawn(self._join_presence(conn, channel, internal, subscribe.member, live))
+            return
+        live = self.worker.hub.add(internal, conn, conn.sink)
+        reply = wire.encode_subscription_succeeded(channel)
+        cache = subscribe.type.cache
+        if live.done():
+            conn.send(reply)
+            if cache:
+                self._spawn(self._replay_cache(conn, channel, internal))
+        else:
+            live.add_done_callback(lambda _f: self._succeeded(conn, channel, internal, cache))
+
+    def _succeeded(self, conn: PusherConnection, channel: str, internal: str, cache: bool) -> None:
+        # The subscription may have been dropped (unsubscribe, close) while the bus made it.
+        if channel in conn.channels:
+            conn.send(wire.encode_subscription_succeeded(channel))
+            if cache:
+                self._spawn(self._replay_cache(conn, channel, internal))
+
+    async def _replay_cache(self, conn: PusherConnection, channel: str, internal: str) -> None:
+        """After ``subscription_succeeded`` on a cache channel: its last event from the
+        channel's owner, or ``pusher:cache_miss`` (also when the owner did not answer)."""
+        reply = await self.worker.owners.ask_owner(internal, PusherCacheGetRequest(internal))
+        if channel not in conn.channels:
+            return
+        if reply is None or reply.event is None:
+            conn.send(wire.encode_cache_miss(channel))
+        else:
+            conn.send(reply.event)
+
+    async def _join_presence(
+        self,
+        conn: PusherConnection,
+        channel: str,
+        internal: str,
+        member: PresenceMember,
+        live: asyncio.Future[bool],
+    ) -> None:
+        """Join a presence channel at its owner once the bus subscription is live, then
+        answer ``subscription_succeeded`` with the members and start delivering."""
+        await live
+        if conn.channels.get(channel) is not member or conn.closing:
+            return  # left meanwhile: the owner was never told
+        app = conn.app
+        request = PusherJoinRequest(
+            internal, conn.socket_id, member.user_id, member.user_info, app.max_presence_members
+        )
+        pending = (conn.socket_id, internal)
+        self._joining.add(pending)
+        try:
+            for _attempt in range(JOIN_ATTEMPTS):
+                # An owner restarting does not answer: ask its next process. A join that
+                # arrived twice counts once (the roster knows the socket).
+                reply = await self.worker.owners.ask_owner(internal, request)
+                if reply is not None or conn.channels.get(channel) is not member:
+                    break
+        finally:
+            self._joining.discard(pending)
+        if conn.channels.get(channel) is not member or conn.closing:
+            return  # left meanwhile: its leave follows the join to the owner
+        if reply is None or reply.full:
+            del conn.channels[channel]
+            self.worker.hub.remove(internal, conn)
+            if reply is None:
+                error = wire.encode_subscription_error(
+                    channel, "ServerError", "The channel's owner did not answer; retry", 503
+                )
+            else:
+                # Soketi's answer; the owner counted the users cluster-wide.
+                self._leave_owner(internal, conn.socket_id)
+                error = wire.encode_subscription_error(
+                    channel,
+                    "LimitReached",
+                    f"The maximum number of members in this channel is {reply.full}.",
+                    int(PusherCode.OVER_CAPACITY),
+                )
+            conn.send(error)
+            return
+        conn.send(wire.encode_presence_succeeded(channel, reply.members))
+        self.worker.hub.activate(internal, conn, conn.sink)
+        self._owner_seen.setdefault(internal, self._owner_process(internal))
+        if kind_of(channel).cache:
+            await self._replay_cache(conn, channel, internal)
+
+    def _owner_process(self, internal: str) -> tuple[int, int]:
+        """The owner of ``internal`` and its process id (0 for another host's)."""
+        owner = self.worker.owners.owner(internal)
+        return owner, self.owner.pid_of(owner)
+
+    def check_owners(self) -> None:
+        """Called per heartbeat: when a presence channel's owner is a new process (it
+        restarted) or another member (a reload moved the channel), and it is ready, tell
+        it this worker's members of the channel again (``restore``: no announcement), so
+        its roster says who is there."""
+        if not self._owner_seen:
+            return
+        worker = self.worker
+        ready: set[int] | None = None
+        for internal, seen in list(self._owner_seen.items()):
+            members = worker.hub.members(internal)
+            if not members:
+                del self._owner_seen[internal]
+                continue
+            now = self._owner_process(internal)
+            if now == seen:
+                continue
+            if ready is None:
+                ready = worker.members.ready_workers() | {worker.member}
+            if now[0] not in ready:
+                continue  # told once it is ready (it could not take it before)
+            self._owner_seen[internal] = now
+            channel = pusher_name(internal)
+            for conn in members:
+                member = conn.channels.get(channel) if type(conn) is PusherConnection else None
+                if member is None or (conn.socket_id, internal) in self._joining:
+                    continue  # pending members join by themselves
+                restore = PusherJoinRequest(
+                    internal,
+                    conn.socket_id,
+                    member.user_id,
+                    member.user_info,
+                    conn.app.max_presence_members,
+                    restore=True,
+                )
+                self._notify_owner(internal, restore)
+
+    def _notify_owner(self, internal: str, request: OwnerRequest[Any]) -> None:
+        """Send ``request`` to ``internal``'s owner, nobody waiting for the answer."""
+        owners = self.worker.owners
+        owner = owners.owner(internal)
+        bus = self.worker.bus
+        if owner == self.worker.member:
+            owners.answer(request)
+        elif bus is not None:  # id 0: a notification, nobody waits for an answer
+            bus.publish(inbox_topic(owner), encode_owner_request(request, 0, self.worker.member))
+
+    def _leave_owner(self, internal: str, socket_id: str) -> None:
+        """Tell the presence channel's owner that ``socket_id`` left (a notification)."""
+        self._notify_owner(internal, PusherLeaveRequest(internal, socket_id))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)  # keep a reference until done (asyncio holds weak ones)
+        task.add_done_callback(self._tasks.discard)
+
+    def _unsubscribe(self, conn: PusherConnection, unsubscribe: PusherUnsubscribe) -> None:
+        internal = internal_name(conn.app.id, unsubscribe.channel)
+        self.worker.hub.remove(internal, conn)
+        if unsubscribe.member is not None:
+            self._leave_owner(internal, conn.socket_id)
+
+    def _client_event(self, conn: PusherConnection, event: ClientEvent) -> None:
+        self._stats_of(conn.app.id)[_CLIENT_EVENTS] += 1
+        publication = Publication(
+            event.data, Kind.PUB, event.event, event.origin, event.user_id or ""
+        )
+        self.worker.publish_publication(internal_name(conn.app.id, event.channel), publication)
+
+
+#: How the front carries out each outcome of a Pusher session.
+_CARRY_OUT: dict[type, Callable[[PusherFront, PusherConnection, Any], None]] = {
+    Reply: PusherFront._reply,
+    Close: PusherFront._close,
+    Nothing: PusherFront._nothing,
+    PusherSubscribe: PusherFront._subscribe,
+    PusherUnsubscribe: PusherFront._unsubscribe,
+    ClientEvent: PusherFront._client_event,
+}
