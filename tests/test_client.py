@@ -217,8 +217,30 @@ def test_owner_killed_reports_a_gap_and_publishes_are_retried(tmp_path: Path) ->
                 assert sub.data[:5] == [0, 1, 2, 3, 4]
                 assert sub.gaps, "the lost history was not reported"
                 assert sub.gaps[0].epoch != old_epoch
+                assert {gap.reason for gap in sub.gaps} == {"epoch_changed"}
                 state = sub_client.subscriptions[CHANNEL]
                 assert state.epoch == sub.gaps[-1].epoch
+
+        run(main())
+
+
+def test_a_gap_carries_the_servers_reason(tmp_path: Path) -> None:
+    """``recovered: false`` reaches ``on_gap`` with its reason: a position whose
+    successors left the ring (``left_ring``), one of another epoch (``epoch_changed``)."""
+    short = NAMESPACES + "\n[namespaces.short]\nhistory_size = 3\n"
+    with ServerProcess(tmp_path, workers=2, extra=short).start() as proc:
+
+        async def main() -> None:
+            async with connect(proc.url) as client:
+                first = await client.publish("short:a", 0)
+                for n in range(1, 6):  # offsets 2..6; the ring keeps 4, 5, 6
+                    await client.publish("short:a", n)
+                old: list[Gap] = []
+                await client.subscribe("short:a", on_gap=old.append, recover=(first["epoch"], 1))
+                assert [(g.reason, g.offset) for g in old] == [("left_ring", 6)]
+                other: list[Gap] = []
+                await client.subscribe("short:b", on_gap=other.append, recover=("0" * 16, 2))
+                assert [g.reason for g in other] == ["epoch_changed"]
 
         run(main())
 

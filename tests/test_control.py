@@ -10,7 +10,7 @@ from toolkit import run
 
 from shardws.bus.requests import Requests
 from shardws.pure import control
-from shardws.pure.history import Entry, Position, RingState
+from shardws.pure.history import Entry, Position, RingState, Unrecovered
 
 
 def test_user_messages_round_trip() -> None:
@@ -103,6 +103,14 @@ OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
     (
         control.HistoryPositionRequest("h:a", Position("old", 1)),
         control.HistoryPositionReply(Position("e", 3), False),
+    ),
+    (
+        control.HistoryPositionRequest("h:a", Position("old", 1)),
+        control.HistoryPositionReply(Position("e", 3), False, reason=Unrecovered.EPOCH_CHANGED),
+    ),
+    (
+        control.HistoryPositionRequest("h:a", Position("e", 1)),
+        control.HistoryPositionReply(Position("e", 3), False, reason=Unrecovered.LEFT_RING),
     ),
     (
         control.HistoryPositionsRequest(("h:a", "h:b")),
@@ -225,6 +233,10 @@ BAD_OWNER_REPLIES: list[tuple[control.OwnerRequest[Any], dict[str, Any]]] = [
     (
         control.HistoryPositionRequest("h:a"),
         {"epoch": "e", "offset": 1, "recovered": True},  # no pushes
+    ),
+    (
+        control.HistoryPositionRequest("h:a"),
+        {"epoch": "e", "offset": 1, "recovered": False, "pushes": [], "reason": "lost"},
     ),
     (control.HistoryPositionsRequest(()), {"positions": []}),
     (control.HistoryPositionsRequest(()), {"positions": {"h:a": ["e"]}}),

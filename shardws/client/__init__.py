@@ -210,11 +210,18 @@ class PresenceEvent:
 class Gap:
     """Publications of ``channel`` were lost for this client (the history no longer held
     them, or its owner crashed): the subscription continues from ``epoch``/``offset``.
-    Reload the channel's state (e.g. with :meth:`Client.history`)."""
+    Reload the channel's state (e.g. with :meth:`Client.history`).
+
+    ``reason`` says why, in the words of the server's ``recovered: false`` reply:
+    ``"epoch_changed"`` (the history was lost and renumbered: also when a live
+    publication arrives with a new epoch), ``"left_ring"`` (the missed publications
+    are older than the history keeps), ``"ahead"`` (the position is past the kept
+    history's last offset), or None from a server that does not say."""
 
     channel: str
     epoch: str
     offset: int
+    reason: str | None = None
 
 
 Item = Publication | PresenceEvent
@@ -292,7 +299,8 @@ class Subscription:
                 if offset != self.offset + 1:
                     return False
             elif self.epoch is not None:
-                self._gap(Gap(self.channel, epoch, offset - 1))  # the owner lost the history
+                # The owner lost the history: a live publication of a new epoch.
+                self._gap(Gap(self.channel, epoch, offset - 1, "epoch_changed"))
             self.epoch, self.offset = epoch, offset
         self._emit(Publication(self.channel, message.get("data"), offset, epoch))
         return True
@@ -317,7 +325,8 @@ class Subscription:
             self.recoveries += 1
             return  # the missed pushes follow and move the position
         if recovering:
-            self._gap(Gap(self.channel, epoch, offset))
+            reason = reply.get("reason")
+            self._gap(Gap(self.channel, epoch, offset, reason if isinstance(reason, str) else None))
         self.epoch, self.offset = epoch, offset
 
     def _gap(self, gap: Gap) -> None:
@@ -329,8 +338,9 @@ class Subscription:
                 log.exception("subscription %s: on_gap failed", self.channel)
         else:
             log.warning(
-                "channel %s: publications lost, continuing at %s:%d",
+                "channel %s: publications lost (%s), continuing at %s:%d",
                 gap.channel,
+                gap.reason,
                 gap.epoch,
                 gap.offset,
             )

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar, cast
 
-from shardws.pure.history import Entry, Position, RingState
+from shardws.pure.history import Entry, Position, RingState, Unrecovered
 from shardws.pure.protocol import channel_error
 
 log = logging.getLogger("shardws.control")
@@ -260,6 +260,9 @@ def _position_value(value: Any, name: str) -> Position:
     raise ValueError(f"{name} must be [epoch, offset]")
 
 
+_REASONS = frozenset(reason.value for reason in Unrecovered)
+
+
 def _pushes(fields: Mapping[str, Any]) -> tuple[bytes, ...]:
     pushes = fields.get("pushes")
     if not isinstance(pushes, list) or not all(isinstance(push, str) for push in pushes):
@@ -328,17 +331,21 @@ class HistoryPublishRequest(OwnerRequest[HistoryPublishReply]):
 @dataclass(frozen=True, slots=True)
 class HistoryPositionReply(OwnerReply):
     """The channel's current ``position``; for a request with ``since`` also whether
-    that position was ``recovered`` and, if so, the missed ``pushes`` (oldest first)."""
+    that position was ``recovered``: if so, the missed ``pushes`` (oldest first); if not,
+    the ``reason`` (None only from an owner older than the member)."""
 
     position: Position
     recovered: bool | None = None
     pushes: tuple[bytes, ...] = ()
+    reason: Unrecovered | None = None
 
     def fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"epoch": self.position.epoch, "offset": self.position.offset}
         if self.recovered is not None:
             fields["recovered"] = self.recovered
             fields["pushes"] = [push.decode() for push in self.pushes]
+        if self.reason is not None:
+            fields["reason"] = self.reason.value
         return fields
 
     @classmethod
@@ -349,7 +356,12 @@ class HistoryPositionReply(OwnerReply):
         recovered = fields["recovered"]
         if not isinstance(recovered, bool):
             raise ValueError("recovered must be true or false")
-        return cls(position, recovered, _pushes(fields))
+        reason = fields.get("reason")
+        if reason is not None and reason not in _REASONS:
+            raise ValueError(f"reason must be one of {sorted(_REASONS)}, got {reason!r}")
+        return cls(
+            position, recovered, _pushes(fields), None if reason is None else Unrecovered(reason)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,7 @@
           if (offset <= this.offset) return true; // already delivered: never twice
           if (offset !== this.offset + 1) return false;
         } else if (this.epoch !== null) {
-          this._gap({channel: this.channel, epoch: epoch, offset: offset - 1});
+          this._gap({channel: this.channel, epoch: epoch, offset: offset - 1, reason: "epoch_changed"});
         }
         this.epoch = epoch;
         this.offset = offset;
@@ -104,7 +104,9 @@
         this.recoveries += 1;
         return; // the missed publications follow and move the position
       }
-      if (recovering) this._gap({channel: this.channel, epoch: reply.epoch, offset: reply.offset});
+      if (recovering) {
+        this._gap({channel: this.channel, epoch: reply.epoch, offset: reply.offset, reason: reply.reason || null});
+      }
       this.epoch = reply.epoch;
       this.offset = reply.offset;
     }
@@ -401,7 +403,7 @@
     }
 
     /** Resolves once the subscription is live. handlers: onPublication({channel, data,
-     * offset, epoch}), onGap({channel, epoch, offset}), onJoin / onLeave({user, client}),
+     * offset, epoch}), onGap({channel, epoch, offset, reason}), onJoin / onLeave({user, client}),
      * onError(error) when a resubscribe is refused. */
     async subscribe(channel, handlers) {
       if (this.subscriptions.has(channel)) {
