@@ -34,6 +34,7 @@ from shardws.client import (
     Publication,
     QueueFull,
     ServerError,
+    Subscription,
     connect,
     should_reconnect,
     token_expiry,
@@ -104,6 +105,33 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
         Backoff(initial=0.0)
     with pytest.raises(ValueError):
         Backoff(initial=2.0, cap=1.0)
+
+
+def test_a_numbering_that_comes_back_to_an_epoch_is_not_delivered_twice() -> None:
+    """After a partition heals, a subscriber may get the other side's numbering for a
+    while and then the kept one again, from its first offsets (docs/cluster.md): what it
+    delivered in that epoch is not delivered again, the rest continues without a gap."""
+    items: list[Any] = []
+    gaps: list[Gap] = []
+    sub = Subscription(None, "chat:a", items.append, gaps.append, False)  # type: ignore[arg-type]
+
+    def take(epoch: str, offset: int) -> bool:
+        return sub._take_pub({"type": "pub", "epoch": epoch, "offset": offset, "data": offset})
+
+    assert all(take("kept", n) for n in (1, 2, 3, 4))
+    assert take("other", 1)  # the other side's numbering: a gap, told
+    assert all(take("kept", n) for n in (1, 2, 3, 4, 5))  # the kept one is back
+    assert [(i.epoch, i.data) for i in items] == [
+        ("kept", 1),
+        ("kept", 2),
+        ("kept", 3),
+        ("kept", 4),
+        ("other", 1),
+        ("kept", 5),
+    ]
+    assert [(g.epoch, g.reason) for g in gaps] == [("other", "epoch_changed")]
+    assert not take("kept", 7)  # a hole in it: reconnect and recover from kept:5
+    assert (sub.epoch, sub.offset) == ("kept", 5)
 
 
 def test_close_code_ranges_and_token_expiry() -> None:

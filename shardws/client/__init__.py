@@ -228,6 +228,7 @@ Item = Publication | PresenceEvent
 Callback = Callable[[Item], None]
 
 _END = object()  # queued into a subscription when it ends
+_EPOCHS_KEPT = 8  # epochs a subscription remembers its last offset in
 
 
 class Subscription:
@@ -248,6 +249,10 @@ class Subscription:
         #: subscribe reply; what the next resubscribe recovers from.
         self.epoch: str | None = None
         self.offset = 0
+        #: The last offset delivered in each of the latest epochs this subscription
+        #: followed: after a partition heals, the numbering may come back to an epoch
+        #: followed before, and what was delivered in it must not come again.
+        self._epochs: dict[str, int] = {}
         #: Gaps reported (``recovered: false`` or a new epoch).
         self.gaps = 0
         #: Resubscribes answered ``recovered: true``.
@@ -293,6 +298,10 @@ class Subscription:
         reconnects, which recovers from the last delivered offset)."""
         offset, epoch = message.get("offset"), message.get("epoch")
         if isinstance(offset, int) and isinstance(epoch, str):
+            if epoch != self.epoch and epoch in self._epochs:
+                # Back to an epoch followed before (the other side of a healed partition
+                # numbered meanwhile): continue it where this subscription left it.
+                self.epoch, self.offset = epoch, self._epochs[epoch]
             if epoch == self.epoch:
                 if offset <= self.offset:
                     return True  # already delivered: never twice
@@ -301,7 +310,7 @@ class Subscription:
             elif self.epoch is not None:
                 # The owner lost the history: a live publication of a new epoch.
                 self._gap(Gap(self.channel, epoch, offset - 1, "epoch_changed"))
-            self.epoch, self.offset = epoch, offset
+            self._move(epoch, offset)
         self._emit(Publication(self.channel, message.get("data"), offset, epoch))
         return True
 
@@ -327,7 +336,14 @@ class Subscription:
         if recovering:
             reason = reply.get("reason")
             self._gap(Gap(self.channel, epoch, offset, reason if isinstance(reason, str) else None))
+        self._move(epoch, offset)
+
+    def _move(self, epoch: str, offset: int) -> None:
         self.epoch, self.offset = epoch, offset
+        self._epochs.pop(epoch, None)
+        self._epochs[epoch] = offset  # the latest last: the oldest go first
+        while len(self._epochs) > _EPOCHS_KEPT:
+            del self._epochs[next(iter(self._epochs))]
 
     def _gap(self, gap: Gap) -> None:
         self.gaps += 1
