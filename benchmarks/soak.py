@@ -422,7 +422,7 @@ class Soak:
             host.start()
         wait_converged(list(self.hosts.values()), list(HOSTS), limit=60)
         self.wait(lambda: all(self.healthy(h) for h in HOSTS), 30, "both hosts healthy")
-        baseline = {name: _resources(host) for name, host in self.hosts.items()}
+        baseline = {name: self._steady_resources(host) for name, host in self.hosts.items()}
         self.note(f"baseline {baseline}")
         self.scrape()  # the counters' starting values
         scraper = threading.Thread(target=self._scrape_loop, daemon=True)
@@ -465,6 +465,18 @@ class Soak:
         report["failures"] = failures
         report["log"] = self.log
         return report
+
+    def _steady_resources(self, host: Host) -> dict[str, Any]:
+        """The host's resources once two reads a second apart agree (the sockets of the
+        health checks just made are closing), at most 10 reads."""
+        last = _resources(host)
+        for _ in range(10):
+            time.sleep(1.0)
+            now = _resources(host)
+            if now["fds"] == last["fds"]:
+                return now
+            last = now
+        return last
 
     def _settled_resources(self, name: str, baseline: dict[str, Any]) -> dict[str, Any]:
         """The host's resources once its fds are back to the baseline (or 30 s passed:
@@ -560,10 +572,21 @@ class Soak:
         for host in HOSTS:
             if end[host]["fds"] != baseline[host]["fds"]:
                 failures.append(
-                    f"{host}: {end[host]['fds']} open fds, baseline {baseline[host]['fds']}"
-                    f" ({end[host]['fds_by_process']} vs {baseline[host]['fds_by_process']})"
+                    f"{host}: {end[host]['fds']} open fds, baseline {baseline[host]['fds']}:"
+                    f" {_fd_difference(baseline[host], end[host])}"
                 )
         return failures
+
+
+def _fd_difference(baseline: dict[str, Any], end: dict[str, Any]) -> dict[str, int]:
+    """{"process title: fd kind": end minus baseline} where they differ (paths of the
+    run directory and shared blocks differ per process, so only kinds are compared)."""
+    difference: Counter[str] = Counter()
+    for sign, resources in ((-1, baseline), (1, end)):
+        for title, kinds in resources["fds_by_process"].items():
+            for kind, count in kinds.items():
+                difference[f"{title}: {kind}"] += sign * count
+    return {key: value for key, value in sorted(difference.items()) if value}
 
 
 def run_soak(spec: SoakSpec) -> dict[str, Any]:
