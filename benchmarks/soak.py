@@ -423,7 +423,7 @@ class Soak:
         wait_converged(list(self.hosts.values()), list(HOSTS), limit=60)
         self.wait(lambda: all(self.healthy(h) for h in HOSTS), 30, "both hosts healthy")
         baseline = {name: self._steady_resources(host) for name, host in self.hosts.items()}
-        self.note(f"baseline {baseline}")
+        self.note(f"baseline { ({h: (r['fds'], r['rss_mb']) for h, r in baseline.items()}) }")
         self.scrape()  # the counters' starting values
         scraper = threading.Thread(target=self._scrape_loop, daemon=True)
         scraper.start()
