@@ -247,6 +247,7 @@ class Soak:
         self.faults: list[Fault] = []
         self.ledger = CounterLedger()
         self.scrape_failures = 0
+        self.peak_rss_mb = dict.fromkeys(HOSTS, 0.0)  # the most a host's processes held
         self._lock = threading.Lock()
         self._scraping = threading.Event()
         self.log: list[str] = []
@@ -311,6 +312,8 @@ class Soak:
     def scrape(self) -> None:
         for name in HOSTS:
             at = self.clock()
+            rss = sum(_rss_kb(pid) for pid in _processes(self.hosts[name])) / 1024
+            self.peak_rss_mb[name] = round(max(self.peak_rss_mb[name], rss), 1)
             try:
                 status, text = self._get(name, "/metrics")
                 body = self.health(name)
@@ -541,7 +544,7 @@ class Soak:
             "scrapes": ledger.scrapes,
             "scrape_failures": self.scrape_failures,
             "counter_resets": ledger.resets,
-            "resources": {"baseline": baseline, "end": end},
+            "resources": {"baseline": baseline, "end": end, "peak_rss_mb": self.peak_rss_mb},
         }
 
     def _verdict(
@@ -624,10 +627,18 @@ def summary(report: dict[str, Any]) -> str:
         f"{clients.get('backend_publications_missing_without_gap')}",
         f"slow consumers: {clients.get('slow_consumers')}",
         f"bench: {report.get('bench')}",
-        f"resources: {report['resources']}",
+        "resources: " + ", ".join(_resource_line(host, report["resources"]) for host in HOSTS),
         f"failures: {report['failures'] or 'none'}",
     ]
     return "\n".join(lines)
+
+
+def _resource_line(host: str, resources: dict[str, Any]) -> str:
+    start, end = resources["baseline"][host], resources["end"][host]
+    return (
+        f"{host}: fds {end['fds']} (baseline {start['fds']}), RSS {start['rss_mb']} MB at the"
+        f" start, {resources['peak_rss_mb'][host]} MB at the most, {end['rss_mb']} MB at the end"
+    )
 
 
 def main() -> int:
