@@ -8,7 +8,8 @@ an admin, a bridge and the ZeroMQ ingress; a third namespace (``c``) holds every
 cutting the link between the hosts leaves the clients' paths to both. While the load runs:
 
 * ``shardws bench --scenario mixed`` (personal and group channels of the default
-  namespace, churn) against both hosts;
+  namespace, churn) against both hosts, in rounds of a minute (its publishers do not
+  reconnect: each round starts with fresh ones);
 * ``benchmarks.soakclients``: recovering ``shardws.client`` subscribers on both hosts on
   three history channels (namespace ``hist``: history and presence), publishers over
   WebSocket, the HTTP API and the ZeroMQ ingress of both hosts, and a slow consumer in the
@@ -110,6 +111,7 @@ class SoakSpec:
     rate: float = 10.0  # history publications per second per publisher
     bench_rate: int = 2000  # offered deliveries per second of shardws bench
     bench_clients: int = 100
+    bench_round: float = 60.0  # seconds of one shardws bench run
     partition: tuple[float, float] = (2.0, 8.0)  # seconds a cut lasts, uniform
 
 
@@ -440,12 +442,15 @@ class Soak:
         failures: list[str] = []
         try:
             loop.call(load.start(), 60)
-            bench = self._start_bench()
+            rounds: list[dict[str, Any]] = []
+            bench = threading.Thread(target=self._bench_rounds, args=(rounds,), daemon=True)
+            bench.start()
             self.note("load running; chaos starts")
             self.chaos(until=spec.duration)
             self.note("chaos over")
             self.wait(lambda: all(self.healthy(h) for h in HOSTS), 60, "healthy after chaos")
-            report["bench"] = self._finish_bench(bench)
+            bench.join(timeout(spec.bench_round + 240))
+            report["bench"] = _bench_summary(rounds)
             loop.call(load.stop_publishing(), 60)
             settled = loop.call(load.settle(60), 90)
             if not settled:
@@ -488,29 +493,31 @@ class Soak:
         self.wait(lambda: _resources(host)["fds"] == baseline["fds"], 30, f"{name} fds at baseline")
         return _resources(host)
 
-    def _start_bench(self) -> subprocess.Popen[bytes]:
+    def _bench_rounds(self, rounds: list[dict[str, Any]]) -> None:
+        """``shardws bench --scenario mixed`` in rounds of ``bench_round`` s until
+        ``duration``: its publishers do not reconnect, so a round whose publisher's worker
+        was killed publishes less; the next round starts afresh. Each round's JSON report
+        (or its error) is appended to ``rounds``."""
         spec = self.spec
-        command = [sys.executable, "-m", "shardws", "bench", "--scenario", "mixed"]
-        for name in HOSTS:
-            command += ["--url", f"ws://{self.net.address(name)}:{WS_PORT}/ws"]
-        command += ["-n", str(spec.bench_clients), "--publishers", "2", "--processes", "1"]
-        command += ["--steps", str(spec.bench_rate), "--step-duration", str(spec.duration)]
-        command += ["--slow-fraction", "0", "--churn", "2", "--json", "--no-progress"]
-        command += ["--timeout", str(spec.duration + 120)]
-        return self.net.popen("c", command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def _finish_bench(self, bench: subprocess.Popen[bytes]) -> dict[str, Any]:
-        try:
-            out, err = bench.communicate(timeout=timeout(self.spec.duration + 180))
-        except subprocess.TimeoutExpired:
-            bench.kill()
-            out, err = bench.communicate()
-        try:
-            result = dict(json.loads(out))
-        except ValueError:
-            return {"error": err.decode(errors="replace")[-2000:]}
-        keep = ("publications", "deliveries", "deliveries_per_s", "lost", "problems", "steps")
-        return {key: result[key] for key in keep if key in result}
+        while self.clock() + 5 < spec.duration:
+            length = min(spec.bench_round, spec.duration - self.clock())
+            command = [sys.executable, "-m", "shardws", "bench", "--scenario", "mixed"]
+            for name in HOSTS:
+                command += ["--url", f"ws://{self.net.address(name)}:{WS_PORT}/ws"]
+            command += ["-n", str(spec.bench_clients), "--publishers", "2", "--processes", "1"]
+            command += ["--steps", str(spec.bench_rate), "--step-duration", f"{length:.0f}"]
+            command += ["--slow-fraction", "0", "--churn", "2", "--json", "--no-progress"]
+            command += ["--timeout", f"{length + 120:.0f}"]
+            bench = self.net.popen("c", command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                out, err = bench.communicate(timeout=timeout(length + 180))
+            except subprocess.TimeoutExpired:
+                bench.kill()
+                out, err = bench.communicate()
+            try:
+                rounds.append(dict(json.loads(out)))
+            except ValueError:
+                rounds.append({"error": err.decode(errors="replace")[-2000:]})
 
     def _presence(
         self, loop: ClientLoop, load: ClientLoad, endpoints: list[Endpoint]
@@ -579,6 +586,22 @@ class Soak:
                     f" {_fd_difference(baseline[host], end[host])}"
                 )
         return failures
+
+
+def _bench_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bench rounds added up: publications, deliveries expected by and received at
+    the healthy clients (its definition, see ``shardws.tools.loadgen``), and problems."""
+    steps = [step for r in rounds for step in r.get("steps", [])]
+    total = {
+        key: sum(int(step.get(key, 0)) for step in steps)
+        for key in ("published", "expected_healthy", "received_healthy", "lost_healthy")
+    }
+    return {
+        "rounds": len(rounds),
+        **total,
+        "problems": [p for r in rounds for p in r.get("problems", [])]
+        + [r["error"] for r in rounds if "error" in r],
+    }
 
 
 def _fd_difference(baseline: dict[str, Any], end: dict[str, Any]) -> dict[str, int]:

@@ -43,6 +43,7 @@ SLOW_CHANNELS = {"drop": "drop:slow", "disconnect": "disconnect:slow"}
 SLOW_PAYLOAD = "x" * 16_000
 BACKOFF = Backoff(initial=0.1, factor=2.0, cap=2.0)
 CALL_LIMIT = 30.0  # seconds one publish may take, retries included
+REPLACE_SLOW = 20.0  # seconds a slow consumer of the disconnect namespace is kept
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class ClientLoad:
 
     async def _slow_consumer(self, host: Endpoint, policy: str) -> None:
         """A subscriber that never reads, and a publisher flooding its channel; in the
-        ``disconnect`` namespace a new one replaces it when the server closes it."""
+        ``disconnect`` namespace a new one replaces it every ``REPLACE_SLOW`` s."""
         channel = SLOW_CHANNELS[policy]
         publisher = await connect(host.ws_url, backoff=BACKOFF)
         self._publishers.append(publisher)
@@ -233,7 +234,12 @@ class ClientLoad:
                 )
                 await asyncio.wait_for(slow.subscribed.wait(), 10)
                 transport.underlying_transport.pause_reading()
-                while not slow.closed.is_set() and await self._paced():
+                # Unread, the server's 4501 never reaches us (its close frame and FIN wait
+                # behind megabytes the kernel holds): in the disconnect namespace a new
+                # slow consumer replaces this one every REPLACE_SLOW s; the server counts
+                # its disconnects (shardws_slow_consumer_disconnects_total).
+                until = time.monotonic() + (REPLACE_SLOW if policy == "disconnect" else math.inf)
+                while time.monotonic() < until and await self._paced():
                     with contextlib.suppress(ClientError, TimeoutError):
                         for _ in range(4):  # four times the history rate: it fills up
                             await asyncio.wait_for(

@@ -134,6 +134,25 @@ def test_a_numbering_that_comes_back_to_an_epoch_is_not_delivered_twice() -> Non
     assert (sub.epoch, sub.offset) == ("kept", 5)
 
 
+def test_a_failed_recovery_behind_what_was_delivered_reports_no_second_gap() -> None:
+    """A resubscribe sent before the old connection delivered a new epoch's first
+    publications: its ``recovered: false`` reply names a position this subscription is
+    already past. The gap was reported once; nothing is delivered twice."""
+    items: list[Any] = []
+    gaps: list[Gap] = []
+    sub = Subscription(None, "chat:a", items.append, gaps.append, False)  # type: ignore[arg-type]
+
+    def take(epoch: str, offset: int) -> bool:
+        return sub._take_pub({"type": "pub", "epoch": epoch, "offset": offset, "data": offset})
+
+    assert take("old", 1) and take("new", 26)  # the owner changed: a gap, told
+    reply = {"ok": True, "epoch": "new", "offset": 25, "recovered": False}
+    sub._positioned({**reply, "reason": "epoch_changed"}, recovering=True)
+    assert take("new", 26) and take("new", 27)  # 26 again, from the new connection
+    assert [(i.epoch, i.data) for i in items] == [("old", 1), ("new", 26), ("new", 27)]
+    assert [(g.epoch, g.offset) for g in gaps] == [("new", 25)]
+
+
 def test_close_code_ranges_and_token_expiry() -> None:
     for code in (1001, 1006, 1011, 4500, 4501, 4502, 4503, 4504, 4505, 4999):
         assert should_reconnect(code), code

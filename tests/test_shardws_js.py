@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from toolkit import timeout
@@ -35,17 +36,42 @@ results.push(take("kept", 7));
 console.log(JSON.stringify({seen, gaps, results, at: [sub.epoch, sub.offset]}));
 """
 
+#: A resubscribe answered ``recovered: false`` with a position already delivered.
+BEHIND = """
+require(process.argv[1]);
+const seen = [], gaps = [];
+const sub = new globalThis.ShardWS.Subscription(null, "chat:a", {
+  onPublication: (p) => seen.push([p.epoch, p.offset]),
+  onGap: (g) => gaps.push([g.epoch, g.offset]),
+});
+const take = (epoch, offset) => sub._takePub({type: "pub", epoch, offset, data: offset});
+take("old", 1);
+take("new", 26);
+const reply = {ok: true, epoch: "new", offset: 25, recovered: false};
+sub._positioned({...reply, reason: "epoch_changed"}, true);
+take("new", 26);
+take("new", 27);
+console.log(JSON.stringify({seen, gaps}));
+"""
 
-def test_a_numbering_that_comes_back_to_an_epoch_is_not_delivered_twice() -> None:
+
+def _node(script: str) -> dict[str, Any]:
     assert NODE is not None
     done = subprocess.run(
-        [NODE, "-e", DRIVER, str(SCRIPT)],
-        capture_output=True,
-        text=True,
-        timeout=timeout(30),
+        [NODE, "-e", script, str(SCRIPT)], capture_output=True, text=True, timeout=timeout(30)
     )
     assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    return dict(json.loads(done.stdout))
+
+
+def test_a_failed_recovery_behind_what_was_delivered_reports_no_second_gap() -> None:
+    out = _node(BEHIND)
+    assert out["seen"] == [["old", 1], ["new", 26], ["new", 27]]
+    assert out["gaps"] == [["new", 25]]
+
+
+def test_a_numbering_that_comes_back_to_an_epoch_is_not_delivered_twice() -> None:
+    out = _node(DRIVER)
     assert out["seen"] == [
         ["kept", 1],
         ["kept", 2],

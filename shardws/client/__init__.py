@@ -333,6 +333,14 @@ class Subscription:
         if recovering and reply.get("recovered") is True:
             self.recoveries += 1
             return  # the missed pushes follow and move the position
+        delivered = self._epochs.get(epoch)
+        if recovering and delivered is not None and offset <= delivered:
+            # This subscription already delivered that epoch up to there: the previous
+            # connection got its first publications after this resubscribe was sent (the
+            # gap was reported then). Nothing is missing; what follows that it has is
+            # skipped by offset.
+            self._move(epoch, delivered)
+            return
         if recovering:
             reason = reply.get("reason")
             self._gap(Gap(self.channel, epoch, offset, reason if isinstance(reason, str) else None))

@@ -111,6 +111,13 @@
         this.recoveries += 1;
         return; // the missed publications follow and move the position
       }
+      const delivered = this._epochs.get(reply.epoch);
+      if (recovering && delivered !== undefined && reply.offset <= delivered) {
+        // Already delivered up to there (the previous connection got the epoch's first
+        // publications after this resubscribe was sent): nothing is missing.
+        this._move(reply.epoch, delivered);
+        return;
+      }
       if (recovering) {
         this._gap({channel: this.channel, epoch: reply.epoch, offset: reply.offset, reason: reply.reason || null});
       }
