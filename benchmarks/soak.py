@@ -450,7 +450,7 @@ class Soak:
             self.note("chaos over")
             self.wait(lambda: all(self.healthy(h) for h in HOSTS), 60, "healthy after chaos")
             bench.join(timeout(spec.bench_round + 240))
-            report["bench"] = _bench_summary(rounds)
+            report["bench"] = _bench_summary(rounds, self.faults, spec.window)
             loop.call(load.stop_publishing(), 60)
             settled = loop.call(load.settle(60), 90)
             if not settled:
@@ -508,6 +508,7 @@ class Soak:
             command += ["--steps", str(spec.bench_rate), "--step-duration", f"{length:.0f}"]
             command += ["--slow-fraction", "0", "--churn", "2", "--json", "--no-progress"]
             command += ["--timeout", f"{length + 120:.0f}"]
+            start = self.clock()
             bench = self.net.popen("c", command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 out, err = bench.communicate(timeout=timeout(length + 180))
@@ -515,9 +516,10 @@ class Soak:
                 bench.kill()
                 out, err = bench.communicate()
             try:
-                rounds.append(dict(json.loads(out)))
+                result = dict(json.loads(out))
             except ValueError:
-                rounds.append({"error": err.decode(errors="replace")[-2000:]})
+                result = {"error": err.decode(errors="replace")[-2000:]}
+            rounds.append({**result, "start": start, "end": self.clock()})
 
     def _presence(
         self, loop: ClientLoop, load: ClientLoad, endpoints: list[Endpoint]
@@ -561,6 +563,8 @@ class Soak:
         unexplained = {k: v for k, v in report["losses_by_cause"].items() if UNEXPLAINED in k}
         if unexplained:
             failures.append(f"losses no fault explains: {unexplained}")
+        if report.get("bench", {}).get("lost_without_fault"):
+            failures.append(f"bench lost deliveries in a round without a fault: {report['bench']}")
         clients = report.get("clients", {})
         failures += clients.get("problems", [])[:50]
         missing = {
@@ -588,17 +592,29 @@ class Soak:
         return failures
 
 
-def _bench_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+def _bench_summary(
+    rounds: list[dict[str, Any]], faults: list[Fault], window: float
+) -> dict[str, Any]:
     """The bench rounds added up: publications, deliveries expected by and received at
-    the healthy clients (its definition, see ``shardws.tools.loadgen``), and problems."""
+    the healthy clients (its definition, see ``shardws.tools.loadgen``), and problems.
+    Its losses are the default namespace's (at most once): a round that overlaps no
+    fault window must have lost nothing (``lost_without_fault``)."""
     steps = [step for r in rounds for step in r.get("steps", [])]
     total = {
         key: sum(int(step.get(key, 0)) for step in steps)
         for key in ("published", "expected_healthy", "received_healthy", "lost_healthy")
     }
+    quiet = [
+        r
+        for r in rounds
+        if not any(f.start <= r["end"] and r["start"] <= f.end + window for f in faults)
+    ]
     return {
         "rounds": len(rounds),
         **total,
+        "lost_without_fault": sum(
+            int(step.get("lost_healthy", 0)) for r in quiet for step in r.get("steps", [])
+        ),
         "problems": [p for r in rounds for p in r.get("problems", [])]
         + [r["error"] for r in rounds if "error" in r],
     }
