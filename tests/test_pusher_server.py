@@ -1042,3 +1042,40 @@ def test_a_host_that_blinks_out_of_the_view_keeps_its_members(tmp_path: Path) ->
     finally:
         b.stop()
         a.stop()
+
+
+# -- users: signin, send_to_user, terminate_connections ------------------------------------
+
+
+def test_signin_send_to_user_and_terminate_across_workers(server: ServerProcess) -> None:
+    """pusher-js signs in through a real user-auth endpoint (the SDK's
+    ``authenticate_user``); the SDK's ``send_to_user`` reaches every connection of that
+    user, on both workers, and no one else; ``terminate_user_connections`` (``POST
+    /users/{id}/terminate_connections``, no app prefix) closes them all with 4009 and
+    leaves other users connected."""
+    api = sdk(server)
+    endpoint = AuthEndpoint(api, sdk(server, secret="not-the-app-secret-at-all"))
+    with (
+        endpoint,
+        on_workers(
+            "app-key", server.ws_port, (0, 1), auth_endpoint=endpoint.url, authParams={"user": "a"}
+        ) as ann_clients,
+        _as_user(endpoint, server.ws_port, "bob") as (bob,),
+    ):
+        for client in (*ann_clients, bob):
+            client.command("signin")
+            client.expect("signed_in")
+        api.send_to_user("a", "note", {"n": 1})
+        for client in ann_clients:
+            assert client.expect("user_event", event="note")["data"] == {"n": 1}
+        api.send_to_user("bob", "note", {"n": 2})
+        assert bob.expect("user_event", event="note")["data"] == {"n": 2}
+        assert all(m.get("type") != "user_event" for m in bob.seen[:-1])
+        assert api.terminate_user_connections("a") == {}
+        for client in ann_clients:
+            error = client.expect("error")["error"]
+            assert error["data"]["code"] == 4009, error
+        api.send_to_user("bob", "still", "here")
+        assert bob.expect("user_event", event="still")["data"] == "here"
+        for client in ann_clients:
+            assert all(m.get("event") != "still" for m in client.seen)

@@ -46,13 +46,20 @@ from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.pusher import wire
 from shardws.pure.pusher.admission import Admitted, Refused
-from shardws.pure.pusher.channels import SocketIds, internal_name, kind_of, pusher_name
+from shardws.pure.pusher.channels import (
+    SocketIds,
+    internal_name,
+    kind_of,
+    pusher_name,
+    user_key,
+)
 from shardws.pure.pusher.closecodes import PusherCode, for_native
 from shardws.pure.pusher.session import (
     ClientEvent,
     Nothing,
     PresenceMember,
     PusherSessions,
+    PusherSignin,
     PusherSubscribe,
     PusherUnsubscribe,
 )
@@ -111,7 +118,7 @@ class PusherConnection(Connection):
 
     wire = PUSHER
 
-    __slots__ = ("app", "client_event_bucket", "refused", "socket_id")
+    __slots__ = ("app", "client_event_bucket", "refused", "socket_id", "user_id")
 
     # The native connection's channel set holds hub names; a Pusher connection's holds
     # its Pusher channels with their presence member (the session's state).
@@ -122,6 +129,7 @@ class PusherConnection(Connection):
         self.on_message = worker.pusher.message_received
         self.channels = {}
         self.socket_id = ""
+        self.user_id = ""  # the Pusher user it signed in as (pusher:signin)
         if isinstance(admission, Refused):
             self.refused: Refused | None = admission
             # Never used: the connection is closed at once (any app's limits would do).
@@ -210,6 +218,8 @@ class PusherFront:
         conn.channels.clear()
         if conn.socket_id:
             self.worker.delivery.origin_sinks.pop(conn.socket_id, None)
+        if conn.user_id:
+            self.worker.users.remove(user_key(app_id, conn.user_id), conn)
 
     def check_activity(self, conn: PusherConnection, idle: float) -> None:
         """The sweep's rule for a Pusher connection quiet for ``idle`` seconds."""
@@ -421,6 +431,17 @@ class PusherFront:
         self._tasks.add(task)  # keep a reference until done (asyncio holds weak ones)
         task.add_done_callback(self._tasks.discard)
 
+    def _signin(self, conn: PusherConnection, signin: PusherSignin) -> None:
+        """Register ``conn`` under its app's user (the bus user topic that
+        ``terminate_connections`` publishes on), then answer ``signin_success`` once that
+        topic is live, so a termination right after it reaches this connection."""
+        live = self.worker.users.add(user_key(conn.app.id, signin.user_id), conn, conn.sink)
+        reply = wire.encode_signin_success(signin.user_data)
+        if live.done():
+            conn.send(reply)
+        else:
+            live.add_done_callback(lambda _f: None if conn.closing else conn.send(reply))
+
     def _unsubscribe(self, conn: PusherConnection, unsubscribe: PusherUnsubscribe) -> None:
         internal = internal_name(conn.app.id, unsubscribe.channel)
         self.worker.hub.remove(internal, conn)
@@ -443,4 +464,5 @@ _CARRY_OUT: dict[type, Callable[[PusherFront, PusherConnection, Any], None]] = {
     PusherSubscribe: PusherFront._subscribe,
     PusherUnsubscribe: PusherFront._unsubscribe,
     ClientEvent: PusherFront._client_event,
+    PusherSignin: PusherFront._signin,
 }
