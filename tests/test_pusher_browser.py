@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +99,12 @@ def _wait(page: Any, kind: str, seconds: float = 15, **match: Any) -> dict[str, 
     return wait_until(found, seconds, message=lambda: f"no {kind} {match}: {_log(page)[-10:]}")
 
 
-def _socket_ids(page: Any) -> list[str]:
-    return [e["socket_id"] for e in _log(page) if e["type"] == "connected"]
-
-
-def test_pusher_js_in_chromium(tmp_path: Path, browser: Any) -> None:
-    script = (JS / "node_modules" / "pusher-js" / "dist" / "web" / "pusher.min.js").read_bytes()
-    files = {"/": ("text/html", PAGE), "/pusher.min.js": ("text/javascript", script)}
+@contextmanager
+def _served(
+    tmp_path: Path, files: dict[str, tuple[str, bytes]]
+) -> Iterator[tuple[ServerProcess, Any, Any]]:
+    """A two-worker server with the app, its SDK (on the admin listener) and the app's
+    site: ``files`` and the auth endpoint, signing with that SDK, from one origin."""
     with ServerProcess(tmp_path, workers=2, extra=APP).start() as proc:
         sdk = pusher.Pusher(
             app_id="7",
@@ -116,44 +116,51 @@ def test_pusher_js_in_chromium(tmp_path: Path, browser: Any) -> None:
         )
         forger = pusher.Pusher(app_id="7", key="browser-key", secret="x" * 20)
         with AuthEndpoint(sdk, forger, files) as site:
-            alice, bob = _pages_on_two_workers(browser, site.origin, proc.ws_port, ("alice", "bob"))
-            bob_worker = worker_of(_socket_ids(bob)[0])
-            for page in (alice, bob):
-                for channel in ("news", "private-desk", "presence-office"):
-                    page.evaluate("(name) => window.subscribe(name)", channel)
-                for channel in ("news", "private-desk", "presence-office"):
-                    _wait(page, "subscribed", channel=channel)
-            assert _wait(bob, "subscribed", channel="presence-office")["count"] == 2
-            _wait(alice, "member_added", channel="presence-office", id="bob")
+            yield proc, sdk, site
 
-            sdk.trigger("news", "headline", {"title": "hello"})
-            for page in (alice, bob):
-                assert _wait(page, "event", event="headline")["data"] == {"title": "hello"}
 
-            ok = alice.evaluate(
-                "() => pusher.channel('private-desk').trigger('client-note', {n: 1})"
-            )
-            assert ok is True
-            assert _wait(bob, "event", event="client-note")["data"] == {"n": 1}
-            sdk.trigger("private-desk", "marker", {})
-            _wait(alice, "event", event="marker")
-            assert not [e for e in _log(alice) if e.get("event") == "client-note"]
+def _socket_ids(page: Any) -> list[str]:
+    return [e["socket_id"] for e in _log(page) if e["type"] == "connected"]
 
-            # Kill bob's worker: the page reconnects, resubscribes, and is served again.
-            kill_worker(proc, bob_worker)
-            wait_until(lambda: len(_socket_ids(bob)) >= 2, 30, message="bob never reconnected")
-            wait_until(
-                lambda: (
-                    sum(
-                        1 for e in _log(bob) if e["type"] == "subscribed" and e["channel"] == "news"
-                    )
-                    >= 2
-                ),
-                15,
-                message="bob never resubscribed",
-            )
-            sdk.trigger("news", "after-kill", {"back": True})
-            assert _wait(bob, "event", event="after-kill")["data"] == {"back": True}
+
+def test_pusher_js_in_chromium(tmp_path: Path, browser: Any) -> None:
+    script = (JS / "node_modules" / "pusher-js" / "dist" / "web" / "pusher.min.js").read_bytes()
+    files = {"/": ("text/html", PAGE), "/pusher.min.js": ("text/javascript", script)}
+    with _served(tmp_path, files) as (proc, sdk, site):
+        alice, bob = _pages_on_two_workers(browser, site.origin, proc.ws_port, ("alice", "bob"))
+        bob_worker = worker_of(_socket_ids(bob)[0])
+        for page in (alice, bob):
+            for channel in ("news", "private-desk", "presence-office"):
+                page.evaluate("(name) => window.subscribe(name)", channel)
+            for channel in ("news", "private-desk", "presence-office"):
+                _wait(page, "subscribed", channel=channel)
+        assert _wait(bob, "subscribed", channel="presence-office")["count"] == 2
+        _wait(alice, "member_added", channel="presence-office", id="bob")
+
+        sdk.trigger("news", "headline", {"title": "hello"})
+        for page in (alice, bob):
+            assert _wait(page, "event", event="headline")["data"] == {"title": "hello"}
+
+        ok = alice.evaluate("() => pusher.channel('private-desk').trigger('client-note', {n: 1})")
+        assert ok is True
+        assert _wait(bob, "event", event="client-note")["data"] == {"n": 1}
+        sdk.trigger("private-desk", "marker", {})
+        _wait(alice, "event", event="marker")
+        assert not [e for e in _log(alice) if e.get("event") == "client-note"]
+
+        # Kill bob's worker: the page reconnects, resubscribes, and is served again.
+        kill_worker(proc, bob_worker)
+        wait_until(lambda: len(_socket_ids(bob)) >= 2, 30, message="bob never reconnected")
+        wait_until(
+            lambda: (
+                sum(1 for e in _log(bob) if e["type"] == "subscribed" and e["channel"] == "news")
+                >= 2
+            ),
+            15,
+            message="bob never resubscribed",
+        )
+        sdk.trigger("news", "after-kill", {"back": True})
+        assert _wait(bob, "event", event="after-kill")["data"] == {"back": True}
 
 
 ECHO_PAGE = b"""<!doctype html>
@@ -208,38 +215,28 @@ def test_laravel_echo_in_chromium(tmp_path: Path, browser: Any) -> None:
             (dist / "laravel-echo" / "dist" / "echo.iife.js").read_bytes(),
         ),
     }
-    with ServerProcess(tmp_path, workers=2, extra=APP).start() as proc:
-        sdk = pusher.Pusher(
-            app_id="7",
-            key="browser-key",
-            secret=SECRET,
-            host="127.0.0.1",
-            port=proc.admin_port,
-            ssl=False,
-        )
-        forger = pusher.Pusher(app_id="7", key="browser-key", secret="x" * 20)
-        with AuthEndpoint(sdk, forger, files) as site:
-            pages = _pages_on_two_workers(browser, site.origin, proc.ws_port, ("alice", "bob"))
-            alice, bob = pages
-            alice.evaluate("() => window.start()")
-            assert _wait(alice, "here")["names"] == ["Alice"]
-            bob.evaluate("() => window.start()")
-            assert _wait(bob, "here")["names"] == ["Alice", "Bob"]
-            _wait(alice, "joining", name="Bob")
+    with _served(tmp_path, files) as (proc, sdk, site):
+        pages = _pages_on_two_workers(browser, site.origin, proc.ws_port, ("alice", "bob"))
+        alice, bob = pages
+        alice.evaluate("() => window.start()")
+        assert _wait(alice, "here")["names"] == ["Alice"]
+        bob.evaluate("() => window.start()")
+        assert _wait(bob, "here")["names"] == ["Alice", "Bob"]
+        _wait(alice, "joining", name="Bob")
 
-            # What Laravel broadcasts: the event class's name, App\Events by default.
-            sdk.trigger("orders", "App\\Events\\OrderShipped", {"order": 5})
-            sdk.trigger("private-chat", "Message", {"text": "hi"})
-            for page in pages:
-                assert _wait(page, "shipped")["data"] == {"order": 5}
-                assert _wait(page, "message")["data"] == {"text": "hi"}
+        # What Laravel broadcasts: the event class's name, App\Events by default.
+        sdk.trigger("orders", "App\\Events\\OrderShipped", {"order": 5})
+        sdk.trigger("private-chat", "Message", {"text": "hi"})
+        for page in pages:
+            assert _wait(page, "shipped")["data"] == {"order": 5}
+            assert _wait(page, "message")["data"] == {"text": "hi"}
 
-            alice.evaluate("() => echo.private('chat').whisper('typing', {name: 'Alice'})")
-            assert _wait(bob, "whisper")["data"] == {"name": "Alice"}
+        alice.evaluate("() => echo.private('chat').whisper('typing', {name: 'Alice'})")
+        assert _wait(bob, "whisper")["data"] == {"name": "Alice"}
 
-            bob.context.close()
-            _wait(alice, "leaving", name="Bob")
-            assert not [e for e in _log(alice) if e.get("type") == "whisper"]  # not echoed
+        bob.context.close()
+        _wait(alice, "leaving", name="Bob")
+        assert not [e for e in _log(alice) if e.get("type") == "whisper"]  # not echoed
 
 
 def _pages_on_two_workers(
