@@ -14,7 +14,7 @@ from shardws.pure.busframe import channel_topic
 
 
 class Member:
-    def __init__(self, member: int, run_dir: Path, peers: set[int]) -> None:
+    def __init__(self, member: int, run_dir: Path, peers: set[int], hwm: int = 100_000) -> None:
         self.received: list[tuple[bytes, bytes]] = []
         self.stamps: list[int] = []
         self.peers = peers
@@ -24,6 +24,7 @@ class Member:
             self._on_channel,
             lambda: set(peers),
             sync_timeout=1.0,
+            hwm=hwm,
         )
 
     def start(self) -> None:
@@ -34,8 +35,8 @@ class Member:
         self.stamps.append(stamp_ns)
 
 
-async def _members(tmp_path: Path, n: int) -> list[Member]:
-    members = [Member(i, tmp_path, set(range(n)) - {i}) for i in range(n)]
+async def _members(tmp_path: Path, n: int, hwm: int = 100_000) -> list[Member]:
+    members = [Member(i, tmp_path, set(range(n)) - {i}, hwm) for i in range(n)]
     for m in members:
         m.start()
     for m in members:
@@ -80,6 +81,23 @@ def test_barrier_times_out_for_a_silent_peer(tmp_path: Path) -> None:
         assert await asyncio.wait_for(lonely.bus.subscribe(b"cx\0"), timeout(5)) is False
         assert lonely.bus.sync_timeouts == 1
         lonely.bus.close()
+
+    run(scenario())
+
+
+def test_subscriptions_are_never_dropped_at_the_high_water_mark(tmp_path: Path) -> None:
+    """``hwm`` bounds publications only: a burst of subscriptions (and the barrier after
+    them) reaches every peer even with a high-water mark of 1."""
+
+    async def scenario() -> None:
+        a, b = await _members(tmp_path, 2, hwm=1)
+        topics = [channel_topic(f"burst-{n}") for n in range(200)]
+        barriers = [a.bus.subscribe(topic) for topic in topics]
+        assert await asyncio.wait_for(asyncio.gather(*barriers), timeout(5)) == [True] * 200
+        assert a.bus.sync_timeouts == 0
+        assert set(topics) <= b.bus._remote_topics
+        for m in (a, b):
+            m.bus.close()
 
     run(scenario())
 

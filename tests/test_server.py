@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import picows
@@ -274,5 +275,48 @@ def test_idle_connections_are_pinged_and_dead_ones_closed_4502(tmp_path: Path) -
             await asyncio.sleep(1.0)  # longer than idle_timeout: pongs kept it open
             assert (await alive.call("ping"))["ok"]
             await alive.close()
+
+        run(scenario())
+
+
+def _counter(proc: ServerProcess, name: str) -> float:
+    """Sum of a counter over its labels (every worker) in /metrics."""
+    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=timeout(5)) as response:
+        text = response.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_no_ok_while_a_peer_cannot_confirm_the_subscription(tmp_path: Path) -> None:
+    """A peer worker starved of CPU (SIGSTOP) cannot apply subscriptions: subscribes on
+    the other worker must not be answered ok (the barrier times out; error 108, counted).
+    Once the peer runs again a retry is ok, and then live: the peer's publication right
+    after the reply arrives."""
+    extra = "[namespaces.default]\n\n[namespaces.h]\nhistory_size = 10\n"
+    with ServerProcess(tmp_path, workers=WORKERS, extra=extra).start() as proc:
+
+        async def scenario() -> None:
+            sub, pub = await clients_on_workers(proc.url, WORKERS)
+            stopped = proc.wait_healthy()["per_worker"][pub.worker]["pid"]
+            channels = [f"starved-{n}" for n in range(5)] + ["h:starved"]
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                for n, channel in enumerate(channels):
+                    await sub.send({"id": 100 + n, "op": "subscribe", "channel": channel})
+                replies = [await sub.reply(100 + n, limit=10) for n in range(len(channels))]
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            for reply in replies:
+                assert "ok" not in reply, reply
+                assert reply["error"]["code"] == 108, reply
+            for round_, channel in enumerate(channels):
+                assert (await sub.call("subscribe", channel=channel))["ok"]
+                await pub.send({"op": "publish", "channel": channel, "data": round_})
+                push = await sub.next_push()
+                assert push["channel"] == channel and push["data"] == round_
+            await asyncio.to_thread(proc.wait_heartbeat)  # the counters reach /metrics
+            assert _counter(proc, "shardws_subscribe_not_live_total") == len(channels)
+            assert _counter(proc, "shardws_bus_sync_timeouts_total") >= 1
+            await sub.close()
+            await pub.close()
 
         run(scenario())

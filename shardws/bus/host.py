@@ -24,7 +24,8 @@ Guarantees:
   only after applying everything before it, and its reply travels on the same
   XPUB->SUB pipe as its data. So anything a peer publishes after its reply reaches us.
   A peer that does not answer within ``sync_timeout`` (dead or stuck: the supervisor
-  replaces it) is counted in ``sync_timeouts`` and the future resolves with False.
+  replaces it) is counted in ``sync_timeouts`` and the future resolves with False:
+  the subscription may not be live there, and callers must not say it is.
 * A booting member calls ``wait_for_peers`` before serving clients, so a replacement
   worker does not publish before the other workers' subscriptions reached it.
 """
@@ -100,9 +101,15 @@ class Bus:
         self._sub = self._ctx.socket(zmq.SUB)
         for sock in (self._xpub, self._sub):
             sock.setsockopt(zmq.LINGER, 0)
-            # ZeroMQ's default HWM (1000) silently dropped most of a fast stream here.
-            sock.setsockopt(zmq.SNDHWM, hwm)
-            sock.setsockopt(zmq.RCVHWM, hwm)
+        # ZeroMQ's default HWM (1000) silently dropped most of a fast stream here. ``hwm``
+        # bounds the data direction (XPUB -> SUB) only: the other direction carries
+        # subscriptions and barrier probes, and a SUB drops those at its high-water mark
+        # without a trace (a subscription never applied, a barrier that cannot finish).
+        # They are bounded by the topics subscribed, so that direction has no limit.
+        self._xpub.setsockopt(zmq.SNDHWM, hwm)
+        self._sub.setsockopt(zmq.RCVHWM, hwm)
+        self._sub.setsockopt(zmq.SNDHWM, 0)
+        self._xpub.setsockopt(zmq.RCVHWM, 0)
         # Every subscribe must be reported, including duplicates: barriers rely on it.
         self._xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self._sub.setsockopt(zmq.RECONNECT_IVL, 20)

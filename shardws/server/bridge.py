@@ -221,8 +221,12 @@ class Bridge:
     def _socket(self, kind: int, hwm: int) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.setsockopt(zmq.RCVHWM, hwm)
+        # ``hwm`` bounds publications (XPUB -> SUB) only. The other direction carries
+        # subscriptions and barrier probes, which ZeroMQ drops at the high-water mark
+        # without a trace; they are bounded by the topics subscribed: no limit there.
+        publications = kind == zmq.XPUB
+        sock.setsockopt(zmq.SNDHWM, hwm if publications else 0)
+        sock.setsockopt(zmq.RCVHWM, 0 if publications else hwm)
         return sock
 
     def _setup_curve(self, cluster: ClusterConfig) -> None:

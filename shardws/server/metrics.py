@@ -112,6 +112,11 @@ class _ScoreboardCollector:
                 "Subscribe barriers that timed out",
                 Column.SYNC_TIMEOUTS,
             ),
+            (
+                "shardws_subscribe_not_live",
+                "Subscribes answered error 108 because their barrier did not complete",
+                Column.NOT_LIVE,
+            ),
             ("shardws_worker_restarts", "Times the worker was restarted", Column.RESTARTS),
             (
                 "shardws_history_repairs",

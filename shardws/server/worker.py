@@ -65,7 +65,7 @@ from shardws.pure.deflate import Inflater, negotiate
 from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_frame
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
-from shardws.pure.protocol import CloseCode
+from shardws.pure.protocol import NOT_LIVE_MESSAGE, CloseCode, ErrorCode
 from shardws.pure.session import (
     Close,
     Connected,
@@ -356,6 +356,7 @@ class Worker:
         self.native_messages = Messages(max_size, check_utf8=False)
         self.echo_messages = Messages(max_size, check_utf8=True)
         self.owners = Owners(self)
+        self.not_live = 0  # plain subscribes refused with 108: their barrier did not complete
         self._next_position_check = 0.0
         # user -> that user's connections here, subscribed to the user's bus topic.
         self.users = Hub(self._bus_subscribe_user, self._bus_unsubscribe_user)
@@ -494,6 +495,7 @@ class Worker:
             stats[Column.BUS_LOST] = self.bus.lost
             stats[Column.SYNC_TIMEOUTS] = self.bus.sync_timeouts
         stats[Column.HISTORY_REPAIRS] = self.owners.repairs
+        stats[Column.NOT_LIVE] = self.not_live + self.owners.not_live
         stats[Column.HISTORY_UNRECOVERABLE] = self.owners.unrecoverable
         for column in (
             Column.CONNECTIONS,
@@ -509,6 +511,7 @@ class Worker:
             Column.PROTOCOL_ERRORS,
             Column.PUBLISHES,
             Column.SYNC_TIMEOUTS,
+            Column.NOT_LIVE,
             Column.HISTORY_REPAIRS,
             Column.HISTORY_UNRECOVERABLE,
         ):
@@ -749,9 +752,34 @@ class Worker:
             return
         live = self.hub.add(channel, conn, conn.sink)
         if live.done():
-            conn.send(protocol.encode_ok(command_id))
+            self._answer_subscribe(conn, command_id, channel, live)
         else:
-            live.add_done_callback(lambda _f: conn.send(protocol.encode_ok(command_id)))
+            live.add_done_callback(
+                lambda done: self._answer_subscribe(conn, command_id, channel, done)
+            )
+
+    def _answer_subscribe(
+        self, conn: Connection, command_id: int | None, channel: str, live: asyncio.Future[bool]
+    ) -> None:
+        """Reply to a plain subscribe once its bus barrier finished: ok only if the
+        subscription is live on every ready peer. A barrier that could not complete (a
+        peer starved or stuck) undoes the subscription and answers error 108, which
+        clients retry: an ok never means less than live."""
+        if live.result():
+            conn.send(protocol.encode_ok(command_id))
+            return
+        if conn.closing or channel not in conn.channels:
+            return  # gone or unsubscribed meanwhile: nothing to answer
+        self._refuse_not_live(conn, command_id, channel)
+
+    def _refuse_not_live(self, conn: Connection, command_id: int | None, channel: str) -> None:
+        """Undo ``conn``'s subscription to ``channel`` and answer error 108 (retry): its
+        bus barrier did not complete, so the subscription may not be live everywhere."""
+        self.not_live += 1
+        conn.channels.discard(channel)
+        self.hub.remove(channel, conn)
+        self._announce_leave(channel, conn)
+        conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, NOT_LIVE_MESSAGE))
 
     def _unsubscribe(self, conn: Connection, unsubscribe: Unsubscribe) -> None:
         self.hub.remove(unsubscribe.channel, conn)

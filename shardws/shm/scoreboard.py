@@ -60,7 +60,8 @@ class Column(enum.IntEnum):
     HISTORY_REPAIRS = 22  # history gaps (lost bus messages) repaired from the owner
     HISTORY_UNRECOVERABLE = 23  # gaps that could not be repaired (subscribers got 4505)
     LATENCY_SUM_US = 24  # sum of observed delivery latencies, microseconds
-    LATENCY_BUCKET_0 = 25  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
+    NOT_LIVE = 25  # subscribes refused (error 108) because their barrier did not complete
+    LATENCY_BUCKET_0 = 26  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 
 
 #: Upper bounds (seconds) of the delivery latency histogram; one more bucket is +Inf.
