@@ -3,24 +3,28 @@
 Runs only when ``[cluster] peers`` is set. It is a member of the host bus (slot
 ``board.bridge_slot``) and owns four ZeroMQ sockets:
 
-* ``local_sub`` (SUB, connected to every local member's XPUB) and ``remote_xpub`` (XPUB,
-  bound at ``[cluster] listen``): what this host's members publish goes out to the peers.
+* ``local_sub`` (SUB, connected to the bus forwarder's outbound endpoint) and
+  ``remote_xpub`` (XPUB, bound at ``[cluster] listen``): what this host's members
+  publish goes out to the peers.
 * ``remote_sub`` (SUB, connected to every peer's ``remote_xpub``) and ``local_xpub``
-  (XPUB, this slot's ipc endpoint, which every local member's SUB connects to): what
-  the peers publish is delivered here.
+  (XPUB, connected to the forwarder's inbound endpoint like a member's PUB): what the
+  peers publish is delivered here.
 
-Subscription forwarding is ZeroMQ's own: a subscription that reaches ``local_xpub`` (a
-local member subscribed a channel, user or inbox topic) is made on ``remote_sub``, so it
+Subscription forwarding is ZeroMQ's own: the forwarder passes the first subscription
+to a topic (and the last unsubscription) upstream to ``local_xpub`` (a local member
+subscribed a channel, user or inbox topic), which is made on ``remote_sub``, so it
 reaches the peers' ``remote_xpub``, whose bridges make it on their ``local_sub``, so
-their workers send that topic to them. A message therefore crosses the network only to
-hosts with a subscriber for it.
+their forwarders send that topic to them. A message therefore crosses the network only
+to hosts with a subscriber for it. The bridge is the one process whose Python sees the
+host's subscriptions (once per topic, not once per member).
 
 Guarantees:
 
 * No loops, no duplicates: a message from a peer goes only to ``local_xpub`` (never back
-  out), and a frame whose origin is this host (a peer list that names this host) is
-  dropped. Every host connects to every other host directly (a full mesh), so each
-  message crosses one network hop.
+  out: what comes back to ``local_sub`` through the forwarder with another host's
+  origin is dropped), and a frame from a peer whose origin is this host (a peer list
+  that names this host) is dropped. Every host connects to every other host directly
+  (a full mesh), so each message crosses one network hop.
 * Order: frames of one origin are forwarded in the order received, so per-origin order
   and the bus's sequence numbers (which detect loss) hold across hosts.
 * The link is CurveZMQ with the cluster key unless ``allow_plaintext``: a peer without
@@ -49,7 +53,7 @@ from setproctitle import setproctitle
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from shardws.bus.host import endpoint
+from shardws.bus.forwarder import endpoints
 from shardws.config import ClusterConfig, Config
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.pure.busframe import (
@@ -77,7 +81,8 @@ _HANDSHAKE_FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _RECV_BUDGET = 1024  # frames per socket per poll round: one busy direction cannot starve
-_ATTACH_INTERVAL = 1.0  # seconds between checks for new local members (a reload)
+_ATTACH_INTERVAL = 1.0  # seconds between peer address checks
+_PROBE_INTERVAL = 0.05  # seconds between probes of a peer's barrier through the forwarder
 #: Seconds a local member's barrier waits for the peers, and a peer's for our members:
 #: together below the bus's sync timeout (2 s), so a slow peer delays, never fails, it.
 BARRIER_TIMEOUT = 1.2
@@ -92,6 +97,7 @@ class _Round:
     expected: set[int]
     deadline: float
     answered: set[int] = field(default_factory=set)
+    next_probe: float = 0.0  # a peer's barrier: when to probe the forwarder again
 
     def missing(self) -> list[int]:
         return sorted(self.expected - self.answered)
@@ -188,7 +194,6 @@ class Bridge:
         self.conflicts: set[str] = set()
         self._run_dir = run_dir
         self._stopping = False
-        self._attached: set[int] = set()
         self._connected: set[str] = set()
         self._incarnation = int.from_bytes(os.urandom(4), "big")
         self._view: View | None = None
@@ -249,11 +254,8 @@ class Bridge:
 
     def start(self) -> None:
         """Bind both XPUBs, subscribe to heartbeats, start resolving and connecting."""
-        own = endpoint(self._run_dir, self.slot)
-        path = own.removeprefix("ipc://")
-        if os.path.exists(path):  # left by a dead predecessor
-            os.unlink(path)
-        self.local_xpub.bind(own)
+        inbound, outbound = endpoints(self._run_dir)
+        self.local_xpub.connect(inbound)
         try:
             self.remote_xpub.bind(self.cluster.listen)
         except zmq.ZMQError as exc:
@@ -261,9 +263,8 @@ class Bridge:
                 exc.errno, f"[cluster] listen {self.cluster.listen!r}: {exc}"
             ) from None
         self.remote_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
-        # Local members wait for our inbox subscription before they count us as attached.
         self.local_sub.setsockopt(zmq.SUBSCRIBE, inbox_topic(self.member))
-        self._attach()
+        self.local_sub.connect(outbound)
         self._resolver.start()
         log.info(
             "bridge of host %r (number %d) on %s (%s), peers %s",
@@ -318,11 +319,12 @@ class Bridge:
             if now >= next_beat:
                 next_beat = now + interval
                 self._heartbeat(now)
+            if self._inbound:
+                self._probe(now)
             if self._outbound or self._inbound:
                 self._expire_barriers(now)
             if now >= next_attach:
                 next_attach = now + _ATTACH_INTERVAL
-                self._attach()
                 self._connect_peers()
 
     def _on_monitor(self, monitor: zmq.Socket[bytes]) -> None:
@@ -343,14 +345,6 @@ class Bridge:
         return self.remote_xpub, self.remote_sub
 
     # -- local members ------------------------------------------------------------------
-
-    def _attach(self) -> None:
-        """Connect ``local_sub`` to every local member not connected yet (ZeroMQ keeps
-        reconnecting to a member whose process is gone until its next one binds)."""
-        for slot in self.board.members():
-            if slot != self.slot and slot not in self._attached:
-                self._attached.add(slot)
-                self.local_sub.connect(endpoint(self._run_dir, slot))
 
     def _connect_peers(self) -> None:
         wanted = self._resolver.addresses
@@ -391,13 +385,15 @@ class Bridge:
     # -- barriers ---------------------------------------------------------------------------
     #
     # A local member's subscribe barrier (bus.Bus.subscribe) must mean "live on every
-    # host". The barrier topic follows the member's subscriptions on each pipe, so: our
-    # local XPUB sees it after the new topic and we made both on remote_sub in that
-    # order; each peer bridge sees both in that order, makes both on its local_sub, and
-    # answers once its local members answered (each answers after applying the topic).
-    # Its answer travels on the same pipe as its later data. We answer the member once
-    # every peer that is up answered, or after BARRIER_TIMEOUT (a peer that is going
-    # down), which stays below the bus's own sync timeout.
+    # host". The barrier topic follows the member's subscriptions on each pipe, so: the
+    # forwarder passes it to our local XPUB after the new topic and we made both on
+    # remote_sub in that order; each peer bridge sees both in that order, makes both on
+    # its local_sub, and answers once its own probe on the barrier topic came back
+    # through its forwarder (so the topic is applied there, and every member of that
+    # host publishes through it). Its answer travels on the same pipe as its later
+    # data. We answer the member once every peer that is up answered, or after
+    # BARRIER_TIMEOUT (a peer that is going down), which stays below the bus's own sync
+    # timeout.
 
     def _answer(self, sock: zmq.Socket[bytes], topic: bytes) -> None:
         sock.send(topic + HEADER.pack(self.member, self._incarnation, 0, 0, 0))
@@ -411,17 +407,16 @@ class Bridge:
         self.remote_sub.setsockopt(zmq.SUBSCRIBE, topic)
 
     def _barrier_from_peer(self, topic: bytes) -> None:
-        stale = self.config.server.heartbeat_timeout
-        expected = {
-            member_id(self.number, slot)
-            for slot in self.board.ready_slots(stale)
-            if slot != self.slot
-        }
-        if not expected:
-            self._answer(self.remote_xpub, topic)
-            return
-        self._inbound[topic] = _Round(expected, time.monotonic() + LOCAL_BARRIER_TIMEOUT)
+        self._inbound[topic] = _Round({self.member}, time.monotonic() + LOCAL_BARRIER_TIMEOUT)
         self.local_sub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def _probe(self, now: float) -> None:
+        # Our probe may reach the forwarder before our barrier subscription: again
+        # until one comes back (the round's deadline bounds it).
+        for topic, round_ in self._inbound.items():
+            if now >= round_.next_probe:
+                round_.next_probe = now + _PROBE_INTERVAL
+                self._answer(self.local_xpub, topic)
 
     def _barrier_answer(self, rounds: dict[bytes, _Round], topic: bytes, who: int) -> None:
         round_ = rounds.get(topic)
@@ -450,9 +445,11 @@ class Bridge:
 
     def _on_local_frame(self, frame: bytes) -> None:
         kind = frame[0]
-        if kind == KIND_SYNC:  # a local member's answer to a peer's barrier
-            end = frame.index(b"\0") + 1
-            (origin,) = ORIGIN.unpack_from(frame, end)
+        end = frame.index(b"\0") + 1
+        (origin,) = ORIGIN.unpack_from(frame, end)
+        if host_of(origin) != self.number:
+            return  # a peer's frame we delivered here, back through the forwarder
+        if kind == KIND_SYNC:  # our probe for a peer's barrier came back
             self._barrier_answer(self._inbound, frame[:end], origin)
             return
         if kind == KIND_INBOX and frame.startswith(inbox_topic(self.member)):

@@ -40,7 +40,8 @@ from picows import (
 from setproctitle import setproctitle
 
 from shardws import core
-from shardws.bus.host import Bus, endpoint
+from shardws.bus.forwarder import endpoints
+from shardws.bus.host import Bus
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     Deflated,
@@ -60,7 +61,6 @@ from shardws.pure.auth import (
     Identity,
 )
 from shardws.pure.busframe import channel_topic, inbox_topic, user_topic
-from shardws.pure.cluster import slot_of
 from shardws.pure.deflate import Inflater, negotiate
 from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_frame
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
@@ -86,7 +86,7 @@ from shardws.shm.view import Members
 
 EXIT_BOOT_FAILURE = 3
 HEARTBEAT_INTERVAL = 0.5  # seconds; far below any sane heartbeat_timeout
-PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for peers' subscriptions
+PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for the bus forwarder
 CLOSE_GRACE = 1.0  # seconds we wait for the peer's close frame before dropping TCP
 DRAIN_BATCHES = 20  # a drain closes connections in this many waves
 HANDSHAKE_GRACE = 0.3  # seconds a drain waits for handshakes already in flight
@@ -368,28 +368,36 @@ class Worker:
         are READY with a fresh heartbeat (from shared memory)."""
         return self.members.ready_local()
 
+    async def bus_sync(self, limit: float) -> None:
+        """Barrier rounds until one completes (the forwarder may still be starting), for
+        at most ``limit`` seconds."""
+        assert self.bus is not None
+        deadline = asyncio.get_running_loop().time() + limit
+        while not await self.bus.sync():
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning("the bus forwarder did not answer within %.1fs", limit)
+                return
+
     async def boot(self, listen_sock: socket.socket) -> None:
         """Start the bus, wait for peers' subscriptions, then start accepting."""
         server = self.config.server
         run_dir = self.run_dir
         self.bus = Bus(
             self.member,
-            lambda m: endpoint(run_dir, slot_of(m)),
+            endpoints(run_dir),
             self._on_bus_channel,
-            self.ready_peers,
+            self.members.relays,
             on_user=self._on_bus_user,
             on_inbox=self._on_bus_inbox,
+            inbox_live=self.members.inbox_live,
             hwm=server.bus_hwm,
         )
-        self.bus.start(self.members.local())
+        self.bus.start()
         self.owners.load()
         self._tick()
-        missing = await self.bus.wait_for_peers(self.ready_peers(), PEER_WAIT_TIMEOUT)
-        if missing:
-            log.warning("peers %s did not attach within %.1fs", sorted(missing), PEER_WAIT_TIMEOUT)
-        # And the other direction: our inbox subscription is live on every peer, so
-        # requests for the channels this worker owns reach it once it is READY.
-        await self.bus.sync()
+        # Our inbox subscription is live at the forwarder and our publications pass it,
+        # so requests for the channels this worker owns reach it once it is READY.
+        await self.bus_sync(PEER_WAIT_TIMEOUT)
         self._server = await ws_create_server(
             self._new_connection,
             sock=listen_sock,
@@ -523,8 +531,6 @@ class Worker:
         if now >= self._next_position_check:
             self._next_position_check = now + POSITION_CHECK_INTERVAL
             self.owners.check_positions()
-        if self.bus is not None and not self._stop.is_set():
-            self.bus.attach(self.members.local())  # a reload may have added workers
         if not self._stop.is_set():
             asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._tick)
 
