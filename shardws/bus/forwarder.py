@@ -27,6 +27,12 @@ import threading
 
 import zmq
 
+#: The least high-water mark of the hop from a publisher to the forwarder. Every frame
+#: a member publishes takes that one pipe (inbox requests and replies, barrier probes,
+#: every channel), so ``bus_hwm`` (what may wait for one subscriber) would make a burst
+#: of unrelated frames drop each other there.
+PUBLISH_HWM_FLOOR = 10_000
+
 # An XSUB subscription message: subscribe (1) to the empty prefix, i.e. every topic.
 _SUBSCRIBE_ALL = b"\x01"
 
@@ -51,7 +57,7 @@ class Forwarder:
             sock.setsockopt(zmq.LINGER, 0)
         # Publications are bounded (a subscriber that does not read loses, counted);
         # subscriptions and barrier probes are not: ZeroMQ would drop them silently.
-        self._xsub.setsockopt(zmq.RCVHWM, hwm)
+        self._xsub.setsockopt(zmq.RCVHWM, max(hwm, PUBLISH_HWM_FLOOR))
         self._xsub.setsockopt(zmq.SNDHWM, 0)
         self._xpub.setsockopt(zmq.SNDHWM, hwm)
         self._xpub.setsockopt(zmq.RCVHWM, 0)

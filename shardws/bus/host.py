@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from shardws.bus.forwarder import PUBLISH_HWM_FLOOR
 from shardws.pure.busframe import HEADER as _HEADER
 from shardws.pure.busframe import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, inbox_topic
 from shardws.pure.busframe import LENGTH as _LENGTH
@@ -121,7 +122,7 @@ class Bus:
         # barrier probes, which a SUB drops at its high-water mark without a trace (a
         # subscription never applied, a barrier that cannot finish); they are bounded by
         # the topics subscribed, so that direction has no limit.
-        self._pub.setsockopt(zmq.SNDHWM, hwm)
+        self._pub.setsockopt(zmq.SNDHWM, max(hwm, PUBLISH_HWM_FLOOR))
         self._sub.setsockopt(zmq.RCVHWM, hwm)
         self._sub.setsockopt(zmq.SNDHWM, 0)
         self._send_seq: dict[bytes, int] = {}

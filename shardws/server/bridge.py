@@ -53,7 +53,7 @@ from setproctitle import setproctitle
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from shardws.bus.forwarder import endpoints
+from shardws.bus.forwarder import PUBLISH_HWM_FLOOR, endpoints
 from shardws.config import ClusterConfig, Config
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.pure.busframe import (
@@ -202,7 +202,8 @@ class Bridge:
         self.barrier_timeouts = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         self._auth: ThreadAuthenticator | None = None
-        self.local_xpub = self._socket(zmq.XPUB, config.server.bus_hwm)
+        # It publishes to the forwarder like a member: the same floor on that hop.
+        self.local_xpub = self._socket(zmq.XPUB, max(config.server.bus_hwm, PUBLISH_HWM_FLOOR))
         self.local_sub = self._socket(zmq.SUB, config.server.bus_hwm)
         self.remote_xpub = self._socket(zmq.XPUB, cluster.hwm)
         self.remote_sub = self._socket(zmq.SUB, cluster.hwm)

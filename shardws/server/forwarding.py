@@ -7,11 +7,12 @@ heartbeat goes stale. Its heartbeat is stamped only while the forwarding thread 
 
 What members see while it restarts (about the supervisor's restart backoff): their PUB
 and SUB reconnect by themselves and the SUB sends all its subscriptions again, so no
-subscription is lost. Publications made meanwhile, and those inside the old process,
-are lost: receivers count them from the sequence gap the next publication on the topic
-reveals, and history channels repair them from the owner (at once, or by the position
-check every 2 s). Subscribes whose barrier falls in the gap are answered error 108 and
-retried by the clients.
+subscription is lost. Publications made meanwhile wait in the publisher's pipe (up to
+``bus_hwm``) and are delivered in order after the reconnect; those inside the old
+process, or past the high-water mark, are lost: receivers count them from the sequence
+gap the next publication on the topic reveals, and history channels repair them from
+the owner (at once, or by the position check every 2 s). Subscribes whose barrier
+falls in the gap are answered error 108 and retried by the clients.
 """
 
 from __future__ import annotations
