@@ -3,9 +3,9 @@
 Runs only when ``[cluster] peers`` is set. It is a member of the host bus (slot
 ``board.bridge_slot``) and owns four ZeroMQ sockets:
 
-* ``local_sub`` (SUB, connected to the bus forwarder's outbound endpoint) and
-  ``remote_xpub`` (XPUB, bound at ``[cluster] listen``): what this host's members
-  publish goes out to the peers.
+* ``local_sub`` (SUB, connected to the bus forwarder's outbound endpoint, subscribed to
+  everything) and ``remote_xpub`` (XPUB, bound at ``[cluster] listen``): what this
+  host's members publish on a topic some peer subscribes to goes out to the peers.
 * ``remote_sub`` (SUB, connected to every peer's ``remote_xpub``) and ``local_xpub``
   (XPUB, connected to the forwarder's inbound endpoint like a member's PUB): what the
   peers publish is delivered here.
@@ -13,10 +13,12 @@ Runs only when ``[cluster] peers`` is set. It is a member of the host bus (slot
 Subscription forwarding is ZeroMQ's own: the forwarder passes the first subscription
 to a topic (and the last unsubscription) upstream to ``local_xpub`` (a local member
 subscribed a channel, user or inbox topic), which is made on ``remote_sub``, so it
-reaches the peers' ``remote_xpub``, whose bridges make it on their ``local_sub``, so
-their forwarders send that topic to them. A message therefore crosses the network only
-to hosts with a subscriber for it. The bridge is the one process whose Python sees the
-host's subscriptions (once per topic, not once per member).
+reaches the peers' ``remote_xpub``, which then sends that topic to us. A message
+therefore crosses the network only to hosts with a subscriber for it. The bridge is the
+one process whose Python sees the host's subscriptions (once per topic, not once per
+member). Its ``local_sub`` takes every frame of the host (a per-topic subscription there
+would reach ``local_xpub`` as if a local member had made it) and drops, at one set
+lookup each, those no peer subscribes to.
 
 Guarantees:
 
@@ -63,7 +65,6 @@ from shardws.pure.busframe import (
     KIND_SYNC,
     KIND_USER,
     ORIGIN,
-    inbox_topic,
     well_formed,
 )
 from shardws.pure.cluster import Host, View, host_number, host_of, member_id, view_number
@@ -82,22 +83,19 @@ _HANDSHAKE_FAILED = (
 )
 _RECV_BUDGET = 1024  # frames per socket per poll round: one busy direction cannot starve
 _ATTACH_INTERVAL = 1.0  # seconds between peer address checks
-_PROBE_INTERVAL = 0.05  # seconds between probes of a peer's barrier through the forwarder
-#: Seconds a local member's barrier waits for the peers, and a peer's for our members:
-#: together below the bus's sync timeout (2 s), so a slow peer delays, never fails, it.
+#: Seconds a local member's barrier waits for the peers: below the bus's sync timeout
+#: (2 s), so a slow peer delays, never fails, it.
 BARRIER_TIMEOUT = 1.2
-LOCAL_BARRIER_TIMEOUT = 0.5
 
 
 @dataclass
 class _Round:
-    """One barrier being relayed: who must answer (host numbers for a local member's
-    barrier, member ids for a peer's) and until when."""
+    """A local member's barrier being relayed: the peers (host numbers) that must
+    answer, and until when."""
 
     expected: set[int]
     deadline: float
     answered: set[int] = field(default_factory=set)
-    next_probe: float = 0.0  # a peer's barrier: when to probe the forwarder again
 
     def missing(self) -> list[int]:
         return sorted(self.expected - self.answered)
@@ -198,7 +196,7 @@ class Bridge:
         self._incarnation = int.from_bytes(os.urandom(4), "big")
         self._view: View | None = None
         self._outbound: dict[bytes, _Round] = {}  # local members' barriers, by topic
-        self._inbound: dict[bytes, _Round] = {}  # peers' barriers, by topic
+        self._wanted: set[bytes] = set()  # topics some peer subscribes to
         self.barrier_timeouts = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         self._auth: ThreadAuthenticator | None = None
@@ -264,7 +262,7 @@ class Bridge:
                 exc.errno, f"[cluster] listen {self.cluster.listen!r}: {exc}"
             ) from None
         self.remote_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
-        self.local_sub.setsockopt(zmq.SUBSCRIBE, inbox_topic(self.member))
+        self.local_sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.local_sub.connect(outbound)
         self._resolver.start()
         log.info(
@@ -320,9 +318,7 @@ class Bridge:
             if now >= next_beat:
                 next_beat = now + interval
                 self._heartbeat(now)
-            if self._inbound:
-                self._probe(now)
-            if self._outbound or self._inbound:
+            if self._outbound:
                 self._expire_barriers(now)
             if now >= next_attach:
                 next_attach = now + _ATTACH_INTERVAL
@@ -365,9 +361,20 @@ class Bridge:
         self._forward_subscription(message, self.remote_sub, self._barrier_to_peers)
 
     def _on_remote_subscription(self, message: bytes) -> None:
-        """A peer (un)subscribed: subscribe at the local members (a barrier: see
-        :meth:`_barrier_from_peer`)."""
-        self._forward_subscription(message, self.local_sub, self._barrier_from_peer)
+        """A peer (un)subscribed: ``remote_xpub`` (C) now sends it what we pass on for
+        the topic; we pass on only topics some peer wants. A peer's barrier topic comes
+        after the topics it confirms on the same pipe, so when we read it they are
+        applied: we answer at once, and the answer travels before any later data."""
+        subscribe, topic = message[0] == 1, message[1:]
+        kind = topic[0] if topic else 0
+        if kind == KIND_SYNC:
+            if subscribe:
+                self._answer(self.remote_xpub, topic)
+        elif kind in _FORWARDED:
+            if subscribe:
+                self._wanted.add(topic)
+            else:
+                self._wanted.discard(topic)
 
     @staticmethod
     def _forward_subscription(
@@ -389,12 +396,11 @@ class Bridge:
     # host". The barrier topic follows the member's subscriptions on each pipe, so: the
     # forwarder passes it to our local XPUB after the new topic and we made both on
     # remote_sub in that order; each peer bridge sees both in that order, makes both on
-    # its local_sub, and answers once its own probe on the barrier topic came back
-    # through its forwarder (so the topic is applied there, and every member of that
-    # host publishes through it). Its answer travels on the same pipe as its later
-    # data. We answer the member once every peer that is up answered, or after
-    # BARRIER_TIMEOUT (a peer that is going down), which stays below the bus's own sync
-    # timeout.
+    # its remote_xpub in that order, and answers when it reads the barrier topic (its
+    # local_sub takes every frame of its host, so nothing more is needed there). Its
+    # answer travels on the same pipe as its later data. We answer the member once
+    # every peer that is up answered, or after BARRIER_TIMEOUT (a peer that is going
+    # down), which stays below the bus's own sync timeout.
 
     def _answer(self, sock: zmq.Socket[bytes], topic: bytes) -> None:
         sock.send(topic + HEADER.pack(self.member, self._incarnation, 0, 0, 0))
@@ -407,18 +413,6 @@ class Bridge:
         self._outbound[topic] = _Round(expected, time.monotonic() + BARRIER_TIMEOUT)
         self.remote_sub.setsockopt(zmq.SUBSCRIBE, topic)
 
-    def _barrier_from_peer(self, topic: bytes) -> None:
-        self._inbound[topic] = _Round({self.member}, time.monotonic() + LOCAL_BARRIER_TIMEOUT)
-        self.local_sub.setsockopt(zmq.SUBSCRIBE, topic)
-
-    def _probe(self, now: float) -> None:
-        # Our probe may reach the forwarder before our barrier subscription: again
-        # until one comes back (the round's deadline bounds it).
-        for topic, round_ in self._inbound.items():
-            if now >= round_.next_probe:
-                round_.next_probe = now + _PROBE_INTERVAL
-                self._answer(self.local_xpub, topic)
-
     def _barrier_answer(self, rounds: dict[bytes, _Round], topic: bytes, who: int) -> None:
         round_ = rounds.get(topic)
         if round_ is not None:
@@ -428,33 +422,25 @@ class Bridge:
 
     def _finish(self, rounds: dict[bytes, _Round], topic: bytes) -> None:
         del rounds[topic]
-        if rounds is self._outbound:
-            self.remote_sub.setsockopt(zmq.UNSUBSCRIBE, topic)
-            self._answer(self.local_xpub, topic)
-        else:
-            self.local_sub.setsockopt(zmq.UNSUBSCRIBE, topic)
-            self._answer(self.remote_xpub, topic)
+        self.remote_sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+        self._answer(self.local_xpub, topic)
 
     def _expire_barriers(self, now: float) -> None:
-        for rounds in (self._outbound, self._inbound):
-            for topic in [t for t, r in rounds.items() if r.deadline <= now]:
-                self.barrier_timeouts += 1
-                log.warning("barrier %r: no answer from %s", topic, rounds[topic].missing())
-                self._finish(rounds, topic)
+        rounds = self._outbound
+        for topic in [t for t, r in rounds.items() if r.deadline <= now]:
+            self.barrier_timeouts += 1
+            log.warning("barrier %r: no answer from %s", topic, rounds[topic].missing())
+            self._finish(rounds, topic)
 
     # -- frames -----------------------------------------------------------------------------
 
     def _on_local_frame(self, frame: bytes) -> None:
-        kind = frame[0]
         end = frame.index(b"\0") + 1
+        if frame[:end] not in self._wanted:
+            return  # no peer subscribes (or a barrier probe, or our own inbox)
         (origin,) = ORIGIN.unpack_from(frame, end)
         if host_of(origin) != self.number:
             return  # a peer's frame we delivered here, back through the forwarder
-        if kind == KIND_SYNC:  # our probe for a peer's barrier came back
-            self._barrier_answer(self._inbound, frame[:end], origin)
-            return
-        if kind == KIND_INBOX and frame.startswith(inbox_topic(self.member)):
-            return  # our own inbox: only its subscription matters (peers attach by it)
         self.sent += 1
         self.sent_bytes += len(frame)
         self.remote_xpub.send(frame, 0, copy=len(frame) < 16384)

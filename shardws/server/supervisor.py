@@ -658,10 +658,19 @@ class Supervisor:
         assert slot.sock is not None
         return run_admin(slot.index, slot.config or self.config, tables, slot.sock, self._run_dir)
 
+    def _wait_for_exit(self, slots: list[Slot], deadline: float) -> None:
+        while any(s.pid for s in slots) and time.monotonic() < deadline:
+            self._wait(0.05)
+            self._signals.clear()
+            self._reap(quietly=True)
+
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
         deadline = time.monotonic() + self.config.server.drain_timeout
-        for slot in self.slots:
+        # The bus forwarder stops last: draining members still publish through it.
+        forwarder = [s for s in self.slots if s.kind == "forwarder"]
+        members = [s for s in self.slots if s.kind != "forwarder"]
+        for slot in members:
             if slot.pid:
                 try:
                     os.kill(slot.pid, signal.SIGTERM)
@@ -672,10 +681,12 @@ class Supervisor:
             # instead of waiting in a queue nobody reads until the reset at exit.
             if slot.kind == "worker" and slot.sock is not None:
                 slot.sock.close()
-        while any(s.pid for s in self.slots) and time.monotonic() < deadline:
-            self._wait(0.05)
-            self._signals.clear()
-            self._reap(quietly=True)
+        self._wait_for_exit(members, deadline)
+        for slot in forwarder:
+            if slot.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGTERM)
+        self._wait_for_exit(forwarder, deadline)
         for slot in self.slots:
             if slot.pid:
                 log.error(
