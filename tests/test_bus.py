@@ -80,9 +80,14 @@ def _forwarder(tmp_path: Path, hwm: int = 100_000) -> Forwarder:
     return forwarder
 
 
-def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path) -> None:
-    forwarder = _forwarder(tmp_path)
+@pytest.fixture
+def forwarder(tmp_path: Path) -> Iterator[Forwarder]:
+    running = _forwarder(tmp_path)
+    yield running
+    running.close()
 
+
+def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path, forwarder: Forwarder) -> None:
     async def scenario() -> None:
         a, b, c = await _members(tmp_path, 3)
         topic = channel_topic("news")
@@ -108,16 +113,12 @@ def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path) -> None:
         for m in (a, b, c):
             m.bus.close()
 
-    try:
-        run(scenario())
-    finally:
-        forwarder.close()
+    run(scenario())
 
 
-def test_own_publications_do_not_come_back(tmp_path: Path) -> None:
+def test_own_publications_do_not_come_back(tmp_path: Path, forwarder: Forwarder) -> None:
     """A member delivers its own publications locally: the copy the forwarder sends back
     to it (it subscribes the topic too) is dropped, so nobody gets one twice."""
-    forwarder = _forwarder(tmp_path)
 
     async def scenario() -> None:
         a, b = await _members(tmp_path, 2)
@@ -130,10 +131,7 @@ def test_own_publications_do_not_come_back(tmp_path: Path) -> None:
         for m in (a, b):
             m.bus.close()
 
-    try:
-        run(scenario())
-    finally:
-        forwarder.close()
+    run(scenario())
 
 
 def test_barrier_times_out_without_a_forwarder(tmp_path: Path) -> None:
@@ -147,10 +145,9 @@ def test_barrier_times_out_without_a_forwarder(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_barrier_waits_for_every_relay(tmp_path: Path) -> None:
+def test_barrier_waits_for_every_relay(tmp_path: Path, forwarder: Forwarder) -> None:
     """A relay (the cluster bridge) that does not answer fails the barrier even though
     the probe came back through the forwarder."""
-    forwarder = _forwarder(tmp_path)
 
     async def scenario() -> None:
         (a,) = await _members(tmp_path, 1)
@@ -161,10 +158,7 @@ def test_barrier_waits_for_every_relay(tmp_path: Path) -> None:
         for m in (a, waiting):
             m.bus.close()
 
-    try:
-        run(scenario())
-    finally:
-        forwarder.close()
+    run(scenario())
 
 
 def test_subscriptions_are_never_dropped_at_the_high_water_mark(tmp_path: Path) -> None:
@@ -190,9 +184,7 @@ def test_subscriptions_are_never_dropped_at_the_high_water_mark(tmp_path: Path) 
         forwarder.close()
 
 
-def test_sequence_gaps_are_counted(tmp_path: Path) -> None:
-    forwarder = _forwarder(tmp_path)
-
+def test_sequence_gaps_are_counted(tmp_path: Path, forwarder: Forwarder) -> None:
     async def scenario() -> None:
         a, b = await _members(tmp_path, 2)
         topic = channel_topic("gap")
@@ -206,16 +198,11 @@ def test_sequence_gaps_are_counted(tmp_path: Path) -> None:
         for m in (a, b):
             m.bus.close()
 
-    try:
-        run(scenario())
-    finally:
-        forwarder.close()
+    run(scenario())
 
 
 @pytest.mark.parametrize("size", [10, 300_000])
-def test_large_batches_split_and_arrive(tmp_path: Path, size: int) -> None:
-    forwarder = _forwarder(tmp_path)
-
+def test_large_batches_split_and_arrive(tmp_path: Path, forwarder: Forwarder, size: int) -> None:
     async def scenario() -> None:
         a, b = await _members(tmp_path, 2)
         topic = channel_topic("big")
@@ -228,15 +215,11 @@ def test_large_batches_split_and_arrive(tmp_path: Path, size: int) -> None:
         for m in (a, b):
             m.bus.close()
 
-    try:
-        run(scenario())
-    finally:
-        forwarder.close()
+    run(scenario())
 
 
-def test_a_member_started_later_gets_publications(tmp_path: Path) -> None:
+def test_a_member_started_later_gets_publications(tmp_path: Path, forwarder: Forwarder) -> None:
     """A reload adds a worker: it connects to the forwarder, nobody else does anything."""
-    forwarder = _forwarder(tmp_path)
 
     async def scenario() -> None:
         a, b = await _members(tmp_path, 2)
@@ -255,14 +238,10 @@ def test_a_member_started_later_gets_publications(tmp_path: Path) -> None:
         for m in (a, b, c):
             m.bus.close()
 
-    try:
-        run(scenario())
-    finally:
-        forwarder.close()
+    run(scenario())
 
 
-def test_when_subscribed_waits_for_a_booting_member(tmp_path: Path) -> None:
-    forwarder = _forwarder(tmp_path)
+def test_when_subscribed_waits_for_a_booting_member(tmp_path: Path, forwarder: Forwarder) -> None:
     ready: set[int] = set()
 
     async def scenario() -> None:
@@ -277,10 +256,7 @@ def test_when_subscribed_waits_for_a_booting_member(tmp_path: Path) -> None:
         assert a.bus.when_subscribed(inbox_topic(1)) is None  # live now: send at once
         a.bus.close()
 
-    try:
-        run(scenario())
-    finally:
-        forwarder.close()
+    run(scenario())
 
 
 def test_a_restarted_forwarder_keeps_subscriptions_and_losses_are_counted(
@@ -330,7 +306,6 @@ def test_a_subscription_and_a_publication_touch_only_the_members_concerned(
     subscription reaches no other member's Python, and a publication to a channel whose
     subscribers sit on two members is read by exactly those two, however many members
     the host has."""
-    forwarder = _forwarder(tmp_path)
 
     async def scenario() -> None:
         members = await _members(tmp_path, count)
@@ -350,7 +325,4 @@ def test_a_subscription_and_a_publication_touch_only_the_members_concerned(
         for m in members:
             m.bus.close()
 
-    try:
-        run(scenario())
-    finally:
-        forwarder.close()
+    run(scenario())
