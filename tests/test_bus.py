@@ -300,7 +300,7 @@ def test_a_restarted_forwarder_keeps_subscriptions_and_losses_are_counted(
 
 @pytest.mark.parametrize("count", [3, 12])
 def test_a_subscription_and_a_publication_touch_only_the_members_concerned(
-    tmp_path: Path, count: int
+    tmp_path: Path, forwarder: Forwarder, count: int
 ) -> None:
     """The property the forwarder exists for, counted rather than timed: a new
     subscription reaches no other member's Python, and a publication to a channel whose

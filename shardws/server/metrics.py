@@ -158,7 +158,21 @@ class _ScoreboardCollector:
             family = CounterMetricFamily(name, doc)
             family.add_metric([], float(admin[column]))
             yield family
+        yield from self._forwarder()
         yield from self._cluster()
+
+    def _forwarder(self) -> Iterator[Metric]:
+        """The host bus forwarder: up, and restarts (a restart loses what was inside)."""
+        slot = self._board.forwarder_slot
+        up = GaugeMetricFamily(
+            "shardws_bus_forwarder_up", "1 while the host bus forwarder runs (heartbeat fresh)"
+        )
+        up.add_metric([], 1.0 if self._board.is_ready(slot, self._stale_after) else 0.0)
+        restarts = CounterMetricFamily(
+            "shardws_bus_forwarder_restarts", "Times the host bus forwarder was restarted"
+        )
+        restarts.add_metric([], float(self._board.table[slot, Column.RESTARTS]))
+        yield from (up, restarts)
 
     def _cluster(self) -> Iterator[Metric]:
         """Peers up/down and traffic per peer, from the bridge's view (cluster only)."""
