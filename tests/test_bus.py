@@ -163,7 +163,8 @@ def test_barrier_waits_for_every_relay(tmp_path: Path, forwarder: Forwarder) -> 
 
 def test_subscriptions_are_never_dropped_at_the_high_water_mark(tmp_path: Path) -> None:
     """``hwm`` bounds publications only: a burst of subscriptions (and the barrier after
-    them) is applied at the forwarder even with a high-water mark of 1."""
+    them) is applied at the forwarder even with a high-water mark of 1 (a SUB would drop
+    subscriptions past its high-water mark and the barrier would never complete)."""
     forwarder = _forwarder(tmp_path, hwm=1)
 
     async def scenario() -> None:
@@ -171,10 +172,8 @@ def test_subscriptions_are_never_dropped_at_the_high_water_mark(tmp_path: Path) 
         topics = [channel_topic(f"burst-{n}") for n in range(200)]
         barriers = [a.bus.subscribe(topic) for topic in topics]
         assert await asyncio.wait_for(asyncio.gather(*barriers), timeout(5)) == [True] * 200
+        # The barrier's topic followed the 200 on the same pipe: applied, so were they.
         assert a.bus.sync_timeouts == 0
-        for n, topic in enumerate(topics):  # one at a time: no publication is dropped
-            b.bus.publish(topic, b"%d" % n)
-            await wait_until_async(lambda n=n: len(a.received) == n + 1, 5, 0.001)
         for m in (a, b):
             m.bus.close()
 
