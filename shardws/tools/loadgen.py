@@ -1857,18 +1857,22 @@ class _Run:
 
 
 def _rolled_processes(supervisor: int) -> set[int]:
-    """The processes a roll replaces: the supervisor's tree less itself, and less helpers
+    """The processes a roll replaces: the supervisor's tree less itself, less helpers
     that are not shardws processes (multiprocessing's resource tracker) when the others
-    carry shardws's process titles."""
+    carry shardws's process titles, and less the bus forwarder (a roll keeps it)."""
     pids = set(_process_tree([supervisor])) - {supervisor}
     titled = set()
+    kept = set()
     for pid in pids:
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"shardws: "):
-                titled.add(pid)
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            pass
-    return titled or pids
+            continue
+        if title.startswith(b"shardws: bus forwarder"):
+            kept.add(pid)
+        elif title.startswith(b"shardws: "):
+            titled.add(pid)
+    return titled or (pids - kept)
 
 
 def connect_ramp(times: np.ndarray[Any, Any], started: float) -> dict[str, Any]:
