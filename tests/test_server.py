@@ -14,6 +14,7 @@ from typing import Any
 import picows
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from serverproc import ServerProcess
 from toolkit import run, timeout
 from wsclient import Client, clients_on_workers
@@ -346,5 +347,47 @@ def test_no_ok_while_a_peer_cannot_confirm_the_subscription(tmp_path: Path) -> N
             assert _counter(proc, "shardws_bus_sync_timeouts_total") >= 1
             await sub.close()
             await pub.close()
+
+        run(scenario())
+
+
+def _bus_reads(proc: ServerProcess) -> dict[str, float]:
+    """``shardws_bus_reads_total`` by worker label, once every worker copied its count."""
+    proc.wait_heartbeat()
+    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=timeout(5)) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["worker"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "shardws_bus_reads_total"
+    }
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_subscription_and_a_publication_cost_only_the_workers_concerned(
+    tmp_path: Path, workers: int
+) -> None:
+    """Counted, not timed: how many server processes' Python read anything on the bus
+    for a subscription and for a publication, as the worker count grows. A subscribe
+    on worker 0 is read only by worker 0 (its own barrier echo); a publication from
+    worker 1 to that channel only by worker 0 (the subscriber's); the others, however
+    many, read nothing."""
+    with ServerProcess(tmp_path, workers=workers).start() as proc:
+
+        def readers(before: dict[str, float], after: dict[str, float]) -> list[str]:
+            return sorted(worker for worker, reads in after.items() if reads > before[worker])
+
+        async def scenario() -> None:
+            sub, pub, *_others = await clients_on_workers(proc.url, workers)
+            before = await asyncio.to_thread(_bus_reads, proc)
+            assert (await sub.call("subscribe", channel="counted"))["ok"]
+            subscribed = await asyncio.to_thread(_bus_reads, proc)
+            assert readers(before, subscribed) == [str(sub.worker)]
+            await pub.call("publish", channel="counted", data=1)
+            assert (await sub.next_push())["data"] == 1
+            published = await asyncio.to_thread(_bus_reads, proc)
+            assert readers(subscribed, published) == [str(sub.worker)]
+            assert len(published) == workers
 
         run(scenario())

@@ -113,6 +113,11 @@ class _ScoreboardCollector:
                 Column.SYNC_TIMEOUTS,
             ),
             (
+                "shardws_bus_reads",
+                "Bus messages this worker's Python read (publications, requests, barrier echoes)",
+                Column.BUS_READS,
+            ),
+            (
                 "shardws_subscribe_not_live",
                 "Subscribes answered error 108 because their barrier did not complete",
                 Column.NOT_LIVE,

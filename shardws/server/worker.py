@@ -501,6 +501,7 @@ class Worker:
         stats[Column.DROPS] = total_drops()
         if self.bus is not None:
             stats[Column.BUS_LOST] = self.bus.lost
+            stats[Column.BUS_READS] = self.bus.reads
             stats[Column.SYNC_TIMEOUTS] = self.bus.sync_timeouts
         stats[Column.HISTORY_REPAIRS] = self.owners.repairs
         stats[Column.NOT_LIVE] = self.not_live + self.owners.not_live
@@ -520,6 +521,7 @@ class Worker:
             Column.PUBLISHES,
             Column.SYNC_TIMEOUTS,
             Column.NOT_LIVE,
+            Column.BUS_READS,
             Column.HISTORY_REPAIRS,
             Column.HISTORY_UNRECOVERABLE,
         ):

@@ -62,7 +62,8 @@ class Column(enum.IntEnum):
     HISTORY_UNRECOVERABLE = 23  # gaps that could not be repaired (subscribers got 4505)
     LATENCY_SUM_US = 24  # sum of observed delivery latencies, microseconds
     NOT_LIVE = 25  # subscribes refused (error 108) because their barrier did not complete
-    LATENCY_BUCKET_0 = 26  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
+    BUS_READS = 26  # bus messages this process's Python read (any kind)
+    LATENCY_BUCKET_0 = 27  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 
 
 #: Upper bounds (seconds) of the delivery latency histogram; one more bucket is +Inf.
