@@ -34,6 +34,7 @@ from shardws.client import (
     Publication,
     QueueFull,
     ServerError,
+    Subscription,
     connect,
     should_reconnect,
     token_expiry,
@@ -104,6 +105,52 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
         Backoff(initial=0.0)
     with pytest.raises(ValueError):
         Backoff(initial=2.0, cap=1.0)
+
+
+def test_a_numbering_that_comes_back_to_an_epoch_is_not_delivered_twice() -> None:
+    """After a partition heals, a subscriber may get the other side's numbering for a
+    while and then the kept one again, from its first offsets (docs/cluster.md): what it
+    delivered in that epoch is not delivered again, the rest continues without a gap."""
+    items: list[Any] = []
+    gaps: list[Gap] = []
+    sub = Subscription(None, "chat:a", items.append, gaps.append, False)  # type: ignore[arg-type]
+
+    def take(epoch: str, offset: int) -> bool:
+        return sub._take_pub({"type": "pub", "epoch": epoch, "offset": offset, "data": offset})
+
+    assert all(take("kept", n) for n in (1, 2, 3, 4))
+    assert take("other", 1)  # the other side's numbering: a gap, told
+    assert all(take("kept", n) for n in (1, 2, 3, 4, 5))  # the kept one is back
+    assert [(i.epoch, i.data) for i in items] == [
+        ("kept", 1),
+        ("kept", 2),
+        ("kept", 3),
+        ("kept", 4),
+        ("other", 1),
+        ("kept", 5),
+    ]
+    assert [(g.epoch, g.reason) for g in gaps] == [("other", "epoch_changed")]
+    assert not take("kept", 7)  # a hole in it: reconnect and recover from kept:5
+    assert (sub.epoch, sub.offset) == ("kept", 5)
+
+
+def test_a_failed_recovery_behind_what_was_delivered_reports_no_second_gap() -> None:
+    """A resubscribe sent before the old connection delivered a new epoch's first
+    publications: its ``recovered: false`` reply names a position this subscription is
+    already past. The gap was reported once; nothing is delivered twice."""
+    items: list[Any] = []
+    gaps: list[Gap] = []
+    sub = Subscription(None, "chat:a", items.append, gaps.append, False)  # type: ignore[arg-type]
+
+    def take(epoch: str, offset: int) -> bool:
+        return sub._take_pub({"type": "pub", "epoch": epoch, "offset": offset, "data": offset})
+
+    assert take("old", 1) and take("new", 26)  # the owner changed: a gap, told
+    reply = {"ok": True, "epoch": "new", "offset": 25, "recovered": False}
+    sub._positioned({**reply, "reason": "epoch_changed"}, recovering=True)
+    assert take("new", 26) and take("new", 27)  # 26 again, from the new connection
+    assert [(i.epoch, i.data) for i in items] == [("old", 1), ("new", 26), ("new", 27)]
+    assert [(g.epoch, g.offset) for g in gaps] == [("new", 25)]
 
 
 def test_close_code_ranges_and_token_expiry() -> None:
@@ -217,8 +264,30 @@ def test_owner_killed_reports_a_gap_and_publishes_are_retried(tmp_path: Path) ->
                 assert sub.data[:5] == [0, 1, 2, 3, 4]
                 assert sub.gaps, "the lost history was not reported"
                 assert sub.gaps[0].epoch != old_epoch
+                assert {gap.reason for gap in sub.gaps} == {"epoch_changed"}
                 state = sub_client.subscriptions[CHANNEL]
                 assert state.epoch == sub.gaps[-1].epoch
+
+        run(main())
+
+
+def test_a_gap_carries_the_servers_reason(tmp_path: Path) -> None:
+    """``recovered: false`` reaches ``on_gap`` with its reason: a position whose
+    successors left the ring (``left_ring``), one of another epoch (``epoch_changed``)."""
+    short = NAMESPACES + "\n[namespaces.short]\nhistory_size = 3\n"
+    with ServerProcess(tmp_path, workers=2, extra=short).start() as proc:
+
+        async def main() -> None:
+            async with connect(proc.url) as client:
+                first = await client.publish("short:a", 0)
+                for n in range(1, 6):  # offsets 2..6; the ring keeps 4, 5, 6
+                    await client.publish("short:a", n)
+                old: list[Gap] = []
+                await client.subscribe("short:a", on_gap=old.append, recover=(first["epoch"], 1))
+                assert [(g.reason, g.offset) for g in old] == [("left_ring", 6)]
+                other: list[Gap] = []
+                await client.subscribe("short:b", on_gap=other.append, recover=("0" * 16, 2))
+                assert [g.reason for g in other] == ["epoch_changed"]
 
         run(main())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,6 +262,24 @@ def test_killed_bridge_is_restarted_and_the_host_rejoins(cluster: Cluster) -> No
     wait_until(lambda: _new_bridge(b, old), 20, 0.1, "the bridge was not restarted")
     wait_converged(cluster.all(), NAMES)
     _deliver_everywhere(cluster, "after-bridge-restart")
+
+
+def test_a_restarted_bridge_never_sees_its_host_alone(cluster: Cluster) -> None:
+    """A new bridge takes over the peers of the view its predecessor wrote: killed (or
+    replaced by a reload), it never writes a view of its own host alone, which would make
+    the host's workers elect owners here for the other hosts' history channels (new
+    epochs, the history split as in a partition). Found by the soak (benchmarks/soak.py)."""
+    b = cluster["b"]
+    alone = re.compile(r"membership view [0-9a-f]{8}: \['b'\]")
+    wait_converged(cluster.all(), NAMES)
+    before = len(alone.findall(b.logs()))
+    for _ in range(3):
+        old = b.health()["cluster"]["bridge_pid"]
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda old=old: _new_bridge(b, old), 20, 0.1, "the bridge was not restarted")
+        wait_converged(cluster.all(), NAMES)
+    assert len(alone.findall(b.logs())) == before, b.logs()[-3000:]
+    _deliver_everywhere(cluster, "after-bridge-restarts")
 
 
 def _new_bridge(host: Host, old_pid: int) -> bool:

@@ -10,7 +10,7 @@ from toolkit import run
 
 from shardws.bus.requests import Requests
 from shardws.pure import control
-from shardws.pure.history import Entry, Position, RingState
+from shardws.pure.history import Entry, Position, RingState, Unrecovered
 from shardws.pure.publication import Publication
 
 
@@ -114,6 +114,14 @@ OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
     (
         control.HistoryPositionRequest("h:a", Position("old", 1)),
         control.HistoryPositionReply(Position("e", 3), False),
+    ),
+    (
+        control.HistoryPositionRequest("h:a", Position("old", 1)),
+        control.HistoryPositionReply(Position("e", 3), False, reason=Unrecovered.EPOCH_CHANGED),
+    ),
+    (
+        control.HistoryPositionRequest("h:a", Position("e", 1)),
+        control.HistoryPositionReply(Position("e", 3), False, reason=Unrecovered.LEFT_RING),
     ),
     (
         control.HistoryPositionsRequest(("h:a", "h:b")),
@@ -299,6 +307,10 @@ BAD_OWNER_REPLIES: list[tuple[control.OwnerRequest[Any], dict[str, Any]]] = [
     (
         control.HistoryPositionRequest("h:a"),
         {"epoch": "e", "offset": 1, "recovered": True},  # no publications
+    ),
+    (
+        control.HistoryPositionRequest("h:a"),
+        {"epoch": "e", "offset": 1, "recovered": False, "publications": [], "reason": "lost"},
     ),
     (control.HistoryPositionsRequest(()), {"positions": []}),
     (control.HistoryPositionsRequest(()), {"positions": {"h:a": ["e"]}}),

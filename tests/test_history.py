@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardws.config import NamespaceConfig
-from shardws.pure.history import Position, Ring, owner_of
+from shardws.pure.history import Position, Ring, Unrecovered, owner_of
 from shardws.pure.protocol import encode_publication
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
 
@@ -111,6 +111,37 @@ def test_offsets_continue_after_a_snapshot_and_epochs_differ_for_new_rings() -> 
     recovered = moved.recover(ring.epoch, 5, 9.0)
     assert recovered is not None and [e.offset for e in recovered] == [6, 7, 8, 9]
     assert Ring(5, 0).epoch != ring.epoch
+
+
+def test_an_unrecoverable_position_says_why() -> None:
+    ring = Ring(3, 10.0)
+    for n in range(5):  # offsets 1..5 at times 0..4; the ring holds 3, 4, 5
+        ring.append(b"%d" % n, float(n), None)
+    assert ring.unrecoverable("another-epoch", 5, 4.0) is Unrecovered.EPOCH_CHANGED
+    assert ring.unrecoverable(ring.epoch, 6, 4.0) is Unrecovered.AHEAD
+    assert ring.unrecoverable(ring.epoch, 1, 4.0) is Unrecovered.LEFT_RING  # 2 was evicted
+    assert ring.unrecoverable(ring.epoch, -1, 4.0) is Unrecovered.LEFT_RING
+    assert ring.unrecoverable(ring.epoch, 2, 4.0) is None and ring.recover(ring.epoch, 2, 4.0)
+    assert ring.unrecoverable(ring.epoch, 5, 4.0) is None  # up to date: nothing missed
+    # By age: at t=13.5 offset 3 (stored at 2.0) is older than the 10 s TTL.
+    assert ring.unrecoverable(ring.epoch, 2, 13.5) is Unrecovered.LEFT_RING
+    assert ring.recover(ring.epoch, 2, 13.5) is None
+    # The wire values are part of the protocol (docs/protocol.md).
+    assert [reason.value for reason in Unrecovered] == ["epoch_changed", "left_ring", "ahead"]
+
+
+def test_the_sequencer_answers_recovered_false_with_the_reason() -> None:
+    options = NamespaceConfig(history_size=2, history_ttl=0)
+    owner = Sequencer(lambda _channel: options)
+    first, _ = owner.publish("chat:a", b"1", None)
+    for n in range(3):
+        owner.publish("chat:a", b"%d" % n, None)  # offsets 2..4; the ring holds 3, 4
+    assert owner.position("chat:a", Position(first.epoch, 1)).reason is Unrecovered.LEFT_RING
+    assert owner.position("chat:a", Position("gone", 1)).reason is Unrecovered.EPOCH_CHANGED
+    assert owner.position("chat:a", Position(first.epoch, 9)).reason is Unrecovered.AHEAD
+    kept = owner.position("chat:a", Position(first.epoch, 2))
+    assert (kept.recovered, kept.reason, len(kept.publications)) == (True, None, 2)
+    assert owner.position("chat:a", None).reason is None
 
 
 def test_pages_forward_and_backward() -> None:

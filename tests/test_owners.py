@@ -612,16 +612,16 @@ def test_subscribe_from_an_unrecoverable_position_says_recovered_false(
         owner, other = single.workers(2)
         channel = single.channel_owned_by(0, (0, 1))
         epoch, _ = publish_on_owner(owner, channel, HISTORY + 2)  # offsets 1, 2 left
-        since = {
-            "other epoch": ("0123456789abcdef", 3),
-            "from the future": (epoch, HISTORY + 3),
-            "left the ring": (epoch, 1),  # needs offset 2, gone
+        since, reason = {
+            "other epoch": (("0123456789abcdef", 3), "epoch_changed"),
+            "from the future": ((epoch, HISTORY + 3), "ahead"),
+            "left the ring": ((epoch, 1), "left_ring"),  # needs offset 2, gone
         }[case]
         conn = FakeConnection("c")
         subscribe(other, conn, 2, channel, since)
         await settle(single)
         assert conn.received == [
-            protocol.encode_ok(2, epoch=epoch, offset=HISTORY + 2, recovered=False)
+            protocol.encode_ok(2, epoch=epoch, offset=HISTORY + 2, recovered=False, reason=reason)
         ]
         _, live = publish_on_owner(owner, channel, 1)
         await settle(single)

@@ -114,6 +114,23 @@ def test_reload_grows_and_shrinks_the_worker_count_refusing_no_connection(
         assert len(proc.wait_healthy()["per_worker"]) == 1
 
 
+def test_a_sighup_during_a_reload_reloads_again_once_it_is_over(tmp_path: Path) -> None:
+    """The config changed after the running reload read it: a SIGHUP then is not lost
+    (found by the soak: a worker count changed during a roll stayed unapplied)."""
+    with ServerProcess(tmp_path, workers=1, server="max_workers = 4").start() as proc:
+        proc.wait_log(r"process\(es\) ready")
+        text = proc.config_path.read_text()
+        proc.config_path.write_text(re.sub(r"(?m)^workers = \d+", "workers = 2", text))
+        proc.signal(signal.SIGHUP)
+        proc.wait_log(r"reload: \d+ step\(s\), 1 -> 2 worker")
+        proc.config_path.write_text(re.sub(r"(?m)^workers = \d+", "workers = 3", text))
+        proc.signal(signal.SIGHUP)  # the first reload is still rolling (drains take seconds)
+        proc.wait_log("reloading again once it is over")
+        proc.wait_log(r"reload: \d+ step\(s\), 2 -> 3 worker", limit=60)
+        proc.wait_log("reload complete", count=2, limit=60)
+        assert [w["worker"] for w in proc.wait_healthy()["per_worker"]] == [0, 1, 2]
+
+
 def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
     """The new config validates, but its TLS key is broken before the new workers start
     (an operator's deploy replaced the file): the roll is reversed, the service keeps

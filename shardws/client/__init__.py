@@ -211,17 +211,25 @@ class PresenceEvent:
 class Gap:
     """Publications of ``channel`` were lost for this client (the history no longer held
     them, or its owner crashed): the subscription continues from ``epoch``/``offset``.
-    Reload the channel's state (e.g. with :meth:`Client.history`)."""
+    Reload the channel's state (e.g. with :meth:`Client.history`).
+
+    ``reason`` says why, in the words of the server's ``recovered: false`` reply:
+    ``"epoch_changed"`` (the history was lost and renumbered: also when a live
+    publication arrives with a new epoch), ``"left_ring"`` (the missed publications
+    are older than the history keeps), ``"ahead"`` (the position is past the kept
+    history's last offset), or None from a server that does not say."""
 
     channel: str
     epoch: str
     offset: int
+    reason: str | None = None
 
 
 Item = Publication | PresenceEvent
 Callback = Callable[[Item], None]
 
 _END = object()  # queued into a subscription when it ends
+_EPOCHS_KEPT = 8  # epochs a subscription remembers its last offset in
 
 
 class Subscription:
@@ -242,6 +250,10 @@ class Subscription:
         #: subscribe reply; what the next resubscribe recovers from.
         self.epoch: str | None = None
         self.offset = 0
+        #: The last offset delivered in each of the latest epochs this subscription
+        #: followed: after a partition heals, the numbering may come back to an epoch
+        #: followed before, and what was delivered in it must not come again.
+        self._epochs: dict[str, int] = {}
         #: Gaps reported (``recovered: false`` or a new epoch).
         self.gaps = 0
         #: Resubscribes answered ``recovered: true``.
@@ -287,14 +299,19 @@ class Subscription:
         reconnects, which recovers from the last delivered offset)."""
         offset, epoch = message.get("offset"), message.get("epoch")
         if isinstance(offset, int) and isinstance(epoch, str):
+            if epoch != self.epoch and epoch in self._epochs:
+                # Back to an epoch followed before (the other side of a healed partition
+                # numbered meanwhile): continue it where this subscription left it.
+                self.epoch, self.offset = epoch, self._epochs[epoch]
             if epoch == self.epoch:
                 if offset <= self.offset:
                     return True  # already delivered: never twice
                 if offset != self.offset + 1:
                     return False
             elif self.epoch is not None:
-                self._gap(Gap(self.channel, epoch, offset - 1))  # the owner lost the history
-            self.epoch, self.offset = epoch, offset
+                # The owner lost the history: a live publication of a new epoch.
+                self._gap(Gap(self.channel, epoch, offset - 1, "epoch_changed"))
+            self._move(epoch, offset)
         self._emit(Publication(self.channel, message.get("data"), offset, epoch))
         return True
 
@@ -317,9 +334,25 @@ class Subscription:
         if recovering and reply.get("recovered") is True:
             self.recoveries += 1
             return  # the missed pushes follow and move the position
+        delivered = self._epochs.get(epoch)
+        if recovering and delivered is not None and offset <= delivered:
+            # This subscription already delivered that epoch up to there: the previous
+            # connection got its first publications after this resubscribe was sent (the
+            # gap was reported then). Nothing is missing; what follows that it has is
+            # skipped by offset.
+            self._move(epoch, delivered)
+            return
         if recovering:
-            self._gap(Gap(self.channel, epoch, offset))
+            reason = reply.get("reason")
+            self._gap(Gap(self.channel, epoch, offset, reason if isinstance(reason, str) else None))
+        self._move(epoch, offset)
+
+    def _move(self, epoch: str, offset: int) -> None:
         self.epoch, self.offset = epoch, offset
+        self._epochs.pop(epoch, None)
+        self._epochs[epoch] = offset  # the latest last: the oldest go first
+        while len(self._epochs) > _EPOCHS_KEPT:
+            del self._epochs[next(iter(self._epochs))]
 
     def _gap(self, gap: Gap) -> None:
         self.gaps += 1
@@ -330,8 +363,9 @@ class Subscription:
                 log.exception("subscription %s: on_gap failed", self.channel)
         else:
             log.warning(
-                "channel %s: publications lost, continuing at %s:%d",
+                "channel %s: publications lost (%s), continuing at %s:%d",
                 gap.channel,
+                gap.reason,
                 gap.epoch,
                 gap.offset,
             )

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar, cast
 
-from shardws.pure.history import Entry, Position, RingState
+from shardws.pure.history import Entry, Position, RingState, Unrecovered
 from shardws.pure.protocol import channel_error
 from shardws.pure.publication import Publication
 from shardws.pure.pusher.channels import INTERNAL_MARK, is_internal, is_socket_id, pusher_name
@@ -263,6 +263,9 @@ def _position_value(value: Any, name: str) -> Position:
     raise ValueError(f"{name} must be [epoch, offset]")
 
 
+_REASONS = frozenset(reason.value for reason in Unrecovered)
+
+
 def _entries_of(publications: Iterable[Publication]) -> list[list[Any]]:
     """Stored publications on the wire: ``[[offset, data], ...]``, all in the reply's
     epoch (one ring)."""
@@ -340,18 +343,22 @@ class HistoryPublishRequest(OwnerRequest[HistoryPublishReply]):
 @dataclass(frozen=True, slots=True)
 class HistoryPositionReply(OwnerReply):
     """The channel's current ``position``; for a request with ``since`` also whether
-    that position was ``recovered`` and, if so, the missed ``publications`` (oldest
-    first, each with its position)."""
+    that position was ``recovered``: if so, the missed ``publications`` (oldest first,
+    each with its position); if not, the ``reason`` (None only from an owner older than
+    the member)."""
 
     position: Position
     recovered: bool | None = None
     publications: tuple[Publication, ...] = ()
+    reason: Unrecovered | None = None
 
     def fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"epoch": self.position.epoch, "offset": self.position.offset}
         if self.recovered is not None:
             fields["recovered"] = self.recovered
             fields["publications"] = _entries_of(self.publications)
+        if self.reason is not None:
+            fields["reason"] = self.reason.value
         return fields
 
     @classmethod
@@ -362,7 +369,15 @@ class HistoryPositionReply(OwnerReply):
         recovered = fields["recovered"]
         if not isinstance(recovered, bool):
             raise ValueError("recovered must be true or false")
-        return cls(position, recovered, _publications(fields, position.epoch))
+        reason = fields.get("reason")
+        if reason is not None and reason not in _REASONS:
+            raise ValueError(f"reason must be one of {sorted(_REASONS)}, got {reason!r}")
+        return cls(
+            position,
+            recovered,
+            _publications(fields, position.epoch),
+            None if reason is None else Unrecovered(reason),
+        )
 
 
 @dataclass(frozen=True, slots=True)

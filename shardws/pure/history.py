@@ -12,8 +12,9 @@ Guarantees of a ``Ring``:
   a position in the new history.
 * The ring holds at most ``size`` publications, none older than ``ttl`` seconds
   (``ttl`` 0 = no age limit); ``recover`` answers ``None`` (not recoverable) when any
-  publication after the client's position has left it. Never a silent gap: a position
-  is either fully recoverable or reported as not.
+  publication after the client's position has left it, and ``unrecoverable`` says why
+  (an :class:`Unrecovered` reason, the ``reason`` of a ``recovered: false`` reply). Never
+  a silent gap: a position is either fully recoverable or reported as not.
 * ``duplicate(idem, now)`` finds the offset of a publication stored with the same
   idempotency key while it is still in the ring, so the owner answers a client's retry
   with the first offset and stores nothing.
@@ -28,6 +29,7 @@ client sends to recover.
 from __future__ import annotations
 
 import collections
+import enum
 import hashlib
 import itertools
 import secrets
@@ -43,6 +45,23 @@ class Position(NamedTuple):
 
     epoch: str
     offset: int
+
+
+class Unrecovered(enum.StrEnum):
+    """Why a client's position cannot be recovered: the ``reason`` member of a subscribe
+    reply with ``recovered: false`` (docs/protocol.md, "History and recovery")."""
+
+    #: The position is of another epoch: the history it numbered is gone (its owner was
+    #: killed, the ring was forgotten after being idle, the other side of a partition
+    #: numbered it). Offsets of the new epoch mean nothing against the old one.
+    EPOCH_CHANGED = "epoch_changed"
+    #: Same epoch, but publications after the position have left the ring
+    #: (``history_size`` or ``history_ttl``).
+    LEFT_RING = "left_ring"
+    #: Same epoch, but past the ring's last offset: the ring that continues this epoch
+    #: is behind the one the client followed (after a partition healed, the kept history
+    #: had fewer publications of that epoch than the client saw).
+    AHEAD = "ahead"
 
 
 def new_epoch() -> str:
@@ -144,13 +163,22 @@ class Ring:
     def recover(self, epoch: str, offset: int, now: float) -> list[Entry] | None:
         """The publications after position ``(epoch, offset)``, oldest first, or None if
         that position cannot be recovered (other epoch, a position from the future, or
-        publications after it have left the ring)."""
-        self.expire(now)
-        if epoch != self.epoch or offset < 0 or offset > self.offset:
-            return None
-        if offset + 1 < self.first_offset:
+        publications after it have left the ring; ``unrecoverable`` says which)."""
+        if self.unrecoverable(epoch, offset, now) is not None:
             return None
         return list(self._since(offset))
+
+    def unrecoverable(self, epoch: str, offset: int, now: float) -> Unrecovered | None:
+        """Why ``(epoch, offset)`` cannot be recovered, or None when ``recover`` answers
+        every publication after it."""
+        self.expire(now)
+        if epoch != self.epoch:
+            return Unrecovered.EPOCH_CHANGED
+        if offset > self.offset:
+            return Unrecovered.AHEAD
+        if offset < 0 or offset + 1 < self.first_offset:
+            return Unrecovered.LEFT_RING
+        return None
 
     def _since(self, offset: int) -> Iterator[Entry]:
         start = max(0, offset + 1 - self.first_offset)

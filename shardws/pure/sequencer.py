@@ -76,14 +76,16 @@ class Sequencer:
 
     def position(self, channel: str, since: Position | None) -> HistoryPositionReply:
         """The answer to a subscribe: the channel's current position, and with ``since``
-        (the client's position) also whether it is ``recovered`` and, when it is, the
-        missed publications (oldest first)."""
+        (the client's position) also whether it is ``recovered``: when it is, the missed
+        publications (oldest first); when not, the ``reason``."""
         ring = self.ring(channel)
         if since is None:
             return HistoryPositionReply(ring.position)
+        reason = ring.unrecoverable(since.epoch, since.offset, self._clock())
+        if reason is not None:
+            return HistoryPositionReply(ring.position, False, reason=reason)
         missed = ring.recover(since.epoch, since.offset, self._clock())
-        if missed is None:
-            return HistoryPositionReply(ring.position, False)
+        assert missed is not None  # unrecoverable() just said it is recoverable
         return HistoryPositionReply(ring.position, True, _publications(ring.epoch, missed))
 
     def positions(self, channels: Iterable[str]) -> dict[str, Position]:

@@ -195,6 +195,7 @@ class Bridge:
         self._connected: set[str] = set()
         self._incarnation = int.from_bytes(os.urandom(4), "big")
         self._view: View | None = None
+        self._inherit_peers(time.monotonic())
         self._outbound: dict[bytes, _Round] = {}  # local members' barriers, by topic
         self._wanted: set[bytes] = set()  # topics some peer subscribes to
         self.barrier_timeouts = 0
@@ -524,6 +525,22 @@ class Bridge:
         }
         return stats
 
+    def _inherit_peers(self, now: float) -> None:
+        """Take over the peers of the view a previous bridge of this host wrote (it was
+        killed, or replaced by a reload): they stay up until ``peer_timeout`` passes
+        without their heartbeat, as they would have for the old bridge. A bridge that
+        started from nothing would write a view of this host alone at its first tick, and
+        until the peers' heartbeats arrived the workers would elect owners here for the
+        history channels owned on the other hosts: new epochs, the history split as in a
+        partition, by a mere restart."""
+        previous = self.view_table.read()
+        for host in previous.hosts if previous is not None else ():
+            if host.number != self.number:
+                # No nonce yet: the first heartbeat fills it in without a "restarted".
+                self.peers[host.host_id] = _Peer(
+                    host.host_id, host.number, "", host.workers, now, ups=1, up=True
+                )
+
     def _on_heartbeat(self, body: bytes) -> None:
         try:
             host_id, number_text, nonce, workers_text = body.decode().split("\n")
@@ -547,6 +564,8 @@ class Bridge:
             return
         peer = self.peers.get(host_id)
         now = time.monotonic()
+        if peer is not None and not peer.nonce:  # inherited from the previous bridge
+            peer.nonce = nonce
         if peer is None or peer.nonce != nonce:
             if peer is not None:
                 log.info("peer %r restarted", host_id)

@@ -353,7 +353,8 @@ class Owners:
         held = self._repairing.pop(channel, [])
         if answer is None or not answer.recovered:
             self.unrecoverable += 1
-            log.warning("channel %s: publications after %s:%d are lost", channel, *base)
+            why = "no answer" if answer is None else answer.reason
+            log.warning("channel %s: publications after %s:%d are lost (%s)", channel, *base, why)
             self.tracker.forget(channel)
             for sink in list(self.worker.hub.sinks(channel)):
                 sink.owner.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
@@ -441,6 +442,8 @@ class Owners:
         extra: dict[str, Any] = {"epoch": top.epoch, "offset": top.offset}
         if since is not None:
             extra["recovered"] = answer.recovered
+            if answer.reason is not None:
+                extra["reason"] = answer.reason.value
         conn.send(protocol.encode_ok(command_id, **extra))
         for publication in answer.publications:
             conn.send(encode_publication(channel, publication))

@@ -178,6 +178,7 @@ class Supervisor:
         self._tables: SharedTables | None = None
         self._wake_r = self._wake_w = -1
         self._roll: _Roll | None = None
+        self._reload_pending = False  # a SIGHUP came during a boot or reload
         self._pid = os.getpid()
         self._capacity = max(config.server.workers, config.server.max_workers)
         self._group: list[Slot] = []  # worker slots in SO_REUSEPORT group order
@@ -307,6 +308,9 @@ class Supervisor:
                 self._check_heartbeats()
                 self._restart_due()
                 self._step_roll()
+                if self._reload_pending and self._roll is None and not self._booting:
+                    self._reload_pending = False
+                    self._start_reload()
                 self._update_steering()
                 self._report()
         finally:
@@ -397,9 +401,13 @@ class Supervisor:
     # -- reload (SIGHUP) ----------------------------------------------------------------
 
     def _start_reload(self) -> None:
-        """Re-read the config; if valid, roll it out one process at a time."""
+        """Re-read the config; if valid, roll it out one process at a time. During a
+        boot or reload, a SIGHUP reloads again once that is over (once, however many came
+        meanwhile): the config may have changed after the running reload read it."""
         if self._roll is not None or self._booting:
-            log.warning("SIGHUP ignored: a boot or reload is still in progress")
+            if not self._reload_pending:
+                log.info("SIGHUP during a boot or reload: reloading again once it is over")
+            self._reload_pending = True
             return
         try:
             new = load_config(None if self.config.source == "<default>" else self.config.source)

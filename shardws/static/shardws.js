@@ -63,6 +63,9 @@
       this.handlers = handlers;
       this.epoch = null;
       this.offset = 0;
+      // The last offset delivered in each of the latest epochs followed: after a
+      // partition heals the numbering may come back to one, and nothing of it comes twice.
+      this._epochs = new Map();
       this.gaps = 0;
       this.recoveries = 0;
       this.active = true;
@@ -86,14 +89,18 @@
     _takePub(message) {
       const offset = message.offset, epoch = message.epoch;
       if (typeof offset === "number" && typeof epoch === "string") {
+        if (epoch !== this.epoch && this._epochs.has(epoch)) {
+          // Back to an epoch followed before: continue it where this subscription left it.
+          this.epoch = epoch;
+          this.offset = this._epochs.get(epoch);
+        }
         if (epoch === this.epoch) {
           if (offset <= this.offset) return true; // already delivered: never twice
           if (offset !== this.offset + 1) return false;
         } else if (this.epoch !== null) {
-          this._gap({channel: this.channel, epoch: epoch, offset: offset - 1});
+          this._gap({channel: this.channel, epoch: epoch, offset: offset - 1, reason: "epoch_changed"});
         }
-        this.epoch = epoch;
-        this.offset = offset;
+        this._move(epoch, offset);
       }
       this._call("onPublication", {channel: this.channel, data: message.data, offset: offset, epoch: epoch});
       return true;
@@ -105,9 +112,25 @@
         this.recoveries += 1;
         return; // the missed publications follow and move the position
       }
-      if (recovering) this._gap({channel: this.channel, epoch: reply.epoch, offset: reply.offset});
-      this.epoch = reply.epoch;
-      this.offset = reply.offset;
+      const delivered = this._epochs.get(reply.epoch);
+      if (recovering && delivered !== undefined && reply.offset <= delivered) {
+        // Already delivered up to there (the previous connection got the epoch's first
+        // publications after this resubscribe was sent): nothing is missing.
+        this._move(reply.epoch, delivered);
+        return;
+      }
+      if (recovering) {
+        this._gap({channel: this.channel, epoch: reply.epoch, offset: reply.offset, reason: reply.reason || null});
+      }
+      this._move(reply.epoch, reply.offset);
+    }
+
+    _move(epoch, offset) {
+      this.epoch = epoch;
+      this.offset = offset;
+      this._epochs.delete(epoch);
+      this._epochs.set(epoch, offset); // the latest last: the oldest go first
+      while (this._epochs.size > 8) this._epochs.delete(this._epochs.keys().next().value);
     }
 
     _gap(gap) {
@@ -402,7 +425,7 @@
     }
 
     /** Resolves once the subscription is live. handlers: onPublication({channel, data,
-     * offset, epoch}), onGap({channel, epoch, offset}), onJoin / onLeave({user, client}),
+     * offset, epoch}), onGap({channel, epoch, offset, reason}), onJoin / onLeave({user, client}),
      * onError(error) when a resubscribe is refused. */
     async subscribe(channel, handlers) {
       if (this.subscriptions.has(channel)) {
@@ -577,5 +600,6 @@
   ShardWS.shouldReconnect = shouldReconnect;
   ShardWS.tokenExpiry = tokenExpiry;
   ShardWS.Error = ShardWSError;
+  ShardWS.Subscription = Subscription;
   global.ShardWS = ShardWS;
 })(typeof window !== "undefined" ? window : globalThis);
