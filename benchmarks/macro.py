@@ -5,7 +5,7 @@ generator (``shardws.tools.loadgen``), stops it, and reports each figure as a ra
 the raw picows broadcast server measured in the same run (the baseline: a Python loop
 over ``transport.send``). Nothing is compared across runs or machines.
 
-    python -m benchmarks.macro                     # all five scenarios, all servers
+    python -m benchmarks.macro                     # all six scenarios, all servers
     python -m benchmarks.macro --scenario 1 4      # some of them
     python -m benchmarks.macro --servers shardws raw_picows --quick
     python -m benchmarks.macro c250k [OPTIONS]     # the C250K scenario (benchmarks/c250k.py)
@@ -25,7 +25,12 @@ CPU-second figures are the steadier ones):
    group-of-10 channel, offered rate stepping 5k -> 80k deliveries/s, 1 % slow readers,
    30 connects/s churn;
 4. idle density: 19,000 idle connections with one subscription each, RSS per connection;
-5. round trip: one connection publishing to a channel it subscribes to.
+5. round trip: one connection publishing to a channel it subscribes to;
+6. Pusher against native, shardws with 1 worker: the same paced fan-out (subscribers on
+   one channel, publications through the HTTP API) run twice on one server, once with
+   native subscribers (``/ws``) and ``POST /api/publish``, once with Pusher subscribers
+   (``/app/{key}``) and Pusher's signed ``POST /apps/{id}/events``; the ratios are
+   Pusher / native.
 """
 
 from __future__ import annotations
@@ -192,6 +197,46 @@ def scenario_4(server: Server, quick: bool) -> dict[str, Any]:
     )
 
 
+API_KEY = "bench-api-key-0123456789"
+PUSHER_APP = ("1", "bench-key", "bench-secret-0123456789")
+#: What scenario 6's server needs beyond the defaults: a Pusher app and the admin API key.
+PUSHER_CONFIG = {
+    "extra": '\n[[pusher.apps]]\nid = "{}"\nkey = "{}"\nsecret = "{}"\n'.format(*PUSHER_APP),
+    "admin": f'api_key = "{API_KEY}"',
+}
+
+
+def scenario_6(server: Server, quick: bool) -> dict[str, Any]:
+    """The same fan-out, native then Pusher, on one server (see the module doc)."""
+    host_port = server.url.removeprefix("ws://").partition("/")[0]
+    common = {
+        "scenario": "fanout",
+        "connections": 1000 if quick else 5000,
+        "processes": 2,
+        "rate": 50 if quick else 20,
+        "duration": 5 if quick else 10,
+        "http_publish": server.admin_url,
+    }
+    native = run(_spec(server, **common, api_key=API_KEY))
+    pusher_url = f"ws://{host_port}/app/{PUSHER_APP[1]}?protocol=7"
+    pusher = run(
+        LoadSpec(
+            url=[pusher_url],
+            server_pid=[server.pid],
+            progress=False,
+            protocol="pusher",
+            pusher_app=":".join(PUSHER_APP),
+            **common,
+        )
+    )
+    return {
+        "ok": native["ok"] and pusher["ok"],
+        "problems": [*native.get("problems", []), *pusher.get("problems", [])],
+        "native": native,
+        "pusher": pusher,
+    }
+
+
 def scenario_5(server: Server, quick: bool) -> dict[str, Any]:
     return run(
         _spec(server, scenario="roundtrip", connections=1, processes=1, duration=5 if quick else 10)
@@ -205,7 +250,10 @@ SCENARIOS: dict[int, tuple[Callable[[Server, bool], dict[str, Any]], list[str], 
     3: (scenario_3, ["shardws"], 2),
     4: (scenario_4, ["shardws", *PEERS], 1),
     5: (scenario_5, ["shardws", *PEERS], 1),
+    6: (scenario_6, ["shardws"], 1),
 }
+#: Configuration a scenario's shardws needs (``serve``'s ``extra`` and ``admin``).
+SCENARIO_CONFIG: dict[int, dict[str, str]] = {6: PUSHER_CONFIG}
 
 
 def headline(number: int, report: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +288,23 @@ def headline(number: int, report: dict[str, Any]) -> dict[str, Any]:
                 for s in report.get("steps", [])
             ],
         }
+    if number == 6:
+        paths = {
+            path: {
+                "deliveries_per_s": report[path].get("deliveries_per_s"),
+                "deliveries_per_cpu_s": report[path].get("server", {}).get("deliveries_per_cpu_s"),
+                "p50_ms": report[path].get("latency_ms", {}).get("p50"),
+                "p99_ms": report[path].get("latency_ms", {}).get("p99"),
+                "lost": report[path].get("lost"),
+            }
+            for path in ("native", "pusher")
+        }
+        return {
+            **paths,
+            "pusher_vs_native_per_cpu_s": _ratio(
+                paths["pusher"]["deliveries_per_cpu_s"], paths["native"]["deliveries_per_cpu_s"]
+            ),
+        }
     if number == 4:
         return {
             "connections": report.get("connections", {}).get("connected"),
@@ -268,7 +333,8 @@ def run_all(
                 continue
             print(f"scenario {number}: {name} ...", file=sys.stderr, flush=True)
             try:
-                with serve(name, workers if name == "shardws" else 1) as server:
+                config = SCENARIO_CONFIG.get(number, {})
+                with serve(name, workers if name == "shardws" else 1, **config) as server:
                     report = runner(server, quick)
             except PeerUnavailable as exc:
                 rows[name] = {"skipped": str(exc)}
@@ -331,6 +397,21 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(
                 f"| {name} | {h[key]} | {_ratio(h[key], base.get(key))} | {h[cpu_key]} | "
                 f"{_ratio(h[cpu_key], base.get(cpu_key))} | {h['p50_ms']} | {h['p99_ms']} |"
+            )
+    rows = results.get("scenario_6")
+    if rows and "shardws" in rows and "headline" in rows["shardws"]:
+        h = rows["shardws"]["headline"]
+        out.append("\n#### Scenario 6 (Pusher against native, shardws, 1 worker)\n")
+        out.append(
+            "| path | deliveries/s | per server CPU-s | vs native | p50 ms | p99 ms | lost |"
+        )
+        out.append("|---|---|---|---|---|---|---|")
+        for path in ("native", "pusher"):
+            p = h[path]
+            out.append(
+                f"| {path} | {p['deliveries_per_s']} | {p['deliveries_per_cpu_s']} | "
+                f"{_ratio(p['deliveries_per_cpu_s'], h['native']['deliveries_per_cpu_s'])} | "
+                f"{p['p50_ms']} | {p['p99_ms']} | {p['lost']} |"
             )
     rows = results.get("scenario_3")
     if rows and "shardws" in rows and "headline" in rows["shardws"]:

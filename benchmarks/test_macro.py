@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.macro import BASELINE, SCENARIOS, headline, serve
+from benchmarks.macro import BASELINE, SCENARIO_CONFIG, SCENARIOS, headline, serve
 
 QUICK = os.environ.get("SHARDWS_BENCH_QUICK") == "1"
 _baselines: dict[int, dict[str, Any]] = {}
@@ -32,7 +32,8 @@ CASES = [
 
 def _measure(number: int, name: str) -> dict[str, Any]:
     runner, _names, workers = SCENARIOS[number]
-    with serve(name, workers if name == "shardws" else 1) as server:
+    config = SCENARIO_CONFIG.get(number, {})
+    with serve(name, workers if name == "shardws" else 1, **config) as server:
         return runner(server, QUICK)
 
 
@@ -61,5 +62,5 @@ def test_scenario(benchmark: Any, number: int, name: str) -> None:
             for key, value in figures.items()
             if isinstance(value, numeric) and isinstance(base.get(key), numeric) and base[key]
         }
-    if number in (1, 2, 5):
+    if number in (1, 2, 5, 6):
         assert report["ok"], report.get("problems")

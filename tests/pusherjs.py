@@ -76,6 +76,8 @@ class PusherJs:
         options = {"key": key, "host": "127.0.0.1", "port": port, **extra}
         if auth_endpoint:
             options["authEndpoint"] = auth_endpoint
+            user_auth = auth_endpoint.replace("/pusher/auth", "/pusher/user-auth")
+            options["userAuthEndpoint"] = user_auth
         self.proc = subprocess.Popen(
             [node(), str(SCRIPT), json.dumps(options)],
             stdin=subprocess.PIPE,
@@ -190,7 +192,9 @@ class AuthEndpoint:
     """The app's channel-auth endpoint, as an app backend runs it: pusher-js POSTs
     ``socket_id`` and ``channel_name`` (and the client's ``params``), the official SDK's
     ``authenticate`` signs. ``user`` in the params becomes the presence ``user_id``; a
-    channel whose name contains ``forged`` is signed with a wrong secret."""
+    channel whose name contains ``forged`` is signed with a wrong secret. ``/pusher/user-auth``
+    answers pusher-js's ``signin()`` with the SDK's ``authenticate_user`` (``user`` is
+    the id)."""
 
     def __init__(
         self,
@@ -219,13 +223,20 @@ class AuthEndpoint:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                if self.path == "/pusher/user-auth":  # pusher.signin(): authenticate_user
+                    user = form.get("user", "anonymous")
+                    signed = client.authenticate_user(form["socket_id"], {"id": user})
+                    self._answer(json.dumps(signed).encode())
+                    return
                 channel, socket_id = form["channel_name"], form["socket_id"]
                 signer = forger if "forged" in channel else client
                 custom = None
                 if channel.startswith("presence-"):
                     user = form.get("user", "anonymous")
                     custom = {"user_id": user, "user_info": {"name": user.title()}}
-                body = json.dumps(signer.authenticate(channel, socket_id, custom)).encode()
+                self._answer(json.dumps(signer.authenticate(channel, socket_id, custom)).encode())
+
+            def _answer(self, body: bytes) -> None:
                 endpoint.requests += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -239,6 +250,7 @@ class AuthEndpoint:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.url = self.origin + "/pusher/auth"
+        self.user_url = self.origin + "/pusher/user-auth"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> AuthEndpoint:

@@ -153,6 +153,7 @@ OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
         control.PusherJoinReply((("cy", None),)),
     ),
     (control.PusherLeaveRequest("|1|presence-a", "5.1"), control.PusherLeaveReply()),
+    (control.PusherLeaveRequest("|1|presence-a", "5.1", "7"), control.PusherLeaveReply()),
     (
         control.PusherUsersRequest("|app|presence-a"),
         control.PusherUsersReply(("ann", "bob"), 3),

@@ -86,6 +86,35 @@ def test_fanout_paced_sends_the_offered_count(server: ServerProcess) -> None:
     assert report["window_s"] >= 0.6
 
 
+def test_fanout_through_the_http_apis_native_and_pusher(tmp_path: Path) -> None:
+    """``--http-publish``: the same paced fan-out published through ``POST /api/publish``
+    to native subscribers, then through Pusher's signed ``POST /apps/{id}/events`` to
+    ``/app/{key}`` subscribers (``--protocol pusher``): nothing lost either way."""
+    app = ("1", "bench-key", "bench-secret-0123456789")
+    extra = SERVER["extra"] + '[[pusher.apps]]\nid = "{}"\nkey = "{}"\nsecret = "{}"\n'.format(*app)
+    api_key = "bench-api-key-0123456789"
+    with ServerProcess(
+        tmp_path, workers=1, extra=extra, admin=f'api_key = "{api_key}"'
+    ).start() as proc:
+        common: dict[str, Any] = {
+            "scenario": "fanout",
+            "rate": 200,
+            "messages": 100,
+            "duration": 5,
+            "http_publish": proc.admin_url,
+        }
+        native = run(spec(proc, **common, api_key=api_key))
+        pusher_url = f"ws://127.0.0.1:{proc.ws_port}/app/bench-key?protocol=7"
+        pusher = run(
+            spec(proc, **common, url=[pusher_url], protocol="pusher", pusher_app=":".join(app))
+        )
+    for report in (native, pusher):
+        check_common(report, "fanout", 21)  # the HTTP publisher counts as a connection
+        assert report["publish_errors"] == 0 and report["acked"] == report["published"] == 100
+        assert report["received"] == report["expected"] == 100 * 20 and report["lost"] == 0
+        assert report["latency_ms"]["samples"] > 0
+
+
 def test_roundtrip(server: ServerProcess) -> None:
     report = run(spec(server, scenario="roundtrip", duration=1))
     check_common(report, "roundtrip", 1)
@@ -189,7 +218,8 @@ def test_scenario_settings_cover_every_option() -> None:
         fields = dataclasses.asdict(LoadSpec(scenario=scenario, url=["wss://h:1/ws"]))
         shown |= scenario_settings(fields).keys()
     options = {f.name for f in dataclasses.fields(LoadSpec)} - {"scenario", "json", "progress"}
-    assert shown == options
+    credentials = {"api_key", "pusher_app"}  # never printed
+    assert shown == options - credentials
 
 
 def test_idle_at_scale_options_broadcast_probe_and_roll(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from shardws.pure.pusher.httpapi import (
     GetChannel,
     GetUsers,
     ListChannels,
+    TerminateUser,
     Trigger,
     TriggerBatch,
     decide,
@@ -97,6 +98,8 @@ def _answer(decision: ApiRequest) -> bytes:
         return encode_channels(decision, COUNTS)
     if isinstance(decision, GetChannel):
         return encode_channel(decision, COUNTS.get(decision.channel, ChannelCounts(0, 0)))
+    if isinstance(decision, TerminateUser):
+        return b"{}"
     return encode_users(USERS.get(decision.channel, []))
 
 
@@ -123,6 +126,36 @@ def test_trigger() -> None:
     decision = _last()
     assert isinstance(decision, Trigger)
     assert decision.event.data == '{"n": 1}' and decision.event.exclude == "123.456"
+
+
+def test_send_to_user_and_terminate_user_connections() -> None:
+    """The SDK's ``send_to_user`` triggers on ``#server-to-user-{id}``; its
+    ``terminate_user_connections`` posts ``/users/{id}/terminate_connections`` with no
+    app id (the signed ``auth_key`` names the app); ``/apps/{id}/...`` works too."""
+    _sdk().send_to_user("ann", "note", {"n": 1})
+    decision = _last()
+    assert isinstance(decision, Trigger) and decision.event.channels == ("#server-to-user-ann",)
+    assert _sdk("2", "other-key", OTHER_SECRET).terminate_user_connections("ann") == {}
+    assert _last() == TerminateUser(OTHER, "ann")
+    client = _sdk()._pusher_client
+    request = Request(client, "POST", "/apps/1/users/bob/terminate_connections", {})
+    assert client.http.send_request(request) == {}
+    assert _last() == TerminateUser(APP, "bob")
+    # A wrong secret for a real key; a key no app has; another method; a bad user id.
+    forged = Request(
+        _sdk(secret=OTHER_SECRET)._pusher_client, "POST", "/users/ann/terminate_connections", {}
+    )
+    refused = decide("POST", forged.signed_path, forged.body, CONFIG, time.time())
+    assert isinstance(refused, ApiError) and refused.status == 401
+    unknown = decide("POST", "/users/ann/terminate_connections?auth_key=nope", b"", CONFIG, 0)
+    assert isinstance(unknown, ApiError) and unknown.status == 404
+    target = "/users/ann/terminate_connections?auth_key=app-key"
+    wrong_method = decide("GET", target, b"", CONFIG, 0)
+    assert isinstance(wrong_method, ApiError) and wrong_method.status == 405
+    bad_user = Request(client, "POST", "/apps/1/users/a%01b/terminate_connections", {})
+    assert decide("POST", bad_user.signed_path, bad_user.body, CONFIG, time.time()) == ApiError(
+        400, "The user id must be 1-128 characters, none a control one."
+    )
 
 
 def test_trigger_batch() -> None:

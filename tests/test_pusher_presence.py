@@ -26,6 +26,8 @@ def test_member_events_once_per_user() -> None:
     assert roster.leave("1.2") == "ann"
     assert roster.leave("1.2") is None and roster.leave("9.9") is None
     assert roster.members() == [("bob", None)]
+    assert roster.knows("2.1") and not roster.knows("1.1")
+    assert roster.has_user("bob") and not roster.has_user("ann")
 
 
 def test_rejoin_of_a_socket() -> None:

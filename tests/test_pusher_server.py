@@ -8,8 +8,11 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,10 @@ from pusherjs import (
 from serverproc import ServerProcess, loopback_cluster, timeout
 from toolkit import run, wait_until
 from wsclient import Client
+
+from shardws.pure.cluster import host_number, member_id
+from shardws.pure.history import owner_of
+from shardws.pure.pusher.channels import internal_name
 
 SECRET = "app-one-secret-0123456789"
 OTHER_SECRET = "app-two-secret-0123456789"
@@ -737,6 +744,12 @@ def test_presence_survives_the_death_of_the_channels_owner(tmp_path: Any) -> Non
 # -- a cluster -----------------------------------------------------------------------------
 
 
+def _as_user(endpoint: AuthEndpoint, port: int, user: str) -> Any:
+    """One pusher-js client on ``port`` whose channels ``endpoint`` authorizes as ``user``
+    (a context manager yielding ``[client]``)."""
+    return pusher_clients("app-key", port, 1, auth_endpoint=endpoint.url, authParams={"user": user})
+
+
 def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path) -> None:
     """Two hosts on loopback: an event triggered on host b's admin reaches pusher-js on
     host a; counts and presence users are cluster-wide; one user on both hosts is
@@ -754,15 +767,9 @@ def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path) -> 
         on_b = sdk(b)
         with (
             AuthEndpoint(sdk(a), sdk(a, secret="not-the-app-secret-at-all")) as endpoint,
-            pusher_clients(
-                "app-key", a.ws_port, 1, auth_endpoint=endpoint.url, authParams={"user": "w"}
-            ) as (watcher,),
-            pusher_clients(
-                "app-key", a.ws_port, 1, auth_endpoint=endpoint.url, authParams={"user": "u"}
-            ) as (u_on_a,),
-            pusher_clients(
-                "app-key", b.ws_port, 1, auth_endpoint=endpoint.url, authParams={"user": "u"}
-            ) as (u_on_b,),
+            _as_user(endpoint, a.ws_port, "w") as (watcher,),
+            _as_user(endpoint, a.ws_port, "u") as (u_on_a,),
+            _as_user(endpoint, b.ws_port, "u") as (u_on_b,),
         ):
             assert worker_of(watcher.socket_id) == 0 and u_on_a.socket_id != u_on_b.socket_id
             watcher.subscribe("presence-hosts")
@@ -935,3 +942,197 @@ def test_no_subscription_succeeded_while_the_bus_cannot_confirm_it(tmp_path: Pat
         run(scenario(), limit=60)
         proc.wait_heartbeat()  # the counters reach /metrics
         assert _not_live_total(proc) == 2
+
+
+# -- presence through restarts, moves and blinks -------------------------------------------
+
+
+@contextmanager
+def _watcher_and_alice(
+    proc: ServerProcess, watcher_slot: int, alice_slot: int
+) -> Iterator[tuple[PusherJs, PusherJs]]:
+    """pusher-js clients of users ``w`` (on worker ``watcher_slot``) and ``a`` (on
+    ``alice_slot``), authorized by a real auth endpoint (the app's SDK)."""
+    endpoint = AuthEndpoint(sdk(proc), sdk(proc, secret="not-the-app-secret-at-all"))
+    with (
+        endpoint,
+        on_workers(
+            "app-key",
+            proc.ws_port,
+            (watcher_slot,),
+            auth_endpoint=endpoint.url,
+            authParams={"user": "w"},
+        ) as (watcher,),
+        on_workers(
+            "app-key",
+            proc.ws_port,
+            (alice_slot,),
+            auth_endpoint=endpoint.url,
+            authParams={"user": "a"},
+        ) as (alice,),
+    ):
+        yield watcher, alice
+
+
+def test_a_leave_while_the_owner_is_down_is_announced(tmp_path: Path) -> None:
+    """Alice unsubscribes right after the room's owner (worker 1) is killed: her leave is
+    asked again of the owner's next process, which announces ``member_removed`` once the
+    watcher's membership is restored -- the watcher keeps no zombie member."""
+    room = presence_channel_owned_by(1, "z")
+    with ServerProcess(tmp_path, workers=2, extra=APPS).start() as proc:
+        api = sdk(proc)
+        with _watcher_and_alice(proc, 0, 0) as (watcher, alice):
+            watcher.subscribe(room)
+            alice.subscribe(room)
+            watcher.expect("member_added", channel=room, id="a")
+            pid = kill_worker(proc, 1)
+            alice.command("unsubscribe", channel=room)
+            watcher.expect("member_removed", limit=30, channel=room, id="a")
+            proc.wait_healthy(exclude_pids={pid})
+
+            def users() -> set[str] | None:
+                try:
+                    return {user["id"] for user in api.users_info(room)["users"]}
+                except pusher.errors.PusherError:  # 503 while the owner restarts
+                    return None
+
+            assert wait_until(lambda: users() == {"w"}, timeout=20)
+            assert _removed(watcher, room, "a") == 1
+
+
+def test_a_reload_that_moves_a_presence_channel_keeps_its_roster_right(tmp_path: Path) -> None:
+    """Growing from 2 to 3 workers moves the room's owner from worker 1 to worker 2 (the
+    members are restored there) and replaces every worker (the clients reconnect and
+    subscribe again): afterwards the room has exactly its two subscriptions -- no zombie
+    left by a leave lost in the move -- and joins and leaves are announced."""
+    room = next(
+        name
+        for name in (f"presence-moved{i}" for i in range(200))
+        if owner_of(internal_name("1", name), [0, 1]) == 1
+        and owner_of(internal_name("1", name), [0, 1, 2]) == 2
+    )
+    with ServerProcess(tmp_path, workers=2, extra=APPS, server="max_workers = 3").start() as proc:
+        api = sdk(proc)
+        with _watcher_and_alice(proc, 0, 1) as (watcher, alice):
+            watcher.subscribe(room)
+            alice.subscribe(room)
+            watcher.expect("member_added", channel=room, id="a")
+            proc.wait_log(r"all \d+ process\(es\) ready")
+            text = proc.config_path.read_text()
+            proc.config_path.write_text(text.replace("workers = 2", "workers = 3"))
+            proc.signal(signal.SIGHUP)
+            proc.wait_log("reload complete", 1, 90)
+
+            def counts() -> dict[str, Any] | None:
+                try:
+                    return api.channel_info(room, ["subscription_count", "user_count"])
+                except pusher.errors.PusherError:
+                    return None
+
+            expected = {"occupied": True, "subscription_count": 2, "user_count": 2}
+            wait_until(lambda: counts() == expected, timeout=30, message=lambda: str(counts()))
+            with (
+                AuthEndpoint(api, sdk(proc, secret="not-the-app-secret-at-all")) as endpoint,
+                pusher_clients(
+                    "app-key", proc.ws_port, 1, auth_endpoint=endpoint.url, authParams={"user": "c"}
+                ) as (carol,),
+            ):
+                assert carol.subscribe(room)["members"]["count"] == 3
+                watcher.expect("member_added", limit=15, channel=room, id="c")
+            watcher.expect("member_removed", limit=15, channel=room, id="c")
+            assert wait_until(lambda: counts() == expected, timeout=15)
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (a server's workers, admin, bridge)."""
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(line) for line in out.split()]
+
+
+def test_a_host_that_blinks_out_of_the_view_keeps_its_members(tmp_path: Path) -> None:
+    """Host b is stopped (SIGSTOP) long enough to drop out of host a's view, then resumed:
+    the room's owner, on host a, keeps b's members through the blink (``REMOTE_GRACE``),
+    so a's watcher is never told that b's user left -- its connection never closed."""
+    a, b = loopback_cluster(tmp_path, extra=APPS)
+    on_a = member_id(host_number("a"), 0)
+    on_b = member_id(host_number("b"), 0)
+    room = next(
+        name
+        for name in (f"presence-blink{i}" for i in range(100))
+        if owner_of(internal_name("1", name), [on_a, on_b]) == on_a
+    )
+    try:
+        a.start()
+        b.start()
+
+        def hosts(proc: ServerProcess) -> list[str] | None:
+            view = proc.health()[1].get("cluster", {}).get("hosts")
+            return None if view is None else sorted(view)
+
+        wait_until(lambda: hosts(a) == hosts(b) == ["a", "b"], timeout=30)
+        with (
+            AuthEndpoint(sdk(a), sdk(a, secret="not-the-app-secret-at-all")) as endpoint,
+            _as_user(endpoint, a.ws_port, "w") as (watcher,),
+            _as_user(endpoint, b.ws_port, "u") as (u_on_b,),
+        ):
+            watcher.subscribe(room)
+            u_on_b.subscribe(room)
+            watcher.expect("member_added", channel=room, id="u")
+            assert b.proc is not None
+            stopped = [b.proc.pid, *_children(b.proc.pid)]
+            try:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGSTOP)
+                wait_until(lambda: hosts(a) == ["a"], timeout=30, message="b never left a's view")
+                time.sleep(2)  # a few of the owner's heartbeats with b out of the view
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            wait_until(lambda: hosts(a) == hosts(b) == ["a", "b"], timeout=30)
+            on_b_api = sdk(b)
+            on_b_api.trigger(room, "after", {"back": True})
+            assert watcher.expect("event", limit=15, event="after")["data"] == {"back": True}
+            assert _removed(watcher, room, "u") == 0
+            assert {user["id"] for user in sdk(a).users_info(room)["users"]} == {"w", "u"}
+    finally:
+        b.stop()
+        a.stop()
+
+
+# -- users: signin, send_to_user, terminate_connections ------------------------------------
+
+
+def test_signin_send_to_user_and_terminate_across_workers(server: ServerProcess) -> None:
+    """pusher-js signs in through a real user-auth endpoint (the SDK's
+    ``authenticate_user``); the SDK's ``send_to_user`` reaches every connection of that
+    user, on both workers, and no one else; ``terminate_user_connections`` (``POST
+    /users/{id}/terminate_connections``, no app prefix) closes them all with 4009 and
+    leaves other users connected."""
+    api = sdk(server)
+    endpoint = AuthEndpoint(api, sdk(server, secret="not-the-app-secret-at-all"))
+    with (
+        endpoint,
+        on_workers(
+            "app-key", server.ws_port, (0, 1), auth_endpoint=endpoint.url, authParams={"user": "a"}
+        ) as ann_clients,
+        _as_user(endpoint, server.ws_port, "bob") as (bob,),
+    ):
+        for client in (*ann_clients, bob):
+            client.command("signin")
+            client.expect("signed_in")
+        api.send_to_user("a", "note", {"n": 1})
+        for client in ann_clients:
+            assert client.expect("user_event", event="note")["data"] == {"n": 1}
+        api.send_to_user("bob", "note", {"n": 2})
+        assert bob.expect("user_event", event="note")["data"] == {"n": 2}
+        assert all(m.get("type") != "user_event" for m in bob.seen[:-1])
+        assert api.terminate_user_connections("a") == {}
+        for client in ann_clients:
+            error = client.expect("error")["error"]
+            assert error["data"]["code"] == 4009, error
+        api.send_to_user("bob", "still", "here")
+        assert bob.expect("user_event", event="still")["data"] == "here"
+        for client in ann_clients:
+            assert all(m.get("event") != "still" for m in client.seen)

@@ -24,10 +24,11 @@ from shardws.pure.pusher.session import (
     PresenceMember,
     PusherOutcome,
     PusherSessions,
+    PusherSignin,
     PusherSubscribe,
     PusherUnsubscribe,
 )
-from shardws.pure.pusher.signatures import channel_auth
+from shardws.pure.pusher.signatures import channel_auth, user_auth
 from shardws.pure.session import Close, Count, Reply
 
 SECRET = "app-secret-0123456789"
@@ -75,6 +76,7 @@ class State:
     client_event_bucket: TokenBucket
     channels: dict[str, PresenceMember | None] = field(default_factory=dict)
     strikes: int = 0
+    user_id: str = ""
 
 
 class World:
@@ -318,8 +320,50 @@ def test_bad_input() -> None:
     close = world.send(state, b'{"event":"\xff"}')
     assert isinstance(close, Close) and close.code == CloseCode.INVALID_TEXT
     # Events the session does not serve are ignored, with a log line.
-    ignored = world.send(state, {"event": "pusher:signin", "data": {}})
-    assert isinstance(ignored, Nothing) and ignored.log is not None and "signin" in ignored.log
+    ignored = world.send(state, {"event": "pusher:other", "data": {}})
+    assert isinstance(ignored, Nothing) and ignored.log is not None and "other" in ignored.log
+    assert _error(world.send(state, {"event": "pusher:signin", "data": {}}))["code"] is None
+
+
+def _signin(signed: dict[str, str]) -> dict[str, object]:
+    return {"event": "pusher:signin", "data": signed}
+
+
+def test_signin_with_the_sdks_signature_then_the_users_channel_only() -> None:
+    """``pusher:signin`` signed by the official SDK's ``authenticate_user``: the user is
+    recorded, and only its own ``#server-to-user-`` channel may be subscribed."""
+    world = World()
+    state = world.state()
+    denied = _error(world.send(state, _subscribe("#server-to-user-ann")))
+    assert (denied["type"], denied["status"]) == ("AuthError", 401)
+    signed = SDK.authenticate_user(SOCKET, {"id": "ann", "name": "Ann"})
+    outcome = world.send(state, _signin(signed))
+    assert outcome == PusherSignin("ann", signed["user_data"]) and state.user_id == "ann"
+    assert _error(world.send(state, _signin(signed)))["code"] is None  # once
+    subscribe = world.send(state, _subscribe("#server-to-user-ann"))
+    assert isinstance(subscribe, PusherSubscribe) and subscribe.type.kind is ChannelKind.USER
+    denied = _error(world.send(state, _subscribe("#server-to-user-bob")))
+    assert (denied["type"], denied["status"]) == ("AuthError", 401)
+
+
+@pytest.mark.parametrize(
+    "signed",
+    [
+        {**SDK.authenticate_user(SOCKET, {"id": "ann"}), "auth": "app-key:00"},
+        SDK.authenticate_user("1.2", {"id": "ann"}),  # another connection's
+        # Signed right (the SDK refuses to sign these), but no acceptable id.
+        *(
+            {"auth": user_auth("app-key", SECRET, SOCKET, data), "user_data": data}
+            for data in ('{"id":""}', json.dumps({"id": "a" * 129}), '{"id":"bad\\u0001"}', "[]")
+        ),
+    ],
+)
+def test_a_bad_signin_closes_with_unauthorized(signed: dict[str, str]) -> None:
+    world = World()
+    state = world.state()
+    close = world.send(state, _signin(signed))
+    assert isinstance(close, Close) and close.code == CloseCode.UNAUTHORIZED
+    assert close.count is Count.AUTH_FAILURES and state.user_id == ""
 
 
 def test_a_flood_is_refused_then_closed() -> None:

@@ -15,6 +15,7 @@ from shardws.pure.pusher.wire import (
     OtherEvent,
     Ping,
     Pong,
+    SigninRequest,
     SubscribeRequest,
     UnsubscribeRequest,
     decode,
@@ -44,7 +45,9 @@ def test_decodes_what_pusher_js_sends() -> None:
     )
     event = decode(_msg(event="client-typing", channel="private-c", data={"a": [1, "é"]}))
     assert event == ClientEventRequest("client-typing", "private-c", '{"a":[1,"é"]}'.encode())
-    assert decode(_msg(event="pusher:signin", data={})) == OtherEvent("pusher:signin")
+    assert isinstance(decode(_msg(event="pusher:signin", data={})), BadMessage)
+    signin = _msg(event="pusher:signin", data={"auth": "k:s", "user_data": '{"id":"1"}'})
+    assert decode(signin) == SigninRequest("k:s", '{"id":"1"}')
     assert decode(_msg(event="anything", data={})) == OtherEvent("anything")
 
 

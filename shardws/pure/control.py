@@ -799,20 +799,27 @@ class PusherLeaveReply(_Done):
 
 @dataclass(frozen=True, slots=True)
 class PusherLeaveRequest(OwnerRequest[PusherLeaveReply]):
-    """Connection ``socket_id`` left the presence ``channel`` (a notification: id 0);
-    the owner announces ``member_removed`` when it was the user's last connection."""
+    """Connection ``socket_id`` of ``user_id`` left the presence ``channel``; the owner
+    announces ``member_removed`` when it was the user's last connection. ``user_id`` lets
+    an owner that lost its roster (it restarted, or the channel just moved to it) still
+    announce the user's departure once the other workers have restored their members;
+    empty when the subscription never joined."""
 
     op: ClassVar[str] = "pusher.leave"
     reply_type: ClassVar[type[OwnerReply]] = PusherLeaveReply
     channel: str
     socket_id: str
+    user_id: str = ""
 
     def fields(self) -> dict[str, Any]:
-        return {"channel": self.channel, "socket_id": self.socket_id}
+        return {"channel": self.channel, "socket_id": self.socket_id, "user_id": self.user_id}
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        return cls(_pusher_channel(fields), _socket(fields))
+        user_id = fields.get("user_id", "")
+        if not isinstance(user_id, str):
+            raise ValueError("user_id must be a string")
+        return cls(_pusher_channel(fields), _socket(fields), user_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -485,6 +485,8 @@ def make_app(
     app.router.add_get("/api/history", get_history)
     if config.pusher.apps:
         app.router.add_route("*", "/apps/{tail:.*}", pusher_api)
+        # The SDKs' terminate_user_connections: no /apps/{id} prefix (httpapi.decide).
+        app.router.add_route("*", "/users/{tail:.*}", pusher_api)
     return app
 
 

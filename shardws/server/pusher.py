@@ -50,13 +50,20 @@ from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.pusher import wire
 from shardws.pure.pusher.admission import Admitted, Refused
-from shardws.pure.pusher.channels import SocketIds, internal_name, kind_of, pusher_name
+from shardws.pure.pusher.channels import (
+    SocketIds,
+    internal_name,
+    kind_of,
+    pusher_name,
+    user_key,
+)
 from shardws.pure.pusher.closecodes import PusherCode, for_native
 from shardws.pure.pusher.session import (
     ClientEvent,
     Nothing,
     PresenceMember,
     PusherSessions,
+    PusherSignin,
     PusherSubscribe,
     PusherUnsubscribe,
 )
@@ -119,7 +126,7 @@ class PusherConnection(Connection):
 
     wire = PUSHER
 
-    __slots__ = ("app", "client_event_bucket", "refused", "socket_id")
+    __slots__ = ("app", "client_event_bucket", "refused", "socket_id", "user_id")
 
     # The native connection's channel set holds hub names; a Pusher connection's holds
     # its Pusher channels with their presence member (the session's state).
@@ -130,6 +137,7 @@ class PusherConnection(Connection):
         self.on_message = worker.pusher.message_received
         self.channels = {}
         self.socket_id = ""
+        self.user_id = ""  # the Pusher user it signed in as (pusher:signin)
         if isinstance(admission, Refused):
             self.refused: Refused | None = admission
             # Never used: the connection is closed at once (any app's limits would do).
@@ -214,10 +222,12 @@ class PusherFront:
             internal = internal_name(app_id, channel)
             hub.remove(internal, conn)
             if member is not None:
-                self._leave_owner(internal, conn.socket_id)
+                self._leave_owner(internal, conn.socket_id, member.user_id)
         conn.channels.clear()
         if conn.socket_id:
             self.worker.delivery.origin_sinks.pop(conn.socket_id, None)
+        if conn.user_id:
+            self.worker.users.remove(user_key(app_id, conn.user_id), conn)
 
     def check_activity(self, conn: PusherConnection, idle: float) -> None:
         """The sweep's rule for a Pusher connection quiet for ``idle`` seconds."""
@@ -323,19 +333,21 @@ class PusherFront:
     ) -> None:
         """Join a presence channel at its owner once the bus subscription is live, then
         answer ``subscription_succeeded`` with the members and start delivering."""
-        is_live = await live
-        if conn.channels.get(channel) is not member or conn.closing:
-            return  # left meanwhile: the owner was never told
-        if not is_live:
-            self._refuse_not_live(conn, channel, internal)  # the owner was never told
-            return
-        app = conn.app
-        request = PusherJoinRequest(
-            internal, conn.socket_id, member.user_id, member.user_info, app.max_presence_members
-        )
+        # While pending, a leave is not sent by the unsubscribe or the close but here,
+        # after the join: so it can never reach the owner before the join does.
         pending = (conn.socket_id, internal)
         self._joining.add(pending)
         try:
+            is_live = await live
+            if conn.channels.get(channel) is not member or conn.closing:
+                return  # left meanwhile: the owner was never told
+            if not is_live:
+                self._refuse_not_live(conn, channel, internal)  # the owner was never told
+                return
+            app = conn.app
+            request = PusherJoinRequest(
+                internal, conn.socket_id, member.user_id, member.user_info, app.max_presence_members
+            )
             for _attempt in range(JOIN_ATTEMPTS):
                 # An owner restarting does not answer: ask its next process. A join that
                 # arrived twice counts once (the roster knows the socket).
@@ -344,18 +356,23 @@ class PusherFront:
                     break
         finally:
             self._joining.discard(pending)
-        if conn.channels.get(channel) is not member or conn.closing:
-            return  # left meanwhile: its leave follows the join to the owner
+        if conn.channels.get(channel) is not member:
+            # Left meanwhile (unsubscribed, or closed and left its channels).
+            self._leave_owner(internal, conn.socket_id, member.user_id)
+            return
+        if conn.closing:
+            return  # its channels are left with the close, the owner told then
         if reply is None or reply.full:
             del conn.channels[channel]
             self.worker.hub.remove(internal, conn)
             if reply is None:
+                # An attempt may have joined with its answer lost: take it back.
+                self._leave_owner(internal, conn.socket_id, member.user_id)
                 error = wire.encode_subscription_error(
                     channel, "ServerError", "The channel's owner did not answer; retry", 503
                 )
             else:
                 # Soketi's answer; the owner counted the users cluster-wide.
-                self._leave_owner(internal, conn.socket_id)
                 error = wire.encode_subscription_error(
                     channel,
                     "LimitReached",
@@ -422,20 +439,47 @@ class PusherFront:
         elif bus is not None:  # id 0: a notification, nobody waits for an answer
             bus.publish(inbox_topic(owner), encode_owner_request(request, 0, self.worker.member))
 
-    def _leave_owner(self, internal: str, socket_id: str) -> None:
-        """Tell the presence channel's owner that ``socket_id`` left (a notification)."""
-        self._notify_owner(internal, PusherLeaveRequest(internal, socket_id))
+    def _leave_owner(self, internal: str, socket_id: str, user_id: str) -> None:
+        """Tell the presence channel's owner that ``socket_id`` of ``user_id`` left -- but
+        not while its join is still asking the owner (``_join_presence`` sends it then).
+        Asked like a join, up to :data:`JOIN_ATTEMPTS` times: a leave sent while the
+        owner restarts reaches its next process, which announces ``member_removed``
+        once the other workers have restored their members (``PusherOwner``)."""
+        if (socket_id, internal) in self._joining:
+            return
+        self._spawn(self._ask_leave(PusherLeaveRequest(internal, socket_id, user_id)))
+
+    async def _ask_leave(self, request: PusherLeaveRequest) -> None:
+        for _attempt in range(JOIN_ATTEMPTS):
+            if await self.worker.owners.ask_owner(request.channel, request) is not None:
+                return
+        log.warning(
+            "presence leave of %s on %s: the owner never answered",
+            request.socket_id,
+            request.channel,
+        )
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)  # keep a reference until done (asyncio holds weak ones)
         task.add_done_callback(self._tasks.discard)
 
+    def _signin(self, conn: PusherConnection, signin: PusherSignin) -> None:
+        """Register ``conn`` under its app's user (the bus user topic that
+        ``terminate_connections`` publishes on), then answer ``signin_success`` once that
+        topic is live, so a termination right after it reaches this connection."""
+        live = self.worker.users.add(user_key(conn.app.id, signin.user_id), conn, conn.sink)
+        reply = wire.encode_signin_success(signin.user_data)
+        if live.done():
+            conn.send(reply)
+        else:
+            live.add_done_callback(lambda _f: None if conn.closing else conn.send(reply))
+
     def _unsubscribe(self, conn: PusherConnection, unsubscribe: PusherUnsubscribe) -> None:
         internal = internal_name(conn.app.id, unsubscribe.channel)
         self.worker.hub.remove(internal, conn)
         if unsubscribe.member is not None:
-            self._leave_owner(internal, conn.socket_id)
+            self._leave_owner(internal, conn.socket_id, unsubscribe.member.user_id)
 
     def _client_event(self, conn: PusherConnection, event: ClientEvent) -> None:
         self._stats_of(conn.app.id)[_CLIENT_EVENTS] += 1
@@ -453,4 +497,5 @@ _CARRY_OUT: dict[type, Callable[[PusherFront, PusherConnection, Any], None]] = {
     PusherSubscribe: PusherFront._subscribe,
     PusherUnsubscribe: PusherFront._unsubscribe,
     ClientEvent: PusherFront._client_event,
+    PusherSignin: PusherFront._signin,
 }

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from shardws.pure.busframe import channel_topic
-from shardws.pure.control import PusherCachePutRequest
+from shardws.pure.control import Disconnect, PusherCachePutRequest
+from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
 from shardws.pure.pusher import httpapi, wire
@@ -31,6 +32,7 @@ from shardws.pure.pusher.channels import (
     internal_name,
     kind_of,
     pusher_name,
+    user_key,
 )
 from shardws.pure.pusher.httpapi import (
     ApiError,
@@ -38,6 +40,7 @@ from shardws.pure.pusher.httpapi import (
     GetChannel,
     GetUsers,
     ListChannels,
+    TerminateUser,
     Trigger,
     TriggerBatch,
 )
@@ -83,6 +86,11 @@ class PusherApi:
             counts = await self._channel_counts(request.app, request.channel, request.info)
             found = counts.get(request.channel, ChannelCounts(0))
             return 200, httpapi.encode_channel(request, found)
+        if isinstance(request, TerminateUser):
+            # Every worker of every host closes the user's connections (4009, as Soketi).
+            how = Disconnect(CloseCode.DISCONNECTED, "terminated by the app")
+            self._backend.disconnect(user_key(request.app.id, request.user_id), how)
+            return 200, b"{}"
         assert isinstance(request, GetUsers)
         users = await self._backend.pusher_users(internal_name(request.app.id, request.channel))
         if users is None:

@@ -28,10 +28,20 @@ Guarantees:
   worker tells the new owner process its members (``pusher.join`` with ``restore``, not
   announced) once it is ready (``PusherFront.check_owners``); the old owner forgets the
   channels it no longer owns.
+* A leave sent while the owner was down is asked again of its next process (as a join
+  is). An owner that may still be restoring (:data:`RESTORING` seconds after its start or
+  a change of the owners' view) and gets the leave of a socket it does not know waits
+  :data:`SETTLE` seconds for the restores, then announces ``member_removed`` if the user
+  has no subscription left -- so other clients keep no zombie member.
+* A member of another host that drops out of the view is kept :data:`REMOTE_GRACE`
+  seconds: a host that comes back within it (a blink, a short partition) announces
+  nothing, as its connections never closed; after it, its users are announced as left
+  (a member leaves when its last connection is gone, and one on an unreachable host is
+  taken for gone).
 
-Not covered (docs/pusher.md): joins and leaves while the owner is down (a join is
-refused with a ``pusher:subscription_error``, a leave is not announced); a cache
-channel's last event is lost with its owner.
+Not covered (docs/pusher.md): a cache channel's last event is lost with its owner; the
+users of a host dropped after :data:`REMOTE_GRACE` that comes back are not announced
+again until they subscribe again.
 """
 
 from __future__ import annotations
@@ -66,6 +76,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardws.pusher.owner")
 
+#: Seconds after an owner's start, or a change of the owners' view, during which its
+#: rosters may lack members that the subscriber workers have yet to restore.
+RESTORING = 30.0
+#: Seconds a restoring owner waits, after the leave of a socket it does not know, for the
+#: restores (each subscriber worker sends them on its next heartbeat once the owner is
+#: ready) before deciding whether the user left.
+SETTLE = 5.0
+#: Seconds a member of another host may be out of the cluster's view before its
+#: subscriptions are dropped and its users announced as left (several peer timeouts).
+REMOTE_GRACE = 15.0
+
 #: The owner operations of Pusher channels.
 PusherRequest = (
     PusherJoinRequest
@@ -86,6 +107,11 @@ class PusherOwner:
         self._view: tuple[int, ...] = ()  # the owners' view the rosters were checked in
         # member id -> (incarnation, pid) of the process we last saw subscriptions from
         self._processes: dict[int, tuple[int, int]] = {}
+        self._restoring_since = time.monotonic()
+        # Leaves of sockets the roster did not know while restoring:
+        # (channel, user id) -> when to decide whether the user left.
+        self._unknown_leaves: dict[tuple[str, str], float] = {}
+        self._missing_since: dict[int, float] = {}  # member of another host -> first missed
 
     def answer(self, request: PusherRequest) -> OwnerReply:
         """Carry out and answer one ``pusher.*`` owner request."""
@@ -107,7 +133,7 @@ class PusherOwner:
             users = tuple(user for user, _info in roster.members())
             return PusherUsersReply(users, roster.subscription_count)
         if isinstance(request, PusherLeaveRequest):
-            self._leave(request.channel, request.socket_id)
+            self._leave(request.channel, request.socket_id, request.user_id)
             return PusherLeaveReply()
         return self._join(request)
 
@@ -131,8 +157,13 @@ class PusherOwner:
             self._announce(channel, Publication(data, Kind.JOIN, "", socket_id, request.user_id))
         return PusherJoinReply(tuple(roster.members()))
 
-    def _leave(self, channel: str, socket_id: str) -> None:
+    def _leave(self, channel: str, socket_id: str, user_id: str) -> None:
         roster = self.rosters.get(channel)
+        known = roster is not None and roster.knows(socket_id)
+        now = time.monotonic()
+        if not known and user_id and now - self._restoring_since < RESTORING:
+            # Joined at the previous owner, whose roster is lost; decide once restored.
+            self._unknown_leaves[(channel, user_id)] = now + SETTLE
         if roster is None:
             return
         user = roster.leave(socket_id)
@@ -167,10 +198,19 @@ class PusherOwner:
             self._drop(member, keep=incarnation)
 
     def expire(self) -> None:
-        """Forget cache channels' events older than their TTL (called per heartbeat)."""
+        """Forget cache channels' events older than their TTL, and announce the users whose
+        leave came while restoring and who have no subscription after all (called per
+        heartbeat)."""
         now = time.monotonic()
         for cache in self.caches.values():
             cache.expire(now)
+        for (channel, user), due in list(self._unknown_leaves.items()):
+            if due > now:
+                continue
+            del self._unknown_leaves[(channel, user)]
+            roster = self.rosters.get(channel)
+            if roster is None or not roster.has_user(user):
+                self._announce(channel, Publication(b"", Kind.LEAVE, "", "", user))
 
     def check_processes(self) -> None:
         """Drop the subscriptions of processes that are gone (called per heartbeat): a
@@ -183,6 +223,7 @@ class PusherOwner:
         view = owners.view()
         if view != self._view:  # owners change with the view only: check then
             self._view = view
+            self._restoring_since = time.monotonic()
             for channel in [c for c in self.rosters if owners.owner(c) != me]:
                 del self.rosters[channel]
             for cache in self.caches.values():
@@ -192,15 +233,25 @@ class PusherOwner:
             return
         members = self.worker.members
         elsewhere: set[int] | None = None
-        for member in {m for roster in self.rosters.values() for m, _ in roster.processes()}:
+        now = time.monotonic()
+        subscribed = {m for roster in self.rosters.values() for m, _ in roster.processes()}
+        for member in list(self._missing_since):
+            if member not in subscribed:
+                del self._missing_since[member]
+        for member in subscribed:
             if members.is_local(member):
                 known = self._processes.get(member)
                 gone = known is None or self.pid_of(member) != known[1]
             else:
                 if elsewhere is None:
                     elsewhere = members.ready_workers()
-                gone = member not in elsewhere
+                if member in elsewhere:
+                    self._missing_since.pop(member, None)
+                    continue
+                since = self._missing_since.setdefault(member, now)
+                gone = now - since >= REMOTE_GRACE
             if gone:
+                self._missing_since.pop(member, None)
                 self._drop(member, keep=None)
                 self._processes.pop(member, None)
 

@@ -39,6 +39,16 @@ Scenarios
     One connection subscribed to a channel publishes to it, the next message after its own
     publication came back: round trips/s and latency.
 
+Protocols (``fanout`` only)
+---------------------------
+``--http-publish http://ADMIN`` publishes through the HTTP API on keep-alive connections
+instead of WebSocket publishers (open loop: ``--rate`` > 0): ``POST /api/publish`` with
+``--api-key`` for ``--protocol native``; with ``--protocol pusher`` the subscribers speak
+the Pusher protocol (``--url ws://HOST:PORT/app/{key}?protocol=7``: ``pusher:subscribe``,
+``subscription_succeeded``, events) and the publisher is Pusher's signed ``POST
+/apps/{id}/events`` (``--pusher-app ID:KEY:SECRET``). The same fan-out through both shows
+what the Pusher layer costs (``benchmarks/macro.py`` scenario 6).
+
 How to read the numbers
 -----------------------
 - ``deliveries_per_s``: publications received by all clients divided by the window from
@@ -95,6 +105,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -108,22 +120,27 @@ import ssl
 import sys
 import time
 import traceback
+import urllib.parse
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import picows
 
 SCENARIOS = ("fanout", "mixed", "idle", "roundtrip")
+PROTOCOLS = ("native", "pusher")
+CONNECT_TIMEOUT_HTTP = 10.0  # seconds to open an HTTP publisher's connection
 # The LoadSpec fields each scenario reads, besides the URLs, source addresses, server
 # pids, timeout and connect concurrency (and, for wss://, cafile and insecure): the text
 # report shows only these.
 SCENARIO_SETTINGS = {
     "fanout": (
+        "protocol",
+        "http_publish",
         "connections",
         "publishers",
         "processes",
@@ -169,6 +186,11 @@ PUB_PREFIX = b'{"type":"pub"'
 REPLY_PREFIX = b'{"id"'
 OK_MARK = b'"ok":true'
 T_KEY = b'{"t":'
+# Pusher: an HTTP API event as subscribers get it; its data is the JSON as a string.
+PUSHER_PUB_PREFIX = b'{"event":"pub",'
+PUSHER_T_KEY = b'{\\"t\\":'
+PUSHER_SUBSCRIBED = b'{"event":"pusher_internal:subscription_succeeded"'
+PUSHER_SUBSCRIPTION_ERROR = b'{"event":"pusher:subscription_error"'
 T_DIGITS = 19  # time.time_ns() has 19 digits from 2001 to 2286: fixed-width slicing is safe
 MIN_SIZE = len(b'{"t":,"p":""}') + T_DIGITS
 GROUP_SIZE = 10
@@ -222,6 +244,10 @@ class LoadSpec:
     probe_rate: float = 0.0  # idle: publications/s to a single-subscriber channel
     reconnect: bool = False  # idle: come back when the server sends a client away
     roll_pid: int = 0  # idle: SIGHUP this supervisor at the end of the hold, time the roll
+    protocol: str = "native"  # the subscribers' protocol: native or pusher
+    http_publish: str = ""  # http://ADMIN: publish through the HTTP API (fanout, --rate > 0)
+    api_key: str = ""  # native HTTP publishing: the admin's X-API-Key
+    pusher_app: str = ""  # pusher: ID:KEY:SECRET of the app (signs its HTTP API requests)
     cafile: str = ""  # wss://: CA bundle (PEM) to verify the server with; "" = system CAs
     insecure: bool = False  # wss://: do not verify the server's certificate (test setups)
     json: bool = False
@@ -274,6 +300,19 @@ class LoadSpec:
                 f"{per_process} sockets per process exceed the open-file limit {limit}: "
                 "use more --processes"
             )
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+        if (self.protocol == "pusher" or self.http_publish) and (
+            self.scenario != "fanout" or self.rate <= 0 or not self.http_publish
+        ):
+            problems.append(
+                "--protocol pusher and --http-publish go with --scenario fanout, --rate > 0 "
+                "and --http-publish"
+            )
+        if self.http_publish and not self.http_publish.startswith("http://"):
+            problems.append(f"--http-publish must be http://host:port, got {self.http_publish!r}")
+        if self.protocol == "pusher" and self.pusher_app.count(":") != 2:
+            problems.append("--protocol pusher needs --pusher-app ID:KEY:SECRET")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -378,6 +417,81 @@ class _MixedSub(_Sub):
             self.w.control(self, frame, payload)
 
 
+class _PusherSub(_Sub):
+    """A ``fanout`` subscriber speaking the Pusher protocol: an HTTP API event
+    (``{"event":"pub",...,"data":"<the JSON as a string>"}``) is a publication, its
+    timestamp read from the escaped string; ``subscription_succeeded`` is the ack."""
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        payload = frame.get_payload_as_bytes()
+        if payload.startswith(PUSHER_PUB_PREFIX):
+            self.received += 1
+            if self.received == self.next_sample:
+                self.next_sample += self.w.k
+                at = payload.find(PUSHER_T_KEY, 13) + len(PUSHER_T_KEY)
+                self.w.latencies.append(time.time_ns() - int(payload[at : at + T_DIGITS]))
+        elif payload.startswith(PUSHER_SUBSCRIBED):
+            self.w.subscribe_acked(self)
+        elif payload.startswith(PUSHER_SUBSCRIPTION_ERROR):
+            self.w.subscribe_errors += 1
+            self.w.note(f"subscribe failed: {payload[:200]!r}")
+
+
+class _HttpPublisher(asyncio.Protocol):
+    """A publisher on one keep-alive HTTP/1.1 connection to the admin listener: each
+    ``publish`` writes one request (requests are pipelined: open loop), each response
+    is an ack (``errors`` counts those other than 200)."""
+
+    def __init__(self, worker: _Worker, index: int) -> None:
+        self.w = worker
+        self.index = index
+        self.transport: asyncio.Transport | None = None
+        self.sent = 0
+        self.acked = 0
+        self.errors = 0
+        self.received = 0
+        self.subscribed = True
+        self.closing = False
+        self.sent_away = False
+        self._buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods.
+        self.transport = cast("asyncio.Transport", transport)
+
+    def publish(self, channel: bytes) -> int:
+        """Send one publication now; returns its timestamp."""
+        assert self.transport is not None
+        self.sent += 1
+        now = time.time_ns()
+        self.transport.write(self.w.http_request(channel, now))
+        return now
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self._buffer[:end].lower()
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                if line.startswith(b"content-length:"):
+                    length = int(line[15:])
+            if len(self._buffer) < end + 4 + length:
+                return
+            if not head.startswith(b"http/1.1 200"):
+                self.errors += 1
+                self.w.note(f"HTTP publish: {self._buffer[: end + 4 + length][:200]!r}")
+            self._buffer = self._buffer[end + 4 + length :]
+            self.acked += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing:
+            self.w.note("an HTTP publisher connection was closed by the server")
+            self.w.publishing_done()
+
+
 class _Publisher(picows.WSListener):
     """A publisher connection. Flat out, each acknowledgement triggers the next publish,
     so at most ``window`` are un-acked; paced publishing is driven by the worker's timer.
@@ -466,7 +580,7 @@ class _Worker:
         self.deadline = plan["deadline"]  # wall clock; the coordinator gives up first
         self.subs: list[_Sub] = []  # every subscriber incarnation ever opened
         self.live: dict[int, _Sub] = {}  # slot -> current incarnation (mixed churn)
-        self.pubs: list[_Publisher] = []
+        self.pubs: list[_Publisher | _HttpPublisher] = []
         self.latencies = array("q")
         self.latency_steps = array("b")
         self.notes: list[str] = []
@@ -559,6 +673,10 @@ class _Worker:
             self.subscribe_errors += 1
             self.note(f"subscribe failed: {payload[:200]!r}")
             return
+        self.subscribe_acked(sub)
+
+    def subscribe_acked(self, sub: _Sub) -> None:
+        """One of ``sub``'s subscriptions is acknowledged: once all are, it counts."""
         sub.acked += 1
         if sub.acked == len(sub.channels):
             sub.start_ns = time.time_ns()
@@ -715,7 +833,7 @@ class _Worker:
             cls = _IdleSub
         else:
             channels = [self.channel]
-            cls = _Sub
+            cls = _PusherSub if self.spec.protocol == "pusher" else _Sub
         sub = await self._open(lambda: cls(self, slot, channels), slot)
         if sub is None:
             return None
@@ -726,10 +844,11 @@ class _Worker:
             sub.reopened = True
             self.resubscribing += 1
         for n, channel in enumerate(channels, 1):
-            sub.transport.send(
-                picows.WSMsgType.TEXT,
-                b'{"id":%d,"op":"subscribe","channel":"%b"}' % (n, channel),
-            )
+            if cls is _PusherSub:
+                message = b'{"event":"pusher:subscribe","data":{"channel":"%b"}}' % channel
+            else:
+                message = b'{"id":%d,"op":"subscribe","channel":"%b"}' % (n, channel)
+            sub.transport.send(picows.WSMsgType.TEXT, message)
         return sub
 
     async def open_slot(self, slot: int) -> None:
@@ -793,7 +912,56 @@ class _Worker:
             "notes": self.notes,
         }
 
+    def http_request(self, channel: bytes, now_ns: int) -> bytes:
+        """One HTTP API request publishing ``{"t": now_ns, "p": pad}`` to ``channel``:
+        native ``POST /api/publish``, or Pusher's signed ``POST /apps/{id}/events`` (the
+        data as a JSON string, as the server SDKs send it)."""
+        spec = self.spec
+        if spec.protocol == "native":
+            body = b'{"channel":"%b","data":{"t":%d,"p":"%b"}}' % (channel, now_ns, self.pad)
+            target = b"/api/publish"
+            extra = b"X-API-Key: %b\r\n" % spec.api_key.encode()
+        else:
+            app_id, key, secret = spec.pusher_app.split(":")
+            body = b'{"name":"pub","channel":"%b","data":"{\\"t\\":%d,\\"p\\":\\"%b\\"}"}' % (
+                channel,
+                now_ns,
+                self.pad,
+            )
+            path = f"/apps/{app_id}/events"
+            query = (
+                f"auth_key={key}&auth_timestamp={now_ns // 1_000_000_000}&auth_version=1.0"
+                f"&body_md5={hashlib.md5(body).hexdigest()}"
+            )
+            signature = hmac.new(
+                secret.encode(), f"POST\n{path}\n{query}".encode(), hashlib.sha256
+            ).hexdigest()
+            target = f"{path}?{query}&auth_signature={signature}".encode()
+            extra = b""
+        return (
+            b"POST %b HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%b"
+            b"Content-Length: %d\r\n\r\n%b" % (target, extra, len(body), body)
+        )
+
+    async def _open_http_publisher(self, index: int) -> None:
+        url = urllib.parse.urlsplit(self.spec.http_publish)
+        try:
+            _transport, pub = await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(
+                    lambda: _HttpPublisher(self, index), url.hostname or "127.0.0.1", url.port or 80
+                ),
+                CONNECT_TIMEOUT_HTTP,
+            )
+        except (OSError, TimeoutError) as exc:
+            self.connect_failed += 1
+            self.note(f"connect {self.spec.http_publish}: {type(exc).__name__}: {exc}")
+            return
+        self.pubs.append(pub)
+
     async def _open_publisher(self, index: int) -> None:
+        if self.spec.http_publish:
+            await self._open_http_publisher(index)
+            return
         pub = await self._open(lambda: _Publisher(self, index), index)
         if pub is None:
             return
@@ -943,7 +1111,12 @@ class _Worker:
         next_at = time.monotonic()
         while self.probing and not self.stop_event.is_set() and time.time() < self.deadline:
             pub = self.pubs[0] if self.pubs else None
-            if pub is None or pub.transport is None or pub.transport.is_disconnected:
+            # idle probes publish over WebSocket only (--http-publish is fanout only)
+            if (
+                not isinstance(pub, _Publisher)
+                or pub.transport is None
+                or pub.transport.is_disconnected
+            ):
                 break
             pub.publish(self.probe_channel)
             next_at += interval
@@ -1063,7 +1236,14 @@ class _Worker:
         for task in self.tasks:
             task.cancel()
         self.send("final", report)
-        conns: list[_Sub | _Publisher] = [*self.subs, *self.pubs]
+        conns: list[_Sub | _Publisher] = [*self.subs]
+        for pub in self.pubs:
+            if isinstance(pub, _HttpPublisher):
+                pub.closing = True
+                if pub.transport is not None:
+                    pub.transport.close()
+            else:
+                conns.append(pub)
         for conn in conns:
             conn.closing = True
             if conn.transport is not None and not conn.transport.is_disconnected:
@@ -2140,6 +2320,23 @@ def _parser() -> argparse.ArgumentParser:
         "--cafile",
         default=d.cafile,
         help="wss://: CA bundle (PEM) to verify the server with (default: the system CAs)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=d.protocol,
+        help="fanout: the subscribers' protocol; pusher needs --url .../app/{key}?protocol=7,"
+        " --http-publish and --pusher-app (default: %(default)s)",
+    )
+    p.add_argument(
+        "--http-publish",
+        default=d.http_publish,
+        help="fanout, --rate > 0: publish through the HTTP API of this admin listener"
+        " (http://host:port) instead of WebSocket publishers",
+    )
+    p.add_argument("--api-key", default=d.api_key, help="--http-publish native: X-API-Key")
+    p.add_argument(
+        "--pusher-app", default=d.pusher_app, help="--protocol pusher: ID:KEY:SECRET of the app"
     )
     p.add_argument("--insecure", action="store_true", help="wss://: skip certificate verification")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")

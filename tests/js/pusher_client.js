@@ -7,6 +7,7 @@
 //   {"op": "unsubscribe", "channel": "x"}
 //   {"op": "trigger", "channel": "x", "event": "client-e", "data": {...}}
 //   {"op": "bind", "channel": "x", "event": "e"}   a per-event binding (sees user_id)
+//   {"op": "signin"}                               pusher.signin() (userAuthEndpoint)
 //   {"op": "exit"}                                 disconnect and exit
 // Everything the client sees is printed on stdout, one JSON object a line:
 //   {"type": "state", "previous": "...", "current": "..."}
@@ -19,6 +20,8 @@
 //   {"type": "member_added" | "member_removed", "channel": "x", "id": "...", "info": ...}
 //   {"type": "triggered", "channel": "x", "ok": true|false}
 //   {"type": "cache_miss", "channel": "x"}          a cache channel had nothing to replay
+//   {"type": "signed_in", "id": "..."}               signin done and #server-to-user- live
+//   {"type": "user_event", "event": "...", "data": ...}   a send_to_user event
 // The process exits by itself after 120 s, so a test that dies cannot leave it behind.
 
 "use strict";
@@ -43,7 +46,20 @@ const pusher = new Pusher(options.key, {
     transport: "ajax",
     params: options.authParams || {},
   },
+  userAuthentication: {
+    endpoint: options.userAuthEndpoint || "http://127.0.0.1:9/none",
+    transport: "ajax",
+    params: options.authParams || {},
+  },
 });
+pusher.user.bind_global((event, data) => print({ type: "user_event", event: event, data: data }));
+
+// pusher-js says nothing when its user channel is live: watch it (bounded: 10 s).
+function reportSignedIn(tries) {
+  const channel = pusher.user.serverToUserChannel;
+  if (channel && channel.subscribed) print({ type: "signed_in", id: pusher.user.user_data.id });
+  else if (tries > 0) setTimeout(() => reportSignedIn(tries - 1), 20);
+}
 
 pusher.connection.bind("state_change", (states) =>
   print({ type: "state", previous: states.previous, current: states.current }),
@@ -91,6 +107,10 @@ commands.on("line", (line) => {
   const command = JSON.parse(line);
   if (command.op === "subscribe") subscribe(command.channel);
   else if (command.op === "unsubscribe") pusher.unsubscribe(command.channel);
+  else if (command.op === "signin") {
+    pusher.signin();
+    reportSignedIn(500);
+  }
   else if (command.op === "bind") {
     // A per-event binding: pusher-js hands metadata (user_id) to these only.
     pusher.channel(command.channel).bind(command.event, (data, metadata) => {

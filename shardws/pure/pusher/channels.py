@@ -9,6 +9,9 @@ Guarantees:
 * :func:`kind_of` gives every valid name exactly one :class:`ChannelKind`, by prefix, the
   longest prefix first (``private-encrypted-`` before ``private-``), and says whether it
   is a cache channel.
+* A user channel, ``#server-to-user-{user id}`` (the official SDKs' ``send_to_user``), is
+  valid too, of kind :attr:`ChannelKind.USER`: only a connection signed in as that user
+  may subscribe to it (``pusher:signin``).
 * :func:`socket_id` is ``\\d+\\.\\d+`` (what pusher-js and the server SDKs accept) and
   unique cluster-wide for distinct (member, incarnation, counter) triples.
 """
@@ -24,6 +27,9 @@ from dataclasses import dataclass
 MAX_CHANNEL_NAME_LENGTH = 200
 
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
+#: The prefix of the channel the server SDKs' ``send_to_user`` triggers on, and pusher-js
+#: subscribes to after ``pusher:signin_success`` (pusher-js ``src/core/user.ts``).
+USER_CHANNEL_PREFIX = "#server-to-user-"
 SOCKET_ID_RE = re.compile(r"\d+\.\d+")
 
 
@@ -34,6 +40,7 @@ class ChannelKind(enum.Enum):
     PRIVATE = "private"  # ``private-``: channel auth
     PRESENCE = "presence"  # ``presence-``: channel auth with channel_data, a member list
     ENCRYPTED = "encrypted"  # ``private-encrypted-``: channel auth; data relayed untouched
+    USER = "user"  # ``#server-to-user-{id}``: the connection signed in as that user
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +52,9 @@ class ChannelType:
 
     @property
     def needs_auth(self) -> bool:
-        """Whether subscribing needs a channel auth signature."""
-        return self.kind is not ChannelKind.PUBLIC
+        """Whether subscribing needs a channel auth signature (a user channel needs the
+        connection signed in as its user instead)."""
+        return self.kind in (ChannelKind.PRIVATE, ChannelKind.PRESENCE, ChannelKind.ENCRYPTED)
 
     @property
     def allows_client_events(self) -> bool:
@@ -58,6 +66,7 @@ class ChannelType:
 
 # Longest first: "private-encrypted-cache-" must not be read as "private-".
 _PREFIXES: tuple[tuple[str, ChannelType], ...] = (
+    (USER_CHANNEL_PREFIX, ChannelType(ChannelKind.USER, False)),
     ("private-encrypted-cache-", ChannelType(ChannelKind.ENCRYPTED, True)),
     ("private-encrypted-", ChannelType(ChannelKind.ENCRYPTED, False)),
     ("private-cache-", ChannelType(ChannelKind.PRIVATE, True)),
@@ -84,9 +93,27 @@ def channel_error(name: object, max_length: int = MAX_CHANNEL_NAME_LENGTH) -> st
         return "channel must be a non-empty string"
     if len(name) > max_length:
         return f"The channel name is longer than the allowed {max_length} characters."
-    if _CHANNEL_RE.fullmatch(name) is None:
+    plain = name.removeprefix(USER_CHANNEL_PREFIX)
+    if not plain or _CHANNEL_RE.fullmatch(plain) is None:
         return "channel may contain only A-Z a-z 0-9 and _ - = @ , . ;"
     return None
+
+
+def user_channel(user_id: str) -> str:
+    """The channel of a signed-in user's messages (``send_to_user``)."""
+    return USER_CHANNEL_PREFIX + user_id
+
+
+#: Separates the app id from the user id in :func:`user_key`: a control character, which
+#: no native user id may contain (``pure.auth.user_id_error``).
+_USER_KEY_MARK = "\x1f"
+
+
+def user_key(app_id: str, user_id: str) -> str:
+    """The key of a Pusher user signed in on app ``app_id`` in the workers' user hub and
+    bus user topics (``busframe.user_topic``): injective over (app id, user id), never a
+    native user id, so ``terminate_connections`` reaches this app's user only."""
+    return f"{_USER_KEY_MARK}{app_id}{_USER_KEY_MARK}{user_id}"
 
 
 def is_socket_id(value: object) -> bool:

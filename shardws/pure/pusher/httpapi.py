@@ -7,7 +7,10 @@ The official server SDKs call (Pusher "HTTP API reference"):
 * ``POST /apps/{id}/batch_events`` -- 1..``max_events_per_batch`` events;
 * ``GET /apps/{id}/channels`` -- occupied channels, ``filter_by_prefix``, ``info``;
 * ``GET /apps/{id}/channels/{name}`` -- one channel, ``info``;
-* ``GET /apps/{id}/channels/{name}/users`` -- a presence channel's users.
+* ``GET /apps/{id}/channels/{name}/users`` -- a presence channel's users;
+* ``POST /users/{user}/terminate_connections`` (what the SDKs send: no app id, the signed
+  ``auth_key`` names the app) or ``/apps/{id}/users/{user}/terminate_connections`` --
+  close every connection signed in as the app's ``user``, cluster-wide.
 
 :func:`decide` checks, in this order: the route (404), the app (404, or 403 when
 disabled), the body size (413), the signature (401, :mod:`.signatures`), then the body
@@ -27,7 +30,9 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from shardws.config import PusherAppConfig, PusherConfig
+from shardws.pure.auth import user_id_error
 from shardws.pure.pusher.channels import ChannelKind, channel_error, is_socket_id, kind_of
+from shardws.pure.pusher.session import MAX_USER_ID_LENGTH
 from shardws.pure.pusher.signatures import check_request
 
 #: ``info`` attributes of ``GET /channels`` and ``GET /channels/{name}``, and of events.
@@ -108,7 +113,16 @@ class GetUsers:
     channel: str
 
 
-ApiRequest = Trigger | TriggerBatch | ListChannels | GetChannel | GetUsers
+@dataclass(frozen=True, slots=True)
+class TerminateUser:
+    """``POST [/apps/{id}]/users/{user}/terminate_connections``: close every connection
+    signed in as ``app``'s ``user_id``; answer ``{}``."""
+
+    app: PusherAppConfig
+    user_id: str
+
+
+ApiRequest = Trigger | TriggerBatch | ListChannels | GetChannel | GetUsers | TerminateUser
 
 
 def max_body_bytes(app: PusherAppConfig) -> int:
@@ -128,15 +142,26 @@ def decide(
     """
     path, _, query = target.partition("?")
     parts = path.split("/")
-    # ["", "apps", id, resource, ...]
-    if len(parts) < 4 or parts[0] or parts[1] != "apps":
-        return ApiError(404, "Not found")
-    route = _route(method, parts[3:])
-    if isinstance(route, ApiError):
-        return route
-    app = pusher.app_by_id(unquote(parts[2]))
-    if app is None:
-        return ApiError(404, f"The app {unquote(parts[2])[:64]!r} could not be found.")
+    if len(parts) == 4 and not parts[0] and parts[1] == "users":
+        # The SDKs' terminate_user_connections sends no app id: the signed auth_key
+        # names the app (a wrong one fails the signature check below).
+        route = _route(method, parts[1:])
+        if isinstance(route, ApiError):
+            return route
+        key = next((v for k, v in parse_qsl(query) if k == "auth_key"), "")
+        app = pusher.app_by_key(key)
+        if app is None:
+            return ApiError(404, f"No app has the key {key[:64]!r}.")
+    else:
+        # ["", "apps", id, resource, ...]
+        if len(parts) < 4 or parts[0] or parts[1] != "apps":
+            return ApiError(404, "Not found")
+        route = _route(method, parts[3:])
+        if isinstance(route, ApiError):
+            return route
+        app = pusher.app_by_id(unquote(parts[2]))
+        if app is None:
+            return ApiError(404, f"The app {unquote(parts[2])[:64]!r} could not be found.")
     if not app.enabled:
         return ApiError(403, "The app is disabled.")
     if len(body) > max_body_bytes(app):
@@ -152,6 +177,10 @@ def decide(
         return ApiError(401, refused.reason)
     args = dict(params)
     kind, channel = route
+    if kind == "terminate":
+        if user_id_error(channel) is not None or len(channel) > MAX_USER_ID_LENGTH:
+            return ApiError(400, "The user id must be 1-128 characters, none a control one.")
+        return TerminateUser(app, channel)
     if kind == "events":
         return _trigger(app, body)
     if kind == "batch_events":
@@ -191,6 +220,10 @@ def _route(method: str, rest: list[str]) -> tuple[str, str] | ApiError:
         return resource, unquote(rest[1]) if len(rest) > 1 else ""
     if method.upper() == "GET" and len(rest) == 3 and rest[0] == "channels" and rest[2] == "users":
         return "users", unquote(rest[1])
+    if len(rest) == 3 and rest[0] == "users" and rest[2] == "terminate_connections":
+        if method.upper() != "POST":
+            return ApiError(405, f"Method {method.upper()[:16]} not allowed here")
+        return "terminate", unquote(rest[1])
     if any(key[1:] == (len(rest), rest[0]) for key in routes):
         return ApiError(405, f"Method {method.upper()[:16]} not allowed here")
     return ApiError(404, "Not found")

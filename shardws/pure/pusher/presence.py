@@ -110,6 +110,14 @@ class Roster:
         ]
         return [user for user in map(self.leave, gone) if user is not None]
 
+    def knows(self, socket_id: str) -> bool:
+        """Whether ``socket_id`` has a subscription here."""
+        return socket_id in self._by_socket
+
+    def has_user(self, user_id: str) -> bool:
+        """Whether ``user_id`` has a subscription here (it is a member)."""
+        return user_id in self._sockets_of
+
     def processes(self) -> set[tuple[int, int]]:
         """The ``(member, incarnation)`` of every process with a subscription here."""
         return {

@@ -19,6 +19,8 @@ native outcomes where they fit and adds the ones Pusher needs:
   reply (Pusher sends none); for presence, the owner decides ``member_removed``.
 * :class:`ClientEvent` -- publish a client event to the channel's other subscribers,
   never back to the sending connection.
+* :class:`PusherSignin` -- the connection signed in (``pusher:signin``, its signature
+  checked): register it as the user's, answer ``pusher:signin_success``.
 * :class:`Nothing` -- nothing to do (``pusher:pong``; events not served).
 
 Everything a message is checked against lives here: the message rate ([limits]), the
@@ -38,11 +40,18 @@ from typing import Protocol
 
 from shardws.config import LimitsConfig, PusherAppConfig
 from shardws.core import TokenBucket
+from shardws.pure.auth import user_id_error
 from shardws.pure.protocol import CloseCode
 from shardws.pure.pusher import wire
-from shardws.pure.pusher.channels import ChannelKind, ChannelType, channel_error, kind_of
+from shardws.pure.pusher.channels import (
+    ChannelKind,
+    ChannelType,
+    channel_error,
+    kind_of,
+    user_channel,
+)
 from shardws.pure.pusher.closecodes import PusherCode
-from shardws.pure.pusher.signatures import channel_auth_valid
+from shardws.pure.pusher.signatures import channel_auth_valid, user_auth_valid
 from shardws.pure.session import Close, Count, Reply
 
 #: Longest presence ``user_id`` (Pusher: "maximum 128 characters for user id").
@@ -97,16 +106,30 @@ class Nothing:
     log: str | None = None
 
 
-PusherOutcome = Reply | Close | PusherSubscribe | PusherUnsubscribe | ClientEvent | Nothing
+@dataclass(frozen=True, slots=True)
+class PusherSignin:
+    """The connection signed in as ``user_id`` (recorded in the state): register it for
+    the user's ``terminate_connections``, then answer ``pusher:signin_success`` with
+    ``user_data`` (the signed string) once that registration is live cluster-wide."""
+
+    user_id: str
+    user_data: str
+
+
+PusherOutcome = (
+    Reply | Close | PusherSubscribe | PusherUnsubscribe | ClientEvent | PusherSignin | Nothing
+)
 
 
 class PusherState(Protocol):
     """One Pusher connection's state (kept on the connection; only the session changes
-    it): its app, its socket id, its channels (with the presence member where it has
-    one), its message bucket and strikes ([limits]) and its client-event bucket."""
+    it): its app, its socket id, the user it signed in as (``""`` until
+    ``pusher:signin``), its channels (with the presence member where it has one), its
+    message bucket and strikes ([limits]) and its client-event bucket."""
 
     app: PusherAppConfig
     socket_id: str
+    user_id: str
     channels: dict[str, PresenceMember | None]
     bucket: TokenBucket
     strikes: int
@@ -172,6 +195,8 @@ class PusherSessions:
             return self._unsubscribe(state, message)
         if isinstance(message, wire.ClientEventRequest):
             return self._client_event(state, message, now)
+        if isinstance(message, wire.SigninRequest):
+            return self._signin(state, message)
         # Soketi ignores events it does not serve; so does this session, with a log line.
         return Nothing(f"event not served: {message.event[:64]!r}")
 
@@ -210,6 +235,13 @@ class PusherSessions:
             )
         channel_type = kind_of(channel)
         member: PresenceMember | None = None
+        if channel_type.kind is ChannelKind.USER and channel != user_channel(state.user_id):
+            return Reply(
+                wire.encode_subscription_error(
+                    channel, "AuthError", "The connection is not signed in as this user", 401
+                ),
+                Count.AUTH_FAILURES,
+            )
         if channel_type.needs_auth:
             presence = channel_type.kind is ChannelKind.PRESENCE
             if presence and request.channel_data is None:
@@ -241,6 +273,34 @@ class PusherSessions:
         if channel not in state.channels:
             return Nothing()
         return PusherUnsubscribe(channel, state.channels.pop(channel))
+
+    # -- user authentication ------------------------------------------------------------
+
+    def _signin(self, state: PusherState, request: wire.SigninRequest) -> PusherOutcome:
+        """``pusher:signin``: Pusher closes a connection whose signin fails with 4009
+        (the native 4001 maps to it); a connection signs in once."""
+        if state.user_id:
+            return _bad_input("The connection is signed in already")
+        app = state.app
+        if not user_auth_valid(
+            request.auth, app.key, app.signing_secret(), state.socket_id, request.user_data
+        ):
+            return Close(
+                CloseCode.UNAUTHORIZED,
+                "Invalid signature",
+                Count.AUTH_FAILURES,
+                "pusher:signin with a bad signature",
+            )
+        user_id = _signed_in_user(request.user_data)
+        if user_id is None:
+            return Close(
+                CloseCode.UNAUTHORIZED,
+                "user_data must be a JSON object with an id string",
+                Count.AUTH_FAILURES,
+                "pusher:signin without a user id",
+            )
+        state.user_id = user_id
+        return PusherSignin(user_id, request.user_data)
 
     # -- client events -----------------------------------------------------------------
 
@@ -284,6 +344,21 @@ class PusherSessions:
         member = state.channels[channel]
         user_id = member.user_id if member is not None else None
         return ClientEvent(channel, request.event, request.data, user_id, state.socket_id)
+
+
+def _signed_in_user(user_data: str) -> str | None:
+    """The ``id`` of a signed ``user_data``: a JSON object whose ``id`` is a string of
+    1-128 characters without control characters (Pusher: "id: required, string"); None
+    when it has none."""
+    try:
+        data = json.loads(user_data)
+    except (ValueError, RecursionError):
+        return None
+    user_id = data.get("id") if isinstance(data, dict) else None
+    if user_id_error(user_id) is not None:
+        return None
+    assert isinstance(user_id, str)
+    return user_id if len(user_id) <= MAX_USER_ID_LENGTH else None
 
 
 def _presence_member(

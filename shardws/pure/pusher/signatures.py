@@ -51,6 +51,18 @@ def channel_auth_valid(
 AUTH_VERSION = "1.0"
 
 
+def user_auth(key: str, secret: str, socket_id: str, user_data: str) -> str:
+    """A ``pusher:signin``'s ``auth``: ``key:hmac(secret, socket_id + "::user::" +
+    user_data)`` (the server SDKs' ``authenticate_user``)."""
+    return f"{key}:{sign(secret, f'{socket_id}::user::{user_data}')}"
+
+
+def user_auth_valid(auth: str, key: str, secret: str, socket_id: str, user_data: str) -> bool:
+    """Whether ``auth`` signs ``user_data`` for ``socket_id`` (constant time)."""
+    expected = user_auth(key, secret, socket_id, user_data)
+    return hmac.compare_digest(auth.encode("utf-8", "surrogatepass"), expected.encode())
+
+
 def string_to_sign(method: str, path: str, params: Iterable[tuple[str, str]]) -> str:
     """What an HTTP API request's ``auth_signature`` signs: ``params`` are the decoded
     query parameters (``auth_signature`` is left out here)."""

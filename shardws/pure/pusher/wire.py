@@ -62,8 +62,17 @@ class ClientEventRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SigninRequest:
+    """``pusher:signin``: ``user_data`` exactly as sent (the signature covers it byte for
+    byte) and its ``auth``."""
+
+    auth: str
+    user_data: str
+
+
+@dataclass(frozen=True, slots=True)
 class OtherEvent:
-    """Any other event (``pusher:signin`` included, for now): not served."""
+    """Any other event: not served."""
 
     event: str
 
@@ -76,7 +85,13 @@ class BadMessage:
 
 
 ClientMessage = (
-    Ping | Pong | SubscribeRequest | UnsubscribeRequest | ClientEventRequest | OtherEvent
+    Ping
+    | Pong
+    | SubscribeRequest
+    | UnsubscribeRequest
+    | ClientEventRequest
+    | SigninRequest
+    | OtherEvent
 )
 
 
@@ -123,6 +138,15 @@ def decode(text: str) -> ClientMessage | BadMessage:
         if channel_data is not None and not isinstance(channel_data, str):
             return BadMessage("Invalid message format: channel_data must be a string")
         return SubscribeRequest(data["channel"], auth, channel_data)
+    if event == "pusher:signin":
+        data = _data_object(message)
+        if (
+            data is None
+            or not isinstance(data.get("auth"), str)
+            or not isinstance(data.get("user_data"), str)
+        ):
+            return BadMessage("Invalid message format: pusher:signin needs auth and user_data")
+        return SigninRequest(data["auth"], data["user_data"])
     if event.startswith("client-"):
         channel = message.get("channel")
         if not isinstance(channel, str):
@@ -150,6 +174,13 @@ def encode_connection_established(socket_id: str, activity_timeout: int) -> byte
 def encode_error(code: int | None, message: str) -> bytes:
     """``pusher:error``; ``code`` None for bad input Pusher gives no code for."""
     return _dumps({"event": "pusher:error", "data": {"code": code, "message": message}}).encode()
+
+
+def encode_signin_success(user_data: str) -> bytes:
+    """``pusher:signin_success``: its data string holds ``{"user_data": ...}``, the
+    signed-in ``user_data`` string as the client sent it (pusher-js parses it)."""
+    data = _dumps({"user_data": user_data})
+    return _dumps({"event": "pusher:signin_success", "data": data}).encode()
 
 
 def encode_ping() -> bytes:
