@@ -82,6 +82,7 @@ T = TypeVar("T")
 
 RESULTS = ROOT / "benchmarks" / "results"
 HOSTS = ("a", "b")
+FORWARDER_TITLE = "shardws: bus forwarder"  # a reload keeps it
 KINDS = ("kill_worker", "kill_admin", "kill_bridge", "roll", "scale", "partition")
 NOWHERE_MAC = "02:00:00:5e:00:99"  # a locally administered MAC that no interface has
 EXTRA = """
@@ -353,9 +354,14 @@ class Soak:
             os.kill(pid, signal.SIGKILL)
             self.wait(lambda: self.healthy(host, {pid}), 60, f"{host} healthy after {detail}")
         elif kind in ("roll", "scale"):
-            # A reload replaces every process but the supervisor, one at a time; it is
-            # over (and a next SIGHUP is heard) once none of the old ones is left.
-            old = set(_processes(self.hosts[host])) - {supervisor.pid}
+            # A reload replaces every process but the supervisor and the bus forwarder,
+            # one at a time; it is over (and a next SIGHUP is heard) once none of the old
+            # ones is left.
+            old = {
+                pid
+                for pid, title in _processes(self.hosts[host]).items()
+                if pid != supervisor.pid and not title.startswith(FORWARDER_TITLE)
+            }
             if kind == "scale":
                 count = 3 if self.workers[host] == 2 else 2
                 self._set_workers(host, count)

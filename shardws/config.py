@@ -234,10 +234,11 @@ class ServerConfig:
     #: Seconds > 0 a worker's event loop may go without stamping its heartbeat before the
     #: supervisor kills and replaces it. Default 10.
     heartbeat_timeout: float = option(10.0, gt=0, unit="seconds")
-    #: High-water mark of the host bus sockets, in bus frames (each frame batches the
-    #: publications of one event-loop iteration for one channel), >= 1. Past it ZeroMQ
-    #: drops; receivers count the loss (and repair it in channels with history). Default
-    #: 100000.
+    #: High-water mark of the host bus, in bus frames (each frame batches the
+    #: publications of one event-loop iteration for one channel), >= 1: what may wait in
+    #: the bus forwarder for one subscribing process (the hop from a publisher to the
+    #: forwarder keeps at least 10000). Past it ZeroMQ drops; receivers count the loss
+    #: (and repair it in channels with history). Default 100000.
     bus_hwm: int = option(100_000, ge=1)
     #: listen() backlog of each worker's socket, 1..65535. Default 4096.
     backlog: int = option(4096, ge=1, le=65535)

@@ -1,55 +1,98 @@
-"""bus.py with real ZeroMQ sockets over ipc: three members in one event loop."""
+"""bus.host and bus.forwarder with real ZeroMQ sockets over ipc: a forwarder and a few
+members in one event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from toolkit import run, timeout, wait_until_async
 
-from shardws.bus.host import Bus, endpoint
-from shardws.pure.busframe import channel_topic
+from shardws.bus.forwarder import Forwarder, endpoints
+from shardws.bus.host import Bus
+from shardws.pure.busframe import channel_topic, inbox_topic
+
+_OPEN: list[Bus] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_buses() -> Iterator[None]:
+    """A failed test leaves its members open; their zmq contexts would block a later
+    garbage collection (a context's sockets must close before it terminates)."""
+    yield
+    while _OPEN:
+        bus = _OPEN.pop()
+        if not bus._closed:
+            bus._closed = True
+            bus._pub.close(linger=0)
+            bus._sub.close(linger=0)
+            bus._ctx.term()
 
 
 class Member:
-    def __init__(self, member: int, run_dir: Path, peers: set[int]) -> None:
+    def __init__(
+        self,
+        member: int,
+        run_dir: Path,
+        relays: Callable[[], set[int]] = set,
+        inbox_live: Callable[[int], bool] | None = None,
+        sync_timeout: float = 1.0,
+    ) -> None:
         self.received: list[tuple[bytes, bytes]] = []
         self.stamps: list[int] = []
-        self.peers = peers
         self.bus = Bus(
             member,
-            lambda m: endpoint(str(run_dir), m),
+            endpoints(str(run_dir)),
             self._on_channel,
-            lambda: set(peers),
-            sync_timeout=1.0,
+            relays,
+            sync_timeout=sync_timeout,
+            inbox_live=inbox_live,
         )
-
-    def start(self) -> None:
-        self.bus.start(self.peers)
+        _OPEN.append(self.bus)
 
     def _on_channel(self, topic: bytes, payloads: list[bytes], stamp_ns: int) -> None:
         self.received.extend((topic, p) for p in payloads)
         self.stamps.append(stamp_ns)
 
 
+async def _sync(member: Member) -> None:
+    """Barrier rounds until one passes: the member's path through the forwarder works."""
+    deadline = time.monotonic() + timeout(5)
+    while not await member.bus.sync():
+        assert time.monotonic() < deadline, "the forwarder never answered"
+
+
 async def _members(tmp_path: Path, n: int) -> list[Member]:
-    members = [Member(i, tmp_path, set(range(n)) - {i}) for i in range(n)]
+    members = [Member(i, tmp_path) for i in range(n)]
     for m in members:
-        m.start()
+        m.bus.start()
     for m in members:
-        missing = await m.bus.wait_for_peers(set(range(n)) - {m.bus.member}, timeout(5))
-        assert not missing
+        await _sync(m)
     return members
 
 
-def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path) -> None:
+def _forwarder(tmp_path: Path, hwm: int = 100_000) -> Forwarder:
+    forwarder = Forwarder(str(tmp_path), hwm)
+    forwarder.start()
+    return forwarder
+
+
+@pytest.fixture
+def forwarder(tmp_path: Path) -> Iterator[Forwarder]:
+    running = _forwarder(tmp_path)
+    yield running
+    running.close()
+
+
+def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path, forwarder: Forwarder) -> None:
     async def scenario() -> None:
         a, b, c = await _members(tmp_path, 3)
         topic = channel_topic("news")
         assert await asyncio.wait_for(a.bus.subscribe(topic), timeout(5)) is True
-        # Live on every peer right after the barrier: publish at once, no sleep.
+        # Live on every member right after the barrier: publish at once, no sleep.
         for n in range(1000):
             b.bus.publish(topic, b"b%d" % n)
             c.bus.publish(topic, b"c%d" % n)
@@ -73,10 +116,28 @@ def test_subscribe_barrier_then_exactly_once_in_order(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_barrier_times_out_for_a_silent_peer(tmp_path: Path) -> None:
+def test_own_publications_do_not_come_back(tmp_path: Path, forwarder: Forwarder) -> None:
+    """A member delivers its own publications locally: the copy the forwarder sends back
+    to it (it subscribes the topic too) is dropped, so nobody gets one twice."""
+
     async def scenario() -> None:
-        lonely = Member(0, tmp_path, {1})  # claims member 1 is ready, but it never starts
-        lonely.start()
+        a, b = await _members(tmp_path, 2)
+        topic = channel_topic("both")
+        assert await a.bus.subscribe(topic) and await b.bus.subscribe(topic)
+        a.bus.publish(topic, b"from a")
+        await wait_until_async(lambda: len(b.received) == 1, 5, 0.01)
+        await asyncio.sleep(0.1)
+        assert a.received == [] and b.received == [(topic, b"from a")]
+        for m in (a, b):
+            m.bus.close()
+
+    run(scenario())
+
+
+def test_barrier_times_out_without_a_forwarder(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        lonely = Member(0, tmp_path)
+        lonely.bus.start()
         assert await asyncio.wait_for(lonely.bus.subscribe(b"cx\0"), timeout(5)) is False
         assert lonely.bus.sync_timeouts == 1
         lonely.bus.close()
@@ -84,7 +145,45 @@ def test_barrier_times_out_for_a_silent_peer(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_sequence_gaps_are_counted(tmp_path: Path) -> None:
+def test_barrier_waits_for_every_relay(tmp_path: Path, forwarder: Forwarder) -> None:
+    """A relay (the cluster bridge) that does not answer fails the barrier even though
+    the probe came back through the forwarder."""
+
+    async def scenario() -> None:
+        (a,) = await _members(tmp_path, 1)
+        waiting = Member(1, tmp_path, relays=lambda: {7})
+        waiting.bus.start()
+        assert await asyncio.wait_for(waiting.bus.subscribe(b"cx\0"), timeout(5)) is False
+        assert waiting.bus.sync_timeouts == 1
+        for m in (a, waiting):
+            m.bus.close()
+
+    run(scenario())
+
+
+def test_subscriptions_are_never_dropped_at_the_high_water_mark(tmp_path: Path) -> None:
+    """``hwm`` bounds publications only: a burst of subscriptions (and the barrier after
+    them) is applied at the forwarder even with a high-water mark of 1 (a SUB would drop
+    subscriptions past its high-water mark and the barrier would never complete)."""
+    forwarder = _forwarder(tmp_path, hwm=1)
+
+    async def scenario() -> None:
+        a, b = await _members(tmp_path, 2)
+        topics = [channel_topic(f"burst-{n}") for n in range(200)]
+        barriers = [a.bus.subscribe(topic) for topic in topics]
+        assert await asyncio.wait_for(asyncio.gather(*barriers), timeout(5)) == [True] * 200
+        # The barrier's topic followed the 200 on the same pipe: applied, so were they.
+        assert a.bus.sync_timeouts == 0
+        for m in (a, b):
+            m.bus.close()
+
+    try:
+        run(scenario())
+    finally:
+        forwarder.close()
+
+
+def test_sequence_gaps_are_counted(tmp_path: Path, forwarder: Forwarder) -> None:
     async def scenario() -> None:
         a, b = await _members(tmp_path, 2)
         topic = channel_topic("gap")
@@ -102,7 +201,7 @@ def test_sequence_gaps_are_counted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [10, 300_000])
-def test_large_batches_split_and_arrive(tmp_path: Path, size: int) -> None:
+def test_large_batches_split_and_arrive(tmp_path: Path, forwarder: Forwarder, size: int) -> None:
     async def scenario() -> None:
         a, b = await _members(tmp_path, 2)
         topic = channel_topic("big")
@@ -118,18 +217,13 @@ def test_large_batches_split_and_arrive(tmp_path: Path, size: int) -> None:
     run(scenario())
 
 
-def test_a_member_attached_later_joins_the_mesh(tmp_path: Path) -> None:
-    """A reload adds a worker: the others ``attach`` it and it gets their messages."""
+def test_a_member_started_later_gets_publications(tmp_path: Path, forwarder: Forwarder) -> None:
+    """A reload adds a worker: it connects to the forwarder, nobody else does anything."""
 
     async def scenario() -> None:
         a, b = await _members(tmp_path, 2)
-        c = Member(2, tmp_path, {0, 1})
-        c.start()
-        for m in (a, b):
-            m.peers.add(2)
-            m.bus.attach({2})
-            m.bus.attach({2})  # idempotent
-        assert not await c.bus.wait_for_peers({0, 1}, timeout(5))
+        c = Member(2, tmp_path)
+        c.bus.start()
         topic = channel_topic("late")
         assert await asyncio.wait_for(c.bus.subscribe(topic), timeout(5)) is True
         before = time.time_ns()
@@ -146,16 +240,117 @@ def test_a_member_attached_later_joins_the_mesh(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_when_subscribed_resolves_once_a_peer_subscribes(tmp_path: Path) -> None:
+def test_when_subscribed_waits_for_a_booting_member(tmp_path: Path, forwarder: Forwarder) -> None:
+    ready: set[int] = set()
+
     async def scenario() -> None:
-        a, b = await _members(tmp_path, 2)
-        topic = channel_topic("later")
-        first, second = a.bus.when_subscribed(topic), a.bus.when_subscribed(topic)
-        assert first is not None and second is first and not first.done()
-        assert await asyncio.wait_for(b.bus.subscribe(topic), timeout(5)) is True
+        a = Member(0, tmp_path, inbox_live=lambda member: member in ready)
+        a.bus.start()
+        await _sync(a)
+        first = a.bus.when_subscribed(inbox_topic(1))
+        assert first is not None and not first.done()
+        assert a.bus.when_subscribed(channel_topic("any")) is None  # only inboxes wait
+        ready.add(1)
         await asyncio.wait_for(first, timeout(5))
-        assert a.bus.when_subscribed(topic) is None  # subscribed now: send at once
+        assert a.bus.when_subscribed(inbox_topic(1)) is None  # live now: send at once
+        a.bus.close()
+
+    run(scenario())
+
+
+def test_when_subscribed_keeps_its_callers_in_order(tmp_path: Path, forwarder: Forwarder) -> None:
+    """A caller asking while an earlier one waits gets the same future, even once the
+    member is live: it cannot send before the earlier caller (requests keep their
+    order, as ``Owners.ask_owner`` relies on)."""
+    ready: set[int] = set()
+
+    async def scenario() -> None:
+        a = Member(0, tmp_path, inbox_live=lambda member: member in ready)
+        a.bus.start()
+        await _sync(a)
+        first = a.bus.when_subscribed(inbox_topic(1))
+        assert first is not None and not first.done()
+        ready.add(1)
+        assert a.bus.when_subscribed(inbox_topic(1)) is first  # not None: first still waits
+        order: list[str] = []
+        first.add_done_callback(lambda _f: order.append("first"))
+        first.add_done_callback(lambda _f: order.append("second"))
+        await asyncio.wait_for(asyncio.shield(first), timeout(5))
+        assert order == ["first", "second"]
+        assert a.bus.when_subscribed(inbox_topic(1)) is None
+        a.bus.close()
+
+    run(scenario())
+
+
+def test_a_restarted_forwarder_keeps_subscriptions_and_losses_are_counted(
+    tmp_path: Path,
+) -> None:
+    """The forwarder dies and a new one binds: members reconnect by themselves and their
+    subscriptions are made again, so a subscriber keeps receiving. What was published
+    while no forwarder ran either waited in the publisher's pipe and arrives, in order,
+    or is lost and counted when the next publication arrives: never silently gone."""
+    forwarder = _forwarder(tmp_path)
+
+    async def scenario() -> None:
+        nonlocal forwarder
+        a, b = await _members(tmp_path, 2)
+        topic = channel_topic("through")
+        assert await a.bus.subscribe(topic) is True
+        b.bus.publish(topic, b"before")
+        await wait_until_async(lambda: len(a.received) == 1, 5, 0.01)
+        forwarder.close()
+        for n in range(3):  # no forwarder: queued in b's pipe, or lost
+            b.bus.publish(topic, b"gone %d" % n)
+            await asyncio.sleep(0.05)
+        forwarder = _forwarder(tmp_path)
+        await _sync(a)  # a's subscriptions were made again at the new forwarder
+        await _sync(b)  # and b's publications pass it
+        b.bus.publish(topic, b"after")
+        await wait_until_async(lambda: a.received[-1][1] == b"after", 5, 0.01)
+        got = [p for _, p in a.received]
+        assert got[0] == b"before" and got[-1] == b"after"
+        gone = got[1:-1]
+        assert gone == sorted(gone)  # in publish order
+        assert len(gone) + a.bus.lost == 3
         for m in (a, b):
+            m.bus.close()
+
+    try:
+        run(scenario())
+    finally:
+        forwarder.close()
+
+
+@pytest.mark.parametrize("count", [3, 12])
+def test_a_subscription_and_a_publication_touch_only_the_members_concerned(
+    tmp_path: Path, forwarder: Forwarder, count: int
+) -> None:
+    """The property the forwarder exists for, counted rather than timed: a new
+    subscription makes no other member's Python read anything (the subscriber reads its
+    own barrier echo), and a publication to a channel whose subscribers sit on two
+    members is read by exactly those two, however many members the host has."""
+
+    async def scenario() -> None:
+        members = await _members(tmp_path, count)
+        topic = channel_topic("pair")
+
+        def readers(since: list[int]) -> list[int]:
+            moved = zip(members, since, strict=True)
+            return [m.bus.member for m, reads in moved if m.bus.reads > reads]
+
+        before = [m.bus.reads for m in members]
+        assert await members[0].bus.subscribe(topic) is True
+        assert readers(before) == [0]
+        assert await members[1].bus.subscribe(topic) is True
+        assert readers(before) == [0, 1]
+        after = [m.bus.reads for m in members]
+        members[-1].bus.publish(topic, b"x")
+        await wait_until_async(lambda: len(members[1].received) == 1, 5, 0.01)
+        await wait_until_async(lambda: len(members[0].received) == 1, 5, 0.01)
+        await asyncio.sleep(0.1)
+        assert readers(after) == [0, 1]
+        for m in members:
             m.bus.close()
 
     run(scenario())

@@ -57,6 +57,7 @@ IO_LIBRARIES = {
 #: The only modules that may open ZeroMQ sockets (and the layer text says why).
 ZMQ_USERS = {
     "shardws.bus.host",  # the host bus
+    "shardws.bus.forwarder",  # the host bus's XSUB/XPUB forwarder (zmq.proxy)
     "shardws.bus.ingress",  # the backends' PULL socket
     "shardws.server.bridge",  # its own poller loop between the host bus and the peers
     "shardws.client.publisher",  # a backend's client of the ingress

@@ -887,6 +887,63 @@ def test_more_bad_input_and_a_flood(tmp_path: Path) -> None:
         bystander.expect("event", event="still-here")
 
 
+def _not_live_total(proc: ServerProcess) -> float:
+    """``shardws_subscribe_not_live_total`` over every worker, from /metrics."""
+    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=timeout(5)) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "shardws_subscribe_not_live_total"
+    )
+
+
+def test_no_subscription_succeeded_while_the_bus_cannot_confirm_it(tmp_path: Path) -> None:
+    """A stopped bus forwarder (SIGSTOP) cannot confirm a subscription: a public and a
+    presence channel are answered ``pusher:subscription_error`` (ServerError, 503; the
+    native protocol's 108), undone and counted; once it runs again the same subscribes
+    succeed and deliver."""
+    with ServerProcess(tmp_path, workers=2, extra=APPS).start() as proc:
+        api = sdk(proc)
+        forwarder = proc.wait_healthy()["bus_forwarder"]["pid"]
+        room = "presence-starved"
+
+        async def subscribe_both(ws: Any, socket_id: str) -> list[dict[str, Any]]:
+            signed = api.authenticate(room, socket_id, {"user_id": "starved"})
+            for data in ({"channel": "starved"}, {"channel": room, **signed}):
+                await ws.send(json.dumps({"event": "pusher:subscribe", "data": data}))
+            first = await asyncio.wait_for(_next(ws), timeout(15))
+            return [first, await asyncio.wait_for(_next(ws), timeout(15))]
+
+        async def scenario() -> None:
+            ws = await _raw(proc, "/app/app-key?protocol=7")
+            try:
+                socket_id = json.loads((await _next(ws))["data"])["socket_id"]
+                os.kill(forwarder, signal.SIGSTOP)
+                try:
+                    answers = await subscribe_both(ws, socket_id)
+                finally:
+                    os.kill(forwarder, signal.SIGCONT)
+                assert {answer["channel"] for answer in answers} == {"starved", room}
+                for answer in answers:
+                    assert answer["event"] == "pusher:subscription_error", answer
+                    assert answer["data"]["type"] == "ServerError", answer
+                    assert answer["data"]["status"] == 503, answer
+                answers = await subscribe_both(ws, socket_id)
+                for answer in answers:
+                    assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+                await asyncio.to_thread(api.trigger, ["starved", room], "after", {"n": 1})
+                got = {(await _next(ws))["channel"] for _ in range(2)}
+                assert got == {"starved", room}
+            finally:
+                await ws.close()
+
+        run(scenario(), limit=60)
+        proc.wait_heartbeat()  # the counters reach /metrics
+        assert _not_live_total(proc) == 2
+
+
 # -- presence through restarts, moves and blinks -------------------------------------------
 
 

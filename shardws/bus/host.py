@@ -1,11 +1,13 @@
-"""The host bus: ZeroMQ PUB/SUB over ipc between the processes of one host.
+"""The host bus: ZeroMQ PUB/SUB over ipc between the processes of one host, through
+the forwarder (``shardws.bus.forwarder``).
 
-Topology: every member binds one XPUB at its own ipc endpoint and connects one SUB to
-every other member's endpoint. A member never receives its own messages (it delivers
-locally itself), so each publication reaches every subscribed worker exactly once.
-Membership is not fixed: members call ``attach`` with the slots that exist (from the
-scoreboard) and connect to the new ones, so a reload can add workers; an endpoint
-whose process is gone is simply not there until its slot's next process binds it.
+Topology: every member connects one PUB to the forwarder's inbound endpoint and one SUB
+to its outbound endpoint. A subscription travels one pipe and is applied in the
+forwarder's C code: no other member's Python sees it, so its cost does not grow with
+the number of members. A member drops the frames it published itself (it delivers
+locally itself), so each publication reaches every subscribed member exactly once. A
+member whose process is replaced, or a restarted forwarder, is reconnected by ZeroMQ
+(a SUB sends all its subscriptions again when it reconnects).
 
 The wire format (topics, frame header) is ``shardws.pure.busframe``. Publications queued
 for the same topic during one event-loop iteration travel in one frame (batching
@@ -14,19 +16,25 @@ receiver re-serializes.
 
 Guarantees:
 
-* Order: payloads from one origin on one topic arrive in publish order.
-* Loss is counted, never silent: a PUB socket drops at its high-water mark without
-  telling anyone, so receivers compare per-(origin, topic) sequence numbers and add
-  every gap to ``lost``.
-* Liveness barrier: the future returned by ``subscribe`` resolves once every ready peer
-  has applied the subscription. Each peer is asked through a unique barrier topic that
-  travels on the same SUB->XPUB pipe after the subscription; the peer's XPUB reports it
-  only after applying everything before it, and its reply travels on the same
-  XPUB->SUB pipe as its data. So anything a peer publishes after its reply reaches us.
-  A peer that does not answer within ``sync_timeout`` (dead or stuck: the supervisor
-  replaces it) is counted in ``sync_timeouts`` and the future resolves with False.
-* A booting member calls ``wait_for_peers`` before serving clients, so a replacement
-  worker does not publish before the other workers' subscriptions reached it.
+* Order: payloads from one origin on one topic arrive in publish order (one pipe in,
+  one forwarding thread, one pipe out).
+* Loss is counted, never silent: ZeroMQ drops at a high-water mark (and a PUB drops
+  while the forwarder restarts) without telling anyone, so receivers compare
+  per-(origin, topic) sequence numbers and add every gap to ``lost``. A sender forgets
+  a topic's sequence after ``SEQUENCE_IDLE`` s without a publication on it, so a loss
+  followed by that much silence on the topic is not counted (nothing after it reveals
+  it, as for a lost last publication).
+* Liveness barrier: the future returned by ``subscribe`` resolves True once the
+  subscription is live at the forwarder, so anything any member publishes afterwards
+  reaches us. The member subscribes a unique barrier topic after the new topic (same
+  pipe, applied in order) and publishes probes on it until one comes back through the
+  forwarder. Members in ``relays`` (the cluster bridge) must answer too: the bridge
+  answers once the subscription is live on the peer hosts. No answer within
+  ``sync_timeout`` (the forwarder restarting, a relay stuck) is counted in
+  ``sync_timeouts`` and the future resolves False: the subscription may not be live,
+  and callers must not say it is.
+* A booting member calls ``sync`` before serving clients: once it resolves True its
+  inbox subscription is live at the forwarder and its publications pass.
 """
 
 from __future__ import annotations
@@ -36,11 +44,12 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
 
+from shardws.bus.forwarder import PUBLISH_HWM_FLOOR
 from shardws.pure.busframe import HEADER as _HEADER
 from shardws.pure.busframe import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, inbox_topic
 from shardws.pure.busframe import LENGTH as _LENGTH
@@ -49,11 +58,9 @@ log = logging.getLogger("shardws.bus")
 
 _MAX_FRAME_BYTES = 256 * 1024  # beyond this a batch is split: keeps receivers' latency flat
 _RECV_BUDGET = 512  # frames per reader callback, so one busy socket cannot starve the loop
-
-
-def endpoint(run_dir: str, member: int) -> str:
-    """The ipc endpoint member ``member`` binds."""
-    return f"ipc://{os.path.join(run_dir, f'bus-{member}.sock')}"
+PROBE_INTERVAL = 0.02  # seconds between barrier probes until one comes back
+SEQUENCE_IDLE = 60.0  # seconds without a publication after which a topic's seq is dropped
+_WHEN_SUBSCRIBED_POLLS = 1000  # when_subscribed: at most this many checks, 10 ms apart
 
 
 @dataclass(eq=False)
@@ -62,7 +69,9 @@ class _Barrier:
     expected: set[int]
     future: asyncio.Future[bool]
     answered: set[int] = field(default_factory=set)
+    echoed: bool = False  # our own probe came back through the forwarder
     timer: asyncio.TimerHandle | None = None
+    probe: asyncio.TimerHandle | None = None
 
 
 class Bus:
@@ -72,45 +81,55 @@ class Bus:
     def __init__(
         self,
         member: int,
-        address: Callable[[int], str],
+        forwarder: tuple[str, str],
         on_channel: Callable[[bytes, list[bytes], int], None],
-        ready_peers: Callable[[], set[int]],
+        relays: Callable[[], set[int]],
         *,
         hwm: int = 100_000,
         sync_timeout: float = 2.0,
         on_user: Callable[[bytes, list[bytes]], None] | None = None,
         on_inbox: Callable[[int, list[bytes]], None] | None = None,
+        inbox_live: Callable[[int], bool] | None = None,
     ) -> None:
-        """``on_channel(topic, payloads)`` gets channel publications, ``on_user(topic,
-        payloads)`` messages on subscribed user topics, ``on_inbox(origin, payloads)``
-        the messages other members sent to this member's inbox (``origin`` is the
-        sender's member index, from the bus header). Unset callbacks ignore their kind."""
+        """``forwarder`` is the forwarder's (inbound, outbound) endpoints. ``relays()``
+        gives the members that must answer a barrier besides the forwarder (the ready
+        bridge in a cluster, else none). ``on_channel(topic, payloads, stamp)`` gets
+        channel publications, ``on_user(topic, payloads)`` messages on subscribed user
+        topics, ``on_inbox(origin, payloads)`` the messages other members sent to this
+        member's inbox (``origin`` is the sender's member index, from the bus header).
+        Unset callbacks ignore their kind. ``inbox_live(member)`` says whether a
+        member's inbox subscription is live (for ``when_subscribed``)."""
         self.member = member
         self.incarnation = int.from_bytes(os.urandom(4), "big")
         self.lost = 0  # bus payloads detected missing
         self.sync_timeouts = 0
-        self._address = address
-        self._attached: set[int] = set()
+        # Bus messages this member's Python read, of any kind (barrier echoes included):
+        # what shows which processes a subscription or a publication costs.
+        self.reads = 0
+        self._forwarder = forwarder
         self._on_channel = on_channel
-        self._ready_peers = ready_peers
+        self._relays = relays
         self._sync_timeout = sync_timeout
+        self._inbox_live = inbox_live
         self._loop = asyncio.get_running_loop()
         self._ctx = zmq.Context(io_threads=1)
-        self._xpub = self._ctx.socket(zmq.XPUB)
+        self._pub = self._ctx.socket(zmq.PUB)
         self._sub = self._ctx.socket(zmq.SUB)
-        for sock in (self._xpub, self._sub):
+        for sock in (self._pub, self._sub):
             sock.setsockopt(zmq.LINGER, 0)
-            # ZeroMQ's default HWM (1000) silently dropped most of a fast stream here.
-            sock.setsockopt(zmq.SNDHWM, hwm)
-            sock.setsockopt(zmq.RCVHWM, hwm)
-        # Every subscribe must be reported, including duplicates: barriers rely on it.
-        self._xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self._sub.setsockopt(zmq.RECONNECT_IVL, 20)
-        self._sub.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        self._remote_topics: set[bytes] = set()  # topics some peer subscribes to
+            sock.setsockopt(zmq.RECONNECT_IVL, 20)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        # ZeroMQ's default HWM (1000) silently dropped most of a fast stream here. ``hwm``
+        # bounds the data direction only: the other direction carries subscriptions and
+        # barrier probes, which a SUB drops at its high-water mark without a trace (a
+        # subscription never applied, a barrier that cannot finish); they are bounded by
+        # the topics subscribed, so that direction has no limit.
+        self._pub.setsockopt(zmq.SNDHWM, max(hwm, PUBLISH_HWM_FLOOR))
+        self._sub.setsockopt(zmq.RCVHWM, hwm)
+        self._sub.setsockopt(zmq.SNDHWM, 0)
         self._awaited: dict[bytes, asyncio.Future[None]] = {}  # see when_subscribed
-        self._peers_seen: set[int] = set()  # peers whose inbox subscription reached us
         self._send_seq: dict[bytes, int] = {}
+        self._seq_used: set[bytes] = set()  # topics published since the last seq sweep
         self._recv_seq: dict[tuple[bytes, int], tuple[int, int]] = {}
         self._pending: dict[bytes, list[bytes]] = {}
         self._pending_since = 0  # wall-clock ns of the first publish of this batch
@@ -118,32 +137,21 @@ class Bus:
         self._barrier_ids = itertools.count()
         self._next_barrier: _Barrier | None = None
         self._barriers: dict[bytes, _Barrier] = {}
-        self._drain_scheduled: set[int] = set()
+        self._drain_scheduled = False
+        self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self._on_user = on_user
         self._on_inbox = on_inbox
 
-    def start(self, members: Iterable[int] = ()) -> None:
-        """Bind, connect to ``members`` and start reading. Returns at once; peers attach
-        asynchronously."""
-        own = self._address(self.member)
-        path = own.removeprefix("ipc://")
-        if own.startswith("ipc://") and os.path.exists(path):  # left by a dead process
-            os.unlink(path)
-        self._xpub.bind(own)
+    def start(self) -> None:
+        """Connect to the forwarder and start reading. Returns at once; ZeroMQ connects
+        (and reconnects after a forwarder restart) by itself."""
+        inbound, outbound = self._forwarder
+        self._pub.connect(inbound)
         self._sub.setsockopt(zmq.SUBSCRIBE, inbox_topic(self.member))
-        self._loop.add_reader(self._xpub.FD, self._drain_xpub)
+        self._sub.connect(outbound)
         self._loop.add_reader(self._sub.FD, self._drain_sub)
-        self.attach(members)
-
-    def attach(self, members: Iterable[int]) -> None:
-        """Connect to every member in ``members`` not connected yet (idempotent; call it
-        whenever the set of slots may have grown). ZeroMQ keeps reconnecting to an
-        endpoint whose process is gone, so a restarted member is picked up by itself."""
-        for peer in members:
-            if peer != self.member and peer not in self._attached:
-                self._attached.add(peer)
-                self._sub.connect(self._address(peer))
+        self._sweep = self._loop.call_later(SEQUENCE_IDLE, self._sweep_sequences)
         self._kick()
 
     def close(self) -> None:
@@ -154,16 +162,17 @@ class Bus:
         self._flush()
         for barrier in list(self._barriers.values()):
             self._finish_barrier(barrier, False)
-        self._loop.remove_reader(self._xpub.FD)
+        if self._sweep is not None:
+            self._sweep.cancel()
         self._loop.remove_reader(self._sub.FD)
-        self._xpub.close(linger=0)
+        self._pub.close(linger=0)
         self._sub.close(linger=0)
         self._ctx.term()
 
     # -- publishing -------------------------------------------------------------------
 
     def publish(self, topic: bytes, payload: bytes) -> None:
-        """Queue ``payload`` for peers subscribed to ``topic``; sent at the end of this
+        """Queue ``payload`` for members subscribed to ``topic``; sent at the end of this
         loop iteration together with everything else queued for the topic."""
         queue = self._pending.get(topic)
         if queue is None:
@@ -176,18 +185,19 @@ class Bus:
             self._loop.call_soon(self._flush)
 
     def wanted(self, topic: bytes) -> bool:
-        """Whether some peer subscribes to ``topic`` now: a message published on a topic
-        nobody wants is filtered anyway, so a caller may skip encoding it."""
-        return topic in self._remote_topics
+        """Whether a message published on ``topic`` may reach another member, so a caller
+        that gets False may skip encoding it. Through the forwarder this member cannot
+        know: other members' subscriptions are applied in the forwarder (and in our PUB,
+        which drops what nobody subscribes to) without reaching this member's Python. So
+        the answer is always True: nothing is ever skipped that a member wants; a message
+        nobody wants is encoded and then dropped by the PUB."""
+        return True
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
         for topic, payloads in pending.items():
-            # No peer subscribes: ZeroMQ would filter it anyway; skip the encoding.
-            if topic in self._remote_topics:
-                self._send_batches(topic, payloads)
-        self._kick()
+            self._send_batches(topic, payloads)
 
     def _send_batches(self, topic: bytes, payloads: list[bytes]) -> None:
         seq = self._send_seq.get(topic, 0)
@@ -208,18 +218,27 @@ class Bus:
             seq += count
             start = end
         self._send_seq[topic] = seq
+        self._seq_used.add(topic)
 
     def _send(self, frame: bytes) -> None:
         try:
-            self._xpub.send(frame, zmq.NOBLOCK, copy=len(frame) < 16384)
-        except zmq.Again:  # only with XPUB_NODROP; counted like any other loss
+            self._pub.send(frame, zmq.NOBLOCK, copy=len(frame) < 16384)
+        except zmq.Again:  # a PUB drops rather than blocks; counted like any other loss
             log.warning("bus send would block; message dropped")
+
+    def _sweep_sequences(self) -> None:
+        # A sender cannot see who subscribes, so it forgets topics gone quiet instead.
+        # Starting a topic again at 0 is never counted as a loss by receivers.
+        used, self._seq_used = self._seq_used, set()
+        for topic in [topic for topic in self._send_seq if topic not in used]:
+            del self._send_seq[topic]
+        self._sweep = self._loop.call_later(SEQUENCE_IDLE, self._sweep_sequences)
 
     # -- subscriptions ----------------------------------------------------------------
 
     def subscribe(self, topic: bytes) -> asyncio.Future[bool]:
         """Subscribe to ``topic``; the future resolves (True) once the subscription is
-        live on every ready peer, or (False) after ``sync_timeout`` if one is silent.
+        live at the forwarder (and every relay), or (False) after ``sync_timeout``.
         Call once per topic (on the first local subscriber)."""
         self._sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._kick()
@@ -227,22 +246,37 @@ class Bus:
 
     def sync(self) -> asyncio.Future[bool]:
         """A barrier round without a new subscription: resolves (True) once every
-        subscription made so far (this member's inbox included) is live on every
-        ready peer, so peers' requests and messages reach us from then on."""
-        self._kick()
+        subscription made so far (this member's inbox included) is live at the
+        forwarder and this member's publications pass it."""
         return self._barrier()
 
     def when_subscribed(self, topic: bytes) -> asyncio.Future[None] | None:
-        """None if some peer subscribes to ``topic`` now (a message published on it
-        reaches that peer); otherwise a future that resolves once one does. A message
-        for a topic nobody subscribes to is dropped without a trace (ZeroMQ filters it),
-        so a request to a member that is still booting should wait for this first.
-        Callers awaiting the same future resume in the order they started waiting."""
-        if topic in self._remote_topics:
-            return None
+        """None if ``topic`` (a member's inbox) is live now, so a message published on
+        it reaches that member; otherwise a future that resolves once it is (checked
+        every 10 ms, for at most 10 s). A message for a topic nobody subscribes to is
+        dropped without a trace, so a request to a member that is still booting should
+        wait for this first. Callers asking while a topic's future is pending get that
+        same future (even if the member became live meanwhile), so callers resume in
+        the order they started waiting and none overtakes an earlier one. Topics other
+        than inboxes are taken as live."""
         future = self._awaited.get(topic)
-        if future is None or future.done():
-            future = self._awaited[topic] = self._loop.create_future()
+        if future is not None:
+            return future  # pending: removed from _awaited when it resolves
+        member = _inbox_member(topic)
+        live = self._inbox_live
+        if member is None or live is None or live(member):
+            return None
+        future = self._awaited[topic] = self._loop.create_future()
+
+        def check(polls: int) -> None:
+            if live(member) or polls >= _WHEN_SUBSCRIBED_POLLS or self._closed:
+                self._awaited.pop(topic, None)
+                if not future.done():  # a caller may have cancelled it
+                    future.set_result(None)
+                return
+            self._loop.call_later(0.01, check, polls + 1)
+
+        self._loop.call_later(0.01, check, 1)
         return future
 
     def unsubscribe(self, topic: bytes) -> None:
@@ -266,92 +300,63 @@ class Bus:
         if self._closed:
             barrier.future.set_result(False)
             return
-        barrier.expected = self._ready_peers() - {self.member}
-        if not barrier.expected:
-            barrier.future.set_result(True)
-            return
+        barrier.expected = self._relays() - {self.member}
         self._barriers[barrier.topic] = barrier
+        # After the topics it confirms, on the same pipe: applied after them.
         self._sub.setsockopt(zmq.SUBSCRIBE, barrier.topic)
         barrier.timer = self._loop.call_later(
             self._sync_timeout, self._finish_barrier, barrier, False
         )
+        self._probe(barrier)
+
+    def _probe(self, barrier: _Barrier) -> None:
+        # A probe reaching the forwarder before our barrier subscription is dropped
+        # there, so probe again until one comes back (the barrier's timer bounds it).
+        if barrier.echoed or self._closed or barrier.topic not in self._barriers:
+            return
+        self._send(barrier.topic + _HEADER.pack(self.member, self.incarnation, 0, 0, 0))
         self._kick()
+        barrier.probe = self._loop.call_later(PROBE_INTERVAL, self._probe, barrier)
 
     def _finish_barrier(self, barrier: _Barrier, complete: bool) -> None:
         if self._barriers.pop(barrier.topic, None) is None:
             return
-        if barrier.timer is not None:
-            barrier.timer.cancel()
+        for handle in (barrier.timer, barrier.probe):
+            if handle is not None:
+                handle.cancel()
         if not complete:
             self.sync_timeouts += 1
             missing = sorted(barrier.expected - barrier.answered)
-            log.warning("subscribe barrier timed out waiting for peers %s", missing)
+            log.warning(
+                "subscribe barrier timed out (forwarder %s, waiting for relays %s)",
+                "answered" if barrier.echoed else "silent",
+                missing,
+            )
         if not self._closed:
             self._sub.setsockopt(zmq.UNSUBSCRIBE, barrier.topic)
             self._kick()
         if not barrier.future.done():
             barrier.future.set_result(complete)
 
-    async def wait_for_peers(self, peers: set[int], timeout: float) -> set[int]:
-        """Wait until the subscriptions of every member in ``peers`` reached our XPUB
-        (a SUB sends all its subscriptions at once when it attaches). Returns the peers
-        still missing at ``timeout``."""
-        deadline = self._loop.time() + timeout
-        while not peers <= self._peers_seen and self._loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        return peers - self._peers_seen
-
     # -- reading ----------------------------------------------------------------------
 
     def _kick(self) -> None:
         # ZMQ_FD is edge-triggered and any socket operation can consume the edge, so
         # after sending or changing subscriptions we poll EVENTS ourselves.
-        for sock, drain in ((self._xpub, self._drain_xpub), (self._sub, self._drain_sub)):
-            key = id(sock)
-            if key not in self._drain_scheduled:
-                self._drain_scheduled.add(key)
-                self._loop.call_soon(drain)
-
-    def _drain_xpub(self) -> None:
-        self._drain_scheduled.discard(id(self._xpub))
-        if self._closed:
-            return
-        for _ in range(_RECV_BUDGET):
-            if not int(self._xpub.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                return
-            message = self._xpub.recv(zmq.NOBLOCK)
-            self._on_subscription(message[0] == 1, message[1:])
-        self._drain_scheduled.add(id(self._xpub))
-        self._loop.call_soon(self._drain_xpub)
-
-    def _on_subscription(self, subscribe: bool, topic: bytes) -> None:
-        kind = topic[0] if topic else 0
-        if kind == KIND_SYNC:
-            if subscribe:  # a peer's barrier: answer once everything before it applied
-                self._send(topic + _HEADER.pack(self.member, self.incarnation, 0, 0, 0))
-            return
-        if kind == KIND_INBOX and subscribe:
-            self._peers_seen.add(int(topic[1:-1]))
-        if subscribe:
-            self._remote_topics.add(topic)
-            awaited = self._awaited.pop(topic, None)
-            if awaited is not None and not awaited.done():
-                awaited.set_result(None)
-        else:
-            self._remote_topics.discard(topic)
-            self._send_seq.pop(topic, None)
-            if kind == KIND_INBOX:
-                self._peers_seen.discard(int(topic[1:-1]))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain_sub)
 
     def _drain_sub(self) -> None:
-        self._drain_scheduled.discard(id(self._sub))
+        self._drain_scheduled = False
         if self._closed:
             return
         for _ in range(_RECV_BUDGET):
             if not int(self._sub.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
             self._on_frame(self._sub.recv(zmq.NOBLOCK))
-        self._drain_scheduled.add(id(self._sub))
+            self.reads += 1
+        self._drain_scheduled = True
         self._loop.call_soon(self._drain_sub)
 
     def _on_frame(self, frame: bytes) -> None:
@@ -362,10 +367,15 @@ class Bus:
         if kind == KIND_SYNC:
             barrier = self._barriers.get(topic)
             if barrier is not None:
-                barrier.answered.add(origin)
-                if barrier.expected <= barrier.answered:
+                if origin == self.member:
+                    barrier.echoed = True
+                else:
+                    barrier.answered.add(origin)
+                if barrier.echoed and barrier.expected <= barrier.answered:
                     self._finish_barrier(barrier, True)
             return
+        if origin == self.member:
+            return  # our own publication, delivered locally already
         self._check_sequence(topic, origin, incarnation, first_seq, count)
         payloads = []
         offset = end + _HEADER.size
@@ -392,3 +402,12 @@ class Bus:
             self.lost += gap
             log.warning("bus: %d message(s) lost from member %d on %r", gap, origin, topic)
         self._recv_seq[key] = (incarnation, first_seq + count)
+
+
+def _inbox_member(topic: bytes) -> int | None:
+    if topic[:1] != b"i" or topic[-1:] != b"\0":
+        return None
+    try:
+        return int(topic[1:-1])
+    except ValueError:
+        return None

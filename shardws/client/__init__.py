@@ -33,7 +33,8 @@ Guarantees (docs/clients.md has the table with the tests that check each line):
   and published once. In namespaces without history the server cannot deduplicate: a
   publish sent there whose reply was lost raises :class:`DeliveryUnknown` instead of
   being retried (the client learns which namespaces keep history from the replies).
-* Error 108 "not available" (a channel owner restarting) is retried with backoff for up
+* Error 108 "not available" (a channel owner restarting, a subscribe not yet confirmed
+  live on every worker) is retried with backoff for up
   to ``unavailable_timeout`` seconds, transparently, for every operation.
 * **Tokens**: ``get_token`` (sync or async) is called for a fresh token before the
   current one expires (read from the JWT's ``exp``, not verified here), sent with the

@@ -6,9 +6,12 @@ and when it loses its last (``on_last``: unsubscribe on the bus).
 
 Guarantees:
 
-* ``add`` returns an awaitable that completes once publications from every worker reach
-  this subscriber. Subscribers joining while the channel's bus subscription is still
-  pending share that same pending future, so none is told "live" too early.
+* ``add`` returns an awaitable that resolves True once publications from every worker
+  reach this subscriber, or False if that could not be confirmed (a caller that
+  promises liveness removes the subscriber instead of reporting it live). Subscribers
+  joining while the channel's bus subscription is still pending share that same pending
+  future, so none is told "live" too early; once every subscriber of a failed round is
+  removed, the next one starts a new bus subscription and barrier.
 * ``sinks`` returns the subscribers' sinks in subscription order; the list is cached and
   rebuilt only after membership changed, so fan-out pays nothing per publication and a
   mass disconnect costs O(1) per connection.

@@ -52,6 +52,11 @@ class ErrorCode(enum.IntEnum):
     BINARY_NOT_SUPPORTED = 113
 
 
+#: The message of error 108 for a subscribe whose liveness barrier did not complete (a
+#: peer worker starved or stuck): the subscription was undone; the client retries.
+NOT_LIVE_MESSAGE = "the subscription could not be confirmed live on every worker; retry"
+
+
 class CloseCode(enum.IntEnum):
     """WebSocket close codes the server sends.
 

@@ -30,7 +30,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from setproctitle import setproctitle
 
-from shardws.bus.host import Bus, endpoint
+from shardws.bus.forwarder import endpoints
+from shardws.bus.host import Bus
 from shardws.bus.ingress import Ingress
 from shardws.bus.requests import Requests
 from shardws.config import Config
@@ -96,13 +97,21 @@ def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
             }
         )
     alive = sum(1 for w in workers if w["alive"])
-    healthy = alive == len(workers)
+    forwarder = board.forwarder_slot
+    forwarder_alive = board.is_ready(forwarder, stale)
+    # Without the bus forwarder no subscribe can be confirmed live (error 108).
+    healthy = alive == len(workers) and forwarder_alive
     body = {
         "status": "ok" if healthy else "degraded",
         "workers_alive": alive,
         "workers": len(workers),
         "connections": sum(w["connections"] for w in workers),
         "per_worker": workers,
+        "bus_forwarder": {
+            "alive": forwarder_alive,
+            "pid": int(board.table[forwarder, Column.PID]),
+            "restarts": int(board.table[forwarder, Column.RESTARTS]),
+        },
     }
     if config.cluster.enabled:
         body["cluster"] = cluster_health(board, tables.view, stale)
@@ -502,21 +511,22 @@ async def _serve(
 
     loop.add_signal_handler(signal.SIGUSR2, hand_over)
     # The admin is a member of the host bus: it publishes (API, ingress) and asks the
-    # workers through their inboxes, and it answers subscribe barriers like a worker, so
-    # "subscribed" holds for its messages too.
+    # workers through their inboxes. Its publications go through the forwarder like a
+    # worker's, so "subscribed" holds for them too once its own barrier passed.
     backend = Backend(config, tables)
     bus = backend.bus = Bus(
         backend.members.me,
-        lambda m: endpoint(run_dir, slot_of(m)),
+        endpoints(run_dir),
         lambda _topic, _payloads, _stamp: None,
-        backend.ready_peers,
+        backend.members.relays,
         on_inbox=backend.on_inbox,
+        inbox_live=backend.members.inbox_live,
         hwm=config.server.bus_hwm,
     )
-    bus.start(backend.members.local())
-    missing = await bus.wait_for_peers(backend.ready_peers(), 3.0)
-    if missing:
-        log.warning("workers %s did not attach to the bus in time", sorted(missing))
+    bus.start()
+    deadline = loop.time() + 3.0
+    while not await bus.sync() and loop.time() < deadline:
+        pass
     if config.ingress.bind:
         backend.ingress = Ingress(config.ingress, backend.publish_frames, max_request_bytes(config))
         backend.ingress.start()
@@ -533,7 +543,6 @@ async def _serve(
         if backend.ingress is not None:
             row[Column.MESSAGES_IN] = backend.ingress.received
             row[Column.PROTOCOL_ERRORS] = backend.ingress.rejected
-        bus.attach(backend.members.local())  # a reload may have added workers
         try:
             await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
         except TimeoutError:

@@ -3,24 +3,30 @@
 Runs only when ``[cluster] peers`` is set. It is a member of the host bus (slot
 ``board.bridge_slot``) and owns four ZeroMQ sockets:
 
-* ``local_sub`` (SUB, connected to every local member's XPUB) and ``remote_xpub`` (XPUB,
-  bound at ``[cluster] listen``): what this host's members publish goes out to the peers.
+* ``local_sub`` (SUB, connected to the bus forwarder's outbound endpoint, subscribed to
+  everything) and ``remote_xpub`` (XPUB, bound at ``[cluster] listen``): what this
+  host's members publish on a topic some peer subscribes to goes out to the peers.
 * ``remote_sub`` (SUB, connected to every peer's ``remote_xpub``) and ``local_xpub``
-  (XPUB, this slot's ipc endpoint, which every local member's SUB connects to): what
-  the peers publish is delivered here.
+  (XPUB, connected to the forwarder's inbound endpoint like a member's PUB): what the
+  peers publish is delivered here.
 
-Subscription forwarding is ZeroMQ's own: a subscription that reaches ``local_xpub`` (a
-local member subscribed a channel, user or inbox topic) is made on ``remote_sub``, so it
-reaches the peers' ``remote_xpub``, whose bridges make it on their ``local_sub``, so
-their workers send that topic to them. A message therefore crosses the network only to
-hosts with a subscriber for it.
+Subscription forwarding is ZeroMQ's own: the forwarder passes the first subscription
+to a topic (and the last unsubscription) upstream to ``local_xpub`` (a local member
+subscribed a channel, user or inbox topic), which is made on ``remote_sub``, so it
+reaches the peers' ``remote_xpub``, which then sends that topic to us. A message
+therefore crosses the network only to hosts with a subscriber for it. The bridge is the
+one process whose Python sees the host's subscriptions (once per topic, not once per
+member). Its ``local_sub`` takes every frame of the host (a per-topic subscription there
+would reach ``local_xpub`` as if a local member had made it) and drops, at one set
+lookup each, those no peer subscribes to.
 
 Guarantees:
 
 * No loops, no duplicates: a message from a peer goes only to ``local_xpub`` (never back
-  out), and a frame whose origin is this host (a peer list that names this host) is
-  dropped. Every host connects to every other host directly (a full mesh), so each
-  message crosses one network hop.
+  out: what comes back to ``local_sub`` through the forwarder with another host's
+  origin is dropped), and a frame from a peer whose origin is this host (a peer list
+  that names this host) is dropped. Every host connects to every other host directly
+  (a full mesh), so each message crosses one network hop.
 * Order: frames of one origin are forwarded in the order received, so per-origin order
   and the bus's sequence numbers (which detect loss) hold across hosts.
 * The link is CurveZMQ with the cluster key unless ``allow_plaintext``: a peer without
@@ -49,7 +55,7 @@ from setproctitle import setproctitle
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from shardws.bus.host import endpoint
+from shardws.bus.forwarder import PUBLISH_HWM_FLOOR, endpoints
 from shardws.config import ClusterConfig, Config
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.pure.busframe import (
@@ -59,7 +65,6 @@ from shardws.pure.busframe import (
     KIND_SYNC,
     KIND_USER,
     ORIGIN,
-    inbox_topic,
     well_formed,
 )
 from shardws.pure.cluster import Host, View, host_number, host_of, member_id, view_number
@@ -77,17 +82,16 @@ _HANDSHAKE_FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _RECV_BUDGET = 1024  # frames per socket per poll round: one busy direction cannot starve
-_ATTACH_INTERVAL = 1.0  # seconds between checks for new local members (a reload)
-#: Seconds a local member's barrier waits for the peers, and a peer's for our members:
-#: together below the bus's sync timeout (2 s), so a slow peer delays, never fails, it.
+_ATTACH_INTERVAL = 1.0  # seconds between peer address checks
+#: Seconds a local member's barrier waits for the peers: below the bus's sync timeout
+#: (2 s), so a slow peer delays, never fails, it.
 BARRIER_TIMEOUT = 1.2
-LOCAL_BARRIER_TIMEOUT = 0.5
 
 
 @dataclass
 class _Round:
-    """One barrier being relayed: who must answer (host numbers for a local member's
-    barrier, member ids for a peer's) and until when."""
+    """A local member's barrier being relayed: the peers (host numbers) that must
+    answer, and until when."""
 
     expected: set[int]
     deadline: float
@@ -188,17 +192,17 @@ class Bridge:
         self.conflicts: set[str] = set()
         self._run_dir = run_dir
         self._stopping = False
-        self._attached: set[int] = set()
         self._connected: set[str] = set()
         self._incarnation = int.from_bytes(os.urandom(4), "big")
         self._view: View | None = None
         self._inherit_peers(time.monotonic())
         self._outbound: dict[bytes, _Round] = {}  # local members' barriers, by topic
-        self._inbound: dict[bytes, _Round] = {}  # peers' barriers, by topic
+        self._wanted: set[bytes] = set()  # topics some peer subscribes to
         self.barrier_timeouts = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         self._auth: ThreadAuthenticator | None = None
-        self.local_xpub = self._socket(zmq.XPUB, config.server.bus_hwm)
+        # It publishes to the forwarder like a member: the same floor on that hop.
+        self.local_xpub = self._socket(zmq.XPUB, max(config.server.bus_hwm, PUBLISH_HWM_FLOOR))
         self.local_sub = self._socket(zmq.SUB, config.server.bus_hwm)
         self.remote_xpub = self._socket(zmq.XPUB, cluster.hwm)
         self.remote_sub = self._socket(zmq.SUB, cluster.hwm)
@@ -222,8 +226,12 @@ class Bridge:
     def _socket(self, kind: int, hwm: int) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.setsockopt(zmq.RCVHWM, hwm)
+        # ``hwm`` bounds publications (XPUB -> SUB) only. The other direction carries
+        # subscriptions and barrier probes, which ZeroMQ drops at the high-water mark
+        # without a trace; they are bounded by the topics subscribed: no limit there.
+        publications = kind == zmq.XPUB
+        sock.setsockopt(zmq.SNDHWM, hwm if publications else 0)
+        sock.setsockopt(zmq.RCVHWM, 0 if publications else hwm)
         return sock
 
     def _setup_curve(self, cluster: ClusterConfig) -> None:
@@ -246,11 +254,8 @@ class Bridge:
 
     def start(self) -> None:
         """Bind both XPUBs, subscribe to heartbeats, start resolving and connecting."""
-        own = endpoint(self._run_dir, self.slot)
-        path = own.removeprefix("ipc://")
-        if os.path.exists(path):  # left by a dead predecessor
-            os.unlink(path)
-        self.local_xpub.bind(own)
+        inbound, outbound = endpoints(self._run_dir)
+        self.local_xpub.connect(inbound)
         try:
             self.remote_xpub.bind(self.cluster.listen)
         except zmq.ZMQError as exc:
@@ -258,9 +263,8 @@ class Bridge:
                 exc.errno, f"[cluster] listen {self.cluster.listen!r}: {exc}"
             ) from None
         self.remote_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
-        # Local members wait for our inbox subscription before they count us as attached.
-        self.local_sub.setsockopt(zmq.SUBSCRIBE, inbox_topic(self.member))
-        self._attach()
+        self.local_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.local_sub.connect(outbound)
         self._resolver.start()
         log.info(
             "bridge of host %r (number %d) on %s (%s), peers %s",
@@ -315,11 +319,10 @@ class Bridge:
             if now >= next_beat:
                 next_beat = now + interval
                 self._heartbeat(now)
-            if self._outbound or self._inbound:
+            if self._outbound:
                 self._expire_barriers(now)
             if now >= next_attach:
                 next_attach = now + _ATTACH_INTERVAL
-                self._attach()
                 self._connect_peers()
 
     def _on_monitor(self, monitor: zmq.Socket[bytes]) -> None:
@@ -341,14 +344,6 @@ class Bridge:
 
     # -- local members ------------------------------------------------------------------
 
-    def _attach(self) -> None:
-        """Connect ``local_sub`` to every local member not connected yet (ZeroMQ keeps
-        reconnecting to a member whose process is gone until its next one binds)."""
-        for slot in self.board.members():
-            if slot != self.slot and slot not in self._attached:
-                self._attached.add(slot)
-                self.local_sub.connect(endpoint(self._run_dir, slot))
-
     def _connect_peers(self) -> None:
         wanted = self._resolver.addresses
         for address in wanted - self._connected:
@@ -367,9 +362,20 @@ class Bridge:
         self._forward_subscription(message, self.remote_sub, self._barrier_to_peers)
 
     def _on_remote_subscription(self, message: bytes) -> None:
-        """A peer (un)subscribed: subscribe at the local members (a barrier: see
-        :meth:`_barrier_from_peer`)."""
-        self._forward_subscription(message, self.local_sub, self._barrier_from_peer)
+        """A peer (un)subscribed: ``remote_xpub`` (C) now sends it what we pass on for
+        the topic; we pass on only topics some peer wants. A peer's barrier topic comes
+        after the topics it confirms on the same pipe, so when we read it they are
+        applied: we answer at once, and the answer travels before any later data."""
+        subscribe, topic = message[0] == 1, message[1:]
+        kind = topic[0] if topic else 0
+        if kind == KIND_SYNC:
+            if subscribe:
+                self._answer(self.remote_xpub, topic)
+        elif kind in _FORWARDED:
+            if subscribe:
+                self._wanted.add(topic)
+            else:
+                self._wanted.discard(topic)
 
     @staticmethod
     def _forward_subscription(
@@ -388,11 +394,12 @@ class Bridge:
     # -- barriers ---------------------------------------------------------------------------
     #
     # A local member's subscribe barrier (bus.Bus.subscribe) must mean "live on every
-    # host". The barrier topic follows the member's subscriptions on each pipe, so: our
-    # local XPUB sees it after the new topic and we made both on remote_sub in that
-    # order; each peer bridge sees both in that order, makes both on its local_sub, and
-    # answers once its local members answered (each answers after applying the topic).
-    # Its answer travels on the same pipe as its later data. We answer the member once
+    # host". The barrier topic follows the member's subscriptions on each pipe, so: the
+    # forwarder passes it to our local XPUB after the new topic and we made both on
+    # remote_sub in that order; each peer bridge sees both in that order, makes both on
+    # its remote_xpub in that order, and answers when it reads the barrier topic (its
+    # local_sub takes every frame of its host, so nothing more is needed there). Its
+    # answer travels on the same pipe as its later data. We answer the member once
     # every peer that is up answered, or after BARRIER_TIMEOUT (a peer that is going
     # down), which stays below the bus's own sync timeout.
 
@@ -407,19 +414,6 @@ class Bridge:
         self._outbound[topic] = _Round(expected, time.monotonic() + BARRIER_TIMEOUT)
         self.remote_sub.setsockopt(zmq.SUBSCRIBE, topic)
 
-    def _barrier_from_peer(self, topic: bytes) -> None:
-        stale = self.config.server.heartbeat_timeout
-        expected = {
-            member_id(self.number, slot)
-            for slot in self.board.ready_slots(stale)
-            if slot != self.slot
-        }
-        if not expected:
-            self._answer(self.remote_xpub, topic)
-            return
-        self._inbound[topic] = _Round(expected, time.monotonic() + LOCAL_BARRIER_TIMEOUT)
-        self.local_sub.setsockopt(zmq.SUBSCRIBE, topic)
-
     def _barrier_answer(self, rounds: dict[bytes, _Round], topic: bytes, who: int) -> None:
         round_ = rounds.get(topic)
         if round_ is not None:
@@ -429,31 +423,25 @@ class Bridge:
 
     def _finish(self, rounds: dict[bytes, _Round], topic: bytes) -> None:
         del rounds[topic]
-        if rounds is self._outbound:
-            self.remote_sub.setsockopt(zmq.UNSUBSCRIBE, topic)
-            self._answer(self.local_xpub, topic)
-        else:
-            self.local_sub.setsockopt(zmq.UNSUBSCRIBE, topic)
-            self._answer(self.remote_xpub, topic)
+        self.remote_sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+        self._answer(self.local_xpub, topic)
 
     def _expire_barriers(self, now: float) -> None:
-        for rounds in (self._outbound, self._inbound):
-            for topic in [t for t, r in rounds.items() if r.deadline <= now]:
-                self.barrier_timeouts += 1
-                log.warning("barrier %r: no answer from %s", topic, rounds[topic].missing())
-                self._finish(rounds, topic)
+        rounds = self._outbound
+        for topic in [t for t, r in rounds.items() if r.deadline <= now]:
+            self.barrier_timeouts += 1
+            log.warning("barrier %r: no answer from %s", topic, rounds[topic].missing())
+            self._finish(rounds, topic)
 
     # -- frames -----------------------------------------------------------------------------
 
     def _on_local_frame(self, frame: bytes) -> None:
-        kind = frame[0]
-        if kind == KIND_SYNC:  # a local member's answer to a peer's barrier
-            end = frame.index(b"\0") + 1
-            (origin,) = ORIGIN.unpack_from(frame, end)
-            self._barrier_answer(self._inbound, frame[:end], origin)
-            return
-        if kind == KIND_INBOX and frame.startswith(inbox_topic(self.member)):
-            return  # our own inbox: only its subscription matters (peers attach by it)
+        end = frame.index(b"\0") + 1
+        if frame[:end] not in self._wanted:
+            return  # no peer subscribes (or a barrier probe, or our own inbox)
+        (origin,) = ORIGIN.unpack_from(frame, end)
+        if host_of(origin) != self.number:
+            return  # a peer's frame we delivered here, back through the forwarder
         self.sent += 1
         self.sent_bytes += len(frame)
         self.remote_xpub.send(frame, 0, copy=len(frame) < 16384)

@@ -112,6 +112,16 @@ class _ScoreboardCollector:
                 "Subscribe barriers that timed out",
                 Column.SYNC_TIMEOUTS,
             ),
+            (
+                "shardws_bus_reads",
+                "Bus messages this worker's Python read (publications, requests, barrier echoes)",
+                Column.BUS_READS,
+            ),
+            (
+                "shardws_subscribe_not_live",
+                "Subscribes answered error 108 because their barrier did not complete",
+                Column.NOT_LIVE,
+            ),
             ("shardws_worker_restarts", "Times the worker was restarted", Column.RESTARTS),
             (
                 "shardws_history_repairs",
@@ -153,7 +163,21 @@ class _ScoreboardCollector:
             family = CounterMetricFamily(name, doc)
             family.add_metric([], float(admin[column]))
             yield family
+        yield from self._forwarder()
         yield from self._cluster()
+
+    def _forwarder(self) -> Iterator[Metric]:
+        """The host bus forwarder: up, and restarts (a restart loses what was inside)."""
+        slot = self._board.forwarder_slot
+        up = GaugeMetricFamily(
+            "shardws_bus_forwarder_up", "1 while the host bus forwarder runs (heartbeat fresh)"
+        )
+        up.add_metric([], 1.0 if self._board.is_ready(slot, self._stale_after) else 0.0)
+        restarts = CounterMetricFamily(
+            "shardws_bus_forwarder_restarts", "Times the host bus forwarder was restarted"
+        )
+        restarts.add_metric([], float(self._board.table[slot, Column.RESTARTS]))
+        yield from (up, restarts)
 
     def _cluster(self) -> Iterator[Metric]:
         """Peers up/down and traffic per peer, from the bridge's view (cluster only)."""

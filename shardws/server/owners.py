@@ -163,6 +163,7 @@ class Owners:
         self.pusher_owner: PusherOwner | None = None
         self.repairs = 0  # gaps repaired from the owner
         self.unrecoverable = 0  # gaps that could not be repaired (subscribers closed)
+        self.not_live = 0  # subscribes refused with 108: their bus barrier did not complete
         self._pending: dict[str, list[_Pending]] = {}
         # Pushes of channels not positioned here yet, held while their first subscribers
         # wait for the owner's answer (which says where the channel stands).
@@ -411,8 +412,10 @@ class Owners:
         pending: _Pending,
     ) -> None:
         try:
-            await live
-            answer = await self.ask_owner(channel, HistoryPositionRequest(channel, since))
+            is_live = await live
+            answer = None
+            if is_live:
+                answer = await self.ask_owner(channel, HistoryPositionRequest(channel, since))
         finally:
             waiting = self._pending.get(channel, [])
             if pending in waiting:
@@ -423,14 +426,17 @@ class Owners:
             self._forget_unpositioned(channel)
             return
         if answer is None:
+            # Not live on every worker (barrier timed out) or no position from the owner:
+            # either way no ok, which would promise more than holds; the client retries.
             self._forget_unpositioned(channel)
             conn.channels.discard(channel)
             self.worker.hub.remove(channel, conn)
-            conn.send(
-                protocol.encode_error(
-                    command_id, ErrorCode.NOT_AVAILABLE, "the channel's owner did not answer; retry"
-                )
-            )
+            if is_live:
+                message = "the channel's owner did not answer; retry"
+            else:
+                self.not_live += 1
+                message = protocol.NOT_LIVE_MESSAGE
+            conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, message))
             return
         top = answer.position
         extra: dict[str, Any] = {"epoch": top.epoch, "offset": top.offset}

@@ -15,7 +15,11 @@ Guarantees:
   close frame with that code. A refused upgrade (``admission.admit``) is upgraded, gets
   its ``pusher:error`` and is closed with its code.
 * ``pusher_internal:subscription_succeeded`` is sent once the channel's bus
-  subscription is live on every member (the hub's liveness future), never before.
+  subscription is live on every member (the hub's liveness future), never before. When
+  its barrier cannot complete (the bus forwarder restarting, a relay stuck), the
+  subscription is undone and answered ``pusher:subscription_error`` (``ServerError``,
+  status 503), as a native subscribe is answered error 108: never a success that is
+  not one.
 * A publication with an ``origin`` (a client event, an HTTP trigger with ``socket_id``)
   never reaches the connection with that socket id (:data:`PUSHER` excludes the origin;
   ``Delivery.publish`` skips it).
@@ -83,6 +87,10 @@ PONG_WAIT = 30.0
 #: ``owners.OWNER_TIMEOUT``) before it is refused with 503: long enough for a killed
 #: owner's replacement to boot.
 JOIN_ATTEMPTS = 4
+
+#: ``pusher:subscription_error``'s message for a subscription whose bus barrier did not
+#: complete (``pure.protocol.NOT_LIVE_MESSAGE`` in the native protocol).
+NOT_LIVE_ERROR = "The subscription could not be confirmed live on every worker; retry"
 
 
 def encode(channel: str, publication: Publication) -> bytes:
@@ -266,21 +274,43 @@ class PusherFront:
             self._spawn(self._join_presence(conn, channel, internal, subscribe.member, live))
             return
         live = self.worker.hub.add(internal, conn, conn.sink)
-        reply = wire.encode_subscription_succeeded(channel)
         cache = subscribe.type.cache
         if live.done():
-            conn.send(reply)
-            if cache:
-                self._spawn(self._replay_cache(conn, channel, internal))
+            self._answer_subscribe(conn, channel, internal, cache, live)
         else:
-            live.add_done_callback(lambda _f: self._succeeded(conn, channel, internal, cache))
+            live.add_done_callback(
+                lambda done: self._answer_subscribe(conn, channel, internal, cache, done)
+            )
 
-    def _succeeded(self, conn: PusherConnection, channel: str, internal: str, cache: bool) -> None:
+    def _answer_subscribe(
+        self,
+        conn: PusherConnection,
+        channel: str,
+        internal: str,
+        cache: bool,
+        live: asyncio.Future[bool],
+    ) -> None:
+        """``subscription_succeeded`` once the bus barrier completed; a barrier that
+        could not complete undoes the subscription (``_refuse_not_live``)."""
         # The subscription may have been dropped (unsubscribe, close) while the bus made it.
-        if channel in conn.channels:
-            conn.send(wire.encode_subscription_succeeded(channel))
-            if cache:
-                self._spawn(self._replay_cache(conn, channel, internal))
+        if channel not in conn.channels or conn.closing:
+            return
+        if not live.result():
+            self._refuse_not_live(conn, channel, internal)
+            return
+        conn.send(wire.encode_subscription_succeeded(channel))
+        if cache:
+            self._spawn(self._replay_cache(conn, channel, internal))
+
+    def _refuse_not_live(self, conn: PusherConnection, channel: str, internal: str) -> None:
+        """Undo ``conn``'s subscription to ``channel`` and answer
+        ``pusher:subscription_error`` (``ServerError``, 503: subscribe again): its bus
+        barrier did not complete, so the subscription may not be live everywhere. The
+        native protocol's error 108, counted in the same ``not_live``."""
+        self.worker.not_live += 1
+        del conn.channels[channel]
+        self.worker.hub.remove(internal, conn)
+        conn.send(wire.encode_subscription_error(channel, "ServerError", NOT_LIVE_ERROR, 503))
 
     async def _replay_cache(self, conn: PusherConnection, channel: str, internal: str) -> None:
         """After ``subscription_succeeded`` on a cache channel: its last event from the
@@ -308,9 +338,12 @@ class PusherFront:
         pending = (conn.socket_id, internal)
         self._joining.add(pending)
         try:
-            await live
+            is_live = await live
             if conn.channels.get(channel) is not member or conn.closing:
                 return  # left meanwhile: the owner was never told
+            if not is_live:
+                self._refuse_not_live(conn, channel, internal)  # the owner was never told
+                return
             app = conn.app
             request = PusherJoinRequest(
                 internal, conn.socket_id, member.user_id, member.user_info, app.max_presence_members

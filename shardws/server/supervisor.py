@@ -117,7 +117,7 @@ class Slot:
     """One supervised process position (a worker number, the admin or the bridge)."""
 
     index: int
-    kind: str  # "worker" | "admin" | "bridge"
+    kind: str  # "worker" | "admin" | "bridge" | "forwarder"
     sock: socket.socket | None  # the listener it inherits (the bridge binds its own)
     pid: int = 0
     started: float = 0.0
@@ -196,6 +196,8 @@ class Supervisor:
         self.admin_port = admin_sock.getsockname()[1]
         if self.config.cluster.enabled:
             self.slots.append(Slot(self._capacity + 1, "bridge", None, config=self.config))
+        # The bus forwarder: forked first (``run``), so members find it as they boot.
+        self.slots.append(Slot(self._capacity + 2, "forwarder", None, config=self.config))
 
     def _add_worker_slot(self, index: int, config: Config) -> Slot:
         """Bind worker ``index``'s listener (it joins the port's SO_REUSEPORT group last)."""
@@ -281,7 +283,7 @@ class Supervisor:
         self._iptable = self._tables.ips
         self._bind()
         for slot in self.slots:
-            if slot.kind != "worker":  # the admin's and the bridge's bus slots
+            if slot.kind in ("admin", "bridge"):  # their bus member slots
                 self._board.table[slot.index, Column.CONFIGURED] = 1
         self._make_run_dir()
         self._install_signals()
@@ -293,7 +295,7 @@ class Supervisor:
             self.config.admin.host, self.admin_port, self.config.source, nofile,
         )  # fmt: skip
         self._boot_started = time.monotonic()
-        for slot in self.slots:
+        for slot in sorted(self.slots, key=lambda s: s.kind != "forwarder"):
             self._spawn(slot)
         try:
             while not self._stopping:
@@ -450,7 +452,9 @@ class Supervisor:
         steps += [
             _Step("replace", slot.index)
             for slot in self.slots
-            if (slot.kind != "worker" or slot.index < wanted) and slot.config is not target
+            if (slot.kind != "worker" or slot.index < wanted)
+            and slot.kind != "forwarder"  # holds no configuration a reload may change
+            and slot.config is not target
         ]
         return steps
 
@@ -649,6 +653,10 @@ class Supervisor:
             return run_worker(
                 slot.index, slot.config or self.config, tables, slot.sock, self._run_dir
             )
+        if slot.kind == "forwarder":
+            from shardws.server.forwarding import run_forwarder
+
+            return run_forwarder(slot.index, slot.config or self.config, tables, self._run_dir)
         if slot.kind == "bridge":
             from shardws.server.bridge import run_bridge
 
@@ -658,10 +666,19 @@ class Supervisor:
         assert slot.sock is not None
         return run_admin(slot.index, slot.config or self.config, tables, slot.sock, self._run_dir)
 
+    def _wait_for_exit(self, slots: list[Slot], deadline: float) -> None:
+        while any(s.pid for s in slots) and time.monotonic() < deadline:
+            self._wait(0.05)
+            self._signals.clear()
+            self._reap(quietly=True)
+
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
         deadline = time.monotonic() + self.config.server.drain_timeout
-        for slot in self.slots:
+        # The bus forwarder stops last: draining members still publish through it.
+        forwarder = [s for s in self.slots if s.kind == "forwarder"]
+        members = [s for s in self.slots if s.kind != "forwarder"]
+        for slot in members:
             if slot.pid:
                 try:
                     os.kill(slot.pid, signal.SIGTERM)
@@ -672,10 +689,12 @@ class Supervisor:
             # instead of waiting in a queue nobody reads until the reset at exit.
             if slot.kind == "worker" and slot.sock is not None:
                 slot.sock.close()
-        while any(s.pid for s in self.slots) and time.monotonic() < deadline:
-            self._wait(0.05)
-            self._signals.clear()
-            self._reap(quietly=True)
+        self._wait_for_exit(members, deadline)
+        for slot in forwarder:
+            if slot.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGTERM)
+        self._wait_for_exit(forwarder, deadline)
         for slot in self.slots:
             if slot.pid:
                 log.error(

@@ -37,7 +37,8 @@ from picows import (
 from setproctitle import setproctitle
 
 from shardws import core
-from shardws.bus.host import Bus, endpoint
+from shardws.bus.forwarder import endpoints
+from shardws.bus.host import Bus
 from shardws.config import Config, NamespaceConfig
 from shardws.core import (
     TokenBucket,
@@ -51,12 +52,11 @@ from shardws.pure.auth import (
     AuthFailure,
 )
 from shardws.pure.busframe import channel_topic, inbox_topic, user_topic
-from shardws.pure.cluster import slot_of
 from shardws.pure.deflate import Inflater, negotiate
 from shardws.pure.frames import Messages
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
-from shardws.pure.protocol import CloseCode
+from shardws.pure.protocol import NOT_LIVE_MESSAGE, CloseCode, ErrorCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import decode as decode_publication
 from shardws.pure.publication import encode as publication_record
@@ -85,7 +85,7 @@ from shardws.shm.view import Members
 
 EXIT_BOOT_FAILURE = 3
 HEARTBEAT_INTERVAL = 0.5  # seconds; far below any sane heartbeat_timeout
-PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for peers' subscriptions
+PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for the bus forwarder
 DRAIN_BATCHES = 20  # a drain closes connections in this many waves
 HANDSHAKE_GRACE = 0.3  # seconds a drain waits for handshakes already in flight
 # Descriptors a worker keeps free beyond those open when it starts accepting: sockets in
@@ -159,6 +159,7 @@ class Worker:
         self.native_messages = Messages(max_size, check_utf8=False)
         self.echo_messages = Messages(max_size, check_utf8=True)
         self.owners = Owners(self)
+        self.not_live = 0  # plain subscribes refused with 108: their barrier did not complete
         self._next_position_check = 0.0
         # user -> that user's connections here, subscribed to the user's bus topic.
         self.users = Hub(self._bus_subscribe_user, self._bus_unsubscribe_user)
@@ -172,28 +173,36 @@ class Worker:
         are READY with a fresh heartbeat (from shared memory)."""
         return self.members.ready_local()
 
+    async def bus_sync(self, limit: float) -> None:
+        """Barrier rounds until one completes (the forwarder may still be starting), for
+        at most ``limit`` seconds."""
+        assert self.bus is not None
+        deadline = asyncio.get_running_loop().time() + limit
+        while not await self.bus.sync():
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning("the bus forwarder did not answer within %.1fs", limit)
+                return
+
     async def boot(self, listen_sock: socket.socket) -> None:
         """Start the bus, wait for peers' subscriptions, then start accepting."""
         server = self.config.server
         run_dir = self.run_dir
         self.bus = Bus(
             self.member,
-            lambda m: endpoint(run_dir, slot_of(m)),
+            endpoints(run_dir),
             self._on_bus_channel,
-            self.ready_peers,
+            self.members.relays,
             on_user=self._on_bus_user,
             on_inbox=self._on_bus_inbox,
+            inbox_live=self.members.inbox_live,
             hwm=server.bus_hwm,
         )
-        self.bus.start(self.members.local())
+        self.bus.start()
         self.owners.load()
         self._tick()
-        missing = await self.bus.wait_for_peers(self.ready_peers(), PEER_WAIT_TIMEOUT)
-        if missing:
-            log.warning("peers %s did not attach within %.1fs", sorted(missing), PEER_WAIT_TIMEOUT)
-        # And the other direction: our inbox subscription is live on every peer, so
-        # requests for the channels this worker owns reach it once it is READY.
-        await self.bus.sync()
+        # Our inbox subscription is live at the forwarder and our publications pass it,
+        # so requests for the channels this worker owns reach it once it is READY.
+        await self.bus_sync(PEER_WAIT_TIMEOUT)
         self._server = await ws_create_server(
             self._new_connection,
             sock=listen_sock,
@@ -297,8 +306,10 @@ class Worker:
         stats[Column.DROPS] = total_drops()
         if self.bus is not None:
             stats[Column.BUS_LOST] = self.bus.lost
+            stats[Column.BUS_READS] = self.bus.reads
             stats[Column.SYNC_TIMEOUTS] = self.bus.sync_timeouts
         stats[Column.HISTORY_REPAIRS] = self.owners.repairs
+        stats[Column.NOT_LIVE] = self.not_live + self.owners.not_live
         stats[Column.HISTORY_UNRECOVERABLE] = self.owners.unrecoverable
         for column in (
             Column.CONNECTIONS,
@@ -314,6 +325,8 @@ class Worker:
             Column.PROTOCOL_ERRORS,
             Column.PUBLISHES,
             Column.SYNC_TIMEOUTS,
+            Column.NOT_LIVE,
+            Column.BUS_READS,
             Column.HISTORY_REPAIRS,
             Column.HISTORY_UNRECOVERABLE,
         ):
@@ -328,8 +341,6 @@ class Worker:
         if now >= self._next_position_check:
             self._next_position_check = now + POSITION_CHECK_INTERVAL
             self.owners.check_positions()
-        if self.bus is not None and not self._stop.is_set():
-            self.bus.attach(self.members.local())  # a reload may have added workers
         if not self._stop.is_set():
             asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._tick)
 
@@ -575,9 +586,35 @@ class Worker:
             return
         live = self.hub.add(channel, conn, conn.sink)
         if live.done():
-            conn.send(protocol.encode_ok(command_id))
+            self._answer_subscribe(conn, command_id, channel, live)
         else:
-            live.add_done_callback(lambda _f: conn.send(protocol.encode_ok(command_id)))
+            live.add_done_callback(
+                lambda done: self._answer_subscribe(conn, command_id, channel, done)
+            )
+
+    def _answer_subscribe(
+        self, conn: Connection, command_id: int | None, channel: str, live: asyncio.Future[bool]
+    ) -> None:
+        """Reply to a plain subscribe once its bus barrier finished: ok only if the
+        subscription is live on the bus (at the forwarder, and at the peer hosts through
+        the bridge in a cluster). A barrier that could not complete (the forwarder
+        restarting, a relay stuck) undoes the subscription and answers error 108, which
+        clients retry: an ok never means less than live."""
+        if live.result():
+            conn.send(protocol.encode_ok(command_id))
+            return
+        if conn.closing or channel not in conn.channels:
+            return  # gone or unsubscribed meanwhile: nothing to answer
+        self._refuse_not_live(conn, command_id, channel)
+
+    def _refuse_not_live(self, conn: Connection, command_id: int | None, channel: str) -> None:
+        """Undo ``conn``'s subscription to ``channel`` and answer error 108 (retry): its
+        bus barrier did not complete, so the subscription may not be live everywhere."""
+        self.not_live += 1
+        conn.channels.discard(channel)
+        self.hub.remove(channel, conn)
+        self._announce_leave(channel, conn)
+        conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, NOT_LIVE_MESSAGE))
 
     def _unsubscribe(self, conn: Connection, unsubscribe: Unsubscribe) -> None:
         self.hub.remove(unsubscribe.channel, conn)
@@ -635,7 +672,7 @@ class Worker:
         bus = self.bus
         if bus is not None:
             topic = channel_topic(channel)
-            if bus.wanted(topic):  # else no peer subscribes: skip encoding the record
+            if bus.wanted(topic):  # always, through the forwarder (see Bus.wanted)
                 bus.publish(topic, publication_record(publication))
 
     def options_for(self, channel: str) -> NamespaceConfig:

@@ -4,7 +4,8 @@ process for itself, read by the supervisor (liveness) and the admin (``/health``
 
 The supervisor creates one block before forking (``Scoreboard.create``); children inherit
 the mapping, so nobody opens it by name. Layout: a numpy ``int64`` matrix, one row per
-process slot (worker slots ``0..capacity-1``, then the admin in the last row), one column
+process slot (worker slots ``0..capacity-1``, then the admin, the bridge and the bus
+forwarder), one column
 per ``Column``. The capacity is ``max(workers, max_workers)`` at start, so a reload can
 add workers; the supervisor marks the slots that exist with ``CONFIGURED``, and every
 reader (bus membership, /health, /metrics) goes by that mark, not by a count.
@@ -60,7 +61,9 @@ class Column(enum.IntEnum):
     HISTORY_REPAIRS = 22  # history gaps (lost bus messages) repaired from the owner
     HISTORY_UNRECOVERABLE = 23  # gaps that could not be repaired (subscribers got 4505)
     LATENCY_SUM_US = 24  # sum of observed delivery latencies, microseconds
-    LATENCY_BUCKET_0 = 25  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
+    NOT_LIVE = 25  # subscribes refused (error 108) because their barrier did not complete
+    BUS_READS = 26  # bus messages this process's Python read (any kind)
+    LATENCY_BUCKET_0 = 27  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 
 
 #: Upper bounds (seconds) of the delivery latency histogram; one more bucket is +Inf.
@@ -82,12 +85,13 @@ class Scoreboard:
     """A view of the shared stats matrix."""
 
     def __init__(self, capacity: int) -> None:
-        """Create and zero a new block with ``capacity`` worker slots, the admin's and the
-        bridge's (supervisor only, before fork)."""
-        self._shared = SharedArray((capacity + 2, N_COLUMNS), np.int64)
-        self.rows = capacity + 2
+        """Create and zero a new block with ``capacity`` worker slots, the admin's, the
+        bridge's and the bus forwarder's (supervisor only, before fork)."""
+        self._shared = SharedArray((capacity + 3, N_COLUMNS), np.int64)
+        self.rows = capacity + 3
         self.admin_slot = capacity
         self.bridge_slot = capacity + 1
+        self.forwarder_slot = capacity + 2  # not a bus member: never CONFIGURED
         self.table: np.ndarray[Any, np.dtype[np.int64]] = self._shared.array
 
     @classmethod

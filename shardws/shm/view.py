@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shardws.pure.cluster import Host, View, host_number, host_of, member_id
+from shardws.pure.cluster import Host, View, host_number, host_of, member_id, slot_of
 from shardws.shm.segment import SharedArray
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ class Members:
         cluster = config.cluster
         self.host = host_number(effective_host_id(cluster.host_id)) if cluster.enabled else 0
         self.me = member_id(self.host, slot)
+        self._clustered = cluster.enabled
         self._board = board
         self._view = view
         self._stale_after = config.server.heartbeat_timeout
@@ -119,6 +120,23 @@ class Members:
     def local(self) -> list[int]:
         """This host's bus members (workers, admin, bridge) that exist now."""
         return [member_id(self.host, slot) for slot in self._board.members()]
+
+    def relays(self) -> set[int]:
+        """Members that must answer this host's bus barriers besides the forwarder: the
+        bridge, when this host has one and it is ready (it answers once a subscription
+        is live on the peer hosts)."""
+        bridge = self._board.bridge_slot
+        if self._clustered and self._board.is_ready(bridge, self._stale_after):
+            return {member_id(self.host, bridge)}
+        return set()
+
+    def inbox_live(self, member: int) -> bool:
+        """Whether ``member``'s inbox subscription is live on the bus: a member of this
+        host once it is READY (it confirmed its inbox before), a remote one always (the
+        bridges forward what its host subscribed)."""
+        if host_of(member) != self.host:
+            return True
+        return self._board.is_ready(slot_of(member), self._stale_after)
 
     def ready_local(self) -> set[int]:
         """This host's members that are READY with a fresh heartbeat, self excluded."""

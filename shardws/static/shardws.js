@@ -16,7 +16,8 @@
  *   the server cannot fill calls `onGap` (never silent); duplicates by offset are dropped;
  * - publishes while disconnected wait in a bounded queue (maxQueued; beyond it publish()
  *   rejects with a QueueFull error at once) and keep one `idem` key across retries;
- * - error 108 (a channel owner restarting) is retried with backoff, transparently;
+ * - error 108 (a channel owner restarting, a subscribe not confirmed live) is retried
+ *   with backoff, transparently;
  * - a dead path is found with an application `ping` every pingInterval seconds
  *   (browsers expose no WebSocket pings) that must be answered within pingTimeout.
  */

@@ -64,7 +64,8 @@ How to read the numbers
 - ``lost``: expected minus received. In ``mixed`` only healthy clients count, and only
   publications stamped after the client's subscribe replies arrived and before it was
   chosen for churn (it then stays open ``--churn-grace`` s to receive what is in flight).
-- ``server``: for every ``--server-pid`` its whole process tree; ``cpu_s`` is utime+stime
+- ``server``: for every ``--server-pid`` its whole process tree; ``cpu_s`` is CPU time from
+  ``/proc/<pid>/task/*/schedstat`` (ns; utime+stime where absent)
   over the measured window, ``rss_mb`` the sum of VmRSS. The generator shares the cores
   with a local server, so ``deliveries_per_cpu_s`` (deliveries per server CPU-second) is
   the steadier figure to compare runs and servers; deliveries/s depends on how much CPU
@@ -102,6 +103,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -1359,13 +1361,40 @@ def _process_tree(roots: Sequence[int]) -> list[int]:
     return seen
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU-seconds ``pid`` ran so far, all its threads (ZeroMQ's I/O threads included):
+    the sum of ``/proc/<pid>/task/*/schedstat`` (nanoseconds on a CPU), or utime+stime
+    from ``/proc/<pid>/stat`` (clock ticks, 10 ms) where the kernel has no schedstat."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile: its time is unknowable here
+        if total:
+            return total / 1e9
+    except OSError:
+        pass
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def server_cpu_seconds(roots: Sequence[int]) -> float:
+    """CPU-seconds so far of every process in the trees under ``roots``."""
+    total = 0.0
+    for pid in _process_tree(roots):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += process_cpu_seconds(pid)
+    return total
+
+
 def _server_sample(roots: Sequence[int]) -> dict[int, tuple[float, int]]:
     """pid -> (CPU seconds so far, RSS bytes) for every process in the trees."""
     sample: dict[int, tuple[float, int]] = {}
     for pid in _process_tree(roots):
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            cpu = process_cpu_seconds(pid)
             rss = 0
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -2008,18 +2037,22 @@ class _Run:
 
 
 def _rolled_processes(supervisor: int) -> set[int]:
-    """The processes a roll replaces: the supervisor's tree less itself, and less helpers
+    """The processes a roll replaces: the supervisor's tree less itself, less helpers
     that are not shardws processes (multiprocessing's resource tracker) when the others
-    carry shardws's process titles."""
+    carry shardws's process titles, and less the bus forwarder (a roll keeps it)."""
     pids = set(_process_tree([supervisor])) - {supervisor}
     titled = set()
+    kept = set()
     for pid in pids:
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"shardws: "):
-                titled.add(pid)
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            pass
-    return titled or pids
+            continue
+        if title.startswith(b"shardws: bus forwarder"):
+            kept.add(pid)
+        elif title.startswith(b"shardws: "):
+            titled.add(pid)
+    return titled or (pids - kept)
 
 
 def connect_ramp(times: np.ndarray[Any, Any], started: float) -> dict[str, Any]:
