@@ -184,15 +184,6 @@ class Bus:
             self._pending_since = time.time_ns()
             self._loop.call_soon(self._flush)
 
-    def wanted(self, topic: bytes) -> bool:
-        """Whether a message published on ``topic`` may reach another member, so a caller
-        that gets False may skip encoding it. Through the forwarder this member cannot
-        know: other members' subscriptions are applied in the forwarder (and in our PUB,
-        which drops what nobody subscribes to) without reaching this member's Python. So
-        the answer is always True: nothing is ever skipped that a member wants; a message
-        nobody wants is encoded and then dropped by the PUB."""
-        return True
-
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}

@@ -669,11 +669,10 @@ class Worker:
             start = time.monotonic_ns()
             self.delivery.publish(channel, publication, groups, self.delivery.drop_for(channel))
             self.latency.observe((time.monotonic_ns() - start) / 1e9)
-        bus = self.bus
-        if bus is not None:
-            topic = channel_topic(channel)
-            if bus.wanted(topic):  # always, through the forwarder (see Bus.wanted)
-                bus.publish(topic, publication_record(publication))
+        if self.bus is not None:
+            # Always encoded: through the forwarder, other members' subscriptions never
+            # reach this member's Python; the PUB drops a record nobody subscribes to.
+            self.bus.publish(channel_topic(channel), publication_record(publication))
 
     def options_for(self, channel: str) -> NamespaceConfig:
         """``channel``'s namespace options, cached (``Delivery.options_for``)."""
