@@ -61,6 +61,7 @@ __all__ = [
     "MIN_PUSHER_SECRET_BYTES",
     "MIN_SECRET_BYTES",
     "MIN_WINDOW_BITS",
+    "PUSHER_WEBHOOK_EVENTS",
     "AdminConfig",
     "AuthConfig",
     "CompressionConfig",
@@ -73,6 +74,8 @@ __all__ = [
     "NamespaceConfig",
     "PusherAppConfig",
     "PusherConfig",
+    "PusherWebhookConfig",
+    "PusherWebhookFilterConfig",
     "ServerConfig",
     "TLSConfig",
     "auto_workers",
@@ -853,6 +856,58 @@ def _is_pusher_name(value: str) -> bool:
     return _PUSHER_NAME_RE.fullmatch(value) is not None
 
 
+#: The webhook events Pusher sends (its Channels docs, "Webhooks"), in the order its
+#: dashboard lists them: what ``event_types`` may name.
+PUSHER_WEBHOOK_EVENTS = (
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+)
+
+
+def _is_webhook_url(value: str) -> bool:
+    return re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PusherWebhookFilterConfig:
+    """``filter`` of a webhook: only events on channels whose (Pusher) name starts and
+    ends with these (Soketi's names). Default: every channel."""
+
+    #: Only channels whose name starts with this. Default ``""`` (any).
+    channel_name_starts_with: str = option("")
+    #: Only channels whose name ends with this. Default ``""`` (any).
+    channel_name_ends_with: str = option("")
+
+
+@dataclass(frozen=True, slots=True)
+class PusherWebhookConfig:
+    """``[[pusher.apps.webhooks]]``: one endpoint of an app's webhooks (docs/pusher.md,
+    "Webhooks"): where they are POSTed, which events, on which channels."""
+
+    #: Where batches are POSTed: an ``http://`` or ``https://`` URL. Required.
+    url: str = option("", check=_is_webhook_url, expect="an http:// or https:// URL")
+    #: The events this endpoint gets, a non-empty list of ``channel_occupied``,
+    #: ``channel_vacated``, ``member_added``, ``member_removed``, ``client_event``,
+    #: ``cache_miss``. Required (as in Pusher's dashboard and Soketi).
+    event_types: tuple[str, ...] = option((), choices=PUSHER_WEBHOOK_EVENTS)
+    #: Only events on some channels (``channel_name_starts_with``,
+    #: ``channel_name_ends_with``). Default: every channel.
+    filter: PusherWebhookFilterConfig = dataclasses.field(default_factory=PusherWebhookFilterConfig)
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """``url`` and ``event_types`` are required; an event type is named once."""
+        if not self.url:
+            yield "url", "required: where the webhooks are POSTed"
+        if not self.event_types:
+            yield "event_types", f"required: one or more of {', '.join(PUSHER_WEBHOOK_EVENTS)}"
+        elif len(set(self.event_types)) != len(self.event_types):
+            yield "event_types", "an event type is named twice"
+
+
 @dataclass(frozen=True, slots=True)
 class PusherAppConfig:
     """``[[pusher.apps]]``: one Pusher Channels app (see docs/pusher.md).
@@ -908,12 +963,20 @@ class PusherAppConfig:
     auth_timestamp_window: float = option(600.0, gt=0, unit="seconds")
     #: Seconds a cache channel keeps its last event, > 0. Default 1800.
     cache_ttl: float = option(1800.0, gt=0, unit="seconds")
+    #: Where this app's webhooks go, each a ``[[pusher.apps.webhooks]]`` table (``url``,
+    #: ``event_types``, ``filter``). Default [] (none: no webhook event is even made).
+    webhooks: tuple[PusherWebhookConfig, ...] = option(())
     #: The content of ``secret_file``, read at load. Not a TOML key.
     secret_from_file: str = option("", toml=False, secret=True)
 
     def signing_secret(self) -> str:
         """The secret, from ``secret`` or ``secret_file``."""
         return self.secret or self.secret_from_file
+
+    def wants_webhook(self, event_type: str) -> bool:
+        """Whether some webhook of the app takes ``event_type`` (on some channel): the
+        sources make no event that no endpoint wants."""
+        return any(event_type in hook.event_types for hook in self.webhooks)
 
     def load_files(self) -> PusherAppConfig:
         """Read ``secret_file`` into ``secret_from_file``."""
@@ -947,6 +1010,19 @@ class PusherConfig:
 
     #: The apps, each a ``[[pusher.apps]]`` table. Default [] (none).
     apps: tuple[PusherAppConfig, ...] = option(())
+    #: Seconds after an event during which its webhook may still be sent, 1..290: older
+    #: events are dropped unsent and counted. The server SDKs' validators refuse a
+    #: webhook whose ``time_ms`` is more than 300 s old; 290 keeps 10 s for the request's
+    #: flight and the clocks' difference. Default 290.
+    webhook_max_age: float = option(290.0, ge=1, le=290, unit="seconds")
+    #: Most events in one webhook request, 1..1000. Default 50.
+    webhook_batch_size: int = option(50, ge=1, le=1000)
+    #: Most events waiting per endpoint (a slow or dead receiver costs this much memory
+    #: at most; past it the oldest are dropped and counted), >= 1. Default 10000.
+    webhook_queue_size: int = option(10000, ge=1)
+    #: Seconds one webhook request may take before it counts as failed and is retried,
+    #: > 0. Default 10.
+    webhook_timeout: float = option(10.0, gt=0, unit="seconds")
 
     def app_by_key(self, key: str) -> PusherAppConfig | None:
         """The app whose key is ``key``, or None. (A linear scan: a service has a

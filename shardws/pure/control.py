@@ -915,6 +915,81 @@ class PusherCacheGetRequest(_PusherChannelRequest[PusherCacheGetReply]):
     reply_type: ClassVar[type[OwnerReply]] = PusherCacheGetReply
 
 
+# -- pusher.occupancy, pusher.occupied (occupied/vacated webhooks, decided by the owner)
+
+
+@dataclass(frozen=True, slots=True)
+class PusherOccupancyReply(_Done):
+    """The owner took the notice."""
+
+
+@dataclass(frozen=True, slots=True)
+class PusherOccupancyRequest(OwnerRequest[PusherOccupancyReply]):
+    """Worker ``member`` has subscribers of ``channel`` (an internal name) when
+    ``occupied``, none left otherwise. The owner sends ``channel_occupied`` when the
+    channel had no worker before, ``channel_vacated`` when the last is gone -- unless
+    ``restore``: what already was, told to an owner that does not know it."""
+
+    op: ClassVar[str] = "pusher.occupancy"
+    reply_type: ClassVar[type[OwnerReply]] = PusherOccupancyReply
+    channel: str
+    member: int
+    occupied: bool
+    restore: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "member": self.member,
+            "occupied": self.occupied,
+            "restore": self.restore,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        member = _int(fields, "member")
+        if member < 0:
+            raise ValueError("member must be >= 0")
+        return cls(
+            _pusher_channel(fields), member, _bool(fields, "occupied"), _bool(fields, "restore")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PusherOccupiedReply(OwnerReply):
+    """The Pusher ``channels`` (internal names) with subscribers on the asked worker
+    whose owner is the asker, among those whose occupancy is tracked."""
+
+    channels: tuple[str, ...]
+
+    def fields(self) -> dict[str, Any]:
+        return {"channels": list(self.channels)}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        channels = fields.get("channels")
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise ValueError("channels must be a list of strings")
+        return cls(tuple(channels))
+
+
+@dataclass(frozen=True, slots=True)
+class PusherOccupiedRequest(OwnerRequest[PusherOccupiedReply]):
+    """Asked by the owner ``owner`` of a worker of another host that it had taken for
+    gone and sees again (a partition healed): which of my channels have you?"""
+
+    op: ClassVar[str] = "pusher.occupied"
+    reply_type: ClassVar[type[OwnerReply]] = PusherOccupiedReply
+    owner: int
+
+    def fields(self) -> dict[str, Any]:
+        return {"owner": self.owner}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_int(fields, "owner"))
+
+
 #: The owner operations by op name.
 OWNER_REQUESTS: dict[str, type[OwnerRequest[Any]]] = {
     kind.op: kind
@@ -931,6 +1006,8 @@ OWNER_REQUESTS: dict[str, type[OwnerRequest[Any]]] = {
         PusherUsersRequest,
         PusherCachePutRequest,
         PusherCacheGetRequest,
+        PusherOccupancyRequest,
+        PusherOccupiedRequest,
     )
 }
 

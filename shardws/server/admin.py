@@ -52,9 +52,11 @@ from shardws.pure.backend import (
 from shardws.pure.busframe import inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
 from shardws.pure.history import owner_of
+from shardws.pure.pusher import webhooks
 from shardws.pure.pusher.httpapi import max_body_bytes
 from shardws.server.metrics import prometheus_text, pusher_text
 from shardws.server.pusherapi import PusherApi
+from shardws.server.webhooks import WebhookSender
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import Members, ViewTable
@@ -191,6 +193,8 @@ class Backend:
         self._board = board
         self.members = Members(board, tables.view, config, board.admin_slot)
         self._requests = Requests(self.members.me, self._send_to_inbox)
+        # This host's workers tell their webhook events to this process (docs/pusher.md).
+        self.webhooks = WebhookSender(config.pusher)
 
     def _send_to_inbox(self, member: int, payload: bytes) -> None:
         assert self.bus is not None
@@ -239,10 +243,12 @@ class Backend:
         self.disconnects += 1
 
     def on_inbox(self, origin: int, payloads: list[bytes]) -> None:
-        """Bus callback: the workers' replies to our requests."""
+        """Bus callback: the workers' replies to our requests, and their webhook events."""
         for message in control.inbox_messages(origin, payloads):
             if "reply" in message:
                 self._requests.on_reply(origin, message)
+            elif message["op"] == webhooks.OP:
+                self.webhooks.put(message)
 
     async def channels(self, prefix: str, limit: int) -> dict[str, Any]:
         """The ``GET /api/channels`` document: subscriber counts summed over the ready
@@ -332,7 +338,7 @@ class Backend:
             if isinstance(answer.get("apps"), dict)
         }
         complete = not missing and len(per_worker) == len(answers)
-        return pusher_text(per_worker, api.events, apps, complete)
+        return pusher_text(per_worker, api.events, self.webhooks.counters(), apps, complete)
 
     async def pusher_users(self, channel: str) -> control.PusherUsersReply | None:
         """The users of the Pusher presence channel ``channel`` (an internal name) from
@@ -524,6 +530,7 @@ async def _serve(
         hwm=config.server.bus_hwm,
     )
     bus.start()
+    backend.webhooks.start()
     deadline = loop.time() + 3.0
     while not await bus.sync() and loop.time() < deadline:
         pass
@@ -561,6 +568,7 @@ async def _serve(
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         await asyncio.sleep(0.05)
     await runner.cleanup()
+    await backend.webhooks.close()
     bus.close()
 
 

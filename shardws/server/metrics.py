@@ -279,16 +279,27 @@ _PUSHER_WORKER_SERIES = (
 )
 
 
+#: The webhook series (``server.webhooks.WebhookSender.counters``), host-wide per app:
+#: (name, counter, help text); the drops are one series with a ``reason`` label.
+_WEBHOOK_SERIES = (
+    ("shardws_pusher_webhook_events_sent", "sent", "webhook events the receiver took (2xx)"),
+    ("shardws_pusher_webhook_failed_requests", "failed_requests", "webhook requests that failed"),
+)
+_WEBHOOK_DROPS = ("expired", "queue_full")
+
+
 class _PusherCollector:
     def __init__(
         self,
         per_worker: dict[int, dict[str, dict[str, int]]],
         api_events: dict[str, int],
+        webhooks: dict[str, dict[str, int]],
         apps: list[str],
         complete: bool,
     ) -> None:
         self._per_worker = per_worker
         self._api_events = api_events
+        self._webhooks = webhooks
         self._apps = apps
         self._complete = complete
 
@@ -310,23 +321,47 @@ class _PusherCollector:
         for app in self._apps:
             events.add_metric([app], float(self._api_events.get(app, 0)))
         yield events
+        yield from self._webhook_families()
         yield GaugeMetricFamily(
             "shardws_pusher_metrics_complete",
             "1 if every ready worker gave its Pusher counters to this scrape",
             value=1.0 if self._complete else 0.0,
         )
 
+    def _webhook_families(self) -> Iterator[Metric]:
+        counts = self._webhooks
+        for name, counter, text in _WEBHOOK_SERIES:
+            family = CounterMetricFamily(name, text, labels=["app"])
+            for app in self._apps:
+                family.add_metric([app], float(counts.get(app, {}).get(counter, 0)))
+            yield family
+        dropped = CounterMetricFamily(
+            "shardws_pusher_webhook_events_dropped",
+            "webhook events dropped unsent: expired (older than webhook_max_age), queue_full",
+            labels=["app", "reason"],
+        )
+        queued = GaugeMetricFamily(
+            "shardws_pusher_webhook_events_queued", "webhook events waiting", labels=["app"]
+        )
+        for app in self._apps:
+            for reason in _WEBHOOK_DROPS:
+                dropped.add_metric([app, reason], float(counts.get(app, {}).get(reason, 0)))
+            queued.add_metric([app], float(counts.get(app, {}).get("queued", 0)))
+        yield dropped
+        yield queued
+
 
 def pusher_text(
     per_worker: dict[int, dict[str, dict[str, int]]],
     api_events: dict[str, int],
+    webhooks: dict[str, dict[str, int]],
     apps: list[str],
     complete: bool,
 ) -> bytes:
     """The Pusher series per app (``app`` label, every configured app) in the text
     exposition format: each worker's ``pusher_stats`` answer (``per_worker``: slot ->
-    {app id: {counter: n}}), the admin's HTTP API events per app, and whether every
-    ready worker answered."""
+    {app id: {counter: n}}), the admin's HTTP API events per app, its webhook counters
+    per app, and whether every ready worker answered."""
     registry = CollectorRegistry()
-    registry.register(_PusherCollector(per_worker, api_events, apps, complete))
+    registry.register(_PusherCollector(per_worker, api_events, webhooks, apps, complete))
     return generate_latest(registry)

@@ -25,6 +25,14 @@ Guarantees:
   ``Delivery.publish`` skips it).
 * A quiet connection gets ``pusher:ping`` after the app's ``activity_timeout`` and is
   closed with 4201 when nothing arrives within :data:`PONG_WAIT` more.
+* Webhook events (``client_event``, ``cache_miss`` here; occupancy and members at the
+  channel's owner, ``PusherOwner``) are made only for apps with an endpoint that wants
+  them, and leave as one bus message to this host's admin (``webhook``): never a wait.
+* The owner of a channel of an app with occupancy webhooks hears when this worker gets
+  the channel's first subscriber and loses its last (``hub_changed``): one request in
+  flight per channel, the hub's state at the time re-read after each answer, so the
+  owner ends up told the last state whatever the order of subscribes and leaves; asked
+  up to :data:`JOIN_ATTEMPTS` times each while the owner restarts.
 """
 
 from __future__ import annotations
@@ -44,14 +52,16 @@ from shardws.pure.control import (
     PusherCacheGetRequest,
     PusherJoinRequest,
     PusherLeaveRequest,
+    PusherOccupancyRequest,
     encode_owner_request,
 )
 from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
-from shardws.pure.pusher import wire
+from shardws.pure.pusher import webhooks, wire
 from shardws.pure.pusher.admission import Admitted, Refused
 from shardws.pure.pusher.channels import (
     SocketIds,
+    app_of,
     internal_name,
     kind_of,
     pusher_name,
@@ -67,6 +77,7 @@ from shardws.pure.pusher.session import (
     PusherSubscribe,
     PusherUnsubscribe,
 )
+from shardws.pure.pusher.webhooks import WebhookEvent
 from shardws.pure.session import Close, Reply
 from shardws.server.connection import Connection
 from shardws.server.delivery import WireFormat
@@ -184,6 +195,71 @@ class PusherFront:
         # Presence channels with members here -> the (owner, its pid) that knows them.
         self._owner_seen: dict[str, tuple[int, int]] = {}
         self._joining: set[tuple[str, str]] = set()  # (socket id, channel) asking to join
+        # Channels of apps with occupancy webhooks whose owner knows they have
+        # subscribers here -> the (owner, its pid) told; and those being told.
+        self._occupied_at: dict[str, tuple[int, int]] = {}
+        self._telling: set[str] = set()
+        self._apps = {app.id: app for app in worker.config.pusher.apps}
+
+    # -- webhooks -----------------------------------------------------------------------
+
+    def wants_webhook(self, internal: str, event_type: str) -> bool:
+        """Whether the app of the channel ``internal`` has an endpoint for ``event_type``."""
+        app = self._apps.get(app_of(internal))
+        return app is not None and app.wants_webhook(event_type)
+
+    def webhook(self, internal: str, event: WebhookEvent) -> None:
+        """Hand ``event`` of the channel ``internal`` to this host's admin (the sender)
+        if its app wants it: one bus message, nothing waited for."""
+        bus, worker = self.worker.bus, self.worker
+        if bus is None or not self.wants_webhook(internal, event.name):
+            return
+        admin = worker.members.id(worker.board.admin_slot)
+        at_ms = int(time.time() * 1000)
+        bus.publish(
+            inbox_topic(admin),
+            webhooks.encode_message(app_of(internal), event, at_ms, worker.member),
+        )
+
+    def hub_changed(self, internal: str, occupied: bool) -> None:
+        """The hub's first-subscriber (``occupied``) or last-subscriber rule fired for
+        ``internal``: tell the channel's owner if the app has occupancy webhooks (see
+        the module doc)."""
+        if internal in self._telling or not (
+            self.wants_webhook(internal, "channel_occupied")
+            or self.wants_webhook(internal, "channel_vacated")
+        ):
+            return
+        self._telling.add(internal)
+        told = not occupied  # what the owner knows from us: the state before
+        self.spawn(self._tell_occupancy(internal, told))
+
+    async def _tell_occupancy(self, internal: str, told: bool) -> None:
+        worker = self.worker
+        try:
+            attempts = 0
+            while attempts < JOIN_ATTEMPTS:
+                occupied = internal in worker.hub
+                if occupied == told:
+                    return
+                request = PusherOccupancyRequest(internal, worker.member, occupied)
+                if await worker.owners.ask_owner(internal, request) is None:
+                    attempts += 1  # the owner restarting: ask its next process
+                    continue
+                attempts, told = 0, occupied
+                if occupied:
+                    self._occupied_at[internal] = self._owner_process(internal)
+                else:
+                    self._occupied_at.pop(internal, None)
+            log.warning("occupancy of %s: the owner never answered", internal)
+        finally:
+            self._telling.discard(internal)
+
+    def occupied_for(self, owner: int) -> tuple[str, ...]:
+        """The ``pusher.occupied`` answer: this worker's channels whose owner is ``owner``
+        and which have subscribers here (occupancy webhooks' apps only)."""
+        owners, hub = self.worker.owners, self.worker.hub
+        return tuple(c for c in self._occupied_at if c in hub and owners.owner(c) == owner)
 
     def opened(self, conn: PusherConnection) -> None:
         """A connection's upgrade completed: refuse it, or give it its socket id and send
@@ -271,7 +347,7 @@ class PusherFront:
             # sends are those before this join, what the owner publishes after comes
             # after its answer on the same bus pipe.
             live = self.worker.hub.add(internal, conn, None)
-            self._spawn(self._join_presence(conn, channel, internal, subscribe.member, live))
+            self.spawn(self._join_presence(conn, channel, internal, subscribe.member, live))
             return
         live = self.worker.hub.add(internal, conn, conn.sink)
         cache = subscribe.type.cache
@@ -300,7 +376,7 @@ class PusherFront:
             return
         conn.send(wire.encode_subscription_succeeded(channel))
         if cache:
-            self._spawn(self._replay_cache(conn, channel, internal))
+            self.spawn(self._replay_cache(conn, channel, internal))
 
     def _refuse_not_live(self, conn: PusherConnection, channel: str, internal: str) -> None:
         """Undo ``conn``'s subscription to ``channel`` and answer
@@ -320,6 +396,7 @@ class PusherFront:
             return
         if reply is None or reply.event is None:
             conn.send(wire.encode_cache_miss(channel))
+            self.webhook(internal, WebhookEvent("cache_miss", channel))
         else:
             conn.send(reply.event)
 
@@ -397,6 +474,7 @@ class PusherFront:
         restarted) or another member (a reload moved the channel), and it is ready, tell
         it this worker's members of the channel again (``restore``: no announcement), so
         its roster says who is there."""
+        self._restore_occupancy()
         if not self._owner_seen:
             return
         worker = self.worker
@@ -429,6 +507,25 @@ class PusherFront:
                 )
                 self._notify_owner(internal, restore)
 
+    def _restore_occupancy(self) -> None:
+        """Per heartbeat: tell a channel's new owner process (restarted, or another member
+        after a reload) that this worker has subscribers of it (``restore``: it
+        decides nothing)."""
+        ready: set[int] | None = None
+        for internal, seen in list(self._occupied_at.items()):
+            if internal not in self.worker.hub:
+                continue  # being told it is vacant
+            now = self._owner_process(internal)
+            if now == seen:
+                continue
+            if ready is None:
+                ready = self.worker.members.ready_workers() | {self.worker.member}
+            if now[0] not in ready:
+                continue
+            self._occupied_at[internal] = now
+            request = PusherOccupancyRequest(internal, self.worker.member, True, restore=True)
+            self._notify_owner(internal, request)
+
     def _notify_owner(self, internal: str, request: OwnerRequest[Any]) -> None:
         """Send ``request`` to ``internal``'s owner, nobody waiting for the answer."""
         owners = self.worker.owners
@@ -447,7 +544,7 @@ class PusherFront:
         once the other workers have restored their members (``PusherOwner``)."""
         if (socket_id, internal) in self._joining:
             return
-        self._spawn(self._ask_leave(PusherLeaveRequest(internal, socket_id, user_id)))
+        self.spawn(self._ask_leave(PusherLeaveRequest(internal, socket_id, user_id)))
 
     async def _ask_leave(self, request: PusherLeaveRequest) -> None:
         for _attempt in range(JOIN_ATTEMPTS):
@@ -459,7 +556,7 @@ class PusherFront:
             request.channel,
         )
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)  # keep a reference until done (asyncio holds weak ones)
         task.add_done_callback(self._tasks.discard)
@@ -486,7 +583,19 @@ class PusherFront:
         publication = Publication(
             event.data, Kind.PUB, event.event, event.origin, event.user_id or ""
         )
-        self.worker.publish_publication(internal_name(conn.app.id, event.channel), publication)
+        internal = internal_name(conn.app.id, event.channel)
+        self.worker.publish_publication(internal, publication)
+        self.webhook(
+            internal,
+            WebhookEvent(
+                "client_event",
+                event.channel,
+                user_id=event.user_id or None,
+                event=event.event,
+                data=event.data.decode(),
+                socket_id=conn.socket_id,
+            ),
+        )
 
 
 #: How the front carries out each outcome of a Pusher session.

@@ -39,6 +39,19 @@ Guarantees:
   (a member leaves when its last connection is gone, and one on an unreachable host is
   taken for gone).
 
+Occupancy webhooks (``channel_occupied``, ``channel_vacated``), for apps that have them:
+each subscriber worker tells the owner when it gets a channel's first subscriber and
+loses its last (``pusher.occupancy``); the owner's :class:`Occupancy` decides, so the
+events are cluster-wide and once per change, whichever workers and hosts the
+subscribers are on. The same rules as for rosters hold: a restarted owner, or one a
+channel moved to, is told the occupied channels again (``restore``, no event); a vacate
+it cannot place while restoring is decided after :data:`SETTLE`; a process that is gone
+(a local one at once, another host's after :data:`REMOTE_GRACE`) leaves its channels, which
+may vacate them. A worker of another host dropped that way and seen again (a partition
+healed, a stalled host resumed) is asked which of this owner's channels it has
+(``pusher.occupied``), and those that were vacated meanwhile are announced occupied again.
+``member_added`` / ``member_removed`` webhooks go with the announcements above.
+
 Not covered (docs/pusher.md): a cache channel's last event is lost with its owner; the
 users of a host dropped after :data:`REMOTE_GRACE` that comes back are not announced
 again until they subscribe again.
@@ -61,14 +74,20 @@ from shardws.pure.control import (
     PusherJoinRequest,
     PusherLeaveReply,
     PusherLeaveRequest,
+    PusherOccupancyReply,
+    PusherOccupancyRequest,
+    PusherOccupiedReply,
+    PusherOccupiedRequest,
     PusherUsersReply,
     PusherUsersRequest,
 )
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.pusher.cache import LastEvents
-from shardws.pure.pusher.channels import app_of, incarnation_of, member_of
+from shardws.pure.pusher.channels import app_of, incarnation_of, member_of, pusher_name
+from shardws.pure.pusher.occupancy import Occupancy
 from shardws.pure.pusher.presence import Full, Roster
 from shardws.pure.pusher.session import PresenceMember
+from shardws.pure.pusher.webhooks import WebhookEvent
 from shardws.shm.scoreboard import Column
 
 if TYPE_CHECKING:
@@ -94,7 +113,16 @@ PusherRequest = (
     | PusherUsersRequest
     | PusherCachePutRequest
     | PusherCacheGetRequest
+    | PusherOccupancyRequest
+    | PusherOccupiedRequest
 )
+
+#: Seconds a worker of another host taken for gone is remembered, to ask it for its
+#: channels when it is seen again (a partition longer than this is not healed that way).
+TAKEN_FOR_GONE_MEMORY = 600.0
+#: Seconds to wait for a worker's ``pusher.occupied`` answer (``owners.OWNER_TIMEOUT``,
+#: which this module cannot import: ``owners`` imports it).
+ASK_TIMEOUT = 2.0
 
 
 class PusherOwner:
@@ -112,9 +140,18 @@ class PusherOwner:
         # (channel, user id) -> when to decide whether the user left.
         self._unknown_leaves: dict[tuple[str, str], float] = {}
         self._missing_since: dict[int, float] = {}  # member of another host -> first missed
+        self.occupancy = Occupancy()  # channels of apps with occupancy webhooks
+        self._occupant_pids: dict[int, int] = {}  # occupant member -> its pid (0: remote)
+        self._unknown_vacates: dict[str, float] = {}  # channel -> when to decide
+        self._taken_for_gone: dict[int, float] = {}  # remote occupant dropped -> when
 
     def answer(self, request: PusherRequest) -> OwnerReply:
         """Carry out and answer one ``pusher.*`` owner request."""
+        if isinstance(request, PusherOccupancyRequest):
+            self._occupancy(request)
+            return PusherOccupancyReply()
+        if isinstance(request, PusherOccupiedRequest):
+            return PusherOccupiedReply(self.worker.pusher.occupied_for(request.owner))
         if isinstance(request, PusherCachePutRequest):
             app_id = app_of(request.channel)
             cache = self.caches.get(app_id)
@@ -174,6 +211,88 @@ class PusherOwner:
 
     def _announce(self, channel: str, publication: Publication) -> None:
         self.worker.publish_publication(channel, publication)
+        name = "member_added" if publication.kind is Kind.JOIN else "member_removed"
+        self._webhook(channel, name, publication.user)
+
+    def _webhook(self, channel: str, name: str, user_id: str | None = None) -> None:
+        self.worker.pusher.webhook(channel, WebhookEvent(name, pusher_name(channel), user_id))
+
+    # -- occupancy (channel_occupied, channel_vacated) --------------------------------------
+
+    def _occupancy(self, request: PusherOccupancyRequest) -> None:
+        channel, member = request.channel, request.member
+        # A worker we took for gone: its channels were announced vacated, so what it
+        # restores is announced occupied again, and a vacate we cannot place was said.
+        back = member in self._taken_for_gone
+        self._note_occupant(member)
+        occupancy = self.occupancy
+        if request.restore and not back:
+            occupancy.restore(channel, member)
+        elif request.occupied or request.restore:
+            if occupancy.occupy(channel, member):
+                self._webhook(channel, "channel_occupied")
+        elif channel not in occupancy:
+            now = time.monotonic()
+            if not back and now - self._restoring_since < RESTORING:
+                # Occupied at the previous owner, whose state is lost: decide once the
+                # other workers have restored theirs.
+                self._unknown_vacates[channel] = now + SETTLE
+        elif occupancy.vacate(channel, member):
+            self._webhook(channel, "channel_vacated")
+
+    def _note_occupant(self, member: int) -> None:
+        """Remember ``member``'s process; a new process in a local slot means the old one
+        is gone (its channels are left first)."""
+        pid = self.pid_of(member)
+        known = self._occupant_pids.get(member)
+        if known is not None and known != pid:
+            self._drop_occupant(member)
+        self._occupant_pids[member] = pid
+
+    def _drop_occupant(self, member: int) -> None:
+        self._occupant_pids.pop(member, None)
+        for channel in self.occupancy.drop_member(member):
+            self._webhook(channel, "channel_vacated")
+
+    def check_occupants(self, ready_elsewhere: set[int]) -> None:
+        """Per heartbeat: drop the occupancy of processes that are gone (as
+        :meth:`check_processes` for rosters); ask a worker of another host that was taken
+        for gone and is back (in ``ready_elsewhere``) which of our channels it has."""
+        now = time.monotonic()
+        for member in self.occupancy.members():
+            if self.worker.members.is_local(member):
+                if self.pid_of(member) != self._occupant_pids.get(member):
+                    self._drop_occupant(member)
+                continue
+            if member in ready_elsewhere:
+                self._missing_since.pop(member, None)
+            elif now - self._missing_since.setdefault(member, now) >= REMOTE_GRACE:
+                self._missing_since.pop(member, None)
+                self._drop_occupant(member)
+                self._taken_for_gone[member] = now
+        for member, since in list(self._taken_for_gone.items()):
+            if now - since > TAKEN_FOR_GONE_MEMORY:
+                del self._taken_for_gone[member]
+            elif member in ready_elsewhere:
+                del self._taken_for_gone[member]
+                self.worker.pusher.spawn(self._ask_occupied(member))
+
+    async def _ask_occupied(self, member: int) -> None:
+        """Ask ``member`` (back after being taken for gone) which of our channels it has;
+        those with no subscriber elsewhere were announced vacated: announce them occupied."""
+        owners = self.worker.owners
+        request = PusherOccupiedRequest(self.worker.member)
+        replies, _missing = await owners.requests.call({member}, request, ASK_TIMEOUT)
+        reply = replies.get(member)
+        if not isinstance(reply, PusherOccupiedReply):
+            log.warning("worker %d did not say which channels it has", member)
+            return
+        self._occupant_pids[member] = 0
+        for channel in reply.channels:
+            if owners.owner(channel) == self.worker.member and self.occupancy.occupy(
+                channel, member
+            ):
+                self._webhook(channel, "channel_occupied")
 
     # -- gone processes ----------------------------------------------------------------
 
@@ -211,6 +330,11 @@ class PusherOwner:
             roster = self.rosters.get(channel)
             if roster is None or not roster.has_user(user):
                 self._announce(channel, Publication(b"", Kind.LEAVE, "", "", user))
+        for channel, due in list(self._unknown_vacates.items()):
+            if due <= now:
+                del self._unknown_vacates[channel]
+                if channel not in self.occupancy:
+                    self._webhook(channel, "channel_vacated")
 
     def check_processes(self) -> None:
         """Drop the subscriptions of processes that are gone (called per heartbeat): a
@@ -228,6 +352,9 @@ class PusherOwner:
                 del self.rosters[channel]
             for cache in self.caches.values():
                 cache.forget(lambda channel: owners.owner(channel) != me)
+            self.occupancy.forget(lambda channel: owners.owner(channel) != me)
+        if self.occupancy or self._taken_for_gone:
+            self.check_occupants(self.worker.members.ready_workers())
         if not self.rosters:
             self._processes.clear()
             return

@@ -682,10 +682,14 @@ class Worker:
 
     def _bus_subscribe(self, channel: str) -> asyncio.Future[bool]:
         assert self.bus is not None
+        if is_internal(channel):  # a Pusher channel's owner may want to know (webhooks)
+            self.pusher.hub_changed(channel, occupied=True)
         return self.bus.subscribe(channel_topic(channel))
 
     def _bus_unsubscribe(self, channel: str) -> None:
         self.owners.tracker.forget(channel)  # positions restart with the next subscriber
+        if is_internal(channel):
+            self.pusher.hub_changed(channel, occupied=False)
         if self.bus is not None:
             self.bus.unsubscribe(channel_topic(channel))
 
