@@ -72,10 +72,10 @@ def test_unknown_event_names_and_filters() -> None:
     only = PusherWebhookFilterConfig(channel_name_starts_with="presence-")
     presence = PusherWebhookConfig("http://x/", ("channel_occupied", "member_added"), only)
     assert not wanted(presence, EVENTS[0]) and wanted(presence, EVENTS[1])
-    suffix = PusherWebhookFilterConfig(channel_name_ends_with="-room")
+    suffix = PusherWebhookFilterConfig(channel_name_ends_with="-lobby")
     rooms = PusherWebhookConfig("http://x/", ("member_added",), suffix)
     assert not wanted(rooms, EVENTS[1])
-    assert wanted(rooms, WebhookEvent("member_added", "presence-x-room", user_id="1"))
+    assert wanted(rooms, WebhookEvent("member_added", "presence-x-lobby", user_id="1"))
 
 
 def test_the_inbox_message_round_trips_and_junk_is_refused() -> None:
