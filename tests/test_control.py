@@ -167,6 +167,12 @@ OWNER_EXCHANGES: list[tuple[control.OwnerRequest[Any], control.OwnerReply]] = [
         control.PusherCacheGetReply('{"event":"é"}'.encode()),
     ),
     (control.PusherCacheGetRequest("|1|cache-a"), control.PusherCacheGetReply(None)),
+    (
+        control.PusherOccupancyRequest("|1|room", 65537, True, restore=True),
+        control.PusherOccupancyReply(),
+    ),
+    (control.PusherOccupancyRequest("|1|room", 3, False), control.PusherOccupancyReply()),
+    (control.PusherOccupiedRequest(65536), control.PusherOccupiedReply(("|1|a", "|2|b"))),
 ]
 
 
@@ -202,6 +208,8 @@ def test_owner_op_names_are_the_documented_ones() -> None:
         "pusher.users",
         "pusher.cache_put",
         "pusher.cache_get",
+        "pusher.occupancy",
+        "pusher.occupied",
     }
     assert {type(request) for request, _ in OWNER_EXCHANGES} == set(control.OWNER_REQUESTS.values())
 
@@ -327,6 +335,7 @@ BAD_OWNER_REPLIES: list[tuple[control.OwnerRequest[Any], dict[str, Any]]] = [
     (control.PusherJoinRequest("|1|p", "1.2", "a", None, 1), {"members": []}),
     (control.PusherUsersRequest("|1|p"), {"users": [1], "subscriptions": 1}),
     (control.PusherCacheGetRequest("|1|p"), {"event": {}}),
+    (control.PusherOccupiedRequest(1), {"channels": [1]}),
 ]
 
 
