@@ -19,6 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pusherjs import AuthEndpoint, on_workers, pusher_clients
 from serverproc import ServerProcess, free_port, loopback_cluster, timeout
+from test_pusher_server import _children
+from test_pusher_server import sdk as server_sdk
 from toolkit import wait_until
 
 from shardws.pure.cluster import host_number, member_id
@@ -29,14 +31,8 @@ SECRET = "hooks-app-secret-0123456789"
 
 
 def sdk(server: ServerProcess) -> pusher.Pusher:
-    return pusher.Pusher(
-        app_id="1",
-        key="app-key",
-        secret=SECRET,
-        host="127.0.0.1",
-        port=server.admin_port,
-        ssl=False,
-    )
+    """The official server SDK for this module's app, on the admin listener."""
+    return server_sdk(server, secret=SECRET)
 
 
 class Receiver:
@@ -285,19 +281,6 @@ def test_a_dead_receiver_never_blocks_delivery_and_old_events_are_dropped(
         )
         assert _metric(proc, "shardws_pusher_webhook_events_sent_total", app="1") == 0
         assert _metric(proc, "shardws_pusher_webhook_failed_requests_total", app="1") >= 1
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
 
 
 def test_a_host_taken_for_gone_and_back_vacates_then_occupies_again(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ Ops:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import logging
@@ -247,6 +248,15 @@ def _channel(fields: Mapping[str, Any]) -> str:
     return channel
 
 
+def _channel_list(fields: Mapping[str, Any]) -> tuple[str, ...]:
+    channels = fields.get("channels")
+    if not isinstance(channels, list):
+        raise ValueError("channels must be a list")
+    if not all(isinstance(channel, str) for channel in channels):
+        raise ValueError("channels must be a list of strings")
+    return tuple(channels)
+
+
 def _position(fields: Mapping[str, Any]) -> Position:
     return Position(_str(fields, "epoch"), _int(fields, "offset"))
 
@@ -433,12 +443,7 @@ class HistoryPositionsRequest(OwnerRequest[HistoryPositionsReply]):
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        channels = fields.get("channels")
-        if not isinstance(channels, list):
-            raise ValueError("channels must be a list")
-        if not all(isinstance(channel, str) for channel in channels):
-            raise ValueError("channels must be a list of strings")
-        return cls(tuple(channels))
+        return cls(_channel_list(fields))
 
 
 # -- history.page
@@ -938,21 +943,14 @@ class PusherOccupancyRequest(OwnerRequest[PusherOccupancyReply]):
     restore: bool = False
 
     def fields(self) -> dict[str, Any]:
-        return {
-            "channel": self.channel,
-            "member": self.member,
-            "occupied": self.occupied,
-            "restore": self.restore,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        member = _int(fields, "member")
+        channel, member = _pusher_channel(fields), _int(fields, "member")
         if member < 0:
             raise ValueError("member must be >= 0")
-        return cls(
-            _pusher_channel(fields), member, _bool(fields, "occupied"), _bool(fields, "restore")
-        )
+        return cls(channel, member, _bool(fields, "occupied"), _bool(fields, "restore"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -967,10 +965,7 @@ class PusherOccupiedReply(OwnerReply):
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        channels = fields.get("channels")
-        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-            raise ValueError("channels must be a list of strings")
-        return cls(tuple(channels))
+        return cls(_channel_list(fields))
 
 
 @dataclass(frozen=True, slots=True)
