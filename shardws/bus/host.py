@@ -28,7 +28,8 @@ Guarantees:
   subscription is live at the forwarder, so anything any member publishes afterwards
   reaches us. The member subscribes a unique barrier topic after the new topic (same
   pipe, applied in order) and publishes probes on it until one comes back through the
-  forwarder. Members in ``relays`` (the cluster bridge) must answer too: the bridge
+  forwarder. One round runs at a time: the subscriptions made meanwhile share the
+  next. Members in ``relays`` (the cluster bridge) must answer too: the bridge
   answers once the subscription is live on the peer hosts. No answer within
   ``sync_timeout`` (the forwarder restarting, a relay stuck) is counted in
   ``sync_timeouts`` and the future resolves False: the subscription may not be live,
@@ -162,6 +163,8 @@ class Bus:
         self._flush()
         for barrier in list(self._barriers.values()):
             self._finish_barrier(barrier, False)
+        if self._next_barrier is not None:
+            self._finish_barrier(self._next_barrier, False)
         if self._sweep is not None:
             self._sweep.cancel()
         self._loop.remove_reader(self._sub.FD)
@@ -278,26 +281,34 @@ class Bus:
         self._kick()
 
     def _barrier(self) -> asyncio.Future[bool]:
-        # Subscriptions made in the same loop iteration share one barrier round.
-        if self._next_barrier is None:
+        # One round at a time: subscriptions made while a round is in flight share the
+        # next one, started when it ends, so a burst of subscribes costs about one
+        # round (a barrier topic subscribed and unsubscribed, probes, an echo) however
+        # many it carries. Its deadline runs from its first subscription, so none
+        # waits longer than ``sync_timeout`` for its answer.
+        barrier = self._next_barrier
+        if barrier is None:
             topic = b"s%d.%d\0" % (self.member, next(self._barrier_ids))
             barrier = _Barrier(topic, set(), self._loop.create_future())
+            barrier.timer = self._loop.call_later(
+                self._sync_timeout, self._finish_barrier, barrier, False
+            )
             self._next_barrier = barrier
-            self._loop.call_soon(self._start_barrier, barrier)
-        return self._next_barrier.future
+            if not self._barriers:
+                self._loop.call_soon(self._start_barrier, barrier)
+        return barrier.future
 
     def _start_barrier(self, barrier: _Barrier) -> None:
+        if self._next_barrier is not barrier:
+            return  # already started, or timed out while it waited
         self._next_barrier = None
         if self._closed:
-            barrier.future.set_result(False)
+            self._finish_barrier(barrier, False)
             return
         barrier.expected = self._relays() - {self.member}
         self._barriers[barrier.topic] = barrier
         # After the topics it confirms, on the same pipe: applied after them.
         self._sub.setsockopt(zmq.SUBSCRIBE, barrier.topic)
-        barrier.timer = self._loop.call_later(
-            self._sync_timeout, self._finish_barrier, barrier, False
-        )
         self._probe(barrier)
 
     def _probe(self, barrier: _Barrier) -> None:
@@ -310,8 +321,9 @@ class Bus:
         barrier.probe = self._loop.call_later(PROBE_INTERVAL, self._probe, barrier)
 
     def _finish_barrier(self, barrier: _Barrier, complete: bool) -> None:
-        if self._barriers.pop(barrier.topic, None) is None:
-            return
+        started = self._barriers.pop(barrier.topic, None) is not None
+        if not started and self._next_barrier is not barrier:
+            return  # finished already
         for handle in (barrier.timer, barrier.probe):
             if handle is not None:
                 handle.cancel()
@@ -320,14 +332,19 @@ class Bus:
             missing = sorted(barrier.expected - barrier.answered)
             log.warning(
                 "subscribe barrier timed out (forwarder %s, waiting for relays %s)",
-                "answered" if barrier.echoed else "silent",
+                "answered" if barrier.echoed else "silent" if started else "not asked yet",
                 missing,
             )
-        if not self._closed:
+        if self._next_barrier is barrier:  # timed out while the round before it ran
+            self._next_barrier = None
+        elif not self._closed:
             self._sub.setsockopt(zmq.UNSUBSCRIBE, barrier.topic)
             self._kick()
         if not barrier.future.done():
             barrier.future.set_result(complete)
+        waiting = self._next_barrier
+        if waiting is not None and not self._barriers:
+            self._loop.call_soon(self._start_barrier, waiting)
 
     # -- reading ----------------------------------------------------------------------
 
