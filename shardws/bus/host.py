@@ -1,13 +1,14 @@
 """The host bus: ZeroMQ PUB/SUB over ipc between the processes of one host, through
 the forwarder (``shardws.bus.forwarder``).
 
-Topology: every member connects one PUB to the forwarder's inbound endpoint and one SUB
-to its outbound endpoint. A subscription travels one pipe and is applied in the
-forwarder's C code: no other member's Python sees it, so its cost does not grow with
-the number of members. A member drops the frames it published itself (it delivers
-locally itself), so each publication reaches every subscribed member exactly once. A
-member whose process is replaced, or a restarted forwarder, is reconnected by ZeroMQ
-(a SUB sends all its subscriptions again when it reconnects).
+Topology: every member connects one PUSH to the forwarder's publish endpoint and one
+SUB to its outbound endpoint. A subscription travels one pipe and is applied in the
+forwarder's C code: no other member's Python or ZeroMQ thread sees it (a PUSH takes no
+subscriptions), so its cost does not grow with the number of members. A member drops
+the frames it published itself (it delivers locally itself), so each publication
+reaches every subscribed member exactly once. A member whose process is replaced, or a
+restarted forwarder, is reconnected by ZeroMQ (a SUB sends all its subscriptions again
+when it reconnects).
 
 The wire format (topics, frame header) is ``shardws.pure.busframe``. Publications queued
 for the same topic during one event-loop iteration travel in one frame (batching
@@ -18,8 +19,9 @@ Guarantees:
 
 * Order: payloads from one origin on one topic arrive in publish order (one pipe in,
   one forwarding thread, one pipe out).
-* Loss is counted, never silent: ZeroMQ drops at a high-water mark (and a PUB drops
-  while the forwarder restarts) without telling anyone, so receivers compare
+* Loss is counted, never silent: ZeroMQ drops at a high-water mark without telling
+  anyone, and this member's PUSH refuses a frame at its own (this member drops it
+  rather than block its loop: ``send_drops``), so receivers compare
   per-(origin, topic) sequence numbers and add every gap to ``lost``. A sender forgets
   a topic's sequence after ``SEQUENCE_IDLE`` s without a publication on it, so a loss
   followed by that much silence on the topic is not counted (nothing after it reveals
@@ -50,7 +52,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from shardws.bus.forwarder import PUBLISH_HWM_FLOOR
+from shardws.bus.forwarder import PUBLISH_HWM_FLOOR, Endpoints
 from shardws.pure.busframe import HEADER as _HEADER
 from shardws.pure.busframe import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, inbox_topic
 from shardws.pure.busframe import LENGTH as _LENGTH
@@ -82,7 +84,7 @@ class Bus:
     def __init__(
         self,
         member: int,
-        forwarder: tuple[str, str],
+        forwarder: Endpoints,
         on_channel: Callable[[bytes, list[bytes], int], None],
         relays: Callable[[], set[int]],
         *,
@@ -92,7 +94,7 @@ class Bus:
         on_inbox: Callable[[int, list[bytes]], None] | None = None,
         inbox_live: Callable[[int], bool] | None = None,
     ) -> None:
-        """``forwarder`` is the forwarder's (inbound, outbound) endpoints. ``relays()``
+        """``forwarder`` is the forwarder's endpoints (``bus.forwarder.endpoints``). ``relays()``
         gives the members that must answer a barrier besides the forwarder (the ready
         bridge in a cluster, else none). ``on_channel(topic, payloads, stamp)`` gets
         channel publications, ``on_user(topic, payloads)`` messages on subscribed user
@@ -104,6 +106,8 @@ class Bus:
         self.incarnation = int.from_bytes(os.urandom(4), "big")
         self.lost = 0  # bus payloads detected missing
         self.sync_timeouts = 0
+        self.send_drops = 0  # frames refused at our PUSH's high-water mark
+        self._drop_logged = 0.0  # monotonic time of the last warning about them
         # Bus messages this member's Python read, of any kind (barrier echoes included):
         # what shows which processes a subscription or a publication costs.
         self.reads = 0
@@ -114,7 +118,9 @@ class Bus:
         self._inbox_live = inbox_live
         self._loop = asyncio.get_running_loop()
         self._ctx = zmq.Context(io_threads=1)
-        self._pub = self._ctx.socket(zmq.PUB)
+        # A PUSH, not a PUB: subscriptions never travel back to a publisher, so a new
+        # topic anywhere on the host wakes none of this member's threads.
+        self._pub = self._ctx.socket(zmq.PUSH)
         self._sub = self._ctx.socket(zmq.SUB)
         for sock in (self._pub, self._sub):
             sock.setsockopt(zmq.LINGER, 0)
@@ -147,10 +153,9 @@ class Bus:
     def start(self) -> None:
         """Connect to the forwarder and start reading. Returns at once; ZeroMQ connects
         (and reconnects after a forwarder restart) by itself."""
-        inbound, outbound = self._forwarder
-        self._pub.connect(inbound)
+        self._pub.connect(self._forwarder.publish)
         self._sub.setsockopt(zmq.SUBSCRIBE, inbox_topic(self.member))
-        self._sub.connect(outbound)
+        self._sub.connect(self._forwarder.outbound)
         self._loop.add_reader(self._sub.FD, self._drain_sub)
         self._sweep = self._loop.call_later(SEQUENCE_IDLE, self._sweep_sequences)
         self._kick()
@@ -217,8 +222,14 @@ class Bus:
     def _send(self, frame: bytes) -> None:
         try:
             self._pub.send(frame, zmq.NOBLOCK, copy=len(frame) < 16384)
-        except zmq.Again:  # a PUB drops rather than blocks; counted like any other loss
-            log.warning("bus send would block; message dropped")
+        except zmq.Again:
+            # The forwarder is behind by the high-water mark (or gone): drop rather than
+            # block the loop. The sequence number was taken, so receivers count it lost.
+            self.send_drops += 1
+            now = time.monotonic()
+            if now - self._drop_logged > 1.0:
+                self._drop_logged = now
+                log.warning("bus: the forwarder is not taking frames; %d dropped", self.send_drops)
 
     def _sweep_sequences(self) -> None:
         # A sender cannot see who subscribes, so it forgets topics gone quiet instead.
