@@ -29,16 +29,21 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.macro import RESULTS, serve
-from shardws.tools.loadgen import LoadSpec, run, server_cpu_seconds
+from shardws.tools.loadgen import LoadSpec, cpu_by_thread_kind, run, server_threads
 
 SETTLE_SECONDS = 2.0  # after /health is ok: the last workers finish their barrier rounds
 
 
-def idle_rate(pid: int, seconds: float) -> float:
-    """Server CPU-seconds per second with no client connected."""
-    before = server_cpu_seconds([pid])
+def idle_rates(pid: int, seconds: float) -> dict[str, dict[str, float]]:
+    """Server CPU-seconds and runs on a CPU per second with no client connected, per
+    kind of thread (``loadgen.server_threads``)."""
+    before = server_threads([pid])
     time.sleep(seconds)
-    return (server_cpu_seconds([pid]) - before) / seconds
+    spent = cpu_by_thread_kind(before, server_threads([pid]))
+    return {
+        where: {name: value / seconds for name, value in figures.items()}
+        for where, figures in spent.items()
+    }
 
 
 def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -46,14 +51,17 @@ def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     # is not what is measured here (the supervisor would replace it as stuck).
     with serve("shardws", workers, server="heartbeat_timeout = 120") as server:
         time.sleep(SETTLE_SECONDS)
-        idle = idle_rate(server.pid, args.idle)
+        idle_by_thread = idle_rates(server.pid, args.idle)
+        idle = sum(figures["cpu_s"] for figures in idle_by_thread.values())
         report = run(
             LoadSpec(
                 scenario="idle",
                 url=[server.url],
                 server_pid=[server.pid],
                 connections=args.connections,
-                channels=args.connections,  # one channel per connection
+                # One channel per connection, or (--shared) one for all: the cost of
+                # connecting with one bus subscription per worker, the floor under it.
+                channels=1 if args.shared else args.connections,
                 processes=args.processes,
                 duration=1.0,
                 progress=False,
@@ -63,6 +71,17 @@ def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     phase = report["cpu"]["connect"]
     cpu = phase["server_cpu_s"] - idle * phase["wall_s"]
     subscribed = connections.get("subscribed") or 0
+    # Where the CPU went, per connection: each kind of thread's connect-phase CPU less
+    # its own idle rate over the phase (ms; the rows add up to ms_per_connection), and
+    # how often its threads were put on a CPU (wake-ups: the batching per wake-up).
+    by_thread: dict[str, dict[str, float]] = {}
+    wall, per = phase["wall_s"], max(subscribed, 1)
+    for where, figures in phase.get("server_by_thread", {}).items():
+        idle_where = idle_by_thread.get(where, {"cpu_s": 0.0, "runs": 0.0})
+        by_thread[where] = {
+            "ms": round(1000 * (figures["cpu_s"] - idle_where["cpu_s"] * wall) / per, 4),
+            "runs": round((figures["runs"] - idle_where["runs"] * wall) / per, 3),
+        }
     return {
         "workers": workers,
         "connections": args.connections,
@@ -74,6 +93,7 @@ def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_s": round(phase["server_cpu_s"], 3),
         "client_cpu_s": phase["client_cpu_s"],
         "ms_per_connection": round(1000 * cpu / subscribed, 4) if subscribed else None,
+        "ms_per_connection_by_thread": by_thread,
     }
 
 
@@ -100,6 +120,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle baseline")
+    parser.add_argument(
+        "--shared", action="store_true", help="every connection on one channel (the floor)"
+    )
     parser.add_argument("--label", default="", help="added to the result (e.g. the bus)")
     args = parser.parse_args()
     rows = [measure(workers, args) for workers in args.workers]
@@ -111,7 +134,7 @@ def main() -> None:
         + " ".join(
             f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if v != ""
+            if v not in ("", False)
         ),
         "rows": rows,
     }
@@ -119,6 +142,12 @@ def main() -> None:
     path = RESULTS / f"subscribe-cost-{time.strftime('%Y%m%d-%H%M%S')}.json"
     Path(path).write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
+    for row in rows:
+        top = list(row["ms_per_connection_by_thread"].items())[:5]
+        print(
+            f"{row['workers']} workers, per connection (ms, runs on a CPU): "
+            + ", ".join(f"{where} {f['ms']} {f['runs']}" for where, f in top)
+        )
     print(f"\nresult: {path}")
 
 

@@ -1,29 +1,38 @@
-"""The host bus's forwarder: one XSUB/XPUB pair that every bus member of the host
-publishes to and subscribes from, forwarding in libzmq's C code (``zmq.proxy``, the GIL
-released), so no member's Python sees another member's subscriptions.
+"""The host bus's forwarder: where every bus member of the host publishes and
+subscribes, forwarding in libzmq's C code (``zmq.proxy``, the GIL released), so no
+member's Python, and no member's ZeroMQ thread, sees another member's subscriptions.
 
-* Members' PUB sockets connect to ``inbound`` (the XSUB). The XSUB subscribes to every
-  topic itself, so a publisher sends every frame and filtering happens here, once, per
-  subscriber pipe: a publication to a channel whose subscribers sit on k members costs
-  k sends here and one at the publisher, however many members the host has.
+* Members' PUSH sockets connect to ``publish`` (a PULL). A first proxy thread passes what
+  it reads to a PUB, connected in-process to the XSUB of the second stage. PUSH sockets
+  take no subscriptions: a new topic wakes no publisher (through an XSUB, every member's
+  PUB would receive every new subscription of the host, and its ZeroMQ threads apply
+  it, W wake-ups per subscription).
+* The XSUB (bound at ``inbound``, and in-process for the first stage) subscribes to
+  every topic itself, so every frame reaches the second proxy thread and filtering
+  happens once, at the XPUB, per subscriber pipe: a publication to a channel whose
+  subscribers sit on k members costs k sends here and one at the publisher, however
+  many members the host has. The cluster bridge publishes into ``inbound`` with an XPUB:
+  the XSUB passes each topic's first subscription (and last unsubscription) to it and
+  to the in-process PUB (C, in this process), never to a member.
 * Members' SUB sockets connect to ``outbound`` (the XPUB). A subscription travels one
-  pipe (member -> forwarder) and is applied here, in C; it is passed upstream only to
-  publishers' C code (XSUB forwarding), never to a member's Python, except the bridge's
-  (it forwards subscriptions to the peer hosts).
+  pipe (member -> forwarder) and is applied here, in C.
 
-Order: frames of one publisher pass one pipe in, one proxy thread and one pipe out per
-subscriber, so per-publisher order holds. Subscriptions from one member are applied in
-the order it made them (one pipe), which is what the bus's barrier relies on.
+Order: frames of one member pass one pipe in, one proxy thread per stage and one pipe
+out per subscriber, so per-publisher order holds. Subscriptions from one member are
+applied in the order it made them (one pipe), which is what the bus's barrier relies on.
 
-Loss: the XPUB drops at ``hwm`` for a subscriber that does not read; publishers'
-sequence numbers let receivers count it (``shardws.bus.host``). Subscriptions are never
-dropped (no high-water mark in that direction).
+Loss: the XPUB drops at ``hwm`` for a subscriber that does not read; a member's PUSH
+refuses a frame at its high-water mark (the member does not block: it drops it) and
+the in-process PUB drops when the second stage falls behind by its high-water mark.
+Publishers' sequence numbers let receivers count every such drop (``shardws.bus.host``).
+Subscriptions are never dropped (no high-water mark in that direction).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from typing import NamedTuple
 
 import zmq
 
@@ -37,63 +46,102 @@ PUBLISH_HWM_FLOOR = 10_000
 _SUBSCRIBE_ALL = b"\x01"
 
 
-def endpoints(run_dir: str) -> tuple[str, str]:
-    """The forwarder's (inbound, outbound) ipc endpoints in ``run_dir``."""
-    return (
-        f"ipc://{os.path.join(run_dir, 'bus-in.sock')}",
-        f"ipc://{os.path.join(run_dir, 'bus-out.sock')}",
+class Endpoints(NamedTuple):
+    """The forwarder's ipc endpoints: ``publish`` for members' PUSH sockets,
+    ``inbound`` for the bridge's XPUB (it must see the host's subscriptions), and
+    ``outbound`` for every member's SUB."""
+
+    publish: str
+    inbound: str
+    outbound: str
+
+
+def endpoints(run_dir: str) -> Endpoints:
+    """The forwarder's endpoints in ``run_dir``."""
+    return Endpoints(
+        *(
+            f"ipc://{os.path.join(run_dir, name)}"
+            for name in ("bus-push.sock", "bus-in.sock", "bus-out.sock")
+        )
     )
 
 
 class Forwarder:
-    """The forwarding sockets and the thread running ``zmq.proxy`` between them."""
+    """The forwarding sockets and the two threads running ``zmq.proxy`` between them."""
 
     def __init__(self, run_dir: str, hwm: int) -> None:
-        self.inbound, self.outbound = endpoints(run_dir)
+        self.endpoints = endpoints(run_dir)
         self._ctx = zmq.Context(io_threads=1)
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pub = self._ctx.socket(zmq.PUB)
         self._xsub = self._ctx.socket(zmq.XSUB)
         self._xpub = self._ctx.socket(zmq.XPUB)
-        for sock in (self._xsub, self._xpub):
+        for sock in (self._pull, self._pub, self._xsub, self._xpub):
             sock.setsockopt(zmq.LINGER, 0)
         # Publications are bounded (a subscriber that does not read loses, counted);
         # subscriptions and barrier probes are not: ZeroMQ would drop them silently.
-        self._xsub.setsockopt(zmq.RCVHWM, max(hwm, PUBLISH_HWM_FLOOR))
+        inbound_hwm = max(hwm, PUBLISH_HWM_FLOOR)
+        self._pull.setsockopt(zmq.RCVHWM, inbound_hwm)
+        self._pub.setsockopt(zmq.SNDHWM, inbound_hwm)
+        self._pub.setsockopt(zmq.RCVHWM, 0)
+        self._xsub.setsockopt(zmq.RCVHWM, inbound_hwm)
         self._xsub.setsockopt(zmq.SNDHWM, 0)
         self._xpub.setsockopt(zmq.SNDHWM, hwm)
         self._xpub.setsockopt(zmq.RCVHWM, 0)
-        self._thread = threading.Thread(target=self._run, name="bus-forwarder", daemon=True)
+        self._stages = [
+            threading.Thread(target=self._run, args=pair, name=name, daemon=True)
+            for pair, name in (
+                ((self._pull, self._pub), "bus-forwarder-in"),
+                ((self._xsub, self._xpub), "bus-forwarder"),
+            )
+        ]
+
+    @property
+    def inbound(self) -> str:
+        return self.endpoints.inbound
+
+    @property
+    def outbound(self) -> str:
+        return self.endpoints.outbound
 
     def start(self) -> None:
-        """Bind both endpoints (replacing a dead predecessor's files) and start
-        forwarding in a background thread."""
-        for address in (self.inbound, self.outbound):
+        """Bind the endpoints (replacing a dead predecessor's files) and start
+        forwarding in background threads."""
+        for address in self.endpoints:
             path = address.removeprefix("ipc://")
             if os.path.exists(path):
                 os.unlink(path)
-        self._xsub.bind(self.inbound)
-        self._xpub.bind(self.outbound)
+        stage = f"inproc://bus-stage-{id(self):x}"
+        self._xsub.bind(stage)
+        self._xsub.bind(self.endpoints.inbound)
+        self._pub.connect(stage)
+        self._xpub.bind(self.endpoints.outbound)
+        self._pull.bind(self.endpoints.publish)
         self._xsub.send(_SUBSCRIBE_ALL)
-        self._thread.start()
+        for thread in self._stages:
+            thread.start()
 
     def is_alive(self) -> bool:
-        """Whether the forwarding thread still runs (the process's liveness)."""
-        return self._thread.is_alive()
+        """Whether both forwarding threads still run (the process's liveness)."""
+        return all(thread.is_alive() for thread in self._stages)
 
     def close(self) -> None:
         """Stop forwarding and unbind (the members' sockets keep trying to reconnect)."""
-        if self._thread.is_alive():
-            self._ctx.term()  # the proxy returns, the thread closes the sockets
-            self._thread.join()
+        if any(thread.is_alive() for thread in self._stages):
+            self._ctx.term()  # the proxies return, the threads close their sockets
+            for thread in self._stages:
+                thread.join()
         else:
-            self._xsub.close(linger=0)
-            self._xpub.close(linger=0)
+            for sock in (self._pull, self._pub, self._xsub, self._xpub):
+                sock.close(linger=0)
             self._ctx.term()
 
-    def _run(self) -> None:
+    @staticmethod
+    def _run(frontend: zmq.Socket[bytes], backend: zmq.Socket[bytes]) -> None:
         try:
-            zmq.proxy(self._xsub, self._xpub)
+            zmq.proxy(frontend, backend)
         except zmq.ContextTerminated:
             pass
         finally:
-            self._xsub.close(linger=0)
-            self._xpub.close(linger=0)
+            frontend.close(linger=0)
+            backend.close(linger=0)

@@ -1,13 +1,14 @@
 """The host bus: ZeroMQ PUB/SUB over ipc between the processes of one host, through
 the forwarder (``shardws.bus.forwarder``).
 
-Topology: every member connects one PUB to the forwarder's inbound endpoint and one SUB
-to its outbound endpoint. A subscription travels one pipe and is applied in the
-forwarder's C code: no other member's Python sees it, so its cost does not grow with
-the number of members. A member drops the frames it published itself (it delivers
-locally itself), so each publication reaches every subscribed member exactly once. A
-member whose process is replaced, or a restarted forwarder, is reconnected by ZeroMQ
-(a SUB sends all its subscriptions again when it reconnects).
+Topology: every member connects one PUSH to the forwarder's publish endpoint and one
+SUB to its outbound endpoint. A subscription travels one pipe and is applied in the
+forwarder's C code: no other member's Python or ZeroMQ thread sees it (a PUSH takes no
+subscriptions), so its cost does not grow with the number of members. A member drops
+the frames it published itself (it delivers locally itself), so each publication
+reaches every subscribed member exactly once. A member whose process is replaced, or a
+restarted forwarder, is reconnected by ZeroMQ (a SUB sends all its subscriptions again
+when it reconnects).
 
 The wire format (topics, frame header) is ``shardws.pure.busframe``. Publications queued
 for the same topic during one event-loop iteration travel in one frame (batching
@@ -18,8 +19,9 @@ Guarantees:
 
 * Order: payloads from one origin on one topic arrive in publish order (one pipe in,
   one forwarding thread, one pipe out).
-* Loss is counted, never silent: ZeroMQ drops at a high-water mark (and a PUB drops
-  while the forwarder restarts) without telling anyone, so receivers compare
+* Loss is counted, never silent: ZeroMQ drops at a high-water mark without telling
+  anyone, and this member's PUSH refuses a frame at its own (this member drops it
+  rather than block its loop: ``send_drops``), so receivers compare
   per-(origin, topic) sequence numbers and add every gap to ``lost``. A sender forgets
   a topic's sequence after ``SEQUENCE_IDLE`` s without a publication on it, so a loss
   followed by that much silence on the topic is not counted (nothing after it reveals
@@ -28,7 +30,8 @@ Guarantees:
   subscription is live at the forwarder, so anything any member publishes afterwards
   reaches us. The member subscribes a unique barrier topic after the new topic (same
   pipe, applied in order) and publishes probes on it until one comes back through the
-  forwarder. Members in ``relays`` (the cluster bridge) must answer too: the bridge
+  forwarder. One round runs at a time: the subscriptions made meanwhile share the
+  next. Members in ``relays`` (the cluster bridge) must answer too: the bridge
   answers once the subscription is live on the peer hosts. No answer within
   ``sync_timeout`` (the forwarder restarting, a relay stuck) is counted in
   ``sync_timeouts`` and the future resolves False: the subscription may not be live,
@@ -49,7 +52,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from shardws.bus.forwarder import PUBLISH_HWM_FLOOR
+from shardws.bus.forwarder import PUBLISH_HWM_FLOOR, Endpoints
 from shardws.pure.busframe import HEADER as _HEADER
 from shardws.pure.busframe import KIND_CHANNEL, KIND_INBOX, KIND_SYNC, KIND_USER, inbox_topic
 from shardws.pure.busframe import LENGTH as _LENGTH
@@ -81,7 +84,7 @@ class Bus:
     def __init__(
         self,
         member: int,
-        forwarder: tuple[str, str],
+        forwarder: Endpoints,
         on_channel: Callable[[bytes, list[bytes], int], None],
         relays: Callable[[], set[int]],
         *,
@@ -91,7 +94,7 @@ class Bus:
         on_inbox: Callable[[int, list[bytes]], None] | None = None,
         inbox_live: Callable[[int], bool] | None = None,
     ) -> None:
-        """``forwarder`` is the forwarder's (inbound, outbound) endpoints. ``relays()``
+        """``forwarder`` is the forwarder's endpoints (``bus.forwarder.endpoints``). ``relays()``
         gives the members that must answer a barrier besides the forwarder (the ready
         bridge in a cluster, else none). ``on_channel(topic, payloads, stamp)`` gets
         channel publications, ``on_user(topic, payloads)`` messages on subscribed user
@@ -103,6 +106,8 @@ class Bus:
         self.incarnation = int.from_bytes(os.urandom(4), "big")
         self.lost = 0  # bus payloads detected missing
         self.sync_timeouts = 0
+        self.send_drops = 0  # frames refused at our PUSH's high-water mark
+        self._drop_logged = 0.0  # monotonic time of the last warning about them
         # Bus messages this member's Python read, of any kind (barrier echoes included):
         # what shows which processes a subscription or a publication costs.
         self.reads = 0
@@ -113,7 +118,9 @@ class Bus:
         self._inbox_live = inbox_live
         self._loop = asyncio.get_running_loop()
         self._ctx = zmq.Context(io_threads=1)
-        self._pub = self._ctx.socket(zmq.PUB)
+        # A PUSH, not a PUB: subscriptions never travel back to a publisher, so a new
+        # topic anywhere on the host wakes none of this member's threads.
+        self._pub = self._ctx.socket(zmq.PUSH)
         self._sub = self._ctx.socket(zmq.SUB)
         for sock in (self._pub, self._sub):
             sock.setsockopt(zmq.LINGER, 0)
@@ -146,10 +153,9 @@ class Bus:
     def start(self) -> None:
         """Connect to the forwarder and start reading. Returns at once; ZeroMQ connects
         (and reconnects after a forwarder restart) by itself."""
-        inbound, outbound = self._forwarder
-        self._pub.connect(inbound)
+        self._pub.connect(self._forwarder.publish)
         self._sub.setsockopt(zmq.SUBSCRIBE, inbox_topic(self.member))
-        self._sub.connect(outbound)
+        self._sub.connect(self._forwarder.outbound)
         self._loop.add_reader(self._sub.FD, self._drain_sub)
         self._sweep = self._loop.call_later(SEQUENCE_IDLE, self._sweep_sequences)
         self._kick()
@@ -162,6 +168,8 @@ class Bus:
         self._flush()
         for barrier in list(self._barriers.values()):
             self._finish_barrier(barrier, False)
+        if self._next_barrier is not None:
+            self._finish_barrier(self._next_barrier, False)
         if self._sweep is not None:
             self._sweep.cancel()
         self._loop.remove_reader(self._sub.FD)
@@ -214,8 +222,14 @@ class Bus:
     def _send(self, frame: bytes) -> None:
         try:
             self._pub.send(frame, zmq.NOBLOCK, copy=len(frame) < 16384)
-        except zmq.Again:  # a PUB drops rather than blocks; counted like any other loss
-            log.warning("bus send would block; message dropped")
+        except zmq.Again:
+            # The forwarder is behind by the high-water mark (or gone): drop rather than
+            # block the loop. The sequence number was taken, so receivers count it lost.
+            self.send_drops += 1
+            now = time.monotonic()
+            if now - self._drop_logged > 1.0:
+                self._drop_logged = now
+                log.warning("bus: the forwarder is not taking frames; %d dropped", self.send_drops)
 
     def _sweep_sequences(self) -> None:
         # A sender cannot see who subscribes, so it forgets topics gone quiet instead.
@@ -278,26 +292,34 @@ class Bus:
         self._kick()
 
     def _barrier(self) -> asyncio.Future[bool]:
-        # Subscriptions made in the same loop iteration share one barrier round.
-        if self._next_barrier is None:
+        # One round at a time: subscriptions made while a round is in flight share the
+        # next one, started when it ends, so a burst of subscribes costs about one
+        # round (a barrier topic subscribed and unsubscribed, probes, an echo) however
+        # many it carries. Its deadline runs from its first subscription, so none
+        # waits longer than ``sync_timeout`` for its answer.
+        barrier = self._next_barrier
+        if barrier is None:
             topic = b"s%d.%d\0" % (self.member, next(self._barrier_ids))
             barrier = _Barrier(topic, set(), self._loop.create_future())
+            barrier.timer = self._loop.call_later(
+                self._sync_timeout, self._finish_barrier, barrier, False
+            )
             self._next_barrier = barrier
-            self._loop.call_soon(self._start_barrier, barrier)
-        return self._next_barrier.future
+            if not self._barriers:
+                self._loop.call_soon(self._start_barrier, barrier)
+        return barrier.future
 
     def _start_barrier(self, barrier: _Barrier) -> None:
+        if self._next_barrier is not barrier:
+            return  # already started, or timed out while it waited
         self._next_barrier = None
         if self._closed:
-            barrier.future.set_result(False)
+            self._finish_barrier(barrier, False)
             return
         barrier.expected = self._relays() - {self.member}
         self._barriers[barrier.topic] = barrier
         # After the topics it confirms, on the same pipe: applied after them.
         self._sub.setsockopt(zmq.SUBSCRIBE, barrier.topic)
-        barrier.timer = self._loop.call_later(
-            self._sync_timeout, self._finish_barrier, barrier, False
-        )
         self._probe(barrier)
 
     def _probe(self, barrier: _Barrier) -> None:
@@ -310,8 +332,9 @@ class Bus:
         barrier.probe = self._loop.call_later(PROBE_INTERVAL, self._probe, barrier)
 
     def _finish_barrier(self, barrier: _Barrier, complete: bool) -> None:
-        if self._barriers.pop(barrier.topic, None) is None:
-            return
+        started = self._barriers.pop(barrier.topic, None) is not None
+        if not started and self._next_barrier is not barrier:
+            return  # finished already
         for handle in (barrier.timer, barrier.probe):
             if handle is not None:
                 handle.cancel()
@@ -320,14 +343,19 @@ class Bus:
             missing = sorted(barrier.expected - barrier.answered)
             log.warning(
                 "subscribe barrier timed out (forwarder %s, waiting for relays %s)",
-                "answered" if barrier.echoed else "silent",
+                "answered" if barrier.echoed else "silent" if started else "not asked yet",
                 missing,
             )
-        if not self._closed:
+        if self._next_barrier is barrier:  # timed out while the round before it ran
+            self._next_barrier = None
+        elif not self._closed:
             self._sub.setsockopt(zmq.UNSUBSCRIBE, barrier.topic)
             self._kick()
         if not barrier.future.done():
             barrier.future.set_result(complete)
+        waiting = self._next_barrier
+        if waiting is not None and not self._barriers:
+            self._loop.call_soon(self._start_barrier, waiting)
 
     # -- reading ----------------------------------------------------------------------
 

@@ -254,8 +254,8 @@ class Bridge:
 
     def start(self) -> None:
         """Bind both XPUBs, subscribe to heartbeats, start resolving and connecting."""
-        inbound, outbound = endpoints(self._run_dir)
-        self.local_xpub.connect(inbound)
+        forwarder = endpoints(self._run_dir)
+        self.local_xpub.connect(forwarder.inbound)
         try:
             self.remote_xpub.bind(self.cluster.listen)
         except zmq.ZMQError as exc:
@@ -264,7 +264,7 @@ class Bridge:
             ) from None
         self.remote_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
         self.local_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.local_sub.connect(outbound)
+        self.local_sub.connect(forwarder.outbound)
         self._resolver.start()
         log.info(
             "bridge of host %r (number %d) on %s (%s), peers %s",

@@ -51,7 +51,7 @@ def run_forwarder(slot: int, config: Config, tables: SharedTables, run_dir: str)
     forwarder = Forwarder(run_dir, config.server.bus_hwm)
     forwarder.start()
     row[Column.STATE] = ProcessState.READY
-    log.info("bus forwarder ready: %s -> %s", forwarder.inbound, forwarder.outbound)
+    log.info("bus forwarder ready: %s, %s -> %s", *forwarder.endpoints)
     while not stop.wait(HEARTBEAT_INTERVAL):
         if not forwarder.is_alive():  # the proxy failed: stop stamping, exit, restart
             log.error("the forwarding thread ended")

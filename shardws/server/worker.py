@@ -91,22 +91,20 @@ HANDSHAKE_GRACE = 0.3  # seconds a drain waits for handshakes already in flight
 # Descriptors a worker keeps free beyond those open when it starts accepting: sockets in
 # their handshake or being refused with 503, closing ones, a log file reopened.
 FD_MARGIN = 64
-# Per worker slot a reload may fill: the bus link to it and from it.
-FDS_PER_BUS_MEMBER = 2
 
 log = logging.getLogger("shardws.worker")
 
 
-def connection_limit(configured: int, open_files: int, in_use: int, max_workers: int) -> int:
+def connection_limit(configured: int, open_files: int, in_use: int) -> int:
     """The connections a worker can hold: ``configured`` (``[limits]
     connections_per_worker``), or fewer if its open-files limit (RLIMIT_NOFILE's soft
     limit, ``open_files``) runs out first. Reserved: the ``in_use`` descriptors it has
-    open when it starts accepting, ``FDS_PER_BUS_MEMBER`` per worker slot (bus links a
-    reload may add) and ``FD_MARGIN``. Past it the upgrade gets 503, instead of accept()
-    failing with EMFILE and the client seeing a reset."""
+    open when it starts accepting (its bus links among them: two to the forwarder,
+    however many workers a reload adds) and ``FD_MARGIN``. Past it the upgrade gets
+    503, instead of accept() failing with EMFILE and the client seeing a reset."""
     if open_files == resource.RLIM_INFINITY:
         return configured
-    reserve = in_use + FDS_PER_BUS_MEMBER * max_workers + FD_MARGIN
+    reserve = in_use + FD_MARGIN
     return max(0, min(configured, open_files - reserve))
 
 
@@ -232,8 +230,7 @@ class Worker:
         every worker has the same limit and nearly the same descriptors open."""
         configured = self.config.limits.connections_per_worker
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        max_workers = max(self.config.server.workers, self.config.server.max_workers)
-        self.max_connections = connection_limit(configured, soft, open_fds(), max_workers)
+        self.max_connections = connection_limit(configured, soft, open_fds())
         if self.max_connections < configured and self.slot == 0:
             log.warning(
                 "[limits] connections_per_worker = %d is more than the open-files limit"

@@ -113,6 +113,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import re
 import resource
 import signal
 import socket
@@ -1405,6 +1406,51 @@ def _server_sample(roots: Sequence[int]) -> dict[int, tuple[float, int]]:
     return sample
 
 
+def server_threads(roots: Sequence[int]) -> dict[tuple[int, int], tuple[str, float, int]]:
+    """(pid, tid) -> (where, CPU seconds so far, times run on a CPU so far) for every
+    thread in the trees under ``roots`` (``/proc/<pid>/task/<tid>/schedstat``); ``where``
+    is the process title without its numbers and the thread's name (``shardws: worker /
+    ZMQbg/IO/N``), so the threads of all the workers add up to one line."""
+    threads: dict[tuple[int, int], tuple[str, float, int]] = {}
+    for pid in _process_tree(roots):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except (OSError, UnicodeDecodeError):
+            continue
+        title = re.sub(r"\s*\d+$", "", title)
+        for task in tasks:
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "schedstat").read_text().split()
+                ns, runs = int(fields[0]), int(fields[2])
+            except (OSError, IndexError, ValueError):
+                continue
+            # A main thread is named after its process title: call it main.
+            thread = "main" if int(task.name) == pid else re.sub(r"\d+", "N", name)
+            threads[pid, int(task.name)] = (f"{title} / {thread}", ns / 1e9, runs)
+    return threads
+
+
+def cpu_by_thread_kind(
+    before: dict[tuple[int, int], tuple[str, float, int]],
+    after: dict[tuple[int, int], tuple[str, float, int]],
+) -> dict[str, dict[str, float]]:
+    """Between two ``server_threads`` samples, per ``where``, most CPU first: the CPU
+    seconds (``cpu_s``) and the times its threads were put on a CPU (``runs``: wake-ups
+    and preemptions). A thread born in between counts whole."""
+    spent: dict[str, dict[str, float]] = {}
+    for key, (where, seconds, runs) in after.items():
+        _where, seconds_before, runs_before = before.get(key, ("", 0.0, 0))
+        figures = spent.setdefault(where, {"cpu_s": 0.0, "runs": 0})
+        figures["cpu_s"] += seconds - seconds_before
+        figures["runs"] += runs - runs_before
+    return {
+        where: {"cpu_s": round(f["cpu_s"], 4), "runs": f["runs"]}
+        for where, f in sorted(spent.items(), key=lambda item: -item[1]["cpu_s"])
+    }
+
+
 def _cpu_between(
     before: dict[int, tuple[float, int]], after: dict[int, tuple[float, int]]
 ) -> float:
@@ -1452,6 +1498,7 @@ class _Run:
         self.timed_out = False
         self.last_opened = (time.time(), 0)
         self.hold_results: dict[str, Any] = {}
+        self.connect_threads: dict[str, dict[str, float]] = {}
 
     # -- plan ----------------------------------------------------------------------------
 
@@ -1651,6 +1698,7 @@ class _Run:
     def execute(self) -> dict[str, Any]:
         spec = self.spec
         baseline = _server_sample(spec.server_pid)
+        threads_before = server_threads(spec.server_pid)
         self.spawn()
         try:
             nproc = len(self.pipes)
@@ -1659,6 +1707,9 @@ class _Run:
             self.wait_for("connections", lambda: len(self.ready) == nproc, self.deadline)
             self.phase = "running"
             after_connect = _server_sample(spec.server_pid)
+            self.connect_threads = cpu_by_thread_kind(
+                threads_before, server_threads(spec.server_pid)
+            )
             t0 = time.time() + 0.2  # every process starts on the same tick
             self.broadcast("start", t0)
             step_samples: list[dict[int, tuple[float, int]]] = [after_connect]
@@ -1897,7 +1948,10 @@ class _Run:
         client_connect_cpu = sum(r.get("cpu_s", 0.0) for r in ready)
         client_cpu = sum(f.get("cpu_s", 0.0) for f in finals)
         report["cpu"] = {
-            "connect": _cpu_figures(server_connect_cpu, client_connect_cpu, connect_s),
+            "connect": {
+                **_cpu_figures(server_connect_cpu, client_connect_cpu, connect_s),
+                "server_by_thread": self.connect_threads,
+            },
             "measured": _cpu_figures(cpu, client_cpu, measured),
         }
         server["cpu_percent"] = report["cpu"]["measured"]["server_percent"]

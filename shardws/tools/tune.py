@@ -28,8 +28,8 @@ SYSCTL_FILE = Path(__file__).parent.parent / "sysctl.conf"
 # plus the kernel's share of a socket (about 3.8 KB): what one idle client costs.
 BYTES_PER_CONNECTION = 10 * 1024
 # Descriptors a worker needs besides its connections: what it has open when it starts
-# accepting, bus links for every worker slot and the handshake margin (worker.py's
-# connection_limit reserve), rounded up.
+# accepting (its two bus links to the forwarder among them, whatever the worker count)
+# and the handshake margin (worker.py's connection_limit reserve), rounded up.
 FD_RESERVE = 400
 # A small frame queued on a socket costs the kernel about a page of skb memory (truesize)
 # until the client reads it: a publication to every connection queues one per socket.
