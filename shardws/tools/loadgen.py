@@ -78,6 +78,8 @@ How to read the numbers
   one second per 250 connections, so the allowance grows with the count); a client whose
   attempt fails (refused, reset, lost during the handshake) tries up to 3 times
   (``connect_retries``), and ``failed`` counts the clients that never connected;
+  ``subscribe_retries`` counts subscribes answered error 108 (the server could not
+  confirm them live) and sent again after a back-off, as shardws's clients do;
   ``per_process`` gives planned, opened and failed per client process.
 - ``idle.roll``: ``clients_sent_away`` (a ``reconnect`` push or close 1001),
   ``dropped_without_hint`` (their connection just ended; ``dropped_by_cause`` by the
@@ -937,6 +939,7 @@ class _Worker:
             "connect_failed": self.connect_failed,
             "subscribed": self.subscribed,
             "subscribe_errors": self.subscribe_errors,
+            "subscribe_retries": self.subscribe_retries,
             "connect_started": self.connect_started,
             "connect_ended": self.connect_ended or self.connect_started,
             "connect_times": np.frombuffer(self.connect_times, dtype=np.float64).copy(),
@@ -1898,6 +1901,7 @@ class _Run:
                 else sum(r.get("connect_failed", 0) for r in ready),
                 "reconnects": sum(f.get("churned", 0) for f in finals),
                 "subscribed": subscribed,
+                "subscribe_retries": sum(r.get("subscribe_retries", 0) for r in ready),
                 "connect_s": round(connect_s, 3),
                 "connect_rate_per_s": round(connected / connect_s)
                 if connect_s > 0 and connected
