@@ -85,7 +85,9 @@ How to read the numbers
   ``dropped_without_hint`` (their connection just ended; ``dropped_by_cause`` by the
   server's close code, or ``no close frame`` for a reset or EOF), ``reconnected``,
   ``subscribe_retries`` (subscribes answered error 108, not confirmed live, and sent
-  again after a back-off, as shardws's clients do), ``refused``
+  again after a back-off, as shardws's clients do), ``client_loop_lag_max_s`` (the
+  latest any client process's event loop ran: a starved client answers handshakes and
+  closes that late), ``refused``
   (attempts refused, reset or answered 503), ``timed_out_attempts`` (no answer in 10 s:
   abandoned and retried), ``seconds`` until the last old server process was gone and
   every client was back and subscribed.
@@ -209,6 +211,7 @@ RECONNECT_ATTEMPTS = 5  # a client the server sent away tries this often to come
 CONNECT_ATTEMPTS = 3  # connect phase: attempts per client before it counts as failed
 RECONNECT_TIMEOUT = 10.0  # seconds one reconnect attempt may take
 MAX_RECONNECT_DELAY = 60.0  # cap on the server's delay hint
+LAG_TICK = 0.1  # s between two looks at how late a client process's event loop runs
 NOT_LIVE_MARK = b'"code":108'  # a subscribe the server could not confirm live: retry
 SUBSCRIBE_RETRIES = 10  # per connection, then the error counts
 CONNECTS_PER_S_FLOOR = 250  # auto --connect-timeout: one second per this many connections
@@ -649,6 +652,7 @@ class _Worker:
         self.resubscribing = 0  # reconnected, subscribe replies not all in yet
         self.back_wall = 0.0  # wall time the last reconnected client was subscribed again
         self.tasks: list[asyncio.Task[Any]] = []
+        self.loop_lag_max = 0.0  # the latest this process's event loop ran (s)
 
     # -- helpers used by the listeners ---------------------------------------------------
 
@@ -873,8 +877,13 @@ class _Worker:
         sub = await self._open(lambda: cls(self, slot, channels), slot)
         if sub is None:
             return None
-        assert isinstance(sub, _Sub) and sub.transport is not None
+        assert isinstance(sub, _Sub)
         self.subs.append(sub)
+        if sub.transport is None:
+            # Closed before ws_connect returned (a draining worker sends a client it has
+            # just accepted away at once): ``disconnected`` counted it and scheduled its
+            # comeback; it stays in ``subs`` so the live count balances.
+            return sub
         self.live[slot] = sub
         if reopened:
             sub.reopened = True
@@ -925,6 +934,15 @@ class _Worker:
             self.connecting = False
             reporter.cancel()
         return self.connect_info()
+
+    async def _watch_lag(self) -> None:
+        """How late this process's event loop runs: a client whose loop is seconds late
+        answers the server seconds late (a handshake, a close), which the report must be
+        able to tell from the server's own slowness."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LAG_TICK)
+            self.loop_lag_max = max(self.loop_lag_max, time.monotonic() - before - LAG_TICK)
 
     async def _report_connecting(self) -> None:
         """Progress while connecting, so a long ramp is visible as it happens."""
@@ -1133,6 +1151,7 @@ class _Worker:
             "back_wall": self.back_wall,
             "subscribe_retries": self.subscribe_retries,
             "drop_causes": dict(self.drop_causes),
+            "loop_lag_max_s": round(self.loop_lag_max, 3),
         }
 
     def publish_broadcast(self) -> None:
@@ -1236,6 +1255,7 @@ class _Worker:
         # Processes take a second or so to spawn; connecting only once all are up makes
         # the connect rate a measure of the server, not of process start-up.
         self.send("booted", None)
+        self.tasks.append(asyncio.ensure_future(self._watch_lag()))
         await _wait_event(self.connect_event, self.deadline)
         # A "stop" (the coordinator timed out) must interrupt connecting too.
         connecting = asyncio.ensure_future(self.connect_all())
@@ -1829,6 +1849,9 @@ class _Run:
             "dropped_without_hint": self.total("unexpected_disconnects") - dropped_before,
             "dropped_by_cause": self.merged("drop_causes"),
             "subscribe_retries": self.total("subscribe_retries"),
+            "client_loop_lag_max_s": max(
+                (p.get("loop_lag_max_s", 0.0) for p in self.progress.values()), default=0.0
+            ),
             "reconnected": self.total("reconnected"),
             "refused": self.total("reconnect_refused"),
             "timed_out_attempts": self.total("reconnect_timeouts"),
