@@ -35,7 +35,11 @@ report is saved whole):
    a worker's loop can go more than the default 10 s without running while the box is
    saturated (a roll's reconnect storm), and the supervisor would kill it as stuck, so
    ``heartbeat_timeout`` is raised to ``--heartbeat-timeout`` (60 s): part of the same
-   workaround.
+   workaround. So is ``handshake_timeout`` (``--handshake-timeout``, 30 s): the 16
+   client processes share those two cores, and in the roll's reconnect storm their event
+   loops run seconds late (``client_loop_lag_max_s`` in the roll's figures), so a client
+   sends its upgrade request seconds after its TCP connect was accepted; the server's
+   default 5 s would close such handshakes, which the generator counts as refused.
 4. ``--connections`` clients over ``--processes`` client processes, each subscribed to
    one of ``--channels`` channels and to one channel they all share; the connect ramp is
    reported in tenths. Held ``--hold`` s: ``--broadcasts`` publications to the shared
@@ -255,7 +259,10 @@ def markdown(result: dict[str, Any]) -> str:
         (
             f"SIGHUP roll of {roll.get('server_processes_before')} server processes",
             f"{roll.get('seconds')} s; {roll.get('clients_sent_away')} clients sent away,"
-            f" {roll.get('reconnected')} back, {roll.get('refused')} refused",
+            f" {roll.get('reconnected')} back, {roll.get('refused')} refused,"
+            f" {roll.get('dropped_without_hint')} dropped without a hint,"
+            f" {roll.get('timed_out_attempts')} attempts timed out (retried); client loops"
+            f" up to {roll.get('client_loop_lag_max_s')} s late",
         ),
         ("unexpected disconnects", h["unexpected_disconnects"]),
     ]
@@ -288,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--heartbeat-timeout", type=float, default=60, help="server heartbeat_timeout"
     )
+    parser.add_argument(
+        "--handshake-timeout", type=float, default=30, help="server handshake_timeout"
+    )
     parser.add_argument("--min-free-gib", type=float, default=3, help="memory floor")
     parser.add_argument("--wait", type=float, default=1800, help="s to wait for other runs")
     args = parser.parse_args(argv)
@@ -315,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         limits = UNLIMITED + f"connections_per_worker = {per_worker}\n"
         server_toml = (
             f"drain_timeout = {args.drain_timeout}\nmax_workers = {args.workers}\n"
-            f"heartbeat_timeout = {args.heartbeat_timeout}"
+            f"heartbeat_timeout = {args.heartbeat_timeout}\n"
+            f"handshake_timeout = {args.handshake_timeout}"
         )
         with serve(
             "shardws",

@@ -368,6 +368,29 @@ def test_reconnecting_clients_come_back_from_a_dead_worker_counted(tmp_path: Pat
     assert report["idle"]["live_at_end"] == 20, format_report(report)
 
 
+def test_subscribes_not_confirmed_live_are_retried_and_counted(tmp_path: Path) -> None:
+    # A stopped bus forwarder cannot confirm a subscription live: the server answers
+    # error 108 and undoes it. The generator sends such a subscribe again after a
+    # back-off (as shardws's clients do) and counts it, instead of leaving the client
+    # unsubscribed and the run waiting for it.
+    proc = ServerProcess(tmp_path, workers=2).start()
+    try:
+        forwarder = proc.wait_healthy()["bus_forwarder"]["pid"]
+        os.kill(forwarder, signal.SIGSTOP)
+        resume = threading.Timer(4.0, os.kill, (forwarder, signal.SIGCONT))
+        resume.start()
+        try:
+            report = run(spec_for(proc, connections=10, processes=1, duration=1))
+        finally:
+            resume.join()
+    finally:
+        proc.stop()
+    assert report["ok"], format_report(report)
+    conns = report["connections"]
+    assert conns["subscribed"] == conns["connected"] == 10
+    assert conns["subscribe_retries"] >= 10  # every client's first subscribe was refused
+
+
 def spec_for(proc: ServerProcess, **fields: Any) -> LoadSpec:
     assert proc.proc is not None
     base: dict[str, Any] = {

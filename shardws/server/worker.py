@@ -276,11 +276,15 @@ class Worker:
         spread = min(drain_timeout / 2, max(drain_timeout - 1.0, 0.0))
         batches = max(1, min(len(connections), DRAIN_BATCHES))
         size = max(1, -(-len(connections) // batches))
-        for start in range(0, len(connections), size):
+        started = time.monotonic()
+        for batch, start in enumerate(range(0, len(connections), size)):
+            # Each batch has its time in the spread: a loop running late (a saturated
+            # host) catches up instead of stretching the spread past the deadline.
+            due = started + batch * spread / batches
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
             for conn in connections[start : start + size]:
                 self._send_away(conn, spread + 1.0)
-            if start + size < len(connections):
-                await asyncio.sleep(spread / batches)
         # Sockets accepted just before the listener closed finish their handshake within
         # moments; give them that, so they get a reconnect hint instead of a reset.
         grace_end = min(time.monotonic() + HANDSHAKE_GRACE, deadline)

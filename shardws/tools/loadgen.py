@@ -78,9 +78,16 @@ How to read the numbers
   one second per 250 connections, so the allowance grows with the count); a client whose
   attempt fails (refused, reset, lost during the handshake) tries up to 3 times
   (``connect_retries``), and ``failed`` counts the clients that never connected;
+  ``subscribe_retries`` counts subscribes answered error 108 (the server could not
+  confirm them live) and sent again after a back-off, as shardws's clients do;
   ``per_process`` gives planned, opened and failed per client process.
 - ``idle.roll``: ``clients_sent_away`` (a ``reconnect`` push or close 1001),
-  ``dropped_without_hint`` (their connection just ended), ``reconnected``, ``refused``
+  ``dropped_without_hint`` (their connection just ended; ``dropped_by_cause`` by the
+  server's close code, or ``no close frame`` for a reset or EOF), ``reconnected``,
+  ``subscribe_retries`` (subscribes answered error 108, not confirmed live, and sent
+  again after a back-off, as shardws's clients do), ``client_loop_lag_max_s`` (the
+  latest any client process's event loop ran: a starved client answers handshakes and
+  closes that late), ``refused``
   (attempts refused, reset or answered 503), ``timed_out_attempts`` (no answer in 10 s:
   abandoned and retried), ``seconds`` until the last old server process was gone and
   every client was back and subscribed.
@@ -103,6 +110,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -204,6 +212,9 @@ RECONNECT_ATTEMPTS = 5  # a client the server sent away tries this often to come
 CONNECT_ATTEMPTS = 3  # connect phase: attempts per client before it counts as failed
 RECONNECT_TIMEOUT = 10.0  # seconds one reconnect attempt may take
 MAX_RECONNECT_DELAY = 60.0  # cap on the server's delay hint
+LAG_TICK = 0.1  # s between two looks at how late a client process's event loop runs
+NOT_LIVE_MARK = b'"code":108'  # a subscribe the server could not confirm live: retry
+SUBSCRIBE_RETRIES = 10  # per connection, then the error counts
 CONNECTS_PER_S_FLOOR = 250  # auto --connect-timeout: one second per this many connections
 MIN_PROBE_SECONDS = 2.0  # idle: probes run to the end of the hold, and at least this long
 ROLL_SECONDS_PER_PROCESS = 60.0  # auto --timeout: allowance per server process rolled
@@ -364,6 +375,8 @@ class _Sub(picows.WSListener):
         self.closing = False  # closed by us: a disconnect is not a loss
         self.away_delay: float | None = None  # the server sent it away: back after this
         self.reopened = False  # an incarnation that came back after being sent away
+        self.close_code: int | None = None  # of the server's close frame, if one came
+        self.retries = 0  # subscribes sent again after error 108 (not live yet)
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         self.transport = transport
@@ -588,7 +601,11 @@ class _Worker:
         self.connect_failed = 0
         self.subscribed = 0
         self.subscribe_errors = 0
+        self.subscribe_retries = 0  # subscribes sent again after error 108
         self.unexpected_disconnects = 0
+        # Why connections ended without a reconnect hint: the server's close code, or
+        # "no close frame" (reset or EOF: a worker killed, a drain's deadline passed).
+        self.drop_causes: collections.Counter[str] = collections.Counter()
         self.churned = 0
         self.to_subscribe = 0
         self.subscribed_event = asyncio.Event()
@@ -636,6 +653,7 @@ class _Worker:
         self.resubscribing = 0  # reconnected, subscribe replies not all in yet
         self.back_wall = 0.0  # wall time the last reconnected client was subscribed again
         self.tasks: list[asyncio.Task[Any]] = []
+        self.loop_lag_max = 0.0  # the latest this process's event loop ran (s)
 
     # -- helpers used by the listeners ---------------------------------------------------
 
@@ -654,6 +672,8 @@ class _Worker:
 
     def control(self, sub: _Sub, frame: picows.WSFrame, payload: bytes) -> None:
         """Everything that is not a publication: replies (subscribe acks) and pushes."""
+        if frame.msg_type == picows.WSMsgType.CLOSE:
+            sub.close_code = int(frame.get_close_code().value)
         if self.spec.reconnect:
             if payload.startswith(RECONNECT_PREFIX):
                 # {"type":"reconnect","delay":D}: a drain; the close 1001 follows.
@@ -671,10 +691,28 @@ class _Worker:
         if frame.msg_type != picows.WSMsgType.TEXT or not payload.startswith(REPLY_PREFIX):
             return  # ``connected`` and any other push, pings, close frames
         if OK_MARK not in payload:
+            if NOT_LIVE_MARK in payload and sub.retries < SUBSCRIBE_RETRIES:
+                self.retry_subscribe(sub, payload)
+                return
             self.subscribe_errors += 1
             self.note(f"subscribe failed: {payload[:200]!r}")
             return
         self.subscribe_acked(sub)
+
+    def retry_subscribe(self, sub: _Sub, reply: bytes) -> None:
+        """Error 108 to a subscribe: the server could not confirm it live and undid it;
+        send it again after a back-off, as shardws's clients do (counted)."""
+        n = int(json.loads(reply)["id"])
+        sub.retries += 1
+        self.subscribe_retries += 1
+        delay = min(5.0, 0.25 * 2 ** min(sub.retries, 5)) * random.uniform(0.5, 1.0)
+        message = b'{"id":%d,"op":"subscribe","channel":"%b"}' % (n, sub.channels[n - 1])
+
+        def resend() -> None:
+            if sub.transport is not None and not sub.closing:
+                sub.transport.send(picows.WSMsgType.TEXT, message)
+
+        asyncio.get_running_loop().call_later(delay, resend)
 
     def subscribe_acked(self, sub: _Sub) -> None:
         """One of ``sub``'s subscriptions is acknowledged: once all are, it counts."""
@@ -709,6 +747,8 @@ class _Worker:
             self.replaced += 1
         else:
             self.unexpected_disconnects += 1
+            code = sub.close_code
+            self.drop_causes["no close frame" if code is None else str(code)] += 1
         if self.spec.reconnect and not self.stop_event.is_set():
             # A client sent away waits the hinted delay; one dropped without a hint (its
             # worker died) comes back at once, as real clients do, but stays counted in
@@ -838,8 +878,13 @@ class _Worker:
         sub = await self._open(lambda: cls(self, slot, channels), slot)
         if sub is None:
             return None
-        assert isinstance(sub, _Sub) and sub.transport is not None
+        assert isinstance(sub, _Sub)
         self.subs.append(sub)
+        if sub.transport is None:
+            # Closed before ws_connect returned (a draining worker sends a client it has
+            # just accepted away at once): ``disconnected`` counted it and scheduled its
+            # comeback; it stays in ``subs`` so the live count balances.
+            return sub
         self.live[slot] = sub
         if reopened:
             sub.reopened = True
@@ -891,6 +936,15 @@ class _Worker:
             reporter.cancel()
         return self.connect_info()
 
+    async def _watch_lag(self) -> None:
+        """How late this process's event loop runs: a client whose loop is seconds late
+        answers the server seconds late (a handshake, a close), which the report must be
+        able to tell from the server's own slowness."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LAG_TICK)
+            self.loop_lag_max = max(self.loop_lag_max, time.monotonic() - before - LAG_TICK)
+
     async def _report_connecting(self) -> None:
         """Progress while connecting, so a long ramp is visible as it happens."""
         while True:
@@ -904,6 +958,7 @@ class _Worker:
             "connect_failed": self.connect_failed,
             "subscribed": self.subscribed,
             "subscribe_errors": self.subscribe_errors,
+            "subscribe_retries": self.subscribe_retries,
             "connect_started": self.connect_started,
             "connect_ended": self.connect_ended or self.connect_started,
             "connect_times": np.frombuffer(self.connect_times, dtype=np.float64).copy(),
@@ -1095,6 +1150,9 @@ class _Worker:
             "reconnect_timeouts": self.reconnect_timeouts,
             "resubscribing": self.resubscribing,
             "back_wall": self.back_wall,
+            "subscribe_retries": self.subscribe_retries,
+            "drop_causes": dict(self.drop_causes),
+            "loop_lag_max_s": round(self.loop_lag_max, 3),
         }
 
     def publish_broadcast(self) -> None:
@@ -1198,6 +1256,7 @@ class _Worker:
         # Processes take a second or so to spawn; connecting only once all are up makes
         # the connect rate a measure of the server, not of process start-up.
         self.send("booted", None)
+        self.tasks.append(asyncio.ensure_future(self._watch_lag()))
         await _wait_event(self.connect_event, self.deadline)
         # A "stop" (the coordinator timed out) must interrupt connecting too.
         connecting = asyncio.ensure_future(self.connect_all())
@@ -1638,6 +1697,13 @@ class _Run:
     def total(self, key: str) -> int:
         return sum(int(p.get(key, 0)) for p in self.progress.values())
 
+    def merged(self, key: str) -> dict[str, int]:
+        """The sum of a counter that every process reports as a dict."""
+        merged: collections.Counter[str] = collections.Counter()
+        for p in self.progress.values():
+            merged.update(p.get(key, {}))
+        return dict(merged)
+
     def pubs_done(self) -> bool:
         return all(self.progress.get(i, {}).get("pub_done", False) for i in range(len(self.pipes)))
 
@@ -1832,6 +1898,11 @@ class _Run:
             "last_client_back_s": round(back - started, 1) if back > started else None,
             "clients_sent_away": self.total("replaced"),
             "dropped_without_hint": self.total("unexpected_disconnects") - dropped_before,
+            "dropped_by_cause": self.merged("drop_causes"),
+            "subscribe_retries": self.total("subscribe_retries"),
+            "client_loop_lag_max_s": max(
+                (p.get("loop_lag_max_s", 0.0) for p in self.progress.values()), default=0.0
+            ),
             "reconnected": self.total("reconnected"),
             "refused": self.total("reconnect_refused"),
             "timed_out_attempts": self.total("reconnect_timeouts"),
@@ -1904,6 +1975,7 @@ class _Run:
                 else sum(r.get("connect_failed", 0) for r in ready),
                 "reconnects": sum(f.get("churned", 0) for f in finals),
                 "subscribed": subscribed,
+                "subscribe_retries": sum(r.get("subscribe_retries", 0) for r in ready),
                 "connect_s": round(connect_s, 3),
                 "connect_rate_per_s": round(connected / connect_s)
                 if connect_s > 0 and connected
