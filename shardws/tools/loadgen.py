@@ -211,6 +211,7 @@ RECONNECT_ATTEMPTS = 5  # a client the server sent away tries this often to come
 CONNECT_ATTEMPTS = 3  # connect phase: attempts per client before it counts as failed
 RECONNECT_TIMEOUT = 10.0  # seconds one reconnect attempt may take
 MAX_RECONNECT_DELAY = 60.0  # cap on the server's delay hint
+FINAL_REPORT_CLOSES_PER_S = 500  # allowance for a process to close its clients and report
 LAG_TICK = 0.1  # s between two looks at how late a client process's event loop runs
 NOT_LIVE_MARK = b'"code":108'  # a subscribe the server could not confirm live: retry
 SUBSCRIBE_RETRIES = 10  # per connection, then the error counts
@@ -1693,10 +1694,13 @@ class _Run:
 
     def shutdown(self) -> None:
         self.broadcast("stop")
+        # A process closes its connections before it reports: at 15,000 a process on a
+        # saturated box that takes longer than a fixed 10 s.
+        per_process = self.spec.connections / max(1, len(self.pipes))
         self.wait_for(
             "final reports",
             lambda: len(self.finals) == len(self.pipes),
-            time.time() + 10,
+            time.time() + 10 + per_process / FINAL_REPORT_CLOSES_PER_S,
             past_deadline=True,
         )
         for proc in self.procs:
