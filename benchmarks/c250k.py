@@ -40,6 +40,8 @@ report is saved whole):
    loops run seconds late (``client_loop_lag_max_s`` in the roll's figures), so a client
    sends its upgrade request seconds after its TCP connect was accepted; the server's
    default 5 s would close such handshakes, which the generator counts as refused.
+   ``drain_timeout`` (``--drain-timeout``, 15 s) bounds how long a draining worker waits
+   for such late handshakes (and spreads its clients' reconnects over half of it).
 4. ``--connections`` clients over ``--processes`` client processes, each subscribed to
    one of ``--channels`` channels and to one channel they all share; the connect ramp is
    reported in tenths. Held ``--hold`` s: ``--broadcasts`` publications to the shared
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=20, help="seconds held before the roll")
     parser.add_argument("--broadcasts", type=int, default=3, help="timed shared publications")
     parser.add_argument("--probe-rate", type=float, default=20, help="single-channel pubs/s")
-    parser.add_argument("--drain-timeout", type=float, default=6, help="server drain_timeout")
+    parser.add_argument("--drain-timeout", type=float, default=15, help="server drain_timeout")
     parser.add_argument(
         "--heartbeat-timeout", type=float, default=60, help="server heartbeat_timeout"
     )

@@ -87,7 +87,7 @@ How to read the numbers
   ``subscribe_retries`` (subscribes answered error 108, not confirmed live, and sent
   again after a back-off, as shardws's clients do), ``client_loop_lag_max_s`` (the
   latest any client process's event loop ran: a starved client answers handshakes and
-  closes that late), ``refused``
+  closes that late), ``refused`` (``refused_by_cause``: by exception and message)
   (attempts refused, reset or answered 503), ``timed_out_attempts`` (no answer in 10 s:
   abandoned and retried), ``seconds`` until the last old server process was gone and
   every client was back and subscribed.
@@ -606,6 +606,9 @@ class _Worker:
         # Why connections ended without a reconnect hint: the server's close code, or
         # "no close frame" (reset or EOF: a worker killed, a drain's deadline passed).
         self.drop_causes: collections.Counter[str] = collections.Counter()
+        # Refused reconnect attempts by exception and message (a reset in the handshake,
+        # an HTTP status instead of the upgrade, a local error such as no free port).
+        self.refusals: collections.Counter[str] = collections.Counter()
         self.churned = 0
         self.to_subscribe = 0
         self.subscribed_event = asyncio.Event()
@@ -779,6 +782,8 @@ class _Worker:
                     self.reconnect_timeouts += 1
                 else:
                     self.reconnect_refused += 1
+                    failure = self.last_failure
+                    self.refusals[f"{type(failure).__name__}: {str(failure)[:80]}"] += 1
                 await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
             self.reconnect_gave_up += 1
             self.note(f"client {slot} did not come back after {RECONNECT_ATTEMPTS} attempts")
@@ -1152,6 +1157,7 @@ class _Worker:
             "back_wall": self.back_wall,
             "subscribe_retries": self.subscribe_retries,
             "drop_causes": dict(self.drop_causes),
+            "refusals": dict(self.refusals),
             "loop_lag_max_s": round(self.loop_lag_max, 3),
         }
 
@@ -1858,6 +1864,7 @@ class _Run:
             ),
             "reconnected": self.total("reconnected"),
             "refused": self.total("reconnect_refused"),
+            "refused_by_cause": self.merged("refusals"),
             "timed_out_attempts": self.total("reconnect_timeouts"),
             "gave_up": self.total("reconnect_gave_up"),
             "live_before": live,
