@@ -29,11 +29,12 @@ report is saved whole):
    file limit, not how to run a host (one worker per core, and LimitNOFILE raised;
    ``docs/operations.md``).
    ``connections_per_worker`` stays below the limit with room for the roll: a roll
-   replaces one worker at a time and its clients land on the others, so the first
-   worker replaced ends with about 1.7 times an even share
-   (``shardws.tools.tune.roll_peak_per_worker``). With that many workers on two cores
-   a worker's loop can go more than the default 10 s without running while the box is
-   saturated (a roll's reconnect storm), and the supervisor would kill it as stuck, so
+   replaces one worker at a time and its clients land on the others, so the worker
+   replaced last holds about 2.7 even shares just before its own drain
+   (``shardws.tools.tune.roll_peak_per_worker``): 36 workers, 18,615 each at the peak.
+   With that many workers on two cores a worker's loop can go more than the default
+   10 s without running while the box is saturated (a roll's reconnect storm), and the
+   supervisor would kill it as stuck, so
    ``heartbeat_timeout`` is raised to ``--heartbeat-timeout`` (60 s): part of the same
    workaround. So is ``handshake_timeout`` (``--handshake-timeout``, 30 s): the 16
    client processes share those two cores, and in the roll's reconnect storm their event
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.macro c250k", description=(__doc__ or "").splitlines()[0]
     )
     parser.add_argument("--connections", type=int, default=250_000, help="clients held")
-    parser.add_argument("--workers", type=int, default=32, help="shardws workers")
+    parser.add_argument("--workers", type=int, default=36, help="shardws workers")
     parser.add_argument("--processes", type=int, default=16, help="client processes")
     parser.add_argument("--source-ips", type=int, default=20, help="127.0.0.1..K")
     parser.add_argument("--channels", type=int, default=25_000, help="besides the shared one")
