@@ -29,17 +29,20 @@ report is saved whole):
    file limit, not how to run a host (one worker per core, and LimitNOFILE raised;
    ``docs/operations.md``).
    ``connections_per_worker`` stays below the limit with room for the roll: a roll
-   replaces one worker at a time and its clients land on the others, so the first
-   worker replaced ends with about 1.7 times an even share
-   (``shardws.tools.tune.roll_peak_per_worker``). With that many workers on two cores
-   a worker's loop can go more than the default 10 s without running while the box is
-   saturated (a roll's reconnect storm), and the supervisor would kill it as stuck, so
+   replaces one worker at a time and its clients land on the others, so the worker
+   replaced last holds about 2.7 even shares just before its own drain
+   (``shardws.tools.tune.roll_peak_per_worker``): 36 workers, 18,615 each at the peak.
+   With that many workers on two cores a worker's loop can go more than the default
+   10 s without running while the box is saturated (a roll's reconnect storm), and the
+   supervisor would kill it as stuck, so
    ``heartbeat_timeout`` is raised to ``--heartbeat-timeout`` (60 s): part of the same
    workaround. So is ``handshake_timeout`` (``--handshake-timeout``, 30 s): the 16
    client processes share those two cores, and in the roll's reconnect storm their event
    loops run seconds late (``client_loop_lag_max_s`` in the roll's figures), so a client
    sends its upgrade request seconds after its TCP connect was accepted; the server's
    default 5 s would close such handshakes, which the generator counts as refused.
+   ``drain_timeout`` (``--drain-timeout``, 15 s) bounds how long a draining worker waits
+   for such late handshakes (and spreads its clients' reconnects over half of it).
 4. ``--connections`` clients over ``--processes`` client processes, each subscribed to
    one of ``--channels`` channels and to one channel they all share; the connect ramp is
    reported in tenths. Held ``--hold`` s: ``--broadcasts`` publications to the shared
@@ -284,14 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.macro c250k", description=(__doc__ or "").splitlines()[0]
     )
     parser.add_argument("--connections", type=int, default=250_000, help="clients held")
-    parser.add_argument("--workers", type=int, default=32, help="shardws workers")
+    parser.add_argument("--workers", type=int, default=36, help="shardws workers")
     parser.add_argument("--processes", type=int, default=16, help="client processes")
     parser.add_argument("--source-ips", type=int, default=20, help="127.0.0.1..K")
     parser.add_argument("--channels", type=int, default=25_000, help="besides the shared one")
     parser.add_argument("--hold", type=float, default=20, help="seconds held before the roll")
     parser.add_argument("--broadcasts", type=int, default=3, help="timed shared publications")
     parser.add_argument("--probe-rate", type=float, default=20, help="single-channel pubs/s")
-    parser.add_argument("--drain-timeout", type=float, default=6, help="server drain_timeout")
+    parser.add_argument("--drain-timeout", type=float, default=15, help="server drain_timeout")
     parser.add_argument(
         "--heartbeat-timeout", type=float, default=60, help="server heartbeat_timeout"
     )

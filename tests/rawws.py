@@ -13,6 +13,13 @@ from serverproc import timeout
 def handshake(port: int, path: str, extensions: str = "") -> tuple[socket.socket, bytes, bytes]:
     """Upgrade a new connection; returns (socket, response head, bytes already read past it)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout(5))
+    head, rest = upgrade(sock, path, extensions)
+    return sock, head, rest
+
+
+def upgrade(sock: socket.socket, path: str, extensions: str = "") -> tuple[bytes, bytes]:
+    """Send the upgrade request on a connected ``sock``; returns (response head, bytes
+    already read past it)."""
     extra = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
     sock.sendall(
         (
@@ -27,7 +34,7 @@ def handshake(port: int, path: str, extensions: str = "") -> tuple[socket.socket
         assert chunk, data
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    return sock, head, rest
+    return head, rest
 
 
 def client_frame(first_byte: int, payload: bytes) -> bytes:

@@ -12,9 +12,12 @@ import asyncio
 import json
 import re
 import signal
+import socket
+import time
 from pathlib import Path
 
 import websockets
+from rawws import FrameReader, upgrade
 from serverproc import ServerProcess
 from toolkit import run, timeout
 from wsclient import clients_on_workers
@@ -172,3 +175,28 @@ def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
         assert [w for w in body["per_worker"] if w["pid"] in old_pids]
         # No restart storm: a handful of boots, not a loop.
         assert len(re.findall(r"started worker", proc.logs())) <= 6
+
+
+def test_a_drain_waits_for_a_handshake_in_flight(tmp_path: Path) -> None:
+    """A client whose loop runs late sends its upgrade request after the worker that
+    accepted its TCP connection began draining: it still gets the upgrade, then the
+    reconnect hint and close 1001, not a reset when that worker exits."""
+    with ServerProcess(tmp_path, workers=1).start() as proc:
+        proc.wait_log(r"process\(es\) ready")
+        sock = socket.create_connection(("127.0.0.1", proc.ws_port), timeout=timeout(10))
+        try:
+            time.sleep(0.5)  # accepted by the worker, no request yet
+            proc.signal(signal.SIGHUP)
+            proc.wait_log("draining 0 connection")
+            time.sleep(1.5)  # past the drain's handshake grace (0.3 s) and its sends
+            head, rest = upgrade(sock, "/ws")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            reader = FrameReader(sock, rest)
+            first, payload = reader.next()
+            while first == 0x81 and b'"reconnect"' not in payload:
+                first, payload = reader.next()  # the connected greeting
+            assert first == 0x81 and json.loads(payload)["type"] == "reconnect", payload
+            assert reader.close_code() == 1001
+        finally:
+            sock.close()
+        proc.wait_log("reload complete")

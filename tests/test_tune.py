@@ -157,11 +157,13 @@ def test_report_shows_each_rule_and_says_never_lower() -> None:
 
 
 def test_roll_peak_per_worker() -> None:
-    # Replaced one at a time into the others: the first replaced gathers ~1.7 shares.
+    # Replaced one at a time into the others: the last replaced gathers what every
+    # earlier drain moved, about e shares just before its own drain.
     assert roll_peak_per_worker(1, 1000) == 1000
     assert roll_peak_per_worker(2, 1000) == 1000  # worker 1 holds all while 0 restarts
+    assert roll_peak_per_worker(3, 900) == 675  # 300 + 150, then 450 + 225
     peak = roll_peak_per_worker(32, 250_000)
-    assert 1.6 * 250_000 / 32 < peak < 1.8 * 250_000 / 32
+    assert 2.6 * 250_000 / 32 < peak < 2.72 * 250_000 / 32
 
 
 def test_needs_for_a_connection_count() -> None:

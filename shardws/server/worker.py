@@ -142,6 +142,7 @@ class Worker:
         self.connections: set[Connection] = set()
         # connections_per_worker, or less if the open-files limit is lower (set at boot).
         self.max_connections = config.limits.connections_per_worker
+        self._fds_before_serving: int | None = None  # descriptors open before accepting
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
         self.run_dir = run_dir
@@ -201,6 +202,8 @@ class Worker:
         # Our inbox subscription is live at the forwarder and our publications pass it,
         # so requests for the channels this worker owns reach it once it is READY.
         await self.bus_sync(PEER_WAIT_TIMEOUT)
+        # Counted once the listener is closed again (a drain): see _accepted_not_upgraded.
+        self._fds_before_serving = open_fds()
         self._server = await ws_create_server(
             self._new_connection,
             sock=listen_sock,
@@ -285,10 +288,13 @@ class Worker:
                 await asyncio.sleep(due - time.monotonic())
             for conn in connections[start : start + size]:
                 self._send_away(conn, spread + 1.0)
-        # Sockets accepted just before the listener closed finish their handshake within
-        # moments; give them that, so they get a reconnect hint instead of a reset.
+        # Sockets accepted before the listener closed finish their handshake once their
+        # client sends its upgrade request (seconds late from a client whose loop runs
+        # late); wait for them, so they get a reconnect hint instead of a reset at exit.
         grace_end = min(time.monotonic() + HANDSHAKE_GRACE, deadline)
-        while (self.connections or time.monotonic() < grace_end) and time.monotonic() < deadline:
+        while (
+            self.connections or self._accepted_not_upgraded() or time.monotonic() < grace_end
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             if conn.transport is not None:
@@ -298,6 +304,16 @@ class Worker:
         if self.bus is not None:
             self.bus.close()
         self._tick()
+
+    def _accepted_not_upgraded(self) -> bool:
+        """With the listener closed, whether this worker holds sockets beyond its
+        connections and what it had open before it started accepting: handshakes in
+        flight, refused upgrades being closed. picows tells nothing before the upgrade
+        request, the descriptor table does; a descriptor opened for anything else only
+        makes a drain wait to its deadline."""
+        if self._fds_before_serving is None:
+            return False  # never accepted anything
+        return open_fds() > self._fds_before_serving + len(self.connections)
 
     def _tick(self) -> None:
         """Heartbeat: stamp liveness and copy local counters into shared memory."""

@@ -87,7 +87,7 @@ How to read the numbers
   ``subscribe_retries`` (subscribes answered error 108, not confirmed live, and sent
   again after a back-off, as shardws's clients do), ``client_loop_lag_max_s`` (the
   latest any client process's event loop ran: a starved client answers handshakes and
-  closes that late), ``refused``
+  closes that late), ``refused`` (``refused_by_cause``: by exception and message)
   (attempts refused, reset or answered 503), ``timed_out_attempts`` (no answer in 10 s:
   abandoned and retried), ``seconds`` until the last old server process was gone and
   every client was back and subscribed.
@@ -212,6 +212,7 @@ RECONNECT_ATTEMPTS = 5  # a client the server sent away tries this often to come
 CONNECT_ATTEMPTS = 3  # connect phase: attempts per client before it counts as failed
 RECONNECT_TIMEOUT = 10.0  # seconds one reconnect attempt may take
 MAX_RECONNECT_DELAY = 60.0  # cap on the server's delay hint
+FINAL_REPORT_CLOSES_PER_S = 500  # allowance for a process to close its clients and report
 LAG_TICK = 0.1  # s between two looks at how late a client process's event loop runs
 NOT_LIVE_MARK = b'"code":108'  # a subscribe the server could not confirm live: retry
 SUBSCRIBE_RETRIES = 10  # per connection, then the error counts
@@ -606,6 +607,9 @@ class _Worker:
         # Why connections ended without a reconnect hint: the server's close code, or
         # "no close frame" (reset or EOF: a worker killed, a drain's deadline passed).
         self.drop_causes: collections.Counter[str] = collections.Counter()
+        # Refused reconnect attempts by exception and message (a reset in the handshake,
+        # an HTTP status instead of the upgrade, a local error such as no free port).
+        self.refusals: collections.Counter[str] = collections.Counter()
         self.churned = 0
         self.to_subscribe = 0
         self.subscribed_event = asyncio.Event()
@@ -779,6 +783,8 @@ class _Worker:
                     self.reconnect_timeouts += 1
                 else:
                     self.reconnect_refused += 1
+                    failure = self.last_failure
+                    self.refusals[f"{type(failure).__name__}: {str(failure)[:80]}"] += 1
                 await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
             self.reconnect_gave_up += 1
             self.note(f"client {slot} did not come back after {RECONNECT_ATTEMPTS} attempts")
@@ -1152,6 +1158,7 @@ class _Worker:
             "back_wall": self.back_wall,
             "subscribe_retries": self.subscribe_retries,
             "drop_causes": dict(self.drop_causes),
+            "refusals": dict(self.refusals),
             "loop_lag_max_s": round(self.loop_lag_max, 3),
         }
 
@@ -1740,10 +1747,13 @@ class _Run:
 
     def shutdown(self) -> None:
         self.broadcast("stop")
+        # A process closes its connections before it reports: at 15,000 a process on a
+        # saturated box that takes longer than a fixed 10 s.
+        per_process = self.spec.connections / max(1, len(self.pipes))
         self.wait_for(
             "final reports",
             lambda: len(self.finals) == len(self.pipes),
-            time.time() + 10,
+            time.time() + 10 + per_process / FINAL_REPORT_CLOSES_PER_S,
             past_deadline=True,
         )
         for proc in self.procs:
@@ -1905,6 +1915,7 @@ class _Run:
             ),
             "reconnected": self.total("reconnected"),
             "refused": self.total("reconnect_refused"),
+            "refused_by_cause": self.merged("refusals"),
             "timed_out_attempts": self.total("reconnect_timeouts"),
             "gave_up": self.total("reconnect_gave_up"),
             "live_before": live,
