@@ -46,6 +46,11 @@ def idle_rates(pid: int, seconds: float) -> dict[str, dict[str, float]]:
     }
 
 
+def idle_rate(pid: int, seconds: float) -> float:
+    """Server CPU-seconds per second with no client connected, all threads together."""
+    return sum(figures["cpu_s"] for figures in idle_rates(pid, seconds).values())
+
+
 def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     # Many workers on few cores: a loop may not run for seconds during the ramp, which
     # is not what is measured here (the supervisor would replace it as stuck).
