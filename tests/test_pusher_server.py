@@ -1088,7 +1088,7 @@ def test_a_host_that_blinks_out_of_the_view_keeps_its_members(tmp_path: Path) ->
                 wait_until(lambda: hosts(a) == ["a"], timeout=30, message="b never left a's view")
                 time.sleep(2)  # a few of the owner's heartbeats with b out of the view
             finally:
-                for pid in stopped:
+                for pid in reversed(stopped):  # the supervisor last
                     os.kill(pid, signal.SIGCONT)
             wait_until(lambda: hosts(a) == hosts(b) == ["a", "b"], timeout=30)
             on_b_api = sdk(b)

@@ -318,7 +318,7 @@ def test_a_host_taken_for_gone_and_back_vacates_then_occupies_again(tmp_path: Pa
                     os.kill(pid, signal.SIGSTOP)
                 receiver.wait("/all", name="channel_vacated", channel=room)
             finally:
-                for pid in stopped:
+                for pid in reversed(stopped):  # the supervisor last
                     os.kill(pid, signal.SIGCONT)
             receiver.wait("/all", 2, name="channel_occupied", channel=room)
             client.close()

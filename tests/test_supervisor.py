@@ -27,6 +27,32 @@ def test_worker_with_a_stuck_loop_is_killed_and_replaced(tmp_path: Path) -> None
         assert "heartbeat is" in proc.logs() and "killing it" in proc.logs()
 
 
+def test_a_service_paused_whole_is_not_killed_when_it_resumes(tmp_path: Path) -> None:
+    """The whole service stopped (a paused VM, SIGSTOP to every process), then resumed
+    supervisor first: every heartbeat is old only because nothing ran, so the supervisor
+    gives the processes a full heartbeat_timeout to stamp again instead of killing them."""
+    with ServerProcess(tmp_path, workers=2, server="heartbeat_timeout = 2").start() as proc:
+        assert proc.proc is not None
+        _, body = proc.health()
+        children = [w["pid"] for w in body["per_worker"]]
+        children += [
+            int(pid) for pid in os.popen(f"ps -o pid= --ppid {proc.proc.pid}").read().split()
+        ]
+        everything = [proc.proc.pid, *sorted(set(children))]
+        for pid in everything:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(3)  # longer than heartbeat_timeout
+        os.kill(proc.proc.pid, signal.SIGCONT)
+        time.sleep(0.5)  # the supervisor alone runs and looks at the old heartbeats
+        for pid in everything[1:]:
+            os.kill(pid, signal.SIGCONT)
+        body = proc.wait_healthy(20.0)
+        assert [w["pid"] for w in body["per_worker"]] == children[:2]
+        assert all(w["restarts"] == 0 for w in body["per_worker"])
+        assert "supervisor loop stalled" in proc.logs()
+        assert "killing it" not in proc.logs()
+
+
 def test_sd_notify_ready_status_watchdog_reloading_stopping(tmp_path: Path) -> None:
     address = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:

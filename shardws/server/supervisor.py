@@ -13,6 +13,8 @@ Guarantees:
   the whole service with a clear error and exit code 1 instead of a restart loop.
 * A process whose heartbeat (stamped from its own event loop into shared memory) is
   older than ``heartbeat_timeout`` is killed and replaced: a stuck loop cannot hide.
+  If the supervisor's own loop stalled for over half of that (a paused VM, the whole
+  service stopped), no heartbeat is judged for one more ``heartbeat_timeout``.
 * With ``[cluster] peers`` set, a bridge process (``bridge.py``) links the host bus to
   the other hosts; it is supervised like the admin (restarted, replaced on reload).
 * New connections go only to listeners whose worker is ready (``steering``): while a
@@ -188,6 +190,8 @@ class Supervisor:
         self._capacity = max(config.server.workers, config.server.max_workers)
         self._group: list[Slot] = []  # worker slots in SO_REUSEPORT group order
         self._steered: list[int] | None = None
+        self._last_check = time.monotonic()  # of the heartbeats: our own loop's progress
+        self._checks_from = 0.0  # no heartbeat is judged before this (monotonic)
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -579,6 +583,17 @@ class Supervisor:
         assert board is not None
         timeout = self.config.server.heartbeat_timeout
         now = time.monotonic()
+        stalled, self._last_check = now - self._last_check, now
+        if stalled > timeout / 2:
+            # This loop did not run either (the host or VM paused, the whole service
+            # stopped): every heartbeat is old for the same reason. Give the processes a
+            # full timeout to stamp again instead of killing them all.
+            log.warning(
+                "supervisor loop stalled %.1fs: heartbeats judged again in %.0fs", stalled, timeout
+            )
+            self._checks_from = now + timeout
+        if now < self._checks_from:
+            return
         for slot in self.slots:
             if not slot.pid or now - slot.started < timeout:
                 continue
