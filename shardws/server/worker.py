@@ -688,7 +688,7 @@ class Worker:
             self.latency.observe((time.monotonic_ns() - start) / 1e9)
         if self.bus is not None:
             # Always encoded: through the forwarder, other members' subscriptions never
-            # reach this member's Python; the PUB drops a record nobody subscribes to.
+            # reach this member's Python; the forwarder drops a record nobody wants.
             self.bus.publish(channel_topic(channel), publication_record(publication))
 
     def options_for(self, channel: str) -> NamespaceConfig:
