@@ -154,7 +154,7 @@ def test_a_failed_recovery_behind_what_was_delivered_reports_no_second_gap() -> 
 
 
 def test_close_code_ranges_and_token_expiry() -> None:
-    for code in (1001, 1006, 1011, 4500, 4501, 4502, 4503, 4504, 4505, 4999):
+    for code in (1001, 1006, 1011, 4500, 4501, 4502, 4503, 4504, 4505, 4506, 4999):
         assert should_reconnect(code), code
     for code in (1002, 1007, 1008, 1009, 4000, 4001, 4003, 4008, 4009, 4029, 4499):
         assert not should_reconnect(code), code

@@ -77,6 +77,7 @@ def test_close_code_classes() -> None:
     assert protocol.reconnect_allowed(CloseCode.GOING_AWAY)
     assert protocol.reconnect_allowed(CloseCode.SLOW_CONSUMER)
     assert protocol.reconnect_allowed(CloseCode.IDLE_TIMEOUT)
+    assert protocol.reconnect_allowed(CloseCode.NOT_LIVE)
     for code in CloseCode:
         assert code < 1012 or 4000 <= code <= 4999
 

@@ -32,6 +32,7 @@ def test_every_native_code_is_mapped() -> None:
         (CloseCode.SLOW_CONSUMER, Action.BACKOFF),
         (CloseCode.TOO_MANY_CONNECTIONS, Action.BACKOFF),
         (CloseCode.INTERNAL_ERROR, Action.BACKOFF),
+        (CloseCode.NOT_LIVE, Action.BACKOFF),
         # protocol abuse and refusals: never reconnect
         (CloseCode.PROTOCOL_ERROR, Action.REFUSED),
         (CloseCode.INVALID_TEXT, Action.REFUSED),

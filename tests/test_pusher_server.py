@@ -944,6 +944,50 @@ def test_no_subscription_succeeded_while_the_bus_cannot_confirm_it(tmp_path: Pat
         assert _not_live_total(proc) == 2
 
 
+def test_no_signin_success_while_the_bus_cannot_confirm_the_user_topic(tmp_path: Path) -> None:
+    """``signin_success`` means the user's bus topic is live (``terminate_connections``
+    reaches the connection): with the bus forwarder stopped (SIGSTOP) a signin signed by
+    the SDK is answered ``pusher:error`` 4100 and closed with 4100 (back off, reconnect;
+    the native 4506), counted; once it runs again a new connection signs in and is
+    terminated through its user."""
+    with ServerProcess(tmp_path, workers=2, extra=APPS).start() as proc:
+        api = sdk(proc)
+        forwarder = proc.wait_healthy()["bus_forwarder"]["pid"]
+
+        async def signin(ws: Any) -> None:
+            socket_id = json.loads((await _next(ws))["data"])["socket_id"]
+            signed = api.authenticate_user(socket_id, {"id": "starved"})
+            await ws.send(json.dumps({"event": "pusher:signin", "data": signed}))
+
+        async def scenario() -> None:
+            ws = await _raw(proc, "/app/app-key?protocol=7")
+            os.kill(forwarder, signal.SIGSTOP)
+            try:
+                await signin(ws)
+                error = await _next(ws)
+                assert error["event"] == "pusher:error", error
+                assert error["data"]["code"] == 4100, error
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), timeout(5))
+            finally:
+                os.kill(forwarder, signal.SIGCONT)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4100
+            ws = await _raw(proc, "/app/app-key?protocol=7")
+            try:
+                await signin(ws)
+                answer = await asyncio.wait_for(_next(ws), timeout(10))
+                assert answer["event"] == "pusher:signin_success", answer
+                assert await asyncio.to_thread(api.terminate_user_connections, "starved") == {}
+                error = await _next(ws)
+                assert error["event"] == "pusher:error" and error["data"]["code"] == 4009
+            finally:
+                await ws.close()
+
+        run(scenario(), limit=60)
+        proc.wait_heartbeat()  # the counters reach /metrics
+        assert _not_live_total(proc) == 1
+
+
 # -- presence through restarts, moves and blinks -------------------------------------------
 
 

@@ -15,10 +15,12 @@ import picows
 import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import ServerProcess
-from toolkit import run, timeout
+from serverproc import ServerProcess, http_json
+from toolkit import run, timeout, wait_until_async
 from wsclient import Client, clients_on_workers
 
+from shardws import client as shardws_client
+from shardws.pure.auth import make_token
 from shardws.pure.history import owner_of
 
 WORKERS = 2
@@ -347,6 +349,65 @@ def test_no_ok_while_a_peer_cannot_confirm_the_subscription(tmp_path: Path) -> N
             assert _counter(proc, "shardws_bus_sync_timeouts_total") >= 1
             await sub.close()
             await pub.close()
+
+        run(scenario())
+
+
+SECRET = "s3cret-for-tests-only-0123456789abcdef"
+API_KEY = "k" * 24
+
+
+def test_no_greeting_while_the_bus_cannot_confirm_the_user_topic(tmp_path: Path) -> None:
+    """An authenticated connection's greeting means live like a subscribe reply: with
+    the bus forwarder stopped (SIGSTOP) its user topic cannot be confirmed, so it gets no
+    ``connected`` push but close 4506 (reconnect with backoff), counted. ``shardws.client``
+    keeps reconnecting; once the forwarder runs again it is greeted, and a user-targeted
+    publication and ``POST /api/disconnect`` reach it."""
+    extra = f'[auth]\nsecret = "{SECRET}"\n'
+    admin = f'api_key = "{API_KEY}"'
+    with ServerProcess(tmp_path, workers=WORKERS, extra=extra, admin=admin).start() as proc:
+        token = make_token(SECRET, "starved", 3600)
+        forwarder = proc.wait_healthy()["bus_forwarder"]["pid"]
+
+        async def post(path: str, body: dict[str, Any]) -> None:
+            status, reply = await asyncio.to_thread(
+                http_json, proc.admin_url + path, json.dumps(body).encode(), API_KEY
+            )
+            assert status == 200, reply
+
+        async def scenario() -> None:
+            received: list[Any] = []
+            library = shardws_client.Client(
+                proc.url,
+                token=token,
+                backoff=shardws_client.Backoff(0.1, 1.0, 0.1),
+                on_user_message=received.append,
+            )
+            os.kill(forwarder, signal.SIGSTOP)
+            try:
+                starting = asyncio.ensure_future(library.start())
+                ws = await websockets.connect(f"{proc.url}?token={token}", ping_interval=None)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    greeting = await asyncio.wait_for(ws.recv(), timeout(10))
+                    raise AssertionError(f"greeted while not live: {greeting}")
+                assert closed.value.rcvd is not None, "closed without a close frame"
+                assert closed.value.rcvd.code == 4506, closed.value.rcvd
+                assert "reconnect" in closed.value.rcvd.reason
+                # The library's first attempt was refused the same way: it tries again.
+                await wait_until_async(lambda: library.attempts >= 2, timeout=10)
+                assert not starting.done()
+            finally:
+                os.kill(forwarder, signal.SIGCONT)
+            await asyncio.wait_for(starting, timeout(15))
+            await post("/api/publish", {"user": "starved", "data": "live"})
+            await wait_until_async(lambda: received == ["live"], timeout=5)
+            await post("/api/disconnect", {"user": "starved"})
+            await wait_until_async(lambda: library.closed is not None, timeout=5)
+            assert library.closed is not None and library.closed.code == 4009, library.closed
+            await library.close()
+            await asyncio.to_thread(proc.wait_heartbeat)  # the counters reach /metrics
+            # The raw connection and each refused attempt of the library's.
+            assert 2 <= _counter(proc, "shardws_subscribe_not_live_total") <= library.attempts
 
         run(scenario())
 

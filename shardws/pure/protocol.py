@@ -56,6 +56,11 @@ class ErrorCode(enum.IntEnum):
 #: peer worker starved or stuck): the subscription was undone; the client retries.
 NOT_LIVE_MESSAGE = "the subscription could not be confirmed live on every worker; retry"
 
+#: The reason of close 4506: an authenticated connection's user topic (what user-targeted
+#: publications and disconnects travel on) could not be confirmed live, so it is closed
+#: instead of greeted; the client reconnects with backoff.
+NOT_LIVE_REASON = "the connection could not be confirmed live on every worker; reconnect"
+
 
 class CloseCode(enum.IntEnum):
     """WebSocket close codes the server sends.
@@ -86,6 +91,7 @@ class CloseCode(enum.IntEnum):
     TOKEN_EXPIRED = 4503  # the connection's token expired without a refresh
     CONNECT_TIMEOUT = 4504  # no connect message within handshake_timeout
     INSUFFICIENT_STATE = 4505  # a history gap could not be repaired: reconnect, recover
+    NOT_LIVE = 4506  # the user's bus topic could not be confirmed live: reconnect, back off
 
 
 #: Standard close codes after which reconnecting cannot help: the client itself is broken

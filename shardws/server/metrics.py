@@ -119,7 +119,8 @@ class _ScoreboardCollector:
             ),
             (
                 "shardws_subscribe_not_live",
-                "Subscribes answered error 108 because their barrier did not complete",
+                "Subscribes answered error 108, and user connections closed with 4506, because"
+                " their barrier did not complete",
                 Column.NOT_LIVE,
             ),
             ("shardws_worker_restarts", "Times the worker was restarted", Column.RESTARTS),

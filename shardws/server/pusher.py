@@ -20,6 +20,10 @@ Guarantees:
   subscription is undone and answered ``pusher:subscription_error`` (``ServerError``,
   status 503), as a native subscribe is answered error 108: never a success that is
   not one.
+* ``pusher:signin_success`` is sent once the user's bus topic is live (what
+  ``terminate_connections`` travels on). When its barrier cannot complete, the
+  connection is closed instead (``pusher:error`` and close 4100, reconnect after
+  backing off: the native 4506), counted like a subscribe not live.
 * A publication with an ``origin`` (a client event, an HTTP trigger with ``socket_id``)
   never reaches the connection with that socket id (:data:`PUSHER` excludes the origin;
   ``Delivery.publish`` skips it).
@@ -567,13 +571,11 @@ class PusherFront:
     def _signin(self, conn: PusherConnection, signin: PusherSignin) -> None:
         """Register ``conn`` under its app's user (the bus user topic that
         ``terminate_connections`` publishes on), then answer ``signin_success`` once that
-        topic is live, so a termination right after it reaches this connection."""
-        live = self.worker.users.add(user_key(conn.app.id, signin.user_id), conn, conn.sink)
+        topic is live, so a termination right after it reaches this connection. If that
+        cannot be confirmed, the connection is closed instead (4506, the Pusher way:
+        4100, reconnect after backing off; ``Worker.greet_when_live``)."""
         reply = wire.encode_signin_success(signin.user_data)
-        if live.done():
-            conn.send(reply)
-        else:
-            live.add_done_callback(lambda _f: None if conn.closing else conn.send(reply))
+        self.worker.greet_when_live(conn, user_key(conn.app.id, signin.user_id), reply)
 
     def _unsubscribe(self, conn: PusherConnection, unsubscribe: PusherUnsubscribe) -> None:
         internal = internal_name(conn.app.id, unsubscribe.channel)

@@ -56,7 +56,7 @@ from shardws.pure.deflate import Inflater, negotiate
 from shardws.pure.frames import Messages
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
-from shardws.pure.protocol import NOT_LIVE_MESSAGE, CloseCode, ErrorCode
+from shardws.pure.protocol import NOT_LIVE_MESSAGE, NOT_LIVE_REASON, CloseCode, ErrorCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import decode as decode_publication
 from shardws.pure.publication import encode as publication_record
@@ -158,7 +158,9 @@ class Worker:
         self.native_messages = Messages(max_size, check_utf8=False)
         self.echo_messages = Messages(max_size, check_utf8=True)
         self.owners = Owners(self)
-        self.not_live = 0  # plain subscribes refused with 108: their barrier did not complete
+        # Plain subscribes refused with 108, and user topics closed with 4506: their
+        # bus barrier did not complete.
+        self.not_live = 0
         self._next_position_check = 0.0
         # user -> that user's connections here, subscribed to the user's bus topic.
         self.users = Hub(self._bus_subscribe_user, self._bus_unsubscribe_user)
@@ -735,19 +737,42 @@ class Worker:
     # -- users and inbox (the admin API) --------------------------------------------------
 
     def _join_user(self, conn: Connection, greeting: bytes) -> None:
-        """Register an authenticated ``conn`` for its user's messages, then send
+        """Register an authenticated ``conn`` for its user's messages and send
         ``greeting`` (the ``connected`` push, or the ``connect`` reply) once the user's
-        bus topic is live: from then on user-targeted publications and disconnects sent
-        from any member of the host reach this connection."""
+        bus topic is live (``greet_when_live``)."""
         user = conn.identity.user if conn.identity is not None else ""
         if not user:  # anonymous: nothing can target it
             conn.send(greeting)
             return
-        live = self.users.add(user, conn, conn.sink)
-        if live.done() or self._stop.is_set():  # draining: it is sent away at once
+        if self._stop.is_set():  # draining: greeted, then sent away at once
+            self.users.add(user, conn, conn.sink)
             conn.send(greeting)
+            return
+        self.greet_when_live(conn, user, greeting)
+
+    def greet_when_live(self, conn: Connection, user: str, greeting: bytes) -> None:
+        """Add ``conn`` to ``user``'s connections (``users``: its bus topic) and send
+        ``greeting`` once that topic is live: from then on user-targeted publications and
+        disconnects sent from any member of the host reach this connection. A barrier
+        that could not complete closes it with 4506 instead (reconnect after backing
+        off), counted in ``not_live``: a greeting, like a subscribe reply, means live."""
+        live = self.users.add(user, conn, conn.sink)
+        if live.done():
+            self._greet(conn, user, greeting, live)
         else:
-            live.add_done_callback(lambda _f: conn.send(greeting))
+            live.add_done_callback(lambda done: self._greet(conn, user, greeting, done))
+
+    def _greet(
+        self, conn: Connection, user: str, greeting: bytes, live: asyncio.Future[bool]
+    ) -> None:
+        if conn.closing:  # closed meanwhile: it left the users already
+            return
+        if live.result():
+            conn.send(greeting)
+            return
+        self.not_live += 1
+        self.users.remove(user, conn)  # so the next connection starts a new barrier
+        conn.close(CloseCode.NOT_LIVE, NOT_LIVE_REASON)
 
     def _leave_user(self, conn: Connection) -> None:
         if conn.identity is not None and conn.identity.user:

@@ -61,7 +61,7 @@ class Column(enum.IntEnum):
     HISTORY_REPAIRS = 22  # history gaps (lost bus messages) repaired from the owner
     HISTORY_UNRECOVERABLE = 23  # gaps that could not be repaired (subscribers got 4505)
     LATENCY_SUM_US = 24  # sum of observed delivery latencies, microseconds
-    NOT_LIVE = 25  # subscribes refused (error 108) because their barrier did not complete
+    NOT_LIVE = 25  # subscribes refused (error 108), user topics closed (4506): barrier failed
     BUS_READS = 26  # bus messages this process's Python read (any kind)
     LATENCY_BUCKET_0 = 27  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 

@@ -121,10 +121,11 @@ NATIVE: dict[CloseCode, PusherClose] = {
     CloseCode.CONNECT_TIMEOUT: _close(PusherCode.RECONNECT, "handshake timed out"),
     CloseCode.INSUFFICIENT_STATE: _close(PusherCode.RECONNECT, "channel state lost"),
     CloseCode.IDLE_TIMEOUT: _close(PusherCode.PONG_NOT_RECEIVED, "no activity"),
-    # Overload and slow consumers: reconnect after backing off.
+    # Overload, slow consumers, a bus that cannot confirm: reconnect after backing off.
     CloseCode.SLOW_CONSUMER: _close(PusherCode.OVER_CAPACITY, "slow consumer"),
     CloseCode.TOO_MANY_CONNECTIONS: _close(PusherCode.OVER_CAPACITY, "too many connections"),
     CloseCode.INTERNAL_ERROR: _close(PusherCode.OVER_CAPACITY, "internal error"),
+    CloseCode.NOT_LIVE: _close(PusherCode.OVER_CAPACITY, "not confirmed live on every worker"),
     # Protocol abuse and refusals: never reconnect with the same parameters.
     CloseCode.PROTOCOL_ERROR: _close(PusherCode.PROTOCOL_VIOLATION, "invalid WebSocket frames"),
     CloseCode.INVALID_TEXT: _close(PusherCode.PROTOCOL_VIOLATION, "invalid UTF-8"),
