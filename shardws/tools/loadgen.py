@@ -345,7 +345,7 @@ class LoadSpec:
         not cut off by an allowance sized for a small one."""
         if self.connect_timeout > 0:
             return self.connect_timeout
-        floor = CONNECTS_PER_S_FLOOR
+        floor = float(CONNECTS_PER_S_FLOOR)
         if self.connect_rate > 0:  # a paced ramp takes connections / rate by design
             floor = min(floor, self.connect_rate)
         return 30.0 + self.connections / floor
