@@ -68,6 +68,7 @@ def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
                 # connecting with one bus subscription per worker, the floor under it.
                 channels=1 if args.shared else args.connections,
                 processes=args.processes,
+                connect_rate=args.rate,
                 duration=1.0,
                 progress=False,
             )
@@ -124,6 +125,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 16, 32, 64])
     parser.add_argument("--connections", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="connects/s, paced (the same for every worker count); 0 = flat out",
+    )
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle baseline")
     parser.add_argument(
         "--shared", action="store_true", help="every connection on one channel (the floor)"

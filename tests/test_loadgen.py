@@ -129,6 +129,15 @@ def test_idle_reports_rss_per_connection(server: ServerProcess) -> None:
     assert report["idle"]["rss_kb_per_connection"] is not None
 
 
+def test_idle_paced_connects_open_on_their_schedule(server: ServerProcess) -> None:
+    """``--connect-rate``: the processes take turns, so the last of 20 connections at
+    40/s cannot start before 19/40 s into the phase; every one is still subscribed."""
+    report = run(spec(server, scenario="idle", duration=0.5, channels=20, connect_rate=40))
+    check_common(report, "idle", 20)
+    assert report["spec"]["connect_rate"] == 40
+    assert report["cpu"]["connect"]["wall_s"] >= 19 / 40
+
+
 def test_mixed_steps_with_slow_clients_and_churn(server: ServerProcess) -> None:
     report = run(
         spec(
@@ -331,6 +340,8 @@ def test_connect_timeout_grows_with_the_count() -> None:
     assert large.connect_seconds() >= 1000 > small.connect_seconds() >= 30
     assert large.effective_timeout() > large.connect_seconds() + large.duration
     assert LoadSpec(connections=250_000, connect_timeout=90).connect_seconds() == 90
+    # A paced ramp slower than the floor takes connections / rate by design.
+    assert LoadSpec(connections=1000, connect_rate=10).connect_seconds() >= 100
 
 
 @pytest.mark.parametrize(

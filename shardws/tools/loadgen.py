@@ -72,10 +72,13 @@ How to read the numbers
   the generator took.
 - ``connections.connect_rate_per_s``: WebSocket handshakes completed per second over all
   processes, from the first attempt to the last handshake (``--connect-concurrency`` in
-  flight per process). ``connections.ramp`` splits the connect phase into ten equal
+  flight per process; with ``--connect-rate`` the attempts are paced instead, open loop,
+  the processes taking turns, so the server sees a steady arrival rate whatever the
+  generator's own speed). ``connections.ramp`` splits the connect phase into ten equal
   time slices (``tenths_per_s``); ``first_tenth_per_s``/``last_tenth_per_s`` are its
   first and last. The connect phase may take ``--connect-timeout`` (default: 30 s plus
-  one second per 250 connections, so the allowance grows with the count); a client whose
+  one second per 250 connections, or per ``--connect-rate`` connections if lower, so the
+  allowance grows with the count); a client whose
   attempt fails (refused, reset, lost during the handshake) tries up to 3 times
   (``connect_retries``), and ``failed`` counts the clients that never connected;
   ``subscribe_retries`` counts subscribes answered error 108 (the server could not
@@ -251,6 +254,7 @@ class LoadSpec:
     timeout: float = 0.0  # whole run; 0 = measured time + 60 s
     drain: float = 3.0  # after the last publish, stop waiting once nothing arrived this long
     connect_concurrency: int = 200  # handshakes in flight per process
+    connect_rate: float = 0.0  # connections opened per second over all processes; 0 = flat out
     connect_timeout: float = 0.0  # seconds for the connect phase; 0 = 30 + connections/250
     shared_channel: str = ""  # idle: every connection also subscribes to this channel
     broadcasts: int = 0  # idle: publications to --shared-channel, each timed to all
@@ -292,8 +296,10 @@ class LoadSpec:
                 problems.append("mixed supports up to 470,000 --connections")
         if self.rate < 0 or self.window < 1 or self.connect_concurrency < 1:
             problems.append("--rate must be >= 0, --window and --connect-concurrency >= 1")
-        if self.connect_timeout < 0 or self.probe_rate < 0 or self.broadcasts < 0:
-            problems.append("--connect-timeout, --probe-rate and --broadcasts must be >= 0")
+        if min(self.connect_timeout, self.connect_rate, self.probe_rate, self.broadcasts) < 0:
+            problems.append(
+                "--connect-timeout, --connect-rate, --probe-rate and --broadcasts must be >= 0"
+            )
         if self.scenario != "idle" and (
             self.shared_channel or self.broadcasts or self.probe_rate or self.roll_pid
         ):
@@ -339,7 +345,10 @@ class LoadSpec:
         not cut off by an allowance sized for a small one."""
         if self.connect_timeout > 0:
             return self.connect_timeout
-        return 30.0 + self.connections / CONNECTS_PER_S_FLOOR
+        floor = float(CONNECTS_PER_S_FLOOR)
+        if self.connect_rate > 0:  # a paced ramp takes connections / rate by design
+            floor = min(floor, self.connect_rate)
+        return 30.0 + self.connections / floor
 
     def effective_timeout(self) -> float:
         if self.timeout > 0:
@@ -914,6 +923,11 @@ class _Worker:
                 self.connect_failed -= 1  # only a client that never connected is a failure
                 await asyncio.sleep(0.5 * 2**attempt)
 
+    async def _open_slot_at(self, slot: int, at: float) -> None:
+        """``open_slot`` at wall time ``at`` (``--connect-rate``: an open-loop ramp)."""
+        await asyncio.sleep(max(0.0, at - time.time()))
+        await self.open_slot(slot)
+
     async def connect_all(self) -> dict[str, Any]:
         slots: list[int] = self.plan["slots"]
         total = self.plan["total"]
@@ -926,7 +940,12 @@ class _Worker:
         self.connecting = True
         reporter = asyncio.ensure_future(self._report_connecting())
         try:
-            jobs = [self.open_slot(slot) for slot in slots]
+            rate = self.plan["connect_rate"]
+            if rate > 0:
+                start = self.connect_started + self.plan["connect_offset"]
+                jobs = [self._open_slot_at(slot, start + n / rate) for n, slot in enumerate(slots)]
+            else:
+                jobs = [self.open_slot(slot) for slot in slots]
             pub_jobs = [self._open_publisher(total + j) for j in self.plan["publisher_ids"]]
             await asyncio.gather(*jobs, *pub_jobs)
             opened = len(self.subs) + (len(self.pubs) if subscribing_pubs else 0)
@@ -1603,6 +1622,9 @@ class _Run:
                     "sample_every": 1 if spec.scenario == "roundtrip" else k,
                     "channels": spec.channels or max(1, n // 10),
                     "churn": spec.churn / nproc,
+                    # Paced connects: processes take turns, 1 / rate apart over all of them.
+                    "connect_rate": spec.connect_rate / nproc,
+                    "connect_offset": p / spec.connect_rate if spec.connect_rate else 0.0,
                     "deadline": self.deadline + 10,
                 }
             )
@@ -2415,6 +2437,13 @@ def _parser() -> argparse.ArgumentParser:
         help="WebSocket handshakes in flight per process (default: %(default)s)",
     )
     p.add_argument(
+        "--connect-rate",
+        type=float,
+        default=d.connect_rate,
+        help="connections opened per second over all processes, paced (open loop);"
+        " 0 = as fast as --connect-concurrency allows (default: %(default)s)",
+    )
+    p.add_argument(
         "--connect-timeout",
         type=float,
         default=d.connect_timeout,
@@ -2494,7 +2523,15 @@ def scenario_settings(spec: dict[str, Any]) -> dict[str, Any]:
     """The fields of a report's ``spec`` that its scenario used, in field order (no churn
     for a fanout run, no --window when publishing is paced, no TLS options for ws://
     URLs); the scenario itself is left out."""
-    used = {"url", "source_ips", "server_pid", "timeout", "connect_concurrency", "connect_timeout"}
+    used = {
+        "url",
+        "source_ips",
+        "server_pid",
+        "timeout",
+        "connect_concurrency",
+        "connect_rate",
+        "connect_timeout",
+    }
     used.update(SCENARIO_SETTINGS.get(spec.get("scenario", ""), ()))
     if spec.get("rate"):
         used.discard("window")
