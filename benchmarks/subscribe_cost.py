@@ -11,8 +11,15 @@ and take the server CPU of that connect phase. The figure is
 
     (connect-phase server CPU - idle rate x connect-phase wall time) / connections
 
-and each count's ratio to the first count of the run. The generator shares the cores
+and each count's ratio to the first count of the run (with ``--repeat``, of the
+medians; the rounds interleave the counts). The generator shares the cores
 with the server: compare ratios within one run, not absolute figures across machines.
+
+By default the clients connect flat out; ``--rate`` paces them (connections per second,
+the same for every count). Compare worker counts at one rate: flat out, fewer workers
+carry more events per wake-up of their loops, and the run offers them a higher rate,
+so their figure is lower for reasons that are not what a subscription costs
+(``docs/architecture.md``, "The host bus").
 
 The result is written to ``benchmarks/results/subscribe-cost-<time>.json`` and printed
 as the Markdown table ``docs/architecture.md`` shows.
@@ -24,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -103,19 +111,37 @@ def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def medians(rows: list[dict[str, Any]]) -> dict[int, float | None]:
+    """Per worker count (in the order of the run), the median of its runs' figures."""
+    runs: dict[int, list[float]] = {}
+    for row in rows:
+        figures = runs.setdefault(row["workers"], [])
+        if row["ms_per_connection"] is not None:
+            figures.append(row["ms_per_connection"])
+    return {workers: statistics.median(f) if f else None for workers, f in runs.items()}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    base = rows[0]["ms_per_connection"]
+    """One line per worker count: the median over ``--repeat`` runs (each run's figure
+    in brackets when there are several) and its ratio to the first count's median."""
+    middle = medians(rows)
+    base = next(iter(middle.values()))
     lines = [
         "| workers | connections subscribed | server CPU per connect + subscribe | vs first |"
         " connects/s |",
         "|---|---|---|---|---|",
     ]
-    for row in rows:
-        ms = row["ms_per_connection"]
+    for workers, ms in middle.items():
+        mine = [row for row in rows if row["workers"] == workers]
+        each = (
+            f" ({', '.join(str(row['ms_per_connection']) for row in mine)})"
+            if len(mine) > 1
+            else ""
+        )
         ratio = f"{ms / base:.2f}x" if ms and base else "-"
         lines.append(
-            f"| {row['workers']} | {row['subscribed']:,} | {ms} ms | {ratio} |"
-            f" {row['connect_rate_per_s']} |"
+            f"| {workers} | {min(row['subscribed'] for row in mine):,} | {ms} ms{each} |"
+            f" {ratio} | {statistics.median(row['connect_rate_per_s'] or 0 for row in mine)} |"
         )
     return "\n".join(lines)
 
@@ -131,13 +157,22 @@ def main() -> None:
         default=0.0,
         help="connects/s, paced (the same for every worker count); 0 = flat out",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds over the worker counts (median shown)"
+    )
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle baseline")
     parser.add_argument(
         "--shared", action="store_true", help="every connection on one channel (the floor)"
     )
     parser.add_argument("--label", default="", help="added to the result (e.g. the bus)")
     args = parser.parse_args()
-    rows = [measure(workers, args) for workers in args.workers]
+    # Rounds interleave the counts, so a slow spell of a shared box does not fall on one
+    # count only; the table shows medians.
+    rows = [
+        {**measure(workers, args), "round": n}
+        for n in range(args.repeat)
+        for workers in args.workers
+    ]
     result = {
         "benchmark": "subscribe_cost",
         "label": args.label,

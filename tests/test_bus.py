@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 from toolkit import run, timeout, wait_until_async
 
 from shardws.bus.forwarder import Forwarder, endpoints
@@ -159,6 +160,48 @@ def test_barrier_waits_for_every_relay(tmp_path: Path, forwarder: Forwarder) -> 
             m.bus.close()
 
     run(scenario())
+
+
+def test_a_spent_barrier_topic_leaves_with_the_next_round(
+    tmp_path: Path, forwarder: Forwarder
+) -> None:
+    """A finished round's barrier topic is unsubscribed together with the next round's
+    subscriptions (so a round wakes the ZeroMQ threads once, not twice), or by the
+    periodic sweep: seen from the forwarder (as the cluster bridge sees the host's
+    subscriptions), at most the last round's stays subscribed, then none."""
+    ctx = zmq.Context()
+    watcher = ctx.socket(zmq.XPUB)
+    watcher.connect(forwarder.inbound)
+    live: set[bytes] = set()
+    ours = b"s0."
+
+    async def watch(until: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + timeout(5)
+        while not until():
+            assert time.monotonic() < deadline, live
+            try:
+                message = watcher.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                await asyncio.sleep(0.01)
+                continue
+            if message[1:].startswith(ours):
+                (live.add if message[:1] == b"\x01" else live.discard)(message[1:])
+
+    async def scenario() -> None:
+        (a,) = await _members(tmp_path, 1)
+        for n in range(5):
+            assert await a.bus.subscribe(channel_topic(f"round-{n}"))
+            (spent,) = a.bus._spent_barriers  # this round's; the one before it left
+            await watch(lambda: live == {spent})  # noqa: B023 (awaited in the iteration)
+        a.bus._drop_spent_barriers()  # what the sweep does
+        await watch(lambda: not live)
+        a.bus.close()
+
+    try:
+        run(scenario())
+    finally:
+        watcher.close(linger=0)
+        ctx.term()
 
 
 def test_subscriptions_are_never_dropped_at_the_high_water_mark(tmp_path: Path) -> None:

@@ -144,6 +144,8 @@ class Bus:
         self._barrier_ids = itertools.count()
         self._next_barrier: _Barrier | None = None
         self._barriers: dict[bytes, _Barrier] = {}
+        # Finished rounds' barrier topics, still subscribed: see _finish_barrier.
+        self._spent_barriers: list[bytes] = []
         self._drain_scheduled = False
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
@@ -234,6 +236,7 @@ class Bus:
     def _sweep_sequences(self) -> None:
         # A sender cannot see who subscribes, so it forgets topics gone quiet instead.
         # Starting a topic again at 0 is never counted as a loss by receivers.
+        self._drop_spent_barriers()
         used, self._seq_used = self._seq_used, set()
         for topic in [topic for topic in self._send_seq if topic not in used]:
             del self._send_seq[topic]
@@ -318,9 +321,17 @@ class Bus:
             return
         barrier.expected = self._relays() - {self.member}
         self._barriers[barrier.topic] = barrier
+        self._drop_spent_barriers()
         # After the topics it confirms, on the same pipe: applied after them.
         self._sub.setsockopt(zmq.SUBSCRIBE, barrier.topic)
         self._probe(barrier)
+
+    def _drop_spent_barriers(self) -> None:
+        for topic in self._spent_barriers:
+            self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+        if self._spent_barriers:
+            self._spent_barriers.clear()
+            self._kick()
 
     def _probe(self, barrier: _Barrier) -> None:
         # A probe reaching the forwarder before our barrier subscription is dropped
@@ -349,8 +360,11 @@ class Bus:
         if self._next_barrier is barrier:  # timed out while the round before it ran
             self._next_barrier = None
         elif not self._closed:
-            self._sub.setsockopt(zmq.UNSUBSCRIBE, barrier.topic)
-            self._kick()
+            # Unsubscribed together with the next round's subscriptions (or by the
+            # sweep), not now: a round then wakes this member's ZeroMQ thread and the
+            # forwarder's threads once instead of twice. A late probe's echo on it is
+            # ignored (no round has that topic).
+            self._spent_barriers.append(barrier.topic)
         if not barrier.future.done():
             barrier.future.set_result(complete)
         waiting = self._next_barrier
