@@ -134,6 +134,21 @@ def test_a_sighup_during_a_reload_reloads_again_once_it_is_over(tmp_path: Path) 
         assert [w["worker"] for w in proc.wait_healthy()["per_worker"]] == [0, 1, 2]
 
 
+def test_a_reload_says_the_bus_forwarder_keeps_its_high_water_mark(tmp_path: Path) -> None:
+    """A reload changing ``bus_hwm`` rolls out (the workers take it) and says that the
+    bus forwarder, which a reload does not replace, keeps its own until a restart."""
+    with ServerProcess(tmp_path, workers=1, server="bus_hwm = 5000").start() as proc:
+        proc.wait_log(r"process\(es\) ready")
+        text = proc.config_path.read_text()
+        proc.config_path.write_text(text.replace("bus_hwm = 5000", "bus_hwm = 7000"))
+        proc.signal(signal.SIGHUP)
+        proc.wait_log("reload complete", limit=60)
+        assert (
+            "[server] bus_hwm = 7000 reaches the workers; the bus forwarder keeps 5000"
+            in proc.logs()
+        )
+
+
 def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
     """The new config validates, but its TLS key is broken before the new workers start
     (an operator's deploy replaced the file): the roll is reversed, the service keeps

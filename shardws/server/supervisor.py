@@ -440,6 +440,7 @@ class Supervisor:
                 self._capacity,
             )
             return
+        self._warn_forwarder_keeps(new)
         systemd.notify("RELOADING=1")
         steps = self._plan(new)
         log.info(
@@ -449,6 +450,21 @@ class Supervisor:
             new.server.workers,
         )
         self._roll = _Roll(new, self.config, steps)
+
+    def _warn_forwarder_keeps(self, new: Config) -> None:
+        """The bus forwarder is not replaced by a reload (members would lose what is
+        inside it, and their barriers would fail meanwhile): a new ``bus_hwm`` reaches
+        the workers, the admin and the bridge, and the forwarder once the service
+        restarts. Say so rather than apply it silently in part."""
+        for slot in self.slots:
+            running = (slot.config or self.config).server.bus_hwm
+            if slot.kind == "forwarder" and running != new.server.bus_hwm:
+                log.warning(
+                    "reload: [server] bus_hwm = %d reaches the workers; the bus forwarder"
+                    " keeps %d until the service restarts",
+                    new.server.bus_hwm,
+                    running,
+                )
 
     def _plan(self, target: Config) -> list[_Step]:
         """The steps from the running processes to ``target``: add missing worker slots,
