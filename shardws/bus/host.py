@@ -31,11 +31,12 @@ Guarantees:
   reaches us. The member subscribes a unique barrier topic after the new topic (same
   pipe, applied in order) and publishes probes on it until one comes back through the
   forwarder. One round runs at a time: the subscriptions made meanwhile share the
-  next. Members in ``relays`` (the cluster bridge) must answer too: the bridge
-  answers once the subscription is live on the peer hosts. No answer within
-  ``sync_timeout`` (the forwarder restarting, a relay stuck) is counted in
-  ``sync_timeouts`` and the future resolves False: the subscription may not be live,
-  and callers must not say it is.
+  next, and a finished round's barrier topic is unsubscribed with them (or by the
+  sweep, within ``SEQUENCE_IDLE``), one wake-up of the ZeroMQ threads for both.
+  Members in ``relays`` (the cluster bridge) must answer too: the bridge answers once
+  the subscription is live on the peer hosts. No answer within ``sync_timeout`` (the
+  forwarder restarting, a relay stuck) is counted in ``sync_timeouts`` and the future
+  resolves False: the subscription may not be live, and callers must not say it is.
 * A booting member calls ``sync`` before serving clients: once it resolves True its
   inbox subscription is live at the forwarder and its publications pass.
 """
