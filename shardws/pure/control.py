@@ -257,6 +257,20 @@ def _channel_list(fields: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(channels)
 
 
+@dataclass(frozen=True, slots=True)
+class _Channels:
+    """The members of a request or a reply whose only member is ``channels``."""
+
+    channels: tuple[str, ...]
+
+    def fields(self) -> dict[str, Any]:
+        return {"channels": list(self.channels)}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        return cls(_channel_list(fields))
+
+
 def _position(fields: Mapping[str, Any]) -> Position:
     return Position(_str(fields, "epoch"), _int(fields, "offset"))
 
@@ -431,19 +445,11 @@ class HistoryPositionsReply(OwnerReply):
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryPositionsRequest(OwnerRequest[HistoryPositionsReply]):
+class HistoryPositionsRequest(_Channels, OwnerRequest[HistoryPositionsReply]):
     """The positions of several channels (a worker's periodic check against an owner)."""
 
     op: ClassVar[str] = "history.positions"
     reply_type: ClassVar[type[OwnerReply]] = HistoryPositionsReply
-    channels: tuple[str, ...]
-
-    def fields(self) -> dict[str, Any]:
-        return {"channels": list(self.channels)}
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        return cls(_channel_list(fields))
 
 
 # -- history.page
@@ -954,18 +960,9 @@ class PusherOccupancyRequest(OwnerRequest[PusherOccupancyReply]):
 
 
 @dataclass(frozen=True, slots=True)
-class PusherOccupiedReply(OwnerReply):
+class PusherOccupiedReply(_Channels, OwnerReply):
     """The Pusher ``channels`` (internal names) with subscribers on the asked worker
     whose owner is the asker, among those whose occupancy is tracked."""
-
-    channels: tuple[str, ...]
-
-    def fields(self) -> dict[str, Any]:
-        return {"channels": list(self.channels)}
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        return cls(_channel_list(fields))
 
 
 @dataclass(frozen=True, slots=True)
