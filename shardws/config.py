@@ -234,8 +234,10 @@ class ServerConfig:
     #: Seconds > 0 of graceful shutdown: on SIGTERM connections get close 1001 and the
     #: service exits within this. Default 10.
     drain_timeout: float = option(10.0, gt=0, unit="seconds")
-    #: Seconds > 0 a worker's event loop may go without stamping its heartbeat before the
-    #: supervisor kills and replaces it. Default 10.
+    #: Seconds > 0 a process may go without a sign of life before the supervisor kills
+    #: and replaces it: its event loop's heartbeat or, for a worker whose loop runs late
+    #: because it is busy, its work counters moving (a busy worker is never killed for
+    #: being late). Default 10.
     heartbeat_timeout: float = option(10.0, gt=0, unit="seconds")
     #: High-water mark of the host bus, in bus frames (each frame batches the
     #: publications of one event-loop iteration for one channel), >= 1: what may wait in
@@ -481,6 +483,15 @@ class LimitsConfig:
     #: Most connections one worker holds; more are refused at the handshake (503), >= 1.
     #: Default 20000. A worker takes fewer if its open-files limit leaves less room.
     connections_per_worker: int = option(20000, ge=1)
+    #: Seconds a worker's event loop may run late before the worker refuses new
+    #: connections (HTTP 503 with ``Retry-After``) to keep serving those it holds; it
+    #: takes them again once its loop is under half of it. 0 = never refuse for lag.
+    #: Default 1.0. See docs/operations.md ("A saturated host").
+    overload_loop_lag: float = option(1.0, ge=0)
+    #: The ``Retry-After`` (seconds) of a 503 for a full or overloaded worker: how long
+    #: shardws's clients wait, with jitter up to as long again, before they retry, >= 1.
+    #: Default 5.
+    overload_retry_after: int = option(5, ge=1)
     #: Most connections from one client IP across all workers of this host; 0 =
     #: unlimited. Default 0.
     connections_per_ip: int = option(0, ge=0)
@@ -841,6 +852,11 @@ class DiagnosticsConfig:
     #: close logic as ``[server] path``, but no commands, no token and no ``connected``
     #: push. ``""`` (default) turns it off; never expose it publicly.
     echo_path: str = option("", check=_is_echo_path, expect='"" or a path starting with "/"')
+    #: HTTP path that hangs the worker receiving the request: its event loop spins in a
+    #: busy loop that does no work for ``?seconds=N`` (default 30, at most 300), so a
+    #: test can prove that the supervisor replaces a stuck worker however busy its CPU
+    #: looks. ``""`` (default) turns it off; never expose it publicly.
+    stall_path: str = option("", check=_is_echo_path, expect='"" or a path starting with "/"')
 
 
 #: Pusher app ids and keys: they appear in URL paths (``/app/{key}``,
@@ -1075,6 +1091,12 @@ class Config:
         echo = self.diagnostics.echo_path
         if echo and echo == self.server.path:
             yield "diagnostics.echo_path", f"must differ from [server] path ({echo!r})"
+        stall = self.diagnostics.stall_path
+        if stall and stall in (self.server.path, echo):
+            yield (
+                "diagnostics.stall_path",
+                (f"must differ from [server] path and echo_path ({stall!r})"),
+            )
 
 
 # --------------------------------------------------------------------------- loading

@@ -7,13 +7,20 @@ import http.client
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rawws import handshake
 from serverproc import ServerProcess
 from toolkit import run, timeout, wait_until, wait_until_async
 from wsclient import Client, clients_on_workers
+
+#: Admission control off, so the flood below is served, not refused.
+_NO_ADMISSION = "[limits]\noverload_loop_lag = 0\n"
+#: Raw connections flooding one worker with frames.
+FLOOD_CONNECTIONS = 40
 
 
 def test_worker_with_a_stuck_loop_is_killed_and_replaced(tmp_path: Path) -> None:
@@ -25,6 +32,63 @@ def test_worker_with_a_stuck_loop_is_killed_and_replaced(tmp_path: Path) -> None
         assert body["per_worker"][1]["restarts"] == 1
         assert body["per_worker"][0]["restarts"] == 0
         assert "heartbeat is" in proc.logs() and "killing it" in proc.logs()
+
+
+def test_a_worker_spinning_in_a_loop_of_its_own_is_killed_and_replaced(tmp_path: Path) -> None:
+    """Busy is not the same as working: a loop spinning in code that does no work (a bug)
+    uses a whole core and shows no progress, so it is replaced like a stopped one."""
+    extra = '[diagnostics]\nstall_path = "/stall"\n'
+    server = ServerProcess(tmp_path, workers=2, server="heartbeat_timeout = 1", extra=extra)
+    with server.start() as proc:
+        _, body = proc.health()
+        pids = {w["pid"] for w in body["per_worker"]}
+        with socket.create_connection(("127.0.0.1", proc.ws_port), timeout=timeout(5)) as sock:
+            sock.sendall(b"GET /stall?seconds=120 HTTP/1.1\r\nHost: x\r\n\r\n")
+            proc.wait_log("killing it", limit=20)
+        body = proc.wait_healthy(20.0)  # degraded from the kill until the new one is ready
+        restarted = [w for w in body["per_worker"] if w["restarts"]]
+        assert len(restarted) == 1 and restarted[0]["pid"] not in pids, body
+        assert "made no progress" in proc.logs()
+
+
+def test_a_worker_late_because_it_is_busy_is_not_killed(tmp_path: Path) -> None:
+    """A loop flooded with frames (here unsolicited PONGs, RFC 6455 5.5.3, from raw
+    sockets) runs its timers seconds late while it works through them: its heartbeat is
+    older than heartbeat_timeout, its progress is not, and it is left alone (before,
+    the supervisor killed it and dropped every connection it held)."""
+    with ServerProcess(
+        tmp_path, workers=1, server="heartbeat_timeout = 1", extra=_NO_ADMISSION
+    ).start() as proc:
+        _, body = proc.health()
+        pid = body["per_worker"][0]["pid"]
+        stop = threading.Event()
+        sockets = [handshake(proc.ws_port, "/ws")[0] for _ in range(FLOOD_CONNECTIONS)]
+        pongs = b"\x8a\x80\x00\x00\x00\x00" * 100_000  # masked, empty, mask key 0
+
+        def flood(sock: socket.socket) -> None:
+            sock.settimeout(timeout(1))
+            while not stop.is_set():
+                try:
+                    sock.sendall(pongs)
+                except TimeoutError:
+                    continue  # the server is behind: look at stop again
+                except OSError:
+                    return
+
+        threads = [threading.Thread(target=flood, args=(sock,)) for sock in sockets]
+        for thread in threads:
+            thread.start()
+        try:
+            proc.wait_log("late but still working", limit=60)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout(10))
+            for sock in sockets:
+                sock.close()
+        body = proc.wait_healthy(20.0)
+        assert body["per_worker"][0]["pid"] == pid and body["per_worker"][0]["restarts"] == 0
+        assert "killing it" not in proc.logs()
 
 
 def test_a_service_paused_whole_is_not_killed_when_it_resumes(tmp_path: Path) -> None:

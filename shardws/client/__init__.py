@@ -18,9 +18,12 @@ Guarantees (docs/clients.md has the table with the tests that check each line):
   jitter*: the n-th consecutive attempt waits a uniformly random time in
   ``[0, min(cap, initial * factor**(n-1))]``, so clients cut off together do not come
   back together. A server ``reconnect`` push (drain) replaces that delay with the
-  server's own jittered hint. A "do not reconnect" close (4000-4499, 1002, 1003,
-  1007-1010) or an HTTP 4xx refusal of the upgrade ends the client: every waiting call
-  and every subscription iterator raises :class:`ClientClosed` with the code and reason.
+  server's own jittered hint; a 503 refusal of the upgrade (a full or overloaded worker)
+  with its ``Retry-After`` plus a random share of it again, so the clients a saturated
+  server turned away come back spread over that window. A "do not reconnect" close
+  (4000-4499, 1002, 1003, 1007-1010) or an HTTP 4xx refusal of the upgrade ends the
+  client: every waiting call and every subscription iterator raises
+  :class:`ClientClosed` with the code and reason.
 * **Resubscribes** every subscription after a reconnect, with ``recover`` from the last
   position delivered in history namespaces: the missed publications arrive, in order,
   nothing twice (duplicates by offset are dropped here too). When the gap cannot be
@@ -144,6 +147,26 @@ class Backoff:
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         return rand() * self.window(attempt)
+
+
+#: The longest ``Retry-After`` followed, seconds: a server's mistake must not park a
+#: client for hours.
+MAX_RETRY_AFTER = 300.0
+
+
+def retry_after(response: Any, rand: Callable[[], float] = random.random) -> float | None:
+    """The wait a 503's ``Retry-After`` asks for (delta-seconds, RFC 9110 10.2.3) plus a
+    random share of it again, or None without a usable one (then the backoff applies)."""
+    if response is None or response.status != 503:
+        return None
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None  # an HTTP date or garbage: the backoff will do
+    if not 0 < seconds < float("inf"):
+        return None
+    seconds = min(seconds, MAX_RETRY_AFTER)
+    return seconds * (1.0 + rand())
 
 
 class ClientError(Exception):
@@ -476,7 +499,8 @@ class Client:
         #: From the last ``connected`` push: the worker number and the client id.
         self.worker: int | None = None
         self.client_id = ""
-        #: Connection attempts, successful connections, server reconnect hints followed.
+        #: Connection attempts, successful connections, server reconnect hints followed
+        #: (``reconnect`` pushes and the ``Retry-After`` of 503 refusals).
         self.attempts = 0
         self.connects = 0
         self.hints_followed = 0
@@ -579,7 +603,8 @@ class Client:
                 if 400 <= status < 500:
                     self._fail(ClientClosed(status, f"upgrade refused: HTTP {status}"))
                     return
-                continue  # 5xx (a full worker): back off and retry
+                hint = retry_after(exc.response)
+                continue  # 5xx (a full or overloaded worker): back off and retry
             except WSInvalidURL as exc:
                 self._fail(ClientClosed(0, f"invalid url {self.url!r}: {exc}"))
                 return

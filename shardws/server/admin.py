@@ -91,6 +91,8 @@ def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
                 "state": ProcessState(int(row[Column.STATE])).name.lower(),
                 "alive": board.is_ready(slot, stale),
                 "heartbeat_age": round(min(board.heartbeat_age(slot, now_ns), 1e9), 3),
+                "loop_lag": round(int(row[Column.LOOP_LAG_US]) / 1e6, 3),
+                "overloaded": board.overloaded(slot, config.limits.overload_loop_lag),
                 "connections": int(row[Column.CONNECTIONS]),
                 "restarts": int(row[Column.RESTARTS]),
                 "drops": int(row[Column.DROPS]),
@@ -99,6 +101,7 @@ def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
             }
         )
     alive = sum(1 for w in workers if w["alive"])
+    overloaded = sum(1 for w in workers if w["alive"] and w["overloaded"])
     forwarder = board.forwarder_slot
     forwarder_alive = board.is_ready(forwarder, stale)
     # Without the bus forwarder no subscribe can be confirmed live (error 108).
@@ -106,6 +109,7 @@ def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
     body = {
         "status": "ok" if healthy else "degraded",
         "workers_alive": alive,
+        "workers_overloaded": overloaded,
         "workers": len(workers),
         "connections": sum(w["connections"] for w in workers),
         "per_worker": workers,
@@ -372,7 +376,8 @@ def make_app(
     * ``GET /health``: the JSON document above (200 ok / 503 degraded).
     * ``GET /ready``: 200 while every worker is ready and the service is not draining,
       503 from the moment it starts draining, so a load balancer stops sending clients
-      before they are closed.
+      before they are closed, and 503 while every worker refuses new connections because
+      its loop runs late (``[limits] overload_loop_lag``).
     * ``GET /metrics``: Prometheus text exposition of the scoreboard.
 
     The API under ``/api/`` needs the ``X-API-Key`` header: 403 when ``[admin] api_key``
@@ -405,9 +410,16 @@ def make_app(
         if draining.is_set():
             return web.json_response({"ready": False, "reason": "draining"}, status=503)
         status, body = health(config, tables)
-        ready = status == 200
-        reason = "ok" if ready else f"{body['workers_alive']}/{body['workers']} workers alive"
-        return web.json_response({"ready": ready, "reason": reason}, status=status)
+        if status != 200:
+            reason = f"{body['workers_alive']}/{body['workers']} workers alive"
+        elif body["workers_overloaded"] == body["workers"]:
+            # Healthy, but every worker refuses new connections (503) to keep serving
+            # those it holds: a load balancer should send new clients elsewhere.
+            status = 503
+            reason = f"overloaded: {body['workers']} worker(s) refusing new connections"
+        else:
+            reason = "ok"
+        return web.json_response({"ready": status == 200, "reason": reason}, status=status)
 
     async def get_metrics(_request: web.Request) -> web.Response:
         text = prometheus_text(tables.board, config.server.heartbeat_timeout, tables.view)

@@ -134,8 +134,30 @@ class _ScoreboardCollector:
                 "History gaps that could not be repaired (subscribers closed with 4505)",
                 Column.HISTORY_UNRECOVERABLE,
             ),
+            (
+                "shardws_overload_refused_connections",
+                "Upgrades refused with 503 because the worker's event loop ran late"
+                " (also in shardws_refused_connections)",
+                Column.OVERLOAD_REFUSED,
+            ),
         ):
             yield per_worker(CounterMetricFamily(name, doc, labels=["worker"]), column)
+        yield per_worker(
+            GaugeMetricFamily(
+                "shardws_overloaded",
+                "1 while the worker refuses new connections because its event loop runs late",
+                labels=["worker"],
+            ),
+            Column.OVERLOADED,
+        )
+        lag = GaugeMetricFamily(
+            "shardws_event_loop_lag_seconds",
+            "How late the worker's periodic tick last ran (its event loop's lag)",
+            labels=["worker"],
+        )
+        for slot, label in workers:
+            lag.add_metric([label], float(table[slot, Column.LOOP_LAG_US]) / 1e6)
+        yield lag
         fds = GaugeMetricFamily(
             "process_open_fds_by_worker", "Open file descriptors", labels=["worker"]
         )

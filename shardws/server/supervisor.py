@@ -11,14 +11,20 @@ Guarantees:
 * A process that dies is restarted with exponential backoff (0.1 s doubling to 10 s,
   reset once it has stayed up 10 s). A process that dies during the *first* boot stops
   the whole service with a clear error and exit code 1 instead of a restart loop.
-* A process whose heartbeat (stamped from its own event loop into shared memory) is
-  older than ``heartbeat_timeout`` is killed and replaced: a stuck loop cannot hide.
-  If the supervisor's own loop stalled for over half of that (a paused VM, the whole
-  service stopped), no heartbeat is judged for one more ``heartbeat_timeout``.
+* A process that has shown no sign of life for ``heartbeat_timeout`` is killed and
+  replaced: a stuck loop cannot hide. Signs of life are its heartbeat (stamped from its
+  own event loop into shared memory) and, for a worker, its proof of progress (stamped
+  by a thread while its work counters move, ``liveness``): a worker whose loop runs late
+  because it is busy (a saturated host) is never killed for it, only one that is stopped
+  or does no work. If the supervisor's own loop stalled for over half of that (a paused
+  VM, the whole service stopped), no heartbeat is judged for one more
+  ``heartbeat_timeout``.
 * With ``[cluster] peers`` set, a bridge process (``bridge.py``) links the host bus to
   the other hosts; it is supervised like the admin (restarted, replaced on reload).
 * New connections go only to listeners whose worker is ready (``steering``): while a
-  worker is down, replaced or retired, the kernel sends its share to the others.
+  worker is down, replaced or retired, the kernel sends its share to the others; while
+  one refuses new connections because its loop runs late (``pure.overload``), to the
+  others that do not, if any.
 * Signal handlers only queue the signal; the main loop acts on it. SIGTERM/SIGINT:
   every process drains (clients get close 1001) and the service exits 0 within
   ``drain_timeout``. SIGHUP: re-read the config; if valid, roll it out one process at a
@@ -69,6 +75,7 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0  # seconds up after which a process's backoff resets
 STATUS_INTERVAL = 5.0
+LATE_LOG_INTERVAL = 30.0  # seconds between "late but working" lines about one process
 _PR_SET_PDEATHSIG = 1
 
 
@@ -192,6 +199,7 @@ class Supervisor:
         self._steered: list[int] | None = None
         self._last_check = time.monotonic()  # of the heartbeats: our own loop's progress
         self._checks_from = 0.0  # no heartbeat is judged before this (monotonic)
+        self._late_logged: dict[int, float] = {}  # slot index -> when we last said it
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -252,6 +260,10 @@ class Supervisor:
             and slot is not leaving
             and board.table[slot.index, Column.STATE] == ProcessState.READY
         ] or list(range(len(self._group)))
+        # Away from workers refusing new connections for lag, while some others take them.
+        lag_limit = self.config.limits.overload_loop_lag
+        accepting = [p for p in allowed if not board.overloaded(self._group[p].index, lag_limit)]
+        allowed = accepting or allowed
         if allowed != self._steered:
             log.debug("steering new connections to listener positions %s", allowed)
             self._steered = allowed
@@ -614,14 +626,28 @@ class Supervisor:
             if not slot.pid or now - slot.started < timeout:
                 continue
             age = board.heartbeat_age(slot.index)
-            if age > timeout:
-                log.error(
-                    "%s (pid %d) heartbeat is %.1fs old: killing it", slot.name, slot.pid, age
-                )
-                try:
-                    os.kill(slot.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if age <= timeout:
+                continue
+            alive = board.liveness_age(slot.index)
+            if alive <= timeout:
+                # Late because busy, not stuck: killing it would drop its connections
+                # onto the others, already as late (a saturated host destroying itself).
+                if now - self._late_logged.get(slot.index, 0.0) >= LATE_LOG_INTERVAL:
+                    self._late_logged[slot.index] = now
+                    log.warning(
+                        "%s (pid %d) event loop is %.1fs late but still working (progress"
+                        " %.1fs ago): not killed; the host is short of CPU",
+                        slot.name, slot.pid, age, alive,
+                    )  # fmt: skip
+                continue
+            log.error(
+                "%s (pid %d) heartbeat is %.1fs old and it made no progress: killing it",
+                slot.name, slot.pid, age,
+            )  # fmt: skip
+            try:
+                os.kill(slot.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _restart_due(self) -> None:
         now = time.monotonic()

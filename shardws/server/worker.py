@@ -2,8 +2,12 @@
 
 All client state of a connection lives in exactly one worker. The worker creates its
 own event loop and zmq Context after fork (never the parent's), proves liveness by
-stamping a heartbeat into its scoreboard row from its event loop, and runs one periodic
-sweep for pings and idle timeouts instead of a task per connection.
+stamping a heartbeat into its scoreboard row from its event loop (and, while its loop
+runs late because it is busy, proof of progress from a thread: ``server.liveness``), and
+runs one periodic sweep for pings and idle timeouts instead of a task per connection.
+While its loop runs more than ``[limits] overload_loop_lag`` late it refuses new
+connections with 503 and ``Retry-After`` (``pure.overload``), to keep serving the ones
+it holds.
 
 Exit codes: 0 after a clean drain, ``EXIT_BOOT_FAILURE`` if it could not boot (the
 supervisor then stops the service on first boot instead of looping).
@@ -56,6 +60,7 @@ from shardws.pure.deflate import Inflater, negotiate
 from shardws.pure.frames import Messages
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
 from shardws.pure.hub import Hub
+from shardws.pure.overload import Overload
 from shardws.pure.protocol import NOT_LIVE_MESSAGE, NOT_LIVE_REASON, CloseCode, ErrorCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import decode as decode_publication
@@ -76,15 +81,15 @@ from shardws.pure.session import (
 )
 from shardws.server.connection import CLOSE_GRACE, Connection
 from shardws.server.delivery import Delivery, WireFormat
+from shardws.server.liveness import ProgressWatch
 from shardws.server.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
 from shardws.server.pusher import PusherConnection, PusherFront
 from shardws.server.static import static_response
-from shardws.shm.scoreboard import Column, LatencyHistogram, ProcessState
+from shardws.shm.scoreboard import HEARTBEAT_INTERVAL, Column, LatencyHistogram, ProcessState
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import Members
 
 EXIT_BOOT_FAILURE = 3
-HEARTBEAT_INTERVAL = 0.5  # seconds; far below any sane heartbeat_timeout
 PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for the bus forwarder
 DRAIN_BATCHES = 20  # a drain closes connections in this many waves
 HANDSHAKE_GRACE = 0.3  # seconds a drain waits for handshakes already in flight
@@ -138,6 +143,12 @@ class Worker:
         self.board = board
         self.row = board.row(slot)
         self.stats = [0] * len(Column)  # local counters, copied to shared memory per tick
+        self.overload = Overload(config.limits.overload_loop_lag)
+        self._tick_due = 0.0  # monotonic time the next heartbeat tick is due (0: none yet)
+        self._ticks = 0
+        self.pongs = 0  # PONG frames received (only proof of progress counts them)
+        self._retry_after = {"Retry-After": str(config.limits.overload_retry_after)}
+        self._progress = ProgressWatch(self.row, self._work_done, HEARTBEAT_INTERVAL)
         self.latency = LatencyHistogram()
         self.connections: set[Connection] = set()
         # connections_per_worker, or less if the open-files limit is lower (set at boot).
@@ -201,6 +212,7 @@ class Worker:
         self.bus.start()
         self.owners.load()
         self._tick()
+        self._progress.start()
         # Our inbox subscription is live at the forwarder and our publications pass it,
         # so requests for the channels this worker owns reach it once it is READY.
         await self.bus_sync(PEER_WAIT_TIMEOUT)
@@ -317,10 +329,33 @@ class Worker:
             return False  # never accepted anything
         return open_fds() > self._fds_before_serving + len(self.connections)
 
+    def _work_done(self) -> tuple[int, ...]:
+        """What ``ProgressWatch`` compares: counters that move whenever the loop works
+        (read from its thread; each read is atomic under the GIL)."""
+        stats = self.stats
+        bus = self.bus
+        return (
+            self._ticks,
+            stats[Column.ACCEPTED],
+            stats[Column.CLOSED],
+            stats[Column.REFUSED],
+            stats[Column.MESSAGES_IN],
+            stats[Column.MESSAGES_OUT],
+            self.pongs,
+            bus.reads if bus is not None else 0,
+        )
+
     def _tick(self) -> None:
-        """Heartbeat: stamp liveness and copy local counters into shared memory."""
+        """Heartbeat: stamp liveness, measure how late the loop runs (admission), copy
+        local counters into shared memory."""
         row = self.row
         stats = self.stats
+        now = time.monotonic()
+        if self._tick_due:
+            self.overload.observe(max(0.0, now - self._tick_due))
+        self._ticks += 1
+        row[Column.LOOP_LAG_US] = int(self.overload.lag * 1e6)
+        row[Column.OVERLOADED] = self.overload.refusing
         stats[Column.CONNECTIONS] = len(self.connections)
         stats[Column.DROPS] = total_drops()
         if self.bus is not None:
@@ -348,6 +383,10 @@ class Worker:
             Column.BUS_READS,
             Column.HISTORY_REPAIRS,
             Column.HISTORY_UNRECOVERABLE,
+            Column.AUTH_FAILURES,
+            Column.RATE_LIMITED,
+            Column.REFUSED,
+            Column.OVERLOAD_REFUSED,
         ):
             row[column] = stats[column]
         self.latency.store(row)
@@ -361,7 +400,10 @@ class Worker:
             self._next_position_check = now + POSITION_CHECK_INTERVAL
             self.owners.check_positions()
         if not self._stop.is_set():
+            self._tick_due = time.monotonic() + HEARTBEAT_INTERVAL
             asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._tick)
+        else:
+            self._progress.stop()
 
     def _sweep(self) -> None:
         """Ping connections quiet for ping_interval; close those quiet for idle_timeout;
@@ -405,6 +447,9 @@ class Worker:
         path = raw_path.decode("latin-1")
         echo = path == self.config.diagnostics.echo_path and path != ""
         pusher = self.config.pusher.apps and path.startswith(PUSHER_PATH)
+        if path == self.config.diagnostics.stall_path and path:
+            _stall(request.path)
+            return None
         if path != self.config.server.path and not echo and not pusher:
             # /shardws.js and the demo, or None: picows answers 404.
             server = self.config.server
@@ -414,6 +459,11 @@ class Worker:
             return self._refuse(403, "origin not allowed", Column.REFUSED)
         if len(self.connections) >= self.max_connections:
             return self._refuse(503, "server full, try again later", Column.REFUSED)
+        if self.overload.refuses(time.monotonic() - self._tick_due):
+            # Before any work for the connection: a refusal must cost far less than
+            # what it protects (the held connections' pings and deliveries).
+            self.stats[Column.OVERLOAD_REFUSED] += 1
+            return self._refuse(503, "server overloaded, try again later", Column.REFUSED)
         if echo:
             return self._accept(Connection(self, ANONYMOUS, echo=True), request)
         if pusher:
@@ -449,9 +499,13 @@ class Worker:
         return WSUpgradeResponseWithListener(response, conn)
 
     def _refuse(self, status: int, reason: str, column: Column) -> WSUpgradeResponseWithListener:
+        """An HTTP error instead of the upgrade; a 503 says when to retry (RFC 9110
+        10.2.3), which shardws's clients follow with jitter."""
         self.stats[column] += 1
         self._peer_log.info("upgrade refused: %d %s", status, reason)
-        response = WSUpgradeResponse.create_error_response(status, reason.encode() + b"\n")
+        response = WSUpgradeResponse.create_error_response(
+            status, reason.encode() + b"\n", self._retry_after if status == 503 else None
+        )
         return WSUpgradeResponseWithListener(response, None)
 
     def admit(self, conn: Connection, transport: WSTransport) -> None:
@@ -835,6 +889,27 @@ class Worker:
             self.bus.publish(
                 inbox_topic(request["reply_to"]), control.encode_reply(request["id"], reply)
             )
+
+
+STALL_DEFAULT = 30.0  # seconds [diagnostics] stall_path hangs a worker for
+STALL_MAX = 300.0
+
+
+def _stall(target: bytes) -> None:
+    """Spin doing no work for the ``seconds`` of the query (``[diagnostics] stall_path``):
+    a worker stuck as a bug would leave it, for the supervisor's liveness test."""
+    seconds = STALL_DEFAULT
+    for pair in target.partition(b"?")[2].split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == b"seconds":
+            try:
+                seconds = min(max(float(value), 0.0), STALL_MAX)
+            except ValueError:
+                pass
+    log.warning("[diagnostics] stall_path: this worker's loop spins for %.0fs", seconds)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
 
 
 def _wire_of(conn: Connection) -> WireFormat:

@@ -16,7 +16,10 @@ Guarantees:
   platforms we run on, so a reader sees every value either old or new, never torn; it
   may see one column updated before another.
 * ``heartbeat_ns`` is ``time.monotonic_ns()``; CLOCK_MONOTONIC is system-wide on Linux,
-  so the supervisor can compare it with its own clock.
+  so the supervisor can compare it with its own clock. ``progress_ns`` is stamped on the
+  same clock by a thread of the process while its work counters move
+  (``shardws.server.liveness``): a process is *alive* while either stamp is fresh, so a
+  loop that runs late because it is busy is not taken for a stuck one.
 * When a process dies the supervisor calls ``reset_row``, so its counts never leak into
   totals computed from live rows; when a reload retires a slot, ``retire_row``.
 """
@@ -63,8 +66,15 @@ class Column(enum.IntEnum):
     LATENCY_SUM_US = 24  # sum of observed delivery latencies, microseconds
     NOT_LIVE = 25  # subscribes refused (error 108), user topics closed (4506): barrier failed
     BUS_READS = 26  # bus messages this process's Python read (any kind)
-    LATENCY_BUCKET_0 = 27  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
+    PROGRESS_NS = 27  # monotonic_ns when its work counters were last seen moving (liveness)
+    LOOP_LAG_US = 28  # how late its event loop's periodic tick ran, microseconds
+    OVERLOADED = 29  # 1 while it refuses new connections because its loop runs late
+    OVERLOAD_REFUSED = 30  # upgrades refused with 503 for that (also counted in REFUSED)
+    LATENCY_BUCKET_0 = 31  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 
+
+#: Seconds between a worker's heartbeat stamps when its loop is on time.
+HEARTBEAT_INTERVAL = 0.5
 
 #: Upper bounds (seconds) of the delivery latency histogram; one more bucket is +Inf.
 LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -121,25 +131,50 @@ class Scoreboard:
         return [slot for slot in self.members() if slot < self.admin_slot]
 
     def ready_slots(self, stale_after: float) -> set[int]:
-        """Slots that are READY with a heartbeat younger than ``stale_after``."""
+        """Slots that are READY and alive (heartbeat or progress younger than
+        ``stale_after``)."""
         table = self.table
-        fresh = table[:, Column.HEARTBEAT_NS] > time.monotonic_ns() - int(stale_after * 1e9)
+        since = time.monotonic_ns() - int(stale_after * 1e9)
+        fresh = (table[:, Column.HEARTBEAT_NS] > since) | (table[:, Column.PROGRESS_NS] > since)
         ready = table[:, Column.STATE] == ProcessState.READY
         return {int(i) for i in np.flatnonzero(fresh & ready)}
 
     def heartbeat_age(self, slot: int, now_ns: int | None = None) -> float:
-        """Seconds since ``slot`` last stamped its heartbeat (inf if never)."""
-        stamp = int(self.table[slot, Column.HEARTBEAT_NS])
+        """Seconds since ``slot``'s event loop last stamped its heartbeat (inf if never):
+        how late its loop runs, busy or stuck."""
+        return self._age(int(self.table[slot, Column.HEARTBEAT_NS]), now_ns)
+
+    def liveness_age(self, slot: int, now_ns: int | None = None) -> float:
+        """Seconds since ``slot`` last showed it is alive (inf if never): its heartbeat,
+        or its work counters moving while its loop runs late. Only a process that is
+        stuck (stopped, or in a loop or call that does no work) lets this grow."""
+        row = self.table[slot]
+        return self._age(max(int(row[Column.HEARTBEAT_NS]), int(row[Column.PROGRESS_NS])), now_ns)
+
+    @staticmethod
+    def _age(stamp: int, now_ns: int | None) -> float:
         if stamp == 0:
             return float("inf")
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
         return (now_ns - stamp) / 1e9
 
     def is_ready(self, slot: int, stale_after: float) -> bool:
-        """True if ``slot`` is READY and its heartbeat is younger than ``stale_after``."""
+        """True if ``slot`` is READY and alive (``liveness_age`` below ``stale_after``)."""
         return (
             int(self.table[slot, Column.STATE]) == ProcessState.READY
-            and self.heartbeat_age(slot) < stale_after
+            and self.liveness_age(slot) < stale_after
+        )
+
+    def overloaded(self, slot: int, lag_limit: float) -> bool:
+        """True while worker ``slot`` refuses new connections because its loop runs more
+        than ``lag_limit`` seconds late (``[limits] overload_loop_lag``; 0: never): as
+        its last tick said, or as its heartbeat shows while one long iteration of its
+        loop keeps any tick from saying it."""
+        if lag_limit <= 0:
+            return False
+        return (
+            bool(self.table[slot, Column.OVERLOADED])
+            or self.heartbeat_age(slot) > lag_limit + HEARTBEAT_INTERVAL
         )
 
     def close(self) -> None:
