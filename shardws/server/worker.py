@@ -79,6 +79,7 @@ from shardws.pure.session import (
     Subscribe,
     Unsubscribe,
 )
+from shardws.pure.sweep import RotatingSweep
 from shardws.server.connection import CLOSE_GRACE, Connection
 from shardws.server.delivery import Delivery, WireFormat
 from shardws.server.liveness import ProgressWatch
@@ -92,6 +93,10 @@ from shardws.shm.view import Members
 EXIT_BOOT_FAILURE = 3
 PEER_WAIT_TIMEOUT = 3.0  # seconds a booting worker waits for the bus forwarder
 DRAIN_BATCHES = 20  # a drain closes connections in this many waves
+#: A keepalive sweep pass is spread over this many steps, at least SWEEP_STEP_MIN s
+#: apart: pings, and the pongs they bring, go out evenly instead of in waves.
+SWEEP_STEPS = 16
+SWEEP_STEP_MIN = 0.1
 HANDSHAKE_GRACE = 0.3  # seconds a drain waits for handshakes already in flight
 # Descriptors a worker keeps free beyond those open when it starts accepting: sockets in
 # their handshake or being refused with 503, closing ones, a log file reopened.
@@ -147,6 +152,8 @@ class Worker:
         self._tick_due = 0.0  # monotonic time the next heartbeat tick is due (0: none yet)
         self._ticks = 0
         self.pongs = 0  # PONG frames received (only proof of progress counts them)
+        self._sweep_pass: RotatingSweep[Connection] = RotatingSweep(self._sweep_steps())
+        self._next_ring_sweep = 0.0
         self._retry_after = {"Retry-After": str(config.limits.overload_retry_after)}
         self._progress = ProgressWatch(self.row, self._work_done, HEARTBEAT_INTERVAL)
         self.latency = LatencyHistogram()
@@ -406,13 +413,35 @@ class Worker:
             self._progress.stop()
 
     def _sweep(self) -> None:
-        """Ping connections quiet for ping_interval; close those quiet for idle_timeout;
-        forget the owned history rings idle for twice their TTL."""
+        """One step of the keepalive sweep: ping connections quiet for ping_interval,
+        close those quiet for idle_timeout. A pass looks at every connection once per
+        ``_sweep_interval`` (as one sweep did before), a slice per step, so that the
+        connections of a reconnect storm, which go quiet together, are pinged (and
+        answer) spread over the pass, not in one wave; each pass also forgets the owned
+        history rings idle for twice their TTL."""
+        connections, new_pass = self._sweep_pass.take(lambda: self.connections)
+        now = time.monotonic()
+        if new_pass and now >= self._next_ring_sweep:  # (a pass of no connections is short)
+            self._next_ring_sweep = now + self._sweep_interval()
+            dropped = self.owners.sequencer.sweep()  # idle rings of the channels it owns
+            if dropped:
+                log.debug("forgot %d idle history ring(s)", dropped)
+        self._keepalive(connections)
+        if not self._stop.is_set():
+            step = self._sweep_interval() / self._sweep_steps()
+            asyncio.get_running_loop().call_later(step, self._sweep)
+
+    def _sweep_steps(self) -> int:
+        """Steps per sweep pass: SWEEP_STEPS, fewer when the pass is so short (tiny
+        ping intervals) that steps would come faster than SWEEP_STEP_MIN apart."""
+        return max(1, min(SWEEP_STEPS, int(self._sweep_interval() / SWEEP_STEP_MIN)))
+
+    def _keepalive(self, connections: list[Connection]) -> None:
         server = self.config.server
         now = time.monotonic()
         wall = time.time()  # token expiry is wall-clock (JWT exp)
         leeway = self.config.auth.leeway
-        for conn in list(self.connections):
+        for conn in connections:
             idle = now - conn.last_seen
             if conn.closing or conn.transport is None:
                 continue
@@ -429,11 +458,6 @@ class Worker:
             elif idle >= server.ping_interval and not conn.ping_sent:
                 conn.ping_sent = True
                 conn.transport.send_ping()
-        dropped = self.owners.sequencer.sweep()  # idle rings of the channels it owns
-        if dropped:
-            log.debug("forgot %d idle history ring(s)", dropped)
-        if not self._stop.is_set():
-            asyncio.get_running_loop().call_later(self._sweep_interval(), self._sweep)
 
     # -- connections --------------------------------------------------------------------
 

@@ -79,8 +79,11 @@ How to read the numbers
   first and last. The connect phase may take ``--connect-timeout`` (default: 30 s plus
   one second per 250 connections, or per ``--connect-rate`` connections if lower, so the
   allowance grows with the count); a client whose
-  attempt fails (refused, reset, lost during the handshake) tries up to 3 times
-  (``connect_retries``), and ``failed`` counts the clients that never connected;
+  attempt fails (refused, reset, lost during the handshake) tries up to
+  ``--connect-attempts`` times (default 3; 0: until the phase ends), after a 503's
+  ``Retry-After`` (with jitter) or a back-off (``connect_retries``; ``refused_503``
+  counts the attempts a full or overloaded server answered 503), and ``failed`` counts
+  the clients that never connected;
   ``subscribe_retries`` counts subscribes answered error 108 (the server could not
   confirm them live) and sent again after a back-off, as shardws's clients do;
   ``per_process`` gives planned, opened and failed per client process.
@@ -142,6 +145,8 @@ from typing import Any, cast
 
 import numpy as np
 import picows
+
+from shardws.client import retry_after
 
 SCENARIOS = ("fanout", "mixed", "idle", "roundtrip")
 PROTOCOLS = ("native", "pusher")
@@ -256,6 +261,7 @@ class LoadSpec:
     connect_concurrency: int = 200  # handshakes in flight per process
     connect_rate: float = 0.0  # connections opened per second over all processes; 0 = flat out
     connect_timeout: float = 0.0  # seconds for the connect phase; 0 = 30 + connections/250
+    connect_attempts: int = CONNECT_ATTEMPTS  # per client in the connect phase; 0 = until done
     shared_channel: str = ""  # idle: every connection also subscribes to this channel
     broadcasts: int = 0  # idle: publications to --shared-channel, each timed to all
     probe_rate: float = 0.0  # idle: publications/s to a single-subscriber channel
@@ -294,6 +300,8 @@ class LoadSpec:
                 problems.append("--steps must be 1 to 100 positive deliveries/s values")
             if self.connections + math.ceil(self.connections / GROUP_SIZE) >= 2**19:
                 problems.append("mixed supports up to 470,000 --connections")
+        if self.connect_attempts < 0:
+            problems.append("--connect-attempts must be >= 0 (0: until --connect-timeout)")
         if self.rate < 0 or self.window < 1 or self.connect_concurrency < 1:
             problems.append("--rate must be >= 0, --window and --connect-concurrency >= 1")
         if min(self.connect_timeout, self.connect_rate, self.probe_rate, self.broadcasts) < 0:
@@ -662,6 +670,7 @@ class _Worker:
         self.reconnect_gave_up = 0
         self.reconnect_timeouts = 0
         self.connect_retries = 0
+        self.refused_503 = 0  # connect attempts answered 503 (a full or overloaded server)
         self.last_failure: Exception | None = None  # of the latest failed connect
         self.resubscribing = 0  # reconnected, subscribe replies not all in yet
         self.back_wall = 0.0  # wall time the last reconnected client was subscribed again
@@ -914,14 +923,25 @@ class _Worker:
 
     async def open_slot(self, slot: int) -> None:
         """Connect phase: open one client, retrying a failed attempt (as a real client
-        would) up to CONNECT_ATTEMPTS times; ``connect_retries`` counts the retries."""
-        for attempt in range(CONNECT_ATTEMPTS):
+        would) up to ``--connect-attempts`` times (0: until the phase's deadline), after
+        the ``Retry-After`` of a 503 (with jitter, as shardws's clients do) or a back-off
+        of 0.5 s doubling to 5 s; ``connect_retries`` counts the retries."""
+        attempts = self.spec.connect_attempts
+        attempt = 0
+        while True:
             if await self.open_sub(slot) is not None or time.time() >= self.connect_deadline:
                 return
-            if attempt + 1 < CONNECT_ATTEMPTS:
-                self.connect_retries += 1
-                self.connect_failed -= 1  # only a client that never connected is a failure
-                await asyncio.sleep(0.5 * 2**attempt)
+            attempt += 1
+            if attempt == attempts:
+                return
+            self.connect_retries += 1
+            self.connect_failed -= 1  # only a client that never connected is a failure
+            failure = self.last_failure
+            response = getattr(failure, "response", None)
+            if response is not None and response.status == 503:
+                self.refused_503 += 1
+            delay = retry_after(response) or min(5.0, 0.5 * 2 ** (attempt - 1))
+            await asyncio.sleep(min(delay, max(0.0, self.connect_deadline - time.time())))
 
     async def _open_slot_at(self, slot: int, at: float) -> None:
         """``open_slot`` at wall time ``at`` (``--connect-rate``: an open-loop ramp)."""
@@ -989,6 +1009,7 @@ class _Worker:
             "connect_times": np.frombuffer(self.connect_times, dtype=np.float64).copy(),
             "planned": len(self.plan["slots"]) + len(self.plan["publisher_ids"]),
             "connect_retries": self.connect_retries,
+            "refused_503": self.refused_503,
             "cpu_s": self.cpu_marks["ready"] - self.cpu_marks.get("connect", 0.0),
             "notes": self.notes,
         }
@@ -2015,6 +2036,7 @@ class _Run:
                 else None,
                 "connect_timeout_s": round(spec.connect_seconds(), 1),
                 "connect_retries": sum(r.get("connect_retries", 0) for r in ready),
+                "refused_503": sum(r.get("refused_503", 0) for r in ready),
                 # planned, opened and failed per client process: a shortfall shows where
                 "per_process": [
                     [r.get("planned", 0), r.get("connections", 0), r.get("connect_failed", 0)]
@@ -2451,6 +2473,13 @@ def _parser() -> argparse.ArgumentParser:
         f" {CONNECTS_PER_S_FLOOR} connections (default: %(default)s)",
     )
     p.add_argument(
+        "--connect-attempts",
+        type=int,
+        default=d.connect_attempts,
+        help="connect phase: attempts per client before it counts as failed, 0 = until"
+        " --connect-timeout; a 503's Retry-After is followed (default: %(default)s)",
+    )
+    p.add_argument(
         "--shared-channel",
         default=d.shared_channel,
         help="idle: a channel every connection also subscribes to (default: none)",
@@ -2531,6 +2560,7 @@ def scenario_settings(spec: dict[str, Any]) -> dict[str, Any]:
         "connect_concurrency",
         "connect_rate",
         "connect_timeout",
+        "connect_attempts",
     }
     used.update(SCENARIO_SETTINGS.get(spec.get("scenario", ""), ()))
     if spec.get("rate"):
