@@ -174,13 +174,13 @@ class MemoryWatchdog(threading.Thread):
                     os.kill(self.server_pid, 15)
 
 
-def server_log_summary(path: Path) -> dict[str, Any]:
-    """Counts of what the server logged at warning and above (the log itself stays in
-    the temporary directory: tens of thousands of lines on a starved box)."""
+def server_log_summary(path: Path, markers: dict[str, str] = LOG_MARKERS) -> dict[str, Any]:
+    """Counts of the server's log lines holding each of ``markers`` (the log itself stays
+    in the temporary directory: tens of thousands of lines on a starved box)."""
     counts: dict[str, int] = {}
     with open(path, errors="replace") as log:
         for line in log:
-            for kind, marker in LOG_MARKERS.items():
+            for kind, marker in markers.items():
                 if marker in line:
                     counts[kind] = counts.get(kind, 0) + 1
     return {"path": str(path), **counts}

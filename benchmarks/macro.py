@@ -9,6 +9,7 @@ over ``transport.send``). Nothing is compared across runs or machines.
     python -m benchmarks.macro --scenario 1 4      # some of them
     python -m benchmarks.macro --servers shardws raw_picows --quick
     python -m benchmarks.macro c250k [OPTIONS]     # the C250K scenario (benchmarks/c250k.py)
+    python -m benchmarks.macro overload [OPTIONS]  # a saturated host (benchmarks/overload.py)
 
 The C250K scenario runs under this module's name too, so the check engineers sharing a
 box make before a heavy run (``pgrep -f benchmarks.macro``) sees it.
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -82,13 +84,16 @@ def serve(
     server: str = "",
     stop_timeout: float = 30,
     log_path: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """Start ``name`` (``shardws`` or a peer) and stop it afterwards. For shardws,
     ``extra`` is TOML appended to its config, ``admin`` and ``server`` TOML added to its
     ``[admin]`` and ``[server]`` sections, and ``unlimited`` lifts the per-connection
     command limit (publishers run flat out; the peers have no such limit either); it gets
     ``stop_timeout`` s to drain and exit once told to stop, and writes its log to
-    ``log_path`` (default: this process's stdout and stderr)."""
+    ``log_path`` (default: this process's stdout and stderr). ``server`` may set
+    ``ping_interval`` and ``idle_timeout`` (otherwise: no pings during a run); ``env``
+    is added to the server's environment (``PYTHONPATH``: run another checkout)."""
     if name != "shardws":
         proc = start_peer(name, _free_port())
         try:
@@ -102,7 +107,8 @@ def serve(
         config.write_text(
             f"[server]\nport = {port}\nworkers = {workers}\n"
             # Benchmarks measure fan-out, not keepalive: no pings during a run.
-            f"ping_interval = 600\nidle_timeout = 1200\n{server}\n"
+            + ("" if "ping_interval" in server else "ping_interval = 600\nidle_timeout = 1200\n")
+            + f"{server}\n"
             f'[admin]\nport = {admin_port}\n{admin}\n[log]\nlevel = "warning"\n'
             + (UNLIMITED if unlimited else "")
             + extra
@@ -112,6 +118,7 @@ def serve(
             [sys.executable, "-m", "shardws", "serve", "-c", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,
+            env=None if env is None else {**os.environ, **env},
         )
         admin_url = f"http://127.0.0.1:{admin_port}"
         try:
@@ -436,6 +443,10 @@ def main() -> None:
         from benchmarks import c250k
 
         sys.exit(c250k.main(sys.argv[2:]))
+    if sys.argv[1:2] == ["overload"]:
+        from benchmarks import overload
+
+        sys.exit(overload.main(sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", type=int, nargs="*", default=sorted(SCENARIOS))
     parser.add_argument("--servers", nargs="*", help="subset of shardws + peers")

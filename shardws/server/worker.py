@@ -409,8 +409,8 @@ class Worker:
         if not self._stop.is_set():
             self._tick_due = time.monotonic() + HEARTBEAT_INTERVAL
             asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._tick)
-        else:
-            self._progress.stop()
+        else:  # draining: no tick is due, so none can be overdue (while the drain's
+            self._tick_due = 0.0  # closes move the counters, progress proves it alive)
 
     def _sweep(self) -> None:
         """One step of the keepalive sweep: ping connections quiet for ping_interval,
@@ -483,7 +483,8 @@ class Worker:
             return self._refuse(403, "origin not allowed", Column.REFUSED)
         if len(self.connections) >= self.max_connections:
             return self._refuse(503, "server full, try again later", Column.REFUSED)
-        if self.overload.refuses(time.monotonic() - self._tick_due):
+        due = self._tick_due
+        if self.overload.refuses(time.monotonic() - due if due else 0.0):
             # Before any work for the connection: a refusal must cost far less than
             # what it protects (the held connections' pings and deliveries).
             self.stats[Column.OVERLOAD_REFUSED] += 1

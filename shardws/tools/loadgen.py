@@ -2044,6 +2044,7 @@ class _Run:
                 ],
                 "ramp": ramp,
                 "unexpected_disconnects": sum(f.get("unexpected_disconnects", 0) for f in finals),
+                "dropped_by_cause": self.merged("drop_causes"),
             },
             "notes": notes[:10],
         }
