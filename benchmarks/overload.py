@@ -111,13 +111,15 @@ class HealthSampler(threading.Thread):
 def headline(report: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
     conns = report.get("connections", {})
     held = [s["held"] for s in samples if "held" in s]
+    live_at_end = report.get("idle", {}).get("live_at_end") or 0
     return {
         "offered": conns.get("requested"),
         "connected": conns.get("connected"),
         "subscribed": conns.get("subscribed"),
         "held_peak": max(held, default=0),
-        "held_end": held[-1] if held else 0,
-        "live_at_end": report.get("idle", {}).get("live_at_end"),
+        # The clients' own count at the end of the hold (the last samples may be taken
+        # while the generator closes its connections).
+        "held_end": live_at_end,
         "restarts": max((s["restarts"] for s in samples if "restarts" in s), default=0),
         "dropped": conns.get("unexpected_disconnects"),
         "dropped_by_cause": conns.get("dropped_by_cause"),
