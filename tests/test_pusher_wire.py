@@ -86,6 +86,9 @@ def test_connection_established_data_is_a_json_string() -> None:
     message = json.loads(wire.encode_connection_established("123.456", 120))
     assert message["event"] == "pusher:connection_established"
     assert json.loads(message["data"]) == {"socket_id": "123.456", "activity_timeout": 120}
+    # Protocols below 7 have no activity_timeout (versions.handshake_has_activity_timeout).
+    older = json.loads(wire.encode_connection_established("123.456", None))
+    assert json.loads(older["data"]) == {"socket_id": "123.456"}
 
 
 def test_control_messages() -> None:
