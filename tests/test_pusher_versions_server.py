@@ -232,12 +232,17 @@ def test_each_version_is_served_its_handshake_and_channels(
                 assert data == {"socket_id": data["socket_id"]}
             worker_of(data["socket_id"])
             # Protocol 4 added subscription_succeeded for public and private channels.
+            # The data goes as an object (pusher-js) and as a JSON-encoded string, the
+            # form the protocol page's earlier text shows for pusher:subscribe.
             private = f"private-v{protocol}"
             auth = sdk(server).authenticate(private, data["socket_id"])["auth"]
-            for channel, extra in ((f"public-v{protocol}", {}), (private, {"auth": auth})):
-                await ws.send(
-                    json.dumps({"event": "pusher:subscribe", "data": {"channel": channel, **extra}})
-                )
+            subscriptions: list[tuple[str, Any]] = [
+                (f"public-v{protocol}", {"channel": f"public-v{protocol}"}),
+                (private, {"channel": private, "auth": auth}),
+                (f"encoded-v{protocol}", json.dumps({"channel": f"encoded-v{protocol}"})),
+            ]
+            for channel, subscribe in subscriptions:
+                await ws.send(json.dumps({"event": "pusher:subscribe", "data": subscribe}))
                 succeeded = await _next(ws)
                 assert succeeded["event"] == "pusher_internal:subscription_succeeded"
                 assert succeeded["channel"] == channel

@@ -104,7 +104,7 @@ def _data_object(message: dict[str, Any]) -> dict[str, Any] | None:
     if isinstance(data, str):
         try:
             data = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: as the outer message's
             return None
     return data if isinstance(data, dict) else None
 
