@@ -36,7 +36,7 @@ SUPPORTED_TEXT = f"{OLDEST}-{NEWEST}"
 
 def handshake_has_activity_timeout(protocol: int) -> bool:
     """Whether ``pusher:connection_established`` carries ``activity_timeout`` (7 and up:
-    pusher-js 2.1.5+ refuses a handshake without it; older clients never read it)."""
+    pusher-js refuses a handshake without it; the older clients read the socket id only)."""
     return protocol >= 7
 
 
