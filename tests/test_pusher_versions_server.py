@@ -127,7 +127,7 @@ def test_pysher_reconnects_at_once_after_a_drain(tmp_path: Path) -> None:
 
             def resubscribed() -> bool:
                 # Since its last connection_established, subscribed again and no error.
-                seen = list(client.seen)
+                seen = client.history()
                 last = max(i for i, m in enumerate(seen) if m[1].endswith("established"))
                 later = [m[1] for m in seen[last:]]
                 return (
@@ -136,9 +136,9 @@ def test_pysher_reconnects_at_once_after_a_drain(tmp_path: Path) -> None:
                     and "pusher:error" not in later
                 )
 
-            wait_until(resubscribed, timeout=30, message=lambda: str(client.seen))
+            wait_until(resubscribed, timeout=30, message=lambda: str(client.history()))
             assert client.client.connection.socket_id != first
-            mark = len(client.seen)
+            mark = len(client.history())
             sdk(proc).trigger("drained", "after-drain", {"ok": True})
             _, data = client.expect("after-drain", "drained", after=mark)
             assert event_data(data) == {"ok": True}

@@ -34,12 +34,13 @@ class LocalPusherClient(pusherclient.Pusher):
 
 
 class Recorder:
-    """A connected pysher or pusherclient client and what it received: ``(channel or
-    "", event, data)`` in arrival order, ``data`` as the library handed it over."""
+    """A connected pysher or pusherclient client and what it received (:meth:`history`):
+    ``(channel or "", event, data)`` in arrival order, ``data`` as the library handed it
+    over."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.seen: list[tuple[str, str, Any]] = []
+        self._seen: list[tuple[str, str, Any]] = []
         self._lock = threading.Lock()
         for event in CONNECTION:
             client.connection.bind(event, self._recorder(event))
@@ -54,7 +55,7 @@ class Recorder:
 
     def _record(self, channel: str, event: str, data: Any) -> None:
         with self._lock:
-            self.seen.append((channel, event, data))
+            self._seen.append((channel, event, data))
 
     def _recorder(self, event: str) -> Any:
         def record(data: Any, *_args: Any, **_kwargs: Any) -> None:
@@ -66,7 +67,8 @@ class Recorder:
     def socket_id(self) -> str:
         """The socket id of ``pusher:connection_established`` (waited for)."""
         return wait_until(
-            lambda: self.client.connection.socket_id, message=lambda: f"not connected: {self.seen}"
+            lambda: self.client.connection.socket_id,
+            message=lambda: f"not connected: {self.history()}",
         )
 
     @property
@@ -81,20 +83,24 @@ class Recorder:
 
         def find() -> tuple[int, Any] | None:
             with self._lock:
-                for index, (ch, ev, data) in enumerate(self.seen):
+                for index, (ch, ev, data) in enumerate(self._seen):
                     if index >= after and ch == channel and ev == event:
                         return index, data
             return None
 
-        found = wait_until(
-            find, timeout=limit, message=lambda: f"no {event} on {channel!r}: {self.seen}"
+        return wait_until(
+            find, timeout=limit, message=lambda: f"no {event} on {channel!r}: {self.history()}"
         )
-        return found
+
+    def history(self) -> list[tuple[str, str, Any]]:
+        """What was received so far, a copy."""
+        with self._lock:
+            return list(self._seen)
 
     def received(self, event: str, channel: str = "") -> list[Any]:
         """The data of every ``event`` on ``channel`` received so far."""
         with self._lock:
-            return [data for ch, ev, data in self.seen if ch == channel and ev == event]
+            return [data for ch, ev, data in self._seen if ch == channel and ev == event]
 
     def subscribe(self, channel: str) -> Any:
         """Subscribe with the library (pysher signs private and presence channels with
