@@ -44,10 +44,28 @@ def test_what_pusher_js_sends_is_admitted() -> None:
         ("/app/key-one?protocol=", 4008),
         ("/app/key-one?protocol=seven", 4006),
         ("/app/key-one?protocol=%D9%A7", 4006),  # an Arabic-Indic seven: not ASCII digits
-        ("/app/key-one?protocol=6", 4007),
+        ("/app/key-one?protocol=3", 4007),
+        ("/app/key-one?protocol=0", 4007),
         ("/app/key-one?protocol=8", 4007),
+        ("/app/key-one?protocol=0007000", 4007),
+        ("/app/key-one?protocol=" + "9" * 5000, 4007),  # past int()'s digit limit
     ],
 )
 def test_refusals_carry_pushers_codes(target: str, code: int) -> None:
     decision = admit(target, CONFIG)
     assert isinstance(decision, Refused) and decision.code == code, decision
+
+
+@pytest.mark.parametrize("protocol", [4, 5, 6, 7])
+def test_protocols_4_to_7_are_admitted_with_their_version(protocol: int) -> None:
+    decision = admit(f"/app/key-one?client=Pysher&version=1.0.7&protocol={protocol}", CONFIG)
+    assert isinstance(decision, Admitted) and decision.protocol == protocol
+    assert (decision.client, decision.version) == ("Pysher", "1.0.7")
+
+
+def test_an_unsupported_version_is_named_with_what_is_served() -> None:
+    decision = admit("/app/key-one?protocol=3", CONFIG)
+    assert isinstance(decision, Refused)
+    assert decision.message == "Unsupported protocol version: 3 (supported: 4-7)"
+    long = admit("/app/key-one?protocol=" + "1" * 40, CONFIG)
+    assert isinstance(long, Refused) and long.message.endswith("1111111111... (supported: 4-7)")

@@ -233,7 +233,8 @@ async def _next(ws: Any) -> dict[str, Any]:
     ("path", "code"),
     [
         ("/app/no-such-key?protocol=7", 4001),
-        ("/app/app-key?protocol=6", 4007),
+        ("/app/app-key?protocol=3", 4007),
+        ("/app/app-key?protocol=8", 4007),
         ("/app/app-key?protocol=seven", 4006),
         ("/app/app-key", 4008),
         ("/app/", 4005),

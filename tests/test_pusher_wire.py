@@ -82,10 +82,21 @@ def test_decode_never_raises(text: str) -> None:
     decode(text)
 
 
+@pytest.mark.parametrize("event", ["pusher:subscribe", "pusher:unsubscribe", "pusher:signin"])
+def test_data_as_a_deeply_nested_json_string_is_bad_input_not_a_crash(event: str) -> None:
+    # Older clients send data as a JSON-encoded string (docs/pusher.md, "Protocol
+    # versions"): its nesting is as hostile as the outer message's.
+    message = json.dumps({"event": event, "data": "[" * 200_000})
+    assert isinstance(decode(message), BadMessage)
+
+
 def test_connection_established_data_is_a_json_string() -> None:
     message = json.loads(wire.encode_connection_established("123.456", 120))
     assert message["event"] == "pusher:connection_established"
     assert json.loads(message["data"]) == {"socket_id": "123.456", "activity_timeout": 120}
+    # Protocols below 7 have no activity_timeout (versions.handshake_has_activity_timeout).
+    older = json.loads(wire.encode_connection_established("123.456", None))
+    assert json.loads(older["data"]) == {"socket_id": "123.456"}
 
 
 def test_control_messages() -> None:

@@ -27,8 +27,12 @@ Guarantees:
 * A publication with an ``origin`` (a client event, an HTTP trigger with ``socket_id``)
   never reaches the connection with that socket id (:data:`PUSHER` excludes the origin;
   ``Delivery.publish`` skips it).
-* A quiet connection gets ``pusher:ping`` after the app's ``activity_timeout`` and is
-  closed with 4201 when nothing arrives within :data:`PONG_WAIT` more.
+* A quiet connection gets ``pusher:ping`` after the app's ``activity_timeout`` (a
+  WebSocket Ping frame in protocol 4, whose clients need not answer ``pusher:ping``:
+  ``versions.pings_with_event``) and is closed with 4201 when nothing arrives within
+  :data:`PONG_WAIT` more.
+* ``pusher:connection_established`` carries ``activity_timeout`` in protocol 7 only
+  (``versions.handshake_has_activity_timeout``).
 * Webhook events (``client_event``, ``cache_miss`` here; occupancy and members at the
   channel's owner, ``PusherOwner``) are made only for apps with an endpoint that wants
   them, and leave as one bus message to this host's admin (``webhook``): never a wait.
@@ -61,7 +65,7 @@ from shardws.pure.control import (
 )
 from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
-from shardws.pure.pusher import webhooks, wire
+from shardws.pure.pusher import versions, webhooks, wire
 from shardws.pure.pusher.admission import Admitted, Refused
 from shardws.pure.pusher.channels import (
     SocketIds,
@@ -136,12 +140,13 @@ _CONNECTIONS, _ACCEPTED, _MESSAGES_IN, _CLIENT_EVENTS = range(len(APP_STATS))
 
 class PusherConnection(Connection):
     """A connection on ``/app/{key}``: the Pusher session's state
-    (``PusherState``) kept on the connection. ``refused`` is set when the upgrade was
-    not admitted: the connection is closed with its code as soon as it opens."""
+    (``PusherState``) kept on the connection, and the protocol version it is served in.
+    ``refused`` is set when the upgrade was not admitted: the connection is closed with
+    its code as soon as it opens."""
 
     wire = PUSHER
 
-    __slots__ = ("app", "client_event_bucket", "refused", "socket_id", "user_id")
+    __slots__ = ("app", "client_event_bucket", "protocol", "refused", "socket_id", "user_id")
 
     # The native connection's channel set holds hub names; a Pusher connection's holds
     # its Pusher channels with their presence member (the session's state).
@@ -157,9 +162,11 @@ class PusherConnection(Connection):
             self.refused: Refused | None = admission
             # Never used: the connection is closed at once (any app's limits would do).
             self.app: PusherAppConfig = PusherAppConfig()
+            self.protocol = versions.NEWEST
         else:
             self.refused = None
             self.app = admission.app
+            self.protocol = admission.protocol
         self.client_event_bucket: TokenBucket = PusherSessions.new_client_event_bucket(
             self.app, time.monotonic()
         )
@@ -279,7 +286,9 @@ class PusherFront:
         self._stats_of(conn.app.id)[_ACCEPTED] += 1
         conn.socket_id = conn.client_id = self.socket_ids.next()
         self.worker.delivery.origin_sinks[conn.socket_id] = conn.sink
-        conn.send(wire.encode_connection_established(conn.socket_id, conn.app.activity_timeout))
+        timeout = conn.app.activity_timeout
+        shown = timeout if versions.handshake_has_activity_timeout(conn.protocol) else None
+        conn.send(wire.encode_connection_established(conn.socket_id, shown))
 
     def _stats_of(self, app_id: str) -> list[int]:
         stats = self.app_stats.get(app_id)
@@ -319,7 +328,10 @@ class PusherFront:
             conn.close(CloseCode.IDLE_TIMEOUT, "no pong")
         elif idle >= timeout and not conn.ping_sent:
             conn.ping_sent = True
-            conn.send(wire.encode_ping())
+            if versions.pings_with_event(conn.protocol):
+                conn.send(wire.encode_ping())
+            elif conn.transport is not None:
+                conn.transport.send_ping()  # RFC 6455 5.5.2: its WebSocket answers a Pong
 
     # -- messages -----------------------------------------------------------------------
 

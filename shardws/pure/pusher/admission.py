@@ -1,5 +1,5 @@
 """The Pusher upgrade request ``/app/{key}?protocol=7&client=js&version=8.6.0`` admitted
-or refused (no I/O).
+or refused (no I/O). Protocols 4 to 7 are admitted (``versions``: what differs between them).
 
 Pusher answers a refused connection after the WebSocket upgrade: a ``pusher:error`` with
 the code, then a close frame with it (pusher-js reads the code from either). The worker
@@ -12,20 +12,18 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
 from shardws.config import PusherAppConfig, PusherConfig
+from shardws.pure.pusher import versions
 from shardws.pure.pusher.closecodes import MESSAGES, PusherCode
-from shardws.pure.pusher.wire import PROTOCOL_VERSION
 
 #: Where Pusher clients connect: ``/app/{key}``.
 PATH_PREFIX = "/app/"
 
-#: Protocol versions served: 7, what pusher-js 8 and the current official clients send.
-SUPPORTED_PROTOCOLS = frozenset({PROTOCOL_VERSION})
-
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """Serve the connection for ``app``; ``client`` and ``version`` are what the client
-    said it is (``js``, ``8.6.0``), for logs and metrics, ``""`` when absent."""
+    """Serve the connection for ``app`` in Pusher protocol ``protocol`` (one of
+    ``versions.SUPPORTED``); ``client`` and ``version`` are what the client said it is
+    (``js``, ``8.6.0``), for logs and metrics, ``""`` when absent."""
 
     app: PusherAppConfig
     protocol: int
@@ -62,7 +60,12 @@ def admit(target: str, pusher: PusherConfig) -> Admitted | Refused:
         return _refused(PusherCode.NO_PROTOCOL)
     if not raw.isascii() or not raw.isdigit():
         return _refused(PusherCode.INVALID_VERSION)
-    protocol = int(raw)
-    if protocol not in SUPPORTED_PROTOCOLS:
-        return _refused(PusherCode.UNSUPPORTED_PROTOCOL, f"{protocol} (supported: 7)")
+    # Past a few digits no version can be served, and int() of thousands of digits
+    # raises (Python's int_max_str_digits): refuse without converting.
+    protocol = int(raw) if len(raw) <= 3 else versions.NEWEST + 1
+    if protocol not in versions.SUPPORTED:
+        shown = raw if len(raw) <= 10 else raw[:10] + "..."
+        return _refused(
+            PusherCode.UNSUPPORTED_PROTOCOL, f"{shown} (supported: {versions.SUPPORTED_TEXT})"
+        )
     return Admitted(app, protocol, args.get("client", [""])[0], args.get("version", [""])[0])

@@ -1,7 +1,8 @@
 """The Pusher wire format: client messages decoded, server messages encoded (no I/O).
 
 Every message is one JSON object ``{"event": ..., "channel": ..., "data": ...}`` in one
-WebSocket text frame ("Pusher Channels Protocol", version 7).
+WebSocket text frame ("Pusher Channels Protocol", versions 4 to 7: the messages are the
+same, what differs is ``versions``'s).
 
 Guarantees of :func:`decode`: for any text it returns one :class:`ClientMessage` or a
 :class:`BadMessage` whose reason is safe to send back -- it never raises. It checks the
@@ -20,9 +21,6 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-
-#: pusher-js 8 and the current official clients speak protocol 7.
-PROTOCOL_VERSION = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +104,7 @@ def _data_object(message: dict[str, Any]) -> dict[str, Any] | None:
     if isinstance(data, str):
         try:
             data = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: as the outer message's
             return None
     return data if isinstance(data, dict) else None
 
@@ -164,10 +162,14 @@ def decode(text: str) -> ClientMessage | BadMessage:
 # ------------------------------------------------------------------------- encoders
 
 
-def encode_connection_established(socket_id: str, activity_timeout: int) -> bytes:
+def encode_connection_established(socket_id: str, activity_timeout: int | None) -> bytes:
     """The first message on a connection; pusher-js refuses a handshake without
-    ``activity_timeout`` (seconds)."""
-    data = _dumps({"socket_id": socket_id, "activity_timeout": activity_timeout})
+    ``activity_timeout`` (seconds), which protocols below 7 do not have (None: left out,
+    ``versions.handshake_has_activity_timeout``)."""
+    fields: dict[str, Any] = {"socket_id": socket_id}
+    if activity_timeout is not None:
+        fields["activity_timeout"] = activity_timeout
+    data = _dumps(fields)
     return _dumps({"event": "pusher:connection_established", "data": data}).encode()
 
 
