@@ -114,6 +114,24 @@ def _other_benchmarks() -> list[str]:
     return [line for line in out.splitlines() if int(line.split()[0]) not in mine]
 
 
+def add_box_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a whole-box run: source addresses, channels, memory floor, wait."""
+    parser.add_argument("--source-ips", type=int, default=20, help="127.0.0.1..K")
+    parser.add_argument("--channels", type=int, default=25_000, help="besides the shared one")
+    parser.add_argument("--min-free-gib", type=float, default=3, help="memory floor")
+    parser.add_argument("--wait", type=float, default=1800, help="s to wait for other runs")
+
+
+def check_memory(connections: int, floor_gib: float) -> None:
+    """Refuse to start without the memory ``connections`` need above ``floor_gib``."""
+    need_gib = connections * (CLIENT_KB_PER_CONNECTION + SERVER_KB_PER_CONNECTION) / 2**20
+    if _mem_available_gib() < floor_gib + need_gib:
+        raise SystemExit(
+            f"{_mem_available_gib():.1f} GiB available, the run needs about"
+            f" {need_gib:.1f} GiB plus the {floor_gib} GiB floor"
+        )
+
+
 def wait_for_a_quiet_box(wait: float) -> None:
     """Never two heavy runs at once: poll every 30 s for at most ``wait`` s."""
     deadline = time.monotonic() + wait
@@ -172,6 +190,26 @@ class MemoryWatchdog(threading.Thread):
                     child.terminate()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.server_pid, 15)
+
+
+def host_facts(fd_limit: int, watchdog: MemoryWatchdog) -> dict[str, Any]:
+    """What a result file says of the box it ran on."""
+    return {
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "open_files_limit": fd_limit,
+        "mem_available_gib_lowest": round(watchdog.lowest, 1),
+        "memory_watchdog_tripped": watchdog.tripped,
+    }
+
+
+def save(name: str, result: dict[str, Any], summary: str) -> None:
+    """``result`` to ``benchmarks/results/<name>-<time>.json``, ``summary`` to stdout."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=1, default=str))
+    print(summary)
+    print(f"\nfull results: {path}", file=sys.stderr)
 
 
 def server_log_summary(path: Path, markers: dict[str, str] = LOG_MARKERS) -> dict[str, Any]:
@@ -289,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=250_000, help="clients held")
     parser.add_argument("--workers", type=int, default=36, help="shardws workers")
     parser.add_argument("--processes", type=int, default=16, help="client processes")
-    parser.add_argument("--source-ips", type=int, default=20, help="127.0.0.1..K")
-    parser.add_argument("--channels", type=int, default=25_000, help="besides the shared one")
+    add_box_options(parser)
     parser.add_argument("--hold", type=float, default=20, help="seconds held before the roll")
     parser.add_argument("--broadcasts", type=int, default=3, help="timed shared publications")
     parser.add_argument("--probe-rate", type=float, default=20, help="single-channel pubs/s")
@@ -301,8 +338,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--handshake-timeout", type=float, default=30, help="server handshake_timeout"
     )
-    parser.add_argument("--min-free-gib", type=float, default=3, help="memory floor")
-    parser.add_argument("--wait", type=float, default=1800, help="s to wait for other runs")
     args = parser.parse_args(argv)
     n = args.connections
 
@@ -316,12 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             f" roll, above {per_worker} (the open-files limit {fd_limit} less a reserve):"
             " use more --workers"
         )
-    need_gib = n * (CLIENT_KB_PER_CONNECTION + SERVER_KB_PER_CONNECTION) / 2**20
-    if _mem_available_gib() < args.min_free_gib + need_gib:
-        raise SystemExit(
-            f"{_mem_available_gib():.1f} GiB available, the run needs about"
-            f" {need_gib:.1f} GiB plus the {args.min_free_gib} GiB floor"
-        )
+    check_memory(n, args.min_free_gib)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     log_path = Path(tempfile.gettempdir()) / f"c250k-server-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with port_range(n, args.source_ips) as setup:
@@ -368,24 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "started": started,
         "args": vars(args),
-        "host": {
-            "cores": os.cpu_count(),
-            "kernel": platform.release(),
-            "open_files_limit": fd_limit,
-            "mem_available_gib_lowest": round(watchdog.lowest, 1),
-            "memory_watchdog_tripped": watchdog.tripped,
-        },
+        "host": host_facts(fd_limit, watchdog),
         "setup": {**setup, "connections_per_worker": per_worker, "roll_peak_per_worker": peak},
         "server_log": server_log_summary(log_path),
         "headline": h,
         "bars": bars(h, n),
         "report": report,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"c250k-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=1, default=str))
-    print(markdown(result))
-    print(f"\nfull results: {path}", file=sys.stderr)
+    save("c250k", result, markdown(result))
     return 0 if all(result["bars"].values()) and report["ok"] else 1
 
 

@@ -51,15 +51,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.c250k import (
-    CLIENT_KB_PER_CONNECTION,
-    SERVER_KB_PER_CONNECTION,
     MemoryWatchdog,
-    _mem_available_gib,
+    add_box_options,
+    check_memory,
+    host_facts,
     port_range,
+    save,
     server_log_summary,
     wait_for_a_quiet_box,
 )
-from benchmarks.macro import RESULTS, UNLIMITED, serve
+from benchmarks.macro import UNLIMITED, serve
 from shardws.tools.loadgen import LoadSpec, run
 from shardws.tools.tune import FD_RESERVE
 
@@ -187,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=300_000, help="clients offered")
     parser.add_argument("--workers", type=int, default=16, help="shardws workers")
     parser.add_argument("--processes", type=int, default=16, help="client processes")
-    parser.add_argument("--source-ips", type=int, default=20, help="127.0.0.1..K")
-    parser.add_argument("--channels", type=int, default=25_000, help="besides the shared one")
+    add_box_options(parser)
     parser.add_argument("--connect-concurrency", type=int, default=400, help="per process")
     parser.add_argument("--offer", type=float, default=300, help="seconds clients keep trying")
     parser.add_argument("--hold", type=float, default=60, help="seconds held after the offer")
@@ -196,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--server-src", default="", help="run the server from this checkout (PYTHONPATH)"
     )
-    parser.add_argument("--min-free-gib", type=float, default=3, help="memory floor")
-    parser.add_argument("--wait", type=float, default=1800, help="s to wait for other runs")
     args = parser.parse_args(argv)
     n = args.connections
 
@@ -205,12 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if -(-n // args.processes) > fd_limit - FD_RESERVE:
         raise SystemExit(f"{n} clients over {args.processes} processes pass the file limit")
     wait_for_a_quiet_box(args.wait)
-    need_gib = n * (CLIENT_KB_PER_CONNECTION + SERVER_KB_PER_CONNECTION) / 2**20
-    if _mem_available_gib() < args.min_free_gib + need_gib:
-        raise SystemExit(
-            f"{_mem_available_gib():.1f} GiB available, the run needs about"
-            f" {need_gib:.1f} GiB plus the {args.min_free_gib} GiB floor"
-        )
+    check_memory(n, args.min_free_gib)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     log_path = Path(tempfile.gettempdir()) / f"overload-server-{time.strftime('%Y%m%d-%H%M%S')}.log"
     env = {"PYTHONPATH": os.path.abspath(args.server_src)} if args.server_src else None
@@ -258,12 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "started": started,
         "args": vars(args),
-        "host": {
-            "cores": os.cpu_count(),
-            "open_files_limit": fd_limit,
-            "mem_available_gib_lowest": round(watchdog.lowest, 1),
-            "memory_watchdog_tripped": watchdog.tripped,
-        },
+        "host": host_facts(fd_limit, watchdog),
         "setup": setup,
         "server_log": server_log_summary(log_path, LOG_MARKERS),
         "headline": h,
@@ -271,11 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": sampler.samples,
         "report": report,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"overload-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=1, default=str))
-    print(markdown(result))
-    print(f"\nfull results: {path}", file=sys.stderr)
+    save("overload", result, markdown(result))
     return 0 if all(result["bars"].values()) else 1
 
 
