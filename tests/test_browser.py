@@ -24,14 +24,11 @@ from typing import Any
 
 import pytest
 from external import CHROMIUM_ARGS, require
+from playwright import sync_api
 from serverproc import ServerProcess
 from toolkit import timeout, wait_until
 
 from shardws.pure.history import owner_of
-
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
-)
 
 CHAT = """
 [namespaces.default]
