@@ -1289,9 +1289,11 @@ class _Reader:
                 )
             entries = ((i, v, path) for i, v in enumerate(value))
             return tuple(
-                self._each(entries, lambda v, at: self._scalar(v, args[0], rules, at)).values()
+                self._each(
+                    entries, lambda v, at: self._scalar_or_keyword(v, args[0], rules, at)
+                ).values()
             )
-        return self._scalar(value, tp, rules, path)
+        return self._scalar_or_keyword(value, tp, rules, path)
 
     def _each(
         self,
@@ -1308,7 +1310,9 @@ class _Reader:
                 self.errors.append(err)
         return converted
 
-    def _scalar(self, value: Any, tp: type, rules: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    def _scalar_or_keyword(
+        self, value: Any, tp: type, rules: Mapping[str, Any], path: tuple[str, ...]
+    ) -> Any:
         keywords = rules.get("keywords", {})
         if isinstance(value, str) and value in keywords:
             self.keywords[".".join(path)] = value
