@@ -10,7 +10,7 @@
 * **Safe when several processes get there together** (two pytest runs, a test and a
   benchmark): ``npm ci`` deletes ``node_modules`` first, so installs of one folder are
   serialized by an exclusive ``flock`` on a lock file, and whoever waited finds the stamp
-  and returns.
+  and returns. The wait is bounded by the holder's: its ``npm ci`` has a timeout.
 
 Used by ``tests/pusherjs.py`` (``tests/js``: pusher-js, Laravel Echo) and by
 ``benchmarks/peers/launch.py`` (``benchmarks/peers``: the ``ws`` peer).

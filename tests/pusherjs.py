@@ -39,7 +39,7 @@ def js_packages() -> Path:
     """``tests/js/node_modules`` (pusher-js, Laravel Echo), installed from the lock file the
     first time; when it cannot be, the missing-tool rule (skipped, or failed under CI)."""
     try:
-        return install(JS, timeout(300))
+        return install(JS, timeout(90))  # within pytest's 120 s for the test
     except NpmUnavailable as exc:
         unavailable(f"pusher-js and laravel-echo (tests/js): {exc}")
 
