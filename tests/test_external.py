@@ -20,20 +20,18 @@ import pytest
 from toolkit import timeout
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = ["tests/test_shardws_js.py", "tests/test_peers.py", "-k", "test_shardws_js or node_ws"]
-# The interpreter's own directory (the venv's bin): pytest runs from it, node is not in it.
-NO_NODE = str(Path(sys.executable).parent)
+SELECTION = ["tests/test_shardws_js.py", "tests/test_peers.py", "-k", "test_shardws_js or node_ws"]
 
 
-def pytest_in_subprocess(path: str, ci: bool) -> tuple[int, str, dict[str, int]]:
-    """Run ``MODULES`` with ``PATH`` = ``path`` and ``CI`` set or not: the exit status,
+def run_pytest(path: str, ci: bool) -> tuple[int, str, dict[str, int]]:
+    """Run ``SELECTION`` with ``PATH`` = ``path`` and ``CI`` set or not: the exit status,
     the output and the closing line's counts (``{"skipped": 3, ...}``)."""
     env = {name: value for name, value in os.environ.items() if name != "CI"}
     env["PATH"] = path
     if ci:
         env["CI"] = "true"
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rsfE", *MODULES],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rsfE", *SELECTION],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -46,21 +44,24 @@ def pytest_in_subprocess(path: str, ci: bool) -> tuple[int, str, dict[str, int]]
     return done.returncode, output, counts
 
 
-def test_the_path_used_below_has_no_node() -> None:
-    assert shutil.which("node", path=NO_NODE) is None
+@pytest.fixture
+def no_node(tmp_path: Path) -> str:
+    """A ``PATH`` with nothing on it (the subprocess is started by its absolute path)."""
+    assert shutil.which("node", path=str(tmp_path)) is None
     assert external.TOOLS["node"].package == "nodejs"
+    return str(tmp_path)
 
 
-def test_a_missing_tool_skips_with_the_reason_on_a_developers_machine() -> None:
-    status, output, counts = pytest_in_subprocess(NO_NODE, ci=False)
+def test_a_missing_tool_skips_with_the_reason_on_a_developers_machine(no_node: str) -> None:
+    status, output, counts = run_pytest(no_node, ci=False)
     assert status == 0, output
     assert counts.get("skipped", 0) >= 3 and set(counts) == {"skipped", "deselected"}, output
     assert "node is not installed (apt-get install nodejs)" in output  # the mark
     assert "node_ws peer unavailable: node_ws needs 'node' on PATH" in output  # the fixture
 
 
-def test_a_missing_tool_fails_under_ci_naming_it() -> None:
-    status, output, counts = pytest_in_subprocess(NO_NODE, ci=True)
+def test_a_missing_tool_fails_under_ci_naming_it(no_node: str) -> None:
+    status, output, counts = run_pytest(no_node, ci=True)
     assert status == 1, output
     # Setup failures: the mark and the fixture apply the rule before the test body runs.
     errors = counts.get("error", 0) + counts.get("errors", 0)
@@ -71,6 +72,6 @@ def test_a_missing_tool_fails_under_ci_naming_it() -> None:
 
 @pytest.mark.needs("node", "npm")
 def test_with_the_tool_there_ci_runs_the_tests() -> None:
-    status, output, counts = pytest_in_subprocess(os.environ["PATH"], ci=True)
+    status, output, counts = run_pytest(os.environ["PATH"], ci=True)
     assert status == 0, output
     assert counts.get("passed", 0) >= 3 and set(counts) == {"passed", "deselected"}, output

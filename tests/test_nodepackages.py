@@ -68,8 +68,8 @@ def test_processes_installing_together_install_once_then_need_no_npm(tmp_path: P
 
     # Installed: a later first use needs no npm (none on this PATH) and changes nothing.
     stamp = (folder / "node_modules" / STAMP).stat().st_mtime_ns
-    no_npm = str(Path(sys.executable).parent)
-    assert shutil.which("npm", path=no_npm) is None
+    no_npm = str(tmp_path / "empty")  # a PATH with nothing on it
+    (tmp_path / "empty").mkdir()
     (later,) = install_in_processes(folder, 1, no_npm)
     assert later.returncode == 0, later.stderr
     assert (folder / "node_modules" / STAMP).stat().st_mtime_ns == stamp
