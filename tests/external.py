@@ -50,6 +50,8 @@ class Tool:
 #: Every external program the suite uses, by the name tests give :func:`require`. The
 #: README's list of tools is this table; ``.ci/run`` installs each package. ``netns``
 #: (network namespaces: root and iproute2's ``ip``) is checked by ``netns.py`` instead.
+#: A new tool (a Redis server, say) is an entry here, in ``.ci/run``'s list and in the
+#: README's table.
 TOOLS = {
     "node": Tool("node", "nodejs"),
     "npm": Tool("npm", "npm"),
