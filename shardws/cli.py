@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         "check-config",
         help="validate a config file and print the effective configuration",
         description="Validate a config file and print the effective configuration (every"
-        " option, defaults filled in); an error names the file and the key, exit status 2.",
+        " option, defaults filled in, as TOML; an option given as a keyword keeps it, with"
+        ' its value on this host in a comment: workers = "auto"  # 2 on this host). Every'
+        " error of the file is printed, each naming the file and the key; exit status 2.",
     )
     check.add_argument("file", metavar="FILE", help="the TOML config file to check")
     token = commands.add_parser(
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(getattr(args, "config", None) or getattr(args, "file", None))
     except ConfigError as exc:
-        print(f"shardws: config error: {exc}", file=sys.stderr)
+        for error in exc.errors:  # every error of the file, one line each
+            print(f"shardws: config error: {error.source}: {error.detail}", file=sys.stderr)
         return 2
     if args.command == "token":
         return _token(args, config)
@@ -316,4 +319,10 @@ def _keygen(name: str, force: bool = False) -> int:
         print(f"shardws keygen: {message}", file=sys.stderr)
         return 1
     print(public.decode())
+    # stdout stays the key alone (scripts read it); where the pair went is for the user.
+    print(
+        f"shardws keygen: wrote {name}.key (public) and {name}.key_secret (secret, keep it"
+        " private), both mode 0600",
+        file=sys.stderr,
+    )
     return 0

@@ -10,12 +10,15 @@ Guarantees:
   re-checks. (Objects built directly in code, e.g. in tests, are trusted as given.)
 * Units are uniform: durations are seconds (``float``; TOML may give an int), sizes are
   bytes (``int``).
-* Every user error is a :class:`ConfigError` whose one-line message names the file, the
-  key, the offending value and what would be valid. Unknown sections and keys are errors,
-  because a typo must not silently fall back to a default; a close valid name is
-  suggested. Missing sections and keys take their defaults.
+* Every user error is reported with a one-line message naming the file, the key, the
+  offending value and what would be valid, and every error of a file is reported at once:
+  a :class:`ConfigError` holds them all (``errors``), one line each. Unknown sections and
+  keys are errors, because a typo must not silently fall back to a default; a close valid
+  name is suggested. Missing sections and keys take their defaults.
 * :func:`dump_config` emits TOML that :func:`parse_config` turns back into an equal
   :class:`Config` (``source`` aside), except that secrets are written as ``"<redacted>"``.
+  An option the file gave as a keyword (``workers = "auto"``) is written as that keyword,
+  with what it stands for on this host in a comment (:attr:`Config.keywords`).
 * Secrets (options declared ``secret=True``, and key material read from files) never
   appear in an error message, in :func:`dump_config` output or in ``repr()``.
 * Files named by options (``[auth] secret_file``, ``public_key_file``, ``[tls] cert``,
@@ -48,13 +51,14 @@ import re
 import ssl
 import tomllib
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 __all__ = [
+    "AUTO_CONNECTIONS",
     "MAX_MESSAGE_SIZE",
     "MAX_WINDOW_BITS",
     "MAX_WORKERS",
@@ -90,6 +94,10 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: ``[limits] connections_per_worker = "auto"``: no number of its own, the open-files
+#: limit decides (a number is >= 1).
+AUTO_CONNECTIONS = 0
+
 #: Upper bound of ``[server] workers``; ``"auto"`` is clamped to it too, so a dumped
 #: config still validates on a machine with more CPUs than that.
 MAX_WORKERS = 1024
@@ -111,20 +119,28 @@ REDACTED = "<redacted>"
 
 
 class ConfigError(Exception):
-    """A user-caused configuration error.
+    """A user-caused configuration error: every error found in one file.
 
-    ``str(err)`` is one line naming the file and the key, e.g.
-    ``shardws.toml: [server] port: expected an integer 0..65535, got 'abc'``.
-    Attributes: ``source`` (the file, or ``"<default>"``), ``key`` (dotted, e.g.
-    ``"server.port"``; ``""`` when the error is about the whole file) and ``detail`` (the
-    message without the file name).
+    Each error is one line naming the file and the key, e.g.
+    ``shardws.toml: [server] port: expected an integer 0..65535, got 'abc'``; ``str(err)``
+    is those lines, in file order, so a file with one error gives one line.
+    Attributes, of the first error: ``source`` (the file, or ``"<default>"``), ``key``
+    (dotted, e.g. ``"server.port"``; ``""`` when the error is about the whole file) and
+    ``detail`` (the message without the file name); ``errors``: every error, the first
+    included, each a :class:`ConfigError` of its own.
     """
 
-    def __init__(self, source: str, key: str, detail: str) -> None:
+    def __init__(
+        self, source: str, key: str, detail: str, more: tuple[ConfigError, ...] = ()
+    ) -> None:
         super().__init__(f"{source}: {detail}")
         self.source = source
         self.key = key
         self.detail = detail
+        self.errors: tuple[ConfigError, ...] = (self, *more)
+
+    def __str__(self) -> str:
+        return "\n".join(f"{error.source}: {error.detail}" for error in self.errors)
 
 
 # --------------------------------------------------------------------------- declaring
@@ -148,8 +164,9 @@ def option(
     * ``choices`` -- the allowed values;
     * ``check``, ``expect`` -- a predicate the value must satisfy, and the phrase
       describing what it accepts (``expect`` also replaces the generated description);
-    * ``keywords`` -- ``{"word": resolver}``: the TOML value may be that string instead,
-      and the field stores ``resolver()`` (e.g. ``workers = "auto"``);
+    * ``keywords`` -- ``{"word": meaning}``: the TOML value may be that string instead, and
+      the field stores ``meaning()`` when it is a function, resolved on this host (e.g.
+      ``workers = "auto"``), else ``meaning`` itself (a value numbers cannot take);
     * ``unit`` -- ``"seconds"`` or ``"bytes"``, shown in error messages;
     * ``toml=False`` -- the field is not a TOML key (e.g. :attr:`Config.source`);
     * ``secret=True`` -- the value is never shown: errors say ``<redacted>`` instead of
@@ -480,9 +497,13 @@ class LimitsConfig:
     abuse_close_after: int = option(50, ge=1)
     #: Most channels one connection may be subscribed to, >= 1. Default 256.
     subscriptions_per_connection: int = option(256, ge=1)
-    #: Most connections one worker holds; more are refused at the handshake (503), >= 1.
-    #: Default 20000. A worker takes fewer if its open-files limit leaves less room.
-    connections_per_worker: int = option(20000, ge=1)
+    #: Most connections one worker holds; more are refused at the handshake (503), >= 1,
+    #: or ``"auto"`` (stored as 0): as many as the worker's open-files limit leaves room
+    #: for. A worker takes fewer than a number if its open-files limit leaves less room
+    #: (worker 0 warns). Default ``"auto"``.
+    connections_per_worker: int = option(
+        AUTO_CONNECTIONS, ge=1, keywords={"auto": AUTO_CONNECTIONS}
+    )
     #: Seconds a worker's event loop may run late before the worker refuses new
     #: connections (HTTP 503 with ``Retry-After``) to keep serving those it holds; it
     #: takes them again once its loop is under half of it. 0 = never refuse for lag.
@@ -1085,6 +1106,13 @@ class Config:
     namespaces: Mapping[str, NamespaceConfig] = option(factory=_default_namespaces)
     #: The file the config came from, or ``"<default>"``. Not a TOML key.
     source: str = option("<default>", toml=False)
+    #: The options the file gave as a keyword, or left out where their default is one
+    #: (``workers = "auto"``), by dotted key: ``{"server.workers": "auto"}``. What
+    #: :func:`dump_config` writes back. Not a TOML key, and not compared: the values are
+    #: the configuration.
+    keywords: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}), compare=False, metadata={"toml": False}
+    )
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning sections: ``(key, reason)`` per violation."""
@@ -1112,12 +1140,16 @@ def default_config() -> Config:
 
 
 def parse_config(text: str, source: str) -> Config:
-    """Parse and validate TOML ``text``; ``source`` names it in errors and in the result."""
+    """Parse and validate TOML ``text``; ``source`` names it in errors and in the result.
+    Raises :class:`ConfigError` with every error found."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:  # str(err) carries line and column
         raise ConfigError(source, "", f"invalid TOML: {err}") from None
-    return dataclasses.replace(from_table(Config, data, source), source=source)
+    reader = _Reader(source)
+    cfg = reader.read(Config, data)
+    keywords = MappingProxyType(dict(reader.keywords))
+    return dataclasses.replace(cfg, source=source, keywords=keywords)
 
 
 def load_config(path: str | None) -> Config:
@@ -1137,15 +1169,13 @@ def load_config(path: str | None) -> Config:
 
 
 def from_table(cls: type[T], table: Mapping[str, Any], source: str) -> T:
-    """Build and validate section dataclass ``cls`` from a parsed TOML table."""
-    try:
-        return typing.cast(T, _build(cls, table, ()))
-    except _Invalid as err:
-        raise ConfigError(source, ".".join(err.path), err.detail) from None
+    """Build and validate section dataclass ``cls`` from a parsed TOML table; raises
+    :class:`ConfigError` with every error found."""
+    return _Reader(source).read(cls, table)
 
 
 class _Invalid(Exception):
-    """A bad value at ``path``; :func:`from_table` adds the file name."""
+    """A bad value at ``path``; :class:`_Reader` adds the file name."""
 
     def __init__(self, path: tuple[str, ...], detail: str) -> None:
         super().__init__(detail)
@@ -1183,66 +1213,144 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _build(cls: type, value: Any, path: tuple[str, ...]) -> Any:
-    if not isinstance(value, dict):
-        raise _bad(path, f"expected a table, got {_show(value)}")
-    known = {f.name: f for f in fields(cls) if f.metadata.get("toml", True)}
-    for key in value:  # file order, so the first typo is reported
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            kind = "key" if path else "section"
-            raise _Invalid((*path, key), f"unknown {kind} {_where((*path, key))}{hint}")
-    hints = _hints(cls)
-    obj = cls(
-        **{
-            key: _convert(item, hints[key], known[key].metadata, (*path, key))
-            for key, item in value.items()
-        }
-    )
-    load_files = getattr(obj, "load_files", None)
-    if load_files is not None:
+class _Reader:
+    """One validation of a parsed TOML table against a section dataclass. It goes on past
+    a bad value (the option keeps its default meanwhile), so that :meth:`read` reports
+    every error of the file at once; a section with a bad value is not cross-checked
+    (its defaults would be judged instead of what the file says). It also notes which
+    options were given as a keyword (``keywords``, dotted key -> word)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.errors: list[_Invalid] = []
+        self.keywords: dict[str, str] = {}
+
+    def read(self, cls: type[T], table: Mapping[str, Any]) -> T:
+        """The validated ``cls``; :class:`ConfigError` with every error if any."""
         try:
-            obj = load_files()
-        except _FileError as err:
-            raise _bad((*path, err.key), err.reason) from None
-    for key, reason in getattr(obj, "cross_check", lambda: ())():
-        raise _bad((*path, key), reason)
-    return obj
+            obj = self._build(cls, table, ())
+        except _Invalid as err:
+            self.errors.append(err)
+        if self.errors:
+            first, *more = (
+                ConfigError(self.source, ".".join(err.path), err.detail) for err in self.errors
+            )
+            raise ConfigError(first.source, first.key, first.detail, tuple(more))
+        return typing.cast(T, obj)
 
-
-def _convert(value: Any, tp: Any, rules: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    if isinstance(tp, type) and is_dataclass(tp):
-        return _build(tp, value, path)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Mapping:
+    def _build(self, cls: type, value: Any, path: tuple[str, ...]) -> Any:
         if not isinstance(value, dict):
             raise _bad(path, f"expected a table, got {_show(value)}")
-        return MappingProxyType(
-            {k: _convert(v, args[1], rules, (*path, k)) for k, v in value.items()}
-        )
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise _bad(path, f"expected an array, got {_show(value)}")
-        if isinstance(args[0], type) and is_dataclass(args[0]):
-            # An array of tables: each entry is named by its index, so an error says
-            # which one ("pusher.apps[1].key").
-            return tuple(
-                _build(args[0], v, (*path[:-1], f"{path[-1]}[{i}]")) for i, v in enumerate(value)
+        known = {f.name: f for f in fields(cls) if f.metadata.get("toml", True)}
+        hints = _hints(cls)
+        errors_before = len(self.errors)
+        given = {}
+        for key, item in value.items():  # file order, so errors come in that order
+            if key not in known:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                kind = "key" if path else "section"
+                self.errors.append(
+                    _Invalid((*path, key), f"unknown {kind} {_where((*path, key))}{hint}")
+                )
+                continue
+            try:
+                given[key] = self._convert(item, hints[key], known[key].metadata, (*path, key))
+            except _Invalid as err:
+                self.errors.append(err)
+        self._note_default_keywords(cls, value, path)
+        obj = cls(**given)
+        if len(self.errors) > errors_before:
+            return obj  # not checked further: defaults stand in for the bad values
+        load_files = getattr(obj, "load_files", None)
+        if load_files is not None:
+            try:
+                obj = load_files()
+            except _FileError as err:
+                raise _bad((*path, err.key), err.reason) from None
+        for key, reason in getattr(obj, "cross_check", lambda: ())():
+            self.errors.append(_bad((*path, key), reason))
+        return obj
+
+    def _note_default_keywords(
+        self, cls: type, given: Mapping[str, Any], path: tuple[str, ...]
+    ) -> None:
+        """The options of ``cls`` left out of ``given`` (whole sections included) whose
+        default is a keyword's resolver (``workers``: "auto") count as given so."""
+        hints = _hints(cls)
+        for option_field in fields(cls):
+            name = option_field.name
+            if name in given or not option_field.metadata.get("toml", True):
+                continue
+            if isinstance(hints[name], type) and is_dataclass(hints[name]):
+                self._note_default_keywords(hints[name], {}, (*path, name))
+            for word, meaning in option_field.metadata.get("keywords", {}).items():
+                if callable(meaning) and option_field.default_factory is meaning:
+                    self.keywords[".".join((*path, name))] = word
+
+    def _convert(self, value: Any, tp: Any, rules: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+        if isinstance(tp, type) and is_dataclass(tp):
+            return self._build(tp, value, path)
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is Mapping:
+            if not isinstance(value, dict):
+                raise _bad(path, f"expected a table, got {_show(value)}")
+            entries = ((k, v, (*path, k)) for k, v in value.items())
+            return MappingProxyType(
+                self._each(entries, lambda v, at: self._convert(v, args[1], rules, at))
             )
-        return tuple(_convert(v, args[0], rules, path) for v in value)
-    return _scalar(value, tp, rules, path)
+        if origin is tuple:
+            if not isinstance(value, list):
+                raise _bad(path, f"expected an array, got {_show(value)}")
+            if isinstance(args[0], type) and is_dataclass(args[0]):
+                # An array of tables: each entry is named by its index, so an error says
+                # which one ("pusher.apps[1].key").
+                entries = ((i, v, (*path[:-1], f"{path[-1]}[{i}]")) for i, v in enumerate(value))
+                return tuple(
+                    self._each(entries, lambda v, at: self._build(args[0], v, at)).values()
+                )
+            entries = ((i, v, path) for i, v in enumerate(value))
+            return tuple(
+                self._each(
+                    entries, lambda v, at: self._scalar_or_keyword(v, args[0], rules, at)
+                ).values()
+            )
+        return self._scalar_or_keyword(value, tp, rules, path)
+
+    def _each(
+        self,
+        entries: Iterable[tuple[Any, Any, tuple[str, ...]]],
+        convert: Callable[[Any, tuple[str, ...]], Any],
+    ) -> dict[Any, Any]:
+        """``convert(value, path)`` of each ``(key, value, path)`` entry, by key; a bad
+        entry is noted and left out, and the others are still checked."""
+        converted = {}
+        for key, value, path in entries:
+            try:
+                converted[key] = convert(value, path)
+            except _Invalid as err:
+                self.errors.append(err)
+        return converted
+
+    def _scalar_or_keyword(
+        self, value: Any, tp: type, rules: Mapping[str, Any], path: tuple[str, ...]
+    ) -> Any:
+        keywords = rules.get("keywords", {})
+        if isinstance(value, str) and value in keywords:
+            self.keywords[".".join(path)] = value
+            meaning = keywords[value]
+            return meaning() if callable(meaning) else meaning
+        return _scalar(value, tp, rules, path)
 
 
 _KINDS: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
 
 def _scalar(value: Any, tp: type, rules: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """``value`` checked against type ``tp`` and ``rules`` (keywords aside: the reader
+    resolves them)."""
     if tp not in _KINDS:
         raise TypeError(f"config field {'.'.join(path)}: unsupported type {tp!r}")
-    keywords = rules.get("keywords", {})
-    if isinstance(value, str) and value in keywords:
-        return keywords[value]()
     # bool is an int subclass in Python, but `port = true` is a mistake, never a number.
     if isinstance(value, bool) != (tp is bool):
         ok = False
@@ -1291,11 +1399,13 @@ def _expect(tp: type, rules: Mapping[str, Any]) -> str:
 
 
 def dump_config(cfg: Config) -> str:
-    """The effective config as TOML (``workers`` resolved); parses back to an equal Config
-    unless it holds an inline secret, which is written as ``"<redacted>"`` (never the
-    value). Secrets from files stay out of it: the file name is written."""
+    """The effective config as TOML; parses back to an equal Config unless it holds an
+    inline secret, which is written as ``"<redacted>"`` (never the value). Secrets from
+    files stay out of it: the file name is written. An option given as a keyword is
+    written as the keyword, and a keyword resolved on this host is followed by what it
+    resolved to: ``workers = "auto"  # 2 on this host``."""
     lines = [f"# shardws effective configuration, from {_toml_str(cfg.source)}"]
-    _dump_table(cfg, (), lines)
+    _dump_table(cfg, (), lines, cfg.keywords)
     return "\n".join(lines) + "\n"
 
 
@@ -1307,6 +1417,21 @@ def _items(obj: Any) -> list[tuple[str, Any]]:
             if f.metadata.get("toml", True)
         ]
     return list(obj.items())
+
+
+def _keyword_line(obj: Any, key: str, value: Any, given: str | None) -> str | None:
+    """``key = "word"`` (and a comment) when option ``key`` of section ``obj`` holds a
+    keyword: the one the file gave (``given``), or a keyword that stands for a value no
+    number can take (``connections_per_worker = "auto"``, stored as 0)."""
+    if not is_dataclass(obj):
+        return None
+    meanings = {f.name: f.metadata.get("keywords", {}) for f in fields(obj)}.get(key, {})
+    if given is not None and callable(meanings.get(given)):
+        return f"{_toml_key(key)} = {_toml_str(given)}  # {_toml_value(value)} on this host"
+    for word, meaning in meanings.items():
+        if not callable(meaning) and meaning == value:
+            return f"{_toml_key(key)} = {_toml_str(word)}"
+    return None
 
 
 def _redacted(value: Any, rules: Mapping[str, Any]) -> Any:
@@ -1324,8 +1449,17 @@ def _is_table_array(value: Any) -> bool:
     return isinstance(value, tuple) and bool(value) and all(is_dataclass(v) for v in value)
 
 
-def _dump_table(obj: Any, path: tuple[str, ...], out: list[str], entry: bool = False) -> None:
+def _dump_table(
+    obj: Any,
+    path: tuple[str, ...],
+    out: list[str],
+    keywords: Mapping[str, str] = MappingProxyType({}),
+    entry: tuple[str, ...] = (),
+) -> None:
+    """Write table ``obj`` at ``path``; ``entry``: it is an entry of an array of tables,
+    named so (``("pusher", "apps[1]")``) in ``keywords`` as in errors."""
     items = _items(obj)
+    named = ".".join(entry or path)
     plain = [(k, v) for k, v in items if not _is_table(v) and not _is_table_array(v)]
     dotted = ".".join(_toml_key(k) for k in path)
     # A section's header is written even when empty so the dump lists every section;
@@ -1334,13 +1468,16 @@ def _dump_table(obj: Any, path: tuple[str, ...], out: list[str], entry: bool = F
         out += ["", f"[[{dotted}]]"]
     elif path and (plain or is_dataclass(obj)):
         out += ["", f"[{dotted}]"]
-    out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain]
+    for key, value in plain:
+        given = keywords.get(f"{named}.{key}" if named else key)
+        line = _keyword_line(obj, key, value, given)
+        out.append(line or f"{_toml_key(key)} = {_toml_value(value)}")
     for key, value in items:
         if _is_table(value):
-            _dump_table(value, (*path, key), out)
+            _dump_table(value, (*path, key), out, keywords)
         elif _is_table_array(value):
-            for item in value:
-                _dump_table(item, (*path, key), out, entry=True)
+            for index, item in enumerate(value):
+                _dump_table(item, (*path, key), out, keywords, (*path, f"{key}[{index}]"))
 
 
 def _toml_key(key: str) -> str:

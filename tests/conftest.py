@@ -12,14 +12,35 @@ the test helpers outside pytest.
     def test_something(server: ServerProcess) -> None: ...
 
 A test that needs a server of its own writes ``with ServerProcess(tmp_path, ...).start() as proc:``.
+
+``@pytest.mark.needs("node", ...)``: the test runs only where those external tools are
+(``external.TOOLS``, and ``"netns"``); a missing one skips it, or fails it under CI
+(``external.require``), before any of its fixtures is set up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import external
 import pytest
 from serverproc import ServerProcess
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(*tools): external tools the test runs (tests/external.py): a missing one"
+        " skips the test, or fails it under CI=true",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Apply the missing-tool rule of every ``needs`` mark before the fixtures run."""
+    for mark in item.iter_markers("needs"):
+        for tool in mark.args:
+            external.require(tool)
 
 
 @pytest.fixture(scope="module")

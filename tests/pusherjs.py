@@ -1,8 +1,9 @@
 """Real Pusher clients and helpers for the Pusher tests: pusher-js in Node
 (``tests/js/pusher_client.js``), driven over its stdin and stdout, a channel-auth
 endpoint signing with the official ``pusher`` SDK, and the worker a socket id was issued
-by. Node and pusher-js are required: a missing one fails the test (``.ci/run`` installs
-them), it never skips it.
+by. Node is an external tool (``tests/external.py``: missing, the test is skipped with the
+reason, or fails under CI); pusher-js and Laravel Echo are installed into ``tests/js/node_modules``
+from its lock file on first use (:func:`js_packages`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import threading
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pusher
+from external import require, unavailable
+from nodepackages import NpmUnavailable, install
 from serverproc import ServerProcess, timeout
 
 from shardws.pure.cluster import slot_of
@@ -33,13 +35,20 @@ JS = Path(__file__).parent / "js"
 SCRIPT = JS / "pusher_client.js"
 
 
+def js_packages() -> Path:
+    """``tests/js/node_modules`` (pusher-js, Laravel Echo), installed from the lock file the
+    first time; when it cannot be, the missing-tool rule (skipped, or failed under CI)."""
+    try:
+        return install(JS, timeout(90))  # within pytest's 120 s for the test
+    except NpmUnavailable as exc:
+        unavailable(f"pusher-js and laravel-echo (tests/js): {exc}")
+
+
 def node() -> str:
-    """The node executable; fails (never skips) when it or pusher-js is missing."""
-    path = shutil.which("node")
-    assert path is not None, "node is not installed: the Pusher tests need it (.ci/run)"
-    assert (JS / "node_modules" / "pusher-js").is_dir(), (
-        "pusher-js is not installed: run (cd tests/js && npm ci)"
-    )
+    """The node executable, with pusher-js installed for it; the missing-tool rule when
+    Node is missing or the packages cannot be installed."""
+    path = require("node")
+    js_packages()
     return path
 
 

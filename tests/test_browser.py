@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import urllib.request
 from collections.abc import Iterator
@@ -24,20 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from external import CHROMIUM_ARGS, require
+from playwright import sync_api
 from serverproc import ServerProcess
-from toolkit import CHROMIUM_ARGS, timeout, wait_until
+from toolkit import timeout, wait_until
 
 from shardws.pure.history import owner_of
-
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
-)
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(
-        "no Chromium: apt-get install chromium (.ci/run does) to run the browser test",
-        allow_module_level=True,
-    )
 
 CHAT = """
 [namespaces.default]
@@ -55,9 +46,10 @@ ARTIFACTS = Path(os.environ.get("SHARDWS_TEST_ARTIFACTS") or REPO / "test-artifa
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
+    chromium = require("chromium")
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            executable_path=chromium, args=CHROMIUM_ARGS, headless=True
         )
         try:
             yield launched

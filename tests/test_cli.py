@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import stat
 from pathlib import Path
 
@@ -32,6 +34,38 @@ def test_bad_config_names_file_and_key(tmp_path: Path) -> None:
         result = shardws(*args)
         assert result.returncode == 2
         assert str(path) in result.stderr and "port" in result.stderr
+
+
+def test_check_config_reports_every_error_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nport = "x"\nprot = 1\n[limits]\nconnections_per_worker = 0\n')
+    for args in (("check-config", str(path)), ("serve", "-c", str(path))):
+        result = shardws(*args)
+        assert result.returncode == 2 and result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert [re.findall(r"\[(\w+)\]", line)[0] for line in lines] == [
+            "server",
+            "server",
+            "limits",
+        ], result.stderr
+        assert all(line.startswith(f"shardws: config error: {path}: ") for line in lines)
+        assert "port: expected" in lines[0] and "did you mean 'port'" in lines[1]
+        assert "connections_per_worker: expected 'auto' or an integer >= 1" in lines[2]
+
+
+def test_check_config_keeps_auto_and_says_what_it_is_here(tmp_path: Path) -> None:
+    path = tmp_path / "auto.toml"
+    path.write_text('[server]\nworkers = "auto"\n[limits]\nconnections_per_worker = "auto"\n')
+    result = shardws("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    cpus = len(os.sched_getaffinity(0))
+    assert f'\nworkers = "auto"  # {cpus} on this host\n' in result.stdout
+    assert '\nconnections_per_worker = "auto"\n' in result.stdout
+    dumped = tmp_path / "dumped.toml"  # the dump is a config file that says the same
+    dumped.write_text(result.stdout)
+    again = shardws("check-config", str(dumped))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[1:] == result.stdout.splitlines()[1:]
 
 
 def test_unknown_key_suggests(tmp_path: Path) -> None:
@@ -139,6 +173,15 @@ def test_keygen_twice_names_the_file_and_force(
     assert "Errno" not in err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # untouched
     assert before["ingress.key"].strip().decode() == public
+
+
+def test_keygen_prints_the_key_and_says_where_the_pair_went(tmp_path: Path) -> None:
+    name = str(tmp_path / "bridge")
+    result = shardws("keygen", name)
+    assert result.returncode == 0, result.stderr
+    public = (tmp_path / "bridge.key").read_text().strip()
+    assert result.stdout == public + "\n"  # the key alone, for scripts
+    assert f"wrote {name}.key (public) and {name}.key_secret (secret" in result.stderr
 
 
 def test_keygen_force_replaces_the_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

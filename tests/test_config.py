@@ -16,6 +16,7 @@ import pytest
 from benchmarks.tlscert import self_signed
 from shardws import config as cfgmod
 from shardws.config import (
+    AUTO_CONNECTIONS,
     AdminConfig,
     Config,
     ConfigError,
@@ -38,7 +39,8 @@ def error(text: str, source: str = "shardws.toml") -> ConfigError:
     with pytest.raises(ConfigError) as info:
         parse_config(text, source)
     err = info.value
-    assert "\n" not in str(err)
+    # One line per error (a file may have several: err is the first, err.errors all).
+    assert len(str(err).splitlines()) == len(err.errors)
     assert str(err).startswith(f"{source}: ")
     return err
 
@@ -267,13 +269,69 @@ def test_dump_round_trips() -> None:
     ):
         text = dump_config(cfg)
         assert parse_config(text, cfg.source) == cfg
-        assert '"auto"' not in text  # the effective (resolved) worker count is shown
+
+
+def test_dump_says_both_the_keyword_and_what_it_is_on_this_host() -> None:
+    """``workers = "auto"`` (given, or the default) is written as the file says it, with
+    the resolved count in a comment; a number stays a number."""
+    cpus = len(os.sched_getaffinity(0))
+    for text in ('[server]\nworkers = "auto"\n', "", "[log]\n"):
+        dumped = dump_config(parse_config(text, "a.toml"))
+        assert f'\nworkers = "auto"  # {cpus} on this host\n' in dumped
+        again = parse_config(dumped, "a.toml")
+        assert again.server.workers == cpus and again.keywords["server.workers"] == "auto"
+    dumped = dump_config(parse_config("[server]\nworkers = 7\n", "n.toml"))
+    assert "\nworkers = 7\n" in dumped and '"auto"' not in dumped.split("[limits]")[0]
+
+
+def test_connections_per_worker_is_auto_by_default_or_a_number() -> None:
+    assert Config().limits.connections_per_worker == AUTO_CONNECTIONS
+    assert default_config().limits.connections_per_worker == AUTO_CONNECTIONS
+    auto = parse_config('[limits]\nconnections_per_worker = "auto"\n', "a.toml")
+    assert auto.limits.connections_per_worker == AUTO_CONNECTIONS
+    assert '\nconnections_per_worker = "auto"\n' in dump_config(auto)
+    assert '\nconnections_per_worker = "auto"\n' in dump_config(Config())
+    number = parse_config("[limits]\nconnections_per_worker = 500\n", "n.toml")
+    assert number.limits.connections_per_worker == 500
+    assert "\nconnections_per_worker = 500\n" in dump_config(number)
+    err = error("[limits]\nconnections_per_worker = 0\n")
+    assert err.detail == (
+        "[limits] connections_per_worker: expected 'auto' or an integer >= 1, got 0"
+    )
+
+
+def test_every_error_of_a_file_is_reported_at_once() -> None:
+    text = (
+        '[server]\nport = "x"\nprot = 1\nidle_timeout = 1\n'
+        '[limits]\nconnections_per_worker = "many"\n'
+        "[namespaces.a]\nhistory_size = -1\n[namespaces.b]\nhistory_size = -2\n"
+        "[nope]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "many.toml")
+    err = info.value
+    assert [e.key for e in err.errors] == [
+        "server.port",
+        "server.prot",
+        "limits.connections_per_worker",
+        "namespaces.a.history_size",
+        "namespaces.b.history_size",
+        "nope",
+    ]
+    assert (err.key, err.detail) == (err.errors[0].key, err.errors[0].detail)
+    lines = str(err).splitlines()
+    assert lines == [f"many.toml: {e.detail}" for e in err.errors]
+    assert "did you mean 'port'" in lines[1]
+    # [server] has a bad value: its cross-field rule (idle_timeout > ping_interval) is
+    # not judged on the default standing in for it; a section without one is.
+    assert not any("idle_timeout" in line for line in lines)
+    assert error("[server]\nidle_timeout = 1\n").key == "server.idle_timeout"
 
 
 def test_dump_lists_every_section_and_key() -> None:
     raw = tomllib.loads(dump_config(default_config()))
     assert _keys(raw) == _keys_of(Config)
-    assert raw["server"]["workers"] == len(os.sched_getaffinity(0))
+    assert raw["server"]["workers"] == "auto"
 
 
 # ------------------------------------------------------------------ example file

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import websockets
+from external import require
 from serverproc import ServerProcess, free_port, run_cli
 from toolkit import run, timeout, wait_until
 from wsclient import Client
@@ -30,8 +31,6 @@ from shardws.shm.scoreboard import Column
 from shardws.shm.tables import SharedTables
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-NGINX = "/usr/sbin/nginx"
-HAPROXY = "/usr/sbin/haproxy"
 # The server pings a client quiet for 1 s; the proxies' tunnel timeout is rendered as
 # 3 s: a quiet client survives through them only because shardws's pings cross them.
 PING_INTERVAL, TUNNEL_TIMEOUT = 1, 3
@@ -99,12 +98,12 @@ class Proxy:
                 )
                 + f"    include {directory}/shardws.conf;\n}}\n"
             )
-            command = [NGINX, "-p", f"{directory}/", "-c", f"{directory}/nginx.conf"]
+            command = [require("nginx"), "-p", f"{directory}/", "-c", f"{directory}/nginx.conf"]
             command += ["-e", f"{directory}/error.log", "-g", "daemon off;"]
         else:
             config = directory / "haproxy.cfg"
             config.write_text(render_haproxy(upstreams, server.admin_port, self.port))
-            command = [HAPROXY, "-db", "-f", str(config)]
+            command = [require("haproxy"), "-db", "-f", str(config)]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
@@ -151,17 +150,10 @@ SERVER = {
 }
 
 
-def installed(kind: str) -> Any:
-    binary = NGINX if kind == "nginx" else HAPROXY
-    return pytest.param(
-        kind,
-        marks=pytest.mark.skipif(
-            not os.path.exists(binary), reason=f"{kind} not installed (apt-get install {kind})"
-        ),
-    )
-
-
-@pytest.fixture(scope="module", params=[installed("nginx"), installed("haproxy")])
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(kind, marks=pytest.mark.needs(kind)) for kind in ("nginx", "haproxy")],
+)
 def proxy(
     request: pytest.FixtureRequest,
     server: ServerProcess,
@@ -273,10 +265,9 @@ def test_nginx_access_log_leaves_out_the_token(proxy: Proxy) -> None:
     assert "not-a-real-jwt" not in access_log.read_text()
 
 
-@pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy not installed")
 def test_shipped_haproxy_cfg_is_valid() -> None:
     result = subprocess.run(
-        [HAPROXY, "-c", "-f", str(DEPLOY / "haproxy.cfg")],
+        [require("haproxy"), "-c", "-f", str(DEPLOY / "haproxy.cfg")],
         capture_output=True,
         text=True,
         timeout=timeout(30),
@@ -284,13 +275,13 @@ def test_shipped_haproxy_cfg_is_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx not installed (apt-get install nginx)")
 def test_shipped_nginx_conf_is_valid(tmp_path: Path) -> None:
+    nginx = require("nginx")
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{\n    include {DEPLOY}/nginx.conf;\n}}\n"
     )
     result = subprocess.run(
-        [NGINX, "-t", "-p", f"{tmp_path}/", "-c", f"{tmp_path}/nginx.conf", "-e", "stderr"],
+        [nginx, "-t", "-p", f"{tmp_path}/", "-c", f"{tmp_path}/nginx.conf", "-e", "stderr"],
         capture_output=True,
         text=True,
         timeout=timeout(30),

@@ -4,7 +4,6 @@ enabling only where systemd runs, and the installed unit through ``systemd-analy
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -173,10 +172,7 @@ def analyze(unit: Path) -> list[str]:
     return problems
 
 
-@pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None,
-    reason="systemd-analyze not installed (apt-get install systemd)",
-)
+@pytest.mark.needs("systemd-analyze")
 def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # Verified as installed: ExecStart then names a program that exists (verify
     # refuses a unit whose program is missing, e.g. the shipped /usr/local/bin one).

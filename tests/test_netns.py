@@ -10,10 +10,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from netns import NETNS_DIR, Network, netns_unavailable
+from netns import NETNS_DIR, Network
 from toolkit import run, timeout, wait_until
 
-needs_netns = pytest.mark.skipif(bool(netns_unavailable()), reason=netns_unavailable() or "")
+needs_netns = pytest.mark.needs("netns")
 
 PORT = 8000
 

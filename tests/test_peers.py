@@ -2,7 +2,8 @@
 
 Each peer is started as a real subprocess on a kernel-picked loopback port and driven by
 ``websockets`` clients. Only ``node_ws`` may be skipped, and only when Node.js or npm is
-missing or ``npm ci`` fails; the Python peers always run.
+missing or ``npm ci`` fails (the missing-tool rule of ``tests/external.py``: under CI it
+fails instead); the Python peers always run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import websockets
+from external import unavailable
 from toolkit import run
 
 # benchmarks/ is not part of the installed package: pytest's pythonpath = ["."] finds it.
@@ -36,7 +38,7 @@ def peer(request: pytest.FixtureRequest) -> Iterator[PeerProcess]:
     except PeerUnavailable as exc:
         if name != "node_ws":
             raise
-        pytest.skip(f"node_ws peer unavailable: {exc}")
+        unavailable(f"node_ws peer unavailable: {exc}")
     yield proc
     code = stop_peer(proc)
     assert code == 0, f"{name} exited with {code} on SIGTERM"

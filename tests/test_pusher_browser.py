@@ -7,14 +7,13 @@ presence channels, a client event from one page to the other (not back to its se
 then the worker of one page is killed and that page reconnects, resubscribes and gets
 events again. Laravel Echo 2's browser build runs over it the same way
 (``test_laravel_echo_in_chromium``).
-Chromium, Playwright, node's pusher-js and laravel-echo are required: missing, the tests
-fail (``.ci/run`` installs them), they never skip.
+Chromium is an external tool (``tests/external.py``: missing, the tests skip with the
+reason, or fail under CI); pusher-js and laravel-echo are installed into ``tests/js`` from
+its lock file on first use (``pusherjs.js_packages``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +21,11 @@ from typing import Any
 
 import pusher
 import pytest
+from external import CHROMIUM_ARGS, require
 from playwright import sync_api
-from pusherjs import JS, AuthEndpoint, kill_worker, worker_of
+from pusherjs import AuthEndpoint, js_packages, kill_worker, worker_of
 from serverproc import ServerProcess
-from toolkit import CHROMIUM_ARGS, wait_until
+from toolkit import wait_until
 
 SECRET = "browser-app-secret-0123456789"
 APP = f"""
@@ -35,7 +35,6 @@ key = "browser-key"
 secret = "{SECRET}"
 client_events = true
 """
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>pusher-js on shardws</title>
 <script src="/pusher.min.js"></script></head>
@@ -74,10 +73,10 @@ window.subscribe = (name) => {
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    assert os.access(CHROMIUM, os.X_OK), "no Chromium: apt-get install chromium (.ci/run)"
+    chromium = require("chromium")
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            executable_path=chromium, args=CHROMIUM_ARGS, headless=True
         )
         try:
             yield launched
@@ -124,7 +123,7 @@ def _socket_ids(page: Any) -> list[str]:
 
 
 def test_pusher_js_in_chromium(tmp_path: Path, browser: Any) -> None:
-    script = (JS / "node_modules" / "pusher-js" / "dist" / "web" / "pusher.min.js").read_bytes()
+    script = (js_packages() / "pusher-js" / "dist" / "web" / "pusher.min.js").read_bytes()
     files = {"/": ("text/html", PAGE), "/pusher.min.js": ("text/javascript", script)}
     with _served(tmp_path, files) as (proc, sdk, site):
         alice, bob = _pages_on_two_workers(browser, site.origin, proc.ws_port, ("alice", "bob"))
@@ -203,7 +202,7 @@ def test_laravel_echo_in_chromium(tmp_path: Path, browser: Any) -> None:
     pages on two workers: ``Echo.channel().listen`` with Laravel's event namespace,
     ``Echo.private().listen`` authorized by a real auth endpoint, ``whisper`` /
     ``listenForWhisper``, and ``Echo.join()``'s ``here``, ``joining`` and ``leaving``."""
-    dist = JS / "node_modules"
+    dist = js_packages()
     files = {
         "/": ("text/html", ECHO_PAGE),
         "/pusher.min.js": (

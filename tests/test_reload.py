@@ -149,6 +149,19 @@ def test_a_reload_says_the_bus_forwarder_keeps_its_high_water_mark(tmp_path: Pat
         )
 
 
+def test_a_reload_refused_for_a_bad_file_logs_every_error_on_one_line(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, workers=1).start() as proc:
+        proc.wait_log(r"process\(es\) ready")
+        text = proc.config_path.read_text()
+        proc.config_path.write_text(text + '\n[limits]\ncommand_burst = "x"\nprot = 1\n')
+        proc.signal(signal.SIGHUP)
+        proc.wait_log("reload refused")
+        (line,) = [line for line in proc.logs().splitlines() if "reload refused" in line]
+        assert "[limits] command_burst: expected an integer >= 1, got 'x'" in line
+        assert "; " in line and "unknown key [limits] prot" in line
+        assert proc.wait_healthy()["status"] == "ok"  # still serving, on the old config
+
+
 def test_reload_whose_workers_cannot_boot_rolls_back(tmp_path: Path) -> None:
     """The new config validates, but its TLS key is broken before the new workers start
     (an operator's deploy replaced the file): the roll is reversed, the service keeps

@@ -9,6 +9,7 @@ import resource
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -326,20 +327,27 @@ def test_origin_allowlist_and_full_worker(tmp_path: Path) -> None:
         run(main())
 
 
+def open_files_limit(nofile: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the server gets an open-files limit of ``nofile``, soft and hard,
+    so the supervisor cannot raise it."""
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    return lower
+
+
 def test_a_worker_short_of_open_files_refuses_with_503_instead_of_resetting(
     tmp_path: Path,
 ) -> None:
     """The workers get an open-files limit of 300 (soft and hard, so the supervisor
-    cannot raise it), far below connections_per_worker (20000): the log says so once
-    with both numbers, and the connection past the effective limit gets the documented
-    503 (never a reset, a timeout or EOF), while the open ones keep working."""
+    cannot raise it), far below the connections_per_worker = 20000 the file sets: the log
+    says so once with both numbers, and the connection past the effective limit gets the
+    documented 503 (never a reset, a timeout or EOF), while the open ones keep working."""
     nofile = 300
-
-    def low_open_files_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    proc = ServerProcess(tmp_path, workers=1, server="max_workers = 2")
-    proc.start(preexec_fn=low_open_files_limit)
+    limits = "[limits]\nconnections_per_worker = 20000\n"
+    proc = ServerProcess(tmp_path, workers=1, server="max_workers = 2", extra=limits)
+    proc.start(preexec_fn=open_files_limit(nofile))
     try:
         warnings = [line for line in proc.logs().splitlines() if "connections_per_worker" in line]
         assert len(warnings) == 1, proc.logs()
@@ -378,6 +386,37 @@ def test_a_worker_short_of_open_files_refuses_with_503_instead_of_resetting(
         run(main())
     finally:
         proc.stop()
+
+
+def test_the_default_follows_a_low_open_files_limit_without_a_warning(tmp_path: Path) -> None:
+    """With the default connections_per_worker ("auto") and an open-files limit of 300,
+    below the 20000 that used to be the default, the server logs no warning at all, and
+    a worker still takes what the limit leaves room for, then answers 503."""
+    nofile = 300
+    with ServerProcess(tmp_path, workers=1).start(preexec_fn=open_files_limit(nofile)) as proc:
+        proc.wait_log(r"worker 0 ready")
+        assert not [
+            line
+            for line in proc.logs().splitlines()
+            if " WARNING " in line or " ERROR " in line or "connections_per_worker" in line
+        ], proc.logs()
+
+        async def main() -> int:
+            clients: list[Client] = []
+            try:
+                for _ in range(nofile):  # the limit refuses one well before that
+                    try:
+                        clients.append(await Client.connect(proc.url))
+                    except websockets.InvalidStatus as exc:
+                        assert exc.response.status_code == 503
+                        return len(clients)
+                raise AssertionError(f"{len(clients)} connections and none refused")
+            finally:
+                for client in clients:
+                    await client.close()
+
+        held = run(main())
+        assert nofile // 2 < held < nofile
 
 
 # -- TLS ----------------------------------------------------------------------------------

@@ -1,23 +1,23 @@
 """shardws.js's subscription logic under Node (no browser, no server): the same cases as
-``test_client.py`` checks for the Python client. Skipped when ``node`` is missing."""
+``test_client.py`` checks for the Python client. Needs ``node`` (``tests/external.py``:
+skipped when it is missing, failed under CI)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from external import require
 from toolkit import timeout
 
 import shardws
 
-NODE = shutil.which("node")
 SCRIPT = Path(shardws.__file__).parent / "static" / "shardws.js"
 
-pytestmark = pytest.mark.skipif(NODE is None, reason="no node on this machine")
+pytestmark = pytest.mark.needs("node")
 
 #: A Subscription whose application keeps what it saw: ``seen`` ([epoch, offset] of each
 #: publication) and ``gaps`` ([epoch, offset, reason]); ``take`` feeds it a publication.
@@ -54,9 +54,8 @@ console.log(JSON.stringify({seen, gaps}));
 
 
 def _node(script: str) -> dict[str, Any]:
-    assert NODE is not None
     done = subprocess.run(
-        [NODE, "-e", PREAMBLE + script, str(SCRIPT)],
+        [require("node"), "-e", PREAMBLE + script, str(SCRIPT)],
         capture_output=True,
         text=True,
         timeout=timeout(30),

@@ -2,17 +2,17 @@
 load, history clients, backend publishers and slow consumers, while one fault of each
 kind is injected (a worker, the admin and the bridge SIGKILLed, a SIGHUP roll, a change of
 the worker count and back, a cut of the link between the hosts). About a minute of wall
-time. Needs root (``ip netns``); skipped with the reason elsewhere.
+time. Needs root (``ip netns``); skipped with the reason elsewhere,
+failed under CI (``tests/external.py``).
 """
 
 from __future__ import annotations
 
 import pytest
-from netns import netns_unavailable
 
 from benchmarks.soak import KINDS, SoakSpec, run_soak, summary
 
-pytestmark = pytest.mark.skipif(bool(netns_unavailable()), reason=netns_unavailable() or "")
+pytestmark = pytest.mark.needs("netns")
 
 
 def test_one_fault_of_each_kind_and_every_loss_explained() -> None:

@@ -79,17 +79,3 @@ async def wait_until_async(
     while (value := poll()) is None:
         await asyncio.sleep(interval)
     return value
-
-
-# Chromium for the browser tests: as root in a container it needs --no-sandbox; the rest
-# keeps it off the network (the machine has none) and quick to start. Playwright adds
-# --headless and a fresh temporary profile (--user-data-dir) itself.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]

@@ -6,26 +6,30 @@
     ...                                      # proc.url == "ws://127.0.0.1:9002/ws"
     stop_peer(proc)                          # SIGTERM, then SIGKILL after a timeout
 
-``node_ws`` needs ``node`` and ``npm``; the first start runs ``npm ci`` in this
-directory (``npm install`` if there is no lock file) and raises ``PeerUnavailable`` when
-Node is missing or the install fails, so callers can skip it. The Python peers run on
-the current interpreter (``sys.executable``).
+``node_ws`` needs ``node`` and ``npm``; the first start installs ``ws`` into this
+directory from its lock file (``tests/nodepackages.py``: ``npm ci``, once, serialized
+across processes) and raises ``PeerUnavailable`` when Node is missing or the install
+fails, so callers can skip it. The Python peers run on the current interpreter
+(``sys.executable``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import selectors
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The npm installer the tests share (tests/ is not a package: the same path insert as
+# benchmarks/cluster.py's).
+sys.path.insert(0, str(HERE.parents[1] / "tests"))
+
+from nodepackages import NpmUnavailable, install  # noqa: E402
 
 #: Peer names, in the order reports list them.
 PEERS = ["raw_picows", "websockets", "aiohttp", "node_ws"]
@@ -51,29 +55,12 @@ class PeerProcess(subprocess.Popen[bytes]):
 
 def ensure_node_modules(timeout: float = 180) -> None:
     """Install the Node peer's dependencies into ``benchmarks/peers/node_modules`` once."""
-    if (HERE / "node_modules" / "ws" / "package.json").exists():
-        return
-    for tool in ("node", "npm"):
-        if shutil.which(tool) is None:
-            raise PeerUnavailable(f"node_ws needs {tool!r} on PATH")
-    command = ["npm", "ci" if (HERE / "package-lock.json").exists() else "install"]
-    command += ["--no-audit", "--no-fund", "--loglevel=error"]
-    # npm ci deletes node_modules first: serialize concurrent first starts (e.g. two test
-    # sessions) so one does not pull the tree from under the other.
-    lock_path = Path(tempfile.gettempdir()) / "shardws-peers-npm.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (HERE / "node_modules" / "ws" / "package.json").exists():
-            return
-        try:
-            result = subprocess.run(
-                command, cwd=HERE, capture_output=True, text=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise PeerUnavailable(f"{' '.join(command)} took over {timeout:g} s") from None
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip()[-2000:]
-            raise PeerUnavailable(f"{' '.join(command)} failed ({result.returncode}): {tail}")
+    if shutil.which("node") is None:
+        raise PeerUnavailable("node_ws needs 'node' on PATH")
+    try:
+        install(HERE, timeout)
+    except NpmUnavailable as exc:
+        raise PeerUnavailable(f"node_ws: {exc}") from None
 
 
 def peer_command(name: str, host: str, port: int) -> list[str]:

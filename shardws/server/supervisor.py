@@ -433,7 +433,9 @@ class Supervisor:
         try:
             new = load_config(None if self.config.source == "<default>" else self.config.source)
         except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+            # One log line: the file's errors joined (str(exc) has a line for each).
+            reasons = "; ".join(str(exc).splitlines())
+            log.error("reload refused, keeping the running configuration: %s", reasons)
             return
         changed = [name for name, get in _FIXED_OPTIONS if get(new) != get(self.config)]
         if changed:

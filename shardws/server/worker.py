@@ -25,6 +25,7 @@ import secrets
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,7 @@ from setproctitle import setproctitle
 from shardws import core
 from shardws.bus.forwarder import endpoints
 from shardws.bus.host import Bus
-from shardws.config import Config, NamespaceConfig
+from shardws.config import AUTO_CONNECTIONS, Config, NamespaceConfig
 from shardws.core import (
     TokenBucket,
     total_drops,
@@ -108,14 +109,16 @@ log = logging.getLogger("shardws.worker")
 def connection_limit(configured: int, open_files: int, in_use: int) -> int:
     """The connections a worker can hold: ``configured`` (``[limits]
     connections_per_worker``), or fewer if its open-files limit (RLIMIT_NOFILE's soft
-    limit, ``open_files``) runs out first. Reserved: the ``in_use`` descriptors it has
-    open when it starts accepting (its bus links among them: two to the forwarder,
-    however many workers a reload adds) and ``FD_MARGIN``. Past it the upgrade gets
-    503, instead of accept() failing with EMFILE and the client seeing a reset."""
+    limit, ``open_files``) runs out first; ``configured`` ``AUTO_CONNECTIONS`` ("auto")
+    leaves it to that limit alone (no limit at all when it is infinite). Reserved: the
+    ``in_use`` descriptors it has open when it starts accepting (its bus links among
+    them: two to the forwarder, however many workers a reload adds) and ``FD_MARGIN``.
+    Past it the upgrade gets 503, instead of accept() failing with EMFILE and the client
+    seeing a reset."""
     if open_files == resource.RLIM_INFINITY:
-        return configured
-    reserve = in_use + FD_MARGIN
-    return max(0, min(configured, open_files - reserve))
+        return configured if configured != AUTO_CONNECTIONS else sys.maxsize
+    allowed = max(0, open_files - in_use - FD_MARGIN)
+    return allowed if configured == AUTO_CONNECTIONS else min(configured, allowed)
 
 
 def open_fds() -> int:
@@ -158,8 +161,11 @@ class Worker:
         self._progress = ProgressWatch(self.row, self._work_done, HEARTBEAT_INTERVAL)
         self.latency = LatencyHistogram()
         self.connections: set[Connection] = set()
-        # connections_per_worker, or less if the open-files limit is lower (set at boot).
-        self.max_connections = config.limits.connections_per_worker
+        # connections_per_worker, or less if the open-files limit is lower (set at boot,
+        # by _limit_connections; until then as if the limit were infinite).
+        self.max_connections = connection_limit(
+            config.limits.connections_per_worker, resource.RLIM_INFINITY, 0
+        )
         self._fds_before_serving: int | None = None  # descriptors open before accepting
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
@@ -255,7 +261,9 @@ class Worker:
         configured = self.config.limits.connections_per_worker
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_connections = connection_limit(configured, soft, open_fds())
-        if self.max_connections < configured and self.slot == 0:
+        # Only a number the operator wrote is worth a warning: "auto" (the default)
+        # means "what the limit allows", which is what the worker took.
+        if configured != AUTO_CONNECTIONS and self.max_connections < configured and self.slot == 0:
             log.warning(
                 "[limits] connections_per_worker = %d is more than the open-files limit"
                 " allows: each worker takes at most %d connections (RLIMIT_NOFILE %d, less"
