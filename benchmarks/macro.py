@@ -85,6 +85,7 @@ def serve(
     stop_timeout: float = 30,
     log_path: Path | None = None,
     env: dict[str, str] | None = None,
+    cwd: str | None = None,
 ) -> Iterator[Server]:
     """Start ``name`` (``shardws`` or a peer) and stop it afterwards. For shardws,
     ``extra`` is TOML appended to its config, ``admin`` and ``server`` TOML added to its
@@ -93,7 +94,8 @@ def serve(
     ``stop_timeout`` s to drain and exit once told to stop, and writes its log to
     ``log_path`` (default: this process's stdout and stderr). ``server`` may set
     ``ping_interval`` and ``idle_timeout`` (otherwise: no pings during a run); ``env``
-    is added to the server's environment (``PYTHONPATH``: run another checkout)."""
+    is added to the server's environment and ``cwd`` is its directory (another
+    checkout's, with ``PYTHONPATH`` pointing there: ``python -m`` looks in ``cwd`` first)."""
     if name != "shardws":
         proc = start_peer(name, _free_port())
         try:
@@ -119,6 +121,7 @@ def serve(
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,
             env=None if env is None else {**os.environ, **env},
+            cwd=cwd,
         )
         admin_url = f"http://127.0.0.1:{admin_port}"
         try:
