@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     check_memory(n, args.min_free_gib)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     log_path = Path(tempfile.gettempdir()) / f"overload-server-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    env = {"PYTHONPATH": os.path.abspath(args.server_src)} if args.server_src else None
+    source = os.path.abspath(args.server_src) if args.server_src else None
+    env = {"PYTHONPATH": source} if source else None
     with (
         port_range(n, args.source_ips) as setup,
         serve(
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_timeout=60,
             log_path=log_path,
             env=env,
+            cwd=source,
         ) as server,
     ):
         watchdog = MemoryWatchdog(args.min_free_gib, server.pid)
