@@ -36,6 +36,7 @@ from shardws.client import (
     ServerError,
     Subscription,
     connect,
+    retry_after,
     should_reconnect,
     token_expiry,
 )
@@ -105,6 +106,28 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
         Backoff(initial=0.0)
     with pytest.raises(ValueError):
         Backoff(initial=2.0, cap=1.0)
+
+
+class _Response:
+    """What picows hands a client with a refused upgrade: a status and headers."""
+
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.status = status
+        self.headers = headers
+
+
+def test_a_503_retry_after_is_waited_out_with_jitter_up_to_as_long_again() -> None:
+    refused = _Response(503, {"Retry-After": "5"})
+    assert retry_after(refused, rand=lambda: 0.0) == 5.0
+    assert retry_after(refused, rand=lambda: 0.999) == pytest.approx(9.995)
+    assert retry_after(_Response(503, {"Retry-After": "86400"}), rand=lambda: 0.0) == 300.0
+    # No usable hint: the backoff applies.
+    assert retry_after(None) is None
+    assert retry_after(_Response(502, {"Retry-After": "5"})) is None
+    assert retry_after(_Response(503, {})) is None
+    assert retry_after(_Response(503, {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"})) is None
+    for bad in ("-1", "0", "nan", "inf"):
+        assert retry_after(_Response(503, {"Retry-After": bad})) is None, bad
 
 
 def test_a_numbering_that_comes_back_to_an_epoch_is_not_delivered_twice() -> None:
