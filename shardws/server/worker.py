@@ -479,10 +479,10 @@ class Worker:
         path = raw_path.decode("latin-1")
         echo = path == self.config.diagnostics.echo_path and path != ""
         pusher = self.config.pusher.apps and path.startswith(PUSHER_PATH)
-        if path == self.config.diagnostics.stall_path and path:
-            _stall(request.path)
-            return None
         if path != self.config.server.path and not echo and not pusher:
+            if path == self.config.diagnostics.stall_path and path:
+                _stall(request.path)
+                return None
             # /shardws.js and the demo, or None: picows answers 404.
             server = self.config.server
             return static_response(raw_path, server.demo, server.path)
