@@ -144,7 +144,7 @@ class Connection(WSListener):
         elif msg_type == WSMsgType.PING:
             transport.send_pong(frame.get_payload_as_bytes())  # RFC 6455 5.5.3
         else:  # a PONG: last_seen (above) is all it means, but it is work done
-            self.worker.pongs += 1  # (proof of progress: server.liveness)
+            self.worker.pongs += 1  # (proof of progress: server.progress)
 
     def _close_reply(self, frame: WSFrame) -> WSCloseCode:
         """The code that answers a client's Close: its own code echoed, 1000 for an empty

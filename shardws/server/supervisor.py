@@ -14,7 +14,7 @@ Guarantees:
 * A process that has shown no sign of life for ``heartbeat_timeout`` is killed and
   replaced: a stuck loop cannot hide. Signs of life are its heartbeat (stamped from its
   own event loop into shared memory) and, for a worker, its proof of progress (stamped
-  by a thread while its work counters move, ``liveness``): a worker whose loop runs late
+  by a thread while its work counters move, ``progress``): a worker whose loop runs late
   because it is busy (a saturated host) is never killed for it, only one that is stopped
   or does no work. If the supervisor's own loop stalled for over half of that (a paused
   VM, the whole service stopped), no heartbeat is judged for one more
@@ -62,7 +62,9 @@ from setproctitle import setproctitle
 
 from shardws.config import Config, ConfigError, load_config, run_dir_parent
 from shardws.log import setup_logging
+from shardws.pure.liveness import Verdict, verdict
 from shardws.server import steering, systemd
+from shardws.server.progress import cpu_seconds
 from shardws.server.ringfile import rings_path
 from shardws.shm.iplimits import IPTable
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
@@ -76,6 +78,15 @@ BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0  # seconds up after which a process's backoff resets
 STATUS_INTERVAL = 5.0
 LATE_LOG_INTERVAL = 30.0  # seconds between "late but working" lines about one process
+_WHY_ALIVE = {
+    Verdict.WORKING: "its work counters move",
+    Verdict.BUSY: "it uses CPU in one long call",
+}
+_WHY_STUCK = {
+    Verdict.SPINNING: "its loop runs code that does no work",
+    Verdict.STOPPED: "it used no CPU",
+    Verdict.BURNING: "it burned CPU without a sign of life for too long",
+}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -139,6 +150,8 @@ class Slot:
     backoff: float = BACKOFF_MIN
     config: Config | None = None  # what its process runs with
     replacing: bool = False  # being replaced or retired by a reload: its exit is expected
+    killed: bool = False  # SIGKILL sent for being stuck (a process in D state dies late)
+    cpu_mark: tuple[float, float] | None = None  # (when, its CPU seconds) once going stale
 
     @property
     def name(self) -> str:
@@ -625,31 +638,50 @@ class Supervisor:
         if now < self._checks_from:
             return
         for slot in self.slots:
-            if not slot.pid or now - slot.started < timeout:
+            if not slot.pid or slot.killed or now - slot.started < timeout:
                 continue
-            age = board.heartbeat_age(slot.index)
-            if age <= timeout:
-                continue
-            alive = board.liveness_age(slot.index)
-            if alive <= timeout:
-                # Late because busy, not stuck: killing it would drop its connections
-                # onto the others, already as late (a saturated host destroying itself).
-                if now - self._late_logged.get(slot.index, 0.0) >= LATE_LOG_INTERVAL:
-                    self._late_logged[slot.index] = now
-                    log.warning(
-                        "%s (pid %d) event loop is %.1fs late but still working (progress"
-                        " %.1fs ago): not killed; the host is short of CPU",
-                        slot.name, slot.pid, age, alive,
-                    )  # fmt: skip
-                continue
-            log.error(
-                "%s (pid %d) heartbeat is %.1fs old and it made no progress: killing it",
-                slot.name, slot.pid, age,
-            )  # fmt: skip
-            try:
-                os.kill(slot.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self._judge(slot, now, timeout)
+
+    def _judge(self, slot: Slot, now: float, timeout: float) -> None:
+        """Kill ``slot``'s process if it is stuck (``pure.liveness``); say so, at most
+        every LATE_LOG_INTERVAL, if it is late but working."""
+        board = self._board
+        assert board is not None
+        index = slot.index
+        age = board.heartbeat_age(index)
+        if board.liveness_age(index) <= timeout / 2:
+            slot.cpu_mark = None
+            return
+        # Its stamps are going stale: measure the CPU it uses from here on, over at
+        # least half a timeout by the time it is judged, a window that then rolls.
+        cpu = cpu_seconds(slot.pid)
+        if slot.cpu_mark is None or now - slot.cpu_mark[0] > timeout:
+            slot.cpu_mark = (now, cpu or 0.0)
+        since, before = slot.cpu_mark
+        used = None if cpu is None or now - since < timeout / 2 else cpu - before
+        found = verdict(age, board.progress_age(index), board.look_age(index), used, timeout)
+        if found is Verdict.ALIVE:
+            return
+        if not found.stuck:
+            # Late because busy, not stuck: killing it would drop its connections
+            # onto the others, already as late (a saturated host destroying itself).
+            if now - self._late_logged.get(index, 0.0) >= LATE_LOG_INTERVAL:
+                self._late_logged[index] = now
+                log.warning(
+                    "%s (pid %d) event loop is %.1fs late but still working (%s): not"
+                    " killed; the host is short of CPU",
+                    slot.name, slot.pid, age, _WHY_ALIVE[found],
+                )  # fmt: skip
+            return
+        log.error(
+            "%s (pid %d) heartbeat is %.1fs old and it made no progress (%s): killing it",
+            slot.name, slot.pid, age, _WHY_STUCK[found],
+        )  # fmt: skip
+        slot.killed = True
+        try:
+            os.kill(slot.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -685,6 +717,8 @@ class Supervisor:
         if pid:
             slot.pid = pid
             slot.started = time.monotonic()
+            slot.killed = False
+            slot.cpu_mark = None
             board.table[slot.index, Column.STARTED_NS] = time.monotonic_ns()
             log.info("started %s (pid %d)", slot.name, pid)
             return

@@ -3,7 +3,7 @@
 All client state of a connection lives in exactly one worker. The worker creates its
 own event loop and zmq Context after fork (never the parent's), proves liveness by
 stamping a heartbeat into its scoreboard row from its event loop (and, while its loop
-runs late because it is busy, proof of progress from a thread: ``server.liveness``), and
+runs late because it is busy, proof of progress from a thread: ``server.progress``), and
 runs one periodic sweep for pings and idle timeouts instead of a task per connection.
 While its loop runs more than ``[limits] overload_loop_lag`` late it refuses new
 connections with 503 and ``Retry-After`` (``pure.overload``), to keep serving the ones
@@ -83,8 +83,8 @@ from shardws.pure.session import (
 from shardws.pure.sweep import RotatingSweep
 from shardws.server.connection import CLOSE_GRACE, Connection
 from shardws.server.delivery import Delivery, WireFormat
-from shardws.server.liveness import ProgressWatch
 from shardws.server.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
+from shardws.server.progress import ProgressWatch
 from shardws.server.pusher import PusherConnection, PusherFront
 from shardws.server.static import static_response
 from shardws.shm.scoreboard import HEARTBEAT_INTERVAL, Column, LatencyHistogram, ProcessState

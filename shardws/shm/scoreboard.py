@@ -18,7 +18,7 @@ Guarantees:
 * ``heartbeat_ns`` is ``time.monotonic_ns()``; CLOCK_MONOTONIC is system-wide on Linux,
   so the supervisor can compare it with its own clock. ``progress_ns`` is stamped on the
   same clock by a thread of the process while its work counters move
-  (``shardws.server.liveness``): a process is *alive* while either stamp is fresh, so a
+  (``shardws.server.progress``): a process is *alive* while either stamp is fresh, so a
   loop that runs late because it is busy is not taken for a stuck one.
 * When a process dies the supervisor calls ``reset_row``, so its counts never leak into
   totals computed from live rows; when a reload retires a slot, ``retire_row``.
@@ -70,7 +70,8 @@ class Column(enum.IntEnum):
     LOOP_LAG_US = 28  # how late its event loop's periodic tick ran, microseconds
     OVERLOADED = 29  # 1 while it refuses new connections because its loop runs late
     OVERLOAD_REFUSED = 30  # upgrades refused with 503 for that (also counted in REFUSED)
-    LATENCY_BUCKET_0 = 31  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
+    LOOK_NS = 31  # monotonic_ns when its progress thread last ran (moved or not)
+    LATENCY_BUCKET_0 = 32  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 
 
 #: Seconds between a worker's heartbeat stamps when its loop is on time.
@@ -143,6 +144,15 @@ class Scoreboard:
         """Seconds since ``slot``'s event loop last stamped its heartbeat (inf if never):
         how late its loop runs, busy or stuck."""
         return self._age(int(self.table[slot, Column.HEARTBEAT_NS]), now_ns)
+
+    def progress_age(self, slot: int, now_ns: int | None = None) -> float:
+        """Seconds since ``slot``'s work counters were last seen moving (inf if never)."""
+        return self._age(int(self.table[slot, Column.PROGRESS_NS]), now_ns)
+
+    def look_age(self, slot: int, now_ns: int | None = None) -> float:
+        """Seconds since ``slot``'s progress thread last ran (inf if never, or if the
+        process has none)."""
+        return self._age(int(self.table[slot, Column.LOOK_NS]), now_ns)
 
     def liveness_age(self, slot: int, now_ns: int | None = None) -> float:
         """Seconds since ``slot`` last showed it is alive (inf if never): its heartbeat,

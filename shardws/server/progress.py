@@ -1,5 +1,5 @@
-"""Proof of progress: tells a process whose event loop runs late because it is busy from
-one that is stuck, for the supervisor's liveness check.
+"""Proof of progress: what tells a process whose event loop runs late because it is busy
+from one that is stuck, for the supervisor's liveness check (``pure.liveness``).
 
 The event loop stamps ``HEARTBEAT_NS`` each time its periodic tick runs. Under overload
 one iteration of the loop can last longer than ``heartbeat_timeout`` (uvloop handles every
@@ -16,15 +16,20 @@ Guarantees:
   ``interval`` plus one GIL switch interval old, however late the loop's timers run.
 * A stopped process (SIGSTOP, a paused VM) stamps nothing: none of its threads run.
 * A loop stuck in Python code that does no counted work (a busy loop of its own) stamps
-  nothing, since the counters do not move; one stuck in C code holding the GIL stamps
-  nothing either, since the thread cannot run. Both are killed by the supervisor once
-  ``heartbeat_timeout`` passes, as before.
-* The thread only reads the counters (under the GIL, each read is atomic) and writes one
-  column of the process's own scoreboard row.
+  no progress, since the counters do not move, but the thread's look shows it runs: the
+  supervisor kills it once ``heartbeat_timeout`` passes. One call holding the GIL for
+  seconds stamps nothing at all, since the thread cannot run: the supervisor then goes
+  by the CPU the kernel counted for it (``pure.liveness``).
+* The thread only reads the counters (under the GIL, each read is atomic) and writes two
+  columns of the process's own scoreboard row: ``PROGRESS_NS``, and ``LOOK_NS`` each time
+  it runs at all, which tells a loop spinning in Python (the thread runs, nothing moves)
+  from one long C call holding the GIL (the thread cannot run; the supervisor then asks
+  the kernel whether the process uses CPU: ``cpu_seconds``, and ``pure.liveness``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -59,8 +64,29 @@ class ProgressWatch:
 
     def _run(self) -> None:
         last = self._signature()
+        row = self._row
         while not self._stop.wait(self._interval):
             now = self._signature()
+            stamp = time.monotonic_ns()
+            row[Column.LOOK_NS] = stamp  # this thread runs (the GIL is not held for long)
             if now != last:
                 last = now
-                self._row[Column.PROGRESS_NS] = time.monotonic_ns()
+                row[Column.PROGRESS_NS] = stamp
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the kernel counted for process ``pid``, all its threads,
+    or None if it is gone or ``/proc`` cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    try:
+        # After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (IndexError, ValueError):
+        return None
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
