@@ -48,14 +48,17 @@ from shardws.pure.backend import (
     parse_history_query,
     parse_ingress,
     parse_publish,
+    publish_answer,
+    unconfirmed_message,
 )
 from shardws.pure.busframe import inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
-from shardws.pure.history import owner_of
+from shardws.pure.history import Position, owner_of
 from shardws.pure.pusher import webhooks
 from shardws.pure.pusher.httpapi import max_body_bytes
 from shardws.server.metrics import prometheus_text, pusher_text
 from shardws.server.pusherapi import PusherApi
+from shardws.server.stored import RETRY_AFTER, StoredPublisher, request_idem
 from shardws.server.webhooks import WebhookSender
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 from shardws.shm.tables import SharedTables
@@ -193,6 +196,7 @@ class Backend:
         self._board = board
         self.members = Members(board, tables.view, config, board.admin_slot)
         self._requests = Requests(self.members.me, self._send_to_inbox)
+        self.stored = StoredPublisher(self._requests, self.members.owners, lambda: self.bus)
         # This host's workers tell their webhook events to this process (docs/pusher.md).
         self.webhooks = WebhookSender(config.pusher)
 
@@ -212,21 +216,45 @@ class Backend:
 
     def publish(self, publication: Publication) -> None:
         """Queue ``publication`` on the bus: it leaves at the end of this loop iteration
-        and reaches every subscribed worker at most once (bus guarantees)."""
+        and reaches every subscribed worker at most once (bus guarantees). The
+        fire-and-forget form (the ingress's PULL): history channels' owners are told
+        without waiting for their answer."""
         assert self.bus is not None
         sequenced = [c for c in publication.channels if self._has_history(c)]
         for topic, payload in publication.bus_messages(skip=sequenced):
             self.bus.publish(topic, payload)
         # Channels with history get their offsets from their owner worker, which then
-        # publishes them (a notification: the API does not wait for the offset).
+        # publishes them (a notification: nobody waits for the offset).
         owners = self.members.owners()
         for channel in sequenced:
-            request = control.HistoryPublishRequest(channel, publication.data)
+            request = control.HistoryPublishRequest(channel, publication.data, publication.idem)
             owner = owner_of(channel, owners)
             self.bus.publish(
                 inbox_topic(owner), control.encode_owner_request(request, 0, self.members.me)
             )
         self.publications += 1
+
+    async def publish_stored(
+        self, publication: Publication
+    ) -> tuple[dict[str, Position], list[str]]:
+        """Publish ``publication`` once every history channel among its targets has been
+        stored by its owner (``server.stored``). Returns (the positions of the stored
+        ones, the history channels not confirmed in time). When a channel is not
+        confirmed, nothing is published on the plain channels and the user topic, so a
+        retry with the same ``idem`` publishes everything exactly once in the history
+        channels and once elsewhere."""
+        assert self.bus is not None
+        sequenced = [c for c in publication.channels if self._has_history(c)]
+        positions: dict[str, Position] = {}
+        if sequenced:
+            idem = request_idem(publication.idem)
+            positions, missing = await self.stored.store(sequenced, publication.data, idem)
+            if missing:
+                return positions, missing
+        for topic, payload in publication.bus_messages(skip=sequenced):
+            self.bus.publish(topic, payload)
+        self.publications += 1
+        return positions, []
 
     def _has_history(self, channel: str) -> bool:
         options = self._config.namespaces.get(protocol.namespace_of(channel))
@@ -421,10 +449,15 @@ def make_app(
             publication = parse_publish(await request.read(), config)
         except BadRequest as exc:
             return _error(400, str(exc))
-        backend.publish(publication)
-        if publication.user is not None:
-            return web.json_response({"ok": True, "user": publication.user})
-        return web.json_response({"ok": True, "channels": len(publication.channels)})
+        positions, missing = await backend.publish_stored(publication)
+        if missing:
+            # Never a 200 for what may not be stored: the backend retries with its idem.
+            return web.json_response(
+                {"error": unconfirmed_message(missing, publication.idem), "channels": missing},
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER)},
+            )
+        return web.json_response(publish_answer(publication, positions))
 
     async def post_disconnect(request: web.Request) -> web.Response:
         assert backend is not None
@@ -526,7 +559,8 @@ async def _serve(
         lambda _topic, _payloads, _stamp: None,
         backend.members.relays,
         on_inbox=backend.on_inbox,
-        inbox_live=backend.members.inbox_live,
+        # A draining owner still answers until it closes its bus (``server.stored``).
+        inbox_live=backend.members.inbox_answering,
         hwm=config.server.bus_hwm,
     )
     bus.start()

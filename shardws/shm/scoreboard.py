@@ -135,12 +135,13 @@ class Scoreboard:
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
         return (now_ns - stamp) / 1e9
 
-    def is_ready(self, slot: int, stale_after: float) -> bool:
-        """True if ``slot`` is READY and its heartbeat is younger than ``stale_after``."""
+    def is_ready(self, slot: int, stale_after: float, draining: bool = False) -> bool:
+        """True if ``slot`` is READY (or, with ``draining``, DRAINING) and its heartbeat
+        is younger than ``stale_after``."""
+        state = int(self.table[slot, Column.STATE])
         return (
-            int(self.table[slot, Column.STATE]) == ProcessState.READY
-            and self.heartbeat_age(slot) < stale_after
-        )
+            state == ProcessState.READY or (draining and state == ProcessState.DRAINING)
+        ) and self.heartbeat_age(slot) < stale_after
 
     def close(self) -> None:
         """Drop this process's mapping."""
