@@ -670,6 +670,9 @@ def summary(report: dict[str, Any]) -> str:
         f"recoveries: {clients.get('recoveries')}, reconnects {clients.get('reconnects')}",
         f"backend publications missing without a gap: "
         f"{clients.get('backend_publications_missing_without_gap')}",
+        f"told stored, acknowledged by kind: {clients.get('publications_acknowledged_by_kind')}",
+        f"told stored and no subscriber got it: {clients.get('told_stored_no_subscriber_got')},"
+        f" of those without a gap: {clients.get('told_stored_no_subscriber_got_without_gap')}",
         f"slow consumers: {clients.get('slow_consumers')}",
         f"bench: {report.get('bench')}",
         "resources: " + ", ".join(_resource_line(host, report["resources"]) for host in HOSTS),
