@@ -12,8 +12,8 @@ cutting the link between the hosts leaves the clients' paths to both. While the 
   reconnect: each round starts with fresh ones);
 * ``benchmarks.soakclients``: recovering ``shardws.client`` subscribers on both hosts on
   three history channels (namespace ``hist``: history and presence), publishers over
-  WebSocket, the HTTP API and the ZeroMQ ingress of both hosts, and a slow consumer in the
-  ``drop`` and in the ``disconnect`` namespace of each host;
+  WebSocket, the HTTP API and the ZeroMQ ingress (PUSH and acknowledged) of both hosts,
+  and a slow consumer in the ``drop`` and in the ``disconnect`` namespace of each host;
 
 a chaos loop (``random.Random(seed)``; every fault logged with its start, end and target)
 SIGKILLs a random worker, the admin or the bridge of a random host, SIGHUP-rolls a host,
@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from clusterproc import (  # noqa: E402
+    ACKED_INGRESS_PORT,
     ADMIN_PORT,
     API_KEY,
     BRIDGE_PORT,
@@ -440,7 +441,15 @@ class Soak:
         scraper.start()
         loop = ClientLoop(self.net, "c")
         endpoints = [
-            Endpoint(name, self.net.address(name), WS_PORT, ADMIN_PORT, INGRESS_PORT, API_KEY)
+            Endpoint(
+                name,
+                self.net.address(name),
+                WS_PORT,
+                ADMIN_PORT,
+                INGRESS_PORT,
+                API_KEY,
+                ACKED_INGRESS_PORT,
+            )
             for name in HOSTS
         ]
         load = ClientLoad(endpoints, spec.rate, spec.seed, self.clock)

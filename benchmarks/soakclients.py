@@ -61,6 +61,7 @@ class Endpoint:
     admin_port: int
     ingress_port: int
     api_key: str
+    acked_ingress_port: int = 0  # [ingress] acked_bind's port; 0: none
 
     @property
     def ws_url(self) -> str:
@@ -150,6 +151,8 @@ class ClientLoad:
             self._spawn(self._publish_ws(host, publisher))
             self._spawn(self._publish_backend(host, "http"))
             self._spawn(self._publish_backend(host, "ingress"))
+            if host.acked_ingress_port:
+                self._spawn(self._publish_backend(host, "acked"))
             for policy in SLOW_CHANNELS:
                 self._spawn(self._slow_consumer(host, policy))
 
@@ -193,15 +196,21 @@ class ClientLoad:
                 self.publish_failures[f"ws: {type(exc).__name__}"] += 1
 
     async def _publish_backend(self, host: Endpoint, kind: str) -> None:
-        url = (
-            f"http://{host.address}:{host.admin_port}"
-            if kind == "http"
-            else f"tcp://{host.address}:{host.ingress_port}"
-        )
+        url = {
+            "http": f"http://{host.address}:{host.admin_port}",
+            "ingress": f"tcp://{host.address}:{host.ingress_port}",
+            "acked": f"tcp://{host.address}:{host.acked_ingress_port}",
+        }[kind]
         # Made in a thread of this loop's executor: inside the clients' namespace too.
-        # Over HTTP it retries a 503 (an owner being replaced) with its idem for a while.
+        # HTTP and the acknowledged ingress retry a 503 (an owner being replaced), a
+        # broken connection or no answer with their idem for a while.
         publisher = await asyncio.to_thread(
-            Publisher, url, api_key=host.api_key, timeout=5.0, retry_timeout=BACKEND_RETRY
+            Publisher,
+            url,
+            api_key=host.api_key,
+            timeout=5.0,
+            retry_timeout=BACKEND_RETRY,
+            acknowledged=kind == "acked",
         )
         n = 0
         try:

@@ -57,7 +57,7 @@ import os
 import time
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -136,22 +136,26 @@ class Publisher:
         linger: float = 1.0,
         timeout: float = 10.0,
         retry_timeout: float = 30.0,
+        acknowledged: bool = False,
     ) -> None:
         """``url``: ``tcp://HOST:PORT`` or ``ipc:///path`` (the server's ``[ingress]
-        bind``), or ``http(s)://HOST:PORT`` (the admin port; needs ``api_key``).
-        ``timeout``: seconds for one HTTP request; ``retry_timeout``: seconds an HTTP
-        publication is retried (503, broken connection) before ``PublisherError``.
-        Connecting over ZeroMQ happens in the background: a server that is not up yet
-        is not an error."""
+        bind``, or with ``acknowledged`` its ``acked_bind``), or ``http(s)://HOST:PORT``
+        (the admin port; needs ``api_key``). ``timeout``: seconds for one HTTP request
+        or one acknowledged ZeroMQ request's answer; ``retry_timeout``: seconds an
+        acknowledged publication is retried (503, broken connection, no answer) before
+        ``PublisherError``. Connecting over ZeroMQ happens in the background: a server
+        that is not up yet is not an error."""
         self.url = url
+        self.timeout = timeout
         self.retry_timeout = retry_timeout
-        self.retries = 0  # HTTP requests sent again (503 or a broken connection)
+        self.acknowledged = acknowledged
+        self.retries = 0  # requests sent again (503, a broken connection, no answer)
         self._sock: zmq.Socket[bytes] | None = None
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._http: http.client.HTTPConnection | None = None
         if url.startswith(("tcp://", "ipc://")):
             self._ctx = zmq.Context(io_threads=1)
-            sock = self._sock = self._ctx.socket(zmq.PUSH)
+            sock = self._sock = self._ctx.socket(zmq.DEALER if acknowledged else zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
             sock.setsockopt(zmq.LINGER, int(linger * 1000))
@@ -180,16 +184,18 @@ class Publisher:
             self._api_key = api_key
         else:
             raise ValueError(f"url must start with tcp://, ipc://, http:// or https://: {url!r}")
+        if acknowledged and self._sock is None:
+            self.close()
+            raise ValueError("acknowledged=True is the ZeroMQ form (HTTP is always acknowledged)")
 
     def publish(self, channel: str, data: Any, *, idem: str | None = None) -> dict[str, Any] | None:
         """Publish ``data`` to ``channel`` (see the module docstring for guarantees).
         Returns the server's reply over HTTP, None over ZeroMQ (unacknowledged).
         ``idem`` (1..64 characters): the idempotency key; over HTTP a fresh one is made
         when it is None."""
-        if self._sock is not None and idem is None:
+        if self._sock is not None and (idem is None or self.acknowledged):
             # The two-frame form: the server validates data without decoding it.
-            self._send([channel.encode(), _json_bytes(data)])
-            return None
+            return self._zmq([channel.encode(), _json_bytes(data)], idem)
         return self._deliver({"channel": channel}, data, idem)
 
     def publish_many(
@@ -207,10 +213,43 @@ class Publisher:
         self, target: dict[str, Any], data: Any, idem: str | None
     ) -> dict[str, Any] | None:
         if self._sock is not None:
-            self._send([_request(target if idem is None else {**target, "idem": idem}, data)])
-            return None
+            return self._zmq(
+                [_request(target if idem is None else {**target, "idem": idem}, data)], idem
+            )
         key = idem if idem is not None else uuid.uuid4().hex
-        return self._post_retrying(_request({**target, "idem": key}, data))
+        body = _request({**target, "idem": key}, data)
+        return self._retrying(lambda: self._post(body))
+
+    def _zmq(self, frames: list[bytes], idem: str | None) -> dict[str, Any] | None:
+        if not self.acknowledged:
+            self._send(frames)
+            return None
+        # The request id is the idempotency key (the server's parse_acked_ingress).
+        request_id = (idem if idem is not None else uuid.uuid4().hex).encode()
+        return self._retrying(lambda: self._ask([request_id, *frames]))
+
+    def _ask(self, frames: list[bytes]) -> dict[str, Any]:
+        """One acknowledged ZeroMQ request: its answer, skipping late answers to earlier
+        attempts and requests (their ids differ)."""
+        self._send(frames)
+        sock = self._sock
+        assert sock is not None
+        deadline = time.monotonic() + self.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                break
+            reply = sock.recv_multipart()
+            if len(reply) != 2 or reply[0] != frames[0]:
+                continue  # an answer to an earlier attempt, already settled
+            answer: dict[str, Any] = json.loads(reply[1])
+            status = answer.pop("status", 0)
+            if status == 200:
+                return answer
+            message = f"{status}: {answer.get('error')}"
+            if status == 503:
+                raise _Retryable(message, 503, answer.get("retry_after"))
+            raise PublisherError(message, int(status))
+        raise _Retryable(f"{self.url}: no answer within {self.timeout} s", 0, None)
 
     def _send(self, frames: list[bytes]) -> None:
         if self._sock is None:
@@ -222,15 +261,16 @@ class Publisher:
                 f"{self.url}: not connected, or its queue is full (send_timeout passed)"
             ) from None
 
-    def _post_retrying(self, body: bytes) -> dict[str, Any]:
-        """POST ``body`` (which carries its ``idem``) until the answer is final: a 503 or
-        a broken connection is sent again, after the server's ``Retry-After`` (at most
-        ``_MAX_PAUSE``) or a growing pause, until ``retry_timeout`` passed."""
+    def _retrying(self, attempt: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``attempt()`` (a request that carries its ``idem``) until the answer is final:
+        a 503, a broken connection or no answer is sent again, after the server's
+        ``Retry-After`` (at most ``_MAX_PAUSE``) or a growing pause, until
+        ``retry_timeout`` passed."""
         deadline = time.monotonic() + self.retry_timeout
         pause = _FIRST_PAUSE
         for _ in range(_MAX_ATTEMPTS):
             try:
-                return self._post(body)
+                return attempt()
             except _Retryable as exc:
                 wait = min(exc.retry_after or pause, _MAX_PAUSE)
                 if time.monotonic() + wait > deadline:

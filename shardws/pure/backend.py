@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shardws.config import Config
@@ -80,6 +80,18 @@ def publish_answer(publication: Publication, positions: Mapping[str, Position]) 
             (at,) = positions.values()
             answer.update(epoch=at.epoch, offset=at.offset)
     return answer
+
+
+def publish_result(
+    publication: Publication, positions: Mapping[str, Position], missing: list[str]
+) -> tuple[int, dict[str, Any]]:
+    """The status and body of the answer to a stored publication (the HTTP API's, and
+    the acknowledged ingress's): 200 with :func:`publish_answer`, or, when history
+    ``missing`` channels were not confirmed, 503 whose body names them (``Retry-After``:
+    ``retry_after`` seconds, which the caller adds)."""
+    if missing:
+        return 503, {"error": unconfirmed_message(missing, publication.idem), "channels": missing}
+    return 200, publish_answer(publication, positions)
 
 
 def unconfirmed_message(channels: list[str], idem: str | None) -> str:
@@ -221,6 +233,25 @@ def parse_ingress(frames: list[bytes], config: Config) -> Publication:
     except UnicodeDecodeError:
         raise BadRequest("channel frame is not an ASCII channel name") from None
     return Publication((check_channel(channel, config),), None, check_json(frames[1]))
+
+
+def parse_acked_ingress(frames: list[bytes], config: Config) -> Publication:
+    """One message of the acknowledged ingress: ``[request id, message frames...]`` (the
+    frames as :func:`parse_ingress` takes them). The request id (1..64 ASCII characters,
+    unique per publication, e.g. a UUID; the same on a retry) is the publication's
+    idempotency key, unless a JSON message carries its own ``idem``."""
+    if len(frames) < 2:
+        raise BadRequest("expected [request id, message frames...]")
+    try:
+        request_id = check_idem(frames[0].decode("ascii"))
+    except (UnicodeDecodeError, BadRequest):
+        raise BadRequest(
+            f"the request id must be 1 to {protocol.MAX_IDEM_LENGTH} ASCII characters"
+        ) from None
+    publication = parse_ingress(frames[1:], config)
+    if publication.idem is not None:
+        return publication
+    return replace(publication, idem=request_id)
 
 
 def parse_disconnect(body: bytes) -> tuple[str, control.Disconnect]:

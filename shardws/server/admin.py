@@ -32,7 +32,7 @@ from setproctitle import setproctitle
 
 from shardws.bus.forwarder import endpoints
 from shardws.bus.host import Bus
-from shardws.bus.ingress import Ingress
+from shardws.bus.ingress import AckedIngress, Ingress
 from shardws.bus.requests import Requests
 from shardws.config import Config
 from shardws.log import setup_logging
@@ -42,14 +42,14 @@ from shardws.pure.backend import (
     BadRequest,
     Publication,
     max_request_bytes,
+    parse_acked_ingress,
     parse_channel_query,
     parse_channels_query,
     parse_disconnect,
     parse_history_query,
     parse_ingress,
     parse_publish,
-    publish_answer,
-    unconfirmed_message,
+    publish_result,
 )
 from shardws.pure.busframe import inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
@@ -190,6 +190,7 @@ class Backend:
         board = tables.board
         self.bus: Bus | None = None
         self.ingress: Ingress | None = None
+        self.acked_ingress: AckedIngress | None = None
         self.publications = 0  # publish requests accepted (HTTP and ingress)
         self.disconnects = 0
         self._config = config
@@ -255,6 +256,19 @@ class Backend:
             self.bus.publish(topic, payload)
         self.publications += 1
         return positions, []
+
+    async def answer_frames(self, frames: list[bytes]) -> dict[str, Any]:
+        """The acknowledged ingress's handler: one request (``backend.parse_acked_ingress``)
+        published like ``POST /api/publish``, and its answer: the HTTP API's body with
+        its ``status`` (200, 400, or 503 with ``retry_after``)."""
+        try:
+            publication = parse_acked_ingress(frames, self._config)
+        except BadRequest as exc:
+            return {"status": 400, "error": str(exc)}
+        status, body = publish_result(publication, *await self.publish_stored(publication))
+        if status == 503:
+            body["retry_after"] = RETRY_AFTER
+        return {"status": status, **body}
 
     def _has_history(self, channel: str) -> bool:
         options = self._config.namespaces.get(protocol.namespace_of(channel))
@@ -379,14 +393,27 @@ class Backend:
 
     def stats(self) -> dict[str, Any]:
         """The admin's own counters (``"admin"`` in ``GET /api/stats``)."""
-        ingress = self.ingress
+        ingress, acked = self.ingress, self.acked_ingress
         return {
             "publications": self.publications,
             "disconnects": self.disconnects,
             "ingress": None
             if ingress is None
             else {"received": ingress.received, "rejected": ingress.rejected},
+            "acked_ingress": None
+            if acked is None
+            else {
+                "received": acked.received,
+                "rejected": acked.rejected,
+                "answered": acked.answered,
+            },
+            "stored": {"confirmed": self.stored.stored, "unconfirmed": self.stored.unconfirmed},
         }
+
+    def ingress_counts(self) -> tuple[int, int]:
+        """Messages read and refused by both ingress sockets."""
+        sockets = [s for s in (self.ingress, self.acked_ingress) if s is not None]
+        return sum(s.received for s in sockets), sum(s.rejected for s in sockets)
 
 
 def make_app(
@@ -449,15 +476,11 @@ def make_app(
             publication = parse_publish(await request.read(), config)
         except BadRequest as exc:
             return _error(400, str(exc))
-        positions, missing = await backend.publish_stored(publication)
-        if missing:
-            # Never a 200 for what may not be stored: the backend retries with its idem.
-            return web.json_response(
-                {"error": unconfirmed_message(missing, publication.idem), "channels": missing},
-                status=503,
-                headers={"Retry-After": str(RETRY_AFTER)},
-            )
-        return web.json_response(publish_answer(publication, positions))
+        # Never a 200 for what may not be stored: a 503, and the backend retries with its
+        # idem.
+        status, body = publish_result(publication, *await backend.publish_stored(publication))
+        headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
+        return web.json_response(body, status=status, headers=headers)
 
     async def post_disconnect(request: web.Request) -> web.Response:
         assert backend is not None
@@ -571,6 +594,11 @@ async def _serve(
     if config.ingress.bind:
         backend.ingress = Ingress(config.ingress, backend.publish_frames, max_request_bytes(config))
         backend.ingress.start()
+    if config.ingress.acked_bind:
+        backend.acked_ingress = AckedIngress(
+            config.ingress, backend.answer_frames, max_request_bytes(config)
+        )
+        backend.acked_ingress.start()
     runner = web.AppRunner(make_app(config, tables, stop, backend), access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
@@ -581,16 +609,15 @@ async def _serve(
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         # The admin's own row: what backends did (exported by /metrics).
         row[Column.PUBLISHES] = backend.publications
-        if backend.ingress is not None:
-            row[Column.MESSAGES_IN] = backend.ingress.received
-            row[Column.PROTOCOL_ERRORS] = backend.ingress.rejected
+        row[Column.MESSAGES_IN], row[Column.PROTOCOL_ERRORS] = backend.ingress_counts()
         try:
             await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
         except TimeoutError:
             pass
     row[Column.STATE] = ProcessState.DRAINING
-    if backend.ingress is not None:  # a reload's new admin binds the same endpoint
-        backend.ingress.close()
+    for ingress in (backend.ingress, backend.acked_ingress):
+        if ingress is not None:  # a reload's new admin binds the same endpoint
+            ingress.close()
     # Keep answering (/ready: 503) while the workers drain, so load balancers see the
     # drain; the supervisor zeroes each worker's row when it has exited.
     deadline = time.monotonic() + max(config.server.drain_timeout - 0.5, 0.1)
