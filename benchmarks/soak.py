@@ -272,12 +272,18 @@ class Soak:
         )
 
     def health(self, host: str) -> dict[str, Any] | None:
+        """/health's document while it answers 200 (ok), else None."""
+        status, document = self._health_any(host)
+        return document if status == 200 else None
+
+    def _health_any(self, host: str) -> tuple[int, dict[str, Any] | None]:
+        """/health's status and document, a 503 (degraded) one too; (0, None) if it
+        did not answer."""
         try:
             status, body = self._get(host, "/health")
-            document = dict(json.loads(body))
+            return status, dict(json.loads(body))
         except (OSError, ValueError):
-            return None
-        return document if status == 200 else None
+            return 0, None
 
     def healthy(self, host: str, not_pids: frozenset[int] | set[int] = frozenset()) -> bool:
         """All configured workers alive (none of ``not_pids``), the bridge alive."""
@@ -320,10 +326,13 @@ class Soak:
             self.peak_rss_mb[name] = round(max(self.peak_rss_mb[name], rss), 1)
             try:
                 status, text = self._get(name, "/metrics")
-                body = self.health(name)
             except (OSError, ValueError):
-                status, body = 0, None
-            if status != 200:
+                status = 0
+            # The pids of a degraded host too (a worker draining or booting: every roll
+            # and scale change): without them every worker's series would look new and
+            # its whole count would be added again, charged to that fault.
+            health_status, body = self._health_any(name)
+            if status != 200 or health_status == 0:
                 self.scrape_failures += 1
                 continue
             pids = {str(w["worker"]): w["pid"] for w in (body or {}).get("per_worker", [])}

@@ -1089,6 +1089,12 @@ class Config:
             yield "diagnostics.echo_path", f"must differ from [server] path ({echo!r})"
 
 
+def same_but_worker_count(running: Config, target: Config) -> bool:
+    """Whether ``target`` differs from ``running`` at most in ``[server] workers``."""
+    moved = dataclasses.replace(target.server, workers=running.server.workers)
+    return dataclasses.replace(target, server=moved, source=running.source) == running
+
+
 # --------------------------------------------------------------------------- loading
 
 
