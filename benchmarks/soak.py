@@ -83,7 +83,7 @@ T = TypeVar("T")
 
 RESULTS = ROOT / "benchmarks" / "results"
 HOSTS = ("a", "b")
-FORWARDER_TITLE = "shardws: bus forwarder"  # a reload keeps it
+WORKER_TITLE = "shardws: worker"  # the processes a reload replaces
 KINDS = ("kill_worker", "kill_admin", "kill_bridge", "roll", "scale", "partition")
 NOWHERE_MAC = "02:00:00:5e:00:99"  # a locally administered MAC that no interface has
 EXTRA = """
@@ -364,13 +364,13 @@ class Soak:
             os.kill(pid, signal.SIGKILL)
             self.wait(lambda: self.healthy(host, {pid}), 60, f"{host} healthy after {detail}")
         elif kind in ("roll", "scale"):
-            # A reload replaces every process but the supervisor and the bus forwarder,
-            # one at a time; it is over (and a next SIGHUP is heard) once none of the old
-            # ones is left.
+            # A reload replaces every worker one at a time (the admin and the bridge only
+            # when their configuration changes, which these faults never do); it is over
+            # (and a next SIGHUP is heard) once none of the old workers is left.
             old = {
                 pid
                 for pid, title in _processes(self.hosts[host]).items()
-                if pid != supervisor.pid and not title.startswith(FORWARDER_TITLE)
+                if title.startswith(WORKER_TITLE)
             }
             if kind == "scale":
                 count = 3 if self.workers[host] == 2 else 2

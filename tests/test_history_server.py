@@ -22,7 +22,7 @@ from typing import Any
 
 import websockets
 from serverproc import ServerProcess, http_json
-from toolkit import run, timeout
+from toolkit import run, timeout, wait_until
 from wsclient import Client, clients_on_workers
 
 from shardws.pure.history import owner_of
@@ -629,3 +629,39 @@ def test_sighup_roll_under_an_http_publish_stream_every_200_is_in_the_history(
             print(f"{count} HTTP publications, {retries[0]} sent again during the roll")
 
         run(main(), 120)
+
+
+def test_sighup_roll_under_an_ingress_push_stream_loses_nothing(tmp_path: Path) -> None:
+    """The ingress's PUSH form has no answer, but a roll costs it nothing: the admin keeps
+    running (its configuration is unchanged) and holds the requests for an owner that is
+    being replaced until the owner's next process is READY with the saved ring. Every
+    publication is in the history once, in order, in the same epoch."""
+    from serverproc import free_port
+
+    from shardws import Publisher
+
+    bind = f"tcp://127.0.0.1:{free_port()}"
+    with ServerProcess(
+        tmp_path,
+        workers=2,
+        extra=NAMESPACE + f'[ingress]\nbind = "{bind}"\n',
+        admin=f'api_key = "{API_KEY}"',
+    ).start() as proc:
+        proc.wait_log(r"process\(es\) ready")
+        first = _post_publish(proc, {"channel": CHANNEL, "data": -1})[1]
+        sent = 0
+        with Publisher(bind) as publisher:
+            proc.signal(signal.SIGHUP)
+            deadline = time.monotonic() + timeout(60)
+            while "reload complete" not in proc.logs() and time.monotonic() < deadline:
+                publisher.publish(CHANNEL, sent)
+                sent += 1
+                time.sleep(0.005)
+            for _ in range(20):
+                publisher.publish(CHANNEL, sent)
+                sent += 1
+        wait_until(lambda: _history(proc, CHANNEL)["offset"] >= sent + 1, 15, 0.1, "not stored")
+        history = _history(proc, CHANNEL)
+        assert [p["data"] for p in history["publications"]] == [-1, *range(sent)]
+        assert history["epoch"] == first["epoch"]
+        assert "keeping the admin running" in proc.logs()

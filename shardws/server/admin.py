@@ -57,6 +57,7 @@ from shardws.pure.history import Position, owner_of
 from shardws.pure.pusher import webhooks
 from shardws.pure.pusher.httpapi import max_body_bytes
 from shardws.server.metrics import prometheus_text, pusher_text
+from shardws.server.notices import HeldNotices
 from shardws.server.pusherapi import PusherApi
 from shardws.server.stored import RETRY_AFTER, StoredPublisher, request_idem
 from shardws.server.webhooks import WebhookSender
@@ -198,6 +199,9 @@ class Backend:
         self.members = Members(board, tables.view, config, board.admin_slot)
         self._requests = Requests(self.members.me, self._send_to_inbox)
         self.stored = StoredPublisher(self._requests, self.members.owners, lambda: self.bus)
+        self.notices = HeldNotices(
+            self.members.owners, self.members.inbox_live, self._send_to_inbox
+        )
         # This host's workers tell their webhook events to this process (docs/pusher.md).
         self.webhooks = WebhookSender(config.pusher)
 
@@ -225,14 +229,11 @@ class Backend:
         for topic, payload in publication.bus_messages(skip=sequenced):
             self.bus.publish(topic, payload)
         # Channels with history get their offsets from their owner worker, which then
-        # publishes them (a notification: nobody waits for the offset).
-        owners = self.members.owners()
+        # publishes them (a notification: nobody waits for the offset), held while the
+        # owner is being replaced.
         for channel in sequenced:
             request = control.HistoryPublishRequest(channel, publication.data, publication.idem)
-            owner = owner_of(channel, owners)
-            self.bus.publish(
-                inbox_topic(owner), control.encode_owner_request(request, 0, self.members.me)
-            )
+            self.notices.send(channel, control.encode_owner_request(request, 0, self.members.me))
         self.publications += 1
 
     async def publish_stored(
@@ -408,6 +409,7 @@ class Backend:
                 "answered": acked.answered,
             },
             "stored": {"confirmed": self.stored.stored, "unconfirmed": self.stored.unconfirmed},
+            "held_for_owner": self.notices.held,
         }
 
     def ingress_counts(self) -> tuple[int, int]:
@@ -630,6 +632,7 @@ async def _serve(
         await asyncio.sleep(0.05)
     await runner.cleanup()
     await backend.webhooks.close()
+    backend.notices.close()
     bus.close()
 
 
