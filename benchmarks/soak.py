@@ -77,7 +77,10 @@ from benchmarks.soakledger import (  # noqa: E402
     CounterLedger,
     Fault,
     attribute,
+    bus_losses_by_origin,
 )
+from shardws.config import default_config  # noqa: E402
+from shardws.pure.cluster import host_number, host_of, slot_of  # noqa: E402
 
 T = TypeVar("T")
 
@@ -237,6 +240,7 @@ class Soak:
         self.spec = spec
         self.random = random.Random(spec.seed)
         self.t0 = time.monotonic()
+        self.t0_wall = time.time()  # the same instant, for the hosts' log lines
         peers = [f"{net.address(name)}:{BRIDGE_PORT}" for name in HOSTS]
         self.hosts = {
             name: Host(net, name, directory / name, peers, None, extra=EXTRA) for name in HOSTS
@@ -494,6 +498,9 @@ class Soak:
         for host in self.hosts.values():
             host.stop()
         report["host_logs"] = {name: host.logs() for name, host in self.hosts.items()}
+        report["bus_lost_by_origin"] = bus_losses_by_origin(
+            report["host_logs"], self.t0_wall, self.explain, _member_name
+        )
         report["failures"] = failures
         report["log"] = self.log
         return report
@@ -691,12 +698,22 @@ def summary(report: dict[str, Any]) -> str:
         f"told stored, acknowledged by kind: {clients.get('publications_acknowledged_by_kind')}",
         f"told stored and no subscriber got it: {clients.get('told_stored_no_subscriber_got')},"
         f" of those without a gap: {clients.get('told_stored_no_subscriber_got_without_gap')}",
+        f"bus losses by fault, receiver and origin: {report.get('bus_lost_by_origin')}",
         f"slow consumers: {clients.get('slow_consumers')}",
         f"bench: {report.get('bench')}",
         "resources: " + ", ".join(_resource_line(host, report["resources"]) for host in HOSTS),
         f"failures: {report['failures'] or 'none'}",
     ]
     return "\n".join(lines)
+
+
+def _member_name(member: int) -> str:
+    """``host/process`` of a bus member id (the hosts' ids are their names)."""
+    slot = slot_of(member)
+    host = next((h for h in HOSTS if host_number(h) == host_of(member)), "?")
+    capacity = default_config().server.max_workers  # the hosts' configs keep the default
+    names = {capacity: "admin", capacity + 1: "bridge"}
+    return f"{host}/{names.get(slot, f'worker {slot}')}"
 
 
 def _resource_line(host: str, resources: dict[str, Any]) -> str:
