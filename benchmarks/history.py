@@ -20,14 +20,13 @@ import argparse
 import asyncio
 import json
 import secrets
-import statistics
 import sys
 import time
 from typing import Any
 
 import websockets
 
-from benchmarks.macro import RESULTS, serve
+from benchmarks.macro import ratio_table, save_medians, serve
 from shardws.pure.history import owner_of
 
 NAMESPACES = """
@@ -108,22 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             for mode, channel in MODES.items():
                 one = _round(server.url, channel, args.messages, args.window, args.subscribers)
                 results[mode].append(asyncio.run(asyncio.wait_for(one, 300)))
-    summary = {
-        mode: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        for mode, runs in results.items()
-    }
-    print("| mode | acked publishes/s | vs plain | delivered/s | vs plain |")
-    print("|---|---|---|---|---|")
-    base = summary["plain"]
-    for mode, row in summary.items():
-        acked, delivered = row["acked_per_s"], row["delivered_per_s"]
-        print(
-            f"| {mode} | {acked:,.0f} | {acked / base['acked_per_s']:.2f}x"
-            f" | {delivered:,.0f} | {delivered / base['delivered_per_s']:.2f}x |"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / time.strftime("history-%Y%m%d-%H%M%S.json")
-    path.write_text(json.dumps({"args": vars(args), "runs": results, "median": summary}, indent=1))
+    summary, path = save_medians("history", args, results)
+    columns = [
+        ("acked publishes/s", "acked_per_s", ",.0f"),
+        ("delivered/s", "delivered_per_s", ",.0f"),
+    ]
+    print(ratio_table(summary, "plain", columns))
     print(f"full results: {path}")
     return 0
 

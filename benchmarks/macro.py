@@ -41,6 +41,7 @@ import contextlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,37 @@ def serve(
                 proc.wait(10)
             if log is not None:
                 log.close()
+
+
+def save_medians(
+    prefix: str, args: Any, runs: dict[str, list[dict[str, float]]]
+) -> tuple[dict[str, dict[str, float]], Path]:
+    """The median of each figure per mode over its rounds, and the JSON file (under
+    ``RESULTS``, named ``prefix-<time>.json``) holding the arguments, rounds and medians."""
+    summary = {
+        mode: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        for mode, rounds in runs.items()
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / time.strftime(f"{prefix}-%Y%m%d-%H%M%S.json")
+    path.write_text(json.dumps({"args": vars(args), "runs": runs, "median": summary}, indent=1))
+    return summary, path
+
+
+def ratio_table(
+    summary: dict[str, dict[str, float]], base: str, columns: list[tuple[str, str, str]]
+) -> str:
+    """A markdown table of ``summary`` (figures per mode): for each column ``(label, key,
+    format)`` the figure and its ratio to the ``base`` mode's."""
+    head = "| mode | " + " | ".join(f"{label} | vs {base}" for label, _k, _f in columns) + " |"
+    lines = [head, "|---" * (1 + 2 * len(columns)) + "|"]
+    for mode, row in summary.items():
+        cells = [
+            f"{row[key]:{form}} | {row[key] / summary[base][key]:.2f}x"
+            for _label, key, form in columns
+        ]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _spec(server: Server, **fields: Any) -> LoadSpec:

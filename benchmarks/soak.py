@@ -12,8 +12,8 @@ cutting the link between the hosts leaves the clients' paths to both. While the 
   reconnect: each round starts with fresh ones);
 * ``benchmarks.soakclients``: recovering ``shardws.client`` subscribers on both hosts on
   three history channels (namespace ``hist``: history and presence), publishers over
-  WebSocket, the HTTP API and the ZeroMQ ingress of both hosts, and a slow consumer in the
-  ``drop`` and in the ``disconnect`` namespace of each host;
+  WebSocket, the HTTP API and the ZeroMQ ingress (PUSH and acknowledged) of both hosts,
+  and a slow consumer in the ``drop`` and in the ``disconnect`` namespace of each host;
 
 a chaos loop (``random.Random(seed)``; every fault logged with its start, end and target)
 SIGKILLs a random worker, the admin or the bridge of a random host, SIGHUP-rolls a host,
@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from clusterproc import (  # noqa: E402
+    ACKED_INGRESS_PORT,
     ADMIN_PORT,
     API_KEY,
     BRIDGE_PORT,
@@ -76,13 +77,16 @@ from benchmarks.soakledger import (  # noqa: E402
     CounterLedger,
     Fault,
     attribute,
+    bus_losses_by_origin,
 )
+from shardws.config import default_config  # noqa: E402
+from shardws.pure.cluster import host_number, host_of, slot_of  # noqa: E402
 
 T = TypeVar("T")
 
 RESULTS = ROOT / "benchmarks" / "results"
 HOSTS = ("a", "b")
-FORWARDER_TITLE = "shardws: bus forwarder"  # a reload keeps it
+WORKER_TITLE = "shardws: worker"  # the processes a reload replaces
 KINDS = ("kill_worker", "kill_admin", "kill_bridge", "roll", "scale", "partition")
 NOWHERE_MAC = "02:00:00:5e:00:99"  # a locally administered MAC that no interface has
 EXTRA = """
@@ -236,6 +240,7 @@ class Soak:
         self.spec = spec
         self.random = random.Random(spec.seed)
         self.t0 = time.monotonic()
+        self.t0_wall = time.time()  # the same instant, for the hosts' log lines
         peers = [f"{net.address(name)}:{BRIDGE_PORT}" for name in HOSTS]
         self.hosts = {
             name: Host(net, name, directory / name, peers, None, extra=EXTRA) for name in HOSTS
@@ -271,12 +276,18 @@ class Soak:
         )
 
     def health(self, host: str) -> dict[str, Any] | None:
+        """/health's document while it answers 200 (ok), else None."""
+        status, document = self._health_any(host)
+        return document if status == 200 else None
+
+    def _health_any(self, host: str) -> tuple[int, dict[str, Any] | None]:
+        """/health's status and document, a 503 (degraded) one too; (0, None) if it
+        did not answer."""
         try:
             status, body = self._get(host, "/health")
-            document = dict(json.loads(body))
+            return status, dict(json.loads(body))
         except (OSError, ValueError):
-            return None
-        return document if status == 200 else None
+            return 0, None
 
     def healthy(self, host: str, not_pids: frozenset[int] | set[int] = frozenset()) -> bool:
         """All configured workers alive (none of ``not_pids``), the bridge alive."""
@@ -319,10 +330,13 @@ class Soak:
             self.peak_rss_mb[name] = round(max(self.peak_rss_mb[name], rss), 1)
             try:
                 status, text = self._get(name, "/metrics")
-                body = self.health(name)
             except (OSError, ValueError):
-                status, body = 0, None
-            if status != 200:
+                status = 0
+            # The pids of a degraded host too (a worker draining or booting: every roll
+            # and scale change): without them every worker's series would look new and
+            # its whole count would be added again, charged to that fault.
+            health_status, body = self._health_any(name)
+            if status != 200 or health_status == 0:
                 self.scrape_failures += 1
                 continue
             pids = {str(w["worker"]): w["pid"] for w in (body or {}).get("per_worker", [])}
@@ -354,13 +368,13 @@ class Soak:
             os.kill(pid, signal.SIGKILL)
             self.wait(lambda: self.healthy(host, {pid}), 60, f"{host} healthy after {detail}")
         elif kind in ("roll", "scale"):
-            # A reload replaces every process but the supervisor and the bus forwarder,
-            # one at a time; it is over (and a next SIGHUP is heard) once none of the old
-            # ones is left.
+            # A reload replaces every worker one at a time (the admin and the bridge only
+            # when their configuration changes, which these faults never do); it is over
+            # (and a next SIGHUP is heard) once none of the old workers is left.
             old = {
                 pid
                 for pid, title in _processes(self.hosts[host]).items()
-                if pid != supervisor.pid and not title.startswith(FORWARDER_TITLE)
+                if title.startswith(WORKER_TITLE)
             }
             if kind == "scale":
                 count = 3 if self.workers[host] == 2 else 2
@@ -440,7 +454,15 @@ class Soak:
         scraper.start()
         loop = ClientLoop(self.net, "c")
         endpoints = [
-            Endpoint(name, self.net.address(name), WS_PORT, ADMIN_PORT, INGRESS_PORT, API_KEY)
+            Endpoint(
+                name,
+                self.net.address(name),
+                WS_PORT,
+                ADMIN_PORT,
+                INGRESS_PORT,
+                API_KEY,
+                ACKED_INGRESS_PORT,
+            )
             for name in HOSTS
         ]
         load = ClientLoad(endpoints, spec.rate, spec.seed, self.clock)
@@ -476,6 +498,9 @@ class Soak:
         for host in self.hosts.values():
             host.stop()
         report["host_logs"] = {name: host.logs() for name, host in self.hosts.items()}
+        report["bus_lost_by_origin"] = bus_losses_by_origin(
+            report["host_logs"], self.t0_wall, self.explain, _member_name
+        )
         report["failures"] = failures
         report["log"] = self.log
         return report
@@ -670,12 +695,25 @@ def summary(report: dict[str, Any]) -> str:
         f"recoveries: {clients.get('recoveries')}, reconnects {clients.get('reconnects')}",
         f"backend publications missing without a gap: "
         f"{clients.get('backend_publications_missing_without_gap')}",
+        f"told stored, acknowledged by kind: {clients.get('publications_acknowledged_by_kind')}",
+        f"told stored and no subscriber got it: {clients.get('told_stored_no_subscriber_got')},"
+        f" of those without a gap: {clients.get('told_stored_no_subscriber_got_without_gap')}",
+        f"bus losses by fault, receiver and origin: {report.get('bus_lost_by_origin')}",
         f"slow consumers: {clients.get('slow_consumers')}",
         f"bench: {report.get('bench')}",
         "resources: " + ", ".join(_resource_line(host, report["resources"]) for host in HOSTS),
         f"failures: {report['failures'] or 'none'}",
     ]
     return "\n".join(lines)
+
+
+def _member_name(member: int) -> str:
+    """``host/process`` of a bus member id (the hosts' ids are their names)."""
+    slot = slot_of(member)
+    host = next((h for h in HOSTS if host_number(h) == host_of(member)), "?")
+    capacity = default_config().server.max_workers  # the hosts' configs keep the default
+    names = {capacity: "admin", capacity + 1: "bridge"}
+    return f"{host}/{names.get(slot, f'worker {slot}')}"
 
 
 def _resource_line(host: str, resources: dict[str, Any]) -> str:

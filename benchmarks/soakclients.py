@@ -10,10 +10,14 @@ publications in one order, numbered without a hole or a repeat within an epoch, 
 the client was told (``on_gap``: ``recovered: false`` with its reason, or a new epoch on
 the live stream); every publication a publisher got a reply for (epoch, offset) held with
 the same data, unless it lies in a range a gap reported lost; no data twice within an
-epoch. Publications without a reply (HTTP API and ingress: the admin hands them to the
-channel's owner and answers before the owner stored them) are matched by their data: one
+epoch. An HTTP API publication's 200 carries its position like a client's publish reply
+and is checked the same way. Publications without a reply (the ingress's PUSH form: the
+admin hands them to the channel's owner without waiting) are matched by their data: one
 that no subscriber holds, and that no reported gap covers, is a loss the server did not
-count, attributed to the fault window it was sent in.
+count, attributed to the fault window it was sent in. The report also counts, per
+publisher kind and fault, the publications told stored that no subscriber got
+(``told_stored_no_subscriber_got``, and ``..._without_gap`` for those no subscriber was
+told it lost).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ SLOW_CHANNELS = {"drop": "drop:slow", "disconnect": "disconnect:slow"}
 SLOW_PAYLOAD = "x" * 16_000
 BACKOFF = Backoff(initial=0.1, factor=2.0, cap=2.0)
 CALL_LIMIT = 30.0  # seconds one publish may take, retries included
+BACKEND_RETRY = 15.0  # seconds an HTTP API publication is retried (503, broken connection)
 REPLACE_SLOW = 20.0  # seconds a slow consumer of the disconnect namespace is kept
 
 
@@ -56,6 +61,7 @@ class Endpoint:
     admin_port: int
     ingress_port: int
     api_key: str
+    acked_ingress_port: int = 0  # [ingress] acked_bind's port; 0: none
 
     @property
     def ws_url(self) -> str:
@@ -145,6 +151,8 @@ class ClientLoad:
             self._spawn(self._publish_ws(host, publisher))
             self._spawn(self._publish_backend(host, "http"))
             self._spawn(self._publish_backend(host, "ingress"))
+            if host.acked_ingress_port:
+                self._spawn(self._publish_backend(host, "acked"))
             for policy in SLOW_CHANNELS:
                 self._spawn(self._slow_consumer(host, policy))
 
@@ -188,13 +196,22 @@ class ClientLoad:
                 self.publish_failures[f"ws: {type(exc).__name__}"] += 1
 
     async def _publish_backend(self, host: Endpoint, kind: str) -> None:
-        url = (
-            f"http://{host.address}:{host.admin_port}"
-            if kind == "http"
-            else f"tcp://{host.address}:{host.ingress_port}"
-        )
+        url = {
+            "http": f"http://{host.address}:{host.admin_port}",
+            "ingress": f"tcp://{host.address}:{host.ingress_port}",
+            "acked": f"tcp://{host.address}:{host.acked_ingress_port}",
+        }[kind]
         # Made in a thread of this loop's executor: inside the clients' namespace too.
-        publisher = await asyncio.to_thread(Publisher, url, api_key=host.api_key, timeout=5.0)
+        # HTTP and the acknowledged ingress retry a 503 (an owner being replaced), a
+        # broken connection or no answer with their idem for a while.
+        publisher = await asyncio.to_thread(
+            Publisher,
+            url,
+            api_key=host.api_key,
+            timeout=5.0,
+            retry_timeout=BACKEND_RETRY,
+            acknowledged=kind == "acked",
+        )
         n = 0
         try:
             while await self._paced():
@@ -202,8 +219,11 @@ class ClientLoad:
                 sent = Sent(f"{kind}-{host.name}-{n}", channel, self.clock())
                 n += 1
                 try:
-                    await asyncio.to_thread(publisher.publish, channel, {"k": sent.key})
+                    reply = await asyncio.to_thread(publisher.publish, channel, {"k": sent.key})
                     self.sent.append(sent)  # accepted: HTTP 200, or queued for ZeroMQ
+                    if reply is not None and "offset" in reply:  # told stored, and where
+                        sent.position = (reply["epoch"], reply["offset"])
+                        sent.stored_at = self.clock()
                 except PublisherError as exc:
                     self.publish_failures[f"{kind}: {exc.status or 'no answer'}"] += 1
         finally:
@@ -334,6 +354,11 @@ class ClientLoad:
         acked_lost: Counter[str] = Counter()
         traces: dict[str, list[str]] = {}
         delivered = 0
+        # Per publication told stored: did a subscription expect it, hold it, report a
+        # gap over it (the "told stored, no subscriber got it" report).
+        expected: set[int] = set()
+        got: set[int] = set()
+        told: set[int] = set()
         for (name, channel), record in sorted(self.received.items()):
             check = check_subscription(record)
             delivered += len(check.held)
@@ -346,6 +371,11 @@ class ClientLoad:
                 if sent.channel != channel or not check.expects(sent.position):
                     continue
                 held = check.held.get(sent.position)  # type: ignore[arg-type]
+                expected.add(id(sent))
+                if held is not None:
+                    got.add(id(sent))
+                elif check.lost(sent.position):  # type: ignore[arg-type]
+                    told.add(id(sent))
                 if held is None and not check.lost(sent.position):  # type: ignore[arg-type]
                     # Documented for a partition only: what the side that loses the
                     # ownership stored is not in the history once the link heals.
@@ -372,8 +402,23 @@ class ClientLoad:
                 if check.gap_near(sent.at, 30.0):
                     continue  # the subscriber was told it lost publications then
                 uncounted[f"{sent.key.split('-')[0]}: {explain(sent.at) or 'unexplained'}"] += 1
+        never_got: Counter[str] = Counter()
+        never_got_silently: Counter[str] = Counter()
+        for sent in acked:
+            if id(sent) in expected and id(sent) not in got:
+                cause = f"{sent.key.split('-')[0]}: {explain(sent.stored_at) or 'no fault'}"
+                never_got[cause] += 1
+                if id(sent) not in told:
+                    never_got_silently[cause] += 1
         return {
             "subscriptions": len(self.received),
+            "publications_acknowledged_by_kind": dict(Counter(s.key.split("-")[0] for s in acked)),
+            # Told stored (a client's publish reply, an HTTP 200 with its position, an
+            # acknowledged ingress reply), expected by a subscriber, held by none: per
+            # publisher kind and the fault whose window the answer came in; and of those,
+            # the ones no subscriber was told it lost (a gap over them).
+            "told_stored_no_subscriber_got": dict(never_got),
+            "told_stored_no_subscriber_got_without_gap": dict(never_got_silently),
             "publications_sent": Counter(s.key.split("-")[0] for s in self.sent),
             "publications_acknowledged": len(acked),
             "publish_failures": dict(self.publish_failures),

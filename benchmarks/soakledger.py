@@ -19,8 +19,10 @@ its start to ``window`` seconds after it ended); a loss with no such fault is
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 #: ``name{label="value",...} number`` of the Prometheus text format (no timestamps).
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
@@ -160,3 +162,37 @@ def attribute(
         key = f"{inc.series}: {cause}"
         causes[key] = causes.get(key, 0.0) + inc.amount
     return causes
+
+
+#: A receiver's log line for a bus gap (``shardws.bus.host.Bus._check_sequence``).
+_BUS_GAP = re.compile(
+    r"^(\S+ \S+) WARNING (\S+) shardws\.bus: bus: (\d+) message\(s\) lost from member"
+    r" (\d+) on b'(.)"
+)
+_TOPIC_KINDS = {"c": "channel", "i": "inbox", "u": "user"}
+
+
+def bus_losses_by_origin(
+    logs: dict[str, str],
+    started_at: float,
+    explain: Callable[[float], str | None],
+    origin_of: Callable[[int], str],
+) -> dict[str, int]:
+    """Where the bus losses come from, from the receivers' log lines (each gap a receiver
+    counts is logged with its origin member and topic): per fault (``explain`` of the
+    line's time in seconds of the run, ``started_at`` being the run's start as wall
+    time), receiver (host/process), origin (``origin_of(member)``, e.g. ``b/worker 0``)
+    and topic kind, the messages lost."""
+    out: Counter[str] = Counter()
+    for host, text in logs.items():
+        for line in text.splitlines():
+            match = _BUS_GAP.match(line)
+            if match is None:
+                continue
+            wall = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            cause = explain(wall - started_at) or UNEXPLAINED
+            origin = origin_of(int(match[4]))
+            where = "same host" if origin.startswith(f"{host}/") else "cross host"
+            kind = _TOPIC_KINDS.get(match[5], match[5])
+            out[f"{cause}: {host}/{match[2]} <- {origin} ({kind}, {where})"] += int(match[3])
+    return dict(sorted(out.items()))

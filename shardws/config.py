@@ -647,6 +647,15 @@ class IngressConfig:
         check=_is_ingress_endpoint,
         expect='"" (off), "tcp://HOST:PORT" or "ipc:///absolute/path"',
     )
+    #: ZeroMQ endpoint of the acknowledged form (a ROUTER socket: every message gets an
+    #: answer once stored, like the HTTP API's; ``shardws.Publisher(...,
+    #: acknowledged=True)``), same forms and Curve keys as ``bind``; ``""`` = off.
+    #: Default ``""``.
+    acked_bind: str = option(
+        "",
+        check=_is_ingress_endpoint,
+        expect='"" (off), "tcp://HOST:PORT" or "ipc:///absolute/path"',
+    )
     #: File holding the ingress's CurveZMQ secret key (40 Z85 characters, as written by
     #: ``shardws keygen``); read at load. Set it and publishers must use Curve with this
     #: key's public half as their server key. Default ``""`` (no Curve).
@@ -679,18 +688,21 @@ class IngressConfig:
                 "required when curve_secret_key_file is set: the public keys of the"
                 " publishers allowed to connect",
             )
-        if (
-            self.bind.startswith("tcp://")
-            and not self.curve_secret_key_file
-            and not self.allow_plaintext
-            and not _is_loopback_endpoint(self.bind)
-        ):
-            yield (
-                "bind",
-                f"{self.bind!r} is reachable from other hosts: set curve_secret_key_file and"
-                " curve_authorized_keys (shardws keygen), or allow_plaintext = true to let"
-                " anyone who can reach it publish",
-            )
+        for key, endpoint in (("bind", self.bind), ("acked_bind", self.acked_bind)):
+            if (
+                endpoint.startswith("tcp://")
+                and not self.curve_secret_key_file
+                and not self.allow_plaintext
+                and not _is_loopback_endpoint(endpoint)
+            ):
+                yield (
+                    key,
+                    f"{endpoint!r} is reachable from other hosts: set curve_secret_key_file"
+                    " and curve_authorized_keys (shardws keygen), or allow_plaintext = true"
+                    " to let anyone who can reach it publish",
+                )
+        if self.acked_bind and self.acked_bind == self.bind:
+            yield "acked_bind", f"{self.acked_bind!r} is bind's endpoint too: give it its own"
 
 
 _HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -1125,6 +1137,12 @@ class Config:
                 "diagnostics.stall_path",
                 (f"must differ from [server] path and echo_path ({stall!r})"),
             )
+
+
+def same_but_worker_count(running: Config, target: Config) -> bool:
+    """Whether ``target`` differs from ``running`` at most in ``[server] workers``."""
+    moved = dataclasses.replace(target.server, workers=running.server.workers)
+    return dataclasses.replace(target, server=moved, source=running.source) == running
 
 
 # --------------------------------------------------------------------------- loading

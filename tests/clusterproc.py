@@ -25,6 +25,7 @@ WS_PORT = 8765
 ADMIN_PORT = 9765
 BRIDGE_PORT = 9767
 INGRESS_PORT = 9766
+ACKED_INGRESS_PORT = 9768
 API_KEY = "cluster-test-key"
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
@@ -84,6 +85,7 @@ level = "info"
 
 [ingress]
 bind = "tcp://0.0.0.0:{INGRESS_PORT}"
+acked_bind = "tcp://0.0.0.0:{ACKED_INGRESS_PORT}"
 allow_plaintext = true
 
 [cluster]

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +22,7 @@ from typing import Any
 
 import websockets
 from serverproc import ServerProcess, http_json
-from toolkit import run, timeout
+from toolkit import run, timeout, wait_until
 from wsclient import Client, clients_on_workers
 
 from shardws.pure.history import owner_of
@@ -480,3 +481,187 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
                 await client.close()
 
         run(main())
+
+
+API_KEY = "k" * 24
+
+
+def _api_server(tmp_path: Path, workers: int = 2) -> ServerProcess:
+    return ServerProcess(
+        tmp_path, workers=workers, extra=NAMESPACE, admin=f'api_key = "{API_KEY}"'
+    ).start()
+
+
+def _post_publish(proc: ServerProcess, body: dict[str, Any]) -> tuple[int, Any, str | None]:
+    """POST ``body`` to ``/api/publish``: the status, the JSON answer and its
+    ``Retry-After`` header."""
+    request = urllib.request.Request(
+        proc.admin_url + "/api/publish",
+        data=json.dumps(body).encode(),
+        headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout(15)) as response:
+            return response.status, json.loads(response.read()), response.headers["Retry-After"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), exc.headers["Retry-After"]
+
+
+def _history(proc: ServerProcess, channel: str) -> dict[str, Any]:
+    """The channel's whole history (up to 1000 publications) through ``/api/history``."""
+    status, body = http_json(
+        f"{proc.admin_url}/api/history?channel={channel}&limit=1000", key=API_KEY
+    )
+    assert status == 200, body
+    return body
+
+
+def test_api_publish_to_a_history_channel_answers_where_it_is_stored(tmp_path: Path) -> None:
+    """A 200 carries the offset and epoch the owner stored the publication at; the same
+    ``idem`` again gets the same position and stores nothing; a bad ``idem`` is a 400
+    that names it."""
+    with _api_server(tmp_path) as proc:
+        status, first, _ = _post_publish(proc, {"channel": CHANNEL, "data": "a", "idem": "k1"})
+        assert status == 200, first
+        assert first["ok"] and first["offset"] == 1 and first["epoch"]
+        assert first["positions"] == {CHANNEL: {"epoch": first["epoch"], "offset": 1}}
+        status, again, _ = _post_publish(proc, {"channel": CHANNEL, "data": "a", "idem": "k1"})
+        assert (status, again) == (200, first)
+        both = {"channels": [CHANNEL, "news"], "data": "b", "idem": "k2"}
+        status, answer, _ = _post_publish(proc, both)
+        assert status == 200 and answer["channels"] == 2
+        assert answer["positions"] == {CHANNEL: {"epoch": first["epoch"], "offset": 2}}
+        assert "offset" not in answer  # two targets: the positions say which is where
+        body = _history(proc, CHANNEL)
+        assert [(p["offset"], p["data"]) for p in body["publications"]] == [(1, "a"), (2, "b")]
+        for bad in (7, "", "x" * 65):
+            status, answer, _ = _post_publish(proc, {"channel": CHANNEL, "data": 1, "idem": bad})
+            assert status == 400 and '"idem"' in answer["error"], answer
+        assert _history(proc, CHANNEL)["offset"] == 2  # nothing stored by the bad ones
+
+
+def test_an_owner_that_does_not_answer_gets_a_503_never_a_200(tmp_path: Path) -> None:
+    """The channel's owner stopped (SIGSTOP): the API answers 503 with ``Retry-After``
+    after its bounded wait, and publishes nothing on the request's plain channel. Once
+    the owner runs again, the retry with the same ``idem`` gets one position, and the
+    history holds the publication once (the admin's own attempts queued in the owner's
+    inbox meanwhile are answered from the ring)."""
+    with _api_server(tmp_path) as proc:
+        owner = owner_of(CHANNEL, [0, 1])
+
+        async def main() -> None:
+            (listener,) = [c for c in await clients_on_workers(proc.url, 2) if c.worker != owner]
+            assert (await listener.call("subscribe", channel="news"))["ok"]
+            status, first, _ = await asyncio.to_thread(
+                _post_publish, proc, {"channel": CHANNEL, "data": 0}
+            )
+            assert status == 200, first
+            stopped = _pids(proc)[owner]
+            body = {"channels": [CHANNEL, "news"], "data": 1, "idem": "once"}
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                status, answer, retry_after = await asyncio.to_thread(_post_publish, proc, body)
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            assert status == 503 and retry_after == "1", (status, answer)
+            assert answer["channels"] == [CHANNEL] and 'same "idem"' in answer["error"]
+            with contextlib.suppress(TimeoutError):
+                push = await listener.next_push(0.5)
+                raise AssertionError(f"the plain channel got a 503'd publication: {push}")
+            status, answer, _ = await asyncio.to_thread(_post_publish, proc, body)
+            assert status == 200, answer
+            assert answer["positions"] == {CHANNEL: {"epoch": first["epoch"], "offset": 2}}
+            assert (await listener.next_push())["data"] == 1
+            history = await asyncio.to_thread(_history, proc, CHANNEL)
+            assert [p["data"] for p in history["publications"]] == [0, 1]
+            await listener.close()
+
+        run(main(), 60)
+
+
+def test_sighup_roll_under_an_http_publish_stream_every_200_is_in_the_history(
+    tmp_path: Path,
+) -> None:
+    """``shardws.Publisher`` over HTTP publishes a numbered stream to a history channel
+    while SIGHUP replaces every worker (the owner too) and the admin. Every publication
+    gets a 200 (the Publisher retries 503s and broken connections with its ``idem``),
+    and each 200's position holds that very publication in the history afterwards:
+    nothing answered stored is missing, nothing is stored twice, the epoch is kept."""
+    from shardws import Publisher
+
+    limit = 3000  # publications at most (the stream ends 20 after the reload completed)
+    with _api_server(tmp_path) as proc:
+        proc.wait_log(r"process\(es\) ready")
+        rolled = threading.Event()
+
+        def stream(answers: list[dict[str, Any]], retries: list[int]) -> None:
+            with Publisher(proc.admin_url, api_key=API_KEY, retry_timeout=60) as publisher:
+                after = 0
+                for n in range(limit):
+                    reply = publisher.publish(CHANNEL, n)
+                    assert reply is not None
+                    answers.append(reply)
+                    after += rolled.is_set()
+                    if after >= 20:
+                        break
+                    time.sleep(0.01)
+                retries.append(publisher.retries)
+
+        async def main() -> None:
+            answers: list[dict[str, Any]] = []
+            retries: list[int] = []
+            publishing = asyncio.create_task(asyncio.to_thread(stream, answers, retries))
+            deadline = time.monotonic() + timeout(10)
+            while len(answers) < 20 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            proc.signal(signal.SIGHUP)
+            await asyncio.to_thread(proc.wait_log, "reload complete", 1, 60)
+            rolled.set()
+            await publishing
+            count = len(answers)
+            assert count < limit  # the stream outlasted the roll
+            history = await asyncio.to_thread(_history, proc, CHANNEL)
+            stored = {(p["epoch"], p["offset"]): p["data"] for p in history["publications"]}
+            for n, answer in enumerate(answers):
+                assert stored.get((answer["epoch"], answer["offset"])) == n, (n, answer)
+            assert [p["data"] for p in history["publications"]] == list(range(count))
+            assert {a["epoch"] for a in answers} == {history["epoch"]}
+            print(f"{count} HTTP publications, {retries[0]} sent again during the roll")
+
+        run(main(), 120)
+
+
+def test_sighup_roll_under_an_ingress_push_stream_loses_nothing(tmp_path: Path) -> None:
+    """The ingress's PUSH form has no answer, but a roll costs it nothing: the admin keeps
+    running (its configuration is unchanged) and holds the requests for an owner that is
+    being replaced until the owner's next process is READY with the saved ring. Every
+    publication is in the history once, in order, in the same epoch."""
+    from serverproc import free_port
+
+    from shardws import Publisher
+
+    bind = f"tcp://127.0.0.1:{free_port()}"
+    with ServerProcess(
+        tmp_path,
+        workers=2,
+        extra=NAMESPACE + f'[ingress]\nbind = "{bind}"\n',
+        admin=f'api_key = "{API_KEY}"',
+    ).start() as proc:
+        proc.wait_log(r"process\(es\) ready")
+        first = _post_publish(proc, {"channel": CHANNEL, "data": -1})[1]
+        sent = 0
+        with Publisher(bind) as publisher:
+            proc.signal(signal.SIGHUP)
+            deadline = time.monotonic() + timeout(60)
+            while "reload complete" not in proc.logs() and time.monotonic() < deadline:
+                publisher.publish(CHANNEL, sent)
+                sent += 1
+                time.sleep(0.005)
+            for _ in range(20):
+                publisher.publish(CHANNEL, sent)
+                sent += 1
+        wait_until(lambda: _history(proc, CHANNEL)["offset"] >= sent + 1, 15, 0.1, "not stored")
+        history = _history(proc, CHANNEL)
+        assert [p["data"] for p in history["publications"]] == [-1, *range(sent)]
+        assert history["epoch"] == first["epoch"]
+        assert "keeping the admin running" in proc.logs()

@@ -210,3 +210,106 @@ def test_publisher_arguments() -> None:
     pub.close()
     with pytest.raises(PublisherError, match="closed"):
         pub.publish("a", 3)
+
+
+HISTORY = "[namespaces.hist]\nhistory_size = 1000\nhistory_ttl = 600\n"
+
+
+def test_acknowledged_ingress_answers_where_each_publication_is_stored(tmp_path: Path) -> None:
+    """``[ingress] acked_bind`` (ROUTER) and ``Publisher(..., acknowledged=True)``
+    (DEALER): a publication to a history channel is answered with its offset once its
+    owner stored it, a plain one once queued, a bad one with 400 and the field at
+    fault; a repeated request id (the idempotency key) is stored once; junk is counted
+    and answered where it has a request id, and never stops the socket."""
+    acked = f"tcp://127.0.0.1:{free_port()}"
+    proc, _bind = _server(tmp_path, f'acked_bind = "{acked}"\n' + HISTORY)
+    try:
+
+        async def main() -> None:
+            subs = await _subscribers(proc, "hist:a", "news")
+            with Publisher(acked, acknowledged=True, timeout=5) as pub:
+                answers = [pub.publish("hist:a", {"n": n}) for n in range(50)]
+                assert [a["offset"] for a in answers if a] == list(range(1, 51))
+                assert len({a["epoch"] for a in answers if a}) == 1
+                assert pub.publish("news", b'{"plain" : 1}') == {"ok": True, "channels": 1}
+                first = pub.publish("hist:a", "once", idem="key-1")
+                assert pub.publish("hist:a", "once", idem="key-1") == first
+                many = pub.publish_many(["hist:a", "news"], "both", idem="key-2")
+                assert many is not None and many["positions"]["hist:a"]["offset"] == 52
+                with pytest.raises(PublisherError, match="not configured") as info:
+                    pub.publish("nope:x", 1)
+                assert info.value.status == 400
+            for sub in subs:
+                got = [await sub.next_push() for _ in range(50 + 1 + 1 + 2)]
+                history = [p["data"] for p in got if p["channel"] == "hist:a"]
+                assert history == [{"n": n} for n in range(50)] + ["once", "both"]
+                assert [p["data"] for p in got if p["channel"] == "news"] == [{"plain": 1}, "both"]
+            with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as dealer:
+                dealer.connect(acked)
+                dealer.send_multipart([b"r1"])  # a request id and no message: answered
+                dealer.send_multipart([b"x" * 65, b"news", b"1"])  # no id to answer: dropped
+                dealer.send_multipart([b"r2", b"news", b"1", b"2"])
+                dealer.send_multipart([b"r3", b"hist:a", b"{"])
+                dealer.send_multipart([b"r4", b"news", b'"after the junk"'])
+                answers = {}
+                for _ in range(4):
+                    assert dealer.poll(int(timeout(5) * 1000))
+                    request_id, body = dealer.recv_multipart()
+                    answers[request_id] = json.loads(body)
+            assert {k: v["status"] for k, v in answers.items()} == {
+                b"r1": 400,
+                b"r2": 400,
+                b"r3": 400,
+                b"r4": 200,
+            }
+            assert "2 (channel, data)" in answers[b"r2"]["error"]
+            for sub in subs:
+                assert (await sub.next_push())["data"] == "after the junk"
+            stats = _stats(proc)["admin"]["acked_ingress"]
+            # 55 from the Publisher (the 400 among them), 5 junk (4 answered, 4 refused)
+            assert stats == {"received": 55 + 5, "rejected": 1 + 4, "answered": 55 + 4}
+            for sub in subs:
+                await sub.close()
+
+        run(main())
+    finally:
+        proc.stop()
+
+
+def test_acknowledged_ingress_retries_with_its_key_while_the_owner_cannot_answer(
+    tmp_path: Path,
+) -> None:
+    """The history channel's owner stopped (SIGSTOP) for longer than the admin waits: the
+    publisher gets 503s and asks again with the same request id; once the owner runs
+    again the publication is answered with its position and stored once."""
+    import os
+    import signal
+    import threading
+
+    from shardws.pure.history import owner_of
+
+    acked = f"tcp://127.0.0.1:{free_port()}"
+    proc, _bind = _server(tmp_path, f'acked_bind = "{acked}"\n' + HISTORY)
+    try:
+        owner = owner_of("hist:a", [0, 1])
+        pid = next(w["pid"] for w in proc.wait_healthy()["per_worker"] if w["worker"] == owner)
+        with Publisher(acked, acknowledged=True, timeout=10, retry_timeout=60) as pub:
+            assert pub.publish("hist:a", "before")["offset"] == 1  # type: ignore[index]
+            os.kill(pid, signal.SIGSTOP)
+            resume = threading.Timer(7.0, os.kill, (pid, signal.SIGCONT))
+            resume.start()
+            try:
+                answer = pub.publish("hist:a", "through the stop")
+            finally:
+                resume.join()
+                os.kill(pid, signal.SIGCONT)
+            assert answer is not None and answer["offset"] == 2, answer
+            assert pub.retries >= 1  # it was answered 503 at least once
+        request = urllib.request.Request(
+            proc.admin_url + "/api/history?channel=hist:a", headers={"X-API-Key": API_KEY}
+        )
+        with urllib.request.urlopen(request, timeout=timeout(5)) as response:
+            history = json.loads(response.read())
+        assert [p["data"] for p in history["publications"]] == ["before", "through the stop"]
+    finally:
+        proc.stop()

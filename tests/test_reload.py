@@ -18,7 +18,7 @@ from pathlib import Path
 
 import websockets
 from rawws import FrameReader, upgrade
-from serverproc import ServerProcess
+from serverproc import ServerProcess, http_json
 from toolkit import run, timeout
 from wsclient import clients_on_workers
 
@@ -228,3 +228,31 @@ def test_a_drain_waits_for_a_handshake_in_flight(tmp_path: Path) -> None:
         finally:
             sock.close()
         proc.wait_log("reload complete")
+
+
+def test_a_reload_keeps_the_admin_unless_its_configuration_changes(tmp_path: Path) -> None:
+    """A SIGHUP with the same configuration, or another worker count, replaces the workers
+    only: the admin keeps running (replacing it would lose what is inside it). A change
+    the admin reads (here its API key) replaces it, and the new key works."""
+    key, new_key = "a" * 24, "b" * 24
+    with ServerProcess(
+        tmp_path, workers=2, server="max_workers = 3", admin=f'api_key = "{key}"'
+    ).start() as proc:
+        proc.wait_log(r"process\(es\) ready")
+        pids = {w["pid"] for w in proc.wait_healthy()["per_worker"]}
+        proc.signal(signal.SIGHUP)
+        proc.wait_log("reload complete", 1, 60)
+        assert "keeping the admin running" in proc.logs()
+        assert not {w["pid"] for w in proc.wait_healthy()["per_worker"]} & pids  # replaced
+        text = proc.config_path.read_text()
+        proc.config_path.write_text(re.sub(r"(?m)^workers = \d+", "workers = 3", text))
+        proc.signal(signal.SIGHUP)
+        proc.wait_log("reload complete", 2, 60)
+        assert proc.logs().count("keeping the admin running") == 2
+        assert proc.logs().count("admin ready on") == 1
+        proc.config_path.write_text(proc.config_path.read_text().replace(key, new_key))
+        proc.signal(signal.SIGHUP)
+        proc.wait_log("reload complete", 3, 60)
+        assert proc.logs().count("admin ready on") == 2
+        status, _body = http_json(proc.admin_url + "/api/stats", key=new_key)
+        assert status == 200

@@ -99,3 +99,32 @@ def test_holes_repeats_and_silent_epoch_changes_are_problems() -> None:
     assert any("2 -> 4" in p for p in problems)
     assert any("delivered twice" in p for p in problems)
     assert any("without a gap" in p and "e2" in p for p in problems)
+
+
+def test_bus_losses_are_told_apart_by_fault_receiver_and_origin() -> None:
+    from datetime import datetime
+
+    from benchmarks.soakledger import bus_losses_by_origin
+
+    start = datetime(2026, 12, 5, 20, 0, 0).timestamp()
+    logs = {
+        "a": "2026-12-05 20:00:10,500 WARNING worker-1 shardws.bus: bus: 3 message(s) lost"
+        " from member 77 on b'chist:s0\\x00'\n"
+        "2026-12-05 20:00:10,600 INFO worker-1 shardws.worker: unrelated\n"
+        "2026-12-05 20:00:50,000 WARNING admin shardws.bus: bus: 2 message(s) lost"
+        " from member 5 on b'i64\\x00'\n",
+        "b": "2026-12-05 20:00:11,000 WARNING worker-0 shardws.bus: bus: 4 message(s) lost"
+        " from member 77 on b'chist:s0\\x00'\n",
+    }
+
+    def explain(at: float) -> str | None:
+        return "roll" if 10 <= at <= 20 else None
+
+    def origin_of(member: int) -> str:
+        return {77: "b/worker 0", 5: "a/worker 5"}[member]
+
+    assert bus_losses_by_origin(logs, start, explain, origin_of) == {
+        "roll: a/worker-1 <- b/worker 0 (channel, cross host)": 3,
+        "roll: b/worker-0 <- b/worker 0 (channel, same host)": 4,
+        UNEXPLAINED + ": a/admin <- a/worker 5 (inbox, same host)": 2,
+    }

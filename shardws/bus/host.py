@@ -65,6 +65,11 @@ _RECV_BUDGET = 512  # frames per reader callback, so one busy socket cannot star
 PROBE_INTERVAL = 0.02  # seconds between barrier probes until one comes back
 SEQUENCE_IDLE = 60.0  # seconds without a publication after which a topic's seq is dropped
 _WHEN_SUBSCRIBED_POLLS = 1000  # when_subscribed: at most this many checks, 10 ms apart
+#: Seconds ``close`` gives this member's last frames to reach the forwarder: what a
+#: draining process sent last (an owner's answers and publications, the rings it hands
+#: over) would otherwise die in its own pipe, unseen (its successor is a new incarnation,
+#: so no receiver counts the gap). Bounded: a forwarder that is gone costs this much.
+CLOSE_LINGER = 0.5
 
 
 @dataclass(eq=False)
@@ -164,7 +169,9 @@ class Bus:
         self._kick()
 
     def close(self) -> None:
-        """Stop reading and close the sockets; pending barriers resolve with False."""
+        """Stop reading and close the sockets; pending barriers resolve with False.
+        What was published is sent first (waiting at most ``CLOSE_LINGER`` s for the
+        forwarder to take it)."""
         if self._closed:
             return
         self._closed = True
@@ -176,7 +183,7 @@ class Bus:
         if self._sweep is not None:
             self._sweep.cancel()
         self._loop.remove_reader(self._sub.FD)
-        self._pub.close(linger=0)
+        self._pub.close(linger=int(CLOSE_LINGER * 1000))
         self._sub.close(linger=0)
         self._ctx.term()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shardws.config import Config
@@ -26,6 +26,7 @@ from shardws.core import BadEnvelope, InvalidUTF8, parse_envelope
 from shardws.pure import control, protocol, publication
 from shardws.pure.auth import user_id_error
 from shardws.pure.busframe import channel_topic, user_topic
+from shardws.pure.history import Position
 from shardws.pure.protocol import CloseCode
 
 #: Most channels one publish request may name.
@@ -48,6 +49,9 @@ class Publication:
     channels: tuple[str, ...]
     user: str | None
     data: bytes
+    #: The backend's idempotency key: a retry with the same key is stored once in each
+    #: history channel (``Ring.duplicate``); None: the server makes one per request.
+    idem: str | None = None
 
     def bus_messages(self, skip: list[str] | None = None) -> list[tuple[bytes, bytes]]:
         """(bus topic, payload) pairs that deliver this publication, but for the
@@ -58,6 +62,53 @@ class Publication:
             return [(user_topic(self.user), control.encode_user_push(push))]
         record = publication.encode(publication.Publication(self.data))
         return [(channel_topic(c), record) for c in self.channels if not skip or c not in skip]
+
+
+def publish_answer(publication: Publication, positions: Mapping[str, Position]) -> dict[str, Any]:
+    """The 200 body of ``POST /api/publish``: ``{"ok": true, "user": U}`` or ``{"ok":
+    true, "channels": N}``, with ``positions`` (``{channel: {"epoch": E, "offset": N}}``)
+    for the channels with history, where the owner stored the publication; with one
+    target channel also its ``epoch`` and ``offset`` at the top."""
+    if publication.user is not None:
+        return {"ok": True, "user": publication.user}
+    answer: dict[str, Any] = {"ok": True, "channels": len(publication.channels)}
+    if positions:
+        answer["positions"] = {
+            channel: {"epoch": at.epoch, "offset": at.offset} for channel, at in positions.items()
+        }
+        if len(publication.channels) == 1:
+            (at,) = positions.values()
+            answer.update(epoch=at.epoch, offset=at.offset)
+    return answer
+
+
+def publish_result(
+    publication: Publication, positions: Mapping[str, Position], missing: list[str]
+) -> tuple[int, dict[str, Any]]:
+    """The status and body of the answer to a stored publication (the HTTP API's, and
+    the acknowledged ingress's): 200 with :func:`publish_answer`, or, when history
+    ``missing`` channels were not confirmed, 503 whose body names them (``Retry-After``:
+    ``retry_after`` seconds, which the caller adds)."""
+    if missing:
+        return 503, {"error": unconfirmed_message(missing, publication.idem), "channels": missing}
+    return 200, publish_answer(publication, positions)
+
+
+def unconfirmed_message(channels: list[str], idem: str | None) -> str:
+    """The 503 message of a publication whose history ``channels`` were not confirmed
+    stored by their owners (so its plain channels and user were not published)."""
+    again = (
+        f'retry with the same "idem" ({idem!r}): what was stored is not stored again'
+        if idem is not None
+        else 'retry, and give "idem" to make a retry safe (without it the publication may be'
+        " stored twice)"
+    )
+    names = ", ".join(repr(c) for c in channels[:5]) + (" ..." if len(channels) > 5 else "")
+    return (
+        f"not confirmed stored in {names}: the channel's owner did not answer (being"
+        f" replaced or restarted), so it may or may not be stored; no plain channel or"
+        f" user of this request was published; {again}"
+    )
 
 
 def max_request_bytes(config: Config) -> int:
@@ -106,9 +157,23 @@ def check_user(user: object) -> str:
     return user
 
 
+def check_idem(idem: object) -> str | None:
+    """``idem`` if it is absent (None) or a string of 1..``MAX_IDEM_LENGTH`` characters,
+    the limit of a client's ``publish``."""
+    if idem is None:
+        return None
+    if not isinstance(idem, str) or not 0 < len(idem) <= protocol.MAX_IDEM_LENGTH:
+        raise BadRequest(
+            f'"idem" must be a string of 1 to {protocol.MAX_IDEM_LENGTH} characters,'
+            f" got {idem!r:.80}"
+        )
+    return idem
+
+
 def parse_publish(body: bytes, config: Config) -> Publication:
-    """``{"channel": C | "channels": [C, ...] | "user": U, "data": <any JSON>}`` (exactly
-    one target) -> a :class:`Publication` with ``data`` re-encoded once as compact JSON."""
+    """``{"channel": C | "channels": [C, ...] | "user": U, "data": <any JSON>, "idem": K}``
+    (exactly one target; ``idem`` optional) -> a :class:`Publication` with ``data``
+    re-encoded once as compact JSON."""
     request = _load_object(body, '"data" and one of "channel", "channels" or "user"')
     targets = [key for key in ("channel", "channels", "user") if key in request]
     if "data" not in request or len(targets) != 1:
@@ -122,12 +187,13 @@ def parse_publish(body: bytes, config: Config) -> Publication:
         ).encode()
     except ValueError as exc:
         raise BadRequest(f'"data": {exc}') from None
+    idem = check_idem(request.get("idem"))
     if targets[0] == "user":
-        return Publication((), check_user(request["user"]), data)
+        return Publication((), check_user(request["user"]), data, idem)
     channels = request.get("channels", [request.get("channel")])
     if not isinstance(channels, list) or not 1 <= len(channels) <= MAX_CHANNELS_PER_REQUEST:
         raise BadRequest(f'"channels" must be a list of 1..{MAX_CHANNELS_PER_REQUEST} channels')
-    return Publication(tuple(check_channel(c, config) for c in channels), None, data)
+    return Publication(tuple(check_channel(c, config) for c in channels), None, data, idem)
 
 
 # The two-frame ingress form is checked by the C scanner clients' publishes go through:
@@ -167,6 +233,25 @@ def parse_ingress(frames: list[bytes], config: Config) -> Publication:
     except UnicodeDecodeError:
         raise BadRequest("channel frame is not an ASCII channel name") from None
     return Publication((check_channel(channel, config),), None, check_json(frames[1]))
+
+
+def parse_acked_ingress(frames: list[bytes], config: Config) -> Publication:
+    """One message of the acknowledged ingress: ``[request id, message frames...]`` (the
+    frames as :func:`parse_ingress` takes them). The request id (1..64 ASCII characters,
+    unique per publication, e.g. a UUID; the same on a retry) is the publication's
+    idempotency key, unless a JSON message carries its own ``idem``."""
+    if len(frames) < 2:
+        raise BadRequest("expected [request id, message frames...]")
+    try:
+        request_id = check_idem(frames[0].decode("ascii"))
+    except (UnicodeDecodeError, BadRequest):
+        raise BadRequest(
+            f"the request id must be 1 to {protocol.MAX_IDEM_LENGTH} ASCII characters"
+        ) from None
+    publication = parse_ingress(frames[1:], config)
+    if publication.idem is not None:
+        return publication
+    return replace(publication, idem=request_id)
 
 
 def parse_disconnect(body: bytes) -> tuple[str, control.Disconnect]:

@@ -32,7 +32,7 @@ from setproctitle import setproctitle
 
 from shardws.bus.forwarder import endpoints
 from shardws.bus.host import Bus
-from shardws.bus.ingress import Ingress
+from shardws.bus.ingress import AckedIngress, Ingress
 from shardws.bus.requests import Requests
 from shardws.config import Config
 from shardws.log import setup_logging
@@ -42,20 +42,24 @@ from shardws.pure.backend import (
     BadRequest,
     Publication,
     max_request_bytes,
+    parse_acked_ingress,
     parse_channel_query,
     parse_channels_query,
     parse_disconnect,
     parse_history_query,
     parse_ingress,
     parse_publish,
+    publish_result,
 )
 from shardws.pure.busframe import inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
-from shardws.pure.history import owner_of
+from shardws.pure.history import Position, owner_of
 from shardws.pure.pusher import webhooks
 from shardws.pure.pusher.httpapi import max_body_bytes
 from shardws.server.metrics import prometheus_text, pusher_text
+from shardws.server.notices import HeldNotices
 from shardws.server.pusherapi import PusherApi
+from shardws.server.stored import RETRY_AFTER, StoredPublisher, request_idem
 from shardws.server.webhooks import WebhookSender
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 from shardws.shm.tables import SharedTables
@@ -191,12 +195,17 @@ class Backend:
         board = tables.board
         self.bus: Bus | None = None
         self.ingress: Ingress | None = None
+        self.acked_ingress: AckedIngress | None = None
         self.publications = 0  # publish requests accepted (HTTP and ingress)
         self.disconnects = 0
         self._config = config
         self._board = board
         self.members = Members(board, tables.view, config, board.admin_slot)
         self._requests = Requests(self.members.me, self._send_to_inbox)
+        self.stored = StoredPublisher(self._requests, self.members.owners, lambda: self.bus)
+        self.notices = HeldNotices(
+            self.members.owners, self.members.inbox_live, self._send_to_inbox
+        )
         # This host's workers tell their webhook events to this process (docs/pusher.md).
         self.webhooks = WebhookSender(config.pusher)
 
@@ -216,21 +225,55 @@ class Backend:
 
     def publish(self, publication: Publication) -> None:
         """Queue ``publication`` on the bus: it leaves at the end of this loop iteration
-        and reaches every subscribed worker at most once (bus guarantees)."""
+        and reaches every subscribed worker at most once (bus guarantees). The
+        fire-and-forget form (the ingress's PULL): history channels' owners are told
+        without waiting for their answer."""
         assert self.bus is not None
         sequenced = [c for c in publication.channels if self._has_history(c)]
         for topic, payload in publication.bus_messages(skip=sequenced):
             self.bus.publish(topic, payload)
         # Channels with history get their offsets from their owner worker, which then
-        # publishes them (a notification: the API does not wait for the offset).
-        owners = self.members.owners()
+        # publishes them (a notification: nobody waits for the offset), held while the
+        # owner is being replaced.
         for channel in sequenced:
-            request = control.HistoryPublishRequest(channel, publication.data)
-            owner = owner_of(channel, owners)
-            self.bus.publish(
-                inbox_topic(owner), control.encode_owner_request(request, 0, self.members.me)
-            )
+            request = control.HistoryPublishRequest(channel, publication.data, publication.idem)
+            self.notices.send(channel, control.encode_owner_request(request, 0, self.members.me))
         self.publications += 1
+
+    async def publish_stored(
+        self, publication: Publication
+    ) -> tuple[dict[str, Position], list[str]]:
+        """Publish ``publication`` once every history channel among its targets has been
+        stored by its owner (``server.stored``). Returns (the positions of the stored
+        ones, the history channels not confirmed in time). When a channel is not
+        confirmed, nothing is published on the plain channels and the user topic, so a
+        retry with the same ``idem`` publishes everything exactly once in the history
+        channels and once elsewhere."""
+        assert self.bus is not None
+        sequenced = [c for c in publication.channels if self._has_history(c)]
+        positions: dict[str, Position] = {}
+        if sequenced:
+            idem = request_idem(publication.idem)
+            positions, missing = await self.stored.store(sequenced, publication.data, idem)
+            if missing:
+                return positions, missing
+        for topic, payload in publication.bus_messages(skip=sequenced):
+            self.bus.publish(topic, payload)
+        self.publications += 1
+        return positions, []
+
+    async def answer_frames(self, frames: list[bytes]) -> dict[str, Any]:
+        """The acknowledged ingress's handler: one request (``backend.parse_acked_ingress``)
+        published like ``POST /api/publish``, and its answer: the HTTP API's body with
+        its ``status`` (200, 400, or 503 with ``retry_after``)."""
+        try:
+            publication = parse_acked_ingress(frames, self._config)
+        except BadRequest as exc:
+            return {"status": 400, "error": str(exc)}
+        status, body = publish_result(publication, *await self.publish_stored(publication))
+        if status == 503:
+            body["retry_after"] = RETRY_AFTER
+        return {"status": status, **body}
 
     def _has_history(self, channel: str) -> bool:
         options = self._config.namespaces.get(protocol.namespace_of(channel))
@@ -355,14 +398,28 @@ class Backend:
 
     def stats(self) -> dict[str, Any]:
         """The admin's own counters (``"admin"`` in ``GET /api/stats``)."""
-        ingress = self.ingress
+        ingress, acked = self.ingress, self.acked_ingress
         return {
             "publications": self.publications,
             "disconnects": self.disconnects,
             "ingress": None
             if ingress is None
             else {"received": ingress.received, "rejected": ingress.rejected},
+            "acked_ingress": None
+            if acked is None
+            else {
+                "received": acked.received,
+                "rejected": acked.rejected,
+                "answered": acked.answered,
+            },
+            "stored": {"confirmed": self.stored.stored, "unconfirmed": self.stored.unconfirmed},
+            "held_for_owner": self.notices.held,
         }
+
+    def ingress_counts(self) -> tuple[int, int]:
+        """Messages read and refused by both ingress sockets."""
+        sockets = [s for s in (self.ingress, self.acked_ingress) if s is not None]
+        return sum(s.received for s in sockets), sum(s.rejected for s in sockets)
 
 
 def make_app(
@@ -433,10 +490,11 @@ def make_app(
             publication = parse_publish(await request.read(), config)
         except BadRequest as exc:
             return _error(400, str(exc))
-        backend.publish(publication)
-        if publication.user is not None:
-            return web.json_response({"ok": True, "user": publication.user})
-        return web.json_response({"ok": True, "channels": len(publication.channels)})
+        # Never a 200 for what may not be stored: a 503, and the backend retries with its
+        # idem.
+        status, body = publish_result(publication, *await backend.publish_stored(publication))
+        headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
+        return web.json_response(body, status=status, headers=headers)
 
     async def post_disconnect(request: web.Request) -> web.Response:
         assert backend is not None
@@ -538,7 +596,8 @@ async def _serve(
         lambda _topic, _payloads, _stamp: None,
         backend.members.relays,
         on_inbox=backend.on_inbox,
-        inbox_live=backend.members.inbox_live,
+        # A draining owner still answers until it closes its bus (``server.stored``).
+        inbox_live=backend.members.inbox_answering,
         hwm=config.server.bus_hwm,
     )
     bus.start()
@@ -549,6 +608,11 @@ async def _serve(
     if config.ingress.bind:
         backend.ingress = Ingress(config.ingress, backend.publish_frames, max_request_bytes(config))
         backend.ingress.start()
+    if config.ingress.acked_bind:
+        backend.acked_ingress = AckedIngress(
+            config.ingress, backend.answer_frames, max_request_bytes(config)
+        )
+        backend.acked_ingress.start()
     runner = web.AppRunner(make_app(config, tables, stop, backend), access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
@@ -559,16 +623,15 @@ async def _serve(
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         # The admin's own row: what backends did (exported by /metrics).
         row[Column.PUBLISHES] = backend.publications
-        if backend.ingress is not None:
-            row[Column.MESSAGES_IN] = backend.ingress.received
-            row[Column.PROTOCOL_ERRORS] = backend.ingress.rejected
+        row[Column.MESSAGES_IN], row[Column.PROTOCOL_ERRORS] = backend.ingress_counts()
         try:
             await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
         except TimeoutError:
             pass
     row[Column.STATE] = ProcessState.DRAINING
-    if backend.ingress is not None:  # a reload's new admin binds the same endpoint
-        backend.ingress.close()
+    for ingress in (backend.ingress, backend.acked_ingress):
+        if ingress is not None:  # a reload's new admin binds the same endpoint
+            ingress.close()
     # Keep answering (/ready: 503) while the workers drain, so load balancers see the
     # drain; the supervisor zeroes each worker's row when it has exited.
     deadline = time.monotonic() + max(config.server.drain_timeout - 0.5, 0.1)
@@ -581,6 +644,7 @@ async def _serve(
         await asyncio.sleep(0.05)
     await runner.cleanup()
     await backend.webhooks.close()
+    backend.notices.close()
     bus.close()
 
 

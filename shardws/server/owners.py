@@ -269,8 +269,10 @@ class Owners:
         ):
             return OwnerRefusal(f"unknown op {request.op!r}")
         channel = request.channel
+        self._sync_view()  # a retired worker's rings are taken over before answering
         if self.owner(channel) != me or not self.has_history(channel):
             return OwnerRefusal("not the owner of this channel")
+
         if isinstance(request, HistoryPublishRequest):
             position, publication = self.sequencer.publish(channel, request.data, request.idem)
             if publication is not None:
@@ -592,15 +594,8 @@ class Owners:
         retired workers): take over the saved rings of retired slots that this worker
         owns now, and hand the rings it no longer owns to their new owners as soon as
         those are ready."""
-        view = self.view()
+        view = self._sync_view()
         me = self.worker.member
-        if view != self._view:
-            gone = set(self._view) - set(view)
-            self._view = view
-            self._handing = True
-            for member in gone:  # a retired slot of this host left its rings in a file
-                if self.worker.members.is_local(member):
-                    self._adopt_orphans(slot_of(member))
         if not self._handing:
             return
         ready = self.worker.members.ready_workers() | {self.worker.member}
@@ -610,6 +605,21 @@ class Owners:
         )
         self._hand_over(released, members)
         self._handing = any(owner_of(c, members) != me for c in self.sequencer.channels())
+
+    def _sync_view(self) -> tuple[int, ...]:
+        """The owners' view; when it changed since last seen, take over the saved rings
+        of the retired slots this worker owns now (also called before answering a
+        history request, so that one arriving before the next heartbeat does not start
+        a new epoch for a channel whose ring is in a retired slot's file)."""
+        view = self.view()
+        if view != self._view:
+            gone = set(self._view) - set(view)
+            self._view = view
+            self._handing = True
+            for member in gone:  # a retired slot of this host left its rings in a file
+                if self.worker.members.is_local(member):
+                    self._adopt_orphans(slot_of(member))
+        return view
 
     def _adopt_orphans(self, slot: int) -> None:
         """A retired slot saved its rings when it drained: adopt those this worker owns

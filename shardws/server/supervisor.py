@@ -60,7 +60,13 @@ from dataclasses import dataclass
 
 from setproctitle import setproctitle
 
-from shardws.config import Config, ConfigError, load_config, run_dir_parent
+from shardws.config import (
+    Config,
+    ConfigError,
+    load_config,
+    run_dir_parent,
+    same_but_worker_count,
+)
 from shardws.log import setup_logging
 from shardws.pure.liveness import Verdict, verdict
 from shardws.server import steering, systemd
@@ -496,18 +502,33 @@ class Supervisor:
     def _plan(self, target: Config) -> list[_Step]:
         """The steps from the running processes to ``target``: add missing worker slots,
         retire surplus ones (from the last, so the kernel keeps the group's order), then
-        replace every remaining process not already running ``target``."""
+        replace every remaining worker, and the admin and the bridge if ``target``
+        changes more than the worker count for them.
+
+        Replacing the admin or the bridge loses what is inside it (the bridge: the
+        cross-host frames in flight, counted as bus losses by their receivers; the
+        admin: its ingress queue, the answers it owes), so a reload that leaves their
+        configuration as it is keeps them running; no process reads ``[server] workers``
+        but the supervisor."""
         count = len(self._group)
         wanted = target.server.workers
         steps = [_Step("add", index) for index in range(count, wanted)]
         steps += [_Step("retire", index) for index in range(count - 1, wanted - 1, -1)]
-        steps += [
-            _Step("replace", slot.index)
-            for slot in self.slots
-            if (slot.kind != "worker" or slot.index < wanted)
-            and slot.kind != "forwarder"  # holds no configuration a reload may change
-            and slot.config is not target
-        ]
+        kept = []
+        for slot in self.slots:
+            if slot.kind == "forwarder" or slot.config is target:
+                continue  # the forwarder holds no configuration a reload may change
+            if slot.kind == "worker":
+                if slot.index < wanted:
+                    steps.append(_Step("replace", slot.index))
+            elif same_but_worker_count(slot.config or self.config, target):
+                slot.config = target
+                kept.append(slot.name)
+            else:
+                steps.append(_Step("replace", slot.index))
+        if kept:
+            names = " and the ".join(kept)
+            log.info("reload: keeping the %s running (their configuration is unchanged)", names)
         return steps
 
     def _slot(self, index: int) -> Slot | None:

@@ -168,12 +168,13 @@ class Scoreboard:
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
         return (now_ns - stamp) / 1e9
 
-    def is_ready(self, slot: int, stale_after: float) -> bool:
-        """True if ``slot`` is READY and alive (``liveness_age`` below ``stale_after``)."""
+    def is_ready(self, slot: int, stale_after: float, draining: bool = False) -> bool:
+        """True if ``slot`` is READY (or, with ``draining``, DRAINING) and alive
+        (``liveness_age`` below ``stale_after``)."""
+        state = int(self.table[slot, Column.STATE])
         return (
-            int(self.table[slot, Column.STATE]) == ProcessState.READY
-            and self.liveness_age(slot) < stale_after
-        )
+            state == ProcessState.READY or (draining and state == ProcessState.DRAINING)
+        ) and self.liveness_age(slot) < stale_after
 
     def overloaded(self, slot: int, lag_limit: float) -> bool:
         """True while worker ``slot`` refuses new connections because its loop runs more

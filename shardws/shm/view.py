@@ -138,6 +138,15 @@ class Members:
             return True
         return self._board.is_ready(slot_of(member), self._stale_after)
 
+    def inbox_answering(self, member: int) -> bool:
+        """Like :meth:`inbox_live`, but a local member that is DRAINING counts too: a
+        draining worker still answers its owner requests until it saves its rings and
+        closes its bus (the admin's stored publications need not wait for its next
+        process; a request that arrives too late is asked again)."""
+        if host_of(member) != self.host:
+            return True
+        return self._board.is_ready(slot_of(member), self._stale_after, draining=True)
+
     def ready_local(self) -> set[int]:
         """This host's members that are READY with a fresh heartbeat, self excluded."""
         ready = self._board.ready_slots(self._stale_after)
