@@ -2219,22 +2219,22 @@ class _Run:
 
 
 def _rolled_processes(supervisor: int) -> set[int]:
-    """The processes a roll replaces: the supervisor's tree less itself, less helpers
-    that are not shardws processes (multiprocessing's resource tracker) when the others
-    carry shardws's process titles, and less the bus forwarder (a roll keeps it)."""
+    """The processes a roll replaces that clients see: the supervisor's workers (by
+    shardws's process titles). The bus forwarder is never replaced, and the admin and
+    the bridge only when their configuration changed; the clients connect to neither.
+    Without titles (another server), its whole tree less itself."""
     pids = set(_process_tree([supervisor])) - {supervisor}
-    titled = set()
-    kept = set()
+    titled = False
+    workers = set()
     for pid in pids:
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if title.startswith(b"shardws: bus forwarder"):
-            kept.add(pid)
-        elif title.startswith(b"shardws: "):
-            titled.add(pid)
-    return titled or (pids - kept)
+        titled = titled or title.startswith(b"shardws: ")
+        if title.startswith(b"shardws: worker"):
+            workers.add(pid)
+    return workers if titled else pids
 
 
 def connect_ramp(times: np.ndarray[Any, Any], started: float) -> dict[str, Any]:
