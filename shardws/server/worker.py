@@ -449,6 +449,12 @@ class Worker:
         now = time.monotonic()
         wall = time.time()  # token expiry is wall-clock (JWT exp)
         leeway = self.config.auth.leeway
+        # A loop running late has not read its sockets for about as long: a pong waiting
+        # in the kernel is not a dead peer. Quiet is counted in the time it listened
+        # (timers run before the reads of an iteration, so this step may come first).
+        due = self._tick_due
+        deaf = max(self.overload.lag, now - due if due else 0.0, 0.0)
+        idle_timeout = server.idle_timeout + deaf
         for conn in connections:
             idle = now - conn.last_seen
             if conn.closing or conn.transport is None:
@@ -461,7 +467,7 @@ class Worker:
                 continue
             if identity.expires_at is not None and wall > identity.expires_at + leeway:
                 conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
-            elif idle >= server.idle_timeout:
+            elif idle >= idle_timeout:
                 conn.close(CloseCode.IDLE_TIMEOUT, "idle timeout")
             elif idle >= server.ping_interval and not conn.ping_sent:
                 conn.ping_sent = True
