@@ -344,6 +344,13 @@ class Worker:
             return False  # never accepted anything
         return open_fds() > self._fds_before_serving + len(self.connections)
 
+    def _overdue(self, now: float) -> float:
+        """Seconds the next heartbeat tick is past due at ``now`` (negative while it is
+        not due; 0 while none is scheduled, as in a drain): how late the loop runs while
+        one iteration lasts."""
+        due = self._tick_due
+        return now - due if due else 0.0
+
     def _work_done(self) -> tuple[int, ...]:
         """What ``ProgressWatch`` compares: counters that move whenever the loop works
         (read from its thread; each read is atomic under the GIL)."""
@@ -452,8 +459,7 @@ class Worker:
         # A loop running late has not read its sockets for about as long: a pong waiting
         # in the kernel is not a dead peer. Quiet is counted in the time it listened
         # (timers run before the reads of an iteration, so this step may come first).
-        due = self._tick_due
-        deaf = max(self.overload.lag, now - due if due else 0.0, 0.0)
+        deaf = max(self.overload.lag, self._overdue(now), 0.0)
         idle_timeout = server.idle_timeout + deaf
         for conn in connections:
             idle = now - conn.last_seen
@@ -497,8 +503,7 @@ class Worker:
             return self._refuse(403, "origin not allowed", Column.REFUSED)
         if len(self.connections) >= self.max_connections:
             return self._refuse(503, "server full, try again later", Column.REFUSED)
-        due = self._tick_due
-        if self.overload.refuses(time.monotonic() - due if due else 0.0):
+        if self.overload.refuses(self._overdue(time.monotonic())):
             # Before any work for the connection: a refusal must cost far less than
             # what it protects (the held connections' pings and deliveries).
             self.stats[Column.OVERLOAD_REFUSED] += 1
