@@ -722,6 +722,11 @@ def _is_cluster_listen(value: str) -> bool:
     return value == "" or (value.startswith("tcp://") and _is_peer(value.removeprefix("tcp://")))
 
 
+#: The engines that can join the hosts (``[cluster] engine``; docs/architecture.md, "The
+#: engine"), the default first.
+ENGINES = ("mesh",)
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """``[cluster]``: hosts that serve one service together (see docs/cluster.md).
@@ -735,6 +740,10 @@ class ClusterConfig:
     never appears in ``repr()``, errors or :func:`dump_config` output.
     """
 
+    #: What joins the hosts and decides each channel's order (docs/architecture.md, "The
+    #: engine"): ``"mesh"``, each host's bridge linked to every other (no broker; the
+    #: settings below). Default ``"mesh"``.
+    engine: str = option("mesh", choices=ENGINES)
     #: This host's name in the cluster, unique among the hosts: letters, digits, ``.``,
     #: ``_`` and ``-``, at most 63 characters. ``""`` = the system host name. Default ``""``.
     host_id: str = option(

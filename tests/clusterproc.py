@@ -16,7 +16,7 @@ from typing import Any
 
 from netns import Network
 from serverproc import terminate
-from toolkit import timeout, wait_until
+from toolkit import DEFAULT_ENGINE, timeout, wait_until
 from wsclient import Client
 
 from shardws.pure.auth import make_token
@@ -53,6 +53,7 @@ class Host:
         peers: list[str],
         key_file: Path | None,
         extra: str = "",
+        engine: str = DEFAULT_ENGINE,
     ) -> None:
         self.net = net
         self.name = name
@@ -89,6 +90,7 @@ acked_bind = "tcp://0.0.0.0:{ACKED_INGRESS_PORT}"
 allow_plaintext = true
 
 [cluster]
+engine = "{engine}"
 host_id = "{name}"
 listen = "tcp://0.0.0.0:{BRIDGE_PORT}"
 peers = {json.dumps(peers)}

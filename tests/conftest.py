@@ -13,6 +13,14 @@ the test helpers outside pytest.
 
 A test that needs a server of its own writes ``with ServerProcess(tmp_path, ...).start() as proc:``.
 
+``engine``: the engine (``[cluster] engine``) a test runs against, once per engine of
+``toolkit.ENGINES``, for a test that takes it and for every test of a module that sets
+``ENGINES`` (a tuple of engine names: the module's ``server`` is started once per
+engine)::
+
+    def test_something(tmp_path: Path, engine: str) -> None:
+        a, b = loopback_cluster(tmp_path, engine=engine)
+
 ``@pytest.mark.needs("node", ...)``: the test runs only where those external tools are
 (``external.TOOLS``, and ``"netns"``); a missing one skips it, or fails it under CI
 (``external.require``), before any of its fixtures is set up.
@@ -20,11 +28,13 @@ A test that needs a server of its own writes ``with ServerProcess(tmp_path, ...)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 
 import external
 import pytest
 from serverproc import ServerProcess
+from toolkit import DEFAULT_ENGINE, ENGINES
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,12 +53,30 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             external.require(tool)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a test once per engine: one that takes ``engine`` itself, and every test of
+    a module with ``ENGINES`` that uses the ``engine`` fixture (its ``server`` does)."""
+    if "engine" not in metafunc.fixturenames:
+        return
+    engines = getattr(metafunc.module, "ENGINES", None)
+    asks = "engine" in inspect.signature(metafunc.function).parameters
+    if engines is not None or asks:
+        metafunc.parametrize("engine", engines or ENGINES, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def engine(request: pytest.FixtureRequest) -> str:
+    """The engine this run of the test is for (the default one unless parametrized)."""
+    return str(getattr(request, "param", DEFAULT_ENGINE))
+
+
 @pytest.fixture(scope="module")
 def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, engine: str
 ) -> Iterator[ServerProcess]:
-    """The module's server, started once with the module's ``SERVER`` settings."""
+    """The module's server, started once (once per engine in a module with ``ENGINES``)
+    with the module's ``SERVER`` settings."""
     settings = getattr(request.module, "SERVER", {})
     directory = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
-    with ServerProcess(directory, **settings).start() as proc:
+    with ServerProcess(directory, engine=engine, **settings).start() as proc:
         yield proc

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from toolkit import timeout, wait_until
+from toolkit import DEFAULT_ENGINE, timeout, wait_until
 
 __all__ = [
     "ServerProcess",
@@ -82,15 +82,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def with_engine(extra: str, engine: str) -> str:
+    """``extra`` (TOML tables) with ``[cluster] engine`` set: in its ``[cluster]`` table
+    when it has one (TOML allows a table once), else in a table of its own."""
+    line = f'engine = "{engine}"'
+    if "[cluster]\n" in extra:
+        return extra.replace("[cluster]\n", f"[cluster]\n{line}\n", 1)
+    return f"{extra}\n[cluster]\n{line}\n"
+
+
 class ServerProcess:
     """A ``shardws serve -c FILE`` child process with its own config and ports."""
 
     def __init__(
-        self, tmp_path: Path, workers: int = 2, extra: str = "", server: str = "", admin: str = ""
+        self,
+        tmp_path: Path,
+        workers: int = 2,
+        extra: str = "",
+        server: str = "",
+        admin: str = "",
+        engine: str = DEFAULT_ENGINE,
     ) -> None:
         self.config_path = tmp_path / "shardws.toml"
         self.log_path = tmp_path / "server.log"
-        self._settings = (workers, extra, server, admin)
+        self._settings = (workers, with_engine(extra, engine), server, admin)
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
@@ -236,9 +251,12 @@ level = "info"
         self.stop()
 
 
-def loopback_cluster(tmp_path: Path, extra: str = "") -> tuple[ServerProcess, ServerProcess]:
-    """Two one-worker hosts ``a`` and ``b`` of a cluster on loopback (plaintext bridges),
-    each configured with ``extra`` too, not started (directories under ``tmp_path``)."""
+def loopback_cluster(
+    tmp_path: Path, extra: str = "", engine: str = DEFAULT_ENGINE
+) -> tuple[ServerProcess, ServerProcess]:
+    """Two one-worker hosts ``a`` and ``b`` of a cluster on loopback (plaintext bridges)
+    joined by ``engine``, each configured with ``extra`` too, not started (directories
+    under ``tmp_path``)."""
     bridges = {"a": free_port(), "b": free_port()}
     peers = ", ".join(f'"127.0.0.1:{port}"' for port in bridges.values())
     hosts = []
@@ -251,5 +269,5 @@ listen = "tcp://127.0.0.1:{port}"
 peers = [{peers}]
 allow_plaintext = true
 """
-        hosts.append(ServerProcess(tmp_path / host_id, workers=1, extra=cluster))
+        hosts.append(ServerProcess(tmp_path / host_id, workers=1, extra=cluster, engine=engine))
     return hosts[0], hosts[1]

@@ -852,6 +852,7 @@ def test_cluster(tmp_path: Path) -> None:
         ('[cluster]\nhost_id = "a b"', "cluster.host_id", "letters, digits"),
         ("[cluster]\npeer_timeout = 0.5\nheartbeat_interval = 1", "cluster.peer_timeout", "exceed"),
         ("[cluster]\nresolve_interval = 0", "cluster.resolve_interval", "> 0"),
+        ('[cluster]\nengine = "redis"', "cluster.engine", "one of 'mesh'"),
     ],
 )
 def test_cluster_errors(toml: str, key: str, detail: str) -> None:

@@ -2,8 +2,10 @@
 
 Each module of the package belongs to one layer; a layer may import only the layers its
 row allows, and only the modules allowed to do I/O import the I/O libraries. Imports
-under ``if TYPE_CHECKING:`` are types only and not checked. A new module is checked as
-soon as it exists: there is no list of files to update, only of layers.
+under ``if TYPE_CHECKING:`` are types only and not checked for layers; they count for
+the engine seam (the fronts reach the cluster only through ``server.engine``) and for
+import cycles, so that no loop of references hides behind them. A new module is checked
+as soon as it exists: there is no list of files to update, only of layers.
 """
 
 from __future__ import annotations
@@ -84,12 +86,38 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def runtime_imports(tree: ast.AST, module: str) -> list[tuple[int, str]]:
-    """(line, absolute module name) of every import not under ``if TYPE_CHECKING:``."""
+#: The fronts: the native protocol (the worker and its connections), the Pusher front,
+#: the admin's HTTP API. They reach the cluster through ``server.engine`` (and open the
+#: configured one with ``server.engines``), never through an engine's parts.
+FRONTS = {
+    "shardws.server.worker",
+    "shardws.server.connection",
+    "shardws.server.pusher",
+    "shardws.server.pusherapi",
+    "shardws.server.admin",
+}
+BEHIND_THE_SEAM = {
+    "shardws.server.mesh",  # the mesh engine
+    "shardws.server.owners",  # the mesh's deciders: history, presence
+    "shardws.server.pusherowner",  # ... Pusher rosters, occupancy, cache
+    "shardws.server.stored",  # the mesh's confirmed stores
+    "shardws.server.notices",  # the mesh's held notices
+    "shardws.server.bridge",  # the mesh's cross-host process
+    "shardws.bus.requests",  # asking members through their inboxes
+}
+#: Modules that a front's worker hands itself to through an interface they own
+#: (``PusherHost``, ``OwnerHost``, ``PusherOwnerHost``, ``ConnectionHost``): they may not
+#: name the worker, not even for types.
+WORKER_FREE = ("shardws.server.pusher", "shardws.server.owners", "shardws.server.connection")
+
+
+def runtime_imports(tree: ast.AST, module: str, types: bool = False) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import not under ``if TYPE_CHECKING:``, and
+    of those too with ``types``."""
     found: list[tuple[int, str]] = []
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
+        if not types and isinstance(node, ast.If) and _is_type_checking(node):
             for child in node.orelse:
                 visit(child)
             return
@@ -157,35 +185,100 @@ def test_the_checker_catches_a_forbidden_import() -> None:
     assert [name for _, name in runtime_imports(typed, "shardws.pure.example")] == ["typing"]
 
 
-def test_no_import_cycles_between_modules() -> None:
-    """Module-level imports form no cycle (lazy imports inside functions excluded)."""
+def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    """Module -> the ``shardws`` modules it imports at module level, those under ``if
+    TYPE_CHECKING:`` included (lazy imports inside functions excluded)."""
     graph: dict[str, set[str]] = {}
-    for path in modules():
-        module = module_name(path)
-        tree = ast.parse(path.read_text())
+    for module, source in sources.items():
+        tree = ast.parse(source)
         top_level = ast.Module(
             body=[n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom | ast.If)],
             type_ignores=[],
         )
-        graph[module] = {
-            name for _, name in runtime_imports(top_level, module) if name.startswith("shardws.")
-        }
+        imported = runtime_imports(top_level, module, types=True)
+        graph[module] = {name for _, name in imported if name.startswith("shardws.")}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (its modules in order, the first repeated), or None."""
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def walk(node: str) -> None:
+    def walk(node: str) -> list[str] | None:
         state[node] = 1
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = [*stack[stack.index(nxt) :], nxt]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt in graph and not state.get(nxt):
-                walk(nxt)
+                cycle = walk(nxt)
+                if cycle is not None:
+                    return cycle
         stack.pop()
         state[node] = 2
+        return None
 
     for node in sorted(graph):
         if not state.get(node):
-            walk(node)
+            cycle = walk(node)
+            if cycle is not None:
+                return cycle
+    return None
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """Module-level imports, those for types included, form no cycle: no loop of
+    references between modules, not even one a reader must hold in their head because it
+    hides under ``TYPE_CHECKING`` (lazy imports inside functions excluded)."""
+    sources = {module_name(path): path.read_text() for path in modules()}
+    cycle = find_cycle(import_graph(sources))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_a_loop_hidden_under_type_checking_is_a_cycle() -> None:
+    """The cycle rule has teeth: the worker importing the Pusher front, which names the
+    worker for types only, is the loop the engine seam removed."""
+    sources = {
+        "shardws.server.worker": "from shardws.server import pusher\n",
+        "shardws.server.pusher": (
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from shardws.server.worker import Worker\n"
+        ),
+    }
+    cycle = find_cycle(import_graph(sources))
+    assert cycle == ["shardws.server.pusher", "shardws.server.worker", "shardws.server.pusher"]
+    del sources["shardws.server.pusher"]
+    assert find_cycle(import_graph(sources)) is None
+
+
+def seam_violations(module: str, tree: ast.AST) -> list[str]:
+    """What ``module`` imports (types included) against the engine seam's rules."""
+    wrong = []
+    for line, imported in runtime_imports(tree, module, types=True):
+        if module in FRONTS and imported in BEHIND_THE_SEAM:
+            wrong.append(f"line {line}: a front imports {imported}: use server.engine")
+        if module.startswith(WORKER_FREE) and imported == "shardws.server.worker":
+            wrong.append(f"line {line}: names the worker: take an interface it satisfies")
+    return wrong
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: module_name(p))
+def test_fronts_reach_the_cluster_through_the_engine(path: Path) -> None:
+    module = module_name(path)
+    wrong = seam_violations(module, ast.parse(path.read_text(), str(path)))
+    assert not wrong, f"{module}:\n" + "\n".join(wrong)
+
+
+def test_the_seam_rule_counts_type_checking_imports() -> None:
+    """A Pusher module naming the worker for types, or a front importing the owners for
+    types, breaks the seam."""
+    typed = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from shardws.server.{} import X\n"
+    )
+    assert seam_violations("shardws.server.pusherowner", ast.parse(typed.format("worker")))
+    assert seam_violations("shardws.server.admin", ast.parse(typed.format("owners")))
+    assert not seam_violations("shardws.server.admin", ast.parse(typed.format("engine")))
+    names = {module_name(p) for p in modules()}
+    assert names >= FRONTS | BEHIND_THE_SEAM  # no stale rule

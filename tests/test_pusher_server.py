@@ -751,11 +751,11 @@ def _as_user(endpoint: AuthEndpoint, port: int, user: str) -> Any:
     return pusher_clients("app-key", port, 1, auth_endpoint=endpoint.url, authParams={"user": user})
 
 
-def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path) -> None:
+def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path, engine: str) -> None:
     """Two hosts on loopback: an event triggered on host b's admin reaches pusher-js on
     host a; counts and presence users are cluster-wide; one user on both hosts is
     announced once."""
-    a, b = loopback_cluster(tmp_path, extra=APPS)
+    a, b = loopback_cluster(tmp_path, extra=APPS, engine=engine)
     try:
         a.start()
         b.start()
@@ -1096,11 +1096,11 @@ def _children(pid: int) -> list[int]:
     return [int(line) for line in out.split()]
 
 
-def test_a_host_that_blinks_out_of_the_view_keeps_its_members(tmp_path: Path) -> None:
+def test_a_host_that_blinks_out_of_the_view_keeps_its_members(tmp_path: Path, engine: str) -> None:
     """Host b is stopped (SIGSTOP) long enough to drop out of host a's view, then resumed:
     the room's owner, on host a, keeps b's members through the blink (``REMOTE_GRACE``),
     so a's watcher is never told that b's user left -- its connection never closed."""
-    a, b = loopback_cluster(tmp_path, extra=APPS)
+    a, b = loopback_cluster(tmp_path, extra=APPS, engine=engine)
     on_a = member_id(host_number("a"), 0)
     on_b = member_id(host_number("b"), 0)
     room = next(

@@ -283,13 +283,15 @@ def test_a_dead_receiver_never_blocks_delivery_and_old_events_are_dropped(
         assert _metric(proc, "shardws_pusher_webhook_failed_requests_total", app="1") >= 1
 
 
-def test_a_host_taken_for_gone_and_back_vacates_then_occupies_again(tmp_path: Path) -> None:
+def test_a_host_taken_for_gone_and_back_vacates_then_occupies_again(
+    tmp_path: Path, engine: str
+) -> None:
     """The channel's owner is on host a, its only subscriber on host b. Host b is stopped
     (SIGSTOP) past ``REMOTE_GRACE``: a takes its subscriber for gone and sends
     ``channel_vacated``; b resumed, a asks b's worker which channels it has and sends
     ``channel_occupied`` again; when the subscriber leaves, ``channel_vacated``."""
     receiver = Receiver()
-    a, b = loopback_cluster(tmp_path, extra=_apps(receiver.url))
+    a, b = loopback_cluster(tmp_path, extra=_apps(receiver.url), engine=engine)
     on_a, on_b = member_id(host_number("a"), 0), member_id(host_number("b"), 0)
     room = next(
         name

@@ -17,7 +17,17 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+from shardws import config
+
 SCALE = float(os.environ.get("SHARDWS_TEST_TIMEOUT_SCALE", "1"))
+
+#: The engines a test can run against (``[cluster] engine``; docs/architecture.md, "The
+#: engine"). A test that takes the ``engine`` fixture (``conftest.py``), or every test of a
+#: module that sets ``ENGINES = toolkit.ENGINES``, runs once per engine and passes it to
+#: ``ServerProcess(..., engine=engine)`` or ``loopback_cluster(..., engine=engine)``: a new
+#: engine is one more entry in ``config.ENGINES``, not copies of the tests.
+ENGINES = config.ENGINES
+DEFAULT_ENGINE = ENGINES[0]
 
 T = TypeVar("T")
 

@@ -17,6 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -35,6 +36,9 @@ MAX_CHANNELS_PER_REQUEST = 1000
 #: frame, and the worker truncates at 120.
 MAX_REASON_BYTES = 120
 DEFAULT_DISCONNECT_REASON = "disconnected by the server"
+#: Seconds a backend should wait before retrying an unconfirmed publication (the 503's
+#: ``Retry-After``).
+RETRY_AFTER = 1
 
 
 class BadRequest(ValueError):
@@ -58,10 +62,18 @@ class Publication:
         channels in ``skip`` (those with history go through their owner); encoded once
         here (one record for every channel) and never re-serialized downstream."""
         if self.user is not None:
-            push = protocol.encode_user_pub(self.user, self.data)
-            return [(user_topic(self.user), control.encode_user_push(push))]
-        record = publication.encode(publication.Publication(self.data))
+            return [(user_topic(self.user), self.user_message())]
+        record = self.record()
         return [(channel_topic(c), record) for c in self.channels if not skip or c not in skip]
+
+    def user_message(self) -> bytes:
+        """The message for a user-targeted publication's user (``user`` is set)."""
+        assert self.user is not None
+        return control.encode_user_push(protocol.encode_user_pub(self.user, self.data))
+
+    def record(self) -> bytes:
+        """The publication record every target channel gets (``publication.encode``)."""
+        return publication.encode(publication.Publication(self.data))
 
 
 def publish_answer(publication: Publication, positions: Mapping[str, Position]) -> dict[str, Any]:
@@ -109,6 +121,12 @@ def unconfirmed_message(channels: list[str], idem: str | None) -> str:
         f" replaced or restarted), so it may or may not be stored; no plain channel or"
         f" user of this request was published; {again}"
     )
+
+
+def request_idem(idem: str | None) -> str:
+    """``idem`` itself, or a fresh key for a request that has none (so the admin's own
+    attempts never store a publication twice); 24 characters, within a client's 64."""
+    return idem if idem is not None else "api-" + secrets.token_hex(10)
 
 
 def max_request_bytes(config: Config) -> int:

@@ -33,12 +33,12 @@ from setproctitle import setproctitle
 from shardws.bus.forwarder import endpoints
 from shardws.bus.host import Bus
 from shardws.bus.ingress import AckedIngress, Ingress
-from shardws.bus.requests import Requests
 from shardws.config import Config
 from shardws.log import setup_logging
 from shardws.pure import control, protocol
 from shardws.pure.auth import constant_time_equal
 from shardws.pure.backend import (
+    RETRY_AFTER,
     BadRequest,
     Publication,
     max_request_bytes,
@@ -50,16 +50,16 @@ from shardws.pure.backend import (
     parse_ingress,
     parse_publish,
     publish_result,
+    request_idem,
 )
-from shardws.pure.busframe import inbox_topic, user_topic
 from shardws.pure.cluster import slot_of
-from shardws.pure.history import Position, owner_of
+from shardws.pure.history import Position
 from shardws.pure.pusher import webhooks
 from shardws.pure.pusher.httpapi import max_body_bytes
+from shardws.server.engine import BackendEngine
+from shardws.server.engines import backend_engine
 from shardws.server.metrics import prometheus_text, pusher_text
-from shardws.server.notices import HeldNotices
 from shardws.server.pusherapi import PusherApi
-from shardws.server.stored import RETRY_AFTER, StoredPublisher, request_idem
 from shardws.server.webhooks import WebhookSender
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 from shardws.shm.tables import SharedTables
@@ -201,27 +201,16 @@ class Backend:
         self._config = config
         self._board = board
         self.members = Members(board, tables.view, config, board.admin_slot)
-        self._requests = Requests(self.members.me, self._send_to_inbox)
-        self.stored = StoredPublisher(self._requests, self.members.owners, lambda: self.bus)
-        self.notices = HeldNotices(
-            self.members.owners, self.members.inbox_live, self._send_to_inbox
-        )
+        # The cluster (docs/architecture.md, "The engine"): publications and the
+        # channels' deciders, every worker's answers.
+        self.engine: BackendEngine = backend_engine(config, self.members, lambda: self.bus)
         # This host's workers tell their webhook events to this process (docs/pusher.md).
         self.webhooks = WebhookSender(config.pusher)
-
-    def _send_to_inbox(self, member: int, payload: bytes) -> None:
-        assert self.bus is not None
-        self.bus.publish(inbox_topic(member), payload)
 
     def ready_peers(self) -> set[int]:
         """This host's bus members other than the admin that are READY with a fresh
         heartbeat (the workers, and the bridge in a cluster)."""
         return self.members.ready_local()
-
-    def ready_workers(self) -> set[int]:
-        """The workers to ask for cluster-wide answers: this host's ready ones and, in a
-        cluster, those of the other live hosts."""
-        return self.members.ready_workers()
 
     def publish(self, publication: Publication) -> None:
         """Queue ``publication`` on the bus: it leaves at the end of this loop iteration
@@ -230,14 +219,11 @@ class Backend:
         without waiting for their answer."""
         assert self.bus is not None
         sequenced = [c for c in publication.channels if self._has_history(c)]
-        for topic, payload in publication.bus_messages(skip=sequenced):
-            self.bus.publish(topic, payload)
-        # Channels with history get their offsets from their owner worker, which then
-        # publishes them (a notification: nobody waits for the offset), held while the
-        # owner is being replaced.
+        self._send(publication, sequenced)
+        # Channels with history get their offsets from their decider, which then
+        # publishes them (nobody waits for the offset), held while it is being replaced.
         for channel in sequenced:
-            request = control.HistoryPublishRequest(channel, publication.data, publication.idem)
-            self.notices.send(channel, control.encode_owner_request(request, 0, self.members.me))
+            self.engine.store_later(channel, publication.data, publication.idem)
         self.publications += 1
 
     async def publish_stored(
@@ -254,13 +240,23 @@ class Backend:
         positions: dict[str, Position] = {}
         if sequenced:
             idem = request_idem(publication.idem)
-            positions, missing = await self.stored.store(sequenced, publication.data, idem)
+            positions, missing = await self.engine.store(sequenced, publication.data, idem)
             if missing:
                 return positions, missing
-        for topic, payload in publication.bus_messages(skip=sequenced):
-            self.bus.publish(topic, payload)
+        self._send(publication, sequenced)
         self.publications += 1
         return positions, []
+
+    def _send(self, publication: Publication, sequenced: list[str]) -> None:
+        """Send ``publication`` to its user, or to its channels but ``sequenced`` (one
+        record for all of them)."""
+        if publication.user is not None:
+            self.engine.send_to_user(publication.user, publication.user_message())
+            return
+        record = publication.record()
+        for channel in publication.channels:
+            if channel not in sequenced:
+                self.engine.publish(channel, record)
 
     async def answer_frames(self, frames: list[bytes]) -> dict[str, Any]:
         """The acknowledged ingress's handler: one request (``backend.parse_acked_ingress``)
@@ -285,15 +281,14 @@ class Backend:
 
     def disconnect(self, user: str, how: control.Disconnect) -> None:
         """Close every connection of ``user`` on every worker with ``how``."""
-        assert self.bus is not None
-        self.bus.publish(user_topic(user), control.encode_disconnect(how.code, how.reason))
+        self.engine.send_to_user(user, control.encode_disconnect(how.code, how.reason))
         self.disconnects += 1
 
     def on_inbox(self, origin: int, payloads: list[bytes]) -> None:
         """Bus callback: the workers' replies to our requests, and their webhook events."""
         for message in control.inbox_messages(origin, payloads):
             if "reply" in message:
-                self._requests.on_reply(origin, message)
+                self.engine.on_reply(origin, message)
             elif message["op"] == webhooks.OP:
                 self.webhooks.put(message)
 
@@ -301,8 +296,8 @@ class Backend:
         """The ``GET /api/channels`` document: subscriber counts summed over the ready
         workers that answered within ``CHANNELS_TIMEOUT``; ``complete`` is false (and
         ``missing`` lists them) when some did not."""
-        answers, missing = await self._requests.ask(
-            self.ready_workers(), "channels", {"prefix": prefix, "limit": limit}, CHANNELS_TIMEOUT
+        answers, missing = await self.engine.ask_workers(
+            "channels", {"prefix": prefix, "limit": limit}, CHANNELS_TIMEOUT
         )
         good = {member: a for member, a in answers.items() if "error" not in a}
         for member, answer in answers.items():
@@ -324,8 +319,8 @@ class Backend:
         """The ``GET /api/presence`` document: every subscriber of ``channel`` on the
         ready workers that answered within ``CHANNELS_TIMEOUT`` (``complete`` false and
         ``missing`` when some did not). A dead worker's subscribers are never listed."""
-        answers, missing = await self._requests.call(
-            self.ready_workers(), control.PresenceListRequest(channel), CHANNELS_TIMEOUT
+        answers, missing = await self.engine.call_workers(
+            control.PresenceListRequest(channel), CHANNELS_TIMEOUT
         )
         members = [
             {"user": user, "client": client, "info": None if info is None else json.loads(info)}
@@ -347,11 +342,9 @@ class Backend:
     async def history(self, channel: str, args: dict[str, Any]) -> dict[str, Any] | None:
         """The ``GET /api/history`` document from the channel's owner, or None if the
         owner did not answer within ``CHANNELS_TIMEOUT``."""
-        owner = owner_of(channel, self.members.owners())
         request = control.HistoryPageRequest(channel, args["since"], args["limit"], args["reverse"])
-        answers, _missing = await self._requests.call({owner}, request, CHANNELS_TIMEOUT)
-        answer = answers.get(owner)
-        if not isinstance(answer, control.HistoryPageReply):
+        answer = await self.engine.ask(channel, request, CHANNELS_TIMEOUT)
+        if answer is None:
             return None
         return {
             "channel": channel,
@@ -362,21 +355,13 @@ class Backend:
             ],
         }
 
-    def notify_owner(self, channel: str, request: control.OwnerRequest[Any]) -> None:
-        """Send ``request`` to ``channel``'s owner as a notification (nobody waits)."""
-        assert self.bus is not None
-        owner = owner_of(channel, self.members.owners())
-        self.bus.publish(
-            inbox_topic(owner), control.encode_owner_request(request, 0, self.members.me)
-        )
-
     async def pusher_metrics(self, apps: list[str], api: PusherApi) -> bytes:
         """The Pusher series per app: this host's ready workers' counters (asked over
         the bus, waiting at most ``PUSHER_METRICS_TIMEOUT``; ``complete`` 0 when one
         did not answer) and the HTTP API's events."""
         slots = set(self._board.workers())  # not the bridge, which has no connections
         workers = {m for m in self.members.ready_local() if slot_of(m) in slots}
-        answers, missing = await self._requests.ask(
+        answers, missing = await self.engine.ask_members(
             workers, "pusher_stats", {}, PUSHER_METRICS_TIMEOUT
         )
         per_worker = {
@@ -390,15 +375,12 @@ class Backend:
     async def pusher_users(self, channel: str) -> control.PusherUsersReply | None:
         """The users of the Pusher presence channel ``channel`` (an internal name) from
         its owner, or None if the owner did not answer within ``CHANNELS_TIMEOUT``."""
-        owner = owner_of(channel, self.members.owners())
-        request = control.PusherUsersRequest(channel)
-        answers, _missing = await self._requests.call({owner}, request, CHANNELS_TIMEOUT)
-        answer = answers.get(owner)
-        return answer if isinstance(answer, control.PusherUsersReply) else None
+        return await self.engine.ask(channel, control.PusherUsersRequest(channel), CHANNELS_TIMEOUT)
 
     def stats(self) -> dict[str, Any]:
         """The admin's own counters (``"admin"`` in ``GET /api/stats``)."""
         ingress, acked = self.ingress, self.acked_ingress
+        stored = self.engine.store_counts()
         return {
             "publications": self.publications,
             "disconnects": self.disconnects,
@@ -412,8 +394,8 @@ class Backend:
                 "rejected": acked.rejected,
                 "answered": acked.answered,
             },
-            "stored": {"confirmed": self.stored.stored, "unconfirmed": self.stored.unconfirmed},
-            "held_for_owner": self.notices.held,
+            "stored": {"confirmed": stored.confirmed, "unconfirmed": stored.unconfirmed},
+            "held_for_owner": stored.held,
         }
 
     def ingress_counts(self) -> tuple[int, int]:
@@ -644,7 +626,7 @@ async def _serve(
         await asyncio.sleep(0.05)
     await runner.cleanup()
     await backend.webhooks.close()
-    backend.notices.close()
+    backend.engine.close()
     bus.close()
 
 

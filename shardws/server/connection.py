@@ -10,21 +10,52 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from shardws.core import Deflated, Sink, build_frame, build_text_frame, release_handshake
 from shardws.pure.auth import Identity
 from shardws.pure.deflate import Inflater
-from shardws.pure.frames import BINARY, Fail, Message, check_control_frame
+from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_frame
 from shardws.server.delivery import NATIVE
 from shardws.shm.scoreboard import Column
 
 if TYPE_CHECKING:
-    from shardws.server.worker import Worker
+    from shardws.config import Config
+    from shardws.pure.session import Sessions
+    from shardws.server.delivery import Delivery
 
 CLOSE_GRACE = 1.0  # seconds we wait for the peer's close frame before dropping TCP
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs of its worker: the settings, counters and delivery it
+    shares, and the worker's decisions on what happens to it (admission, messages,
+    protocol errors, opening and closing)."""
+
+    config: Config
+    delivery: Delivery
+    sessions: Sessions
+    stats: list[int]  # by ``Column``
+    pongs: int
+    native_messages: Messages  # the message assemblers of native and echo connections
+    echo_messages: Messages
+
+    def admit(self, conn: Connection, transport: WSTransport) -> None: ...
+
+    def connection_opened(self, conn: Connection) -> None: ...
+
+    def connection_closed(self, conn: Connection) -> None: ...
+
+    def leave_all(self, conn: Connection) -> None: ...
+
+    def protocol_error(self, conn: Connection, what: str) -> None: ...
+
+    def message_received(self, conn: Connection, binary: bool, payload: bytes) -> None: ...
+
+    def echo_received(self, conn: Connection, binary: bool, payload: bytes) -> None: ...
 
 
 class Connection(WSListener):
@@ -58,13 +89,17 @@ class Connection(WSListener):
         "worker",
     )
 
-    def __init__(self, worker: Worker, identity: Identity | None, *, echo: bool = False) -> None:
+    def __init__(
+        self, worker: ConnectionHost, identity: Identity | None, *, echo: bool = False
+    ) -> None:
         self.worker = worker
         self.identity = identity  # None until a connect message authenticates it
         # The diagnostics echo differs from a native connection only in what a complete
         # message does; frames, fragments, limits and closing are shared.
         self.echo = echo
-        self.on_message = worker.echo_received if echo else worker.message_received
+        self.on_message: Callable[[Connection, bool, bytes], None] = (
+            worker.echo_received if echo else worker.message_received
+        )
         self.ip = ""  # counted in the per-IP table once set
         # Way 2 only: closes with 4504 at handshake_timeout unless a connect comes first.
         self.connect_timer: asyncio.TimerHandle | None = None

@@ -81,12 +81,12 @@ from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
 from shardws.pure.pusher.channels import is_internal
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
+from shardws.server.engine import ASK_TIMEOUT, Connection
 from shardws.server.pusherowner import PusherRequest
 from shardws.server.ringfile import load_rings, rings_path, save_rings
 
 if TYPE_CHECKING:
     from shardws.bus.host import Bus
-    from shardws.pure.auth import Identity
     from shardws.pure.hub import Hub
     from shardws.server.delivery import Delivery
     from shardws.server.pusherowner import PusherOwner
@@ -96,30 +96,12 @@ log = logging.getLogger("shardws.owners")
 
 _ReplyT = TypeVar("_ReplyT", bound=OwnerReply)
 
-OWNER_TIMEOUT = 2.0  # seconds to wait for a channel owner's answer
+OWNER_TIMEOUT = ASK_TIMEOUT  # seconds to wait for a channel owner's answer
 PRESENCE_TIMEOUT = 1.0  # seconds to wait for the other workers' presence answers
 OWNER_OPS = frozenset(control.OWNER_REQUESTS)  # the ops a worker's inbox hands to ``handle``
 #: Seconds between checks of the owners' positions (finds a lost *last* publication,
 #: which no later offset would reveal).
 POSITION_CHECK_INTERVAL = 2.0
-
-
-class Connection(Protocol):
-    """What the owner logic needs of a client connection (the worker's connections have
-    it): its identity and channels, and a way to send it a text message in order with
-    its publications."""
-
-    identity: Identity | None
-    sink: Any
-    client_id: str
-    channels: set[str]
-    closing: bool
-
-    def send(self, payload: bytes) -> None: ...
-
-    def close(self, code: int, reason: str) -> None: ...
-
-    def __hash__(self) -> int: ...
 
 
 class OwnerHost(Protocol):
@@ -199,20 +181,22 @@ class Owners:
         if bus is not None:
             bus.publish(inbox_topic(member), payload)
 
-    def _spawn(self, coroutine: Any) -> None:
+    def spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)  # keep a reference until done (asyncio holds weak ones)
         task.add_done_callback(self._tasks.discard)
 
-    async def ask_owner(self, channel: str, request: OwnerRequest[_ReplyT]) -> _ReplyT | None:
+    async def ask_owner(
+        self, channel: str, request: OwnerRequest[_ReplyT], timeout: float = OWNER_TIMEOUT
+    ) -> _ReplyT | None:
         """The owner's answer to ``request`` (computed here when this worker is the
-        owner), or None if it refused or did not answer within ``OWNER_TIMEOUT``."""
+        owner), or None if it refused or did not answer within ``timeout`` seconds."""
         owner = self.owner(channel)
         if owner == self.worker.member:
             mine = self.answer(request)
             return None if isinstance(mine, OwnerRefusal) else mine
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + OWNER_TIMEOUT
+        deadline = loop.time() + timeout
         bus = self.worker.bus
         # An owner still booting has not subscribed its inbox yet: a request sent now
         # would vanish and time out, and a client's retry would overtake its later
@@ -220,7 +204,7 @@ class Owners:
         waiting = None if bus is None else bus.when_subscribed(inbox_topic(owner))
         if waiting is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(waiting), OWNER_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(waiting), timeout)
             except TimeoutError:
                 return None
         remaining = max(deadline - loop.time(), 0.1)
@@ -348,7 +332,7 @@ class Owners:
     def _start_repair(self, channel: str, epoch: str, held: list[Publication]) -> None:
         self._repairing[channel] = list(held)
         base = Position(epoch, self.tracker.gap_base(channel, epoch))
-        self._spawn(self._repair(channel, base))
+        self.spawn(self._repair(channel, base))
 
     async def _repair(self, channel: str, base: Position) -> None:
         answer = await self.ask_owner(channel, HistoryPositionRequest(channel, base))
@@ -377,7 +361,7 @@ class Owners:
             if owner != me and channel not in self._repairing:
                 by_owner.setdefault(owner, []).append(channel)
         for owner, channels in by_owner.items():
-            self._spawn(self._check_owner(owner, channels))
+            self.spawn(self._check_owner(owner, channels))
 
     async def _check_owner(self, owner: int, channels: list[str]) -> None:
         request = HistoryPositionsRequest(tuple(channels))
@@ -402,7 +386,7 @@ class Owners:
         pending = _Pending(conn)
         self._pending.setdefault(channel, []).append(pending)
         live = self.worker.hub.add(channel, conn, None)
-        self._spawn(self._complete_subscribe(conn, command_id, channel, since, live, pending))
+        self.spawn(self._complete_subscribe(conn, command_id, channel, since, live, pending))
 
     async def _complete_subscribe(
         self,
@@ -499,7 +483,7 @@ class Owners:
     def publish(
         self, conn: Connection, command_id: int | None, channel: str, data: bytes, idem: str | None
     ) -> None:
-        self._spawn(self._publish(conn, command_id, channel, data, idem))
+        self.spawn(self._publish(conn, command_id, channel, data, idem))
 
     async def _publish(
         self, conn: Connection, command_id: int | None, channel: str, data: bytes, idem: str | None
@@ -517,7 +501,7 @@ class Owners:
     ) -> None:
         """``args``: ``since``, ``limit``, ``reverse`` (``protocol.parse_history``)."""
         request = HistoryPageRequest(channel, **args)
-        self._spawn(self._history(conn, command_id, request))
+        self.spawn(self._history(conn, command_id, request))
 
     async def _history(
         self, conn: Connection, command_id: int | None, request: HistoryPageRequest
@@ -551,7 +535,7 @@ class Owners:
         return PresenceStatsReply(len(conns), tuple(sorted(users)))
 
     def presence(self, conn: Connection, command_id: int | None, channel: str, stats: bool) -> None:
-        self._spawn(self._presence(conn, command_id, channel, stats))
+        self.spawn(self._presence(conn, command_id, channel, stats))
 
     async def _presence(
         self, conn: Connection, command_id: int | None, channel: str, stats: bool

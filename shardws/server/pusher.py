@@ -48,20 +48,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Hashable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shardws.config import PusherAppConfig
 from shardws.core import TokenBucket
 from shardws.pure.auth import ANONYMOUS
-from shardws.pure.busframe import inbox_topic
 from shardws.pure.control import (
-    OwnerRequest,
     PusherCacheGetRequest,
     PusherJoinRequest,
     PusherLeaveRequest,
     PusherOccupancyRequest,
-    encode_owner_request,
 )
 from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
@@ -87,13 +84,16 @@ from shardws.pure.pusher.session import (
 )
 from shardws.pure.pusher.webhooks import WebhookEvent
 from shardws.pure.session import Close, Reply
-from shardws.server.connection import Connection
+from shardws.server.connection import Connection, ConnectionHost
 from shardws.server.delivery import WireFormat
-from shardws.server.pusherowner import PusherOwner
 from shardws.shm.scoreboard import Column
 
 if TYPE_CHECKING:
-    from shardws.server.worker import Worker
+    from shardws.config import Config
+    from shardws.pure.hub import Hub
+    from shardws.pure.session import Count
+    from shardws.server.delivery import Delivery
+    from shardws.server.engine import WorkerEngine
 
 log = logging.getLogger("shardws.pusher")
 
@@ -103,7 +103,7 @@ log = logging.getLogger("shardws.pusher")
 PONG_WAIT = 30.0
 
 #: Times a presence subscription asks its channel's owner (each waiting up to
-#: ``owners.OWNER_TIMEOUT``) before it is refused with 503: long enough for a killed
+#: ``engine.ASK_TIMEOUT``) before it is refused with 503: long enough for a killed
 #: owner's replacement to boot.
 JOIN_ATTEMPTS = 4
 
@@ -152,9 +152,14 @@ class PusherConnection(Connection):
     # its Pusher channels with their presence member (the session's state).
     channels: dict[str, PresenceMember | None]  # type: ignore[assignment]
 
-    def __init__(self, worker: Worker, admission: Admitted | Refused) -> None:
+    def __init__(
+        self,
+        worker: ConnectionHost,
+        on_message: Callable[[Connection, bool, bytes], None],
+        admission: Admitted | Refused,
+    ) -> None:
         super().__init__(worker, ANONYMOUS)
-        self.on_message = worker.pusher.message_received
+        self.on_message = on_message  # the Pusher front's (PusherFront.message_received)
         self.channels = {}
         self.socket_id = ""
         self.user_id = ""  # the Pusher user it signed in as (pusher:signin)
@@ -190,25 +195,47 @@ class PusherConnection(Connection):
         super().close(code, message)
 
 
+class PusherHost(Protocol):
+    """What the Pusher front needs of its worker: the settings, the hubs (channels and
+    users), the counters, the one delivery path, the engine (the cluster: its channels'
+    deciders), and the worker's rules it shares with the native front."""
+
+    config: Config
+    member: int  # this worker's bus member id (socket ids are made of it)
+    hub: Hub
+    users: Hub  # user key -> connections (``terminate_connections``)
+    stats: list[int]  # by ``Column``
+    delivery: Delivery
+    engine: WorkerEngine
+    not_live: int  # subscribes refused because their barrier did not complete
+
+    def account(self, conn: Connection, count: Count | None, line: str | None) -> None: ...
+
+    def greet_when_live(self, conn: Connection, user: str, greeting: bytes) -> None: ...
+
+    def publish_publication(self, channel: str, publication: Publication) -> None: ...
+
+    def to_admin(self, payload: bytes) -> None: ...
+
+
 class PusherFront:
     """The Pusher protocol's part of one worker: socket ids, the sessions' rules, the
     carrying out of their outcomes, the activity check."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: PusherHost) -> None:
         self.worker = worker
         self.sessions = PusherSessions(worker.config.limits)
         # The process's start time tells this incarnation's socket ids from those of an
         # earlier process with the same member id.
         self.socket_ids = SocketIds(worker.member, int(time.time() * 1000))
-        self.owner = PusherOwner(worker)
         self.app_stats: dict[str, list[int]] = {}  # app id -> APP_STATS
         self._tasks: set[asyncio.Task[None]] = set()
-        # Presence channels with members here -> the (owner, its pid) that knows them.
-        self._owner_seen: dict[str, tuple[int, int]] = {}
+        # Presence channels with members here -> the decider that knows them.
+        self._owner_seen: dict[str, Hashable] = {}
         self._joining: set[tuple[str, str]] = set()  # (socket id, channel) asking to join
         # Channels of apps with occupancy webhooks whose owner knows they have
-        # subscribers here -> the (owner, its pid) told; and those being told.
-        self._occupied_at: dict[str, tuple[int, int]] = {}
+        # subscribers here -> the decider told; and those being told.
+        self._occupied_at: dict[str, Hashable] = {}
         self._telling: set[str] = set()
         self._apps = {app.id: app for app in worker.config.pusher.apps}
 
@@ -222,15 +249,11 @@ class PusherFront:
     def webhook(self, internal: str, event: WebhookEvent) -> None:
         """Hand ``event`` of the channel ``internal`` to this host's admin (the sender)
         if its app wants it: one bus message, nothing waited for."""
-        bus, worker = self.worker.bus, self.worker
-        if bus is None or not self.wants_webhook(internal, event.name):
+        if not self.wants_webhook(internal, event.name):
             return
-        admin = worker.members.id(worker.board.admin_slot)
         at_ms = int(time.time() * 1000)
-        bus.publish(
-            inbox_topic(admin),
-            webhooks.encode_message(app_of(internal), event, at_ms, worker.member),
-        )
+        worker = self.worker
+        worker.to_admin(webhooks.encode_message(app_of(internal), event, at_ms, worker.member))
 
     def hub_changed(self, internal: str, occupied: bool) -> None:
         """The hub's first-subscriber (``occupied``) or last-subscriber rule fired for
@@ -254,12 +277,12 @@ class PusherFront:
                 if occupied == told:
                     return
                 request = PusherOccupancyRequest(internal, worker.member, occupied)
-                if await worker.owners.ask_owner(internal, request) is None:
+                if await worker.engine.ask(internal, request) is None:
                     attempts += 1  # the owner restarting: ask its next process
                     continue
                 attempts, told = 0, occupied
                 if occupied:
-                    self._occupied_at[internal] = self._owner_process(internal)
+                    self._occupied_at[internal] = self.worker.engine.decider(internal)
                 else:
                     self._occupied_at.pop(internal, None)
             log.warning("occupancy of %s: the owner never answered", internal)
@@ -410,7 +433,7 @@ class PusherFront:
     async def _replay_cache(self, conn: PusherConnection, channel: str, internal: str) -> None:
         """After ``subscription_succeeded`` on a cache channel: its last event from the
         channel's owner, or ``pusher:cache_miss`` (also when the owner did not answer)."""
-        reply = await self.worker.owners.ask_owner(internal, PusherCacheGetRequest(internal))
+        reply = await self.worker.engine.ask(internal, PusherCacheGetRequest(internal))
         if channel not in conn.channels:
             return
         if reply is None or reply.event is None:
@@ -447,7 +470,7 @@ class PusherFront:
             for _attempt in range(JOIN_ATTEMPTS):
                 # An owner restarting does not answer: ask its next process. A join that
                 # arrived twice counts once (the roster knows the socket).
-                reply = await self.worker.owners.ask_owner(internal, request)
+                reply = await self.worker.engine.ask(internal, request)
                 if reply is not None or conn.channels.get(channel) is not member:
                     break
         finally:
@@ -479,14 +502,9 @@ class PusherFront:
             return
         conn.send(wire.encode_presence_succeeded(channel, reply.members))
         self.worker.hub.activate(internal, conn, conn.sink)
-        self._owner_seen.setdefault(internal, self._owner_process(internal))
+        self._owner_seen.setdefault(internal, self.worker.engine.decider(internal))
         if kind_of(channel).cache:
             await self._replay_cache(conn, channel, internal)
-
-    def _owner_process(self, internal: str) -> tuple[int, int]:
-        """The owner of ``internal`` and its process id (0 for another host's)."""
-        owner = self.worker.owners.owner(internal)
-        return owner, self.owner.pid_of(owner)
 
     def check_owners(self) -> None:
         """Called per heartbeat: when a presence channel's owner is a new process (it
@@ -496,19 +514,14 @@ class PusherFront:
         self._restore_occupancy()
         if not self._owner_seen:
             return
-        worker = self.worker
-        ready: set[int] | None = None
+        hub, engine = self.worker.hub, self.worker.engine
         for internal, seen in list(self._owner_seen.items()):
-            members = worker.hub.members(internal)
+            members = hub.members(internal)
             if not members:
                 del self._owner_seen[internal]
                 continue
-            now = self._owner_process(internal)
-            if now == seen:
-                continue
-            if ready is None:
-                ready = worker.members.ready_workers() | {worker.member}
-            if now[0] not in ready:
+            now = engine.decider(internal)
+            if now == seen or not engine.can_decide(now):
                 continue  # told once it is ready (it could not take it before)
             self._owner_seen[internal] = now
             channel = pusher_name(internal)
@@ -524,36 +537,22 @@ class PusherFront:
                     conn.app.max_presence_members,
                     restore=True,
                 )
-                self._notify_owner(internal, restore)
+                engine.tell(internal, restore)
 
     def _restore_occupancy(self) -> None:
         """Per heartbeat: tell a channel's new owner process (restarted, or another member
         after a reload) that this worker has subscribers of it (``restore``: it
         decides nothing)."""
-        ready: set[int] | None = None
+        hub, engine = self.worker.hub, self.worker.engine
         for internal, seen in list(self._occupied_at.items()):
-            if internal not in self.worker.hub:
+            if internal not in hub:
                 continue  # being told it is vacant
-            now = self._owner_process(internal)
-            if now == seen:
-                continue
-            if ready is None:
-                ready = self.worker.members.ready_workers() | {self.worker.member}
-            if now[0] not in ready:
+            now = engine.decider(internal)
+            if now == seen or not engine.can_decide(now):
                 continue
             self._occupied_at[internal] = now
             request = PusherOccupancyRequest(internal, self.worker.member, True, restore=True)
-            self._notify_owner(internal, request)
-
-    def _notify_owner(self, internal: str, request: OwnerRequest[Any]) -> None:
-        """Send ``request`` to ``internal``'s owner, nobody waiting for the answer."""
-        owners = self.worker.owners
-        owner = owners.owner(internal)
-        bus = self.worker.bus
-        if owner == self.worker.member:
-            owners.answer(request)
-        elif bus is not None:  # id 0: a notification, nobody waits for an answer
-            bus.publish(inbox_topic(owner), encode_owner_request(request, 0, self.worker.member))
+            engine.tell(internal, request)
 
     def _leave_owner(self, internal: str, socket_id: str, user_id: str) -> None:
         """Tell the presence channel's owner that ``socket_id`` of ``user_id`` left -- but
@@ -567,7 +566,7 @@ class PusherFront:
 
     async def _ask_leave(self, request: PusherLeaveRequest) -> None:
         for _attempt in range(JOIN_ATTEMPTS):
-            if await self.worker.owners.ask_owner(request.channel, request) is not None:
+            if await self.worker.engine.ask(request.channel, request) is not None:
                 return
         log.warning(
             "presence leave of %s on %s: the owner never answered",

@@ -1,12 +1,11 @@
 """The Pusher HTTP API on the admin listener: ``/apps/{id}/...`` as the official server
 SDKs call it (the decisions are ``shardws.pure.pusher.httpapi``'s).
 
-The admin process is a member of the host bus: a trigger publishes one protocol-neutral
-publication per channel on the channel's bus topic (the app's internal name,
+The admin process publishes through the engine (``server.engine``): a trigger is one
+protocol-neutral publication record for each of its channels (the app's internal name,
 ``pure.pusher.channels.internal_name``), so it reaches the subscribers of every worker
 (and, in a cluster, of every host) at most once, like ``POST /api/publish``. Counts are
-asked of every ready worker (cluster-wide) through their inboxes, like
-``GET /api/channels``.
+asked of every ready worker (cluster-wide), like ``GET /api/channels``.
 
 Guarantees: nothing is published unless ``httpapi.decide`` accepted the whole request
 (signature, app, every event of a batch); an event with ``socket_id`` never reaches that
@@ -18,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from shardws.pure.busframe import channel_topic
-from shardws.pure.control import Disconnect, PusherCachePutRequest
+from shardws.pure.control import Disconnect, PusherCachePutRequest, PusherUsersReply
 from shardws.pure.protocol import CloseCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
@@ -47,7 +45,7 @@ from shardws.pure.pusher.httpapi import (
 
 if TYPE_CHECKING:
     from shardws.config import PusherAppConfig, PusherConfig
-    from shardws.server.admin import Backend
+    from shardws.server.engine import Engine
 
 log = logging.getLogger("shardws.pusher.api")
 
@@ -55,10 +53,24 @@ log = logging.getLogger("shardws.pusher.api")
 LIST_LIMIT = 100_000
 
 
+class PusherBackend(Protocol):
+    """What the Pusher HTTP API needs of the admin's backend (``admin.Backend``): the
+    engine, and the native API's cluster-wide answers it shares."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def disconnect(self, user: str, how: Disconnect) -> None: ...
+
+    async def channels(self, prefix: str, limit: int) -> dict[str, Any]: ...
+
+    async def pusher_users(self, channel: str) -> PusherUsersReply | None: ...
+
+
 class PusherApi:
     """Answers HTTP API requests of the apps in ``[pusher]`` (see the module doc)."""
 
-    def __init__(self, backend: Backend, pusher: PusherConfig) -> None:
+    def __init__(self, backend: PusherBackend, pusher: PusherConfig) -> None:
         self._backend = backend
         self._pusher = pusher
         self.events: dict[str, int] = {}  # app id -> events published (each of a batch)
@@ -99,8 +111,7 @@ class PusherApi:
         return 200, httpapi.encode_users(list(users.users))
 
     def _publish(self, app: PusherAppConfig, events: Iterable[httpapi.Event]) -> None:
-        bus = self._backend.bus
-        assert bus is not None
+        engine = self._backend.engine
         for event in events:
             publication = Publication(
                 wire.data_of_string(event.data), Kind.PUB, event.name, event.exclude or ""
@@ -108,11 +119,11 @@ class PusherApi:
             record = publication_record(publication)
             for channel in event.channels:
                 internal = internal_name(app.id, channel)
-                bus.publish(channel_topic(internal), record)
+                engine.publish(internal, record)
                 if kind_of(channel).cache:  # its owner keeps it for later subscribers
                     encoded = wire.encode_event(event.name, channel, publication.data)
                     put = PusherCachePutRequest(internal, encoded, app.cache_ttl)
-                    self._backend.notify_owner(internal, put)
+                    engine.tell(internal, put)
             self.events[app.id] = self.events.get(app.id, 0) + 1
 
     async def _counts_for(

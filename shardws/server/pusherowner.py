@@ -61,7 +61,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shardws.pure.cluster import slot_of
 from shardws.pure.control import (
@@ -88,10 +89,13 @@ from shardws.pure.pusher.occupancy import Occupancy
 from shardws.pure.pusher.presence import Full, Roster
 from shardws.pure.pusher.session import PresenceMember
 from shardws.pure.pusher.webhooks import WebhookEvent
+from shardws.server.engine import ASK_TIMEOUT
 from shardws.shm.scoreboard import Column
 
 if TYPE_CHECKING:
-    from shardws.server.worker import Worker
+    from shardws.bus.requests import Requests
+    from shardws.shm.scoreboard import Scoreboard
+    from shardws.shm.view import Members
 
 log = logging.getLogger("shardws.pusher.owner")
 
@@ -120,16 +124,50 @@ PusherRequest = (
 #: Seconds a worker of another host taken for gone is remembered, to ask it for its
 #: channels when it is seen again (a partition longer than this is not healed that way).
 TAKEN_FOR_GONE_MEMORY = 600.0
-#: Seconds to wait for a worker's ``pusher.occupied`` answer (``owners.OWNER_TIMEOUT``,
-#: which this module cannot import: ``owners`` imports it).
-ASK_TIMEOUT = 2.0
+
+
+class PusherOwnerHost(Protocol):
+    """What the Pusher owner needs of its worker: its member id, the cluster's members
+    and this host's scoreboard (whose processes are gone), and the one path that
+    delivers a publication to a channel's subscribers everywhere."""
+
+    member: int
+    members: Members
+    board: Scoreboard
+
+    def publish_publication(self, channel: str, publication: Publication) -> None: ...
+
+
+class Ownership(Protocol):
+    """Which member owns a channel, and asking members (``server.owners.Owners``)."""
+
+    requests: Requests
+
+    def owner(self, channel: str) -> int: ...
+
+    def view(self) -> tuple[int, ...]: ...
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None: ...
 
 
 class PusherOwner:
-    """The rosters of the presence channels this worker owns (see the module doc)."""
+    """The rosters of the presence channels this worker owns (see the module doc).
 
-    def __init__(self, worker: Worker) -> None:
+    ``webhook(channel, event)`` hands an event to this host's admin if the channel's app
+    wants it; ``occupied_here(asker)`` is this worker's answer to ``pusher.occupied``
+    (the Pusher front's: the channels with subscribers here)."""
+
+    def __init__(
+        self,
+        worker: PusherOwnerHost,
+        owners: Ownership,
+        webhook: Callable[[str, WebhookEvent], None],
+        occupied_here: Callable[[int], tuple[str, ...]],
+    ) -> None:
         self.worker = worker
+        self.owners = owners
+        self._send_webhook = webhook
+        self._occupied_here = occupied_here
         self.rosters: dict[str, Roster] = {}
         self.caches: dict[str, LastEvents] = {}  # by app id (each app has its TTL)
         self._view: tuple[int, ...] = ()  # the owners' view the rosters were checked in
@@ -151,7 +189,7 @@ class PusherOwner:
             self._occupancy(request)
             return PusherOccupancyReply()
         if isinstance(request, PusherOccupiedRequest):
-            return PusherOccupiedReply(self.worker.pusher.occupied_for(request.owner))
+            return PusherOccupiedReply(self._occupied_here(request.owner))
         if isinstance(request, PusherCachePutRequest):
             app_id = app_of(request.channel)
             cache = self.caches.get(app_id)
@@ -215,7 +253,7 @@ class PusherOwner:
         self._webhook(channel, name, publication.user)
 
     def _webhook(self, channel: str, name: str, user_id: str | None = None) -> None:
-        self.worker.pusher.webhook(channel, WebhookEvent(name, pusher_name(channel), user_id))
+        self._send_webhook(channel, WebhookEvent(name, pusher_name(channel), user_id))
 
     # -- occupancy (channel_occupied, channel_vacated) --------------------------------------
 
@@ -275,12 +313,12 @@ class PusherOwner:
                 del self._taken_for_gone[member]
             elif member in ready_elsewhere:
                 del self._taken_for_gone[member]
-                self.worker.pusher.spawn(self._ask_occupied(member))
+                self.owners.spawn(self._ask_occupied(member))
 
     async def _ask_occupied(self, member: int) -> None:
         """Ask ``member`` (back after being taken for gone) which of our channels it has;
         those with no subscriber elsewhere were announced vacated: announce them occupied."""
-        owners = self.worker.owners
+        owners = self.owners
         request = PusherOccupiedRequest(self.worker.member)
         replies, _missing = await owners.requests.call({member}, request, ASK_TIMEOUT)
         reply = replies.get(member)
@@ -343,7 +381,7 @@ class PusherOwner:
         that is not among the live hosts' ready workers. And forget the rosters and
         last events of channels this worker no longer owns (a reload moved them: their
         subscriber workers restore them at the new owner)."""
-        owners, me = self.worker.owners, self.worker.member
+        owners, me = self.owners, self.worker.member
         view = owners.view()
         if view != self._view:  # owners change with the view only: check then
             self._view = view

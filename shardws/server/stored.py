@@ -23,7 +23,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -46,15 +45,6 @@ ATTEMPT_TIMEOUT = 1.0
 RETRY_PAUSE = 0.05
 #: Requests per channel at most (the time bound usually ends the attempts first).
 MAX_ATTEMPTS = 50
-#: Seconds a backend should wait before retrying an unconfirmed publication (the 503's
-#: ``Retry-After``).
-RETRY_AFTER = 1
-
-
-def request_idem(idem: str | None) -> str:
-    """``idem`` itself, or a fresh key for a request that has none (so the admin's own
-    attempts never store a publication twice); 24 characters, within a client's 64."""
-    return idem if idem is not None else "api-" + secrets.token_hex(10)
 
 
 class StoredPublisher:

@@ -56,7 +56,7 @@ from shardws.pure.auth import (
     Authenticator,
     AuthFailure,
 )
-from shardws.pure.busframe import channel_topic, inbox_topic, user_topic
+from shardws.pure.busframe import inbox_topic
 from shardws.pure.deflate import Inflater, negotiate
 from shardws.pure.frames import Messages
 from shardws.pure.handshake import client_ip, origin_allowed, parse_networks, request_token
@@ -83,7 +83,8 @@ from shardws.pure.session import (
 from shardws.pure.sweep import RotatingSweep
 from shardws.server.connection import CLOSE_GRACE, Connection
 from shardws.server.delivery import Delivery, WireFormat
-from shardws.server.owners import OWNER_OPS, POSITION_CHECK_INTERVAL, Owners
+from shardws.server.engine import WorkerEngine
+from shardws.server.engines import worker_engine
 from shardws.server.progress import ProgressWatch
 from shardws.server.pusher import PusherConnection, PusherFront
 from shardws.server.static import static_response
@@ -176,20 +177,22 @@ class Worker:
         self.delivery = Delivery(config, self.stats, self._peer_log)
         self._server: asyncio.Server | None = None
         self.bus: Bus | None = None
-        self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe, _wire_of)
+        self.hub = Hub(self._first_subscriber, self._last_subscriber, _wire_of)
         self.sessions = Sessions(config, self.auth, self.hub.subscriber_count)
         max_size = config.server.max_message_size
         self.native_messages = Messages(max_size, check_utf8=False)
         self.echo_messages = Messages(max_size, check_utf8=True)
-        self.owners = Owners(self)
         # Plain subscribes refused with 108, and user topics closed with 4506: their
         # bus barrier did not complete.
         self.not_live = 0
-        self._next_position_check = 0.0
-        # user -> that user's connections here, subscribed to the user's bus topic.
-        self.users = Hub(self._bus_subscribe_user, self._bus_unsubscribe_user)
         self.pusher = PusherFront(self)
-        self.owners.pusher_owner = self.pusher.owner
+        # The cluster (docs/architecture.md, "The engine"): what crosses hosts, and the
+        # deciders of channels, this worker among them.
+        self.engine: WorkerEngine = worker_engine(
+            config, self, self._answer_local, self.pusher.webhook, self.pusher.occupied_for
+        )
+        # user -> that user's connections here, subscribed to the user's topic.
+        self.users = Hub(self.engine.subscribe_user, self.engine.unsubscribe_user)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -218,12 +221,12 @@ class Worker:
             self._on_bus_channel,
             self.members.relays,
             on_user=self._on_bus_user,
-            on_inbox=self._on_bus_inbox,
+            on_inbox=self.engine.on_inbox,
             inbox_live=self.members.inbox_live,
             hwm=server.bus_hwm,
         )
         self.bus.start()
-        self.owners.load()
+        self.engine.load()
         self._tick()
         self._progress.start()
         # Our inbox subscription is live at the forwarder and our publications pass it,
@@ -329,7 +332,7 @@ class Worker:
             if conn.transport is not None:
                 conn.transport.disconnect(graceful=False)
         await asyncio.sleep(0)
-        self.owners.save()  # this slot's next process continues the rings
+        self.engine.save()  # this slot's next process continues what it decided
         if self.bus is not None:
             self.bus.close()
         self._tick()
@@ -384,9 +387,10 @@ class Worker:
             stats[Column.BUS_LOST] = self.bus.lost
             stats[Column.BUS_READS] = self.bus.reads
             stats[Column.SYNC_TIMEOUTS] = self.bus.sync_timeouts
-        stats[Column.HISTORY_REPAIRS] = self.owners.repairs
-        stats[Column.NOT_LIVE] = self.not_live + self.owners.not_live
-        stats[Column.HISTORY_UNRECOVERABLE] = self.owners.unrecoverable
+        repairs, unrecoverable, not_live = self.engine.counters()
+        stats[Column.HISTORY_REPAIRS] = repairs
+        stats[Column.NOT_LIVE] = self.not_live + not_live
+        stats[Column.HISTORY_UNRECOVERABLE] = unrecoverable
         for column in (
             Column.CONNECTIONS,
             Column.ACCEPTED,
@@ -413,14 +417,7 @@ class Worker:
             row[column] = stats[column]
         self.latency.store(row)
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
-        self.owners.on_view()
-        self.pusher.owner.check_processes()
-        self.pusher.check_owners()
-        self.pusher.owner.expire()
-        now = time.monotonic()
-        if now >= self._next_position_check:
-            self._next_position_check = now + POSITION_CHECK_INTERVAL
-            self.owners.check_positions()
+        self.engine.on_heartbeat(time.monotonic(), self.pusher.check_owners)
         if not self._stop.is_set():
             self._tick_due = time.monotonic() + HEARTBEAT_INTERVAL
             asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._tick)
@@ -438,7 +435,7 @@ class Worker:
         now = time.monotonic()
         if new_pass and now >= self._next_ring_sweep:  # (a pass of no connections is short)
             self._next_ring_sweep = now + self._sweep_interval()
-            dropped = self.owners.sequencer.sweep()  # idle rings of the channels it owns
+            dropped = self.engine.sweep()
             if dropped:
                 log.debug("forgot %d idle history ring(s)", dropped)
         self._keepalive(connections)
@@ -514,7 +511,9 @@ class Worker:
             # Refused or not, a Pusher client is upgraded: Pusher answers with a
             # pusher:error and a close code, which pusher-js acts on (admission.py).
             admission = admit(request.path.decode("latin-1"), self.config.pusher)
-            return self._accept(PusherConnection(self, admission), request)
+            return self._accept(
+                PusherConnection(self, self.pusher.message_received, admission), request
+            )
         token = request_token(request.path, request.headers)
         if token is None:
             identity = ANONYMOUS if self.config.auth.anonymous else None
@@ -697,9 +696,9 @@ class Worker:
     def _subscribe(self, conn: Connection, subscribe: Subscribe) -> None:
         command_id, channel, options = subscribe.command_id, subscribe.channel, subscribe.options
         if options.join_leave:
-            self.owners.announce(channel, Kind.JOIN, conn)
+            self.engine.announce(channel, Kind.JOIN, conn)
         if options.history_size:
-            self.owners.subscribe(conn, command_id, channel, subscribe.since)
+            self.engine.subscribe_sequenced(conn, command_id, channel, subscribe.since)
             return
         live = self.hub.add(channel, conn, conn.sink)
         if live.done():
@@ -740,18 +739,19 @@ class Worker:
 
     def _publish(self, conn: Connection, publish: Publish) -> None:
         if publish.options.history_size:
-            owners = self.owners
-            owners.publish(conn, publish.command_id, publish.channel, publish.data, publish.idem)
+            self.engine.publish_sequenced(
+                conn, publish.command_id, publish.channel, publish.data, publish.idem
+            )
             return
         self.publish(publish.channel, publish.data, conn.client_id)
         conn.send(protocol.encode_ok(publish.command_id))
 
     def _read(self, conn: Connection, read: Read) -> None:
         if read.op == "history":
-            self.owners.history(conn, read.command_id, read.channel, read.args)
+            self.engine.history(conn, read.command_id, read.channel, read.args)
         else:
             stats = read.op == "presence_stats"
-            self.owners.presence(conn, read.command_id, read.channel, stats=stats)
+            self.engine.presence(conn, read.command_id, read.channel, stats=stats)
 
     def echo_received(self, conn: Connection, binary: bool, payload: bytes) -> None:
         """A complete message on the diagnostics echo: sent back as received. Its text
@@ -766,7 +766,7 @@ class Worker:
     def _announce_leave(self, channel: str, conn: Connection) -> None:
         options = self.config.namespaces.get(protocol.namespace_of(channel))
         if options is not None and options.join_leave:
-            self.owners.announce(channel, Kind.LEAVE, conn)
+            self.engine.announce(channel, Kind.LEAVE, conn)
 
     def stats_publication(self) -> None:
         self.stats[Column.PUBLISHES] += 1
@@ -786,10 +786,8 @@ class Worker:
             start = time.monotonic_ns()
             self.delivery.publish(channel, publication, groups, self.delivery.drop_for(channel))
             self.latency.observe((time.monotonic_ns() - start) / 1e9)
-        if self.bus is not None:
-            # Always encoded: through the forwarder, other members' subscriptions never
-            # reach this member's Python; the forwarder drops a record nobody wants.
-            self.bus.publish(channel_topic(channel), publication_record(publication))
+        # Always encoded: no member sees which channels the others want.
+        self.engine.publish(channel, publication_record(publication))
 
     def options_for(self, channel: str) -> NamespaceConfig:
         """``channel``'s namespace options, cached (``Delivery.options_for``)."""
@@ -797,18 +795,16 @@ class Worker:
 
     # -- bus ----------------------------------------------------------------------------
 
-    def _bus_subscribe(self, channel: str) -> asyncio.Future[bool]:
-        assert self.bus is not None
+    def _first_subscriber(self, channel: str) -> asyncio.Future[bool]:
         if is_internal(channel):  # a Pusher channel's owner may want to know (webhooks)
             self.pusher.hub_changed(channel, occupied=True)
-        return self.bus.subscribe(channel_topic(channel))
+        return self.engine.subscribe(channel)
 
-    def _bus_unsubscribe(self, channel: str) -> None:
-        self.owners.tracker.forget(channel)  # positions restart with the next subscriber
+    def _last_subscriber(self, channel: str) -> None:
+        self.engine.forget(channel)  # positions restart with the next subscriber
         if is_internal(channel):
             self.pusher.hub_changed(channel, occupied=False)
-        if self.bus is not None:
-            self.bus.unsubscribe(channel_topic(channel))
+        self.engine.unsubscribe(channel)
 
     def _on_bus_channel(self, topic: bytes, payloads: list[bytes], stamp_ns: int) -> None:
         channel = topic[1:-1].decode()
@@ -817,8 +813,8 @@ class Worker:
         except ValueError as exc:  # a bug in the sender: say so, keep serving
             log.warning("bus: bad publication record on %r: %s", channel, exc)
             return
-        if self.owners.has_history(channel):
-            self.owners.deliver(channel, publications)  # in offset order, gaps repaired
+        if self.engine.is_sequenced(channel):
+            self.engine.deliver_sequenced(channel, publications)  # in order, gaps repaired
         else:
             groups = self.hub.groups(channel)
             if not groups:
@@ -876,14 +872,6 @@ class Worker:
         if conn.identity is not None and conn.identity.user:
             self.users.remove(conn.identity.user, conn)
 
-    def _bus_subscribe_user(self, user: str) -> asyncio.Future[bool]:
-        assert self.bus is not None
-        return self.bus.subscribe(user_topic(user))
-
-    def _bus_unsubscribe_user(self, user: str) -> None:
-        if self.bus is not None:
-            self.bus.unsubscribe(user_topic(user))
-
     def _on_bus_user(self, topic: bytes, payloads: list[bytes]) -> None:
         user = topic[1:-1].decode()
         for payload in payloads:
@@ -902,37 +890,26 @@ class Worker:
                 # A user's messages follow the rule named USER_PUSHES (delivery.py).
                 self.delivery.push(message, sinks, self.delivery.user_drop)
 
-    def _on_bus_inbox(self, origin: int, payloads: list[bytes]) -> None:
-        """Answer requests from other members (channel owners' ops, the admin's
-        ``GET /api/channels``) and take the replies to this worker's own requests."""
-        for request in control.inbox_messages(origin, payloads):
-            if self.bus is None:
-                return
-            if "op" not in request:
-                self.owners.requests.on_reply(origin, request)
-                continue
-            reply: dict[str, Any]
-            if request["op"] in OWNER_OPS:
-                reply = self.owners.handle(request["op"], request)
-                if request["id"] == 0:  # a notification (hand-over): nobody waits
-                    continue
-            elif request["op"] == "pusher_stats":
-                reply = {"apps": self.pusher.stats_answer()}
-            elif request["op"] == "channels":
-                try:
-                    prefix, limit = control.channels_arguments(request)
-                except ValueError as exc:
-                    reply = {"error": str(exc)}
-                else:
-                    counts = self.hub.channel_counts(prefix)
-                    if not is_internal(prefix):  # a native listing: no Pusher channel
-                        counts = {n: c for n, c in counts.items() if not is_internal(n)}
-                    reply = control.channels_answer(counts, limit)
-            else:
-                reply = {"error": f"unknown op {request['op']!r}"}
-            self.bus.publish(
-                inbox_topic(request["reply_to"]), control.encode_reply(request["id"], reply)
-            )
+    def _answer_local(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        """This worker's answer to another member's question about itself (the admin's
+        ``GET /api/channels``, its Pusher metrics); owner operations are the engine's."""
+        if op == "pusher_stats":
+            return {"apps": self.pusher.stats_answer()}
+        if op != "channels":
+            return {"error": f"unknown op {op!r}"}
+        try:
+            prefix, limit = control.channels_arguments(request)
+        except ValueError as exc:
+            return {"error": str(exc)}
+        counts = self.hub.channel_counts(prefix)
+        if not is_internal(prefix):  # a native listing: no Pusher channel
+            counts = {n: c for n, c in counts.items() if not is_internal(n)}
+        return control.channels_answer(counts, limit)
+
+    def to_admin(self, payload: bytes) -> None:
+        """Send ``payload`` to this host's admin's inbox (Pusher webhook events)."""
+        if self.bus is not None:
+            self.bus.publish(inbox_topic(self.members.id(self.board.admin_slot)), payload)
 
 
 STALL_DEFAULT = 30.0  # seconds [diagnostics] stall_path hangs a worker for
