@@ -140,6 +140,8 @@ _FIXED_OPTIONS = (
     ("[cluster] peers (set or empty)", lambda c: c.cluster.enabled),
     ("[cluster] host_id", lambda c: c.cluster.host_id),
     ("[cluster] listen", lambda c: c.cluster.listen),
+    # Every process of a host, and every host, must join through the same engine.
+    ("[cluster] engine", lambda c: c.cluster.engine),
 )
 
 
