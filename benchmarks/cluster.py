@@ -138,10 +138,10 @@ async def _measure(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pings", type=int, default=500)
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--subscribers", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pings", type=int, default=500, help="round trips per round")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of fan-out")
+    parser.add_argument("--subscribers", type=int, default=100, help="per host")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (medians shown)")
     parser.add_argument("--plaintext", action="store_true", help="no CurveZMQ on the link")
     args = parser.parse_args()
     reason = netns_unavailable()

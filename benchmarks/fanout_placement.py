@@ -107,11 +107,13 @@ def measure(workers: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[2, 16])
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[2, 16], help="worker counts to compare"
+    )
     parser.add_argument("--subscribers", type=int, default=50, help="per worker (0 and 1)")
-    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=1000, help="publications per count")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle baseline")
-    parser.add_argument("--label", default="")
+    parser.add_argument("--label", default="", help="added to the result")
     args = parser.parse_args()
     rows = [measure(workers, args) for workers in args.workers]
     base = rows[0]["deliveries_per_cpu_s"]

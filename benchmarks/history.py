@@ -96,10 +96,10 @@ async def _round(url: str, channel: str, messages: int, window: int, subs: int) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=10000)
+    parser.add_argument("--messages", type=int, default=10000, help="publications per round")
     parser.add_argument("--window", type=int, default=64, help="publishes in flight")
-    parser.add_argument("--subscribers", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--subscribers", type=int, default=4, help="subscribed clients")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (medians shown)")
     args = parser.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     with serve("shardws", workers=2, extra=NAMESPACES) as server:

@@ -147,8 +147,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=50_000, help="per ZeroMQ round")
     parser.add_argument("--http-messages", type=int, default=3_000, help="per HTTP round")
-    parser.add_argument("--subscribers", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--subscribers", type=int, default=4, help="subscribed clients")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (medians shown)")
     args = parser.parse_args()
     bind = f"tcp://127.0.0.1:{_free_port()}"
     rounds: dict[str, list[dict[str, float]]] = {"zmq 2-frame": [], "zmq JSON": [], "http": []}

@@ -483,7 +483,9 @@ def main() -> None:
 
         sys.exit(overload.main(sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", type=int, nargs="*", default=sorted(SCENARIOS))
+    parser.add_argument(
+        "--scenario", type=int, nargs="*", default=sorted(SCENARIOS), help="scenario numbers"
+    )
     parser.add_argument("--servers", nargs="*", help="subset of shardws + peers")
     parser.add_argument("--quick", action="store_true", help="smaller, shorter runs")
     args = parser.parse_args()

@@ -726,8 +726,8 @@ def _resource_line(host: str, resources: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=600.0)
-    parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of soak")
+    parser.add_argument("--seed", type=int, default=21, help="the faults' random seed")
     parser.add_argument("--each-once", action="store_true", help="one fault of each kind")
     parser.add_argument("--pause", type=float, default=8.0, help="mean seconds between faults")
     parser.add_argument("--window", type=float, default=15.0, help="seconds after a fault")

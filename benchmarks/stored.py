@@ -72,7 +72,7 @@ def _round(url: str, channel: str, requests: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="per round")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (medians shown)")
     args = parser.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     admin = f'api_key = "{API_KEY}"'

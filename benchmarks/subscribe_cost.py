@@ -148,8 +148,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[2, 16, 32, 64])
-    parser.add_argument("--connections", type=int, default=20_000)
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[2, 16, 32, 64], help="worker counts"
+    )
+    parser.add_argument("--connections", type=int, default=20_000, help="connections per count")
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument(
         "--rate",
