@@ -66,7 +66,9 @@ def check_common(report: dict[str, Any], scenario: str, connections: int) -> Non
 
 
 def test_fanout_flat_out_loses_nothing(server: ServerProcess) -> None:
-    report = run(spec(server, scenario="fanout", duration=2, source_ips=2))
+    # The drain ends as soon as every delivery arrived; its silence bound only has to
+    # outlast a loop stalled by a shared machine (a p99 of 1.1 s was seen under load).
+    report = run(spec(server, scenario="fanout", duration=2, source_ips=2, drain=10.0))
     check_common(report, "fanout", 21)
     assert report["connections"]["subscribed"] == 20
     assert report["published"] > 0 and report["acked"] == report["published"]
