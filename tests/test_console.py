@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import itertools
 import json
 import os
 import threading
+import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,20 @@ def test_the_console_needs_an_api_key() -> None:
     assert "[admin] console" in str(info.value) and "api_key" in str(info.value)
     config = parse_config(f'[admin]\napi_key = "{API_KEY}"\nconsole = true\n', "s.toml")
     assert config.admin.console and not parse_config("", "s.toml").admin.console
+
+
+def test_the_console_files_ship_in_the_wheel_with_the_chart_licence() -> None:
+    package = REPO / "shardws"
+    shipped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["shardws"]
+    files = sorted((package / "static" / "console").iterdir())
+    assert {f.name for f in files} >= {"console.html", "uPlot.iife.min.js", "uPlot.LICENSE"}
+    for path in files:
+        name = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in shipped), name
+    licence = (package / "static" / "console" / "uPlot.LICENSE").read_text()
+    assert licence.startswith("The MIT License") and "Leon Sorokin" in licence
 
 
 # ------------------------------------------------------------------ over HTTP
@@ -333,7 +349,7 @@ def test_the_console_in_a_browser(server: ServerProcess, browser: Any) -> None:
     _until(page, "() => document.querySelectorAll('#channel-list tbody tr').length === 1")
     page.click("#channel-list tbody tr")
     _until(page, "() => /offset/.test(document.getElementById('channel-detail').textContent)")
-    assert "1 clients" in page.text_content("#channel-detail")
+    assert "1 client · 0 users" in page.text_content("#channel-detail")
     _screenshot(page, "console-channels.png", (1200, 800))
 
     # Disconnect closes the user's connection (4009: do not reconnect).

@@ -54,6 +54,8 @@ SAMPLE_INTERVAL = 1.0
 KEEP_SAMPLES = 300
 #: Samples a slow viewer may be behind before it misses some.
 VIEWER_BACKLOG = 5
+#: Put in a viewer's queue to end its stream.
+END = b""
 
 _PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
@@ -106,9 +108,9 @@ class Sampler:
         total_buckets = np.zeros(LATENCY_COLUMNS.stop - LATENCY_COLUMNS.start, dtype=np.int64)
         for slot in board.workers():
             row, old = table[slot], before[slot]
-            buckets = row[LATENCY_COLUMNS] - old[LATENCY_COLUMNS]
-            if int(row[Column.STARTED_NS]) != int(old[Column.STARTED_NS]) or buckets.min() < 0:
-                buckets = row[LATENCY_COLUMNS].copy()  # restarted: its counts began at 0
+            if int(row[Column.STARTED_NS]) != int(old[Column.STARTED_NS]):
+                old = np.zeros_like(row)  # restarted since: its counters began at 0
+            buckets = np.maximum(row[LATENCY_COLUMNS] - old[LATENCY_COLUMNS], 0)
             total_buckets += buckets
             workers.append(
                 {
@@ -219,6 +221,7 @@ class Console:
         router.add_get("/api/console/live", self._live)
         router.add_get("/api/console/samples", self._samples)
         app.cleanup_ctx.append(self._sampling)
+        app.on_shutdown.append(self._end_streams)
 
     async def _sampling(self, _app: web.Application) -> Any:
         task = asyncio.create_task(self.sampler.run())
@@ -226,6 +229,13 @@ class Console:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    async def _end_streams(self, _app: web.Application) -> None:
+        """The admin stops: end every live stream now (aiohttp would wait for them)."""
+        for queue in self.sampler.viewers:
+            while queue.full():
+                queue.get_nowait()
+            queue.put_nowait(END)
 
     def refusal(self, request: web.Request) -> web.Response | None:
         """None when ``request`` (to ``/api/``, without ``X-API-Key``) carries a live
@@ -250,9 +260,8 @@ class Console:
         if name == "console.html":
             headers["Content-Security-Policy"] = _PAGE_POLICY
             headers["Referrer-Policy"] = "no-referrer"
-        return web.Response(body=_file(name), content_type=None, headers=headers | {
-            "Content-Type": content_type
-        })  # fmt: skip
+        headers["Content-Type"] = content_type
+        return web.Response(body=_file(name), headers=headers)
 
     async def _login(self, request: web.Request) -> web.Response:
         try:
@@ -323,6 +332,8 @@ class Console:
             )
             while True:
                 message = await queue.get()
+                if message == END:
+                    break
                 if signed_in:
                     try:
                         self._check(request)

@@ -327,6 +327,7 @@
     const largest = Object.entries(data.channels).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, 100);
     body.replaceChildren(...largest.map(([name, count]) => {
       const row = el("tr", {}, el("td", { className: "mono", textContent: name }), el("td", { className: "num", textContent: fmt(count) }));
+      row.firstChild.style.setProperty("--share", `${(100 * count) / largest[0][1]}%`); // a bar
       row.addEventListener("click", () => {
         for (const r of body.rows) r.classList.remove("selected");
         row.classList.add("selected");
@@ -360,7 +361,8 @@
     detail.push(el("h2", { textContent: "Presence" }));
     if (presence.status === 200) {
       const d = presence.data;
-      detail.push(el("p", { textContent: `${d.clients} clients, ${d.users} users${d.complete ? "" : " (incomplete)"}` }),
+      const plural = (n, word) => `${fmt(n)} ${word}${n === 1 ? "" : "s"}`;
+      detail.push(el("p", { textContent: `${plural(d.clients, "client")} · ${plural(d.users, "user")}${d.complete ? "" : " (some workers did not answer)"}` }),
         el("div", { className: "scroll" }, el("table", {}, el("tbody", {}, ...d.members.slice(0, 200).map((m) =>
           el("tr", {}, el("td", { className: "mono", textContent: m.user || "(anonymous)" }), el("td", { className: "mono muted", textContent: m.client })))))));
     } else {
