@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import websockets
-from serverproc import ServerProcess, http_json
+from serverproc import ServerProcess, http_json, loopback_cluster
 from toolkit import timeout, wait_until
 from websockets.sync.client import connect
 from wsclient import Client, clients_on_workers
@@ -276,6 +276,16 @@ def _screenshot(page: Any, name: str, size: tuple[int, int]) -> None:
     page.screenshot(path=str(ARTIFACTS / name))
 
 
+def _signed_in(browser: Any, admin_url: str) -> Any:
+    """A new page of the console at ``admin_url``, signed in, showing samples."""
+    page = browser.new_context(viewport={"width": 1200, "height": 800}).new_page()
+    page.goto(admin_url + "/console")
+    page.fill("#key", API_KEY)
+    page.click("#signin-form button")
+    _until(page, "() => window.shardwsConsole.signedIn && window.shardwsConsole.samples > 0")
+    return page
+
+
 def _fetch_status(page: Any, method: str, path: str, headers: dict[str, str]) -> int:
     return int(
         page.evaluate(
@@ -363,3 +373,23 @@ def test_the_console_in_a_browser(server: ServerProcess, browser: Any) -> None:
     _screenshot(page, "console-publish.png", (1200, 800))
     reader.ws.close()
     assert errors == []
+
+
+def test_the_console_shows_the_cluster_as_the_mesh_sees_it(tmp_path: Path, browser: Any) -> None:
+    a, b = loopback_cluster(tmp_path, admin=SERVER["admin"])
+    with a.start(), b.start():
+
+        def both_up() -> dict[str, Any] | None:
+            status, body = http_json(a.admin_url + "/api/console/samples", key=API_KEY)
+            cluster = body["samples"][-1]["cluster"] if status == 200 and body["samples"] else None
+            if cluster and sorted(cluster.get("hosts") or {}) == ["a", "b"]:
+                return dict(cluster)
+            return None
+
+        cluster = wait_until(both_up, 30, message="the console never saw both hosts")
+        assert cluster["engine"] == "mesh" and cluster["host_id"] == "a"
+        assert cluster["peers"]["b"]["up"] and cluster["peers_up"] == 1
+        page = _signed_in(browser, a.admin_url)
+        _until(page, "() => !!document.querySelector('#cluster [data-host=b][data-up=true]')")
+        assert "(this host)" in page.text_content("#cluster [data-host=a]")
+        _screenshot(page, "console-cluster.png", (1200, 800))

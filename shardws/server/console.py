@@ -147,8 +147,12 @@ class Sampler:
                 for name, slot in (("admin", board.admin_slot), ("bridge", board.bridge_slot))
                 if int(table[slot, Column.CONFIGURED])
             },
-            "cluster": self._cluster(),
+            "cluster": self._cluster_view(),
         }
+
+    def _cluster_view(self) -> dict[str, Any] | None:
+        view = self._cluster()
+        return None if view is None else {"engine": self._config.cluster.engine, **view}
 
     async def run(self) -> None:
         """Sample every ``SAMPLE_INTERVAL`` until cancelled."""

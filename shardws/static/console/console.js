@@ -226,7 +226,7 @@
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(max * 1.15, floor)] } },
       axes: [
-        { ...axis, space: 70, size: 28, values: (_u, ticks) => ticks.map(clock) },
+        { ...axis, space: 70, size: 28, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300], values: (_u, ticks) => ticks.map(clock) },
         { ...axis, size: 54, space: 28, values: (_u, ticks) => ticks.map(tick) },
       ],
       series: [{}, ...names.map((name, i) => ({
@@ -294,24 +294,25 @@
       box.textContent = `No membership view yet (bridge ${cluster.bridge_alive ? "alive" : "down"}).`;
       return;
     }
-    const hosts = Object.entries(cluster.hosts || {});
+    // hosts: the live hosts of the view (host id -> worker slots); peers: every other
+    // host this one knows (host id -> up, address, counters).
+    const hosts = cluster.hosts || {};
     const peers = cluster.peers || {};
-    const rows = hosts.map(([id, workers]) => {
+    const ids = [...new Set([...Object.keys(hosts), ...Object.keys(peers)])].sort();
+    const rows = ids.map((id) => {
       const me = id === cluster.host_id;
-      const peer = Object.values(peers).find((p) => p.host_id === id);
-      const up = me || (peer ? peer.up : true);
-      return el("div", { className: "host" },
+      const up = id in hosts && (me || !peers[id] || peers[id].up);
+      const what = id in hosts ? `${hosts[id].length} worker${hosts[id].length === 1 ? "" : "s"}` : "not in the view";
+      const row = el("div", { className: "host" },
         el("span", { className: "mono", textContent: `${id}${me ? " (this host)" : ""}` }),
-        el("span", { className: up ? "state-ready" : "state-dead", textContent: `${workers.length} workers · ${up ? "up" : "down"}` }));
+        el("span", { className: up ? "state-ready" : "state-dead", textContent: `${what} · ${up ? "up" : "down"}` }));
+      row.dataset.host = id;
+      row.dataset.up = up;
+      return row;
     });
-    for (const [address, peer] of Object.entries(peers)) {
-      if (!peer.up && !hosts.some(([id]) => id === peer.host_id)) {
-        rows.push(el("div", { className: "host" }, el("span", { className: "mono", textContent: address }),
-          el("span", { className: "state-dead", textContent: "down" })));
-      }
-    }
+    const upCount = Object.values(peers).filter((p) => p.up).length;
     box.replaceChildren(
-      el("p", { className: "muted small", textContent: `view ${cluster.view} · ${cluster.peers_up}/${Object.keys(peers).length} peers up · bridge ${cluster.bridge_alive ? "alive" : "down"}` }),
+      el("p", { className: "muted small", textContent: `engine ${cluster.engine} · view ${cluster.view} · ${upCount}/${Object.keys(peers).length} peers up · bridge ${cluster.bridge_alive ? "alive" : "down"}` }),
       el("div", { className: "hosts" }, ...rows));
   }
 
