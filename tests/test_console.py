@@ -191,6 +191,29 @@ def test_console_endpoints_refuse_what_they_should(server: ServerProcess) -> Non
         assert status == 200 and API_KEY.encode() not in body
 
 
+def test_an_expired_session_ends_its_stream_and_is_refused(tmp_path: Path) -> None:
+    admin = f'api_key = "{API_KEY}"\nconsole = true\nconsole_session_ttl = 2'
+    with ServerProcess(tmp_path, workers=1, admin=admin).start() as proc:
+        cookie, _csrf = _sign_in(proc.admin_url)
+        live = urllib.request.Request(
+            proc.admin_url + "/api/console/live", headers={"Cookie": cookie}
+        )
+        events = []
+        with urllib.request.urlopen(live, timeout=timeout(10)) as stream:
+            for _ in range(200):  # a backlog, a sample a second, then the end
+                line = stream.readline()
+                if not line:
+                    break
+                if line.startswith(b"event: "):
+                    events.append(line[7:].strip().decode())
+                elif events[-1:] == ["signed-out"] and line.startswith(b"data: "):
+                    assert b"expired" in line
+        assert events[0] == "backlog" and events[-1] == "signed-out", events
+        assert (
+            _request(proc.admin_url + "/api/console/samples", headers={"Cookie": cookie})[0] == 401
+        )
+
+
 # ------------------------------------------------------------------ in Chromium
 
 

@@ -13,6 +13,10 @@ What it adds to the admin (``server.admin`` routes to it):
   second) and ``GET /api/console/samples`` (the same as one JSON document). Like every
   ``/api/`` endpoint they take the ``X-API-Key`` header, or the console's cookie.
 
+A later panel (the event tap) adds a ``<section class="panel" data-tab="...">`` to the
+page (the tabs are built from those sections), its routes here, and its own stream or
+event name; the sign-in and the ``/api/`` rules above apply to it unchanged.
+
 The samples are read from the scoreboard in shared memory by one task of the admin, once
 a second, whether or not anyone looks, and encoded once for every viewer: an open
 console asks nothing of the workers. Only the page's channel list, presence and history
