@@ -12,7 +12,8 @@ reader (bus membership, /health, /metrics) goes by that mark, not by a count.
 
 Guarantees:
 
-* Each process writes only its own row. Aligned 64-bit stores are atomic on the
+* Each process writes only its own row, but for two columns the supervisor keeps for
+  every row (``RESTARTS``, ``RSS_BYTES``). Aligned 64-bit stores are atomic on the
   platforms we run on, so a reader sees every value either old or new, never torn; it
   may see one column updated before another.
 * ``heartbeat_ns`` is ``time.monotonic_ns()``; CLOCK_MONOTONIC is system-wide on Linux,
