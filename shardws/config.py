@@ -295,10 +295,18 @@ class AdminConfig:
     #: Key for the HTTP API (``POST /api/publish``), sent in an ``X-API-Key`` header;
     #: at least 16 characters. ``""`` (default) disables the API.
     api_key: str = option("", secret=True)
+    #: Serve the operator console (``GET /console``: live graphs, channels, publish) on
+    #: this port; signing in takes ``api_key``. Default false.
+    console: bool = option(False)
+    #: Seconds a console sign-in lasts (then the page asks for the key again). Default
+    #: 28800 (8 hours).
+    console_session_ttl: float = option(28800.0, gt=0, le=7 * 86400, unit="seconds")
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         if self.api_key and len(self.api_key) < 16:
             yield "api_key", "must be at least 16 characters (or empty to disable the API)"
+        if self.console and not self.api_key:
+            yield "console", "needs api_key: signing in to the console takes the API key"
 
 
 @dataclass(frozen=True, slots=True)

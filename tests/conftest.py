@@ -21,6 +21,8 @@ engine)::
     def test_something(tmp_path: Path, engine: str) -> None:
         a, b = loopback_cluster(tmp_path, engine=engine)
 
+``browser``: a headless Chromium (Playwright) for the test, closed after it.
+
 ``@pytest.mark.needs("node", ...)``: the test runs only where those external tools are
 (``external.TOOLS``, and ``"netns"``); a missing one skips it, or fails it under CI
 (``external.require``), before any of its fixtures is set up.
@@ -30,9 +32,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from typing import Any
 
 import external
 import pytest
+from playwright import sync_api
 from serverproc import ServerProcess
 from toolkit import DEFAULT_ENGINE, ENGINES
 
@@ -80,3 +84,17 @@ def server(
     directory = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
     with ServerProcess(directory, engine=engine, **settings).start() as proc:
         yield proc
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium (the system's, driven by Playwright: no browser download)."""
+    chromium = external.require("chromium")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium, args=external.CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()

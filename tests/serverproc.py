@@ -252,11 +252,11 @@ level = "info"
 
 
 def loopback_cluster(
-    tmp_path: Path, extra: str = "", engine: str = DEFAULT_ENGINE
+    tmp_path: Path, extra: str = "", engine: str = DEFAULT_ENGINE, admin: str = ""
 ) -> tuple[ServerProcess, ServerProcess]:
     """Two one-worker hosts ``a`` and ``b`` of a cluster on loopback (plaintext bridges)
-    joined by ``engine``, each configured with ``extra`` too, not started (directories
-    under ``tmp_path``)."""
+    joined by ``engine``, each configured with ``extra`` too (and ``admin`` in its
+    ``[admin]``), not started (directories under ``tmp_path``)."""
     bridges = {"a": free_port(), "b": free_port()}
     peers = ", ".join(f'"127.0.0.1:{port}"' for port in bridges.values())
     hosts = []
@@ -269,5 +269,7 @@ listen = "tcp://127.0.0.1:{port}"
 peers = [{peers}]
 allow_plaintext = true
 """
-        hosts.append(ServerProcess(tmp_path / host_id, workers=1, extra=cluster, engine=engine))
+        hosts.append(
+            ServerProcess(tmp_path / host_id, workers=1, extra=cluster, admin=admin, engine=engine)
+        )
     return hosts[0], hosts[1]

@@ -18,13 +18,9 @@ import os
 import re
 import signal
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from external import CHROMIUM_ARGS, require
-from playwright import sync_api
 from serverproc import ServerProcess
 from toolkit import timeout, wait_until
 
@@ -42,19 +38,6 @@ join_leave = true
 CHANNEL = "chat:lobby"
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("SHARDWS_TEST_ARTIFACTS") or REPO / "test-artifacts")
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    chromium = require("chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=chromium, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def _worker_of(page: Any) -> int:

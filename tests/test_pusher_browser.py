@@ -20,9 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pusher
-import pytest
-from external import CHROMIUM_ARGS, require
-from playwright import sync_api
 from pusherjs import AuthEndpoint, js_packages, kill_worker, worker_of
 from serverproc import ServerProcess
 from toolkit import wait_until
@@ -69,19 +66,6 @@ window.subscribe = (name) => {
 };
 </script></body></html>
 """
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    chromium = require("chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=chromium, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def _log(page: Any) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ sending new clients here).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ from shardws.pure.cluster import slot_of
 from shardws.pure.history import Position
 from shardws.pure.pusher import webhooks
 from shardws.pure.pusher.httpapi import max_body_bytes
+from shardws.server.console import Console
 from shardws.server.engine import BackendEngine
 from shardws.server.engines import backend_engine
 from shardws.server.metrics import prometheus_text, pusher_text
@@ -428,6 +430,9 @@ def make_app(
     * ``POST /api/disconnect``: close every connection of a user on every worker.
     * ``GET /api/channels``: active channels and subscriber counts over the workers.
     * ``GET /api/stats``: counters per worker and in total, from the scoreboard.
+
+    With ``[admin] console``, the console's page and endpoints (``server.console``);
+    ``/api/`` then also takes the console's session cookie instead of the key header.
     """
 
     @web.middleware
@@ -435,8 +440,12 @@ def make_app(
         if request.path.startswith("/api/"):
             if not config.admin.api_key:
                 return _error(403, API_DISABLED)
-            key = request.headers.get("X-API-Key", "")
-            if not constant_time_equal(key, config.admin.api_key):
+            key = request.headers.get("X-API-Key")
+            if key is None and console is not None:  # the console's page: its cookie
+                refused = console.refusal(request)
+                if refused is not None:
+                    return refused
+            elif not constant_time_equal(key or "", config.admin.api_key):
                 return _error(401, "missing or wrong X-API-Key")
         response: web.StreamResponse = await handler(request)
         return response
@@ -528,6 +537,12 @@ def make_app(
         return web.Response(status=status, body=body, content_type="application/json")
 
     pusher = PusherApi(backend, config.pusher) if backend is not None else None
+    console = None
+    if config.admin.console:
+        cluster = functools.partial(
+            cluster_health, tables.board, tables.view, config.server.heartbeat_timeout
+        )
+        console = Console(config, tables, cluster if config.cluster.enabled else lambda: None)
     max_body = max(
         [max_request_bytes(config), *(max_body_bytes(app) for app in config.pusher.apps)]
     )
@@ -541,6 +556,8 @@ def make_app(
     app.router.add_get("/api/stats", get_stats)
     app.router.add_get("/api/presence", get_presence)
     app.router.add_get("/api/history", get_history)
+    if console is not None:
+        console.mount(app)
     if config.pusher.apps:
         app.router.add_route("*", "/apps/{tail:.*}", pusher_api)
         # The SDKs' terminate_user_connections: no /apps/{id} prefix (httpapi.decide).

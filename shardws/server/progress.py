@@ -89,4 +89,15 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of process ``pid`` in bytes (``/proc/PID/statm``, one short read),
+    or None if it is gone or ``/proc`` cannot tell."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 _TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")

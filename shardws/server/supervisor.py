@@ -70,7 +70,7 @@ from shardws.config import (
 from shardws.log import setup_logging
 from shardws.pure.liveness import Verdict, verdict
 from shardws.server import steering, systemd
-from shardws.server.progress import cpu_seconds
+from shardws.server.progress import cpu_seconds, rss_bytes
 from shardws.server.ringfile import rings_path
 from shardws.shm.iplimits import IPTable
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
@@ -83,6 +83,8 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0  # seconds up after which a process's backoff resets
 STATUS_INTERVAL = 5.0
+#: Seconds between readings of each process's resident memory (``Column.RSS_BYTES``).
+RSS_INTERVAL = 1.0
 LATE_LOG_INTERVAL = 30.0  # seconds between "late but working" lines about one process
 _WHY_ALIVE = {
     Verdict.WORKING: "its work counters move",
@@ -206,6 +208,7 @@ class Supervisor:
         self._stopping = False
         self._last_status = 0.0
         self._last_watchdog = 0.0
+        self._last_rss = 0.0
         self._run_dir = ""
         self._own_run_dir = False
         self._board: Scoreboard | None = None
@@ -355,6 +358,7 @@ class Supervisor:
                     self._start_reload()
                 self._update_steering()
                 self._report()
+                self._read_rss()
         finally:
             self._shutdown()
         return self.exit_code
@@ -712,6 +716,20 @@ class Supervisor:
             if slot.pid == 0 and slot.restart_at is not None and now >= slot.restart_at:
                 slot.restart_at = None
                 self._spawn(slot)
+
+    def _read_rss(self) -> None:
+        """Write each running process's resident memory into its row, once a second:
+        one read of ``/proc/PID/statm`` each, nothing in the processes themselves."""
+        now = time.monotonic()
+        if now - self._last_rss < RSS_INTERVAL:
+            return
+        self._last_rss = now
+        board = self._board
+        assert board is not None
+        for slot in self.slots:
+            rss = rss_bytes(slot.pid) if slot.pid else None
+            if rss is not None:
+                board.table[slot.index, Column.RSS_BYTES] = rss
 
     def _report(self) -> None:
         now = time.monotonic()

@@ -12,7 +12,8 @@ reader (bus membership, /health, /metrics) goes by that mark, not by a count.
 
 Guarantees:
 
-* Each process writes only its own row. Aligned 64-bit stores are atomic on the
+* Each process writes only its own row, but for two columns the supervisor keeps for
+  every row (``RESTARTS``, ``RSS_BYTES``). Aligned 64-bit stores are atomic on the
   platforms we run on, so a reader sees every value either old or new, never torn; it
   may see one column updated before another.
 * ``heartbeat_ns`` is ``time.monotonic_ns()``; CLOCK_MONOTONIC is system-wide on Linux,
@@ -71,7 +72,8 @@ class Column(enum.IntEnum):
     OVERLOADED = 29  # 1 while it refuses new connections because its loop runs late
     OVERLOAD_REFUSED = 30  # upgrades refused with 503 for that (also counted in REFUSED)
     LOOK_NS = 31  # monotonic_ns when its progress thread last ran (moved or not)
-    LATENCY_BUCKET_0 = 32  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
+    RSS_BYTES = 32  # resident memory, from /proc/PID/statm (written by the supervisor, 1/s)
+    LATENCY_BUCKET_0 = 33  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 
 
 #: Seconds between a worker's heartbeat stamps when its loop is on time.
