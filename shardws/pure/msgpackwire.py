@@ -1,0 +1,139 @@
+"""The native protocol in MessagePack: commands in, replies and pushes out (no I/O).
+
+A client picks it in the upgrade with ``Sec-WebSocket-Protocol: shardws.msgpack``
+(:func:`chosen`; JSON stays the default without it). Every message is then one binary
+frame holding one MessagePack map with the same members as the JSON protocol
+(``pure.protocol``, docs/protocol.md); a text frame is refused with error 113.
+
+* :func:`parse_command` is ``core.parse_envelope`` for MessagePack: the same
+  ``Envelope``, with ``data`` in its carried form (``pure.wiredata``: the publisher's
+  MessagePack bytes, sliced out of the command, never re-encoded) and every other member
+  as JSON text, so the session's checks are the JSON protocol's.
+* :func:`encode_publication` builds a publication push around the data's MessagePack
+  bytes (the publisher's own, or converted once from JSON): made once per publication
+  per worker by ``Delivery.publish``, the same bytes for every subscriber.
+* :func:`from_json` turns any other JSON reply or push of ``pure.protocol`` into its
+  MessagePack form (replies go to one connection: converting them there keeps one
+  source of truth for their members); ``b64data`` becomes ``data`` as bytes again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import msgpack
+
+from shardws.core import BadEnvelope, Envelope
+from shardws.pure.publication import Kind, Publication
+from shardws.pure.wiredata import carried, msgpack_of, msgpack_problem, pack, packb, unpack
+
+#: The subprotocol name that selects MessagePack (RFC 6455 1.9, 4.2.2).
+SUBPROTOCOL = "shardws.msgpack"
+
+_MAX_ID = 2**53
+
+
+def chosen(offers: list[str]) -> bool:
+    """Whether the ``Sec-WebSocket-Protocol`` header lines ``offers`` ask for
+    MessagePack (each line a comma-separated list of names, RFC 6455 4.1)."""
+    return any(name.strip() == SUBPROTOCOL for line in offers for name in line.split(","))
+
+
+def parse_command(payload: bytes) -> Envelope:
+    """The command in the binary message ``payload``; raises ``BadEnvelope`` (with the
+    command's id when it could be read) saying what is wrong."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(payload) + 1)
+    unpacker.feed(payload)
+    members: dict[str, Any] = {}
+    raw_data: bytes | None = None
+    try:
+        count = unpacker.read_map_header()
+        for _ in range(count):
+            key = unpacker.unpack()
+            if not isinstance(key, str):
+                raise BadEnvelope("command member names must be strings")
+            if key in members or (key == "data" and raw_data is not None):
+                raise BadEnvelope(f"duplicate member name {key!r}")
+            if key == "data":
+                start = unpacker.tell()
+                unpacker.skip()
+                raw_data = payload[start : unpacker.tell()]
+            else:
+                members[key] = unpacker.unpack()
+        if unpacker.tell() != len(payload):
+            raise BadEnvelope("one MessagePack map per message, nothing after it")
+    except BadEnvelope:
+        raise
+    except Exception as exc:  # not a map, truncated, malformed, invalid UTF-8, too deep
+        raise BadEnvelope(f"command must be one MessagePack map ({exc})") from None
+    command_id = members.pop("id", None)
+    if command_id is not None and (type(command_id) is not int or not 0 <= command_id <= _MAX_ID):
+        raise BadEnvelope('"id" must be an integer from 0 to 2**53')
+    op = members.pop("op", None)
+    if not isinstance(op, str):
+        raise BadEnvelope('"op" must be a string' if op is not None else 'missing "op"', command_id)
+    channel = members.pop("channel", None)
+    if channel is not None and not isinstance(channel, str):
+        raise BadEnvelope('"channel" must be a string', command_id)
+    data = None
+    if raw_data is not None:
+        try:
+            problem = msgpack_problem(unpack(raw_data))
+        except ValueError as exc:
+            problem = f"data: {exc}"
+        if problem is not None:
+            raise BadEnvelope(problem, command_id)
+        data = carried(raw_data)
+    fields = {}
+    for key, value in members.items():
+        try:
+            fields[key] = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError):
+            raise BadEnvelope(f"{key}: not a value the command accepts", command_id) from None
+    return Envelope(op, command_id, channel, data, fields)
+
+
+_TYPE_PUB = packb("type") + packb("pub")
+_CHANNEL = packb("channel")
+_OFFSET = packb("offset")
+_EPOCH = packb("epoch")
+_DATA = packb("data")
+
+
+def encode_publication(channel: str, publication: Publication) -> bytes:
+    """The MessagePack push of ``publication`` on ``channel``: the members of
+    ``protocol.encode_publication``'s, in the same order, with the data's MessagePack
+    bytes embedded as they are."""
+    data, kind, _event, origin, user, position = publication
+    if kind is Kind.PUB:
+        head = _TYPE_PUB + _CHANNEL + packb(channel)
+        if position is None:
+            return b"\x83" + head + _DATA + msgpack_of(data)
+        offset = packb(position.offset)
+        epoch = packb(position.epoch)
+        return b"\x85" + head + _OFFSET + offset + _EPOCH + epoch + _DATA + msgpack_of(data)
+    kind_name = "join" if kind is Kind.JOIN else "leave"
+    return packb({"type": kind_name, "channel": channel, "user": user, "client": origin})
+
+
+def _with_bytes(push: Any) -> Any:
+    # A JSON push's "b64data" (whole-binary MessagePack data) is "data" as bytes here.
+    if isinstance(push, dict) and "b64data" in push:
+        return {
+            ("data" if key == "b64data" else key): (
+                base64.b64decode(value) if key == "b64data" else value
+            )
+            for key, value in push.items()
+        }
+    return push
+
+
+def from_json(message: bytes) -> bytes:
+    """The MessagePack form of a JSON reply or push of ``pure.protocol``."""
+    value = _with_bytes(json.loads(message))
+    publications = value.get("publications") if isinstance(value, dict) else None
+    if isinstance(publications, list):  # a history reply
+        value["publications"] = [_with_bytes(push) for push in publications]
+    return pack(value)

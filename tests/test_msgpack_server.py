@@ -1,0 +1,176 @@
+"""The ``shardws.msgpack`` subprotocol on real servers: the upgrade, commands and replies
+in MessagePack, data across formats (docs/protocol.md, "Data across formats"), hostile
+input, user messages, join/leave, presence and the admin's publications, and the bar:
+JSON and MessagePack subscribers and publishers over 2 workers with history and
+recovery, every publication once, in order, with equal decoded data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import msgpack
+import pytest
+import websockets
+from serverproc import ServerProcess, http_json
+from toolkit import run, timeout
+from wsclient import Client, clients_on_workers
+
+from shardws.pure.msgpackwire import SUBPROTOCOL
+
+NAMESPACES = """
+[namespaces.default]
+
+[namespaces.chat]
+history_size = 1000
+history_ttl = 600
+presence = true
+join_leave = true
+"""
+
+
+API_KEY = "msgpack-test-api-key"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("msgpack")
+    admin = f'api_key = "{API_KEY}"'
+    with ServerProcess(tmp, workers=2, extra=NAMESPACES, admin=admin).start() as proc:
+        yield proc
+
+
+def test_upgrade_chooses_msgpack_and_every_message_is_binary(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        ws = await websockets.connect(server.url, subprotocols=[SUBPROTOCOL], ping_interval=None)
+        assert ws.subprotocol == SUBPROTOCOL
+        hello = await asyncio.wait_for(ws.recv(), timeout(5))
+        assert isinstance(hello, bytes)
+        assert msgpack.unpackb(hello)["type"] == "connected"
+        await ws.send(msgpack.packb({"id": 1, "op": "ping"}))
+        reply = await asyncio.wait_for(ws.recv(), timeout(5))
+        assert msgpack.unpackb(reply) == {"id": 1, "ok": True}
+        await ws.close()
+        plain = await websockets.connect(server.url, ping_interval=None)
+        assert plain.subprotocol is None
+        assert isinstance(await asyncio.wait_for(plain.recv(), timeout(5)), str)
+        await plain.close()
+
+    run(scenario())
+
+
+def test_msgpack_publisher_bytes_reach_msgpack_subscribers_unchanged(
+    server: ServerProcess,
+) -> None:
+    # A float32, which the server's own encoder would never produce: it must not re-encode.
+    data = b"\x82\xa1v\xca\x3f\xc0\x00\x00\xa1b\xc4\x02\x00\xff"
+    whole = b"\xc4\x03\x01\x02\x03"
+
+    async def scenario() -> None:
+        subs = await clients_on_workers(server.url, 2, msgpack=True)
+        json_subs = await clients_on_workers(server.url, 2)
+        for client in subs + json_subs:
+            assert (await client.call("subscribe", channel="raw"))["ok"]
+        pub = await Client.connect(server.url, msgpack=True)  # not subscribed
+        command = b"\x84\xa2id\x07\xa2op\xa7publish\xa7channel\xa3raw\xa4data"
+        await pub.ws.send(command + whole)
+        assert (await pub.reply(7))["ok"]
+        for client in subs:
+            raw = await asyncio.wait_for(client.ws.recv(), timeout(5))
+            assert raw.endswith(b"\xa4data" + whole)
+            assert msgpack.unpackb(raw)["data"] == b"\x01\x02\x03"
+        for client in json_subs:
+            push = await client.next_push()
+            assert push == {"type": "pub", "channel": "raw", "b64data": "AQID"}
+        # Nested binary is refused (it has no JSON form), with the command's id.
+        await pub.ws.send(command.replace(b"\x07", b"\x08") + data)
+        error = await pub.reply(8)
+        assert error["error"]["code"] == 107 and "binary" in error["error"]["message"]
+        for client in [*subs, *json_subs, pub]:
+            await client.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({1: "a"}, "keys must be strings"),
+        (float("nan"), "NaN"),
+        ([msgpack.ExtType(5, b"x")], "extension"),
+    ],
+)
+def test_data_without_a_json_form_is_refused_at_publish(
+    server: ServerProcess, data: Any, words: str
+) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url, msgpack=True)
+        reply = await client.call("publish", channel="x", data=data)
+        assert reply["error"]["code"] == 107 and words in reply["error"]["message"]
+        await client.close()
+
+    run(scenario())
+
+
+def test_hostile_messages_get_error_replies_and_the_connection_stays(
+    server: ServerProcess,
+) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url, msgpack=True)
+        for bad in (b"\xc1", b"\x93\x01\x02\x03", b"\x81\xa2op", b"\x81\xa2op\x01", b"\x80\x80"):
+            await client.ws.send(bad)
+            assert (await client.recv())["error"]["code"] == 107
+        await client.ws.send('{"op":"ping"}')  # text on a MessagePack connection
+        assert (await client.recv())["error"]["code"] == 113
+        assert (await client.call("ping"))["ok"]
+        plain = await Client.connect(server.url)
+        await plain.ws.send(msgpack.packb({"op": "ping"}))  # binary on a JSON connection
+        assert (await plain.recv())["error"]["code"] == 113
+        await client.close()
+        await plain.close()
+
+    run(scenario())
+
+
+def test_json_data_reaches_msgpack_subscribers_as_values(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        sub = await Client.connect(server.url, msgpack=True)
+        assert (await sub.call("subscribe", channel="conv"))["ok"]
+        pub = await Client.connect(server.url)
+        big = 2**70
+        await pub.ws.send(f'{{"id":1,"op":"publish","channel":"conv","data":[1.5,"é",{big}]}}')
+        assert (await pub.reply(1))["ok"]
+        assert (await sub.next_push())["data"] == [1.5, "é", float(big)]
+        status, _ = http_json(
+            f"{server.admin_url}/api/publish",
+            json.dumps({"channel": "conv", "data": {"n": 2**60}}).encode(),
+            key=API_KEY,
+        )
+        assert status == 200
+        assert (await sub.next_push())["data"] == {"n": 2**60}
+        await sub.close()
+        await pub.close()
+
+    run(scenario())
+
+
+def test_join_leave_and_presence(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        watcher = await Client.connect(server.url, msgpack=True)
+        assert (await watcher.call("subscribe", channel="chat:room"))["ok"]
+        other = await Client.connect(server.url)
+        assert (await other.call("subscribe", channel="chat:room"))["ok"]
+        join = await watcher.next_push()
+        assert join["type"] == "join" and join["client"] == other.client_id
+        presence = await watcher.call("presence", channel="chat:room")
+        clients = {member["client"] for member in presence["members"]}
+        assert clients == {watcher.client_id, other.client_id}
+        history = await watcher.call("history", channel="chat:room")
+        assert history["ok"] and history["publications"] == []
+        await other.close()
+        leave = await watcher.next_push()
+        assert leave["type"] == "leave" and leave["client"] == other.client_id
+        await watcher.close()
+
+    run(scenario())
