@@ -7,6 +7,7 @@ recovery, every publication once, in order, with equal decoded data."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -172,5 +173,87 @@ def test_join_leave_and_presence(server: ServerProcess) -> None:
         leave = await watcher.next_push()
         assert leave["type"] == "leave" and leave["client"] == other.client_id
         await watcher.close()
+
+    run(scenario())
+
+
+def _decoded(push: dict[str, Any]) -> Any:
+    # What an application gets: b64data is whole-binary data for a JSON subscriber.
+    return base64.b64decode(push["b64data"]) if "b64data" in push else push["data"]
+
+
+class Reader:
+    """A subscriber of ``chat:bar`` in one format that keeps (offset, data) of every
+    push; ``reconnect_after`` pushes it reconnects once and recovers."""
+
+    def __init__(self, url: str, client: Client, reconnect_after: int = 0) -> None:
+        self.url = url
+        self.client = client
+        self.reconnect_after = reconnect_after
+        self.got: list[tuple[int, Any]] = []
+        self.epoch = ""
+
+    async def subscribe(self, recover: bool = False) -> None:
+        fields: dict[str, Any] = {"channel": "chat:bar"}
+        if recover:
+            fields["recover"] = {"epoch": self.epoch, "offset": self.got[-1][0]}
+        reply = await self.client.call("subscribe", **fields)
+        assert reply["ok"] and reply.get("recovered", True), reply
+        self.epoch = reply["epoch"]
+
+    async def read(self, total: int) -> None:
+        for _ in range(total * 2):  # bounded: a push at most twice the total
+            if self.got and self.got[-1][0] >= total:
+                return
+            push = await self.client.next_push(10)
+            if push["type"] != "pub":
+                continue
+            self.got.append((push["offset"], _decoded(push)))
+            if len(self.got) == self.reconnect_after:
+                await self.client.close()
+                self.client = await Client.connect(self.url, msgpack=self.client.msgpack)
+                await self.subscribe(recover=True)
+
+
+def test_json_and_msgpack_subscribers_and_publishers_over_two_workers_with_recovery(
+    server: ServerProcess,
+) -> None:
+    total = 60
+
+    async def publish(client: Client, numbers: range) -> list[Any]:
+        sent = []
+        for n in numbers:
+            data: Any = {"n": n, "by": "msgpack" if client.msgpack else "json", "x": 0.5}
+            if client.msgpack and n % 4 == 0:
+                data = bytes([n]) * 3  # whole-binary: b64data for JSON subscribers
+            if not client.msgpack and n % 5 == 0:
+                data = {"n": n, "big": 2**60 + n}  # exact in both formats
+            reply = await client.call("publish", channel="chat:bar", data=data)
+            assert reply["ok"], reply
+            sent.append(data)
+        return sent
+
+    async def scenario() -> None:
+        readers = []
+        for fmt in (False, True):
+            clients = await clients_on_workers(server.url, 2, per_worker=2, msgpack=fmt)
+            for i, client in enumerate(clients):
+                readers.append(Reader(server.url, client, reconnect_after=20 if i == 0 else 0))
+        for reader in readers:
+            await reader.subscribe()
+        json_pub = await Client.connect(server.url)
+        msgpack_pub = await Client.connect(server.url, msgpack=True)
+        reading = [asyncio.create_task(reader.read(total)) for reader in readers]
+        sent = await asyncio.gather(
+            publish(json_pub, range(0, total, 2)), publish(msgpack_pub, range(1, total, 2))
+        )
+        await asyncio.wait_for(asyncio.gather(*reading), timeout(30))
+        expected = readers[0].got
+        assert [offset for offset, _ in expected] == list(range(1, total + 1))
+        assert sorted(map(repr, (d for _, d in expected))) == sorted(map(repr, sent[0] + sent[1]))
+        for reader in readers:
+            assert reader.got == expected
+        for client in [json_pub, msgpack_pub, *(reader.client for reader in readers)]:
+            await client.close()
 
     run(scenario())

@@ -134,3 +134,22 @@ def msgpack_of(data: bytes) -> bytes:
     if data[:1] == MSGPACK:
         return data[1:]
     return pack(json.loads(data))
+
+
+def as_text(data: bytes) -> str:
+    """Carried ``data`` as a string, for the JSON of owner requests and replies
+    (``pure.control``): JSON text as it is; MessagePack data as NUL (never the first
+    character of JSON text) followed by its base64."""
+    if data[:1] == MSGPACK:
+        return "\x00" + base64.b64encode(data[1:]).decode()
+    return data.decode()
+
+
+def from_text(text: str) -> bytes:
+    """The carried data of ``as_text``'s string; ValueError for bad base64."""
+    if text[:1] == "\x00":
+        try:
+            return MSGPACK + base64.b64decode(text[1:], validate=True)
+        except ValueError:
+            raise ValueError("bad base64 in MessagePack data") from None
+    return text.encode()
