@@ -15,9 +15,10 @@ import msgpack
 import pytest
 import websockets
 from serverproc import ServerProcess, http_json
-from toolkit import run, timeout
+from toolkit import run, timeout, wait_until_async
 from wsclient import Client, clients_on_workers
 
+from shardws.client import connect
 from shardws.pure.msgpackwire import SUBPROTOCOL
 
 NAMESPACES = """
@@ -254,6 +255,29 @@ def test_json_and_msgpack_subscribers_and_publishers_over_two_workers_with_recov
         for reader in readers:
             assert reader.got == expected
         for client in [json_pub, msgpack_pub, *(reader.client for reader in readers)]:
+            await client.close()
+
+    run(scenario())
+
+
+def test_python_client_speaks_either_format_and_hands_decoded_data(
+    server: ServerProcess,
+) -> None:
+    async def scenario() -> None:
+        received: dict[str, list[Any]] = {"json": [], "msgpack": []}
+        clients = {}
+        for fmt in ("json", "msgpack"):
+            client = clients[fmt] = await connect(server.url, format=fmt)
+            await client.subscribe("chat:py", lambda item, f=fmt: received[f].append(item.data))
+        sent = [b"\x00\x01binary", {"from": "json", "n": 2**60}, {"from": "msgpack"}]
+        await clients["msgpack"].publish("chat:py", sent[0])
+        await clients["json"].publish("chat:py", sent[1])
+        await clients["msgpack"].publish("chat:py", sent[2])
+        await wait_until_async(lambda: all(len(got) == 3 for got in received.values()) or None)
+        assert received == {"json": sent, "msgpack": sent}
+        for client in clients.values():
+            pubs, _epoch, _offset = await client.history("chat:py")
+            assert [pub.data for pub in pubs] == sent
             await client.close()
 
     run(scenario())
