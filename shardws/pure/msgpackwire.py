@@ -23,16 +23,23 @@ import base64
 import json
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs; stubtest reads no config
 
-from shardws.core import BadEnvelope, Envelope
+from shardws.core import (
+    MAX_ID,
+    MSGPACK_BIN,
+    MSGPACK_EXT,
+    MSGPACK_FLOAT,
+    MSGPACK_KEY,
+    BadEnvelope,
+    Envelope,
+    msgpack_members,
+)
 from shardws.pure.publication import Kind, Publication
-from shardws.pure.wiredata import carried, msgpack_of, msgpack_problem, pack, packb, unpack
+from shardws.pure.wiredata import carried, msgpack_of, pack, packb
 
 #: The subprotocol name that selects MessagePack (RFC 6455 1.9, 4.2.2).
 SUBPROTOCOL = "shardws.msgpack"
-
-_MAX_ID = 2**53
 
 
 def chosen(offers: list[str]) -> bool:
@@ -41,58 +48,50 @@ def chosen(offers: list[str]) -> bool:
     return any(name.strip() == SUBPROTOCOL for line in offers for name in line.split(","))
 
 
+#: What a ``data`` problem of ``core.msgpack_members`` is refused with (error 107).
+PROBLEMS = {
+    MSGPACK_KEY: "data: map keys must be strings (JSON has no other keys)",
+    MSGPACK_FLOAT: "data: NaN and Infinity have no JSON form",
+    MSGPACK_BIN: "data: binary is accepted only as the whole data (b64data for JSON)",
+    MSGPACK_EXT: "data: MessagePack extension types are not accepted",
+}
+
+
+def _value(raw: bytes) -> Any:
+    # One member's value: msgpack_members checked it is well-formed.
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
 def parse_command(payload: bytes) -> Envelope:
     """The command in the binary message ``payload``; raises ``BadEnvelope`` (with the
     command's id when it could be read) saying what is wrong."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(payload) + 1)
-    unpacker.feed(payload)
-    members: dict[str, Any] = {}
-    raw_data: bytes | None = None
-    try:
-        count = unpacker.read_map_header()
-        for _ in range(count):
-            key = unpacker.unpack()
-            if not isinstance(key, str):
-                raise BadEnvelope("command member names must be strings")
-            if key in members or (key == "data" and raw_data is not None):
-                raise BadEnvelope(f"duplicate member name {key!r}")
-            if key == "data":
-                start = unpacker.tell()
-                unpacker.skip()
-                raw_data = payload[start : unpacker.tell()]
-            else:
-                members[key] = unpacker.unpack()
-        if unpacker.tell() != len(payload):
-            raise BadEnvelope("one MessagePack map per message, nothing after it")
-    except BadEnvelope:
-        raise
-    except Exception as exc:  # not a map, truncated, malformed, invalid UTF-8, too deep
-        raise BadEnvelope(f"command must be one MessagePack map ({exc})") from None
-    command_id = members.pop("id", None)
-    if command_id is not None and (type(command_id) is not int or not 0 <= command_id <= _MAX_ID):
+    members, problem = msgpack_members(payload)
+    raw_id = members.pop("id", None)
+    command_id = None if raw_id is None else _value(raw_id)
+    if command_id is not None and (type(command_id) is not int or not 0 <= command_id <= MAX_ID):
         raise BadEnvelope('"id" must be an integer from 0 to 2**53')
-    op = members.pop("op", None)
+    raw_op = members.pop("op", None)
+    if raw_op is None:
+        raise BadEnvelope('missing "op"', command_id)
+    op = _value(raw_op)
     if not isinstance(op, str):
-        raise BadEnvelope('"op" must be a string' if op is not None else 'missing "op"', command_id)
-    channel = members.pop("channel", None)
+        raise BadEnvelope('"op" must be a string', command_id)
+    raw_channel = members.pop("channel", None)
+    channel = None if raw_channel is None else _value(raw_channel)
     if channel is not None and not isinstance(channel, str):
         raise BadEnvelope('"channel" must be a string', command_id)
-    data = None
-    if raw_data is not None:
-        try:
-            problem = msgpack_problem(unpack(raw_data))
-        except ValueError as exc:
-            problem = f"data: {exc}"
-        if problem is not None:
-            raise BadEnvelope(problem, command_id)
-        data = carried(raw_data)
+    raw_data = members.pop("data", None)
+    if problem:
+        raise BadEnvelope(PROBLEMS[problem], command_id)
     fields = {}
-    for key, value in members.items():
+    for key, raw in members.items():
         try:
-            fields[key] = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+            fields[key] = json.dumps(_value(raw), separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError):
             raise BadEnvelope(f"{key}: not a value the command accepts", command_id) from None
-    return Envelope(op, command_id, channel, data, fields)
+    return Envelope(
+        op, command_id, channel, None if raw_data is None else carried(raw_data), fields
+    )
 
 
 _TYPE_PUB = packb("type") + packb("pub")
