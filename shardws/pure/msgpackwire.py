@@ -58,7 +58,9 @@ PROBLEMS = {
 
 
 def _value(raw: bytes) -> Any:
-    # One member's value: msgpack_members checked it is well-formed.
+    # One member's value: msgpack_members checked it is well-formed (UTF-8 included).
+    if 0xA0 <= raw[0] <= 0xBF:  # a short string (op, channel): no unpacker needed
+        return raw[1:].decode()
     return msgpack.unpackb(raw, raw=False, strict_map_key=False)
 
 
@@ -129,8 +131,19 @@ def _with_bytes(push: Any) -> Any:
     return push
 
 
+_OK = b'{"ok":true}'
+_OK_TAIL = b',"ok":true}'
+
+
 def from_json(message: bytes) -> bytes:
     """The MessagePack form of a JSON reply or push of ``pure.protocol``."""
+    # The plain ok reply (one per publish) without the JSON parse.
+    if message == _OK:
+        return b"\x81\xa2ok\xc3"
+    if message.startswith(b'{"id":') and message.endswith(_OK_TAIL):
+        digits = message[6 : -len(_OK_TAIL)]
+        if digits.isdigit():
+            return b"\x82\xa2id" + packb(int(digits)) + b"\xa2ok\xc3"
     value = _with_bytes(json.loads(message))
     publications = value.get("publications") if isinstance(value, dict) else None
     if isinstance(publications, list):  # a history reply
