@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 import websockets
+from external import require
 from serverproc import ServerProcess, http_json
 from toolkit import run, timeout, wait_until_async
 from wsclient import Client, clients_on_workers
 
+import shardws
 from shardws.client import connect
 from shardws.pure.msgpackwire import SUBPROTOCOL
 
@@ -281,3 +285,60 @@ def test_python_client_speaks_either_format_and_hands_decoded_data(
             await client.close()
 
     run(scenario())
+
+
+#: shardws.js in Node (``--experimental-websocket``: Node 20's WebSocket), given the
+#: vendored codec: a JSON and a MessagePack client on one channel, publishers of both.
+JS_SCENARIO = """
+const [script, codec, url] = process.argv.slice(1);
+require(script);
+const MessagePack = require(codec);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const plain = (d) => (d instanceof Uint8Array ? {bytes: Array.from(d)} : d);
+(async () => {
+  const got = {json: [], msgpack: []};
+  const clients = {};
+  for (const format of ["json", "msgpack"]) {
+    const options = format === "msgpack" ? {format, msgpack: MessagePack} : {format};
+    clients[format] = new globalThis.ShardWS(url, options);
+    await clients[format].subscribe("chat:js", {onPublication: (p) => got[format].push(p.data)});
+  }
+  await clients.msgpack.publish("chat:js", new Uint8Array([0, 1, 2]));
+  await clients.json.publish("chat:js", {from: "json"});
+  await clients.msgpack.publish("chat:js", {from: "msgpack", f: 1.5});
+  for (let i = 0; i < 400 && (got.json.length < 3 || got.msgpack.length < 3); i++) await sleep(25);
+  const history = {};
+  for (const format of ["json", "msgpack"]) {
+    const reply = await clients[format].history("chat:js");
+    history[format] = reply.publications.map((p) => plain(p.data));
+    clients[format].close();
+  }
+  const live = {json: got.json.map(plain), msgpack: got.msgpack.map(plain)};
+  console.log(JSON.stringify({...live, history}));
+  process.exit(0);
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+@pytest.mark.needs("node")
+def test_shardws_js_speaks_either_format_and_hands_decoded_data(server: ServerProcess) -> None:
+    static = Path(shardws.__file__).parent / "static"
+    done = subprocess.run(
+        [
+            require("node"),
+            "--experimental-websocket",
+            "--no-warnings",
+            "-e",
+            JS_SCENARIO,
+            str(static / "shardws.js"),
+            str(static / "msgpack.min.js"),
+            server.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout(30),
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    sent = [{"bytes": [0, 1, 2]}, {"from": "json"}, {"from": "msgpack", "f": 1.5}]
+    assert result == {"json": sent, "msgpack": sent, "history": {"json": sent, "msgpack": sent}}
