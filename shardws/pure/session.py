@@ -107,8 +107,9 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Publish ``data`` (valid JSON) to ``channel``; in a history namespace through the
-    channel's owner with the idempotency key ``idem``. The worker replies."""
+    """Publish ``data`` (carried data, ``pure.wiredata``: JSON text or tagged
+    MessagePack) to ``channel``; in a history namespace through the channel's owner with
+    the idempotency key ``idem``. The worker replies."""
 
     command_id: int | None
     channel: str
