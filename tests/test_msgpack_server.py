@@ -18,7 +18,7 @@ import pytest
 import websockets
 from external import require
 from serverproc import ServerProcess, http_json
-from toolkit import run, timeout, wait_until_async
+from toolkit import ENGINES, run, timeout, wait_until_async  # noqa: F401 (ENGINES: conftest reads it)
 from wsclient import Client, clients_on_workers
 
 import shardws
@@ -39,12 +39,9 @@ join_leave = true
 API_KEY = "msgpack-test-api-key"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    tmp = tmp_path_factory.mktemp("msgpack")
-    admin = f'api_key = "{API_KEY}"'
-    with ServerProcess(tmp, workers=2, extra=NAMESPACES, admin=admin).start() as proc:
-        yield proc
+#: The module's server (conftest ``server``), started once per engine of ``ENGINES``
+#: (imported from toolkit): the data paths cross workers.
+SERVER = {"workers": 2, "extra": NAMESPACES, "admin": f'api_key = "{API_KEY}"'}
 
 
 def test_upgrade_chooses_msgpack_and_every_message_is_binary(server: ServerProcess) -> None:
