@@ -23,9 +23,13 @@ from wsclient import Client, clients_on_workers
 
 import shardws
 from shardws.client import connect
+from shardws.pure.auth import make_token
 from shardws.pure.msgpackwire import SUBPROTOCOL
 
-NAMESPACES = """
+SECRET = "s3cret-for-msgpack-tests-0123456789"
+#: Namespaces, tokens optional (user messages), and every message compressed (binary
+#: frames through permessage-deflate too: websockets offers it).
+NAMESPACES = f"""
 [namespaces.default]
 
 [namespaces.chat]
@@ -33,6 +37,14 @@ history_size = 1000
 history_ttl = 600
 presence = true
 join_leave = true
+
+[auth]
+anonymous = true
+secret = "{SECRET}"
+
+[compression]
+enabled = true
+threshold = 0
 """
 
 
@@ -339,3 +351,18 @@ def test_shardws_js_speaks_either_format_and_hands_decoded_data(server: ServerPr
     result = json.loads(done.stdout)
     sent = [{"bytes": [0, 1, 2]}, {"from": "json"}, {"from": "msgpack", "f": 1.5}]
     assert result == {"json": sent, "msgpack": sent, "history": {"json": sent, "msgpack": sent}}
+
+
+def test_user_messages_reach_msgpack_connections(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        url = f"{server.url}?token={make_token(SECRET, 'dora', 3600)}"
+        doras = await clients_on_workers(url, 2, msgpack=True)
+        doras.append(await Client.connect(url))
+        body = json.dumps({"user": "dora", "data": {"n": 1}}).encode()
+        status, _ = http_json(f"{server.admin_url}/api/publish", body, key=API_KEY)
+        assert status == 200
+        for client in doras:
+            assert await client.next_push() == {"type": "pub", "user": "dora", "data": {"n": 1}}
+            await client.close()
+
+    run(scenario())
