@@ -310,9 +310,11 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subscribers", type=int, default=200)
-    parser.add_argument("--publications", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=5, help="the median of these is shown")
+    parser.add_argument("--subscribers", type=int, default=200, help="per case")
+    parser.add_argument(
+        "--publications", type=int, default=2000, help=f"per case, a multiple of {BATCH}"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="runs of every case (median, best)")
     args = parser.parse_args()
     if args.publications % BATCH:
         parser.error(f"--publications must be a multiple of {BATCH}")
