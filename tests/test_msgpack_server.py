@@ -16,7 +16,8 @@ from typing import Any
 import msgpack
 import pytest
 import websockets
-from external import require
+from external import CHROMIUM_ARGS, require
+from playwright import sync_api
 from serverproc import ServerProcess, http_json
 from toolkit import ENGINES, run, timeout, wait_until_async  # noqa: F401 (ENGINES: conftest reads it)
 from wsclient import Client, clients_on_workers
@@ -53,7 +54,12 @@ API_KEY = "msgpack-test-api-key"
 
 #: The module's server (conftest ``server``), started once per engine of ``ENGINES``
 #: (imported from toolkit): the data paths cross workers.
-SERVER = {"workers": 2, "extra": NAMESPACES, "admin": f'api_key = "{API_KEY}"'}
+SERVER = {
+    "workers": 2,
+    "extra": NAMESPACES,
+    "admin": f'api_key = "{API_KEY}"',
+    "server": "demo = true",  # a page that loads /shardws.js, for the Chromium test
+}
 
 
 def test_upgrade_chooses_msgpack_and_every_message_is_binary(server: ServerProcess) -> None:
@@ -366,3 +372,40 @@ def test_user_messages_reach_msgpack_connections(server: ServerProcess) -> None:
             await client.close()
 
     run(scenario())
+
+
+#: In the demo page (which loads /shardws.js and speaks JSON itself): a MessagePack client
+#: makes the page load the codec from /msgpack.min.js, which was not there before.
+BROWSER_SCENARIO = """async () => {
+  const before = typeof window.MessagePack;
+  const client = new ShardWS("ws://" + location.host + "/ws", {format: "msgpack"});
+  const got = [];
+  await client.subscribe("chat:web", {onPublication: (p) => got.push(p.data)});
+  await client.publish("chat:web", new Uint8Array([7, 8]));
+  await client.publish("chat:web", {a: 1.5});
+  for (let i = 0; i < 400 && got.length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+  client.close();
+  const plain = (d) => (d instanceof Uint8Array ? {bytes: Array.from(d)} : d);
+  return {before, after: typeof window.MessagePack, got: got.map(plain)};
+}"""
+
+
+@pytest.mark.needs("chromium")
+def test_shardws_js_in_chromium_loads_the_codec_only_when_msgpack_is_chosen(
+    server: ServerProcess,
+) -> None:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=require("chromium"), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.ws_port}/")
+            result = page.evaluate(BROWSER_SCENARIO)
+        finally:
+            browser.close()
+    assert result == {
+        "before": "undefined",
+        "after": "object",
+        "got": [{"bytes": [7, 8]}, {"a": 1.5}],
+    }
