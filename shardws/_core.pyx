@@ -701,6 +701,178 @@ cdef class Deflated:
         return frame
 
 
+# --------------------------------------------------------------------------- MessagePack
+
+#: Problems ``msgpack_members`` reports of a command's ``data`` (0: none): a map key
+#: that is not a string, a NaN or infinite float, binary below the top level, an
+#: extension type. Data with any of them has no JSON form (``pure.wiredata``).
+MSGPACK_KEY = 1
+MSGPACK_FLOAT = 2
+MSGPACK_BIN = 3
+MSGPACK_EXT = 4
+
+cdef enum:
+    MP_KEY = 1
+    MP_FLOAT = 2
+    MP_BIN = 3
+    MP_EXT = 4
+
+cdef inline uint64_t _be(const unsigned char* q, int width) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int k
+    for k in range(width):
+        v = (v << 8) | q[k]
+    return v
+
+
+cdef Py_ssize_t _mp_skip(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth,
+                         int* problem) noexcept nogil:
+    """End of the MessagePack object at ``i`` (RFC-less: the msgpack spec's formats), or
+    -1 when it is truncated, uses 0xC1, has a string that is not UTF-8, or nests deeper
+    than C_MAX_DEPTH. The first problem (MSGPACK_*) found on the way is kept in
+    ``problem``; ``depth`` 0 is the top level, where binary is no problem."""
+    cdef unsigned char c
+    cdef uint64_t length = 0, count = 0, j
+    cdef int width = 0, kind = 0  # kind: 0 scalar payload, 1 str, 2 bin, 3 ext, 4 array, 5 map
+    cdef Py_ssize_t end
+    if i >= n or depth > C_MAX_DEPTH:
+        return -1
+    c = p[i]
+    i += 1
+    if c <= 0x7F or c >= 0xE0 or c == 0xC0 or c == 0xC2 or c == 0xC3:
+        return i
+    if c <= 0x8F:
+        count = c & 0x0F
+        kind = 5
+    elif c <= 0x9F:
+        count = c & 0x0F
+        kind = 4
+    elif c <= 0xBF:
+        length = c & 0x1F
+        kind = 1
+    elif c == 0xC1:
+        return -1
+    elif c <= 0xC6:
+        width = 1 << (c - 0xC4)
+        kind = 2
+    elif c <= 0xC9:
+        width = 1 << (c - 0xC7)
+        kind = 3
+    elif c == 0xCA or c == 0xCB:
+        width = 4 if c == 0xCA else 8
+        if i + width > n:
+            return -1
+        # IEEE 754: an exponent of all ones is NaN or an infinity.
+        if (c == 0xCA and (p[i] & 0x7F) == 0x7F and (p[i + 1] & 0x80) == 0x80) or (
+            c == 0xCB and (p[i] & 0x7F) == 0x7F and (p[i + 1] & 0xF0) == 0xF0
+        ):
+            if problem[0] == 0:
+                problem[0] = MP_FLOAT
+        return i + width
+    elif c <= 0xD3:
+        length = 1 << ((c - 0xCC) & 3)
+        return i + <Py_ssize_t>length if i + <Py_ssize_t>length <= n else -1
+    elif c <= 0xD8:
+        if problem[0] == 0:
+            problem[0] = MP_EXT
+        length = 1 + (1 << (c - 0xD4))
+        return i + <Py_ssize_t>length if i + <Py_ssize_t>length <= n else -1
+    elif c <= 0xDB:
+        width = 1 << (c - 0xD9)
+        kind = 1
+    elif c <= 0xDD:
+        width = 2 if c == 0xDC else 4
+        kind = 4
+    else:
+        width = 2 if c == 0xDE else 4
+        kind = 5
+    if width:
+        if i + width > n:
+            return -1
+        if kind >= 4:
+            count = _be(p + i, width)
+        else:
+            length = _be(p + i, width)
+        i += width
+    if kind <= 3:
+        if kind == 3:
+            length += 1  # the extension's type byte
+            if problem[0] == 0:
+                problem[0] = MP_EXT
+        elif kind == 2 and depth > 0 and problem[0] == 0:
+            problem[0] = MP_BIN
+        if length > <uint64_t>(n - i):
+            return -1
+        end = i + <Py_ssize_t>length
+        if kind == 1 and _utf8_invalid_at(p + i, end - i) >= 0:
+            return -1
+        return end
+    if count > <uint64_t>(n - i):  # every element takes at least one byte
+        return -1
+    for j in range(count):
+        if kind == 5:
+            c = p[i] if i < n else 0
+            if not (0xA0 <= c <= 0xBF or 0xD9 <= c <= 0xDB) and problem[0] == 0:
+                problem[0] = MP_KEY
+            i = _mp_skip(p, i, n, depth + 1, problem)
+            if i < 0:
+                return -1
+        i = _mp_skip(p, i, n, depth + 1, problem)
+        if i < 0:
+            return -1
+    return i
+
+
+def msgpack_members(bytes buf not None):
+    """The members of a command in MessagePack: ``({name: raw value bytes}, problem)``,
+    each value a slice of ``buf``, and ``problem`` the first MSGPACK_* of the ``data``
+    member's value (0 for none, or without data). Raises ``BadEnvelope`` unless ``buf``
+    is exactly one well-formed map (strings UTF-8, at most MAX_DEPTH deep) with distinct
+    string keys."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef Py_ssize_t i = 0, ks, ke, vs
+    cdef uint64_t count, j
+    cdef int problem = 0, ignored = 0
+    cdef unsigned char c
+    cdef dict members = {}
+    cdef str key
+    if n == 0:
+        raise BadEnvelope("command must be a MessagePack map")
+    c = p[0]
+    if 0x80 <= c <= 0x8F:
+        count = c & 0x0F
+        i = 1
+    elif (c == 0xDE and n >= 3) or (c == 0xDF and n >= 5):
+        count = _be(p + 1, 2 if c == 0xDE else 4)
+        i = 3 if c == 0xDE else 5
+    else:
+        raise BadEnvelope("command must be a MessagePack map")
+    for j in range(count):
+        ks = i
+        c = p[i] if i < n else 0
+        if not (0xA0 <= c <= 0xBF or 0xD9 <= c <= 0xDB):
+            raise BadEnvelope("command member names must be strings")
+        ke = _mp_skip(p, i, n, 1, &ignored)
+        if ke < 0:
+            raise BadEnvelope("command is not well-formed MessagePack")
+        ks += 1 if c <= 0xBF else 1 + (1 << (c - 0xD9))
+        key = PyUnicode_DecodeUTF8(<const char*>p + ks, ke - ks, NULL)
+        if key in members:
+            raise BadEnvelope(f"duplicate member name {key!r}")
+        vs = ke
+        if key == "data":
+            i = _mp_skip(p, vs, n, 0, &problem)
+        else:
+            i = _mp_skip(p, vs, n, 0, &ignored)
+        if i < 0:
+            raise BadEnvelope("command is not well-formed MessagePack")
+        members[key] = buf[vs:i]
+    if i != n:
+        raise BadEnvelope("one MessagePack map per message, nothing after it")
+    return members, problem
+
+
 def utf8_valid(bytes buf not None):
     """True if ``buf`` is well-formed UTF-8: the same strict RFC 3629 section 4 check
     ``parse_envelope`` applies (no overlongs, surrogates or code points above U+10FFFF)."""

@@ -37,6 +37,7 @@ __all__ = [
     "build_frame",
     "build_text_frame",
     "fanout",
+    "msgpack_members",
     "parse_envelope",
 ]
 
@@ -305,6 +306,142 @@ def build_frame(payload: bytes, binary: bool = False, compressed: bool = False) 
     else:
         header = struct.pack("!BBQ", first, 127, n)
     return header + payload
+
+
+# --------------------------------------------------------------------------- MessagePack
+
+#: Problems ``msgpack_members`` reports of a command's ``data`` (0: none).
+MSGPACK_KEY = 1
+MSGPACK_FLOAT = 2
+MSGPACK_BIN = 3
+MSGPACK_EXT = 4
+
+
+def _is_str_head(c: int) -> bool:
+    return 0xA0 <= c <= 0xBF or 0xD9 <= c <= 0xDB
+
+
+def _mp_skip(buf: bytes, i: int, depth: int, problem: list[int]) -> int:
+    """End of the MessagePack object at ``i``, or -1 when it is malformed (see the
+    extension's ``_mp_skip``); the first problem found is kept in ``problem[0]``."""
+    n = len(buf)
+    if i >= n or depth > MAX_DEPTH:
+        return -1
+    c = buf[i]
+    i += 1
+
+    def note(code: int) -> None:
+        if problem[0] == 0:
+            problem[0] = code
+
+    if c <= 0x7F or c >= 0xE0 or c in (0xC0, 0xC2, 0xC3):
+        return i
+    count = length = width = 0
+    kind = 0
+    if c <= 0x8F:
+        count, kind = c & 0x0F, 5
+    elif c <= 0x9F:
+        count, kind = c & 0x0F, 4
+    elif c <= 0xBF:
+        length, kind = c & 0x1F, 1
+    elif c == 0xC1:
+        return -1
+    elif c <= 0xC6:
+        width, kind = 1 << (c - 0xC4), 2
+    elif c <= 0xC9:
+        width, kind = 1 << (c - 0xC7), 3
+    elif c in (0xCA, 0xCB):
+        width = 4 if c == 0xCA else 8
+        if i + width > n:
+            return -1
+        value = struct.unpack_from("!f" if c == 0xCA else "!d", buf, i)[0]
+        if value != value or value in (float("inf"), float("-inf")):
+            note(MSGPACK_FLOAT)
+        return i + width
+    elif c <= 0xD3:
+        length = 1 << ((c - 0xCC) & 3)
+        return i + length if i + length <= n else -1
+    elif c <= 0xD8:
+        note(MSGPACK_EXT)
+        length = 1 + (1 << (c - 0xD4))
+        return i + length if i + length <= n else -1
+    elif c <= 0xDB:
+        width, kind = 1 << (c - 0xD9), 1
+    elif c <= 0xDD:
+        width, kind = (2 if c == 0xDC else 4), 4
+    else:
+        width, kind = (2 if c == 0xDE else 4), 5
+    if width:
+        if i + width > n:
+            return -1
+        value = int.from_bytes(buf[i : i + width], "big")
+        if kind >= 4:
+            count = value
+        else:
+            length = value
+        i += width
+    if kind <= 3:
+        if kind == 3:
+            length += 1  # the extension's type byte
+            note(MSGPACK_EXT)
+        elif kind == 2 and depth > 0:
+            note(MSGPACK_BIN)
+        if length > n - i:
+            return -1
+        end = i + length
+        if kind == 1 and not utf8_valid(buf[i:end]):
+            return -1
+        return end
+    if count > n - i:  # every element takes at least one byte
+        return -1
+    for _ in range(count):
+        if kind == 5:
+            if not (i < n and _is_str_head(buf[i])):
+                note(MSGPACK_KEY)
+            i = _mp_skip(buf, i, depth + 1, problem)
+            if i < 0:
+                return -1
+        i = _mp_skip(buf, i, depth + 1, problem)
+        if i < 0:
+            return -1
+    return i
+
+
+def msgpack_members(buf: bytes) -> tuple[dict[str, bytes], int]:
+    """The members of a command in MessagePack: ``({name: raw value bytes}, problem)``
+    (see the extension's docstring); ``BadEnvelope`` unless ``buf`` is one well-formed
+    map with distinct string keys."""
+    if not isinstance(buf, bytes):
+        raise TypeError(f"expected bytes, got {type(buf).__name__}")
+    n = len(buf)
+    c = buf[0] if n else 0
+    if 0x80 <= c <= 0x8F:
+        count, i = c & 0x0F, 1
+    elif (c == 0xDE and n >= 3) or (c == 0xDF and n >= 5):
+        width = 2 if c == 0xDE else 4
+        count, i = int.from_bytes(buf[1 : 1 + width], "big"), 1 + width
+    else:
+        raise BadEnvelope("command must be a MessagePack map")
+    members: dict[str, bytes] = {}
+    problem = [0]
+    for _ in range(count):
+        c = buf[i] if i < n else 0
+        if not _is_str_head(c):
+            raise BadEnvelope("command member names must be strings")
+        end = _mp_skip(buf, i, 1, [0])
+        if end < 0:
+            raise BadEnvelope("command is not well-formed MessagePack")
+        key = buf[i + (1 if c <= 0xBF else 1 + (1 << (c - 0xD9))) : end].decode()
+        if key in members:
+            raise BadEnvelope(f"duplicate member name {key!r}")
+        start = end
+        i = _mp_skip(buf, start, 0, problem if key == "data" else [0])
+        if i < 0:
+            raise BadEnvelope("command is not well-formed MessagePack")
+        members[key] = buf[start:i]
+    if i != n:
+        raise BadEnvelope("one MessagePack map per message, nothing after it")
+    return members, problem[0]
 
 
 def utf8_valid(buf: bytes) -> bool:

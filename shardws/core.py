@@ -30,6 +30,10 @@ if TYPE_CHECKING:  # both have the same API; users are checked against the exten
         DEFAULT_MAX_PENDING,
         MAX_DEPTH,
         MAX_ID,
+        MSGPACK_BIN,
+        MSGPACK_EXT,
+        MSGPACK_FLOAT,
+        MSGPACK_KEY,
         BadEnvelope,
         Deflated,
         Envelope,
@@ -40,6 +44,7 @@ if TYPE_CHECKING:  # both have the same API; users are checked against the exten
         build_text_frame,
         fanout,
         flush,
+        msgpack_members,
         parse_envelope,
         release_handshake,
         take_overflowed,
@@ -64,6 +69,11 @@ else:
     total_drops = _module.total_drops
     DEFAULT_MAX_PENDING = _module.DEFAULT_MAX_PENDING
     parse_envelope = _module.parse_envelope
+    msgpack_members = _module.msgpack_members
+    MSGPACK_KEY = _module.MSGPACK_KEY
+    MSGPACK_FLOAT = _module.MSGPACK_FLOAT
+    MSGPACK_BIN = _module.MSGPACK_BIN
+    MSGPACK_EXT = _module.MSGPACK_EXT
     utf8_valid = _module.utf8_valid
 
 __all__ = [
@@ -71,6 +81,10 @@ __all__ = [
     "IMPLEMENTATION",
     "MAX_DEPTH",
     "MAX_ID",
+    "MSGPACK_BIN",
+    "MSGPACK_EXT",
+    "MSGPACK_FLOAT",
+    "MSGPACK_KEY",
     "BadEnvelope",
     "Deflated",
     "Envelope",
@@ -81,6 +95,7 @@ __all__ = [
     "build_text_frame",
     "fanout",
     "flush",
+    "msgpack_members",
     "parse_envelope",
     "release_handshake",
     "take_overflowed",

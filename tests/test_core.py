@@ -1203,3 +1203,79 @@ def test_sink_rejects_bad_deflate_bits(core: ModuleType, run: Callable[..., Any]
         peer.close()
 
     run(main())
+
+
+# --------------------------------------------------------------------------- MessagePack
+
+_MP_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=4) | st.integers(0, 9), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _mp_outcome(mod: ModuleType, buf: bytes) -> Any:
+    try:
+        return mod.msgpack_members(buf)
+    except mod.BadEnvelope as exc:
+        return ("bad", str(exc))
+
+
+def test_msgpack_members_slices_values_and_reports_data_problems(core: ModuleType) -> None:
+    import msgpack
+
+    data = b"\x82\xa1v\xca\x3f\xc0\x00\x00\xa1b\xc4\x01\x00"  # float32, nested bin
+    buf = b"\x83\xa2op\xa7publish\xa7channel\xa1c\xa4data" + data
+    members, problem = core.msgpack_members(buf)
+    assert members == {"op": b"\xa7publish", "channel": b"\xa1c", "data": data}
+    assert problem == core.MSGPACK_BIN
+    cases = {
+        core.MSGPACK_KEY: {1: 2},
+        core.MSGPACK_FLOAT: [float("inf")],
+        core.MSGPACK_EXT: [msgpack.ExtType(1, b"")],
+        0: b"whole binary is fine",
+    }
+    for expected, value in cases.items():
+        buf = msgpack.packb({"op": "publish", "data": value}, strict_types=False)
+        assert core.msgpack_members(buf)[1] == expected
+    # Not a map, truncated, 0xC1, bad UTF-8, trailing bytes, non-string or repeated keys.
+    for bad in (
+        b"",
+        b"\x90",
+        b"\x81\xa2op",
+        b"\x81\xa2op\xc1",
+        b"\x81\xa2op\xa1\xff",
+        b"\x80\x80",
+        b"\x81\x01\x02",
+        b"\x82\xa1a\x01\xa1a\x02",
+        b"\x81\xa1a" + b"\x91" * 40 + b"\x01",
+    ):
+        with pytest.raises(core.BadEnvelope):
+            core.msgpack_members(bad)
+
+
+@given(st.dictionaries(st.text(max_size=6), _MP_VALUES, max_size=5))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_msgpack_members_agree_and_slice_every_value(command: dict[str, Any]) -> None:
+    import msgpack
+
+    buf = msgpack.packb(command, use_bin_type=True)
+    outcomes = [_mp_outcome(_load(name), buf) for name in sorted(IMPLEMENTATIONS)]
+    assert outcomes[0] == outcomes[1]
+    members, _problem = outcomes[0]
+    assert members == {k: msgpack.packb(v, use_bin_type=True) for k, v in command.items()}
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300)
+def test_msgpack_members_agree_on_arbitrary_bytes(buf: bytes) -> None:
+    outcomes = [_mp_outcome(_load(name), buf) for name in sorted(IMPLEMENTATIONS)]
+    assert outcomes[0] == outcomes[1]

@@ -61,6 +61,7 @@ class State:
     bucket: TokenBucket
     channels: set[str] = field(default_factory=set)
     strikes: int = 0
+    msgpack: bool = False
 
 
 class World:

@@ -80,6 +80,8 @@ from picows import (
 )
 
 from shardws.pure import protocol
+from shardws.pure.msgpackwire import SUBPROTOCOL
+from shardws.pure.wiredata import packb, unpack
 
 __all__ = [
     "Backoff",
@@ -104,6 +106,19 @@ NOT_AVAILABLE = 108  # protocol.ErrorCode.NOT_AVAILABLE: retry with backoff
 # Closes after which reconnecting cannot help without changing the client (RFC 6455
 # 7.4.1 codes for a broken client, and the protocol's 4000-4499 range).
 _ABNORMAL = 1006  # RFC 6455 7.4.1: no close frame was received
+
+#: The wire formats a client can speak (``Client(format=...)``).
+FORMATS = frozenset({"json", "msgpack"})
+
+
+def data_of(push: dict[str, Any]) -> Any:
+    """A push's data, decoded: whole-binary data of a MessagePack publisher comes to a
+    JSON connection as ``b64data`` (docs/protocol.md) and is handed over as bytes."""
+    b64data = push.get("b64data")
+    if isinstance(b64data, str):
+        return base64.b64decode(b64data)
+    return push.get("data")
+
 
 #: Whether to reconnect after a close with a given code (one rule for server and clients).
 should_reconnect = protocol.reconnect_allowed
@@ -335,7 +350,7 @@ class Subscription:
                 # The owner lost the history: a live publication of a new epoch.
                 self._gap(Gap(self.channel, epoch, offset - 1, "epoch_changed"))
             self._move(epoch, offset)
-        self._emit(Publication(self.channel, message.get("data"), offset, epoch))
+        self._emit(Publication(self.channel, data_of(message), offset, epoch))
         return True
 
     def _take_presence(self, message: dict[str, Any]) -> None:
@@ -422,11 +437,12 @@ class _Link(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         # The server never fragments its messages (one push or reply per frame).
-        if frame.msg_type == WSMsgType.TEXT:
+        if frame.msg_type == (WSMsgType.BINARY if self.client.msgpack else WSMsgType.TEXT):
             try:
-                message = json.loads(frame.get_payload_as_bytes())
+                payload = frame.get_payload_as_bytes()
+                message = unpack(payload) if self.client.msgpack else json.loads(payload)
             except ValueError:
-                log.warning("ignoring a frame that is not JSON")
+                log.warning("ignoring a frame that is not %s", self.client.format)
                 return
             if isinstance(message, dict):
                 self.client._on_message(self, message)
@@ -452,7 +468,11 @@ class _Link(WSListener):
     def send(self, message: dict[str, Any]) -> None:
         if self.transport is None or self.closed.done():
             raise _LinkLost()
-        self.transport.send(WSMsgType.TEXT, json.dumps(message, separators=(",", ":")).encode())
+        if self.client.msgpack:
+            self.transport.send(WSMsgType.BINARY, packb(message))
+        else:
+            text = json.dumps(message, separators=(",", ":")).encode()
+            self.transport.send(WSMsgType.TEXT, text)
 
     def drop(self) -> None:
         """Close this connection (the client reconnects)."""
@@ -478,7 +498,10 @@ class Client:
         ping_interval: float = 20.0,
         ping_timeout: float = 10.0,
         on_user_message: Callable[[Any], None] | None = None,
+        format: str = "json",
     ) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
         if max_queued < 0:
             raise ValueError(f"max_queued must be >= 0, got {max_queued}")
         if not 0 < ping_timeout <= ping_interval:  # what picows's auto-ping accepts
@@ -487,6 +510,10 @@ class Client:
             )
         self.url = url
         self.token = token
+        #: The wire format: "json" (text frames) or "msgpack" (the ``shardws.msgpack``
+        #: subprotocol); data is handed over decoded either way.
+        self.format = format
+        self.msgpack = format == "msgpack"
         self.backoff = backoff or Backoff()
         self.max_queued = max_queued
         self.refresh_before = refresh_before
@@ -644,7 +671,9 @@ class Client:
             log.info("connection closed (%d %s), reconnecting", link.close_code, link.close_reason)
 
     async def _open(self) -> _Link:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if self.msgpack:
+            headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
         link = _Link(self)
         # The listener picows hands back may be a proxy: keep our own reference.
         transport, listener = await ws_connect(
@@ -837,7 +866,7 @@ class Client:
             "history", {"channel": channel, "since": since, "limit": limit, "reverse": reverse}
         )
         pubs = [
-            Publication(channel, p.get("data"), p.get("offset"), p.get("epoch"))
+            Publication(channel, data_of(p), p.get("offset"), p.get("epoch"))
             for p in reply["publications"]
         ]
         return pubs, reply["epoch"], reply["offset"]
@@ -920,7 +949,7 @@ class Client:
             channel = message.get("channel")
             if channel is None:
                 if self._on_user_message is not None:
-                    self._on_user_message(message.get("data"))
+                    self._on_user_message(data_of(message))
                 return
             sub = self.subscriptions.get(channel)
             if sub is not None and not sub._take_pub(message):

@@ -47,6 +47,7 @@ from shardws.pure.protocol import channel_error
 from shardws.pure.publication import Publication
 from shardws.pure.pusher.channels import INTERNAL_MARK, is_internal, is_socket_id, pusher_name
 from shardws.pure.pusher.channels import channel_error as pusher_channel_error
+from shardws.pure.wiredata import as_text, from_text
 
 log = logging.getLogger("shardws.control")
 
@@ -293,7 +294,7 @@ _REASONS = frozenset(reason.value for reason in Unrecovered)
 def _entries_of(publications: Iterable[Publication]) -> list[list[Any]]:
     """Stored publications on the wire: ``[[offset, data], ...]``, all in the reply's
     epoch (one ring)."""
-    return [[p.position.offset if p.position else 0, p.data.decode()] for p in publications]
+    return [[p.position.offset if p.position else 0, as_text(p.data)] for p in publications]
 
 
 def _publications(fields: Mapping[str, Any], epoch: str) -> tuple[Publication, ...]:
@@ -303,7 +304,7 @@ def _publications(fields: Mapping[str, Any], epoch: str) -> tuple[Publication, .
         for e in entries
     ):
         raise ValueError("publications must be a list of [offset, data]")
-    return tuple(Publication(data.encode(), position=Position(epoch, at)) for at, data in entries)
+    return tuple(Publication(from_text(data), position=Position(epoch, at)) for at, data in entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +351,7 @@ class HistoryPublishRequest(OwnerRequest[HistoryPublishReply]):
     idem: str | None = None
 
     def fields(self) -> dict[str, Any]:
-        return {"channel": self.channel, "data": self.data.decode(), "idem": self.idem}
+        return {"channel": self.channel, "data": as_text(self.data), "idem": self.idem}
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
@@ -358,7 +359,7 @@ class HistoryPublishRequest(OwnerRequest[HistoryPublishReply]):
         data, idem = fields.get("data"), fields.get("idem")
         if not isinstance(data, str) or not (idem is None or isinstance(idem, str)):
             raise ValueError("bad publication")
-        return cls(channel, data.encode(), idem)
+        return cls(channel, from_text(data), idem)
 
 
 # -- history.position
@@ -546,7 +547,7 @@ class HistoryHandoverRequest(OwnerRequest[HistoryHandoverReply]):
                     "epoch": state.epoch,
                     "offset": state.offset,
                     "entries": [
-                        [e.offset, e.stored_at, e.data.decode(), e.idem] for e in state.entries
+                        [e.offset, e.stored_at, as_text(e.data), e.idem] for e in state.entries
                     ],
                 }
                 for channel, state in self.rings.items()
@@ -590,7 +591,7 @@ def _entry(channel: str, entry: Any) -> Entry:
         and (entry[3] is None or isinstance(entry[3], str))
     ):
         offset, stored_at, data, idem = entry
-        return Entry(offset, float(stored_at), data.encode(), idem)
+        return Entry(offset, float(stored_at), from_text(data), idem)
     raise ValueError(f"ring of {channel!r}: an entry must be [offset, stored_at, data, idem]")
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from shardws.pure.history import Position
 from shardws.pure.publication import Kind, Publication
+from shardws.pure.wiredata import json_member
 
 PROTOCOL_VERSION = 1
 
@@ -158,18 +159,19 @@ def encode_connected(client_id: str, worker: int) -> bytes:
 
 def encode_pub(channel: str, data: bytes) -> bytes:
     """Publication push. ``channel`` must be valid (``is_valid_channel``), so it needs
-    no JSON escaping; ``data`` is raw, already-validated JSON."""
-    return b'{"type":"pub","channel":"' + channel.encode() + b'","data":' + data + b"}"
+    no JSON escaping; ``data`` is carried data (``pure.wiredata``): a JSON publisher's
+    text is embedded verbatim, a MessagePack publisher's converted."""
+    return b'{"type":"pub","channel":"' + channel.encode() + b'",' + json_member(data) + b"}"
 
 
 def encode_pub_at(channel: str, offset: int, epoch: str, data: bytes) -> bytes:
     """Publication push of a channel with history: ``offset`` and ``epoch`` come right
     after the channel, so ``pub_position`` can read them back without a JSON parse."""
-    return b'{"type":"pub","channel":"%s","offset":%d,"epoch":"%s","data":%s}' % (
+    return b'{"type":"pub","channel":"%s","offset":%d,"epoch":"%s",%s}' % (
         channel.encode(),
         offset,
         epoch.encode(),
-        data,
+        json_member(data),
     )
 
 
@@ -241,8 +243,8 @@ def encode_publication(channel: str, publication: Publication) -> bytes:
 def encode_user_pub(user: str, data: bytes) -> bytes:
     """User-targeted publication push, delivered to every connection of ``user``:
     ``{"type":"pub","user":"alice","data":...}`` (``user`` instead of ``channel``).
-    ``data`` is raw, already-validated JSON, embedded verbatim."""
-    return b'{"type":"pub","user":' + _dumps(user) + b',"data":' + data + b"}"
+    ``data`` is carried data, as in ``encode_pub``."""
+    return b'{"type":"pub","user":' + _dumps(user) + b"," + json_member(data) + b"}"
 
 
 def encode_reconnect(delay: float) -> bytes:

@@ -13,8 +13,8 @@ A bus record is a fixed header followed by the variable fields::
     record = HEAD + event + origin + user + epoch + data
 
 so the owners' order and gap checks read a position without parsing JSON, and a record
-is taken apart with one ``unpack`` and five slices. ``data`` is the publisher's JSON
-text, embedded verbatim by every encoder (never re-serialized).
+is taken apart with one ``unpack`` and five slices. ``data`` is the publisher's data in
+its own format (``pure.wiredata``), embedded verbatim by every encoder of that format.
 
 Guarantees: ``decode(encode(p)) == p`` for every valid publication; ``decode`` raises
 ValueError (never anything else) for bytes that are not a record.
@@ -46,7 +46,8 @@ _KINDS = tuple(Kind)  # by value: a tuple index is cheaper than Kind(value) per 
 class Publication(NamedTuple):
     """One publication to a channel, in no protocol's form.
 
-    ``data`` is valid JSON (empty for a join or leave); ``event`` the event name where a
+    ``data`` is carried data (``pure.wiredata``: the publisher's JSON text, or its
+    MessagePack bytes after a 0xC1 tag; empty for a join or leave); ``event`` the event name where a
     protocol has one ("" for the native protocol); ``origin`` the client id of the
     connection it came from ("" from a backend), for protocols that do not echo a
     publication to its sender and for presence; ``user`` the user id of a join or leave

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from shardws.config import Config, NamespaceConfig
 from shardws.core import BadEnvelope, Envelope, InvalidUTF8, TokenBucket, parse_envelope
-from shardws.pure import protocol
+from shardws.pure import msgpackwire, protocol
 from shardws.pure.auth import (
     Authenticator,
     AuthFailure,
@@ -107,8 +107,9 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Publish ``data`` (valid JSON) to ``channel``; in a history namespace through the
-    channel's owner with the idempotency key ``idem``. The worker replies."""
+    """Publish ``data`` (carried data, ``pure.wiredata``: JSON text or tagged
+    MessagePack) to ``channel``; in a history namespace through the channel's owner with
+    the idempotency key ``idem``. The worker replies."""
 
     command_id: int | None
     channel: str
@@ -162,6 +163,8 @@ class SessionState(Protocol):
     channels: set[str]
     bucket: TokenBucket
     strikes: int
+    #: The connection chose MessagePack (``pure.msgpackwire``): binary frames only.
+    msgpack: bool
 
 
 class Sessions:
@@ -191,16 +194,20 @@ class Sessions:
         if not state.bucket.take(now):
             return self._rate_limited(state)
         state.strikes = 0
-        if binary:
+        if binary != state.msgpack:
+            kind = "binary" if binary else "text"
+            what = "MessagePack" if state.msgpack else "JSON"
             return Reply(
                 protocol.encode_error(
-                    None, ErrorCode.BINARY_NOT_SUPPORTED, "binary frames are not supported"
+                    None,
+                    ErrorCode.BINARY_NOT_SUPPORTED,
+                    f"{kind} frames are not supported: this connection speaks {what}",
                 ),
                 Count.PROTOCOL_ERRORS,
-                "binary frame",
+                f"{kind} frame",
             )
         try:
-            env = parse_envelope(payload)
+            env = msgpackwire.parse_command(payload) if binary else parse_envelope(payload)
         except InvalidUTF8:
             # RFC 6455 8.1: a text message that is not UTF-8 fails the connection with
             # 1007. Reading goes on until the client's Close (the closing handshake).

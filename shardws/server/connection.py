@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from shardws.core import Deflated, Sink, build_frame, build_text_frame, release_handshake
+from shardws.pure import msgpackwire
 from shardws.pure.auth import Identity
 from shardws.pure.deflate import Inflater
 from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_frame
-from shardws.server.delivery import NATIVE
+from shardws.server.delivery import NATIVE, NATIVE_MSGPACK
 from shardws.shm.scoreboard import Column
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class Connection(WSListener):
     #: The wire format its publications are encoded in (``Delivery.publish``); a class
     #: attribute, so it costs a connection nothing.
     wire = NATIVE
+    #: Whether it speaks the native protocol in MessagePack (its session's state).
+    msgpack = False
 
     __slots__ = (
         "bucket",
@@ -260,3 +263,18 @@ class Connection(WSListener):
         self.transport.send_close(WSCloseCode(code), reason.encode()[:120])
         # Not graceful: a client that stopped reading must not keep its buffer alive.
         asyncio.get_running_loop().call_later(CLOSE_GRACE, self.transport.disconnect, False)
+
+
+class MsgpackConnection(Connection):
+    """A native connection that chose MessagePack in its upgrade (``pure.msgpackwire``):
+    commands arrive, and replies and pushes leave, as binary MessagePack messages."""
+
+    __slots__ = ()
+
+    wire = NATIVE_MSGPACK
+    msgpack = True
+
+    def send(self, payload: bytes) -> None:
+        """Send the JSON reply or push ``payload`` (``pure.protocol``) as its MessagePack
+        form, in one binary message."""
+        self.send_message(msgpackwire.from_json(payload), True)

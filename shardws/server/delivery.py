@@ -33,8 +33,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from shardws.config import Config, NamespaceConfig
-from shardws.core import Deflated, build_text_frame, fanout, flush, take_overflowed
+from shardws.core import Deflated, build_frame, fanout, flush, take_overflowed
 from shardws.log import RateLimitedLogger
+from shardws.pure import msgpackwire
 from shardws.pure.protocol import CloseCode, encode_publication, namespace_of
 from shardws.pure.publication import Publication
 from shardws.shm.scoreboard import Column
@@ -42,18 +43,21 @@ from shardws.shm.scoreboard import Column
 
 class WireFormat(NamedTuple):
     """A client protocol as delivery sees it: how a publication on a channel becomes the
-    text message its connections receive. A connection names its format in its ``wire``
-    attribute; the hub groups a channel's sinks by it. ``excludes_origin``: a
-    publication never goes back to the connection it came from (Pusher's client events
-    and ``socket_id`` exclusion; the native protocol echoes)."""
+    message its connections receive (a binary one when ``binary``). A connection names
+    its format in its ``wire`` attribute; the hub groups a channel's sinks by it.
+    ``excludes_origin``: a publication never goes back to the connection it came from
+    (Pusher's client events and ``socket_id`` exclusion; the native protocol echoes)."""
 
     name: str
     encode: Callable[[str, Publication], bytes]
     excludes_origin: bool = False
+    binary: bool = False
 
 
 #: The native protocol (``pure.protocol``).
 NATIVE = WireFormat("native", encode_publication)
+#: The native protocol in MessagePack (``pure.msgpackwire``), binary frames.
+NATIVE_MSGPACK = WireFormat("native.msgpack", msgpackwire.encode_publication, binary=True)
 
 #: The namespace whose ``slow_consumer`` rule user-targeted pushes follow (a user's
 #: messages belong to no channel; the default namespace is the one every server has).
@@ -130,14 +134,28 @@ class Delivery:
                     sinks = [sink for sink in sinks if sink is not origin]
                     if not sinks:
                         continue
-            self.push(wire.encode(channel, publication), sinks, drop)
+            self.push(wire.encode(channel, publication), sinks, drop, wire.binary)
 
-    def push(self, push: bytes, sinks: list[Any], drop: bool) -> None:
+    def push_user(self, push: bytes, sinks: list[Any]) -> None:
+        """Write a user-targeted JSON ``push`` (``protocol.encode_user_pub``) to the user's
+        ``sinks`` under the rule named :data:`USER_PUSHES`; MessagePack sinks get its
+        MessagePack form, converted once."""
+        native = [sink for sink in sinks if not sink.owner.wire.binary]
+        if native:
+            self.push(push, native, self.user_drop)
+        if len(native) < len(sinks):
+            binary = [sink for sink in sinks if sink.owner.wire.binary]
+            self.push(msgpackwire.from_json(push), binary, self.user_drop, True)
+
+    def push(self, push: bytes, sinks: list[Any], drop: bool, binary: bool = False) -> None:
         """Write the encoded ``push`` to ``sinks`` under the rule ``drop`` (see the
-        module doc); returns at once, the bytes leave at this iteration's flush."""
-        frame = build_text_frame(push)
+        module doc), as a binary message when ``binary``; returns at once, the bytes
+        leave at this iteration's flush."""
+        frame = build_frame(push, binary)
         deflated = (
-            Deflated(push, self._level) if self.deflating and len(push) >= self._threshold else None
+            Deflated(push, self._level, binary)
+            if self.deflating and len(push) >= self._threshold
+            else None
         )
         written = fanout(frame, sinks, drop, deflated)
         self._stats[Column.MESSAGES_OUT] += written

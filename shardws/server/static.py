@@ -5,7 +5,8 @@ No I/O beyond reading the package's ``static/`` files once. The worker asks
 None means 404, as before. What is served:
 
 * ``/shardws.js``, always: the browser client (no build step), so pages load it from
-  the server they talk to and always get the matching protocol version.
+  the server they talk to and always get the matching protocol version; and
+  ``/msgpack.min.js``, the MessagePack codec it loads when a page chooses that format.
 * ``/`` and ``/demo.js``, only with ``[server] demo = true``: the chat demo. The page
   learns the WebSocket path from a ``data-ws-path`` attribute filled in here.
 
@@ -29,7 +30,12 @@ _PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline';"
     " base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_ALWAYS = {"/shardws.js": ("shardws.js", _JS)}
+_ALWAYS = {
+    "/shardws.js": ("shardws.js", _JS),
+    # @msgpack/msgpack (vendored, ISC: static/msgpack.LICENSE.txt): shardws.js loads it
+    # only for a client that chose the MessagePack format.
+    "/msgpack.min.js": ("msgpack.min.js", _JS),
+}
 _DEMO = {
     "/": ("demo.html", _HTML),
     "/index.html": ("demo.html", _HTML),

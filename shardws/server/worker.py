@@ -50,7 +50,7 @@ from shardws.core import (
     total_drops,
 )
 from shardws.log import RateLimitedLogger, setup_logging
-from shardws.pure import control, protocol
+from shardws.pure import control, msgpackwire, protocol
 from shardws.pure.auth import (
     ANONYMOUS,
     Authenticator,
@@ -81,7 +81,7 @@ from shardws.pure.session import (
     Unsubscribe,
 )
 from shardws.pure.sweep import RotatingSweep
-from shardws.server.connection import CLOSE_GRACE, Connection
+from shardws.server.connection import CLOSE_GRACE, Connection, MsgpackConnection
 from shardws.server.delivery import Delivery, WireFormat
 from shardws.server.engine import WorkerEngine
 from shardws.server.engines import worker_engine
@@ -515,11 +515,16 @@ class Worker:
                 PusherConnection(self, self.pusher.message_received, admission), request
             )
         token = request_token(request.path, request.headers)
+        native = (
+            MsgpackConnection
+            if msgpackwire.chosen(request.headers.getall("sec-websocket-protocol", []))
+            else Connection
+        )
         if token is None:
             identity = ANONYMOUS if self.config.auth.anonymous else None
-            return self._accept(Connection(self, identity), request)
+            return self._accept(native(self, identity), request)
         try:
-            return self._accept(Connection(self, self.auth.connection(token)), request)
+            return self._accept(native(self, self.auth.connection(token)), request)
         except AuthFailure as exc:
             return self._refuse(401, exc.reason, Column.AUTH_FAILURES)
 
@@ -527,18 +532,22 @@ class Worker:
         self, conn: Connection, request: WSUpgradeRequest
     ) -> Connection | WSUpgradeResponseWithListener:
         """The 101 answer for ``conn``, with permessage-deflate when configured and the
-        client offered it acceptably (RFC 7692 5)."""
+        client offered it acceptably (RFC 7692 5), and the subprotocol it chose (RFC 6455
+        4.2.2: MessagePack)."""
+        headers = {"Sec-WebSocket-Protocol": msgpackwire.SUBPROTOCOL} if conn.msgpack else {}
         compression = self.config.compression
-        if not compression.enabled:
-            return conn
-        agreement = negotiate(request.headers.getall("sec-websocket-extensions", []), compression)
-        if agreement is None:
-            return conn
-        conn.deflate_bits = agreement.server_window_bits
-        conn.inflater = Inflater(agreement, self.config.server.max_message_size)
-        response = WSUpgradeResponse.create_101_response(
-            {"Sec-WebSocket-Extensions": agreement.response}
+        agreement = (
+            negotiate(request.headers.getall("sec-websocket-extensions", []), compression)
+            if compression.enabled
+            else None
         )
+        if agreement is not None:
+            conn.deflate_bits = agreement.server_window_bits
+            conn.inflater = Inflater(agreement, self.config.server.max_message_size)
+            headers["Sec-WebSocket-Extensions"] = agreement.response
+        if not headers:
+            return conn
+        response = WSUpgradeResponse.create_101_response(headers)
         return WSUpgradeResponseWithListener(response, conn)
 
     def _refuse(self, status: int, reason: str, column: Column) -> WSUpgradeResponseWithListener:
@@ -888,7 +897,7 @@ class Worker:
                     sink.owner.close(message.code, message.reason)
             else:
                 # A user's messages follow the rule named USER_PUSHES (delivery.py).
-                self.delivery.push(message, sinks, self.delivery.user_drop)
+                self.delivery.push_user(message, sinks)
 
     def _answer_local(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
         """This worker's answer to another member's question about itself (the admin's

@@ -19,7 +19,11 @@
  * - error 108 (a channel owner restarting, a subscribe not confirmed live) is retried
  *   with backoff, transparently;
  * - a dead path is found with an application `ping` every pingInterval seconds
- *   (browsers expose no WebSocket pings) that must be answered within pingTimeout.
+ *   (browsers expose no WebSocket pings) that must be answered within pingTimeout;
+ * - format: "msgpack" speaks the shardws.msgpack subprotocol (binary MessagePack frames):
+ *   the codec (@msgpack/msgpack, served by the server at /msgpack.min.js) is loaded only
+ *   then, or given as options.msgpack ({encode, decode}); data is handed over decoded in
+ *   both formats (a JSON connection's `b64data` as a Uint8Array).
  */
 (function (global) {
   "use strict";
@@ -29,6 +33,24 @@
 
   function shouldReconnect(code) {
     return !((code >= 4000 && code <= 4499) || FATAL_STANDARD.has(code));
+  }
+
+  function dataOf(push) {
+    // Whole-binary data of a MessagePack publisher reaches JSON connections as b64data.
+    if (typeof push.b64data !== "string") return push.data;
+    return Uint8Array.from(atob(push.b64data), (c) => c.charCodeAt(0));
+  }
+
+  function loadMessagePack(wsUrl) {
+    if (global.MessagePack) return Promise.resolve(global.MessagePack);
+    const origin = wsUrl.replace(/^ws/, "http").replace(/^(https?:\/\/[^/]+).*$/, "$1");
+    return new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = origin + "/msgpack.min.js";
+      script.onload = () => resolve(global.MessagePack);
+      script.onerror = () => reject(new Error("could not load " + script.src));
+      document.head.appendChild(script);
+    });
   }
 
   function tokenExpiry(token) {
@@ -102,7 +124,7 @@
         }
         this._move(epoch, offset);
       }
-      this._call("onPublication", {channel: this.channel, data: message.data, offset: offset, epoch: epoch});
+      this._call("onPublication", {channel: this.channel, data: dataOf(message), offset: offset, epoch: epoch});
       return true;
     }
 
@@ -155,6 +177,11 @@
       this.onState = options.onState || null; // ("connecting"|"connected"|"disconnected"|"closed", detail)
       this.onClose = options.onClose || null;
       this.onUserMessage = options.onUserMessage || null;
+      if (options.format && options.format !== "json" && options.format !== "msgpack") {
+        throw new Error('format must be "json" or "msgpack", got ' + options.format);
+      }
+      this.format = options.format || "json";
+      this._codec = options.msgpack || null; // {encode, decode}, loaded when needed
       this.worker = null;
       this.clientId = "";
       this.attempts = 0;
@@ -217,6 +244,7 @@
         let link;
         try {
           await this._freshToken(refuseToken);
+          if (this.format === "msgpack" && !this._codec) this._codec = await loadMessagePack(this.url);
           link = await this._open();
         } catch (e) {
           if (e instanceof ShardWSError && e.name === "ClientClosed") {
@@ -259,7 +287,9 @@
 
     _open() {
       return new Promise((resolve, reject) => {
-        const ws = new WebSocket(this.url);
+        const binary = this.format === "msgpack";
+        const ws = binary ? new WebSocket(this.url, ["shardws.msgpack"]) : new WebSocket(this.url);
+        if (binary) ws.binaryType = "arraybuffer";
         const link = {ws: ws, code: 1006, reason: "", hint: null, pending: new Map(), finished: false};
         let settled = false;
         link.closed = new Promise((done) => { link.markClosed = done; });
@@ -274,7 +304,8 @@
           if (link.finished) return;
           let message;
           try {
-            message = JSON.parse(event.data);
+            if (binary !== (typeof event.data !== "string")) return;
+            message = binary ? this._codec.decode(new Uint8Array(event.data)) : JSON.parse(event.data);
           } catch (e) {
             return;
           }
@@ -388,7 +419,8 @@
         }
         const id = this._ids++;
         link.pending.set(id, {resolve: resolve, reject: reject});
-        link.ws.send(JSON.stringify(Object.assign({id: id, op: op}, fields)));
+        const command = Object.assign({id: id, op: op}, fields);
+        link.ws.send(this.format === "msgpack" ? this._codec.encode(command) : JSON.stringify(command));
       });
     }
 
@@ -496,14 +528,19 @@
       }
     }
 
-    history(channel, options) {
+    async history(channel, options) {
       options = options || {};
-      return this._call("history", {
+      const reply = await this._call("history", {
         channel: channel,
         since: options.since || 0,
         limit: options.limit || 100,
         reverse: !!options.reverse,
       });
+      for (const pub of reply.publications) {
+        pub.data = dataOf(pub);
+        delete pub.b64data;
+      }
+      return reply;
     }
 
     async presence(channel) {
@@ -581,7 +618,7 @@
       }
       if (type === "pub") {
         if (message.channel === undefined) {
-          if (this.onUserMessage) this.onUserMessage(message.data);
+          if (this.onUserMessage) this.onUserMessage(dataOf(message));
           return;
         }
         const sub = this.subscriptions.get(message.channel);
