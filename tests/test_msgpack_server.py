@@ -114,6 +114,42 @@ def test_msgpack_publisher_bytes_reach_msgpack_subscribers_unchanged(
     run(scenario())
 
 
+def test_recovered_and_history_pushes_keep_the_msgpack_publishers_bytes(
+    server: ServerProcess,
+) -> None:
+    """Recovery and the history op hand a MessagePack subscriber the publisher's bytes
+    too (a float32 stays a float32), not a re-encoding through JSON."""
+    data = b"\x81\xa1v\xca\x3f\xc0\x00\x00"  # {"v": 1.5} with v a float32
+    marker = b"\xa4data" + data
+
+    async def scenario() -> None:
+        pub = await Client.connect(server.url, msgpack=True)
+        head = b"\x84\xa2id%c\xa2op\xa7publish\xa7channel\xaachat:exact\xa4data"
+        positions = []
+        for command_id in (7, 8, 9):
+            await pub.ws.send(head % command_id + data)
+            positions.append(await pub.reply(command_id))
+        first = positions[0]
+        sub = await Client.connect(server.url, msgpack=True)
+        since = {"epoch": first["epoch"], "offset": first["offset"] - 1}
+        await sub.send({"id": 1, "op": "subscribe", "channel": "chat:exact", "recover": since})
+        raws = [await asyncio.wait_for(sub.ws.recv(), timeout(5)) for _ in range(4)]
+        reply = msgpack.unpackb(raws[0])
+        assert reply["recovered"] is True and reply["offset"] == positions[-1]["offset"]
+        assert all(raw.endswith(marker) for raw in raws[1:]), raws
+        await sub.send({"id": 2, "op": "history", "channel": "chat:exact", "limit": 10})
+        page = await asyncio.wait_for(sub.ws.recv(), timeout(5))
+        assert page.count(marker) == 3, page
+        decoded = msgpack.unpackb(page)
+        assert decoded["id"] == 2 and decoded["ok"] is True
+        assert [p["data"] for p in decoded["publications"]] == [{"v": 1.5}] * 3
+        assert [p["offset"] for p in decoded["publications"]] == [p["offset"] for p in positions]
+        for client in (pub, sub):
+            await client.close()
+
+    run(scenario())
+
+
 @pytest.mark.parametrize(
     ("data", "words"),
     [

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from shardws.core import BadEnvelope
 from shardws.pure import msgpackwire, protocol, wiredata
 from shardws.pure.history import Position
+from shardws.pure.protocol import encode_publication
 from shardws.pure.publication import Kind, Publication
+from shardws.pure.wiredata import carried
 
 _JSON_VALUES = st.recursive(
     st.none()
@@ -114,3 +116,21 @@ def test_data_converts_both_ways_to_equal_values(value: Any) -> None:
     assert msgpack.unpackb(wiredata.msgpack_of(from_json)) == value
     for data in (from_msgpack, from_json):
         assert wiredata.from_text(wiredata.as_text(data)) == data
+
+
+def test_a_history_reply_embeds_the_pushes_as_they_are() -> None:
+    """``encode_history`` is ``from_json`` of the JSON reply, but with each push's
+    MessagePack bytes embedded untouched (a float32 stays one)."""
+    float32 = carried(b"\xca\x3f\xc0\x00\x00")
+    publications = [
+        Publication(float32, position=Position("e1", n))
+        for n in range(1, 20)  # > 15: array16
+    ]
+    pushes = [msgpackwire.encode_publication("c", p) for p in publications]
+    for command_id in (None, 7):
+        raw = msgpackwire.encode_history(command_id, "e1", 19, pushes)
+        assert raw.count(b"\xa4data\xca\x3f\xc0\x00\x00") == 19
+        json_pushes = [encode_publication("c", p) for p in publications]
+        as_json = protocol.encode_history(command_id, "e1", 19, json_pushes)
+        assert msgpack.unpackb(raw) == msgpack.unpackb(msgpackwire.from_json(as_json))
+    assert msgpack.unpackb(msgpackwire.encode_history(1, "e", 0, []))["publications"] == []

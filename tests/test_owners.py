@@ -34,6 +34,7 @@ from shardws.pure.protocol import (
     CloseCode,
     ErrorCode,
     decode_pub_at,
+    encode_history,
     encode_pub_at,
     encode_publication,
     pub_position,
@@ -90,6 +91,19 @@ class FakeConnection:
 
     def send(self, payload: bytes) -> None:
         self.received.append(payload)
+
+    def send_publication(self, channel: str, publication: Publication) -> None:
+        self.send(encode_publication(channel, publication))
+
+    def send_history(
+        self,
+        command_id: int | None,
+        position: Position,
+        channel: str,
+        publications: list[Publication],
+    ) -> None:
+        pushes = [encode_publication(channel, p) for p in publications]
+        self.send(encode_history(command_id, position.epoch, position.offset, pushes))
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)

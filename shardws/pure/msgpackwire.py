@@ -101,6 +101,8 @@ _CHANNEL = packb("channel")
 _OFFSET = packb("offset")
 _EPOCH = packb("epoch")
 _DATA = packb("data")
+_ID = packb("id")
+_PUBLICATIONS = packb("publications")
 
 
 def encode_publication(channel: str, publication: Publication) -> bytes:
@@ -117,6 +119,24 @@ def encode_publication(channel: str, publication: Publication) -> bytes:
         return b"\x85" + head + _OFFSET + offset + _EPOCH + epoch + _DATA + msgpack_of(data)
     kind_name = "join" if kind is Kind.JOIN else "leave"
     return packb({"type": kind_name, "channel": channel, "user": user, "client": origin})
+
+
+def encode_history(command_id: int | None, epoch: str, offset: int, pushes: list[bytes]) -> bytes:
+    """Reply to ``history`` (``protocol.encode_history``'s members, in the same order),
+    with ``pushes`` -- each a MessagePack push of :func:`encode_publication` -- embedded
+    as they are: the publishers' MessagePack data is never re-encoded."""
+    members = b"" if command_id is None else _ID + packb(command_id)
+    members += b"\xa2ok\xc3" + _EPOCH + packb(epoch) + _OFFSET + packb(offset)
+    members += _PUBLICATIONS + _array_header(len(pushes)) + b"".join(pushes)
+    return bytes([0x80 | (5 if command_id is not None else 4)]) + members
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
 
 
 def _with_bytes(push: Any) -> Any:

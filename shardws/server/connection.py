@@ -20,11 +20,14 @@ from shardws.pure import msgpackwire
 from shardws.pure.auth import Identity
 from shardws.pure.deflate import Inflater
 from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_frame
+from shardws.pure.protocol import encode_history, encode_publication
 from shardws.server.delivery import NATIVE, NATIVE_MSGPACK
 from shardws.shm.scoreboard import Column
 
 if TYPE_CHECKING:
     from shardws.config import Config
+    from shardws.pure.history import Position
+    from shardws.pure.publication import Publication
     from shardws.pure.session import Sessions
     from shardws.server.delivery import Delivery
 
@@ -244,6 +247,23 @@ class Connection(WSListener):
             self.sink.send(frame)
             self.worker.delivery.wrote(len(frame))
 
+    def send_publication(self, channel: str, publication: Publication) -> None:
+        """Send one publication to this client alone (recovery, a catch-up) in its wire
+        format, in order with everything else it is sent."""
+        self.send(encode_publication(channel, publication))
+
+    def send_history(
+        self,
+        command_id: int | None,
+        position: Position,
+        channel: str,
+        publications: list[Publication],
+    ) -> None:
+        """Reply to a ``history`` command: the channel's ``position`` and its stored
+        ``publications``, each as a push of its wire format."""
+        pushes = [encode_publication(channel, p) for p in publications]
+        self.send(encode_history(command_id, position.epoch, position.offset, pushes))
+
     def close(self, code: int, reason: str, *, stop_reading: bool = False) -> None:
         """Send what is corked, then a close frame with ``code``; drop the connection
         when the client answers, or after ``CLOSE_GRACE``. Fan-out skips it from now on.
@@ -278,3 +298,18 @@ class MsgpackConnection(Connection):
         """Send the JSON reply or push ``payload`` (``pure.protocol``) as its MessagePack
         form, in one binary message."""
         self.send_message(msgpackwire.from_json(payload), True)
+
+    def send_publication(self, channel: str, publication: Publication) -> None:
+        # The publisher's MessagePack bytes as they are (never through JSON).
+        self.send_message(msgpackwire.encode_publication(channel, publication), True)
+
+    def send_history(
+        self,
+        command_id: int | None,
+        position: Position,
+        channel: str,
+        publications: list[Publication],
+    ) -> None:
+        pushes = [msgpackwire.encode_publication(channel, p) for p in publications]
+        reply = msgpackwire.encode_history(command_id, position.epoch, position.offset, pushes)
+        self.send_message(reply, True)

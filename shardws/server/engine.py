@@ -70,8 +70,8 @@ ASK_TIMEOUT = 2.0
 
 class Connection(Protocol):
     """What an engine needs of a client connection (both fronts' connections have it):
-    its identity and channels, and a way to send it a text message in order with its
-    publications."""
+    its identity and channels, and ways to send it a reply, a publication or a history
+    page in its wire format, in order with its other publications."""
 
     identity: Identity | None
     sink: Any
@@ -80,6 +80,20 @@ class Connection(Protocol):
     closing: bool
 
     def send(self, payload: bytes) -> None: ...
+
+    def send_publication(self, channel: str, publication: Publication) -> None:
+        """One publication to this connection alone, in its wire format."""
+        ...
+
+    def send_history(
+        self,
+        command_id: int | None,
+        position: Position,
+        channel: str,
+        publications: list[Publication],
+    ) -> None:
+        """The reply to a ``history`` command, in its wire format."""
+        ...
 
     def close(self, code: int, reason: str) -> None: ...
 

@@ -76,7 +76,7 @@ from shardws.pure.control import (
     PresenceStatsRequest,
 )
 from shardws.pure.history import Position, RingState, owner_of
-from shardws.pure.protocol import CloseCode, ErrorCode, encode_publication
+from shardws.pure.protocol import CloseCode, ErrorCode
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
 from shardws.pure.pusher.channels import is_internal
@@ -432,7 +432,7 @@ class Owners:
                 extra["reason"] = answer.reason.value
         conn.send(protocol.encode_ok(command_id, **extra))
         for publication in answer.publications:
-            conn.send(encode_publication(channel, publication))
+            conn.send_publication(channel, publication)
         self._place(channel, pending, top)
 
     def _place(self, channel: str, pending: _Pending, top: Position) -> None:
@@ -470,7 +470,7 @@ class Owners:
             conn.close(CloseCode.INSUFFICIENT_STATE, _MISSED)
             return
         for publication in missed:
-            conn.send(encode_publication(channel, publication))
+            conn.send_publication(channel, publication)
         self.worker.hub.activate(channel, conn, conn.sink)
 
     def _forget_unpositioned(self, channel: str) -> None:
@@ -511,9 +511,7 @@ class Owners:
             reason = "the channel's owner did not answer; retry"
             conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, reason))
             return
-        epoch, offset = answer.position
-        pushes = [encode_publication(request.channel, p) for p in answer.publications]
-        conn.send(protocol.encode_history(command_id, epoch, offset, pushes))
+        conn.send_history(command_id, answer.position, request.channel, list(answer.publications))
 
     # -- presence ------------------------------------------------------------------------
 
