@@ -31,11 +31,15 @@ __all__ = [
     "MAX_ID",
     "BadEnvelope",
     "Deflated",
+    "DeltaError",
     "Envelope",
     "InvalidUTF8",
     "Sink",
     "build_frame",
     "build_text_frame",
+    "delta_apply",
+    "delta_checksum",
+    "delta_create",
     "fanout",
     "msgpack_members",
     "parse_envelope",
@@ -774,3 +778,216 @@ class TokenBucket:
     @property
     def tokens(self) -> float:
         return self._tokens
+
+
+# --------------------------------------------------------------------------- fossil deltas
+# The Fossil SCM delta format (www/delta_format.wiki in Fossil's sources): a header
+# "<target length>\n", then "<n>@<offset>," (copy n bytes of the source from offset) and
+# "<n>:<n bytes>" (insert literal bytes) commands, then "<checksum>;". Integers are in
+# Fossil's base-64 digits, most significant first. Written from the format and the
+# encoder's description; tests/test_core.py checks the outputs byte for byte against
+# the npm package fossil-delta (Centrifugo's clients apply it).
+
+_DIGITS = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~"
+_DIGIT_VALUE = {digit: value for value, digit in enumerate(_DIGITS)}
+_NHASH = 16  # the rolling hash's window, and the source's block size
+_MAX_INT_DIGITS = 10  # 60 bits: longer integers are refused by delta_apply
+_MAX_CANDIDATES = 250  # source blocks tried per target position (as Fossil does)
+
+
+class DeltaError(ValueError):
+    """A delta that does not apply to the given source (malformed, or made from another
+    source: its size or checksum does not match). The message says which rule failed."""
+
+
+def _put_int(out: bytearray, value: int) -> None:
+    if value == 0:
+        out += b"0"
+        return
+    digits = bytearray()
+    while value:
+        digits.append(_DIGITS[value & 63])
+        value >>= 6
+    digits.reverse()
+    out += digits
+
+
+def _digit_count(value: int) -> int:
+    count = 1
+    limit = 64
+    while value >= limit:
+        count += 1
+        limit <<= 6
+    return count
+
+
+def delta_checksum(data: bytes) -> int:
+    """Fossil's 32-bit checksum: the sum of ``data`` read as big-endian 32-bit words
+    (the last one padded with zero bytes), modulo 2**32."""
+    total = 0
+    whole = len(data) - len(data) % 4
+    for at in range(0, whole, 4):
+        total += int.from_bytes(data[at : at + 4], "big")
+    if whole < len(data):
+        total += int.from_bytes(data[whole:].ljust(4, b"\0"), "big")
+    return total & 0xFFFFFFFF
+
+
+def _window_hash(data: bytes, at: int) -> tuple[int, int]:
+    a = b = 0
+    for i in range(_NHASH):
+        x = data[at + i]
+        a += x
+        b += (_NHASH - i) * x
+    return a & 0xFFFF, b & 0xFFFF
+
+
+def delta_create(source: bytes, target: bytes) -> bytes:
+    """A fossil delta that turns ``source`` into ``target`` (``delta_apply(source,
+    delta) == target``): the same bytes as Fossil's encoder and npm ``fossil-delta``'s
+    ``createDelta``. Linear in the inputs' sizes (at most 250 candidates per position)."""
+    if not isinstance(source, bytes) or not isinstance(target, bytes):
+        raise TypeError("delta_create takes two bytes objects")
+    out = bytearray()
+    len_out = len(target)
+    len_src = len(source)
+    _put_int(out, len_out)
+    out += b"\n"
+    if len_src <= _NHASH:
+        _put_int(out, len_out)
+        out += b":"
+        out += target
+        _put_int(out, delta_checksum(target))
+        out += b";"
+        return bytes(out)
+    n_hash = -(-len_src // _NHASH)
+    collide = [-1] * n_hash
+    landmark = [-1] * n_hash
+    for at in range(0, len_src - _NHASH, _NHASH):
+        a, b = _window_hash(source, at)
+        slot = (a | b << 16) % n_hash
+        collide[at // _NHASH] = landmark[slot]
+        landmark[slot] = at // _NHASH
+    base = 0
+    while base + _NHASH < len_out:
+        a, b = _window_hash(target, base)
+        i = 0
+        best_count = best_offset = best_literal = 0
+        while True:
+            block = landmark[(a | b << 16) % n_hash]
+            tries = _MAX_CANDIDATES
+            while block >= 0 and tries > 0:
+                tries -= 1
+                start = block * _NHASH
+                # Forward from the anchor, then backward (not before target[base]).
+                forward = 0
+                while (
+                    start + forward < len_src
+                    and base + i + forward < len_out
+                    and source[start + forward] == target[base + i + forward]
+                ):
+                    forward += 1
+                back = 1
+                while (
+                    back < start and back <= i and source[start - back] == target[base + i - back]
+                ):
+                    back += 1
+                back -= 1
+                count = forward + back
+                offset = start - back
+                literal = i - back
+                cost = _digit_count(literal) + _digit_count(count) + _digit_count(offset) + 3
+                if count >= cost and count > best_count:
+                    best_count, best_offset, best_literal = count, offset, literal
+                block = collide[block]
+            if best_count:
+                if best_literal:
+                    _put_int(out, best_literal)
+                    out += b":"
+                    out += target[base : base + best_literal]
+                    base += best_literal
+                base += best_count
+                _put_int(out, best_count)
+                out += b"@"
+                _put_int(out, best_offset)
+                out += b","
+                break
+            if base + i + _NHASH >= len_out:
+                _put_int(out, len_out - base)
+                out += b":"
+                out += target[base:]
+                base = len_out
+                break
+            old = target[base + i]
+            new = target[base + i + _NHASH]
+            a = (a - old + new) & 0xFFFF
+            b = (b - _NHASH * old + a) & 0xFFFF
+            i += 1
+    if base < len_out:
+        _put_int(out, len_out - base)
+        out += b":"
+        out += target[base:]
+    _put_int(out, delta_checksum(target))
+    out += b";"
+    return bytes(out)
+
+
+def _get_int(delta: bytes, at: int) -> tuple[int, int]:
+    value = 0
+    start = at
+    while at < len(delta) and delta[at] in _DIGIT_VALUE:
+        value = value << 6 | _DIGIT_VALUE[delta[at]]
+        at += 1
+    if at == start:
+        raise DeltaError(f"expected a base-64 integer at byte {start}")
+    if at - start > _MAX_INT_DIGITS:
+        raise DeltaError(f"integer at byte {start} has more than {_MAX_INT_DIGITS} digits")
+    return value, at
+
+
+def delta_apply(source: bytes, delta: bytes) -> bytes:
+    """The target that ``delta`` (Fossil's format, from any encoder) makes of ``source``.
+    Raises :class:`DeltaError` when the delta is malformed, reads outside ``source``,
+    or its size or checksum does not match what it produced: the caller's ``source``
+    is not the one the delta was made from, and it must fetch the whole target."""
+    if not isinstance(source, bytes) or not isinstance(delta, bytes):
+        raise TypeError("delta_apply takes two bytes objects")
+    size, at = _get_int(delta, 0)
+    if delta[at : at + 1] != b"\n":
+        raise DeltaError("size integer not terminated by a newline")
+    at += 1
+    out = bytearray()
+    while at < len(delta):
+        count, at = _get_int(delta, at)
+        if at == len(delta):
+            break
+        op = delta[at : at + 1]
+        at += 1
+        if op == b"@":
+            offset, at = _get_int(delta, at)
+            if delta[at : at + 1] != b",":
+                raise DeltaError("copy command not terminated by ','")
+            at += 1
+            if len(out) + count > size:
+                raise DeltaError("copy exceeds the declared target size")
+            if offset + count > len(source):
+                raise DeltaError("copy extends past the end of the source")
+            out += source[offset : offset + count]
+        elif op == b":":
+            if len(out) + count > size:
+                raise DeltaError("insert exceeds the declared target size")
+            if at + count > len(delta):
+                raise DeltaError("insert extends past the end of the delta")
+            out += delta[at : at + count]
+            at += count
+        elif op == b";":
+            if at != len(delta):
+                raise DeltaError("bytes after the checksum")
+            if len(out) != size:
+                raise DeltaError("target size does not match the declared size")
+            if count != delta_checksum(bytes(out)):
+                raise DeltaError("bad checksum")
+            return bytes(out)
+        else:
+            raise DeltaError(f"unknown delta operator at byte {at - 1}")
+    raise DeltaError("unterminated delta")

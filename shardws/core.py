@@ -36,12 +36,16 @@ if TYPE_CHECKING:  # both have the same API; users are checked against the exten
         MSGPACK_KEY,
         BadEnvelope,
         Deflated,
+        DeltaError,
         Envelope,
         InvalidUTF8,
         Sink,
         TokenBucket,
         build_frame,
         build_text_frame,
+        delta_apply,
+        delta_checksum,
+        delta_create,
         fanout,
         flush,
         msgpack_members,
@@ -56,12 +60,16 @@ else:
     MAX_ID = _module.MAX_ID
     BadEnvelope = _module.BadEnvelope
     Deflated = _module.Deflated
+    DeltaError = _module.DeltaError
     Envelope = _module.Envelope
     InvalidUTF8 = _module.InvalidUTF8
     Sink = _module.Sink
     TokenBucket = _module.TokenBucket
     build_frame = _module.build_frame
     build_text_frame = _module.build_text_frame
+    delta_apply = _module.delta_apply
+    delta_checksum = _module.delta_checksum
+    delta_create = _module.delta_create
     fanout = _module.fanout
     flush = _module.flush
     release_handshake = _module.release_handshake
@@ -87,12 +95,16 @@ __all__ = [
     "MSGPACK_KEY",
     "BadEnvelope",
     "Deflated",
+    "DeltaError",
     "Envelope",
     "InvalidUTF8",
     "Sink",
     "TokenBucket",
     "build_frame",
     "build_text_frame",
+    "delta_apply",
+    "delta_checksum",
+    "delta_create",
     "fanout",
     "flush",
     "msgpack_members",

@@ -8,6 +8,7 @@ compiled module is imported, never skipped: if it is not built, its tests fail.
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib
 import json
 import os
@@ -1279,3 +1280,200 @@ def test_msgpack_members_agree_and_slice_every_value(command: dict[str, Any]) ->
 def test_msgpack_members_agree_on_arbitrary_bytes(buf: bytes) -> None:
     outcomes = [_mp_outcome(_load(name), buf) for name in sorted(IMPLEMENTATIONS)]
     assert outcomes[0] == outcomes[1]
+
+
+# ------------------------------------------------------------------ fossil deltas
+
+JS = os.path.join(os.path.dirname(__file__), "js")
+
+
+def _dashboard(values: dict[int, float] | None = None) -> bytes:
+    records = [
+        {
+            "id": i,
+            "name": f"sensor-{i:03d}",
+            "value": (values or {}).get(i, round((i * 7919 % 100000) / 100, 2)),
+            "status": "ok",
+            "unit": "kPa",
+        }
+        for i in range(40)
+    ]
+    return json.dumps({"dashboard": "plant-3", "records": records}, separators=(",", ":")).encode()
+
+
+def _edited(rng: Any, base: bytes) -> bytes:
+    # A target that shares most of its bytes with base: a few replaced, inserted, deleted
+    # or moved spans (what a delta is for), sometimes bytes above 0x7f.
+    out = bytearray(base)
+    for _ in range(rng.randint(0, 5)):
+        at = rng.randint(0, len(out))
+        span = bytes(rng.randint(0, 255) for _ in range(rng.randint(0, 40)))
+        action = rng.randint(0, 3)
+        if action == 0:
+            out[at:at] = span
+        elif action == 1:
+            del out[at : at + rng.randint(1, 60)]
+        elif action == 2:
+            out[at : at + len(span)] = span
+        else:
+            out += out[at : at + rng.randint(1, 200)]
+    return bytes(out)
+
+
+def _reference_cases() -> list[tuple[bytes, bytes]]:
+    import random
+
+    rng = random.Random(33)
+    cases = [
+        (b"", b""),
+        (b"", b"hello"),
+        (b"short", b"shorter still"),
+        (b"x" * 17, b"x" * 17),
+        (_dashboard(), _dashboard({3: 1.5, 17: 99.25, 31: 0.0})),
+        (_dashboard(), b""),
+        (b"abcdefghijklmnopqrstuvwxyz" * 40, b"abcdefghijklmnopqrstuvwxyz" * 41),
+    ]
+    for _ in range(60):
+        base = bytes(rng.randint(0, 255) for _ in range(rng.randint(0, 3000)))
+        if rng.random() < 0.5:
+            base = _dashboard({i: rng.random() for i in range(rng.randint(0, 40))})
+        cases.append((base, _edited(rng, base)))
+    return cases
+
+
+def test_delta_matches_the_npm_reference(core: ModuleType) -> None:
+    """npm fossil-delta makes the same bytes as our create, and applies our deltas; our
+    apply takes its deltas (it is the encoder Centrifugo's clients read)."""
+    from pusherjs import node
+
+    cases = _reference_cases()
+    ours = [core.delta_create(source, target) for source, target in cases]
+    request = [
+        {
+            "source": base64.b64encode(source).decode(),
+            "target": base64.b64encode(target).decode(),
+            "delta": base64.b64encode(delta).decode(),
+        }
+        for (source, target), delta in zip(cases, ours, strict=True)
+    ]
+    done = subprocess.run(
+        [node(), os.path.join(JS, "fossil_delta.mjs")],
+        input=json.dumps(request).encode(),
+        capture_output=True,
+        timeout=60,
+        cwd=JS,
+        check=True,
+    )
+    results = json.loads(done.stdout)
+    assert len(results) == len(cases)
+    for (source, target), delta, result in zip(cases, ours, results, strict=True):
+        theirs = base64.b64decode(result["created"])
+        assert result["error"] is None, result["error"]
+        assert base64.b64decode(result["applied"]) == target
+        assert core.delta_apply(source, theirs) == target
+        assert delta == theirs
+
+
+def test_delta_of_the_dashboard_is_small(core: ModuleType) -> None:
+    source = _dashboard()
+    target = _dashboard({3: 1.5, 17: 99.25, 31: 0.75})
+    delta = core.delta_create(source, target)
+    assert len(delta) * 10 < len(target)
+    assert core.delta_apply(source, delta) == target
+
+
+def test_delta_checksum(core: ModuleType) -> None:
+    assert core.delta_checksum(b"") == 0
+    assert core.delta_checksum(b"\x00\x00\x00\x01") == 1
+    assert core.delta_checksum(b"\x01") == 1 << 24
+    assert core.delta_checksum(b"\xff" * 8) == 0xFFFFFFFE
+
+
+HOSTILE_DELTAS = [
+    b"",
+    b"\n",
+    b"3",
+    b"3\n",
+    b"3\n3:abc",  # no checksum
+    b"3\n3:ab",  # insert past the end
+    b"3\n4:abcd0;",  # more than declared
+    b"3\n3:abc0;",  # bad checksum
+    b"3\n2@0,",  # unterminated
+    b"3\n3@99,0;",  # copy past the source
+    b"3\n3@0;",  # copy not terminated by ','
+    b"3\n3?abc",  # unknown operator
+    b"3\n:abc",  # no count
+    b"zzzzzzzzzzzz\n0;",  # integer too long
+    b"0\n0;x",  # bytes after the checksum
+    b"\xff\n0;",
+]
+
+
+@pytest.mark.parametrize("delta", HOSTILE_DELTAS)
+def test_delta_apply_refuses_hostile_input(core: ModuleType, delta: bytes) -> None:
+    with pytest.raises(core.DeltaError):
+        core.delta_apply(b"0123456789abcdef0123", delta)
+    assert issubclass(core.DeltaError, ValueError)
+
+
+def test_delta_apply_refuses_another_source(core: ModuleType) -> None:
+    source = _dashboard()
+    delta = core.delta_create(source, _dashboard({5: 1.0}))
+    with pytest.raises(core.DeltaError):
+        core.delta_apply(_dashboard({9: 2.0}), delta)
+
+
+def test_delta_requires_bytes(core: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        core.delta_create("a", b"b")
+    with pytest.raises(TypeError):
+        core.delta_apply(b"a", bytearray(b"b"))
+
+
+def _delta_outcome(mod: ModuleType, source: bytes, delta: bytes) -> tuple[str, bytes]:
+    try:
+        return ("ok", mod.delta_apply(source, delta))
+    except mod.DeltaError:
+        return ("DeltaError", b"")
+
+
+@st.composite
+def source_and_target(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    source = draw(st.binary(max_size=600))
+    pieces = draw(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=30),
+                st.tuples(st.integers(0, 600), st.integers(0, 200)).map(
+                    lambda span: source[span[0] : span[0] + span[1]]
+                ),
+            ),
+            max_size=8,
+        )
+    )
+    return source, b"".join(pieces)
+
+
+@given(source_and_target())
+@settings(max_examples=300, deadline=None)
+def test_delta_implementations_agree(case: tuple[bytes, bytes]) -> None:
+    source, target = case
+    cy, py = _load("cython"), _load("python")
+    delta = cy.delta_create(source, target)
+    assert py.delta_create(source, target) == delta
+    assert cy.delta_apply(source, delta) == target
+    assert py.delta_apply(source, delta) == target
+
+
+@given(source_and_target(), st.binary(max_size=8), st.integers(0, 2000))
+@settings(max_examples=300, deadline=None)
+def test_delta_apply_agrees_on_damaged_deltas(
+    case: tuple[bytes, bytes], junk: bytes, at: int
+) -> None:
+    source, target = case
+    delta = _load("python").delta_create(source, target)
+    at %= len(delta) + 1
+    damaged = delta[:at] + junk + delta[at + len(junk) :]
+    assert _delta_outcome(_load("cython"), source, damaged) == _delta_outcome(
+        _load("python"), source, damaged
+    )
