@@ -853,6 +853,11 @@ class NamespaceConfig:
     #: Whether subscribers get ``join``/``leave`` pushes when a connection subscribes to
     #: or leaves a channel. Default false.
     join_leave: bool = option(False)
+    #: Delta types a subscriber may ask for with ``"delta"`` in its subscribe: ``"fossil"``
+    #: (each publication sent as a fossil delta against the previous one the subscriber
+    #: received, computed once per publication per worker; docs/protocol.md, "Delta
+    #: subscriptions"). Default [] (a subscribe asking for a delta is refused).
+    allowed_delta_types: tuple[str, ...] = option((), choices=("fossil",))
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         # A dropped message in a history channel would be a silent gap in its offsets.

@@ -51,7 +51,7 @@ def test_sinks_are_grouped_by_their_members_wire_format() -> None:
             future.set_result(True)
             return future
 
-        hub = Hub(live, lambda _channel: None, wire_of=lambda member: member[0])
+        hub = Hub(live, lambda _channel: None, wire_of=lambda member, _channel: member[0])
         hub.add("news", "n1", "sink-n1")
         hub.add("news", "p1", "sink-p1")
         hub.add("news", "n2", "sink-n2")

@@ -39,6 +39,7 @@ abuse_close_after = 3
 subscriptions_per_connection = 2
 [namespaces.chat]
 [namespaces.h]
+allowed_delta_types = ["fossil"]
 history_size = 10
 presence = true
 join_leave = true
@@ -152,6 +153,21 @@ def test_subscribe_checks_in_order_and_counts_the_channel(world: World) -> None:
         ErrorCode.LIMIT_EXCEEDED,
         "too many subscriptions",
     )
+
+
+def test_delta_subscriptions_where_the_namespace_allows_them(world: World) -> None:
+    state = world.state()
+    asked = {"op": "subscribe", "id": 1, "delta": "fossil"}
+    outcome = world.send(state, {**asked, "channel": "h:a"})
+    assert isinstance(outcome, Subscribe) and outcome.delta == "fossil"
+    plain = world.send(state, {"op": "subscribe", "id": 2, "channel": "h:b"})
+    assert isinstance(plain, Subscribe) and plain.delta is None
+    code, message = error_of(world.send(state, {**asked, "channel": "chat:a"}))
+    assert code == ErrorCode.BAD_REQUEST
+    assert "not allowed" in message and "allowed_delta_types" in message
+    code, message = error_of(world.send(state, {**asked, "channel": "h:c", "delta": "xdelta"}))
+    assert code == ErrorCode.BAD_REQUEST and "fossil" in message
+    assert state.channels == {"h:a", "h:b"}
 
 
 def test_max_subscribers_is_read_from_the_hub(world: World) -> None:

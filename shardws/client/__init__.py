@@ -79,6 +79,7 @@ from picows import (
     ws_connect,
 )
 
+from shardws.core import DeltaError, delta_apply
 from shardws.pure import protocol
 from shardws.pure.msgpackwire import SUBPROTOCOL
 from shardws.pure.wiredata import packb, unpack
@@ -281,9 +282,17 @@ class Subscription:
         callback: Callback | None,
         on_gap: Callable[[Gap], None] | None,
         presence_events: bool,
+        delta: str | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
+        #: ``"fossil"``: publications may come as deltas (docs/protocol.md, "Delta
+        #: subscriptions"); the application still sees whole data.
+        self.delta = delta
+        #: The data bytes of the last publication received (a delta subscription's base).
+        self._base: bytes | None = None
+        #: Deltas that did not apply (each answered by a reconnect that recovers).
+        self.delta_failures = 0
         #: Position of the last publication delivered (history namespaces), or of the
         #: subscribe reply; what the next resubscribe recovers from.
         self.epoch: str | None = None
@@ -343,15 +352,48 @@ class Subscription:
                 self.epoch, self.offset = epoch, self._epochs[epoch]
             if epoch == self.epoch:
                 if offset <= self.offset:
+                    if self.delta is not None:  # the server's base moved to it
+                        with contextlib.suppress(DeltaError, ValueError):
+                            self._whole_data(message)
                     return True  # already delivered: never twice
                 if offset != self.offset + 1:
                     return False
-            elif self.epoch is not None:
+        if self.delta is None:
+            data = data_of(message)
+        else:
+            try:
+                data = self._whole_data(message)
+            except (DeltaError, ValueError) as exc:
+                self.delta_failures += 1
+                self._base = None
+                log.warning("channel %s: a delta did not apply (%s); recovering", self.channel, exc)
+                return False
+        if isinstance(offset, int) and isinstance(epoch, str):
+            if epoch != self.epoch and self.epoch is not None:
                 # The owner lost the history: a live publication of a new epoch.
                 self._gap(Gap(self.channel, epoch, offset - 1, "epoch_changed"))
             self._move(epoch, offset)
-        self._emit(Publication(self.channel, data_of(message), offset, epoch))
+        self._emit(Publication(self.channel, data, offset, epoch))
         return True
+
+    def _whole_data(self, message: dict[str, Any]) -> Any:
+        """The data of a delta subscription's push: its bytes (a JSON string on a JSON
+        connection, ``bin`` on a MessagePack one) are the whole data's encoding, or with
+        ``"delta": true`` a fossil delta against the previous one's. Raises DeltaError
+        (or ValueError) when it cannot be rebuilt."""
+        if "b64data" in message:  # whole-binary data: no delta form, no base
+            self._base = None
+            return data_of(message)
+        raw = message.get("data")
+        payload = raw.encode() if isinstance(raw, str) else raw
+        if not isinstance(payload, bytes):
+            raise ValueError("a delta subscription's data must be a string or bytes")
+        if message.get("delta") is True:
+            if self._base is None:
+                raise DeltaError("a delta without a base")
+            payload = delta_apply(self._base, payload)
+        self._base = payload
+        return unpack(payload) if self.client.msgpack else json.loads(payload)
 
     def _take_presence(self, message: dict[str, Any]) -> None:
         if self._presence_events:
@@ -717,6 +759,9 @@ class Client:
 
     async def _subscribe_on(self, link: _Link, sub: Subscription) -> None:
         fields: dict[str, Any] = {"channel": sub.channel}
+        if sub.delta is not None:
+            fields["delta"] = sub.delta
+            sub._base = None  # a new subscription: its first publication comes whole
         recovering = sub.epoch is not None
         if recovering:
             fields["recover"] = {"epoch": sub.epoch, "offset": sub.offset}
@@ -781,15 +826,20 @@ class Client:
         on_gap: Callable[[Gap], None] | None = None,
         presence_events: bool = False,
         recover: tuple[str, int] | None = None,
+        delta: str | None = None,
     ) -> Subscription:
         """Subscribe; returns once the subscription is live (anything published after
         that reaches it). ``recover=(epoch, offset)`` starts from a remembered position
         (the missed publications are delivered first, or ``on_gap`` is told).
         ``presence_events`` also delivers ``join``/``leave`` as :class:`PresenceEvent`.
-        Raises :class:`ServerError` (e.g. 103 permission denied, 105 already subscribed)."""
+        ``delta="fossil"`` asks for publications as fossil deltas where the namespace
+        allows them (``allowed_delta_types``); they are applied here, so the subscription
+        still yields whole data, and a delta that does not apply (counted in
+        ``delta_failures``) reconnects and recovers. Raises :class:`ServerError` (e.g.
+        103 permission denied, 105 already subscribed)."""
         if channel in self.subscriptions:
             raise ServerError(105, "already subscribed")
-        sub = Subscription(self, channel, callback, on_gap, presence_events)
+        sub = Subscription(self, channel, callback, on_gap, presence_events, delta)
         if recover is not None:
             sub.epoch, sub.offset = recover
         while True:

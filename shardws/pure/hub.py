@@ -15,8 +15,8 @@ Guarantees:
 * ``sinks`` returns the subscribers' sinks in subscription order; the list is cached and
   rebuilt only after membership changed, so fan-out pays nothing per publication and a
   mass disconnect costs O(1) per connection.
-* ``groups`` returns the same sinks grouped by their member's wire format
-  (``wire_of(member)``, given to the hub), one group per format in order of first
+* ``groups`` returns the same sinks grouped by their member's wire format on the
+  channel (``wire_of(member, channel)``, given to the hub), one group per format in order of first
   subscription, cached like ``sinks``: delivery encodes a publication once per group.
 """
 
@@ -39,7 +39,7 @@ class _Channel:
         self.live = live
 
 
-def _no_wire(_member: Hashable) -> None:
+def _no_wire(_member: Hashable, _channel: str) -> None:
     return None
 
 
@@ -50,10 +50,10 @@ class Hub:
         self,
         on_first: Callable[[str], asyncio.Future[bool]],
         on_last: Callable[[str], None],
-        wire_of: Callable[[Any], Hashable] = _no_wire,
+        wire_of: Callable[[Any, str], Hashable] = _no_wire,
     ) -> None:
-        """``wire_of(member)`` names a member's wire format (any hashable; members
-        without one share the group ``None``)."""
+        """``wire_of(member, channel)`` names a member's wire format on a channel (any
+        hashable; members without one share the group ``None``)."""
         self._on_first = on_first
         self._wire_of = wire_of
         self._on_last = on_last
@@ -113,7 +113,7 @@ class Hub:
             wire_of = self._wire_of
             for member, sink in state.members.items():
                 if sink is not None:
-                    by_wire.setdefault(wire_of(member), []).append(sink)
+                    by_wire.setdefault(wire_of(member, channel), []).append(sink)
             groups = state.groups = list(by_wire.items())
         return groups
 

@@ -43,6 +43,7 @@ from shardws.pure.auth import (
     may_subscribe,
     user_only_members,
 )
+from shardws.pure.delta import parse_delta
 from shardws.pure.history import Position
 from shardws.pure.protocol import CloseCode, ErrorCode
 
@@ -94,6 +95,7 @@ class Subscribe:
     channel: str
     options: NamespaceConfig
     since: Position | None
+    delta: str | None = None  # "fossil": publications as deltas (``pure.delta``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +296,17 @@ class Sessions:
             return _error(
                 command_id, ErrorCode.BAD_REQUEST, "recover: this channel keeps no history"
             )
+        try:
+            delta = parse_delta(env.fields.get("delta"))
+        except ValueError as exc:
+            return _error(command_id, ErrorCode.BAD_REQUEST, str(exc))
+        if delta is not None and delta not in options.allowed_delta_types:
+            return _error(
+                command_id,
+                ErrorCode.BAD_REQUEST,
+                f"delta: {delta!r} deltas are not allowed in this channel's namespace"
+                f" (allowed_delta_types = {list(options.allowed_delta_types)})",
+            )
         if channel in state.channels:
             return _error(command_id, ErrorCode.ALREADY_SUBSCRIBED, "already subscribed")
         if len(state.channels) >= self._config.limits.subscriptions_per_connection:
@@ -304,7 +317,7 @@ class Sessions:
         if 0 < options.max_subscribers <= self._subscribers(channel):
             return _error(command_id, ErrorCode.LIMIT_EXCEEDED, "channel has too many subscribers")
         state.channels.add(channel)
-        return Subscribe(command_id, channel, options, since)
+        return Subscribe(command_id, channel, options, since, delta)
 
     def _unsubscribe(self, state: SessionState, env: Envelope) -> Outcome:
         channel = env.channel

@@ -78,6 +78,7 @@ class Connection(WSListener):
         "closing",
         "connect_timer",
         "deflate_bits",
+        "delta_channels",
         "echo",
         "fragment_binary",
         "fragment_compressed",
@@ -115,6 +116,7 @@ class Connection(WSListener):
         self.sink: Any = None
         self.client_id = ""
         self.channels: set[str] = set()
+        self.delta_channels: set[str] = set()  # subscribed with "delta" (pure.delta)
         self.last_seen = time.monotonic()
         self.ping_sent = False
         self.closing = False
@@ -250,7 +252,16 @@ class Connection(WSListener):
     def send_publication(self, channel: str, publication: Publication) -> None:
         """Send one publication to this client alone (recovery, a catch-up) in its wire
         format, in order with everything else it is sent."""
+        if channel in self.delta_channels and self._send_whole(channel, publication):
+            return
         self.send(encode_publication(channel, publication))
+
+    def _send_whole(self, channel: str, publication: Publication) -> bool:
+        # A delta subscription's publication, full, in its form (pure.delta).
+        push = self.worker.delivery.whole_push(self.wire, channel, publication)
+        if push is not None:
+            self.send_message(push, self.wire.binary)
+        return push is not None
 
     def send_history(
         self,
@@ -301,6 +312,8 @@ class MsgpackConnection(Connection):
 
     def send_publication(self, channel: str, publication: Publication) -> None:
         # The publisher's MessagePack bytes as they are (never through JSON).
+        if channel in self.delta_channels and self._send_whole(channel, publication):
+            return
         self.send_message(msgpackwire.encode_publication(channel, publication), True)
 
     def send_history(

@@ -35,9 +35,10 @@ from typing import Any, NamedTuple
 from shardws.config import Config, NamespaceConfig
 from shardws.core import Deflated, build_frame, fanout, flush, take_overflowed
 from shardws.log import RateLimitedLogger
-from shardws.pure import msgpackwire
+from shardws.pure import delta, msgpackwire
+from shardws.pure.delta import DeltaForm, Deltas
 from shardws.pure.protocol import CloseCode, encode_publication, namespace_of
-from shardws.pure.publication import Publication
+from shardws.pure.publication import Kind, Publication
 from shardws.shm.scoreboard import Column
 
 
@@ -46,18 +47,34 @@ class WireFormat(NamedTuple):
     message its connections receive (a binary one when ``binary``). A connection names
     its format in its ``wire`` attribute; the hub groups a channel's sinks by it.
     ``excludes_origin``: a publication never goes back to the connection it came from
-    (Pusher's client events and ``socket_id`` exclusion; the native protocol echoes)."""
+    (Pusher's client events and ``socket_id`` exclusion; the native protocol echoes).
+    ``delta``: the form of a delta subscription (``pure.delta``), whose publications
+    :class:`~shardws.pure.delta.Deltas` writes (``encode`` makes its joins and leaves)."""
 
     name: str
     encode: Callable[[str, Publication], bytes]
     excludes_origin: bool = False
     binary: bool = False
+    delta: DeltaForm | None = None
 
 
 #: The native protocol (``pure.protocol``).
 NATIVE = WireFormat("native", encode_publication)
 #: The native protocol in MessagePack (``pure.msgpackwire``), binary frames.
 NATIVE_MSGPACK = WireFormat("native.msgpack", msgpackwire.encode_publication, binary=True)
+
+#: The native protocols' delta subscriptions (``"delta": "fossil"``).
+NATIVE_DELTA = WireFormat("native.delta", encode_publication, delta=delta.JSON)
+NATIVE_MSGPACK_DELTA = WireFormat(
+    "native.msgpack.delta", msgpackwire.encode_publication, binary=True, delta=delta.MSGPACK
+)
+_DELTA_WIRES = {NATIVE: NATIVE_DELTA, NATIVE_MSGPACK: NATIVE_MSGPACK_DELTA}
+
+
+def delta_wire(wire: WireFormat) -> WireFormat:
+    """The delta subscription form of the native ``wire`` (``wire`` for others)."""
+    return _DELTA_WIRES.get(wire, wire)
+
 
 #: The namespace whose ``slow_consumer`` rule user-targeted pushes follow (a user's
 #: messages belong to no channel; the default namespace is the one every server has).
@@ -79,6 +96,7 @@ class Delivery:
         "_stats",
         "_threshold",
         "deflating",
+        "deltas",
         "origin_sinks",
         "user_drop",
     )
@@ -92,6 +110,7 @@ class Delivery:
         self._options: dict[str, NamespaceConfig] = {}
         self._flush_scheduled = False
         self.deflating = 0  # open connections that negotiated permessage-deflate
+        self.deltas = Deltas()  # the delta subscriptions' bases (pure.delta)
         # The sinks of this worker's connections whose wire format excludes the origin,
         # by their client id (Pusher socket id): kept by the worker.
         self.origin_sinks: dict[str, Any] = {}
@@ -126,6 +145,9 @@ class Delivery:
         ``drop``; never to the connection ``publication.origin`` in a format that
         excludes the origin."""
         for wire, sinks in groups:
+            if wire.delta is not None:
+                self.deltas.publish(channel, publication, wire, sinks, drop, self.push)
+                continue
             if wire.excludes_origin and publication.origin:
                 # Only the origin's own worker finds it here: one copy of the list there
                 # (the fan-out after it is O(n) anyway), nothing on the other workers.
@@ -135,6 +157,18 @@ class Delivery:
                     if not sinks:
                         continue
             self.push(wire.encode(channel, publication), sinks, drop, wire.binary)
+
+    @staticmethod
+    def whole_push(wire: WireFormat, channel: str, publication: Publication) -> bytes | None:
+        """The full push of ``publication`` for one delta subscriber in ``wire`` (a
+        recovering subscriber's missed ones, sent before it is active): its data as
+        bytes (``pure.delta``); None when it has no delta form (a join or leave,
+        whole-binary data, not a native wire): then send the ordinary push."""
+        form = delta_wire(wire).delta
+        if form is None or publication.kind is not Kind.PUB:
+            return None
+        data = form.data_of(publication.data)
+        return None if data is None else form.encode(channel, publication, data, False)
 
     def push_user(self, push: bytes, sinks: list[Any]) -> None:
         """Write a user-targeted JSON ``push`` (``protocol.encode_user_pub``) to the user's

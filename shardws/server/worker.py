@@ -82,7 +82,7 @@ from shardws.pure.session import (
 )
 from shardws.pure.sweep import RotatingSweep
 from shardws.server.connection import CLOSE_GRACE, Connection, MsgpackConnection
-from shardws.server.delivery import Delivery, WireFormat
+from shardws.server.delivery import Delivery, WireFormat, delta_wire
 from shardws.server.engine import WorkerEngine
 from shardws.server.engines import worker_engine
 from shardws.server.progress import ProgressWatch
@@ -704,6 +704,11 @@ class Worker:
 
     def _subscribe(self, conn: Connection, subscribe: Subscribe) -> None:
         command_id, channel, options = subscribe.command_id, subscribe.channel, subscribe.options
+        if subscribe.delta:  # its wire form on the channel (_wire_of); no base yet
+            conn.delta_channels.add(channel)
+            self.delivery.deltas.unsync(channel, conn.sink)
+        else:
+            conn.delta_channels.discard(channel)
         if options.join_leave:
             self.engine.announce(channel, Kind.JOIN, conn)
         if options.history_size:
@@ -811,6 +816,7 @@ class Worker:
 
     def _last_subscriber(self, channel: str) -> None:
         self.engine.forget(channel)  # positions restart with the next subscriber
+        self.delivery.deltas.forget(channel)
         if is_internal(channel):
             self.pusher.hub_changed(channel, occupied=False)
         self.engine.unsubscribe(channel)
@@ -942,8 +948,8 @@ def _stall(target: bytes) -> None:
         pass
 
 
-def _wire_of(conn: Connection) -> WireFormat:
-    return conn.wire
+def _wire_of(conn: Connection, channel: str) -> WireFormat:
+    return delta_wire(conn.wire) if channel in conn.delta_channels else conn.wire
 
 
 #: How the worker carries out each outcome of a session (``pure.session``).
