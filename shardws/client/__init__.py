@@ -291,6 +291,8 @@ class Subscription:
         self.delta = delta
         #: The data bytes of the last publication received (a delta subscription's base).
         self._base: bytes | None = None
+        #: Publications received as deltas and applied.
+        self.deltas = 0
         #: Deltas that did not apply (each answered by a reconnect that recovers).
         self.delta_failures = 0
         #: Position of the last publication delivered (history namespaces), or of the
@@ -392,6 +394,7 @@ class Subscription:
             if self._base is None:
                 raise DeltaError("a delta without a base")
             payload = delta_apply(self._base, payload)
+            self.deltas += 1
         self._base = payload
         return unpack(payload) if self.client.msgpack else json.loads(payload)
 
