@@ -14,13 +14,17 @@ import os
 import random
 import signal
 import string
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import picows
+import pytest
+from external import require
 from serverproc import ServerProcess
 from toolkit import run, timeout
 
+import shardws
 from shardws.client import Backoff, Client, connect
 from shardws.core import delta_apply
 from shardws.pure.history import owner_of
@@ -231,3 +235,83 @@ def test_a_slow_drop_subscriber_decodes_what_it_receives(tmp_path: Path) -> None
             transport.disconnect()
 
         run(main())
+
+
+#: shardws.js in Node (``--experimental-websocket``: Node 20's WebSocket) with the
+#: vendored codec: a full and a delta subscriber in each format; the publications come
+#: from the test on stdin's cue.
+JS_SCENARIO = """
+const [script, codec, url, count] = process.argv.slice(1);
+require(script);
+const MessagePack = require(codec);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+(async () => {
+  const got = {}, subs = {};
+  for (const format of ["json", "msgpack"]) {
+    for (const delta of [null, "fossil"]) {
+      const options = format === "msgpack" ? {format, msgpack: MessagePack} : {format};
+      const client = new globalThis.ShardWS(url, options);
+      const key = format + "/" + (delta || "full");
+      got[key] = [];
+      subs[key] = await client.subscribe(
+        "dash:js", {onPublication: (p) => got[key].push(p.data)}, {delta});
+    }
+  }
+  console.log("ready");
+  const done = () => Object.values(got).every((list) => list.length >= Number(count));
+  for (let i = 0; i < 800 && !done(); i++) await sleep(25);
+  const deltas = {}, failures = {};
+  for (const key in subs) {
+    deltas[key] = subs[key].deltas;
+    failures[key] = subs[key].deltaFailures;
+  }
+  process.stdout.write(JSON.stringify({got, deltas, failures}) + "\\n", () => process.exit(0));
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+@pytest.mark.needs("node")
+def test_shardws_js_applies_deltas_in_both_formats(tmp_path: Path) -> None:
+    count = 30
+    states = updates(count, seed=5)
+    static = Path(shardws.__file__).parent / "static"
+    with ServerProcess(tmp_path, workers=2, extra=NAMESPACES).start() as proc:
+        node = subprocess.Popen(
+            [
+                require("node"),
+                "--experimental-websocket",
+                "--no-warnings",
+                "-e",
+                JS_SCENARIO,
+                str(static / "shardws.js"),
+                str(static / "msgpack.min.js"),
+                proc.url,
+                str(count),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert node.stdout is not None
+            assert node.stdout.readline().strip() == "ready", node.stderr
+
+            async def publish() -> None:
+                async with connect(proc.url, format="msgpack") as publisher:
+                    for state in states:
+                        await publisher.publish("dash:js", state)
+
+            run(publish())
+            out, err = node.communicate(timeout=timeout(30))
+        finally:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+        assert node.returncode == 0, err
+        result = json.loads(out.strip().splitlines()[-1])
+        for key, got in result["got"].items():
+            assert got == states, key
+        assert result["failures"] == dict.fromkeys(result["got"], 0)
+        assert result["deltas"]["json/fossil"] >= count - 2
+        assert result["deltas"]["msgpack/fossil"] >= count - 2
+        assert result["deltas"]["json/full"] == result["deltas"]["msgpack/full"] == 0

@@ -23,7 +23,11 @@
  * - format: "msgpack" speaks the shardws.msgpack subprotocol (binary MessagePack frames):
  *   the codec (@msgpack/msgpack, served by the server at /msgpack.min.js) is loaded only
  *   then, or given as options.msgpack ({encode, decode}); data is handed over decoded in
- *   both formats (a JSON connection's `b64data` as a Uint8Array).
+ *   both formats (a JSON connection's `b64data` as a Uint8Array);
+ * - subscribe(channel, handlers, {delta: "fossil"}) asks for fossil deltas (where the
+ *   namespace allows them): they are applied here (applyDelta below), so onPublication
+ *   always gets whole data; a delta that does not apply (counted in deltaFailures)
+ *   reconnects and recovers.
  */
 (function (global) {
   "use strict";
@@ -39,6 +43,63 @@
     // Whole-binary data of a MessagePack publisher reaches JSON connections as b64data.
     if (typeof push.b64data !== "string") return push.data;
     return Uint8Array.from(atob(push.b64data), (c) => c.charCodeAt(0));
+  }
+
+  // Fossil delta apply (the format of Fossil SCM's delta.c, which npm fossil-delta and
+  // shardws.core make): "<size>\n", then "<n>@<offset>," (copy from the base) and
+  // "<n>:<bytes>" (insert), then "<checksum>;"; integers in Fossil's base-64 digits.
+  // Throws when the delta does not fit the base (malformed, another base, bad checksum).
+  const DIGIT_VALUE = new Int8Array(256).fill(-1);
+  "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~"
+    .split("")
+    .forEach((c, i) => (DIGIT_VALUE[c.charCodeAt(0)] = i));
+
+  function deltaChecksum(bytes) {
+    let sum = 0;
+    const n = bytes.length;
+    for (let i = 0; i < n; i += 4) {
+      const word = ((bytes[i] << 24) | ((bytes[i + 1] || 0) << 16) | ((bytes[i + 2] || 0) << 8) | (bytes[i + 3] || 0)) >>> 0;
+      sum = (sum + word) >>> 0;
+    }
+    return sum;
+  }
+
+  function applyDelta(base, delta) {
+    let at = 0;
+    const int = () => {
+      const start = at;
+      let value = 0;
+      while (at < delta.length && DIGIT_VALUE[delta[at]] >= 0) value = value * 64 + DIGIT_VALUE[delta[at++]];
+      if (at === start || at - start > 8) throw new Error("bad delta: integer at byte " + start);
+      return value;
+    };
+    const size = int();
+    if (delta[at++] !== 10) throw new Error("bad delta: no newline after the size");
+    const out = new Uint8Array(size);
+    let total = 0;
+    while (at < delta.length) {
+      const count = int();
+      const op = delta[at++];
+      if (op === 64) { // '@' copy
+        const offset = int();
+        if (delta[at++] !== 44) throw new Error("bad delta: copy not terminated by ','");
+        if (total + count > size || offset + count > base.length) throw new Error("bad delta: copy out of range");
+        out.set(base.subarray(offset, offset + count), total);
+        total += count;
+      } else if (op === 58) { // ':' insert
+        if (total + count > size || at + count > delta.length) throw new Error("bad delta: insert out of range");
+        out.set(delta.subarray(at, at + count), total);
+        total += count;
+        at += count;
+      } else if (op === 59) { // ';' checksum
+        if (at !== delta.length || total !== size) throw new Error("bad delta: size mismatch");
+        if (count !== deltaChecksum(out)) throw new Error("bad delta: bad checksum");
+        return out;
+      } else {
+        throw new Error("bad delta: unknown operator");
+      }
+    }
+    throw new Error("bad delta: unterminated");
   }
 
   function loadMessagePack(wsUrl) {
@@ -79,10 +140,14 @@
   const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
 
   class Subscription {
-    constructor(client, channel, handlers) {
+    constructor(client, channel, handlers, delta) {
       this.client = client;
       this.channel = channel;
       this.handlers = handlers;
+      this.delta = delta || null; // "fossil": pushes carry the data's bytes, or a delta
+      this._base = null; // the bytes of the last publication's data (a delta's base)
+      this.deltas = 0; // publications received as deltas and applied
+      this.deltaFailures = 0; // deltas that did not apply (each reconnects and recovers)
       this.epoch = null;
       this.offset = 0;
       // The last offset delivered in each of the latest epochs followed: after a
@@ -117,15 +182,49 @@
           this.offset = this._epochs.get(epoch);
         }
         if (epoch === this.epoch) {
-          if (offset <= this.offset) return true; // already delivered: never twice
+          if (offset <= this.offset) {
+            if (this.delta) try { this._wholeData(message); } catch (e) { this._base = null; }
+            return true; // already delivered: never twice
+          }
           if (offset !== this.offset + 1) return false;
-        } else if (this.epoch !== null) {
+        }
+      }
+      let data;
+      try {
+        data = this.delta ? this._wholeData(message) : dataOf(message);
+      } catch (e) {
+        this.deltaFailures += 1;
+        this._base = null;
+        console.warn("shardws: channel " + this.channel + ": a delta did not apply, recovering", e);
+        return false;
+      }
+      if (typeof offset === "number" && typeof epoch === "string") {
+        if (epoch !== this.epoch && this.epoch !== null) {
           this._gap({channel: this.channel, epoch: epoch, offset: offset - 1, reason: "epoch_changed"});
         }
         this._move(epoch, offset);
       }
-      this._call("onPublication", {channel: this.channel, data: dataOf(message), offset: offset, epoch: epoch});
+      this._call("onPublication", {channel: this.channel, data: data, offset: offset, epoch: epoch});
       return true;
+    }
+
+    // A delta subscription's push: the data's bytes (a JSON string on a JSON connection,
+    // bin on a MessagePack one), or with delta: true a fossil delta against the last.
+    _wholeData(message) {
+      if (typeof message.b64data === "string") {
+        this._base = null; // whole-binary data has no delta form
+        return dataOf(message);
+      }
+      const json = this.client.format !== "msgpack";
+      let bytes = json ? new TextEncoder().encode(message.data) : message.data;
+      if (!(bytes instanceof Uint8Array)) throw new Error("a delta subscription's data is not bytes");
+      if (message.delta === true) {
+        if (this._base === null) throw new Error("a delta without a base");
+        bytes = applyDelta(this._base, bytes);
+        this.deltas += 1;
+      }
+      this._base = bytes;
+      return json ? JSON.parse(new TextDecoder().decode(bytes)) : this.client._codec.decode(bytes);
     }
 
     _positioned(reply, recovering) {
@@ -360,6 +459,10 @@
 
     async _subscribeOn(link, sub) {
       const fields = {channel: sub.channel};
+      if (sub.delta) {
+        fields.delta = sub.delta;
+        sub._base = null; // a new subscription: its first publication comes whole
+      }
       const recovering = sub.epoch !== null;
       if (recovering) fields.recover = {epoch: sub.epoch, offset: sub.offset};
       const reply = await this._requestRetrying(link, "subscribe", fields);
@@ -458,12 +561,13 @@
 
     /** Resolves once the subscription is live. handlers: onPublication({channel, data,
      * offset, epoch}), onGap({channel, epoch, offset, reason}), onJoin / onLeave({user, client}),
-     * onError(error) when a resubscribe is refused. */
-    async subscribe(channel, handlers) {
+     * onError(error) when a resubscribe is refused. options: {delta: "fossil"} for
+     * publications as deltas, applied here (the handlers still get whole data). */
+    async subscribe(channel, handlers, options) {
       if (this.subscriptions.has(channel)) {
         throw new ShardWSError("ServerError", "already subscribed", 105);
       }
-      const sub = new Subscription(this, channel, handlers || {});
+      const sub = new Subscription(this, channel, handlers || {}, (options || {}).delta);
       for (;;) {
         const link = await this._waitReady();
         this.subscriptions.set(channel, sub);
@@ -638,5 +742,6 @@
   ShardWS.tokenExpiry = tokenExpiry;
   ShardWS.Error = ShardWSError;
   ShardWS.Subscription = Subscription;
+  ShardWS.applyDelta = applyDelta;
   global.ShardWS = ShardWS;
 })(typeof window !== "undefined" ? window : globalThis);
