@@ -220,3 +220,42 @@ def test_fanout(
         assert subs.received == delivered * len(FRAME_100)
     finally:
         subs.close()
+
+
+# -- fossil deltas ------------------------------------------------------------------------
+
+
+def _dashboard(changed: dict[int, float]) -> bytes:
+    records = [
+        {
+            "id": i,
+            "name": f"sensor-{i:03d}",
+            "value": changed.get(i, round((i * 7919 % 100000) / 100, 2)),
+            "status": "ok",
+            "unit": "kPa",
+        }
+        for i in range(40)
+    ]
+    state = {"dashboard": "plant-3", "records": records}
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+#: The dashboard state of issue 32 (2,893 bytes) and the same with 3 values changed.
+DELTA_SOURCE = _dashboard({})
+DELTA_TARGET = _dashboard({3: 512.25, 17: 0.5, 31: 999.99})
+
+
+@pytest.mark.parametrize("impl", ["core", "ref"])
+def test_delta_create(benchmark: Any, impl: str) -> None:
+    """One publication's delta (made once per publication per worker)."""
+    create = _module(impl).delta_create
+    delta = benchmark(create, DELTA_SOURCE, DELTA_TARGET)
+    assert len(delta) < len(DELTA_TARGET) // 10
+
+
+@pytest.mark.parametrize("impl", ["core", "ref"])
+def test_delta_apply(benchmark: Any, impl: str) -> None:
+    """A client rebuilding the whole data from its base and a delta."""
+    module = _module(impl)
+    delta = module.delta_create(DELTA_SOURCE, DELTA_TARGET)
+    assert benchmark(module.delta_apply, DELTA_SOURCE, delta) == DELTA_TARGET

@@ -189,9 +189,9 @@ class Deltas:
             base.data = None
             return
         synced, behind = base.split(sinks) if base.data is not None else ([], sinks)
-        full = form.encode(channel, publication, data, False)
         before = [sink.drops for sink in sinks] if drop else None
         drops = total_drops()
+        full = None  # made only for those that need it (steady state: nobody)
         if synced:
             assert base.data is not None
             delta = delta_create(base.data, data)
@@ -199,9 +199,10 @@ class Deltas:
             if len(delta) < len(data) and (not form.text or utf8_valid(delta)):
                 push(form.encode(channel, publication, delta, True), synced)
             else:
+                full = form.encode(channel, publication, data, False)
                 push(full, synced)
         if behind:
-            push(full, behind)
+            push(full or form.encode(channel, publication, data, False), behind)
         base.data = data
         if before is None or total_drops() == drops:
             base.synced = sinks
