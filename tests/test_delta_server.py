@@ -22,6 +22,7 @@ import picows
 import pytest
 from external import require
 from serverproc import ServerProcess
+from test_slow_consumers import _Paused  # stops reading once subscribed
 from toolkit import run, timeout
 
 import shardws
@@ -130,21 +131,6 @@ def test_full_and_delta_subscribers_in_both_formats_through_worker_kills(tmp_pat
                 await client.close()
 
         run(main(), 90)
-
-
-class _Paused(picows.WSListener):
-    """A delta subscriber that stops reading once its subscription is confirmed."""
-
-    def __init__(self) -> None:
-        self.texts: list[bytes] = []
-        self.subscribed = asyncio.Event()
-
-    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
-        if frame.msg_type == picows.WSMsgType.TEXT:
-            payload = frame.get_payload_as_bytes()
-            self.texts.append(payload)
-            if payload.startswith(b'{"id":1,'):
-                self.subscribed.set()
 
 
 def _decode_stream(texts: list[bytes]) -> list[tuple[Any, bool]]:
