@@ -108,3 +108,19 @@ def test_larger_deltas_and_binary_data_go_full() -> None:
     deltas.forget("ch")
     deltas.publish("ch", Publication(_state(1)), NATIVE_DELTA, [a], False, record)
     assert "delta" not in json.loads(record.sent[-1][0])
+
+
+def test_a_recovered_subscriber_resumes_deltas_from_the_data_it_was_sent() -> None:
+    deltas = delta.Deltas()
+    a, late, stale = Sink("a"), Sink("late"), Sink("stale")
+    record = Recorder()
+    deltas.publish("ch", Publication(_state(0)), NATIVE_DELTA, [a], False, record)
+    deltas.publish("ch", Publication(_state(1)), NATIVE_DELTA, [a], False, record)
+    # Both were sent publications alone while pending (recovery): "late" up to the
+    # state the deltas are now made against, "stale" one behind it.
+    deltas.resume("ch", delta.JSON, late, _state(1))
+    deltas.resume("ch", delta.JSON, stale, _state(0))
+    record.sent.clear()
+    deltas.publish("ch", Publication(_state(2)), NATIVE_DELTA, [a, late, stale], False, record)
+    assert [to for _message, to in record.sent] == [[a, late], [stale]]
+    assert json.loads(record.sent[0][0])["delta"] is True

@@ -301,3 +301,45 @@ def test_shardws_js_applies_deltas_in_both_formats(tmp_path: Path) -> None:
         assert result["deltas"]["json/fossil"] >= count - 2
         assert result["deltas"]["msgpack/fossil"] >= count - 2
         assert result["deltas"]["json/full"] == result["deltas"]["msgpack/full"] == 0
+
+
+def test_recovered_publications_come_full_and_deltas_resume_from_the_last(
+    tmp_path: Path,
+) -> None:
+    from wsclient import Client as Raw
+
+    states = [json.dumps(s, separators=(",", ":")) for s in updates(6, seed=9)]
+    with ServerProcess(tmp_path, workers=1, extra=NAMESPACES).start() as proc:
+
+        async def main() -> None:
+            keeper = await Raw.connect(proc.url)  # keeps the channel's base on the worker
+            await keeper.call("subscribe", channel="dash:r", delta="fossil")
+            publisher = await Raw.connect(proc.url)
+            first = await Raw.connect(proc.url)
+            start = await first.call("subscribe", channel="dash:r", delta="fossil")
+            for state in states[:2]:
+                await publisher.call("publish", channel="dash:r", data=json.loads(state))
+            pushes = [await first.next_push() for _ in range(2)]
+            assert [p.get("delta", False) for p in pushes] == [False, True]
+            await first.close()
+            for state in states[2:4]:
+                await publisher.call("publish", channel="dash:r", data=json.loads(state))
+            again = await Raw.connect(proc.url)
+            recover = {"epoch": start["epoch"], "offset": pushes[-1]["offset"]}
+            reply = await again.call("subscribe", channel="dash:r", delta="fossil", recover=recover)
+            assert reply["recovered"] is True
+            recovered = [await again.next_push() for _ in range(2)]
+            # Full, the data as JSON text (the publisher's, byte for byte).
+            assert [json.loads(p["data"]) for p in recovered] == [
+                json.loads(s) for s in states[2:4]
+            ]
+            assert not any(p.get("delta") for p in recovered)
+            await publisher.call("publish", channel="dash:r", data=json.loads(states[4]))
+            live = await again.next_push()
+            assert live["delta"] is True and live["offset"] == 5
+            rebuilt = delta_apply(recovered[-1]["data"].encode(), live["data"].encode())
+            assert json.loads(rebuilt) == json.loads(states[4])
+            for client in (keeper, publisher, again):
+                await client.close()
+
+        run(main())

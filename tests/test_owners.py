@@ -178,6 +178,9 @@ class RecordingDelivery:
             for sink in sinks:
                 sink.owner.received.append(encode_publication(channel, publication))
 
+    def resume_deltas(self, conn: Any, channel: str) -> None:
+        pass  # no delta subscriptions here (tests/test_delta*.py)
+
 
 class FakeHost:
     """An ``OwnerHost``: what ``Owners`` needs of its worker, without sockets."""

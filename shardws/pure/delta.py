@@ -18,8 +18,10 @@ Guarantees (one :class:`Deltas` per worker, fed every publication the worker del
   this worker delivered on the channel, in the same form, and nothing since; anyone
   else (it just subscribed or subscribed again, it was skipped by the ``drop`` rule,
   the data has no delta form) gets the publication full. A recovering subscriber's
-  missed publications go full outside this path (they reach it before it is active), so
-  its first live publication is full too, and deltas follow.
+  missed publications go full outside this path (they reach it before it is active);
+  when it becomes active, :meth:`Deltas.resume` compares the data of the last one it was
+  sent with the channel's base: the same bytes, and deltas resume from the next
+  publication; else that one goes full.
 * **Once per publication**: one delta per publication per form per worker, whatever the
   number of subscribers; the steady state (the same subscribers, nothing dropped) costs
   no work per subscriber.
@@ -222,6 +224,18 @@ class Deltas:
                     base.synced_set = set(base.synced)
                     base.synced = None
                 base.synced_set.discard(sink)
+
+    def resume(self, channel: str, form: DeltaForm, sink: Any, data: bytes) -> None:
+        """``sink``, active again on ``channel``, holds ``data`` as its base (the last
+        publication sent to it alone): if the channel's deltas in ``form`` are made
+        against the same bytes, it gets deltas from the next publication on."""
+        base = self._bases.get((channel, form.name))
+        if base is None or base.data != data:
+            return  # its next publication goes full
+        if base.synced is not None:
+            base.synced_set = set(base.synced)
+            base.synced = None
+        base.synced_set.add(sink)
 
     def forget(self, channel: str) -> None:
         """The channel has no local subscribers any more: drop its bases."""

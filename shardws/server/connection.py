@@ -79,6 +79,7 @@ class Connection(WSListener):
         "connect_timer",
         "deflate_bits",
         "delta_channels",
+        "delta_sent",
         "echo",
         "fragment_binary",
         "fragment_compressed",
@@ -117,6 +118,8 @@ class Connection(WSListener):
         self.client_id = ""
         self.channels: set[str] = set()
         self.delta_channels: set[str] = set()  # subscribed with "delta" (pure.delta)
+        # A delta subscription's data last sent alone (recovery), by channel, until active.
+        self.delta_sent: dict[str, bytes] = {}
         self.last_seen = time.monotonic()
         self.ping_sent = False
         self.closing = False
@@ -258,10 +261,13 @@ class Connection(WSListener):
 
     def _send_whole(self, channel: str, publication: Publication) -> bool:
         # A delta subscription's publication, full, in its form (pure.delta).
-        push = self.worker.delivery.whole_push(self.wire, channel, publication)
-        if push is not None:
-            self.send_message(push, self.wire.binary)
-        return push is not None
+        found = self.worker.delivery.whole_push(self.wire, channel, publication)
+        if found is None:
+            self.delta_sent.pop(channel, None)  # the client has no base now
+            return False
+        push, self.delta_sent[channel] = found
+        self.send_message(push, self.wire.binary)
+        return True
 
     def send_history(
         self,

@@ -159,16 +159,29 @@ class Delivery:
             self.push(wire.encode(channel, publication), sinks, drop, wire.binary)
 
     @staticmethod
-    def whole_push(wire: WireFormat, channel: str, publication: Publication) -> bytes | None:
+    def whole_push(
+        wire: WireFormat, channel: str, publication: Publication
+    ) -> tuple[bytes, bytes] | None:
         """The full push of ``publication`` for one delta subscriber in ``wire`` (a
-        recovering subscriber's missed ones, sent before it is active): its data as
-        bytes (``pure.delta``); None when it has no delta form (a join or leave,
-        whole-binary data, not a native wire): then send the ordinary push."""
+        recovering subscriber's missed ones, sent before it is active), and the data
+        bytes it carries (the client's next base, ``pure.delta``); None when it has no
+        delta form (a join or leave, whole-binary data on JSON, not a native wire):
+        then send the ordinary push."""
         form = delta_wire(wire).delta
         if form is None or publication.kind is not Kind.PUB:
             return None
         data = form.data_of(publication.data)
-        return None if data is None else form.encode(channel, publication, data, False)
+        return None if data is None else (form.encode(channel, publication, data, False), data)
+
+    def resume_deltas(self, conn: Any, channel: str) -> None:
+        """``conn`` became active on ``channel``: if the last publication it was sent
+        alone (``whole_push``) carried the data this worker's deltas are now made
+        against, it gets deltas from the next publication on."""
+        data = conn.delta_sent.pop(channel, None)
+        if data is not None and channel in conn.delta_channels:
+            form = delta_wire(conn.wire).delta
+            if form is not None:
+                self.deltas.resume(channel, form, conn.sink, data)
 
     def push_user(self, push: bytes, sinks: list[Any]) -> None:
         """Write a user-targeted JSON ``push`` (``protocol.encode_user_pub``) to the user's

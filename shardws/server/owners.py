@@ -325,7 +325,7 @@ class Owners:
             if (start == at) if delivered else _after(at, start):
                 del joining[conn]
                 if not conn.closing and channel in conn.channels:
-                    self.worker.hub.activate(channel, conn, conn.sink)
+                    self._activate(channel, conn)
         if not joining:
             del self._joining[channel]
 
@@ -446,7 +446,7 @@ class Owners:
             # pushes held meanwhile go through the gap check: older ones are skipped, a
             # missing one is repaired before any later one is delivered.
             self.tracker.advance(channel, top)
-            self.worker.hub.activate(channel, conn, conn.sink)
+            self._activate(channel, conn)
             held = self._unpositioned.pop(channel, [])
             for other in self._pending.get(channel, ()):
                 # Still waiting, and may start before ``top``: keep what it may need.
@@ -471,7 +471,13 @@ class Owners:
             return
         for publication in missed:
             conn.send_publication(channel, publication)
+        self._activate(channel, conn)
+
+    def _activate(self, channel: str, conn: Connection) -> None:
+        """Start delivering to a pending subscriber (deltas resume where its recovered
+        publications end, ``Delivery.resume_deltas``)."""
         self.worker.hub.activate(channel, conn, conn.sink)
+        self.worker.delivery.resume_deltas(conn, channel)
 
     def _forget_unpositioned(self, channel: str) -> None:
         """A waiting subscriber gave up: if it was the last, nobody needs the held pushes."""

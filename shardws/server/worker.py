@@ -704,6 +704,7 @@ class Worker:
 
     def _subscribe(self, conn: Connection, subscribe: Subscribe) -> None:
         command_id, channel, options = subscribe.command_id, subscribe.channel, subscribe.options
+        conn.delta_sent.pop(channel, None)
         if subscribe.delta:  # its wire form on the channel (_wire_of); no base yet
             conn.delta_channels.add(channel)
             self.delivery.deltas.unsync(channel, conn.sink)
