@@ -794,6 +794,17 @@ def test_drop_policy_is_refused_with_history() -> None:
     assert ok.namespaces["chat"].history_size == 10
 
 
+def test_allowed_delta_types_are_checked() -> None:
+    """Deltas are off by default; only "fossil" may be allowed (pure.delta)."""
+    assert parse_config("", "x.toml").namespaces["default"].allowed_delta_types == ()
+    ok = parse_config('[namespaces.chat]\nallowed_delta_types = ["fossil"]\n', "x.toml")
+    assert ok.namespaces["chat"].allowed_delta_types == ("fossil",)
+    with pytest.raises(ConfigError) as info:
+        parse_config('[namespaces.chat]\nallowed_delta_types = ["xdelta"]\n', "x.toml")
+    assert "[namespaces.chat] allowed_delta_types" in str(info.value)
+    assert "'fossil'" in str(info.value) and "'xdelta'" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("text", "key", "detail"),
     [
