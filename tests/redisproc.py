@@ -21,7 +21,7 @@ import external
 from serverproc import free_port
 from toolkit import timeout, wait_until
 
-__all__ = ["EngineRun", "RedisServer", "redis_command"]
+__all__ = ["EngineRun", "RedisServer", "SentinelServer", "redis_command"]
 
 
 class EngineRun(str):
@@ -62,12 +62,14 @@ class RedisServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def _command(self) -> list[str]:
+        return [external.require("redis-server")]
+
     def start(self) -> RedisServer:
-        command = external.require("redis-server")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [
-                command,
+                *self._command(),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -128,3 +130,29 @@ class RedisServer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class SentinelServer(RedisServer):
+    """One ``redis-sentinel`` monitoring ``master`` as ``name`` (quorum 1: it alone
+    decides a failover, after ``down_after`` ms without an answer)."""
+
+    def __init__(self, directory: Path, name: str, master: RedisServer, down_after: int) -> None:
+        super().__init__(directory)
+        self.name = name
+        self.config = directory / "sentinel.conf"
+        self.monitor = (master.port, down_after)
+
+    def _command(self) -> list[str]:
+        port, down_after = self.monitor
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f"sentinel monitor {self.name} 127.0.0.1 {port} 1\n"
+            f"sentinel down-after-milliseconds {self.name} {down_after}\n"
+            f"sentinel failover-timeout {self.name} 10000\n"
+        )
+        return [external.require("redis-sentinel"), str(self.config)]
+
+    def master(self) -> int:
+        """The port of the master this sentinel names now."""
+        answer = self.command("SENTINEL", "get-master-addr-by-name", self.name).decode()
+        return int(answer.split("\r\n")[4])

@@ -6,18 +6,19 @@ closed with 4506 (both retried by clients), delivery inside a host goes on, and 
 publication that could not cross is counted (the publishing hub's ``messages_lost``, the
 receiving workers' ``bus_lost``); when Redis is back the hubs reconnect, subscribe
 everything again and the streams resume without the clients doing anything. The
-guarantees that hold on both engines are ``tests/test_hosts.py``.
+same under a Sentinel failover (the master killed, its replica promoted). The guarantees
+that hold on both engines are ``tests/test_hosts.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from redisproc import EngineRun, RedisServer
+from redisproc import EngineRun, RedisServer, SentinelServer
 from serverproc import ServerProcess, loopback_cluster
 from toolkit import run, wait_until
 from wsclient import Client
@@ -62,13 +63,50 @@ def test_redis_killed_and_restarted_under_a_stream(tmp_path: Path, redis: RedisS
         a.start()
         b.start()
         wait_joined((a, b))
-        run(_stream_through_a_restart(a, b, redis), limit=120)
+        run(_stream_through_a_fault(a, b, redis.kill, redis.start, refused_meanwhile=True), 120)
     finally:
         a.stop()
         b.stop()
 
 
-async def _stream_through_a_restart(a: ServerProcess, b: ServerProcess, redis: RedisServer) -> None:
+def test_a_sentinel_failover_under_a_stream(tmp_path: Path, redis: RedisServer) -> None:
+    """The master is killed; the sentinel promotes its replica; the hubs, which ask the
+    sentinel for the master whenever they connect, move to it by themselves."""
+    replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(redis.port))
+    sentinel = SentinelServer(tmp_path / "sentinel", "shardws", redis, down_after=1000)
+    with replica.start(), sentinel.start():
+        wait_until(
+            lambda: b"master_link_status:up" in replica.command("INFO", "replication"),
+            10,
+            0.1,
+            "the replica never synced",
+        )
+        hub = f'[cluster.redis]\nsentinels = ["{sentinel.address}"]\nmaster_name = "shardws"\n'
+        a, b = loopback_cluster(tmp_path, EXTRA + hub, engine="redis")
+        try:
+            a.start()
+            b.start()
+            wait_joined((a, b))
+
+            def failed_over() -> None:
+                wait_until(lambda: sentinel.master() == replica.port, 30, 0.1, "no failover")
+
+            run(_stream_through_a_fault(a, b, redis.kill, failed_over), 120)
+            assert cluster_health(a)["redis_connects"] > 2  # both connections moved
+        finally:
+            a.stop()
+            b.stop()
+
+
+async def _stream_through_a_fault(
+    a: ServerProcess,
+    b: ServerProcess,
+    down: Callable[[], object],
+    up: Callable[[], object],
+    refused_meanwhile: bool = False,
+) -> None:
+    """A stream from host a to subscribers on a and b while Redis goes ``down`` and
+    comes ``up``: every loss counted, the subscriptions back by themselves."""
     far = await Client.connect(b.url)  # the stream crosses to it through Redis
     near = await Client.connect(a.url)  # on the publisher's host: never through Redis
     for each in (far, near):
@@ -84,17 +122,18 @@ async def _stream_through_a_restart(a: ServerProcess, b: ServerProcess, redis: R
             await asyncio.sleep(0.005)
 
     await publish(100)
-    await asyncio.to_thread(redis.kill)
+    await asyncio.to_thread(down)
     await publish(100)
-    # Down: a subscribe cannot be confirmed live on every host, nor a user's topic.
     late = await Client.connect(b.url)
-    reply = await late.call("subscribe", channel="fresh")
-    assert reply.get("error", {}).get("code") == 108, reply
-    with pytest.raises(Exception) as refused:
-        await Client.connect(f"{b.url}?token={make_token(SECRET, 'alice', 3600)}")
-    assert refused.value.rcvd.code == 4506, refused.value  # type: ignore[attr-defined]
+    if refused_meanwhile:
+        # Down: a subscribe cannot be confirmed live on every host, nor a user's topic.
+        reply = await late.call("subscribe", channel="fresh")
+        assert reply.get("error", {}).get("code") == 108, reply
+        with pytest.raises(Exception) as refused:
+            await Client.connect(f"{b.url}?token={make_token(SECRET, 'alice', 3600)}")
+        assert refused.value.rcvd.code == 4506, refused.value  # type: ignore[attr-defined]
     await publish(100)
-    await asyncio.to_thread(redis.start)
+    await asyncio.to_thread(up)
     await asyncio.to_thread(wait_joined, (a, b))
     await publish(100)
     # Inside the host, delivery went on: every publication, in order.
