@@ -13,6 +13,7 @@ that hold on both engines are ``tests/test_hosts.py``.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,4 +154,49 @@ async def _stream_through_a_fault(
     assert (await late.call("subscribe", channel="fresh"))["ok"]
     alice = await Client.connect(f"{b.url}?token={make_token(SECRET, 'alice', 3600)}")
     for each in (far, near, publisher, late, alice):
+        await each.close()
+
+
+def test_a_reload_replaces_the_hub_and_refuses_another_engine(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """SIGHUP: ``[cluster.redis]`` (and the other ``[cluster]`` options but ``engine`` and
+    ``host_id``) take effect, the hub process replaced like the bridge; a new engine is
+    refused and the running one kept."""
+    a, b = loopback_cluster(tmp_path, EXTRA, engine=EngineRun("redis", redis.address))
+    try:
+        a.start()
+        b.start()
+        wait_joined((a, b))
+        original = a.config_path.read_text()
+        before = cluster_health(a)["bridge_pid"]
+        as_mesh = original.split("\n[cluster.redis]")[0].replace('"redis"', '"mesh"')
+        a.config_path.write_text(as_mesh)
+        a.signal(signal.SIGHUP)
+        a.wait_log(r"\[cluster\] engine cannot change", limit=20)
+        assert cluster_health(a)["bridge_pid"] == before
+        a.config_path.write_text(
+            original.replace("[cluster.redis]\n", "[cluster.redis]\ntimeout = 3.0\n")
+        )
+        a.signal(signal.SIGHUP)
+
+        def replaced() -> bool:
+            health = cluster_health(a)
+            return bool(health["bridge_alive"]) and health["bridge_pid"] not in (before, 0)
+
+        wait_until(replaced, 30, 0.1, "the hub was not replaced by the reload")
+        wait_joined((a, b))
+        run(_crosses(a, b))
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def _crosses(a: ServerProcess, b: ServerProcess) -> None:
+    subscriber = await Client.connect(b.url)
+    assert (await subscriber.call("subscribe", channel="after-reload"))["ok"]
+    publisher = await Client.connect(a.url)
+    await publisher.send({"op": "publish", "channel": "after-reload", "data": "live"})
+    assert (await subscriber.next_push())["data"] == "live"
+    for each in (subscriber, publisher):
         await each.close()

@@ -124,6 +124,8 @@ class RedisHub:
         # Subscription changes not yet sent: (subscribe?, Redis channel), in order.
         self._changes: list[tuple[bool, bytes]] = []
         self._barriers: dict[bytes, bytes] = {}  # Redis channel -> the member's bus topic
+        self._held: list[bytes] = []  # barriers that came while the subscriber connected
+        self._connecting = False
         # Frames to publish: (Redis channel, frame without its topic, publications).
         self._outbox: list[tuple[bytes, bytes, int]] = []
         self._in_flight: list[tuple[bytes, bytes, int]] = []
@@ -259,10 +261,14 @@ class RedisHub:
     async def _subscriber(self) -> None:
         backoff = _Backoff(self.settings.reconnect_max)
         while True:
+            self._connecting = True
             try:
                 connection = await self._connect()
             except (RedisError, OSError) as exc:
                 self._refusal_log.warning("Redis subscriber: cannot connect: %s", exc)
+                self._connecting = False
+                self.barrier_timeouts += len(self._held)
+                self._held.clear()
                 await asyncio.sleep(backoff.next())
                 continue
             try:
@@ -270,8 +276,9 @@ class RedisHub:
             except (TimeoutError, RedisError, OSError) as exc:
                 log.warning("Redis subscriber connection lost: %s", exc or type(exc).__name__)
             finally:
-                self.subscriber_up = False
-                self.barrier_timeouts += len(self._barriers)
+                self.subscriber_up = self._connecting = False
+                self.barrier_timeouts += len(self._barriers) + len(self._held)
+                self._held.clear()
                 self._barriers.clear()
                 await connection.disconnect(nowait=True)
             await asyncio.sleep(backoff.next())
@@ -287,6 +294,10 @@ class RedisHub:
         ]
         await connection.send_packed_command(connection.pack_commands(commands), False)
         self.subscriber_up = True
+        self._connecting = False
+        held, self._held = self._held, []
+        for topic in held:  # after the topics they confirm, as on the bus
+            self._barrier(topic)
         log.info("Redis subscriber connected: %d topic(s) subscribed", len(self.topics))
         reader = asyncio.create_task(self._read(connection, backoff))
         writer = asyncio.create_task(self._send_changes(connection))
@@ -455,6 +466,9 @@ class RedisHub:
 
     def _barrier(self, topic: bytes) -> None:
         """A member's barrier: answered once Redis confirms it (see the module)."""
+        if self._connecting:
+            self._held.append(topic)  # answered once connected, or given up with it
+            return
         if not self.subscriber_up:
             self.barrier_timeouts += 1
             self._refusal_log.warning("barrier %r not answered: Redis is unreachable", topic)
