@@ -15,9 +15,10 @@ connections: one subscribed (pub/sub) and one that publishes.
 * **Publications.** Every frame of this host's members on a channel or user topic, and
   to another host's inbox, is published to ``prefix + topic`` (the frame without its
   topic; Redis drops what nobody subscribes). The frames read during one event-loop
-  iteration go out in one write and their answers are read together, so Redis round
-  trips do not grow with publications in flight (one ``PUBLISH`` per bus frame, and a
-  bus frame carries every publication of a worker's loop iteration on its topic).
+  iteration go out in one write, without waiting for the answers of the writes before
+  it (a reader takes them in order), so Redis round trips do not grow with publications
+  in flight (one ``PUBLISH`` per bus frame, and a bus frame carries every publication of
+  a worker's loop iteration on its topic).
 * **Barriers** (a subscribe reply means live on every host): a member's barrier topic
   follows its new topics on ``local_xpub``, so the hub subscribes ``prefix + barrier``
   after them on the same connection. Redis applies commands in order, so when it
@@ -27,7 +28,8 @@ connections: one subscribed (pub/sub) and one that publishes.
   barrier). While Redis is unreachable nothing is answered: the member's barrier times
   out and its subscribe is refused (error 108, close 4506 for a greeting).
 * **Loss is counted, never silent.** A frame that cannot be published (Redis down, or
-  more than ``[cluster] hwm`` waiting) is counted in ``lost`` (its publications); what
+  more than ``[cluster] hwm`` waiting), or that was written but not answered when the
+  connection failed, is counted in ``lost`` (its publications); what
   Redis drops on the way (a subscriber connection cut, e.g. by
   ``client-output-buffer-limit pubsub``) is counted by the receiving workers through the
   bus header's per-origin sequence numbers (``bus_lost``), as the mesh's losses are.
@@ -49,6 +51,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from typing import Any
 
 import zmq
@@ -83,6 +86,8 @@ _RECV_BUDGET = 1024  # frames per socket per drain: one busy direction cannot st
 _SUBSCRIBE_CHUNK = 1000  # channels per SUBSCRIBE when subscribing everything again
 _TICK = 0.1  # seconds between scoreboard heartbeats
 _FIRST_BACKOFF = 0.1
+_MAX_IN_FLIGHT = 64  # batches written to Redis and not answered yet
+_READ_BUDGET = 256  # messages read from Redis before the loop's other work gets a turn
 
 
 class _Backoff:
@@ -128,7 +133,9 @@ class RedisHub:
         self._connecting = False
         # Frames to publish: (Redis channel, frame without its topic, publications).
         self._outbox: list[tuple[bytes, bytes, int]] = []
-        self._in_flight: list[tuple[bytes, bytes, int]] = []
+        # Batches written to Redis, not answered yet, oldest first.
+        self._in_flight: deque[list[tuple[bytes, bytes, int]]] = deque()
+        self._answers_due: asyncio.Event | None = None
         self.subscriber_up = False
         self.publisher_up = False
         self.connects = 0  # successful connections (both kinds)
@@ -172,6 +179,7 @@ class RedisHub:
         self._stopping = asyncio.Event()
         self._wake_publisher = asyncio.Event()
         self._wake_subscriber = asyncio.Event()
+        self._answers_due = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             loop.add_signal_handler(signum, self.stop)
         for sock in (self.local_sub, self.local_xpub):
@@ -299,14 +307,10 @@ class RedisHub:
         for topic in held:  # after the topics they confirm, as on the bus
             self._barrier(topic)
         log.info("Redis subscriber connected: %d topic(s) subscribed", len(self.topics))
-        reader = asyncio.create_task(self._read(connection, backoff))
-        writer = asyncio.create_task(self._send_changes(connection))
-        done, pending = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for task in done:
-            task.result()  # raises what ended it
+        await _until_one_ends(
+            asyncio.create_task(self._read(connection, backoff)),
+            asyncio.create_task(self._send_changes(connection)),
+        )
 
     async def _send_changes(self, connection: Connection) -> None:
         assert self._wake_subscriber is not None
@@ -329,7 +333,12 @@ class RedisHub:
         silence = self.settings.timeout + self.cluster.heartbeat_interval
         heartbeat = self.prefix + HEARTBEAT_TOPIC
         prefix_length = len(self.prefix)
+        budget = _READ_BUDGET
         while True:
+            budget -= 1
+            if not budget:  # buffered answers never yield: let the host bus side run
+                budget = _READ_BUDGET
+                await asyncio.sleep(0)
             response = await connection.read_response(timeout=silence)
             if response is None:
                 raise TimeoutError(f"nothing from Redis for {silence:.1f} s")
@@ -365,7 +374,6 @@ class RedisHub:
         self._kick()
 
     async def _publisher(self) -> None:
-        assert self._wake_publisher is not None
         backoff = _Backoff(self.settings.reconnect_max)
         while True:
             try:
@@ -377,32 +385,52 @@ class RedisHub:
             self.publisher_up = True
             backoff.reset()
             try:
-                while True:
-                    await self._wake_publisher.wait()
-                    self._wake_publisher.clear()
-                    await self._flush(connection)
+                writer = asyncio.create_task(self._write_batches(connection))
+                reader = asyncio.create_task(self._read_answers(connection))
+                await _until_one_ends(writer, reader)
             except (TimeoutError, RedisError, OSError) as exc:
                 log.warning("Redis publisher connection lost: %s", exc or type(exc).__name__)
             finally:
                 self.publisher_up = False
-                self._lose([*self._in_flight, *self._outbox])
-                self._in_flight, self._outbox = [], []
+                self._lose([frame for batch in self._in_flight for frame in batch])
+                self._lose(self._outbox)
+                self._in_flight.clear()
+                self._outbox = []
                 await connection.disconnect(nowait=True)
             await asyncio.sleep(backoff.next())
 
-    async def _flush(self, connection: Connection) -> None:
-        """Publish what waits, in one write; read the answers together."""
-        batch, self._outbox = self._outbox, []
-        if not batch:
-            return
-        self._in_flight = batch
-        commands = [("PUBLISH", channel, data) for channel, data, _ in batch]
-        await connection.send_packed_command(connection.pack_commands(commands), False)
-        for _ in batch:
-            await connection.read_response()
-        self._in_flight = []
-        self.sent += len(batch)
-        self.sent_bytes += sum(len(data) for _, data, _ in batch)
+    async def _write_batches(self, connection: Connection) -> None:
+        """What waits goes out in one write per wake-up, without waiting for the answers
+        of the batches before it (at most ``_MAX_IN_FLIGHT`` batches unanswered)."""
+        assert self._wake_publisher is not None and self._answers_due is not None
+        while True:
+            await self._wake_publisher.wait()
+            self._wake_publisher.clear()
+            if len(self._in_flight) >= _MAX_IN_FLIGHT:
+                continue  # the reader wakes us when one is answered
+            batch, self._outbox = self._outbox, []
+            if not batch:
+                continue
+            self._in_flight.append(batch)
+            self._answers_due.set()
+            commands = [("PUBLISH", channel, data) for channel, data, _ in batch]
+            await connection.send_packed_command(connection.pack_commands(commands), False)
+
+    async def _read_answers(self, connection: Connection) -> None:
+        assert self._wake_publisher is not None and self._answers_due is not None
+        while True:
+            if not self._in_flight:
+                self._answers_due.clear()
+                await self._answers_due.wait()
+                continue
+            batch = self._in_flight[0]
+            for _ in batch:
+                await connection.read_response()
+            self._in_flight.popleft()
+            self.sent += len(batch)
+            self.sent_bytes += sum(len(data) for _, data, _ in batch)
+            if self._outbox:
+                self._wake_publisher.set()
 
     def _lose(self, frames: list[tuple[bytes, bytes, int]]) -> None:
         lost = sum(count for _, _, count in frames)
@@ -492,6 +520,19 @@ class RedisHub:
         if kind == KIND_INBOX and _inbox_host(frame[:end]) == self.number:
             return  # from one member of this host to another
         self._publish(self.prefix + frame[:end], frame[end:], HEADER.unpack_from(frame, end)[3])
+
+
+async def _until_one_ends(*tasks: asyncio.Task[None]) -> None:
+    """Run ``tasks`` (the two directions of one connection) until one ends; cancel the
+    others and raise what ended it."""
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
 
 
 def _inbox_host(topic: bytes) -> int | None:
