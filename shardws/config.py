@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib.util
 import ipaddress
 import math
 import os
@@ -848,7 +849,8 @@ class ClusterConfig:
     #: inject traffic). Default false.
     allow_plaintext: bool = option(False)
     #: Messages each bridge socket queues per peer before ZeroMQ drops (counted by the
-    #: receivers as lost), >= 1. Default 100000.
+    #: receivers as lost); on the Redis hub, bus frames waiting to be published before the
+    #: next is dropped (counted), >= 1. Default 100000.
     hwm: int = option(100_000, ge=1)
     #: The Redis of ``engine = "redis"``.
     redis: RedisConfig = dataclasses.field(default_factory=RedisConfig)
@@ -867,6 +869,8 @@ class ClusterConfig:
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
         if self.engine == "redis":
+            if importlib.util.find_spec("redis") is None:  # found, not imported: the hub's
+                yield "engine", "\"redis\" needs the redis package: pip install 'shardws[redis]'"
             for key in ("peers", "listen", "curve_secret_key_file"):
                 if getattr(self, key):
                     yield (
