@@ -51,30 +51,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-from setproctitle import setproctitle
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from shardws.config import ClusterConfig, Config
-from shardws.log import RateLimitedLogger, setup_logging
+from shardws.log import RateLimitedLogger
 from shardws.pure.busframe import (
     HEADER,
-    KIND_CHANNEL,
-    KIND_INBOX,
     KIND_SYNC,
-    KIND_USER,
     ORIGIN,
-    well_formed,
 )
 from shardws.pure.cluster import host_number, host_of, member_id
-from shardws.server.crosshost import HEARTBEAT_TOPIC, PeerView, host_bus_sockets, relay_socket
+from shardws.server.crosshost import (
+    FORWARDED,
+    HEARTBEAT_TOPIC,
+    PeerView,
+    host_bus_sockets,
+    relay_socket,
+    start_process,
+)
 from shardws.shm.scoreboard import Column, ProcessState
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import effective_host_id
 
 log = logging.getLogger("shardws.bridge")
 
-_FORWARDED = frozenset({KIND_CHANNEL, KIND_USER, KIND_INBOX})
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -171,8 +172,6 @@ class Bridge:
         self.member = member_id(self.number, slot)
         self.sent = 0  # bus frames sent to the peers
         self.sent_bytes = 0
-        self.received_own = 0  # frames of this host that came back (peer list names us)
-        self.malformed = 0  # frames from peers that the workers could not parse
         self._run_dir = run_dir
         self._stopping = False
         self._connected: set[str] = set()
@@ -337,7 +336,7 @@ class Bridge:
         if kind == KIND_SYNC:
             if subscribe:
                 self._answer(self.remote_xpub, topic)
-        elif kind in _FORWARDED:
+        elif kind in FORWARDED:
             if subscribe:
                 self._wanted.add(topic)
             else:
@@ -354,7 +353,7 @@ class Bridge:
         if kind == KIND_SYNC:
             if subscribe:
                 barrier(topic)
-        elif kind in _FORWARDED:
+        elif kind in FORWARDED:
             onward.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
 
     # -- barriers ---------------------------------------------------------------------------
@@ -417,24 +416,14 @@ class Bridge:
         if frame[:end] == HEARTBEAT_TOPIC:
             self._on_heartbeat(frame[end:])
             return
-        if not well_formed(frame, end):
-            # Only a key holder can send, but a bug or another version must not be able
-            # to break the workers' bus readers: such frames stop here, counted.
-            self.malformed += 1
-            self._refusal_log.warning("dropped a malformed bus frame from a peer")
-            return
-        (origin,) = ORIGIN.unpack_from(frame, end)
-        host = host_of(origin)
-        if host == self.number:
-            self.received_own += 1
+        # Only a key holder can send, but a bug or another version must not be able to
+        # break the workers' bus readers: malformed frames stop here, counted.
+        host = self.membership.origin_of(frame, end)
+        if host is None:
             return
         if frame[0] == KIND_SYNC:  # a peer bridge's answer to our barrier
             self._barrier_answer(self._outbound, frame[:end], host)
             return
-        peer = self.membership.by_number(host)
-        if peer is not None:
-            peer.received += 1
-            peer.received_bytes += len(frame)
         self.local_xpub.send(frame, 0, copy=len(frame) < 16384)
 
     # -- membership ---------------------------------------------------------------------
@@ -450,10 +439,10 @@ class Bridge:
             "addresses": sorted(self._connected),
             "messages_sent": self.sent,
             "bytes_sent": self.sent_bytes,
-            "own_messages_dropped": self.received_own,
+            "own_messages_dropped": self.membership.received_own,
             "barrier_timeouts": self.barrier_timeouts,
             "handshake_failures": self.handshake_failures,
-            "malformed": self.malformed,
+            "malformed": self.membership.malformed,
             "conflicts": sorted(self.membership.conflicts),
         }
 
@@ -473,12 +462,7 @@ class _ClusterKey:
 
 def run_bridge(slot: int, config: Config, tables: SharedTables, run_dir: str) -> int:
     """Entry point in the forked child. Returns the process exit code."""
-    setproctitle("shardws: bridge")
-    setup_logging(config.log.level, config.log.format, "bridge")
-    row = tables.board.row(slot)
-    row[Column.PID] = os.getpid()
-    row[Column.STATE] = ProcessState.BOOTING
-    row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+    row = start_process("bridge", slot, config, tables)
     bridge = Bridge(slot, config, tables, run_dir)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):

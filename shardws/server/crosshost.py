@@ -26,15 +26,44 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import zmq
+from setproctitle import setproctitle
 
 from shardws.bus.forwarder import PUBLISH_HWM_FLOOR, endpoints
 from shardws.config import Config
-from shardws.pure.cluster import Host, View, view_number
+from shardws.log import RateLimitedLogger, setup_logging
+from shardws.pure.busframe import (
+    KIND_CHANNEL,
+    KIND_INBOX,
+    KIND_SYNC,
+    KIND_USER,
+    ORIGIN,
+    well_formed,
+)
+from shardws.pure.cluster import Host, View, host_of, view_number
+from shardws.shm.scoreboard import Column, ProcessState
+from shardws.shm.tables import SharedTables
 from shardws.shm.view import ViewTable
 
 #: The topic of the membership heartbeats between the hosts (never a bus topic).
 HEARTBEAT_TOPIC = b"m\0"
+#: The bus topics that cross hosts (barriers are answered, never forwarded).
+FORWARDED = frozenset({KIND_CHANNEL, KIND_USER, KIND_INBOX})
+
+
+def start_process(
+    name: str, slot: int, config: Config, tables: SharedTables
+) -> np.ndarray[Any, Any]:
+    """The forked cross-host process's first steps: its title (``shardws: NAME``), its
+    logging, and its scoreboard row (pid, BOOTING, a first heartbeat), returned."""
+    setproctitle(f"shardws: {name}")
+    setup_logging(config.log.level, config.log.format, name)
+    row = tables.board.row(slot)
+    row[Column.PID] = os.getpid()
+    row[Column.STATE] = ProcessState.BOOTING
+    row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+    return row
 
 
 def host_bus_sockets(
@@ -95,9 +124,12 @@ class PeerView:
         self.nonce = os.urandom(8).hex()
         self.peers: dict[str, Peer] = {}
         self.conflicts: set[str] = set()
+        self.malformed = 0  # frames from other hosts that the workers could not parse
+        self.received_own = 0  # this host's own frames that came back
         self._view_table = view_table
         self._timeout = peer_timeout
         self._log = log
+        self._refusals = RateLimitedLogger(log.name, burst=5, level=logging.WARNING)
         self._view: View | None = None
         self._inherit(time.monotonic())
 
@@ -125,6 +157,26 @@ class PeerView:
         self._view = View(number, tuple(hosts), {**self._peer_stats(now), "": own})
         self._view_table.write(self._view)
         return self._view
+
+    def origin_of(self, frame: bytes, end: int) -> int | None:
+        """The host number of a frame from another host (``end``: after its topic), or
+        None when it must not reach the workers: malformed (a bug or another version
+        must not break their bus readers), or this host's own coming back. Counts it
+        for its peer."""
+        if not well_formed(frame, end):
+            self.malformed += 1
+            self._refusals.warning("dropped a malformed bus frame from another host")
+            return None
+        (origin,) = ORIGIN.unpack_from(frame, end)
+        host = host_of(origin)
+        if host == self.number:
+            self.received_own += 1
+            return None
+        peer = self.by_number(host)
+        if peer is not None and frame[0] != KIND_SYNC:  # a barrier's answer is no traffic
+            peer.received += 1
+            peer.received_bytes += len(frame)
+        return host
 
     def up_numbers(self) -> set[int]:
         """The host numbers of the peers that are up."""

@@ -60,28 +60,29 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from setproctitle import setproctitle
 
 from shardws.config import Config
-from shardws.log import RateLimitedLogger, setup_logging
+from shardws.log import RateLimitedLogger
 from shardws.pure.busframe import (
     HEADER,
-    KIND_CHANNEL,
     KIND_INBOX,
     KIND_SYNC,
-    KIND_USER,
     ORIGIN,
-    well_formed,
 )
 from shardws.pure.cluster import host_number, host_of, member_id
-from shardws.server.crosshost import HEARTBEAT_TOPIC, PeerView, host_bus_sockets
+from shardws.server.crosshost import (
+    FORWARDED,
+    HEARTBEAT_TOPIC,
+    PeerView,
+    host_bus_sockets,
+    start_process,
+)
 from shardws.shm.scoreboard import Column, ProcessState
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import effective_host_id
 
 log = logging.getLogger("shardws.hub")
 
-_FORWARDED = frozenset({KIND_CHANNEL, KIND_USER, KIND_INBOX})
 _RECV_BUDGET = 1024  # frames per socket per drain: one busy direction cannot starve
 _SUBSCRIBE_CHUNK = 1000  # channels per SUBSCRIBE when subscribing everything again
 _TICK = 0.1  # seconds between scoreboard heartbeats
@@ -142,9 +143,7 @@ class RedisHub:
         self.sent = 0  # bus frames published
         self.sent_bytes = 0
         self.lost = 0  # publications that could not be published
-        self.received_own = 0  # this host's frames coming back from Redis
         self.barrier_timeouts = 0  # barriers not answered (Redis unreachable)
-        self.malformed = 0
         self._stopping: asyncio.Event | None = None
         self._wake_publisher: asyncio.Event | None = None
         self._wake_subscriber: asyncio.Event | None = None
@@ -231,9 +230,9 @@ class RedisHub:
             "messages_sent": self.sent,
             "bytes_sent": self.sent_bytes,
             "messages_lost": self.lost,
-            "own_messages_dropped": self.received_own,
+            "own_messages_dropped": self.membership.received_own,
             "barrier_timeouts": self.barrier_timeouts,
-            "malformed": self.malformed,
+            "malformed": self.membership.malformed,
             "conflicts": sorted(self.membership.conflicts),
             "topics": len(self.topics),
         }
@@ -356,20 +355,9 @@ class RedisHub:
                     self._change(False, channel)
 
     def _on_remote_frame(self, frame: bytes) -> None:
-        end = frame.find(b"\0") + 1
-        if not well_formed(frame, end):
-            self.malformed += 1
-            self._refusal_log.warning("dropped a malformed bus frame from Redis")
+        # Dropped: ours, back from a channel this host subscribes too, and malformed ones.
+        if self.membership.origin_of(frame, frame.find(b"\0") + 1) is None:
             return
-        (origin,) = ORIGIN.unpack_from(frame, end)
-        host = host_of(origin)
-        if host == self.number:
-            self.received_own += 1  # ours, back from a channel this host subscribes too
-            return
-        peer = self.membership.by_number(host)
-        if peer is not None:
-            peer.received += 1
-            peer.received_bytes += len(frame)
         self.local_xpub.send(frame, 0, copy=len(frame) < 16384)
         self._kick()
 
@@ -478,7 +466,7 @@ class RedisHub:
         if kind == KIND_SYNC:
             if subscribe:
                 self._barrier(topic)
-        elif kind in _FORWARDED:
+        elif kind in FORWARDED:
             if subscribe:
                 self.topics.add(topic)
             else:
@@ -512,7 +500,7 @@ class RedisHub:
     def _on_local_frame(self, frame: bytes) -> None:
         end = frame.index(b"\0") + 1
         kind = frame[0]
-        if kind not in _FORWARDED:
+        if kind not in FORWARDED:
             return  # a barrier probe
         (origin,) = ORIGIN.unpack_from(frame, end)
         if host_of(origin) != self.number:
@@ -549,12 +537,7 @@ def _host_port(address: str) -> tuple[str, int]:
 
 def run_hub(slot: int, config: Config, tables: SharedTables, run_dir: str) -> int:
     """Entry point in the forked child. Returns the process exit code."""
-    setproctitle("shardws: hub")
-    setup_logging(config.log.level, config.log.format, "hub")
-    row = tables.board.row(slot)
-    row[Column.PID] = os.getpid()
-    row[Column.STATE] = ProcessState.BOOTING
-    row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+    row = start_process("hub", slot, config, tables)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     hub = RedisHub(slot, config, tables, run_dir)
     row[Column.STATE] = ProcessState.READY
