@@ -200,3 +200,27 @@ async def _crosses(a: ServerProcess, b: ServerProcess) -> None:
     assert (await subscriber.next_push())["data"] == "live"
     for each in (subscriber, publisher):
         await each.close()
+
+
+def test_the_hub_logs_in_as_an_acl_user_with_a_password_file(tmp_path: Path) -> None:
+    """An ACL user that may only publish and subscribe (the default user off), its
+    password read from ``password_file``: that is all the hub needs."""
+    user = ["shardws", "on", ">hub-password-0123", "resetchannels", "&shardws:*"]
+    user += ["-@all", "+publish", "+subscribe", "+unsubscribe"]
+    with RedisServer(tmp_path / "redis", "--user", *user, "--user", "default", "off") as redis:
+        redis.start()
+        password_file = tmp_path / "redis.password"
+        password_file.write_text("hub-password-0123\n")
+        hub = (
+            f'[cluster.redis]\naddress = "{redis.address}"\nusername = "shardws"\n'
+            f'password_file = "{password_file}"\n'
+        )
+        a, b = loopback_cluster(tmp_path, EXTRA + hub, engine="redis")
+        try:
+            a.start()
+            b.start()
+            wait_joined((a, b))
+            run(_crosses(a, b))
+        finally:
+            a.stop()
+            b.stop()

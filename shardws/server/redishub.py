@@ -254,7 +254,6 @@ class RedisHub:
             "socket_connect_timeout": settings.timeout,
             "retry": Retry(NoBackoff(), 0),  # the hub reconnects itself, and counts it
             "protocol": 2,  # pub/sub messages as replies (RESP3 would make them pushes)
-            "client_name": f"shardws-hub-{self.host_id}",
         }
         connection = (
             SSLConnection(ssl_ca_certs=settings.tls_ca_file or None, **common)
