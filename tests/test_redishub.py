@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 from redisproc import EngineRun, RedisServer, SentinelServer
-from serverproc import ServerProcess, loopback_cluster
+from serverproc import ServerProcess, free_port, loopback_cluster
 from toolkit import run, wait_until
 from wsclient import Client
 
+from benchmarks.tlscert import self_signed
 from shardws.pure.auth import make_token
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
@@ -214,6 +215,29 @@ def test_the_hub_logs_in_as_an_acl_user_with_a_password_file(tmp_path: Path) -> 
         hub = (
             f'[cluster.redis]\naddress = "{redis.address}"\nusername = "shardws"\n'
             f'password_file = "{password_file}"\n'
+        )
+        a, b = loopback_cluster(tmp_path, EXTRA + hub, engine="redis")
+        try:
+            a.start()
+            b.start()
+            wait_joined((a, b))
+            run(_crosses(a, b))
+        finally:
+            a.stop()
+            b.stop()
+
+
+def test_the_hub_reaches_redis_over_tls(tmp_path: Path) -> None:
+    """``tls = true``: the hub verifies Redis's certificate against ``tls_ca_file``."""
+    cert, key = self_signed(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    tls += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    with RedisServer(tmp_path / "redis", *tls) as redis:
+        redis.start()
+        hub = (
+            f'[cluster.redis]\naddress = "localhost:{tls_port}"\ntls = true\n'
+            f'tls_ca_file = "{cert}"\n'
         )
         a, b = loopback_cluster(tmp_path, EXTRA + hub, engine="redis")
         try:
