@@ -13,6 +13,7 @@ that hold on both engines are ``tests/test_hosts.py``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -248,3 +249,59 @@ def test_the_hub_reaches_redis_over_tls(tmp_path: Path) -> None:
         finally:
             a.stop()
             b.stop()
+
+
+def test_a_subscriber_redis_cuts_for_its_output_buffer_is_counted(tmp_path: Path) -> None:
+    """Redis drops a subscriber connection whose output buffer passes
+    ``client-output-buffer-limit pubsub`` (here 64 KB, host b's hub stopped meanwhile):
+    the hub reconnects, and what was lost is counted by host b's worker."""
+    limit = ["--client-output-buffer-limit", "pubsub 64kb 0 0"]
+    with RedisServer(tmp_path / "redis", *limit) as redis:
+        redis.start()
+        a, b = loopback_cluster(tmp_path, EXTRA, engine=EngineRun("redis", redis.address))
+        try:
+            a.start()
+            b.start()
+            wait_joined((a, b))
+            run(_cut_while_stopped(a, b))
+        finally:
+            a.stop()
+            b.stop()
+
+
+async def _cut_while_stopped(a: ServerProcess, b: ServerProcess) -> None:
+    far = await Client.connect(b.url)
+    assert (await far.call("subscribe", channel="big"))["ok"]
+    publisher = await Client.connect(a.url)
+    payload = "x" * 60_000
+    # A first publication that arrives: a worker counts a gap against the last sequence
+    # it saw from an origin on a topic (one it never saw from is no gap to it).
+    assert (await publisher.call("publish", channel="big", data={"n": -1, "p": ""}))["ok"]
+    assert (await far.next_push())["data"]["n"] == -1
+    hub = cluster_health(b)["bridge_pid"]
+    os.kill(hub, signal.SIGSTOP)
+    try:
+        for n in range(200):  # 12 MB for b while its hub reads nothing: past the
+            # kernel's socket buffers, into Redis's output buffer for it
+            reply = await publisher.call("publish", channel="big", data={"n": n, "p": payload})
+            assert reply["ok"], reply
+    finally:
+        os.kill(hub, signal.SIGCONT)
+    await asyncio.to_thread(wait_joined, (a, b))
+    wait_until(lambda: redis_cut(b), 10, 0.1, "the hub never reconnected")
+    assert (await publisher.call("publish", channel="big", data={"n": 200, "p": ""}))["ok"]
+    received = []
+    while not received or received[-1] != 200:
+        received.append((await far.next_push(limit=10))["data"]["n"])
+        assert len(received) <= 201
+    missing = 201 - len(received)
+    assert missing > 0, received
+    await asyncio.to_thread(b.wait_heartbeat)
+    assert bus_lost(b) >= missing, (bus_lost(b), missing)
+    for each in (far, publisher):
+        await each.close()
+
+
+def redis_cut(host: ServerProcess) -> bool:
+    """Whether the host's hub connected again since it started (its first two)."""
+    return bool(cluster_health(host)["redis_connects"] > 2)
