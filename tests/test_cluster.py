@@ -107,7 +107,7 @@ def test_every_subscriber_on_every_host_gets_each_publication_once(cluster: Clus
         publisher = await cluster["a"].client()
 
         async def publish(data: Any) -> None:
-            await publisher.send({"op": "publish", "channel": "news", "data": data})
+            assert (await publisher.call("publish", channel="news", data=data))["ok"]
 
         # Two publishers on two hosts, interleaved: a client on a, the HTTP API of b.
         for n in range(count):
@@ -145,7 +145,7 @@ def test_publication_right_after_a_subscribe_reply_arrives_from_every_host(
             channel = f"fresh-{round_}"
             assert (await subscriber.call("subscribe", channel=channel))["ok"]
             for pub in publishers:
-                await pub.send({"op": "publish", "channel": channel, "data": round_})
+                assert (await pub.call("publish", channel=channel, data=round_))["ok"]
             for _ in publishers:
                 push = await subscriber.next_push()
                 assert (push["channel"], push["data"]) == (channel, round_)
@@ -166,7 +166,7 @@ def test_no_traffic_for_a_channel_reaches_a_host_without_subscribers(cluster: Cl
         publisher = await cluster["a"].client()
 
         async def publish(data: Any) -> None:
-            await publisher.send({"op": "publish", "channel": "quiet", "data": data})
+            assert (await publisher.call("publish", channel="quiet", data=data))["ok"]
 
         before = {name: received_from_a(name) for name in ("b", "c")}
         for n in range(300):
@@ -366,7 +366,7 @@ def _deliver_everywhere(cluster: Cluster, channel: str) -> None:
         subscribers = [await host.client() for host in cluster.all()]
         await _subscribe(subscribers, channel)
         publisher = await cluster["c"].client()
-        await publisher.send({"op": "publish", "channel": channel, "data": "live"})
+        assert (await publisher.call("publish", channel=channel, data="live"))["ok"]
         for sub in subscribers:
             assert (await sub.next_push())["data"] == "live"
         for client in [*subscribers, publisher]:

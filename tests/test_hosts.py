@@ -102,7 +102,7 @@ def test_every_subscriber_on_every_host_gets_each_publication_once(hosts: Hosts)
         publisher = await client(a)
         # Two publishers on two hosts, interleaved: a client on a, the HTTP API of b.
         for n in range(count):
-            await publisher.send({"op": "publish", "channel": "news", "data": {"a": n}})
+            assert (await publisher.call("publish", channel="news", data={"a": n}))["ok"]
             if n % 20 == 0:
                 for m in range(n, n + 20):
                     body = {"channel": "news", "data": {"b": m}}
@@ -131,7 +131,7 @@ def test_a_subscribe_reply_means_live_on_every_host(hosts: Hosts) -> None:
         for round_ in range(20):
             channel = f"fresh-{round_}"
             assert (await subscriber.call("subscribe", channel=channel))["ok"]
-            await publisher.send({"op": "publish", "channel": channel, "data": round_})
+            assert (await publisher.call("publish", channel=channel, data=round_))["ok"]
             push = await subscriber.next_push()
             assert (push["channel"], push["data"]) == (channel, round_)
         for each in (subscriber, publisher):

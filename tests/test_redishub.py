@@ -120,7 +120,7 @@ async def _stream_through_a_fault(
     async def publish(count: int) -> None:
         nonlocal sent
         for _ in range(count):
-            await publisher.send({"op": "publish", "channel": "stream", "data": sent})
+            assert (await publisher.call("publish", channel="stream", data=sent))["ok"]
             sent += 1
             await asyncio.sleep(0.005)
 
@@ -198,7 +198,7 @@ async def _crosses(a: ServerProcess, b: ServerProcess) -> None:
     subscriber = await Client.connect(b.url)
     assert (await subscriber.call("subscribe", channel="after-reload"))["ok"]
     publisher = await Client.connect(a.url)
-    await publisher.send({"op": "publish", "channel": "after-reload", "data": "live"})
+    assert (await publisher.call("publish", channel="after-reload", data="live"))["ok"]
     assert (await subscriber.next_push())["data"] == "live"
     for each in (subscriber, publisher):
         await each.close()
