@@ -115,6 +115,8 @@ async def _stream_through_a_fault(
     for each in (far, near):
         assert (await each.call("subscribe", channel="stream"))["ok"]
     publisher = await Client.connect(a.url)
+    token = f"?token={make_token(SECRET, 'alice', 3600)}"
+    alice = await Client.connect(b.url + token)  # her topic is live on b's worker
     sent = 0
 
     async def publish(count: int) -> None:
@@ -129,12 +131,15 @@ async def _stream_through_a_fault(
     await publish(100)
     late = await Client.connect(b.url)
     if refused_meanwhile:
-        # Down: a subscribe cannot be confirmed live on every host, nor a user's topic.
-        reply = await late.call("subscribe", channel="fresh")
-        assert reply.get("error", {}).get("code") == 108, reply
-        with pytest.raises(Exception) as refused:
-            await Client.connect(f"{b.url}?token={make_token(SECRET, 'alice', 3600)}")
-        assert refused.value.rcvd.code == 4506, refused.value  # type: ignore[attr-defined]
+        # Down: no subscribe is live on every host, nor a user's topic: not a new one,
+        # nor one this host's worker has already (for the subscriber and alice above).
+        for channel in ("fresh", "stream"):
+            reply = await late.call("subscribe", channel=channel)
+            assert reply.get("error", {}).get("code") == 108, reply
+        for _ in range(2):
+            with pytest.raises(Exception) as refused:
+                await Client.connect(b.url + token)
+            assert refused.value.rcvd.code == 4506, refused.value  # type: ignore[attr-defined]
     await publish(100)
     await asyncio.to_thread(up)
     await asyncio.to_thread(wait_joined, (a, b))
@@ -154,8 +159,8 @@ async def _stream_through_a_fault(
     assert cluster_health(a)["messages_lost"] > 0
     # The subscription came back by itself; new ones are confirmed again.
     assert (await late.call("subscribe", channel="fresh"))["ok"]
-    alice = await Client.connect(f"{b.url}?token={make_token(SECRET, 'alice', 3600)}")
-    for each in (far, near, publisher, late, alice):
+    again = await Client.connect(b.url + token)
+    for each in (far, near, publisher, late, alice, again):
         await each.close()
 
 

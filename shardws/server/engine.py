@@ -272,6 +272,12 @@ class WorkerEngine(Engine, Protocol):
         the worker itself (answered by the worker)."""
         ...
 
+    def crossing(self) -> bool:
+        """Whether what crosses hosts can cross now. A subscribe or greeting on a topic
+        already live here is refused too (108, 4506) while it cannot: its reply would
+        otherwise say live while nothing reaches this host (the Redis hub, Redis down)."""
+        ...
+
     def counters(self) -> tuple[int, int, int]:
         """(gaps repaired, gaps unrecoverable, sequenced subscribes not live)."""
         ...

@@ -215,9 +215,14 @@ class RedisHub:
                 next_beat = now + interval
                 workers = self.board.workers()
                 self._publish(self.prefix + HEARTBEAT_TOPIC, self.membership.beat(workers), 0)
-                self.membership.refresh(now, tuple(workers), self.own_stats())
+                self._write_view()
             self._kick()  # ZMQ_FD is edge-triggered: never rely on one edge alone
             await asyncio.sleep(_TICK)
+
+    def _write_view(self) -> None:
+        """The view and this process's state, to shared memory (every heartbeat, and at
+        once when the subscriber goes up or down: the workers read ``crossing``)."""
+        self.membership.refresh(time.monotonic(), tuple(self.board.workers()), self.own_stats())
 
     def own_stats(self) -> dict[str, Any]:
         """What ``/health`` shows of this process (the view's own entry)."""
@@ -226,6 +231,9 @@ class RedisHub:
             "engine": "redis",
             "redis": list(self.settings.sentinels) or self.settings.address,
             "redis_up": self.subscriber_up and self.publisher_up,
+            # Read by the workers (View.crossing): no subscribe or greeting is live while
+            # the subscriber is down, even on a topic this host has.
+            "crossing": self.subscriber_up,
             "redis_connects": self.connects,
             "messages_sent": self.sent,
             "bytes_sent": self.sent_bytes,
@@ -283,6 +291,7 @@ class RedisHub:
                 log.warning("Redis subscriber connection lost: %s", exc or type(exc).__name__)
             finally:
                 self.subscriber_up = self._connecting = False
+                self._write_view()
                 self.barrier_timeouts += len(self._barriers) + len(self._held)
                 self._held.clear()
                 self._barriers.clear()
@@ -301,6 +310,7 @@ class RedisHub:
         await connection.send_packed_command(connection.pack_commands(commands), False)
         self.subscriber_up = True
         self._connecting = False
+        self._write_view()
         held, self._held = self._held, []
         for topic in held:  # after the topics they confirm, as on the bus
             self._barrier(topic)
