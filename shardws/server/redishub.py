@@ -139,6 +139,7 @@ class RedisHub:
         self._answers_due: asyncio.Event | None = None
         self.subscriber_up = False
         self.publisher_up = False
+        self._publisher_connecting = False  # frames wait meanwhile (bounded by hwm)
         self.connects = 0  # successful connections (both kinds)
         self.sent = 0  # bus frames published
         self.sent_bytes = 0
@@ -373,13 +374,21 @@ class RedisHub:
     async def _publisher(self) -> None:
         backoff = _Backoff(self.settings.reconnect_max)
         while True:
+            self._publisher_connecting = True
             try:
                 connection = await self._connect()
             except (RedisError, OSError) as exc:
                 self._refusal_log.warning("Redis publisher: cannot connect: %s", exc)
+                self._publisher_connecting = False
+                self._lose(self._outbox)
+                self._outbox = []
                 await asyncio.sleep(backoff.next())
                 continue
             self.publisher_up = True
+            self._publisher_connecting = False
+            if self._outbox:
+                assert self._wake_publisher is not None
+                self._wake_publisher.set()
             backoff.reset()
             try:
                 writer = asyncio.create_task(self._write_batches(connection))
@@ -436,7 +445,7 @@ class RedisHub:
             self._refusal_log.warning("%d publication(s) could not cross to Redis", lost)
 
     def _publish(self, channel: bytes, data: bytes, count: int) -> None:
-        if not self.publisher_up:
+        if not (self.publisher_up or self._publisher_connecting):
             self._lose([(channel, data, count)])
             return
         if len(self._outbox) >= self.cluster.hwm:
