@@ -32,6 +32,10 @@ mesh  the bridge process of each host: the host    the channel's owner worker
       waits for the relays (``server.bridge``)     (history, presence), ``server.pusherowner``
                                                    (Pusher rosters, occupancy, cache); asked
                                                    through its bus inbox (``pure.control``)
+redis the hub process of each host: the host       the mesh's owner workers, over the view the
+      bus to and from one Redis (pub/sub), a       hubs build from heartbeats through Redis
+      barrier answered once Redis confirms the     (history and Pusher channels not served yet:
+      subscription (``server.redishub``)           ``check-config`` refuses them)
 ====  ===========================================  ============================================
 
 Guarantees every engine gives (``docs/guarantees.md`` states them for users):
