@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib.util
 import ipaddress
 import math
 import os
@@ -80,6 +81,7 @@ __all__ = [
     "PusherConfig",
     "PusherWebhookConfig",
     "PusherWebhookFilterConfig",
+    "RedisConfig",
     "ServerConfig",
     "TLSConfig",
     "auto_workers",
@@ -732,7 +734,80 @@ def _is_cluster_listen(value: str) -> bool:
 
 #: The engines that can join the hosts (``[cluster] engine``; docs/architecture.md, "The
 #: engine"), the default first.
-ENGINES = ("mesh",)
+ENGINES = ("mesh", "redis")
+
+_REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9._:{}-]{0,64}")
+
+
+def _is_redis_prefix(value: str) -> bool:
+    return _REDIS_PREFIX_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """``[cluster.redis]``: the Redis every host joins through with ``[cluster] engine =
+    "redis"`` (docs/cluster.md, "Choosing how hosts join"). Each host's hub process holds
+    the connections. The password never appears in ``repr()``, errors or
+    :func:`dump_config` output."""
+
+    #: The Redis server, ``"HOST:PORT"``. Ignored when ``sentinels`` is set. Default
+    #: ``"127.0.0.1:6379"``.
+    address: str = option("127.0.0.1:6379", check=_is_peer, expect='"HOST:PORT"')
+    #: Sentinels of a monitored master, ``"HOST:PORT"`` each: the hub asks them for the
+    #: master's address (again after a failover) instead of using ``address``. Default [].
+    sentinels: tuple[str, ...] = option((), check=_is_peer, expect='"HOST:PORT"')
+    #: The master's name at the sentinels; required with ``sentinels``. Default ``""``.
+    master_name: str = option("")
+    #: ACL user (Redis 6+); ``""`` = the default user. Default ``""``.
+    username: str = option("")
+    #: Password (``AUTH``). Prefer ``password_file``: a secret in the config file leaks
+    #: with it. Default ``""`` (none).
+    password: str = option("", secret=True)
+    #: File holding the password, read at load (a trailing newline is not part of it).
+    #: Default ``""``.
+    password_file: str = option("")
+    #: Connect with TLS (``rediss://``), verifying the server's certificate. Default false.
+    tls: bool = option(False)
+    #: PEM file of the CA that signed the server's certificate; ``""`` = the system's CAs.
+    #: Default ``""``.
+    tls_ca_file: str = option("")
+    #: Prefix of every channel and key shardws uses, so several services can share one
+    #: Redis: letters, digits and ``._:{}-``, at most 64. Default ``"shardws:"``.
+    prefix: str = option(
+        "shardws:", check=_is_redis_prefix, expect="letters, digits, '._:{}-' (at most 64)"
+    )
+    #: Seconds to wait for a connection (and for each command's answer) before counting
+    #: Redis as down, > 0. Default 2.
+    timeout: float = option(2.0, gt=0, unit="seconds")
+    #: Longest wait between two reconnection attempts (the wait doubles from 0.1 s up to
+    #: it), > 0. Default 2.
+    reconnect_max: float = option(2.0, gt=0, unit="seconds")
+    #: The content of ``password_file``, read at load. Not a TOML key.
+    password_from_file: str = option("", toml=False, secret=True)
+
+    def secret(self) -> str:
+        """The password, from ``password`` or ``password_file`` (``""``: none)."""
+        return self.password or self.password_from_file
+
+    def load_files(self) -> RedisConfig:
+        """Read ``password_file`` into ``password_from_file``; check ``tls_ca_file``."""
+        loaded = self
+        if self.password_file:
+            text = _read_text("password_file", self.password_file)
+            password = text.removesuffix("\n").removesuffix("\r")
+            loaded = dataclasses.replace(loaded, password_from_file=password)
+        if self.tls_ca_file:
+            _read_file("tls_ca_file", self.tls_ca_file)
+        return loaded
+
+    def cross_check(self) -> Iterator[tuple[str, str]]:
+        """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
+        if self.password and self.password_file:
+            yield "password_file", "set either password or password_file, not both"
+        if self.sentinels and not self.master_name:
+            yield "master_name", "required when sentinels is set: the master's name there"
+        if self.tls_ca_file and not self.tls:
+            yield "tls_ca_file", "set tls = true too (the CA file verifies a TLS server)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -750,7 +825,9 @@ class ClusterConfig:
 
     #: What joins the hosts and decides each channel's order (docs/architecture.md, "The
     #: engine"): ``"mesh"``, each host's bridge linked to every other (no broker; the
-    #: settings below). Default ``"mesh"``.
+    #: settings below), or ``"redis"``, each host's hub process through one Redis
+    #: (``[cluster.redis]``; ``listen``, ``peers`` and the Curve key are the mesh's).
+    #: Default ``"mesh"``.
     engine: str = option("mesh", choices=ENGINES)
     #: This host's name in the cluster, unique among the hosts: letters, digits, ``.``,
     #: ``_`` and ``-``, at most 63 characters. ``""`` = the system host name. Default ``""``.
@@ -780,15 +857,18 @@ class ClusterConfig:
     #: inject traffic). Default false.
     allow_plaintext: bool = option(False)
     #: Messages each bridge socket queues per peer before ZeroMQ drops (counted by the
-    #: receivers as lost), >= 1. Default 100000.
+    #: receivers as lost); on the Redis hub, bus frames waiting to be published before the
+    #: next is dropped (counted), >= 1. Default 100000.
     hwm: int = option(100_000, ge=1)
+    #: The Redis of ``engine = "redis"``.
+    redis: RedisConfig = dataclasses.field(default_factory=RedisConfig)
     #: The content of ``curve_secret_key_file``, read at load. Not a TOML key.
     curve_secret_key: str = option("", toml=False, secret=True)
 
     @property
     def enabled(self) -> bool:
-        """True when this host is part of a cluster (a bridge runs)."""
-        return bool(self.peers)
+        """True when this host is part of a cluster (a bridge, or the hub, runs)."""
+        return bool(self.peers) or self.engine == "redis"
 
     def load_files(self) -> ClusterConfig:
         """Read ``curve_secret_key_file`` into ``curve_secret_key``."""
@@ -796,6 +876,18 @@ class ClusterConfig:
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning fields: ``(key, reason)`` per violation. Never shows a secret."""
+        if self.engine == "redis":
+            if importlib.util.find_spec("redis") is None:  # found, not imported: the hub's
+                yield "engine", "\"redis\" needs the redis package: pip install 'shardws[redis]'"
+            for key in ("peers", "listen", "curve_secret_key_file"):
+                if getattr(self, key):
+                    yield (
+                        key,
+                        'the mesh\'s: the hosts join through [cluster.redis] with engine "redis"',
+                    )
+            return
+        if self.redis != RedisConfig():
+            yield "redis", 'read only with engine = "redis"'
         if self.peers and not self.listen:
             yield "listen", 'required when peers is set, e.g. "tcp://0.0.0.0:9767"'
         if self.peers and not self.curve_secret_key_file and not self.allow_plaintext:
@@ -1150,6 +1242,21 @@ class Config:
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning sections: ``(key, reason)`` per violation."""
+        if self.cluster.engine == "redis":
+            # docs/cluster.md: history and Pusher come to the hub with their own issues.
+            for name, namespace in self.namespaces.items():
+                if namespace.history_size:
+                    yield (
+                        f"namespaces.{name}.history_size",
+                        'history is not served on the hub yet ([cluster] engine = "redis");'
+                        ' use engine = "mesh" or history_size = 0',
+                    )
+            if self.pusher.apps:
+                yield (
+                    "pusher.apps",
+                    'the Pusher front is not served on the hub yet ([cluster] engine = "redis");'
+                    ' use engine = "mesh"',
+                )
         echo = self.diagnostics.echo_path
         if echo and echo == self.server.path:
             yield "diagnostics.echo_path", f"must differ from [server] path ({echo!r})"

@@ -54,7 +54,11 @@ class Host:
         key_file: Path | None,
         extra: str = "",
         engine: str = DEFAULT_ENGINE,
+        redis: str = "",
     ) -> None:
+        """``redis``: the address of the Redis the hosts join through with ``engine =
+        "redis"`` (then ``peers`` and ``key_file`` are unused, and the ``hist`` namespace
+        keeps no history: not served on the hub yet)."""
         self.net = net
         self.name = name
         self.address = net.address(name)
@@ -63,6 +67,14 @@ class Host:
         self.log_path = directory / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         security = f'curve_secret_key_file = "{key_file}"' if key_file else "allow_plaintext = true"
+        joining = f"""listen = "tcp://0.0.0.0:{BRIDGE_PORT}"
+peers = {json.dumps(peers)}
+resolve_interval = 1.0
+{security}"""
+        history = "history_size = 1000"
+        if engine == "redis":
+            joining = f'\n[cluster.redis]\naddress = "{redis}"\n'
+            history = ""
         self.config_path.write_text(
             f"""
 [server]
@@ -92,19 +104,16 @@ allow_plaintext = true
 [cluster]
 engine = "{engine}"
 host_id = "{name}"
-listen = "tcp://0.0.0.0:{BRIDGE_PORT}"
-peers = {json.dumps(peers)}
 heartbeat_interval = 0.2
 peer_timeout = 1.5
-resolve_interval = 1.0
-{security}
+{joining}
 
 {extra}
 
 [namespaces.default]
 
 [namespaces.hist]
-history_size = 1000
+{history}
 presence = true
 """
         )

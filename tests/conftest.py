@@ -21,6 +21,9 @@ engine)::
     def test_something(tmp_path: Path, engine: str) -> None:
         a, b = loopback_cluster(tmp_path, engine=engine)
 
+``@pytest.mark.engines("mesh")`` limits a test to those engines (what the others do not
+serve yet). The hub's runs share one ``redis-server`` of the session (``redis_server``).
+
 ``browser``: a headless Chromium (Playwright) for the test, closed after it.
 
 ``@pytest.mark.needs("node", ...)``: the test runs only where those external tools are
@@ -37,6 +40,7 @@ from typing import Any
 import external
 import pytest
 from playwright import sync_api
+from redisproc import EngineRun, RedisServer
 from serverproc import ServerProcess
 from toolkit import DEFAULT_ENGINE, ENGINES
 
@@ -46,6 +50,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "needs(*tools): external tools the test runs (tests/external.py): a missing one"
         " skips the test, or fails it under CI=true",
+    )
+    config.addinivalue_line(
+        "markers",
+        "engines(*names): run the test on these engines only (what the others do not serve yet)",
     )
 
 
@@ -63,6 +71,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" not in metafunc.fixturenames:
         return
     engines = getattr(metafunc.module, "ENGINES", None)
+    only = metafunc.definition.get_closest_marker("engines")
+    if only is not None:  # what only some engines serve yet
+        engines = tuple(only.args)
     asks = "engine" in inspect.signature(metafunc.function).parameters
     if engines is not None or asks:
         metafunc.parametrize("engine", engines or ENGINES, indirect=True, scope="module")
@@ -70,8 +81,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="module")
 def engine(request: pytest.FixtureRequest) -> str:
-    """The engine this run of the test is for (the default one unless parametrized)."""
-    return str(getattr(request, "param", DEFAULT_ENGINE))
+    """The engine this run of the test is for (the default one unless parametrized); for
+    the Redis hub, an ``EngineRun`` carrying the session's Redis."""
+    name = str(getattr(request, "param", DEFAULT_ENGINE))
+    if name == "redis":
+        return EngineRun(name, request.getfixturevalue("redis_server").address)
+    return name
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real ``redis-server`` on a free port for the session's hub runs (each
+    cluster has its own key prefix: ``serverproc.with_engine``)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")).start() as redis:
+        yield redis
 
 
 @pytest.fixture(scope="module")

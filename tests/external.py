@@ -50,8 +50,7 @@ class Tool:
 #: Every external program the suite uses, by the name tests give :func:`require`. The
 #: README's list of tools is this table; ``.ci/run`` installs each package. ``netns``
 #: (network namespaces: root and iproute2's ``ip``) is checked by ``netns.py`` instead.
-#: A new tool (a Redis server, say) is an entry here, in ``.ci/run``'s list and in the
-#: README's table.
+#: A new tool is an entry here, in ``.ci/run``'s list and in the README's table.
 TOOLS = {
     "node": Tool("node", "nodejs"),
     "npm": Tool("npm", "npm"),
@@ -59,6 +58,8 @@ TOOLS = {
     "nginx": Tool("nginx", "nginx", ("/usr/sbin/nginx",)),
     "haproxy": Tool("haproxy", "haproxy", ("/usr/sbin/haproxy",)),
     "systemd-analyze": Tool("systemd-analyze", "systemd"),
+    "redis-server": Tool("redis-server", "redis-server"),
+    "redis-sentinel": Tool("redis-sentinel", "redis-sentinel"),
 }
 
 # Chromium for the browser tests: as root (a container, CI) it starts only with

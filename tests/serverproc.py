@@ -7,6 +7,7 @@ stops it on the way out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -82,13 +83,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def with_engine(extra: str, engine: str) -> str:
+def with_engine(extra: str, engine: str, group: str = "") -> str:
     """``extra`` (TOML tables) with ``[cluster] engine`` set: in its ``[cluster]`` table
-    when it has one (TOML allows a table once), else in a table of its own."""
+    when it has one (TOML allows a table once), else in a table of its own. An engine
+    that carries a Redis address (``redisproc.EngineRun``) gets ``[cluster.redis]`` too,
+    with a key prefix of its own per ``group`` (the servers of one cluster share it), so
+    the clusters of a session's tests never hear each other on the one Redis."""
     line = f'engine = "{engine}"'
     if "[cluster]\n" in extra:
-        return extra.replace("[cluster]\n", f"[cluster]\n{line}\n", 1)
-    return f"{extra}\n[cluster]\n{line}\n"
+        extra = extra.replace("[cluster]\n", f"[cluster]\n{line}\n", 1)
+    else:
+        extra = f"{extra}\n[cluster]\n{line}\n"
+    redis = getattr(engine, "redis", "")
+    if redis:
+        prefix = "t" + hashlib.sha1(group.encode()).hexdigest()[:12] + ":"
+        extra += f'\n[cluster.redis]\naddress = "{redis}"\nprefix = "{prefix}"\n'
+    return extra
 
 
 class ServerProcess:
@@ -102,10 +112,14 @@ class ServerProcess:
         server: str = "",
         admin: str = "",
         engine: str = DEFAULT_ENGINE,
+        group: str | None = None,
     ) -> None:
+        """``group``: the servers of one cluster (the Redis hub's key prefix); by default
+        this server's own directory."""
         self.config_path = tmp_path / "shardws.toml"
         self.log_path = tmp_path / "server.log"
-        self._settings = (workers, with_engine(extra, engine), server, admin)
+        extra = with_engine(extra, engine, str(tmp_path) if group is None else group)
+        self._settings = (workers, extra, server, admin)
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
@@ -254,22 +268,28 @@ level = "info"
 def loopback_cluster(
     tmp_path: Path, extra: str = "", engine: str = DEFAULT_ENGINE, admin: str = ""
 ) -> tuple[ServerProcess, ServerProcess]:
-    """Two one-worker hosts ``a`` and ``b`` of a cluster on loopback (plaintext bridges)
-    joined by ``engine``, each configured with ``extra`` too (and ``admin`` in its
-    ``[admin]``), not started (directories under ``tmp_path``)."""
+    """Two one-worker hosts ``a`` and ``b`` of a cluster on loopback (plaintext bridges,
+    or hubs through the Redis an ``EngineRun`` names) joined by ``engine``, each
+    configured with ``extra`` too (and ``admin``: lines of ``[admin]``), not started
+    (directories under ``tmp_path``)."""
     bridges = {"a": free_port(), "b": free_port()}
     peers = ", ".join(f'"127.0.0.1:{port}"' for port in bridges.values())
     hosts = []
     for host_id, port in bridges.items():
         (tmp_path / host_id).mkdir()
+        mesh = f'listen = "tcp://127.0.0.1:{port}"\npeers = [{peers}]\nallow_plaintext = true\n'
         cluster = f"""{extra}
 [cluster]
 host_id = "{host_id}"
-listen = "tcp://127.0.0.1:{port}"
-peers = [{peers}]
-allow_plaintext = true
-"""
+{mesh if engine == "mesh" else ""}"""
         hosts.append(
-            ServerProcess(tmp_path / host_id, workers=1, extra=cluster, admin=admin, engine=engine)
+            ServerProcess(
+                tmp_path / host_id,
+                workers=1,
+                extra=cluster,
+                admin=admin,
+                engine=engine,
+                group=str(tmp_path),
+            )
         )
     return hosts[0], hosts[1]

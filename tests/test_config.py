@@ -459,7 +459,19 @@ def _keys_of(cls: type) -> set[str]:
             entry = typing.get_args(tp)[1]
             keys |= {f"{section.name}.default.{f.name}" for f in _toml_fields(entry)}
         else:
-            keys |= {f"{section.name}.{f.name}" for f in _toml_fields(tp)}
+            keys |= {f"{section.name}.{key}" for key in _keys_of_table(tp)}
+    return keys
+
+
+def _keys_of_table(cls: type) -> set[str]:
+    """Dotted names of a section's options, its sub-tables' included."""
+    hints = typing.get_type_hints(cls)
+    keys = set()
+    for field in _toml_fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            keys |= {f"{field.name}.{key}" for key in _keys_of_table(hints[field.name])}
+        else:
+            keys.add(field.name)
     return keys
 
 
@@ -863,10 +875,68 @@ def test_cluster(tmp_path: Path) -> None:
         ('[cluster]\nhost_id = "a b"', "cluster.host_id", "letters, digits"),
         ("[cluster]\npeer_timeout = 0.5\nheartbeat_interval = 1", "cluster.peer_timeout", "exceed"),
         ("[cluster]\nresolve_interval = 0", "cluster.resolve_interval", "> 0"),
-        ('[cluster]\nengine = "redis"', "cluster.engine", "one of 'mesh'"),
+        ('[cluster]\nengine = "kafka"', "cluster.engine", "one of 'mesh', 'redis'"),
     ],
 )
 def test_cluster_errors(toml: str, key: str, detail: str) -> None:
+    err = error(toml)
+    assert err.key == key and detail in err.detail, err.detail
+
+
+_HUB = '[cluster]\nengine = "redis"\nhost_id = "a"\n'
+
+
+def test_redis_hub(tmp_path: Path) -> None:
+    password = "hub-password-0123"
+    password_file = tmp_path / "redis.password"
+    password_file.write_text(password + "\n")
+    cfg = parse_config(
+        _HUB + f'[cluster.redis]\naddress = "redis.internal:6380"\nprefix = "svc:"\n'
+        f'password_file = "{password_file}"\nusername = "shardws"\n',
+        "f",
+    )
+    redis = cfg.cluster.redis
+    assert cfg.cluster.enabled and not cfg.cluster.peers
+    assert (redis.address, redis.prefix, redis.username) == (
+        "redis.internal:6380",
+        "svc:",
+        "shardws",
+    )
+    assert redis.secret() == password
+    assert password not in repr(cfg) and password not in dump_config(cfg)
+    assert parse_config(dump_config(cfg).replace("<redacted>", ""), "f").cluster.redis.address
+    inline = parse_config(_HUB + f'[cluster.redis]\npassword = "{password}"\n', "f")
+    assert inline.cluster.redis.secret() == password and password not in dump_config(inline)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "detail"),
+    [
+        (_HUB + '[cluster.redis]\nadress = "a:1"', "cluster.redis.adress", "address"),
+        (_HUB + '[cluster.redis]\naddress = "nowhere"', "cluster.redis.address", '"HOST:PORT"'),
+        (_HUB + '[cluster.redis]\nprefix = "a b"', "cluster.redis.prefix", "letters"),
+        (_HUB + "[cluster.redis]\ntimeout = 0", "cluster.redis.timeout", "> 0"),
+        (
+            _HUB + '[cluster.redis]\nsentinels = ["s:26379"]',
+            "cluster.redis.master_name",
+            "required",
+        ),
+        (
+            _HUB + '[cluster.redis]\npassword = "p"\npassword_file = "/nonexistent"',
+            "cluster.redis.password_file",
+            "",
+        ),
+        (_HUB + 'peers = ["b:9767"]', "cluster.peers", "the mesh's"),
+        ('[cluster.redis]\naddress = "r:6379"', "cluster.redis", 'engine = "redis"'),
+        (_HUB + "[namespaces.hist]\nhistory_size = 10", "namespaces.hist.history_size", "hub yet"),
+        (
+            _HUB + '[[pusher.apps]]\nid = "1"\nkey = "k"\nsecret = "pusher-secret-0123456789"\n',
+            "pusher.apps",
+            "not served on the hub yet",
+        ),
+    ],
+)
+def test_redis_hub_errors(toml: str, key: str, detail: str) -> None:
     err = error(toml)
     assert err.key == key and detail in err.detail, err.detail
 

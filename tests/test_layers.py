@@ -52,8 +52,8 @@ ALLOWED = {
 #: Libraries that do I/O, start tasks or processes: none of them in the pure layer.
 IO_LIBRARIES = {
     "asyncio", "aiohttp", "io", "mmap", "multiprocessing", "numpy", "os", "pathlib",
-    "picows", "pickle", "select", "selectors", "shutil", "signal", "socket", "ssl",
-    "subprocess", "threading", "uvloop", "zmq",
+    "picows", "pickle", "redis", "select", "selectors", "shutil", "signal", "socket",
+    "ssl", "subprocess", "threading", "uvloop", "zmq",
 }  # fmt: skip
 
 #: The only modules that may open ZeroMQ sockets (and the layer text says why).
@@ -62,8 +62,16 @@ ZMQ_USERS = {
     "shardws.bus.forwarder",  # the host bus's XSUB/XPUB forwarder (zmq.proxy)
     "shardws.bus.ingress",  # the backends' PULL socket
     "shardws.server.bridge",  # its own poller loop between the host bus and the peers
+    "shardws.server.crosshost",  # the bridge's and the hub's sockets on the host bus
+    "shardws.server.redishub",  # between the host bus and Redis
     "shardws.client.publisher",  # a backend's client of the ingress
     "shardws.cli",  # `shardws keygen`: zmq.curve_keypair
+}
+
+#: The only modules that may import the ``redis`` package (an optional extra: the
+#: default install has no Redis, so nothing else may need it).
+REDIS_USERS = {
+    "shardws.server.redishub",  # the hub process: its Redis connections
 }
 
 
@@ -103,6 +111,8 @@ BEHIND_THE_SEAM = {
     "shardws.server.stored",  # the mesh's confirmed stores
     "shardws.server.notices",  # the mesh's held notices
     "shardws.server.bridge",  # the mesh's cross-host process
+    "shardws.server.redishub",  # the Redis hub's cross-host process
+    "shardws.server.crosshost",  # what the bridge and the hub share
     "shardws.bus.requests",  # asking members through their inboxes
 }
 #: Modules that a front's worker hands itself to through an interface they own
@@ -162,6 +172,8 @@ def test_module_imports_respect_its_layer(path: Path) -> None:
                 wrong.append(f"line {line}: {layer} layer imports {imported} ({target} layer)")
         elif top == "zmq" and module not in ZMQ_USERS:
             wrong.append(f"line {line}: imports zmq; only {sorted(ZMQ_USERS)} may")
+        elif top == "redis" and module not in REDIS_USERS:
+            wrong.append(f"line {line}: imports redis; only {sorted(REDIS_USERS)} may")
         elif layer == "pure" and top in IO_LIBRARIES:
             wrong.append(f"line {line}: the pure layer imports {imported} (I/O)")
     assert not wrong, f"{module}:\n" + "\n".join(wrong)
@@ -173,6 +185,7 @@ def test_every_layer_rule_is_used() -> None:
     for prefix in LAYER_OF:
         assert any(n == prefix or n.startswith(prefix + ".") for n in names), prefix
     assert names >= ZMQ_USERS
+    assert names >= REDIS_USERS
 
 
 def test_the_checker_catches_a_forbidden_import() -> None:

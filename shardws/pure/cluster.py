@@ -70,6 +70,12 @@ class View:
         id can be)."""
         return self.peers.get("", {})
 
+    def crossing(self) -> bool:
+        """Whether the writing process can carry this host's bus to the other hosts now:
+        the Redis hub says no while Redis is unreachable (its ``crossing``); the mesh's
+        bridge never says no (a peer down is a smaller view, not a stopped host)."""
+        return bool(self.own_stats().get("crossing", True))
+
     def peer_stats(self) -> dict[str, Mapping[str, Any]]:
         """Each known peer's state and counters, by host id."""
         return {host_id: stats for host_id, stats in self.peers.items() if host_id}

@@ -31,10 +31,9 @@ Guarantees:
   and the bus's sequence numbers (which detect loss) hold across hosts.
 * The link is CurveZMQ with the cluster key unless ``allow_plaintext``: a peer without
   the key fails the handshake and is never read from or sent to.
-* Membership: every ``heartbeat_interval`` the bridge sends its host id, host number and
-  configured worker slots on the ``m`` topic; a peer silent for ``peer_timeout`` is down.
-  The live hosts form the view written to shared memory (``membership.ViewTable``).
-  A peer that comes back is picked up by ZeroMQ's reconnect; ``peers`` names are
+* Membership (``server.crosshost.PeerView``): heartbeats on the ``m`` topic, a peer
+  silent for ``peer_timeout`` is down, the live hosts form the view written to shared
+  memory. A peer that comes back is picked up by ZeroMQ's reconnect; ``peers`` names are
   resolved again every ``resolve_interval`` (new addresses connected, vanished ones
   disconnected; a failed resolution keeps the previous addresses).
 """
@@ -49,33 +48,34 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
-from setproctitle import setproctitle
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from shardws.bus.forwarder import PUBLISH_HWM_FLOOR, endpoints
 from shardws.config import ClusterConfig, Config
-from shardws.log import RateLimitedLogger, setup_logging
+from shardws.log import RateLimitedLogger
 from shardws.pure.busframe import (
     HEADER,
-    KIND_CHANNEL,
-    KIND_INBOX,
     KIND_SYNC,
-    KIND_USER,
     ORIGIN,
-    well_formed,
 )
-from shardws.pure.cluster import Host, View, host_number, host_of, member_id, view_number
+from shardws.pure.cluster import host_number, host_of, member_id
+from shardws.server.crosshost import (
+    FORWARDED,
+    HEARTBEAT_TOPIC,
+    PeerView,
+    host_bus_sockets,
+    relay_socket,
+    start_process,
+)
 from shardws.shm.scoreboard import Column, ProcessState
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import effective_host_id
 
 log = logging.getLogger("shardws.bridge")
 
-HEARTBEAT_TOPIC = b"m\0"
-_FORWARDED = frozenset({KIND_CHANNEL, KIND_USER, KIND_INBOX})
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -99,19 +99,6 @@ class _Round:
 
     def missing(self) -> list[int]:
         return sorted(self.expected - self.answered)
-
-
-@dataclass
-class _Peer:
-    host_id: str
-    number: int
-    nonce: str
-    workers: tuple[int, ...] = ()
-    last_seen: float = 0.0
-    received: int = 0  # bus frames received from this peer's members
-    received_bytes: int = 0
-    ups: int = 0  # times it came up (first contact included)
-    up: bool = False
 
 
 class _Resolver:
@@ -183,32 +170,25 @@ class Bridge:
         self.host_id = effective_host_id(cluster.host_id)
         self.number = host_number(self.host_id)
         self.member = member_id(self.number, slot)
-        self.nonce = os.urandom(8).hex()  # tells a peer with our host id from ourselves
-        self.peers: dict[str, _Peer] = {}
         self.sent = 0  # bus frames sent to the peers
         self.sent_bytes = 0
-        self.received_own = 0  # frames of this host that came back (peer list names us)
-        self.malformed = 0  # frames from peers that the workers could not parse
-        self.conflicts: set[str] = set()
         self._run_dir = run_dir
         self._stopping = False
         self._connected: set[str] = set()
         self._incarnation = int.from_bytes(os.urandom(4), "big")
-        self._view: View | None = None
-        self._inherit_peers(time.monotonic())
+        self.membership = PeerView(
+            self.host_id, self.number, tables.view, cluster.peer_timeout, log
+        )
         self._outbound: dict[bytes, _Round] = {}  # local members' barriers, by topic
         self._wanted: set[bytes] = set()  # topics some peer subscribes to
         self.barrier_timeouts = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         self._auth: ThreadAuthenticator | None = None
-        # It publishes to the forwarder like a member: the same floor on that hop.
-        self.local_xpub = self._socket(zmq.XPUB, max(config.server.bus_hwm, PUBLISH_HWM_FLOOR))
-        self.local_sub = self._socket(zmq.SUB, config.server.bus_hwm)
-        self.remote_xpub = self._socket(zmq.XPUB, cluster.hwm)
-        self.remote_sub = self._socket(zmq.SUB, cluster.hwm)
-        for sock in (self.local_sub, self.remote_sub):
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self.local_xpub, self.local_sub = host_bus_sockets(self._ctx, config, run_dir)
+        self.remote_xpub = relay_socket(self._ctx, zmq.XPUB, cluster.hwm)
+        self.remote_sub = relay_socket(self._ctx, zmq.SUB, cluster.hwm)
+        self.remote_sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.remote_sub.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         self.remote_sub.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # finds a dead TCP link
         self.remote_sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         self._setup_curve(cluster)
@@ -222,17 +202,6 @@ class Bridge:
         ]
         port = int(cluster.listen.rpartition(":")[2])
         self._resolver = _Resolver(cluster.peers, cluster.resolve_interval, port)
-
-    def _socket(self, kind: int, hwm: int) -> zmq.Socket[bytes]:
-        sock = self._ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        # ``hwm`` bounds publications (XPUB -> SUB) only. The other direction carries
-        # subscriptions and barrier probes, which ZeroMQ drops at the high-water mark
-        # without a trace; they are bounded by the topics subscribed: no limit there.
-        publications = kind == zmq.XPUB
-        sock.setsockopt(zmq.SNDHWM, hwm if publications else 0)
-        sock.setsockopt(zmq.RCVHWM, 0 if publications else hwm)
-        return sock
 
     def _setup_curve(self, cluster: ClusterConfig) -> None:
         if not cluster.curve_secret_key:
@@ -253,9 +222,7 @@ class Bridge:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind both XPUBs, subscribe to heartbeats, start resolving and connecting."""
-        forwarder = endpoints(self._run_dir)
-        self.local_xpub.connect(forwarder.inbound)
+        """Bind the remote XPUB, subscribe to heartbeats, start resolving and connecting."""
         try:
             self.remote_xpub.bind(self.cluster.listen)
         except zmq.ZMQError as exc:
@@ -263,8 +230,6 @@ class Bridge:
                 exc.errno, f"[cluster] listen {self.cluster.listen!r}: {exc}"
             ) from None
         self.remote_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
-        self.local_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.local_sub.connect(forwarder.outbound)
         self._resolver.start()
         log.info(
             "bridge of host %r (number %d) on %s (%s), peers %s",
@@ -371,7 +336,7 @@ class Bridge:
         if kind == KIND_SYNC:
             if subscribe:
                 self._answer(self.remote_xpub, topic)
-        elif kind in _FORWARDED:
+        elif kind in FORWARDED:
             if subscribe:
                 self._wanted.add(topic)
             else:
@@ -388,7 +353,7 @@ class Bridge:
         if kind == KIND_SYNC:
             if subscribe:
                 barrier(topic)
-        elif kind in _FORWARDED:
+        elif kind in FORWARDED:
             onward.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
 
     # -- barriers ---------------------------------------------------------------------------
@@ -407,7 +372,7 @@ class Bridge:
         sock.send(topic + HEADER.pack(self.member, self._incarnation, 0, 0, 0))
 
     def _barrier_to_peers(self, topic: bytes) -> None:
-        expected = {peer.number for peer in self.peers.values() if peer.up}
+        expected = self.membership.up_numbers()
         if not expected:
             self._answer(self.local_xpub, topic)
             return
@@ -451,136 +416,38 @@ class Bridge:
         if frame[:end] == HEARTBEAT_TOPIC:
             self._on_heartbeat(frame[end:])
             return
-        if not well_formed(frame, end):
-            # Only a key holder can send, but a bug or another version must not be able
-            # to break the workers' bus readers: such frames stop here, counted.
-            self.malformed += 1
-            self._refusal_log.warning("dropped a malformed bus frame from a peer")
-            return
-        (origin,) = ORIGIN.unpack_from(frame, end)
-        host = host_of(origin)
-        if host == self.number:
-            self.received_own += 1
+        # Only a key holder can send, but a bug or another version must not be able to
+        # break the workers' bus readers: malformed frames stop here, counted.
+        host = self.membership.origin_of(frame, end)
+        if host is None:
             return
         if frame[0] == KIND_SYNC:  # a peer bridge's answer to our barrier
             self._barrier_answer(self._outbound, frame[:end], host)
             return
-        peer = self._peer_by_number(host)
-        if peer is not None:
-            peer.received += 1
-            peer.received_bytes += len(frame)
         self.local_xpub.send(frame, 0, copy=len(frame) < 16384)
-
-    def _peer_by_number(self, number: int) -> _Peer | None:
-        for peer in self.peers.values():  # a handful of peers: cheaper than an index
-            if peer.number == number:
-                return peer
-        return None
 
     # -- membership ---------------------------------------------------------------------
 
     def _heartbeat(self, now: float) -> None:
         workers = self.board.workers()
-        beat = (
-            f"{self.host_id}\n{self.number}\n{self.nonce}\n{','.join(map(str, workers))}"
-        ).encode()
-        self.remote_xpub.send(HEARTBEAT_TOPIC + beat)
-        timeout = self.cluster.peer_timeout
-        for peer in self.peers.values():
-            alive = now - peer.last_seen < timeout
-            if peer.up and not alive:
-                log.warning("peer %r is down (no heartbeat for %.1f s)", peer.host_id, timeout)
-            peer.up = alive
-        hosts = [Host(self.host_id, self.number, tuple(workers))]
-        hosts += [Host(p.host_id, p.number, p.workers) for p in self.peers.values() if p.up]
-        hosts.sort(key=lambda host: host.host_id)
-        number = view_number(hosts)
-        if self._view is None or number != self._view.number:
-            log.info("membership view %08x: %s", number, [host.host_id for host in hosts])
-        self._view = View(number, tuple(hosts), self._peer_stats(now))
-        self.view_table.write(self._view)
+        self.remote_xpub.send(HEARTBEAT_TOPIC + self.membership.beat(workers))
+        self.membership.refresh(now, tuple(workers), self._own_stats())
 
-    def _peer_stats(self, now: float) -> dict[str, dict[str, object]]:
-        stats: dict[str, dict[str, object]] = {
-            p.host_id: {
-                "up": p.up,
-                "last_seen": round(now - p.last_seen, 3),
-                "ups": p.ups,
-                "workers": list(p.workers),
-                "messages_received": p.received,
-                "bytes_received": p.received_bytes,
-            }
-            for p in self.peers.values()
-        }
-        stats[""] = {  # this bridge itself (key "" cannot be a host id)
+    def _own_stats(self) -> dict[str, Any]:
+        return {
             "host_id": self.host_id,
             "addresses": sorted(self._connected),
             "messages_sent": self.sent,
             "bytes_sent": self.sent_bytes,
-            "own_messages_dropped": self.received_own,
+            "own_messages_dropped": self.membership.received_own,
             "barrier_timeouts": self.barrier_timeouts,
             "handshake_failures": self.handshake_failures,
-            "malformed": self.malformed,
-            "conflicts": sorted(self.conflicts),
+            "malformed": self.membership.malformed,
+            "conflicts": sorted(self.membership.conflicts),
         }
-        return stats
-
-    def _inherit_peers(self, now: float) -> None:
-        """Take over the peers of the view a previous bridge of this host wrote (it was
-        killed, or replaced by a reload): they stay up until ``peer_timeout`` passes
-        without their heartbeat, as they would have for the old bridge. A bridge that
-        started from nothing would write a view of this host alone at its first tick, and
-        until the peers' heartbeats arrived the workers would elect owners here for the
-        history channels owned on the other hosts: new epochs, the history split as in a
-        partition, by a mere restart."""
-        previous = self.view_table.read()
-        for host in previous.hosts if previous is not None else ():
-            if host.number != self.number:
-                # No nonce yet: the first heartbeat fills it in without a "restarted".
-                self.peers[host.host_id] = _Peer(
-                    host.host_id, host.number, "", host.workers, now, ups=1, up=True
-                )
 
     def _on_heartbeat(self, body: bytes) -> None:
-        try:
-            host_id, number_text, nonce, workers_text = body.decode().split("\n")
-            number = int(number_text)
-            workers = tuple(int(w) for w in workers_text.split(",") if w)
-        except ValueError:
-            log.warning("bad heartbeat from a peer: %r", body[:100])
-            return
-        if nonce == self.nonce:
-            return  # our own, through a peer list that names this host
-        if host_id == self.host_id or (number == self.number) or self._clashes(host_id, number):
-            if host_id not in self.conflicts:
-                self.conflicts.add(host_id)
-                log.error(
-                    "peer %r (host number %d) clashes with %s: set a unique [cluster] host_id;"
-                    " its traffic is ignored",
-                    host_id,
-                    number,
-                    "this host" if number == self.number else "another peer",
-                )
-            return
-        peer = self.peers.get(host_id)
-        now = time.monotonic()
-        if peer is not None and not peer.nonce:  # inherited from the previous bridge
-            peer.nonce = nonce
-        if peer is None or peer.nonce != nonce:
-            if peer is not None:
-                log.info("peer %r restarted", host_id)
-            received = (peer.received, peer.received_bytes, peer.ups) if peer else (0, 0, 0)
-            peer = self.peers[host_id] = _Peer(host_id, number, nonce)
-            peer.received, peer.received_bytes, peer.ups = received
-        if not peer.up:
-            peer.ups += 1
-            log.info("peer %r is up (workers %s)", host_id, list(workers))
-        peer.up = True
-        peer.workers = workers
-        peer.last_seen = now
-
-    def _clashes(self, host_id: str, number: int) -> bool:
-        return any(p.number == number and p.host_id != host_id for p in self.peers.values())
+        self.membership.on_heartbeat(body)
 
 
 class _ClusterKey:
@@ -595,12 +462,7 @@ class _ClusterKey:
 
 def run_bridge(slot: int, config: Config, tables: SharedTables, run_dir: str) -> int:
     """Entry point in the forked child. Returns the process exit code."""
-    setproctitle("shardws: bridge")
-    setup_logging(config.log.level, config.log.format, "bridge")
-    row = tables.board.row(slot)
-    row[Column.PID] = os.getpid()
-    row[Column.STATE] = ProcessState.BOOTING
-    row[Column.HEARTBEAT_NS] = time.monotonic_ns()
+    row = start_process("bridge", slot, config, tables)
     bridge = Bridge(slot, config, tables, run_dir)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):

@@ -32,6 +32,10 @@ mesh  the bridge process of each host: the host    the channel's owner worker
       waits for the relays (``server.bridge``)     (history, presence), ``server.pusherowner``
                                                    (Pusher rosters, occupancy, cache); asked
                                                    through its bus inbox (``pure.control``)
+redis the hub process of each host: the host       the mesh's owner workers, over the view the
+      bus to and from one Redis (pub/sub), a       hubs build from heartbeats through Redis
+      barrier answered once Redis confirms the     (history and Pusher channels not served yet:
+      subscription (``server.redishub``)           ``check-config`` refuses them)
 ====  ===========================================  ============================================
 
 Guarantees every engine gives (``docs/guarantees.md`` states them for users):
@@ -284,6 +288,12 @@ class WorkerEngine(Engine, Protocol):
         """This worker's inbox on the host bus (``Bus(on_inbox=...)``): replies to its
         questions, the deciders' work it is given, and the members' questions about
         the worker itself (answered by the worker)."""
+        ...
+
+    def crossing(self) -> bool:
+        """Whether what crosses hosts can cross now. A subscribe or greeting on a topic
+        already live here is refused too (108, 4506) while it cannot: its reply would
+        otherwise say live while nothing reaches this host (the Redis hub, Redis down)."""
         ...
 
     def counters(self) -> tuple[int, int, int]:

@@ -1,5 +1,11 @@
 """Opening the configured engine (``[cluster] engine``): the one place that knows which
-implementation of ``server.engine`` serves each name, so the fronts never do."""
+implementation of ``server.engine`` serves each name, so the fronts never do.
+
+The Redis hub (``"redis"``) runs the mesh's engine in the workers and the admin: the host
+bus stays inside a host, and what differs is the process that carries it across hosts
+(:func:`run_cross_host`: the bridge or the hub), and who decides (the mesh's owner
+workers over the view the hub writes; history and Pusher are refused on the hub by
+``check-config`` until they are served there)."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ if TYPE_CHECKING:
     from shardws.pure.pusher.webhooks import WebhookEvent
     from shardws.server.engine import BackendEngine, WorkerEngine
     from shardws.server.mesh import MeshHost
+    from shardws.shm.tables import SharedTables
     from shardws.shm.view import Members
 
 
@@ -27,7 +34,7 @@ def worker_engine(
     """A worker's engine: ``answer_local(op, request)`` answers the members' questions
     about the worker itself; ``webhook`` and ``occupied_here`` are its Pusher front's."""
     name = config.cluster.engine
-    if name == "mesh":
+    if name in ("mesh", "redis"):
         return MeshEngine(worker, answer_local, webhook, occupied_here)
     raise ValueError(f"[cluster] engine: unknown engine {name!r}")  # config.ENGINES allows it
 
@@ -37,6 +44,22 @@ def backend_engine(
 ) -> BackendEngine:
     """The admin's engine."""
     name = config.cluster.engine
-    if name == "mesh":
+    if name in ("mesh", "redis"):
         return MeshBackend(members, bus)
+    raise ValueError(f"[cluster] engine: unknown engine {name!r}")
+
+
+def run_cross_host(slot: int, config: Config, tables: SharedTables, run_dir: str) -> int:
+    """The forked process that carries this host's bus across hosts (the supervisor's
+    ``bridge`` slot): the mesh's bridge, or the Redis hub. Imported here, so that only
+    a hub needs the ``redis`` package. Returns the process exit code."""
+    name = config.cluster.engine
+    if name == "mesh":
+        from shardws.server.bridge import run_bridge
+
+        return run_bridge(slot, config, tables, run_dir)
+    if name == "redis":
+        from shardws.server.redishub import run_hub
+
+        return run_hub(slot, config, tables, run_dir)
     raise ValueError(f"[cluster] engine: unknown engine {name!r}")

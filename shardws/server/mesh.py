@@ -274,6 +274,10 @@ class MeshEngine(MeshClient):
     def save(self) -> None:
         self.owners.save()
 
+    def crossing(self) -> bool:
+        view = self.members.view()
+        return view is None or view.crossing()
+
     def counters(self) -> tuple[int, int, int]:
         owners = self.owners
         return owners.repairs, owners.unrecoverable, owners.not_live

@@ -244,8 +244,15 @@ class _ScoreboardCollector:
             ),
             (
                 "shardws_cluster_barrier_timeouts",
-                "Subscribe barriers answered without every peer (a peer going down)",
+                "Subscribe barriers answered without every peer (a peer going down), or not"
+                " answered (the Redis hub: Redis unreachable)",
                 "barrier_timeouts",
+            ),
+            (
+                "shardws_cluster_messages_lost",
+                "Publications that could not be sent to the other hosts (the Redis hub: Redis"
+                " unreachable, or [cluster] hwm frames waiting); 0 on the mesh",
+                "messages_lost",
             ),
         ):
             family = CounterMetricFamily(name, doc)

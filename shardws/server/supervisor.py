@@ -803,10 +803,10 @@ class Supervisor:
             from shardws.server.forwarding import run_forwarder
 
             return run_forwarder(slot.index, slot.config or self.config, tables, self._run_dir)
-        if slot.kind == "bridge":
-            from shardws.server.bridge import run_bridge
+        if slot.kind == "bridge":  # the bridge, or the hub: the engine's cross-host process
+            from shardws.server.engines import run_cross_host
 
-            return run_bridge(slot.index, slot.config or self.config, tables, self._run_dir)
+            return run_cross_host(slot.index, slot.config or self.config, tables, self._run_dir)
         from shardws.server.admin import run_admin
 
         assert slot.sock is not None

@@ -731,7 +731,7 @@ class Worker:
         the bridge in a cluster). A barrier that could not complete (the forwarder
         restarting, a relay stuck) undoes the subscription and answers error 108, which
         clients retry: an ok never means less than live."""
-        if live.result():
+        if live.result() and self.engine.crossing():
             conn.send(protocol.encode_ok(command_id))
             return
         if conn.closing or channel not in conn.channels:
@@ -877,7 +877,7 @@ class Worker:
     ) -> None:
         if conn.closing:  # closed meanwhile: it left the users already
             return
-        if live.result():
+        if live.result() and self.engine.crossing():
             conn.send(greeting)
             return
         self.not_live += 1
