@@ -37,6 +37,7 @@ from shardws.bus.ingress import AckedIngress, Ingress
 from shardws.config import Config
 from shardws.log import setup_logging
 from shardws.pure import control, protocol
+from shardws.pure import tap as tap_rules
 from shardws.pure.auth import constant_time_equal
 from shardws.pure.backend import (
     RETRY_AFTER,
@@ -60,8 +61,9 @@ from shardws.pure.pusher.httpapi import max_body_bytes
 from shardws.server.console import Console
 from shardws.server.engine import BackendEngine
 from shardws.server.engines import backend_engine
-from shardws.server.metrics import prometheus_text, pusher_text
+from shardws.server.metrics import prometheus_text, pusher_text, tap_text
 from shardws.server.pusherapi import PusherApi
+from shardws.server.tapstream import TapStreams
 from shardws.server.webhooks import WebhookSender
 from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
 from shardws.shm.tables import SharedTables
@@ -208,6 +210,9 @@ class Backend:
         self.engine: BackendEngine = backend_engine(config, self.members, lambda: self.bus)
         # This host's workers tell their webhook events to this process (docs/pusher.md).
         self.webhooks = WebhookSender(config.pusher)
+        # The event tap's streams (``GET /api/tap``).
+        apps = frozenset(app.id for app in config.pusher.apps)
+        self.taps = TapStreams(self.engine, self.members.me, apps)
 
     def ready_peers(self) -> set[int]:
         """This host's bus members other than the admin that are READY with a fresh
@@ -221,7 +226,7 @@ class Backend:
         without waiting for their answer."""
         assert self.bus is not None
         sequenced = [c for c in publication.channels if self._has_history(c)]
-        self._send(publication, sequenced)
+        self._send(publication, sequenced, "ingress")
         # Channels with history get their offsets from their decider, which then
         # publishes them (nobody waits for the offset), held while it is being replaced.
         for channel in sequenced:
@@ -229,7 +234,7 @@ class Backend:
         self.publications += 1
 
     async def publish_stored(
-        self, publication: Publication
+        self, publication: Publication, origin: str = "http"
     ) -> tuple[dict[str, Position], list[str]]:
         """Publish ``publication`` once every history channel among its targets has been
         stored by its owner (``server.stored``). Returns (the positions of the stored
@@ -245,13 +250,16 @@ class Backend:
             positions, missing = await self.engine.store(sequenced, publication.data, idem)
             if missing:
                 return positions, missing
-        self._send(publication, sequenced)
+        self._send(publication, sequenced, origin)
         self.publications += 1
         return positions, []
 
-    def _send(self, publication: Publication, sequenced: list[str]) -> None:
+    def _send(self, publication: Publication, sequenced: list[str], origin: str) -> None:
         """Send ``publication`` to its user, or to its channels but ``sequenced`` (one
-        record for all of them)."""
+        record for all of them); the taps see it entering through ``origin``."""
+        if self.taps.open and publication.user is None:
+            for channel in publication.channels:
+                self.taps.local(channel, publication.data, origin)
         if publication.user is not None:
             self.engine.send_to_user(publication.user, publication.user_message())
             return
@@ -268,7 +276,8 @@ class Backend:
             publication = parse_acked_ingress(frames, self._config)
         except BadRequest as exc:
             return {"status": 400, "error": str(exc)}
-        status, body = publish_result(publication, *await self.publish_stored(publication))
+        stored = await self.publish_stored(publication, "ingress")
+        status, body = publish_result(publication, *stored)
         if status == 503:
             body["retry_after"] = RETRY_AFTER
         return {"status": status, **body}
@@ -293,6 +302,8 @@ class Backend:
                 self.engine.on_reply(origin, message)
             elif message["op"] == webhooks.OP:
                 self.webhooks.put(message)
+            elif message["op"] == tap_rules.EVENTS:
+                self.taps.received(origin, message)
 
     async def channels(self, prefix: str, limit: int) -> dict[str, Any]:
         """The ``GET /api/channels`` document: subscriber counts summed over the ready
@@ -473,6 +484,9 @@ def make_app(
         text = prometheus_text(tables.board, config.server.heartbeat_timeout, tables.view)
         if pusher is not None and backend is not None and config.pusher.apps:
             text += await backend.pusher_metrics([app.id for app in config.pusher.apps], pusher)
+        if backend is not None:
+            taps = backend.taps
+            text += tap_text(len(taps.open), taps.events_sent, taps.events_dropped)
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def post_publish(request: web.Request) -> web.Response:
@@ -524,6 +538,21 @@ def make_app(
             return _error(503, "the channel's owner worker did not answer; retry")
         return web.json_response(body)
 
+    async def get_tap(request: web.Request) -> web.StreamResponse:
+        assert backend is not None
+        # A tool with the key never expires; the console's stream ends with its session.
+        cookie = console is not None and "X-API-Key" not in request.headers
+
+        def refusal() -> str | None:
+            refused = console.refusal(request) if cookie and console is not None else None
+            return None if refused is None else json.loads(refused.body)["error"]  # type: ignore[arg-type]
+
+        return await backend.taps.stream(request, refusal)
+
+    async def get_tap_status(_request: web.Request) -> web.Response:
+        assert backend is not None
+        return web.json_response(await backend.taps.status())
+
     async def get_stats(_request: web.Request) -> web.Response:
         assert backend is not None
         return web.json_response({**worker_stats(config, tables.board), "admin": backend.stats()})
@@ -556,6 +585,10 @@ def make_app(
     app.router.add_get("/api/stats", get_stats)
     app.router.add_get("/api/presence", get_presence)
     app.router.add_get("/api/history", get_history)
+    if backend is not None:
+        app.router.add_get("/api/tap", get_tap)
+        app.router.add_get("/api/tap/status", get_tap_status)
+        app.on_shutdown.append(backend.taps.end_streams)
     if console is not None:
         console.mount(app)
     if config.pusher.apps:

@@ -395,3 +395,30 @@ def pusher_text(
     registry = CollectorRegistry()
     registry.register(_PusherCollector(per_worker, api_events, webhooks, apps, complete))
     return generate_latest(registry)
+
+
+class _TapCollector:
+    def __init__(self, open_taps: int, sent: int, dropped: int) -> None:
+        self._counts = (open_taps, sent, dropped)
+
+    def collect(self) -> Iterator[Metric]:
+        open_taps, sent, dropped = self._counts
+        yield GaugeMetricFamily(
+            "shardws_tap_open", "event taps open on this host's admin", value=open_taps
+        )
+        yield CounterMetricFamily(
+            "shardws_tap_events_sent", "tap events written to the taps' streams", value=sent
+        )
+        yield CounterMetricFamily(
+            "shardws_tap_events_dropped",
+            "tap events dropped by the rate cap (sampling) or a full ring",
+            value=dropped,
+        )
+
+
+def tap_text(open_taps: int, sent: int, dropped: int) -> bytes:
+    """The event tap's series (``server.tapstream``), host-wide: taps open, events sent
+    to their streams and dropped by their caps."""
+    registry = CollectorRegistry()
+    registry.register(_TapCollector(open_taps, sent, dropped))
+    return generate_latest(registry)

@@ -94,6 +94,7 @@ if TYPE_CHECKING:
     from shardws.pure.session import Count
     from shardws.server.delivery import Delivery
     from shardws.server.engine import WorkerEngine
+    from shardws.server.tap import WorkerTaps
 
 log = logging.getLogger("shardws.pusher")
 
@@ -208,6 +209,7 @@ class PusherHost(Protocol):
     delivery: Delivery
     engine: WorkerEngine
     not_live: int  # subscribes refused because their barrier did not complete
+    taps: WorkerTaps  # the event tap (its hooks run only while one is open)
 
     def account(self, conn: Connection, count: Count | None, line: str | None) -> None: ...
 
@@ -384,6 +386,8 @@ class PusherFront:
     def _subscribe(self, conn: PusherConnection, subscribe: PusherSubscribe) -> None:
         channel = subscribe.channel
         internal = internal_name(conn.app.id, channel)
+        if self.worker.taps.open:
+            self.worker.taps.subscribed(internal, conn)
         if subscribe.member is not None:
             # A pending member (no sink) until the owner has answered: the members it
             # sends are those before this join, what the owner publishes after comes
@@ -591,6 +595,8 @@ class PusherFront:
     def _unsubscribe(self, conn: PusherConnection, unsubscribe: PusherUnsubscribe) -> None:
         internal = internal_name(conn.app.id, unsubscribe.channel)
         self.worker.hub.remove(internal, conn)
+        if self.worker.taps.open:
+            self.worker.taps.subscribed(internal, conn, subscribed=False)
         if unsubscribe.member is not None:
             self._leave_owner(internal, conn.socket_id, unsubscribe.member.user_id)
 

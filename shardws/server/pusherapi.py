@@ -46,6 +46,7 @@ from shardws.pure.pusher.httpapi import (
 if TYPE_CHECKING:
     from shardws.config import PusherAppConfig, PusherConfig
     from shardws.server.engine import Engine
+    from shardws.server.tapstream import TapStreams
 
 log = logging.getLogger("shardws.pusher.api")
 
@@ -59,6 +60,9 @@ class PusherBackend(Protocol):
 
     @property
     def engine(self) -> Engine: ...
+
+    @property
+    def taps(self) -> TapStreams: ...
 
     def disconnect(self, user: str, how: Disconnect) -> None: ...
 
@@ -120,6 +124,8 @@ class PusherApi:
             for channel in event.channels:
                 internal = internal_name(app.id, channel)
                 engine.publish(internal, record)
+                if self._backend.taps.open:
+                    self._backend.taps.local(internal, publication.data, "http", event.name)
                 if kind_of(channel).cache:  # its owner keeps it for later subscribers
                     encoded = wire.encode_event(event.name, channel, publication.data)
                     put = PusherCachePutRequest(internal, encoded, app.cache_ttl)

@@ -51,6 +51,7 @@ from shardws.core import (
 )
 from shardws.log import RateLimitedLogger, setup_logging
 from shardws.pure import control, msgpackwire, protocol
+from shardws.pure import tap as tap_rules
 from shardws.pure.auth import (
     ANONYMOUS,
     Authenticator,
@@ -88,6 +89,7 @@ from shardws.server.engines import worker_engine
 from shardws.server.progress import ProgressWatch
 from shardws.server.pusher import PusherConnection, PusherFront
 from shardws.server.static import static_response
+from shardws.server.tap import WorkerTaps
 from shardws.shm.scoreboard import HEARTBEAT_INTERVAL, Column, LatencyHistogram, ProcessState
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import Members
@@ -185,6 +187,8 @@ class Worker:
         # Plain subscribes refused with 108, and user topics closed with 4506: their
         # bus barrier did not complete.
         self.not_live = 0
+        # The event tap: the admins' taps open here (empty: the fronts' hooks do nothing).
+        self.taps = WorkerTaps(self.member, slot, self._to_member)
         self.pusher = PusherFront(self)
         # The cluster (docs/architecture.md, "The engine"): what crosses hosts, and the
         # deciders of channels, this worker among them.
@@ -625,6 +629,8 @@ class Worker:
             )
         if not conn.echo and type(conn) is not PusherConnection:
             self._join_user(conn, protocol.encode_connected(conn.client_id, self.slot))
+        if self.taps.open:
+            self.taps.connected(conn)
         if self._stop.is_set():  # accepted before the drain began: send it elsewhere
             self._send_away(conn, 1.0)
 
@@ -644,6 +650,8 @@ class Worker:
             conn.connect_timer.cancel()
             conn.connect_timer = None
         if conn in self.connections:
+            if self.taps.open:
+                self.taps.disconnected(conn)
             self.connections.discard(conn)
             self.stats[Column.CLOSED] += 1
             if type(conn) is PusherConnection:
@@ -716,6 +724,8 @@ class Worker:
             self.engine.subscribe_sequenced(conn, command_id, channel, subscribe.since)
             return
         live = self.hub.add(channel, conn, conn.sink)
+        if self.taps.open:
+            self.taps.subscribed(channel, conn)
         if live.done():
             self._answer_subscribe(conn, command_id, channel, live)
         else:
@@ -749,11 +759,16 @@ class Worker:
 
     def _unsubscribe(self, conn: Connection, unsubscribe: Unsubscribe) -> None:
         self.hub.remove(unsubscribe.channel, conn)
+        if self.taps.open:
+            self.taps.subscribed(unsubscribe.channel, conn, subscribed=False)
         self._announce_leave(unsubscribe.channel, conn)
         conn.send(unsubscribe.reply)
 
     def _publish(self, conn: Connection, publish: Publish) -> None:
         if publish.options.history_size:
+            if self.taps.open:  # (a plain channel's is seen by publish_publication)
+                publication = Publication(publish.data, origin=conn.client_id)
+                self.taps.published(publish.channel, publication)
             self.engine.publish_sequenced(
                 conn, publish.command_id, publish.channel, publish.data, publish.idem
             )
@@ -796,6 +811,8 @@ class Worker:
         """Deliver ``publication`` to ``channel``'s subscribers on every worker (see
         ``publish``)."""
         self.stats[Column.PUBLISHES] += 1
+        if self.taps.open:
+            self.taps.published(channel, publication, "client" if publication.origin else "owner")
         groups = self.hub.groups(channel)
         if groups:
             start = time.monotonic_ns()
@@ -911,6 +928,8 @@ class Worker:
         ``GET /api/channels``, its Pusher metrics); owner operations are the engine's."""
         if op == "pusher_stats":
             return {"apps": self.pusher.stats_answer()}
+        if op in tap_rules.OPS:
+            return self.taps.answer(op, request)
         if op != "channels":
             return {"error": f"unknown op {op!r}"}
         try:
@@ -921,6 +940,10 @@ class Worker:
         if not is_internal(prefix):  # a native listing: no Pusher channel
             counts = {n: c for n, c in counts.items() if not is_internal(n)}
         return control.channels_answer(counts, limit)
+
+    def _to_member(self, member: int, payload: bytes) -> None:
+        if self.bus is not None:
+            self.bus.publish(inbox_topic(member), payload)
 
     def to_admin(self, payload: bytes) -> None:
         """Send ``payload`` to this host's admin's inbox (Pusher webhook events)."""
