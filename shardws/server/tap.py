@@ -116,13 +116,16 @@ class WorkerTaps:
 
     def connected(self, conn: Connection) -> None:
         self.work += 1
-        self._event("", _app_of(conn), {"type": rules.CONNECT, **_who(conn)})
+        app = _app_of(conn)
+        self._event("", app, {"type": rules.CONNECT, "app": app or None, **_who(conn)})
 
     def disconnected(self, conn: Connection) -> None:
         """``conn`` closed (before it leaves its channels): shown to the taps of one of
         its channels, or of every channel."""
         self.work += 1
-        self._event(_channels_of(conn), _app_of(conn), {"type": rules.DISCONNECT, **_who(conn)})
+        app = _app_of(conn)
+        event = {"type": rules.DISCONNECT, "app": app or None, **_who(conn)}
+        self._event(_channels_of(conn), app, event)
 
     def _event(self, channel: str | list[str], app: str | None, event: dict[str, Any]) -> None:
         now = time.time()

@@ -37,6 +37,7 @@ from aiohttp import web
 
 from shardws.pure import tap as rules
 from shardws.pure.cluster import host_of
+from shardws.pure.pusher.channels import app_of, is_internal, pusher_name
 from shardws.server.engine import Engine
 
 log = logging.getLogger("shardws.admin")
@@ -104,6 +105,7 @@ class TapStreams:
             if isinstance(event, dict):
                 event["worker"] = message.get("worker")
                 event["member"] = origin
+                _named(event)
                 if remote:
                     event["host"] = host_of(origin)
                     if event.get("type") == rules.PUBLISH:
@@ -140,7 +142,7 @@ class TapStreams:
                 "worker": None,
                 "member": self._me,
             }
-            lost = tap.add([event])
+            lost = tap.add([_named(event)])
             tap.dropped += lost
             self.events_dropped += lost
 
@@ -259,6 +261,14 @@ class TapStreams:
             "events_sent": self.events_sent,
             "events_dropped": self.events_dropped,
         }
+
+
+def _named(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` with a Pusher channel's internal name shown as its app and name."""
+    channel = event.get("channel")
+    if isinstance(channel, str) and is_internal(channel):
+        event["app"], event["channel"] = app_of(channel), pusher_name(channel)
+    return event
 
 
 def _event(name: str, data: Any) -> bytes:

@@ -64,6 +64,7 @@
     csrf = "";
     state.signedIn = false;
     if (live) { live.close(); live = null; }
+    stopTap();
     for (const panel of document.querySelectorAll(".panel")) panel.hidden = true;
     for (const id of ["status", "tabs", "signout"]) $(id).hidden = true;
     $("signin").hidden = false;
@@ -399,6 +400,107 @@
     const body = { user: $("disconnect-user").value.trim() };
     if ($("disconnect-reason").value) body.reason = $("disconnect-reason").value;
     showResult("disconnect-result", await call("POST", "/api/disconnect", body));
+  });
+
+  // -- the event tap (docs/api.md, "Event tap"): its own stream, one tap per open panel --
+  const TAP_KEEP = 500; // the last N events kept and shown
+  const tap = (state.tap = { open: false, events: [], received: 0, every: 1, dropped: 0, paused: false, rows: 0 });
+  let tapStream = null;
+  let tapDrawDue = false;
+
+  function startTap() {
+    stopTap();
+    const kind = $("tap-kind").value;
+    const params = new URLSearchParams({ [kind]: $("tap-name").value.trim() });
+    if ($("tap-app").value.trim()) params.set("app", $("tap-app").value.trim());
+    tapStream = new EventSource(`/api/tap?${params}`);
+    $("tap-status").textContent = "opening…";
+    $("tap-stop").disabled = false;
+    tapStream.addEventListener("opened", (event) => {
+      const opened = JSON.parse(event.data);
+      tap.open = true;
+      tap.target = opened.target;
+      const missing = opened.missing.length ? `, ${opened.missing.length} did not answer` : "";
+      $("tap-status").textContent = `tapping ${describeTarget(opened.target)} on ${opened.workers} worker(s)${missing}`;
+    });
+    tapStream.addEventListener("events", (event) => {
+      const batch = JSON.parse(event.data);
+      tap.received += batch.events.length;
+      tap.every = batch.every;
+      tap.dropped = batch.dropped;
+      for (const e of batch.events) tap.events.push(e);
+      if (tap.events.length > TAP_KEEP) tap.events.splice(0, tap.events.length - TAP_KEEP);
+      drawTapSoon();
+    });
+    tapStream.addEventListener("signed-out", (event) => signedOut(JSON.parse(event.data).error));
+    tapStream.addEventListener("error", () => {
+      if (tapStream && tapStream.readyState === EventSource.CLOSED) {
+        $("tap-status").textContent = "the tap was refused (check the channel or app)";
+        stopTap(true);
+      }
+    });
+  }
+
+  function stopTap(keepStatus) {
+    if (tapStream) { tapStream.close(); tapStream = null; }
+    tap.open = false;
+    $("tap-stop").disabled = true;
+    if (!keepStatus) $("tap-status").textContent = "not tapping";
+  }
+
+  const describeTarget = (t) => `${t.app ? `app ${t.app} ` : ""}${t.channel !== undefined ? `channel ${t.channel}` : `prefix "${t.prefix}"`}`;
+
+  function drawTapSoon() {
+    if (tap.paused || tapDrawDue) return;
+    tapDrawDue = true;
+    // At most one redraw per frame, however many batches arrive: a flood stays cheap.
+    requestAnimationFrame(() => { tapDrawDue = false; drawTap(); });
+  }
+
+  function drawTap() {
+    const sampling = $("tap-sampling");
+    sampling.hidden = tap.every <= 1;
+    sampling.textContent = `showing 1 in ${tap.every}` + (tap.dropped ? ` (${fmt(tap.dropped)} not shown)` : "");
+    const words = $("tap-filter").value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    const shown = [];
+    for (let i = tap.events.length - 1; i >= 0 && shown.length < TAP_KEEP; i--) {
+      const e = tap.events[i];
+      if (words.length) {
+        const text = [e.type, e.app, e.channel, e.origin, e.user, e.client, e.event, e.data].join(" ").toLowerCase();
+        if (!words.every((w) => text.includes(w))) continue;
+      }
+      shown.push(e);
+    }
+    tap.rows = shown.length;
+    $("tap-events").tBodies[0].replaceChildren(...shown.map((e) => {
+      const payload = e.data == null ? "" : `${e.data}${e.size > e.data.length ? ` (${fmt(e.size)} B)` : ""}`;
+      const origin = e.origin ? e.origin + (e.host !== undefined ? ` (host ${e.host})` : "") : "";
+      return el("tr", { className: e.type },
+        el("td", { textContent: clock(e.at) }),
+        el("td", { textContent: e.event ? `${e.type} ${e.event}` : e.type }),
+        el("td", { className: "mono", textContent: (e.app ? `app ${e.app}: ` : "") + (e.channel || "") }),
+        el("td", { textContent: origin }),
+        el("td", { className: "num", textContent: e.worker == null ? "admin" : e.worker }),
+        el("td", { textContent: e.user || "" }),
+        el("td", { className: "mono", textContent: e.client || "" }),
+        el("td", { className: "payload", textContent: payload, title: payload }));
+    }));
+  }
+
+  $("tap-form").addEventListener("submit", (event) => { event.preventDefault(); startTap(); });
+  $("tap-stop").addEventListener("click", () => stopTap());
+  $("tap-pause").addEventListener("click", () => {
+    tap.paused = !tap.paused;
+    $("tap-pause").textContent = tap.paused ? "Resume" : "Pause";
+    if (!tap.paused) drawTapSoon();
+  });
+  $("tap-clear").addEventListener("click", () => {
+    tap.events = [];
+    drawTap();
+  });
+  $("tap-filter").addEventListener("input", () => drawTap());
+  $("tap-kind").addEventListener("change", () => {
+    $("tap-name").placeholder = $("tap-kind").value === "prefix" ? "chat: (empty: every channel)" : "chat:lobby";
   });
 
   // -- start: a live session (reloaded page) or the sign-in form -----------------------
