@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import statistics
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -30,8 +29,13 @@ from typing import Any
 
 from playwright import sync_api
 
-from benchmarks.macro import save_medians, serve
-from shardws.tools.loadgen import LoadSpec, run
+from benchmarks.macro import (
+    against_baseline,
+    fanout_cost,
+    interleaved_rounds,
+    save_medians,
+    serve,
+)
 
 API_KEY = "console-benchmark-key-0123456789"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
@@ -100,27 +104,13 @@ def one_round(args: argparse.Namespace, browser: Any, mode: str) -> dict[str, fl
             page = viewers.enter_context(_open_console(browser, server.admin_url))
         if mode == "stream":
             events = viewers.enter_context(_read_stream(server.admin_url))
-        report = run(
-            LoadSpec(
-                scenario="fanout",
-                url=[server.url],
-                connections=args.connections,
-                processes=1,
-                duration=args.duration,
-                server_pid=[server.pid],
-                progress=False,
-            )
-        )
+        figures = fanout_cost(server, args.connections, args.duration)
         if mode == "open":  # the page kept up: it was drawing during the run
             samples = page.evaluate("window.shardwsConsole.delivering")
             assert samples >= args.duration / 2, f"the page drew {samples} busy samples"
         if mode == "stream":
             assert events[0] >= args.duration / 2, f"the stream sent {events[0]} events"
-    return {
-        "deliveries_per_cpu_s": float(report["server"]["deliveries_per_cpu_s"]),
-        "deliveries_per_s": float(report["deliveries_per_s"]),
-        "server_cpu_s": float(report["server"]["cpu_s"]),
-    }
+    return figures
 
 
 def main() -> None:
@@ -129,36 +119,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=500, help="fan-out subscribers")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of load a round")
     args = parser.parse_args()
-    modes = ("closed", "open", "stream")
-    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     with _chromium() as browser:
-        for number in range(args.rounds):
-            for mode in modes[number % 3 :] + modes[: number % 3]:
-                figures = one_round(args, browser, mode)
-                runs[mode].append(figures)
-                print(
-                    f"round {number + 1}/{args.rounds} {mode}:"
-                    f" {figures['deliveries_per_cpu_s']:,.0f} deliveries per server CPU-s",
-                    flush=True,
-                )
-    summary, path = save_medians("console", args, runs)
-    key = "deliveries_per_cpu_s"
-    for mode in modes:
-        values = [r[key] for r in runs[mode]]
-        line = (
-            f"{mode}: median {summary[mode][key]:,.0f} deliveries per server CPU-s,"
-            f" spread {min(values):,.0f}..{max(values):,.0f}"
-            f" ({(max(values) - min(values)) / summary[mode][key] * 100:.1f}% of the median)"
+        runs = interleaved_rounds(
+            args.rounds, ("closed", "open", "stream"), lambda m: one_round(args, browser, m)
         )
-        if mode != "closed":
-            differences = [
-                (r[key] - c[key]) / c[key] * 100
-                for c, r in zip(runs["closed"], runs[mode], strict=True)
-            ]
-            line += (
-                f"; vs closed in the same round: median {statistics.median(differences):+.1f}%"
-                f" ({', '.join(f'{d:+.1f}%' for d in differences)})"
-            )
+    summary, path = save_medians("console", args, runs)
+    for line in against_baseline(runs, summary, "closed"):
         print(line)
     print(f"saved {path}")
 

@@ -162,6 +162,82 @@ def save_medians(
     return summary, path
 
 
+def fanout_cost(server: Server, connections: int, duration: float) -> dict[str, float]:
+    """A flat-out fan-out from one publisher to ``connections`` subscribers of
+    ``server`` for ``duration`` s: deliveries per server CPU-second (every thread of
+    its process tree over the measured window), per second, and the server's CPU-s."""
+    report = run(
+        LoadSpec(
+            scenario="fanout",
+            url=[server.url],
+            connections=connections,
+            processes=1,
+            duration=duration,
+            server_pid=[server.pid],
+            progress=False,
+        )
+    )
+    return {
+        "deliveries_per_cpu_s": float(report["server"]["deliveries_per_cpu_s"]),
+        "deliveries_per_s": float(report["deliveries_per_s"]),
+        "server_cpu_s": float(report["server"]["cpu_s"]),
+    }
+
+
+def interleaved_rounds(
+    rounds: int,
+    modes: tuple[str, ...],
+    measure: Callable[[str], dict[str, float]],
+    note: Callable[[dict[str, float]], str] = lambda _figures: "",
+) -> dict[str, list[dict[str, float]]]:
+    """``rounds`` rounds of ``measure(mode)`` for every mode, the order rotating from
+    round to round (so no mode always runs first on a warm or cold machine); each
+    measurement printed with ``note(figures)``. Returns the figures by mode, in order."""
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    for number in range(rounds):
+        for mode in modes[number % len(modes) :] + modes[: number % len(modes)]:
+            figures = measure(mode)
+            runs[mode].append(figures)
+            print(
+                f"round {number + 1}/{rounds} {mode}:"
+                f" {figures['deliveries_per_cpu_s']:,.0f} deliveries per server CPU-s"
+                f"{note(figures)}",
+                flush=True,
+            )
+    return runs
+
+
+def against_baseline(
+    runs: dict[str, list[dict[str, float]]],
+    summary: dict[str, dict[str, float]],
+    baseline: str,
+    key: str = "deliveries_per_cpu_s",
+) -> list[str]:
+    """One line per mode of interleaved rounds: its median of ``key``, its spread, and,
+    but for ``baseline``, the median of its differences to ``baseline`` within each
+    round, in percent (with every round's)."""
+    lines = []
+    for mode, rounds in runs.items():
+        values = [r[key] for r in rounds]
+        line = (
+            f"{mode}: median {summary[mode][key]:,.0f} deliveries per server CPU-s,"
+            f" spread {min(values):,.0f}..{max(values):,.0f}"
+            f" ({(max(values) - min(values)) / summary[mode][key] * 100:.1f}% of the median)"
+        )
+        if mode != baseline:
+            differences = [
+                (r[key] - b[key]) / b[key] * 100
+                for b, r in zip(runs[baseline], rounds, strict=True)
+            ]
+            line += (
+                f"; vs {baseline} in the same round: median"
+                f" {statistics.median(differences):+.1f}%"
+                f" ({', '.join(f'{d:+.1f}%' for d in differences)})"
+            )
+        lines.append(line)
+    return lines
+
+
 def ratio_table(
     summary: dict[str, dict[str, float]], base: str, columns: list[tuple[str, str, str]]
 ) -> str:

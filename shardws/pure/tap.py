@@ -7,11 +7,13 @@ ready worker with a **lease** and renews it every ``LEASE / 3`` seconds while a 
 reads its stream; a worker that is not renewed within ``LEASE`` forgets the tap by
 itself, so a tap whose viewer or admin is gone leaves nothing behind.
 
-A worker sends what a tap sees to the admin's inbox, one message per tap per loop
-iteration, under a **rate cap** (``Sampling``): at most ``rate`` events a second per tap
-per worker; past it, events are sampled "1 in N" (N from the last second's count) and
-the rest dropped and counted. Delivery never waits for a tap: an event is a dict
-appended to a list, and what is sent is sent once per loop iteration.
+A worker sends what a tap sees to the admin's inbox in batches, one message per tap at
+most every ``FLUSH_INTERVAL`` seconds, under a **rate cap** (``Sampling``): at most
+``rate`` events a second per tap per worker; past it, events are sampled "1 in N" (N
+from the last second's count) and the rest dropped and counted. Delivery never waits for
+a tap: an event is a dict appended to a list, and what is sent is sent on a timer. (A
+message per loop iteration cost a hot channel's server 18% of its deliveries per CPU
+second: docs/benchmarks.md.)
 
 Messages (inbox requests, ``pure.control``'s envelope):
 
@@ -53,7 +55,10 @@ RATE = 200
 MAX_TAPS = 32
 #: Bytes of a payload shown in an event (the rest is cut, its size given).
 PREVIEW_BYTES = 200
-#: Events in one inbox message at most (the rest waits for the next iteration's).
+#: Seconds a worker's batch waits for more events before it is sent; the admin writes a
+#: tap's stream at most this often too.
+FLUSH_INTERVAL = 0.1
+#: Events in one batch at most (a full batch takes no more until it is sent).
 BATCH = 500
 
 #: The kinds of event a tap reports.

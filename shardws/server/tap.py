@@ -2,10 +2,11 @@
 tap"): the taps the admins opened here, what they see, and its sending.
 
 The fronts call one method per event, each behind ``if taps.open:`` (an empty dict while
-no tap is open: the whole cost then). A watched event becomes a small dict in its tap's
-batch; the batches leave once per loop iteration, one inbox message per tap, to the
-admin that opened it (``tap.events``). Each tap has a timer for its lease: not renewed
-in time, it is forgotten, and with the last one the hooks see an empty dict again.
+no tap is open: the whole cost then). A watched event the rate cap takes becomes a small
+dict in its tap's batch; the batches leave ``FLUSH_INTERVAL`` after the first event, one
+inbox message per tap, to the admin that opened it (``tap.events``). Each tap has a
+timer for its lease: not renewed in time, it is forgotten, and with the last one the
+hooks see an empty dict again.
 
 ``work`` counts the events the taps looked at (one per hook call): a closed tap must
 leave it still (``tests/test_tap.py``).
@@ -92,13 +93,13 @@ class WorkerTaps:
     # -- what the fronts see (each called only while ``open`` is not empty) ----------------
 
     def published(self, channel: str, publication: Publication, origin: str = "client") -> None:
-        """A publication entered the server here (``origin``: ``client``)."""
+        """A publication entered the server here (``origin``: ``client``, or ``owner``
+        for what a channel's owner publishes)."""
         self.work += 1
-        text, size = rules.preview(publication.data)
-        self._event(
-            channel,
-            "",
-            {
+
+        def event() -> dict[str, Any]:  # made only for a tap that reports it
+            text, size = rules.preview(publication.data)
+            return {
                 "type": rules.PUBLISH,
                 "origin": origin,
                 "event": publication.event or None,
@@ -106,18 +107,19 @@ class WorkerTaps:
                 "user": publication.user or None,
                 "data": text,
                 "size": size,
-            },
-        )
+            }
+
+        self._event(channel, "", event)
 
     def subscribed(self, channel: str, conn: Connection, subscribed: bool = True) -> None:
         self.work += 1
         kind = rules.SUBSCRIBE if subscribed else rules.UNSUBSCRIBE
-        self._event(channel, "", {"type": kind, **_who(conn)})
+        self._event(channel, "", lambda: {"type": kind, **_who(conn)})
 
     def connected(self, conn: Connection) -> None:
         self.work += 1
         app = _app_of(conn)
-        self._event("", app, {"type": rules.CONNECT, "app": app or None, **_who(conn)})
+        self._event("", app, lambda: {"type": rules.CONNECT, "app": app or None, **_who(conn)})
 
     def disconnected(self, conn: Connection) -> None:
         """``conn`` closed (before it leaves its channels): shown to the taps of one of
@@ -125,9 +127,16 @@ class WorkerTaps:
         self.work += 1
         app = _app_of(conn)
         event = {"type": rules.DISCONNECT, "app": app or None, **_who(conn)}
-        self._event(_channels_of(conn), app, event)
+        self._event(_channels_of(conn), app, lambda: event)
 
-    def _event(self, channel: str | list[str], app: str | None, event: dict[str, Any]) -> None:
+    def _event(
+        self,
+        channel: str | list[str],
+        app: str | None,
+        event: Callable[[], dict[str, Any]],
+    ) -> None:
+        """Add ``event()`` to the batch of each tap that watches ``channel`` (a list:
+        any of them; "": a connection of ``app``) and whose rate cap takes it."""
         now = time.time()
         for tap in self.open.values():
             target = tap.request.target
@@ -142,10 +151,10 @@ class WorkerTaps:
                     shown = ""
             if shown is None or len(tap.batch) >= rules.BATCH or not tap.sampling.take(now):
                 continue
-            tap.batch.append({**event, "channel": shown or None, "at": round(now, 3)})
+            tap.batch.append({**event(), "channel": shown or None, "at": round(now, 3)})
             if not self._flush_due:
                 self._flush_due = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                asyncio.get_running_loop().call_later(rules.FLUSH_INTERVAL, self._flush)
 
     def _flush(self) -> None:
         self._flush_due = False

@@ -12,7 +12,7 @@ by the console's panel (with its cookie) or a tool (with ``X-API-Key``).
   the lease does).
 * The workers' events reach this process's inbox (``Backend.on_inbox``) into the tap's
   ring (``RING`` events: a slow reader loses the oldest, counted as dropped), and are
-  written to the stream once per wake-up, many per event.
+  written to the stream at most every ``FLUSH_INTERVAL`` seconds, many per event.
 * Publications that enter through this admin (the HTTP API, the ingress, the Pusher HTTP
   API) are seen here, under the same rate cap. Those entering through another host's
   admin are not: only that host's admin sees them (host-only).
@@ -23,7 +23,6 @@ by the console's panel (with its cookie) or a tool (with ``X-API-Key``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -59,7 +58,6 @@ class Tap:
     id: int
     target: rules.Target
     ring: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RING))
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     every: dict[int, tuple[int, float]] = field(default_factory=dict)  # member -> N, when
     dropped: int = 0
     local: rules.Sampling = field(default_factory=lambda: rules.Sampling(rules.RATE))
@@ -74,7 +72,6 @@ class Tap:
         """Put ``events`` in the ring; returns how many older ones it pushed out."""
         lost = max(0, len(self.ring) + len(events) - RING)
         self.ring.extend(events)
-        self.wake.set()
         return lost
 
 
@@ -207,9 +204,7 @@ class TapStreams:
         quiet_since = time.monotonic()
         shown = (1, 0)
         while not self._ending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tap.wake.wait(), 1.0)
-            tap.wake.clear()
+            await asyncio.sleep(rules.FLUSH_INTERVAL)
             refused = refusal()
             if refused is not None:
                 await response.write(_event("signed-out", {"error": refused}))
@@ -231,8 +226,6 @@ class TapStreams:
                 if not tap.ring:
                     break
             shown, quiet_since = (every, tap.dropped), now
-            if tap.ring:
-                tap.wake.set()
 
     async def _renew(self, tap: Tap) -> None:
         """Renew the lease (and open it on workers started since) until cancelled."""
@@ -247,8 +240,6 @@ class TapStreams:
     async def end_streams(self, _app: web.Application) -> None:
         """The admin stops: end every stream now (aiohttp would wait for them)."""
         self._ending = True
-        for tap in self.open.values():
-            tap.wake.set()
 
     async def status(self) -> dict[str, Any]:
         """``GET /api/tap/status``: this admin's taps and each worker's (``open``, and
