@@ -57,7 +57,7 @@ MAX_TAPS = 32
 PREVIEW_BYTES = 200
 #: Seconds a worker's batch waits for more events before it is sent; the admin writes a
 #: tap's stream at most this often too.
-FLUSH_INTERVAL = 0.1
+FLUSH_INTERVAL = 0.25
 #: Events in one batch at most (a full batch takes no more until it is sent).
 BATCH = 500
 
