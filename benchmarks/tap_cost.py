@@ -2,7 +2,7 @@
 CPU-second of a fan-out with and without a tap of its channel.
 
 * ``closed``: no tap open (the workers' hooks test an empty dict);
-* ``open``: ``GET /api/tap?channel=bench`` read by a plain HTTP client for the whole run:
+* ``open``: ``GET /api/tap?channel=bench`` read by ``curl`` for the whole run:
   every publication of the hot channel goes through the tap's rate cap in its worker,
   200 a second per worker are sent to the admin and written to the stream, the rest
   sampled away.
@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import threading
-import urllib.request
+import subprocess
+import tempfile
 from collections.abc import Iterator
 
 from benchmarks.macro import (
@@ -39,36 +39,27 @@ API_KEY = "tap-benchmark-key-0123456789"
 
 @contextlib.contextmanager
 def _tap(admin_url: str, channel: str) -> Iterator[dict[str, int]]:
-    """Read a tap of ``channel`` in a thread while inside; yields what it saw (events,
-    the largest "1 in N")."""
-    request = urllib.request.Request(
-        f"{admin_url}/api/tap?channel={channel}", headers={"X-API-Key": API_KEY}
-    )
-    response = urllib.request.urlopen(request, timeout=10)
+    """Read a tap of ``channel`` while inside, by ``curl`` in a process of its own (not
+    a thread of this one, which drives the load); the dict it yields is filled on the
+    way out: events read, the largest "1 in N"."""
     seen = {"events": 0, "every": 1}
-    stop = threading.Event()
-
-    def read() -> None:
-        while not stop.is_set():
-            try:
-                line = response.readline()
-            except (OSError, ValueError, AttributeError):  # closed under it
-                break
-            if not line:
-                break
+    url = f"{admin_url}/api/tap?channel={channel}"
+    with tempfile.TemporaryFile() as output:
+        reader = subprocess.Popen(
+            ["curl", "-sN", "-H", f"X-API-Key: {API_KEY}", url],
+            stdout=output,
+        )
+        try:
+            yield seen
+        finally:
+            reader.terminate()
+            reader.wait(10)
+        output.seek(0)
+        for line in output:
             if line.startswith(b'data: {"events"'):
                 batch = json.loads(line[6:])
                 seen["events"] += len(batch["events"])
                 seen["every"] = max(seen["every"], batch["every"])
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    try:
-        yield seen
-    finally:
-        stop.set()
-        response.close()
-        thread.join(10)
 
 
 def one_round(args: argparse.Namespace, mode: str) -> dict[str, float]:
