@@ -16,16 +16,18 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pusher
 import pytest
 from pusherjs import AuthEndpoint, PusherJs
-from serverproc import ServerProcess, http_json
+from serverproc import ServerProcess, http_json, loopback_cluster
 from test_console import API_KEY, Load, SyncClient, _screenshot, _signed_in, _until
 from toolkit import timeout, wait_until
 
 from shardws.pure import tap as rules
+from shardws.pure.cluster import host_of
 from shardws.pure.tap import BadTarget, Sampling, Target, decode_open, parse_target, preview
 
 SECRET = "tap-app-secret-0123456789"
@@ -320,3 +322,40 @@ def test_the_tap_panel_in_a_browser(server: ServerProcess, browser: Any) -> None
         if line.startswith(b"shardws_tap_events_dropped_total")
     ]
     assert dropped and float(dropped[0].split()[1]) > 0
+
+
+# ------------------------------------------------------------------ across hosts
+
+
+def test_a_tap_sees_what_happens_on_another_host(tmp_path: Path) -> None:
+    """On the mesh the tap reaches every worker of every host: host b's subscribe and a
+    publication made there reach host a's tap, marked as from another host."""
+    extra = "[auth]\nanonymous = true\n\n[namespaces.default]\n"
+    a, b = loopback_cluster(tmp_path, extra=extra, admin=f'api_key = "{API_KEY}"')
+    with a.start(), b.start():
+
+        def opened_on_both() -> Stream | None:
+            stream = Stream(a.admin_url + "/api/tap?channel=news", {"X-API-Key": API_KEY})
+            opened = wait_until(lambda: next((d for n, d in stream.events if n == "opened"), None))
+            if opened["workers"] == 2:
+                return stream
+            stream.close()  # host b's worker not in a's view yet
+            return None
+
+        stream = wait_until(opened_on_both, 30, interval=0.5)
+        try:
+            remote = SyncClient(b.url)
+            assert remote.call("subscribe", channel="news")["ok"]
+            subscribed = stream.tapped(type="subscribe", client=remote.hello["client"])
+            assert subscribed["host"] == host_of(subscribed["member"])
+            assert remote.call("publish", channel="news", data={"from": "b"})["ok"]
+            published = stream.tapped(type="publish", client=remote.hello["client"])
+            assert published["origin"] == "another host" and "host" in published
+            local = SyncClient(a.url)
+            assert local.call("publish", channel="news", data={"from": "a"})["ok"]
+            here = stream.tapped(type="publish", client=local.hello["client"])
+            assert here["origin"] == "client" and "host" not in here
+            remote.ws.close()
+            local.ws.close()
+        finally:
+            stream.close()

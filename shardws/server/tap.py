@@ -118,6 +118,8 @@ class WorkerTaps:
 
     def connected(self, conn: Connection) -> None:
         self.work += 1
+        if conn.closing:  # refused as it opened (per-IP limits, a refused Pusher app)
+            return
         app = _app_of(conn)
         self._event("", app, lambda: {"type": rules.CONNECT, "app": app or None, **_who(conn)})
 

@@ -718,14 +718,14 @@ class Worker:
             self.delivery.deltas.unsync(channel, conn.sink)
         else:
             conn.delta_channels.discard(channel)
+        if self.taps.open:
+            self.taps.subscribed(channel, conn)
         if options.join_leave:
             self.engine.announce(channel, Kind.JOIN, conn)
         if options.history_size:
             self.engine.subscribe_sequenced(conn, command_id, channel, subscribe.since)
             return
         live = self.hub.add(channel, conn, conn.sink)
-        if self.taps.open:
-            self.taps.subscribed(channel, conn)
         if live.done():
             self._answer_subscribe(conn, command_id, channel, live)
         else:
