@@ -441,6 +441,8 @@ def make_app(
     * ``POST /api/disconnect``: close every connection of a user on every worker.
     * ``GET /api/channels``: active channels and subscriber counts over the workers.
     * ``GET /api/stats``: counters per worker and in total, from the scoreboard.
+    * ``GET /api/tap``: a stream of a channel's events, as long as it is read, and
+      ``GET /api/tap/status`` (``server.tapstream``).
 
     With ``[admin] console``, the console's page and endpoints (``server.console``);
     ``/api/`` then also takes the console's session cookie instead of the key header.
