@@ -27,6 +27,7 @@ from test_console import API_KEY, Load, SyncClient, _screenshot, _signed_in, _un
 from toolkit import timeout, wait_until
 
 from shardws.pure import tap as rules
+from shardws.pure import wiredata
 from shardws.pure.cluster import host_of
 from shardws.pure.tap import BadTarget, Sampling, Target, decode_open, parse_target, preview
 
@@ -101,6 +102,9 @@ def test_open_requests_and_previews() -> None:
         with pytest.raises(ValueError):
             decode_open({**args, "reply_to": 3, **bad})
     assert preview(b'{"a":1}') == ('{"a":1}', 7)
+    packed = wiredata.carried(wiredata.pack({"a": [1, "x"]}))
+    assert preview(packed) == ('{"a":[1,"x"]}', len(packed) - 1)
+    assert preview(wiredata.carried(wiredata.pack(b"\x00\x01")))[0].startswith('"AAE=')
     text, size = preview(("é" * 200).encode())
     assert size == 400 and text.endswith("…") and len(text.encode()) <= rules.PREVIEW_BYTES + 3
 

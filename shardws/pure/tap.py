@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shardws.pure import wiredata
 from shardws.pure.pusher.channels import app_of, app_prefix, internal_name, is_internal, pusher_name
 
 OPEN = "tap.open"
@@ -192,9 +193,18 @@ class Sampling:
 
 
 def preview(data: bytes) -> tuple[str, int]:
-    """The first ``PREVIEW_BYTES`` of a payload as text (cut on a character, an
-    ellipsis when cut) and its size in bytes."""
-    size = len(data)
-    if size <= PREVIEW_BYTES:
+    """The first ``PREVIEW_BYTES`` of carried publication ``data`` (``pure.wiredata``) as
+    JSON text (cut on a character, an ellipsis when cut) and its size in bytes (a
+    MessagePack publisher's bytes are shown as the JSON its JSON subscribers get)."""
+    if wiredata.is_msgpack(data):
+        size = len(data) - 1
+        try:
+            member = wiredata.json_member(data)
+        except ValueError:
+            return "(MessagePack data)", size
+        data = member.partition(b":")[2]
+    else:
+        size = len(data)
+    if len(data) <= PREVIEW_BYTES:
         return data.decode("utf-8", "replace"), size
     return data[:PREVIEW_BYTES].decode("utf-8", "ignore") + "…", size
