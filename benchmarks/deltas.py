@@ -20,7 +20,6 @@ Results: ``benchmarks/results/deltas-*.json`` and a table on stdout.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -32,13 +31,13 @@ from benchmarks.wireformats import (
     BATCH,
     DASHBOARD,
     DEFLATE,
-    RESULTS,
     _connect,
     _cpu_seconds,
     _encode,
     _masked,
     _pump,
     _worker_pid,
+    cli,
 )
 
 #: case -> (subscribers speak MessagePack, they offer deflate, share of delta subscribers)
@@ -187,22 +186,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subscribers", type=int, default=200, help="per case")
-    parser.add_argument(
-        "--publications", type=int, default=1000, help=f"per case, a multiple of {BATCH}"
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="runs of every case (median)")
-    args = parser.parse_args()
-    if args.publications % BATCH:
-        parser.error(f"--publications must be a multiple of {BATCH}")
-    results = run(args.subscribers, args.publications, args.rounds)
-    results["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"deltas-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    print(table(results))
-    print(f"results: {path}")
+    cli(__doc__ or "", "deltas", run, table, publications=1000, rounds=3)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import selectors
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -308,23 +309,36 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cli(
+    doc: str,
+    name: str,
+    run_cases: Callable[[int, int, int], dict[str, Any]],
+    show: Callable[[dict[str, Any]], str],
+    publications: int,
+    rounds: int,
+) -> None:
+    """The command line both wire benchmarks share: run the cases, save the results as
+    ``results/NAME-DATE.json``, print the table."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--subscribers", type=int, default=200, help="per case")
     parser.add_argument(
-        "--publications", type=int, default=2000, help=f"per case, a multiple of {BATCH}"
+        "--publications", type=int, default=publications, help=f"per case, a multiple of {BATCH}"
     )
-    parser.add_argument("--rounds", type=int, default=5, help="runs of every case (median, best)")
+    parser.add_argument("--rounds", type=int, default=rounds, help="runs of every case (median)")
     args = parser.parse_args()
     if args.publications % BATCH:
         parser.error(f"--publications must be a multiple of {BATCH}")
-    results = run(args.subscribers, args.publications, args.rounds)
+    results = run_cases(args.subscribers, args.publications, args.rounds)
     results["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"wireformats-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    print(table(results))
+    print(show(results))
     print(f"results: {path}")
+
+
+def main() -> None:
+    cli(__doc__ or "", "wireformats", run, table, publications=2000, rounds=5)
 
 
 if __name__ == "__main__":
