@@ -34,7 +34,7 @@ from shardws.pure.protocol import (
     CloseCode,
     ErrorCode,
     decode_pub_at,
-    encode_history,
+    encode_history_page,
     encode_pub_at,
     encode_publication,
     pub_position,
@@ -102,8 +102,7 @@ class FakeConnection:
         channel: str,
         publications: list[Publication],
     ) -> None:
-        pushes = [encode_publication(channel, p) for p in publications]
-        self.send(encode_history(command_id, position.epoch, position.offset, pushes))
+        self.send(encode_history_page(command_id, position, channel, publications))
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from shardws.pure.history import Position
@@ -208,6 +209,14 @@ def encode_history(command_id: int | None, epoch: str, offset: int, pushes: list
         offset,
         b",".join(pushes),
     )
+
+
+def encode_history_page(
+    command_id: int | None, position: Position, channel: str, publications: Iterable[Publication]
+) -> bytes:
+    """:func:`encode_history` of ``channel``'s ``publications``, each as its push."""
+    pushes = [encode_publication(channel, p) for p in publications]
+    return encode_history(command_id, position.epoch, position.offset, pushes)
 
 
 def encode_presence(command_id: int | None, members: list[list[Any]]) -> bytes:

@@ -20,7 +20,7 @@ from shardws.pure import msgpackwire
 from shardws.pure.auth import Identity
 from shardws.pure.deflate import Inflater
 from shardws.pure.frames import BINARY, Fail, Message, Messages, check_control_frame
-from shardws.pure.protocol import encode_history, encode_publication
+from shardws.pure.protocol import encode_history_page, encode_publication
 from shardws.server.delivery import NATIVE, NATIVE_MSGPACK
 from shardws.shm.scoreboard import Column
 
@@ -278,8 +278,7 @@ class Connection(WSListener):
     ) -> None:
         """Reply to a ``history`` command: the channel's ``position`` and its stored
         ``publications``, each as a push of its wire format."""
-        pushes = [encode_publication(channel, p) for p in publications]
-        self.send(encode_history(command_id, position.epoch, position.offset, pushes))
+        self.send(encode_history_page(command_id, position, channel, publications))
 
     def close(self, code: int, reason: str, *, stop_reading: bool = False) -> None:
         """Send what is corked, then a close frame with ``code``; drop the connection
