@@ -72,6 +72,7 @@ ZMQ_USERS = {
 #: default install has no Redis, so nothing else may need it).
 REDIS_USERS = {
     "shardws.server.redishub",  # the hub process: its Redis connections
+    "shardws.server.redisconn",  # every process's connections to Redis
 }
 
 
@@ -112,6 +113,8 @@ BEHIND_THE_SEAM = {
     "shardws.server.notices",  # the mesh's held notices
     "shardws.server.bridge",  # the mesh's cross-host process
     "shardws.server.redishub",  # the Redis hub's cross-host process
+    "shardws.server.redisconn",  # the Redis engine's connections
+    "shardws.server.redisengine",  # the Redis engine
     "shardws.server.crosshost",  # what the bridge and the hub share
     "shardws.bus.requests",  # asking members through their inboxes
 }

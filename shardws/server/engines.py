@@ -1,11 +1,11 @@
 """Opening the configured engine (``[cluster] engine``): the one place that knows which
 implementation of ``server.engine`` serves each name, so the fronts never do.
 
-The Redis hub (``"redis"``) runs the mesh's engine in the workers and the admin: the host
-bus stays inside a host, and what differs is the process that carries it across hosts
-(:func:`run_cross_host`: the bridge or the hub), and who decides (the mesh's owner
-workers over the view the hub writes; history and Pusher are refused on the hub by
-``check-config`` until they are served there)."""
+The Redis hub (``"redis"``) runs ``server.redisengine`` in the workers and the admin: the
+mesh's engine, with what Redis decides taken over. The host bus stays inside a host; the
+process that carries it across hosts is the bridge or the hub (:func:`run_cross_host`).
+The Redis modules are imported only for ``"redis"``, so that only a hub needs the
+``redis`` package."""
 
 from __future__ import annotations
 
@@ -34,8 +34,12 @@ def worker_engine(
     """A worker's engine: ``answer_local(op, request)`` answers the members' questions
     about the worker itself; ``webhook`` and ``occupied_here`` are its Pusher front's."""
     name = config.cluster.engine
-    if name in ("mesh", "redis"):
+    if name == "mesh":
         return MeshEngine(worker, answer_local, webhook, occupied_here)
+    if name == "redis":
+        from shardws.server.redisengine import RedisEngine
+
+        return RedisEngine(config, worker, answer_local, webhook, occupied_here)
     raise ValueError(f"[cluster] engine: unknown engine {name!r}")  # config.ENGINES allows it
 
 
@@ -44,8 +48,12 @@ def backend_engine(
 ) -> BackendEngine:
     """The admin's engine."""
     name = config.cluster.engine
-    if name in ("mesh", "redis"):
+    if name == "mesh":
         return MeshBackend(members, bus)
+    if name == "redis":
+        from shardws.server.redisengine import RedisBackend
+
+        return RedisBackend(config, members, bus)
     raise ValueError(f"[cluster] engine: unknown engine {name!r}")
 
 

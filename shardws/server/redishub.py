@@ -51,14 +51,10 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from typing import Any
 
 import zmq
-from redis.asyncio.connection import Connection, SSLConnection
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from shardws.config import Config
@@ -77,6 +73,7 @@ from shardws.server.crosshost import (
     host_bus_sockets,
     start_process,
 )
+from shardws.server.redisconn import Backoff, Pipeline, connect, sentinel_of, until_one_ends
 from shardws.shm.scoreboard import Column, ProcessState
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import effective_host_id
@@ -86,25 +83,7 @@ log = logging.getLogger("shardws.hub")
 _RECV_BUDGET = 1024  # frames per socket per drain: one busy direction cannot starve
 _SUBSCRIBE_CHUNK = 1000  # channels per SUBSCRIBE when subscribing everything again
 _TICK = 0.1  # seconds between scoreboard heartbeats
-_FIRST_BACKOFF = 0.1
-_MAX_IN_FLIGHT = 64  # batches written to Redis and not answered yet
 _READ_BUDGET = 256  # messages read from Redis before the loop's other work gets a turn
-
-
-class _Backoff:
-    """Seconds to wait before the next connection attempt: doubling up to ``ceiling``."""
-
-    def __init__(self, ceiling: float) -> None:
-        self._ceiling = ceiling
-        self._next = _FIRST_BACKOFF
-
-    def reset(self) -> None:
-        self._next = _FIRST_BACKOFF
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._ceiling, self._next * 2)
-        return min(delay, self._ceiling)
 
 
 class RedisHub:
@@ -133,10 +112,7 @@ class RedisHub:
         self._held: list[bytes] = []  # barriers that came while the subscriber connected
         self._connecting = False
         # Frames to publish: (Redis channel, frame without its topic, publications).
-        self._outbox: list[tuple[bytes, bytes, int]] = []
-        # Batches written to Redis, not answered yet, oldest first.
-        self._in_flight: deque[list[tuple[bytes, bytes, int]]] = deque()
-        self._answers_due: asyncio.Event | None = None
+        self._outbox: Pipeline[tuple[bytes, bytes, int]] | None = None
         self.subscriber_up = False
         self.publisher_up = False
         self._publisher_connecting = False  # frames wait meanwhile (bounded by hwm)
@@ -146,21 +122,11 @@ class RedisHub:
         self.lost = 0  # publications that could not be published
         self.barrier_timeouts = 0  # barriers not answered (Redis unreachable)
         self._stopping: asyncio.Event | None = None
-        self._wake_publisher: asyncio.Event | None = None
         self._wake_subscriber: asyncio.Event | None = None
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refusal_log = RateLimitedLogger("shardws.hub", burst=5, level=logging.WARNING)
-        sentinels = self.settings.sentinels
-        self._sentinel = (
-            Sentinel(
-                [_host_port(address) for address in sentinels],
-                socket_timeout=self.settings.timeout,
-                sentinel_kwargs={"socket_timeout": self.settings.timeout},
-            )
-            if sentinels
-            else None
-        )
+        self._sentinel = sentinel_of(self.settings)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -177,9 +143,8 @@ class RedisHub:
         """Forward until :meth:`stop`; stamps the scoreboard heartbeat as it goes."""
         loop = self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self._wake_publisher = asyncio.Event()
+        self._outbox = Pipeline(_publish_command, self._published)
         self._wake_subscriber = asyncio.Event()
-        self._answers_due = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             loop.add_signal_handler(signum, self.stop)
         for sock in (self.local_sub, self.local_xpub):
@@ -249,32 +214,12 @@ class RedisHub:
     # -- Redis connections ----------------------------------------------------------------
 
     async def _connect(self) -> Connection:
-        settings = self.settings
-        if self._sentinel is not None:
-            host, port = await self._sentinel.discover_master(settings.master_name)
-        else:
-            host, port = _host_port(settings.address)
-        common: dict[str, Any] = {
-            "host": host,
-            "port": port,
-            "username": settings.username or None,
-            "password": settings.secret() or None,
-            "socket_timeout": settings.timeout,
-            "socket_connect_timeout": settings.timeout,
-            "retry": Retry(NoBackoff(), 0),  # the hub reconnects itself, and counts it
-            "protocol": 2,  # pub/sub messages as replies (RESP3 would make them pushes)
-        }
-        connection = (
-            SSLConnection(ssl_ca_certs=settings.tls_ca_file or None, **common)
-            if settings.tls
-            else Connection(**common)
-        )
-        await connection.connect()
+        connection = await connect(self.settings, self._sentinel)
         self.connects += 1
         return connection
 
     async def _subscriber(self) -> None:
-        backoff = _Backoff(self.settings.reconnect_max)
+        backoff = Backoff(self.settings.reconnect_max)
         while True:
             self._connecting = True
             try:
@@ -299,7 +244,7 @@ class RedisHub:
                 await connection.disconnect(nowait=True)
             await asyncio.sleep(backoff.next())
 
-    async def _subscribed(self, connection: Connection, backoff: _Backoff) -> None:
+    async def _subscribed(self, connection: Connection, backoff: Backoff) -> None:
         """Subscribe everything this host wants, then read and follow its changes
         until the connection fails."""
         channels = [self.prefix + HEARTBEAT_TOPIC, *(self.prefix + t for t in self.topics)]
@@ -316,7 +261,7 @@ class RedisHub:
         for topic in held:  # after the topics they confirm, as on the bus
             self._barrier(topic)
         log.info("Redis subscriber connected: %d topic(s) subscribed", len(self.topics))
-        await _until_one_ends(
+        await until_one_ends(
             asyncio.create_task(self._read(connection, backoff)),
             asyncio.create_task(self._send_changes(connection)),
         )
@@ -337,7 +282,7 @@ class RedisHub:
             if commands:
                 await connection.send_packed_command(connection.pack_commands(commands), False)
 
-    async def _read(self, connection: Connection, backoff: _Backoff) -> None:
+    async def _read(self, connection: Connection, backoff: Backoff) -> None:
         # Our own heartbeat comes back every heartbeat_interval: silence means a dead link.
         silence = self.settings.timeout + self.cluster.heartbeat_interval
         heartbeat = self.prefix + HEARTBEAT_TOPIC
@@ -372,7 +317,9 @@ class RedisHub:
         self._kick()
 
     async def _publisher(self) -> None:
-        backoff = _Backoff(self.settings.reconnect_max)
+        outbox = self._outbox
+        assert outbox is not None
+        backoff = Backoff(self.settings.reconnect_max)
         while True:
             self._publisher_connecting = True
             try:
@@ -380,63 +327,28 @@ class RedisHub:
             except (RedisError, OSError) as exc:
                 self._refusal_log.warning("Redis publisher: cannot connect: %s", exc)
                 self._publisher_connecting = False
-                self._lose(self._outbox)
-                self._outbox = []
+                self._lose(outbox.take())
                 await asyncio.sleep(backoff.next())
                 continue
             self.publisher_up = True
             self._publisher_connecting = False
-            if self._outbox:
-                assert self._wake_publisher is not None
-                self._wake_publisher.set()
             backoff.reset()
             try:
-                writer = asyncio.create_task(self._write_batches(connection))
-                reader = asyncio.create_task(self._read_answers(connection))
-                await _until_one_ends(writer, reader)
+                await outbox.run(connection)
             except (TimeoutError, RedisError, OSError) as exc:
                 log.warning("Redis publisher connection lost: %s", exc or type(exc).__name__)
             finally:
                 self.publisher_up = False
-                self._lose([frame for batch in self._in_flight for frame in batch])
-                self._lose(self._outbox)
-                self._in_flight.clear()
-                self._outbox = []
+                self._lose(outbox.take())  # written but not answered: counted as lost
                 await connection.disconnect(nowait=True)
             await asyncio.sleep(backoff.next())
 
-    async def _write_batches(self, connection: Connection) -> None:
-        """What waits goes out in one write per wake-up, without waiting for the answers
-        of the batches before it (at most ``_MAX_IN_FLIGHT`` batches unanswered)."""
-        assert self._wake_publisher is not None and self._answers_due is not None
-        while True:
-            await self._wake_publisher.wait()
-            self._wake_publisher.clear()
-            if len(self._in_flight) >= _MAX_IN_FLIGHT:
-                continue  # the reader wakes us when one is answered
-            batch, self._outbox = self._outbox, []
-            if not batch:
-                continue
-            self._in_flight.append(batch)
-            self._answers_due.set()
-            commands = [("PUBLISH", channel, data) for channel, data, _ in batch]
-            await connection.send_packed_command(connection.pack_commands(commands), False)
-
-    async def _read_answers(self, connection: Connection) -> None:
-        assert self._wake_publisher is not None and self._answers_due is not None
-        while True:
-            if not self._in_flight:
-                self._answers_due.clear()
-                await self._answers_due.wait()
-                continue
-            batch = self._in_flight[0]
-            for _ in batch:
-                await connection.read_response()
-            self._in_flight.popleft()
-            self.sent += len(batch)
-            self.sent_bytes += sum(len(data) for _, data, _ in batch)
-            if self._outbox:
-                self._wake_publisher.set()
+    def _published(self, frame: tuple[bytes, bytes, int], answer: Any) -> None:
+        if isinstance(answer, RedisError):  # refused (e.g. an ACL): not published
+            self._lose([frame])
+        else:
+            self.sent += 1
+            self.sent_bytes += len(frame[1])
 
     def _lose(self, frames: list[tuple[bytes, bytes, int]]) -> None:
         lost = sum(count for _, _, count in frames)
@@ -445,15 +357,14 @@ class RedisHub:
             self._refusal_log.warning("%d publication(s) could not cross to Redis", lost)
 
     def _publish(self, channel: bytes, data: bytes, count: int) -> None:
-        if not (self.publisher_up or self._publisher_connecting):
+        outbox = self._outbox
+        if outbox is None or not (self.publisher_up or self._publisher_connecting):
             self._lose([(channel, data, count)])
             return
-        if len(self._outbox) >= self.cluster.hwm:
+        if len(outbox.outbox) >= self.cluster.hwm:
             self._lose([(channel, data, count)])
             return
-        self._outbox.append((channel, data, count))
-        assert self._wake_publisher is not None
-        self._wake_publisher.set()
+        outbox.put((channel, data, count))
 
     # -- the host bus -------------------------------------------------------------------
 
@@ -528,17 +439,8 @@ class RedisHub:
         self._publish(self.prefix + frame[:end], frame[end:], HEADER.unpack_from(frame, end)[3])
 
 
-async def _until_one_ends(*tasks: asyncio.Task[None]) -> None:
-    """Run ``tasks`` (the two directions of one connection) until one ends; cancel the
-    others and raise what ended it."""
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        task.result()
+def _publish_command(frame: tuple[bytes, bytes, int]) -> tuple[str, bytes, bytes]:
+    return ("PUBLISH", frame[0], frame[1])
 
 
 def _inbox_host(topic: bytes) -> int | None:
@@ -546,11 +448,6 @@ def _inbox_host(topic: bytes) -> int | None:
         return host_of(int(topic[1:-1]))
     except ValueError:
         return None
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def run_hub(slot: int, config: Config, tables: SharedTables, run_dir: str) -> int:

@@ -1,0 +1,432 @@
+"""Connections to the Redis of ``[cluster] engine = "redis"`` (docs/cluster.md, "The
+Redis hub"), for every process of a host that talks to it.
+
+* :func:`connect` -- one connection as ``[cluster.redis]`` says: the master through the
+  sentinels, ACL user and password, TLS, timeouts, RESP2; redis-py never retries on its
+  own (the callers reconnect themselves, and count it).
+* :class:`Pipeline` -- what one connection carries: the commands given during one
+  event-loop iteration go out in one write, without waiting for the answers of the
+  writes before it (at most ``_MAX_IN_FLIGHT`` writes unanswered), answers read in order.
+  The hub's publisher and :class:`RedisCalls` both run on it.
+* :class:`RedisCalls` -- one pipelined connection per process for Lua scripts
+  (:class:`Script`, ``EVALSHA``) and plain commands, each answered on an
+  ``asyncio.Future``. Redis executes the calls of one connection in the order they were
+  made. A call made while Redis is down, whose connection fails before its answer, or
+  unanswered within ``timeout``, fails with :class:`RedisUnavailable` -- it may or may
+  not have run (the caller decides what that means: a publication retried with its
+  ``idem`` is stored once). On every (re)connection the registered scripts are loaded and
+  the server's :class:`ServerIdentity` is read, so scripts can tell a restarted or
+  promoted server from the one that wrote a key (``server.redishistory``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from shardws.log import RateLimitedLogger
+
+if TYPE_CHECKING:
+    from shardws.config import RedisConfig
+
+log = logging.getLogger("shardws.redis")
+
+_FIRST_BACKOFF = 0.1
+_MAX_IN_FLIGHT = 64  # writes to one connection not answered yet
+
+ItemT = TypeVar("ItemT")
+
+
+class RedisUnavailable(Exception):
+    """A call that Redis did not answer: it was down, the connection failed before the
+    answer, or the answer took longer than ``[cluster.redis] timeout``. The call may or
+    may not have run."""
+
+
+class Backoff:
+    """Seconds to wait before the next connection attempt: doubling from 0.1 up to
+    ``ceiling``."""
+
+    def __init__(self, ceiling: float) -> None:
+        self._ceiling = ceiling
+        self._next = _FIRST_BACKOFF
+
+    def reset(self) -> None:
+        self._next = _FIRST_BACKOFF
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._ceiling, self._next * 2)
+        return min(delay, self._ceiling)
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[v6]:PORT"``) as a (host, port) pair."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def sentinel_of(settings: RedisConfig) -> Sentinel | None:
+    """The sentinels' client when ``settings`` names sentinels (one per process: it keeps
+    no connection open between discoveries)."""
+    if not settings.sentinels:
+        return None
+    return Sentinel(
+        [host_port(address) for address in settings.sentinels],
+        socket_timeout=settings.timeout,
+        sentinel_kwargs={"socket_timeout": settings.timeout},
+    )
+
+
+async def connect(settings: RedisConfig, sentinel: Sentinel | None = None) -> Connection:
+    """A new connection to the master (asked of ``sentinel`` first, when given; see
+    :func:`sentinel_of`). Raises RedisError or OSError when it cannot connect."""
+    if sentinel is not None:
+        host, port = await sentinel.discover_master(settings.master_name)
+    else:
+        host, port = host_port(settings.address)
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "username": settings.username or None,
+        "password": settings.secret() or None,
+        "socket_timeout": settings.timeout,
+        "socket_connect_timeout": settings.timeout,
+        "retry": Retry(NoBackoff(), 0),  # the callers reconnect themselves, and count it
+        "protocol": 2,  # pub/sub messages as replies (RESP3 would make them pushes)
+    }
+    connection = (
+        SSLConnection(ssl_ca_certs=settings.tls_ca_file or None, **common)
+        if settings.tls
+        else Connection(**common)
+    )
+    await connection.connect()
+    return connection
+
+
+async def until_one_ends(*tasks: asyncio.Task[None]) -> None:
+    """Run ``tasks`` (the two directions of one connection) until one ends; cancel the
+    others and raise what ended it."""
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
+
+
+class Pipeline(Generic[ItemT]):
+    """Items (each one command) written to one connection: what waits goes out in one
+    write per wake-up, without waiting for the answers of the writes before it (at most
+    ``max_in_flight`` unanswered); the answers are read in order and handed to
+    ``answered(item, answer)`` -- an error reply is handed as its ``ResponseError``.
+
+    :meth:`run` carries one connection until it fails; :meth:`take` then gives back every
+    item not answered (written or not), which the owner fails or counts as lost."""
+
+    def __init__(
+        self,
+        command_of: Callable[[ItemT], Sequence[Any]],
+        answered: Callable[[ItemT, Any], None],
+        max_in_flight: int = _MAX_IN_FLIGHT,
+    ) -> None:
+        self._command_of = command_of
+        self._answered = answered
+        self._max_in_flight = max_in_flight
+        self.outbox: list[ItemT] = []
+        self._in_flight: deque[deque[ItemT]] = deque()
+        self._wake = asyncio.Event()
+        self._due = asyncio.Event()
+        self.batches = 0  # writes made
+
+    def put(self, item: ItemT) -> None:
+        self.outbox.append(item)
+        self._wake.set()
+
+    def take(self) -> list[ItemT]:
+        """Every item not answered, oldest first; the pipeline is empty after."""
+        items = [item for batch in self._in_flight for item in batch]
+        items.extend(self.outbox)
+        self._in_flight.clear()
+        self.outbox = []
+        return items
+
+    async def run(self, connection: Connection) -> None:
+        """Write and read on ``connection`` until it fails (raises what ended it)."""
+        if self.outbox:
+            self._wake.set()
+        await until_one_ends(
+            asyncio.create_task(self._write(connection)),
+            asyncio.create_task(self._read(connection)),
+        )
+
+    async def _write(self, connection: Connection) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if len(self._in_flight) >= self._max_in_flight:
+                continue  # the reader wakes us when one is answered
+            batch, self.outbox = self.outbox, []
+            if not batch:
+                continue
+            self._in_flight.append(deque(batch))
+            self._due.set()
+            self.batches += 1
+            commands = [self._command_of(item) for item in batch]
+            await connection.send_packed_command(connection.pack_commands(commands), False)
+
+    async def _read(self, connection: Connection) -> None:
+        while True:
+            if not self._in_flight:
+                self._due.clear()
+                await self._due.wait()
+                continue
+            batch = self._in_flight[0]
+            while batch:
+                # A timeout (socket_timeout) raises: the connection is given up.
+                try:
+                    answer = await connection.read_response()
+                except ResponseError as error:  # read whole: the stream stays in step
+                    answer = error
+                self._answered(batch.popleft(), answer)
+            self._in_flight.popleft()
+            if self.outbox:
+                self._wake.set()
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script run with ``EVALSHA`` (its SHA1 computed here, loaded on connect)."""
+
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """Which Redis server answers, as learnt on connecting: ``run_id`` (new at each start
+    of ``redis-server``), ``durable`` (``appendonly yes`` with ``appendfsync always``:
+    what it acknowledged survives its own crash; False when ``CONFIG`` is refused) and
+    ``promoted`` (a replica promoted to master, or not a master at all: it may lack
+    writes its former master acknowledged)."""
+
+    run_id: str
+    durable: bool
+    promoted: bool
+
+
+@dataclass(eq=False)
+class _Call:
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    script: Script | None = None
+    retried: bool = False
+
+
+class RedisCalls:
+    """One pipelined connection of this process for scripts and commands (see the
+    module). It connects on :meth:`start` or on the first call, whichever comes first
+    (in the process's event loop), until :meth:`close` or :meth:`stop`."""
+
+    def __init__(self, settings: RedisConfig, scripts: Iterable[Script] = ()) -> None:
+        self.settings = settings
+        self._scripts: dict[str, Script] = {}
+        for script in scripts:
+            self.register(script)
+        self._sentinel = sentinel_of(settings)
+        self._pipeline: Pipeline[_Call] = Pipeline(self._command_of, self._answered)
+        self._task: asyncio.Task[None] | None = None
+        self._log = RateLimitedLogger("shardws.redis", burst=5, level=logging.WARNING)
+        self.identity: ServerIdentity | None = None  # the server of the current connection
+        self.up = False
+        self._connecting = False
+        self.calls = 0
+        self.failures = 0  # calls failed with RedisUnavailable
+        self.reconnects = 0  # successful connections after the first
+        self._connects = 0
+
+    @property
+    def batches(self) -> int:
+        """Writes made (each carries every call of one event-loop iteration)."""
+        return self._pipeline.batches
+
+    def register(self, script: Script) -> None:
+        """Load ``script`` on every connection (from the next one; the calls load it
+        anyway when the server does not know it)."""
+        self._scripts[script.sha] = script
+
+    def counters(self) -> dict[str, Any]:
+        """For ``/health`` and stats."""
+        return {
+            "redis_up": self.up,
+            "calls": self.calls,
+            "batches": self.batches,
+            "failures": self.failures,
+            "reconnects": self.reconnects,
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._connecting = True
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def close(self) -> None:
+        """Stop: the connection is dropped, calls not answered fail."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        self.up = self._connecting = False
+        self._fail(self._pipeline.take(), "stopped")
+
+    async def stop(self) -> None:
+        """:meth:`close`, and wait until the connection is closed."""
+        task = self._task
+        self.close()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def call(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Run ``script`` with ``keys`` and ``args``: its answer, or RedisUnavailable."""
+        if script.sha not in self._scripts:
+            self.register(script)
+        return self._put(_Call(("EVALSHA", script.sha, len(keys), *keys, *args), _future(), script))
+
+    def command(self, *args: Any) -> asyncio.Future[Any]:
+        """Run one command: its answer (an error reply is a ResponseError), or
+        RedisUnavailable."""
+        return self._put(_Call(args, _future()))
+
+    def _put(self, call: _Call) -> asyncio.Future[Any]:
+        self.calls += 1
+        self.start()
+        if not (self.up or self._connecting) or len(self._pipeline.outbox) >= _MAX_WAITING:
+            self._fail([call], "Redis is unreachable" if not self.up else "too many calls waiting")
+        else:
+            self._pipeline.put(call)
+        return call.future
+
+    @staticmethod
+    def _command_of(call: _Call) -> Sequence[Any]:
+        return call.args
+
+    def _answered(self, call: _Call, answer: Any) -> None:
+        if call.future.done():
+            return
+        if isinstance(answer, NoScriptError) and call.script is not None and not call.retried:
+            # The script cache was flushed under us: EVAL loads it, once.
+            script = call.script
+            retry = _Call(("EVAL", script.source, *call.args[2:]), call.future, script, True)
+            self._pipeline.put(retry)
+            return
+        if isinstance(answer, ResponseError):
+            call.future.set_exception(answer)
+        else:
+            call.future.set_result(answer)
+
+    def _fail(self, calls: Iterable[_Call], why: str) -> None:
+        for call in calls:
+            if not call.future.done():
+                self.failures += 1
+                call.future.set_exception(RedisUnavailable(why))
+
+    # -- the connection -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = Backoff(self.settings.reconnect_max)
+        while True:
+            self._connecting = True
+            try:
+                connection = await connect(self.settings, self._sentinel)
+                self.identity = await self._greet(connection)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._log.warning("Redis calls: cannot connect: %s", exc)
+                self._connecting = False
+                self._fail(self._pipeline.take(), f"cannot connect: {exc}")
+                await asyncio.sleep(backoff.next())
+                continue
+            self._connects += 1
+            self.reconnects = self._connects - 1
+            self.up = True
+            self._connecting = False
+            backoff.reset()
+            try:
+                await self._pipeline.run(connection)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._log.warning("Redis calls: connection lost: %s", exc or type(exc).__name__)
+            finally:
+                self.up = False
+                self._fail(self._pipeline.take(), "the connection to Redis was lost")
+                await connection.disconnect(nowait=True)
+            await asyncio.sleep(backoff.next())
+
+    async def _greet(self, connection: Connection) -> ServerIdentity:
+        """Load the scripts and read who the server is (before any call is written)."""
+        for script in list(self._scripts.values()):
+            await connection.send_command("SCRIPT", "LOAD", script.source)
+            await connection.read_response()
+        await connection.send_command("INFO", "server")
+        server = _info(await connection.read_response())
+        await connection.send_command("INFO", "replication")
+        replication = _info(await connection.read_response())
+        promoted = (
+            replication.get("role") != "master"
+            or replication.get("second_repl_offset", "-1") != "-1"
+        )
+        durable = (
+            await _config(connection, "appendonly") == "yes"
+            and await _config(connection, "appendfsync") == "always"
+        )
+        return ServerIdentity(server.get("run_id", ""), durable, promoted)
+
+
+#: Calls waiting for the connection (not yet written) beyond which new ones fail at once.
+_MAX_WAITING = 100_000
+
+
+def _future() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
+
+
+def _info(answer: Any) -> dict[str, str]:
+    text = answer.decode() if isinstance(answer, bytes) else str(answer)
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+async def _config(connection: Connection, name: str) -> str:
+    """``CONFIG GET name``'s value; ``""`` when the server refuses ``CONFIG`` (an ACL or
+    a managed Redis): the caller then assumes the weaker setting."""
+    await connection.send_command("CONFIG", "GET", name)
+    try:
+        answer = await connection.read_response()
+    except ResponseError:
+        return ""
+    if isinstance(answer, list) and len(answer) == 2:
+        value = answer[1]
+        return value.decode() if isinstance(value, bytes) else str(value)
+    return ""

@@ -1,0 +1,91 @@
+"""The Redis engine (``[cluster] engine = "redis"``) for the members of a host: what
+the workers and the admin run while the hub process (``server.redishub``) carries the
+host bus to and from Redis (docs/architecture.md, "The engine"; docs/cluster.md).
+
+Plain channels, user messages and every member's inbox stay on the host bus, through
+the hub, as on the mesh: :class:`RedisEngine` and :class:`RedisBackend` extend the
+mesh's classes and take over only what Redis decides. Each process holds one
+:class:`~shardws.server.redisconn.RedisCalls` (its pipelined script connection),
+shared by the parts below:
+
+* history channels -- decided and kept in Redis (``server.redishistory``);
+* native presence -- ``server.redispresence`` (plugs in at :meth:`RedisEngine.presence`
+  and :meth:`RedisEngine.announce`);
+* Pusher rosters, occupancy and cache -- ``server.redispusher`` (plugs in at
+  :meth:`RedisEngine.decider`, :meth:`RedisEngine.can_decide`, :meth:`RedisEngine.ask`,
+  :meth:`RedisEngine.tell`).
+
+What is not taken over here is the mesh's, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+from shardws.server.mesh import MeshBackend, MeshEngine
+from shardws.server.redisconn import RedisCalls
+
+if TYPE_CHECKING:
+    from shardws.bus.host import Bus
+    from shardws.config import Config
+    from shardws.pure.publication import Kind
+    from shardws.pure.pusher.webhooks import WebhookEvent
+    from shardws.server.engine import Connection
+    from shardws.server.mesh import MeshHost
+    from shardws.shm.view import Members
+
+
+class RedisEngine(MeshEngine):
+    """A worker's engine on the hub (``engine.WorkerEngine``); see the module."""
+
+    def __init__(
+        self,
+        config: Config,
+        host: MeshHost,
+        answer_local: Callable[[str, dict[str, Any]], dict[str, Any]],
+        webhook: Callable[[str, WebhookEvent], None],
+        occupied_here: Callable[[int], tuple[str, ...]],
+    ) -> None:
+        super().__init__(host, answer_local, webhook, occupied_here)
+        #: This worker's script connection, shared by history, presence and Pusher.
+        self.redis = RedisCalls(config.cluster.redis)
+
+    # -- presence (server.redispresence plugs in here) -------------------------------------
+
+    def presence(self, conn: Connection, command_id: int | None, channel: str, stats: bool) -> None:
+        super().presence(conn, command_id, channel, stats)
+
+    def announce(self, channel: str, kind: Kind, conn: Connection) -> None:
+        super().announce(channel, kind, conn)
+
+    # -- deciders of Pusher channels (server.redispusher plugs in here) --------------------
+
+    def decider(self, channel: str) -> Hashable:
+        return super().decider(channel)
+
+    def can_decide(self, decider: Hashable) -> bool:
+        return super().can_decide(decider)
+
+    # -- the worker's life ---------------------------------------------------------------
+
+    def load(self) -> None:
+        self.redis.start()
+        super().load()
+
+    def save(self) -> None:
+        super().save()
+        self.redis.close()
+
+
+class RedisBackend(MeshBackend):
+    """The admin's engine on the hub (``engine.BackendEngine``); see the module."""
+
+    def __init__(self, config: Config, members: Members, bus: Callable[[], Bus | None]) -> None:
+        super().__init__(members, bus)
+        #: The admin's script connection (connects on its first call).
+        self.redis = RedisCalls(config.cluster.redis)
+
+    def close(self) -> None:
+        super().close()
+        self.redis.close()
