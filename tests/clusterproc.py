@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import external
 from netns import Network
 from serverproc import terminate
 from toolkit import DEFAULT_ENGINE, timeout, wait_until
@@ -26,6 +27,7 @@ ADMIN_PORT = 9765
 BRIDGE_PORT = 9767
 INGRESS_PORT = 9766
 ACKED_INGRESS_PORT = 9768
+REDIS_PORT = 6379
 API_KEY = "cluster-test-key"
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
@@ -55,10 +57,14 @@ class Host:
         extra: str = "",
         engine: str = DEFAULT_ENGINE,
         redis: str = "",
+        workers: int = 2,
+        heartbeat_interval: float = 0.2,
+        peer_timeout: float = 1.5,
     ) -> None:
         """``redis``: the address of the Redis the hosts join through with ``engine =
         "redis"`` (then ``peers`` and ``key_file`` are unused, and the ``hist`` namespace
-        keeps no history: not served on the hub yet)."""
+        keeps no history: not served on the hub yet). The short default heartbeat and
+        timeout make the tests' failure detection quick; a benchmark passes its own."""
         self.net = net
         self.name = name
         self.address = net.address(name)
@@ -80,7 +86,7 @@ resolve_interval = 1.0
 [server]
 host = "0.0.0.0"
 port = {WS_PORT}
-workers = 2
+workers = {workers}
 drain_timeout = 3
 run_dir = "{directory / "run"}"
 
@@ -104,8 +110,8 @@ allow_plaintext = true
 [cluster]
 engine = "{engine}"
 host_id = "{name}"
-heartbeat_interval = 0.2
-peer_timeout = 1.5
+heartbeat_interval = {heartbeat_interval}
+peer_timeout = {peer_timeout}
 {joining}
 
 {extra}
@@ -141,6 +147,24 @@ presence = true
             terminate(self.proc, group=True)
         if hasattr(self, "_log"):
             self._log.close()
+
+    def processes(self) -> dict[int, str]:
+        """pid -> process title (``shardws: worker 0``, ``shardws: bridge``, ...) of every
+        process of this host now: its process group, the supervisor's (empty if stopped)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        found = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+                if int(stat[2]) == self.proc.pid:  # field 5, the process group
+                    title = Path(entry.path, "cmdline").read_bytes().split(b"\0")[0]
+                    found[int(entry.name)] = title.decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue  # ended meanwhile
+        return found
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -202,3 +226,14 @@ def wait_converged(hosts: list[Host], expected: list[str], limit: float = 20.0) 
         return f"views did not converge on {expected}: {views}\n{logs}"
 
     return wait_until(converged, limit, 0.1, failure)
+
+
+def redis_in(net: Network, name: str, directory: Path) -> subprocess.Popen[bytes]:
+    """A ``redis-server`` in namespace ``name`` on ``REDIS_PORT`` (the hosts' hubs reach it
+    there), no persistence; :class:`Network` kills it on leaving if it still runs."""
+    directory.mkdir()
+    command = [external.require("redis-server"), "--bind", net.address(name)]
+    command += ["--port", str(REDIS_PORT), "--save", "", "--appendonly", "no"]
+    command += ["--protected-mode", "no", "--dir", str(directory)]
+    command += ["--logfile", str(directory / "redis.log")]
+    return net.popen(name, command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -359,6 +359,16 @@ class Network:
                 f"{states[0]}, switch port {states[1]} {states[2]}"
             ) from None
 
+    # --- traffic ----------------------------------------------------------------------------
+
+    def sent_bytes(self) -> dict[str, int]:
+        """Bytes each host has sent onto the switch so far (its port's receive counter,
+        read in the switch namespace in one ``ip`` call). Every byte between hosts is
+        counted once, by its sender; traffic a host makes to itself stays on its loopback."""
+        links = json.loads(_ip("-j", "-s", "-n", self.switch, "link", "show"))
+        received = {link["ifname"]: int(link["stats64"]["rx"]["bytes"]) for link in links}
+        return {host: received[self._port(host)] for host in self.hosts}
+
     # --- running things inside a host -------------------------------------------------------
 
     def popen(self, host: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:

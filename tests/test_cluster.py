@@ -17,14 +17,20 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import external
 import pytest
-from clusterproc import BRIDGE_PORT, INGRESS_PORT, Host, keygen, wait_converged
+from clusterproc import (
+    BRIDGE_PORT,
+    INGRESS_PORT,
+    REDIS_PORT,
+    Host,
+    keygen,
+    redis_in,
+    wait_converged,
+)
 from netns import Network
 from serverproc import terminate
 from toolkit import ENGINES, run, wait_until
@@ -37,7 +43,6 @@ pytestmark = pytest.mark.needs("netns")
 ENGINES = ENGINES  # the cluster's tests run once per engine (conftest.py)
 
 NAMES = ["a", "b", "c"]
-REDIS_PORT = 6379
 
 
 class Cluster:
@@ -64,7 +69,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, engine: str) -> Iterator[C
     with Network([*NAMES, "d", "r"]) as net:
         tmp = tmp_path_factory.mktemp(f"cluster-{engine}")
         nodes = Cluster(net, tmp, engine)
-        redis = _redis_in(net, "r", tmp / "redis") if engine == "redis" else None
+        redis = redis_in(net, "r", tmp / "redis") if engine == "redis" else None
         try:
             for host in nodes.all():
                 host.start()
@@ -75,16 +80,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, engine: str) -> Iterator[C
                 host.stop()
             if redis is not None:
                 terminate(redis)
-
-
-def _redis_in(net: Network, name: str, directory: Path) -> subprocess.Popen[bytes]:
-    """A ``redis-server`` in namespace ``name`` (the hosts' hubs reach it there)."""
-    directory.mkdir()
-    command = [external.require("redis-server"), "--bind", net.address(name)]
-    command += ["--port", str(REDIS_PORT), "--save", "", "--appendonly", "no"]
-    command += ["--protected-mode", "no", "--dir", str(directory)]
-    command += ["--logfile", str(directory / "redis.log")]
-    return net.popen(name, command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 async def _subscribe(clients: list[Client], channel: str) -> None:
