@@ -1,0 +1,622 @@
+"""A fleet on one box: N hosts in network namespaces, joined by each engine in turn, and
+what each costs per unit (not capacities: the box has 2 cores and is shared).
+
+    sudo python -m benchmarks.fleet                         # 16 hosts, every engine
+    sudo python -m benchmarks.fleet --hosts 32 --engines mesh,redis --json /tmp/fleet32.json
+
+Each engine of ``ENGINES`` gets its own network (``tests/netns.py``): ``--hosts`` hosts
+``h0``, ``h1``, ... each a full ``shardws serve`` with one worker (``tests/clusterproc.py``,
+the mesh over CurveZMQ), and a namespace ``r`` for what the hosts join through (a
+``redis-server`` for the hub; empty for the mesh). ``heartbeat_interval`` and
+``peer_timeout`` are the config's defaults unless given. The phases, in order:
+
+1. **idle** (``--idle`` s, no clients): CPU seconds of every host process (supervisor,
+   worker, admin, bus forwarder, bridge or hub; ``/proc/PID/task/*/schedstat``) and of the
+   broker; bytes the hosts sent each other (the switch's port counters: every byte
+   between namespaces, counted once by its sender); Redis commands (``INFO
+   commandstats``).
+2. **subscribe latency**: one client per host subscribes to ``--subscribes`` fresh
+   channels, hosts in turn, one at a time; p50/p99 of the reply's round trip.
+3. **load** (``--window`` s): ``--subscribers`` clients on every host subscribe to one
+   channel; one publisher on each of ``--publishers`` hosts publishes at ``--rate``
+   publications per second in all. CPU, bytes and commands over the window less the
+   idle rate over the same time, per cross-host delivery (a publication reaching a
+   subscriber on another host) and per publication; deliveries missing after a settle.
+4. **a host dies**: the same load; after 1 s the last host is SIGKILLed (every
+   process). How long until every survivor's ``/health`` view has dropped it (polled,
+   all hosts at once; the sweep's duration is the resolution), the survivors' CPU in
+   the ``peer_timeout + 2`` s after the kill against their load-phase rate (without the
+   admin, which answers the polls), and the deliveries the survivors' subscribers
+   missed.
+5. **it comes back**: the killed host is started again; how long until its own view
+   shows it (boot) and until every host's view does.
+
+A figure per engine, and each engine's figures as a ratio of the first engine's (the
+baseline, the mesh) measured in the same run. ``--json PATH`` writes them (the default
+``benchmarks/results/fleet-N.json``). Needs root. Everything it starts is killed by PID and
+every namespace deleted on the way out, failures included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from clusterproc import BRIDGE_PORT, REDIS_PORT, Host, keygen, redis_in  # noqa: E402
+from netns import Network, netns_unavailable  # noqa: E402
+from serverproc import terminate  # noqa: E402
+from wsclient import Client  # noqa: E402
+
+from shardws.server.progress import rss_bytes  # noqa: E402
+from shardws.tools.loadgen import process_cpu_seconds  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+BROKER = "r"  # the namespace of what the hosts join through
+CHANNEL = "fleet"
+
+
+# --- what the hosts join through: one entry per engine ----------------------------------
+
+
+class Broker:
+    """What the hosts of one engine join through, running in namespace ``r``: nothing
+    for the mesh. ``address`` goes into the hosts' ``[cluster.redis]``."""
+
+    address = ""
+
+    def pids(self) -> list[int]:
+        return []
+
+    def stats(self) -> dict[str, int]:
+        """Counters to difference over a phase (bytes, commands by name)."""
+        return {}
+
+    def stop(self) -> None:
+        pass
+
+
+class RedisBroker(Broker):
+    """One ``redis-server`` (``clusterproc.redis_in``)."""
+
+    def __init__(self, net: Network, directory: Path) -> None:
+        self.net = net
+        self.address = f"{net.address(BROKER)}:{REDIS_PORT}"
+        self.proc = redis_in(net, BROKER, directory)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def info(self, section: str) -> str:
+        """``INFO section`` from inside the broker's namespace (``redis-cli``, bounded)."""
+        host, port = self.address.rsplit(":", 1)
+        cli = self.net.popen(
+            BROKER,
+            ["redis-cli", "-h", host, "-p", port, "INFO", section],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = cli.communicate(timeout=10)
+        if cli.returncode != 0 or not out:
+            raise RuntimeError(f"redis-cli INFO {section}: {err.decode()[-500:]}")
+        return out.decode()
+
+    def stats(self) -> dict[str, int]:
+        counters = {
+            f"command:{m[1]}": int(m[2])
+            for m in re.finditer(r"cmdstat_([a-z|]+):calls=(\d+)", self.info("commandstats"))
+        }
+        for line in self.info("stats").splitlines():
+            name, _, value = line.partition(":")
+            if name in ("total_net_input_bytes", "total_net_output_bytes"):
+                counters[name] = int(value)
+        return counters
+
+    def stop(self) -> None:
+        terminate(self.proc)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One way hosts join: its ``[cluster] engine`` value and what starts its broker."""
+
+    name: str
+    engine: str
+    broker: Callable[[Network, Path], Broker]
+
+
+#: The engines compared, the baseline first. A new engine is one more row.
+ENGINES = (
+    Engine("mesh", "mesh", lambda net, directory: Broker()),
+    Engine("redis", "redis", RedisBroker),
+)
+
+
+# --- what one phase costs ---------------------------------------------------------------
+
+
+def _role(title: str) -> str:
+    """``shardws: worker 0`` -> ``worker``; the bridge's and the hub's own names stay.
+    A process without a shardws title (a multiprocessing helper) is ``other``."""
+    if not title.startswith("shardws: "):
+        return "other"
+    return " ".join(w for w in title.removeprefix("shardws: ").split() if not w.isdigit())
+
+
+@dataclass
+class Snapshot:
+    """Counters at one moment: CPU by host and role, bytes each host sent, the broker's."""
+
+    at: float
+    cpu: dict[str, dict[str, float]]
+    broker_cpu: float
+    sent: dict[str, int]
+    broker: dict[str, int]
+
+    @classmethod
+    def take(cls, net: Network, hosts: list[Host], broker: Broker) -> Snapshot:
+        cpu: dict[str, dict[str, float]] = {}
+        for host in hosts:
+            roles = cpu.setdefault(host.name, {})
+            for pid, title in host.processes().items():
+                try:
+                    roles[_role(title)] = roles.get(_role(title), 0.0) + process_cpu_seconds(pid)
+                except (OSError, IndexError, ValueError):
+                    continue  # ended meanwhile
+        broker_cpu = sum(process_cpu_seconds(pid) for pid in broker.pids())
+        return cls(time.monotonic(), cpu, broker_cpu, net.sent_bytes(), broker.stats())
+
+
+@dataclass
+class Span:
+    """What happened between two snapshots."""
+
+    seconds: float
+    cpu: dict[str, dict[str, float]]  # host -> role -> CPU seconds
+    broker_cpu: float
+    sent: dict[str, int]
+    broker: dict[str, int]
+
+    @classmethod
+    def between(cls, start: Snapshot, end: Snapshot) -> Span:
+        cpu = {
+            host: {
+                role: seconds - start.cpu.get(host, {}).get(role, 0.0)
+                for role, seconds in roles.items()
+            }
+            for host, roles in end.cpu.items()
+            if host in start.cpu
+        }
+        return cls(
+            end.at - start.at,
+            cpu,
+            end.broker_cpu - start.broker_cpu,
+            {h: end.sent[h] - start.sent.get(h, 0) for h in end.sent},
+            {k: v - start.broker.get(k, 0) for k, v in end.broker.items()},
+        )
+
+    def host_cpu(self, hosts: list[str] | None = None, without: tuple[str, ...] = ()) -> float:
+        return sum(
+            seconds
+            for host, roles in self.cpu.items()
+            if hosts is None or host in hosts
+            for role, seconds in roles.items()
+            if role not in without
+        )
+
+    def commands(self) -> int:
+        return sum(v for k, v in self.broker.items() if k.startswith("command:"))
+
+
+@contextmanager
+def measured(net: Network, hosts: list[Host], broker: Broker) -> Iterator[list[Span]]:
+    """``with measured(...) as span:`` -- ``span[0]`` is the block's :class:`Span`."""
+    spans: list[Span] = []
+    start = Snapshot.take(net, hosts, broker)
+    yield spans
+    spans.append(Span.between(start, Snapshot.take(net, hosts, broker)))
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+# --- clients ---------------------------------------------------------------------------
+
+
+@dataclass
+class Subscriber:
+    """A client subscribed to the load channel; a task records what it receives."""
+
+    host: str
+    client: Client
+    seen: set[tuple[str, int]] = field(default_factory=set)
+    duplicates: int = 0
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for raw in self.client.ws:
+            message = json.loads(raw)
+            data = message.get("data")
+            if message.get("channel") == CHANNEL and isinstance(data, dict):
+                key = (data["host"], data["n"])
+                if key in self.seen:
+                    self.duplicates += 1
+                self.seen.add(key)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.client.close()
+
+
+async def _publish(
+    publishers: dict[str, Client], rate: float, seconds: float, offset: int = 0
+) -> list[str]:
+    """Publish at ``rate`` per second in all, publishers in turn, for ``seconds``; returns
+    the publishing host of each publication, in order (its number is ``offset`` + its
+    index there)."""
+    made: list[str] = []
+    names = sorted(publishers)
+    started = time.monotonic()
+    for n in range(int(rate * seconds)):
+        delay = started + n / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        host = names[n % len(names)]
+        reply = await publishers[host].call(
+            "publish", channel=CHANNEL, data={"host": host, "n": offset + n}
+        )
+        if reply.get("ok"):
+            made.append(host)
+    return made
+
+
+def _deliveries(
+    subscribers: list[Subscriber], made: list[str], offset: int, among: set[str]
+) -> dict[str, int]:
+    """Expected, received and cross-host deliveries of publications ``made`` (numbered from
+    ``offset``) to the subscribers on hosts ``among``."""
+    expected = received = cross = 0
+    for sub in subscribers:
+        if sub.host not in among:
+            continue
+        for n, host in enumerate(made, offset):
+            expected += 1
+            if (host, n) in sub.seen:
+                received += 1
+                cross += host != sub.host
+    return {"expected": expected, "received": received, "cross_host": cross}
+
+
+async def _settle(subscribers: list[Subscriber], made: list[str], offset: int, among: set[str]):
+    """Wait (up to 5 s) until the subscribers on ``among`` have every publication."""
+    for _ in range(50):
+        counts = _deliveries(subscribers, made, offset, among)
+        if counts["received"] == counts["expected"]:
+            break
+        await asyncio.sleep(0.1)
+    return _deliveries(subscribers, made, offset, among)
+
+
+# --- membership ------------------------------------------------------------------------
+
+
+async def _seen_at(hosts: list[Host], target: str, present: bool, limit: float) -> dict[str, float]:
+    """Poll every host's /health view at once until each shows ``target`` present (or
+    gone); returns host -> the monotonic time of its first sweep that showed it, and
+    records the sweep's duration as ``"sweep_s"`` (the resolution). Bounded by ``limit``."""
+    seen: dict[str, float] = {}
+    sweeps: list[float] = []
+    deadline = time.monotonic() + limit
+    while len(seen) < len(hosts) and time.monotonic() < deadline:
+        started = time.monotonic()
+        waiting = [host for host in hosts if host.name not in seen]
+        views = await asyncio.gather(*(asyncio.to_thread(host.view) for host in waiting))
+        now = time.monotonic()
+        sweeps.append(now - started)
+        for host, (number, ids) in zip(waiting, views, strict=True):
+            if number is not None and (target in ids) == present:
+                seen[host.name] = now
+        await asyncio.sleep(0.02)
+    missing = sorted({host.name for host in hosts} - set(seen))
+    if missing:
+        raise RuntimeError(
+            f"after {limit:.0f} s, {missing} still {'miss' if present else 'see'} {target}"
+        )
+    seen["sweep_s"] = statistics.median(sweeps)
+    return seen
+
+
+# --- one engine ------------------------------------------------------------------------
+
+
+async def _run_phases(
+    net: Network, hosts: list[Host], broker: Broker, args: argparse.Namespace
+) -> dict[str, Any]:
+    names = [host.name for host in hosts]
+    results: dict[str, Any] = {}
+
+    # 1. idle
+    await asyncio.sleep(args.settle)
+    with measured(net, hosts, broker) as idle_span:
+        await asyncio.sleep(args.idle)
+    idle = idle_span[0]
+    per_host = [sum(idle.cpu[n].values()) / idle.seconds for n in names]
+    by_role: dict[str, float] = {}
+    for roles in idle.cpu.values():
+        for role, seconds in roles.items():
+            by_role[role] = by_role.get(role, 0.0) + seconds / idle.seconds / len(names)
+    results["idle"] = {
+        "seconds": round(idle.seconds, 2),
+        "cpu_ms_per_s_per_host": round(statistics.mean(per_host) * 1e3, 2),
+        "cpu_ms_per_s_per_host_max": round(max(per_host) * 1e3, 2),
+        "cpu_ms_per_s_per_host_by_role": {r: round(v * 1e3, 2) for r, v in sorted(by_role.items())},
+        "broker_cpu_ms_per_s": round(idle.broker_cpu / idle.seconds * 1e3, 2),
+        "bytes_per_s_per_host": round(sum(idle.sent.values()) / idle.seconds / len(names)),
+        "broker_commands_per_s": round(idle.commands() / idle.seconds, 1),
+        "rss_mib_per_host": round(
+            sum(rss_bytes(pid) or 0 for h in hosts for pid in h.processes()) / len(hosts) / 2**20,
+            1,
+        ),
+    }
+
+    # 2. subscribe latency
+    probes = await asyncio.gather(*(host.client() for host in hosts))
+    samples: list[float] = []
+    for round_ in range(args.subscribes):
+        for host, probe in zip(names, probes, strict=True):
+            started = time.perf_counter()
+            reply = await probe.call("subscribe", channel=f"fresh-{host}-{round_}")
+            samples.append(time.perf_counter() - started)
+            assert reply.get("ok"), reply
+    for probe in probes:
+        await probe.close()
+    results["subscribe_reply_ms"] = {
+        "p50": round(_percentile(samples, 0.5) * 1e3, 2),
+        "p99": round(_percentile(samples, 0.99) * 1e3, 2),
+        "samples": len(samples),
+    }
+
+    # 3. load
+    subscribers = [
+        Subscriber(host.name, await host.client())
+        for host in hosts
+        for _ in range(args.subscribers)
+    ]
+    for sub in subscribers:
+        assert (await sub.client.call("subscribe", channel=CHANNEL)).get("ok")
+        sub.start()
+    publishers = {host.name: await host.client() for host in hosts[: args.publishers]}
+    with measured(net, hosts, broker) as load_span:
+        made = await _publish(publishers, args.rate, args.window)
+        counts = await _settle(subscribers, made, 0, set(names))
+    load = load_span[0]
+    marginal_cpu = load.host_cpu() - idle.host_cpu() / idle.seconds * load.seconds
+    marginal_bytes = sum(load.sent.values()) - sum(idle.sent.values()) / idle.seconds * load.seconds
+    marginal_commands = load.commands() - idle.commands() / idle.seconds * load.seconds
+    cross = max(1, counts["cross_host"])
+    results["load"] = {
+        "seconds": round(load.seconds, 2),
+        "publications": len(made),
+        "deliveries": counts,
+        "lost": counts["expected"] - counts["received"],
+        "duplicates": sum(sub.duplicates for sub in subscribers),
+        "server_cpu_us_per_cross_host_delivery": round(marginal_cpu / cross * 1e6, 1),
+        "server_cpu_us_per_publication": round(marginal_cpu / max(1, len(made)) * 1e6, 1),
+        "broker_cpu_us_per_publication": round(
+            (load.broker_cpu - idle.broker_cpu / idle.seconds * load.seconds)
+            / max(1, len(made))
+            * 1e6,
+            1,
+        ),
+        "bytes_between_hosts_per_publication": round(marginal_bytes / max(1, len(made))),
+        "bytes_between_hosts_per_cross_host_delivery": round(marginal_bytes / cross, 1),
+        "broker_commands_per_publication": round(marginal_commands / max(1, len(made)), 2),
+        "broker_commands_by_name": {
+            k.removeprefix("command:"): v
+            for k, v in sorted(load.broker.items())
+            if k.startswith("command:") and v
+        },
+        "broker_net_bytes": {k: v for k, v in load.broker.items() if not k.startswith("command:")},
+    }
+    load_rate = {  # survivors' CPU per second under load, without the admin
+        n: sum(s for r, s in load.cpu[n].items() if r != "admin") / load.seconds for n in names
+    }
+
+    # 4. a host dies under the same load
+    victim = hosts[-1]
+    survivors = hosts[:-1]
+    survivor_names = {host.name for host in survivors}
+    offset = int(args.rate * args.window)
+    window = 1.0 + args.peer_timeout + 2.0
+    publishing = asyncio.create_task(_publish(publishers, args.rate, window, offset))
+    await asyncio.sleep(1.0)
+    with measured(net, survivors, broker) as after_span:
+        await asyncio.to_thread(victim.kill)
+        killed = time.monotonic()
+        gone = await _seen_at(survivors, victim.name, False, args.peer_timeout * 3 + 10)
+        await asyncio.sleep(max(0.0, killed + args.peer_timeout + 2.0 - time.monotonic()))
+    after = after_span[0]
+    made_during = await publishing
+    counts = await _settle(subscribers, made_during, offset, survivor_names)
+    excess = (
+        after.host_cpu(without=("admin",))
+        - sum(load_rate[n] for n in survivor_names) * after.seconds
+    )
+    detected = [t - killed for n, t in gone.items() if n != "sweep_s"]
+    results["host_killed"] = {
+        "seen_gone_by_all_s": round(max(detected), 2),
+        "seen_gone_by_all_over_peer_timeout": round(max(detected) / args.peer_timeout, 2),
+        "seen_gone_median_s": round(statistics.median(detected), 2),
+        "poll_sweep_s": round(gone["sweep_s"], 3),
+        "survivors_cpu_s_after": round(after.host_cpu(without=("admin",)), 3),
+        "survivors_excess_cpu_ms_per_host": round(excess / len(survivors) * 1e3, 2),
+        "window_s": round(after.seconds, 2),
+        "publications": len(made_during),
+        "deliveries_to_survivors": counts,
+        "lost": counts["expected"] - counts["received"],
+    }
+
+    # 5. it comes back
+    started = time.monotonic()
+    victim.start()
+    own = await _seen_at([victim], victim.name, True, 60)
+    everyone = await _seen_at(hosts, victim.name, True, 60)
+    joined = max(t for n, t in everyone.items() if n != "sweep_s")
+    results["host_joined"] = {
+        "own_view_after_start_s": round(own[victim.name] - started, 2),
+        "seen_by_all_after_start_s": round(joined - started, 2),
+        "seen_by_all_after_own_view_s": round(joined - own[victim.name], 2),
+        "seen_by_all_after_own_view_over_heartbeat": round(
+            (joined - own[victim.name]) / args.heartbeat_interval, 2
+        ),
+        "poll_sweep_s": round(everyone["sweep_s"], 3),
+    }
+    for sub in subscribers:
+        await sub.close()
+    for publisher in publishers.values():
+        await publisher.close()
+    return results
+
+
+def run_engine(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase on one fresh network of ``args.hosts`` hosts joined by ``engine``."""
+    names = [f"h{i}" for i in range(args.hosts)]
+    with tempfile.TemporaryDirectory() as tmp, Network([*names, BROKER]) as net:
+        directory = Path(tmp)
+        key = keygen(directory / "cluster") if engine.engine == "mesh" else None
+        peers = [f"{net.address(name)}:{BRIDGE_PORT}" for name in names]
+        broker = engine.broker(net, directory / "broker")
+        hosts = [
+            Host(
+                net,
+                name,
+                directory / name,
+                peers,
+                key,
+                engine=engine.engine,
+                redis=broker.address,
+                workers=1,
+                heartbeat_interval=args.heartbeat_interval,
+                peer_timeout=args.peer_timeout,
+            )
+            for name in names
+        ]
+        try:
+            started = time.monotonic()
+            for host in hosts:
+                host.start()
+            converged = asyncio.run(_converged(hosts, names, 60 + 3 * args.hosts))
+            results: dict[str, Any] = {"all_started_and_converged_s": round(converged - started, 2)}
+            results.update(asyncio.run(_run_phases(net, hosts, broker, args)))
+            return results
+        finally:
+            for host in hosts:
+                host.stop()
+            broker.stop()
+
+
+async def _converged(hosts: list[Host], names: list[str], limit: float) -> float:
+    """Wait until every host sees all ``names`` under one view number; returns when."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        views = await asyncio.gather(*(asyncio.to_thread(host.view) for host in hosts))
+        if len({v for v, _ in views}) == 1 and all(ids == sorted(names) for _, ids in views):
+            return time.monotonic()
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{len(hosts)} hosts did not converge within {limit:.0f} s")
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+#: What a phase counted rather than measured: no ratio for these.
+COUNTS = {"seconds", "window_s", "samples", "publications", "deliveries", "poll_sweep_s"}
+COUNTS |= {"deliveries_to_survivors", "broker_commands_by_name", "broker_net_bytes"}
+
+
+def _ratios(baseline: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """other / baseline for every figure both have (nested), where the baseline is not 0."""
+    ratios: dict[str, Any] = {}
+    for key, value in other.items():
+        base = baseline.get(key)
+        if key in COUNTS:
+            continue
+        if isinstance(value, dict) and isinstance(base, dict):
+            inner = _ratios(base, value)
+            if inner:
+                ratios[key] = inner
+        elif isinstance(value, int | float) and isinstance(base, int | float) and base:
+            ratios[key] = round(value / base, 3)
+    return ratios
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=16, help="hosts per engine (default 16)")
+    parser.add_argument(
+        "--engines",
+        default=",".join(e.name for e in ENGINES),
+        help=f"comma-separated, of {[e.name for e in ENGINES]}; the first is the baseline",
+    )
+    parser.add_argument("--idle", type=float, default=10.0, help="idle window, seconds")
+    parser.add_argument("--window", type=float, default=10.0, help="load window, seconds")
+    parser.add_argument("--rate", type=float, default=20.0, help="publications per second")
+    parser.add_argument("--subscribers", type=int, default=2, help="per host")
+    parser.add_argument("--publishers", type=int, default=2, help="hosts that publish")
+    parser.add_argument("--subscribes", type=int, default=10, help="fresh channels per host")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds before idle")
+    parser.add_argument("--heartbeat-interval", type=float, default=0.5)
+    parser.add_argument("--peer-timeout", type=float, default=3.0)
+    parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/)")
+    args = parser.parse_args()
+    known = {engine.name: engine for engine in ENGINES}
+    chosen = [name for name in args.engines.split(",") if name]
+    unknown = [name for name in chosen if name not in known]
+    if unknown or not chosen:
+        parser.error(f"--engines: unknown {unknown}; known: {sorted(known)}")
+    if args.hosts < 2 or args.publishers >= args.hosts:
+        parser.error("--hosts must be >= 2 and exceed --publishers (the last host is killed)")
+    reason = netns_unavailable()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    engines: dict[str, Any] = {}
+    for name in chosen:
+        print(f"{name}: {args.hosts} hosts ...", file=sys.stderr, flush=True)
+        engines[name] = run_engine(known[name], args)
+    baseline = engines[chosen[0]]
+    report = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "engines": engines,
+        f"ratio_to_{chosen[0]}": {n: _ratios(baseline, engines[n]) for n in chosen[1:]},
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    path = args.json or RESULTS / f"fleet-{args.hosts}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
