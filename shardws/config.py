@@ -1243,7 +1243,7 @@ class Config:
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning sections: ``(key, reason)`` per violation."""
         if self.cluster.engine == "redis":
-            # docs/cluster.md: history and Pusher come to the hub with their own issues.
+            # docs/cluster.md: history comes to the hub with its own issue.
             for name, namespace in self.namespaces.items():
                 if namespace.history_size:
                     yield (
@@ -1251,12 +1251,6 @@ class Config:
                         'history is not served on the hub yet ([cluster] engine = "redis");'
                         ' use engine = "mesh" or history_size = 0',
                     )
-            if self.pusher.apps:
-                yield (
-                    "pusher.apps",
-                    'the Pusher front is not served on the hub yet ([cluster] engine = "redis");'
-                    ' use engine = "mesh"',
-                )
         echo = self.diagnostics.echo_path
         if echo and echo == self.server.path:
             yield "diagnostics.echo_path", f"must differ from [server] path ({echo!r})"

@@ -929,11 +929,6 @@ def test_redis_hub(tmp_path: Path) -> None:
         (_HUB + 'peers = ["b:9767"]', "cluster.peers", "the mesh's"),
         ('[cluster.redis]\naddress = "r:6379"', "cluster.redis", 'engine = "redis"'),
         (_HUB + "[namespaces.hist]\nhistory_size = 10", "namespaces.hist.history_size", "hub yet"),
-        (
-            _HUB + '[[pusher.apps]]\nid = "1"\nkey = "k"\nsecret = "pusher-secret-0123456789"\n',
-            "pusher.apps",
-            "not served on the hub yet",
-        ),
     ],
 )
 def test_redis_hub_errors(toml: str, key: str, detail: str) -> None:

@@ -751,7 +751,6 @@ def _as_user(endpoint: AuthEndpoint, port: int, user: str) -> Any:
     return pusher_clients("app-key", port, 1, auth_endpoint=endpoint.url, authParams={"user": user})
 
 
-@pytest.mark.engines("mesh")  # the Pusher front is not served on the hub yet
 def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path, engine: str) -> None:
     """Two hosts on loopback: an event triggered on host b's admin reaches pusher-js on
     host a; counts and presence users are cluster-wide; one user on both hosts is
@@ -1097,7 +1096,6 @@ def _children(pid: int) -> list[int]:
     return [int(line) for line in out.split()]
 
 
-@pytest.mark.engines("mesh")  # the Pusher front is not served on the hub yet
 def test_a_host_that_blinks_out_of_the_view_keeps_its_members(tmp_path: Path, engine: str) -> None:
     """Host b is stopped (SIGSTOP) long enough to drop out of host a's view, then resumed:
     the room's owner, on host a, keeps b's members through the blink (``REMOTE_GRACE``),

@@ -283,7 +283,6 @@ def test_a_dead_receiver_never_blocks_delivery_and_old_events_are_dropped(
         assert _metric(proc, "shardws_pusher_webhook_failed_requests_total", app="1") >= 1
 
 
-@pytest.mark.engines("mesh")  # the Pusher front is not served on the hub yet
 def test_a_host_taken_for_gone_and_back_vacates_then_occupies_again(
     tmp_path: Path, engine: str
 ) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardws.server.mesh import MeshBackend, MeshEngine
 from shardws.server.redisconn import RedisCalls
+from shardws.server.redispusher import PusherInRedis, RedisPusher, RedisPusherReader
 
 if TYPE_CHECKING:
     from shardws.bus.host import Bus
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from shardws.shm.view import Members
 
 
-class RedisEngine(MeshEngine):
+class RedisEngine(PusherInRedis, MeshEngine):
     """A worker's engine on the hub (``engine.WorkerEngine``); see the module."""
 
     def __init__(
@@ -50,6 +51,9 @@ class RedisEngine(MeshEngine):
         super().__init__(host, answer_local, webhook, occupied_here)
         #: This worker's script connection, shared by history, presence and Pusher.
         self.redis = RedisCalls(config.cluster.redis)
+        self.pusher: RedisPusher = RedisPusher(
+            self.redis, config.cluster.redis.prefix, host.member, host, webhook
+        )
 
     # -- presence (server.redispresence plugs in here) -------------------------------------
 
@@ -62,10 +66,10 @@ class RedisEngine(MeshEngine):
     # -- deciders of Pusher channels (server.redispusher plugs in here) --------------------
 
     def decider(self, channel: str) -> Hashable:
-        return super().decider(channel)
+        return self.pusher.decider(channel)
 
     def can_decide(self, decider: Hashable) -> bool:
-        return super().can_decide(decider)
+        return self.pusher.can_decide()
 
     # -- the worker's life ---------------------------------------------------------------
 
@@ -73,18 +77,23 @@ class RedisEngine(MeshEngine):
         self.redis.start()
         super().load()
 
+    def on_heartbeat(self, now: float, retell: Callable[[], None]) -> None:
+        self.pusher.on_heartbeat(now)
+        super().on_heartbeat(now, retell)
+
     def save(self) -> None:
         super().save()
         self.redis.close()
 
 
-class RedisBackend(MeshBackend):
+class RedisBackend(PusherInRedis, MeshBackend):
     """The admin's engine on the hub (``engine.BackendEngine``); see the module."""
 
     def __init__(self, config: Config, members: Members, bus: Callable[[], Bus | None]) -> None:
         super().__init__(members, bus)
         #: The admin's script connection (connects on its first call).
         self.redis = RedisCalls(config.cluster.redis)
+        self.pusher = RedisPusherReader(self.redis, config.cluster.redis.prefix)
 
     def close(self) -> None:
         super().close()

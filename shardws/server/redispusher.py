@@ -60,7 +60,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from shardws.pure.control import (
     OwnerReply,
@@ -81,12 +81,16 @@ from shardws.pure.control import (
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.pusher.channels import pusher_name
 from shardws.pure.pusher.webhooks import WebhookEvent
+from shardws.server.engine import ASK_TIMEOUT
+from shardws.server.mesh import MeshClient
 from shardws.server.redisconn import RedisUnavailable, Script
 
 if TYPE_CHECKING:
     from shardws.server.redisconn import RedisCalls
 
 log = logging.getLogger("shardws.pusher.redis")
+
+_ReplyT = TypeVar("_ReplyT", bound=OwnerReply)
 
 #: Seconds a holder's entries live after its last refresh.
 TTL = 20.0
@@ -356,7 +360,7 @@ class RedisPusherReader:
         """Whether ``request`` is answered from Redis (the Pusher owner operations)."""
         return isinstance(request, REDIS_PUSHER_REQUESTS)
 
-    async def ask(self, request: OwnerRequest[Any], timeout: float) -> OwnerReply | None:
+    async def ask(self, request: OwnerRequest[_ReplyT], timeout: float) -> _ReplyT | None:
         """The answer to a Pusher owner operation, or None when Redis did not answer in
         ``timeout`` seconds (whatever it decided is still announced)."""
         call = self._call(request)
@@ -368,7 +372,7 @@ class RedisPusherReader:
         except (RedisUnavailable, TimeoutError) as exc:
             log.debug("pusher %s: Redis did not answer: %s", request.op, exc)
             return None
-        return reply_of(answer)
+        return cast("_ReplyT", reply_of(answer))
 
     def tell(self, request: OwnerRequest[Any]) -> None:
         """:meth:`ask` with nobody waiting (notifications: a cache put, a restore)."""
@@ -406,6 +410,27 @@ def _consume(future: asyncio.Future[Any]) -> None:
     """Retrieve a told request's outcome (a failure is logged, never raised)."""
     if not future.cancelled() and future.exception() is not None:
         log.debug("pusher notification: %s", future.exception())
+
+
+class PusherInRedis(MeshClient):
+    """The engines' part on the hub (``server.redisengine``): the Pusher owner
+    operations asked of a channel's decider are answered from Redis (``pusher``), the
+    others as the mesh answers them."""
+
+    pusher: RedisPusherReader
+
+    async def ask(
+        self, channel: str, request: OwnerRequest[_ReplyT], timeout: float = ASK_TIMEOUT
+    ) -> _ReplyT | None:
+        if self.pusher.handles(request):
+            return await self.pusher.ask(request, timeout)
+        return await super().ask(channel, request, timeout)
+
+    def tell(self, channel: str, request: OwnerRequest[Any]) -> None:
+        if self.pusher.handles(request):
+            self.pusher.tell(request)
+        else:
+            super().tell(channel, request)
 
 
 class Announcer(Protocol):
@@ -446,7 +471,7 @@ class RedisPusher(RedisPusherReader):
         ttl_ms = int(TTL * 1000)
         if isinstance(request, PusherJoinRequest):
             channel = request.channel
-            args = (
+            args: tuple[Any, ...] = (
                 self.holder,
                 request.socket_id,
                 request.user_id,
