@@ -909,6 +909,14 @@ def test_redis_hub(tmp_path: Path) -> None:
     assert inline.cluster.redis.secret() == password and password not in dump_config(inline)
 
 
+def test_pusher_apps_are_served_on_the_hub() -> None:
+    """Pusher rosters, occupancy and cache channels are decided in Redis on the hub
+    (``server.redispusher``): check-config accepts Pusher apps there."""
+    app = '[[pusher.apps]]\nid = "1"\nkey = "k"\nsecret = "pusher-secret-0123456789"\n'
+    cfg = parse_config(_HUB + app, "f")
+    assert cfg.cluster.engine == "redis" and cfg.pusher.apps[0].id == "1"
+
+
 @pytest.mark.parametrize(
     ("toml", "key", "detail"),
     [

@@ -115,6 +115,7 @@ BEHIND_THE_SEAM = {
     "shardws.server.redishub",  # the Redis hub's cross-host process
     "shardws.server.redisconn",  # the Redis engine's connections
     "shardws.server.redisengine",  # the Redis engine
+    "shardws.server.redispusher",  # ... its Pusher rosters, occupancy, cache
     "shardws.server.crosshost",  # what the bridge and the hub share
     "shardws.bus.requests",  # asking members through their inboxes
 }
