@@ -54,6 +54,7 @@ class RedisEngine(PusherInRedis, MeshEngine):
         self.pusher: RedisPusher = RedisPusher(
             self.redis, config.cluster.redis.prefix, host.member, host, webhook
         )
+        self._pusher_apps = bool(config.pusher.apps)
 
     # -- presence (server.redispresence plugs in here) -------------------------------------
 
@@ -78,7 +79,8 @@ class RedisEngine(PusherInRedis, MeshEngine):
         super().load()
 
     def on_heartbeat(self, now: float, retell: Callable[[], None]) -> None:
-        self.pusher.on_heartbeat(now)
+        if self._pusher_apps:  # refreshes and sweeps (a reload replaces the process)
+            self.pusher.on_heartbeat(now)
         super().on_heartbeat(now, retell)
 
     def save(self) -> None:
