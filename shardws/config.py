@@ -782,6 +782,12 @@ class RedisConfig:
     #: Longest wait between two reconnection attempts (the wait doubles from 0.1 s up to
     #: it), > 0. Default 2.
     reconnect_max: float = option(2.0, gt=0, unit="seconds")
+    #: Seconds a native presence member stays listed after the last refresh by the
+    #: worker holding its connection, between 1 and 3600: the bound within which a
+    #: SIGKILLed worker's or a lost host's members disappear (docs/guarantees.md,
+    #: "Presence"). Each worker refreshes what it holds every third of it, one script
+    #: per channel. Default 30.
+    presence_ttl: float = option(30.0, ge=1, le=3600, unit="seconds")
     #: The content of ``password_file``, read at load. Not a TOML key.
     password_from_file: str = option("", toml=False, secret=True)
 

@@ -86,9 +86,10 @@ def free_port() -> int:
 def with_engine(extra: str, engine: str, group: str = "") -> str:
     """``extra`` (TOML tables) with ``[cluster] engine`` set: in its ``[cluster]`` table
     when it has one (TOML allows a table once), else in a table of its own. An engine
-    that carries a Redis address (``redisproc.EngineRun``) gets ``[cluster.redis]`` too,
-    with a key prefix of its own per ``group`` (the servers of one cluster share it), so
-    the clusters of a session's tests never hear each other on the one Redis."""
+    that carries a Redis address (``redisproc.EngineRun``) gets ``[cluster.redis]`` too
+    (in ``extra``'s own when it has one), with a key prefix of its own per ``group`` (the
+    servers of one cluster share it), so the clusters of a session's tests never hear
+    each other on the one Redis."""
     line = f'engine = "{engine}"'
     if "[cluster]\n" in extra:
         extra = extra.replace("[cluster]\n", f"[cluster]\n{line}\n", 1)
@@ -97,7 +98,11 @@ def with_engine(extra: str, engine: str, group: str = "") -> str:
     redis = getattr(engine, "redis", "")
     if redis:
         prefix = "t" + hashlib.sha1(group.encode()).hexdigest()[:12] + ":"
-        extra += f'\n[cluster.redis]\naddress = "{redis}"\nprefix = "{prefix}"\n'
+        lines = f'address = "{redis}"\nprefix = "{prefix}"\n'
+        if "[cluster.redis]\n" in extra:  # the test's own keys (e.g. presence_ttl)
+            extra = extra.replace("[cluster.redis]\n", f"[cluster.redis]\n{lines}", 1)
+        else:
+            extra += f"\n[cluster.redis]\n{lines}"
     return extra
 
 

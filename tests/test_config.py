@@ -924,6 +924,8 @@ def test_pusher_apps_are_served_on_the_hub() -> None:
         (_HUB + '[cluster.redis]\naddress = "nowhere"', "cluster.redis.address", '"HOST:PORT"'),
         (_HUB + '[cluster.redis]\nprefix = "a b"', "cluster.redis.prefix", "letters"),
         (_HUB + "[cluster.redis]\ntimeout = 0", "cluster.redis.timeout", "> 0"),
+        (_HUB + "[cluster.redis]\npresence_ttl = 0.5", "cluster.redis.presence_ttl", "1..3600"),
+        (_HUB + "[cluster.redis]\npresence_ttl = 7200", "cluster.redis.presence_ttl", "1..3600"),
         (
             _HUB + '[cluster.redis]\nsentinels = ["s:26379"]',
             "cluster.redis.master_name",

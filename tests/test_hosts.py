@@ -35,6 +35,10 @@ secret = "{SECRET}"
 
 [namespaces.room]
 presence = true
+
+[namespaces.lobby]
+presence = true
+join_leave = true
 """
 
 Hosts = tuple[ServerProcess, ServerProcess]
@@ -179,6 +183,49 @@ def test_channels_and_presence_count_every_host(hosts: Hosts) -> None:
             assert presence["complete"] and presence["clients"] == 3, presence
             assert sorted(m["user"] for m in presence["members"]) == ["alice", "bob", "carol"]
         for each in [*on_a, *on_b]:
+            await each.close()
+
+    run(scenario())
+
+
+def test_presence_ops_list_every_host_and_join_leave_cross_once(hosts: Hosts) -> None:
+    """The ``presence`` and ``presence_stats`` ops: from the workers at each call on the
+    mesh, from Redis on the hub (``tests/test_redispresence.py`` for its faults)."""
+    a, b = hosts
+    channel = "lobby:main"
+
+    async def listed(asker: Client) -> set[str]:
+        reply = await asker.call("presence", channel=channel)
+        assert reply["ok"], reply
+        return {member["client"] for member in reply["members"]}
+
+    async def scenario() -> None:
+        watchers = [await client(a), await client(b)]
+        await subscribe(watchers, channel)
+        alice, carol = await client(a, "alice"), await client(b, "carol")
+        await subscribe([alice, carol], channel)
+        everyone = {each.client_id for each in [*watchers, alice, carol]}
+        for asker in (alice, carol):  # a subscribe's ok means listed on every host
+            assert await listed(asker) == everyone
+            stats = await asker.call("presence_stats", channel=channel)
+            assert (stats["clients"], stats["users"]) == (4, 2), stats
+        assert (await carol.call("unsubscribe", channel=channel))["ok"]
+        for _ in range(50):  # the leave's write may still be on its way
+            if await listed(alice) == everyone - {carol.client_id}:
+                break
+            await asyncio.sleep(0.1)
+        assert await listed(alice) == everyone - {carol.client_id}
+        expected = {("join", alice.client_id), ("join", carol.client_id)}
+        expected.add(("leave", carol.client_id))
+        for watcher in watchers:
+            seen = []
+            while not expected <= set(seen):
+                push = await watcher.next_push()
+                if push["client"] not in {w.client_id for w in watchers}:
+                    seen.append((push["type"], push["client"]))
+            await quiet(watcher)
+            assert sorted(seen) == sorted(expected)  # each once
+        for each in [*watchers, alice, carol]:
             await each.close()
 
     run(scenario())

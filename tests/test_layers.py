@@ -116,6 +116,7 @@ BEHIND_THE_SEAM = {
     "shardws.server.redisconn",  # the Redis engine's connections
     "shardws.server.redisengine",  # the Redis engine
     "shardws.server.redispusher",  # ... its Pusher rosters, occupancy, cache
+    "shardws.server.redispresence",  # the Redis engine's native presence
     "shardws.server.crosshost",  # what the bridge and the hub share
     "shardws.bus.requests",  # asking members through their inboxes
 }

@@ -32,10 +32,13 @@ mesh  the bridge process of each host: the host    the channel's owner worker
       waits for the relays (``server.bridge``)     (history, presence), ``server.pusherowner``
                                                    (Pusher rosters, occupancy, cache); asked
                                                    through its bus inbox (``pure.control``)
-redis the hub process of each host: the host       the mesh's owner workers, over the view the
-      bus to and from one Redis (pub/sub), a       hubs build from heartbeats through Redis
-      barrier answered once Redis confirms the     (history and Pusher channels not served yet:
-      subscription (``server.redishub``)           ``check-config`` refuses them)
+redis the hub process of each host: the host       Redis for native presence, each worker
+      bus to and from one Redis (pub/sub), a       keeping its members there
+      barrier answered once Redis confirms the     (``server.redispresence``); the rest: the
+      subscription (``server.redishub``)           mesh's owner workers, over the view the
+                                                   hubs build from heartbeats through Redis
+                                                   (history and Pusher channels not served yet:
+                                                   ``check-config`` refuses them)
 ====  ===========================================  ============================================
 
 Guarantees every engine gives (``docs/guarantees.md`` states them for users):
@@ -245,6 +248,16 @@ class WorkerEngine(Engine, Protocol):
 
     def announce(self, channel: str, kind: Kind, conn: Connection) -> None:
         """A join or leave of ``conn`` to the channel's subscribers on every worker."""
+        ...
+
+    def present(self, channel: str, conn: Connection, here: bool) -> asyncio.Future[bool] | None:
+        """``conn`` joined (``here``) or left the presence channel ``channel`` (every
+        subscriber of a ``presence = true`` namespace, whatever the reason it leaves):
+        for an engine that keeps presence outside the workers (the hub: in Redis). A
+        join's future is True once every worker's ``presence`` lists ``conn`` (a plain
+        subscribe's ok waits for it; False refuses it like a barrier that failed); None:
+        nothing to wait for. The mesh gathers presence from the workers at each call and
+        has nothing to do."""
         ...
 
     def forget(self, channel: str) -> None:

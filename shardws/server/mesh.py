@@ -236,6 +236,9 @@ class MeshEngine(MeshClient):
     def announce(self, channel: str, kind: Kind, conn: Connection) -> None:
         self.owners.announce(channel, kind, conn)
 
+    def present(self, channel: str, conn: Connection, here: bool) -> asyncio.Future[bool] | None:
+        return None  # presence is each worker's hub, gathered at each call
+
     def forget(self, channel: str) -> None:
         self.owners.tracker.forget(channel)
 

@@ -9,8 +9,9 @@ mesh's classes and take over only what Redis decides. Each process holds one
 shared by the parts below:
 
 * history channels -- decided and kept in Redis (``server.redishistory``);
-* native presence -- ``server.redispresence`` (plugs in at :meth:`RedisEngine.presence`
-  and :meth:`RedisEngine.announce`);
+* native presence -- kept in Redis by ``server.redispresence`` (:meth:`RedisEngine.present`
+  and the refresh in :meth:`RedisEngine.on_heartbeat`; read by :meth:`RedisEngine.presence`);
+  joins and leaves still travel on the channel's bus topic (the mesh's ``announce``);
 * Pusher rosters, occupancy and cache -- ``server.redispusher`` (plugs in at
   :meth:`RedisEngine.decider`, :meth:`RedisEngine.can_decide`, :meth:`RedisEngine.ask`,
   :meth:`RedisEngine.tell`).
@@ -20,17 +21,18 @@ What is not taken over here is the mesh's, unchanged.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from shardws.server.mesh import MeshBackend, MeshEngine
 from shardws.server.redisconn import RedisCalls
+from shardws.server.redispresence import RedisPresence
 from shardws.server.redispusher import PusherInRedis, RedisPusher, RedisPusherReader
 
 if TYPE_CHECKING:
     from shardws.bus.host import Bus
     from shardws.config import Config
-    from shardws.pure.publication import Kind
     from shardws.pure.pusher.webhooks import WebhookEvent
     from shardws.server.engine import Connection
     from shardws.server.mesh import MeshHost
@@ -55,14 +57,16 @@ class RedisEngine(PusherInRedis, MeshEngine):
             self.redis, config.cluster.redis.prefix, host.member, host, webhook
         )
         self._pusher_apps = bool(config.pusher.apps)
+        #: Native presence, kept in Redis (join and leave still cross on the bus).
+        self.native_presence = RedisPresence(self.redis, config.cluster.redis)
 
-    # -- presence (server.redispresence plugs in here) -------------------------------------
+    # -- presence (server.redispresence) ---------------------------------------------------
 
     def presence(self, conn: Connection, command_id: int | None, channel: str, stats: bool) -> None:
-        super().presence(conn, command_id, channel, stats)
+        self.native_presence.answer(conn, command_id, channel, stats)
 
-    def announce(self, channel: str, kind: Kind, conn: Connection) -> None:
-        super().announce(channel, kind, conn)
+    def present(self, channel: str, conn: Connection, here: bool) -> asyncio.Future[bool] | None:
+        return self.native_presence.present(channel, conn, here)
 
     # -- deciders of Pusher channels (server.redispusher plugs in here) --------------------
 
@@ -82,6 +86,7 @@ class RedisEngine(PusherInRedis, MeshEngine):
         if self._pusher_apps:  # refreshes and sweeps (a reload replaces the process)
             self.pusher.on_heartbeat(now)
         super().on_heartbeat(now, retell)
+        self.native_presence.on_tick(now)  # refresh what this worker holds, when due
 
     def save(self) -> None:
         super().save()

@@ -669,7 +669,7 @@ class Worker:
             return
         for channel in conn.channels:
             self.hub.remove(channel, conn)
-            self._announce_leave(channel, conn)
+            self._left(channel, conn)
         conn.channels.clear()
         self._leave_user(conn)
 
@@ -722,10 +722,13 @@ class Worker:
             self.taps.subscribed(channel, conn)
         if options.join_leave:
             self.engine.announce(channel, Kind.JOIN, conn)
+        listed = self.engine.present(channel, conn, here=True) if options.presence else None
         if options.history_size:
             self.engine.subscribe_sequenced(conn, command_id, channel, subscribe.since)
             return
         live = self.hub.add(channel, conn, conn.sink)
+        if listed is not None:  # ok means listed too (presence kept outside the workers)
+            live = _both(live, listed)
         if live.done():
             self._answer_subscribe(conn, command_id, channel, live)
         else:
@@ -754,14 +757,14 @@ class Worker:
         self.not_live += 1
         conn.channels.discard(channel)
         self.hub.remove(channel, conn)
-        self._announce_leave(channel, conn)
+        self._left(channel, conn)
         conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, NOT_LIVE_MESSAGE))
 
     def _unsubscribe(self, conn: Connection, unsubscribe: Unsubscribe) -> None:
         self.hub.remove(unsubscribe.channel, conn)
         if self.taps.open:
             self.taps.subscribed(unsubscribe.channel, conn, subscribed=False)
-        self._announce_leave(unsubscribe.channel, conn)
+        self._left(unsubscribe.channel, conn)
         conn.send(unsubscribe.reply)
 
     def _publish(self, conn: Connection, publish: Publish) -> None:
@@ -793,10 +796,16 @@ class Worker:
         stats[Column.MESSAGES_OUT] += 1
         conn.send_message(payload, binary)
 
-    def _announce_leave(self, channel: str, conn: Connection) -> None:
+    def _left(self, channel: str, conn: Connection) -> None:
+        """``conn`` left ``channel`` (unsubscribed, disconnected, refused): its leave is
+        announced and it leaves the channel's presence where the namespace says so."""
         options = self.config.namespaces.get(protocol.namespace_of(channel))
-        if options is not None and options.join_leave:
+        if options is None:
+            return
+        if options.join_leave:
             self.engine.announce(channel, Kind.LEAVE, conn)
+        if options.presence:
+            self.engine.present(channel, conn, here=False)
 
     def stats_publication(self) -> None:
         self.stats[Column.PUBLISHES] += 1
@@ -970,6 +979,23 @@ def _stall(target: bytes) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
+
+
+def _both(first: asyncio.Future[bool], second: asyncio.Future[bool]) -> asyncio.Future[bool]:
+    """True once both futures are True; False as soon as one is False (or cancelled)."""
+    both: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def settle(_: asyncio.Future[bool]) -> None:
+        if both.done():
+            return
+        if any(f.done() and (f.cancelled() or not f.result()) for f in (first, second)):
+            both.set_result(False)
+        elif first.done() and second.done():
+            both.set_result(True)
+
+    first.add_done_callback(settle)
+    second.add_done_callback(settle)
+    return both
 
 
 def _wire_of(conn: Connection, channel: str) -> WireFormat:
