@@ -200,14 +200,9 @@ class ExpiringSets:
         self._flush_scheduled = False
         self._next_refresh = 0.0
         self._was_up = False
-        #: Scripts sent, members written by refreshes, writes that failed (counters).
+        #: Scripts sent, and writes that failed (counters).
         self.scripts = 0
-        self.refreshed = 0
         self.failed = 0
-
-    def held(self, keys: SetKeys) -> dict[str, bytes]:
-        """The members this process holds in ``keys`` (do not modify)."""
-        return self._held.get(keys, {})
 
     def put(self, keys: SetKeys, member: str, value: bytes) -> asyncio.Future[bool]:
         """Hold ``member`` in ``keys``: a future that is True once Redis has it, False
@@ -298,7 +293,6 @@ class ExpiringSets:
             drops = [m for m, v in pending.get(keys, {}).items() if v is None and m not in held]
             if held or drops:
                 self._write(keys, held, drops)
-                self.refreshed += len(held)
         for waiters in self._waiters.values():  # put and dropped since: nothing to wait
             _settle(waiters, None)
         self._waiters.clear()
