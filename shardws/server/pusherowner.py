@@ -88,7 +88,7 @@ from shardws.pure.pusher.channels import app_of, incarnation_of, member_of, push
 from shardws.pure.pusher.occupancy import Occupancy
 from shardws.pure.pusher.presence import Full, Roster
 from shardws.pure.pusher.session import PresenceMember
-from shardws.pure.pusher.webhooks import WebhookEvent
+from shardws.pure.pusher.webhooks import WebhookEvent, member_event
 from shardws.server.engine import ASK_TIMEOUT
 from shardws.shm.scoreboard import Column
 
@@ -249,11 +249,10 @@ class PusherOwner:
 
     def _announce(self, channel: str, publication: Publication) -> None:
         self.worker.publish_publication(channel, publication)
-        name = "member_added" if publication.kind is Kind.JOIN else "member_removed"
-        self._webhook(channel, name, publication.user)
+        self._send_webhook(channel, member_event(channel, publication))
 
-    def _webhook(self, channel: str, name: str, user_id: str | None = None) -> None:
-        self._send_webhook(channel, WebhookEvent(name, pusher_name(channel), user_id))
+    def _webhook(self, channel: str, name: str) -> None:
+        self._send_webhook(channel, WebhookEvent(name, pusher_name(channel)))
 
     # -- occupancy (channel_occupied, channel_vacated) --------------------------------------
 

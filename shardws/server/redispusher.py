@@ -80,7 +80,7 @@ from shardws.pure.control import (
 )
 from shardws.pure.publication import Kind, Publication
 from shardws.pure.pusher.channels import pusher_name
-from shardws.pure.pusher.webhooks import WebhookEvent
+from shardws.pure.pusher.webhooks import WebhookEvent, member_event
 from shardws.server.engine import ASK_TIMEOUT
 from shardws.server.mesh import MeshClient
 from shardws.server.redisconn import RedisUnavailable, Script
@@ -460,6 +460,7 @@ class RedisPusher(RedisPusherReader):
         self._webhook = webhook
         self._held: set[str] = set()  # channels where Redis has this holder's entry
         self._lost: dict[str, int] = {}  # channel -> times this holder's entry was lost
+        self._due: dict[str, int] = {}  # due index changes to write (0: out of it)
         self._next_refresh = 0.0
         self._next_sweep = 0.0
         self.refreshes = 0  # refresh scripts run
@@ -542,11 +543,22 @@ class RedisPusher(RedisPusherReader):
     def _schedule(self, channel: str, due: int) -> None:
         """Keep ``channel``'s sweep time in the due index (no later than its first
         holder's expiry; out of it once the channel holds nothing). Sent after a
-        holder's first entry, each refresh and each sweep: an index entry a race lost
-        is written again by its holders' next refresh."""
+        holder's first entry, each refresh and each sweep, the changes of one loop
+        iteration in one ``ZADD`` and one ``ZREM``: an index entry a race lost is
+        written again by its holders' next refresh."""
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._write_due)
+        self._due[channel] = due
+
+    def _write_due(self) -> None:
+        due, self._due = self._due, {}
         key = due_key(self.prefix)
-        command = ("ZADD", key, due, channel) if due else ("ZREM", key, channel)
-        self.redis.command(*command).add_done_callback(_consume)
+        scores = [item for channel, at in due.items() if at for item in (at, channel)]
+        if scores:
+            self.redis.command("ZADD", key, *scores).add_done_callback(_consume)
+        gone = [channel for channel, at in due.items() if not at]
+        if gone:
+            self.redis.command("ZREM", key, *gone).add_done_callback(_consume)
 
     def _joined(self, request: PusherJoinRequest) -> Callable[[Sequence[Any]], None]:
         def joined(answer: Sequence[Any]) -> None:
@@ -576,11 +588,10 @@ class RedisPusher(RedisPusherReader):
 
     def _announce(self, channel: str, publication: Publication) -> None:
         self._host.publish_publication(channel, publication)
-        name = "member_added" if publication.kind is Kind.JOIN else "member_removed"
-        self._send_webhook(channel, name, publication.user)
+        self._webhook(channel, member_event(channel, publication))
 
-    def _send_webhook(self, channel: str, name: str, user_id: str | None = None) -> None:
-        self._webhook(channel, WebhookEvent(name, pusher_name(channel), user_id))
+    def _send_webhook(self, channel: str, name: str) -> None:
+        self._webhook(channel, WebhookEvent(name, pusher_name(channel)))
 
     # -- deciders -------------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ from typing import Any
 
 from shardws.config import PUSHER_WEBHOOK_EVENTS, PusherWebhookConfig
 from shardws.pure.control import encode_request
+from shardws.pure.publication import Kind, Publication
+from shardws.pure.pusher.channels import pusher_name
 
 #: Seconds after an event happened during which its webhook may still be sent: the
 #: server SDKs' validators refuse a ``time_ms`` more than 300 s away from their clock;
@@ -187,3 +189,10 @@ def batch_time_ms(batch: list[tuple[float, WebhookEvent]]) -> int:
     (300 s) refuses no batch younger than ``max_age``, and a retried batch keeps its
     age instead of looking new."""
     return int(batch[0][0] * 1000)
+
+
+def member_event(channel: str, announcement: Publication) -> WebhookEvent:
+    """The webhook event of a presence announcement on the internal channel ``channel``:
+    ``member_added`` for a join, ``member_removed`` for a leave."""
+    name = "member_added" if announcement.kind is Kind.JOIN else "member_removed"
+    return WebhookEvent(name, pusher_name(channel), announcement.user)
