@@ -786,7 +786,8 @@ class RedisConfig:
     #: worker holding its connection, between 1 and 3600: the bound within which a
     #: SIGKILLed worker's or a lost host's members disappear (docs/guarantees.md,
     #: "Presence"). Each worker refreshes what it holds every third of it, one script
-    #: per channel. Default 30.
+    #: per channel. Pusher presence members and occupancy expire the same way (plus a
+    #: 1 s sweep: docs/pusher.md, "Per engine"). Default 30.
     presence_ttl: float = option(30.0, ge=1, le=3600, unit="seconds")
     #: The content of ``password_file``, read at load. Not a TOML key.
     password_from_file: str = option("", toml=False, secret=True)

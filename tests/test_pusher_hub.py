@@ -18,10 +18,16 @@ from pusherjs import AuthEndpoint, PusherJs, pusher_clients
 from serverproc import ServerProcess, loopback_cluster, timeout
 from test_pusher_server import _children, _members_added, _removed
 from test_pusher_server import sdk as server_sdk
-from test_pusher_webhooks_server import SECRET, Receiver, _apps
+from test_pusher_webhooks_server import SECRET, Receiver, _apps, hub_ttl
 from toolkit import wait_until
 
-from shardws.server.redispusher import BOUND
+from shardws.server.redispusher import bound
+
+#: ``[cluster.redis] presence_ttl`` of these hosts (its default is 30 s): shorter, so
+#: a killed host is expired sooner; long enough that a loaded machine's refreshes
+#: (every ttl / 3) are never late by a whole TTL.
+TTL = 12.0
+BOUND = bound(TTL)
 
 ROOM = "presence-room"
 
@@ -55,7 +61,8 @@ def test_one_user_on_two_hosts_and_a_killed_host(tmp_path: Path, engine: str) ->
     for the channel only b had, within the stated bound (measured, printed); occupancy
     webhooks once per channel, every one validated by the SDK."""
     receiver = Receiver()
-    a, b = loopback_cluster(tmp_path, extra=_apps(receiver.url), engine=engine)
+    extra = _apps(receiver.url) + hub_ttl(engine, TTL)
+    a, b = loopback_cluster(tmp_path, extra=extra, engine=engine)
     clients: list[PusherJs] = []
     try:
         a.start()

@@ -98,6 +98,13 @@ class Receiver:
         return self.got(path, **match)
 
 
+def hub_ttl(engine: str, ttl: float = 12.0) -> str:
+    """On the Redis hub, a ``presence_ttl`` shorter than its 30 s default (a stalled or
+    killed host's Pusher members and channels go within it: ``redispusher.bound``), so
+    that the test waits less; nothing on the mesh."""
+    return "" if engine == "mesh" else f"\n[cluster.redis]\npresence_ttl = {ttl}\n"
+
+
 def _apps(url: str, extra: str = "") -> str:
     return f"""
 [pusher]
@@ -289,9 +296,11 @@ def test_a_host_taken_for_gone_and_back_vacates_then_occupies_again(
     """The channel's owner is on host a, its only subscriber on host b. Host b is stopped
     (SIGSTOP) past ``REMOTE_GRACE``: a takes its subscriber for gone and sends
     ``channel_vacated``; b resumed, a asks b's worker which channels it has and sends
-    ``channel_occupied`` again; when the subscriber leaves, ``channel_vacated``."""
+    ``channel_occupied`` again; when the subscriber leaves, ``channel_vacated``. On the
+    hub: b's entry expires (``presence_ttl``), a's sweep vacates the channel, and b's
+    next refresh finds its entry gone and tells it again (occupied)."""
     receiver = Receiver()
-    a, b = loopback_cluster(tmp_path, extra=_apps(receiver.url), engine=engine)
+    a, b = loopback_cluster(tmp_path, extra=_apps(receiver.url) + hub_ttl(engine), engine=engine)
     on_a, on_b = member_id(host_number("a"), 0), member_id(host_number("b"), 0)
     room = next(
         name

@@ -41,7 +41,9 @@ class Worker:
     def __init__(self, settings: RedisConfig, member: int) -> None:
         self.calls = RedisCalls(settings)
         self.announced: list[tuple[str, str | None]] = []
-        self.pusher = RedisPusher(self.calls, settings.prefix, member, self, self.webhook)
+        self.pusher = RedisPusher(
+            self.calls, settings.prefix, member, self, self.webhook, settings.presence_ttl
+        )
         self.sockets = SocketIds(member, 1)
 
     def publish_publication(self, channel: str, publication: Publication) -> None:
@@ -63,9 +65,15 @@ class Worker:
         assert await self.pusher.ask(request, 2) is not None
 
 
+def _settings(redis: RedisServer, presence_ttl: float = 30) -> RedisConfig:
+    """Settings of a Redis key space of the test's own."""
+    prefix = f"rp{next(_prefixes)}:"
+    return RedisConfig(address=redis.address, prefix=prefix, presence_ttl=presence_ttl)
+
+
 @pytest.fixture
 def settings(redis_server: RedisServer) -> Iterator[RedisConfig]:
-    yield RedisConfig(address=redis_server.address, prefix=f"rp{next(_prefixes)}:")
+    yield _settings(redis_server)
 
 
 ROOM = internal_name("1", "presence-room")
@@ -121,13 +129,12 @@ async def _expired(worker: Worker, channel: str, limit: float = 10) -> None:
     raise AssertionError(f"{channel}: the holder never expired")
 
 
-def test_a_dead_holder_expires_once_whoever_notices(
-    settings: RedisConfig, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_dead_holder_expires_once_whoever_notices(redis_server: RedisServer) -> None:
     """Holder a stops refreshing: the two sweepers b and c run the expiry of its channel
     at once; one of them announces ``member_removed`` and ``channel_vacated``, once. A
     channel whose holders are all dead is found by a sweep through the due index."""
-    monkeypatch.setattr(redispusher, "TTL", 0.3)
+
+    settings = _settings(redis_server, presence_ttl=0.3)
 
     async def scenario() -> None:
         a, b, c = Worker(settings, 1), Worker(settings, 2), Worker(settings, 3)
@@ -153,12 +160,11 @@ def test_a_dead_holder_expires_once_whoever_notices(
     run(scenario())
 
 
-def test_a_holder_back_after_its_expiry_tells_again(
-    settings: RedisConfig, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_holder_back_after_its_expiry_tells_again(redis_server: RedisServer) -> None:
     """A holder whose entries expired (a long blink) learns it from its next refresh: its
     ``decider`` changes, so its front tells its subscriptions again, announced anew."""
-    monkeypatch.setattr(redispusher, "TTL", 0.3)
+
+    settings = _settings(redis_server, presence_ttl=0.3)
 
     async def scenario() -> None:
         a, b = Worker(settings, 1), Worker(settings, 2)

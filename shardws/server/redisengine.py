@@ -53,8 +53,9 @@ class RedisEngine(PusherInRedis, MeshEngine):
         super().__init__(host, answer_local, webhook, occupied_here)
         #: This worker's script connection, shared by history, presence and Pusher.
         self.redis = RedisCalls(config.cluster.redis)
+        settings = config.cluster.redis
         self.pusher: RedisPusher = RedisPusher(
-            self.redis, config.cluster.redis.prefix, host.member, host, webhook
+            self.redis, settings.prefix, host.member, host, webhook, settings.presence_ttl
         )
         self._pusher_apps = bool(config.pusher.apps)
         #: Native presence, kept in Redis (join and leave still cross on the bus).

@@ -31,14 +31,15 @@ Guarantees:
   distinct users across every host; a join that arrives twice counts once.
 * ``channel_occupied`` / ``channel_vacated`` once per change, cluster-wide.
 * A holder that stops refreshing (a worker SIGKILLed, a host lost or cut from Redis)
-  expires :data:`TTL` seconds after its last refresh; its subscriptions leave then
+  expires ``ttl`` seconds (``[cluster.redis] presence_ttl``, as native presence) after
+  its last refresh; its subscriptions leave then
   (``member_removed`` for users with none left, ``channel_vacated`` for channels with
   no holder left), decided by the first script on the channel after that: a live
-  holder's refresh (every :data:`REFRESH` seconds) or a sweep (every worker of every
+  holder's refresh (every ``ttl / 3`` seconds) or a sweep (every worker of every
   host, every :data:`SWEEP` seconds, picks the due channels of ``pusher:due`` and runs
   the same script; the script decides, so several sweepers announce once). The bound:
-  gone within ``TTL + SWEEP`` seconds plus a round trip (:data:`BOUND`).
-* A holder that blinks for less than ``TTL - REFRESH`` seconds announces nothing. One
+  gone within ``ttl + SWEEP`` seconds plus a round trip (:func:`bound`).
+* A holder that blinks for less than ``2 * ttl / 3`` seconds announces nothing. One
   that was expired and comes back (a partition healed, Redis restarted empty) is told
   so by its next refresh: its fronts tell their subscriptions again (``decider``
   changes) and they are announced as new (``member_added``, ``channel_occupied``).
@@ -92,20 +93,23 @@ log = logging.getLogger("shardws.pusher.redis")
 
 _ReplyT = TypeVar("_ReplyT", bound=OwnerReply)
 
-#: Seconds a holder's entries live after its last refresh.
-TTL = 20.0
-#: Seconds between two refreshes of what a worker holds: a holder stalled for less than
-#: ``TTL - REFRESH`` seconds (a blink) keeps its entries.
-REFRESH = 5.0
+#: A holder refreshes its entries every ``ttl / REFRESHES_PER_TTL`` seconds: one lost
+#: refresh (or a late loop) does not expire it.
+REFRESHES_PER_TTL = 3
 #: Seconds between two sweeps of the due channels by each worker.
 SWEEP = 1.0
-#: The stated bound: a dead holder's members are removed, and its channels vacated,
-#: within this many seconds of its death (``TTL + SWEEP`` and a margin for round trips).
-BOUND = 25.0
 #: Due channels one sweep takes, and the seconds it claims them for (other sweepers skip
 #: them meanwhile; a sweeper that dies leaves them due again after the claim).
 SWEEP_BATCH = 100
 SWEEP_CLAIM = 5.0
+
+
+def bound(ttl: float) -> float:
+    """The stated bound: a dead holder's members are removed, and its channels vacated,
+    within this many seconds of its death (``ttl`` after its last refresh, the next
+    sweep, and a margin for the round trips)."""
+    return ttl + SWEEP + 2.0
+
 
 # The expiry every script on a channel runs first. KEYS: sk us ui wk wn oc. Sets
 # ``now`` (Redis time, ms) and ``removed`` (users whose last subscription was a dead
@@ -453,8 +457,10 @@ class RedisPusher(RedisPusherReader):
         member: int,
         host: Announcer,
         webhook: Callable[[str, WebhookEvent], None],
+        ttl: float,
     ) -> None:
         super().__init__(redis, prefix)
+        self.ttl = ttl
         self.holder = holder_of(member, int(time.time() * 1000) ^ os.getpid())
         self._host = host
         self._webhook = webhook
@@ -469,7 +475,7 @@ class RedisPusher(RedisPusherReader):
     def _call(
         self, request: OwnerRequest[Any]
     ) -> tuple[asyncio.Future[Any], Callable[[Any], OwnerReply]] | None:
-        ttl_ms = int(TTL * 1000)
+        ttl_ms = int(self.ttl * 1000)
         if isinstance(request, PusherJoinRequest):
             channel = request.channel
             args: tuple[Any, ...] = (
@@ -606,17 +612,17 @@ class RedisPusher(RedisPusherReader):
     # -- refreshes and sweeps --------------------------------------------------------------
 
     def on_heartbeat(self, now: float) -> None:
-        """Refresh what this worker holds every :data:`REFRESH` seconds, sweep the due
+        """Refresh what this worker holds every ``ttl / 3`` seconds, sweep the due
         channels every :data:`SWEEP` seconds (``now``: monotonic seconds)."""
         if now >= self._next_refresh and self.redis.up:
-            self._next_refresh = now + REFRESH
+            self._next_refresh = now + self.ttl / REFRESHES_PER_TTL
             self._refresh()
         if now >= self._next_sweep and self.redis.up:
             self._next_sweep = now + SWEEP
             self._spawn(self._sweep())
 
     def _refresh(self) -> None:
-        ttl_ms = int(TTL * 1000)
+        ttl_ms = int(self.ttl * 1000)
         for channel in list(self._held):
             self.refreshes += 1
             self._channel_call(
@@ -654,4 +660,4 @@ class RedisPusher(RedisPusherReader):
         task.add_done_callback(self._tasks.discard)
 
 
-__all__ = ["BOUND", "REFRESH", "SWEEP", "TTL", "RedisPusher", "RedisPusherReader"]
+__all__ = ["SWEEP", "PusherInRedis", "RedisPusher", "RedisPusherReader", "bound"]
