@@ -50,7 +50,10 @@ Guarantees:
 
 Not covered: a ``member_added`` decided on another host just before a join may reach
 the joining connection after its ``subscription_succeeded`` listed that member (both
-paths cross Redis, in different orders); pusher-js keeps one member.
+paths cross Redis, in different orders); pusher-js keeps one member. A script whose
+answer is lost (the connection to Redis cut between the script and its answer, or
+closed by the end of a drain) has its decision kept in Redis but not announced: other
+clients keep that member (or miss that arrival) until they subscribe again.
 """
 
 from __future__ import annotations
@@ -469,8 +472,6 @@ class RedisPusher(RedisPusherReader):
         self._due: dict[str, int] = {}  # due index changes to write (0: out of it)
         self._next_refresh = 0.0
         self._next_sweep = 0.0
-        self.refreshes = 0  # refresh scripts run
-        self.swept = 0  # channels swept
 
     def _call(
         self, request: OwnerRequest[Any]
@@ -624,7 +625,6 @@ class RedisPusher(RedisPusherReader):
     def _refresh(self) -> None:
         ttl_ms = int(self.ttl * 1000)
         for channel in list(self._held):
-            self.refreshes += 1
             self._channel_call(
                 _REFRESH, channel, (self.holder, ttl_ms), self._refreshed(channel)
             ).add_done_callback(_consume)
@@ -651,7 +651,6 @@ class RedisPusher(RedisPusherReader):
             log.debug("pusher sweep: %s", exc)
             return
         for raw in due:
-            self.swept += 1
             self._channel_call(_REFRESH, _text(raw), ("", 0)).add_done_callback(_consume)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
