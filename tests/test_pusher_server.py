@@ -754,7 +754,8 @@ def _as_user(endpoint: AuthEndpoint, port: int, user: str) -> Any:
 def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path, engine: str) -> None:
     """Two hosts on loopback: an event triggered on host b's admin reaches pusher-js on
     host a; counts and presence users are cluster-wide; one user on both hosts is
-    announced once."""
+    announced once; ``send_to_user`` and ``terminate_user_connections`` reach its
+    connections on both hosts."""
     a, b = loopback_cluster(tmp_path, extra=APPS, engine=engine)
     try:
         a.start()
@@ -785,6 +786,17 @@ def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path, eng
                 "user_count": 2,
             }
             assert {u["id"] for u in on_b.users_info("presence-hosts")["users"]} == {"w", "u"}
+            # A user's connections on both hosts: send_to_user reaches both, and
+            # terminate_user_connections closes both (4009), from either host's API.
+            for client in (u_on_a, u_on_b):
+                client.command("signin")
+                client.expect("signed_in")
+            on_b.send_to_user("u", "note", {"n": 1})
+            for client in (u_on_a, u_on_b):
+                assert client.expect("user_event", event="note")["data"] == {"n": 1}
+            assert sdk(a).terminate_user_connections("u") == {}
+            for client in (u_on_a, u_on_b):
+                assert client.expect("error")["error"]["data"]["code"] == 4009
     finally:
         a.stop()
         b.stop()
