@@ -151,6 +151,26 @@ def test_sets_put_drop_read_count_and_expire(redis: RedisServer) -> None:
     run(scenario())
 
 
+def test_each_set_is_refreshed_once_an_interval_and_not_all_at_once(redis: RedisServer) -> None:
+    async def scenario() -> None:
+        calls, sets = await _sets(redis, 3)
+        start = time.monotonic()
+        for n in range(30):
+            sets.put(SetKeys(b"turns{%d}:p" % n, b"turns{%d}:pe" % n), "m", b"0:")
+        sets.flush()
+        await sets.read(SetKeys(b"turns{0}:p", b"turns{0}:pe"))
+        per_tick = []
+        for tick in range(1, 21):  # two intervals (1 s each), in tenths
+            before = sets.scripts
+            sets.on_tick(start + tick * sets.interval / 10)
+            per_tick.append(sets.scripts - before)
+        assert sum(per_tick[:10]) == 30 and sum(per_tick[10:]) == 30, per_tick
+        assert max(per_tick) < 30, per_tick  # spread over the interval
+        await calls.stop()
+
+    run(scenario())
+
+
 def test_a_drop_redis_did_not_get_is_written_again(tmp_path: Path) -> None:
     """Redis with ``appendfsync always`` keeps what it acknowledged across a crash: a
     member dropped while it was down is dropped by the refresh after it came back."""
@@ -162,14 +182,13 @@ def test_a_drop_redis_did_not_get_is_written_again(tmp_path: Path) -> None:
         sets.put(keys, "gone", encode_value("u", b""))
         sets.put(keys, "stays", encode_value("u", b""))
         await sets.read(keys)
-        sets.on_tick(time.monotonic())  # the first tick: a refresh, and up seen
         durable.kill()
         sets.drop(keys, "gone")
         sets.flush()
         await _until(lambda: _true(sets.failed >= 1), 10, "the drop's write failed")
         durable.start()
         await _until(lambda: _true(calls.up), 10, "reconnected")
-        sets.on_tick(time.monotonic())  # came back up: a refresh, with the drop
+        sets.on_tick(time.monotonic())  # reconnected: every set refreshed, with the drop
         assert (await sets.read(keys))[0::2] == [b"stays"]
         await calls.stop()
 

@@ -9,12 +9,14 @@ Two parts, each reusable on its own:
   sorted set (member id -> the Redis time it expires at), as Centrifugo keeps presence.
   The holder puts and drops members (merged per set and written once per event-loop
   iteration) and refreshes every set it holds every ``ttl / 3`` seconds, one script
-  per set (in chunks of :data:`CHUNK` members) and every script of a refresh pipelined;
-  a reader's script drops the expired members before it answers. Times are Redis's own
+  per set (in chunks of :data:`CHUNK` members), the sets' turns spread over that
+  interval (no burst of every set at once, but after a reconnection), the scripts
+  pipelined; a reader's script drops the expired members before it answers. Times are Redis's own
   (``TIME`` in the scripts), so hosts' clocks do not matter. A value starts with its
   *owner* (length-prefixed, :func:`encode_value`): :meth:`ExpiringSets.counts` answers
-  the members and their distinct non-empty owners without sending the set. The Pusher
-  rosters on the hub can keep a roster as one such set (member = socket, owner = user).
+  the members and their distinct non-empty owners without sending the set. (The Pusher
+  rosters on the hub, ``server.redispusher``, expire per worker instead: their expiry
+  must be announced, not only left out of the next read.)
 * :class:`RedisPresence` -- the native protocol's presence on top of it: a worker puts
   a connection with an identity when it subscribes a ``presence = true`` channel and
   drops it when it leaves (unsubscribe, disconnect, a refused subscribe); the
@@ -22,8 +24,8 @@ Two parts, each reusable on its own:
 
 Guarantees (``docs/guarantees.md``, "Presence"):
 
-* A member put by a worker is in Redis one round trip later, and read back by every
-  worker of every host; a drop likewise.
+* A member put by a worker is in Redis one round trip later (a plain subscribe's ok
+  waits for it), and read back by every worker of every host; a drop likewise.
 * The bound: a member whose worker died (SIGKILL, a host lost) is gone from every answer
   within ``[cluster.redis] presence_ttl`` seconds of its worker's last refresh, since
   every answer is read by a script that drops the expired ones first; a live worker
@@ -31,8 +33,8 @@ Guarantees (``docs/guarantees.md``, "Presence"):
 * Redis down: an answer that cannot be read is an error (108, retry), never a partial
   list. A drop that could not be written is written again with the set's next write;
   a put is written again by the next refresh, so a Redis restarted empty (no
-  persistence) holds every live member again within ``presence_ttl / 3`` seconds of
-  reconnecting (at once: a refresh follows every reconnection).
+  persistence) holds every live member again once each worker reconnected (every set
+  is refreshed at the first heartbeat after a reconnection).
 * A restarted worker keeps no ghosts: its connections' client ids die with the process,
   and what it did not drop expires as above.
 """
@@ -41,10 +43,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import itertools
 import logging
-from collections.abc import Iterable
+import random
+import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from shardws.log import RateLimitedLogger
 from shardws.pure import protocol
 from shardws.pure.protocol import ErrorCode
 from shardws.server.redisconn import RedisUnavailable, Script
@@ -183,23 +190,38 @@ class ExpiringSets:
     :meth:`put` and :meth:`drop` change what this process holds; the changes of one
     event-loop iteration are merged per set and written at the next (``call_soon``), and
     a read flushes them first, so this process reads its own writes. Call
-    :meth:`on_tick` often (every heartbeat): it refreshes every held set when due or
-    when the connection came back up (or :meth:`due`, then :meth:`refresh`, to check
-    what is held first). ``calls`` is the process's pipelined Redis
+    :meth:`on_tick` often (every heartbeat): each held set is refreshed every
+    ``ttl / 3`` seconds (at the first tick past its turn), the sets' turns spread over
+    that interval, so a refresh is never one burst of every set; every set at once
+    after the connection came back (Redis may have restarted empty). ``keep(keys,
+    member)``, when given, is asked before a member is refreshed: False drops it (a
+    member whose holder forgot to drop it). ``calls`` is the process's pipelined Redis
     connection (the scripts of :data:`SCRIPTS` are registered with it)."""
 
-    def __init__(self, calls: RedisCalls, ttl: float) -> None:
+    def __init__(
+        self,
+        calls: RedisCalls,
+        ttl: float,
+        keep: Callable[[SetKeys, str], bool] | None = None,
+    ) -> None:
         self._calls = calls
         for script in SCRIPTS:  # loaded on every (re)connection, before any call
             calls.register(script)
         self.ttl = ttl
+        self.interval = ttl / REFRESHES_PER_TTL
+        self._keep = keep
         self._held: dict[SetKeys, dict[str, bytes]] = {}
         # Changes not yet written: set -> member -> value (a put) or None (a drop).
         self._pending: dict[SetKeys, dict[str, bytes | None]] = {}
         self._waiters: dict[SetKeys, list[asyncio.Future[bool]]] = {}  # of pending puts
         self._flush_scheduled = False
-        self._next_refresh = 0.0
-        self._was_up = False
+        self._refusals = RateLimitedLogger("shardws.presence", burst=5, level=logging.WARNING)
+        # The next refresh of each held set, and the same as a heap of (due, n, set);
+        # an entry whose due is no longer the set's is stale and skipped.
+        self._due: dict[SetKeys, float] = {}
+        self._turns: list[tuple[float, int, SetKeys]] = []
+        self._numbers = itertools.count()
+        self._reconnects = calls.reconnects
         #: Scripts sent, and writes that failed (counters).
         self.scripts = 0
         self.failed = 0
@@ -207,7 +229,13 @@ class ExpiringSets:
     def put(self, keys: SetKeys, member: str, value: bytes) -> asyncio.Future[bool]:
         """Hold ``member`` in ``keys``: a future that is True once Redis has it, False
         if the write failed (the next refresh writes it again)."""
-        self._held.setdefault(keys, {})[member] = value
+        held = self._held.get(keys)
+        if held is None:
+            held = self._held[keys] = {}
+            # The first turn at random within the interval: sets made together (a
+            # reconnection storm) are refreshed apart.
+            self._schedule(keys, time.monotonic() + self.interval * random.uniform(0.1, 1.0))
+        held[member] = value
         written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(keys, []).append(written)
         self._change(keys, member, value)
@@ -219,7 +247,12 @@ class ExpiringSets:
             return
         if not held:
             del self._held[keys]
+            self._due.pop(keys, None)
         self._change(keys, member, None)
+
+    def _schedule(self, keys: SetKeys, due: float) -> None:
+        self._due[keys] = due
+        heapq.heappush(self._turns, (due, next(self._numbers), keys))
 
     def _change(self, keys: SetKeys, member: str, value: bytes | None) -> None:
         self._pending.setdefault(keys, {})[member] = value
@@ -235,11 +268,10 @@ class ExpiringSets:
             puts = {m: v for m, v in changes.items() if v is not None}
             drops = [m for m, v in changes.items() if v is None]
             self._write(keys, puts, drops)
-        for waiters in self._waiters.values():  # put and dropped since: nothing to wait
-            _settle(waiters, None)
-        self._waiters.clear()
 
     def _write(self, keys: SetKeys, puts: dict[str, bytes], drops: list[str]) -> None:
+        """One script per chunk of ``puts`` (the ``drops`` with the first); answers the
+        waiters of the set's puts when every chunk is answered."""
         parts = chunks(puts) or [{}]
         written = []
         for number, part in enumerate(parts):
@@ -261,7 +293,10 @@ class ExpiringSets:
         if error is None:
             return
         self.failed += 1
-        log.debug("presence write to %r failed: %s", keys.members, error)
+        if isinstance(error, RedisUnavailable):  # said by the connection already
+            log.debug("presence write to %r failed: %s", keys.members, error)
+        else:  # refused by Redis (e.g. an ACL without +expire): the operator must act
+            self._refusals.warning("presence write to %r refused: %s", keys.members, error)
         # A drop not written must not wait for the expiry when Redis comes back soon:
         # written again with the set's next write (unless put back meanwhile).
         if drops:
@@ -271,31 +306,43 @@ class ExpiringSets:
                     self._pending.setdefault(keys, {}).setdefault(member, None)
 
     def on_tick(self, now: float) -> None:
-        """:meth:`refresh` when :meth:`due` (``now``: monotonic seconds)."""
-        if self.due(now):
+        """Refresh the sets whose turn came (``now``: monotonic seconds), or every set
+        when the connection came back since the last tick."""
+        reconnects = self._calls.reconnects
+        if reconnects != self._reconnects:
+            self._reconnects = reconnects
             self.refresh()
-
-    def due(self, now: float) -> bool:
-        """Whether a refresh is due: ``ttl / 3`` seconds passed since the last one, or
-        the connection came back up (Redis may have restarted empty). Counts it as done."""
-        up = bool(self._calls.up)
-        came_up, self._was_up = up and not self._was_up, up
-        if not up or (now < self._next_refresh and not came_up):
-            return False
-        self._next_refresh = now + self.ttl / REFRESHES_PER_TTL
-        return True
+            return
+        turns = self._turns
+        while turns and turns[0][0] <= now:
+            due, _, keys = heapq.heappop(turns)
+            if self._due.get(keys) != due:
+                continue  # stale: the set was dropped (and maybe made again) since
+            # Keeps its phase; a loop that ran late starts a new one rather than a burst.
+            self._schedule(keys, due + self.interval if due + self.interval > now else now)
+            self._refresh(keys)
 
     def refresh(self) -> None:
-        """Write every held member again (a new expiry), with the pending changes."""
-        pending, self._pending = self._pending, {}
-        for keys in self._held.keys() | pending.keys():
-            held = self._held.get(keys, {})
-            drops = [m for m, v in pending.get(keys, {}).items() if v is None and m not in held]
-            if held or drops:
-                self._write(keys, held, drops)
-        for waiters in self._waiters.values():  # put and dropped since: nothing to wait
-            _settle(waiters, None)
-        self._waiters.clear()
+        """Write every held member of every set again (a new expiry), with the pending
+        changes."""
+        for keys in self._held.keys() | self._pending.keys():
+            self._refresh(keys)
+
+    def _refresh(self, keys: SetKeys) -> None:
+        changes = self._pending.pop(keys, {})
+        held = self._held.get(keys, {})
+        if self._keep is not None:
+            for member in [m for m in held if not self._keep(keys, m)]:
+                del held[member]
+                changes[member] = None
+            if not held and keys in self._held:
+                del self._held[keys]
+                self._due.pop(keys, None)
+        drops = [m for m, v in changes.items() if v is None]
+        if held or drops:
+            self._write(keys, held, drops)
+        else:
+            _settle(self._waiters.pop(keys, []), None)
 
     def read(self, keys: SetKeys) -> asyncio.Future[Any]:
         """Every unexpired member: a future of the flat ``HGETALL`` list."""
@@ -360,9 +407,10 @@ class RedisPresence:
     still in ``conn.channels`` of an open connection are refreshed."""
 
     def __init__(self, calls: RedisCalls, settings: RedisConfig) -> None:
-        self.sets = ExpiringSets(calls, settings.presence_ttl)
+        self.sets = ExpiringSets(calls, settings.presence_ttl, self._keep)
         self._prefix = settings.prefix
-        self._conns: dict[tuple[str, str], Connection] = {}  # (channel, client id) -> conn
+        # (set, client id) -> (channel, its connection), for each member held here.
+        self._conns: dict[tuple[SetKeys, str], tuple[str, Connection]] = {}
 
     def keys(self, channel: str) -> SetKeys:
         return channel_keys(self._prefix, channel)
@@ -371,27 +419,31 @@ class RedisPresence:
         """``conn`` joined (``here``) or left ``channel``; one without an identity (not
         connected yet) is no member. A join's future is True once Redis lists it (the
         subscribe's reply waits for it), False if that write failed."""
-        key = (channel, conn.client_id)
+        keys = self.keys(channel)
         if not here:
-            if self._conns.pop(key, None) is not None:
-                self.sets.drop(self.keys(channel), conn.client_id)
+            if self._conns.pop((keys, conn.client_id), None) is not None:
+                self.sets.drop(keys, conn.client_id)
             return None
         identity = conn.identity
         if identity is None:
             return None
-        self._conns[key] = conn
-        value = member_value(identity.user, identity.info)
-        return self.sets.put(self.keys(channel), conn.client_id, value)
+        self._conns[(keys, conn.client_id)] = (channel, conn)
+        return self.sets.put(keys, conn.client_id, member_value(identity.user, identity.info))
+
+    def _keep(self, keys: SetKeys, client: str) -> bool:
+        """Whether a member is still subscribed (asked before each refresh of it); one
+        that is not is forgotten here and dropped from Redis."""
+        held = self._conns.get((keys, client))
+        if held is not None:
+            channel, conn = held
+            if not conn.closing and channel in conn.channels:
+                return True
+            del self._conns[(keys, client)]
+        return False
 
     def on_tick(self, now: float) -> None:
-        """Refresh what this worker holds when due, first dropping what it no longer
-        holds."""
-        if not self.sets.due(now):
-            return
-        for (channel, _client), conn in list(self._conns.items()):
-            if conn.closing or channel not in conn.channels:
-                self.present(channel, conn, here=False)
-        self.sets.refresh()
+        """Refresh the members whose turn came (``ExpiringSets.on_tick``)."""
+        self.sets.on_tick(now)
 
     def answer(self, conn: Connection, command_id: int | None, channel: str, stats: bool) -> None:
         """Answer ``conn``'s ``presence`` (or ``presence_stats``) from Redis: the list (or
