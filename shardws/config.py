@@ -758,6 +758,12 @@ class RedisConfig:
     sentinels: tuple[str, ...] = option((), check=_is_peer, expect='"HOST:PORT"')
     #: The master's name at the sentinels; required with ``sentinels``. Default ``""``.
     master_name: str = option("")
+    #: Seed nodes of a Redis Cluster, ``"HOST:PORT"`` each (any few of its nodes): the hub
+    #: asks them for the slot map and holds one subscription and one publishing
+    #: connection per master it needs, with sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``,
+    #: Redis 7+), instead of using ``address``; not with ``sentinels`` (a cluster fails
+    #: over by itself). Default [] (one Redis).
+    cluster_nodes: tuple[str, ...] = option((), check=_is_peer, expect='"HOST:PORT"')
     #: ACL user (Redis 6+); ``""`` = the default user. Default ``""``.
     username: str = option("")
     #: Password (``AUTH``). Prefer ``password_file``: a secret in the config file leaks
@@ -813,6 +819,18 @@ class RedisConfig:
             yield "password_file", "set either password or password_file, not both"
         if self.sentinels and not self.master_name:
             yield "master_name", "required when sentinels is set: the master's name there"
+        if self.cluster_nodes and self.sentinels:
+            yield (
+                "cluster_nodes",
+                "set either sentinels (one Redis and its replicas) or cluster_nodes (a Redis"
+                " Cluster), not both",
+            )
+        if self.cluster_nodes and ("{" in self.prefix or "}" in self.prefix):
+            yield (
+                "prefix",
+                "no '{' or '}' with cluster_nodes: the hub puts each channel's name in a hash"
+                f" tag after the prefix, got {self.prefix!r}",
+            )
         if self.tls_ca_file and not self.tls:
             yield "tls_ca_file", "set tls = true too (the CA file verifies a TLS server)"
 

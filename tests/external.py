@@ -60,6 +60,7 @@ TOOLS = {
     "systemd-analyze": Tool("systemd-analyze", "systemd"),
     "redis-server": Tool("redis-server", "redis-server"),
     "redis-sentinel": Tool("redis-sentinel", "redis-sentinel"),
+    "redis-cli": Tool("redis-cli", "redis-tools"),
 }
 
 # Chromium for the browser tests: as root (a container, CI) it starts only with

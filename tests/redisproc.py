@@ -6,6 +6,10 @@ carries it to the servers a test starts.
 persistence; ``kill()`` and ``start()`` again take it down and bring it back on the same
 port (the fault tests). It is stopped by its PID, never by name.
 
+``RedisClusterServer(directory).start()``: a Redis Cluster of the test's own, three
+masters with a replica each (``redis-server --cluster-enabled yes`` on free ports, its
+bus ports free too, created with ``redis-cli --cluster create``).
+
 ``EngineRun``: the ``engine`` fixture's value. A ``str`` (``"mesh"``, ``"redis"``) that
 also carries the address of the session's Redis for the hub, which
 ``serverproc.with_engine`` writes into each server's ``[cluster.redis]``.
@@ -13,15 +17,17 @@ also carries the address of the session's Redis for the hub, which
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 from pathlib import Path
 
 import external
+import redis
 from serverproc import free_port
 from toolkit import timeout, wait_until
 
-__all__ = ["EngineRun", "RedisServer", "SentinelServer", "redis_command"]
+__all__ = ["EngineRun", "RedisClusterServer", "RedisServer", "SentinelServer", "redis_command"]
 
 
 class EngineRun(str):
@@ -57,6 +63,7 @@ class RedisServer:
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "redis.log"
+        self.paused = False
 
     @property
     def address(self) -> str:
@@ -111,6 +118,17 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(timeout(10))
 
+    def pause(self) -> None:
+        """SIGSTOP it: it answers nothing (a replica stops following its master)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None and self.paused:
+            self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -157,3 +175,131 @@ class SentinelServer(RedisServer):
         """The port of the master this sentinel names now."""
         answer = self.command("SENTINEL", "get-master-addr-by-name", self.name).decode()
         return int(answer.split("\r\n")[4])
+
+
+class RedisClusterServer:
+    """A Redis Cluster this test session started: ``masters`` masters, each with one
+    replica (``nodes[:masters]`` are the masters at creation), every node on a free
+    port with a free cluster bus port (``--cluster-port``) and its ``nodes.conf`` in its
+    own directory. ``node_timeout`` (ms): how long a master is unreachable before its
+    replica is promoted."""
+
+    def __init__(self, directory: Path, masters: int = 3, node_timeout: int = 1000) -> None:
+        self.directory = directory
+        self.masters = masters
+        self.nodes = [
+            RedisServer(
+                directory / f"node{index}",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                str(free_port()),
+                "--cluster-node-timeout",
+                str(node_timeout),
+                # A replica may be promoted however long it was cut off (the lagging
+                # replica of the failover tests is SIGSTOPped first).
+                "--cluster-replica-validity-factor",
+                "0",
+            )
+            for index in range(masters * 2)
+        ]
+
+    @property
+    def seeds(self) -> list[str]:
+        """Every node's address (what ``[cluster.redis] cluster_nodes`` lists)."""
+        return [node.address for node in self.nodes]
+
+    def start(self) -> RedisClusterServer:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                external.require("redis-cli"),
+                "--cluster",
+                "create",
+                *self.seeds,
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=timeout(60),
+        )
+        wait_until(self.ready, 30, 0.1, lambda: f"the cluster never became ready: {self.info()}")
+        return self
+
+    def cli(self, *args: str, limit: float = 60) -> str:
+        """``redis-cli ARGS`` (e.g. ``--cluster reshard ...``); its output."""
+        done = subprocess.run(
+            [external.require("redis-cli"), *args],
+            check=True,
+            capture_output=True,
+            timeout=timeout(limit),
+        )
+        return done.stdout.decode(errors="replace")
+
+    def live(self) -> list[RedisServer]:
+        """The nodes running and not paused (SIGSTOP)."""
+        return [
+            n for n in self.nodes if n.proc is not None and n.proc.poll() is None and not n.paused
+        ]
+
+    def info(self) -> str:
+        return "; ".join(f"{node.port}: {cluster_state(node)}" for node in self.live())
+
+    def ready(self) -> bool:
+        """Every live node says ``cluster_state:ok`` (every slot served)."""
+        return all(cluster_state(node) == "ok" for node in self.live())
+
+    def node_at(self, port: int) -> RedisServer:
+        return next(node for node in self.nodes if node.port == port)
+
+    def slot_of(self, name: str) -> int:
+        return int(client(self.live()[0]).execute_command("CLUSTER", "KEYSLOT", name))
+
+    def owner(self, name: str, asked: RedisServer | None = None) -> RedisServer:
+        """The master serving the slot of ``name`` (a key or a shard channel), as
+        ``asked`` (by default any live node) sees it."""
+        slot = self.slot_of(name)
+        node = asked or self.live()[0]
+        for first, last, master, *_ in client(node).execute_command("CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return self.node_at(int(master[1]))
+        raise AssertionError(f"slot {slot} is not served: {self.info()}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """The node replicating ``master`` now."""
+        for node in self.live():
+            info = client(node).info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == master.port:
+                return node
+        raise AssertionError(f"{master.port} has no replica: {self.info()}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.resume()
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def client(node: RedisServer) -> redis.Redis:
+    """A plain (not cluster-aware) client of one node, for the tests' own commands."""
+    return redis.Redis(port=node.port, socket_timeout=timeout(5))
+
+
+def cluster_state(node: RedisServer) -> str:
+    """``ok`` when ``node`` sees every slot served (its ``CLUSTER INFO``)."""
+    try:
+        info = client(node).execute_command("CLUSTER", "INFO").decode()
+    except (OSError, redis.RedisError):
+        return "unreachable"
+    state = [line for line in info.splitlines() if line.startswith("cluster_state:")]
+    return state[0].partition(":")[2] if state else "?"

@@ -907,6 +907,9 @@ def test_redis_hub(tmp_path: Path) -> None:
     assert parse_config(dump_config(cfg).replace("<redacted>", ""), "f").cluster.redis.address
     inline = parse_config(_HUB + f'[cluster.redis]\npassword = "{password}"\n', "f")
     assert inline.cluster.redis.secret() == password and password not in dump_config(inline)
+    sharded = parse_config(_HUB + '[cluster.redis]\ncluster_nodes = ["r1:7000", "r2:7000"]\n', "f")
+    assert sharded.cluster.redis.cluster_nodes == ("r1:7000", "r2:7000")
+    assert parse_config(dump_config(sharded), "f").cluster.redis == sharded.cluster.redis
 
 
 def test_pusher_apps_are_served_on_the_hub() -> None:
@@ -936,6 +939,18 @@ def test_pusher_apps_are_served_on_the_hub() -> None:
             "cluster.redis.password_file",
             "",
         ),
+        (
+            _HUB + '[cluster.redis]\ncluster_nodes = ["r1:7000"]\nsentinels = ["s:26379"]\n'
+            'master_name = "m"',
+            "cluster.redis.cluster_nodes",
+            "not both",
+        ),
+        (
+            _HUB + '[cluster.redis]\ncluster_nodes = ["r1:7000"]\nprefix = "{svc}:"',
+            "cluster.redis.prefix",
+            "hash tag",
+        ),
+        (_HUB + '[cluster.redis]\ncluster_nodes = ["r1"]', "cluster.redis.cluster_nodes", "HOST"),
         (_HUB + 'peers = ["b:9767"]', "cluster.peers", "the mesh's"),
         ('[cluster.redis]\naddress = "r:6379"', "cluster.redis", 'engine = "redis"'),
         (_HUB + "[namespaces.hist]\nhistory_size = 10", "namespaces.hist.history_size", "hub yet"),
