@@ -23,6 +23,9 @@ engine)::
 
 ``@pytest.mark.engines("mesh")`` limits a test to those engines (what the others do not
 serve yet). The hub's runs share one ``redis-server`` of the session (``redis_server``).
+The engine run ``"redis-cluster"`` (``redisproc.REDIS_CLUSTER``; not a config value: the
+hub, ``engine = "redis"``, with ``[cluster.redis] cluster_nodes``) is added where a
+module or mark names it, and shares the session's Redis Cluster (``redis_cluster``).
 
 ``browser``: a headless Chromium (Playwright) for the test, closed after it.
 
@@ -40,7 +43,7 @@ from typing import Any
 import external
 import pytest
 from playwright import sync_api
-from redisproc import EngineRun, RedisServer
+from redisproc import REDIS_CLUSTER, EngineRun, RedisClusterServer, RedisServer
 from serverproc import ServerProcess
 from toolkit import DEFAULT_ENGINE, ENGINES
 
@@ -86,6 +89,9 @@ def engine(request: pytest.FixtureRequest) -> str:
     name = str(getattr(request, "param", DEFAULT_ENGINE))
     if name == "redis":
         return EngineRun(name, request.getfixturevalue("redis_server").address)
+    if name == REDIS_CLUSTER:  # the hub, through the session's Redis Cluster
+        seeds = request.getfixturevalue("redis_cluster").seeds
+        return EngineRun("redis", cluster_nodes=tuple(seeds))
     return name
 
 
@@ -95,6 +101,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     cluster has its own key prefix: ``serverproc.with_engine``)."""
     with RedisServer(tmp_path_factory.mktemp("redis")).start() as redis:
         yield redis
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """One real Redis Cluster (three masters, a replica each) for the session's
+    ``"redis-cluster"`` runs."""
+    with RedisClusterServer(tmp_path_factory.mktemp("redis-cluster")).start() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

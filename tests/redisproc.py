@@ -11,7 +11,8 @@ masters with a replica each (``redis-server --cluster-enabled yes`` on free port
 bus ports free too, created with ``redis-cli --cluster create``).
 
 ``EngineRun``: the ``engine`` fixture's value. A ``str`` (``"mesh"``, ``"redis"``) that
-also carries the address of the session's Redis for the hub, which
+also carries the address of the session's Redis for the hub (or the seed nodes of its
+Redis Cluster, for the fixture's ``"redis-cluster"`` runs), which
 ``serverproc.with_engine`` writes into each server's ``[cluster.redis]``.
 """
 
@@ -27,18 +28,33 @@ import redis
 from serverproc import free_port
 from toolkit import timeout, wait_until
 
-__all__ = ["EngineRun", "RedisClusterServer", "RedisServer", "SentinelServer", "redis_command"]
+__all__ = [
+    "REDIS_CLUSTER",
+    "EngineRun",
+    "RedisClusterServer",
+    "RedisServer",
+    "SentinelServer",
+    "redis_command",
+]
+
+
+#: The ``engine`` fixture's run of the hub on a Redis Cluster (``conftest.py``): named by a
+#: module's ``ENGINES`` or an ``engines`` mark where it is proved, not run everywhere.
+REDIS_CLUSTER = "redis-cluster"
 
 
 class EngineRun(str):
     """An engine's name with what its servers need: ``redis``, the address of the
-    Redis a hub joins through (``""`` for the mesh)."""
+    Redis a hub joins through (``""`` for the mesh), or ``cluster_nodes``, the seeds of
+    the Redis Cluster it joins through."""
 
     redis: str
+    cluster_nodes: tuple[str, ...]
 
-    def __new__(cls, name: str, redis: str = "") -> EngineRun:
+    def __new__(cls, name: str, redis: str = "", cluster_nodes: tuple[str, ...] = ()) -> EngineRun:
         run = super().__new__(cls, name)
         run.redis = redis
+        run.cluster_nodes = cluster_nodes
         return run
 
 
@@ -263,12 +279,7 @@ class RedisClusterServer:
     def owner(self, name: str, asked: RedisServer | None = None) -> RedisServer:
         """The master serving the slot of ``name`` (a key or a shard channel), as
         ``asked`` (by default any live node) sees it."""
-        slot = self.slot_of(name)
-        node = asked or self.live()[0]
-        for first, last, master, *_ in client(node).execute_command("CLUSTER", "SLOTS"):
-            if first <= slot <= last:
-                return self.node_at(int(master[1]))
-        raise AssertionError(f"slot {slot} is not served: {self.info()}")
+        return self.owner_of_slot(self.slot_of(name), asked)
 
     def replica_of(self, master: RedisServer) -> RedisServer:
         """The node replicating ``master`` now."""
@@ -277,6 +288,37 @@ class RedisClusterServer:
             if info.get("role") == "slave" and int(info.get("master_port", 0)) == master.port:
                 return node
         raise AssertionError(f"{master.port} has no replica: {self.info()}")
+
+    def masters_now(self) -> list[RedisServer]:
+        """The live nodes that are masters serving slots now."""
+        ports = {int(r[2][1]) for r in client(self.live()[0]).execute_command("CLUSTER", "SLOTS")}
+        return [self.node_at(port) for port in sorted(ports)]
+
+    def move_slot(self, slot: int, target: RedisServer) -> None:
+        """Reshard one slot to ``target`` as ``redis-cli --cluster reshard`` does, for
+        just that slot: ``CLUSTER SETSLOT ... IMPORTING/MIGRATING``, ``MIGRATE`` of its
+        keys, then ``SETSLOT ... NODE`` on every master (the source drops the slot's
+        shard channels then)."""
+        source = self.owner_of_slot(slot)
+        source_id, target_id = node_id(source), node_id(target)
+        client(target).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        client(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        for _ in range(1000):  # bounded: the tests keep a few keys per slot
+            keys = client(source).execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+            if not keys:
+                break
+            client(source).execute_command(
+                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+            )
+        for node in [target, source, *(m for m in self.masters_now() if m not in (source, target))]:
+            client(node).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def owner_of_slot(self, slot: int, asked: RedisServer | None = None) -> RedisServer:
+        node = asked or self.live()[0]
+        for first, last, master, *_ in client(node).execute_command("CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return self.node_at(int(master[1]))
+        raise AssertionError(f"slot {slot} is not served: {self.info()}")
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -293,6 +335,10 @@ class RedisClusterServer:
 def client(node: RedisServer) -> redis.Redis:
     """A plain (not cluster-aware) client of one node, for the tests' own commands."""
     return redis.Redis(port=node.port, socket_timeout=timeout(5))
+
+
+def node_id(node: RedisServer) -> str:
+    return client(node).execute_command("CLUSTER", "MYID").decode()
 
 
 def cluster_state(node: RedisServer) -> str:

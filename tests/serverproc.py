@@ -96,9 +96,11 @@ def with_engine(extra: str, engine: str, group: str = "") -> str:
     else:
         extra = f"{extra}\n[cluster]\n{line}\n"
     redis = getattr(engine, "redis", "")
-    if redis:
+    seeds = getattr(engine, "cluster_nodes", ())
+    if redis or seeds:
         prefix = "t" + hashlib.sha1(group.encode()).hexdigest()[:12] + ":"
-        lines = f'address = "{redis}"\nprefix = "{prefix}"\n'
+        where = f"cluster_nodes = {json.dumps(list(seeds))}" if seeds else f'address = "{redis}"'
+        lines = f'{where}\nprefix = "{prefix}"\n'
         if "[cluster.redis]\n" in extra:  # the test's own keys (e.g. presence_ttl)
             extra = extra.replace("[cluster.redis]\n", f"[cluster.redis]\n{lines}", 1)
         else:

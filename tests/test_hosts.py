@@ -1,6 +1,7 @@
 """The cluster guarantees for plain channels and users, on two hosts on loopback, once per
 engine (``toolkit.ENGINES``: the mesh's bridges, the Redis hub through a real
-``redis-server``): every publication reaches every subscriber on every host exactly once
+``redis-server``, and through a Redis Cluster: ``redisproc.REDIS_CLUSTER``): every
+publication reaches every subscriber on every host exactly once
 and in each publisher's order; a subscribe reply means live on every host; user messages
 and disconnects reach the user's connections on every host; ``/api/channels`` and
 ``/api/presence`` count every host's workers; the membership view shows in ``/health``
@@ -16,13 +17,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redisproc import REDIS_CLUSTER
 from serverproc import ServerProcess, http_json, loopback_cluster
 from toolkit import ENGINES, run, timeout, wait_until
 from wsclient import Client
 
 from shardws.pure.auth import make_token
 
-ENGINES = ENGINES  # every test of the module runs once per engine (conftest.py)
+# Every test of the module runs once per engine (conftest.py), and on Redis Cluster.
+ENGINES = (*ENGINES, REDIS_CLUSTER)
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 API_KEY = "hosts-test-api-key"

@@ -107,13 +107,17 @@ async def _stream_through_a_fault(
     down: Callable[[], object],
     up: Callable[[], object],
     refused_meanwhile: bool = False,
+    channel: str = "stream",
+    lossy: bool = True,
 ) -> None:
-    """A stream from host a to subscribers on a and b while Redis goes ``down`` and
-    comes ``up``: every loss counted, the subscriptions back by themselves."""
+    """A stream on ``channel`` from host a to subscribers on a and b while Redis goes
+    ``down`` and comes ``up``: every loss counted (``lossy``: and some loss there is),
+    the subscriptions back by themselves. Also run on Redis Cluster
+    (``tests/test_redisclusterhub.py``)."""
     far = await Client.connect(b.url)  # the stream crosses to it through Redis
     near = await Client.connect(a.url)  # on the publisher's host: never through Redis
     for each in (far, near):
-        assert (await each.call("subscribe", channel="stream"))["ok"]
+        assert (await each.call("subscribe", channel=channel))["ok"]
     publisher = await Client.connect(a.url)
     token = f"?token={make_token(SECRET, 'alice', 3600)}"
     alice = await Client.connect(b.url + token)  # her topic is live on b's worker
@@ -122,19 +126,22 @@ async def _stream_through_a_fault(
     async def publish(count: int) -> None:
         nonlocal sent
         for _ in range(count):
-            assert (await publisher.call("publish", channel="stream", data=sent))["ok"]
+            assert (await publisher.call("publish", channel=channel, data=sent))["ok"]
             sent += 1
             await asyncio.sleep(0.005)
 
     await publish(100)
+    # Before the fault everything crosses (and is not in flight when it strikes).
+    received = [(await far.next_push(limit=10))["data"] for _ in range(100)]
+    assert received == list(range(100))
     await asyncio.to_thread(down)
     await publish(100)
     late = await Client.connect(b.url)
     if refused_meanwhile:
         # Down: no subscribe is live on every host, nor a user's topic: not a new one,
         # nor one this host's worker has already (for the subscriber and alice above).
-        for channel in ("fresh", "stream"):
-            reply = await late.call("subscribe", channel=channel)
+        for name in ("fresh", channel):
+            reply = await late.call("subscribe", channel=name)
             assert reply.get("error", {}).get("code") == 108, reply
         for _ in range(2):
             with pytest.raises(Exception) as refused:
@@ -147,16 +154,15 @@ async def _stream_through_a_fault(
     # Inside the host, delivery went on: every publication, in order.
     assert [(await near.next_push())["data"] for _ in range(sent)] == list(range(sent))
     # Across: what arrived is in order, ends with the last one, and every gap is counted.
-    received = []
-    while not received or received[-1] != sent - 1:
+    while received[-1] != sent - 1:
         received.append((await far.next_push(limit=10))["data"])
         assert len(received) <= sent
-    assert received == sorted(received) and received[:100] == list(range(100))
+    assert received == sorted(received)
     missing = sent - len(received)
-    assert missing > 0  # Redis was down for a while: something could not cross
+    assert missing > 0 or not lossy  # Redis was down for a while: something could not cross
     await asyncio.to_thread(b.wait_heartbeat)
     assert bus_lost(b) >= missing, (bus_lost(b), missing)
-    assert cluster_health(a)["messages_lost"] > 0
+    assert cluster_health(a)["messages_lost"] > 0 or not lossy
     # The subscription came back by itself; new ones are confirmed again.
     assert (await late.call("subscribe", channel="fresh"))["ok"]
     again = await Client.connect(b.url + token)

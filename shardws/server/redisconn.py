@@ -89,10 +89,15 @@ def sentinel_of(settings: RedisConfig) -> Sentinel | None:
     )
 
 
-async def connect(settings: RedisConfig, sentinel: Sentinel | None = None) -> Connection:
+async def connect(
+    settings: RedisConfig, sentinel: Sentinel | None = None, address: str = ""
+) -> Connection:
     """A new connection to the master (asked of ``sentinel`` first, when given; see
-    :func:`sentinel_of`). Raises RedisError or OSError when it cannot connect."""
-    if sentinel is not None:
+    :func:`sentinel_of`), or to the node at ``address`` (one of a Redis Cluster's).
+    Raises RedisError or OSError when it cannot connect."""
+    if address:
+        host, port = host_port(address)
+    elif sentinel is not None:
         host, port = await sentinel.discover_master(settings.master_name)
     else:
         host, port = host_port(settings.address)

@@ -51,6 +51,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import zmq
@@ -153,12 +154,11 @@ class RedisHub:
             "hub of host %r (number %d) through Redis %s, prefix %r",
             self.host_id,
             self.number,
-            list(self.settings.sentinels) or self.settings.address,
+            list(self.settings.cluster_nodes or self.settings.sentinels) or self.settings.address,
             self.settings.prefix,
         )
         tasks = [
-            asyncio.create_task(coroutine)
-            for coroutine in (self._subscriber(), self._publisher(), self._ticker())
+            asyncio.create_task(coroutine) for coroutine in (*self._redis_tasks(), self._ticker())
         ]
         self._kick()
         try:
@@ -170,6 +170,10 @@ class RedisHub:
             for sock in (self.local_sub, self.local_xpub):
                 loop.remove_reader(sock.FD)
 
+    def _redis_tasks(self) -> tuple[Coroutine[Any, Any, None], ...]:
+        """What carries the host's traffic to and from Redis (one connection each way)."""
+        return (self._subscriber(), self._publisher())
+
     async def _ticker(self) -> None:
         row = self.board.row(self.slot)
         interval = self.cluster.heartbeat_interval
@@ -180,7 +184,7 @@ class RedisHub:
             if now >= next_beat:
                 next_beat = now + interval
                 workers = self.board.workers()
-                self._publish(self.prefix + HEARTBEAT_TOPIC, self.membership.beat(workers), 0)
+                self._publish_topic(HEARTBEAT_TOPIC, self.membership.beat(workers), 0)
                 self._write_view()
             self._kick()  # ZMQ_FD is edge-triggered: never rely on one edge alone
             await asyncio.sleep(_TICK)
@@ -400,7 +404,11 @@ class RedisHub:
                 self.topics.add(topic)
             else:
                 self.topics.discard(topic)
-            self._change(subscribe, self.prefix + topic)
+            self._change_topic(subscribe, topic)
+
+    def _change_topic(self, subscribe: bool, topic: bytes) -> None:
+        """Subscribe (or unsubscribe) the Redis channel of bus ``topic``."""
+        self._change(subscribe, self.prefix + topic)
 
     def _change(self, subscribe: bool, channel: bytes) -> None:
         if not self.subscriber_up:
@@ -436,7 +444,12 @@ class RedisHub:
             return  # another host's frame we delivered here, back through the forwarder
         if kind == KIND_INBOX and _inbox_host(frame[:end]) == self.number:
             return  # from one member of this host to another
-        self._publish(self.prefix + frame[:end], frame[end:], HEADER.unpack_from(frame, end)[3])
+        self._publish_topic(frame[:end], frame[end:], HEADER.unpack_from(frame, end)[3])
+
+    def _publish_topic(self, topic: bytes, data: bytes, count: int) -> None:
+        """Publish a frame of bus ``topic`` (``data``: the frame without its topic;
+        ``count``: its publications, counted if lost)."""
+        self._publish(self.prefix + topic, data, count)
 
 
 def _publish_command(frame: tuple[bytes, bytes, int]) -> tuple[str, bytes, bytes]:
@@ -454,7 +467,13 @@ def run_hub(slot: int, config: Config, tables: SharedTables, run_dir: str) -> in
     """Entry point in the forked child. Returns the process exit code."""
     row = start_process("hub", slot, config, tables)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    hub = RedisHub(slot, config, tables, run_dir)
+    hub: RedisHub
+    if config.cluster.redis.cluster_nodes:
+        from shardws.server.redisclusterhub import ClusterHub  # its subclass
+
+        hub = ClusterHub(slot, config, tables, run_dir)
+    else:
+        hub = RedisHub(slot, config, tables, run_dir)
     row[Column.STATE] = ProcessState.READY
     try:
         asyncio.run(hub.run())

@@ -1,0 +1,170 @@
+"""The Redis hub on a Redis Cluster (``[cluster.redis] cluster_nodes``), with real
+servers: a cluster of three masters with a replica each (``redisproc.RedisClusterServer``)
+and two loopback hosts joined through it, shared by the module's tests (the last one
+kills a master).
+
+A publication reaches only the master that serves its channel's slot (counted from the
+masters' own ``INFO commandstats`` and ``PUBSUB SHARDNUMSUB``); a live channel's slot
+moved to another master under a stream, and its master killed under a stream and its
+replica promoted: the subscriptions come back by themselves and every loss is counted
+(``test_redishub._stream_through_a_fault``, as for one Redis). The guarantees that hold on
+every engine run on the cluster too: ``tests/test_hosts.py``'s ``[redis-cluster]`` runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from redisproc import EngineRun, RedisClusterServer, RedisServer, client
+from serverproc import ServerProcess, loopback_cluster
+from test_redishub import EXTRA, _stream_through_a_fault, cluster_health, wait_joined
+from toolkit import run, wait_until
+from wsclient import Client
+
+from shardws.pure.redisslots import key_slot
+
+pytestmark = pytest.mark.needs("redis-server", "redis-cli")
+
+Hosts = tuple[ServerProcess, ServerProcess]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(tmp_path_factory.mktemp("redis-cluster")).start() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory, cluster: RedisClusterServer) -> Iterator[Hosts]:
+    engine = EngineRun("redis", cluster_nodes=tuple(cluster.seeds))
+    a, b = loopback_cluster(tmp_path_factory.mktemp("hosts"), EXTRA, engine=engine)
+    try:
+        a.start()
+        b.start()
+        wait_joined((a, b))
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def prefix_of(host: ServerProcess) -> str:
+    found = re.search(r'^prefix = "([^"]*)"', host.config_path.read_text(), re.MULTILINE)
+    assert found is not None
+    return found.group(1)
+
+
+def channel_on(cluster: RedisClusterServer, avoid: set[int], stem: str) -> str:
+    """A channel name whose slot's master is none of the ports in ``avoid``."""
+    for index in range(1000):
+        name = f"{stem}-{index}"
+        if cluster.owner_of_slot(key_slot(name.encode())).port not in avoid:
+            return name
+    raise AssertionError("no such channel")
+
+
+def commands(node: RedisServer) -> dict[str, int]:
+    """Calls per command on ``node`` since its last ``CONFIG RESETSTAT``."""
+    stats = client(node).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+
+
+def test_a_publication_reaches_only_the_shard_that_owns_its_channel(
+    cluster: RedisClusterServer, hosts: Hosts
+) -> None:
+    a, b = hosts
+    prefix = prefix_of(a)
+    heartbeats = cluster.owner(prefix + "m{}")  # every hub's heartbeats: one master
+    channel = channel_on(cluster, {heartbeats.port}, "only")
+    owner = cluster.owner("{" + channel + "}")
+    masters = cluster.masters_now()
+    third = next(m for m in masters if m not in (owner, heartbeats))
+    for master in masters:
+        client(master).config_resetstat()
+    count = 50
+    redis_channel = prefix + "c{" + channel + "}"
+
+    async def fan_out() -> None:
+        far = await Client.connect(b.url)  # its host subscribes the channel on its master
+        assert (await far.call("subscribe", channel=channel))["ok"]
+        # Host b subscribes it on the channel's master alone.
+        subscribed = {
+            m.port: client(m).execute_command("PUBSUB", "SHARDNUMSUB", redis_channel)[1]
+            for m in masters
+        }
+        assert subscribed == {m.port: int(m is owner) for m in masters}, subscribed
+        publisher = await Client.connect(a.url)
+        for index in range(count):
+            assert (await publisher.call("publish", channel=channel, data=index))["ok"]
+        assert [(await far.next_push())["data"] for _ in range(count)] == list(range(count))
+        await far.close()
+        await publisher.close()
+
+    run(fan_out(), 60)
+    calls = {master.port: commands(master) for master in masters}
+    # The channel's master took its frames (a frame carries a loop iteration's
+    # publications: at most one SPUBLISH per publication), the third master none.
+    assert 1 <= calls[owner.port].get("spublish", 0) <= count, calls
+    assert calls[third.port].get("spublish", 0) == 0, calls
+    assert all("publish" not in each for each in calls.values()), calls  # never PUBLISH
+
+
+def test_resharding_a_live_channel_under_a_stream(
+    cluster: RedisClusterServer, hosts: Hosts
+) -> None:
+    """The channel's slot moves to another master mid-stream: the old master drops the
+    hubs' shard subscriptions, the hubs read the slot map again and subscribe on the new
+    master; what was published meanwhile arrives or is counted."""
+    a, b = hosts
+    prefix = prefix_of(a)
+    channel = channel_on(cluster, set(), "moving")
+    slot = key_slot(channel.encode())
+    source = cluster.owner_of_slot(slot)
+    target = next(m for m in cluster.masters_now() if m is not source)
+    redis_channel = prefix + "c{" + channel + "}"
+    before = sum(cluster_health(h)["redis_cluster"]["redirects"] for h in hosts)
+
+    def moved() -> None:
+        cluster.move_slot(slot, target)
+
+    def subscribed_on_target() -> None:
+        def both() -> bool:
+            reply = client(target).execute_command("PUBSUB", "SHARDNUMSUB", redis_channel)
+            return int(reply[1]) == 2  # host a (its near subscriber) and host b
+
+        wait_until(both, 30, 0.1, "the hubs never subscribed on the slot's new master")
+
+    run(
+        _stream_through_a_fault(a, b, moved, subscribed_on_target, channel=channel, lossy=False),
+        120,
+    )
+    assert cluster.owner_of_slot(slot) is target
+    assert sum(cluster_health(h)["redis_cluster"]["redirects"] for h in hosts) > before
+
+
+def test_a_master_failover_under_a_stream(cluster: RedisClusterServer, hosts: Hosts) -> None:
+    """The master of the channel's slot is killed mid-stream; the cluster promotes its
+    replica; the hubs move there by themselves. Publications sent to the dead master
+    are counted lost (``messages_lost``), those it never passed on by the receivers
+    (``bus_lost``)."""
+    a, b = hosts
+    channel = channel_on(cluster, set(), "failing")
+    slot = key_slot(channel.encode())
+    master = cluster.owner_of_slot(slot)
+    replica = cluster.replica_of(master)
+    wait_until(
+        lambda: b"master_link_status:up" in replica.command("INFO", "replication"),
+        30,
+        0.1,
+        "the replica never synced",
+    )
+
+    def promoted() -> None:
+        wait_until(lambda: cluster.owner_of_slot(slot) is replica, 30, 0.1, "no failover")
+        wait_until(cluster.ready, 30, 0.1, lambda: f"the cluster is not ok: {cluster.info()}")
+
+    run(_stream_through_a_fault(a, b, master.kill, promoted, channel=channel), 120)
+    shards = cluster_health(a)["redis_cluster"]["shards"]
+    assert master.address not in shards, shards  # let go: it serves no slot
