@@ -74,6 +74,7 @@ REDIS_USERS = {
     "shardws.server.redishub",  # the hub process: its Redis connections
     "shardws.server.redisconn",  # every process's connections to Redis
     "shardws.server.redisclusterhub",  # the hub on a Redis Cluster: one link per master
+    "shardws.server.redisclustercalls",  # script calls routed to a cluster's masters
 }
 
 
@@ -119,6 +120,7 @@ BEHIND_THE_SEAM = {
     "shardws.server.redispusher",  # ... its Pusher rosters, occupancy, cache
     "shardws.server.redispresence",  # the Redis engine's native presence
     "shardws.server.redisclusterhub",  # the Redis hub's cross-host process on a cluster
+    "shardws.server.redisclustercalls",  # the Redis engine's calls on a cluster
     "shardws.server.crosshost",  # what the bridge and the hub share
     "shardws.bus.requests",  # asking members through their inboxes
 }

@@ -62,7 +62,7 @@ from redis.exceptions import RedisError, ResponseError
 from shardws.config import Config
 from shardws.pure.redisslots import SlotMap, key_slot, redis_channel, topic_of
 from shardws.server.crosshost import HEARTBEAT_TOPIC
-from shardws.server.redisconn import Backoff, Pipeline, connect, until_one_ends
+from shardws.server.redisconn import Backoff, Pipeline, connect, read_slot_map, until_one_ends
 from shardws.server.redishub import RedisHub
 from shardws.shm.tables import SharedTables
 
@@ -378,22 +378,7 @@ class ClusterHub(RedisHub):
             self._refresh.set()
 
     async def _read_slots(self) -> SlotMap | None:
-        candidates = [*self._shards, *self.settings.cluster_nodes]
-        for address in dict.fromkeys(candidates):
-            try:
-                connection = await self.connect_to(address)
-            except (RedisError, OSError):
-                continue
-            try:
-                await connection.send_command("CLUSTER", "SLOTS")
-                slots = SlotMap.from_cluster_slots(await connection.read_response())
-            except (RedisError, OSError, TimeoutError):
-                continue
-            finally:
-                await connection.disconnect(nowait=True)
-            if slots.covered:
-                return slots
-        return None
+        return await read_slot_map(self.settings, [*self._shards, *self.settings.cluster_nodes])
 
     async def _place(self) -> None:
         for channel in self.wanted:

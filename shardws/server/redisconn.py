@@ -36,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from shardws.log import RateLimitedLogger
+from shardws.pure.redisslots import SlotMap
 
 if TYPE_CHECKING:
     from shardws.config import RedisConfig
@@ -118,6 +119,26 @@ async def connect(
     )
     await connection.connect()
     return connection
+
+
+async def read_slot_map(settings: RedisConfig, addresses: Iterable[str]) -> SlotMap | None:
+    """A Redis Cluster's slot map (``CLUSTER SLOTS``) from the first of ``addresses``
+    that answers one covering some slot; None when none does."""
+    for address in dict.fromkeys(addresses):
+        try:
+            connection = await connect(settings, address=address)
+        except (RedisError, OSError):
+            continue
+        try:
+            await connection.send_command("CLUSTER", "SLOTS")
+            slots = SlotMap.from_cluster_slots(await connection.read_response())
+        except (RedisError, OSError, TimeoutError):
+            continue
+        finally:
+            await connection.disconnect(nowait=True)
+        if slots.covered:
+            return slots
+    return None
 
 
 async def until_one_ends(*tasks: asyncio.Task[None]) -> None:
@@ -250,8 +271,13 @@ class RedisCalls:
     module). It connects on :meth:`start` or on the first call, whichever comes first
     (in the process's event loop), until :meth:`close` or :meth:`stop`."""
 
-    def __init__(self, settings: RedisConfig, scripts: Iterable[Script] = ()) -> None:
+    def __init__(
+        self, settings: RedisConfig, scripts: Iterable[Script] = (), address: str = ""
+    ) -> None:
+        """``address``: a given node (a Redis Cluster's master: ``server.redisclustercalls``)
+        instead of the configured Redis."""
         self.settings = settings
+        self._address = address
         self._scripts: dict[str, Script] = {}
         for script in scripts:
             self.register(script)
@@ -362,7 +388,7 @@ class RedisCalls:
         while True:
             self._connecting = True
             try:
-                connection = await connect(self.settings, self._sentinel)
+                connection = await connect(self.settings, self._sentinel, self._address)
                 self.identity = await self._greet(connection)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._log.warning("Redis calls: cannot connect: %s", exc)

@@ -5,7 +5,8 @@ host bus to and from Redis (docs/architecture.md, "The engine"; docs/cluster.md)
 Plain channels, user messages and every member's inbox stay on the host bus, through
 the hub, as on the mesh: :class:`RedisEngine` and :class:`RedisBackend` extend the
 mesh's classes and take over only what Redis decides. Each process holds one
-:class:`~shardws.server.redisconn.RedisCalls` (its pipelined script connection),
+:class:`~shardws.server.redisconn.RedisCalls` (its pipelined script connection; on a Redis
+Cluster, ``server.redisclustercalls``: one per master, each call routed by its key),
 shared by the parts below:
 
 * history channels -- decided and kept in Redis (``server.redishistory``);
@@ -26,7 +27,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from shardws.server.mesh import MeshBackend, MeshEngine
-from shardws.server.redisconn import RedisCalls
+from shardws.server.redisclustercalls import calls_for
 from shardws.server.redispresence import RedisPresence
 from shardws.server.redispusher import PusherInRedis, RedisPusher, RedisPusherReader
 
@@ -52,7 +53,7 @@ class RedisEngine(PusherInRedis, MeshEngine):
     ) -> None:
         super().__init__(host, answer_local, webhook, occupied_here)
         #: This worker's script connection, shared by history, presence and Pusher.
-        self.redis = RedisCalls(config.cluster.redis)
+        self.redis = calls_for(config.cluster.redis)
         settings = config.cluster.redis
         self.pusher: RedisPusher = RedisPusher(
             self.redis, settings.prefix, host.member, host, webhook, settings.presence_ttl
@@ -100,7 +101,7 @@ class RedisBackend(PusherInRedis, MeshBackend):
     def __init__(self, config: Config, members: Members, bus: Callable[[], Bus | None]) -> None:
         super().__init__(members, bus)
         #: The admin's script connection (connects on its first call).
-        self.redis = RedisCalls(config.cluster.redis)
+        self.redis = calls_for(config.cluster.redis)
         self.pusher = RedisPusherReader(self.redis, config.cluster.redis.prefix)
 
     def close(self) -> None:
