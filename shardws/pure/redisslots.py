@@ -8,8 +8,9 @@ hub's channel names, and the slot map (which master serves which slots).
   + "}"``: the topic's name is the hash tag, so a channel's pub/sub lands on the slot
   of its keys (``<prefix>{<channel>}:...``, the history, presence and Pusher state),
   and a Lua script that touches them may publish to it. The prefix holds no brace
-  (``config.RedisConfig`` checks it with ``cluster_nodes``), so the tag is the name's
-  (cut at its first ``}`` if it holds one -- the same cut as its keys').
+  (``config.RedisConfig`` checks it with ``cluster_nodes``) and a channel's name none
+  (``protocol.channel_error``, and Pusher's rule), so the tag is the whole name. (A user
+  id may hold braces: its topic then hashes by its own rule, the same on every host.)
   :func:`topic_of` is its inverse.
 * :class:`SlotMap` is what ``CLUSTER SLOTS`` answers: the master of each slot range.
 """
