@@ -65,6 +65,8 @@ class ClusterCalls(RedisCalls):
         self._refresh = asyncio.Event()
         self._mapper: asyncio.Task[None] | None = None
         self._first_map_failed = False
+        self._map_changes = 0  # slot maps read that differ from the one before
+        self._closed_reconnects = 0  # reconnections of the masters let go
         self.redirects = 0
 
     @property
@@ -75,6 +77,18 @@ class ClusterCalls(RedisCalls):
 
     @up.setter
     def up(self, value: bool) -> None:
+        """Set by ``RedisCalls``'s own connection, which this class does not open."""
+
+    @property
+    def reconnects(self) -> int:
+        """A master's connections after its first, plus each change of the slot map (a
+        promoted replica, a slot moved): what a caller that must write again after a
+        reconnection (``server.redispresence``) watches."""
+        live = sum(node.reconnects for node in self._nodes.values())
+        return self._closed_reconnects + live + self._map_changes
+
+    @reconnects.setter
+    def reconnects(self, value: int) -> None:
         """Set by ``RedisCalls``'s own connection, which this class does not open."""
 
     @property
@@ -90,7 +104,6 @@ class ClusterCalls(RedisCalls):
         counters = super().counters()
         counters.update(
             failures=self.failures + sum(node.failures for node in self._nodes.values()),
-            reconnects=sum(node.reconnects for node in self._nodes.values()),
             redirects=self.redirects,
             masters=len(self._nodes),
         )
@@ -188,9 +201,13 @@ class ClusterCalls(RedisCalls):
                 continue
             backoff.reset()
             self._first_map_failed = False
+            if self.slots is not None and slots != self.slots:
+                self._map_changes += 1
             self.slots = slots
             for address in [a for a in self._nodes if a not in slots.masters]:
-                self._nodes.pop(address).close()  # serves no slot now: its calls fail
+                node = self._nodes.pop(address)
+                self._closed_reconnects += node.reconnects
+                node.close()  # serves no slot now: its calls fail
             calls = [*self._waiting, *self._redirected]
             self._waiting.clear()
             self._redirected.clear()
