@@ -1267,15 +1267,6 @@ class Config:
 
     def cross_check(self) -> Iterator[tuple[str, str]]:
         """Rules spanning sections: ``(key, reason)`` per violation."""
-        if self.cluster.engine == "redis":
-            # docs/cluster.md: history comes to the hub with its own issue.
-            for name, namespace in self.namespaces.items():
-                if namespace.history_size:
-                    yield (
-                        f"namespaces.{name}.history_size",
-                        'history is not served on the hub yet ([cluster] engine = "redis");'
-                        ' use engine = "mesh" or history_size = 0',
-                    )
         echo = self.diagnostics.echo_path
         if echo and echo == self.server.path:
             yield "diagnostics.echo_path", f"must differ from [server] path ({echo!r})"

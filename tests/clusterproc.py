@@ -62,9 +62,8 @@ class Host:
         peer_timeout: float = 1.5,
     ) -> None:
         """``redis``: the address of the Redis the hosts join through with ``engine =
-        "redis"`` (then ``peers`` and ``key_file`` are unused, and the ``hist`` namespace
-        keeps no history: not served on the hub yet). The short default heartbeat and
-        timeout make the tests' failure detection quick; a benchmark passes its own."""
+        "redis"`` (then ``peers`` and ``key_file`` are unused). The short default heartbeat
+        and timeout make the tests' failure detection quick; a benchmark passes its own."""
         self.net = net
         self.name = name
         self.address = net.address(name)
@@ -80,7 +79,6 @@ resolve_interval = 1.0
         history = "history_size = 1000"
         if engine == "redis":
             joining = f'\n[cluster.redis]\naddress = "{redis}"\n'
-            history = ""
         self.config_path.write_text(
             f"""
 [server]

@@ -20,9 +20,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import websockets
 from serverproc import ServerProcess, http_json
-from toolkit import run, timeout, wait_until
+from toolkit import DEFAULT_ENGINE, run, timeout, wait_until
 from wsclient import Client, clients_on_workers
 
 from shardws.pure.history import owner_of
@@ -39,8 +40,8 @@ join_leave = false
 CHANNEL = "chat:stream"
 
 
-def _server(tmp_path: Path, workers: int) -> ServerProcess:
-    return ServerProcess(tmp_path, workers=workers, extra=NAMESPACE).start()
+def _server(tmp_path: Path, workers: int, engine: str = DEFAULT_ENGINE) -> ServerProcess:
+    return ServerProcess(tmp_path, workers=workers, extra=NAMESPACE, engine=engine).start()
 
 
 def _pids(proc: ServerProcess) -> dict[int, int]:
@@ -134,8 +135,8 @@ async def _publish_all(client: Client, count: int, pace: float) -> int:
     return retries
 
 
-def test_publish_recover_history_presence_basics(tmp_path: Path) -> None:
-    with _server(tmp_path, 2) as proc:
+def test_publish_recover_history_presence_basics(tmp_path: Path, engine: str) -> None:
+    with _server(tmp_path, 2, engine) as proc:
 
         async def main() -> None:
             a, b = await clients_on_workers(proc.url, 2)
@@ -187,11 +188,11 @@ def test_publish_recover_history_presence_basics(tmp_path: Path) -> None:
         run(main(), 30)
 
 
-def test_killing_non_owner_workers_loses_nothing(tmp_path: Path) -> None:
+def test_killing_non_owner_workers_loses_nothing(tmp_path: Path, engine: str) -> None:
     """Ten SIGKILLs of workers other than the channel's owner under a stream: every
     subscriber holds every message exactly once and in order after recovering."""
     count = 400
-    with _server(tmp_path, 3) as proc:
+    with _server(tmp_path, 3, engine) as proc:
         owner = owner_of(CHANNEL, [0, 1, 2])
 
         async def main() -> None:
@@ -230,8 +231,11 @@ def proc_kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path) -> None:
-    with _server(tmp_path, 2) as proc:
+def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path, engine: str) -> None:
+    """On the mesh the history dies with its owner worker: a new epoch, told to the
+    recovering client. On the hub no worker owns it (Redis does): the same kill keeps
+    the epoch, and the client recovers."""
+    with _server(tmp_path, 2, engine) as proc:
         owner = owner_of(CHANNEL, [0, 1])
         other = 1 - owner
 
@@ -251,25 +255,29 @@ def test_owner_killed_means_a_new_epoch_never_a_silent_gap(tmp_path: Path) -> No
             dead = (await asyncio.to_thread(_pids, proc))[owner]
             proc_kill(dead)
             await asyncio.to_thread(proc.wait_healthy, 20.0, {dead})
-            # The history died with the owner: a recovering client is told so.
             back = await Client.connect(proc.url)
             reply = await back.call(
                 "subscribe", channel=CHANNEL, recover={"epoch": old_epoch, "offset": 5}
             )
-            assert reply.get("recovered") is False and reply["epoch"] != old_epoch, reply
-            # A subscriber that stayed connected sees the new epoch on the next push.
             sent = await _publish_all(publisher, 1, 0)
             push = await watcher.next_push()
-            assert push["epoch"] == reply["epoch"] and push["offset"] == 1, (push, sent)
+            if engine == "redis":  # Redis kept the history: nothing changed
+                assert reply.get("recovered") is True and reply["epoch"] == old_epoch, reply
+                assert push["epoch"] == old_epoch and push["offset"] == 6, (push, sent)
+            else:
+                # The history died with the owner: a recovering client is told so.
+                assert reply.get("recovered") is False and reply["epoch"] != old_epoch, reply
+                # A subscriber that stayed connected sees the new epoch on the next push.
+                assert push["epoch"] == reply["epoch"] and push["offset"] == 1, (push, sent)
             for client in (*placed, back):
                 await client.close()
 
         run(main(), 40)
 
 
-def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
+def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path, engine: str) -> None:
     count = 300
-    with _server(tmp_path, 2) as proc:
+    with _server(tmp_path, 2, engine) as proc:
         proc.wait_log(r"process\(es\) ready")
 
         async def main() -> None:
@@ -293,7 +301,8 @@ def test_sighup_roll_keeps_history_and_epoch(tmp_path: Path) -> None:
                 assert sub.data == list(range(count)), (sub.reconnects, sub.data[:20])
                 assert sub.recoveries and all(sub.recoveries), sub.recoveries
                 assert sub.epochs == {epoch}
-            assert "continued 1 ring(s)" in proc.logs()
+            if engine == "mesh":  # on the hub Redis holds the history, not the workers
+                assert "continued 1 ring(s)" in proc.logs()
 
         run(main(), 90)
 
@@ -343,10 +352,10 @@ def test_presence_matches_live_connections_after_a_kill(tmp_path: Path) -> None:
         run(main(), 30)
 
 
-def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> None:
+def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path, engine: str) -> None:
     key = "k" * 24
     with ServerProcess(
-        tmp_path, workers=2, extra=NAMESPACE, admin=f'api_key = "{key}"'
+        tmp_path, workers=2, extra=NAMESPACE, admin=f'api_key = "{key}"', engine=engine
     ).start() as proc:
 
         async def main() -> None:
@@ -385,6 +394,7 @@ def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path) -> N
         run(main(), 30)
 
 
+@pytest.mark.engines("mesh")  # the mesh's owners hand rings over; on the hub Redis keeps them
 def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
     """Reloads 3 -> 2 -> 3 workers move a channel from worker 2 to worker 1 and back:
     its history and epoch move with it, so recovery still works."""
@@ -434,7 +444,7 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
         run(main(), 90)
 
 
-def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
+def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path, engine: str) -> None:
     """A worker that stops reading (SIGSTOP) while the owner floods a channel loses bus
     messages at the high-water mark, the last ones included (no later offset reveals
     them). Its subscribers still get every publication, in order: the position check
@@ -443,9 +453,9 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
     limits = "[limits]\ncommands_per_second = 1e9\ncommand_burst = 1000000000\n"
     count = 3000
     with ServerProcess(
-        tmp_path, workers=2, server="bus_hwm = 1", extra=NAMESPACE + limits
+        tmp_path, workers=2, server="bus_hwm = 1", extra=NAMESPACE + limits, engine=engine
     ).start() as proc:
-        owner = owner_of(channel, [0, 1])
+        owner = owner_of(channel, [0, 1])  # on the hub: a worker like another
 
         async def main() -> None:
             placed = await clients_on_workers(proc.url, 2, per_worker=3)
@@ -486,9 +496,9 @@ def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path) -> None:
 API_KEY = "k" * 24
 
 
-def _api_server(tmp_path: Path, workers: int = 2) -> ServerProcess:
+def _api_server(tmp_path: Path, engine: str = DEFAULT_ENGINE) -> ServerProcess:
     return ServerProcess(
-        tmp_path, workers=workers, extra=NAMESPACE, admin=f'api_key = "{API_KEY}"'
+        tmp_path, workers=2, extra=NAMESPACE, admin=f'api_key = "{API_KEY}"', engine=engine
     ).start()
 
 
@@ -516,7 +526,9 @@ def _history(proc: ServerProcess, channel: str) -> dict[str, Any]:
     return body
 
 
-def test_api_publish_to_a_history_channel_answers_where_it_is_stored(tmp_path: Path) -> None:
+def test_api_publish_to_a_history_channel_answers_where_it_is_stored(
+    tmp_path: Path, engine: str
+) -> None:
     """A 200 carries the offset and epoch the owner stored the publication at; the same
     ``idem`` again gets the same position and stores nothing; a bad ``idem`` is a 400
     that names it."""
@@ -540,6 +552,7 @@ def test_api_publish_to_a_history_channel_answers_where_it_is_stored(tmp_path: P
         assert _history(proc, CHANNEL)["offset"] == 2  # nothing stored by the bad ones
 
 
+@pytest.mark.engines("mesh")  # an owner worker; the hub's case: test_redishistory.py
 def test_an_owner_that_does_not_answer_gets_a_503_never_a_200(tmp_path: Path) -> None:
     """The channel's owner stopped (SIGSTOP): the API answers 503 with ``Retry-After``
     after its bounded wait, and publishes nothing on the request's plain channel. Once
@@ -580,7 +593,7 @@ def test_an_owner_that_does_not_answer_gets_a_503_never_a_200(tmp_path: Path) ->
 
 
 def test_sighup_roll_under_an_http_publish_stream_every_200_is_in_the_history(
-    tmp_path: Path,
+    tmp_path: Path, engine: str
 ) -> None:
     """``shardws.Publisher`` over HTTP publishes a numbered stream to a history channel
     while SIGHUP replaces every worker (the owner too) and the admin. Every publication
@@ -590,7 +603,7 @@ def test_sighup_roll_under_an_http_publish_stream_every_200_is_in_the_history(
     from shardws import Publisher
 
     limit = 3000  # publications at most (the stream ends 20 after the reload completed)
-    with _api_server(tmp_path) as proc:
+    with _api_server(tmp_path, engine) as proc:
         proc.wait_log(r"process\(es\) ready")
         rolled = threading.Event()
 
@@ -631,7 +644,9 @@ def test_sighup_roll_under_an_http_publish_stream_every_200_is_in_the_history(
         run(main(), 120)
 
 
-def test_sighup_roll_under_an_ingress_push_stream_loses_nothing(tmp_path: Path) -> None:
+def test_sighup_roll_under_an_ingress_push_stream_loses_nothing(
+    tmp_path: Path, engine: str
+) -> None:
     """The ingress's PUSH form has no answer, but a roll costs it nothing: the admin keeps
     running (its configuration is unchanged) and holds the requests for an owner that is
     being replaced until the owner's next process is READY with the saved ring. Every
@@ -646,6 +661,7 @@ def test_sighup_roll_under_an_ingress_push_stream_loses_nothing(tmp_path: Path) 
         workers=2,
         extra=NAMESPACE + f'[ingress]\nbind = "{bind}"\n',
         admin=f'api_key = "{API_KEY}"',
+        engine=engine,
     ).start() as proc:
         proc.wait_log(r"process\(es\) ready")
         first = _post_publish(proc, {"channel": CHANNEL, "data": -1})[1]
@@ -664,4 +680,4 @@ def test_sighup_roll_under_an_ingress_push_stream_loses_nothing(tmp_path: Path) 
         history = _history(proc, CHANNEL)
         assert [p["data"] for p in history["publications"]] == [-1, *range(sent)]
         assert history["epoch"] == first["epoch"]
-        assert "keeping the admin running" in proc.logs()
+        assert "reload: keeping the admin" in proc.logs()

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+import zlib
 
 import pytest
 
 from shardws.config import parse_config
-from shardws.pure.cluster import Host, View, host_number, host_of, member_id, slot_of, view_number
+from shardws.pure.cluster import (
+    DECIDER_HOST,
+    Host,
+    View,
+    host_number,
+    host_of,
+    member_id,
+    slot_of,
+    view_number,
+)
 from shardws.pure.history import owner_of
 from shardws.shm.scoreboard import Column, ProcessState
 from shardws.shm.tables import SharedTables
@@ -33,10 +43,17 @@ def test_host_numbers_are_pinned() -> None:
     ]
 
 
+def test_no_host_id_gets_the_number_of_redis_as_a_publisher() -> None:
+    # Its digest would give 65535, DECIDER_HOST (the origin of Redis's own
+    # publications on the hub): it gets 65534, as a collision of two ids would.
+    assert zlib.crc32(b"host-203444") % 0xFFFF + 1 == DECIDER_HOST
+    assert host_number("host-203444") == DECIDER_HOST - 1
+
+
 def test_member_ids_split_into_host_and_slot() -> None:
     for host_id in ("a", "b", "shardws-0.shardws.default.svc", "x" * 63):
         number = host_number(host_id)
-        assert 1 <= number <= 0xFFFF
+        assert 1 <= number < DECIDER_HOST
         member = member_id(number, 65)
         assert (host_of(member), slot_of(member)) == (number, 65)
         assert member < 2**32  # fits the bus header's origin field

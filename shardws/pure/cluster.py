@@ -24,12 +24,20 @@ from typing import Any
 SLOT_BITS = 16
 SLOT_MASK = (1 << SLOT_BITS) - 1
 
+#: The host number no host has (:func:`host_number` never gives it): the origin of what
+#: Redis itself publishes on the hub (a history channel's publications, numbered by
+#: Redis: ``server.redishistory``), so that no host takes it for its own or a peer's.
+DECIDER_HOST = 0xFFFF
+#: The member id of Redis as a publisher (``member_id(DECIDER_HOST, 0)``).
+DECIDER_MEMBER = DECIDER_HOST << SLOT_BITS
+
 
 def host_number(host_id: str) -> int:
-    """The 16-bit number of ``host_id`` used in member ids (1..65535; 0 is a single
-    host). Two host ids with the same number cannot join one cluster: the bridge refuses
-    the second one and logs both names."""
-    return zlib.crc32(host_id.encode()) % 0xFFFF + 1
+    """The 16-bit number of ``host_id`` used in member ids (1..65534; 0 is a single
+    host, 65535 is :data:`DECIDER_HOST`: an id whose digest gives it gets 65534). Two
+    host ids with the same number cannot join one cluster: the bridge refuses the second
+    one and logs both names."""
+    return min(zlib.crc32(host_id.encode()) % 0xFFFF + 1, DECIDER_HOST - 1)
 
 
 def member_id(host: int, slot: int) -> int:

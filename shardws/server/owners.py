@@ -123,6 +123,32 @@ class OwnerHost(Protocol):
     def stats_publication(self) -> None: ...
 
 
+class HistoryDecider(Protocol):
+    """Who decides the history channels when no worker owns them (the Redis engine:
+    ``server.redishistory``): it answers the history requests (``history.publish``,
+    ``.position``, ``.positions``, ``.page``) in place of an owner worker, and publishes
+    the channels' publications itself. Its answers travel apart from its publications
+    (a position may overtake the publications up to it): see ``Owners.check_positions``."""
+
+    async def ask(self, request: OwnerRequest[_ReplyT], timeout: float) -> _ReplyT | None:
+        """The answer, or None if it was not given within ``timeout`` seconds."""
+        ...
+
+
+#: The requests a ``HistoryDecider`` answers.
+HISTORY_REQUESTS = (
+    HistoryPublishRequest,
+    HistoryPositionRequest,
+    HistoryPageRequest,
+    HistoryPositionsRequest,
+)
+
+
+def is_history_request(request: OwnerRequest[Any]) -> bool:
+    """Whether a ``HistoryDecider`` answers ``request`` (one of ``HISTORY_REQUESTS``)."""
+    return isinstance(request, HISTORY_REQUESTS)
+
+
 @dataclass(eq=False)
 class _Pending:
     """A subscriber whose position (and recovery) is being fetched: it receives nothing
@@ -136,8 +162,13 @@ class _Pending:
 class Owners:
     """Channel owners, recovery, gap repair and presence for one worker."""
 
-    def __init__(self, worker: OwnerHost) -> None:
+    def __init__(self, worker: OwnerHost, decider: HistoryDecider | None = None) -> None:
         self.worker = worker
+        #: Who answers history requests instead of the owner workers (None: the owners).
+        self.decider = decider
+        # The decider's positions at the last check that this worker was behind of
+        # (only with a decider: see check_positions).
+        self._behind: dict[str, Position] = {}
         self.sequencer = Sequencer(self._options)
         self.tracker = Tracker()
         self.requests = Requests(worker.member, self._send)
@@ -190,7 +221,10 @@ class Owners:
         self, channel: str, request: OwnerRequest[_ReplyT], timeout: float = OWNER_TIMEOUT
     ) -> _ReplyT | None:
         """The owner's answer to ``request`` (computed here when this worker is the
-        owner), or None if it refused or did not answer within ``timeout`` seconds."""
+        owner; the decider's for a history request, when there is one), or None if it
+        refused or did not answer within ``timeout`` seconds."""
+        if self.decider is not None and is_history_request(request):
+            return await self.decider.ask(request, timeout)
         owner = self.owner(channel)
         if owner == self.worker.member:
             mine = self.answer(request)
@@ -354,6 +388,11 @@ class Owners:
         """Ask each owner (one request per owner) for the position of the channels this
         worker delivers: a publication lost on the bus with nothing after it would
         otherwise go unnoticed until the next one. Behind the owner -> repair."""
+        if self.decider is not None:
+            channels = [c for c in self.tracker.channels() if c not in self._repairing]
+            if channels:
+                self.spawn(self._check_decider(channels))
+            return
         by_owner: dict[int, list[str]] = {}
         me = self.worker.member
         for channel in self.tracker.channels():
@@ -369,14 +408,42 @@ class Owners:
         reply = replies.get(owner)
         positions = reply.positions if isinstance(reply, HistoryPositionsReply) else {}
         for channel, at in positions.items():
-            known = self.tracker.position(channel)
             # The owner sent everything up to ``at`` before this answer, on the same
             # pipe: whatever of it is not delivered here by now was lost.
-            if known is None or channel in self._repairing or at.offset == 0:
+            if self._is_behind(channel, at):
+                self._repair_behind(channel, at)
+
+    async def _check_decider(self, channels: list[str]) -> None:
+        """:meth:`check_positions` with a decider, whose answer may overtake the
+        publications up to it (they cross through Redis and the hub, the answer comes on
+        the script connection): a channel is repaired when what is delivered here is
+        still behind the position the decider answered at the check before, whose
+        publications had a whole interval to arrive."""
+        assert self.decider is not None
+        request = HistoryPositionsRequest(tuple(channels))
+        reply = await self.decider.ask(request, OWNER_TIMEOUT)
+        if reply is None:
+            return
+        earlier, self._behind = self._behind, {}
+        for channel, at in reply.positions.items():
+            if not self._is_behind(channel, at):
                 continue
-            if known.epoch != at.epoch or at.offset > known.offset:
-                log.warning("channel %s: behind its owner (%s:%d); repairing", channel, *at)
-                self._start_repair(channel, at.epoch, [])
+            before = earlier.get(channel)
+            if before is not None and self._is_behind(channel, before):
+                self._repair_behind(channel, before)
+            else:
+                self._behind[channel] = at
+
+    def _is_behind(self, channel: str, at: Position) -> bool:
+        """Whether the deliveries here on ``channel`` are behind the decider's ``at``."""
+        known = self.tracker.position(channel)
+        if known is None or channel in self._repairing or at.offset == 0:
+            return False
+        return known.epoch != at.epoch or at.offset > known.offset
+
+    def _repair_behind(self, channel: str, at: Position) -> None:
+        log.warning("channel %s: behind its owner (%s:%d); repairing", channel, *at)
+        self._start_repair(channel, at.epoch, [])
 
     def subscribe(
         self, conn: Connection, command_id: int | None, channel: str, since: Position | None

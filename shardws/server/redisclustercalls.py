@@ -152,7 +152,7 @@ class ClusterCalls(RedisCalls):
 
     def _send(self, call: _Call) -> None:
         assert self.slots is not None
-        owner = self.slots.owner_of(_key_of(call.args))
+        owner = self.slots.owner_of(_key_of(call))
         if owner is None:
             self._fail([call], "no master serves the slot")
             self._refresh.set()
@@ -162,7 +162,7 @@ class ClusterCalls(RedisCalls):
             node = self._nodes[owner] = RedisCalls(
                 self.settings, self._scripts.values(), address=owner
             )
-        inner = _Call(call.args, asyncio.get_running_loop().create_future(), call.script)
+        inner = _Call(call.args, asyncio.get_running_loop().create_future(), call.script, call.keys)
         inner.future.add_done_callback(lambda done: self._answered_by_node(call, done))
         node._put(inner)
 
@@ -216,11 +216,11 @@ class ClusterCalls(RedisCalls):
             await asyncio.sleep(_REFRESH_MIN)
 
 
-def _key_of(args: tuple[Any, ...]) -> bytes:
+def _key_of(call: _Call) -> bytes:
     """The key that routes a call: a script's first key, a command's first argument."""
-    name = args[0].upper() if isinstance(args[0], str) else args[0]
-    if name in ("EVALSHA", "EVAL", b"EVALSHA", b"EVAL"):
-        key = args[3] if int(args[2]) > 0 else b""
+    args = call.args
+    if call.script is not None:
+        key = args[0] if call.keys > 0 else b""
     else:
         key = args[1] if len(args) > 1 else b""
     return key.encode() if isinstance(key, str) else bytes(key)

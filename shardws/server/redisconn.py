@@ -235,10 +235,17 @@ class Pipeline(Generic[ItemT]):
 
 @dataclass(frozen=True)
 class Script:
-    """A Lua script run with ``EVALSHA`` (its SHA1 computed here, loaded on connect)."""
+    """A Lua script run with ``EVALSHA`` (its SHA1 computed here, loaded on connect).
+
+    With ``identity``, every call's ``ARGV`` starts with the identity of the server that
+    runs it (:class:`ServerIdentity`: ``run_id``, then ``durable`` and ``promoted`` as
+    ``"1"``/``"0"``), the caller's arguments after them: it is the identity of the
+    connection the call is written on, learnt before anything was written on it, so a
+    call made before a reconnection never carries the former server's."""
 
     name: str
     source: str
+    identity: bool = False
 
     @property
     def sha(self) -> str:
@@ -260,9 +267,10 @@ class ServerIdentity:
 
 @dataclass(eq=False)
 class _Call:
-    args: tuple[Any, ...]
+    args: tuple[Any, ...]  # a command's words; a script's keys then arguments
     future: asyncio.Future[Any]
     script: Script | None = None
+    keys: int = 0
     retried: bool = False
 
 
@@ -338,10 +346,12 @@ class RedisCalls:
     # -- calls ----------------------------------------------------------------------------
 
     def call(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
-        """Run ``script`` with ``keys`` and ``args``: its answer, or RedisUnavailable."""
+        """Run ``script`` with ``keys`` and ``args`` (after the server's identity, for a
+        script that asks for it): its answer (an error reply is a ResponseError), or
+        RedisUnavailable."""
         if script.sha not in self._scripts:
             self.register(script)
-        return self._put(_Call(("EVALSHA", script.sha, len(keys), *keys, *args), _future(), script))
+        return self._put(_Call((*keys, *args), _future(), script, len(keys)))
 
     def command(self, *args: Any) -> asyncio.Future[Any]:
         """Run one command: its answer (an error reply is a ResponseError), or
@@ -357,18 +367,24 @@ class RedisCalls:
             self._pipeline.put(call)
         return call.future
 
-    @staticmethod
-    def _command_of(call: _Call) -> Sequence[Any]:
-        return call.args
+    def _command_of(self, call: _Call) -> Sequence[Any]:
+        script = call.script
+        if script is None:
+            return call.args
+        verb = ("EVAL", script.source) if call.retried else ("EVALSHA", script.sha)
+        keys, args = call.args[: call.keys], call.args[call.keys :]
+        identity = self.identity
+        if script.identity and identity is not None:  # set before the pipeline runs
+            flags = ("1" if identity.durable else "0", "1" if identity.promoted else "0")
+            args = (identity.run_id, *flags, *args)
+        return (*verb, call.keys, *keys, *args)
 
     def _answered(self, call: _Call, answer: Any) -> None:
         if call.future.done():
             return
         if isinstance(answer, NoScriptError) and call.script is not None and not call.retried:
-            # The script cache was flushed under us: EVAL loads it, once.
-            script = call.script
-            retry = _Call(("EVAL", script.source, *call.args[2:]), call.future, script, True)
-            self._pipeline.put(retry)
+            call.retried = True  # the script cache was flushed under us: EVAL loads it, once
+            self._pipeline.put(call)
             return
         if isinstance(answer, ResponseError):
             call.future.set_exception(answer)

@@ -23,21 +23,36 @@ What is not taken over here is the mesh's, unchanged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+import logging
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from shardws.config import NamespaceConfig
+from shardws.pure.control import HistoryPublishRequest, OwnerReply, OwnerRequest
+from shardws.pure.protocol import namespace_of
+from shardws.server.engine import ASK_TIMEOUT, StoreCounts
 from shardws.server.mesh import MeshBackend, MeshEngine
+from shardws.server.owners import is_history_request
 from shardws.server.redisclustercalls import calls_for
+from shardws.server.redishistory import RedisHistory
 from shardws.server.redispresence import RedisPresence
 from shardws.server.redispusher import PusherInRedis, RedisPusher, RedisPusherReader
+from shardws.server.stored import STORE_TIMEOUT
 
 if TYPE_CHECKING:
     from shardws.bus.host import Bus
     from shardws.config import Config
+    from shardws.pure.history import Position
     from shardws.pure.pusher.webhooks import WebhookEvent
     from shardws.server.engine import Connection
     from shardws.server.mesh import MeshHost
     from shardws.shm.view import Members
+
+log = logging.getLogger("shardws.redisengine")
+
+_ReplyT = TypeVar("_ReplyT", bound=OwnerReply)
+#: Seconds between two attempts of a confirmed store while Redis does not answer.
+_RETRY_PAUSE = 0.1
 
 
 class RedisEngine(PusherInRedis, MeshEngine):
@@ -60,7 +75,12 @@ class RedisEngine(PusherInRedis, MeshEngine):
         )
         self._pusher_apps = bool(config.pusher.apps)
         #: Native presence, kept in Redis (join and leave still cross on the bus).
-        self.native_presence = RedisPresence(self.redis, config.cluster.redis)
+        self.native_presence = RedisPresence(self.redis, settings)
+        #: History channels: Redis decides them, not the owner workers.
+        self.history_decider = RedisHistory(
+            self.redis, settings, host.options_for, host.stats_publication
+        )
+        self.owners.decider = self.history_decider
 
     # -- presence (server.redispresence) ---------------------------------------------------
 
@@ -81,8 +101,8 @@ class RedisEngine(PusherInRedis, MeshEngine):
     # -- the worker's life ---------------------------------------------------------------
 
     def load(self) -> None:
+        """Connect to Redis; no rings to continue (Redis keeps the histories)."""
         self.redis.start()
-        super().load()
 
     def on_heartbeat(self, now: float, retell: Callable[[], None]) -> None:
         if self._pusher_apps:  # refreshes and sweeps (a reload replaces the process)
@@ -91,18 +111,81 @@ class RedisEngine(PusherInRedis, MeshEngine):
         self.native_presence.on_tick(now)  # refresh what this worker holds, when due
 
     def save(self) -> None:
-        super().save()
+        """Nothing to keep for the next process: Redis holds it."""
         self.redis.close()
 
 
 class RedisBackend(PusherInRedis, MeshBackend):
-    """The admin's engine on the hub (``engine.BackendEngine``); see the module."""
+    """The admin's engine on the hub (``engine.BackendEngine``); see the module.
+
+    Backends' publications to history channels are stored by Redis: :meth:`store`
+    answers once Redis stored each channel's (asking again with the same ``idem`` while
+    Redis does not answer, up to ``stored.STORE_TIMEOUT``: a confirmed position is
+    stored, an unconfirmed channel may or may not be -- the caller answers 503);
+    :meth:`store_later` (the ingress's PUSH form) sends it once, in order with the
+    channel's other publications, and counts one that Redis did not confirm in
+    ``unconfirmed`` (never a silent loss)."""
 
     def __init__(self, config: Config, members: Members, bus: Callable[[], Bus | None]) -> None:
         super().__init__(members, bus)
         #: The admin's script connection (connects on its first call).
         self.redis = calls_for(config.cluster.redis)
         self.pusher = RedisPusherReader(self.redis, config.cluster.redis.prefix)
+        namespaces = config.namespaces
+        self.history_decider = RedisHistory(
+            self.redis,
+            config.cluster.redis,
+            lambda channel: namespaces.get(namespace_of(channel)) or NamespaceConfig(),
+        )
+        self._confirmed = 0
+        self._unconfirmed = 0
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    async def ask(
+        self, channel: str, request: OwnerRequest[_ReplyT], timeout: float = ASK_TIMEOUT
+    ) -> _ReplyT | None:
+        if is_history_request(request):
+            return await self.history_decider.ask(request, timeout)
+        return await super().ask(channel, request, timeout)
+
+    async def store(
+        self, channels: Iterable[str], data: bytes, idem: str
+    ) -> tuple[dict[str, Position], list[str]]:
+        targets = list(channels)
+        answers = await asyncio.gather(*(self._store(c, data, idem) for c in targets))
+        positions = {c: at for c, at in zip(targets, answers, strict=True) if at is not None}
+        missing = [c for c, at in zip(targets, answers, strict=True) if at is None]
+        self._confirmed += len(positions)
+        self._unconfirmed += len(missing)
+        return positions, missing
+
+    async def _store(self, channel: str, data: bytes, idem: str) -> Position | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STORE_TIMEOUT
+        request = HistoryPublishRequest(channel, data, idem)
+        while (remaining := deadline - loop.time()) > 0:
+            reply = await self.history_decider.ask(request, remaining)
+            if reply is not None:
+                return reply.position
+            await asyncio.sleep(min(_RETRY_PAUSE, max(deadline - loop.time(), 0)))
+        return None
+
+    def store_later(self, channel: str, data: bytes, idem: str | None) -> None:
+        request = HistoryPublishRequest(channel, data, idem)
+        task = asyncio.ensure_future(self._store_later(request))
+        self._tasks.add(task)  # keep a reference until done (asyncio holds weak ones)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store_later(self, request: HistoryPublishRequest) -> None:
+        # Tasks start in the order they were made: the calls keep the ingress's order.
+        if await self.history_decider.ask(request, STORE_TIMEOUT) is None:
+            self._unconfirmed += 1
+            log.warning("an ingress publication to %s was not stored by Redis", request.channel)
+        else:
+            self._confirmed += 1
+
+    def store_counts(self) -> StoreCounts:
+        return StoreCounts(self._confirmed, self._unconfirmed, 0)
 
     def close(self) -> None:
         super().close()
