@@ -75,6 +75,7 @@ REDIS_USERS = {
     "shardws.server.redisconn",  # every process's connections to Redis
     "shardws.server.redisclusterhub",  # the hub on a Redis Cluster: one link per master
     "shardws.server.redisclustercalls",  # script calls routed to a cluster's masters
+    "shardws.server.redishistory",  # history channels in Redis: its error replies
 }
 
 
@@ -117,6 +118,7 @@ BEHIND_THE_SEAM = {
     "shardws.server.redishub",  # the Redis hub's cross-host process
     "shardws.server.redisconn",  # the Redis engine's connections
     "shardws.server.redisengine",  # the Redis engine
+    "shardws.server.redishistory",  # ... its history channels, decided in Redis
     "shardws.server.redispusher",  # ... its Pusher rosters, occupancy, cache
     "shardws.server.redispresence",  # the Redis engine's native presence
     "shardws.server.redisclusterhub",  # the Redis hub's cross-host process on a cluster
