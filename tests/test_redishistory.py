@@ -442,3 +442,66 @@ def test_api_publish_waits_for_redis_200_stored_503_when_it_does_not_answer(
     )
     assert [(p["offset"], p["data"]) for p in body["publications"]] == [(1, 0), (2, 1)]
     assert body["epoch"] == first["epoch"]
+
+
+# -- the scripts alone ----------------------------------------------------------------------
+
+
+def test_the_epoch_rule_and_the_ring_in_the_scripts(tmp_path: Path) -> None:
+    """The scripts run with a given server identity (what ``RedisCalls`` passes): the
+    epoch is kept by the same server, and by another one only when the writer was
+    durable and the server is no promoted replica; the ring keeps ``size`` publications
+    and an ``idem`` only while its publication is held; the TTL empties it."""
+    from shardws.config import RedisConfig
+    from shardws.server.redisconn import RedisCalls
+    from shardws.server.redishistory import POSITION, PUBLISH
+
+    keys = ("t{c}:m", "t{c}:s", "t{c}:i")
+
+    async def main() -> None:
+        calls = RedisCalls(RedisConfig(address=server.address))
+
+        async def position(who: tuple[str, str, str], fresh: str) -> tuple[str, int]:
+            answer = await calls.command(
+                "EVAL", POSITION.source, 3, *keys, *who, fresh, 0, 3, "", 0
+            )
+            return answer[0].decode(), int(answer[1])
+
+        async def publish(who: tuple[str, str, str], idem: str, ttl_ms: int = 0) -> list[Any]:
+            args = (*who, "fresh", ttl_ms, 3, idem, "1", "t:c{c}", 1, "PUBLISH")
+            return list(await calls.command("EVAL", PUBLISH.source, 3, *keys, *args))
+
+        durable, volatile = ("A", "1", "0"), ("B", "0", "0")
+        assert await position(durable, "e1") == ("e1", 0)  # nothing yet: a new epoch
+        assert (await publish(durable, "k1"))[1:] == [1, 1]
+        assert await position(durable, "e2") == ("e1", 1)  # the same server
+        assert await position(volatile, "e3") == ("e1", 1)  # the writer was durable
+        assert await position(("C", "1", "0"), "e4") == ("e4", 0)  # B was not
+        assert (await publish(("C", "1", "0"), ""))[:2] == [b"e4", 1]
+        assert await position(("D", "1", "1"), "e5") == ("e5", 0)  # a promoted replica
+        promoted = ("D", "1", "1")
+        for n in range(5):  # size 3: offsets 1 and 2 leave the ring
+            assert (await publish(promoted, f"i{n}"))[1:] == [n + 1, 1]
+        assert (await publish(promoted, "i4"))[1:] == [5, 0]  # held: answered, not stored
+        assert (await publish(promoted, "i0"))[1:] == [6, 1]  # left the ring: stored again
+        answer = await calls.command(
+            "EVAL", POSITION.source, 3, *keys, *promoted, "x", 0, 3, "e5", 2
+        )
+        assert answer[2] == b"left_ring"
+        answer = await calls.command(
+            "EVAL", POSITION.source, 3, *keys, *promoted, "x", 0, 3, "e5", 4
+        )
+        assert answer[2] == b"" and [int(v) for v in answer[3::2]] == [5, 6]
+        await publish(promoted, "late")  # offset 7
+        await asyncio.sleep(0.1)  # older than a TTL of 50 ms
+        expired = await calls.command(
+            "EVAL", POSITION.source, 3, *keys, *promoted, "x", 50, 3, "e5", 6
+        )
+        assert expired[:3] == [b"e5", 7, b"left_ring"]  # epoch and offset kept
+        await asyncio.sleep(0.3)  # unused for twice the TTL: the channel is forgotten
+        assert await position(promoted, "e6") == ("e6", 0)
+        await calls.stop()
+
+    with RedisServer(tmp_path) as server:
+        server.start()
+        run(main(), 30)

@@ -107,24 +107,22 @@ local function touch()
     for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, 2 * ttl_ms) end
   end
 end
+local function offset_of(id) return tonumber(string.match(id, '^(%d+)')) end
+-- Publications older than the TTL leave the ring; first_at: the oldest offset held.
+local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
 if ttl_ms > 0 then
   local horizon = now_ms - ttl_ms
   for _ = 1, size do
-    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
     if not first or tonumber(first[2][4]) >= horizon then break end
     redis.call('XDEL', stream, first[1])
+    first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
   end
 end
-touch()
-local function first_offset()
-  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-  if first then return tonumber(string.match(first[1], '^(%d+)')) end
-  return offset + 1
-end
+local first_at = first and offset_of(first[1]) or offset + 1
 local function entry_id(at) return string.format('%d-0', at) end
 local function entries(list, answer)
   for _, entry in ipairs(list) do
-    answer[#answer + 1] = tonumber(string.match(entry[1], '^(%d+)'))
+    answer[#answer + 1] = offset_of(entry[1])
     answer[#answer + 1] = entry[2][2]
   end
   return answer
@@ -141,15 +139,19 @@ PUBLISH = Script(
 local key, data, topic, origin, verb = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10]), ARGV[11]
 if key ~= '' then
   local earlier = redis.call('ZSCORE', idem, key)
-  if earlier and tonumber(earlier) >= first_offset() then
+  if earlier and tonumber(earlier) >= first_at then
+    touch()
     return {epoch, tonumber(earlier), 0}
   end
 end
 offset = redis.call('HINCRBY', meta, 'o', 1)
 redis.call('XADD', stream, 'MAXLEN', size, entry_id(offset), 'd', data, 't', now_ms)
-if key ~= '' then redis.call('ZADD', idem, offset, key) end
-redis.call('ZREMRANGEBYSCORE', idem, '-inf', '(' .. first_offset())
-touch()  -- the keys XADD and ZADD created
+if key ~= '' then
+  -- The keys of publications that left the ring (MAXLEN keeps the last size offsets).
+  redis.call('ZADD', idem, offset, key)
+  redis.call('ZREMRANGEBYSCORE', idem, '-inf', '(' .. math.max(first_at, offset - size + 1))
+end
+touch()
 -- The payload is a host bus frame body (pure.busframe, pure.publication).
 local record = struct.pack('>BHHHHI8', 0, 0, 0, 0, #epoch, offset) .. epoch .. data
 local incarnation = tonumber(string.sub(epoch, 1, 8), 16)
@@ -168,13 +170,14 @@ POSITION = Script(
     "history.position",
     _OPEN
     + """
+touch()
 local answer = {epoch, offset}
 local since_epoch, since = ARGV[7], tonumber(ARGV[8])
 if since_epoch == '' then return answer end
 local reason = ''
 if since_epoch ~= epoch then reason = 'epoch_changed'
 elseif since > offset then reason = 'ahead'
-elseif since < 0 or since + 1 < first_offset() then reason = 'left_ring' end
+elseif since < 0 or since + 1 < first_at then reason = 'left_ring' end
 answer[3] = reason
 if reason ~= '' or since == offset then return answer end
 return entries(redis.call('XRANGE', stream, entry_id(since + 1), '+'), answer)
@@ -187,6 +190,7 @@ PAGE = Script(
     "history.page",
     _OPEN
     + """
+touch()
 local since, limit, reverse = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
 local answer = {epoch, offset}
 if limit <= 0 then return answer end
