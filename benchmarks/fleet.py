@@ -75,9 +75,10 @@ CHANNEL = "fleet"
 
 class Broker:
     """What the hosts of one engine join through, running in namespace ``r``: nothing
-    for the mesh. ``address`` goes into the hosts' ``[cluster.redis]``."""
+    for the mesh. ``address`` or ``nodes`` go into the hosts' ``[cluster.redis]``."""
 
     address = ""
+    nodes: tuple[str, ...] = ()
 
     def pids(self) -> list[int]:
         return []
@@ -91,43 +92,77 @@ class Broker:
 
 
 class RedisBroker(Broker):
-    """One ``redis-server`` (``clusterproc.redis_in``)."""
+    """``redis-server`` processes (``clusterproc.redis_in``) at ``ports``, one by default;
+    their counters are summed."""
 
-    def __init__(self, net: Network, directory: Path) -> None:
+    def __init__(
+        self, net: Network, directory: Path, ports: tuple[int, ...] = (REDIS_PORT,), *extra: str
+    ) -> None:
         self.net = net
-        self.address = f"{net.address(BROKER)}:{REDIS_PORT}"
-        self.proc = redis_in(net, BROKER, directory)
+        self.ports = ports
+        directory.mkdir()
+        self.procs = [redis_in(net, BROKER, directory / str(port), port, *extra) for port in ports]
+        self.address = f"{net.address(BROKER)}:{ports[0]}"
 
     def pids(self) -> list[int]:
-        return [self.proc.pid]
+        return [proc.pid for proc in self.procs]
 
-    def info(self, section: str) -> str:
-        """``INFO section`` from inside the broker's namespace (``redis-cli``, bounded)."""
-        host, port = self.address.rsplit(":", 1)
+    def cli(self, *args: str) -> str:
+        """``redis-cli ARGS`` from inside the broker's namespace (bounded); its output."""
         cli = self.net.popen(
             BROKER,
-            ["redis-cli", "-h", host, "-p", port, "INFO", section],
+            ["redis-cli", "-h", self.net.address(BROKER), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        out, err = cli.communicate(timeout=10)
+        out, err = cli.communicate(timeout=60)
         if cli.returncode != 0 or not out:
-            raise RuntimeError(f"redis-cli INFO {section}: {err.decode()[-500:]}")
+            raise RuntimeError(f"redis-cli {' '.join(args)}: {err.decode()[-500:]}")
         return out.decode()
 
     def stats(self) -> dict[str, int]:
-        counters = {
-            f"command:{m[1]}": int(m[2])
-            for m in re.finditer(r"cmdstat_([a-z|]+):calls=(\d+)", self.info("commandstats"))
-        }
-        for line in self.info("stats").splitlines():
-            name, _, value = line.partition(":")
-            if name in ("total_net_input_bytes", "total_net_output_bytes"):
-                counters[name] = int(value)
+        counters: dict[str, int] = {}
+        for port in self.ports:
+            text = self.cli("-p", str(port), "INFO", "all")
+            for name, value in re.findall(r"cmdstat_([a-z|]+):calls=(\d+)", text):
+                counters[f"command:{name}"] = counters.get(f"command:{name}", 0) + int(value)
+            for name in ("total_net_input_bytes", "total_net_output_bytes"):
+                found = re.search(rf"^{name}:(\d+)", text, re.MULTILINE)
+                counters[name] = counters.get(name, 0) + int(found[1] if found else 0)
         return counters
 
     def stop(self) -> None:
-        terminate(self.proc)
+        for proc in self.procs:
+            terminate(proc)
+
+
+class RedisClusterBroker(RedisBroker):
+    """A Redis Cluster of 3 masters with a replica each, every node in namespace ``r``
+    (``redis-cli --cluster create``); the hosts get every node as a seed."""
+
+    PORTS = (7000, 7001, 7002, 7003, 7004, 7005)
+
+    def __init__(self, net: Network, directory: Path) -> None:
+        super().__init__(net, directory, self.PORTS, "--cluster-enabled", "yes")
+        self.nodes = tuple(f"{net.address(BROKER)}:{port}" for port in self.PORTS)
+        for port in self.PORTS:
+            self._wait(lambda port=port: "PONG" in self.cli("-p", str(port), "PING"))
+        self.cli("--cluster", "create", *self.nodes, "--cluster-replicas", "1", "--cluster-yes")
+        for port in self.PORTS:
+            state = ("-p", str(port), "CLUSTER", "INFO")
+            self._wait(lambda state=state: "cluster_state:ok" in self.cli(*state))
+
+    @staticmethod
+    def _wait(ready: Callable[[], bool], limit: float = 30) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except RuntimeError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Redis Cluster not ready within {limit:.0f} s")
 
 
 @dataclass(frozen=True)
@@ -270,11 +305,10 @@ class Subscriber:
 
 async def _publish(
     publishers: dict[str, Client], rate: float, seconds: float, offset: int = 0
-) -> list[str]:
+) -> list[tuple[str, int]]:
     """Publish at ``rate`` per second in all, publishers in turn, for ``seconds``; returns
-    the publishing host of each publication, in order (its number is ``offset`` + its
-    index there)."""
-    made: list[str] = []
+    (publishing host, number) of each publication accepted, numbered from ``offset``."""
+    made: list[tuple[str, int]] = []
     names = sorted(publishers)
     started = time.monotonic()
     for n in range(int(rate * seconds)):
@@ -286,20 +320,20 @@ async def _publish(
             "publish", channel=CHANNEL, data={"host": host, "n": offset + n}
         )
         if reply.get("ok"):
-            made.append(host)
+            made.append((host, offset + n))
     return made
 
 
 def _deliveries(
-    subscribers: list[Subscriber], made: list[str], offset: int, among: set[str]
+    subscribers: list[Subscriber], made: list[tuple[str, int]], among: set[str]
 ) -> dict[str, int]:
-    """Expected, received and cross-host deliveries of publications ``made`` (numbered from
-    ``offset``) to the subscribers on hosts ``among``."""
+    """Expected, received and cross-host deliveries of publications ``made`` to the
+    subscribers on hosts ``among``."""
     expected = received = cross = 0
     for sub in subscribers:
         if sub.host not in among:
             continue
-        for n, host in enumerate(made, offset):
+        for host, n in made:
             expected += 1
             if (host, n) in sub.seen:
                 received += 1
@@ -307,14 +341,17 @@ def _deliveries(
     return {"expected": expected, "received": received, "cross_host": cross}
 
 
-async def _settle(subscribers: list[Subscriber], made: list[str], offset: int, among: set[str]):
-    """Wait (up to 5 s) until the subscribers on ``among`` have every publication."""
+async def _settle(
+    subscribers: list[Subscriber], made: list[tuple[str, int]], among: set[str]
+) -> dict[str, int]:
+    """:func:`_deliveries` once the subscribers on ``among`` have every publication, or
+    after 5 s (what is still missing then is lost)."""
     for _ in range(50):
-        counts = _deliveries(subscribers, made, offset, among)
+        counts = _deliveries(subscribers, made, among)
         if counts["received"] == counts["expected"]:
             break
         await asyncio.sleep(0.1)
-    return _deliveries(subscribers, made, offset, among)
+    return _deliveries(subscribers, made, among)
 
 
 # --- membership ------------------------------------------------------------------------
@@ -408,7 +445,7 @@ async def _run_phases(
     publishers = {host.name: await host.client() for host in hosts[: args.publishers]}
     with measured(net, hosts, broker) as load_span:
         made = await _publish(publishers, args.rate, args.window)
-        counts = await _settle(subscribers, made, 0, set(names))
+        counts = await _settle(subscribers, made, set(names))
     load = load_span[0]
     marginal_cpu = load.host_cpu() - idle.host_cpu() / idle.seconds * load.seconds
     marginal_bytes = sum(load.sent.values()) - sum(idle.sent.values()) / idle.seconds * load.seconds
@@ -457,7 +494,7 @@ async def _run_phases(
         await asyncio.sleep(max(0.0, killed + args.peer_timeout + 2.0 - time.monotonic()))
     after = after_span[0]
     made_during = await publishing
-    counts = await _settle(subscribers, made_during, offset, survivor_names)
+    counts = await _settle(subscribers, made_during, survivor_names)
     excess = (
         after.host_cpu(without=("admin",))
         - sum(load_rate[n] for n in survivor_names) * after.seconds
@@ -515,6 +552,7 @@ def run_engine(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
                 key,
                 engine=engine.engine,
                 redis=broker.address,
+                redis_nodes=broker.nodes,
                 workers=1,
                 heartbeat_interval=args.heartbeat_interval,
                 peer_timeout=args.peer_timeout,
@@ -523,10 +561,12 @@ def run_engine(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
         ]
         try:
             started = time.monotonic()
-            for host in hosts:
-                host.start()
+            asyncio.run(_start(hosts, args.start_batch))
             converged = asyncio.run(_converged(hosts, names, 60 + 3 * args.hosts))
-            results: dict[str, Any] = {"all_started_and_converged_s": round(converged - started, 2)}
+            results: dict[str, Any] = {
+                "all_started_and_converged_s": round(converged - started, 2),
+                "start_batch": args.start_batch,
+            }
             results.update(asyncio.run(_run_phases(net, hosts, broker, args)))
             return results
         finally:
@@ -535,15 +575,34 @@ def run_engine(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
             broker.stop()
 
 
+async def _start(hosts: list[Host], batch: int) -> None:
+    """Start the hosts ``batch`` at a time, each batch once its hosts' own views show
+    them: 32 hosts booting at once (5 Python processes each) starve 2 cores so long that
+    supervisors kill their workers as stuck in their first boot (measured; the service
+    then stops, as it should)."""
+    for first in range(0, len(hosts), batch):
+        group = hosts[first : first + batch]
+        for host in group:
+            host.start()
+        await asyncio.gather(*(_seen_at([host], host.name, True, 60) for host in group))
+
+
 async def _converged(hosts: list[Host], names: list[str], limit: float) -> float:
     """Wait until every host sees all ``names`` under one view number; returns when."""
     deadline = time.monotonic() + limit
+    views: list[tuple[str | None, list[str]]] = []
     while time.monotonic() < deadline:
         views = await asyncio.gather(*(asyncio.to_thread(host.view) for host in hosts))
         if len({v for v, _ in views}) == 1 and all(ids == sorted(names) for _, ids in views):
             return time.monotonic()
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"{len(hosts)} hosts did not converge within {limit:.0f} s")
+    seen = {host.name: len(ids) for host, (_, ids) in zip(hosts, views, strict=True)}
+    fewest = min(hosts, key=lambda host: seen[host.name])
+    raise RuntimeError(
+        f"{len(hosts)} hosts did not converge within {limit:.0f} s: hosts each sees {seen},"
+        f" {len({v for v, _ in views})} view numbers; {fewest.name}'s log ends:\n"
+        + fewest.logs()[-3000:]
+    )
 
 
 # --- the report --------------------------------------------------------------------------
@@ -570,6 +629,62 @@ def _ratios(baseline: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     return ratios
 
 
+#: The table's rows: a label and the figure's path in an engine's results.
+ROWS = (
+    ("idle CPU per host (ms/s)", "idle.cpu_ms_per_s_per_host"),
+    ("of which bridge or hub (ms/s)", "idle.by_role_link"),
+    ("idle CPU of the broker (ms/s)", "idle.broker_cpu_ms_per_s"),
+    ("idle bytes sent per host (B/s)", "idle.bytes_per_s_per_host"),
+    ("idle broker commands (per s)", "idle.broker_commands_per_s"),
+    ("RSS per host, sum of its processes (MiB)", "idle.rss_mib_per_host"),
+    ("subscribe reply p50 / p99 (ms)", "subscribe_reply_ms"),
+    ("server CPU per cross-host delivery (µs)", "load.server_cpu_us_per_cross_host_delivery"),
+    ("broker CPU per publication (µs)", "load.broker_cpu_us_per_publication"),
+    ("bytes between hosts per publication", "load.bytes_between_hosts_per_publication"),
+    ("broker commands per publication", "load.broker_commands_per_publication"),
+    ("lost under load", "load.lost"),
+    ("killed host gone from all views (s; x peer_timeout)", "host_killed"),
+    (
+        "survivors' extra CPU after the kill (ms per host)",
+        "host_killed.survivors_excess_cpu_ms_per_host",
+    ),
+    ("lost by survivors across the kill", "host_killed.lost"),
+    ("rejoined host seen by all after its own view (s; x heartbeat)", "host_joined"),
+    ("start (batches) until every view agrees (s)", "all_started_and_converged_s"),
+)
+
+
+def _cell(results: dict[str, Any], path: str) -> str:
+    """One engine's figure at ``path`` (a few paths combine two figures)."""
+    if path == "idle.by_role_link":
+        roles = results["idle"]["cpu_ms_per_s_per_host_by_role"]
+        return str(roles.get("bridge", roles.get("hub", "—")))
+    if path == "subscribe_reply_ms":
+        return f"{results[path]['p50']} / {results[path]['p99']}"
+    if path == "host_killed":
+        killed = results[path]
+        return f"{killed['seen_gone_by_all_s']} ({killed['seen_gone_by_all_over_peer_timeout']}x)"
+    if path == "host_joined":
+        joined = results[path]
+        ratio = joined["seen_by_all_after_own_view_over_heartbeat"]
+        return f"{joined['seen_by_all_after_own_view_s']} ({ratio}x)"
+    value: Any = results
+    for key in path.split("."):
+        value = value[key]
+    return f"{value:,}" if isinstance(value, int) and abs(value) >= 10000 else str(value)
+
+
+def table(report: dict[str, Any]) -> str:
+    """The results as the markdown table of docs/benchmarks.md, an engine per column."""
+    names = list(report["engines"])
+    hosts = report["settings"]["hosts"]
+    lines = [f"| {hosts} hosts | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, path in ROWS:
+        cells = [_cell(report["engines"][name], path) for name in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=16, help="hosts per engine (default 16)")
@@ -585,6 +700,9 @@ def main() -> int:
     parser.add_argument("--publishers", type=int, default=2, help="hosts that publish")
     parser.add_argument("--subscribes", type=int, default=10, help="fresh channels per host")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before idle")
+    parser.add_argument(
+        "--start-batch", type=int, default=4, help="hosts booting at once (default 4)"
+    )
     parser.add_argument("--heartbeat-interval", type=float, default=0.5)
     parser.add_argument("--peer-timeout", type=float, default=3.0)
     parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/)")
@@ -615,6 +733,7 @@ def main() -> int:
     path = args.json or RESULTS / f"fleet-{args.hosts}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
+    print(table(report), file=sys.stderr)
     return 0
 
 

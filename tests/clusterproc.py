@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,14 @@ class Host:
         extra: str = "",
         engine: str = DEFAULT_ENGINE,
         redis: str = "",
+        redis_nodes: Sequence[str] = (),
         workers: int = 2,
         heartbeat_interval: float = 0.2,
         peer_timeout: float = 1.5,
     ) -> None:
         """``redis``: the address of the Redis the hosts join through with ``engine =
-        "redis"`` (then ``peers`` and ``key_file`` are unused). The short default heartbeat
+        "redis"`` (then ``peers`` and ``key_file`` are unused); ``redis_nodes`` instead,
+        the seed nodes of a Redis Cluster (``cluster_nodes``). The short default heartbeat
         and timeout make the tests' failure detection quick; a benchmark passes its own."""
         self.net = net
         self.name = name
@@ -79,6 +82,8 @@ resolve_interval = 1.0
         history = "history_size = 1000"
         if engine == "redis":
             joining = f'\n[cluster.redis]\naddress = "{redis}"\n'
+            if redis_nodes:
+                joining = f"\n[cluster.redis]\ncluster_nodes = {json.dumps(list(redis_nodes))}\n"
         self.config_path.write_text(
             f"""
 [server]
@@ -226,12 +231,15 @@ def wait_converged(hosts: list[Host], expected: list[str], limit: float = 20.0) 
     return wait_until(converged, limit, 0.1, failure)
 
 
-def redis_in(net: Network, name: str, directory: Path) -> subprocess.Popen[bytes]:
-    """A ``redis-server`` in namespace ``name`` on ``REDIS_PORT`` (the hosts' hubs reach it
-    there), no persistence; :class:`Network` kills it on leaving if it still runs."""
+def redis_in(
+    net: Network, name: str, directory: Path, port: int = REDIS_PORT, *extra: str
+) -> subprocess.Popen[bytes]:
+    """A ``redis-server`` in namespace ``name`` on ``port`` (the hosts' hubs reach it
+    there), no persistence, ``extra`` arguments after the rest (``--cluster-enabled yes``);
+    :class:`Network` kills it on leaving if it still runs."""
     directory.mkdir()
     command = [external.require("redis-server"), "--bind", net.address(name)]
-    command += ["--port", str(REDIS_PORT), "--save", "", "--appendonly", "no"]
+    command += ["--port", str(port), "--save", "", "--appendonly", "no", *extra]
     command += ["--protected-mode", "no", "--dir", str(directory)]
     command += ["--logfile", str(directory / "redis.log")]
     return net.popen(name, command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
