@@ -7,7 +7,8 @@ what each costs per unit (not capacities: the box has 2 cores and is shared).
 Each engine of ``ENGINES`` gets its own network (``tests/netns.py``): ``--hosts`` hosts
 ``h0``, ``h1``, ... each a full ``shardws serve`` with one worker (``tests/clusterproc.py``,
 the mesh over CurveZMQ), and a namespace ``r`` for what the hosts join through (a
-``redis-server`` for the hub; empty for the mesh). ``heartbeat_interval`` and
+``redis-server`` for the hub; a Redis Cluster of 3 masters and 3 replicas for
+``redis-cluster``, sharded pub/sub; empty for the mesh). ``heartbeat_interval`` and
 ``peer_timeout`` are the config's defaults unless given. The phases, in order:
 
 1. **idle** (``--idle`` s, no clients): CPU seconds of every host process (supervisor,
@@ -178,6 +179,7 @@ class Engine:
 ENGINES = (
     Engine("mesh", "mesh", lambda net, directory: Broker()),
     Engine("redis", "redis", RedisBroker),
+    Engine("redis-cluster", "redis", RedisClusterBroker),
 )
 
 
