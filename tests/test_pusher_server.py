@@ -29,8 +29,9 @@ from pusherjs import (
     pusher_clients,
     worker_of,
 )
+from redisproc import REDIS_CLUSTER
 from serverproc import ServerProcess, loopback_cluster, timeout
-from toolkit import run, wait_until
+from toolkit import ENGINES, run, wait_until
 from wsclient import Client
 
 from shardws.pure.cluster import host_number, member_id
@@ -751,6 +752,7 @@ def _as_user(endpoint: AuthEndpoint, port: int, user: str) -> Any:
     return pusher_clients("app-key", port, 1, auth_endpoint=endpoint.url, authParams={"user": user})
 
 
+@pytest.mark.engines(*ENGINES, REDIS_CLUSTER)  # the Pusher scripts routed to their master too
 def test_two_hosts_share_pusher_channels_counts_and_presence(tmp_path: Path, engine: str) -> None:
     """Two hosts on loopback: an event triggered on host b's admin reaches pusher-js on
     host a; counts and presence users are cluster-wide; one user on both hosts is
