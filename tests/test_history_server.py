@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 import websockets
+from redisproc import REDIS_CLUSTER
 from serverproc import ServerProcess, http_json
-from toolkit import DEFAULT_ENGINE, run, timeout, wait_until
+from toolkit import DEFAULT_ENGINE, ENGINES, run, timeout, wait_until
 from wsclient import Client, clients_on_workers
 
 from shardws.pure.history import owner_of
@@ -135,6 +136,7 @@ async def _publish_all(client: Client, count: int, pace: float) -> int:
     return retries
 
 
+@pytest.mark.engines(*ENGINES, REDIS_CLUSTER)  # the hub on Redis Cluster too
 def test_publish_recover_history_presence_basics(tmp_path: Path, engine: str) -> None:
     with _server(tmp_path, 2, engine) as proc:
 
@@ -352,6 +354,7 @@ def test_presence_matches_live_connections_after_a_kill(tmp_path: Path) -> None:
         run(main(), 30)
 
 
+@pytest.mark.engines(*ENGINES, REDIS_CLUSTER)  # the hub on Redis Cluster too
 def test_api_publications_to_history_channels_are_sequenced(tmp_path: Path, engine: str) -> None:
     key = "k" * 24
     with ServerProcess(
@@ -444,6 +447,7 @@ def test_scale_down_and_up_hands_the_history_over(tmp_path: Path) -> None:
         run(main(), 90)
 
 
+@pytest.mark.engines(*ENGINES, REDIS_CLUSTER)  # the hub on Redis Cluster too
 def test_lost_bus_messages_are_repaired_from_the_owner(tmp_path: Path, engine: str) -> None:
     """A worker that stops reading (SIGSTOP) while the owner floods a channel loses bus
     messages at the high-water mark, the last ones included (no later offset reveals

@@ -7,7 +7,9 @@ A publication reaches only the master that serves its channel's slot (counted fr
 masters' own ``INFO commandstats`` and ``PUBSUB SHARDNUMSUB``); a live channel's slot
 moved to another master under a stream, and its master killed under a stream and its
 replica promoted: the subscriptions come back by themselves and every loss is counted
-(``test_redishub._stream_through_a_fault``, as for one Redis). The guarantees that hold on
+(``test_redishub._stream_through_a_fault``, as for one Redis); a history channel's master
+killed after its replica lagged for real: a new epoch, never an offset reused
+(``test_redishistory``'s witnesses). The guarantees that hold on
 every engine run on the cluster too: ``tests/test_hosts.py``'s ``[redis-cluster]`` runs.
 """
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redisproc import EngineRun, RedisClusterServer, RedisServer, client
 from serverproc import ServerProcess, loopback_cluster
+from test_redishistory import _hub, _lossy, _start, _stop, _witness
 from test_redishub import EXTRA, _stream_through_a_fault, cluster_health, wait_joined
 from toolkit import run, wait_until
 from wsclient import Client
@@ -54,6 +58,17 @@ def prefix_of(host: ServerProcess) -> str:
     found = re.search(r'^prefix = "([^"]*)"', host.config_path.read_text(), re.MULTILINE)
     assert found is not None
     return found.group(1)
+
+
+def replicated(cluster: RedisClusterServer) -> set[int]:
+    """The ports of the masters that have no replica now (to avoid)."""
+    alone = set()
+    for master in cluster.masters_now():
+        try:
+            cluster.replica_of(master)
+        except AssertionError:
+            alone.add(master.port)
+    return alone
 
 
 def channel_on(cluster: RedisClusterServer, avoid: set[int], stem: str) -> str:
@@ -150,7 +165,7 @@ def test_a_master_failover_under_a_stream(cluster: RedisClusterServer, hosts: Ho
     are counted lost (``messages_lost``), those it never passed on by the receivers
     (``bus_lost``)."""
     a, b = hosts
-    channel = channel_on(cluster, set(), "failing")
+    channel = channel_on(cluster, replicated(cluster), "failing")
     slot = key_slot(channel.encode())
     master = cluster.owner_of_slot(slot)
     replica = cluster.replica_of(master)
@@ -168,3 +183,45 @@ def test_a_master_failover_under_a_stream(cluster: RedisClusterServer, hosts: Ho
     run(_stream_through_a_fault(a, b, master.kill, promoted, channel=channel), 120)
     shards = cluster_health(a)["redis_cluster"]["shards"]
     assert master.address not in shards, shards  # let go: it serves no slot
+
+
+def test_a_failover_to_a_lagging_replica_starts_a_new_epoch(
+    tmp_path: Path, cluster: RedisClusterServer
+) -> None:
+    """History on Redis Cluster (``test_redishistory``'s witnesses: a stream through both
+    hosts, recorders on both): the channel's replica is stopped (SIGSTOP) while its
+    master takes publications, the master is killed, the replica resumes and the cluster
+    promotes it without what it missed: a new epoch, every recovery across it
+    ``recovered: false`` with a reason, never one (epoch, offset) for two data."""
+    channel = channel_on(cluster, replicated(cluster), "hist:lagging")
+    slot = key_slot(channel.encode())
+    master = cluster.owner_of_slot(slot)
+    replica = cluster.replica_of(master)
+    wait_until(
+        lambda: b"master_link_status:up" in replica.command("INFO", "replication"),
+        30,
+        0.1,
+        "the replica never synced",
+    )
+    seeds = ", ".join(f'"{seed}"' for seed in cluster.seeds)
+    pair = loopback_cluster(tmp_path, _hub(f"cluster_nodes = [{seeds}]"), engine="redis")
+
+    def promote() -> None:  # 50 publications after the replica stopped
+        master.kill()
+        replica.resume()
+
+        def promoted() -> bool:
+            return cluster.owner_of_slot(slot, asked=replica) is replica
+
+        try:
+            wait_until(promoted, 10, 0.1, "not promoted by itself")
+        except AssertionError:  # it was cut off for long: take over (its own vote)
+            client(replica).execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+            wait_until(promoted, 20, 0.1, "no failover")
+
+    try:
+        _start(pair)
+        stream, recorders = run(_witness(pair, channel, replica.pause, promote), 120)
+        _lossy(stream, recorders)
+    finally:
+        _stop(pair)
