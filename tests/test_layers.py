@@ -76,6 +76,7 @@ REDIS_USERS = {
     "shardws.server.redisclusterhub",  # the hub on a Redis Cluster: one link per master
     "shardws.server.redisclustercalls",  # script calls routed to a cluster's masters
     "shardws.server.redishistory",  # history channels in Redis: its error replies
+    "shardws.server.redispusher",  # Redis's refusals of its scripts
 }
 
 

@@ -60,11 +60,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+from redis.exceptions import ResponseError
 
 from shardws.pure.control import (
     OwnerReply,
@@ -361,7 +362,6 @@ class RedisPusherReader:
         self.prefix = prefix
         for script in SCRIPTS:
             redis.register(script)
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     def handles(self, request: OwnerRequest[Any]) -> bool:
         """Whether ``request`` is answered from Redis (the Pusher owner operations)."""
@@ -378,6 +378,9 @@ class RedisPusherReader:
             answer = await asyncio.wait_for(asyncio.shield(future), timeout)
         except (RedisUnavailable, TimeoutError) as exc:
             log.debug("pusher %s: Redis did not answer: %s", request.op, exc)
+            return None
+        except ResponseError as exc:  # e.g. Redis out of memory: refused, never a guess
+            log.warning("pusher %s: Redis refused: %s", request.op, exc)
             return None
         return cast("_ReplyT", reply_of(answer))
 
@@ -414,9 +417,15 @@ def _users_reply(answer: Sequence[Any]) -> PusherUsersReply:
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
-    """Retrieve a told request's outcome (a failure is logged, never raised)."""
-    if not future.cancelled() and future.exception() is not None:
-        log.debug("pusher notification: %s", future.exception())
+    """Retrieve a call's outcome nobody waits for: a failure is logged, never raised (an
+    unreachable Redis quietly: it is logged by the connection)."""
+    if future.cancelled():
+        return
+    error = future.exception()
+    if isinstance(error, ResponseError):
+        log.warning("pusher: Redis refused a call: %s", error)
+    elif error is not None:
+        log.debug("pusher: a call failed: %s", error)
 
 
 class PusherInRedis(MeshClient):
@@ -464,13 +473,14 @@ class RedisPusher(RedisPusherReader):
     ) -> None:
         super().__init__(redis, prefix)
         self.ttl = ttl
-        self.holder = holder_of(member, int(time.time() * 1000) ^ os.getpid())
+        self.holder = holder_of(member, int(time.time() * 1000))
         self._host = host
         self._webhook = webhook
         self._held: set[str] = set()  # channels where Redis has this holder's entry
         self._lost: dict[str, int] = {}  # channel -> times this holder's entry was lost
         self._due: dict[str, int] = {}  # due index changes to write (0: out of it)
         self._next_refresh = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._next_sweep = 0.0
 
     def _call(
@@ -647,7 +657,7 @@ class RedisPusher(RedisPusherReader):
             due = await self.redis.call(
                 _CLAIM_DUE, [due_key(self.prefix)], (SWEEP_BATCH, int(SWEEP_CLAIM * 1000))
             )
-        except (RedisUnavailable, OSError) as exc:
+        except (RedisUnavailable, ResponseError) as exc:
             log.debug("pusher sweep: %s", exc)
             return
         for raw in due:
