@@ -43,7 +43,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSe
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory, cluster: RedisClusterServer) -> Iterator[Hosts]:
     engine = EngineRun("redis", cluster_nodes=tuple(cluster.seeds))
-    a, b = loopback_cluster(tmp_path_factory.mktemp("hosts"), EXTRA, engine=engine)
+    history = "[namespaces.default]\n[namespaces.hist]\nhistory_size = 100\n"
+    a, b = loopback_cluster(tmp_path_factory.mktemp("hosts"), EXTRA + history, engine=engine)
     try:
         a.start()
         b.start()
@@ -124,6 +125,42 @@ def test_a_publication_reaches_only_the_shard_that_owns_its_channel(
     assert 1 <= calls[owner.port].get("spublish", 0) <= count, calls
     assert calls[third.port].get("spublish", 0) == 0, calls
     assert all("publish" not in each for each in calls.values()), calls  # never PUBLISH
+
+
+def test_a_history_channel_is_decided_on_its_slots_master(
+    cluster: RedisClusterServer, hosts: Hosts
+) -> None:
+    """History on a cluster (``server.redishistory``): each publication is one script on
+    the master serving the channel's slot, which ``SPUBLISH``es it to its shard channel;
+    both hosts see one numbering, and a late subscriber recovers from that master."""
+    a, b = hosts
+    channel = "hist:" + channel_on(cluster, set(), "numbered")
+    owner = cluster.owner("{" + channel + "}")
+    for master in cluster.masters_now():
+        client(master).config_resetstat()
+    count = 20
+
+    async def numbered() -> None:
+        far = await Client.connect(b.url)
+        reply = await far.call("subscribe", channel=channel)
+        assert reply["ok"] and reply["offset"] == 0, reply
+        publisher = await Client.connect(a.url)
+        for index in range(count):
+            answer = await publisher.call("publish", channel=channel, data=index, idem=f"n{index}")
+            assert answer["ok"] and answer["offset"] == index + 1, answer
+        pushes = [await far.next_push() for _ in range(count)]
+        assert [(p["offset"], p["data"]) for p in pushes] == [(n + 1, n) for n in range(count)]
+        late = await Client.connect(a.url)
+        recover = {"epoch": reply["epoch"], "offset": 5}
+        again = await late.call("subscribe", channel=channel, recover=recover)
+        assert again["recovered"] is True and again["epoch"] == reply["epoch"], again
+        assert [(await late.next_push())["data"] for _ in range(count - 5)] == list(range(5, count))
+        for each in (far, publisher, late):
+            await each.close()
+
+    run(numbered(), 60)
+    calls = commands(owner)
+    assert calls.get("evalsha", 0) >= count and calls.get("spublish", 0) >= count, calls
 
 
 def test_resharding_a_live_channel_under_a_stream(
