@@ -32,13 +32,14 @@ mesh  the bridge process of each host: the host    the channel's owner worker
       waits for the relays (``server.bridge``)     (history, presence), ``server.pusherowner``
                                                    (Pusher rosters, occupancy, cache); asked
                                                    through its bus inbox (``pure.control``)
-redis the hub process of each host: the host       Redis for native presence, each worker
-      bus to and from one Redis (pub/sub), a       keeping its members there
-      barrier answered once Redis confirms the     (``server.redispresence``); the rest: the
-      subscription (``server.redishub``)           mesh's owner workers, over the view the
-                                                   hubs build from heartbeats through Redis
-                                                   (history and Pusher channels not served yet:
-                                                   ``check-config`` refuses them)
+redis the hub process of each host: the host       Redis, one Lua script per decision run by
+      bus to and from one Redis (pub/sub), a       the asking process: history channels
+      barrier answered once Redis confirms the     (``server.redishistory``: order, epoch,
+      subscription (``server.redishub``; on a      the history in a stream), native presence
+      Redis Cluster ``server.redisclusterhub``)    (``server.redispresence``), Pusher
+                                                   channels (``server.redispusher``); the
+                                                   rest: the mesh's owner workers, over the
+                                                   view the hubs build through Redis
 ====  ===========================================  ============================================
 
 Guarantees every engine gives (``docs/guarantees.md`` states them for users):
