@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import websockets
 from redisproc import RedisServer, SentinelServer
-from serverproc import ServerProcess, loopback_cluster
+from serverproc import ServerProcess, http_json, loopback_cluster
 from toolkit import run, timeout, wait_until
 from wsclient import Client
 
@@ -505,3 +505,54 @@ def test_the_epoch_rule_and_the_ring_in_the_scripts(tmp_path: Path) -> None:
     with RedisServer(tmp_path) as server:
         server.start()
         run(main(), 30)
+
+
+def test_an_ingress_push_redis_does_not_confirm_is_counted(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The ingress's PUSH form has no answer: a publication Redis does not confirm (here
+    stopped with SIGSTOP) is counted in ``/api/stats``'s ``stored.unconfirmed``, never
+    silent (it may have been stored: nobody waits to know); once the admin reaches Redis
+    again the next one is stored and confirmed."""
+    from serverproc import free_port
+
+    from shardws import Publisher
+
+    _restart_redis(redis, tmp_path / "redis")
+    bind = f"tcp://127.0.0.1:{free_port()}"
+    extra = _hub(f'address = "{redis.address}"') + f'[ingress]\nbind = "{bind}"\n'
+    (tmp_path / "host").mkdir()
+    host = ServerProcess(
+        tmp_path / "host", workers=1, extra=extra, admin=f'api_key = "{API_KEY}"', engine="redis"
+    ).start()
+
+    def stored() -> dict[str, int]:
+        status, body = http_json(host.admin_url + "/api/stats", key=API_KEY)
+        assert status == 200, body
+        return dict(body["admin"]["stored"])
+
+    try:
+        with Publisher(bind) as publisher:
+            publisher.publish("hist:pushed", 0)
+            wait_until(lambda: stored()["confirmed"] >= 1, 15, 0.1, "never confirmed")
+            assert redis.proc is not None
+            os.kill(redis.proc.pid, signal.SIGSTOP)
+            try:
+                for n in (1, 2, 3):
+                    publisher.publish("hist:pushed", n)
+                wait_until(lambda: stored()["unconfirmed"] >= 3, 30, 0.2, "not counted")
+            finally:
+                os.kill(redis.proc.pid, signal.SIGCONT)
+            # Sent once each: those made before the admin's connection is back are
+            # counted too; one after it is stored and confirmed.
+            deadline = time.monotonic() + timeout(30)
+            n = 4
+            while stored()["confirmed"] < 2:
+                assert time.monotonic() < deadline, "not confirmed again"
+                publisher.publish("hist:pushed", n)
+                n += 1
+                time.sleep(0.3)
+        counts = stored()
+        assert counts["unconfirmed"] >= 3 and counts["confirmed"] + counts["unconfirmed"] <= n
+    finally:
+        host.stop()
