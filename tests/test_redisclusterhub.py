@@ -262,3 +262,29 @@ def test_a_failover_to_a_lagging_replica_starts_a_new_epoch(
         _lossy(stream, recorders)
     finally:
         _stop(pair)
+
+
+def test_resharding_a_history_channel_under_a_stream(
+    tmp_path: Path, cluster: RedisClusterServer
+) -> None:
+    """The slot of a history channel moves, keys and all (``MIGRATE``), mid-stream: the
+    scripts answered ``ASK``/``TRYAGAIN``/``MOVED`` meanwhile are sent again after the
+    slot map is read again (or fail: the publisher retries with its ``idem``). The
+    channel's keys now live on a server that did not write them, and these servers are
+    not durable: a new epoch (the epoch rule), never one (epoch, offset) for two data,
+    every recovery across it ``recovered: false`` with a reason."""
+    channel = channel_on(cluster, set(), "hist:moving")
+    slot = key_slot(channel.encode())
+    source = cluster.owner_of_slot(slot)
+    target = next(m for m in cluster.masters_now() if m is not source)
+    seeds = ", ".join(f'"{seed}"' for seed in cluster.seeds)
+    pair = loopback_cluster(tmp_path, _hub(f"cluster_nodes = [{seeds}]"), engine="redis")
+    try:
+        _start(pair)
+        stream, recorders = run(
+            _witness(pair, channel, lambda: cluster.move_slot(slot, target)), 120
+        )
+        _lossy(stream, recorders)
+        assert cluster.owner_of_slot(slot) is target
+    finally:
+        _stop(pair)

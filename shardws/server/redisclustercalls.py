@@ -26,11 +26,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from shardws.config import RedisConfig
 from shardws.pure.redisslots import SlotMap
 from shardws.server.redisconn import (
+    REDIRECTS,
     Backoff,
     RedisCalls,
     RedisUnavailable,
@@ -42,7 +41,6 @@ from shardws.server.redisconn import (
 log = logging.getLogger("shardws.redis")
 
 _REFRESH_MIN = 0.1  # seconds between two slot map reads: a burst of redirects reads once
-_REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN")
 
 
 def calls_for(settings: RedisConfig, scripts: Iterable[Script] = ()) -> RedisCalls:
@@ -173,7 +171,7 @@ class ClusterCalls(RedisCalls):
         if error is None:
             call.future.set_result(done.result())
             return
-        if isinstance(error, ResponseError) and str(error).startswith(_REDIRECTS):
+        if isinstance(error, REDIRECTS):
             self.redirects += 1
             self._refresh.set()
             if not call.retried:

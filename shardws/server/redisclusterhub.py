@@ -62,7 +62,14 @@ from redis.exceptions import RedisError, ResponseError
 from shardws.config import Config
 from shardws.pure.redisslots import SlotMap, key_slot, redis_channel, topic_of
 from shardws.server.crosshost import HEARTBEAT_TOPIC
-from shardws.server.redisconn import Backoff, Pipeline, connect, read_slot_map, until_one_ends
+from shardws.server.redisconn import (
+    REDIRECTS,
+    Backoff,
+    Pipeline,
+    connect,
+    read_slot_map,
+    until_one_ends,
+)
 from shardws.server.redishub import RedisHub
 from shardws.shm.tables import SharedTables
 
@@ -70,7 +77,6 @@ log = logging.getLogger("shardws.hub")
 
 _REFRESH_MIN = 0.1  # seconds between two slot map refreshes: a burst of MOVED asks once
 _READ_BUDGET = 256  # messages read before the loop's other work gets a turn
-_REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN")
 
 #: A frame to publish: Redis channel, the frame without its topic, its publications, and
 #: whether it was already routed again after a redirect.
@@ -433,13 +439,11 @@ class ClusterHub(RedisHub):
     def redirected(self, error: ResponseError, shard: _Shard) -> None:
         """An error answer on a subscription connection: a redirect drops the channels
         of its slot there (placed again after a refresh); others are logged."""
-        text = str(error)
-        if not text.startswith(_REDIRECTS):
-            self.refusal_log.warning("Redis %s subscriber: %s", shard.address, text)
+        if not isinstance(error, REDIRECTS):
+            self.refusal_log.warning("Redis %s subscriber: %s", shard.address, error)
             return
         self.redirects += 1
-        parts = text.split()
-        slot = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        slot = getattr(error, "slot_id", None)  # MOVED and ASK name it
         for channel in [c for c in shard.channels if slot is None or key_slot(c) == slot]:
             shard.channels.discard(channel)
             if self._placed.get(channel) is shard:
@@ -447,7 +451,7 @@ class ClusterHub(RedisHub):
         self.refresh()
 
     def publish_refused(self, item: _Item, error: ResponseError, shard: _Shard) -> None:
-        if str(error).startswith(_REDIRECTS) and not item[3]:
+        if isinstance(error, REDIRECTS) and not item[3]:
             self.redirects += 1
             self.rerouted += 1
             self._retry.append((item[0], item[1], item[2], True))

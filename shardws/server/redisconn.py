@@ -33,7 +33,14 @@ from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from shardws.log import RateLimitedLogger
 from shardws.pure.redisslots import SlotMap
@@ -47,6 +54,11 @@ _FIRST_BACKOFF = 0.1
 _MAX_IN_FLIGHT = 64  # writes to one connection not answered yet
 
 ItemT = TypeVar("ItemT")
+
+
+#: A Redis Cluster's answers that a command's slot is elsewhere or moving (``MOVED`` is an
+#: ``AskError``), or that the cluster is failing over: read the slot map again, retry.
+REDIRECTS = (AskError, TryAgainError, ClusterDownError)
 
 
 class RedisUnavailable(Exception):
