@@ -108,6 +108,14 @@ def with_engine(extra: str, engine: str, group: str = "") -> str:
     return extra
 
 
+def hub_ttl(engine: str, ttl: float = 12.0) -> str:
+    """On the Redis hub, a ``presence_ttl`` of the test's own instead of its 30 s default
+    (a stalled or killed host's presence members and Pusher channels go within it:
+    ``redispusher.bound``): shorter, so that the test waits less, or longer, so that
+    only another path can have removed them; nothing on the mesh."""
+    return "" if engine == "mesh" else f"\n[cluster.redis]\npresence_ttl = {ttl}\n"
+
+
 class ServerProcess:
     """A ``shardws serve -c FILE`` child process with its own config and ports."""
 

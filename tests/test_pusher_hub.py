@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from pusherjs import AuthEndpoint, PusherJs, pusher_clients
-from serverproc import ServerProcess, loopback_cluster, timeout
+from serverproc import ServerProcess, hub_ttl, loopback_cluster, timeout
 from test_pusher_server import _children, _members_added, _removed
 from test_pusher_server import sdk as server_sdk
-from test_pusher_webhooks_server import SECRET, Receiver, _apps, hub_ttl
+from test_pusher_webhooks_server import SECRET, Receiver, _apps
 from toolkit import wait_until
 
 from shardws.server.redispusher import bound

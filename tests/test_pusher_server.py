@@ -30,7 +30,7 @@ from pusherjs import (
     worker_of,
 )
 from redisproc import REDIS_CLUSTER
-from serverproc import ServerProcess, loopback_cluster, timeout
+from serverproc import ServerProcess, hub_ttl, loopback_cluster, timeout
 from toolkit import ENGINES, run, wait_until
 from wsclient import Client
 
@@ -463,12 +463,15 @@ def test_presence_announces_a_user_once_across_workers(
         assert _removed(watcher, room, "alice") == 1
 
 
-def test_presence_drops_the_members_of_a_killed_worker(tmp_path: Any) -> None:
+def test_presence_drops_the_members_of_a_killed_worker(tmp_path: Any, engine: str) -> None:
     """bob (a raw client, which does not reconnect) is on worker 1, which is killed:
-    the channel's owner, worker 0, announces that bob left."""
+    the channel's owner, worker 0, announces that bob left. On the hub, worker 1's next
+    process expires its predecessor's entries when it connects: at once, not after
+    ``presence_ttl`` (600 s here)."""
     room = presence_channel_owned_by(0, "k")
     # (The owner's own death: test_presence_survives_the_death_of_the_channels_owner.)
-    with ServerProcess(tmp_path, workers=2, extra=APPS).start() as proc:
+    extra = APPS + hub_ttl(engine, 600)
+    with ServerProcess(tmp_path, workers=2, extra=extra, engine=engine).start() as proc:
         signer = sdk(proc)
         endpoint = AuthEndpoint(signer, sdk(proc, secret="not-the-app-secret-at-all"))
         with (

@@ -18,7 +18,7 @@ import pusher
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pusherjs import AuthEndpoint, on_workers, pusher_clients
-from serverproc import ServerProcess, free_port, loopback_cluster, timeout
+from serverproc import ServerProcess, free_port, hub_ttl, loopback_cluster, timeout
 from test_pusher_server import _children
 from test_pusher_server import sdk as server_sdk
 from toolkit import wait_until
@@ -96,13 +96,6 @@ class Receiver:
             message=f"no {count} webhook(s) {match} at {path}: {self.events}",
         )
         return self.got(path, **match)
-
-
-def hub_ttl(engine: str, ttl: float = 12.0) -> str:
-    """On the Redis hub, a ``presence_ttl`` shorter than its 30 s default (a stalled or
-    killed host's Pusher members and channels go within it: ``redispusher.bound``), so
-    that the test waits less; nothing on the mesh."""
-    return "" if engine == "mesh" else f"\n[cluster.redis]\npresence_ttl = {ttl}\n"
 
 
 def _apps(url: str, extra: str = "") -> str:

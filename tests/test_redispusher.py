@@ -186,6 +186,33 @@ def test_a_holder_back_after_its_expiry_tells_again(redis_server: RedisServer) -
     run(scenario())
 
 
+def test_a_restarted_worker_expires_its_predecessor_at_once(redis_server: RedisServer) -> None:
+    """A worker slot's next process (same member id, a new holder) expires what the
+    previous one held when it connects, without waiting for the TTL (here 600 s)."""
+    settings = _settings(redis_server, presence_ttl=600)
+
+    async def scenario() -> None:
+        first, watcher = Worker(settings, 1), Worker(settings, 2)
+        await first.join(ROOM, "u")
+        await watcher.join(ROOM, "w")
+        first.pusher.on_heartbeat(0.0)  # names it the holder of slot 1
+        await asyncio.sleep(0.1)
+        await first.calls.stop()  # SIGKILLed: nothing more from it
+        second = Worker(settings, 1)
+        second.pusher.holder = first.pusher.holder + "-next"  # a later start
+        await second.calls.command("PING")  # connected: the heartbeat takes over
+        second.pusher.on_heartbeat(0.0)
+        for _ in range(100):
+            if ("member_removed", "u") in second.announced:
+                break
+            await asyncio.sleep(0.02)
+        assert second.announced == [("member_removed", "u")]
+        users = await watcher.pusher.ask(PusherUsersRequest(ROOM), 2)
+        assert users is not None and users.users == ("w",)
+
+    run(scenario())
+
+
 def test_redis_commands_per_operation(settings: RedisConfig, redis_server: RedisServer) -> None:
     """What a presence subscribe, an unsubscribe and a refresh cost: the commands a
     worker sends (each one round trip, pipelined with the loop's other calls) and the
@@ -233,10 +260,11 @@ def test_redis_commands_per_operation(settings: RedisConfig, redis_server: Redis
     costs = run(scenario())
     for name, (sent, ran) in costs.items():
         print(f"pusher {name}: {sent:.1f} command(s) sent, {ran:.1f} run by Redis")
-    # One script each; the due index's writes of one loop iteration are one command.
-    assert costs["join"][0] == 1 and costs["first join"][0] == 2
+    # One script each; a worker's first entry in a channel, and its last, also write the
+    # due index and its held set (each one command per loop iteration).
+    assert costs["join"][0] == 1 and costs["first join"][0] == 3
     assert costs["refresh"][0] < 1.5
-    assert costs["leave"][0] == 1.5
+    assert costs["leave"][0] == 2
 
 
 async def _processed(calls: RedisCalls) -> int:

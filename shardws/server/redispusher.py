@@ -22,7 +22,9 @@ Keys (every key of a channel carries the channel's internal name as its hash tag
   should look at it (no later than its first holder's expiry).
 
 A *holder* is one worker process (its member id and start time, :func:`holder_of`): a
-restarted worker is a new holder, its predecessor's entries expire.
+restarted worker is a new holder. Beside the channels' keys, ``<prefix>pusher:holder:
+<member>`` names a worker slot's current holder and ``<prefix>pusher:held:<holder>`` is
+the set of channels where a holder has an entry.
 
 Guarantees:
 
@@ -39,6 +41,9 @@ Guarantees:
   host, every :data:`SWEEP` seconds, picks the due channels of ``pusher:due`` and runs
   the same script; the script decides, so several sweepers announce once). The bound:
   gone within ``ttl + SWEEP`` seconds plus a round trip (:func:`bound`).
+* A worker SIGKILLed and restarted by the supervisor: its next process, once connected,
+  expires its predecessor's entries at once (:meth:`RedisPusher._take_over`), with the
+  same announcements.
 * A holder that blinks for less than ``2 * ttl / 3`` seconds announces nothing. One
   that was expired and comes back (a partition healed, Redis restarted empty) is told
   so by its next refresh: its fronts tell their subscriptions again (``decider``
@@ -106,6 +111,9 @@ SWEEP = 1.0
 #: them meanwhile; a sweeper that dies leaves them due again after the claim).
 SWEEP_BATCH = 100
 SWEEP_CLAIM = 5.0
+#: A holder's own keys (its slot's holder name, its held set) live this many TTLs past
+#: its last refresh: a successor booting later has nothing left to expire.
+_KEYS_LIVE_TTLS = 3
 
 
 def bound(ttl: float) -> float:
@@ -233,17 +241,21 @@ return {removed, vacated, due(), holds, event}
 
 # ARGV: holder ("" for a sweep), ttl ms. ``holds`` 0: the holder had expired (or held
 # nothing), so it must tell its entries again.
-_REFRESH = Script(
-    "pusher_refresh",
-    _PRELUDE
-    + """
+_REFRESH_BODY = """
 local holds = 0
 if ARGV[1] ~= '' and redis.call('ZSCORE', wk, ARGV[1]) then
   holds = 1
   redis.call('ZADD', wk, now + tonumber(ARGV[2]), ARGV[1])
 end
 return {removed, vacated, due(), holds}
-""",
+"""
+_REFRESH = Script("pusher_refresh", _PRELUDE + _REFRESH_BODY)
+
+# ARGV: "", 0, a dead holder: expired at once (its entry's time set to 0 before the
+# expiry runs), then as a sweep. A restarted worker runs it for its predecessor.
+_DROP_HOLDER = Script(
+    "pusher_drop_holder",
+    "redis.call('ZADD', KEYS[4], 'XX', 0, ARGV[3])\n" + _PRELUDE + _REFRESH_BODY,
 )
 
 # Read only (the admin asks it, and does not announce): the users and subscriptions of
@@ -290,7 +302,7 @@ return due
 """,
 )
 
-SCRIPTS = (_JOIN, _LEAVE, _OCCUPANCY, _REFRESH, _USERS, _CLAIM_DUE)
+SCRIPTS = (_JOIN, _LEAVE, _OCCUPANCY, _REFRESH, _DROP_HOLDER, _USERS, _CLAIM_DUE)
 
 #: The owner operations answered from Redis on the hub.
 REDIS_PUSHER_REQUESTS = (
@@ -315,6 +327,16 @@ def cache_key(prefix: str, channel: str) -> str:
 
 def due_key(prefix: str) -> str:
     return f"{prefix}pusher:due"
+
+
+def holder_key(prefix: str, member: int) -> str:
+    """The current holder of worker slot ``member`` (its process's name, below)."""
+    return f"{prefix}pusher:holder:{member}"
+
+
+def held_key(prefix: str, holder: str) -> str:
+    """The channels where ``holder`` has an entry (what its successor expires at once)."""
+    return f"{prefix}pusher:held:{holder}"
 
 
 def holder_of(member: int, started_ms: int) -> str:
@@ -479,6 +501,9 @@ class RedisPusher(RedisPusherReader):
         self._held: set[str] = set()  # channels where Redis has this holder's entry
         self._lost: dict[str, int] = {}  # channel -> times this holder's entry was lost
         self._due: dict[str, int] = {}  # due index changes to write (0: out of it)
+        self._held_changes: dict[str, bool] = {}  # held set changes to write
+        self._member = member
+        self._took_over = False  # the previous process of this slot was expired
         self._next_refresh = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_sweep = 0.0
@@ -541,10 +566,9 @@ class RedisPusher(RedisPusherReader):
                 self._schedule(channel, int(answer[2]))
                 return
             newly = channel not in self._held
-            if int(answer[3]):
-                self._held.add(channel)
-            else:
-                self._held.discard(channel)
+            holds = bool(int(answer[3]))
+            if holds != (not newly):
+                self._note_held(channel, holds)
             if newly or not int(answer[2]) or script is _REFRESH:
                 self._schedule(channel, int(answer[2]))
 
@@ -560,15 +584,30 @@ class RedisPusher(RedisPusherReader):
     def _schedule(self, channel: str, due: int) -> None:
         """Keep ``channel``'s sweep time in the due index (no later than its first
         holder's expiry; out of it once the channel holds nothing). Sent after a
-        holder's first entry, each refresh and each sweep, the changes of one loop
-        iteration in one ``ZADD`` and one ``ZREM``: an index entry a race lost is
-        written again by its holders' next refresh."""
-        if not self._due:
-            asyncio.get_running_loop().call_soon(self._write_due)
+        holder's first entry, each refresh and each sweep: an index entry a race lost
+        is written again by its holders' next refresh."""
+        self._write_soon()
         self._due[channel] = due
 
-    def _write_due(self) -> None:
+    def _note_held(self, channel: str, holds: bool) -> None:
+        """This holder has (``holds``) or no longer has an entry in ``channel``: kept in
+        its held set too, for its successor (:meth:`_take_over`)."""
+        if holds:
+            self._held.add(channel)
+        else:
+            self._held.discard(channel)
+        self._write_soon()
+        self._held_changes[channel] = holds
+
+    def _write_soon(self) -> None:
+        if not (self._due or self._held_changes):
+            asyncio.get_running_loop().call_soon(self._write_indexes)
+
+    def _write_indexes(self) -> None:
+        """The due index's and the held set's changes of one loop iteration: at most one
+        ``ZADD``, ``ZREM``, ``SADD`` and ``SREM``."""
         due, self._due = self._due, {}
+        held, self._held_changes = self._held_changes, {}
         key = due_key(self.prefix)
         scores = [item for channel, at in due.items() if at for item in (at, channel)]
         if scores:
@@ -576,6 +615,13 @@ class RedisPusher(RedisPusherReader):
         gone = [channel for channel, at in due.items() if not at]
         if gone:
             self.redis.command("ZREM", key, *gone).add_done_callback(_consume)
+        mine = held_key(self.prefix, self.holder)
+        added = [channel for channel, holds in held.items() if holds]
+        if added:
+            self.redis.command("SADD", mine, *added).add_done_callback(_consume)
+        removed = [channel for channel, holds in held.items() if not holds]
+        if removed:
+            self.redis.command("SREM", mine, *removed).add_done_callback(_consume)
 
     def _joined(self, request: PusherJoinRequest) -> Callable[[Sequence[Any]], None]:
         def joined(answer: Sequence[Any]) -> None:
@@ -625,6 +671,9 @@ class RedisPusher(RedisPusherReader):
     def on_heartbeat(self, now: float) -> None:
         """Refresh what this worker holds every ``ttl / 3`` seconds, sweep the due
         channels every :data:`SWEEP` seconds (``now``: monotonic seconds)."""
+        if not self._took_over and self.redis.up:
+            self._took_over = True
+            self._spawn(self._take_over())
         if now >= self._next_refresh and self.redis.up:
             self._next_refresh = now + self.ttl / REFRESHES_PER_TTL
             self._refresh()
@@ -632,8 +681,35 @@ class RedisPusher(RedisPusherReader):
             self._next_sweep = now + SWEEP
             self._spawn(self._sweep())
 
+    async def _take_over(self) -> None:
+        """Once connected: name this process the holder of its slot, and expire at once
+        the entries of the slot's previous process (a worker SIGKILLed and restarted by
+        the supervisor, which starts the next process of a slot only once the previous
+        one is gone), announcing what that decides -- instead of after its TTL."""
+        keep_ms = int(self.ttl * 1000) * _KEYS_LIVE_TTLS
+        try:
+            previous = await self.redis.command(
+                "SET", holder_key(self.prefix, self._member), self.holder, "PX", keep_ms, "GET"
+            )
+            if previous is None:
+                return
+            gone = _text(previous)
+            channels = await self.redis.command("SMEMBERS", held_key(self.prefix, gone))
+        except (RedisUnavailable, ResponseError) as exc:
+            log.debug("pusher: the previous process's entries: %s", exc)
+            self._took_over = False  # asked again on the next heartbeat
+            return
+        for raw in channels:
+            channel = _text(raw)
+            call = self._channel_call(_DROP_HOLDER, channel, ("", 0, gone))
+            call.add_done_callback(_consume)
+        self.redis.command("DEL", held_key(self.prefix, gone)).add_done_callback(_consume)
+
     def _refresh(self) -> None:
         ttl_ms = int(self.ttl * 1000)
+        keep_ms = ttl_ms * _KEYS_LIVE_TTLS
+        for key in (holder_key(self.prefix, self._member), held_key(self.prefix, self.holder)):
+            self.redis.command("PEXPIRE", key, keep_ms).add_done_callback(_consume)
         for channel in list(self._held):
             self._channel_call(
                 _REFRESH, channel, (self.holder, ttl_ms), self._refreshed(channel)
