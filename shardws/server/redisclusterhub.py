@@ -27,10 +27,13 @@ cluster_nodes``): ``server.redishub``'s host side unchanged, its Redis side shar
   its slot, and since every host publishes a channel to that same master, whatever any
   member of any host publishes from then on reaches this host. A master whose connection
   is being opened confirms with the mark that follows its ``SSUBSCRIBE`` of everything.
-  A barrier that depends on a connection that fails, or that comes while the slot map is
-  unknown or a master it depends on is unreachable, is not answered (counted in
-  ``barrier_timeouts``; the member's subscribe is refused with 108 and retried by the
-  client).
+  A barrier that comes while the first slot map is read, or while a channel dropped by
+  its master (a slot moved) waits for its new one, is held until the next slot map has
+  placed the channels (then refused if one is still nowhere). A barrier that depends on
+  a connection that fails, on a master that answered a redirect or dropped a channel
+  meanwhile, or that comes while a master it depends on is unreachable, is not answered
+  (counted in ``barrier_timeouts``; the member's subscribe is refused with 108 and
+  retried by the client).
 * **Slots that move** (resharding). When a slot leaves a master, the master drops its
   shard channels with a ``sunsubscribe`` the hub did not ask for; a command about a slot
   a master does not serve answers ``MOVED`` (``ASK`` while the slot migrates). Either
@@ -328,6 +331,9 @@ class ClusterHub(RedisHub):
         self._heartbeat = redis_channel(self.prefix, HEARTBEAT_TOPIC)
         self.wanted: set[bytes] = {self._heartbeat}  # Redis channels the host subscribes
         self._placed: dict[bytes, _Shard] = {}
+        # Wanted, dropped by their master (a slot moved) or of an unserved slot: not
+        # subscribed anywhere until the next slot map places them.
+        self._displaced: set[bytes] = set()
         self._waiting: list[_Barrier] = []
         self._retry: list[_Item] = []  # redirected frames, routed again after a refresh
         self._refresh: asyncio.Event | None = None
@@ -365,11 +371,10 @@ class ClusterHub(RedisHub):
                     log.info("Redis Cluster slot map: %d master(s)", len(slots.masters))
                 self.slots = slots
                 await self._place()
-                if self._first_map:
-                    self._first_map = False
-                    held, self._held = self._held, []
-                    for topic in held:  # after the topics they confirm, as on the bus
-                        self._barrier(topic)
+                self._first_map = False
+                held, self._held = self._held, []
+                for topic in held:  # after the topics they confirm, as on the bus
+                    self._barrier(topic, held=True)
                 retry, self._retry = self._retry, []
                 for item in retry:
                     self._route(item)
@@ -405,10 +410,13 @@ class ClusterHub(RedisHub):
                 return
             current.drop(channel)
             del self._placed[channel]
-        if owner is not None:
+        if owner is None:
+            self._displaced.add(channel)
+        else:
             shard = self._shard(owner)
             shard.want(channel)
             self._placed[channel] = shard
+            self._displaced.discard(channel)
 
     def _shard(self, address: str) -> _Shard:
         shard = self._shards.get(address)
@@ -432,8 +440,8 @@ class ClusterHub(RedisHub):
     def moved(self, channel: bytes, shard: _Shard) -> None:
         """``channel`` was dropped by ``shard``'s master: placed again after a refresh."""
         self.redirects += 1
-        if self._placed.get(channel) is shard:
-            del self._placed[channel]
+        self._displace(channel, shard)
+        self._fail_barriers(shard)  # what they confirm may have been dropped with it
         self.refresh()
 
     def redirected(self, error: ResponseError, shard: _Shard) -> None:
@@ -446,9 +454,14 @@ class ClusterHub(RedisHub):
         slot = getattr(error, "slot_id", None)  # MOVED and ASK name it
         for channel in [c for c in shard.channels if slot is None or key_slot(c) == slot]:
             shard.channels.discard(channel)
-            if self._placed.get(channel) is shard:
-                del self._placed[channel]
+            self._displace(channel, shard)
+        self._fail_barriers(shard)  # a mark after the refused SSUBSCRIBE proves nothing
         self.refresh()
+
+    def _displace(self, channel: bytes, shard: _Shard) -> None:
+        if self._placed.get(channel) is shard:
+            del self._placed[channel]
+            self._displaced.add(channel)
 
     def publish_refused(self, item: _Item, error: ResponseError, shard: _Shard) -> None:
         if isinstance(error, REDIRECTS) and not item[3]:
@@ -503,17 +516,20 @@ class ClusterHub(RedisHub):
             self._place_one(channel)
         else:
             self.wanted.discard(channel)
+            self._displaced.discard(channel)
             shard = self._placed.pop(channel, None)
             if shard is not None:
                 shard.drop(channel)
 
-    def _barrier(self, topic: bytes) -> None:
-        if self._first_map:
-            self._held.append(topic)  # the first slot map is being read: answered after it
+    def _barrier(self, topic: bytes, held: bool = False) -> None:
+        if self._first_map or (self._displaced and not held):
+            # The first slot map is being read, or a channel waits for its new master
+            # (a slot moved): answered after the next one (see the module).
+            self._held.append(topic)
             return
         heartbeat = self._placed.get(self._heartbeat)
         barrier = _Barrier(topic)
-        if heartbeat is not None:
+        if heartbeat is not None and not self._displaced:
             for shard in self._shards.values():
                 if shard is heartbeat or shard.pending():
                     mark = shard.mark(always=shard is heartbeat)
