@@ -37,7 +37,7 @@ Guarantees:
   its last refresh; its subscriptions leave then
   (``member_removed`` for users with none left, ``channel_vacated`` for channels with
   no holder left), decided by the first script on the channel after that: a live
-  holder's refresh (every ``ttl / 3`` seconds) or a sweep (every worker of every
+  holder's refresh (every ``ttl / 3`` seconds) or a sweep (the first worker of every
   host, every :data:`SWEEP` seconds, picks the due channels of ``pusher:due`` and runs
   the same script; the script decides, so several sweepers announce once). The bound:
   gone within ``ttl + SWEEP`` seconds plus a round trip (:func:`bound`).
@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from redis.exceptions import ResponseError
 
+from shardws.pure.cluster import slot_of
 from shardws.pure.control import (
     OwnerReply,
     OwnerRequest,
@@ -507,6 +508,7 @@ class RedisPusher(RedisPusherReader):
         self._next_refresh = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_sweep = 0.0
+        self._sweeps = slot_of(member) == 0  # each host's first worker sweeps
 
     def _call(
         self, request: OwnerRequest[Any]
@@ -670,14 +672,15 @@ class RedisPusher(RedisPusherReader):
 
     def on_heartbeat(self, now: float) -> None:
         """Refresh what this worker holds every ``ttl / 3`` seconds, sweep the due
-        channels every :data:`SWEEP` seconds (``now``: monotonic seconds)."""
+        channels every :data:`SWEEP` seconds if this is its host's first worker (``now``:
+        monotonic seconds)."""
         if not self._took_over and self.redis.up:
             self._took_over = True
             self._spawn(self._take_over())
         if now >= self._next_refresh and self.redis.up:
             self._next_refresh = now + self.ttl / REFRESHES_PER_TTL
             self._refresh()
-        if now >= self._next_sweep and self.redis.up:
+        if self._sweeps and now >= self._next_sweep and self.redis.up:
             self._next_sweep = now + SWEEP
             self._spawn(self._sweep())
 
