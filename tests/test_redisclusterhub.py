@@ -81,6 +81,31 @@ def channel_on(cluster: RedisClusterServer, avoid: set[int], stem: str) -> str:
     raise AssertionError("no such channel")
 
 
+def with_a_replica(
+    cluster: RedisClusterServer, stem: str
+) -> tuple[str, int, RedisServer, RedisServer]:
+    """A channel whose master has a replica in sync: (channel, slot, master, replica)."""
+    channel = channel_on(cluster, replicated(cluster), stem)
+    slot = key_slot(channel.encode())
+    master = cluster.owner_of_slot(slot)
+    replica = cluster.replica_of(master)
+    wait_until(
+        lambda: b"master_link_status:up" in replica.command("INFO", "replication"),
+        30,
+        0.1,
+        "the replica never synced",
+    )
+    return channel, slot, master, replica
+
+
+def history_hosts(tmp_path: Path, cluster: RedisClusterServer) -> Hosts:
+    """Two hosts as ``test_redishistory``'s (a history namespace, short timeouts)
+    through ``cluster``, not started."""
+    seeds = ", ".join(f'"{seed}"' for seed in cluster.seeds)
+    a, b = loopback_cluster(tmp_path, _hub(f"cluster_nodes = [{seeds}]"), engine="redis")
+    return a, b
+
+
 def commands(node: RedisServer) -> dict[str, int]:
     """Calls per command on ``node`` since its last ``CONFIG RESETSTAT``."""
     stats = client(node).info("commandstats")
@@ -202,16 +227,7 @@ def test_a_master_failover_under_a_stream(cluster: RedisClusterServer, hosts: Ho
     are counted lost (``messages_lost``), those it never passed on by the receivers
     (``bus_lost``)."""
     a, b = hosts
-    channel = channel_on(cluster, replicated(cluster), "failing")
-    slot = key_slot(channel.encode())
-    master = cluster.owner_of_slot(slot)
-    replica = cluster.replica_of(master)
-    wait_until(
-        lambda: b"master_link_status:up" in replica.command("INFO", "replication"),
-        30,
-        0.1,
-        "the replica never synced",
-    )
+    channel, slot, master, replica = with_a_replica(cluster, "failing")
 
     def promoted() -> None:
         wait_until(lambda: cluster.owner_of_slot(slot) is replica, 30, 0.1, "no failover")
@@ -230,18 +246,8 @@ def test_a_failover_to_a_lagging_replica_starts_a_new_epoch(
     master takes publications, the master is killed, the replica resumes and the cluster
     promotes it without what it missed: a new epoch, every recovery across it
     ``recovered: false`` with a reason, never one (epoch, offset) for two data."""
-    channel = channel_on(cluster, replicated(cluster), "hist:lagging")
-    slot = key_slot(channel.encode())
-    master = cluster.owner_of_slot(slot)
-    replica = cluster.replica_of(master)
-    wait_until(
-        lambda: b"master_link_status:up" in replica.command("INFO", "replication"),
-        30,
-        0.1,
-        "the replica never synced",
-    )
-    seeds = ", ".join(f'"{seed}"' for seed in cluster.seeds)
-    pair = loopback_cluster(tmp_path, _hub(f"cluster_nodes = [{seeds}]"), engine="redis")
+    channel, slot, master, replica = with_a_replica(cluster, "hist:lagging")
+    pair = history_hosts(tmp_path, cluster)
 
     def promote() -> None:  # 50 publications after the replica stopped
         master.kill()
@@ -277,8 +283,7 @@ def test_resharding_a_history_channel_under_a_stream(
     slot = key_slot(channel.encode())
     source = cluster.owner_of_slot(slot)
     target = next(m for m in cluster.masters_now() if m is not source)
-    seeds = ", ".join(f'"{seed}"' for seed in cluster.seeds)
-    pair = loopback_cluster(tmp_path, _hub(f"cluster_nodes = [{seeds}]"), engine="redis")
+    pair = history_hosts(tmp_path, cluster)
     try:
         _start(pair)
         stream, recorders = run(

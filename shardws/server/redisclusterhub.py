@@ -71,6 +71,7 @@ from shardws.server.redisconn import (
     Pipeline,
     connect,
     read_slot_map,
+    replies,
     until_one_ends,
 )
 from shardws.server.redishub import RedisHub
@@ -79,7 +80,6 @@ from shardws.shm.tables import SharedTables
 log = logging.getLogger("shardws.hub")
 
 _REFRESH_MIN = 0.1  # seconds between two slot map refreshes: a burst of MOVED asks once
-_READ_BUDGET = 256  # messages read before the loop's other work gets a turn
 
 #: A frame to publish: Redis channel, the frame without its topic, its publications, and
 #: whether it was already routed again after a redirect.
@@ -250,19 +250,10 @@ class _Shard:
     async def _read(self, connection: Connection, backoff: Backoff) -> None:
         hub = self.hub
         silence = hub.settings.timeout + hub.cluster.heartbeat_interval
-        budget = _READ_BUDGET
-        while True:
-            budget -= 1
-            if not budget:  # buffered answers never yield: let the host bus side run
-                budget = _READ_BUDGET
-                await asyncio.sleep(0)
-            try:
-                response = await connection.read_response(timeout=silence)
-            except ResponseError as error:  # e.g. SSUBSCRIBE of a slot it lost: MOVED
-                hub.redirected(error, self)
+        async for response in replies(connection, silence):
+            if isinstance(response, ResponseError):  # e.g. SSUBSCRIBE of a moved slot: MOVED
+                hub.redirected(response, self)
                 continue
-            if response is None:
-                raise TimeoutError(f"nothing from Redis {self.address} for {silence:.1f} s")
             if not isinstance(response, list):  # PING's answer outside pub/sub mode
                 self._confirm(response)
                 continue

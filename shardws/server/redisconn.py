@@ -25,7 +25,7 @@ import asyncio
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -52,6 +52,7 @@ log = logging.getLogger("shardws.redis")
 
 _FIRST_BACKOFF = 0.1
 _MAX_IN_FLIGHT = 64  # writes to one connection not answered yet
+_READ_BUDGET = 256  # replies read before the loop's other work gets a turn
 
 ItemT = TypeVar("ItemT")
 
@@ -151,6 +152,27 @@ async def read_slot_map(settings: RedisConfig, addresses: Iterable[str]) -> Slot
         if slots.covered:
             return slots
     return None
+
+
+async def replies(connection: Connection, silence: float) -> AsyncIterator[Any]:
+    """What a subscribed connection reads, in order: each reply, an error reply as its
+    ``ResponseError`` (read whole: the stream stays in step). Raises TimeoutError after
+    ``silence`` seconds without one. Yields to the event loop every ``_READ_BUDGET``
+    replies: buffered replies never would, and the process's other work needs turns."""
+    budget = _READ_BUDGET
+    while True:
+        budget -= 1
+        if not budget:
+            budget = _READ_BUDGET
+            await asyncio.sleep(0)
+        try:
+            reply = await connection.read_response(timeout=silence)
+        except ResponseError as error:
+            yield error
+            continue
+        if reply is None:
+            raise TimeoutError(f"nothing from Redis for {silence:.1f} s")
+        yield reply
 
 
 async def until_one_ends(*tasks: asyncio.Task[None]) -> None:

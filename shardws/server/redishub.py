@@ -56,7 +56,7 @@ from typing import Any
 
 import zmq
 from redis.asyncio.connection import Connection
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from shardws.config import Config
 from shardws.log import RateLimitedLogger
@@ -74,7 +74,14 @@ from shardws.server.crosshost import (
     host_bus_sockets,
     start_process,
 )
-from shardws.server.redisconn import Backoff, Pipeline, connect, sentinel_of, until_one_ends
+from shardws.server.redisconn import (
+    Backoff,
+    Pipeline,
+    connect,
+    replies,
+    sentinel_of,
+    until_one_ends,
+)
 from shardws.shm.scoreboard import Column, ProcessState
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import effective_host_id
@@ -84,7 +91,6 @@ log = logging.getLogger("shardws.hub")
 _RECV_BUDGET = 1024  # frames per socket per drain: one busy direction cannot starve
 _SUBSCRIBE_CHUNK = 1000  # channels per SUBSCRIBE when subscribing everything again
 _TICK = 0.1  # seconds between scoreboard heartbeats
-_READ_BUDGET = 256  # messages read from Redis before the loop's other work gets a turn
 
 
 class RedisHub:
@@ -291,15 +297,9 @@ class RedisHub:
         silence = self.settings.timeout + self.cluster.heartbeat_interval
         heartbeat = self.prefix + HEARTBEAT_TOPIC
         prefix_length = len(self.prefix)
-        budget = _READ_BUDGET
-        while True:
-            budget -= 1
-            if not budget:  # buffered answers never yield: let the host bus side run
-                budget = _READ_BUDGET
-                await asyncio.sleep(0)
-            response = await connection.read_response(timeout=silence)
-            if response is None:
-                raise TimeoutError(f"nothing from Redis for {silence:.1f} s")
+        async for response in replies(connection, silence):
+            if isinstance(response, ResponseError):
+                raise response
             kind, channel = response[0], response[1]
             if kind == b"message":
                 if channel == heartbeat:
