@@ -237,27 +237,37 @@ class RedisHistory:
         """The answer to a history request (``owners.is_history_request``), or None when
         Redis did not answer within ``timeout`` seconds (or refused: logged)."""
         try:
-            reply = await asyncio.wait_for(self._answer(request), timeout)
+            answer, parse = self._start(request)
+            # On the script's future itself: no task per request (one per publication).
+            reply = parse(await asyncio.wait_for(answer, timeout))
         except (RedisUnavailable, RedisError, TimeoutError, ValueError) as exc:
             self.failures += 1
             log.debug("history request %s not answered: %r", request.op, exc)
             return None
         return cast("_ReplyT", reply)
 
-    async def _answer(self, request: OwnerRequest[Any]) -> OwnerReply:
+    def _start(
+        self, request: OwnerRequest[Any]
+    ) -> tuple[asyncio.Future[Any], Callable[[Any], OwnerReply]]:
+        """The script calls for ``request`` (made now, in order with this process's
+        others) and how to read their answer."""
         if isinstance(request, HistoryPublishRequest):
-            return HistoryPublishReply(
-                await self.publish(request.channel, request.data, request.idem)
-            )
+            return self._publish(request.channel, request.data, request.idem), self._published
         if isinstance(request, HistoryPositionRequest):
-            return await self.position(request.channel, request.since)
+            since = request.since
+            epoch, offset = ("", 0) if since is None else since
+            answer = self._run(POSITION, request.channel, epoch, offset)
+            return answer, lambda raw: _position_reply(raw, since is not None)
         if isinstance(request, HistoryPageRequest):
-            return await self.page(request)
+            limit = min(max(request.limit, 0), MAX_HISTORY_PAGE)
+            reverse = "1" if request.reverse else "0"
+            answer = self._run(PAGE, request.channel, request.since, limit, reverse)
+            return answer, _page_reply
         if isinstance(request, HistoryPositionsRequest):
             channels = request.channels
-            answers = await asyncio.gather(*(self.position(c, None) for c in channels))
-            return HistoryPositionsReply(
-                {c: answer.position for c, answer in zip(channels, answers, strict=True)}
+            answers = asyncio.gather(*(self._run(POSITION, c, "", 0) for c in channels))
+            return answers, lambda raw: HistoryPositionsReply(
+                {c: _position(one) for c, one in zip(channels, raw, strict=True)}
             )
         raise ValueError(f"not a history request: {request.op}")
 
@@ -268,40 +278,37 @@ class RedisHistory:
         ttl_ms = int(options.history_ttl * 1000)
         return self._calls.call(script, keys, (new_epoch(), ttl_ms, options.history_size, *args))
 
-    async def publish(self, channel: str, data: bytes, idem: str | None) -> Position:
-        """Store and publish ``data`` (see the module); its position (the first one's,
-        for a repeated ``idem``)."""
+    def _publish(self, channel: str, data: bytes, idem: str | None) -> asyncio.Future[Any]:
+        """Store and publish ``data`` (see the module): answers its position (the first
+        one's, for a repeated ``idem``) and whether it was stored."""
         prefix, topic = self._prefix.encode(), channel_topic(channel)
         if self._sharded:
             redis_topic, verb = redis_channel(prefix, topic), "SPUBLISH"
         else:
             redis_topic, verb = prefix + topic, "PUBLISH"
-        answer = await self._run(
-            PUBLISH, channel, idem or "", data, redis_topic, DECIDER_MEMBER, verb
-        )
+        return self._run(PUBLISH, channel, idem or "", data, redis_topic, DECIDER_MEMBER, verb)
+
+    def _published(self, answer: list[Any]) -> HistoryPublishReply:
         if int(answer[2]):
             self._on_stored()
-        return _position(answer)
+        return HistoryPublishReply(_position(answer))
 
-    async def position(self, channel: str, since: Position | None) -> HistoryPositionReply:
-        """The channel's position; with ``since``, whether it is recovered (and the
-        publications after it) or why not."""
-        epoch, offset = ("", 0) if since is None else since
-        answer = await self._run(POSITION, channel, epoch, offset)
-        top = _position(answer)
-        if since is None:
-            return HistoryPositionReply(top)
-        reason = _text(answer[2])
-        if reason:
-            return HistoryPositionReply(top, False, reason=Unrecovered(reason))
-        return HistoryPositionReply(top, True, _publications(top.epoch, answer[3:]))
 
-    async def page(self, request: HistoryPageRequest) -> HistoryPageReply:
-        limit = min(max(request.limit, 0), MAX_HISTORY_PAGE)
-        reverse = "1" if request.reverse else "0"
-        answer = await self._run(PAGE, request.channel, request.since, limit, reverse)
-        top = _position(answer)
-        return HistoryPageReply(top, _publications(top.epoch, answer[2:]))
+def _position_reply(answer: list[Any], recovering: bool) -> HistoryPositionReply:
+    """The channel's position; when ``recovering``, whether the client's position is
+    recovered (and the publications after it) or why not."""
+    top = _position(answer)
+    if not recovering:
+        return HistoryPositionReply(top)
+    reason = _text(answer[2])
+    if reason:
+        return HistoryPositionReply(top, False, reason=Unrecovered(reason))
+    return HistoryPositionReply(top, True, _publications(top.epoch, answer[3:]))
+
+
+def _page_reply(answer: list[Any]) -> HistoryPageReply:
+    top = _position(answer)
+    return HistoryPageReply(top, _publications(top.epoch, answer[2:]))
 
 
 def _text(value: Any) -> str:
