@@ -9,7 +9,9 @@ Each engine of ``ENGINES`` gets its own network (``tests/netns.py``): ``--hosts`
 the mesh over CurveZMQ), and a namespace ``r`` for what the hosts join through (a
 ``redis-server`` for the hub; a Redis Cluster of 3 masters and 3 replicas for
 ``redis-cluster``, sharded pub/sub; empty for the mesh). ``heartbeat_interval`` and
-``peer_timeout`` are the config's defaults unless given. The phases, in order:
+``peer_timeout`` are the config's defaults unless given. Hosts boot ``--start-batch`` at
+a time (all at once, 32 hosts starve 2 cores past their supervisors' patience), then
+every view must agree. The phases (``Phases``), in order:
 
 1. **idle** (``--idle`` s, no clients): CPU seconds of every host process (supervisor,
    worker, admin, bus forwarder, bridge or hub; ``/proc/PID/task/*/schedstat``) and of the
@@ -26,7 +28,7 @@ the mesh over CurveZMQ), and a namespace ``r`` for what the hosts join through (
 4. **a host dies**: the same load; after 1 s the last host is SIGKILLed (every
    process). How long until every survivor's ``/health`` view has dropped it (polled,
    all hosts at once; the sweep's duration is the resolution), the survivors' CPU in
-   the ``peer_timeout + 2`` s after the kill against their load-phase rate (without the
+   the ``peer_timeout + --after-kill`` s after the kill against their load-phase rate (without the
    admin, which answers the polls), and the deliveries the survivors' subscribers
    missed.
 5. **it comes back**: the killed host is started again; how long until its own view
@@ -50,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,23 +150,22 @@ class RedisClusterBroker(RedisBroker):
         super().__init__(net, directory, self.PORTS, "--cluster-enabled", "yes")
         self.nodes = tuple(f"{net.address(BROKER)}:{port}" for port in self.PORTS)
         for port in self.PORTS:
-            self._wait(lambda port=port: "PONG" in self.cli("-p", str(port), "PING"))
+            self._wait_for(port, "PONG", "PING")
         self.cli("--cluster", "create", *self.nodes, "--cluster-replicas", "1", "--cluster-yes")
         for port in self.PORTS:
-            state = ("-p", str(port), "CLUSTER", "INFO")
-            self._wait(lambda state=state: "cluster_state:ok" in self.cli(*state))
+            self._wait_for(port, "cluster_state:ok", "CLUSTER", "INFO")
 
-    @staticmethod
-    def _wait(ready: Callable[[], bool], limit: float = 30) -> None:
+    def _wait_for(self, port: int, answer: str, *command: str, limit: float = 30) -> None:
+        """Until the node on ``port`` answers ``command`` with ``answer`` in it (bounded)."""
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             try:
-                if ready():
+                if answer in self.cli("-p", str(port), *command):
                     return
             except RuntimeError:
-                pass
+                pass  # not listening yet
             time.sleep(0.1)
-        raise RuntimeError(f"Redis Cluster not ready within {limit:.0f} s")
+        raise RuntimeError(f"Redis Cluster node {port}: no {answer!r} within {limit:.0f} s")
 
 
 @dataclass(frozen=True)
@@ -388,153 +390,196 @@ async def _seen_at(hosts: list[Host], target: str, present: bool, limit: float) 
 # --- one engine ------------------------------------------------------------------------
 
 
-async def _run_phases(
-    net: Network, hosts: list[Host], broker: Broker, args: argparse.Namespace
-) -> dict[str, Any]:
-    names = [host.name for host in hosts]
-    results: dict[str, Any] = {}
+class Phases:
+    """The phases on one running fleet, in order (each method is one, and returns its
+    figures); what a later phase compares with (the idle and load spans, the clients)
+    is kept here."""
 
-    # 1. idle
-    await asyncio.sleep(args.settle)
-    with measured(net, hosts, broker) as idle_span:
-        await asyncio.sleep(args.idle)
-    idle = idle_span[0]
-    per_host = [sum(idle.cpu[n].values()) / idle.seconds for n in names]
-    by_role: dict[str, float] = {}
-    for roles in idle.cpu.values():
-        for role, seconds in roles.items():
-            by_role[role] = by_role.get(role, 0.0) + seconds / idle.seconds / len(names)
-    results["idle"] = {
-        "seconds": round(idle.seconds, 2),
-        "cpu_ms_per_s_per_host": round(statistics.mean(per_host) * 1e3, 2),
-        "cpu_ms_per_s_per_host_max": round(max(per_host) * 1e3, 2),
-        "cpu_ms_per_s_per_host_by_role": {r: round(v * 1e3, 2) for r, v in sorted(by_role.items())},
-        "broker_cpu_ms_per_s": round(idle.broker_cpu / idle.seconds * 1e3, 2),
-        "bytes_per_s_per_host": round(sum(idle.sent.values()) / idle.seconds / len(names)),
-        "broker_commands_per_s": round(idle.commands() / idle.seconds, 1),
-        "rss_mib_per_host": round(
-            sum(rss_bytes(pid) or 0 for h in hosts for pid in h.processes()) / len(hosts) / 2**20,
-            1,
-        ),
-    }
+    def __init__(
+        self, net: Network, hosts: list[Host], broker: Broker, args: argparse.Namespace
+    ) -> None:
+        self.net = net
+        self.hosts = hosts
+        self.names = [host.name for host in hosts]
+        self.broker = broker
+        self.args = args
+        self.subscribers: list[Subscriber] = []
+        self.publishers: dict[str, Client] = {}
 
-    # 2. subscribe latency
-    probes = await asyncio.gather(*(host.client() for host in hosts))
-    samples: list[float] = []
-    for round_ in range(args.subscribes):
-        for host, probe in zip(names, probes, strict=True):
-            started = time.perf_counter()
-            reply = await probe.call("subscribe", channel=f"fresh-{host}-{round_}")
-            samples.append(time.perf_counter() - started)
-            assert reply.get("ok"), reply
-    for probe in probes:
-        await probe.close()
-    results["subscribe_reply_ms"] = {
-        "p50": round(_percentile(samples, 0.5) * 1e3, 2),
-        "p99": round(_percentile(samples, 0.99) * 1e3, 2),
-        "samples": len(samples),
-    }
+    async def run(self) -> dict[str, Any]:
+        try:
+            return {
+                "idle": await self.idle(),
+                "subscribe_reply_ms": await self.subscribe_latency(),
+                "load": await self.load(),
+                "host_killed": await self.kill_one(),
+                "host_joined": await self.rejoin(),
+            }
+        finally:
+            for sub in self.subscribers:
+                await sub.close()
+            for publisher in self.publishers.values():
+                await publisher.close()
 
-    # 3. load
-    subscribers = [
-        Subscriber(host.name, await host.client())
-        for host in hosts
-        for _ in range(args.subscribers)
-    ]
-    for sub in subscribers:
-        assert (await sub.client.call("subscribe", channel=CHANNEL)).get("ok")
-        sub.start()
-    publishers = {host.name: await host.client() for host in hosts[: args.publishers]}
-    with measured(net, hosts, broker) as load_span:
-        made = await _publish(publishers, args.rate, args.window)
-        counts = await _settle(subscribers, made, set(names))
-    load = load_span[0]
-    marginal_cpu = load.host_cpu() - idle.host_cpu() / idle.seconds * load.seconds
-    marginal_bytes = sum(load.sent.values()) - sum(idle.sent.values()) / idle.seconds * load.seconds
-    marginal_commands = load.commands() - idle.commands() / idle.seconds * load.seconds
-    cross = max(1, counts["cross_host"])
-    results["load"] = {
-        "seconds": round(load.seconds, 2),
-        "publications": len(made),
-        "deliveries": counts,
-        "lost": counts["expected"] - counts["received"],
-        "duplicates": sum(sub.duplicates for sub in subscribers),
-        "server_cpu_us_per_cross_host_delivery": round(marginal_cpu / cross * 1e6, 1),
-        "server_cpu_us_per_publication": round(marginal_cpu / max(1, len(made)) * 1e6, 1),
-        "broker_cpu_us_per_publication": round(
-            (load.broker_cpu - idle.broker_cpu / idle.seconds * load.seconds)
-            / max(1, len(made))
-            * 1e6,
-            1,
-        ),
-        "bytes_between_hosts_per_publication": round(marginal_bytes / max(1, len(made))),
-        "bytes_between_hosts_per_cross_host_delivery": round(marginal_bytes / cross, 1),
-        "broker_commands_per_publication": round(marginal_commands / max(1, len(made)), 2),
-        "broker_commands_by_name": {
-            k.removeprefix("command:"): v
-            for k, v in sorted(load.broker.items())
-            if k.startswith("command:") and v
-        },
-        "broker_net_bytes": {k: v for k, v in load.broker.items() if not k.startswith("command:")},
-    }
-    load_rate = {  # survivors' CPU per second under load, without the admin
-        n: sum(s for r, s in load.cpu[n].items() if r != "admin") / load.seconds for n in names
-    }
+    async def idle(self) -> dict[str, Any]:
+        """1. No clients: what membership alone costs."""
+        await asyncio.sleep(self.args.settle)
+        with measured(self.net, self.hosts, self.broker) as span:
+            await asyncio.sleep(self.args.idle)
+        self.idle_span = idle = span[0]
+        per_host = [sum(idle.cpu[n].values()) / idle.seconds for n in self.names]
+        by_role: dict[str, float] = {}
+        for roles in idle.cpu.values():
+            for role, seconds in roles.items():
+                by_role[role] = by_role.get(role, 0.0) + seconds / idle.seconds / len(self.names)
+        rss = sum(rss_bytes(pid) or 0 for host in self.hosts for pid in host.processes())
+        return {
+            "seconds": round(idle.seconds, 2),
+            "cpu_ms_per_s_per_host": round(statistics.mean(per_host) * 1e3, 2),
+            "cpu_ms_per_s_per_host_max": round(max(per_host) * 1e3, 2),
+            "cpu_ms_per_s_per_host_by_role": {
+                role: round(value * 1e3, 2) for role, value in sorted(by_role.items())
+            },
+            "broker_cpu_ms_per_s": round(idle.broker_cpu / idle.seconds * 1e3, 2),
+            "bytes_per_s_per_host": round(sum(idle.sent.values()) / idle.seconds / len(self.names)),
+            "broker_commands_per_s": round(idle.commands() / idle.seconds, 1),
+            "rss_mib_per_host": round(rss / len(self.hosts) / 2**20, 1),
+        }
 
-    # 4. a host dies under the same load
-    victim = hosts[-1]
-    survivors = hosts[:-1]
-    survivor_names = {host.name for host in survivors}
-    offset = int(args.rate * args.window)
-    window = 1.0 + args.peer_timeout + 2.0
-    publishing = asyncio.create_task(_publish(publishers, args.rate, window, offset))
-    await asyncio.sleep(1.0)
-    with measured(net, survivors, broker) as after_span:
-        await asyncio.to_thread(victim.kill)
-        killed = time.monotonic()
-        gone = await _seen_at(survivors, victim.name, False, args.peer_timeout * 3 + 10)
-        await asyncio.sleep(max(0.0, killed + args.peer_timeout + 2.0 - time.monotonic()))
-    after = after_span[0]
-    made_during = await publishing
-    counts = await _settle(subscribers, made_during, survivor_names)
-    excess = (
-        after.host_cpu(without=("admin",))
-        - sum(load_rate[n] for n in survivor_names) * after.seconds
-    )
-    detected = [t - killed for n, t in gone.items() if n != "sweep_s"]
-    results["host_killed"] = {
-        "seen_gone_by_all_s": round(max(detected), 2),
-        "seen_gone_by_all_over_peer_timeout": round(max(detected) / args.peer_timeout, 2),
-        "seen_gone_median_s": round(statistics.median(detected), 2),
-        "poll_sweep_s": round(gone["sweep_s"], 3),
-        "survivors_cpu_s_after": round(after.host_cpu(without=("admin",)), 3),
-        "survivors_excess_cpu_ms_per_host": round(excess / len(survivors) * 1e3, 2),
-        "window_s": round(after.seconds, 2),
-        "publications": len(made_during),
-        "deliveries_to_survivors": counts,
-        "lost": counts["expected"] - counts["received"],
-    }
+    async def subscribe_latency(self) -> dict[str, Any]:
+        """2. Subscribes to fresh channels, one at a time, hosts in turn."""
+        probes = await asyncio.gather(*(host.client() for host in self.hosts))
+        samples: list[float] = []
+        try:
+            for round_ in range(self.args.subscribes):
+                for name, probe in zip(self.names, probes, strict=True):
+                    started = time.perf_counter()
+                    reply = await probe.call("subscribe", channel=f"fresh-{name}-{round_}")
+                    samples.append(time.perf_counter() - started)
+                    if not reply.get("ok"):
+                        raise RuntimeError(f"subscribe on {name} refused: {reply}")
+        finally:
+            for probe in probes:
+                await probe.close()
+        return {
+            "p50": round(_percentile(samples, 0.5) * 1e3, 2),
+            "p99": round(_percentile(samples, 0.99) * 1e3, 2),
+            "samples": len(samples),
+        }
 
-    # 5. it comes back
-    started = time.monotonic()
-    victim.start()
-    own = await _seen_at([victim], victim.name, True, 60)
-    everyone = await _seen_at(hosts, victim.name, True, 60)
-    joined = max(t for n, t in everyone.items() if n != "sweep_s")
-    results["host_joined"] = {
-        "own_view_after_start_s": round(own[victim.name] - started, 2),
-        "seen_by_all_after_start_s": round(joined - started, 2),
-        "seen_by_all_after_own_view_s": round(joined - own[victim.name], 2),
-        "seen_by_all_after_own_view_over_heartbeat": round(
-            (joined - own[victim.name]) / args.heartbeat_interval, 2
-        ),
-        "poll_sweep_s": round(everyone["sweep_s"], 3),
-    }
-    for sub in subscribers:
-        await sub.close()
-    for publisher in publishers.values():
-        await publisher.close()
-    return results
+    async def load(self) -> dict[str, Any]:
+        """3. Subscribers everywhere, publishers on a few hosts, a modest fixed rate."""
+        args, idle = self.args, self.idle_span
+        for host in self.hosts:
+            for _ in range(args.subscribers):
+                self.subscribers.append(Subscriber(host.name, await host.client()))
+        for sub in self.subscribers:
+            reply = await sub.client.call("subscribe", channel=CHANNEL)
+            if not reply.get("ok"):
+                raise RuntimeError(f"subscribe on {sub.host} refused: {reply}")
+            sub.start()
+        for host in self.hosts[: args.publishers]:
+            self.publishers[host.name] = await host.client()
+        with measured(self.net, self.hosts, self.broker) as span:
+            made = await _publish(self.publishers, args.rate, args.window)
+            counts = await _settle(self.subscribers, made, set(self.names))
+        self.load_span = load = span[0]
+
+        def marginal(during: float, idle_total: float) -> float:
+            return during - idle_total / idle.seconds * load.seconds
+
+        cpu = marginal(load.host_cpu(), idle.host_cpu())
+        sent = marginal(sum(load.sent.values()), sum(idle.sent.values()))
+        publications, cross = max(1, len(made)), max(1, counts["cross_host"])
+        return {
+            "seconds": round(load.seconds, 2),
+            "publications": len(made),
+            "deliveries": counts,
+            "lost": counts["expected"] - counts["received"],
+            "duplicates": sum(sub.duplicates for sub in self.subscribers),
+            "server_cpu_us_per_cross_host_delivery": round(cpu / cross * 1e6, 1),
+            "server_cpu_us_per_publication": round(cpu / publications * 1e6, 1),
+            "broker_cpu_us_per_publication": round(
+                marginal(load.broker_cpu, idle.broker_cpu) / publications * 1e6, 1
+            ),
+            "bytes_between_hosts_per_publication": round(sent / publications),
+            "bytes_between_hosts_per_cross_host_delivery": round(sent / cross, 1),
+            "broker_commands_per_publication": round(
+                marginal(load.commands(), idle.commands()) / publications, 2
+            ),
+            "broker_commands_by_name": {
+                k.removeprefix("command:"): v
+                for k, v in sorted(load.broker.items())
+                if k.startswith("command:") and v
+            },
+            "broker_net_bytes": {
+                k: v for k, v in load.broker.items() if not k.startswith("command:")
+            },
+        }
+
+    async def kill_one(self) -> dict[str, Any]:
+        """4. The last host SIGKILLed under the same load as phase 3."""
+        args, load = self.args, self.load_span
+        victim, survivors = self.hosts[-1], self.hosts[:-1]
+        survivor_names = {host.name for host in survivors}
+        # The survivors' CPU per second under load, without the admin (it answers polls).
+        load_rate = (
+            sum(
+                seconds
+                for name in survivor_names
+                for role, seconds in load.cpu[name].items()
+                if role != "admin"
+            )
+            / load.seconds
+        )
+        offset = int(args.rate * args.window)  # numbers after phase 3's
+        publishing = asyncio.create_task(
+            _publish(self.publishers, args.rate, 1.0 + args.peer_timeout + args.after_kill, offset)
+        )
+        await asyncio.sleep(1.0)
+        with measured(self.net, survivors, self.broker) as span:
+            await asyncio.to_thread(victim.kill)
+            killed = time.monotonic()
+            gone = await _seen_at(survivors, victim.name, False, args.peer_timeout * 3 + 10)
+            end = killed + args.peer_timeout + args.after_kill
+            await asyncio.sleep(max(0.0, end - time.monotonic()))
+        after = span[0]
+        made = await publishing
+        counts = await _settle(self.subscribers, made, survivor_names)
+        survivors_cpu = after.host_cpu(without=("admin",))
+        detected = [t - killed for name, t in gone.items() if name != "sweep_s"]
+        return {
+            "seen_gone_by_all_s": round(max(detected), 2),
+            "seen_gone_by_all_over_peer_timeout": round(max(detected) / args.peer_timeout, 2),
+            "seen_gone_median_s": round(statistics.median(detected), 2),
+            "poll_sweep_s": round(gone["sweep_s"], 3),
+            "survivors_cpu_s_after": round(survivors_cpu, 3),
+            "survivors_excess_cpu_ms_per_host": round(
+                (survivors_cpu - load_rate * after.seconds) / len(survivors) * 1e3, 2
+            ),
+            "window_s": round(after.seconds, 2),
+            "publications": len(made),
+            "deliveries_to_survivors": counts,
+            "lost": counts["expected"] - counts["received"],
+        }
+
+    async def rejoin(self) -> dict[str, Any]:
+        """5. The killed host started again."""
+        victim = self.hosts[-1]
+        started = time.monotonic()
+        victim.start()
+        own = (await _seen_at([victim], victim.name, True, 60))[victim.name]
+        everyone = await _seen_at(self.hosts, victim.name, True, 60)
+        joined = max(t for name, t in everyone.items() if name != "sweep_s")
+        return {
+            "own_view_after_start_s": round(own - started, 2),
+            "seen_by_all_after_start_s": round(joined - started, 2),
+            "seen_by_all_after_own_view_s": round(joined - own, 2),
+            "seen_by_all_after_own_view_over_heartbeat": round(
+                (joined - own) / self.args.heartbeat_interval, 2
+            ),
+            "poll_sweep_s": round(everyone["sweep_s"], 3),
+        }
 
 
 def run_engine(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
@@ -569,11 +614,12 @@ def run_engine(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
                 "all_started_and_converged_s": round(converged - started, 2),
                 "start_batch": args.start_batch,
             }
-            results.update(asyncio.run(_run_phases(net, hosts, broker, args)))
+            results.update(asyncio.run(Phases(net, hosts, broker, args).run()))
             return results
         finally:
-            for host in hosts:
-                host.stop()
+            # SIGTERM to all, then the waits: one host's drain does not wait for another's.
+            with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+                list(pool.map(Host.stop, hosts))
             broker.stop()
 
 
@@ -704,6 +750,9 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before idle")
     parser.add_argument(
         "--start-batch", type=int, default=4, help="hosts booting at once (default 4)"
+    )
+    parser.add_argument(
+        "--after-kill", type=float, default=2.0, help="seconds measured past peer_timeout"
     )
     parser.add_argument("--heartbeat-interval", type=float, default=0.5)
     parser.add_argument("--peer-timeout", type=float, default=3.0)

@@ -44,7 +44,8 @@ def test_fleet_benchmark_runs_every_phase_on_three_hosts(variant: str, tmp_path:
     every phase reports, nothing is lost, and it leaves no namespace behind."""
     results = tmp_path / "fleet.json"
     command = [sys.executable, "-m", "benchmarks.fleet", "--hosts", "3", "--engines", variant]
-    command += ["--idle", "1", "--window", "1", "--subscribes", "2", "--settle", "0.5"]
+    command += ["--idle", "0.5", "--window", "0.5", "--subscribes", "2", "--settle", "0"]
+    command += ["--after-kill", "0.3"]
     command += ["--heartbeat-interval", "0.2", "--peer-timeout", "1.0", "--json", str(results)]
     namespaces = set(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else set()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=100)
