@@ -370,7 +370,7 @@ def exported_metrics() -> dict[str, set[str]]:
         board.table[[0, 1], Column.CONFIGURED] = 1
         hosts = (Host("a", 1, (0, 1)), Host("b", 2, (0, 1)))  # a cluster: its metrics too
         tables.view.write(View(view_number(hosts), hosts, {"b": {"up": True}, "": {}}))
-        text = prometheus_text(board, 10.0, tables.view).decode()
+        text = prometheus_text(board, 10.0, tables.view, redis=True).decode()
     finally:
         tables.close()
     names: dict[str, set[str]] = {}
@@ -396,4 +396,13 @@ def test_grafana_dashboard_uses_exported_metrics_and_shows_them_all() -> None:
     assert set(exported) <= used, f"not on the dashboard: {set(exported) - used}"
     for expr in exprs:  # label names in by (...) and {...} exist on the metrics
         for label in re.findall(r"by \((\w+)", expr) + re.findall(r"[{,](\w+)=~?", expr):
-            assert label in {"worker", "direction", "reason", "le", "instance", "job", "peer"}, expr
+            assert label in {
+                "worker",
+                "direction",
+                "reason",
+                "le",
+                "instance",
+                "job",
+                "peer",
+                "part",
+            }, expr

@@ -556,3 +556,66 @@ def test_an_ingress_push_redis_does_not_confirm_is_counted(
         assert counts["unconfirmed"] >= 3 and counts["confirmed"] + counts["unconfirmed"] <= n
     finally:
         host.stop()
+
+
+# -- observability ----------------------------------------------------------------------------
+
+
+def test_each_process_redis_counters_move_in_health_and_metrics(
+    hosts: Hosts, redis: RedisServer, tmp_path: Path
+) -> None:
+    """``/health`` shows each process's Redis counters (the workers' and the admin's)
+    and ``/metrics`` exports them: a publication to a history channel is one more
+    history script of the admin; with Redis stopped the calls fail and ``up`` is 0;
+    once it is back, the reconnection is counted."""
+    _restart_redis(redis, tmp_path / "redis")
+    host = hosts[0]
+
+    def counters() -> tuple[dict[str, Any], dict[str, Any]]:
+        body = host.health()[1]
+        return body["admin"]["redis"], body["per_worker"][0]["redis"]
+
+    # The worker connects at start, the admin at its first call.
+    wait_until(lambda: counters()[1]["up"], 30, 0.1, lambda: f"never up: {counters()}")
+    admin, worker = counters()
+    assert _post(host, {"channel": "hist:seen", "data": 0})[0] == 200
+    wait_until(
+        lambda: counters()[0]["history_scripts"] > admin["history_scripts"],
+        10,
+        0.1,
+        lambda: f"the admin's history scripts did not move: {counters()}",
+    )
+    now = counters()[0]
+    assert now["calls"] > admin["calls"] and now["batches"] > admin["batches"], now
+    text = urllib.request.urlopen(host.admin_url + "/metrics", timeout=timeout(5)).read().decode()
+    for series in (
+        'shardws_redis_up{worker="admin"} 1.0',
+        'shardws_redis_up{worker="0"} 1.0',
+        f'shardws_redis_calls_total{{worker="admin"}} {float(now["calls"])}',
+    ):
+        assert series in text, (series, text[-3000:])
+    assert 'shardws_redis_scripts_total{part="history",worker="admin"}' in text, text[-3000:]
+    redis.kill()
+    try:
+        # An idle connection learns that Redis is gone at its next call: this one.
+        assert _post(host, {"channel": "hist:seen", "data": 1})[0] == 503
+        wait_until(lambda: not counters()[0]["up"], 10, 0.1, "the admin still up")
+        down = counters()[0]
+        assert down["failures"] > now["failures"] and down["history_failed"] >= 1, down
+        text = urllib.request.urlopen(host.admin_url + "/metrics", timeout=timeout(5))
+        assert 'shardws_redis_up{worker="admin"} 0.0' in text.read().decode()
+    finally:
+        _restart_redis(redis, tmp_path / "redis-again")
+    wait_until(
+        lambda: _post(host, {"channel": "hist:seen", "data": 2})[0] == 200,
+        30,
+        0.2,
+        "Redis never came back",
+    )
+    wait_until(  # the row is written every half second
+        lambda: counters()[0]["up"] and counters()[0]["reconnects"] > now["reconnects"],
+        10,
+        0.1,
+        lambda: f"the reconnection not counted: {counters()}",
+    )
+    assert worker["presence_writes_failed"] == 0, worker

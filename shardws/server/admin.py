@@ -65,7 +65,7 @@ from shardws.server.metrics import prometheus_text, pusher_text, tap_text
 from shardws.server.pusherapi import PusherApi
 from shardws.server.tapstream import TapStreams
 from shardws.server.webhooks import WebhookSender
-from shardws.shm.scoreboard import Column, ProcessState, Scoreboard
+from shardws.shm.scoreboard import REDIS_COLUMNS, Column, ProcessState, Scoreboard, store_redis
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import Members, ViewTable
 
@@ -89,6 +89,7 @@ def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
     board = tables.board
     stale = config.server.heartbeat_timeout
     now_ns = time.monotonic_ns()
+    hub = config.cluster.engine == "redis"
     workers: list[dict[str, Any]] = []
     for slot in board.workers():
         row = board.row(slot)
@@ -108,6 +109,8 @@ def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
                 "bus_lost": int(row[Column.BUS_LOST]),
             }
         )
+        if hub:
+            workers[-1]["redis"] = redis_counters(row)
     alive = sum(1 for w in workers if w["alive"])
     overloaded = sum(1 for w in workers if w["alive"] and w["overloaded"])
     forwarder = board.forwarder_slot
@@ -127,9 +130,19 @@ def health(config: Config, tables: SharedTables) -> tuple[int, dict[str, Any]]:
             "restarts": int(board.table[forwarder, Column.RESTARTS]),
         },
     }
+    if hub:  # the admin's own calls (history stores, Pusher rosters and cache)
+        admin = board.row(board.admin_slot)
+        body["admin"] = {"pid": int(admin[Column.PID]), "redis": redis_counters(admin)}
     if config.cluster.enabled:
         body["cluster"] = cluster_health(board, tables.view, stale)
     return (200 if healthy else 503), body
+
+
+def redis_counters(row: Any) -> dict[str, Any]:
+    """A process's Redis counters from its scoreboard ``row`` (``up`` as a boolean)."""
+    counters: dict[str, Any] = {name: int(row[column]) for name, column in REDIS_COLUMNS.items()}
+    counters["up"] = bool(counters["up"])
+    return counters
 
 
 def cluster_health(board: Scoreboard, view_table: ViewTable, stale_after: float) -> dict[str, Any]:
@@ -483,7 +496,12 @@ def make_app(
         return web.json_response({"ready": status == 200, "reason": reason}, status=status)
 
     async def get_metrics(_request: web.Request) -> web.Response:
-        text = prometheus_text(tables.board, config.server.heartbeat_timeout, tables.view)
+        text = prometheus_text(
+            tables.board,
+            config.server.heartbeat_timeout,
+            tables.view,
+            redis=config.cluster.engine == "redis",
+        )
         if pusher is not None and backend is not None and config.pusher.apps:
             text += await backend.pusher_metrics([app.id for app in config.pusher.apps], pusher)
         if backend is not None:
@@ -658,6 +676,7 @@ async def _serve(
         # The admin's own row: what backends did (exported by /metrics).
         row[Column.PUBLISHES] = backend.publications
         row[Column.MESSAGES_IN], row[Column.PROTOCOL_ERRORS] = backend.ingress_counts()
+        store_redis(row, backend.engine.redis_counters())
         try:
             await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
         except TimeoutError:

@@ -168,6 +168,12 @@ class Engine(Protocol):
         """A reply that reached this process's inbox on the host bus."""
         ...
 
+    def redis_counters(self) -> dict[str, int]:
+        """This process's Redis counters by their ``shm.scoreboard.REDIS_COLUMNS`` name
+        (copied to its scoreboard row for ``/health`` and ``/metrics``); empty on an
+        engine without Redis."""
+        ...
+
 
 class BackendEngine(Engine, Protocol):
     """What the admin asks besides: backends' publications to history channels."""

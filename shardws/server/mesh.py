@@ -113,6 +113,9 @@ class MeshClient:
         """A reply that reached this member's inbox."""
         self.requests.on_reply(origin, message)
 
+    def redis_counters(self) -> dict[str, int]:
+        return {}  # the mesh asks no Redis
+
 
 class MeshBackend(MeshClient):
     """The mesh for the admin: :class:`MeshClient`, and backends' publications to

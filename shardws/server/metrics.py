@@ -24,10 +24,13 @@ from shardws.shm.view import ViewTable
 class _ScoreboardCollector:
     """Turns the scoreboard into Prometheus metric families at scrape time."""
 
-    def __init__(self, board: Scoreboard, view: ViewTable | None, stale_after: float) -> None:
+    def __init__(
+        self, board: Scoreboard, view: ViewTable | None, stale_after: float, redis: bool
+    ) -> None:
         self._board = board
         self._view = view
         self._stale_after = stale_after
+        self._redis = redis
 
     def collect(self) -> Iterator[Metric]:
         table = self._board.table
@@ -188,6 +191,8 @@ class _ScoreboardCollector:
             yield family
         yield from self._forwarder()
         yield from self._cluster()
+        if self._redis:
+            yield from self._redis_calls(workers)
 
     def _forwarder(self) -> Iterator[Metric]:
         """The host bus forwarder: up, and restarts (a restart loses what was inside)."""
@@ -259,6 +264,36 @@ class _ScoreboardCollector:
             family.add_metric([], float(own.get(key, 0)))
             yield family
 
+    def _redis_calls(self, workers: list[tuple[int, str]]) -> Iterator[Metric]:
+        """The Redis hub's calls of each worker and of the admin (``worker="admin"``),
+        from their rows (``redisconn.RedisCalls.totals``)."""
+        table = self._board.table
+        processes = [*workers, (self._board.admin_slot, "admin")]
+        up = GaugeMetricFamily(
+            "shardws_redis_up",
+            "1 while the process's script connection to Redis is up",
+            labels=["worker"],
+        )
+        for slot, label in processes:
+            up.add_metric([label], float(table[slot, Column.REDIS_UP]))
+        yield up
+        for name, doc, column in _REDIS_SERIES:
+            family = CounterMetricFamily(name, doc, labels=["worker"])
+            for slot, label in processes:
+                family.add_metric([label], float(table[slot, column]))
+            yield family
+        for name, doc, columns in _REDIS_PART_SERIES:
+            family = CounterMetricFamily(name, doc, labels=["worker", "part"])
+            for slot, label in processes:
+                for part, column in columns.items():
+                    family.add_metric([label, part], float(table[slot, column]))
+            yield family
+        for name, doc, column in _PRESENCE_WRITE_SERIES:  # workers hold presence
+            family = CounterMetricFamily(name, doc, labels=["worker"])
+            for slot, label in workers:
+                family.add_metric([label], float(table[slot, column]))
+            yield family
+
     def _latency(self, workers: list[tuple[int, str]]) -> Metric:
         family = HistogramMetricFamily(
             "websocket_message_latency_seconds",
@@ -279,6 +314,63 @@ class _ScoreboardCollector:
         return family
 
 
+#: The Redis hub's per-process counters (``worker`` label: a slot, or ``admin``).
+_REDIS_SERIES = (
+    (
+        "shardws_redis_calls",
+        "Calls to Redis (scripts and commands) made by the process",
+        Column.REDIS_CALLS,
+    ),
+    (
+        "shardws_redis_batches",
+        "Writes to Redis, each carrying one event-loop iteration's calls",
+        Column.REDIS_BATCHES,
+    ),
+    (
+        "shardws_redis_failures",
+        "Calls Redis did not answer (down, connection lost, timeout)",
+        Column.REDIS_FAILURES,
+    ),
+    (
+        "shardws_redis_reconnects",
+        "Connections to Redis after the process's first",
+        Column.REDIS_RECONNECTS,
+    ),
+)
+_REDIS_PART_SERIES = (
+    (
+        "shardws_redis_scripts",
+        "Scripts called, by part (history, presence, pusher)",
+        {
+            "history": Column.HISTORY_SCRIPTS,
+            "presence": Column.PRESENCE_SCRIPTS,
+            "pusher": Column.PUSHER_SCRIPTS,
+        },
+    ),
+    (
+        "shardws_redis_script_failures",
+        "Scripts not answered or refused, by part (history, presence, pusher)",
+        {
+            "history": Column.HISTORY_SCRIPT_FAILURES,
+            "presence": Column.PRESENCE_SCRIPT_FAILURES,
+            "pusher": Column.PUSHER_SCRIPT_FAILURES,
+        },
+    ),
+)
+_PRESENCE_WRITE_SERIES = (
+    (
+        "shardws_presence_writes",
+        "Presence writes and refreshes sent to Redis by the worker",
+        Column.PRESENCE_WRITES,
+    ),
+    (
+        "shardws_presence_writes_failed",
+        "Presence writes that failed (written again at the next refresh)",
+        Column.PRESENCE_WRITES_FAILED,
+    ),
+)
+
+
 def _open_fds(pid: int) -> int:
     if pid <= 0:
         return 0
@@ -288,14 +380,18 @@ def _open_fds(pid: int) -> int:
         return 0
 
 
-def prometheus_text(board: Scoreboard, stale_after: float, view: ViewTable | None = None) -> bytes:
+def prometheus_text(
+    board: Scoreboard, stale_after: float, view: ViewTable | None = None, redis: bool = False
+) -> bytes:
     """The scoreboard in the Prometheus text exposition format: the per-worker series
     with one ``worker`` label per configured worker slot, the admin's (backend, ingress)
-    and the cluster's (from ``view``) host-wide, ``peer`` on the per-peer ones;
+    and the cluster's (from ``view``) host-wide, ``peer`` on the per-peer ones; with
+    ``redis`` (the Redis hub) each process's Redis calls (``worker`` a slot or
+    ``admin``, ``part`` on the scripts' series);
     docs/operations.md lists every series with its labels, checked by a test (counters
     get their ``_total`` suffix from prometheus-client)."""
     registry = CollectorRegistry()
-    registry.register(_ScoreboardCollector(board, view, stale_after))
+    registry.register(_ScoreboardCollector(board, view, stale_after, redis))
     return generate_latest(registry)
 
 

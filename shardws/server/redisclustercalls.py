@@ -98,10 +98,18 @@ class ClusterCalls(RedisCalls):
         for node in getattr(self, "_nodes", {}).values():
             node.register(script)
 
+    @property
+    def all_failures(self) -> int:
+        """Calls failed here (no slot map, no master) and on every master."""
+        return self.failures + sum(node.failures for node in self._nodes.values())
+
+    def totals(self) -> dict[str, int]:
+        return {**super().totals(), "failures": self.all_failures}
+
     def counters(self) -> dict[str, Any]:
         counters = super().counters()
         counters.update(
-            failures=self.failures + sum(node.failures for node in self._nodes.values()),
+            failures=self.all_failures,
             redirects=self.redirects,
             masters=len(self._nodes),
         )

@@ -22,6 +22,7 @@ Redis hub"), for every process of a host that talks to it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections import deque
@@ -334,6 +335,10 @@ class RedisCalls:
         self.failures = 0  # calls failed with RedisUnavailable
         self.reconnects = 0  # successful connections after the first
         self._connects = 0
+        #: Script calls by part (:func:`part_of`), and those that failed (unanswered
+        #: or refused): what history, presence and Pusher ask of Redis.
+        self.scripts: dict[str, int] = dict.fromkeys(PARTS, 0)
+        self.script_failures: dict[str, int] = dict.fromkeys(PARTS, 0)
 
     @property
     def batches(self) -> int:
@@ -354,6 +359,21 @@ class RedisCalls:
             "failures": self.failures,
             "reconnects": self.reconnects,
         }
+
+    def totals(self) -> dict[str, int]:
+        """Every counter as an integer, by its ``shm.scoreboard.REDIS_COLUMNS`` name
+        (what a process copies to its scoreboard row: ``/health``, ``/metrics``)."""
+        totals = {
+            "up": int(self.up),
+            "calls": self.calls,
+            "batches": self.batches,
+            "failures": self.failures,
+            "reconnects": self.reconnects,
+        }
+        for part in PARTS:
+            totals[f"{part}_scripts"] = self.scripts[part]
+            totals[f"{part}_failed"] = self.script_failures[part]
+        return totals
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -385,7 +405,17 @@ class RedisCalls:
         RedisUnavailable."""
         if script.sha not in self._scripts:
             self.register(script)
-        return self._put(_Call((*keys, *args), _future(), script, len(keys)))
+        future = self._put(_Call((*keys, *args), _future(), script, len(keys)))
+        part = part_of(script)
+        if part:
+            self.scripts[part] += 1
+            future.add_done_callback(functools.partial(self._script_done, part))
+        return future
+
+    def _script_done(self, part: str, future: asyncio.Future[Any]) -> None:
+        # Reading the exception here does not take it from the caller, who awaits it.
+        if not future.cancelled() and future.exception() is not None:
+            self.script_failures[part] += 1
 
     def command(self, *args: Any) -> asyncio.Future[Any]:
         """Run one command: its answer (an error reply is a ResponseError), or
@@ -479,6 +509,17 @@ class RedisCalls:
             and await _config(connection, "appendfsync") == "always"
         )
         return ServerIdentity(server.get("run_id", ""), durable, promoted)
+
+
+#: What asks Redis for scripts, by the first word of a script's name ("history.publish",
+#: "pusher_join"): the parts counted apart (``RedisCalls.scripts``).
+PARTS = ("history", "presence", "pusher")
+
+
+def part_of(script: Script) -> str:
+    """The part of :data:`PARTS` that ``script`` belongs to, or ``""``."""
+    part = script.name.replace("_", ".").partition(".")[0]
+    return part if part in PARTS else ""
 
 
 #: Calls waiting for the connection (not yet written) beyond which new ones fail at once.

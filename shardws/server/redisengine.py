@@ -95,6 +95,14 @@ class RedisEngine(PusherInRedis, MeshEngine):
     def decider(self, channel: str) -> Hashable:
         return self.pusher.decider(channel)
 
+    def redis_counters(self) -> dict[str, int]:
+        sets = self.native_presence.sets
+        return {
+            **self.redis.totals(),
+            "presence_writes": sets.scripts,
+            "presence_writes_failed": sets.failed,
+        }
+
     def can_decide(self, decider: Hashable) -> bool:
         return self.pusher.can_decide()
 
@@ -186,6 +194,9 @@ class RedisBackend(PusherInRedis, MeshBackend):
 
     def store_counts(self) -> StoreCounts:
         return StoreCounts(self._confirmed, self._unconfirmed, 0)
+
+    def redis_counters(self) -> dict[str, int]:
+        return self.redis.totals()  # the admin holds no presence
 
     def close(self) -> None:
         super().close()

@@ -90,7 +90,13 @@ from shardws.server.progress import ProgressWatch
 from shardws.server.pusher import PusherConnection, PusherFront
 from shardws.server.static import static_response
 from shardws.server.tap import WorkerTaps
-from shardws.shm.scoreboard import HEARTBEAT_INTERVAL, Column, LatencyHistogram, ProcessState
+from shardws.shm.scoreboard import (
+    HEARTBEAT_INTERVAL,
+    Column,
+    LatencyHistogram,
+    ProcessState,
+    store_redis,
+)
 from shardws.shm.tables import SharedTables
 from shardws.shm.view import Members
 
@@ -420,6 +426,7 @@ class Worker:
         ):
             row[column] = stats[column]
         self.latency.store(row)
+        store_redis(row, self.engine.redis_counters())
         row[Column.HEARTBEAT_NS] = time.monotonic_ns()
         self.engine.on_heartbeat(time.monotonic(), self.pusher.check_owners)
         if not self._stop.is_set():

@@ -73,7 +73,21 @@ class Column(enum.IntEnum):
     OVERLOAD_REFUSED = 30  # upgrades refused with 503 for that (also counted in REFUSED)
     LOOK_NS = 31  # monotonic_ns when its progress thread last ran (moved or not)
     RSS_BYTES = 32  # resident memory, from /proc/PID/statm (written by the supervisor, 1/s)
-    LATENCY_BUCKET_0 = 33  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
+    # The Redis hub's calls of this process (``redisconn.RedisCalls.totals``; 0 on the mesh).
+    REDIS_UP = 33  # 1 while its script connection to Redis is up
+    REDIS_CALLS = 34  # calls made (scripts and commands)
+    REDIS_BATCHES = 35  # writes to Redis (each carries one event-loop iteration's calls)
+    REDIS_FAILURES = 36  # calls not answered (Redis down, connection lost, timeout)
+    REDIS_RECONNECTS = 37  # connections after the first
+    HISTORY_SCRIPTS = 38  # history scripts called (publish, position, page)
+    HISTORY_SCRIPT_FAILURES = 39  # ... not answered or refused
+    PRESENCE_SCRIPTS = 40  # presence scripts called (writes, reads, counts)
+    PRESENCE_SCRIPT_FAILURES = 41
+    PUSHER_SCRIPTS = 42  # Pusher scripts called (rosters, occupancy, refreshes, sweeps)
+    PUSHER_SCRIPT_FAILURES = 43
+    PRESENCE_WRITES = 44  # presence writes and refreshes sent (``RedisPresence.scripts``)
+    PRESENCE_WRITES_FAILED = 45  # ... that failed (written again at the next refresh)
+    LATENCY_BUCKET_0 = 46  # first of len(LATENCY_BUCKETS) + 1 non-cumulative buckets
 
 
 #: Seconds between a worker's heartbeat stamps when its loop is on time.
@@ -81,6 +95,32 @@ HEARTBEAT_INTERVAL = 0.5
 
 #: Upper bounds (seconds) of the delivery latency histogram; one more bucket is +Inf.
 LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: The Redis hub's counters of a process by their name in ``/health`` (and in
+#: ``RedisCalls.totals``): the columns its row keeps them in.
+REDIS_COLUMNS = {
+    "up": Column.REDIS_UP,
+    "calls": Column.REDIS_CALLS,
+    "batches": Column.REDIS_BATCHES,
+    "failures": Column.REDIS_FAILURES,
+    "reconnects": Column.REDIS_RECONNECTS,
+    "history_scripts": Column.HISTORY_SCRIPTS,
+    "history_failed": Column.HISTORY_SCRIPT_FAILURES,
+    "presence_scripts": Column.PRESENCE_SCRIPTS,
+    "presence_failed": Column.PRESENCE_SCRIPT_FAILURES,
+    "pusher_scripts": Column.PUSHER_SCRIPTS,
+    "pusher_failed": Column.PUSHER_SCRIPT_FAILURES,
+    "presence_writes": Column.PRESENCE_WRITES,
+    "presence_writes_failed": Column.PRESENCE_WRITES_FAILED,
+}
+
+
+def store_redis(row: np.ndarray[Any, np.dtype[np.int64]], counters: dict[str, int]) -> None:
+    """Write a process's Redis ``counters`` (by their :data:`REDIS_COLUMNS` name) into
+    its own ``row``."""
+    for name, value in counters.items():
+        row[REDIS_COLUMNS[name]] = value
+
+
 N_COLUMNS = Column.LATENCY_BUCKET_0 + len(LATENCY_BUCKETS) + 1
 LATENCY_COLUMNS = slice(Column.LATENCY_BUCKET_0, N_COLUMNS)
 
