@@ -172,7 +172,15 @@ def test_user_messages_and_disconnects_reach_every_host(hosts: Hosts) -> None:
     run(scenario())
 
 
+def _presence_reads(host: ServerProcess) -> int | None:
+    """The admin's presence scripts (the hub), None on the mesh."""
+    admin = host.health()[1].get("admin")
+    return None if admin is None else int(admin["redis"]["presence_scripts"])
+
+
 def test_channels_and_presence_count_every_host(hosts: Hosts) -> None:
+    """``GET /api/presence`` lists every host's subscribers: asked of the workers on the
+    mesh, read from Redis by the admin on the hub (its presence scripts move)."""
     a, b = hosts
 
     async def scenario() -> None:
@@ -182,9 +190,13 @@ def test_channels_and_presence_count_every_host(hosts: Hosts) -> None:
         for host in hosts:
             channels = await asyncio.to_thread(api, host, "/api/channels?prefix=room:")
             assert channels["complete"] and channels["channels"] == {"room:lobby": 3}, channels
+            reads = await asyncio.to_thread(_presence_reads, host)
             presence = await asyncio.to_thread(api, host, "/api/presence?channel=room:lobby")
             assert presence["complete"] and presence["clients"] == 3, presence
             assert sorted(m["user"] for m in presence["members"]) == ["alice", "bob", "carol"]
+            if reads is not None:  # written to the admin's row every half second
+                moved = lambda host=host, reads=reads: _presence_reads(host) > reads  # noqa: E731
+                await asyncio.to_thread(wait_until, moved, 10, 0.1, "not read from Redis")
         for each in [*on_a, *on_b]:
             await each.close()
 

@@ -341,18 +341,18 @@ class Backend:
             body["missing"] = sorted(missing)
         return body
 
-    async def presence(self, channel: str) -> dict[str, Any]:
-        """The ``GET /api/presence`` document: every subscriber of ``channel`` on the
+    async def presence(self, channel: str) -> dict[str, Any] | None:
+        """The ``GET /api/presence`` document: every subscriber of ``channel``, from the
         ready workers that answered within ``CHANNELS_TIMEOUT`` (``complete`` false and
-        ``missing`` when some did not). A dead worker's subscribers are never listed."""
-        answers, missing = await self.engine.call_workers(
-            control.PresenceListRequest(channel), CHANNELS_TIMEOUT
-        )
+        ``missing`` when some did not; a dead worker's subscribers are never listed) on
+        the mesh, from Redis on the hub (every host's; None when Redis did not answer)."""
+        answer = await self.engine.presence_members(channel, CHANNELS_TIMEOUT)
+        if answer is None:
+            return None
+        found, missing = answer
         members = [
             {"user": user, "client": client, "info": None if info is None else json.loads(info)}
-            for answer in answers.values()
-            if isinstance(answer, control.PresenceListReply)
-            for user, client, info in answer.members
+            for user, client, info in found
         ]
         body: dict[str, Any] = {
             "channel": channel,
@@ -544,7 +544,10 @@ def make_app(
             channel = parse_channel_query(request.query, config, "presence")
         except BadRequest as exc:
             return _error(400, str(exc))
-        return web.json_response(await backend.presence(channel))
+        body = await backend.presence(channel)
+        if body is None:
+            return _error(503, "presence is kept in Redis, which did not answer; retry")
+        return web.json_response(body)
 
     async def get_history(request: web.Request) -> web.Response:
         assert backend is not None

@@ -63,7 +63,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from shardws.pure.control import OwnerRefusal, OwnerReply, OwnerRequest
+from shardws.pure.control import OwnerRefusal, OwnerReply, OwnerRequest, PresenceMember
 
 if TYPE_CHECKING:
     from shardws.pure.auth import Identity
@@ -192,6 +192,16 @@ class BackendEngine(Engine, Protocol):
         ...
 
     def store_counts(self) -> StoreCounts: ...
+
+    async def presence_members(
+        self, channel: str, timeout: float
+    ) -> tuple[list[PresenceMember], set[int]] | None:
+        """Every subscriber of the presence channel ``channel`` that has an identity,
+        on every host, and the ready workers that did not answer within ``timeout``
+        (``GET /api/presence``). The mesh asks this host's workers; the Redis hub reads
+        Redis (the ``presence`` op's script: nobody missing), None when it did not
+        answer."""
+        ...
 
     def close(self) -> None:
         """The process stops: send what is held as it is."""

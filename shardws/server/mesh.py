@@ -135,6 +135,18 @@ class MeshBackend(MeshClient):
         request = HistoryPublishRequest(channel, data, idem)
         self._notices.send(channel, control.encode_owner_request(request, 0, self.members.me))
 
+    async def presence_members(
+        self, channel: str, timeout: float
+    ) -> tuple[list[control.PresenceMember], set[int]] | None:
+        answers, missing = await self.call_workers(control.PresenceListRequest(channel), timeout)
+        members = [
+            member
+            for answer in answers.values()
+            if isinstance(answer, control.PresenceListReply)
+            for member in answer.members
+        ]
+        return members, missing
+
     def store_counts(self) -> StoreCounts:
         stored = self._stored
         return StoreCounts(stored.stored, stored.unconfirmed, self._notices.held)

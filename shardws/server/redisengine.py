@@ -28,14 +28,19 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardws.config import NamespaceConfig
-from shardws.pure.control import HistoryPublishRequest, OwnerReply, OwnerRequest
+from shardws.pure.control import (
+    HistoryPublishRequest,
+    OwnerReply,
+    OwnerRequest,
+    PresenceMember,
+)
 from shardws.pure.protocol import namespace_of
 from shardws.server.engine import ASK_TIMEOUT, StoreCounts
 from shardws.server.mesh import MeshBackend, MeshEngine
 from shardws.server.owners import is_history_request
 from shardws.server.redisclustercalls import calls_for
 from shardws.server.redishistory import RedisHistory
-from shardws.server.redispresence import RedisPresence
+from shardws.server.redispresence import RedisPresence, read_members
 from shardws.server.redispusher import PusherInRedis, RedisPusher, RedisPusherReader
 from shardws.server.stored import STORE_TIMEOUT
 
@@ -138,7 +143,8 @@ class RedisBackend(PusherInRedis, MeshBackend):
         super().__init__(members, bus)
         #: The admin's script connection (connects on its first call).
         self.redis = calls_for(config.cluster.redis)
-        self.pusher = RedisPusherReader(self.redis, config.cluster.redis.prefix)
+        self._prefix = config.cluster.redis.prefix
+        self.pusher = RedisPusherReader(self.redis, self._prefix)
         namespaces = config.namespaces
         self.history_decider = RedisHistory(
             self.redis,
@@ -197,6 +203,12 @@ class RedisBackend(PusherInRedis, MeshBackend):
 
     def redis_counters(self) -> dict[str, int]:
         return self.redis.totals()  # the admin holds no presence
+
+    async def presence_members(
+        self, channel: str, timeout: float
+    ) -> tuple[list[PresenceMember], set[int]] | None:
+        members = await read_members(self.redis, self._prefix, channel, timeout)
+        return None if members is None else (members, set())
 
     def close(self) -> None:
         super().close()

@@ -53,8 +53,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shardws.log import RateLimitedLogger
 from shardws.pure import protocol
+from shardws.pure.control import PresenceMember
 from shardws.pure.protocol import ErrorCode
-from shardws.server.redisconn import RedisUnavailable, Script
+from shardws.server.redisconn import RedisError, RedisUnavailable, Script
 
 if TYPE_CHECKING:
     from shardws.config import RedisConfig
@@ -386,6 +387,24 @@ def members_of(flat: list[bytes]) -> list[list[Any]]:
         members.append((user, client, info))
     members.sort(key=lambda member: member[1])
     return [list(member) for member in members]
+
+
+async def read_members(
+    calls: RedisCalls, prefix: str, channel: str, timeout: float
+) -> list[PresenceMember] | None:
+    """Every unexpired member of the native channel ``channel`` (the :data:`READ` script
+    of the ``presence`` op, for a process that holds no members: the admin's
+    ``GET /api/presence``), sorted by client id; None when Redis did not answer within
+    ``timeout`` seconds or refused (logged)."""
+    try:
+        keys = list(channel_keys(prefix, channel))
+        flat = await asyncio.wait_for(calls.call(READ, keys, []), timeout)
+    except (RedisUnavailable, TimeoutError):
+        return None
+    except RedisError as error:  # a refusal (an ACL): the operator must act
+        log.warning("presence read of %s refused: %s", channel, error)
+        return None
+    return [PresenceMember(*member) for member in members_of(flat)]
 
 
 def member_value(user: str, info: bytes | None) -> bytes:
