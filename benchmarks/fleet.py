@@ -646,10 +646,14 @@ async def _converged(hosts: list[Host], names: list[str], limit: float) -> float
         await asyncio.sleep(0.1)
     seen = {host.name: len(ids) for host, (_, ids) in zip(hosts, views, strict=True)}
     fewest = min(hosts, key=lambda host: seen[host.name])
+    try:
+        health = json.dumps(fewest.health().get("cluster"))
+    except (OSError, ValueError) as exc:
+        health = f"unavailable: {exc}"
     raise RuntimeError(
         f"{len(hosts)} hosts did not converge within {limit:.0f} s: hosts each sees {seen},"
-        f" {len({v for v, _ in views})} view numbers; {fewest.name}'s log ends:\n"
-        + fewest.logs()[-3000:]
+        f" {len({v for v, _ in views})} view numbers; {fewest.name}'s /health cluster:"
+        f" {health}\nits log ends:\n{fewest.logs()[-3000:]}"
     )
 
 
