@@ -193,6 +193,7 @@ class FakeHost:
         self.bus: Any = self.recording  # OwnerHost.bus is a Bus; this one has its methods
         self.hub = Hub(self._bus_subscribe, self._bus_unsubscribe)
         self.publications = 0
+        self.lefts: list[tuple[str, str]] = []  # (channel, client id) told ``left``
         self.delivery: Any = RecordingDelivery(self)  # the Delivery methods Owners calls
         self.owners = Owners(self)
 
@@ -211,6 +212,9 @@ class FakeHost:
 
     def stats_publication(self) -> None:
         self.publications += 1
+
+    def left(self, channel: str, conn: Any) -> None:
+        self.lefts.append((channel, conn.client_id))  # the worker announces the leave
 
 
 class Network:
@@ -676,6 +680,34 @@ def test_subscribe_without_an_owners_answer_fails_and_unsubscribes(
         [answer] = conn.replies()
         assert answer["id"] == 4 and answer["error"]["code"] == ErrorCode.NOT_AVAILABLE
         assert channel not in conn.channels and channel not in host.hub
+        assert host.lefts == [(channel, "c")]  # its join is followed by a leave
+
+    asyncio.run(scenario())
+
+
+def test_a_subscribe_waits_for_its_presence_write_and_fails_without_it(single: World) -> None:
+    """With presence kept outside the workers (the hub), the ok waits for the member's
+    write (``listed``), as a plain subscribe's does; a failed write answers 108 (not
+    live) and the leave is announced."""
+
+    async def scenario() -> None:
+        single.configure(0)
+        host = single.worker(0)
+        channel = single.channel_owned_by(0, (0,))
+        loop = asyncio.get_running_loop()
+        for client, written in (("ok", True), ("ko", False)):
+            conn = FakeConnection(client)
+            listed: asyncio.Future[bool] = loop.create_future()
+            conn.channels.add(channel)
+            host.owners.subscribe(conn, 1, channel, None, listed)
+            for _ in range(20):  # (settle would wait for the write forever)
+                await asyncio.sleep(0)
+            assert conn.replies() == [], "answered before the member was written"
+            listed.set_result(written)
+            await settle(single)
+            [answer] = conn.replies()
+            assert ("error" not in answer) is written, answer
+        assert host.lefts == [(channel, "ko")]
 
     asyncio.run(scenario())
 

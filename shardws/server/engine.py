@@ -241,10 +241,18 @@ class WorkerEngine(Engine, Protocol):
         ...
 
     def subscribe_sequenced(
-        self, conn: Connection, command_id: int | None, channel: str, since: Position | None
+        self,
+        conn: Connection,
+        command_id: int | None,
+        channel: str,
+        since: Position | None,
+        listed: asyncio.Future[bool] | None = None,
     ) -> None:
-        """Subscribe ``conn`` to a sequenced channel and answer it: live first, then the
-        position (and the publications after ``since``), then the live stream."""
+        """Subscribe ``conn`` to a sequenced channel and answer it: live first (and
+        ``listed`` True: the member written where presence is kept, as a plain
+        subscribe's ok waits for), then the position (and the publications after
+        ``since``), then the live stream; a failure answers 108 and announces the leave
+        (``owners.OwnerHost.left``)."""
         ...
 
     def publish_sequenced(
@@ -329,3 +337,22 @@ class WorkerEngine(Engine, Protocol):
     def counters(self) -> tuple[int, int, int]:
         """(gaps repaired, gaps unrecoverable, sequenced subscribes not live)."""
         ...
+
+
+def both(first: asyncio.Future[bool], second: asyncio.Future[bool]) -> asyncio.Future[bool]:
+    """True once both futures are True; False as soon as one is False (or cancelled):
+    what a subscribe's ok waits for (live on the bus, and listed in a presence kept
+    outside the workers)."""
+    both: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def settle(_: asyncio.Future[bool]) -> None:
+        if both.done():
+            return
+        if any(f.done() and (f.cancelled() or not f.result()) for f in (first, second)):
+            both.set_result(False)
+        elif first.done() and second.done():
+            both.set_result(True)
+
+    first.add_done_callback(settle)
+    second.add_done_callback(settle)
+    return both

@@ -231,9 +231,14 @@ class MeshEngine(MeshClient):
         self.owners.deliver(channel, publications)
 
     def subscribe_sequenced(
-        self, conn: Connection, command_id: int | None, channel: str, since: Position | None
+        self,
+        conn: Connection,
+        command_id: int | None,
+        channel: str,
+        since: Position | None,
+        listed: asyncio.Future[bool] | None = None,
     ) -> None:
-        self.owners.subscribe(conn, command_id, channel, since)
+        self.owners.subscribe(conn, command_id, channel, since, listed)
 
     def publish_sequenced(
         self, conn: Connection, command_id: int | None, channel: str, data: bytes, idem: str | None

@@ -81,7 +81,7 @@ from shardws.pure.publication import Kind, Publication
 from shardws.pure.publication import encode as publication_record
 from shardws.pure.pusher.channels import is_internal
 from shardws.pure.sequencer import Seen, Sequencer, Tracker
-from shardws.server.engine import ASK_TIMEOUT, Connection
+from shardws.server.engine import ASK_TIMEOUT, Connection, both
 from shardws.server.pusherowner import PusherRequest
 from shardws.server.ringfile import load_rings, rings_path, save_rings
 
@@ -121,6 +121,12 @@ class OwnerHost(Protocol):
     def options_for(self, channel: str) -> NamespaceConfig: ...
 
     def stats_publication(self) -> None: ...
+
+    def left(self, channel: str, conn: Connection) -> None:
+        """``conn`` is no longer subscribed to ``channel`` (a refused subscribe): its
+        leave is announced and it leaves the channel's presence, where the namespace
+        says so."""
+        ...
 
 
 class HistoryDecider(Protocol):
@@ -446,13 +452,23 @@ class Owners:
         self._start_repair(channel, at.epoch, [])
 
     def subscribe(
-        self, conn: Connection, command_id: int | None, channel: str, since: Position | None
+        self,
+        conn: Connection,
+        command_id: int | None,
+        channel: str,
+        since: Position | None,
+        listed: asyncio.Future[bool] | None = None,
     ) -> None:
-        """Subscribe ``conn`` to a channel with history: live on the bus first, then the
-        owner's position (and the missed pushes), then the live stream."""
+        """Subscribe ``conn`` to a channel with history: live on the bus first (and
+        listed in the channel's presence, when ``listed`` is given: kept outside the
+        workers), then the owner's position (and the missed pushes), then the live
+        stream. A subscribe that fails (not live, not listed, no position) is undone
+        and answered 108: ``worker.left`` announces its leave, as its join was."""
         pending = _Pending(conn)
         self._pending.setdefault(channel, []).append(pending)
         live = self.worker.hub.add(channel, conn, None)
+        if listed is not None:
+            live = both(live, listed)
         self.spawn(self._complete_subscribe(conn, command_id, channel, since, live, pending))
 
     async def _complete_subscribe(
@@ -484,6 +500,7 @@ class Owners:
             self._forget_unpositioned(channel)
             conn.channels.discard(channel)
             self.worker.hub.remove(channel, conn)
+            self.worker.left(channel, conn)
             if is_live:
                 message = "the channel's owner did not answer; retry"
             else:

@@ -84,7 +84,8 @@ from shardws.pure.session import (
 from shardws.pure.sweep import RotatingSweep
 from shardws.server.connection import CLOSE_GRACE, Connection, MsgpackConnection
 from shardws.server.delivery import Delivery, WireFormat, delta_wire
-from shardws.server.engine import WorkerEngine
+from shardws.server.engine import Connection as Subscriber
+from shardws.server.engine import WorkerEngine, both
 from shardws.server.engines import worker_engine
 from shardws.server.progress import ProgressWatch
 from shardws.server.pusher import PusherConnection, PusherFront
@@ -676,7 +677,7 @@ class Worker:
             return
         for channel in conn.channels:
             self.hub.remove(channel, conn)
-            self._left(channel, conn)
+            self.left(channel, conn)
         conn.channels.clear()
         self._leave_user(conn)
 
@@ -731,11 +732,11 @@ class Worker:
             self.engine.announce(channel, Kind.JOIN, conn)
         listed = self.engine.present(channel, conn, here=True) if options.presence else None
         if options.history_size:
-            self.engine.subscribe_sequenced(conn, command_id, channel, subscribe.since)
+            self.engine.subscribe_sequenced(conn, command_id, channel, subscribe.since, listed)
             return
         live = self.hub.add(channel, conn, conn.sink)
         if listed is not None:  # ok means listed too (presence kept outside the workers)
-            live = _both(live, listed)
+            live = both(live, listed)
         if live.done():
             self._answer_subscribe(conn, command_id, channel, live)
         else:
@@ -764,14 +765,14 @@ class Worker:
         self.not_live += 1
         conn.channels.discard(channel)
         self.hub.remove(channel, conn)
-        self._left(channel, conn)
+        self.left(channel, conn)
         conn.send(protocol.encode_error(command_id, ErrorCode.NOT_AVAILABLE, NOT_LIVE_MESSAGE))
 
     def _unsubscribe(self, conn: Connection, unsubscribe: Unsubscribe) -> None:
         self.hub.remove(unsubscribe.channel, conn)
         if self.taps.open:
             self.taps.subscribed(unsubscribe.channel, conn, subscribed=False)
-        self._left(unsubscribe.channel, conn)
+        self.left(unsubscribe.channel, conn)
         conn.send(unsubscribe.reply)
 
     def _publish(self, conn: Connection, publish: Publish) -> None:
@@ -803,7 +804,7 @@ class Worker:
         stats[Column.MESSAGES_OUT] += 1
         conn.send_message(payload, binary)
 
-    def _left(self, channel: str, conn: Connection) -> None:
+    def left(self, channel: str, conn: Subscriber) -> None:
         """``conn`` left ``channel`` (unsubscribed, disconnected, refused): its leave is
         announced and it leaves the channel's presence where the namespace says so."""
         options = self.config.namespaces.get(protocol.namespace_of(channel))
@@ -986,23 +987,6 @@ def _stall(target: bytes) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
-
-
-def _both(first: asyncio.Future[bool], second: asyncio.Future[bool]) -> asyncio.Future[bool]:
-    """True once both futures are True; False as soon as one is False (or cancelled)."""
-    both: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def settle(_: asyncio.Future[bool]) -> None:
-        if both.done():
-            return
-        if any(f.done() and (f.cancelled() or not f.result()) for f in (first, second)):
-            both.set_result(False)
-        elif first.done() and second.done():
-            both.set_result(True)
-
-    first.add_done_callback(settle)
-    second.add_done_callback(settle)
-    return both
 
 
 def _wire_of(conn: Connection, channel: str) -> WireFormat:
