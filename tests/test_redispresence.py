@@ -56,6 +56,12 @@ secret = "{SECRET}"
 presence = true
 join_leave = true
 
+[namespaces.hroom]
+presence = true
+join_leave = true
+history_size = 100
+history_ttl = 600
+
 [cluster.redis]
 presence_ttl = {TTL}
 """
@@ -323,6 +329,44 @@ def test_members_of_both_hosts_listed_and_join_leave_once(hosts: Hosts) -> None:
         await _close([*watchers, alice, carol, carol2])
 
     run(scenario(), 60)
+
+
+def test_a_history_namespace_subscribe_is_listed_and_a_failed_one_announces_its_leave(
+    hosts: Hosts, redis: RedisServer
+) -> None:
+    """On a namespace with history and presence, a subscribe's ok means listed on every
+    host (it waits for the member's write, as a plain subscribe's does); one that fails
+    (Redis stopped: neither its position nor its write is answered) gets 108 and its
+    join is followed by its leave."""
+    a, b = hosts
+    channel = "hroom:both"
+
+    async def scenario() -> None:
+        watcher, asker = await _client(a), await _client(b)
+        for each in (watcher, asker):
+            assert (await each.call("subscribe", channel=channel))["ok"]
+        joiners = [*await _subscribed(a, 2, channel), *await _subscribed(b, 2, channel)]
+        everyone = {c.client_id for c in [watcher, asker, *joiners]}
+        assert await _members(asker, channel) == everyone  # at once: each ok waited
+        late = await _client(a, "late")  # connected while Redis answers (its user topic)
+        assert redis.proc is not None
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            reply = await late.call("subscribe", channel=channel)
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        assert reply["error"]["code"] == 108, reply
+        kinds = []
+        while kinds != ["join", "leave"]:
+            push = await watcher.next_push(10)
+            if push.get("client") == late.client_id:
+                kinds.append(push["type"])
+                assert kinds in (["join"], ["join", "leave"]), kinds
+        await _listed(asker, channel, everyone, 10)  # never listed, or dropped at once
+        await _close([watcher, asker, *joiners, late])
+
+    run(scenario(), 60)
+    _wait_joined(a, b)
 
 
 def test_redis_restarted_empty_members_come_back_with_the_refresh(
