@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as sync_redis
 from redisproc import EngineRun, RedisServer, SentinelServer
 from serverproc import ServerProcess, free_port, loopback_cluster
 from toolkit import run, wait_until
@@ -215,18 +216,55 @@ async def _crosses(a: ServerProcess, b: ServerProcess) -> None:
         await each.close()
 
 
+CLUSTER_DOC = Path(__file__).resolve().parent.parent / "docs" / "cluster.md"
+
+
+def documented_acl_rule() -> list[str]:
+    """The ACL rule docs/cluster.md gives for one Redis (between its acl markers)."""
+    text = CLUSTER_DOC.read_text().split("<!-- acl:begin -->", 1)[1]
+    block = text.split("<!-- acl:end -->", 1)[0].replace("```", "")
+    return block.split()
+
+
+async def _scripts_work(a: ServerProcess, b: ServerProcess) -> None:
+    """A history channel published on one host and recovered on the other; native
+    presence written and read on both (every script the workers run)."""
+    reader, writer = await Client.connect(b.url), await Client.connect(a.url)
+    first = await reader.call("subscribe", channel="hist:acl")
+    assert first["ok"], first
+    published = await writer.call("publish", channel="hist:acl", data="kept")
+    assert published["ok"] and published["offset"] == first["offset"] + 1, published
+    assert (await reader.next_push())["data"] == "kept"
+    since = {"epoch": first["epoch"], "offset": first["offset"]}
+    again = await writer.call("subscribe", channel="hist:acl", recover=since)
+    assert again.get("ok") and again["recovered"], again
+    for each in (reader, writer):
+        assert (await each.call("subscribe", channel="pres:acl"))["ok"]
+    listed = await reader.call("presence", channel="pres:acl")
+    assert {m["client"] for m in listed["members"]} == {reader.client_id, writer.client_id}
+    stats = await writer.call("presence_stats", channel="pres:acl")
+    assert stats["clients"] == 2, stats
+    for each in (reader, writer):
+        await each.close()
+
+
 def test_the_hub_logs_in_as_an_acl_user_with_a_password_file(tmp_path: Path) -> None:
-    """An ACL user that may only publish and subscribe (the default user off), its
-    password read from ``password_file``: that is all the hub needs."""
-    user = ["shardws", "on", ">hub-password-0123", "resetchannels", "&shardws:*"]
-    user += ["-@all", "+publish", "+subscribe", "+unsubscribe"]
-    with RedisServer(tmp_path / "redis", "--user", *user, "--user", "default", "off") as redis:
+    """An ACL user with exactly the rule docs/cluster.md gives (the default user off),
+    its password read from ``password_file``: the hub crosses publications, the
+    workers' scripts (history, presence) and what they read on connecting (``INFO``,
+    ``CONFIG GET``) all run, and Redis's ``ACL LOG`` holds no refusal."""
+    user = ["shardws", "on", ">hub-password-0123", *documented_acl_rule()]
+    inspector = ["inspector", "on", ">inspector-0123", "~*", "&*", "+@all"]
+    users = ["--user", *user, "--user", *inspector, "--user", "default", "off"]
+    with RedisServer(tmp_path / "redis", *users) as redis:
         redis.start()
         password_file = tmp_path / "redis.password"
         password_file.write_text("hub-password-0123\n")
         hub = (
             f'[cluster.redis]\naddress = "{redis.address}"\nusername = "shardws"\n'
             f'password_file = "{password_file}"\n'
+            "[namespaces.hist]\nhistory_size = 10\nhistory_ttl = 60\n"
+            "[namespaces.pres]\npresence = true\n[namespaces.default]\n"
         )
         a, b = loopback_cluster(tmp_path, EXTRA + hub, engine="redis")
         try:
@@ -234,6 +272,19 @@ def test_the_hub_logs_in_as_an_acl_user_with_a_password_file(tmp_path: Path) -> 
             b.start()
             wait_joined((a, b))
             run(_crosses(a, b))
+            run(_scripts_work(a, b))
+            client = sync_redis.Redis(
+                port=redis.port, username="inspector", password="inspector-0123"
+            )
+            try:
+                refused = client.acl_log()
+            finally:
+                client.close()
+            assert refused == [], refused
+            for host in (a, b):
+                for worker in host.health()[1]["per_worker"]:
+                    counters = worker["redis"]
+                    assert counters["history_failed"] == counters["presence_failed"] == 0
         finally:
             a.stop()
             b.stop()
