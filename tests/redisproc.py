@@ -58,6 +58,17 @@ class EngineRun(str):
         return run
 
 
+CLUSTER_DOC = Path(__file__).resolve().parent.parent / "docs" / "cluster.md"
+
+
+def documented_acl_rule(prefix: str = "shardws:") -> list[str]:
+    """The ACL rule docs/cluster.md gives for a restricted user of one Redis (between
+    its acl markers), for the key prefix ``prefix`` (the docs' is ``shardws:``)."""
+    text = CLUSTER_DOC.read_text().split("<!-- acl:begin -->", 1)[1]
+    block = text.split("<!-- acl:end -->", 1)[0].replace("```", "")
+    return [word.replace("shardws:", prefix) for word in block.split()]
+
+
 def redis_command(port: int, *args: str, limit: float = 2.0) -> bytes:
     """Send one command to the Redis on ``port`` and return its raw RESP answer's first
     read (enough for the short answers the tests ask for)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import redis as sync_redis
-from redisproc import EngineRun, RedisServer, SentinelServer
+from redisproc import EngineRun, RedisServer, SentinelServer, documented_acl_rule
 from serverproc import ServerProcess, free_port, loopback_cluster
 from toolkit import run, wait_until
 from wsclient import Client
@@ -214,16 +214,6 @@ async def _crosses(a: ServerProcess, b: ServerProcess) -> None:
     assert (await subscriber.next_push())["data"] == "live"
     for each in (subscriber, publisher):
         await each.close()
-
-
-CLUSTER_DOC = Path(__file__).resolve().parent.parent / "docs" / "cluster.md"
-
-
-def documented_acl_rule() -> list[str]:
-    """The ACL rule docs/cluster.md gives for one Redis (between its acl markers)."""
-    text = CLUSTER_DOC.read_text().split("<!-- acl:begin -->", 1)[1]
-    block = text.split("<!-- acl:end -->", 1)[0].replace("```", "")
-    return block.split()
 
 
 async def _scripts_work(a: ServerProcess, b: ServerProcess) -> None:

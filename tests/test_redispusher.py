@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from redisproc import RedisServer
+import redis
+from redisproc import RedisServer, documented_acl_rule
 from toolkit import run
 
 from shardws.config import RedisConfig
@@ -80,40 +82,68 @@ ROOM = internal_name("1", "presence-room")
 
 
 def test_every_event_is_decided_once_across_workers(settings: RedisConfig) -> None:
-    async def scenario() -> None:
-        a, b = Worker(settings, 1), Worker(settings, 2 << 16)
-        u_on_a, joined = await a.join(ROOM, "u", limit=2)
-        assert joined.members == (("u", b'{"n":1}'),) and not joined.full
-        u_on_b, joined = await b.join(ROOM, "u", limit=2)  # u's second connection
-        assert joined.members == (("u", b'{"n":1}'),)
-        again = PusherJoinRequest(ROOM, u_on_a, "u", None, 2)
-        assert await a.pusher.ask(again, 2) is not None  # a retried join counts once
-        _v, joined = await b.join(ROOM, "v", limit=2)
-        _z, refused = await a.join(ROOM, "z", limit=2)
-        assert refused.full == 2 and refused.members == ()
-        users = await a.pusher.ask(PusherUsersRequest(ROOM), 2)
-        assert users is not None and sorted(users.users) == ["u", "v"]
-        assert users.subscriptions == 3
-        await a.leave(ROOM, u_on_a)  # u still on b: nothing
-        await b.leave(ROOM, u_on_b)
-        await b.leave(ROOM, u_on_b)  # a repeated leave: nothing more
-        hall = internal_name("1", "hall")
-        await a.occupy(hall, True)
-        await b.occupy(hall, True)
-        await a.occupy(hall, False)
-        await b.occupy(hall, False)
-        assert a.announced == [("member_added", "u"), ("channel_occupied", None)]
-        assert b.announced == [
-            ("member_added", "v"),
-            ("member_removed", "u"),
-            ("channel_vacated", None),
-        ]
-        cache = internal_name("1", "cache-x")
-        a.pusher.tell(PusherCachePutRequest(cache, b'{"event":"e"}', 60))
-        got = await b.pusher.ask(PusherCacheGetRequest(cache), 2)
-        assert got is not None and got.event == b'{"event":"e"}'
+    run(_decided_once(settings))
 
-    run(scenario())
+
+async def _decided_once(settings: RedisConfig) -> None:
+    """Rosters, occupancy and the cache through two workers: each event decided once."""
+    a, b = Worker(settings, 1), Worker(settings, 2 << 16)
+    u_on_a, joined = await a.join(ROOM, "u", limit=2)
+    assert joined.members == (("u", b'{"n":1}'),) and not joined.full
+    u_on_b, joined = await b.join(ROOM, "u", limit=2)  # u's second connection
+    assert joined.members == (("u", b'{"n":1}'),)
+    again = PusherJoinRequest(ROOM, u_on_a, "u", None, 2)
+    assert await a.pusher.ask(again, 2) is not None  # a retried join counts once
+    _v, joined = await b.join(ROOM, "v", limit=2)
+    _z, refused = await a.join(ROOM, "z", limit=2)
+    assert refused.full == 2 and refused.members == ()
+    users = await a.pusher.ask(PusherUsersRequest(ROOM), 2)
+    assert users is not None and sorted(users.users) == ["u", "v"]
+    assert users.subscriptions == 3
+    await a.leave(ROOM, u_on_a)  # u still on b: nothing
+    await b.leave(ROOM, u_on_b)
+    await b.leave(ROOM, u_on_b)  # a repeated leave: nothing more
+    hall = internal_name("1", "hall")
+    await a.occupy(hall, True)
+    await b.occupy(hall, True)
+    await a.occupy(hall, False)
+    await b.occupy(hall, False)
+    assert a.announced == [("member_added", "u"), ("channel_occupied", None)]
+    assert b.announced == [
+        ("member_added", "v"),
+        ("member_removed", "u"),
+        ("channel_vacated", None),
+    ]
+    cache = internal_name("1", "cache-x")
+    a.pusher.tell(PusherCachePutRequest(cache, b'{"event":"e"}', 60))
+    got = await b.pusher.ask(PusherCacheGetRequest(cache), 2)
+    assert got is not None and got.event == b'{"event":"e"}'
+    for worker in (a, b):  # refreshes and sweeps: the heartbeat's scripts
+        worker.pusher.on_heartbeat(0.0)
+    await asyncio.sleep(0.2)  # the tasks it started make their calls
+    for worker in (a, b):  # answered after each worker's earlier calls
+        await worker.calls.command("TIME")
+    for worker in (a, b):
+        assert worker.calls.script_failures["pusher"] == 0
+        await worker.calls.stop()
+
+
+def test_the_documented_acl_rule_lets_every_pusher_script_run(redis_server: RedisServer) -> None:
+    """A user with exactly docs/cluster.md's ACL rule (for this test's prefix) runs the
+    Pusher scripts and commands of the test above; Redis logs no refusal for it."""
+    settings = _settings(redis_server)
+    user = "pusher-" + settings.prefix.rstrip(":")
+    admin = redis.Redis(port=int(redis_server.address.rpartition(":")[2]))
+    try:
+        rule = documented_acl_rule(settings.prefix)
+        admin.acl_setuser(user, reset=True)  # then the rule, word for word:
+        admin.execute_command("ACL", "SETUSER", user, "on", ">pusher-acl-0123", *rule)
+        run(_decided_once(replace(settings, username=user, password="pusher-acl-0123")))
+        refused = [entry for entry in admin.acl_log() if entry.get("username") == user]
+        assert refused == [], refused
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
 
 
 async def _expired(worker: Worker, channel: str, limit: float = 10) -> None:
