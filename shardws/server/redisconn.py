@@ -22,6 +22,7 @@ Redis hub"), for every process of a host that talks to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -54,6 +55,7 @@ log = logging.getLogger("shardws.redis")
 _FIRST_BACKOFF = 0.1
 _MAX_IN_FLIGHT = 64  # writes to one connection not answered yet
 _READ_BUDGET = 256  # replies read before the loop's other work gets a turn
+_IDLE_CHECK = 1.0  # seconds between checks that an idle connection is still open
 
 ItemT = TypeVar("ItemT")
 
@@ -253,7 +255,12 @@ class Pipeline(Generic[ItemT]):
         while True:
             if not self._in_flight:
                 self._due.clear()
-                await self._due.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._due.wait(), _IDLE_CHECK)
+                if not self._in_flight:
+                    # Idle: learn now, not at the next call, that Redis closed the
+                    # connection (its owner then counts itself down and reconnects).
+                    await connection.can_read()  # raises ConnectionError once closed
                 continue
             batch = self._in_flight[0]
             while batch:
