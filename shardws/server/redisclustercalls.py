@@ -106,15 +106,6 @@ class ClusterCalls(RedisCalls):
     def totals(self) -> dict[str, int]:
         return {**super().totals(), "failures": self.all_failures}
 
-    def counters(self) -> dict[str, Any]:
-        counters = super().counters()
-        counters.update(
-            failures=self.all_failures,
-            redirects=self.redirects,
-            masters=len(self._nodes),
-        )
-        return counters
-
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -357,16 +357,6 @@ class RedisCalls:
         anyway when the server does not know it)."""
         self._scripts[script.sha] = script
 
-    def counters(self) -> dict[str, Any]:
-        """For ``/health`` and stats."""
-        return {
-            "redis_up": self.up,
-            "calls": self.calls,
-            "batches": self.batches,
-            "failures": self.failures,
-            "reconnects": self.reconnects,
-        }
-
     def totals(self) -> dict[str, int]:
         """Every counter as an integer, by its ``shm.scoreboard.REDIS_COLUMNS`` name
         (what a process copies to its scoreboard row: ``/health``, ``/metrics``)."""
