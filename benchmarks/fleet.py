@@ -758,8 +758,15 @@ def main() -> int:
     parser.add_argument(
         "--after-kill", type=float, default=2.0, help="seconds measured past peer_timeout"
     )
-    parser.add_argument("--heartbeat-interval", type=float, default=0.5)
-    parser.add_argument("--peer-timeout", type=float, default=3.0)
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=0.5,
+        help="[cluster] heartbeat_interval, seconds",
+    )
+    parser.add_argument(
+        "--peer-timeout", type=float, default=3.0, help="[cluster] peer_timeout, seconds"
+    )
     parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/)")
     args = parser.parse_args()
     known = {engine.name: engine for engine in ENGINES}

@@ -112,9 +112,16 @@ def _round(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--subscribers", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
+    parser.add_argument(
+        "--subscribers",
+        type=int,
+        default=100,
+        help="subscribers on host b (every delivery crosses hosts)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds per engine (the median is reported)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as redis:
         redis.start()

@@ -127,9 +127,17 @@ async def _shape(address: str, members: int, per_channel: int, repeat: int) -> d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--members", type=int, nargs="+", default=[100, 1000, 10000])
-    parser.add_argument("--per-channel", type=int, nargs="+", default=[10, 1000])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--members", type=int, nargs="+", default=[100, 1000, 10000], help="members held, per shape"
+    )
+    parser.add_argument(
+        "--per-channel",
+        type=int,
+        nargs="+",
+        default=[10, 1000],
+        help="members per channel, per shape",
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="refreshes measured per shape")
     args = parser.parse_args()
     results: dict[str, Any] = {"command": " ".join(sys.argv), "ttl": TTL, "shapes": []}
     with (

@@ -4,6 +4,7 @@ which needs root, also runs end to end on 3 hosts (a smoke test, per engine)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -35,6 +36,20 @@ def test_benchmark_script_answers_help(script: str) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage" in done.stdout
+
+
+def test_every_benchmark_option_has_a_help_text() -> None:
+    """Every ``add_argument`` of every benchmark script says what the option is."""
+    silent = [
+        f"{path.name}:{node.lineno} {ast.unparse(node.args[0]) if node.args else ''}"
+        for path in sorted((ROOT / "benchmarks").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "add_argument"
+        and not any(keyword.arg == "help" for keyword in node.keywords)
+    ]
+    assert silent == []
 
 
 @pytest.mark.needs("netns")
