@@ -582,6 +582,37 @@ class Phases:
         }
 
 
+#: The kernel's ARP table is one for every network namespace of the box, bounded by the
+#: root namespace's ``net.ipv4.neigh.default.gc_thresh2``/``gc_thresh3`` (512/1024 by
+#: default). Each mesh host resolves every peer, so N hosts in namespaces need about N²
+#: entries: past ``gc_thresh3`` new neighbours are refused ("neighbor table overflow" in
+#: the kernel log), the peers started last are never reached, and the views never agree
+#: (40 hosts did not converge here until it was raised). Real hosts each have their own
+#: table, with N entries for N peers on one subnet.
+NEIGHBOUR_TABLE = Path("/proc/sys/net/ipv4/neigh/default")
+
+
+@contextmanager
+def neighbour_table(hosts: int) -> Iterator[None]:
+    """The box's ARP table limits raised for a run of ``hosts`` hosts when they are below
+    what it needs, and put back afterwards (failures included)."""
+    needed = (hosts + 2) ** 2  # every host, the broker and the switch
+    limits = {"gc_thresh2": needed, "gc_thresh3": 2 * needed}
+    before = {name: int((NEIGHBOUR_TABLE / name).read_text()) for name in limits}
+    raised = {name: value for name, value in limits.items() if before[name] < value}
+    for name, value in raised.items():
+        print(
+            f"net.ipv4.neigh.default.{name}: {before[name]} -> {value} for this run",
+            file=sys.stderr,
+        )
+        (NEIGHBOUR_TABLE / name).write_text(f"{value}\n")
+    try:
+        yield
+    finally:
+        for name in raised:
+            (NEIGHBOUR_TABLE / name).write_text(f"{before[name]}\n")
+
+
 def run_engine(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     """Every phase on one fresh network of ``args.hosts`` hosts joined by ``engine``."""
     names = [f"h{i}" for i in range(args.hosts)]
@@ -781,9 +812,10 @@ def main() -> int:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
     engines: dict[str, Any] = {}
-    for name in chosen:
-        print(f"{name}: {args.hosts} hosts ...", file=sys.stderr, flush=True)
-        engines[name] = run_engine(known[name], args)
+    with neighbour_table(args.hosts):
+        for name in chosen:
+            print(f"{name}: {args.hosts} hosts ...", file=sys.stderr, flush=True)
+            engines[name] = run_engine(known[name], args)
     baseline = engines[chosen[0]]
     report = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
