@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from redis.exceptions import ResponseError
-from redisproc import RedisServer
+from redisproc import RedisServer, redis_command
+from toolkit import wait_until
 
 from shardws.config import RedisConfig
 from shardws.server.redisconn import RedisCalls, RedisUnavailable, Script
@@ -82,6 +83,41 @@ def test_identity_of_a_durable_server(tmp_path: Path) -> None:
             await calls.stop()
 
         asyncio.run(run())
+
+
+def test_a_durable_master_with_a_replica_is_not_trusted_and_a_promotion_is_another_writer(
+    tmp_path: Path,
+) -> None:
+    """Durable is a promise about a restart of one server alone: with a replica attached, a
+    promoted copy may lag, so it is not made (nor where shardws is configured with
+    sentinels or cluster nodes). A promoted replica is ``promoted``, and its writer (run id
+    and replication id) is not its former master's, though it holds the master's data."""
+    flags = ("--appendonly", "yes", "--appendfsync", "always")
+    with RedisServer(tmp_path / "master", *flags).start() as master:
+        replica = RedisServer(
+            tmp_path / "replica", *flags, "--replicaof", "127.0.0.1", str(master.port)
+        )
+        with replica.start():
+            wait_until(
+                lambda: b"connected_slaves:1" in redis_command(master.port, "INFO", "replication"),
+                timeout=10,
+            )
+
+            async def run() -> None:
+                calls = RedisCalls(settings(master))
+                await connected(calls)
+                assert calls.identity is not None
+                assert not calls.identity.durable and not calls.identity.promoted
+                former = calls.identity.writer
+                await calls.stop()
+                redis_command(replica.port, "REPLICAOF", "NO", "ONE")
+                promoted = RedisCalls(settings(replica))
+                await connected(promoted)
+                assert promoted.identity is not None and promoted.identity.promoted
+                assert promoted.identity.writer != former
+                await promoted.stop()
+
+            asyncio.run(run())
 
 
 def test_a_flushed_script_cache_is_reloaded_and_a_script_error_is_the_calls_own(

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 import urllib.error
@@ -588,12 +589,11 @@ def test_each_process_redis_counters_move_in_health_and_metrics(
     now = counters()[0]
     assert now["calls"] > admin["calls"] and now["batches"] > admin["batches"], now
     text = urllib.request.urlopen(host.admin_url + "/metrics", timeout=timeout(5)).read().decode()
-    for series in (
-        'shardws_redis_up{worker="admin"} 1.0',
-        'shardws_redis_up{worker="0"} 1.0',
-        f'shardws_redis_calls_total{{worker="admin"}} {float(now["calls"])}',
-    ):
+    for series in ('shardws_redis_up{worker="admin"} 1.0', 'shardws_redis_up{worker="0"} 1.0'):
         assert series in text, (series, text[-3000:])
+    # At least what /health showed: the row is written again every half second.
+    calls = re.search(r'^shardws_redis_calls_total\{worker="admin"\} (\S+)$', text, re.M)
+    assert calls is not None and float(calls.group(1)) >= now["calls"], text[-3000:]
     assert 'shardws_redis_scripts_total{part="history",worker="admin"}' in text, text[-3000:]
     redis.kill()
     try:

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -280,7 +281,7 @@ class Script:
     """A Lua script run with ``EVALSHA`` (its SHA1 computed here, loaded on connect).
 
     With ``identity``, every call's ``ARGV`` starts with the identity of the server that
-    runs it (:class:`ServerIdentity`: ``run_id``, then ``durable`` and ``promoted`` as
+    runs it (:class:`ServerIdentity`: ``writer``, then ``durable`` and ``promoted`` as
     ``"1"``/``"0"``), the caller's arguments after them: it is the identity of the
     connection the call is written on, learnt before anything was written on it, so a
     call made before a reconnection never carries the former server's."""
@@ -297,14 +298,26 @@ class Script:
 @dataclass(frozen=True)
 class ServerIdentity:
     """Which Redis server answers, as learnt on connecting: ``run_id`` (new at each start
-    of ``redis-server``), ``durable`` (``appendonly yes`` with ``appendfsync always``:
-    what it acknowledged survives its own crash; False when ``CONFIG`` is refused) and
-    ``promoted`` (a replica promoted to master, or not a master at all: it may lack
-    writes its former master acknowledged)."""
+    of ``redis-server``), ``replid`` (its replication id: new at each start, at each
+    promotion, and taken from its master by a replica, so one ``(run_id, replid)`` is one
+    unbroken lineage of writes), ``durable`` (what it acknowledged survives its own crash:
+    ``appendonly yes`` with ``appendfsync always``, a master with no replica, and shardws
+    configured with neither ``sentinels`` nor ``cluster_nodes`` -- where a replica may be
+    promoted, a later restart could otherwise trust a copy that lagged; False when
+    ``CONFIG`` is refused) and ``promoted`` (a replica promoted to master, or not a master
+    at all: it may lack writes its former master acknowledged). A server that hides its
+    ``run_id`` or ``replid`` (a proxy) gets a random one per connection: every
+    reconnection then counts as another server (only ever a new epoch)."""
 
     run_id: str
     durable: bool
     promoted: bool
+    replid: str = ""
+
+    @property
+    def writer(self) -> str:
+        """What a script compares with the writer a channel's data records."""
+        return f"{self.run_id}:{self.replid}"
 
 
 @dataclass(eq=False)
@@ -437,7 +450,7 @@ class RedisCalls:
         identity = self.identity
         if script.identity and identity is not None:  # set before the pipeline runs
             flags = ("1" if identity.durable else "0", "1" if identity.promoted else "0")
-            args = (identity.run_id, *flags, *args)
+            args = (identity.writer, *flags, *args)
         return (*verb, call.keys, *keys, *args)
 
     def _answered(self, call: _Call, answer: Any) -> None:
@@ -497,15 +510,23 @@ class RedisCalls:
         server = _info(await connection.read_response())
         await connection.send_command("INFO", "replication")
         replication = _info(await connection.read_response())
-        promoted = (
-            replication.get("role") != "master"
-            or replication.get("second_repl_offset", "-1") != "-1"
-        )
+        master = replication.get("role") == "master"
+        promoted = not master or replication.get("second_repl_offset", "-1") != "-1"
+        settings = self.settings
+        standalone = not (settings.sentinels or settings.cluster_nodes or self._address)
         durable = (
-            await _config(connection, "appendonly") == "yes"
+            standalone
+            and master
+            and replication.get("connected_slaves", "0") == "0"
+            and await _config(connection, "appendonly") == "yes"
             and await _config(connection, "appendfsync") == "always"
         )
-        return ServerIdentity(server.get("run_id", ""), durable, promoted)
+        return ServerIdentity(
+            server.get("run_id") or secrets.token_hex(20),
+            durable,
+            promoted,
+            replication.get("master_replid") or secrets.token_hex(20),
+        )
 
 
 #: What asks Redis for scripts, by the first word of a script's name ("history.publish",

@@ -25,9 +25,10 @@ node. As on the mesh (``pure.history.Ring``): publications older than
 (the keys expire; ``history_ttl = 0``: never).
 
 **The epoch that never lies.** Every script first compares the channel's writer (the
-``run_id`` of the Redis server that last wrote it, and whether that server was
-durable: ``appendonly yes`` with ``appendfsync always``) with the server running it
-(``ServerIdentity``, learnt at connect). When the server changed, the channel keeps its
+``run_id`` and replication id of the Redis server that last wrote it: one lineage of
+writes; and whether that server was durable: ``appendonly yes`` with ``appendfsync
+always``, a master without replicas, no Sentinel or Cluster configured) with the server
+running it (``ServerIdentity``, learnt at connect). When the writer changed, the channel keeps its
 epoch only if the former writer was durable and the current server is no promoted
 replica; otherwise -- and when the channel's meta is missing -- it starts a new epoch
 (offset 0, its stream and idempotency keys dropped). So a restart of a durable Redis
@@ -79,27 +80,30 @@ log = logging.getLogger("shardws.redishistory")
 _ReplyT = TypeVar("_ReplyT", bound=OwnerReply)
 
 # Every script starts here. KEYS: meta, stream, idempotency keys. ARGV: the server's
-# identity (run_id, durable, promoted: see redisconn.Script), a fresh epoch in case
+# identity (writer: its run id and replication id, durable, promoted: see
+# redisconn.ServerIdentity), a fresh epoch in case
 # one must start, the TTL in ms (0: none), the ring's size; the script's own after.
 _OPEN = """
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
-local run_id, durable, promoted, fresh = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local writer, durable, promoted, fresh = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl_ms, size = tonumber(ARGV[5]), tonumber(ARGV[6])
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local epoch, offset
 local state = redis.call('HMGET', meta, 'e', 'o', 'w', 'd')
-if state[1] and (state[3] == run_id or (state[4] == '1' and promoted == '0')) then
-  -- The same server, or a durable one's data on a server that is no promoted replica.
+if state[1] and (state[3] == writer or (state[4] == '1' and promoted == '0')) then
+  -- The same server in one lineage (no restart, promotion or resync since it wrote), or
+  -- a durable one's data (a lone master, every write fsynced) on a server that is no
+  -- promoted replica.
   epoch, offset = state[1], tonumber(state[2])
-  if state[3] ~= run_id or state[4] ~= durable then
-    redis.call('HSET', meta, 'w', run_id, 'd', durable)
+  if state[3] ~= writer or state[4] ~= durable then
+    redis.call('HSET', meta, 'w', writer, 'd', durable)
   end
 else
   -- No history, or a server that may lack what an earlier one acknowledged: a new epoch.
   redis.call('DEL', stream, idem)
   epoch, offset = fresh, 0
-  redis.call('HSET', meta, 'e', epoch, 'o', 0, 'w', run_id, 'd', durable)
+  redis.call('HSET', meta, 'e', epoch, 'o', 0, 'w', writer, 'd', durable)
 end
 local function touch()
   -- An idle channel is forgotten after twice its TTL, as the mesh forgets a ring.
@@ -192,6 +196,9 @@ PAGE = Script(
     + """
 touch()
 local since, limit, reverse = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
+-- A since past the top is an empty page (or, reversed, the newest): never an entry id
+-- too large for XRANGE.
+since = math.min(since, offset + 1)
 local answer = {epoch, offset}
 if limit <= 0 then return answer end
 if not reverse then

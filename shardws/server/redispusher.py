@@ -505,6 +505,9 @@ class RedisPusher(RedisPusherReader):
         self._held_changes: dict[str, bool] = {}  # held set changes to write
         self._member = member
         self._took_over = False  # the previous process of this slot was expired
+        #: The slot's previous holder as the SET that named this one answered ("": none),
+        #: None until it answered.
+        self._predecessor: str | None = None
         self._next_refresh = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_sweep = 0.0
@@ -691,12 +694,16 @@ class RedisPusher(RedisPusherReader):
         one is gone), announcing what that decides -- instead of after its TTL."""
         keep_ms = int(self.ttl * 1000) * _KEYS_LIVE_TTLS
         try:
-            previous = await self.redis.command(
-                "SET", holder_key(self.prefix, self._member), self.holder, "PX", keep_ms, "GET"
-            )
-            if previous is None:
+            if self._predecessor is None:
+                previous = await self.redis.command(
+                    "SET", holder_key(self.prefix, self._member), self.holder, "PX", keep_ms, "GET"
+                )
+                # Kept, so that a retry after a failure below does not read this process's
+                # own name back (the SET ran) and expire its own live entries.
+                self._predecessor = "" if previous is None else _text(previous)
+            gone = self._predecessor
+            if not gone or gone == self.holder:
                 return
-            gone = _text(previous)
             channels = await self.redis.command("SMEMBERS", held_key(self.prefix, gone))
         except (RedisUnavailable, ResponseError) as exc:
             log.debug("pusher: the previous process's entries: %s", exc)
