@@ -677,7 +677,11 @@ class RedisPusher(RedisPusherReader):
         """Refresh what this worker holds every ``ttl / 3`` seconds, sweep the due
         channels every :data:`SWEEP` seconds if this is its host's first worker (``now``:
         monotonic seconds)."""
-        if not self._took_over and self.redis.up:
+        if not self._took_over:
+            # Not waiting for the connection: the first heartbeat comes before the worker
+            # accepts connections, so this SET is queued on the pipelined connection ahead
+            # of any join, and a process killed right after its first join has named
+            # itself its slot's holder (its successor finds its entries).
             self._took_over = True
             self._spawn(self._take_over())
         if now >= self._next_refresh and self.redis.up:
