@@ -580,8 +580,10 @@ def test_each_process_redis_counters_move_in_health_and_metrics(
     wait_until(lambda: counters()[1]["up"], 30, 0.1, lambda: f"never up: {counters()}")
     admin, worker = counters()
     assert _post(host, {"channel": "hist:seen", "data": 0})[0] == 200
+    # A script is counted when it is sent, and the admin connects on its first call: wait
+    # for a row written once it is up too.
     wait_until(
-        lambda: counters()[0]["history_scripts"] > admin["history_scripts"],
+        lambda: counters()[0]["history_scripts"] > admin["history_scripts"] and counters()[0]["up"],
         10,
         0.1,
         lambda: f"the admin's history scripts did not move: {counters()}",
